@@ -1,0 +1,108 @@
+//! `chunkwise convert INPUT... -o STORE`.
+
+use std::path::PathBuf;
+
+use chunkwise::{Codec, ConvertOptions, ConvertReport, DType, Durability, RawOptions, human_bytes};
+
+use super::{CliResult, Global, Outcome, parse_size, say};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Inputs: a directory of .npy or TIFF files, several .npy/TIFF files (or a quoted glob),
+    /// one .npy file, one multi-page TIFF, one raw file, or a Zarr array.
+    #[arg(required = true, value_name = "INPUT")]
+    inputs: Vec<PathBuf>,
+    /// The array to create.
+    #[arg(short, long, value_name = "STORE")]
+    output: PathBuf,
+    /// Chunk shape, e.g. 128,128,128 (default: 128 on each of the last three axes).
+    #[arg(long, value_delimiter = ',', value_name = "A,B,C")]
+    chunks: Option<Vec<u64>>,
+    /// Compressor: zstd, blosc-zstd or blosc-lz4 (default: blosc-zstd, see spec/FORMAT.md).
+    #[arg(long, value_name = "NAME")]
+    codec: Option<String>,
+    /// Compression level (zstd -7..=22, default 3; blosc 0..=9).
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    level: Option<i32>,
+    /// Add a crc32c checksum to every chunk.
+    #[arg(long)]
+    checksum: bool,
+    /// Store each chunk as a shard of subchunks of this shape (must divide --chunks).
+    #[arg(long, alias = "subchunks", value_delimiter = ',', value_name = "A,B,C")]
+    shard: Option<Vec<u64>>,
+    /// Element type of raw input (numpy names: uint16, float32, ...).
+    #[arg(long, value_name = "T")]
+    dtype: Option<String>,
+    /// Shape of raw input, e.g. 512,1024,1024.
+    #[arg(long, value_delimiter = ',', value_name = "Z,Y,X")]
+    shape: Option<Vec<u64>>,
+    /// Axis names, e.g. z,y,x.
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    axis_names: Option<Vec<String>>,
+    /// Replace an existing array at STORE.
+    #[arg(long)]
+    overwrite: bool,
+    /// Input held in memory at once (e.g. 512MiB; default 256MiB).
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    memory: Option<u64>,
+    /// Do not fsync before publishing (scratch data only).
+    #[arg(long)]
+    no_sync: bool,
+}
+
+pub(crate) fn run(a: Args, g: &Global) -> CliResult {
+    let codec = match &a.codec {
+        Some(name) => Codec::from_name(name, a.level)?,
+        None => match a.level {
+            Some(l) => Codec::from_name(Codec::default().name(), Some(l))?,
+            None => Codec::default(),
+        },
+    };
+    let dtype = a.dtype.as_deref().map(str::parse::<DType>).transpose()?;
+    let opts = ConvertOptions::default()
+        .chunks(a.chunks)
+        .codec(codec)
+        .checksum(a.checksum)
+        .subchunks(a.shard)
+        .axis_names(a.axis_names)
+        .overwrite(a.overwrite)
+        .raw(RawOptions {
+            dtype,
+            shape: a.shape,
+        })
+        .threads(g.threads)
+        .memory(a.memory)
+        .durability(if a.no_sync {
+            Durability::NoSync
+        } else {
+            Durability::Sync
+        })
+        .progress(g.progress());
+    let report = chunkwise::convert(&a.inputs, &a.output, &opts)?;
+    if !g.quiet {
+        say(summary(&report))?;
+    }
+    Ok(Outcome::Ok)
+}
+
+pub(crate) fn summary(r: &ConvertReport) -> String {
+    let ratio = if r.bytes_stored > 0 {
+        format!("{:.2}x", r.bytes_in as f64 / r.bytes_stored as f64)
+    } else {
+        "-".into()
+    };
+    format!(
+        "wrote {}: {} {} in {} chunks ({} of {} stored), {} -> {} ({ratio}) in {:.2} s ({:.0} MB/s)\n  from {}",
+        r.path.display(),
+        chunkwise::fmt_shape(&r.shape),
+        r.dtype,
+        chunkwise::fmt_shape(&r.chunk_shape),
+        r.chunks_written,
+        r.chunks_total,
+        human_bytes(r.bytes_in),
+        human_bytes(r.bytes_stored),
+        r.seconds,
+        r.bytes_in as f64 / r.seconds.max(1e-9) / 1e6,
+        r.source,
+    )
+}

@@ -1,0 +1,183 @@
+//! Argument parsing and dispatch. Invariant: no logic beyond turning flags into library calls
+//! and printing their results; errors are printed once, in full, with exit code 2.
+
+mod convert;
+mod demo;
+mod export;
+mod info;
+mod verify;
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use chunkwise::{Progress, ProgressFn, Unit};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// Chunked, compressed Zarr v3 arrays for volumes too big for memory.
+#[derive(Debug, Parser)]
+#[command(name = "chunkwise", version, about, long_about = None)]
+pub(crate) struct Cli {
+    /// Worker threads (default: one per core).
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<usize>,
+    /// No progress bar and no summary.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Convert .npy / raw / TIFF stacks (or a Zarr array) into a chunked Zarr v3 array.
+    Convert(convert::Args),
+    /// Show an array's shape, type, chunks, codecs and storage.
+    Info(info::Args),
+    /// Write a region of an array to an .npy (or raw) file.
+    Export(export::Args),
+    /// Decode every stored chunk; list the bad ones (exit 1 if any).
+    Verify(verify::Args),
+    /// Generate a small volume, convert, inspect and export it, checking the round trip.
+    Demo(demo::Args),
+}
+
+/// Settings every command shares.
+pub(crate) struct Global {
+    pub threads: Option<usize>,
+    pub quiet: bool,
+}
+
+impl Global {
+    /// A progress callback drawing a bar on stderr when it is a terminal (and not `--quiet`).
+    pub fn progress(&self) -> Option<ProgressFn> {
+        if self.quiet || !std::io::stderr().is_terminal() {
+            return None;
+        }
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        let cb = move |p: Progress<'_>| {
+            if bar.length() != Some(p.total) {
+                let template = match p.unit {
+                    Unit::Bytes => {
+                        "{msg:>8} [{elapsed_precise}] {wide_bar} {binary_bytes}/{binary_total_bytes} ({binary_bytes_per_sec}, {eta})"
+                    }
+                    Unit::Chunks => {
+                        "{msg:>8} [{elapsed_precise}] {wide_bar} {pos}/{len} chunks ({eta})"
+                    }
+                };
+                if let Ok(style) = ProgressStyle::with_template(template) {
+                    bar.set_style(style);
+                }
+                bar.set_message(p.stage.to_string());
+                bar.set_length(p.total);
+            }
+            bar.set_position(p.done);
+            if p.done >= p.total {
+                bar.finish_and_clear();
+            }
+        };
+        Some(Arc::new(cb))
+    }
+}
+
+/// What a command decided about the exit status.
+pub(crate) enum Outcome {
+    Ok,
+    /// The command ran but found problems (verify: bad chunks).
+    Failed,
+}
+
+pub(crate) fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let global = Global {
+        threads: cli.threads,
+        quiet: cli.quiet,
+    };
+    let result = match cli.command {
+        Command::Convert(a) => convert::run(a, &global),
+        Command::Info(a) => info::run(a, &global),
+        Command::Export(a) => export::run(a, &global),
+        Command::Verify(a) => verify::run(a, &global),
+        Command::Demo(a) => demo::run(a, &global),
+    };
+    match result {
+        Ok(Outcome::Ok) => ExitCode::SUCCESS,
+        Ok(Outcome::Failed) => ExitCode::from(1),
+        Err(CliError::BrokenPipe) => ExitCode::SUCCESS,
+        Err(CliError::Lib(e)) => {
+            let _ = writeln!(std::io::stderr(), "chunkwise: error: {e}");
+            ExitCode::from(2)
+        }
+        Err(CliError::Io(e)) => {
+            let _ = writeln!(std::io::stderr(), "chunkwise: error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Errors of the binary: the library's, and output errors.
+pub(crate) enum CliError {
+    Lib(chunkwise::Error),
+    Io(std::io::Error),
+    BrokenPipe,
+}
+
+impl From<chunkwise::Error> for CliError {
+    fn from(e: chunkwise::Error) -> Self {
+        CliError::Lib(e)
+    }
+}
+
+impl From<std::io::Error> for CliError {
+    fn from(e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            CliError::BrokenPipe
+        } else {
+            CliError::Io(e)
+        }
+    }
+}
+
+pub(crate) type CliResult = Result<Outcome, CliError>;
+
+/// Prints a line to stdout (a closed pipe ends the program quietly).
+pub(crate) fn say(text: impl std::fmt::Display) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")?;
+    Ok(())
+}
+
+/// Parses a byte size: `512MiB`, `2GiB`, `1G`, `1000000`.
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 512MiB, 2GiB)"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kib" | "kb" => 1024.0,
+        "m" | "mib" | "mb" => 1024.0 * 1024.0,
+        "g" | "gib" | "gb" => 1024.0 * 1024.0 * 1024.0,
+        "t" | "tib" | "tb" => 1024.0f64.powi(4),
+        other => return Err(format!("unknown size unit {other:?} in {s:?}")),
+    };
+    Ok((v * mult) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("2G").unwrap(), 2 << 30);
+        assert_eq!(parse_size("1000").unwrap(), 1000);
+        assert!(parse_size("lots").is_err());
+    }
+}

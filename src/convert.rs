@@ -1,0 +1,239 @@
+//! `convert`: .npy / raw / TIFF stacks (or another Zarr array) into a chunked Zarr v3 array.
+//!
+//! Streaming: the input is read one block at a time (one chunk deep along the axis it is stored
+//! slowest along, as wide as `memory` allows), the block's chunks are gathered, encoded and
+//! written in parallel, and the block is released before the next. Invariant: peak memory is
+//! one block plus one chunk buffer and one encoded chunk per thread, never the volume.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use crate::dtype::DType;
+use crate::error::Result;
+use crate::grid::{indices_in, storage_order};
+use crate::input::{self, RawOptions};
+use crate::progress::{ProgressFn, Tracker, Unit, with_threads};
+use crate::store::{Codec, Durability, StoreSpec};
+
+/// Default bytes of input held at once (one block).
+pub const DEFAULT_MEMORY: u64 = 256 << 20;
+
+/// Settings for [`convert`]; build with [`ConvertOptions::default`] and the setters.
+#[derive(Clone, Default)]
+pub struct ConvertOptions {
+    chunks: Option<Vec<u64>>,
+    codec: Codec,
+    checksum: bool,
+    subchunks: Option<Vec<u64>>,
+    axis_names: Option<Vec<String>>,
+    overwrite: bool,
+    raw: RawOptions,
+    threads: Option<usize>,
+    memory: Option<u64>,
+    durability: Durability,
+    progress: Option<ProgressFn>,
+}
+
+impl std::fmt::Debug for ConvertOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConvertOptions")
+            .field("chunks", &self.chunks)
+            .field("codec", &self.codec)
+            .field("checksum", &self.checksum)
+            .field("subchunks", &self.subchunks)
+            .field("axis_names", &self.axis_names)
+            .field("overwrite", &self.overwrite)
+            .field("raw", &self.raw)
+            .field("threads", &self.threads)
+            .field("memory", &self.memory)
+            .field("durability", &self.durability)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConvertOptions {
+    /// Chunk shape (default: see [`default_chunks`]).
+    pub fn chunks(mut self, chunks: Option<Vec<u64>>) -> Self {
+        self.chunks = chunks;
+        self
+    }
+    /// Compressor (default [`Codec::default`]).
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+    /// Adds a crc32c checksum to every chunk.
+    pub fn checksum(mut self, on: bool) -> Self {
+        self.checksum = on;
+        self
+    }
+    /// Stores chunks as shards of this subchunk shape.
+    pub fn subchunks(mut self, subchunks: Option<Vec<u64>>) -> Self {
+        self.subchunks = subchunks;
+        self
+    }
+    /// Names the axes.
+    pub fn axis_names(mut self, names: Option<Vec<String>>) -> Self {
+        self.axis_names = names;
+        self
+    }
+    /// Replaces an existing array at the output.
+    pub fn overwrite(mut self, on: bool) -> Self {
+        self.overwrite = on;
+        self
+    }
+    /// Describes raw input (`--dtype`, `--shape`).
+    pub fn raw(mut self, raw: RawOptions) -> Self {
+        self.raw = raw;
+        self
+    }
+    /// Worker threads (default: one per core).
+    pub fn threads(mut self, threads: Option<usize>) -> Self {
+        self.threads = threads;
+        self
+    }
+    /// Bytes of input held at once (default [`DEFAULT_MEMORY`]).
+    pub fn memory(mut self, bytes: Option<u64>) -> Self {
+        self.memory = bytes;
+        self
+    }
+    /// Whether to sync before publishing (default [`Durability::Sync`]).
+    pub fn durability(mut self, d: Durability) -> Self {
+        self.durability = d;
+        self
+    }
+    /// Progress callback (units: input bytes).
+    pub fn progress(mut self, cb: Option<ProgressFn>) -> Self {
+        self.progress = cb;
+        self
+    }
+}
+
+/// What a convert did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConvertReport {
+    /// The output array.
+    pub path: PathBuf,
+    /// What was read.
+    pub source: String,
+    /// Array shape.
+    pub shape: Vec<u64>,
+    /// Element type.
+    pub dtype: DType,
+    /// Chunk shape.
+    pub chunk_shape: Vec<u64>,
+    /// Chunks in the grid.
+    pub chunks_total: u64,
+    /// Chunks written (the rest were entirely fill value).
+    pub chunks_written: u64,
+    /// Uncompressed bytes read.
+    pub bytes_in: u64,
+    /// Bytes of chunk files written.
+    pub bytes_stored: u64,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+/// The default chunk shape for an array of `shape`: 128 per axis for the last three axes, 1 on
+/// leading axes beyond three; axes other than the first are clipped to the array (axis 0 is the
+/// one arrays grow along, so it keeps the full chunk).
+pub fn default_chunks(shape: &[u64]) -> Vec<u64> {
+    let n = shape.len();
+    let mut c = vec![1u64; n];
+    for (i, ci) in c.iter_mut().enumerate().skip(n.saturating_sub(3)) {
+        *ci = 128;
+        if i > 0 {
+            *ci = (*ci).min(shape[i].max(1));
+        }
+    }
+    if n == 1 {
+        c[0] = 1 << 20;
+    }
+    c
+}
+
+/// Converts `inputs` into a new Zarr v3 array at `out`.
+///
+/// Inputs: one .npy file; several .npy files or a directory of them (stacked along a new first
+/// axis in natural order); a raw file (with [`RawOptions`] or a JSON sidecar); a multi-page
+/// TIFF, or several single-page TIFFs; or a Zarr array (re-chunked / re-compressed).
+///
+/// # Errors
+/// Any [`crate::Error`] naming the file or option at fault; nothing appears at `out` unless
+/// the conversion completes.
+pub fn convert(inputs: &[PathBuf], out: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
+    with_threads(opts.threads, || convert_in_pool(inputs, out, opts))
+}
+
+fn convert_in_pool(inputs: &[PathBuf], out: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
+    let start = Instant::now();
+    let source = input::open(inputs, &opts.raw)?;
+    let shape = source.shape().to_vec();
+    let dtype = source.dtype();
+    let chunks = opts
+        .chunks
+        .clone()
+        .unwrap_or_else(|| default_chunks(&shape));
+    let spec = StoreSpec::new(shape.clone(), dtype, chunks)
+        .codec(opts.codec)
+        .checksum(opts.checksum)
+        .subchunks(opts.subchunks.clone())
+        .axis_names(opts.axis_names.clone());
+    let writer = spec.create(out, opts.overwrite, opts.durability)?;
+    let grid = writer.grid().clone();
+    let chunk_shape: Vec<usize> = grid.chunk_shape().iter().map(|&c| c as usize).collect();
+    let chunk_bytes = writer.chunk_bytes();
+    let itemsize = dtype.size();
+
+    let total_bytes = shape.iter().product::<u64>() * itemsize as u64;
+    let tracker = Tracker::new("convert", Unit::Bytes, total_bytes, opts.progress.clone());
+    let all: Vec<_> = grid.grid_shape().into_iter().map(|n| 0..n).collect();
+    let axes = storage_order(shape.len(), source.slow_axis());
+    let budget = opts.memory.unwrap_or(DEFAULT_MEMORY);
+    let mut written = 0u64;
+    let mut stored = 0u64;
+    for block_box in grid.blocks(&all, &axes, itemsize, budget) {
+        let block = source.block(&grid.box_region(&block_box))?;
+        let chunks = indices_in(&block_box);
+        let (n, bytes) = chunks
+            .par_iter()
+            .map_init(
+                || vec![0u8; chunk_bytes],
+                |buf, idx| -> Result<(u64, u64)> {
+                    let region = grid.chunk_region(idx);
+                    let extent = region.shape();
+                    if extent
+                        .iter()
+                        .zip(&chunk_shape)
+                        .any(|(&e, &c)| e as usize != c)
+                    {
+                        // Edge chunk: stored padded with the fill value.
+                        buf.fill(0);
+                    }
+                    block.read_into(&region, buf, &chunk_shape);
+                    let w = writer.write_chunk(idx, buf)?;
+                    tracker.add(u64::try_from(region.len()).unwrap_or(0) * itemsize as u64);
+                    Ok((u64::from(w > 0), w))
+                },
+            )
+            .try_reduce(|| (0, 0), |a, b| Ok((a.0 + b.0, a.1 + b.1)))?;
+        written += n;
+        stored += bytes;
+    }
+    let chunks_total = grid.num_chunks();
+    let store = writer.commit()?;
+    Ok(ConvertReport {
+        path: store.path().to_path_buf(),
+        source: source.describe(),
+        shape,
+        dtype,
+        chunk_shape: grid.chunk_shape().to_vec(),
+        chunks_total,
+        chunks_written: written,
+        bytes_in: total_bytes,
+        bytes_stored: stored,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}

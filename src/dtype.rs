@@ -1,0 +1,261 @@
+//! Element data types and their names in numpy, .npy headers and Zarr metadata.
+//! Invariant: every [`DType`] has a fixed little-endian byte size; data moves as bytes.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+
+/// The element types chunkwise stores and computes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(missing_docs)]
+pub enum DType {
+    Bool,
+    U8,
+    U16,
+    U32,
+    U64,
+    I8,
+    I16,
+    I32,
+    I64,
+    F32,
+    F64,
+}
+
+impl DType {
+    /// Every supported type, in a stable order.
+    pub const ALL: [DType; 11] = [
+        DType::Bool,
+        DType::U8,
+        DType::U16,
+        DType::U32,
+        DType::U64,
+        DType::I8,
+        DType::I16,
+        DType::I32,
+        DType::I64,
+        DType::F32,
+        DType::F64,
+    ];
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::Bool | DType::U8 | DType::I8 => 1,
+            DType::U16 | DType::I16 => 2,
+            DType::U32 | DType::I32 | DType::F32 => 4,
+            DType::U64 | DType::I64 | DType::F64 => 8,
+        }
+    }
+
+    /// The Zarr v3 data type name (also numpy's dtype name).
+    pub fn zarr_name(self) -> &'static str {
+        match self {
+            DType::Bool => "bool",
+            DType::U8 => "uint8",
+            DType::U16 => "uint16",
+            DType::U32 => "uint32",
+            DType::U64 => "uint64",
+            DType::I8 => "int8",
+            DType::I16 => "int16",
+            DType::I32 => "int32",
+            DType::I64 => "int64",
+            DType::F32 => "float32",
+            DType::F64 => "float64",
+        }
+    }
+
+    /// The .npy header `descr` for little-endian data (`<u2`, `|b1`, ...).
+    pub fn npy_descr(self) -> &'static str {
+        match self {
+            DType::Bool => "|b1",
+            DType::U8 => "|u1",
+            DType::U16 => "<u2",
+            DType::U32 => "<u4",
+            DType::U64 => "<u8",
+            DType::I8 => "|i1",
+            DType::I16 => "<i2",
+            DType::I32 => "<i4",
+            DType::I64 => "<i8",
+            DType::F32 => "<f4",
+            DType::F64 => "<f8",
+        }
+    }
+
+    /// Whether the type is a floating-point type.
+    pub fn is_float(self) -> bool {
+        matches!(self, DType::F32 | DType::F64)
+    }
+
+    /// Parses a numpy array-protocol type string such as `<u2`, `>f4`, `|b1`, `u1`.
+    ///
+    /// Returns the type and whether the data is big-endian. `None` when the string is not one of
+    /// the supported types (complex, object, structured, strings, ...).
+    pub fn from_npy_descr(descr: &str) -> Option<(DType, bool)> {
+        let (order, code) = match descr.chars().next()? {
+            c @ ('<' | '>' | '|' | '=') => (c, &descr[1..]),
+            _ => ('=', descr),
+        };
+        let dtype = match code {
+            "b1" | "?" => DType::Bool,
+            "u1" => DType::U8,
+            "u2" => DType::U16,
+            "u4" => DType::U32,
+            "u8" => DType::U64,
+            "i1" => DType::I8,
+            "i2" => DType::I16,
+            "i4" => DType::I32,
+            "i8" => DType::I64,
+            "f4" => DType::F32,
+            "f8" => DType::F64,
+            _ => return None,
+        };
+        // '=' is native order; chunkwise runs on little-endian machines only (see spec/FORMAT.md).
+        let big_endian = order == '>' && dtype.size() > 1;
+        Some((dtype, big_endian))
+    }
+
+    /// The names accepted by [`DType::from_str`], for error messages.
+    pub fn accepted_names() -> String {
+        DType::ALL
+            .iter()
+            .map(|d| d.zarr_name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.zarr_name())
+    }
+}
+
+impl FromStr for DType {
+    type Err = Error;
+
+    /// Accepts numpy names (`uint16`, `float32`, `bool`), Rust names (`u16`, `f32`; not the
+    /// ambiguous `u8`/`i8`) and little-endian numpy type strings (`<u2`, `u1`, `f4`).
+    fn from_str(s: &str) -> Result<Self> {
+        let lower = s.trim().to_ascii_lowercase();
+        if let Some(d) = DType::ALL.iter().copied().find(|d| d.zarr_name() == lower) {
+            return Ok(d);
+        }
+        // Rust spellings, except the two that mean something else as numpy type codes.
+        if lower == "u8" || lower == "i8" {
+            return Err(Error::option(
+                "--dtype",
+                format!(
+                    "{s:?} is ambiguous (numpy reads it as a 64-bit type); write {}8 or {}64",
+                    if lower == "u8" { "uint" } else { "int" },
+                    if lower == "u8" { "uint" } else { "int" }
+                ),
+            ));
+        }
+        if let Some(d) = DType::ALL
+            .iter()
+            .copied()
+            .find(|d| rust_name(*d) == Some(lower.as_str()))
+        {
+            return Ok(d);
+        }
+        match DType::from_npy_descr(&lower) {
+            Some((d, false)) => Ok(d),
+            Some((_, true)) => Err(Error::option(
+                "--dtype",
+                format!("{s:?} is big-endian; raw input must be little-endian"),
+            )),
+            None => Err(Error::option(
+                "--dtype",
+                format!(
+                    "unknown data type {s:?}; expected one of {}",
+                    DType::accepted_names()
+                ),
+            )),
+        }
+    }
+}
+
+fn rust_name(d: DType) -> Option<&'static str> {
+    Some(match d {
+        DType::U16 => "u16",
+        DType::U32 => "u32",
+        DType::U64 => "u64",
+        DType::I16 => "i16",
+        DType::I32 => "i32",
+        DType::I64 => "i64",
+        DType::F32 => "f32",
+        DType::F64 => "f64",
+        DType::Bool | DType::U8 | DType::I8 => return None,
+    })
+}
+
+/// A Rust element type with a [`DType`]: the types `read_region` can return.
+pub trait Element: Copy + Send + Sync + PartialEq + fmt::Debug + 'static {
+    /// The matching data type.
+    const DTYPE: DType;
+
+    /// Decodes little-endian element bytes (`bytes.len()` a multiple of the element size; for
+    /// `bool`, any non-zero byte is `true`).
+    fn from_le_bytes_slice(bytes: &[u8]) -> Vec<Self>;
+
+    /// Appends the little-endian bytes of `values` to `out`.
+    fn extend_le_bytes(values: &[Self], out: &mut Vec<u8>);
+}
+
+macro_rules! element {
+    ($($t:ty => $d:ident),*) => {$(
+        impl Element for $t {
+            const DTYPE: DType = DType::$d;
+
+            fn from_le_bytes_slice(bytes: &[u8]) -> Vec<Self> {
+                bytes
+                    .chunks_exact(std::mem::size_of::<$t>())
+                    .map(|b| <$t>::from_le_bytes(b.try_into().expect("chunks_exact yields element-sized slices")))
+                    .collect()
+            }
+
+            fn extend_le_bytes(values: &[Self], out: &mut Vec<u8>) {
+                out.reserve(values.len() * std::mem::size_of::<$t>());
+                for v in values {
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+        }
+    )*};
+}
+element!(u8 => U8, u16 => U16, u32 => U32, u64 => U64, i8 => I8, i16 => I16,
+    i32 => I32, i64 => I64, f32 => F32, f64 => F64);
+
+impl Element for bool {
+    const DTYPE: DType = DType::Bool;
+
+    fn from_le_bytes_slice(bytes: &[u8]) -> Vec<Self> {
+        bytes.iter().map(|&b| b != 0).collect()
+    }
+
+    fn extend_le_bytes(values: &[Self], out: &mut Vec<u8>) {
+        out.extend(values.iter().map(|&v| u8::from(v)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_numpy_names_and_descrs() {
+        assert_eq!("uint16".parse::<DType>().unwrap(), DType::U16);
+        assert_eq!("float32".parse::<DType>().unwrap(), DType::F32);
+        assert_eq!("<i4".parse::<DType>().unwrap(), DType::I32);
+        assert_eq!("f64".parse::<DType>().unwrap(), DType::F64);
+        assert!("complex64".parse::<DType>().is_err());
+        assert!(">u2".parse::<DType>().is_err());
+        assert!("u8".parse::<DType>().is_err());
+        assert_eq!("u1".parse::<DType>().unwrap(), DType::U8);
+        assert_eq!(DType::from_npy_descr(">u2"), Some((DType::U16, true)));
+        assert_eq!(DType::from_npy_descr("|u1"), Some((DType::U8, false)));
+        assert_eq!(DType::from_npy_descr("<c8"), None);
+    }
+}

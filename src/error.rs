@@ -1,0 +1,234 @@
+//! The one error type of the library. Invariant: every variant carries the file, chunk or values
+//! a user needs to find the problem; messages are lowercase with no trailing period.
+
+use std::path::PathBuf;
+
+use crate::dtype::DType;
+
+/// Result with the library's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in chunkwise.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An operating-system error on a path.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+
+    /// An input path that does not exist.
+    #[error("{}: no such file or directory", .0.display())]
+    NotFound(PathBuf),
+
+    /// A directory (or glob) that holds no input files.
+    #[error("{}: no .npy or .tif/.tiff files found", .0.display())]
+    NoInputs(PathBuf),
+
+    /// A malformed input file (bad .npy header, unreadable TIFF, bad JSON sidecar, ...).
+    #[error("{}: {reason}", path.display())]
+    BadInput {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A file shorter or longer than its header or shape says.
+    #[error(
+        "{}: expected {expected} bytes of data ({what}), found {actual}",
+        path.display()
+    )]
+    SizeMismatch {
+        /// The file.
+        path: PathBuf,
+        /// What the expected size was computed from (shape and dtype).
+        what: String,
+        /// Bytes expected.
+        expected: u64,
+        /// Bytes present.
+        actual: u64,
+    },
+
+    /// A data type chunkwise does not handle.
+    #[error("{}: unsupported data type {dtype:?} ({hint})", path.display())]
+    UnsupportedDtype {
+        /// The file or store.
+        path: PathBuf,
+        /// The type as the file names it.
+        dtype: String,
+        /// What is supported instead.
+        hint: String,
+    },
+
+    /// Inputs of a stack that disagree on shape or dtype.
+    #[error(
+        "{}: {field} {found} differs from {expected} of the first input {}",
+        path.display(),
+        first.display()
+    )]
+    StackMismatch {
+        /// The first input that differs.
+        path: PathBuf,
+        /// The first input of the stack.
+        first: PathBuf,
+        /// "shape" or "dtype".
+        field: &'static str,
+        /// The first input's value.
+        expected: String,
+        /// The differing input's value.
+        found: String,
+    },
+
+    /// An element type requested in the API that differs from the store's.
+    #[error("{}: store holds {stored}, requested {requested}", path.display())]
+    DtypeMismatch {
+        /// The store.
+        path: PathBuf,
+        /// The store's data type.
+        stored: DType,
+        /// The type asked for.
+        requested: DType,
+    },
+
+    /// A bad option value: a chunk shape with a zero or the wrong rank, a bad level, ...
+    #[error("invalid {option}: {reason}")]
+    InvalidOption {
+        /// The option (as spelled on the command line).
+        option: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A region that does not parse or lies outside the array.
+    #[error("invalid region {spec:?}: {reason}")]
+    BadRegion {
+        /// The region as given.
+        spec: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// An output that exists, written without `--overwrite`.
+    #[error("{}: already exists (use --overwrite to replace it)", .0.display())]
+    OutputExists(PathBuf),
+
+    /// An output another process is writing.
+    #[error("{}: being written by another process ({holder})", path.display())]
+    Locked {
+        /// The output path.
+        path: PathBuf,
+        /// Who holds it, as far as known.
+        holder: String,
+    },
+
+    /// A directory that is not a Zarr array.
+    #[error("{}: not a zarr array (no zarr.json or .zarray)", .0.display())]
+    NotAStore(PathBuf),
+
+    /// Array metadata that zarrs refuses.
+    #[error("{}: bad array metadata: {reason}", path.display())]
+    BadMetadata {
+        /// The store.
+        path: PathBuf,
+        /// What zarrs says.
+        reason: String,
+    },
+
+    /// A chunk that cannot be read or decoded.
+    #[error("{}: chunk {key}: {reason}", store.display())]
+    CorruptChunk {
+        /// The store.
+        store: PathBuf,
+        /// The chunk's key, e.g. `c/0/1/2`.
+        key: String,
+        /// What went wrong decoding it.
+        reason: String,
+    },
+
+    /// A chunk that cannot be encoded.
+    #[error("{}: encoding chunk {key}: {reason}", store.display())]
+    Encode {
+        /// The store.
+        store: PathBuf,
+        /// The chunk's key.
+        key: String,
+        /// What the codec said.
+        reason: String,
+    },
+
+    /// A request too large to address on this machine.
+    #[error("{what} of {elements} elements is too large for this machine")]
+    TooLarge {
+        /// What was being sized.
+        what: &'static str,
+        /// Its element count.
+        elements: u128,
+    },
+
+    /// A store that is read-only for chunkwise (Zarr v2).
+    #[error("{}: {reason}", path.display())]
+    ReadOnly {
+        /// The store.
+        path: PathBuf,
+        /// Why it cannot be written.
+        reason: String,
+    },
+
+    /// A round trip or check that found different data.
+    #[error("{what}: {detail}")]
+    Mismatch {
+        /// What was compared.
+        what: String,
+        /// The first difference.
+        detail: String,
+    },
+}
+
+impl Error {
+    /// Wraps an I/O error with the path it happened on.
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        let path = path.into();
+        if source.kind() == std::io::ErrorKind::NotFound {
+            return Error::NotFound(path);
+        }
+        Error::Io { path, source }
+    }
+
+    pub(crate) fn bad_input(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::BadInput {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn option(option: &'static str, reason: impl Into<String>) -> Self {
+        Error::InvalidOption {
+            option,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Adds the path to an `io::Result`.
+pub(crate) trait IoContext<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|e| Error::io(path, e))
+    }
+}
+
+/// Converts an element count to `usize`, naming what overflowed.
+pub(crate) fn to_usize(n: u64, what: &'static str) -> Result<usize> {
+    usize::try_from(n).map_err(|_| Error::TooLarge {
+        what,
+        elements: u128::from(n),
+    })
+}

@@ -1,0 +1,215 @@
+//! `export`: a region of an array to an .npy (or raw) file, streaming block by block.
+//! Invariant: the output appears under its name only when complete (written to a temporary
+//! name, synced, renamed); memory is one block, never the region.
+
+use std::fs::{self, File};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::copy::c_strides;
+use crate::dtype::DType;
+use crate::error::{Error, IoContext, Result, to_usize};
+use crate::grid::indices_in;
+use crate::npy::header_bytes;
+use crate::progress::{ProgressFn, Tracker, Unit, with_threads};
+use crate::region::{ParsedRegion, Region};
+use crate::store::Store;
+
+/// Settings for [`export`].
+#[derive(Clone, Default)]
+pub struct ExportOptions {
+    region: Option<String>,
+    raw: bool,
+    overwrite: bool,
+    threads: Option<usize>,
+    memory: Option<u64>,
+    progress: Option<ProgressFn>,
+}
+
+impl std::fmt::Debug for ExportOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExportOptions")
+            .field("region", &self.region)
+            .field("raw", &self.raw)
+            .field("overwrite", &self.overwrite)
+            .field("threads", &self.threads)
+            .field("memory", &self.memory)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ExportOptions {
+    /// The region in numpy slice syntax (`0:10,:,5:`); default: the whole array.
+    pub fn region(mut self, spec: Option<String>) -> Self {
+        self.region = spec;
+        self
+    }
+    /// Writes raw bytes (little-endian, C order) instead of .npy.
+    pub fn raw(mut self, on: bool) -> Self {
+        self.raw = on;
+        self
+    }
+    /// Replaces an existing output file.
+    pub fn overwrite(mut self, on: bool) -> Self {
+        self.overwrite = on;
+        self
+    }
+    /// Worker threads (default: one per core).
+    pub fn threads(mut self, threads: Option<usize>) -> Self {
+        self.threads = threads;
+        self
+    }
+    /// Bytes of decoded data held at once (default [`crate::convert::DEFAULT_MEMORY`]).
+    pub fn memory(mut self, bytes: Option<u64>) -> Self {
+        self.memory = bytes;
+        self
+    }
+    /// Progress callback (units: bytes).
+    pub fn progress(mut self, cb: Option<ProgressFn>) -> Self {
+        self.progress = cb;
+        self
+    }
+}
+
+/// What an export wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportReport {
+    /// The output file.
+    pub path: PathBuf,
+    /// The region exported.
+    pub region: Region,
+    /// The shape written (integer-indexed axes dropped, as numpy does).
+    pub shape: Vec<u64>,
+    /// Element type.
+    pub dtype: DType,
+    /// Bytes written (header included).
+    pub bytes: u64,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+/// Writes a region of the array at `store` to `out` (.npy, or raw with [`ExportOptions::raw`]).
+///
+/// # Errors
+/// [`Error::BadRegion`], [`Error::OutputExists`], [`Error::CorruptChunk`] naming the chunk,
+/// [`Error::Io`]; no file appears at `out` on error.
+pub fn export(store: impl AsRef<Path>, out: &Path, opts: &ExportOptions) -> Result<ExportReport> {
+    let store = Store::open(store)?;
+    with_threads(opts.threads, || export_in_pool(&store, out, opts))
+}
+
+fn export_in_pool(store: &Store, out: &Path, opts: &ExportOptions) -> Result<ExportReport> {
+    let start = Instant::now();
+    let parsed = match &opts.region {
+        Some(spec) => Region::parse(spec, store.shape())?,
+        None => ParsedRegion {
+            region: Region::full(store.shape()),
+            dropped: Vec::new(),
+        },
+    };
+    let region = parsed.region.clone();
+    let shape = parsed.output_shape();
+    let dtype = store.dtype();
+    let itemsize = dtype.size();
+    if out.exists() && !opts.overwrite {
+        return Err(Error::OutputExists(out.to_path_buf()));
+    }
+    let header = if opts.raw {
+        Vec::new()
+    } else {
+        header_bytes(dtype, &shape)
+    };
+    let data_len = u64::try_from(region.len()).unwrap_or(u64::MAX) * itemsize as u64;
+    let tmp = tmp_name(out)?;
+    let file = File::create(&tmp).at(&tmp)?;
+    let result = (|| -> Result<()> {
+        file.write_all_at(&header, 0).at(&tmp)?;
+        file.set_len(header.len() as u64 + data_len).at(&tmp)?;
+        write_region(store, &region, &file, &tmp, header.len() as u64, opts)?;
+        file.sync_all().at(&tmp)?;
+        fs::rename(&tmp, out).at(out)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result?;
+    Ok(ExportReport {
+        path: out.to_path_buf(),
+        region,
+        shape,
+        dtype,
+        bytes: header.len() as u64 + data_len,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+fn tmp_name(out: &Path) -> Result<PathBuf> {
+    let name = out
+        .file_name()
+        .ok_or_else(|| Error::option("-o", format!("{} has no file name", out.display())))?;
+    let mut s = std::ffi::OsString::from(".");
+    s.push(name);
+    s.push(".chunkwise-tmp");
+    Ok(out.with_file_name(s))
+}
+
+/// Streams `region` into `file` at `base`, in C order, one block at a time.
+fn write_region(
+    store: &Store,
+    region: &Region,
+    file: &File,
+    path: &Path,
+    base: u64,
+    opts: &ExportOptions,
+) -> Result<()> {
+    let itemsize = store.dtype().size();
+    let total = u64::try_from(region.len()).unwrap_or(u64::MAX) * itemsize as u64;
+    let tracker = Tracker::new("export", Unit::Bytes, total, opts.progress.clone());
+    if region.is_empty() {
+        return Ok(());
+    }
+    let grid = store.grid()?;
+    let chunk_box = grid.chunks_touching(region);
+    let axes: Vec<usize> = (0..region.ndim()).collect();
+    let budget = opts.memory.unwrap_or(crate::convert::DEFAULT_MEMORY);
+    let rshape: Vec<u64> = region.shape();
+    let rstrides = c_strides(
+        &rshape.iter().map(|&n| n as usize).collect::<Vec<_>>(),
+        itemsize,
+    );
+    for b in grid.blocks(&chunk_box, &axes, itemsize, budget) {
+        let block = grid
+            .box_region(&b)
+            .intersect(region)
+            .expect("same rank as the region");
+        let n = to_usize(u64::try_from(block.len()).unwrap_or(u64::MAX), "block")?;
+        let mut buf = vec![0u8; n * itemsize];
+        store.read_region_into(&block, &mut buf)?;
+        // The block is contiguous in the output from the first axis it does not span fully.
+        let bshape = block.shape();
+        let a = (0..bshape.len())
+            .rev()
+            .find(|&j| bshape[j] != rshape[j])
+            .unwrap_or(0);
+        let run: usize = bshape[a..].iter().map(|&n| n as usize).product::<usize>() * itemsize;
+        let outer: Vec<_> = block.ranges()[..a].to_vec();
+        for (k, idx) in indices_in(&outer).into_iter().enumerate() {
+            let mut off = 0usize;
+            for (j, &i) in idx.iter().enumerate() {
+                off += (i - region.ranges()[j].start) as usize * rstrides[j];
+            }
+            for ((b, r), &s) in block.ranges()[a..]
+                .iter()
+                .zip(&region.ranges()[a..])
+                .zip(&rstrides[a..])
+            {
+                off += (b.start - r.start) as usize * s;
+            }
+            file.write_all_at(&buf[k * run..(k + 1) * run], base + off as u64)
+                .at(path)?;
+        }
+        tracker.add(buf.len() as u64);
+    }
+    Ok(())
+}

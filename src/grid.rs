@@ -1,0 +1,267 @@
+//! Regular chunk-grid arithmetic. Invariant: chunk sizes are non-zero; a chunk's region is clipped
+//! to the array shape (an edge chunk is stored padded, but only its clipped region holds data).
+
+use std::ops::Range;
+
+use crate::error::{Error, Result};
+use crate::region::Region;
+
+/// A regular chunk grid over an array shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grid {
+    shape: Vec<u64>,
+    chunk: Vec<u64>,
+}
+
+impl Grid {
+    /// A grid of `chunk`-sized chunks over `shape`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOption`] (`--chunks`) if the ranks differ or a chunk size is zero.
+    pub fn new(shape: &[u64], chunk: &[u64]) -> Result<Self> {
+        if chunk.len() != shape.len() {
+            return Err(Error::option(
+                "--chunks",
+                format!(
+                    "{} chunk sizes given for an array of {} dimensions (shape {})",
+                    chunk.len(),
+                    shape.len(),
+                    crate::region::fmt_shape(shape)
+                ),
+            ));
+        }
+        if let Some(axis) = chunk.iter().position(|&c| c == 0) {
+            return Err(Error::option(
+                "--chunks",
+                format!("chunk size on axis {axis} is zero"),
+            ));
+        }
+        Ok(Grid {
+            shape: shape.to_vec(),
+            chunk: chunk.to_vec(),
+        })
+    }
+
+    /// The array shape.
+    pub fn shape(&self) -> &[u64] {
+        &self.shape
+    }
+
+    /// The (full) chunk shape.
+    pub fn chunk_shape(&self) -> &[u64] {
+        &self.chunk
+    }
+
+    /// Chunks per axis.
+    pub fn grid_shape(&self) -> Vec<u64> {
+        self.shape
+            .iter()
+            .zip(&self.chunk)
+            .map(|(&n, &c)| n.div_ceil(c))
+            .collect()
+    }
+
+    /// Total number of chunks.
+    pub fn num_chunks(&self) -> u64 {
+        self.grid_shape().iter().product()
+    }
+
+    /// The region of the array a chunk covers, clipped to the array.
+    pub fn chunk_region(&self, idx: &[u64]) -> Region {
+        Region::new(
+            idx.iter()
+                .zip(&self.chunk)
+                .zip(&self.shape)
+                .map(|((&i, &c), &n)| {
+                    let s = (i * c).min(n);
+                    s..((i + 1) * c).min(n)
+                })
+                .collect(),
+        )
+    }
+
+    /// The box of chunk indices whose chunks intersect `region`.
+    pub fn chunks_touching(&self, region: &Region) -> Vec<Range<u64>> {
+        region
+            .ranges()
+            .iter()
+            .zip(&self.chunk)
+            .map(|(r, &c)| {
+                if r.start >= r.end {
+                    0..0
+                } else {
+                    r.start / c..r.end.div_ceil(c)
+                }
+            })
+            .collect()
+    }
+}
+
+impl Grid {
+    /// Splits a box of chunk indices into blocks for streaming: each block is one chunk deep
+    /// along `axes[0]` (the axis the data is stored slowest along) and as wide on the other axes
+    /// as fits `budget` bytes, splitting along `axes[1]`, then `axes[2]`, ... as needed. Blocks
+    /// come in storage order (`axes[0]` outermost).
+    pub fn blocks(
+        &self,
+        chunk_box: &[Range<u64>],
+        axes: &[usize],
+        itemsize: usize,
+        budget: u64,
+    ) -> Vec<Vec<Range<u64>>> {
+        let ndim = chunk_box.len();
+        // Chunks per block along each axis.
+        let mut step: Vec<u64> = chunk_box
+            .iter()
+            .map(|r| r.end.saturating_sub(r.start).max(1))
+            .collect();
+        if let Some(&a0) = axes.first() {
+            step[a0] = 1;
+        }
+        let bytes = |step: &[u64]| -> u128 {
+            (0..ndim)
+                .map(|a| u128::from(step[a]) * u128::from(self.chunk[a].min(self.shape[a].max(1))))
+                .product::<u128>()
+                * itemsize as u128
+        };
+        for &a in axes.iter().skip(1) {
+            if bytes(&step) <= u128::from(budget) {
+                break;
+            }
+            let mut one = step.clone();
+            one[a] = 1;
+            let per = bytes(&one).max(1);
+            step[a] = u64::try_from(u128::from(budget) / per)
+                .unwrap_or(u64::MAX)
+                .clamp(1, step[a]);
+        }
+        // Blocks in storage order: iterate axes[0] slowest, then axes[1], ...
+        let mut per_axis: Vec<Vec<Range<u64>>> = vec![Vec::new(); ndim];
+        for a in 0..ndim {
+            let r = &chunk_box[a];
+            let mut s = r.start;
+            while s < r.end {
+                let e = (s + step[a]).min(r.end);
+                per_axis[a].push(s..e);
+                s = e;
+            }
+        }
+        if per_axis.iter().any(Vec::is_empty) {
+            return Vec::new();
+        }
+        let mut order: Vec<usize> = axes.to_vec();
+        for a in 0..ndim {
+            if !order.contains(&a) {
+                order.push(a);
+            }
+        }
+        let counts: Vec<Range<u64>> = order.iter().map(|&a| 0..per_axis[a].len() as u64).collect();
+        indices_in(&counts)
+            .into_iter()
+            .map(|pick| {
+                let mut b = vec![0..0; ndim];
+                for (k, &a) in order.iter().enumerate() {
+                    b[a] = per_axis[a][pick[k] as usize].clone();
+                }
+                b
+            })
+            .collect()
+    }
+
+    /// The array region a box of chunk indices covers (clipped to the array).
+    pub fn box_region(&self, chunk_box: &[Range<u64>]) -> Region {
+        Region::new(
+            chunk_box
+                .iter()
+                .zip(&self.chunk)
+                .zip(&self.shape)
+                .map(|((r, &c), &n)| (r.start * c).min(n)..(r.end * c).min(n))
+                .collect(),
+        )
+    }
+}
+
+/// The storage order of axes for data stored slowest along `slow_axis`: C order (0, 1, 2, ...)
+/// or Fortran order (n-1, n-2, ..., 0).
+pub fn storage_order(ndim: usize, slow_axis: usize) -> Vec<usize> {
+    if slow_axis == 0 {
+        (0..ndim).collect()
+    } else {
+        (0..ndim).rev().collect()
+    }
+}
+
+/// Chunk indices of a box of the grid, in C (row-major) order.
+pub fn indices_in(boxed: &[Range<u64>]) -> Vec<Vec<u64>> {
+    let total: u64 = boxed
+        .iter()
+        .map(|r| r.end.saturating_sub(r.start))
+        .product();
+    let mut out = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    if total == 0 {
+        return out;
+    }
+    let mut idx: Vec<u64> = boxed.iter().map(|r| r.start).collect();
+    loop {
+        out.push(idx.clone());
+        let mut axis = boxed.len();
+        loop {
+            if axis == 0 {
+                return out;
+            }
+            axis -= 1;
+            idx[axis] += 1;
+            if idx[axis] < boxed[axis].end {
+                break;
+            }
+            idx[axis] = boxed[axis].start;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edge_chunks_are_clipped() {
+        let g = Grid::new(&[37, 29], &[16, 16]).unwrap();
+        assert_eq!(g.grid_shape(), vec![3, 2]);
+        assert_eq!(g.num_chunks(), 6);
+        assert_eq!(g.chunk_region(&[2, 1]).ranges(), &[32..37, 16..29]);
+        let r = Region::new(vec![15..33, 0..1]);
+        assert_eq!(g.chunks_touching(&r), vec![0..3, 0..1]);
+    }
+
+    #[test]
+    fn bad_chunks() {
+        assert!(Grid::new(&[10, 10], &[0, 5]).is_err());
+        assert!(Grid::new(&[10, 10], &[5]).is_err());
+    }
+
+    #[test]
+    fn blocks_split_to_fit_the_budget() {
+        let g = Grid::new(&[512, 1024, 1024], &[128, 128, 128]).unwrap();
+        let all: Vec<_> = g.grid_shape().into_iter().map(|n| 0..n).collect();
+        // A whole layer (128x1024x1024 u16 = 256 MiB) fits 256 MiB: 4 blocks.
+        let b = g.blocks(&all, &[0, 1, 2], 2, 256 << 20);
+        assert_eq!(b.len(), 4);
+        assert_eq!(b[1], vec![1..2, 0..8, 0..8]);
+        // 64 MiB: each layer splits into 4 blocks of 2 chunk rows.
+        let b = g.blocks(&all, &[0, 1, 2], 2, 64 << 20);
+        assert_eq!(b.len(), 16);
+        assert_eq!(b[1], vec![0..1, 2..4, 0..8]);
+        // Fortran storage: layers along the last axis.
+        let b = g.blocks(&all, &[2, 1, 0], 2, 256 << 20);
+        assert_eq!(b[0], vec![0..4, 0..8, 0..1]);
+        assert_eq!(g.box_region(&b[0]).ranges(), &[0..512, 0..1024, 0..128]);
+    }
+
+    #[test]
+    fn indices_c_order() {
+        let v = indices_in(&[0..2, 1..3]);
+        assert_eq!(v, vec![vec![0, 1], vec![0, 2], vec![1, 1], vec![1, 2]]);
+        assert!(indices_in(&[0..0, 0..3]).is_empty());
+        assert_eq!(indices_in(&[]), vec![Vec::<u64>::new()]);
+    }
+}

@@ -1,0 +1,445 @@
+//! Memory-mapped inputs: one .npy file, one raw file, or a stack of .npy files.
+//! Invariant: a block maps only the byte span its region needs and unmaps it when dropped, so
+//! resident memory stays at one block however large the file is.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use memmap2::{Mmap, MmapOptions};
+use serde::Deserialize;
+
+use super::{Block, RawOptions, Source};
+use crate::copy::{Side, c_strides, copy_box, f_strides};
+use crate::dtype::DType;
+use crate::error::{Error, IoContext, Result};
+use crate::npy::{NpyHeader, parse_header};
+use crate::region::{Region, fmt_shape};
+
+/// Where an array's elements lie in a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Layout {
+    path: PathBuf,
+    data_offset: u64,
+    shape: Vec<u64>,
+    dtype: DType,
+    fortran: bool,
+    big_endian: bool,
+}
+
+impl Layout {
+    fn strides(&self) -> Vec<usize> {
+        let shape: Vec<usize> = self.shape.iter().map(|&n| n as usize).collect();
+        if self.fortran {
+            f_strides(&shape, self.dtype.size())
+        } else {
+            c_strides(&shape, self.dtype.size())
+        }
+    }
+
+    fn data_len(&self) -> u128 {
+        self.shape.iter().map(|&n| u128::from(n)).product::<u128>() * self.dtype.size() as u128
+    }
+
+    /// Maps the bytes `region` (coordinates of this file's array) needs.
+    fn map(&self, region: &Region) -> Result<MappedPart> {
+        let strides = self.strides();
+        let itemsize = self.dtype.size();
+        if region.is_empty() {
+            return Ok(MappedPart {
+                map: None,
+                first: 0,
+                strides,
+                itemsize,
+                swap: self.big_endian,
+            });
+        }
+        let first: usize = region
+            .ranges()
+            .iter()
+            .zip(&strides)
+            .map(|(r, &s)| r.start as usize * s)
+            .sum();
+        let last: usize = region
+            .ranges()
+            .iter()
+            .zip(&strides)
+            .map(|(r, &s)| (r.end - 1) as usize * s)
+            .sum::<usize>()
+            + itemsize;
+        let file = File::open(&self.path).at(&self.path)?;
+        // SAFETY: the map is read-only; chunkwise's contract (spec/CLI.md) is that inputs are not
+        // modified while a convert reads them.
+        let map = unsafe {
+            MmapOptions::new()
+                .offset(self.data_offset + first as u64)
+                .len(last - first)
+                .map(&file)
+        }
+        .at(&self.path)?;
+        Ok(MappedPart {
+            map: Some(map),
+            first,
+            strides,
+            itemsize,
+            swap: self.big_endian,
+        })
+    }
+}
+
+/// The mapped bytes of one region of one file.
+struct MappedPart {
+    map: Option<Mmap>,
+    /// Byte offset (from the data start) of the mapping's first byte.
+    first: usize,
+    strides: Vec<usize>,
+    itemsize: usize,
+    swap: bool,
+}
+
+impl MappedPart {
+    /// Copies `part` (this file's coordinates) into `dst` at byte `dst_offset` with `dst_strides`.
+    fn copy(&self, part: &Region, dst: &mut [u8], dst_offset: usize, dst_strides: &[usize]) {
+        let Some(map) = &self.map else { return };
+        let abs: usize = part
+            .ranges()
+            .iter()
+            .zip(&self.strides)
+            .map(|(r, &s)| r.start as usize * s)
+            .sum();
+        let extent: Vec<usize> = part.shape().iter().map(|&n| n as usize).collect();
+        copy_box(
+            map,
+            Side {
+                offset: abs - self.first,
+                strides: &self.strides,
+            },
+            dst,
+            Side {
+                offset: dst_offset,
+                strides: dst_strides,
+            },
+            &extent,
+            self.itemsize,
+            self.swap,
+        );
+    }
+}
+
+/// Reads the first bytes of a file (enough for any .npy header) and parses its header.
+fn read_npy_header(path: &Path) -> Result<(NpyHeader, u64)> {
+    let mut f = File::open(path).at(path)?;
+    let len = f.metadata().at(path)?.len();
+    let mut head = Vec::with_capacity(4096);
+    f.by_ref().take(1 << 20).read_to_end(&mut head).at(path)?;
+    let header = parse_header(&head, path)?;
+    Ok((header, len))
+}
+
+fn npy_layout(path: &Path) -> Result<Layout> {
+    let (h, file_len) = read_npy_header(path)?;
+    let layout = Layout {
+        path: path.to_path_buf(),
+        data_offset: h.data_offset,
+        shape: h.shape.clone(),
+        dtype: h.dtype,
+        fortran: h.fortran_order,
+        big_endian: h.big_endian,
+    };
+    let expected = h.data_offset as u128 + layout.data_len();
+    if u128::from(file_len) < expected {
+        return Err(Error::SizeMismatch {
+            path: path.to_path_buf(),
+            what: format!(
+                "truncated .npy: header says {} {}",
+                fmt_shape(&h.shape),
+                h.dtype
+            ),
+            expected: u64::try_from(layout.data_len()).unwrap_or(u64::MAX),
+            actual: file_len.saturating_sub(h.data_offset),
+        });
+    }
+    Ok(layout)
+}
+
+/// One memory-mapped array file: an .npy file or a raw file.
+pub(crate) struct MappedSource {
+    layout: Layout,
+    kind: &'static str,
+}
+
+#[derive(Deserialize)]
+struct Sidecar {
+    shape: Vec<u64>,
+    dtype: String,
+    #[serde(default)]
+    byte_order: Option<String>,
+    #[serde(default)]
+    order: Option<String>,
+}
+
+impl MappedSource {
+    pub(crate) fn npy(path: &Path) -> Result<Self> {
+        let layout = npy_layout(path)?;
+        if layout.shape.is_empty() {
+            return Err(Error::bad_input(
+                path,
+                "0-dimensional arrays are not supported",
+            ));
+        }
+        Ok(MappedSource {
+            layout,
+            kind: ".npy",
+        })
+    }
+
+    /// A raw little-endian C-order file, described by `--dtype`/`--shape` or a JSON sidecar
+    /// of the same stem (`volume.raw` + `volume.json`).
+    pub(crate) fn raw(path: &Path, opts: &RawOptions) -> Result<Self> {
+        let sidecar_path = path.with_extension("json");
+        let sidecar: Option<Sidecar> = if opts.dtype.is_none() || opts.shape.is_none() {
+            if sidecar_path.is_file() {
+                let text = std::fs::read_to_string(&sidecar_path).at(&sidecar_path)?;
+                Some(serde_json::from_str(&text).map_err(|e| {
+                    Error::bad_input(
+                        &sidecar_path,
+                        format!(
+                            "bad sidecar (want {{\"shape\": [...], \"dtype\": \"uint16\"}}): {e}"
+                        ),
+                    )
+                })?)
+            } else {
+                None
+            }
+        } else {
+            None
+        };
+        let missing = || {
+            Error::option(
+                "--dtype/--shape",
+                format!(
+                    "raw input {} needs --dtype and --shape, or a sidecar {}",
+                    path.display(),
+                    sidecar_path.display()
+                ),
+            )
+        };
+        let dtype = match (opts.dtype, &sidecar) {
+            (Some(d), _) => d,
+            (None, Some(s)) => s
+                .dtype
+                .parse::<DType>()
+                .map_err(|e| Error::bad_input(&sidecar_path, e.to_string()))?,
+            (None, None) => return Err(missing()),
+        };
+        let shape = match (&opts.shape, &sidecar) {
+            (Some(s), _) => s.clone(),
+            (None, Some(s)) => s.shape.clone(),
+            (None, None) => return Err(missing()),
+        };
+        if shape.is_empty() {
+            return Err(Error::option(
+                "--shape",
+                "0-dimensional arrays are not supported",
+            ));
+        }
+        let (fortran, big_endian) = match &sidecar {
+            Some(s) if opts.shape.is_none() => (
+                matches!(s.order.as_deref(), Some("F" | "f" | "fortran")),
+                matches!(s.byte_order.as_deref(), Some("big" | ">")),
+            ),
+            _ => (false, false),
+        };
+        let layout = Layout {
+            path: path.to_path_buf(),
+            data_offset: 0,
+            shape,
+            dtype,
+            fortran,
+            big_endian: big_endian && dtype.size() > 1,
+        };
+        let file_len = std::fs::metadata(path).at(path)?.len();
+        if u128::from(file_len) != layout.data_len() {
+            return Err(Error::SizeMismatch {
+                path: path.to_path_buf(),
+                what: format!("raw {} {}", fmt_shape(&layout.shape), dtype),
+                expected: u64::try_from(layout.data_len()).unwrap_or(u64::MAX),
+                actual: file_len,
+            });
+        }
+        Ok(MappedSource {
+            layout,
+            kind: "raw",
+        })
+    }
+}
+
+impl Source for MappedSource {
+    fn shape(&self) -> &[u64] {
+        &self.layout.shape
+    }
+
+    fn dtype(&self) -> DType {
+        self.layout.dtype
+    }
+
+    fn slow_axis(&self) -> usize {
+        if self.layout.fortran {
+            self.layout.shape.len() - 1
+        } else {
+            0
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} file {} ({} {}{}{})",
+            self.kind,
+            self.layout.path.display(),
+            fmt_shape(&self.layout.shape),
+            self.layout.dtype,
+            if self.layout.fortran {
+                ", Fortran order"
+            } else {
+                ""
+            },
+            if self.layout.big_endian {
+                ", big-endian"
+            } else {
+                ""
+            },
+        )
+    }
+
+    fn block(&self, region: &Region) -> Result<Box<dyn Block + '_>> {
+        Ok(Box::new(MappedBlock {
+            part: self.layout.map(region)?,
+        }))
+    }
+}
+
+struct MappedBlock {
+    part: MappedPart,
+}
+
+impl Block for MappedBlock {
+    fn read_into(&self, part: &Region, dst: &mut [u8], dst_shape: &[usize]) {
+        let strides = c_strides(dst_shape, self.part.itemsize);
+        self.part.copy(part, dst, 0, &strides);
+    }
+}
+
+/// .npy files, each one slice or block, stacked along a new leading axis.
+pub(crate) struct NpyStack {
+    files: Vec<Layout>,
+    shape: Vec<u64>,
+    dtype: DType,
+}
+
+impl NpyStack {
+    /// Reads every header; all must agree on shape and dtype (the first that differs is named).
+    pub(crate) fn open(paths: Vec<PathBuf>) -> Result<Self> {
+        let mut files = Vec::with_capacity(paths.len());
+        for p in &paths {
+            let layout = npy_layout(p)?;
+            if let Some(first) = files.first() {
+                let first: &Layout = first;
+                if layout.shape != first.shape {
+                    return Err(Error::StackMismatch {
+                        path: p.clone(),
+                        first: first.path.clone(),
+                        field: "shape",
+                        expected: fmt_shape(&first.shape),
+                        found: fmt_shape(&layout.shape),
+                    });
+                }
+                if layout.dtype != first.dtype {
+                    return Err(Error::StackMismatch {
+                        path: p.clone(),
+                        first: first.path.clone(),
+                        field: "dtype",
+                        expected: first.dtype.to_string(),
+                        found: layout.dtype.to_string(),
+                    });
+                }
+            }
+            files.push(layout);
+        }
+        let first = files
+            .first()
+            .ok_or_else(|| Error::NoInputs(paths.first().cloned().unwrap_or_default()))?;
+        let mut shape = vec![files.len() as u64];
+        shape.extend_from_slice(&first.shape);
+        let dtype = first.dtype;
+        Ok(NpyStack {
+            files,
+            shape,
+            dtype,
+        })
+    }
+}
+
+impl Source for NpyStack {
+    fn shape(&self) -> &[u64] {
+        &self.shape
+    }
+
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn describe(&self) -> String {
+        let name = |l: &Layout| {
+            l.path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        let first = &self.files[0];
+        let last = &self.files[self.files.len() - 1];
+        format!(
+            "{} .npy files {} ... {} in {} ({} {})",
+            self.files.len(),
+            name(first),
+            name(last),
+            first
+                .path
+                .parent()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            fmt_shape(&self.shape),
+            self.dtype
+        )
+    }
+
+    fn block(&self, region: &Region) -> Result<Box<dyn Block + '_>> {
+        let inner = Region::new(region.ranges()[1..].to_vec());
+        let z = region.ranges()[0].clone();
+        let parts = self.files[z.start as usize..z.end as usize]
+            .iter()
+            .map(|f| f.map(&inner))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Box::new(StackBlock {
+            z0: z.start,
+            parts,
+            itemsize: self.dtype.size(),
+        }))
+    }
+}
+
+struct StackBlock {
+    z0: u64,
+    parts: Vec<MappedPart>,
+    itemsize: usize,
+}
+
+impl Block for StackBlock {
+    fn read_into(&self, part: &Region, dst: &mut [u8], dst_shape: &[usize]) {
+        let strides = c_strides(dst_shape, self.itemsize);
+        let inner = Region::new(part.ranges()[1..].to_vec());
+        for (k, z) in part.ranges()[0].clone().enumerate() {
+            let p = &self.parts[(z - self.z0) as usize];
+            p.copy(&inner, dst, k * strides[0], &strides[1..]);
+        }
+    }
+}

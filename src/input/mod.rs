@@ -1,0 +1,352 @@
+//! Inputs chunkwise converts: .npy files and stacks, raw files, TIFF stacks, and Zarr arrays.
+//!
+//! A [`Source`] is read one block (a chunk-aligned box) at a time; a block holds its data only
+//! while it is alive (memory maps are unmapped, decoded TIFF pages freed when it drops), so
+//! memory is bounded by the block, never by the input. Invariant: `Block::read_into` is only
+//! called with parts inside the block's region.
+
+mod mapped;
+mod tiff;
+
+use std::cmp::Ordering;
+use std::path::{Path, PathBuf};
+
+use crate::copy::{Side, c_strides, copy_box};
+use crate::dtype::DType;
+use crate::error::{Error, IoContext, Result, to_usize};
+use crate::region::Region;
+use crate::store::{Store, is_store};
+
+pub(crate) use mapped::{MappedSource, NpyStack};
+pub(crate) use tiff::TiffStack;
+
+/// An array to convert, readable block by block.
+pub(crate) trait Source: Send + Sync {
+    /// The array shape.
+    fn shape(&self) -> &[u64];
+    /// The element type.
+    fn dtype(&self) -> DType;
+    /// The axis along which the input is stored slowest (0 for C order, the last for Fortran).
+    fn slow_axis(&self) -> usize {
+        0
+    }
+    /// A one-line description for reports ("512 .npy files slice_0000.npy ... slice_0511.npy").
+    fn describe(&self) -> String;
+    /// Makes `region` readable until the returned block is dropped.
+    fn block(&self, region: &Region) -> Result<Box<dyn Block + '_>>;
+}
+
+/// A readable box of a [`Source`].
+pub(crate) trait Block: Send + Sync {
+    /// Copies `part` (array coordinates, inside the block) into the origin corner of `dst`, a
+    /// C-order buffer of `dst_shape` with native-endian elements.
+    fn read_into(&self, part: &Region, dst: &mut [u8], dst_shape: &[usize]);
+}
+
+/// How to read a raw (headerless) file: from flags, or else from a JSON sidecar.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RawOptions {
+    /// Element type (`--dtype`).
+    pub dtype: Option<DType>,
+    /// Shape (`--shape`).
+    pub shape: Option<Vec<u64>>,
+}
+
+/// Opens the inputs of a convert: see spec/CLI.md ("convert") for the rules.
+pub(crate) fn open(inputs: &[PathBuf], raw: &RawOptions) -> Result<Box<dyn Source>> {
+    let paths = expand(inputs)?;
+    let raw_given = raw.dtype.is_some() || raw.shape.is_some();
+    if let [one] = paths.as_slice() {
+        if one.is_dir() {
+            if is_store(one) {
+                refuse_raw_flags(raw_given, one)?;
+                return Ok(Box::new(StoreSource::open(one)?));
+            }
+            let files = list_dir(one)?;
+            return open_files(&files, one, raw_given);
+        }
+        return match kind(one) {
+            Kind::Npy => {
+                refuse_raw_flags(raw_given, one)?;
+                Ok(Box::new(MappedSource::npy(one)?))
+            }
+            Kind::Tiff => {
+                refuse_raw_flags(raw_given, one)?;
+                Ok(Box::new(TiffStack::multipage(one)?))
+            }
+            Kind::Other => Ok(Box::new(MappedSource::raw(one, raw)?)),
+        };
+    }
+    if let Some(dir) = paths.iter().find(|p| p.is_dir()) {
+        return Err(Error::bad_input(
+            dir,
+            "a directory among several inputs; give one directory, or files",
+        ));
+    }
+    let mut files = paths;
+    files.sort_by(|a, b| natural_cmp(&a.to_string_lossy(), &b.to_string_lossy()));
+    let first = files[0].clone();
+    open_files(&files, &first, raw_given)
+}
+
+fn refuse_raw_flags(raw_given: bool, path: &Path) -> Result<()> {
+    if raw_given {
+        return Err(Error::option(
+            "--dtype/--shape",
+            format!(
+                "these describe raw input; {} carries its own shape and type",
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Npy,
+    Tiff,
+    Other,
+}
+
+fn kind(p: &Path) -> Kind {
+    match p
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("npy") => Kind::Npy,
+        Some("tif" | "tiff") => Kind::Tiff,
+        _ => Kind::Other,
+    }
+}
+
+/// A stack of files (already in order) along a new leading axis.
+fn open_files(files: &[PathBuf], origin: &Path, raw_given: bool) -> Result<Box<dyn Source>> {
+    if files.is_empty() {
+        return Err(Error::NoInputs(origin.to_path_buf()));
+    }
+    refuse_raw_flags(raw_given, origin)?;
+    let kinds: Vec<Kind> = files.iter().map(|f| kind(f)).collect();
+    if let Some(i) = kinds.iter().position(|&k| k != kinds[0]) {
+        return Err(Error::bad_input(
+            &files[i],
+            format!(
+                "mixed input types: {} is {:?} but {} is {:?}",
+                files[i].display(),
+                kinds[i],
+                files[0].display(),
+                kinds[0]
+            ),
+        ));
+    }
+    match kinds[0] {
+        Kind::Npy => Ok(Box::new(NpyStack::open(files.to_vec())?)),
+        Kind::Tiff => Ok(Box::new(TiffStack::files(files.to_vec())?)),
+        Kind::Other => Err(Error::bad_input(
+            &files[0],
+            "several raw files cannot be stacked; give .npy or TIFF files",
+        )),
+    }
+}
+
+/// The .npy or TIFF files of a directory, in natural order.
+fn list_dir(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).at(dir)? {
+        let entry = entry.at(dir)?;
+        let p = entry.path();
+        let hidden = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'));
+        if !hidden && p.is_file() && kind(&p) != Kind::Other {
+            files.push(p);
+        }
+    }
+    if files.is_empty() {
+        return Err(Error::NoInputs(dir.to_path_buf()));
+    }
+    files.sort_by(|a, b| natural_cmp(&a.to_string_lossy(), &b.to_string_lossy()));
+    Ok(files)
+}
+
+/// Expands glob patterns (for shells that pass them through, or quoted ones).
+fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    if inputs.is_empty() {
+        return Err(Error::option("INPUT", "no input given"));
+    }
+    let mut out = Vec::new();
+    for p in inputs {
+        let s = p.to_string_lossy();
+        if !p.exists() && s.contains(['*', '?', '[']) {
+            let matches: Vec<PathBuf> = glob::glob(&s)
+                .map_err(|e| Error::option("INPUT", format!("bad pattern {s:?}: {e}")))?
+                .filter_map(std::result::Result::ok)
+                .collect();
+            if matches.is_empty() {
+                return Err(Error::NoInputs(p.clone()));
+            }
+            out.extend(matches);
+        } else if !p.exists() {
+            return Err(Error::NotFound(p.clone()));
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Natural order: digit runs compare by value, so `slice_2` sorts before `slice_10`.
+pub(crate) fn natural_cmp(a: &str, b: &str) -> Ordering {
+    let (mut x, mut y) = (a.as_bytes(), b.as_bytes());
+    loop {
+        match (x.first(), y.first()) {
+            (None, None) => return a.cmp(b),
+            (None, Some(_)) => return Ordering::Less,
+            (Some(_), None) => return Ordering::Greater,
+            (Some(c), Some(d)) if c.is_ascii_digit() && d.is_ascii_digit() => {
+                let n = x.iter().take_while(|c| c.is_ascii_digit()).count();
+                let m = y.iter().take_while(|c| c.is_ascii_digit()).count();
+                let (dx, dy) = (trim_zeros(&x[..n]), trim_zeros(&y[..m]));
+                let ord = dx.len().cmp(&dy.len()).then_with(|| dx.cmp(dy));
+                if ord != Ordering::Equal {
+                    return ord;
+                }
+                x = &x[n..];
+                y = &y[m..];
+            }
+            (Some(c), Some(d)) => {
+                if c != d {
+                    return c.cmp(d);
+                }
+                x = &x[1..];
+                y = &y[1..];
+            }
+        }
+    }
+}
+
+fn trim_zeros(d: &[u8]) -> &[u8] {
+    let k = d.iter().take_while(|&&c| c == b'0').count();
+    &d[k..]
+}
+
+/// A Zarr array as input (re-chunking or re-compressing a store).
+pub(crate) struct StoreSource {
+    store: Store,
+}
+
+impl StoreSource {
+    fn open(path: &Path) -> Result<Self> {
+        Ok(StoreSource {
+            store: Store::open(path)?,
+        })
+    }
+}
+
+impl Source for StoreSource {
+    fn shape(&self) -> &[u64] {
+        self.store.shape()
+    }
+
+    fn dtype(&self) -> DType {
+        self.store.dtype()
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "zarr v{} array {}",
+            self.store.zarr_format(),
+            self.store.path().display()
+        )
+    }
+
+    fn block(&self, region: &Region) -> Result<Box<dyn Block + '_>> {
+        let n = to_usize(u64::try_from(region.len()).unwrap_or(u64::MAX), "block")?;
+        let mut data = vec![0u8; n * self.store.dtype().size()];
+        self.store.read_region_into(region, &mut data)?;
+        Ok(Box::new(BufferBlock::new(
+            region.clone(),
+            data,
+            self.dtype().size(),
+        )))
+    }
+}
+
+/// A block held as a decoded C-order buffer of the block's region.
+pub(crate) struct BufferBlock {
+    region: Region,
+    shape: Vec<usize>,
+    data: Vec<u8>,
+    itemsize: usize,
+}
+
+impl BufferBlock {
+    pub(crate) fn new(region: Region, data: Vec<u8>, itemsize: usize) -> Self {
+        let shape = region.shape().iter().map(|&n| n as usize).collect();
+        BufferBlock {
+            region,
+            shape,
+            data,
+            itemsize,
+        }
+    }
+}
+
+impl Block for BufferBlock {
+    fn read_into(&self, part: &Region, dst: &mut [u8], dst_shape: &[usize]) {
+        let src_strides = c_strides(&self.shape, self.itemsize);
+        let offset: usize = part
+            .ranges()
+            .iter()
+            .zip(self.region.ranges())
+            .zip(&src_strides)
+            .map(|((p, r), &s)| (p.start - r.start) as usize * s)
+            .sum();
+        let extent: Vec<usize> = part.shape().iter().map(|&n| n as usize).collect();
+        copy_box(
+            &self.data,
+            Side {
+                offset,
+                strides: &src_strides,
+            },
+            dst,
+            Side {
+                offset: 0,
+                strides: &c_strides(dst_shape, self.itemsize),
+            },
+            &extent,
+            self.itemsize,
+            false,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn natural_order() {
+        let mut v = vec![
+            "slice_10.npy",
+            "slice_2.npy",
+            "slice_1.npy",
+            "slice_002.npy",
+            "a.npy",
+        ];
+        v.sort_by(|a, b| natural_cmp(a, b));
+        assert_eq!(
+            v,
+            vec![
+                "a.npy",
+                "slice_1.npy",
+                "slice_002.npy",
+                "slice_2.npy",
+                "slice_10.npy"
+            ]
+        );
+    }
+}

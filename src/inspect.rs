@@ -1,0 +1,297 @@
+//! `info` and `verify`: what an array holds and whether every stored chunk decodes.
+//! Invariant: both only read; a missing chunk is the fill value, not an error.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use serde_json::{Value, json};
+
+use crate::dtype::DType;
+use crate::error::{Error, IoContext, Result};
+use crate::progress::{ProgressFn, Tracker, Unit, with_threads};
+use crate::region::fmt_shape;
+use crate::store::Store;
+
+/// A summary of an array (`chunkwise info`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreInfo {
+    /// The array directory.
+    pub path: PathBuf,
+    /// Zarr format (3 or 2).
+    pub zarr_format: u8,
+    /// Shape.
+    pub shape: Vec<u64>,
+    /// Element type.
+    pub dtype: DType,
+    /// Chunk shape of a regular grid (the shard shape when sharded).
+    pub chunk_shape: Option<Vec<u64>>,
+    /// Chunks per axis.
+    pub grid_shape: Vec<u64>,
+    /// Chunks in the grid.
+    pub chunks_total: u64,
+    /// Chunks stored (absent chunks are entirely fill value).
+    pub chunks_present: u64,
+    /// Bytes of all files in the array directory.
+    pub stored_bytes: u64,
+    /// Uncompressed bytes of the array.
+    pub logical_bytes: u64,
+    /// The codec chain (v3 `codecs`; v2 `filters` and `compressor`).
+    pub codecs: Value,
+    /// The fill value as the metadata states it.
+    pub fill_value: Value,
+    /// Axis names, if any.
+    pub dimension_names: Option<Value>,
+}
+
+impl StoreInfo {
+    /// `logical_bytes / stored_bytes` (`None` when nothing is stored).
+    pub fn compression_ratio(&self) -> Option<f64> {
+        (self.stored_bytes > 0).then(|| self.logical_bytes as f64 / self.stored_bytes as f64)
+    }
+
+    /// The summary as JSON (`info --json`).
+    pub fn to_json(&self) -> Value {
+        json!({
+            "path": self.path,
+            "zarr_format": self.zarr_format,
+            "shape": self.shape,
+            "dtype": self.dtype.zarr_name(),
+            "chunk_shape": self.chunk_shape,
+            "grid_shape": self.grid_shape,
+            "chunks_total": self.chunks_total,
+            "chunks_present": self.chunks_present,
+            "stored_bytes": self.stored_bytes,
+            "logical_bytes": self.logical_bytes,
+            "compression_ratio": self.compression_ratio(),
+            "codecs": self.codecs,
+            "fill_value": self.fill_value,
+            "dimension_names": self.dimension_names,
+        })
+    }
+}
+
+fn codec_names(codecs: &Value) -> String {
+    match codecs {
+        Value::Array(list) => list
+            .iter()
+            .map(|c| {
+                let name = c["name"].as_str().unwrap_or("?");
+                let cfg = &c["configuration"];
+                match name {
+                    "zstd" => format!("zstd(level={})", cfg["level"]),
+                    "blosc" => format!(
+                        "blosc({} clevel={} {})",
+                        cfg["cname"].as_str().unwrap_or("?"),
+                        cfg["clevel"],
+                        cfg["shuffle"].as_str().unwrap_or("?")
+                    ),
+                    "sharding_indexed" => format!(
+                        "sharding(subchunks={} codecs=[{}])",
+                        cfg["chunk_shape"],
+                        codec_names(&cfg["codecs"])
+                    ),
+                    "bytes" => match cfg["endian"].as_str() {
+                        Some(e) => format!("bytes({e})"),
+                        None => "bytes".into(),
+                    },
+                    other => other.to_string(),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        other => other.to_string(),
+    }
+}
+
+impl fmt::Display for StoreInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "path:        {}", self.path.display())?;
+        writeln!(f, "format:      zarr v{}", self.zarr_format)?;
+        writeln!(
+            f,
+            "shape:       {} ({})",
+            fmt_shape(&self.shape),
+            self.dtype
+        )?;
+        if let Some(names) = &self.dimension_names {
+            writeln!(f, "axes:        {names}")?;
+        }
+        match &self.chunk_shape {
+            Some(c) => writeln!(
+                f,
+                "chunks:      {} (grid {})",
+                fmt_shape(c),
+                fmt_shape(&self.grid_shape)
+            )?,
+            None => writeln!(
+                f,
+                "chunks:      irregular (grid {})",
+                fmt_shape(&self.grid_shape)
+            )?,
+        }
+        writeln!(f, "codecs:      {}", codec_names(&self.codecs))?;
+        writeln!(f, "fill value:  {}", self.fill_value)?;
+        writeln!(
+            f,
+            "present:     {} of {} chunks ({} absent = fill value)",
+            self.chunks_present,
+            self.chunks_total,
+            self.chunks_total - self.chunks_present
+        )?;
+        writeln!(
+            f,
+            "stored:      {} bytes ({})",
+            self.stored_bytes,
+            human_bytes(self.stored_bytes)
+        )?;
+        writeln!(
+            f,
+            "logical:     {} bytes ({})",
+            self.logical_bytes,
+            human_bytes(self.logical_bytes)
+        )?;
+        match self.compression_ratio() {
+            Some(r) => write!(f, "ratio:       {r:.3}x"),
+            None => write!(f, "ratio:       - (nothing stored)"),
+        }
+    }
+}
+
+/// Formats a byte count as `1.50 GiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.2} {}", UNITS[u])
+    }
+}
+
+fn dir_bytes(path: &Path) -> Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(path).at(path)? {
+        let entry = entry.at(path)?;
+        let ft = entry.file_type().at(entry.path())?;
+        if ft.is_dir() {
+            total += dir_bytes(&entry.path())?;
+        } else if ft.is_file() {
+            total += entry.metadata().at(entry.path())?.len();
+        }
+    }
+    Ok(total)
+}
+
+/// Summarises the array at `path`.
+///
+/// # Errors
+/// As [`Store::open`], or [`Error::Io`] reading the directory.
+pub fn info(path: impl AsRef<Path>) -> Result<StoreInfo> {
+    let store = Store::open(path)?;
+    let meta = store.metadata_json();
+    let codecs = if store.zarr_format() == 3 {
+        meta["codecs"].clone()
+    } else {
+        json!({"filters": meta["filters"], "compressor": meta["compressor"]})
+    };
+    let indices = store.chunk_indices();
+    let present = indices
+        .par_iter()
+        .map(|idx| store.chunk_stored_size(idx).map(|s| u64::from(s.is_some())))
+        .try_reduce(|| 0, |a, b| Ok(a + b))?;
+    let logical = store.shape().iter().product::<u64>() * store.dtype().size() as u64;
+    Ok(StoreInfo {
+        path: store.path().to_path_buf(),
+        zarr_format: store.zarr_format(),
+        shape: store.shape().to_vec(),
+        dtype: store.dtype(),
+        chunk_shape: store.chunk_shape(),
+        grid_shape: store.grid_shape(),
+        chunks_total: indices.len() as u64,
+        chunks_present: present,
+        stored_bytes: dir_bytes(store.path())?,
+        logical_bytes: logical,
+        codecs,
+        fill_value: meta["fill_value"].clone(),
+        dimension_names: meta
+            .get("dimension_names")
+            .filter(|v| !v.is_null())
+            .cloned(),
+    })
+}
+
+/// A chunk that failed to decode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadChunk {
+    /// Its store key (`c/0/1/2`).
+    pub key: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// The outcome of [`verify`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Chunks in the grid.
+    pub chunks_total: u64,
+    /// Chunks stored and decoded.
+    pub chunks_checked: u64,
+    /// Chunks that failed, in key order.
+    pub bad: Vec<BadChunk>,
+}
+
+impl VerifyReport {
+    /// Whether every stored chunk decoded.
+    pub fn ok(&self) -> bool {
+        self.bad.is_empty()
+    }
+}
+
+/// Decodes every stored chunk of the array at `path` (validating crc32c checksums where the
+/// codecs have them) and lists the chunks that fail.
+///
+/// # Errors
+/// As [`Store::open`]; bad chunks are reported in the [`VerifyReport`], not as errors.
+pub fn verify(
+    path: impl AsRef<Path>,
+    threads: Option<usize>,
+    progress: Option<ProgressFn>,
+) -> Result<VerifyReport> {
+    let store = Store::open(path)?;
+    with_threads(threads, || {
+        let indices = store.chunk_indices();
+        let tracker = Tracker::new("verify", Unit::Chunks, indices.len() as u64, progress);
+        let results: Vec<(u64, Option<BadChunk>)> = indices
+            .par_iter()
+            .map(|idx| {
+                let r = match store.read_chunk(idx) {
+                    Ok(None) => (0, None),
+                    Ok(Some(_)) => (1, None),
+                    Err(Error::CorruptChunk { key, reason, .. }) => {
+                        (1, Some(BadChunk { key, reason }))
+                    }
+                    Err(e) => (
+                        1,
+                        Some(BadChunk {
+                            key: store.chunk_key(idx),
+                            reason: e.to_string(),
+                        }),
+                    ),
+                };
+                tracker.add(1);
+                r
+            })
+            .collect();
+        Ok(VerifyReport {
+            chunks_total: indices.len() as u64,
+            chunks_checked: results.iter().map(|r| r.0).sum(),
+            bad: results.into_iter().filter_map(|r| r.1).collect(),
+        })
+    })
+}

@@ -1,0 +1,55 @@
+//! chunkwise: arrays too big for memory, stored as chunked, compressed Zarr v3 arrays.
+//!
+//! The chunk grid of a store doubles as the block decomposition for computing on it. This
+//! release holds the foundation: converting .npy / raw / TIFF stacks into stores
+//! ([`convert()`]), reading regions ([`Store::read_region`]), summarising ([`info()`]),
+//! checking ([`verify()`]) and exporting ([`export()`]) them. The on-disk format is described
+//! in `spec/FORMAT.md`, the command line in `spec/CLI.md`.
+//!
+//! ```no_run
+//! use std::path::{Path, PathBuf};
+//! use chunkwise::{ConvertOptions, Region, Store};
+//!
+//! let report = chunkwise::convert(
+//!     &[PathBuf::from("slices/")],
+//!     Path::new("volume.zarr"),
+//!     &ConvertOptions::default().chunks(Some(vec![64, 256, 256])),
+//! )?;
+//! println!("{} chunks written", report.chunks_written);
+//!
+//! let store = Store::open("volume.zarr")?;
+//! let block = store.read_region::<u16>(&Region::new(vec![0..10, 0..100, 0..100]))?;
+//! assert_eq!(block.shape(), &[10, 100, 100]);
+//! # Ok::<(), chunkwise::Error>(())
+//! ```
+//!
+//! Long operations run on a rayon pool (`threads`) and report progress through a callback
+//! ([`ProgressFn`]); the library never prints.
+
+#![warn(missing_docs)]
+
+mod convert;
+mod copy;
+mod dtype;
+mod error;
+mod export;
+mod grid;
+mod input;
+mod inspect;
+mod npy;
+mod progress;
+mod region;
+mod store;
+pub mod synth;
+
+pub use convert::{ConvertOptions, ConvertReport, DEFAULT_MEMORY, convert, default_chunks};
+pub use dtype::{DType, Element};
+pub use error::{Error, Result};
+pub use export::{ExportOptions, ExportReport, export};
+pub use grid::Grid;
+pub use input::RawOptions;
+pub use inspect::{BadChunk, StoreInfo, VerifyReport, human_bytes, info, verify};
+pub use npy::{NpyHeader, header_bytes as npy_header, parse_header as parse_npy_header, write_npy};
+pub use progress::{Progress, ProgressFn, Unit};
+pub use region::{ParsedRegion, Region, fmt_shape};
+pub use store::{Codec, Durability, Store, StoreSpec, StoreWriter, is_store};
