@@ -8,12 +8,15 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use std::sync::Arc;
+
 use rayon::prelude::*;
 
 use crate::dtype::DType;
 use crate::error::Result;
+use crate::grid::Grid;
 use crate::grid::{indices_in, storage_order};
-use crate::input::{self, RawOptions};
+use crate::input::{self, Block, RawOptions, Source};
 use crate::progress::{ProgressFn, Tracker, Unit, with_threads};
 use crate::store::{Codec, Durability, StoreSpec};
 
@@ -192,36 +195,39 @@ fn convert_in_pool(inputs: &[PathBuf], out: &Path, opts: &ConvertOptions) -> Res
     let all: Vec<_> = grid.grid_shape().into_iter().map(|n| 0..n).collect();
     let axes = storage_order(shape.len(), source.slow_axis());
     let budget = opts.memory.unwrap_or(DEFAULT_MEMORY);
-    let mut written = 0u64;
-    let mut stored = 0u64;
-    for block_box in grid.blocks(&all, &axes, itemsize, budget) {
-        let block = source.block(&grid.box_region(&block_box))?;
-        let chunks = indices_in(&block_box);
-        let (n, bytes) = chunks
-            .par_iter()
-            .map_init(
-                || vec![0u8; chunk_bytes],
-                |buf, idx| -> Result<(u64, u64)> {
-                    let region = grid.chunk_region(idx);
-                    let extent = region.shape();
-                    if extent
-                        .iter()
-                        .zip(&chunk_shape)
-                        .any(|(&e, &c)| e as usize != c)
-                    {
-                        // Edge chunk: stored padded with the fill value.
-                        buf.fill(0);
-                    }
-                    block.read_into(&region, buf, &chunk_shape);
-                    let w = writer.write_chunk(idx, buf)?;
-                    tracker.add(u64::try_from(region.len()).unwrap_or(0) * itemsize as u64);
-                    Ok((u64::from(w > 0), w))
-                },
-            )
-            .try_reduce(|| (0, 0), |a, b| Ok((a.0 + b.0, a.1 + b.1)))?;
-        written += n;
-        stored += bytes;
-    }
+    // One parallel loop over every chunk, fed in storage order: blocks open as the feed reaches
+    // them and close when their last chunk is done, so no thread waits at block boundaries.
+    let feed = ChunkFeed {
+        source: source.as_ref(),
+        grid: &grid,
+        blocks: grid.blocks(&all, &axes, itemsize, budget).into_iter(),
+        current: None,
+        failed: false,
+    };
+    let (written, stored) = feed
+        .par_bridge()
+        .map_init(
+            || vec![0u8; chunk_bytes],
+            |buf, item| -> Result<(u64, u64)> {
+                let (block, idx) = item?;
+                let region = grid.chunk_region(&idx);
+                let extent = region.shape();
+                if extent
+                    .iter()
+                    .zip(&chunk_shape)
+                    .any(|(&e, &c)| e as usize != c)
+                {
+                    // Edge chunk: stored padded with the fill value.
+                    buf.fill(0);
+                }
+                block.read_into(&region, buf, &chunk_shape);
+                drop(block);
+                let w = writer.write_chunk(&idx, buf)?;
+                tracker.add(u64::try_from(region.len()).unwrap_or(0) * itemsize as u64);
+                Ok((u64::from(w > 0), w))
+            },
+        )
+        .try_reduce(|| (0, 0), |a, b| Ok((a.0 + b.0, a.1 + b.1)))?;
     let chunks_total = grid.num_chunks();
     let store = writer.commit()?;
     Ok(ConvertReport {
@@ -236,4 +242,44 @@ fn convert_in_pool(inputs: &[PathBuf], out: &Path, opts: &ConvertOptions) -> Res
         bytes_stored: stored,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+type SharedBlock<'a> = Arc<Box<dyn Block + 'a>>;
+
+/// Yields `(block, chunk index)` for every chunk, opening each block when the first of its
+/// chunks is reached; the block is freed when the last task holding it finishes.
+struct ChunkFeed<'a> {
+    source: &'a dyn Source,
+    grid: &'a Grid,
+    blocks: std::vec::IntoIter<Vec<std::ops::Range<u64>>>,
+    current: Option<(SharedBlock<'a>, std::vec::IntoIter<Vec<u64>>)>,
+    failed: bool,
+}
+
+impl<'a> Iterator for ChunkFeed<'a> {
+    type Item = Result<(SharedBlock<'a>, Vec<u64>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        loop {
+            if let Some((block, chunks)) = &mut self.current {
+                if let Some(idx) = chunks.next() {
+                    return Some(Ok((block.clone(), idx)));
+                }
+                self.current = None;
+            }
+            let b = self.blocks.next()?;
+            match self.source.block(&self.grid.box_region(&b)) {
+                Ok(block) => {
+                    self.current = Some((Arc::new(block), indices_in(&b).into_iter()));
+                }
+                Err(e) => {
+                    self.failed = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
 }

@@ -52,4 +52,4 @@ pub use inspect::{BadChunk, StoreInfo, VerifyReport, human_bytes, info, verify};
 pub use npy::{NpyHeader, header_bytes as npy_header, parse_header as parse_npy_header, write_npy};
 pub use progress::{Progress, ProgressFn, Unit};
 pub use region::{ParsedRegion, Region, fmt_shape};
-pub use store::{Codec, Durability, Store, StoreSpec, StoreWriter, is_store};
+pub use store::{ChunkCodec, Codec, Durability, Store, StoreSpec, StoreWriter, is_store};

@@ -1,1 +1,10 @@
+//! The integration tests: one binary, a module per area (ripgrep's layout).
 
+mod common;
+
+mod bad_input;
+mod cli;
+mod convert;
+mod export;
+mod interop;
+mod verify;

@@ -126,14 +126,42 @@ impl MappedPart {
     }
 }
 
-/// Reads the first bytes of a file (enough for any .npy header) and parses its header.
+/// Reads an .npy header: the fixed preamble, then exactly the header length it states.
 fn read_npy_header(path: &Path) -> Result<(NpyHeader, u64)> {
     let mut f = File::open(path).at(path)?;
     let len = f.metadata().at(path)?.len();
-    let mut head = Vec::with_capacity(4096);
-    f.by_ref().take(1 << 20).read_to_end(&mut head).at(path)?;
+    let mut head = vec![0u8; 12];
+    let n = read_up_to(&mut f, &mut head).at(path)?;
+    head.truncate(n);
+    if n >= 10 && head.starts_with(b"\x93NUMPY") {
+        let header_len = if head[6] == 1 {
+            usize::from(u16::from_le_bytes([head[8], head[9]])) + 10
+        } else if n >= 12 {
+            u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize + 12
+        } else {
+            n
+        };
+        let have = head.len();
+        if header_len > have && header_len <= 1 << 24 {
+            head.resize(header_len, 0);
+            let got = read_up_to(&mut f, &mut head[have..]).at(path)?;
+            head.truncate(have + got);
+        }
+    }
     let header = parse_header(&head, path)?;
     Ok((header, len))
+}
+
+/// Reads until `buf` is full or the file ends; returns the bytes read.
+fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
 }
 
 fn npy_layout(path: &Path) -> Result<Layout> {

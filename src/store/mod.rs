@@ -1,0 +1,436 @@
+//! Zarr arrays in filesystem directories: the only module that names `zarrs` types.
+//!
+//! Reading goes through `zarrs` (any Zarr v3 array it understands, and Zarr v2 read-only).
+//! Writing is ours: `zarrs` encodes each chunk ([`ChunkCodec`]), `files` writes the bytes and
+//! syncs them once at the end, and [`StoreWriter`] publishes the array by writing `zarr.json`
+//! and renaming a private build directory into place. Invariant: a directory at the output
+//! path is either the old array or the complete new one, never a partial one (spec/FORMAT.md,
+//! "Durability").
+
+mod files;
+mod spec;
+mod writer;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ndarray::ArrayD;
+use rayon::prelude::*;
+use serde_json::Value;
+use zarrs::array::data_type as zdt;
+use zarrs::array::{
+    Array, ArrayBytes, ArrayError, ArrayMetadata, ArraySubset, CodecOptions, DataType,
+};
+use zarrs::filesystem::FilesystemStore;
+
+use crate::copy::{SharedOut, Side, c_strides};
+use crate::dtype::{DType, Element};
+use crate::error::{Error, Result, to_usize};
+use crate::grid::{Grid, indices_in};
+use crate::region::{Region, fmt_shape};
+
+pub use spec::{ChunkCodec, Codec, Durability, StoreSpec};
+pub use writer::StoreWriter;
+
+fn codec_options() -> CodecOptions {
+    // Our own rayon loops are the parallelism: one chunk per task, no nested codec threads.
+    let mut o = CodecOptions::default();
+    o.set_concurrent_target(1);
+    o
+}
+
+fn dtype_of(dt: &DataType) -> Option<DType> {
+    Some(if dt.is::<zdt::BoolDataType>() {
+        DType::Bool
+    } else if dt.is::<zdt::UInt8DataType>() {
+        DType::U8
+    } else if dt.is::<zdt::UInt16DataType>() {
+        DType::U16
+    } else if dt.is::<zdt::UInt32DataType>() {
+        DType::U32
+    } else if dt.is::<zdt::UInt64DataType>() {
+        DType::U64
+    } else if dt.is::<zdt::Int8DataType>() {
+        DType::I8
+    } else if dt.is::<zdt::Int16DataType>() {
+        DType::I16
+    } else if dt.is::<zdt::Int32DataType>() {
+        DType::I32
+    } else if dt.is::<zdt::Int64DataType>() {
+        DType::I64
+    } else if dt.is::<zdt::Float32DataType>() {
+        DType::F32
+    } else if dt.is::<zdt::Float64DataType>() {
+        DType::F64
+    } else {
+        return None;
+    })
+}
+
+fn shape_nz(chunk: &[u64]) -> Vec<std::num::NonZeroU64> {
+    chunk
+        .iter()
+        .map(|&c| std::num::NonZeroU64::new(c).expect("chunk sizes are validated non-zero"))
+        .collect()
+}
+/// An open Zarr array (v3, or v2 read-only) in a filesystem directory.
+pub struct Store {
+    path: PathBuf,
+    array: Array<FilesystemStore>,
+    dtype: DType,
+    zarr_format: u8,
+    fill: Vec<u8>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .field("shape", &self.shape())
+            .field("dtype", &self.dtype)
+            .finish()
+    }
+}
+
+/// Whether `path` holds Zarr array metadata (v3 `zarr.json` or v2 `.zarray`).
+pub fn is_store(path: &Path) -> bool {
+    path.join("zarr.json").is_file() || path.join(".zarray").is_file()
+}
+
+impl Store {
+    /// Opens the array in directory `path`.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::NotAStore`], [`Error::BadMetadata`] if zarrs refuses the
+    /// metadata, [`Error::UnsupportedDtype`] for data types outside [`DType`].
+    pub fn open(path: impl AsRef<Path>) -> Result<Store> {
+        let path = path.as_ref().to_path_buf();
+        if !path.exists() {
+            return Err(Error::NotFound(path));
+        }
+        if !is_store(&path) {
+            return Err(Error::NotAStore(path));
+        }
+        let fs_store = FilesystemStore::new(&path).map_err(|e| Error::BadMetadata {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let array = Array::open(Arc::new(fs_store), "/").map_err(|e| Error::BadMetadata {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        Store::from_array(path, array)
+    }
+
+    fn from_array(path: PathBuf, array: Array<FilesystemStore>) -> Result<Store> {
+        let dtype = dtype_of(array.data_type()).ok_or_else(|| Error::UnsupportedDtype {
+            path: path.clone(),
+            dtype: array.data_type().to_string(),
+            hint: format!("supported: {}", DType::accepted_names()),
+        })?;
+        let zarr_format = match array.metadata() {
+            ArrayMetadata::V3(_) => 3,
+            ArrayMetadata::V2(_) => 2,
+        };
+        if array.dimensionality() == 0 {
+            return Err(Error::BadMetadata {
+                path,
+                reason: "0-dimensional arrays are not supported".into(),
+            });
+        }
+        let fill = array.fill_value().as_ne_bytes().to_vec();
+        Ok(Store {
+            path,
+            array,
+            dtype,
+            zarr_format,
+            fill,
+        })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The array shape.
+    pub fn shape(&self) -> &[u64] {
+        self.array.shape()
+    }
+
+    /// Number of dimensions.
+    pub fn ndim(&self) -> usize {
+        self.array.dimensionality()
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// 3 or 2.
+    pub fn zarr_format(&self) -> u8 {
+        self.zarr_format
+    }
+
+    /// The fill value's bytes (native order).
+    pub fn fill_bytes(&self) -> &[u8] {
+        &self.fill
+    }
+
+    /// The metadata document as JSON (v3 `zarr.json` or v2 `.zarray`).
+    pub fn metadata_json(&self) -> Value {
+        serde_json::to_value(self.array.metadata()).unwrap_or(Value::Null)
+    }
+
+    /// The chunk shape of a regular chunk grid (`None` for other grids).
+    pub fn chunk_shape(&self) -> Option<Vec<u64>> {
+        match self.array.metadata() {
+            ArrayMetadata::V2(m) => Some(m.chunks.iter().map(|c| c.get()).collect()),
+            ArrayMetadata::V3(m) => {
+                if m.chunk_grid.name() != "regular" {
+                    return None;
+                }
+                let cfg = serde_json::to_value(&m.chunk_grid).ok()?;
+                cfg["configuration"]["chunk_shape"]
+                    .as_array()?
+                    .iter()
+                    .map(Value::as_u64)
+                    .collect()
+            }
+        }
+    }
+
+    /// The regular chunk grid.
+    ///
+    /// # Errors
+    /// [`Error::BadMetadata`] if the array's chunk grid is not regular.
+    pub fn grid(&self) -> Result<Grid> {
+        let chunk = self.chunk_shape().ok_or_else(|| Error::BadMetadata {
+            path: self.path.clone(),
+            reason: "only regular chunk grids are supported here".into(),
+        })?;
+        Grid::new(self.shape(), &chunk)
+    }
+
+    /// Chunks per axis.
+    pub fn grid_shape(&self) -> Vec<u64> {
+        self.array.chunk_grid_shape().to_vec()
+    }
+
+    /// Every chunk index, in C order.
+    pub fn chunk_indices(&self) -> Vec<Vec<u64>> {
+        let boxed: Vec<_> = self.grid_shape().into_iter().map(|n| 0..n).collect();
+        indices_in(&boxed)
+    }
+
+    /// The region of the array chunk `idx` covers (clipped to the array).
+    pub fn chunk_region(&self, idx: &[u64]) -> Result<Region> {
+        let subset = self
+            .array
+            .chunk_subset_bounded(idx)
+            .map_err(|e| self.chunk_error(idx, &e))?;
+        Ok(Region::new(subset.to_ranges()))
+    }
+
+    /// The store key of chunk `idx` (`c/0/1/2` in v3, `0.1.2` in v2 by default).
+    pub fn chunk_key(&self, idx: &[u64]) -> String {
+        self.array.chunk_key(idx).as_str().to_string()
+    }
+
+    /// The stored size of chunk `idx`, or `None` when it is absent (all fill value).
+    pub fn chunk_stored_size(&self, idx: &[u64]) -> Result<Option<u64>> {
+        let p = self.path.join(self.chunk_key(idx));
+        match fs::metadata(&p) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(p, e)),
+        }
+    }
+
+    fn chunk_error(&self, idx: &[u64], e: &ArrayError) -> Error {
+        Error::CorruptChunk {
+            store: self.path.clone(),
+            key: self.chunk_key(idx),
+            reason: e.to_string(),
+        }
+    }
+
+    /// Decodes chunk `idx` in full (its padded chunk shape), or `None` when it is absent.
+    ///
+    /// # Errors
+    /// [`Error::CorruptChunk`] naming the key when the chunk cannot be read or decoded (a bad
+    /// checksum, a truncated or garbled file).
+    pub fn read_chunk(&self, idx: &[u64]) -> Result<Option<Vec<u8>>> {
+        let got = self
+            .array
+            .retrieve_chunk_if_exists_opt::<ArrayBytes<'static>>(idx, &codec_options())
+            .map_err(|e| self.chunk_error(idx, &e))?;
+        match got {
+            None => Ok(None),
+            Some(bytes) => {
+                let raw = bytes.into_fixed().map_err(|e| Error::CorruptChunk {
+                    store: self.path.clone(),
+                    key: self.chunk_key(idx),
+                    reason: e.to_string(),
+                })?;
+                Ok(Some(raw.into_owned()))
+            }
+        }
+    }
+
+    /// Reads `region` into `out` (C order, native-endian element bytes), decoding the chunks it
+    /// touches in parallel on the current rayon pool.
+    ///
+    /// # Errors
+    /// [`Error::BadRegion`] if the region is outside the array or `out` has the wrong size;
+    /// [`Error::CorruptChunk`] naming the first bad chunk.
+    pub fn read_region_into(&self, region: &Region, out: &mut [u8]) -> Result<()> {
+        let itemsize = self.dtype.size();
+        let full = Region::full(self.shape());
+        if !full.contains(region) {
+            return Err(Error::BadRegion {
+                spec: region.to_string(),
+                reason: format!("outside the array of shape {}", fmt_shape(self.shape())),
+            });
+        }
+        let n = to_usize(u64::try_from(region.len()).unwrap_or(u64::MAX), "region")?;
+        if out.len() != n * itemsize {
+            return Err(Error::BadRegion {
+                spec: region.to_string(),
+                reason: format!(
+                    "output buffer holds {} bytes, need {}",
+                    out.len(),
+                    n * itemsize
+                ),
+            });
+        }
+        if region.is_empty() {
+            return Ok(());
+        }
+        let out_shape: Vec<usize> = region.shape().iter().map(|&s| s as usize).collect();
+        let out_strides = c_strides(&out_shape, itemsize);
+        let chunk_box = self.chunks_touching(region)?;
+        let chunks = indices_in(&chunk_box);
+        let shared = SharedOut::new(out);
+        let opts = codec_options();
+        chunks.par_iter().try_for_each(|idx| -> Result<()> {
+            let creg = self.chunk_region(idx)?;
+            let Some(part) = creg.intersect(region) else {
+                return Ok(());
+            };
+            if part.is_empty() {
+                return Ok(());
+            }
+            let part_shape: Vec<usize> = part.shape().iter().map(|&s| s as usize).collect();
+            // Decode only the part needed (a partial read of a shard decodes only its subchunks).
+            let in_chunk: Vec<_> = part
+                .ranges()
+                .iter()
+                .zip(creg.ranges())
+                .map(|(p, c)| (p.start - c.start)..(p.end - c.start))
+                .collect();
+            let bytes = if part == creg {
+                self.array
+                    .retrieve_chunk_opt::<ArrayBytes<'static>>(idx, &opts)
+                    .map(|b| (b, creg.shape()))
+            } else {
+                self.array
+                    .retrieve_chunk_subset_opt::<ArrayBytes<'static>>(
+                        idx,
+                        &ArraySubset::new_with_ranges(&in_chunk),
+                        &opts,
+                    )
+                    .map(|b| (b, part.shape()))
+            };
+            let (bytes, _) = bytes.map_err(|e| self.chunk_error(idx, &e))?;
+            let raw = bytes.into_fixed().map_err(|e| Error::CorruptChunk {
+                store: self.path.clone(),
+                key: self.chunk_key(idx),
+                reason: e.to_string(),
+            })?;
+            // For a whole chunk, zarrs returns the bounded chunk region only if the chunk is not
+            // an edge chunk; edge chunks come back padded to the full chunk shape.
+            let src_shape: Vec<usize> = if part == creg {
+                let full_chunk = self
+                    .array
+                    .chunk_shape(idx)
+                    .map_err(|e| self.chunk_error(idx, &e))?;
+                full_chunk.iter().map(|c| c.get() as usize).collect()
+            } else {
+                part_shape.clone()
+            };
+            let src_strides = c_strides(&src_shape, itemsize);
+            let dst_off: usize = part
+                .start()
+                .iter()
+                .zip(region.ranges())
+                .zip(&out_strides)
+                .map(|((&p, r), &s)| (p - r.start) as usize * s)
+                .sum();
+            // SAFETY: chunk regions are disjoint, so each task writes a disjoint box of `out`.
+            unsafe {
+                shared.copy_in(
+                    &raw,
+                    Side {
+                        offset: 0,
+                        strides: &src_strides,
+                    },
+                    Side {
+                        offset: dst_off,
+                        strides: &out_strides,
+                    },
+                    &part_shape,
+                    itemsize,
+                );
+            }
+            Ok(())
+        })
+    }
+
+    fn chunks_touching(&self, region: &Region) -> Result<Vec<std::ops::Range<u64>>> {
+        let subset = ArraySubset::new_with_ranges(region.ranges());
+        let chunks = self
+            .array
+            .chunks_in_array_subset(&subset)
+            .map_err(|e| Error::BadRegion {
+                spec: region.to_string(),
+                reason: e.to_string(),
+            })?
+            .ok_or_else(|| Error::BadRegion {
+                spec: region.to_string(),
+                reason: format!("outside the array of shape {}", fmt_shape(self.shape())),
+            })?;
+        Ok(chunks.to_ranges())
+    }
+
+    /// Reads `region` as an n-d array of `T`.
+    ///
+    /// # Errors
+    /// [`Error::DtypeMismatch`] if `T` is not the store's type; otherwise as
+    /// [`Store::read_region_into`].
+    pub fn read_region<T: Element>(&self, region: &Region) -> Result<ArrayD<T>> {
+        if T::DTYPE != self.dtype {
+            return Err(Error::DtypeMismatch {
+                path: self.path.clone(),
+                stored: self.dtype,
+                requested: T::DTYPE,
+            });
+        }
+        let n = to_usize(u64::try_from(region.len()).unwrap_or(u64::MAX), "region")?;
+        let mut bytes = vec![0u8; n * self.dtype.size()];
+        self.read_region_into(region, &mut bytes)?;
+        let values = T::from_le_bytes_slice(&bytes);
+        let shape: Vec<usize> = region.shape().iter().map(|&s| s as usize).collect();
+        Ok(ArrayD::from_shape_vec(shape, values).expect("buffer length matches the region"))
+    }
+
+    /// Reads the whole array.
+    ///
+    /// # Errors
+    /// As [`Store::read_region`].
+    pub fn read_all<T: Element>(&self) -> Result<ArrayD<T>> {
+        self.read_region(&Region::full(self.shape()))
+    }
+}

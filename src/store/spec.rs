@@ -1,0 +1,412 @@
+//! What an array is made of: its compressor, chunking and codecs ([`StoreSpec`]), the
+//! `zarr.json` it is described by, and its codec pipeline on its own ([`ChunkCodec`]).
+//! Invariant: a validated spec always yields metadata that zarrs accepts.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use zarrs::array::{Array, ArrayBytes, ArrayMetadata, ArrayMetadataV3, ArrayToBytesCodecTraits};
+use zarrs::storage::store::MemoryStore;
+
+use super::writer::StoreWriter;
+use super::{codec_options, shape_nz};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::grid::Grid;
+use crate::region::fmt_shape;
+
+/// The compressor in a chunk's codec chain (always after the `bytes` codec).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// Zarr's `zstd` codec at `level` (-7..=22).
+    Zstd {
+        /// Compression level.
+        level: i32,
+    },
+    /// Zarr's `blosc` codec with zstd inside and byte shuffle, `clevel` 0..=9.
+    BloscZstd {
+        /// Blosc compression level.
+        level: u8,
+    },
+    /// Zarr's `blosc` codec with lz4 inside and byte shuffle, `clevel` 0..=9.
+    BloscLz4 {
+        /// Blosc compression level.
+        level: u8,
+    },
+}
+
+impl Default for Codec {
+    /// blosc with zstd level 1 inside and byte shuffle: see spec/FORMAT.md ("The default
+    /// codec") for the measurements behind the choice.
+    fn default() -> Self {
+        Codec::BloscZstd {
+            level: DEFAULT_BLOSC_ZSTD_LEVEL,
+        }
+    }
+}
+
+const DEFAULT_BLOSC_ZSTD_LEVEL: u8 = 1;
+
+/// The largest chunk (uncompressed) chunkwise creates: every worker holds one in memory.
+const MAX_CHUNK_BYTES: u128 = 2 << 30;
+
+impl Codec {
+    /// The codec named on the command line (`zstd`, `blosc-zstd`, `blosc-lz4`), at `level` or
+    /// its default level.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOption`] for an unknown name or a level outside the codec's range.
+    pub fn from_name(name: &str, level: Option<i32>) -> Result<Codec> {
+        let blosc_level = |default: u8| -> Result<u8> {
+            match level {
+                None => Ok(default),
+                Some(l) if (0..=9).contains(&l) => Ok(l as u8),
+                Some(l) => Err(Error::option(
+                    "--level",
+                    format!("blosc levels are 0..=9, got {l}"),
+                )),
+            }
+        };
+        match name {
+            "zstd" => match level {
+                None => Ok(Codec::Zstd { level: 3 }),
+                Some(l) if (-7..=22).contains(&l) => Ok(Codec::Zstd { level: l }),
+                Some(l) => Err(Error::option(
+                    "--level",
+                    format!("zstd levels are -7..=22, got {l}"),
+                )),
+            },
+            "blosc-zstd" => Ok(Codec::BloscZstd {
+                level: blosc_level(DEFAULT_BLOSC_ZSTD_LEVEL)?,
+            }),
+            "blosc-lz4" => Ok(Codec::BloscLz4 {
+                level: blosc_level(5)?,
+            }),
+            other => Err(Error::option(
+                "--codec",
+                format!("unknown codec {other:?}; expected zstd, blosc-zstd or blosc-lz4"),
+            )),
+        }
+    }
+
+    /// The command-line name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Codec::Zstd { .. } => "zstd",
+            Codec::BloscZstd { .. } => "blosc-zstd",
+            Codec::BloscLz4 { .. } => "blosc-lz4",
+        }
+    }
+
+    fn metadata(&self, itemsize: usize) -> Value {
+        let blosc = |cname: &str, clevel: u8| {
+            json!({"name": "blosc", "configuration": {
+                "cname": cname, "clevel": clevel, "shuffle": "shuffle",
+                "typesize": itemsize, "blocksize": 0}})
+        };
+        match *self {
+            Codec::Zstd { level } => {
+                json!({"name": "zstd", "configuration": {"level": level, "checksum": false}})
+            }
+            Codec::BloscZstd { level } => blosc("zstd", level),
+            Codec::BloscLz4 { level } => blosc("lz4", level),
+        }
+    }
+}
+
+/// Whether writes are made durable before an array is published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Sync every chunk and directory once, before `zarr.json` is written (the default).
+    #[default]
+    Sync,
+    /// Skip syncing (scratch data; a power cut may lose published chunks).
+    NoSync,
+}
+
+/// Everything needed to create an array: shape, type, chunking and codecs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreSpec {
+    shape: Vec<u64>,
+    dtype: DType,
+    chunks: Vec<u64>,
+    codec: Codec,
+    checksum: bool,
+    subchunks: Option<Vec<u64>>,
+    axis_names: Option<Vec<String>>,
+}
+
+impl StoreSpec {
+    /// An array of `shape` and `dtype` in chunks of `chunks`, with the default codec.
+    pub fn new(shape: Vec<u64>, dtype: DType, chunks: Vec<u64>) -> Self {
+        StoreSpec {
+            shape,
+            dtype,
+            chunks,
+            codec: Codec::default(),
+            checksum: false,
+            subchunks: None,
+            axis_names: None,
+        }
+    }
+
+    /// Sets the compressor.
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// Adds a `crc32c` checksum to every chunk (every subchunk when sharded).
+    pub fn checksum(mut self, on: bool) -> Self {
+        self.checksum = on;
+        self
+    }
+
+    /// Stores each chunk as a shard of `subchunks`-shaped subchunks (`sharding_indexed`).
+    pub fn subchunks(mut self, subchunks: Option<Vec<u64>>) -> Self {
+        self.subchunks = subchunks;
+        self
+    }
+
+    /// Names the axes (`dimension_names`).
+    pub fn axis_names(mut self, names: Option<Vec<String>>) -> Self {
+        self.axis_names = names;
+        self
+    }
+
+    /// The array shape.
+    pub fn shape(&self) -> &[u64] {
+        &self.shape
+    }
+
+    /// The chunk shape.
+    pub fn chunk_shape(&self) -> &[u64] {
+        &self.chunks
+    }
+
+    /// Checks the spec for consistency.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOption`] naming the option that is wrong.
+    pub fn validate(&self) -> Result<Grid> {
+        if self.shape.is_empty() {
+            return Err(Error::option(
+                "shape",
+                "0-dimensional arrays are not supported",
+            ));
+        }
+        let grid = Grid::new(&self.shape, &self.chunks)?;
+        let chunk_bytes = self.chunks.iter().map(|&c| u128::from(c)).product::<u128>()
+            * self.dtype.size() as u128;
+        if chunk_bytes > MAX_CHUNK_BYTES {
+            return Err(Error::option(
+                "--chunks",
+                format!(
+                    "a chunk of {} is {chunk_bytes} bytes, more than the {} GiB limit",
+                    fmt_shape(&self.chunks),
+                    MAX_CHUNK_BYTES >> 30
+                ),
+            ));
+        }
+        if let Some(sub) = &self.subchunks {
+            if sub.len() != self.chunks.len() {
+                return Err(Error::option(
+                    "--shard",
+                    format!(
+                        "{} subchunk sizes given for {} dimensions",
+                        sub.len(),
+                        self.chunks.len()
+                    ),
+                ));
+            }
+            for (axis, (&s, &c)) in sub.iter().zip(&self.chunks).enumerate() {
+                if s == 0 || c % s != 0 {
+                    return Err(Error::option(
+                        "--shard",
+                        format!(
+                            "subchunk size {s} on axis {axis} must be non-zero and divide the chunk size {c}"
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(names) = self
+            .axis_names
+            .as_ref()
+            .filter(|n| n.len() != self.shape.len())
+        {
+            return Err(Error::option(
+                "--axis-names",
+                format!(
+                    "{} names given for {} dimensions",
+                    names.len(),
+                    self.shape.len()
+                ),
+            ));
+        }
+        Ok(grid)
+    }
+
+    /// The `zarr.json` document this spec describes (spec/FORMAT.md, "zarr.json").
+    pub fn metadata(&self) -> Value {
+        let itemsize = self.dtype.size();
+        let bytes = if itemsize == 1 {
+            json!({"name": "bytes"})
+        } else {
+            json!({"name": "bytes", "configuration": {"endian": "little"}})
+        };
+        let mut codecs = vec![bytes, self.codec.metadata(itemsize)];
+        if self.checksum {
+            codecs.push(json!({"name": "crc32c"}));
+        }
+        if let Some(sub) = &self.subchunks {
+            codecs = vec![json!({"name": "sharding_indexed", "configuration": {
+                "chunk_shape": sub,
+                "codecs": codecs,
+                "index_codecs": [
+                    {"name": "bytes", "configuration": {"endian": "little"}},
+                    {"name": "crc32c"}
+                ],
+                "index_location": "end"
+            }})];
+        }
+        let fill = match self.dtype {
+            DType::Bool => json!(false),
+            DType::F32 | DType::F64 => json!(0.0),
+            _ => json!(0),
+        };
+        let mut meta = json!({
+            "zarr_format": 3,
+            "node_type": "array",
+            "shape": self.shape,
+            "data_type": self.dtype.zarr_name(),
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": self.chunks}},
+            "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+            "fill_value": fill,
+            "codecs": codecs,
+            "attributes": {}
+        });
+        if let Some(names) = &self.axis_names {
+            meta["dimension_names"] = json!(names);
+        }
+        meta
+    }
+
+    /// The codec pipeline this spec describes, for encoding chunks in memory.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOption`] for an inconsistent spec.
+    pub fn chunk_codec(&self) -> Result<ChunkCodec> {
+        self.validate()?;
+        ChunkCodec::new(&self.metadata(), &self.chunks, self.dtype.size())
+    }
+
+    /// Starts writing a new array at `path` (see [`StoreWriter`]).
+    ///
+    /// # Errors
+    /// [`Error::OutputExists`] if `path` exists and `overwrite` is false; [`Error::Locked`] if
+    /// another process is writing it; [`Error::InvalidOption`] for an inconsistent spec.
+    pub fn create(
+        &self,
+        path: &Path,
+        overwrite: bool,
+        durability: Durability,
+    ) -> Result<StoreWriter> {
+        StoreWriter::create(self, path, overwrite, durability)
+    }
+}
+
+/// The codec pipeline of an array spec on its own: encodes and decodes whole chunks in memory,
+/// with no I/O (used by the writer, and by benchmarks to measure the codec floor).
+pub struct ChunkCodec {
+    array: Array<MemoryStore>,
+    shape: Vec<std::num::NonZeroU64>,
+    chunk_bytes: usize,
+}
+
+impl ChunkCodec {
+    fn new(metadata: &Value, chunk: &[u64], itemsize: usize) -> Result<Self> {
+        let bad = |reason: String| Error::BadMetadata {
+            path: PathBuf::from("zarr.json"),
+            reason,
+        };
+        let v3: ArrayMetadataV3 =
+            serde_json::from_value(metadata.clone()).map_err(|e| bad(e.to_string()))?;
+        let array =
+            Array::new_with_metadata(Arc::new(MemoryStore::new()), "/", ArrayMetadata::V3(v3))
+                .map_err(|e| bad(e.to_string()))?;
+        Ok(ChunkCodec {
+            array,
+            shape: shape_nz(chunk),
+            chunk_bytes: chunk.iter().product::<u64>() as usize * itemsize,
+        })
+    }
+
+    /// Bytes of one full (padded) chunk.
+    pub fn chunk_bytes(&self) -> usize {
+        self.chunk_bytes
+    }
+
+    /// The store key of chunk `idx` (`c/0/1/2`).
+    pub fn key(&self, idx: &[u64]) -> String {
+        self.array.chunk_key(idx).as_str().to_string()
+    }
+
+    /// Encodes one full chunk (C order, native-endian elements).
+    ///
+    /// # Errors
+    /// [`Error::Encode`] if the buffer has the wrong size or the codec fails.
+    pub fn encode(&self, data: &[u8]) -> Result<Vec<u8>> {
+        let fail = |reason: String| Error::Encode {
+            store: PathBuf::new(),
+            key: String::new(),
+            reason,
+        };
+        if data.len() != self.chunk_bytes {
+            return Err(fail(format!(
+                "{} bytes given, a chunk holds {}",
+                data.len(),
+                self.chunk_bytes
+            )));
+        }
+        self.array
+            .codecs()
+            .encode(
+                ArrayBytes::from(data),
+                &self.shape,
+                self.array.data_type(),
+                self.array.fill_value(),
+                &codec_options(),
+            )
+            .map(std::borrow::Cow::into_owned)
+            .map_err(|e| fail(e.to_string()))
+    }
+
+    /// Decodes one encoded chunk.
+    ///
+    /// # Errors
+    /// [`Error::CorruptChunk`] if the bytes do not decode.
+    pub fn decode(&self, encoded: &[u8]) -> Result<Vec<u8>> {
+        let fail = |reason: String| Error::CorruptChunk {
+            store: PathBuf::new(),
+            key: String::new(),
+            reason,
+        };
+        let bytes = self
+            .array
+            .codecs()
+            .decode(
+                std::borrow::Cow::Borrowed(encoded),
+                &self.shape,
+                self.array.data_type(),
+                self.array.fill_value(),
+                &codec_options(),
+            )
+            .map_err(|e| fail(e.to_string()))?;
+        bytes
+            .into_fixed()
+            .map(std::borrow::Cow::into_owned)
+            .map_err(|e| fail(e.to_string()))
+    }
+}

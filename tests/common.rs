@@ -1,0 +1,128 @@
+//! Helpers shared by the integration tests: fixture paths, expected arrays, the binary, Python.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use chunkwise::{DType, Region, Store};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A path under fixtures/.
+pub fn fixture(rel: &str) -> PathBuf {
+    root().join("fixtures").join(rel)
+}
+
+/// An array read from an .npy file: type, shape and little-endian C-order bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Expected {
+    pub dtype: DType,
+    pub shape: Vec<u64>,
+    pub bytes: Vec<u8>,
+}
+
+/// Reads a C-order little-endian .npy file (the expected arrays numpy wrote in fixtures/).
+pub fn read_npy(path: &Path) -> Expected {
+    let data = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let h = chunkwise::parse_npy_header(&data, path).expect("valid npy");
+    assert!(
+        !h.fortran_order && !h.big_endian,
+        "expected arrays are C-order little-endian"
+    );
+    let bytes = data[h.data_offset as usize..].to_vec();
+    assert_eq!(bytes.len() as u128, h.data_len(), "{}", path.display());
+    Expected {
+        dtype: h.dtype,
+        shape: h.shape,
+        bytes,
+    }
+}
+
+/// The expected array of fixture `name` (fixtures/expected/NAME.npy).
+pub fn expected(name: &str) -> Expected {
+    read_npy(&fixture(&format!("expected/{name}.npy")))
+}
+
+/// Reads a whole store as raw bytes.
+pub fn store_bytes(store: &Store) -> Vec<u8> {
+    let region = Region::full(store.shape());
+    let n = store.shape().iter().product::<u64>() as usize * store.dtype().size();
+    let mut buf = vec![0u8; n];
+    store
+        .read_region_into(&region, &mut buf)
+        .expect("read store");
+    buf
+}
+
+/// Asserts a store holds exactly the expected array (type, shape and every byte).
+pub fn assert_store_eq(store: &Store, want: &Expected) {
+    assert_eq!(store.dtype(), want.dtype, "{}", store.path().display());
+    assert_eq!(store.shape(), &want.shape[..], "{}", store.path().display());
+    let got = store_bytes(store);
+    if got != want.bytes {
+        let first = got
+            .iter()
+            .zip(&want.bytes)
+            .position(|(a, b)| a != b)
+            .unwrap_or(0);
+        panic!(
+            "{}: data differs from the expected array, first at byte {first}",
+            store.path().display()
+        );
+    }
+}
+
+/// A fresh temporary directory.
+pub fn tmp() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("chunkwise-test-")
+        .tempdir()
+        .expect("temp dir")
+}
+
+/// Runs the chunkwise binary.
+pub fn chunkwise(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_chunkwise"))
+        .args(args)
+        .output()
+        .expect("run chunkwise")
+}
+
+/// The text of stderr.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The text of stdout.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The Python with zarr-python that the interop tests run: $CHUNKWISE_PYTHON, or the venv
+/// `bash .ci/run` creates at .venv/. Missing is a failure, never a skip.
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("CHUNKWISE_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let p = root().join(".venv/bin/python");
+    assert!(
+        p.exists(),
+        "the interop tests need Python with numpy and zarr: run `bash .ci/run` (it creates \
+         .venv/) or set CHUNKWISE_PYTHON"
+    );
+    p
+}
+
+/// Runs a script from tests/python with arguments; panics with its output if it fails.
+pub fn run_python(script: &str, args: &[&Path]) -> String {
+    let out = Command::new(python())
+        .arg(root().join("tests/python").join(script))
+        .args(args)
+        .output()
+        .expect("run python");
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(out.status.success(), "{script} failed:\n{text}");
+    text
+}
