@@ -194,7 +194,9 @@ fn convert_in_pool(inputs: &[PathBuf], out: &Path, opts: &ConvertOptions) -> Res
     let tracker = Tracker::new("convert", Unit::Bytes, total_bytes, opts.progress.clone());
     let all: Vec<_> = grid.grid_shape().into_iter().map(|n| 0..n).collect();
     let axes = storage_order(shape.len(), source.slow_axis());
-    let budget = opts.memory.unwrap_or(DEFAULT_MEMORY);
+    // The feed opens a block while the last chunks of the one before are still being gathered,
+    // so two blocks can be alive at once: each gets half the budget.
+    let budget = opts.memory.unwrap_or(DEFAULT_MEMORY) / 2;
     // One parallel loop over every chunk, fed in storage order: blocks open as the feed reaches
     // them and close when their last chunk is done, so no thread waits at block boundaries.
     let feed = ChunkFeed {

@@ -41,45 +41,70 @@ impl Layout {
         self.shape.iter().map(|&n| u128::from(n)).product::<u128>() * self.dtype.size() as u128
     }
 
-    /// Maps the bytes `region` (coordinates of this file's array) needs.
+    /// The axis the file is stored slowest along.
+    fn slow_axis(&self) -> usize {
+        if self.fortran {
+            self.shape.len() - 1
+        } else {
+            0
+        }
+    }
+
+    /// Maps the bytes `region` (coordinates of this file's array) needs. When the region spans
+    /// the faster axes whole it is one contiguous run and gets one mapping; otherwise each plane
+    /// along the slow axis gets its own, covering only that plane's part. (One mapping of the
+    /// whole span would also cover the other blocks' rows in between, and the kernel maps a
+    /// file's large page-cache folios whole, so resident memory would be the span, not the
+    /// region.)
     fn map(&self, region: &Region) -> Result<MappedPart> {
         let strides = self.strides();
         let itemsize = self.dtype.size();
-        if region.is_empty() {
-            return Ok(MappedPart {
-                map: None,
-                first: 0,
-                strides,
-                itemsize,
-                swap: self.big_endian,
-            });
-        }
-        let first: usize = region
+        let slow = self.slow_axis();
+        let contiguous = region
             .ranges()
             .iter()
-            .zip(&strides)
-            .map(|(r, &s)| r.start as usize * s)
-            .sum();
-        let last: usize = region
-            .ranges()
-            .iter()
-            .zip(&strides)
-            .map(|(r, &s)| (r.end - 1) as usize * s)
-            .sum::<usize>()
-            + itemsize;
-        let file = File::open(&self.path).at(&self.path)?;
-        // SAFETY: the map is read-only; chunkwise's contract (spec/CLI.md) is that inputs are not
-        // modified while a convert reads them.
-        let map = unsafe {
-            MmapOptions::new()
-                .offset(self.data_offset + first as u64)
-                .len(last - first)
-                .map(&file)
+            .zip(&self.shape)
+            .enumerate()
+            .all(|(a, (r, &n))| a == slow || (r.start == 0 && r.end == n));
+        let mut planes = Vec::new();
+        if !region.is_empty() {
+            let file = File::open(&self.path).at(&self.path)?;
+            let runs: Vec<std::ops::Range<u64>> = if contiguous {
+                vec![region.ranges()[slow].clone()]
+            } else {
+                region.ranges()[slow].clone().map(|s| s..s + 1).collect()
+            };
+            for run in runs {
+                let mut ranges = region.ranges().to_vec();
+                ranges[slow] = run;
+                let first: usize = ranges
+                    .iter()
+                    .zip(&strides)
+                    .map(|(r, &st)| r.start as usize * st)
+                    .sum();
+                let last: usize = ranges
+                    .iter()
+                    .zip(&strides)
+                    .map(|(r, &st)| (r.end - 1) as usize * st)
+                    .sum::<usize>()
+                    + itemsize;
+                // SAFETY: the map is read-only; chunkwise's contract (spec/CLI.md) is that inputs
+                // are not modified while a convert reads them.
+                let map = unsafe {
+                    MmapOptions::new()
+                        .offset(self.data_offset + first as u64)
+                        .len(last - first)
+                        .map(&file)
+                }
+                .at(&self.path)?;
+                planes.push((map, first));
+            }
         }
-        .at(&self.path)?;
         Ok(MappedPart {
-            map: Some(map),
-            first,
+            planes,
+            per_plane: !contiguous,
+            slow,
+            slow_start: region.ranges()[slow].start,
             strides,
             itemsize,
             swap: self.big_endian,
@@ -87,11 +112,14 @@ impl Layout {
     }
 }
 
-/// The mapped bytes of one region of one file.
+/// The mapped bytes of one region of one file, plane by plane along its slow axis.
 struct MappedPart {
-    map: Option<Mmap>,
-    /// Byte offset (from the data start) of the mapping's first byte.
-    first: usize,
+    /// Each plane's mapping and the byte offset (from the data start) of its first byte.
+    planes: Vec<(Mmap, usize)>,
+    /// Whether `planes` holds one mapping per plane (else one for the whole region).
+    per_plane: bool,
+    slow: usize,
+    slow_start: u64,
     strides: Vec<usize>,
     itemsize: usize,
     swap: bool,
@@ -100,29 +128,46 @@ struct MappedPart {
 impl MappedPart {
     /// Copies `part` (this file's coordinates) into `dst` at byte `dst_offset` with `dst_strides`.
     fn copy(&self, part: &Region, dst: &mut [u8], dst_offset: usize, dst_strides: &[usize]) {
-        let Some(map) = &self.map else { return };
-        let abs: usize = part
-            .ranges()
-            .iter()
-            .zip(&self.strides)
-            .map(|(r, &s)| r.start as usize * s)
-            .sum();
-        let extent: Vec<usize> = part.shape().iter().map(|&n| n as usize).collect();
-        copy_box(
-            map,
-            Side {
-                offset: abs - self.first,
-                strides: &self.strides,
-            },
-            dst,
-            Side {
-                offset: dst_offset,
-                strides: dst_strides,
-            },
-            &extent,
-            self.itemsize,
-            self.swap,
-        );
+        if part.is_empty() {
+            return;
+        }
+        let mut extent: Vec<usize> = part.shape().iter().map(|&n| n as usize).collect();
+        let s0 = part.ranges()[self.slow].start;
+        let steps: Vec<u64> = if self.per_plane {
+            extent[self.slow] = 1;
+            part.ranges()[self.slow].clone().collect()
+        } else {
+            vec![s0]
+        };
+        for s in steps {
+            let k = if self.per_plane {
+                (s - self.slow_start) as usize
+            } else {
+                0
+            };
+            let (map, first) = &self.planes[k];
+            let abs: usize = part
+                .ranges()
+                .iter()
+                .enumerate()
+                .map(|(a, r)| if a == self.slow { s } else { r.start } as usize * self.strides[a])
+                .sum();
+            copy_box(
+                map,
+                Side {
+                    offset: abs - first,
+                    strides: &self.strides,
+                },
+                dst,
+                Side {
+                    offset: dst_offset + (s - s0) as usize * dst_strides[self.slow],
+                    strides: dst_strides,
+                },
+                &extent,
+                self.itemsize,
+                self.swap,
+            );
+        }
     }
 }
 
@@ -312,11 +357,7 @@ impl Source for MappedSource {
     }
 
     fn slow_axis(&self) -> usize {
-        if self.layout.fortran {
-            self.layout.shape.len() - 1
-        } else {
-            0
-        }
+        self.layout.slow_axis()
     }
 
     fn describe(&self) -> String {
