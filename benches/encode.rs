@@ -102,7 +102,10 @@ fn write_path(c: &mut Criterion) {
         })
     });
     let dir = tempfile::tempdir().expect("temp dir");
-    for (name, durability) in [("store_nosync", Durability::NoSync), ("store_sync", Durability::Sync)] {
+    for (name, durability) in [
+        ("store_nosync", Durability::NoSync),
+        ("store_sync", Durability::Sync),
+    ] {
         g.bench_function(name, |b| {
             b.iter(|| {
                 let out = dir.path().join("b.zarr");
