@@ -7,14 +7,7 @@ use crate::common::{expected, fixture, read_npy, tmp};
 
 /// The expected array of a uint16 fixture as an ndarray.
 fn expected_u16(name: &str) -> ArrayD<u16> {
-    let e = expected(name);
-    let shape: Vec<usize> = e.shape.iter().map(|&n| n as usize).collect();
-    let v: Vec<u16> = e
-        .bytes
-        .chunks(2)
-        .map(|b| u16::from_le_bytes([b[0], b[1]]))
-        .collect();
-    ArrayD::from_shape_vec(IxDyn(&shape), v).unwrap()
+    npy_u16(&fixture(&format!("expected/{name}.npy")))
 }
 
 fn npy_u16(path: &std::path::Path) -> ArrayD<u16> {

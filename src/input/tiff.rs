@@ -72,55 +72,26 @@ fn decode_page(dec: &mut Dec, path: &Path, page: usize, want: DType) -> Result<V
         .read_image()
         .map_err(|e| Error::bad_input(path, format!("page {page}: {e}")))?;
     let mut out = Vec::new();
-    let got = match img {
-        DecodingResult::U8(v) => {
-            out = v;
-            DType::U8
-        }
-        DecodingResult::U16(v) => {
-            u16::extend_le_bytes(&v, &mut out);
-            DType::U16
-        }
-        DecodingResult::U32(v) => {
-            u32::extend_le_bytes(&v, &mut out);
-            DType::U32
-        }
-        DecodingResult::U64(v) => {
-            u64::extend_le_bytes(&v, &mut out);
-            DType::U64
-        }
-        DecodingResult::I8(v) => {
-            i8::extend_le_bytes(&v, &mut out);
-            DType::I8
-        }
-        DecodingResult::I16(v) => {
-            i16::extend_le_bytes(&v, &mut out);
-            DType::I16
-        }
-        DecodingResult::I32(v) => {
-            i32::extend_le_bytes(&v, &mut out);
-            DType::I32
-        }
-        DecodingResult::I64(v) => {
-            i64::extend_le_bytes(&v, &mut out);
-            DType::I64
-        }
-        DecodingResult::F32(v) => {
-            f32::extend_le_bytes(&v, &mut out);
-            DType::F32
-        }
-        DecodingResult::F64(v) => {
-            f64::extend_le_bytes(&v, &mut out);
-            DType::F64
-        }
-        DecodingResult::F16(_) => {
-            return Err(Error::UnsupportedDtype {
-                path: path.to_path_buf(),
-                dtype: "float16".into(),
-                hint: "supported: 8/16/32/64-bit integers, 32/64-bit floats".into(),
-            });
-        }
-    };
+    macro_rules! le {
+        ($($variant:ident => $t:ty, $d:ident);*) => {
+            match img {
+                $(DecodingResult::$variant(v) => {
+                    <$t>::extend_le_bytes(&v, &mut out);
+                    DType::$d
+                })*
+                DecodingResult::F16(_) => {
+                    return Err(Error::UnsupportedDtype {
+                        path: path.to_path_buf(),
+                        dtype: "float16".into(),
+                        hint: "supported: 8/16/32/64-bit integers, 32/64-bit floats".into(),
+                    });
+                }
+            }
+        };
+    }
+    let got = le!(U8 => u8, U8; U16 => u16, U16; U32 => u32, U32; U64 => u64, U64;
+        I8 => i8, I8; I16 => i16, I16; I32 => i32, I32; I64 => i64, I64;
+        F32 => f32, F32; F64 => f64, F64);
     if got != want {
         return Err(Error::bad_input(
             path,
@@ -270,13 +241,23 @@ impl Source for TiffStack {
         let n = to_usize(u64::try_from(region.len()).unwrap_or(u64::MAX), "block")?;
         let mut data = vec![0u8; n * itemsize];
         // Keep only the rows and columns of the block from each decoded page.
-        let crop = |page: &[u8], out: &mut [u8]| {
-            debug_assert_eq!(page.len(), h * w * itemsize);
+        let crop = |page: &[u8], out: &mut [u8], path: &Path, z: usize| -> Result<()> {
+            if page.len() != h * w * itemsize {
+                return Err(Error::bad_input(
+                    path,
+                    format!(
+                        "page {z} decodes to {} bytes, expected {h}x{w} {}",
+                        page.len(),
+                        self.dtype
+                    ),
+                ));
+            }
             for (k, y) in rows.clone().enumerate() {
                 let src = (y * w + cols.start) * itemsize;
                 let len = cols.len() * itemsize;
                 out[k * len..(k + 1) * len].copy_from_slice(&page[src..src + len]);
             }
+            Ok(())
         };
         if plane > 0 {
             match &self.pages {
@@ -287,8 +268,7 @@ impl Source for TiffStack {
                             let path = &files[z0 + k];
                             let mut dec = open_decoder(path)?;
                             let page = decode_page(&mut dec, path, 0, self.dtype)?;
-                            crop(&page, out);
-                            Ok(())
+                            crop(&page, out, path, 0)
                         },
                     )?;
                 }
@@ -299,7 +279,7 @@ impl Source for TiffStack {
                         dec.seek_to_image(z)
                             .map_err(|e| Error::bad_input(path, format!("page {z}: {e}")))?;
                         let page = decode_page(&mut dec, path, z, self.dtype)?;
-                        crop(&page, &mut data[k * plane..(k + 1) * plane]);
+                        crop(&page, &mut data[k * plane..(k + 1) * plane], path, z)?;
                     }
                 }
             }
