@@ -38,11 +38,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let data = std::fs::read(path)?;
     let _ = std::fs::remove_dir_all(out);
     let store = Arc::new(FilesystemStore::new(out)?);
-    let array = Array::new_with_metadata(
-        store,
-        "/",
-        ArrayMetadata::V3(serde_json::from_value(meta)?),
-    )?;
+    let array =
+        Array::new_with_metadata(store, "/", ArrayMetadata::V3(serde_json::from_value(meta)?))?;
     let grid = Grid::new(&shape, &chunks)?;
     let gs: [u64; 3] = grid.grid_shape().try_into().map_err(|_| "3-D only")?;
     let indices: Vec<Vec<u64>> = (0..gs[0])

@@ -331,36 +331,36 @@ impl Store {
                 .zip(creg.ranges())
                 .map(|(p, c)| (p.start - c.start)..(p.end - c.start))
                 .collect();
-            let bytes = if part == creg {
-                self.array
-                    .retrieve_chunk_opt::<ArrayBytes<'static>>(idx, &opts)
-                    .map(|b| (b, creg.shape()))
-            } else {
-                self.array
-                    .retrieve_chunk_subset_opt::<ArrayBytes<'static>>(
-                        idx,
-                        &ArraySubset::new_with_ranges(&in_chunk),
-                        &opts,
-                    )
-                    .map(|b| (b, part.shape()))
-            };
-            let (bytes, _) = bytes.map_err(|e| self.chunk_error(idx, &e))?;
-            let raw = bytes.into_fixed().map_err(|e| Error::CorruptChunk {
-                store: self.path.clone(),
-                key: self.chunk_key(idx),
-                reason: e.to_string(),
-            })?;
-            // For a whole chunk, zarrs returns the bounded chunk region only if the chunk is not
-            // an edge chunk; edge chunks come back padded to the full chunk shape.
-            let src_shape: Vec<usize> = if part == creg {
-                let full_chunk = self
+            // A whole chunk comes back at its full (padded, for edge chunks) chunk shape; a part
+            // of one at the part's shape (for a shard, only the subchunks it touches decode).
+            let (bytes, src_shape) = if part == creg {
+                let full: Vec<usize> = self
                     .array
                     .chunk_shape(idx)
-                    .map_err(|e| self.chunk_error(idx, &e))?;
-                full_chunk.iter().map(|c| c.get() as usize).collect()
+                    .map_err(|e| self.chunk_error(idx, &e))?
+                    .iter()
+                    .map(|c| c.get() as usize)
+                    .collect();
+                let b = self
+                    .array
+                    .retrieve_chunk_opt::<ArrayBytes<'static>>(idx, &opts);
+                (b, full)
             } else {
-                part_shape.clone()
+                let b = self.array.retrieve_chunk_subset_opt::<ArrayBytes<'static>>(
+                    idx,
+                    &ArraySubset::new_with_ranges(&in_chunk),
+                    &opts,
+                );
+                (b, part_shape.clone())
             };
+            let raw = bytes
+                .map_err(|e| self.chunk_error(idx, &e))?
+                .into_fixed()
+                .map_err(|e| Error::CorruptChunk {
+                    store: self.path.clone(),
+                    key: self.chunk_key(idx),
+                    reason: e.to_string(),
+                })?;
             let src_strides = c_strides(&src_shape, itemsize);
             let dst_off: usize = part
                 .start()
