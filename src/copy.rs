@@ -145,6 +145,34 @@ unsafe fn copy_raw(
     itemsize: usize,
     swap: bool,
 ) {
+    let fs: Vec<isize> = from.strides.iter().map(|&s| s as isize).collect();
+    let ts: Vec<isize> = to.strides.iter().map(|&s| s as isize).collect();
+    unsafe {
+        copy_signed(
+            src.add(from.offset),
+            &fs,
+            dst.add(to.offset),
+            &ts,
+            extent,
+            itemsize,
+            swap,
+        )
+    }
+}
+
+/// The box copy with signed strides, from pointers to the first element of each box.
+///
+/// # Safety
+/// Every element the strides reach must be valid to read (source) and write (target).
+unsafe fn copy_signed(
+    src: *const u8,
+    ss: &[isize],
+    dst: *mut u8,
+    ds: &[isize],
+    extent: &[usize],
+    itemsize: usize,
+    swap: bool,
+) {
     if extent.contains(&0) {
         return;
     }
@@ -152,10 +180,10 @@ unsafe fn copy_raw(
         // A 0-d box is one element.
         unsafe {
             copy_elements(
-                src.add(from.offset),
-                itemsize,
-                dst.add(to.offset),
-                itemsize,
+                src,
+                itemsize as isize,
+                dst,
+                itemsize as isize,
                 1,
                 itemsize,
                 swap,
@@ -163,20 +191,28 @@ unsafe fn copy_raw(
         };
         return;
     }
-    let nd = extent.len();
-    let inner = nd - 1;
+    let inner = extent.len() - 1;
     let n_inner = extent[inner];
-    let (ss, ds) = (from.strides[inner], to.strides[inner]);
     let mut idx = vec![0usize; inner];
     loop {
-        let mut so = from.offset;
-        let mut dof = to.offset;
+        let mut so = 0isize;
+        let mut dof = 0isize;
         for (a, &i) in idx.iter().enumerate() {
-            so += i * from.strides[a];
-            dof += i * to.strides[a];
+            so += i as isize * ss[a];
+            dof += i as isize * ds[a];
         }
         // SAFETY: offsets stay inside the boxes the caller vouched for.
-        unsafe { copy_elements(src.add(so), ss, dst.add(dof), ds, n_inner, itemsize, swap) };
+        unsafe {
+            copy_elements(
+                src.offset(so),
+                ss[inner],
+                dst.offset(dof),
+                ds[inner],
+                n_inner,
+                itemsize,
+                swap,
+            )
+        };
         // Odometer over the outer axes.
         let mut a = inner;
         loop {
@@ -193,6 +229,57 @@ unsafe fn copy_raw(
     }
 }
 
+/// Copies a box from a C-order `src` (starting at byte `src_offset`, forward strides) into
+/// `dst` with signed strides: a negative stride lays that axis out reversed (reflected halos).
+/// `dst_first` is the byte offset in `dst` of the element the box's first element goes to.
+///
+/// # Panics
+/// If the box reaches outside either buffer (a bug in the caller, never user input).
+pub(crate) fn copy_box_signed(
+    src: &[u8],
+    from: Side<'_>,
+    dst: &mut [u8],
+    dst_first: usize,
+    dst_strides: &[isize],
+    extent: &[usize],
+    itemsize: usize,
+) {
+    assert!(
+        from.end(extent, itemsize) <= src.len(),
+        "copy source out of bounds"
+    );
+    if extent.contains(&0) {
+        return;
+    }
+    let (mut lo, mut hi) = (dst_first as isize, dst_first as isize);
+    for (&n, &s) in extent.iter().zip(dst_strides) {
+        let span = (n as isize - 1) * s;
+        if span < 0 {
+            lo += span;
+        } else {
+            hi += span;
+        }
+    }
+    assert!(
+        lo >= 0 && (hi as usize) + itemsize <= dst.len(),
+        "copy target out of bounds"
+    );
+    let fs: Vec<isize> = from.strides.iter().map(|&s| s as isize).collect();
+    // SAFETY: every element reached lies in [lo, hi + itemsize) of `dst` and inside `src`
+    // (checked above); `dst` is exclusively borrowed.
+    unsafe {
+        copy_signed(
+            src.as_ptr().add(from.offset),
+            &fs,
+            dst.as_mut_ptr().add(dst_first),
+            dst_strides,
+            extent,
+            itemsize,
+            false,
+        )
+    }
+}
+
 /// Copies `n` elements along one axis.
 ///
 /// # Safety
@@ -200,21 +287,22 @@ unsafe fn copy_raw(
 #[inline]
 unsafe fn copy_elements(
     src: *const u8,
-    ss: usize,
+    ss: isize,
     dst: *mut u8,
-    ds: usize,
+    ds: isize,
     n: usize,
     itemsize: usize,
     swap: bool,
 ) {
+    let size = itemsize as isize;
     unsafe {
-        if !swap && ss == itemsize && ds == itemsize {
+        if !swap && ss == size && ds == size {
             std::ptr::copy_nonoverlapping(src, dst, n * itemsize);
             return;
         }
-        for k in 0..n {
-            let s = src.add(k * ss);
-            let d = dst.add(k * ds);
+        for k in 0..n as isize {
+            let s = src.offset(k * ss);
+            let d = dst.offset(k * ds);
             if swap {
                 for b in 0..itemsize {
                     *d.add(b) = *s.add(itemsize - 1 - b);
@@ -261,6 +349,27 @@ mod tests {
             false,
         );
         assert_eq!(dst, vec![0, 12, 13, 14, 0, 22, 23, 24, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn reversed_target_axis() {
+        // Copy a 2x3 box into a 2x3 target with its second axis reversed.
+        let src: Vec<u8> = vec![1, 2, 3, 4, 5, 6];
+        let mut dst = vec![0u8; 6];
+        let ss = c_strides(&[2, 3], 1);
+        copy_box_signed(
+            &src,
+            Side {
+                offset: 0,
+                strides: &ss,
+            },
+            &mut dst,
+            2,
+            &[3, -1],
+            &[2, 3],
+            1,
+        );
+        assert_eq!(dst, vec![3, 2, 1, 6, 5, 4]);
     }
 
     #[test]

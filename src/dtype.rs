@@ -240,6 +240,106 @@ impl Element for bool {
     }
 }
 
+/// The numeric element types (every [`DType`] but `bool`): plain bytes that kernels compute on.
+/// `bool` arrays are handed to kernels as `u8` (0 or 1).
+pub trait Scalar: Element + bytemuck::Pod + Default + PartialOrd {
+    /// The value as `f64` (exact for every type but 64-bit integers beyond 2^53).
+    fn to_f64(self) -> f64;
+
+    /// The nearest value of this type to `v` (spec/COMPUTE.md §4): floats are rounded to the
+    /// type; integers are rounded half to even, saturated at the type's range, NaN gives 0.
+    fn from_f64(v: f64) -> Self;
+}
+
+macro_rules! scalar_int {
+    ($($t:ty),*) => {$(
+        impl Scalar for $t {
+            #[inline]
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            #[inline]
+            fn from_f64(v: f64) -> Self {
+                // `as` saturates and maps NaN to 0; round half to even first.
+                v.round_ties_even() as $t
+            }
+        }
+    )*};
+}
+scalar_int!(u8, u16, u32, u64, i8, i16, i32, i64);
+
+impl Scalar for f32 {
+    #[inline]
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+    #[inline]
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+}
+
+impl Scalar for f64 {
+    #[inline]
+    fn to_f64(self) -> f64 {
+        self
+    }
+    #[inline]
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+}
+
+/// Runs `$body` with `$T` bound to the scalar type of `$dtype` (bool as u8).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! with_scalar {
+    ($dtype:expr, $T:ident => $body:expr) => {
+        match $dtype {
+            $crate::DType::Bool | $crate::DType::U8 => {
+                type $T = u8;
+                $body
+            }
+            $crate::DType::U16 => {
+                type $T = u16;
+                $body
+            }
+            $crate::DType::U32 => {
+                type $T = u32;
+                $body
+            }
+            $crate::DType::U64 => {
+                type $T = u64;
+                $body
+            }
+            $crate::DType::I8 => {
+                type $T = i8;
+                $body
+            }
+            $crate::DType::I16 => {
+                type $T = i16;
+                $body
+            }
+            $crate::DType::I32 => {
+                type $T = i32;
+                $body
+            }
+            $crate::DType::I64 => {
+                type $T = i64;
+                $body
+            }
+            $crate::DType::F32 => {
+                type $T = f32;
+                $body
+            }
+            $crate::DType::F64 => {
+                type $T = f64;
+                $body
+            }
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,5 +357,17 @@ mod tests {
         assert_eq!(DType::from_npy_descr(">u2"), Some((DType::U16, true)));
         assert_eq!(DType::from_npy_descr("|u1"), Some((DType::U8, false)));
         assert_eq!(DType::from_npy_descr("<c8"), None);
+    }
+
+    #[test]
+    fn integer_outputs_round_half_even_and_saturate() {
+        assert_eq!(u8::from_f64(2.5), 2);
+        assert_eq!(u8::from_f64(3.5), 4);
+        assert_eq!(u8::from_f64(-0.7), 0);
+        assert_eq!(u8::from_f64(300.0), 255);
+        assert_eq!(i16::from_f64(-40000.0), i16::MIN);
+        assert_eq!(u16::from_f64(f64::NAN), 0);
+        assert_eq!(i32::from_f64(-2.5), -2);
+        assert_eq!(f32::from_f64(0.1), 0.1f32);
     }
 }

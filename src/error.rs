@@ -179,6 +179,34 @@ pub enum Error {
         reason: String,
     },
 
+    /// A kernel that cannot compute a chunk from its input (a value outside a table, ...).
+    #[error("chunk {chunk}: {reason}")]
+    Compute {
+        /// The output chunk's key.
+        chunk: String,
+        /// What is wrong, with the offending value and where it is.
+        reason: String,
+    },
+
+    /// Inputs that must share a shape and do not.
+    #[error(
+        "{} and {} differ on axis {axis}: {left} vs {right}",
+        left_path.display(),
+        right_path.display()
+    )]
+    ShapeMismatch {
+        /// The first input.
+        left_path: PathBuf,
+        /// The input that differs.
+        right_path: PathBuf,
+        /// The axis (or, for a rank mismatch, the rank position).
+        axis: usize,
+        /// The first input's size.
+        left: u64,
+        /// The other input's size.
+        right: u64,
+    },
+
     /// A round trip or check that found different data.
     #[error("{what}: {detail}")]
     Mismatch {

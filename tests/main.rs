@@ -4,6 +4,7 @@ mod common;
 
 mod bad_input;
 mod cli;
+mod compute;
 mod convert;
 mod export;
 mod interop;

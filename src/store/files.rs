@@ -23,9 +23,13 @@ use crate::error::{Error, Result};
 /// logical block size).
 const ALIGN: usize = 4096;
 
-struct Job {
-    path: PathBuf,
-    bytes: Vec<u8>,
+enum Job {
+    Write {
+        path: PathBuf,
+        bytes: Vec<u8>,
+    },
+    /// Reply with the files and directories written since the last flush.
+    Flush(SyncSender<Vec<PathBuf>>),
 }
 
 /// A background writer of whole files.
@@ -60,10 +64,25 @@ impl FileWriter {
     pub(crate) fn write(&self, path: PathBuf, bytes: Vec<u8>) -> Result<()> {
         self.check()?;
         let tx = self.tx.as_ref().expect("the queue is open until finish");
-        if tx.send(Job { path, bytes }).is_err() {
+        if tx.send(Job::Write { path, bytes }).is_err() {
             self.check()?;
         }
         Ok(())
+    }
+
+    /// Waits until every file queued so far is written; returns the files and directories
+    /// written since the previous flush.
+    ///
+    /// # Errors
+    /// The first error the writer met.
+    pub(crate) fn flush(&self) -> Result<Vec<PathBuf>> {
+        self.check()?;
+        let (reply, answer) = sync_channel(1);
+        let tx = self.tx.as_ref().expect("the queue is open until finish");
+        let _ = tx.send(Job::Flush(reply));
+        let written = answer.recv().unwrap_or_default();
+        self.check()?;
+        Ok(written)
     }
 
     fn check(&self) -> Result<()> {
@@ -115,18 +134,27 @@ fn run(
 ) -> Vec<PathBuf> {
     let mut made: HashSet<PathBuf> = HashSet::new();
     let mut written = Vec::new();
+    let mut flushed = 0;
     let mut scratch: Vec<u8> = Vec::new();
     let mut broken = false;
     for job in rx {
+        let (path, bytes) = match job {
+            Job::Flush(reply) => {
+                let _ = reply.send(written[flushed..].to_vec());
+                flushed = written.len();
+                continue;
+            }
+            Job::Write { path, bytes } => (path, bytes),
+        };
         if broken {
             continue; // drain the queue so senders never block after a failure
         }
-        let result = ensure_dir(root, &job.path, &mut made, &mut written)
-            .and_then(|()| write_file(&job.path, &job.bytes, &mut direct, &mut scratch));
+        let result = ensure_dir(root, &path, &mut made, &mut written)
+            .and_then(|()| write_file(&path, &bytes, &mut direct, &mut scratch));
         match result {
-            Ok(()) => written.push(job.path),
+            Ok(()) => written.push(path),
             Err(e) => {
-                *failed.lock().expect("no panics holding the lock") = Some(Error::io(&job.path, e));
+                *failed.lock().expect("no panics holding the lock") = Some(Error::io(&path, e));
                 broken = true;
             }
         }
@@ -227,6 +255,9 @@ mod tests {
                 w.write(p.clone(), bytes.clone()).unwrap();
                 want.push((p, bytes));
             }
+            let flushed = w.flush().unwrap();
+            assert_eq!(flushed.len(), 6 + 7, "6 files and 7 directories");
+            assert!(w.flush().unwrap().is_empty());
             let written = w.finish().unwrap();
             for (p, bytes) in want {
                 assert_eq!(

@@ -8,6 +8,7 @@
 //! "Durability").
 
 mod files;
+mod job;
 mod spec;
 mod writer;
 
@@ -30,6 +31,7 @@ use crate::error::{Error, Result, to_usize};
 use crate::grid::{Grid, indices_in};
 use crate::region::{Region, fmt_shape};
 
+pub(crate) use job::{Finish, JobOptions, JobState, JobWriter};
 pub use spec::{ChunkCodec, Codec, Durability, StoreSpec};
 pub use writer::StoreWriter;
 

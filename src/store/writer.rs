@@ -35,7 +35,7 @@ pub struct StoreWriter {
 
 const LOCK_NAME: &str = ".chunkwise.lock";
 
-fn sibling(path: &Path, suffix: &str) -> Result<PathBuf> {
+pub(super) fn sibling(path: &Path, suffix: &str) -> Result<PathBuf> {
     let name = path
         .file_name()
         .ok_or_else(|| Error::option("output", format!("{} has no file name", path.display())))?;
@@ -45,7 +45,7 @@ fn sibling(path: &Path, suffix: &str) -> Result<PathBuf> {
     Ok(path.with_file_name(s))
 }
 
-fn sync_dir(path: &Path) -> Result<()> {
+pub(super) fn sync_dir(path: &Path) -> Result<()> {
     File::open(path).and_then(|f| f.sync_all()).at(path)
 }
 
@@ -57,22 +57,7 @@ impl StoreWriter {
         durability: Durability,
     ) -> Result<Self> {
         let grid = spec.validate()?;
-        if path.exists() {
-            if !overwrite {
-                return Err(Error::OutputExists(path.to_path_buf()));
-            }
-            let replaceable =
-                is_store(path) || (path.is_dir() && fs::read_dir(path).at(path)?.next().is_none());
-            if !replaceable {
-                return Err(Error::option(
-                    "--overwrite",
-                    format!(
-                        "{} is not a zarr array; refusing to replace it",
-                        path.display()
-                    ),
-                ));
-            }
-        }
+        check_replaceable(path, overwrite)?;
         let tmp_path = sibling(path, ".chunkwise-tmp")?;
         if let Some(parent) = tmp_path.parent().filter(|p| !p.as_os_str().is_empty()) {
             fs::create_dir_all(parent).at(parent)?;
@@ -197,61 +182,107 @@ impl StoreWriter {
     /// still in place.
     pub fn commit(mut self) -> Result<Store> {
         let written = self.files.take().expect("commit runs once").finish()?;
-        if self.durability == Durability::Sync {
-            // Files first, then the directories that name them.
-            let (dirs, files): (Vec<&PathBuf>, Vec<&PathBuf>) =
-                written.iter().partition(|p| p.is_dir());
-            files
-                .par_iter()
-                .try_for_each(|p| File::open(p).and_then(|f| f.sync_all()).at(*p))?;
-            dirs.par_iter().try_for_each(|d| sync_dir(d))?;
-        }
-        // Metadata last: until zarr.json exists the build directory is not an array.
-        let meta_tmp = self.tmp_path.join("zarr.json.tmp");
-        let meta_final = self.tmp_path.join("zarr.json");
-        let text = serde_json::to_string_pretty(&self.metadata).expect("metadata is plain JSON");
-        {
-            let mut f = File::create(&meta_tmp).at(&meta_tmp)?;
-            f.write_all(text.as_bytes()).at(&meta_tmp)?;
-            if self.durability == Durability::Sync {
-                f.sync_all().at(&meta_tmp)?;
-            }
-        }
-        fs::rename(&meta_tmp, &meta_final).at(&meta_final)?;
+        sync_written(&written, self.durability)?;
         let lock_path = self.tmp_path.join(LOCK_NAME);
-        fs::remove_file(&lock_path).at(&lock_path)?;
-        if self.durability == Durability::Sync {
-            sync_dir(&self.tmp_path)?;
-        }
-        // Swap into place: the old array (if any) stays whole until the rename.
-        let old = sibling(&self.final_path, ".chunkwise-old")?;
-        let replacing = self.final_path.exists();
-        if replacing {
-            if old.exists() {
-                fs::remove_dir_all(&old).at(&old)?;
-            }
-            fs::rename(&self.final_path, &old).at(&self.final_path)?;
-        }
-        if let Err(e) = fs::rename(&self.tmp_path, &self.final_path) {
-            if replacing {
-                let _ = fs::rename(&old, &self.final_path);
-            }
-            return Err(Error::io(&self.final_path, e));
-        }
+        publish(
+            &self.tmp_path,
+            &self.final_path,
+            &self.metadata,
+            &[lock_path],
+            self.durability,
+        )?;
         self.committed = true;
         self.lock = None;
-        let parent = self
-            .final_path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty());
-        if let (Durability::Sync, Some(parent)) = (self.durability, parent) {
-            sync_dir(parent)?;
-        }
-        if replacing {
-            fs::remove_dir_all(&old).at(&old)?;
-        }
         Store::open(&self.final_path)
     }
+}
+
+/// Refuses an existing output unless `overwrite`, and then only if it is an array (or empty).
+pub(super) fn check_replaceable(path: &Path, overwrite: bool) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    if !overwrite {
+        return Err(Error::OutputExists(path.to_path_buf()));
+    }
+    let replaceable =
+        is_store(path) || (path.is_dir() && fs::read_dir(path).at(path)?.next().is_none());
+    if !replaceable {
+        return Err(Error::option(
+            "--overwrite",
+            format!(
+                "{} is not a zarr array; refusing to replace it",
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Syncs written files, then the directories that name them.
+pub(super) fn sync_written(written: &[PathBuf], durability: Durability) -> Result<()> {
+    if durability == Durability::NoSync {
+        return Ok(());
+    }
+    let (dirs, files): (Vec<&PathBuf>, Vec<&PathBuf>) = written.iter().partition(|p| p.is_dir());
+    files
+        .par_iter()
+        .try_for_each(|p| File::open(p).and_then(|f| f.sync_all()).at(*p))?;
+    dirs.par_iter().try_for_each(|d| sync_dir(d))
+}
+
+/// Publishes a finished build directory: writes `zarr.json` (metadata last: until it exists
+/// the directory is not an array), removes the build's own files (`remove`), and renames the
+/// directory to `final_path`; an old array there stays whole until the rename.
+pub(super) fn publish(
+    tmp: &Path,
+    final_path: &Path,
+    metadata: &Value,
+    remove: &[PathBuf],
+    durability: Durability,
+) -> Result<()> {
+    let meta_tmp = tmp.join("zarr.json.tmp");
+    let meta_final = tmp.join("zarr.json");
+    let text = serde_json::to_string_pretty(metadata).expect("metadata is plain JSON");
+    {
+        let mut f = File::create(&meta_tmp).at(&meta_tmp)?;
+        f.write_all(text.as_bytes()).at(&meta_tmp)?;
+        if durability == Durability::Sync {
+            f.sync_all().at(&meta_tmp)?;
+        }
+    }
+    fs::rename(&meta_tmp, &meta_final).at(&meta_final)?;
+    for p in remove {
+        match fs::remove_file(p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(p, e)),
+            _ => {}
+        }
+    }
+    if durability == Durability::Sync {
+        sync_dir(tmp)?;
+    }
+    let old = sibling(final_path, ".chunkwise-old")?;
+    let replacing = final_path.exists();
+    if replacing {
+        if old.exists() {
+            fs::remove_dir_all(&old).at(&old)?;
+        }
+        fs::rename(final_path, &old).at(final_path)?;
+    }
+    if let Err(e) = fs::rename(tmp, final_path) {
+        if replacing {
+            let _ = fs::rename(&old, final_path);
+        }
+        return Err(Error::io(final_path, e));
+    }
+    let parent = final_path.parent().filter(|p| !p.as_os_str().is_empty());
+    if let (Durability::Sync, Some(parent)) = (durability, parent) {
+        sync_dir(parent)?;
+    }
+    if replacing {
+        fs::remove_dir_all(&old).at(&old)?;
+    }
+    Ok(())
 }
 
 impl Drop for StoreWriter {
@@ -264,7 +295,7 @@ impl Drop for StoreWriter {
 }
 
 /// Whether every byte is zero (the fill value of every array chunkwise writes).
-fn is_all_zero(data: &[u8]) -> bool {
+pub(super) fn is_all_zero(data: &[u8]) -> bool {
     // SAFETY: u64 has no invalid bit patterns; align_to splits off the unaligned ends.
     let (head, body, tail) = unsafe { data.align_to::<u64>() };
     head.iter().all(|&b| b == 0) && body.iter().all(|&w| w == 0) && tail.iter().all(|&b| b == 0)

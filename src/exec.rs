@@ -1,0 +1,1119 @@
+//! The block executor: the chunk grid is the block decomposition (spec/COMPUTE.md).
+//!
+//! For every output chunk: the input region grown by the kernel's halo is assembled from
+//! decoded input chunks, padded past the array's edges by the boundary mode, handed to the
+//! kernel, and only the output chunk is written. Output chunks are visited in storage order
+//! (C order, layer by layer along axis 0, optionally in tiles over the other axes to fit a
+//! memory budget); each input chunk is decoded when the first output chunk needing it is
+//! reached and dropped once the traversal has passed the last one, so within a tile every
+//! input chunk is decoded once. Decodes and computations are tasks of one parallel loop fed in
+//! traversal order; a computation waits for the decodes it needs, which were handed out
+//! before it. Invariant: memory is the decoded window plus one task's working set per
+//! thread, whatever the volume's length (spec/COMPUTE.md §5).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use crate::copy::{Side, c_strides, copy_box_signed};
+use crate::dtype::{DType, Scalar};
+use crate::error::{Error, Result, to_usize};
+use crate::grid::{Grid, indices_in};
+use crate::halo::{Boundary, Segment, segments};
+use crate::kernel::{Block, FnKernel, Kernel, OutBlock};
+use crate::progress::{ProgressFn, Tracker, Unit, with_threads};
+use crate::region::Region;
+use crate::store::{Codec, Durability, Finish, JobOptions, JobState, JobWriter, Store, StoreSpec};
+use crate::with_scalar;
+
+/// Settings of a job; build with [`ExecOptions::default`] and the setters.
+#[derive(Clone, Default)]
+pub struct ExecOptions {
+    threads: Option<usize>,
+    memory: Option<u64>,
+    partition: Option<(u32, u32)>,
+    overwrite: bool,
+    restart: bool,
+    chunks: Option<Vec<u64>>,
+    codec: Codec,
+    checksum: bool,
+    durability: Durability,
+    progress: Option<ProgressFn>,
+}
+
+impl std::fmt::Debug for ExecOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecOptions")
+            .field("threads", &self.threads)
+            .field("memory", &self.memory)
+            .field("partition", &self.partition)
+            .field("overwrite", &self.overwrite)
+            .field("restart", &self.restart)
+            .field("chunks", &self.chunks)
+            .field("codec", &self.codec)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ExecOptions {
+    /// Worker threads (default: one per core).
+    pub fn threads(mut self, n: Option<usize>) -> Self {
+        self.threads = n;
+        self
+    }
+    /// Memory budget in bytes (default: half the machine's memory).
+    pub fn memory(mut self, bytes: Option<u64>) -> Self {
+        self.memory = bytes;
+        self
+    }
+    /// Compute only the `i`-th of `n` disjoint parts of the output (`--partition I/N`).
+    pub fn partition(mut self, part: Option<(u32, u32)>) -> Self {
+        self.partition = part;
+        self
+    }
+    /// Replace an existing output computed with other settings.
+    pub fn overwrite(mut self, on: bool) -> Self {
+        self.overwrite = on;
+        self
+    }
+    /// Discard an unfinished job's work and recompute everything.
+    pub fn restart(mut self, on: bool) -> Self {
+        self.restart = on;
+        self
+    }
+    /// Output chunk shape (default: the first input's).
+    pub fn chunks(mut self, chunks: Option<Vec<u64>>) -> Self {
+        self.chunks = chunks;
+        self
+    }
+    /// Output compressor (default [`Codec::default`]).
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+    /// A crc32c checksum in every output chunk.
+    pub fn checksum(mut self, on: bool) -> Self {
+        self.checksum = on;
+        self
+    }
+    /// Whether to sync before recording chunks done and publishing (default: sync).
+    pub fn durability(mut self, d: Durability) -> Self {
+        self.durability = d;
+        self
+    }
+    /// Progress callback (units: output chunks).
+    pub fn progress(mut self, cb: Option<ProgressFn>) -> Self {
+        self.progress = cb;
+        self
+    }
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecStatus {
+    /// Every chunk is computed and the output is published.
+    Published,
+    /// The output already held this job's result; nothing was computed.
+    AlreadyDone,
+    /// This partition is done; others still have `total - done` chunks to compute.
+    Waiting {
+        /// Chunks done by all partitions.
+        done: u64,
+        /// Chunks in all.
+        total: u64,
+    },
+}
+
+/// What a job did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecReport {
+    /// The output array.
+    pub path: PathBuf,
+    /// How it ended.
+    pub status: ExecStatus,
+    /// Output shape.
+    pub shape: Vec<u64>,
+    /// Output type.
+    pub dtype: DType,
+    /// Output chunk shape.
+    pub chunk_shape: Vec<u64>,
+    /// Output chunks in the grid.
+    pub chunks_total: u64,
+    /// Output chunks computed by this run.
+    pub chunks_computed: u64,
+    /// Output chunks of this partition already done by an earlier run (resumed).
+    pub chunks_resumed: u64,
+    /// Input chunks decoded by this run (all inputs).
+    pub decodes: u64,
+    /// Distinct input chunks this run needed (all inputs): `decodes / input_chunks` is the
+    /// decode amplification, 1.0 when every chunk is decoded once.
+    pub input_chunks: u64,
+    /// Output chunks per tile, per axis (the whole layer unless memory forced tiles).
+    pub tile: Vec<u64>,
+    /// The decoded window's estimated peak bytes.
+    pub window_bytes: u64,
+    /// Bytes of output chunk files written.
+    pub bytes_stored: u64,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+/// Runs `kernel` over the arrays `inputs` (same shape), writing the array `out`.
+///
+/// # Errors
+/// Inputs that cannot be opened or differ in shape ([`Error::ShapeMismatch`]); the kernel's
+/// errors ([`Error::Compute`], naming the chunk); an impossible memory budget; a locked or
+/// differently-computed output. Nothing appears at `out` unless every chunk is done.
+pub fn run(
+    inputs: &[PathBuf],
+    out: &Path,
+    kernel: &dyn Kernel,
+    opts: &ExecOptions,
+) -> Result<ExecReport> {
+    with_threads(opts.threads, || run_in_pool(inputs, out, kernel, opts))
+}
+
+/// dask's `map_overlap` / ClearMap's `process`: `f` gets each input's block (the output chunk's
+/// region grown by `halo` on every axis, padded by `boundary`) and fills the output chunk of
+/// type `dtype`.
+///
+/// # Errors
+/// As [`run`], and whatever `f` returns.
+pub fn map_overlap<F>(
+    inputs: &[PathBuf],
+    out: &Path,
+    halo: &[u64],
+    boundary: Boundary,
+    dtype: DType,
+    f: F,
+    opts: &ExecOptions,
+) -> Result<ExecReport>
+where
+    F: Fn(&[Block<'_>], &mut OutBlock<'_>) -> Result<()> + Sync,
+{
+    let kernel = FnKernel {
+        halo: halo.iter().map(|&h| (h, h)).collect(),
+        boundary,
+        dtype,
+        name: format!("map_overlap halo={halo:?} boundary={boundary} dtype={dtype}"),
+        f,
+    };
+    run(inputs, out, &kernel, opts)
+}
+
+/// [`map_overlap`] without a halo: `f` sees exactly the output chunk's region of each input.
+///
+/// # Errors
+/// As [`run`].
+pub fn map_blocks<F>(
+    inputs: &[PathBuf],
+    out: &Path,
+    dtype: DType,
+    f: F,
+    opts: &ExecOptions,
+) -> Result<ExecReport>
+where
+    F: Fn(&[Block<'_>], &mut OutBlock<'_>) -> Result<()> + Sync,
+{
+    map_overlap(inputs, out, &[0], Boundary::Reflect, dtype, f, opts)
+}
+
+/// FNV-1a, 64-bit: a stable fingerprint of a settings text.
+fn fnv1a(text: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Half the machine's memory: the default budget.
+fn default_budget() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let (pages, size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    if pages > 0 && size > 0 {
+        (pages as u64 * size as u64) / 2
+    } else {
+        4 << 30
+    }
+}
+
+/// One input of the job.
+struct Input {
+    store: Store,
+    grid: Grid,
+    chunk_shape: Vec<usize>,
+    chunk_bytes: usize,
+    itemsize: usize,
+    /// A chunk of fill value: the source for absent chunks.
+    fill: Arc<Vec<u8>>,
+    /// The constant of `Boundary::Constant`, as this input's bytes.
+    cval: Vec<u8>,
+}
+
+/// A decoded chunk's bytes, or the failing chunk's key and the reason.
+type Decoded = std::result::Result<Arc<Vec<u8>>, (String, String)>;
+
+/// Decoded input chunks by (input index, chunk index).
+type Window = HashMap<(usize, Vec<u64>), Arc<Slot>>;
+
+/// A decoded input chunk, shared by the tasks that need it.
+struct Slot {
+    input: usize,
+    idx: Vec<u64>,
+    /// Set once by the decode task: the chunk's bytes (fill value if absent), or the failing
+    /// chunk's key and the reason.
+    data: OnceLock<Decoded>,
+    state: Mutex<SlotState>,
+}
+
+struct SlotState {
+    /// Computations generated and not yet done with it.
+    refs: usize,
+    /// Whether the traversal has passed every output chunk that needs it.
+    last: bool,
+}
+
+enum Task {
+    Decode(Arc<Slot>),
+    /// An output chunk and, per input, the slots its block is assembled from.
+    Compute(Vec<u64>, Vec<Vec<Arc<Slot>>>),
+}
+
+/// Everything the tasks share.
+struct Ctx<'a> {
+    inputs: Vec<Input>,
+    shape: Vec<u64>,
+    halo: Vec<(u64, u64)>,
+    boundary: Boundary,
+    kernel: &'a dyn Kernel,
+    out_grid: Grid,
+    out_dtype: DType,
+    job: &'a JobWriter,
+    decodes: AtomicU64,
+    distinct: Mutex<HashSet<(usize, Vec<u64>)>>,
+    computed: AtomicU64,
+    stored: AtomicU64,
+    tracker: Tracker,
+    /// Decoded input chunks by (input, chunk index).
+    window: Mutex<Window>,
+    /// Per input, per chunk index along axis 0: the last output layer (of this partition)
+    /// whose block reads it.
+    last_layer: Vec<Vec<u64>>,
+}
+
+impl Ctx<'_> {
+    /// The per-axis block segments of input-independent geometry for output chunk `idx`.
+    fn block_geometry(&self, idx: &[u64]) -> (Region, Vec<usize>, Vec<i64>, Vec<Vec<Segment>>) {
+        let region = self.out_grid.chunk_region(idx);
+        let mut shape = Vec::with_capacity(region.ndim());
+        let mut origin = Vec::with_capacity(region.ndim());
+        let mut segs = Vec::with_capacity(region.ndim());
+        for (a, r) in region.ranges().iter().enumerate() {
+            let (before, after) = self.halo[a];
+            let start = r.start as i64 - before as i64;
+            let end = r.end as i64 + after as i64;
+            shape.push((end - start) as usize);
+            origin.push(start);
+            segs.push(segments(start, end, self.shape[a], self.boundary));
+        }
+        (region, shape, origin, segs)
+    }
+
+    /// The input chunks (per input) output chunk `idx` needs.
+    fn needed(&self, idx: &[u64]) -> Vec<Vec<Vec<u64>>> {
+        let (_, _, _, segs) = self.block_geometry(idx);
+        self.inputs
+            .iter()
+            .map(|inp| {
+                let per_axis: Vec<Vec<u64>> = segs
+                    .iter()
+                    .enumerate()
+                    .map(|(a, axis_segs)| {
+                        let c = inp.grid.chunk_shape()[a];
+                        let mut v: Vec<u64> = axis_segs
+                            .iter()
+                            .filter_map(Segment::src_range)
+                            .flat_map(|r| (r.start / c)..r.end.div_ceil(c))
+                            .collect();
+                        v.sort_unstable();
+                        v.dedup();
+                        v
+                    })
+                    .collect();
+                product(&per_axis)
+            })
+            .collect()
+    }
+}
+
+/// The cartesian product of per-axis index lists, in C order.
+fn product(per_axis: &[Vec<u64>]) -> Vec<Vec<u64>> {
+    let mut out = vec![Vec::with_capacity(per_axis.len())];
+    for axis in per_axis {
+        out = out
+            .into_iter()
+            .flat_map(|p| {
+                axis.iter().map(move |&i| {
+                    let mut q = p.clone();
+                    q.push(i);
+                    q
+                })
+            })
+            .collect();
+    }
+    out
+}
+
+fn run_in_pool(
+    inputs: &[PathBuf],
+    out: &Path,
+    kernel: &dyn Kernel,
+    opts: &ExecOptions,
+) -> Result<ExecReport> {
+    let start = Instant::now();
+    if inputs.is_empty() {
+        return Err(Error::option("INPUT", "no input given"));
+    }
+    let stores = inputs.iter().map(Store::open).collect::<Result<Vec<_>>>()?;
+    let shape = stores[0].shape().to_vec();
+    for s in &stores[1..] {
+        if s.ndim() != shape.len() {
+            return Err(Error::ShapeMismatch {
+                left_path: stores[0].path().to_path_buf(),
+                right_path: s.path().to_path_buf(),
+                axis: 0,
+                left: shape.len() as u64,
+                right: s.ndim() as u64,
+            });
+        }
+        if let Some(axis) = (0..shape.len()).find(|&a| s.shape()[a] != shape[a]) {
+            return Err(Error::ShapeMismatch {
+                left_path: stores[0].path().to_path_buf(),
+                right_path: s.path().to_path_buf(),
+                axis,
+                left: shape[axis],
+                right: s.shape()[axis],
+            });
+        }
+    }
+    let ndim = shape.len();
+    let halo = kernel.halo(ndim)?;
+    let boundary = kernel.boundary();
+    let dtypes: Vec<DType> = stores.iter().map(Store::dtype).collect();
+    let out_dtype = kernel.output_dtype(&dtypes)?;
+    let out_chunks = match &opts.chunks {
+        Some(c) => c.clone(),
+        None => stores[0].grid()?.chunk_shape().to_vec(),
+    };
+    let spec = StoreSpec::new(shape.clone(), out_dtype, out_chunks.clone())
+        .codec(opts.codec)
+        .checksum(opts.checksum);
+
+    // The fingerprint: everything that changes the result.
+    let mut settings = format!(
+        "chunkwise job v1\nkernel: {}\nboundary: {boundary}\noutput: {} {:?} {:?} checksum={}\n",
+        kernel.describe(),
+        out_dtype,
+        out_chunks,
+        opts.codec,
+        opts.checksum
+    );
+    for s in &stores {
+        let meta = serde_json::to_string(&s.metadata_json()).unwrap_or_default();
+        let path = s
+            .path()
+            .canonicalize()
+            .unwrap_or_else(|_| s.path().to_path_buf());
+        settings.push_str(&format!("input: {} {}\n", path.display(), fnv1a(&meta)));
+    }
+    let fingerprint = fnv1a(&settings);
+    let (part, parts) = opts.partition.unwrap_or((0, 1));
+    let state = JobWriter::open(
+        &spec,
+        out,
+        &JobOptions {
+            fingerprint: &fingerprint,
+            settings: &settings,
+            partition: (part, parts),
+            overwrite: opts.overwrite,
+            restart: opts.restart,
+            durability: opts.durability,
+        },
+    )?;
+    let out_grid = Grid::new(&shape, &out_chunks)?;
+    let mut report = ExecReport {
+        path: out.to_path_buf(),
+        status: ExecStatus::AlreadyDone,
+        shape: shape.clone(),
+        dtype: out_dtype,
+        chunk_shape: out_chunks.clone(),
+        chunks_total: out_grid.num_chunks(),
+        chunks_computed: 0,
+        chunks_resumed: 0,
+        decodes: 0,
+        input_chunks: 0,
+        tile: Vec::new(),
+        window_bytes: 0,
+        bytes_stored: 0,
+        seconds: 0.0,
+    };
+    let (job, done) = match state {
+        JobState::AlreadyDone => {
+            report.seconds = start.elapsed().as_secs_f64();
+            return Ok(report);
+        }
+        JobState::Open(job, done) => (job, done),
+    };
+
+    let mut ins = Vec::with_capacity(stores.len());
+    for s in stores {
+        let grid = s.grid()?;
+        let chunk_shape: Vec<usize> = grid.chunk_shape().iter().map(|&c| c as usize).collect();
+        let itemsize = s.dtype().size();
+        let chunk_bytes = chunk_shape.iter().product::<usize>() * itemsize;
+        let fill: Vec<u8> = s
+            .fill_bytes()
+            .iter()
+            .copied()
+            .cycle()
+            .take(chunk_bytes)
+            .collect();
+        let cval = match boundary {
+            Boundary::Constant(c) => {
+                with_scalar!(s.dtype(), T => bytemuck::bytes_of(&T::from_f64(c)).to_vec())
+            }
+            _ => vec![0; itemsize],
+        };
+        ins.push(Input {
+            store: s,
+            grid,
+            chunk_shape,
+            chunk_bytes,
+            itemsize,
+            fill: Arc::new(fill),
+            cval,
+        });
+    }
+
+    // This partition's output chunks: a contiguous range of layers along axis 0.
+    let gshape = out_grid.grid_shape();
+    let layers = gshape[0];
+    let (l0, l1) = (
+        layers * u64::from(part) / u64::from(parts),
+        layers * u64::from(part + 1) / u64::from(parts),
+    );
+    let mine: u64 = (l1 - l0) * gshape[1..].iter().product::<u64>();
+    let threads = rayon::current_num_threads();
+    let budget = opts.memory.unwrap_or_else(default_budget);
+
+    let ctx = Ctx {
+        inputs: ins,
+        shape: shape.clone(),
+        halo,
+        boundary,
+        kernel,
+        out_grid: out_grid.clone(),
+        out_dtype,
+        job: &job,
+        decodes: AtomicU64::new(0),
+        distinct: Mutex::new(HashSet::new()),
+        computed: AtomicU64::new(0),
+        stored: AtomicU64::new(0),
+        tracker: Tracker::new("compute", Unit::Chunks, 0, None),
+        window: Mutex::new(HashMap::new()),
+        last_layer: Vec::new(),
+    };
+    let last_layer = last_layers(&ctx, l0..l1);
+    let (tile, window_bytes) = plan_tiles(&ctx, budget, threads)?;
+    let todo: u64;
+    let tiles = tiles_of(&gshape, &tile);
+    {
+        let mut n = 0;
+        for t in &tiles {
+            for l in l0..l1 {
+                let mut b = t.clone();
+                b[0] = l..l + 1;
+                n += indices_in(&b).iter().filter(|i| !done.contains(*i)).count() as u64;
+            }
+        }
+        todo = n;
+    }
+    report.chunks_resumed = mine - todo;
+    let ctx = Ctx {
+        tracker: Tracker::new("compute", Unit::Chunks, todo, opts.progress.clone()),
+        last_layer,
+        ..ctx
+    };
+    let feed = Feed::new(&ctx, tiles, l0..l1, &done);
+    feed.par_bridge()
+        .try_for_each(|task| run_task(&ctx, task))?;
+    report.chunks_computed = ctx.computed.load(Ordering::Relaxed);
+    report.decodes = ctx.decodes.load(Ordering::Relaxed);
+    report.input_chunks = ctx
+        .distinct
+        .lock()
+        .expect("no panics holding the set")
+        .len() as u64;
+    report.bytes_stored = ctx.stored.load(Ordering::Relaxed);
+    drop(ctx);
+    report.status = match job_finish(job)? {
+        Finish::Published => ExecStatus::Published,
+        Finish::Waiting { done, total } => ExecStatus::Waiting { done, total },
+    };
+    report.tile = tile;
+    report.window_bytes = window_bytes;
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// For every input chunk index along axis 0, the last output layer in `layers` reading it.
+fn last_layers(ctx: &Ctx<'_>, layers: Range<u64>) -> Vec<Vec<u64>> {
+    let oc = ctx.out_grid.chunk_shape()[0];
+    let (before, after) = ctx.halo[0];
+    ctx.inputs
+        .iter()
+        .map(|inp| {
+            let c = inp.grid.chunk_shape()[0];
+            let mut last = vec![0u64; inp.grid.grid_shape()[0] as usize];
+            for l in layers.clone() {
+                let start = (l * oc) as i64 - before as i64;
+                let end = (((l + 1) * oc).min(ctx.shape[0]) + after) as i64;
+                for r in segments(start, end, ctx.shape[0], ctx.boundary)
+                    .iter()
+                    .filter_map(Segment::src_range)
+                {
+                    for ci in r.start / c..r.end.div_ceil(c) {
+                        last[ci as usize] = l;
+                    }
+                }
+            }
+            last
+        })
+        .collect()
+}
+
+fn job_finish(job: Box<JobWriter>) -> Result<Finish> {
+    (*job).finish()
+}
+
+/// Tiles: boxes of output chunk indices over axes 1.., each spanning all of axis 0.
+fn tiles_of(gshape: &[u64], tile: &[u64]) -> Vec<Vec<Range<u64>>> {
+    let per_axis: Vec<Vec<u64>> = gshape
+        .iter()
+        .zip(tile)
+        .enumerate()
+        .map(|(a, (&n, &t))| {
+            if a == 0 {
+                vec![0]
+            } else {
+                (0..n).step_by(t.max(1) as usize).collect()
+            }
+        })
+        .collect();
+    product(&per_axis)
+        .into_iter()
+        .map(|start| {
+            start
+                .iter()
+                .enumerate()
+                .map(|(a, &s)| {
+                    if a == 0 {
+                        0..gshape[0]
+                    } else {
+                        s..(s + tile[a]).min(gshape[a])
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Chooses the tile (output chunks per axis; axis 0 is swept) so that the decoded window plus
+/// every thread's working set fits `budget`; returns it and the window estimate.
+fn plan_tiles(ctx: &Ctx<'_>, budget: u64, threads: usize) -> Result<(Vec<u64>, u64)> {
+    let ndim = ctx.shape.len();
+    let gshape = ctx.out_grid.grid_shape();
+    let oc = ctx.out_grid.chunk_shape();
+    // One task: every input's block, the kernel's scratch, the output chunk and its encoding.
+    let block_elems: u64 = (0..ndim)
+        .map(|a| oc[a] + ctx.halo[a].0 + ctx.halo[a].1)
+        .product();
+    let out_bytes = oc.iter().product::<u64>() * ctx.out_dtype.size() as u64;
+    let task: u64 = ctx
+        .inputs
+        .iter()
+        .map(|i| block_elems * i.itemsize as u64)
+        .sum::<u64>()
+        + ctx.kernel.scratch_bytes(block_elems)
+        + 2 * out_bytes;
+    let working = threads as u64 * task + 2 * threads as u64 * out_bytes;
+    // The window holds, per input, the input layers one output layer needs plus the next
+    // layer's, over the tile's footprint.
+    let window = |tile: &[u64]| -> u64 {
+        ctx.inputs
+            .iter()
+            .map(|inp| {
+                let ic = inp.grid.chunk_shape();
+                let reach = |a: usize, n_out: u64| -> u64 {
+                    let span = n_out * oc[a] + ctx.halo[a].0 + ctx.halo[a].1;
+                    (span.div_ceil(ic[a]) + 1).min(inp.grid.grid_shape()[a])
+                };
+                let layers = reach(0, 1) + 1;
+                let footprint: u64 = (1..ndim).map(|a| reach(a, tile[a])).product();
+                layers.min(inp.grid.grid_shape()[0] + 1) * footprint * inp.chunk_bytes as u64
+            })
+            .sum()
+    };
+    let mut tile: Vec<u64> = gshape.clone();
+    tile[0] = 1;
+    loop {
+        let w = window(&tile);
+        if w + working <= budget {
+            return Ok((tile, w));
+        }
+        // Halve the widest axis of the tile; at one chunk everywhere, give up.
+        let Some(a) = (1..ndim).filter(|&a| tile[a] > 1).max_by_key(|&a| tile[a]) else {
+            return Err(Error::option(
+                "--memory",
+                format!(
+                    "{budget} bytes cannot hold one tile: at least {} needed ({} window + {} for {threads} threads of {} each); raise --memory or lower --threads",
+                    w + working,
+                    w,
+                    working,
+                    task
+                ),
+            ));
+        };
+        tile[a] = tile[a].div_ceil(2);
+    }
+}
+
+/// Generates tasks in traversal order: for each output chunk, the decodes it is the first to
+/// need, then its computation.
+struct Feed<'a, 'c> {
+    ctx: &'c Ctx<'a>,
+    tiles: std::vec::IntoIter<Vec<Range<u64>>>,
+    layers: Range<u64>,
+    done: &'c HashSet<Vec<u64>>,
+    tile: Option<Vec<Range<u64>>>,
+    layer: u64,
+    chunks: std::vec::IntoIter<Vec<u64>>,
+    queue: VecDeque<Task>,
+}
+
+impl<'a, 'c> Feed<'a, 'c> {
+    fn new(
+        ctx: &'c Ctx<'a>,
+        tiles: Vec<Vec<Range<u64>>>,
+        layers: Range<u64>,
+        done: &'c HashSet<Vec<u64>>,
+    ) -> Self {
+        Feed {
+            ctx,
+            tiles: tiles.into_iter(),
+            layer: layers.start,
+            layers,
+            done,
+            tile: None,
+            chunks: Vec::new().into_iter(),
+            queue: VecDeque::new(),
+        }
+    }
+
+    /// Marks the slots no output layer from `layer` on needs (all of them with `None`), and
+    /// drops those no task holds any more.
+    fn retire(&self, layer: Option<u64>) {
+        let mut w = self
+            .ctx
+            .window
+            .lock()
+            .expect("no panics holding the window");
+        w.retain(|_, slot| {
+            let mut st = slot.state.lock().expect("no panics holding a slot");
+            if layer.is_none_or(|l| self.ctx.last_layer[slot.input][slot.idx[0] as usize] < l) {
+                st.last = true;
+            }
+            !(st.last && st.refs == 0)
+        });
+    }
+
+    /// Queues the tasks for output chunk `idx`.
+    fn plan(&mut self, idx: Vec<u64>) {
+        let needed = self.ctx.needed(&idx);
+        let mut w = self
+            .ctx
+            .window
+            .lock()
+            .expect("no panics holding the window");
+        let mut per_input = Vec::with_capacity(needed.len());
+        for (input, chunks) in needed.into_iter().enumerate() {
+            let mut slots = Vec::with_capacity(chunks.len());
+            for c in chunks {
+                let slot = w
+                    .entry((input, c.clone()))
+                    .or_insert_with(|| {
+                        let s = Arc::new(Slot {
+                            input,
+                            idx: c,
+                            data: OnceLock::new(),
+                            state: Mutex::new(SlotState {
+                                refs: 0,
+                                last: false,
+                            }),
+                        });
+                        self.queue.push_back(Task::Decode(s.clone()));
+                        s
+                    })
+                    .clone();
+                slot.state.lock().expect("no panics holding a slot").refs += 1;
+                slots.push(slot);
+            }
+            per_input.push(slots);
+        }
+        drop(w);
+        self.queue.push_back(Task::Compute(idx, per_input));
+    }
+}
+
+impl Iterator for Feed<'_, '_> {
+    type Item = Task;
+
+    fn next(&mut self) -> Option<Task> {
+        loop {
+            if let Some(t) = self.queue.pop_front() {
+                return Some(t);
+            }
+            if let Some(idx) = self.chunks.next() {
+                if !self.done.contains(&idx) {
+                    self.plan(idx);
+                }
+                continue;
+            }
+            // Next layer of the tile, or the next tile.
+            match &self.tile {
+                Some(tile) if self.layer + 1 < self.layers.end => {
+                    self.layer += 1;
+                    let mut b = tile.clone();
+                    b[0] = self.layer..self.layer + 1;
+                    self.chunks = indices_in(&b).into_iter();
+                    self.retire(Some(self.layer));
+                }
+                _ => {
+                    // A new tile starts from the first layer: forget the old tile's window.
+                    self.retire(None);
+                    let tile = self.tiles.next()?;
+                    self.layer = self.layers.start;
+                    if self.layers.is_empty() {
+                        return None;
+                    }
+                    let mut b = tile.clone();
+                    b[0] = self.layer..self.layer + 1;
+                    self.chunks = indices_in(&b).into_iter();
+                    self.tile = Some(tile);
+                }
+            }
+        }
+    }
+}
+
+/// Runs one task.
+fn run_task(ctx: &Ctx<'_>, task: Task) -> Result<()> {
+    match task {
+        Task::Decode(slot) => {
+            let inp = &ctx.inputs[slot.input];
+            let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                inp.store.read_chunk(&slot.idx)
+            }))
+            .unwrap_or_else(|_| {
+                Err(Error::CorruptChunk {
+                    store: inp.store.path().to_path_buf(),
+                    key: inp.store.chunk_key(&slot.idx),
+                    reason: "decoding panicked".into(),
+                })
+            });
+            ctx.decodes.fetch_add(1, Ordering::Relaxed);
+            ctx.distinct
+                .lock()
+                .expect("no panics holding the set")
+                .insert((slot.input, slot.idx.clone()));
+            match got {
+                Ok(Some(bytes)) => {
+                    let _ = slot.data.set(Ok(Arc::new(bytes)));
+                    Ok(())
+                }
+                Ok(None) => {
+                    let _ = slot.data.set(Ok(inp.fill.clone()));
+                    Ok(())
+                }
+                Err(e) => {
+                    let (key, reason) = match &e {
+                        Error::CorruptChunk { key, reason, .. } => (key.clone(), reason.clone()),
+                        other => (inp.store.chunk_key(&slot.idx), other.to_string()),
+                    };
+                    let _ = slot.data.set(Err((key, reason)));
+                    Err(e)
+                }
+            }
+        }
+        Task::Compute(idx, slots) => compute(ctx, &idx, slots),
+    }
+}
+
+thread_local! {
+    /// Per-thread buffers (blocks, output chunk), reused from task to task.
+    static BUFFERS: std::cell::RefCell<Vec<Vec<u64>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A byte buffer of at least `n` bytes, 8-byte aligned (for typed views), from the pool.
+fn take_buffer(n: usize) -> Vec<u64> {
+    let words = n.div_ceil(8);
+    let mut v = BUFFERS.with(|b| b.borrow_mut().pop()).unwrap_or_default();
+    if v.len() < words {
+        v.resize(words, 0);
+    }
+    v
+}
+
+fn give_buffer(v: Vec<u64>) {
+    BUFFERS.with(|b| b.borrow_mut().push(v));
+}
+
+fn compute(ctx: &Ctx<'_>, idx: &[u64], slots: Vec<Vec<Arc<Slot>>>) -> Result<()> {
+    let (region, shape, origin, segs) = ctx.block_geometry(idx);
+    let valid: Vec<Range<usize>> = (0..shape.len())
+        .map(|a| {
+            let b = ctx.halo[a].0 as usize;
+            b..b + (region.ranges()[a].end - region.ranges()[a].start) as usize
+        })
+        .collect();
+    let block_elems: usize = shape.iter().product();
+    // Assemble every input's block.
+    let mut buffers = Vec::with_capacity(slots.len());
+    for (input, input_slots) in slots.iter().enumerate() {
+        let inp = &ctx.inputs[input];
+        let nbytes = to_usize(block_elems as u64, "block")? * inp.itemsize;
+        let mut buf = take_buffer(nbytes);
+        {
+            let bytes: &mut [u8] = &mut bytemuck::cast_slice_mut(&mut buf[..])[..nbytes];
+            assemble(inp, input_slots, &shape, &segs, bytes)?;
+        }
+        buffers.push((buf, nbytes));
+    }
+    release(ctx, slots);
+    let blocks: Vec<Block<'_>> = buffers
+        .iter()
+        .zip(&ctx.inputs)
+        .map(|((buf, n), inp)| Block {
+            dtype: inp.store.dtype(),
+            bytes: &bytemuck::cast_slice(&buf[..])[..*n],
+            shape: shape.clone(),
+            valid: valid.clone(),
+            origin: origin.clone(),
+            array_shape: ctx.shape.clone(),
+        })
+        .collect();
+    let chunk_shape: Vec<usize> = ctx
+        .out_grid
+        .chunk_shape()
+        .iter()
+        .map(|&c| c as usize)
+        .collect();
+    let out_bytes = ctx.job.chunk_bytes();
+    let mut out = take_buffer(out_bytes);
+    let result = {
+        let bytes: &mut [u8] = &mut bytemuck::cast_slice_mut(&mut out[..])[..out_bytes];
+        let edge = region
+            .shape()
+            .iter()
+            .zip(&chunk_shape)
+            .any(|(&e, &c)| e as usize != c);
+        if edge {
+            bytes.fill(0); // the padding of an edge chunk is the fill value
+        }
+        let mut ob = OutBlock {
+            dtype: ctx.out_dtype,
+            bytes,
+            chunk_shape,
+            region: region.clone(),
+            key: ctx.job.key(idx),
+        };
+        ctx.kernel
+            .apply(&blocks, &mut ob)
+            .and_then(|()| ctx.job.write_chunk(idx, ob.bytes))
+    };
+    drop(blocks);
+    for (buf, _) in buffers {
+        give_buffer(buf);
+    }
+    give_buffer(out);
+    let n = result?;
+    ctx.stored.fetch_add(n, Ordering::Relaxed);
+    ctx.computed.fetch_add(1, Ordering::Relaxed);
+    ctx.tracker.add(1);
+    if ctx.job.pending() >= CHECKPOINT_EVERY {
+        ctx.job.checkpoint()?;
+    }
+    Ok(())
+}
+
+/// Completed chunks are logged (after their files are synced) in batches of this many.
+const CHECKPOINT_EVERY: usize = 64;
+
+/// Drops a computation's hold on its slots; slots the traversal has passed and nobody holds
+/// leave the window (their memory is freed with the last reference).
+fn release(ctx: &Ctx<'_>, slots: Vec<Vec<Arc<Slot>>>) {
+    let mut w = ctx.window.lock().expect("no panics holding the window");
+    for slot in slots.into_iter().flatten() {
+        let gone = {
+            let mut st = slot.state.lock().expect("no panics holding a slot");
+            st.refs -= 1;
+            st.refs == 0 && st.last
+        };
+        if gone {
+            w.remove(&(slot.input, slot.idx.clone()));
+        }
+    }
+}
+
+/// Fills `block` (C order, `shape`) from the input's decoded chunks following the per-axis
+/// segments: copied (forward, reversed or repeated) or the boundary constant.
+fn assemble(
+    inp: &Input,
+    slots: &[Arc<Slot>],
+    shape: &[usize],
+    segs: &[Vec<Segment>],
+    block: &mut [u8],
+) -> Result<()> {
+    let itemsize = inp.itemsize;
+    let ndim = shape.len();
+    let bstrides: Vec<usize> = c_strides(shape, itemsize);
+    let cstrides: Vec<usize> = c_strides(&inp.chunk_shape, itemsize);
+    // Wait for (and look up) the decoded chunks.
+    let mut chunks: HashMap<&[u64], &Arc<Vec<u8>>> = HashMap::with_capacity(slots.len());
+    for s in slots {
+        match s.data.wait() {
+            Ok(d) => {
+                chunks.insert(&s.idx, d);
+            }
+            Err((key, reason)) => {
+                return Err(Error::CorruptChunk {
+                    store: inp.store.path().to_path_buf(),
+                    key: key.clone(),
+                    reason: reason.clone(),
+                });
+            }
+        }
+    }
+    let combos = product(
+        &segs
+            .iter()
+            .map(|v| (0..v.len() as u64).collect())
+            .collect::<Vec<_>>(),
+    );
+    for combo in combos {
+        let sel: Vec<&Segment> = combo
+            .iter()
+            .enumerate()
+            .map(|(a, &k)| &segs[a][k as usize])
+            .collect();
+        if sel.iter().any(|s| s.src.is_none()) {
+            fill_box(block, &bstrides, &sel, &inp.cval, itemsize);
+            continue;
+        }
+        let src: Vec<Range<u64>> = sel
+            .iter()
+            .map(|s| s.src_range().expect("not constant"))
+            .collect();
+        let cbox = inp.grid.chunks_touching(&Region::new(src.clone()));
+        for c in indices_in(&cbox) {
+            let data = chunks
+                .get(c.as_slice())
+                .copied()
+                .ok_or_else(|| Error::option("executor", format!("chunk {c:?} was not planned")))?;
+            let creg = inp.grid.chunk_region(&c);
+            let inter: Vec<Range<u64>> = src
+                .iter()
+                .zip(creg.ranges())
+                .map(|(s, r)| s.start.max(r.start)..s.end.min(r.end))
+                .collect();
+            if inter.iter().any(|r| r.start >= r.end) {
+                continue;
+            }
+            let mut src_off = 0usize;
+            let mut src_strides = vec![0usize; ndim];
+            let mut dst_first = 0usize;
+            let mut dst_strides = vec![0isize; ndim];
+            let mut extent = vec![0usize; ndim];
+            for a in 0..ndim {
+                let seg = sel[a];
+                let (s0, step) = seg.src.expect("not constant");
+                src_off += (inter[a].start - creg.ranges()[a].start) as usize * cstrides[a];
+                let d = match step {
+                    1 => {
+                        src_strides[a] = cstrides[a];
+                        dst_strides[a] = bstrides[a] as isize;
+                        extent[a] = (inter[a].end - inter[a].start) as usize;
+                        seg.dst + (inter[a].start - s0) as usize
+                    }
+                    -1 => {
+                        src_strides[a] = cstrides[a];
+                        dst_strides[a] = -(bstrides[a] as isize);
+                        extent[a] = (inter[a].end - inter[a].start) as usize;
+                        seg.dst + (s0 - inter[a].start) as usize
+                    }
+                    _ => {
+                        // One source index repeated over the segment.
+                        src_strides[a] = 0;
+                        dst_strides[a] = bstrides[a] as isize;
+                        extent[a] = seg.len;
+                        seg.dst
+                    }
+                };
+                dst_first += d * bstrides[a];
+            }
+            copy_box_signed(
+                data,
+                Side {
+                    offset: src_off,
+                    strides: &src_strides,
+                },
+                block,
+                dst_first,
+                &dst_strides,
+                &extent,
+                itemsize,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Fills the box the segments select with the constant.
+fn fill_box(block: &mut [u8], strides: &[usize], sel: &[&Segment], value: &[u8], itemsize: usize) {
+    let ranges: Vec<Range<u64>> = sel
+        .iter()
+        .map(|s| s.dst as u64..(s.dst + s.len) as u64)
+        .collect();
+    let ndim = ranges.len();
+    let inner = &ranges[ndim - 1];
+    let outer: Vec<Range<u64>> = ranges[..ndim - 1].to_vec();
+    for idx in indices_in(&outer) {
+        let base: usize = idx.iter().zip(strides).map(|(&i, &s)| i as usize * s).sum();
+        for k in inner.clone() {
+            let at = base + k as usize * strides[ndim - 1];
+            block[at..at + itemsize].copy_from_slice(value);
+        }
+    }
+}

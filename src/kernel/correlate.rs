@@ -1,0 +1,246 @@
+//! `correlate1d` with scipy.ndimage.correlate1d semantics, and the 1-D correlation engine the
+//! separable filters (gaussian) share.
+
+use std::ops::{AddAssign, Mul};
+
+use crate::dtype::{DType, Scalar};
+use crate::error::{Error, Result};
+use crate::halo::Boundary;
+use crate::kernel::{Block, Kernel, OutBlock};
+use crate::with_scalar;
+
+/// The floating-point types filters compute in.
+pub(crate) trait Work: Scalar + Mul<Output = Self> + AddAssign {}
+impl Work for f32 {}
+impl Work for f64 {}
+
+/// Correlates a C-order array of shape `(outer, n_in, inner)` with `weights` along its middle
+/// axis: `out[o, k, i] = Σ_j w[j] · in[o, k + j, i]`, `n_out = n_in - weights.len() + 1`.
+pub(crate) fn correlate_lines<A: Work>(
+    input: &[A],
+    (outer, n_in, inner): (usize, usize, usize),
+    weights: &[A],
+    out: &mut [A],
+) {
+    let n_out = n_in + 1 - weights.len();
+    debug_assert_eq!(input.len(), outer * n_in * inner);
+    debug_assert_eq!(out.len(), outer * n_out * inner);
+    if inner == 1 {
+        // Along the contiguous axis: one row at a time, one tap at a time (vectorises).
+        for o in 0..outer {
+            let src = &input[o * n_in..(o + 1) * n_in];
+            let dst = &mut out[o * n_out..(o + 1) * n_out];
+            dst.fill(A::default());
+            for (j, &w) in weights.iter().enumerate() {
+                for (d, &s) in dst.iter_mut().zip(&src[j..j + n_out]) {
+                    *d += w * s;
+                }
+            }
+        }
+        return;
+    }
+    for o in 0..outer {
+        for k in 0..n_out {
+            let dst = &mut out[(o * n_out + k) * inner..(o * n_out + k + 1) * inner];
+            dst.fill(A::default());
+            for (j, &w) in weights.iter().enumerate() {
+                let row = (o * n_in + k + j) * inner;
+                for (d, &s) in dst.iter_mut().zip(&input[row..row + inner]) {
+                    *d += w * s;
+                }
+            }
+        }
+    }
+}
+
+/// `(outer, n, inner)` of `shape` around `axis`.
+pub(crate) fn split_at_axis(shape: &[usize], axis: usize) -> (usize, usize, usize) {
+    (
+        shape[..axis].iter().product(),
+        shape[axis],
+        shape[axis + 1..].iter().product(),
+    )
+}
+
+/// Halo `(before, after)` of a filter of `len` taps with scipy's `origin`.
+pub(crate) fn filter_halo(len: usize, origin: i64) -> Result<(u64, u64)> {
+    let size1 = (len / 2) as i64;
+    let size2 = len as i64 - size1 - 1;
+    if origin < -size1 || origin > size2 {
+        return Err(Error::option(
+            "--origin",
+            format!(
+                "{origin} is outside [{}, {size2}] for {len} weights",
+                -size1
+            ),
+        ));
+    }
+    Ok(((size1 + origin) as u64, (size2 - origin) as u64))
+}
+
+/// scipy.ndimage.correlate1d: `out[i] = Σ_j w[j] · in[i + j - len/2 - origin]` along `axis`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Correlate1d {
+    /// The axis.
+    pub axis: usize,
+    /// The weights (not flipped: correlation).
+    pub weights: Vec<f64>,
+    /// scipy's origin: positive shifts the filter towards lower indices.
+    pub origin: i64,
+    /// The boundary mode.
+    pub mode: Boundary,
+    /// Output type (default float32, float64 for float64 input).
+    pub dtype: Option<DType>,
+}
+
+impl Correlate1d {
+    /// Checks the settings.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOption`] for no weights or a bad origin.
+    pub fn validate(&self) -> Result<()> {
+        if self.weights.is_empty() {
+            return Err(Error::option("--weights", "no weights given"));
+        }
+        if self.weights.iter().any(|w| !w.is_finite()) {
+            return Err(Error::option("--weights", "weights must be finite"));
+        }
+        filter_halo(self.weights.len(), self.origin).map(|_| ())
+    }
+}
+
+/// The default output type of a filter: float32, or float64 for float64 input.
+pub(crate) fn filter_dtype(requested: Option<DType>, input: DType) -> DType {
+    requested.unwrap_or(if input == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    })
+}
+
+impl Kernel for Correlate1d {
+    fn halo(&self, ndim: usize) -> Result<Vec<(u64, u64)>> {
+        if self.axis >= ndim {
+            return Err(Error::option(
+                "--axis",
+                format!("axis {} is out of range for {ndim} dimensions", self.axis),
+            ));
+        }
+        let mut h = vec![(0, 0); ndim];
+        h[self.axis] = filter_halo(self.weights.len(), self.origin)?;
+        Ok(h)
+    }
+
+    fn boundary(&self) -> Boundary {
+        self.mode
+    }
+
+    fn output_dtype(&self, inputs: &[DType]) -> Result<DType> {
+        Ok(filter_dtype(self.dtype, inputs[0]))
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "correlate1d axis={} weights={:?} origin={} mode={}",
+            self.axis, self.weights, self.origin, self.mode
+        )
+    }
+
+    fn apply(&self, inputs: &[Block<'_>], out: &mut OutBlock<'_>) -> Result<()> {
+        if out.dtype() == DType::F32 {
+            run::<f32>(self, &inputs[0], out)
+        } else {
+            run::<f64>(self, &inputs[0], out)
+        }
+    }
+
+    fn scratch_bytes(&self, block_elems: u64) -> u64 {
+        block_elems * 8 * 2
+    }
+}
+
+fn run<A: Work>(k: &Correlate1d, input: &Block<'_>, out: &mut OutBlock<'_>) -> Result<()> {
+    let mut work: Vec<A> = to_work(input)?;
+    let shape = input.shape().to_vec();
+    if let Boundary::Constant(c) = k.mode {
+        // The block holds the constant in the input's type; scipy pads with it in float64.
+        crate::kernel::gaussian::repad_constant(
+            &mut work,
+            &shape,
+            input,
+            k.axis..k.axis + 1,
+            A::from_f64(c),
+        );
+    }
+    let weights: Vec<A> = k.weights.iter().map(|&w| A::from_f64(w)).collect();
+    let (outer, n_in, inner) = split_at_axis(&shape, k.axis);
+    let n_out = n_in + 1 - weights.len();
+    let mut res = vec![A::default(); outer * n_out * inner];
+    correlate_lines(&work, (outer, n_in, inner), &weights, &mut res);
+    let mut out_shape = shape.clone();
+    out_shape[k.axis] = n_out;
+    store(&res, &out_shape, input.valid(), k.axis, out)
+}
+
+/// The block converted to the work type, C order.
+pub(crate) fn to_work<A: Work>(input: &Block<'_>) -> Result<Vec<A>> {
+    with_scalar!(input.dtype(), T => {
+        let v = input.view::<T>()?;
+        let flat = v.as_slice().expect("blocks are C-contiguous");
+        Ok(flat.iter().map(|&x| A::from_f64(x.to_f64())).collect())
+    })
+}
+
+/// Writes the valid part of a filtered array (already trimmed along `done_axis` and earlier
+/// filtered axes; still holding the halo on the others) into the output chunk.
+pub(crate) fn store<A: Work>(
+    res: &[A],
+    shape: &[usize],
+    valid: &[std::ops::Range<usize>],
+    done_axis: usize,
+    out: &mut OutBlock<'_>,
+) -> Result<()> {
+    let arr = ndarray::ArrayViewD::from_shape(ndarray::IxDyn(shape), res)
+        .expect("result buffer holds its shape");
+    let mut v = arr;
+    v.slice_each_axis_inplace(|ax| {
+        let a = ax.axis.index();
+        if a == done_axis {
+            ndarray::Slice::from(0..shape[a])
+        } else {
+            ndarray::Slice::from(valid[a].clone())
+        }
+    });
+    with_scalar!(out.dtype(), O => {
+        let mut dst = out.view_mut::<O>()?;
+        ndarray::Zip::from(&mut dst).and(&v).for_each(|o, &x| *o = O::from_f64(x.to_f64()));
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_along_each_position() {
+        // (outer=1, n=5, inner=2): columns [0,1,2,3,4] and [10,11,12,13,14]
+        let input: Vec<f64> = (0..5).flat_map(|k| [k as f64, 10.0 + k as f64]).collect();
+        let mut out = vec![0.0; 3 * 2];
+        correlate_lines(&input, (1, 5, 2), &[1.0, 0.0, -1.0], &mut out);
+        assert_eq!(out, vec![-2.0, -2.0, -2.0, -2.0, -2.0, -2.0]);
+        let row: Vec<f64> = vec![1.0, 2.0, 4.0, 8.0];
+        let mut out = vec![0.0; 2];
+        correlate_lines(&row, (1, 4, 1), &[1.0, 10.0, 100.0], &mut out);
+        assert_eq!(out, vec![421.0, 842.0]);
+    }
+
+    #[test]
+    fn origin_bounds() {
+        assert_eq!(filter_halo(3, 0).unwrap(), (1, 1));
+        assert_eq!(filter_halo(4, 0).unwrap(), (2, 1));
+        assert_eq!(filter_halo(3, 1).unwrap(), (2, 0));
+        assert_eq!(filter_halo(3, -1).unwrap(), (0, 2));
+        assert!(filter_halo(3, 2).is_err());
+    }
+}

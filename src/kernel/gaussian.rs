@@ -1,0 +1,204 @@
+//! `gaussian` with scipy.ndimage.gaussian_filter semantics: separable 1-D Gaussian correlations
+//! along every axis in order, radius `int(truncate * sigma + 0.5)`, weights normalised to sum 1.
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::halo::Boundary;
+use crate::kernel::correlate::{
+    Work, correlate_lines, filter_dtype, split_at_axis, store, to_work,
+};
+use crate::kernel::{Block, Kernel, OutBlock};
+
+/// A Gaussian filter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gaussian {
+    /// Standard deviation per axis (one value: every axis).
+    pub sigma: Vec<f64>,
+    /// Radius in standard deviations (scipy's default 4.0).
+    pub truncate: f64,
+    /// The boundary mode.
+    pub mode: Boundary,
+    /// Output type (default float32, float64 for float64 input).
+    pub dtype: Option<DType>,
+}
+
+impl Gaussian {
+    /// Checks the settings.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOption`] for a sigma that is not positive and finite, or a bad truncate.
+    pub fn validate(&self) -> Result<()> {
+        if self.sigma.is_empty() {
+            return Err(Error::option("--sigma", "no sigma given"));
+        }
+        if let Some(s) = self.sigma.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            return Err(Error::option(
+                "--sigma",
+                format!("sigma must be positive and finite, got {s}"),
+            ));
+        }
+        if !(self.truncate.is_finite() && self.truncate > 0.0) {
+            return Err(Error::option(
+                "--truncate",
+                format!("must be positive, got {}", self.truncate),
+            ));
+        }
+        Ok(())
+    }
+
+    fn sigmas(&self, ndim: usize) -> Result<Vec<f64>> {
+        match self.sigma.len() {
+            1 => Ok(vec![self.sigma[0]; ndim]),
+            n if n == ndim => Ok(self.sigma.clone()),
+            n => Err(Error::option(
+                "--sigma",
+                format!("{n} sigmas given for {ndim} dimensions"),
+            )),
+        }
+    }
+
+    /// The radius per axis.
+    pub fn radius(&self, ndim: usize) -> Result<Vec<u64>> {
+        Ok(self
+            .sigmas(ndim)?
+            .iter()
+            .map(|s| (self.truncate * s + 0.5) as u64)
+            .collect())
+    }
+}
+
+/// scipy's `_gaussian_kernel1d(sigma, order=0, radius)`.
+pub(crate) fn gaussian_weights(sigma: f64, radius: u64) -> Vec<f64> {
+    let r = radius as i64;
+    let phi: Vec<f64> = (-r..=r)
+        .map(|x| (-0.5 / (sigma * sigma) * (x * x) as f64).exp())
+        .collect();
+    let sum: f64 = phi.iter().sum();
+    phi.into_iter().map(|p| p / sum).collect()
+}
+
+impl Kernel for Gaussian {
+    fn halo(&self, ndim: usize) -> Result<Vec<(u64, u64)>> {
+        Ok(self.radius(ndim)?.into_iter().map(|r| (r, r)).collect())
+    }
+
+    fn boundary(&self) -> Boundary {
+        self.mode
+    }
+
+    fn output_dtype(&self, inputs: &[DType]) -> Result<DType> {
+        Ok(filter_dtype(self.dtype, inputs[0]))
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "gaussian sigma={:?} truncate={} mode={}",
+            self.sigma, self.truncate, self.mode
+        )
+    }
+
+    fn apply(&self, inputs: &[Block<'_>], out: &mut OutBlock<'_>) -> Result<()> {
+        if out.dtype() == DType::F32 {
+            run::<f32>(self, &inputs[0], out)
+        } else {
+            run::<f64>(self, &inputs[0], out)
+        }
+    }
+
+    fn scratch_bytes(&self, block_elems: u64) -> u64 {
+        block_elems * 8 * 2
+    }
+}
+
+fn run<A: Work>(g: &Gaussian, input: &Block<'_>, out: &mut OutBlock<'_>) -> Result<()> {
+    let ndim = input.shape().len();
+    let sigmas = g.sigmas(ndim)?;
+    let radius = g.radius(ndim)?;
+    let mut shape = input.shape().to_vec();
+    let mut cur: Vec<A> = to_work(input)?;
+    if let Boundary::Constant(c) = g.mode {
+        // The block holds the constant in the input's type (rounded for integers); scipy pads
+        // with it in float64.
+        repad_constant(&mut cur, &shape, input, 0..ndim, A::from_f64(c));
+    }
+    let mut last_axis = None;
+    for axis in 0..ndim {
+        if radius[axis] == 0 {
+            continue; // a one-tap kernel of weight 1: nothing to do
+        }
+        let weights: Vec<A> = gaussian_weights(sigmas[axis], radius[axis])
+            .into_iter()
+            .map(A::from_f64)
+            .collect();
+        let (outer, n_in, inner) = split_at_axis(&shape, axis);
+        let n_out = n_in + 1 - weights.len();
+        let mut next = vec![A::default(); outer * n_out * inner];
+        correlate_lines(&cur, (outer, n_in, inner), &weights, &mut next);
+        shape[axis] = n_out;
+        cur = next;
+        if let Boundary::Constant(c) = g.mode {
+            // scipy pads every pass's input with the constant: the later axes' halo must hold
+            // it again, not the filtered constant.
+            repad_constant(&mut cur, &shape, input, axis + 1..ndim, A::from_f64(c));
+        }
+        last_axis = Some(axis);
+    }
+    // Axes with radius 0 still carry no halo; trim what is left.
+    let mut valid = input.valid().to_vec();
+    for (a, v) in valid.iter_mut().enumerate() {
+        if shape[a] != input.shape()[a] {
+            *v = 0..shape[a];
+        }
+    }
+    match last_axis {
+        Some(axis) => store(&cur, &shape, &valid, axis, out),
+        None => store(&cur, &shape, &valid, usize::MAX, out),
+    }
+}
+
+/// Sets the positions outside the array, on `axes`, to `c`.
+pub(crate) fn repad_constant<A: Work>(
+    data: &mut [A],
+    shape: &[usize],
+    input: &Block<'_>,
+    axes: std::ops::Range<usize>,
+    c: A,
+) {
+    let origin = input.origin();
+    let n = input.array_shape();
+    for axis in axes {
+        let (outer, len, inner) = split_at_axis(shape, axis);
+        for k in 0..len {
+            let p = origin[axis] + k as i64;
+            if p >= 0 && p < n[axis] as i64 {
+                continue;
+            }
+            for o in 0..outer {
+                let start = (o * len + k) * inner;
+                data[start..start + inner].fill(c);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_like_scipy() {
+        // scipy.ndimage._filters._gaussian_kernel1d(1.0, 0, 2)
+        let w = gaussian_weights(1.0, 2);
+        let want = [0.05448868, 0.24420134, 0.40261995, 0.24420134, 0.05448868];
+        for (a, b) in w.iter().zip(want) {
+            assert!((a - b).abs() < 1e-8, "{a} vs {b}");
+        }
+        let g = Gaussian {
+            sigma: vec![2.0],
+            truncate: 4.0,
+            mode: Boundary::Reflect,
+            dtype: None,
+        };
+        assert_eq!(g.radius(3).unwrap(), vec![8, 8, 8]);
+    }
+}

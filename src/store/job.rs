@@ -1,0 +1,387 @@
+//! Writing the output of a resumable, partitionable job (spec/COMPUTE.md §6).
+//!
+//! The output is built in `.NAME.chunkwise-tmp` beside it, as convert's is, but the build
+//! directory outlives a killed process: it holds `job.json` (the settings fingerprint), one
+//! lock per partition (`lock.I.N`), and one log per partition (`done.I.N`) of the chunks whose
+//! files are on disk. A chunk enters its log only after its file is written and synced, so a
+//! half-written chunk is never taken as done. The process that finds every chunk done
+//! publishes the array (zarr.json with the fingerprint in its attributes, then rename).
+//! Invariant: nothing appears at the output path before every chunk is done.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde_json::{Value, json};
+
+use super::files::FileWriter;
+use super::is_store;
+use super::spec::{ChunkCodec, Durability, StoreSpec};
+use super::writer::{check_replaceable, is_all_zero, publish, sibling, sync_written};
+use crate::error::{Error, IoContext, Result};
+use crate::grid::Grid;
+
+/// What opening a job found.
+pub(crate) enum JobState {
+    /// The output exists and was computed with the same settings.
+    AlreadyDone,
+    /// Ready to compute; the chunks already done (by any partition) are listed.
+    Open(Box<JobWriter>, HashSet<Vec<u64>>),
+}
+
+/// How a job's part ended.
+pub(crate) enum Finish {
+    /// Every chunk is done and the array is published.
+    Published,
+    /// This partition is done; others still have chunks to compute.
+    Waiting {
+        /// Chunks done by all partitions.
+        done: u64,
+        /// Chunks in all.
+        total: u64,
+    },
+}
+
+/// Settings of a job's output.
+pub(crate) struct JobOptions<'a> {
+    pub fingerprint: &'a str,
+    pub settings: &'a str,
+    pub partition: (u32, u32),
+    pub overwrite: bool,
+    pub restart: bool,
+    pub durability: Durability,
+}
+
+/// Writes a job's output chunks and records them as done.
+pub(crate) struct JobWriter {
+    final_path: PathBuf,
+    tmp_path: PathBuf,
+    codec: ChunkCodec,
+    metadata: Value,
+    grid: Grid,
+    durability: Durability,
+    files: Option<FileWriter>,
+    lock: Option<File>,
+    log: Mutex<File>,
+    pending: Mutex<Vec<Vec<u64>>>,
+    checkpointing: Mutex<()>,
+}
+
+fn job_file(tmp: &Path) -> PathBuf {
+    tmp.join("job.json")
+}
+
+fn read_fingerprint(path: &Path) -> Option<String> {
+    let text = fs::read_to_string(path).ok()?;
+    let v: Value = serde_json::from_str(&text).ok()?;
+    v.pointer("/attributes/chunkwise/fingerprint")
+        .or_else(|| v.get("fingerprint"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+/// Removes a build directory, unless a partition still holds its lock.
+fn wipe(tmp: &Path, path: &Path) -> Result<()> {
+    for entry in fs::read_dir(tmp).at(tmp)? {
+        let p = entry.at(tmp)?.path();
+        let is_lock = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("lock."));
+        if is_lock {
+            let f = File::open(&p).at(&p)?;
+            if f.try_lock().is_err() {
+                return Err(Error::Locked {
+                    path: path.to_path_buf(),
+                    holder: format!("a running partition holds {}", p.display()),
+                });
+            }
+        }
+    }
+    fs::remove_dir_all(tmp).at(tmp)
+}
+
+fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension(format!("json.{}", std::process::id()));
+    let mut f = File::create(&tmp).at(&tmp)?;
+    f.write_all(text.as_bytes()).at(&tmp)?;
+    f.sync_all().at(&tmp)?;
+    fs::rename(&tmp, path).at(path)
+}
+
+/// Every chunk index recorded in the build directory's logs.
+fn read_done(tmp: &Path) -> Result<HashSet<Vec<u64>>> {
+    let mut done = HashSet::new();
+    for entry in fs::read_dir(tmp).at(tmp)? {
+        let p = entry.at(tmp)?.path();
+        let is_log = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("done."));
+        if !is_log {
+            continue;
+        }
+        let text = fs::read_to_string(&p).at(&p)?;
+        // Only whole lines count: a line cut short by a kill is ignored.
+        let complete = match text.rfind('\n') {
+            Some(i) => &text[..=i],
+            None => "",
+        };
+        for line in complete.lines() {
+            let idx: std::result::Result<Vec<u64>, _> =
+                line.split(',').map(str::parse::<u64>).collect();
+            if let Ok(idx) = idx {
+                done.insert(idx);
+            }
+        }
+    }
+    Ok(done)
+}
+
+impl JobWriter {
+    /// Opens (or resumes) the job writing `spec` to `path`.
+    pub(crate) fn open(spec: &StoreSpec, path: &Path, o: &JobOptions<'_>) -> Result<JobState> {
+        let grid = spec.validate()?;
+        let (part, parts) = o.partition;
+        if parts == 0 || part >= parts {
+            return Err(Error::option(
+                "--partition",
+                format!("{part}/{parts}: need 0 <= I < N"),
+            ));
+        }
+        if path.exists() && is_store(path) {
+            let fp = read_fingerprint(&path.join("zarr.json"));
+            if fp.as_deref() == Some(o.fingerprint) && !o.restart {
+                return Ok(JobState::AlreadyDone);
+            }
+            if !o.overwrite {
+                return Err(Error::option(
+                    "--overwrite",
+                    match fp {
+                        Some(_) => format!(
+                            "{} holds a result computed with other settings; use --overwrite (or \
+                             --restart) to replace it",
+                            path.display()
+                        ),
+                        None => format!(
+                            "{} already exists; use --overwrite to replace it",
+                            path.display()
+                        ),
+                    },
+                ));
+            }
+        }
+        check_replaceable(path, true)?;
+        let tmp = sibling(path, ".chunkwise-tmp")?;
+        if let Some(parent) = tmp.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).at(parent)?;
+        }
+        let mut metadata = spec.metadata();
+        metadata["attributes"] = json!({"chunkwise": {
+            "fingerprint": o.fingerprint,
+            "job": o.settings,
+        }});
+        let job = json!({"fingerprint": o.fingerprint, "job": o.settings, "metadata": metadata});
+        let job_text = serde_json::to_string_pretty(&job).expect("plain JSON");
+        if tmp.exists() {
+            let same = read_fingerprint(&job_file(&tmp)).as_deref() == Some(o.fingerprint);
+            if o.restart || !same {
+                if !same && !o.overwrite && !o.restart && job_file(&tmp).exists() {
+                    return Err(Error::option(
+                        "--restart",
+                        format!(
+                            "{} holds an unfinished job with other settings; use --restart to \
+                             discard it",
+                            tmp.display()
+                        ),
+                    ));
+                }
+                wipe(&tmp, path)?;
+            }
+        }
+        match fs::create_dir(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::io(&tmp, e));
+            }
+            _ => {}
+        }
+        if !job_file(&tmp).exists() {
+            // Every partition writes the same bytes: creating the job is idempotent.
+            write_atomic(&job_file(&tmp), &job_text)?;
+        }
+        let lock_path = tmp.join(format!("lock.{part}.{parts}"));
+        let lock = File::create(&lock_path).at(&lock_path)?;
+        if lock.try_lock().is_err() {
+            return Err(Error::Locked {
+                path: path.to_path_buf(),
+                holder: format!(
+                    "partition {part}/{parts} is running ({})",
+                    lock_path.display()
+                ),
+            });
+        }
+        let done = read_done(&tmp)?;
+        let log_path = tmp.join(format!("done.{part}.{parts}"));
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .at(&log_path)?;
+        let codec = spec.chunk_codec()?;
+        let files = FileWriter::new(&tmp, 2 * rayon::current_num_threads(), true);
+        Ok(JobState::Open(
+            Box::new(JobWriter {
+                final_path: path.to_path_buf(),
+                tmp_path: tmp,
+                codec,
+                metadata,
+                grid,
+                durability: o.durability,
+                files: Some(files),
+                lock: Some(lock),
+                log: Mutex::new(log),
+                pending: Mutex::new(Vec::new()),
+                checkpointing: Mutex::new(()),
+            }),
+            done,
+        ))
+    }
+
+    /// Bytes of one full output chunk.
+    pub(crate) fn chunk_bytes(&self) -> usize {
+        self.codec.chunk_bytes()
+    }
+
+    /// The store key of output chunk `idx`.
+    pub(crate) fn key(&self, idx: &[u64]) -> String {
+        self.codec.key(idx)
+    }
+
+    /// Encodes and queues chunk `idx` (not written if all zero); it is logged as done at the
+    /// next checkpoint. Returns the encoded size.
+    pub(crate) fn write_chunk(&self, idx: &[u64], data: &[u8]) -> Result<u64> {
+        let mut n = 0;
+        if !is_all_zero(data) {
+            let key = self.codec.key(idx);
+            let encoded = self.codec.encode(data).map_err(|e| match e {
+                Error::Encode { reason, .. } => Error::Encode {
+                    store: self.final_path.clone(),
+                    key: key.clone(),
+                    reason,
+                },
+                other => other,
+            })?;
+            n = encoded.len() as u64;
+            self.files
+                .as_ref()
+                .expect("files are open until finish")
+                .write(self.tmp_path.join(&key), encoded)?;
+        }
+        self.pending
+            .lock()
+            .expect("no panics holding the list")
+            .push(idx.to_vec());
+        Ok(n)
+    }
+
+    /// Chunks queued since the last checkpoint.
+    pub(crate) fn pending(&self) -> usize {
+        self.pending
+            .lock()
+            .expect("no panics holding the list")
+            .len()
+    }
+
+    /// Waits for queued chunks to be written, syncs them, and logs them as done.
+    pub(crate) fn checkpoint(&self) -> Result<()> {
+        let _one = self
+            .checkpointing
+            .lock()
+            .expect("no panics holding the lock");
+        let pending =
+            std::mem::take(&mut *self.pending.lock().expect("no panics holding the list"));
+        // Everything queued before `pending` was taken is written once the flush returns.
+        let written = self
+            .files
+            .as_ref()
+            .expect("files are open until finish")
+            .flush()?;
+        sync_written(&written, self.durability)?;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let mut text = String::with_capacity(pending.len() * 16);
+        for idx in &pending {
+            let line: Vec<String> = idx.iter().map(u64::to_string).collect();
+            text.push_str(&line.join(","));
+            text.push('\n');
+        }
+        let mut log = self.log.lock().expect("no panics holding the log");
+        let path = &self.tmp_path;
+        log.write_all(text.as_bytes()).at(path)?;
+        if self.durability == Durability::Sync {
+            log.sync_data().at(path)?;
+        }
+        Ok(())
+    }
+
+    /// Ends this partition: a last checkpoint, then publishes the array if every chunk of
+    /// every partition is done.
+    pub(crate) fn finish(mut self) -> Result<Finish> {
+        self.checkpoint()?;
+        self.files.take().expect("finish runs once").finish()?;
+        self.lock = None;
+        let total = self.grid.num_chunks();
+        let tmp = self.tmp_path.clone();
+        let publish_lock = tmp.join("publish.lock");
+        let pl = match File::create(&publish_lock) {
+            Ok(f) => f,
+            // Another partition published (and so removed the build directory) meanwhile.
+            Err(_) if !tmp.exists() => return Ok(Finish::Published),
+            Err(e) => return Err(Error::io(&publish_lock, e)),
+        };
+        pl.lock().at(&publish_lock)?;
+        if !tmp.exists() {
+            return Ok(Finish::Published);
+        }
+        let done = read_done(&tmp)?;
+        let all_done = done.len() as u64 >= total
+            && crate::grid::indices_in(
+                &self
+                    .grid
+                    .grid_shape()
+                    .into_iter()
+                    .map(|n| 0..n)
+                    .collect::<Vec<_>>(),
+            )
+            .iter()
+            .all(|i| done.contains(i));
+        if !all_done {
+            return Ok(Finish::Waiting {
+                done: done.len() as u64,
+                total,
+            });
+        }
+        let mut remove = vec![job_file(&tmp), publish_lock];
+        for entry in fs::read_dir(&tmp).at(&tmp)? {
+            let p = entry.at(&tmp)?.path();
+            let own = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.starts_with("done.") || n.starts_with("lock.") || n.starts_with("job.json.")
+            });
+            if own {
+                remove.push(p);
+            }
+        }
+        publish(
+            &tmp,
+            &self.final_path,
+            &self.metadata,
+            &remove,
+            self.durability,
+        )?;
+        drop(pl);
+        Ok(Finish::Published)
+    }
+}
