@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use chunkwise::{Codec, ConvertOptions, ConvertReport, DType, Durability, RawOptions, human_bytes};
+use chunkwise::{ConvertOptions, ConvertReport, DType, Durability, RawOptions, human_bytes};
 
 use super::{CliResult, Global, Outcome, parse_size, say};
 
@@ -53,13 +53,7 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(a: Args, g: &Global) -> CliResult {
-    let codec = match &a.codec {
-        Some(name) => Codec::from_name(name, a.level)?,
-        None => match a.level {
-            Some(l) => Codec::from_name(Codec::default().name(), Some(l))?,
-            None => Codec::default(),
-        },
-    };
+    let codec = super::codec_from(a.codec.as_deref(), a.level)?;
     let dtype = a.dtype.as_deref().map(str::parse::<DType>).transpose()?;
     let opts = ConvertOptions::default()
         .chunks(a.chunks)

@@ -5,6 +5,7 @@ mod convert;
 mod demo;
 mod export;
 mod info;
+mod job;
 mod verify;
 
 use std::io::{IsTerminal, Write};
@@ -39,6 +40,17 @@ enum Command {
     Export(export::Args),
     /// Decode every stored chunk; list the bad ones (exit 1 if any).
     Verify(verify::Args),
+    /// Gaussian filter (scipy.ndimage.gaussian_filter), block by block.
+    Gaussian(job::GaussianArgs),
+    /// 1-D correlation along an axis (scipy.ndimage.correlate1d), block by block.
+    Correlate1d(job::Correlate1dArgs),
+    /// out = table[in] (ClearMap's apply_lut).
+    Lut(job::LutArgs),
+    /// out = 1 where in > X, else 0 (uint8).
+    Threshold(job::ThresholdArgs),
+    /// out = table[27-bit 3x3x3 neighbourhood index] of a binary input (ClearMap's
+    /// apply_lut_to_index).
+    NeighbourhoodLut(job::LutArgs),
     /// Generate a small volume, convert, inspect and export it, checking the round trip.
     Demo(demo::Args),
 }
@@ -99,6 +111,11 @@ pub(crate) fn main() -> ExitCode {
         Command::Info(a) => info::run(a, &global),
         Command::Export(a) => export::run(a, &global),
         Command::Verify(a) => verify::run(a, &global),
+        Command::Gaussian(a) => job::gaussian(a, &global),
+        Command::Correlate1d(a) => job::correlate1d(a, &global),
+        Command::Lut(a) => job::lut(a, &global),
+        Command::Threshold(a) => job::threshold(a, &global),
+        Command::NeighbourhoodLut(a) => job::neighbourhood_lut(a, &global),
         Command::Demo(a) => demo::run(a, &global),
     };
     match result {
@@ -146,6 +163,15 @@ pub(crate) fn say(text: impl std::fmt::Display) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{text}")?;
     Ok(())
+}
+
+/// The codec named by `--codec`/`--level` (the default codec when no name is given).
+pub(crate) fn codec_from(name: Option<&str>, level: Option<i32>) -> chunkwise::Result<chunkwise::Codec> {
+    match (name, level) {
+        (Some(n), l) => chunkwise::Codec::from_name(n, l),
+        (None, Some(l)) => chunkwise::Codec::from_name(chunkwise::Codec::default().name(), Some(l)),
+        (None, None) => Ok(chunkwise::Codec::default()),
+    }
 }
 
 /// Parses a byte size: `512MiB`, `2GiB`, `1G`, `1000000`.

@@ -7,7 +7,7 @@ use crate::halo::Boundary;
 use crate::kernel::correlate::{
     Work, correlate_lines, filter_dtype, split_at_axis, store, to_work,
 };
-use crate::kernel::{Block, Kernel, OutBlock};
+use crate::kernel::{Block, Kernel, OutBlock, Scratch};
 
 /// A Gaussian filter.
 #[derive(Debug, Clone, PartialEq)]
@@ -115,45 +115,45 @@ fn run<A: Work>(g: &Gaussian, input: &Block<'_>, out: &mut OutBlock<'_>) -> Resu
     let sigmas = g.sigmas(ndim)?;
     let radius = g.radius(ndim)?;
     let mut shape = input.shape().to_vec();
-    let mut cur: Vec<A> = to_work(input)?;
+    let n0: usize = shape.iter().product();
+    // Two scratch buffers the passes ping-pong between (each pass shrinks the array).
+    let mut a = Scratch::new(n0 * std::mem::size_of::<A>());
+    let mut b = Scratch::new(n0 * std::mem::size_of::<A>());
+    to_work(input, a.slice_mut::<A>(n0))?;
     if let Boundary::Constant(c) = g.mode {
         // The block holds the constant in the input's type (rounded for integers); scipy pads
         // with it in float64.
-        repad_constant(&mut cur, &shape, input, 0..ndim, A::from_f64(c));
+        repad_constant(a.slice_mut::<A>(n0), &shape, input, 0..ndim, A::from_f64(c));
     }
-    let mut last_axis = None;
-    for axis in 0..ndim {
-        if radius[axis] == 0 {
-            continue; // a one-tap kernel of weight 1: nothing to do
-        }
+    let passes: Vec<usize> = (0..ndim).filter(|&ax| radius[ax] > 0).collect();
+    for (p, &axis) in passes.iter().enumerate() {
         let weights: Vec<A> = gaussian_weights(sigmas[axis], radius[axis])
             .into_iter()
             .map(A::from_f64)
             .collect();
         let (outer, n_in, inner) = split_at_axis(&shape, axis);
         let n_out = n_in + 1 - weights.len();
-        let mut next = vec![A::default(); outer * n_out * inner];
-        correlate_lines(&cur, (outer, n_in, inner), &weights, &mut next);
+        let (len_in, len_out) = (outer * n_in * inner, outer * n_out * inner);
         shape[axis] = n_out;
-        cur = next;
+        if p + 1 == passes.len() {
+            // The last pass writes the output chunk itself where it can.
+            if let Some(dst) = out.contiguous_mut::<A>() {
+                correlate_lines(a.slice::<A>(len_in), (outer, n_in, inner), &weights, &mut dst[..len_out]);
+                return Ok(());
+            }
+        }
+        correlate_lines(a.slice::<A>(len_in), (outer, n_in, inner), &weights, b.slice_mut::<A>(len_out));
+        std::mem::swap(&mut a, &mut b);
         if let Boundary::Constant(c) = g.mode {
             // scipy pads every pass's input with the constant: the later axes' halo must hold
             // it again, not the filtered constant.
-            repad_constant(&mut cur, &shape, input, axis + 1..ndim, A::from_f64(c));
-        }
-        last_axis = Some(axis);
-    }
-    // Axes with radius 0 still carry no halo; trim what is left.
-    let mut valid = input.valid().to_vec();
-    for (a, v) in valid.iter_mut().enumerate() {
-        if shape[a] != input.shape()[a] {
-            *v = 0..shape[a];
+            repad_constant(a.slice_mut::<A>(len_out), &shape, input, axis + 1..ndim, A::from_f64(c));
         }
     }
-    match last_axis {
-        Some(axis) => store(&cur, &shape, &valid, axis, out),
-        None => store(&cur, &shape, &valid, usize::MAX, out),
-    }
+    // What is left has exactly the output's extent (axes of radius 0 carry no halo).
+    let n: usize = shape.iter().product();
+    let full: Vec<std::ops::Range<usize>> = shape.iter().map(|&s| 0..s).collect();
+    store(a.slice::<A>(n), &shape, &full, usize::MAX, out)
 }
 
 /// Sets the positions outside the array, on `axes`, to `c`.

@@ -169,12 +169,64 @@ impl OutBlock<'_> {
         Ok(v)
     }
 
+    /// The whole chunk buffer as `T`, when the chunk lies inside the array (its region is the
+    /// full chunk, so the region's C order is the buffer's).
+    pub fn contiguous_mut<T: Scalar>(&mut self) -> Option<&mut [T]> {
+        if T::DTYPE != self.dtype
+            || self.region.shape().iter().zip(&self.chunk_shape).any(|(&e, &c)| e as usize != c)
+        {
+            return None;
+        }
+        let n: usize = self.chunk_shape.iter().product();
+        bytemuck::try_cast_slice_mut(&mut self.bytes[..n * T::DTYPE.size()]).ok()
+    }
+
     /// An error about this chunk.
     pub fn error(&self, reason: impl Into<String>) -> Error {
         Error::Compute {
             chunk: self.key.clone(),
             reason: reason.into(),
         }
+    }
+}
+
+thread_local! {
+    /// Per-thread scratch buffers, reused from call to call (large allocations otherwise cost
+    /// page faults and zeroing on every chunk).
+    static SCRATCH: std::cell::RefCell<Vec<Vec<u64>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A scratch buffer from the thread's pool, returned to it when dropped.
+pub(crate) struct Scratch {
+    buf: Vec<u64>,
+}
+
+impl Scratch {
+    /// At least `bytes` bytes, 8-byte aligned, contents unspecified.
+    pub(crate) fn new(bytes: usize) -> Scratch {
+        let words = bytes.div_ceil(8);
+        let mut buf = SCRATCH.with(|p| p.borrow_mut().pop()).unwrap_or_default();
+        if buf.len() < words {
+            buf.resize(words, 0);
+        }
+        Scratch { buf }
+    }
+
+    /// The first `n` elements as `T`.
+    pub(crate) fn slice_mut<T: bytemuck::Pod>(&mut self, n: usize) -> &mut [T] {
+        &mut bytemuck::cast_slice_mut(&mut self.buf[..])[..n]
+    }
+
+    /// The first `n` elements as `T`.
+    pub(crate) fn slice<T: bytemuck::Pod>(&self, n: usize) -> &[T] {
+        &bytemuck::cast_slice(&self.buf[..])[..n]
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        SCRATCH.with(|p| p.borrow_mut().push(buf));
     }
 }
 
