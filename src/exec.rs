@@ -279,10 +279,8 @@ struct Slot {
 }
 
 struct SlotState {
-    /// Computations generated and not yet done with it.
-    refs: usize,
-    /// Whether the traversal has passed every output chunk that needs it.
-    last: bool,
+    /// Computations (of this tile) that will read it and have not finished with it yet.
+    remaining: u64,
 }
 
 enum Task {
@@ -308,9 +306,12 @@ struct Ctx<'a> {
     tracker: Tracker,
     /// Decoded input chunks by (input, chunk index).
     window: Mutex<Window>,
-    /// Per input, per chunk index along axis 0: the last output layer (of this partition)
-    /// whose block reads it.
-    last_layer: Vec<Vec<u64>>,
+    /// Per input, per axis, per output chunk index along the axis: the input chunk indices
+    /// its block reads along that axis (through the boundary mode).
+    reads: Vec<Vec<Vec<Vec<u64>>>>,
+    /// The inverse: per input, per axis, per input chunk index: the output chunk indices
+    /// reading it.
+    readers: Vec<Vec<Vec<Vec<u64>>>>,
 }
 
 impl Ctx<'_> {
@@ -333,29 +334,65 @@ impl Ctx<'_> {
 
     /// The input chunks (per input) output chunk `idx` needs.
     fn needed(&self, idx: &[u64]) -> Vec<Vec<Vec<u64>>> {
-        let (_, _, _, segs) = self.block_geometry(idx);
-        self.inputs
+        self.reads
             .iter()
-            .map(|inp| {
-                let per_axis: Vec<Vec<u64>> = segs
+            .map(|per_axis| {
+                let lists: Vec<Vec<u64>> = per_axis
                     .iter()
-                    .enumerate()
-                    .map(|(a, axis_segs)| {
-                        let c = inp.grid.chunk_shape()[a];
-                        let mut v: Vec<u64> = axis_segs
-                            .iter()
-                            .filter_map(Segment::src_range)
-                            .flat_map(|r| (r.start / c)..r.end.div_ceil(c))
-                            .collect();
-                        v.sort_unstable();
-                        v.dedup();
-                        v
-                    })
+                    .zip(idx)
+                    .map(|(r, &i)| r[i as usize].clone())
                     .collect();
-                product(&per_axis)
+                product(&lists)
             })
             .collect()
     }
+}
+
+/// Per input, per axis: the input chunk indices each output chunk index reads, and who reads
+/// each input chunk index.
+fn read_maps(
+    inputs: &[Input],
+    out_grid: &Grid,
+    shape: &[u64],
+    halo: &[(u64, u64)],
+    boundary: Boundary,
+) -> (Vec<Vec<Vec<Vec<u64>>>>, Vec<Vec<Vec<Vec<u64>>>>) {
+    let ndim = shape.len();
+    let gshape = out_grid.grid_shape();
+    let oc = out_grid.chunk_shape();
+    let mut reads = Vec::with_capacity(inputs.len());
+    let mut readers = Vec::with_capacity(inputs.len());
+    for inp in inputs {
+        let ic = inp.grid.chunk_shape();
+        let ig = inp.grid.grid_shape();
+        let mut r_in = Vec::with_capacity(ndim);
+        let mut r_by = Vec::with_capacity(ndim);
+        for a in 0..ndim {
+            let (before, after) = halo[a];
+            let mut per_out = Vec::with_capacity(gshape[a] as usize);
+            let mut inverse = vec![Vec::new(); ig[a] as usize];
+            for oi in 0..gshape[a] {
+                let start = (oi * oc[a]) as i64 - before as i64;
+                let end = (((oi + 1) * oc[a]).min(shape[a]) + after) as i64;
+                let mut v: Vec<u64> = segments(start, end, shape[a], boundary)
+                    .iter()
+                    .filter_map(Segment::src_range)
+                    .flat_map(|r| (r.start / ic[a])..r.end.div_ceil(ic[a]))
+                    .collect();
+                v.sort_unstable();
+                v.dedup();
+                for &ci in &v {
+                    inverse[ci as usize].push(oi);
+                }
+                per_out.push(v);
+            }
+            r_in.push(per_out);
+            r_by.push(inverse);
+        }
+        reads.push(r_in);
+        readers.push(r_by);
+    }
+    (reads, readers)
 }
 
 /// The cartesian product of per-axis index lists, in C order.
@@ -533,9 +570,9 @@ fn run_in_pool(
         stored: AtomicU64::new(0),
         tracker: Tracker::new("compute", Unit::Chunks, 0, None),
         window: Mutex::new(HashMap::new()),
-        last_layer: Vec::new(),
+        reads: Vec::new(),
+        readers: Vec::new(),
     };
-    let last_layer = last_layers(&ctx, l0..l1);
     let (tile, window_bytes) = plan_tiles(&ctx, budget, threads)?;
     let todo: u64;
     let tiles = tiles_of(&gshape, &tile);
@@ -551,9 +588,17 @@ fn run_in_pool(
         todo = n;
     }
     report.chunks_resumed = mine - todo;
+    let (reads, readers) = read_maps(
+        &ctx.inputs,
+        &ctx.out_grid,
+        &ctx.shape,
+        &ctx.halo,
+        ctx.boundary,
+    );
     let ctx = Ctx {
         tracker: Tracker::new("compute", Unit::Chunks, todo, opts.progress.clone()),
-        last_layer,
+        reads,
+        readers,
         ..ctx
     };
     let feed = Feed::new(&ctx, tiles, l0..l1, &done);
@@ -576,32 +621,6 @@ fn run_in_pool(
     report.window_bytes = window_bytes;
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
-}
-
-/// For every input chunk index along axis 0, the last output layer in `layers` reading it.
-fn last_layers(ctx: &Ctx<'_>, layers: Range<u64>) -> Vec<Vec<u64>> {
-    let oc = ctx.out_grid.chunk_shape()[0];
-    let (before, after) = ctx.halo[0];
-    ctx.inputs
-        .iter()
-        .map(|inp| {
-            let c = inp.grid.chunk_shape()[0];
-            let mut last = vec![0u64; inp.grid.grid_shape()[0] as usize];
-            for l in layers.clone() {
-                let start = (l * oc) as i64 - before as i64;
-                let end = (((l + 1) * oc).min(ctx.shape[0]) + after) as i64;
-                for r in segments(start, end, ctx.shape[0], ctx.boundary)
-                    .iter()
-                    .filter_map(Segment::src_range)
-                {
-                    for ci in r.start / c..r.end.div_ceil(c) {
-                        last[ci as usize] = l;
-                    }
-                }
-            }
-            last
-        })
-        .collect()
 }
 
 fn job_finish(job: Box<JobWriter>) -> Result<Finish> {
@@ -659,8 +678,9 @@ fn plan_tiles(ctx: &Ctx<'_>, budget: u64, threads: usize) -> Result<(Vec<u64>, u
         + ctx.kernel.scratch_bytes(block_elems)
         + 2 * out_bytes;
     let working = threads as u64 * task + 2 * threads as u64 * out_bytes;
-    // The window holds, per input, the input layers one output layer needs plus the next
-    // layer's, over the tile's footprint.
+    // The window holds, per input, about the input layers one output layer reads, over the
+    // tile's footprint: chunks leave it with their last consumer, so while one output layer is
+    // computed the layer before it drains as the layer after it fills.
     let window = |tile: &[u64]| -> u64 {
         ctx.inputs
             .iter()
@@ -670,7 +690,7 @@ fn plan_tiles(ctx: &Ctx<'_>, budget: u64, threads: usize) -> Result<(Vec<u64>, u
                     let span = n_out * oc[a] + ctx.halo[a].0 + ctx.halo[a].1;
                     (span.div_ceil(ic[a]) + 1).min(inp.grid.grid_shape()[a])
                 };
-                let layers = reach(0, 1) + 1;
+                let layers = reach(0, 1);
                 let footprint: u64 = (1..ndim).map(|a| reach(a, tile[a])).product();
                 layers.min(inp.grid.grid_shape()[0] + 1) * footprint * inp.chunk_bytes as u64
             })
@@ -732,21 +752,26 @@ impl<'a, 'c> Feed<'a, 'c> {
         }
     }
 
-    /// Marks the slots no output layer from `layer` on needs (all of them with `None`), and
-    /// drops those no task holds any more.
-    fn retire(&self, layer: Option<u64>) {
-        let mut w = self
-            .ctx
-            .window
-            .lock()
-            .expect("no panics holding the window");
-        w.retain(|_, slot| {
-            let mut st = slot.state.lock().expect("no panics holding a slot");
-            if layer.is_none_or(|l| self.ctx.last_layer[slot.input][slot.idx[0] as usize] < l) {
-                st.last = true;
-            }
-            !(st.last && st.refs == 0)
-        });
+    /// The output chunks of the current tile (not done) whose blocks read input chunk `c`.
+    fn consumers(&self, input: usize, c: &[u64]) -> u64 {
+        let tile = self.tile.as_ref().expect("planning happens inside a tile");
+        let lists: Vec<Vec<u64>> = self.ctx.readers[input]
+            .iter()
+            .zip(c)
+            .enumerate()
+            .map(|(a, (r, &ci))| {
+                let range = if a == 0 { &self.layers } else { &tile[a] };
+                r[ci as usize]
+                    .iter()
+                    .copied()
+                    .filter(|o| range.contains(o))
+                    .collect()
+            })
+            .collect();
+        product(&lists)
+            .iter()
+            .filter(|o| !self.done.contains(*o))
+            .count() as u64
     }
 
     /// Queues the tasks for output chunk `idx`.
@@ -761,23 +786,22 @@ impl<'a, 'c> Feed<'a, 'c> {
         for (input, chunks) in needed.into_iter().enumerate() {
             let mut slots = Vec::with_capacity(chunks.len());
             for c in chunks {
-                let slot = w
-                    .entry((input, c.clone()))
-                    .or_insert_with(|| {
+                let slot = match w.get(&(input, c.clone())) {
+                    Some(s) => s.clone(),
+                    None => {
                         let s = Arc::new(Slot {
                             input,
-                            idx: c,
+                            idx: c.clone(),
                             data: OnceLock::new(),
                             state: Mutex::new(SlotState {
-                                refs: 0,
-                                last: false,
+                                remaining: self.consumers(input, &c),
                             }),
                         });
+                        w.insert((input, c), s.clone());
                         self.queue.push_back(Task::Decode(s.clone()));
                         s
-                    })
-                    .clone();
-                slot.state.lock().expect("no panics holding a slot").refs += 1;
+                    }
+                };
                 slots.push(slot);
             }
             per_input.push(slots);
@@ -808,11 +832,10 @@ impl Iterator for Feed<'_, '_> {
                     let mut b = tile.clone();
                     b[0] = self.layer..self.layer + 1;
                     self.chunks = indices_in(&b).into_iter();
-                    self.retire(Some(self.layer));
                 }
                 _ => {
-                    // A new tile starts from the first layer: forget the old tile's window.
-                    self.retire(None);
+                    // A new tile starts from the first layer; the old tile's slots have all
+                    // left the window with their last consumer.
                     let tile = self.tiles.next()?;
                     self.layer = self.layers.start;
                     if self.layers.is_empty() {
@@ -971,15 +994,15 @@ fn compute(ctx: &Ctx<'_>, idx: &[u64], slots: Vec<Vec<Arc<Slot>>>) -> Result<()>
 /// Completed chunks are logged (after their files are synced) in batches of this many.
 const CHECKPOINT_EVERY: usize = 64;
 
-/// Drops a computation's hold on its slots; slots the traversal has passed and nobody holds
-/// leave the window (their memory is freed with the last reference).
+/// Drops a computation's hold on its slots; a slot whose last consumer this was leaves the
+/// window (its memory is freed with the last reference).
 fn release(ctx: &Ctx<'_>, slots: Vec<Vec<Arc<Slot>>>) {
     let mut w = ctx.window.lock().expect("no panics holding the window");
     for slot in slots.into_iter().flatten() {
         let gone = {
             let mut st = slot.state.lock().expect("no panics holding a slot");
-            st.refs -= 1;
-            st.refs == 0 && st.last
+            st.remaining -= 1;
+            st.remaining == 0
         };
         if gone {
             w.remove(&(slot.input, slot.idx.clone()));

@@ -8,4 +8,5 @@ mod compute;
 mod convert;
 mod export;
 mod interop;
+mod jobs;
 mod verify;

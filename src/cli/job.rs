@@ -49,8 +49,14 @@ fn parse_partition(s: &str) -> Result<(u32, u32), String> {
     let (i, n) = s
         .split_once('/')
         .ok_or_else(|| format!("{s:?} is not I/N (e.g. 0/4)"))?;
-    let i: u32 = i.trim().parse().map_err(|_| format!("{i:?} is not a number"))?;
-    let n: u32 = n.trim().parse().map_err(|_| format!("{n:?} is not a number"))?;
+    let i: u32 = i
+        .trim()
+        .parse()
+        .map_err(|_| format!("{i:?} is not a number"))?;
+    let n: u32 = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("{n:?} is not a number"))?;
     if n == 0 || i >= n {
         return Err(format!("{s}: need 0 <= I < N"));
     }
@@ -68,7 +74,12 @@ pub(crate) struct ModeArgs {
     #[arg(long, default_value = "reflect", value_name = "MODE")]
     mode: String,
     /// The value outside the array for --mode constant.
-    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true, value_name = "X")]
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        allow_hyphen_values = true,
+        value_name = "X"
+    )]
     cval: f64,
 }
 
@@ -83,7 +94,13 @@ pub(crate) struct GaussianArgs {
     #[command(flatten)]
     job: JobArgs,
     /// Standard deviation: one value, or one per axis (S0,S1,S2).
-    #[arg(long, required = true, value_delimiter = ',', allow_hyphen_values = true, value_name = "S")]
+    #[arg(
+        long,
+        required = true,
+        value_delimiter = ',',
+        allow_hyphen_values = true,
+        value_name = "S"
+    )]
     sigma: Vec<f64>,
     /// Radius in standard deviations.
     #[arg(long, default_value_t = 4.0, value_name = "T")]
@@ -103,7 +120,13 @@ pub(crate) struct Correlate1dArgs {
     #[arg(long)]
     axis: usize,
     /// The weights, e.g. 1,-2,1.
-    #[arg(long, required = true, value_delimiter = ',', allow_hyphen_values = true, value_name = "W")]
+    #[arg(
+        long,
+        required = true,
+        value_delimiter = ',',
+        allow_hyphen_values = true,
+        value_name = "W"
+    )]
     weights: Vec<f64>,
     /// scipy's origin: positive values shift the filter towards lower indices.
     #[arg(long, default_value_t = 0, allow_hyphen_values = true)]

@@ -166,7 +166,10 @@ pub(crate) fn say(text: impl std::fmt::Display) -> Result<(), CliError> {
 }
 
 /// The codec named by `--codec`/`--level` (the default codec when no name is given).
-pub(crate) fn codec_from(name: Option<&str>, level: Option<i32>) -> chunkwise::Result<chunkwise::Codec> {
+pub(crate) fn codec_from(
+    name: Option<&str>,
+    level: Option<i32>,
+) -> chunkwise::Result<chunkwise::Codec> {
     match (name, level) {
         (Some(n), l) => chunkwise::Codec::from_name(n, l),
         (None, Some(l)) => chunkwise::Codec::from_name(chunkwise::Codec::default().name(), Some(l)),

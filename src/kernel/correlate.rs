@@ -65,12 +65,26 @@ fn correlate_body<A: Work, const FMA: bool>(
     out: &mut [A],
 ) {
     let n_out = n_in + 1 - weights.len();
-    assert_eq!(input.len(), outer * n_in * inner, "input holds the stated shape");
-    assert_eq!(out.len(), outer * n_out * inner, "output holds the stated shape");
+    assert_eq!(
+        input.len(),
+        outer * n_in * inner,
+        "input holds the stated shape"
+    );
+    assert_eq!(
+        out.len(),
+        outer * n_out * inner,
+        "output holds the stated shape"
+    );
     if inner == 1 {
         // Along the contiguous axis: taps are neighbouring elements.
         for o in 0..outer {
-            dot_rows::<A, FMA>(input, o * n_in, 1, weights, &mut out[o * n_out..(o + 1) * n_out]);
+            dot_rows::<A, FMA>(
+                input,
+                o * n_in,
+                1,
+                weights,
+                &mut out[o * n_out..(o + 1) * n_out],
+            );
         }
         return;
     }
@@ -86,7 +100,13 @@ fn correlate_body<A: Work, const FMA: bool>(
 /// `dst[t] = Σ_j w[j] · src[base + j·tap + t]`, accumulating blocks of `W` outputs in
 /// registers across all taps (one store per output, not one per tap).
 #[inline(always)]
-fn dot_rows<A: Work, const FMA: bool>(src: &[A], base: usize, tap: usize, weights: &[A], dst: &mut [A]) {
+fn dot_rows<A: Work, const FMA: bool>(
+    src: &[A],
+    base: usize,
+    tap: usize,
+    weights: &[A],
+    dst: &mut [A],
+) {
     const W: usize = 32;
     let n = dst.len();
     let last = base + (weights.len() - 1) * tap + n;
@@ -99,7 +119,11 @@ fn dot_rows<A: Work, const FMA: bool>(src: &[A], base: usize, tap: usize, weight
                 .try_into()
                 .expect("a slice of W");
             for t in 0..W {
-                acc[t] = if FMA { w.mul_add(s[t], acc[t]) } else { acc[t] + w * s[t] };
+                acc[t] = if FMA {
+                    w.mul_add(s[t], acc[t])
+                } else {
+                    acc[t] + w * s[t]
+                };
             }
         }
         dst[x..x + W].copy_from_slice(&acc);
@@ -243,7 +267,10 @@ fn run<A: Work>(k: &Correlate1d, input: &Block<'_>, out: &mut OutBlock<'_>) -> R
     let mut out_shape = shape.clone();
     out_shape[k.axis] = n_out;
     let m = outer * n_out * inner;
-    let direct = out_shape.iter().zip(input.valid()).all(|(&s, v)| s == v.len());
+    let direct = out_shape
+        .iter()
+        .zip(input.valid())
+        .all(|(&s, v)| s == v.len());
     if direct {
         // No halo left on any axis: the pass can write the output chunk itself.
         if let Some(dst) = out.contiguous_mut::<A>() {

@@ -138,16 +138,32 @@ fn run<A: Work>(g: &Gaussian, input: &Block<'_>, out: &mut OutBlock<'_>) -> Resu
         if p + 1 == passes.len() {
             // The last pass writes the output chunk itself where it can.
             if let Some(dst) = out.contiguous_mut::<A>() {
-                correlate_lines(a.slice::<A>(len_in), (outer, n_in, inner), &weights, &mut dst[..len_out]);
+                correlate_lines(
+                    a.slice::<A>(len_in),
+                    (outer, n_in, inner),
+                    &weights,
+                    &mut dst[..len_out],
+                );
                 return Ok(());
             }
         }
-        correlate_lines(a.slice::<A>(len_in), (outer, n_in, inner), &weights, b.slice_mut::<A>(len_out));
+        correlate_lines(
+            a.slice::<A>(len_in),
+            (outer, n_in, inner),
+            &weights,
+            b.slice_mut::<A>(len_out),
+        );
         std::mem::swap(&mut a, &mut b);
         if let Boundary::Constant(c) = g.mode {
             // scipy pads every pass's input with the constant: the later axes' halo must hold
             // it again, not the filtered constant.
-            repad_constant(a.slice_mut::<A>(len_out), &shape, input, axis + 1..ndim, A::from_f64(c));
+            repad_constant(
+                a.slice_mut::<A>(len_out),
+                &shape,
+                input,
+                axis + 1..ndim,
+                A::from_f64(c),
+            );
         }
     }
     // What is left has exactly the output's extent (axes of radius 0 carry no halo).

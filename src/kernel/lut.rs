@@ -74,6 +74,23 @@ impl Table {
         })
     }
 
+    /// The table's identity for a job's fingerprint: path, type, length, and the file's size
+    /// and modification time (an edited table is a different job).
+    pub fn describe(&self) -> String {
+        let modified = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        format!(
+            "table={} ({} {} entries, {} bytes, modified {modified})",
+            self.path.display(),
+            self.len,
+            self.dtype,
+            self.map.len()
+        )
+    }
+
     /// Entries.
     pub fn len(&self) -> usize {
         self.len
@@ -139,13 +156,7 @@ impl Kernel for Lut {
     }
 
     fn describe(&self) -> String {
-        format!(
-            "lut table={} ({} {} entries, {} bytes)",
-            self.table.path.display(),
-            self.table.len,
-            self.table.dtype,
-            self.table.map.len()
-        )
+        format!("lut {}", self.table.describe())
     }
 
     fn apply(&self, inputs: &[Block<'_>], out: &mut OutBlock<'_>) -> Result<()> {

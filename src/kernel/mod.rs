@@ -173,7 +173,12 @@ impl OutBlock<'_> {
     /// full chunk, so the region's C order is the buffer's).
     pub fn contiguous_mut<T: Scalar>(&mut self) -> Option<&mut [T]> {
         if T::DTYPE != self.dtype
-            || self.region.shape().iter().zip(&self.chunk_shape).any(|(&e, &c)| e as usize != c)
+            || self
+                .region
+                .shape()
+                .iter()
+                .zip(&self.chunk_shape)
+                .any(|(&e, &c)| e as usize != c)
         {
             return None;
         }

@@ -68,12 +68,7 @@ impl Kernel for NeighbourhoodLut {
     }
 
     fn describe(&self) -> String {
-        format!(
-            "neighbourhood-lut table={} ({} entries of {})",
-            self.table.path().display(),
-            self.table.len(),
-            self.table.dtype()
-        )
+        format!("neighbourhood-lut {}", self.table.describe())
     }
 
     fn apply(&self, inputs: &[Block<'_>], out: &mut OutBlock<'_>) -> Result<()> {

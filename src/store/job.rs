@@ -156,7 +156,8 @@ impl JobWriter {
             if fp.as_deref() == Some(o.fingerprint) && !o.restart {
                 return Ok(JobState::AlreadyDone);
             }
-            if !o.overwrite {
+            let same = fp.as_deref() == Some(o.fingerprint);
+            if !o.overwrite && !(o.restart && same) {
                 return Err(Error::option(
                     "--overwrite",
                     match fp {
@@ -190,10 +191,10 @@ impl JobWriter {
             if o.restart || !same {
                 if !same && !o.overwrite && !o.restart && job_file(&tmp).exists() {
                     return Err(Error::option(
-                        "--restart",
+                        "--overwrite",
                         format!(
-                            "{} holds an unfinished job with other settings; use --restart to \
-                             discard it",
+                            "{} holds an unfinished job with other settings; use --overwrite (or \
+                             --restart) to discard it",
                             tmp.display()
                         ),
                     ));

@@ -1,0 +1,434 @@
+//! Jobs: resuming after a kill, partitions, settings fingerprints, memory budgets, several
+//! inputs, and bad input (spec/COMPUTE.md §5-§7).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use chunkwise::kernel::lut::Table;
+use chunkwise::kernel::{Correlate1d, Gaussian, Lut, NeighbourhoodLut, Threshold};
+use chunkwise::{Boundary, DType, Error, ExecOptions, ExecStatus, Region, Store};
+
+use crate::common::{fixture, stderr, stdout, store_bytes, tmp};
+use crate::compute::{hash_table, input_store};
+
+fn gauss() -> Gaussian {
+    Gaussian {
+        sigma: vec![1.5],
+        truncate: 4.0,
+        mode: Boundary::Reflect,
+        dtype: None,
+    }
+}
+
+#[test]
+fn partitions_share_one_job() {
+    let dir = tmp();
+    let input = input_store(dir.path(), "in_u16", &[7, 7, 7]);
+    let whole = dir.path().join("whole.zarr");
+    let r = chunkwise::run(
+        std::slice::from_ref(&input),
+        &whole,
+        &gauss(),
+        &ExecOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(r.status, ExecStatus::Published);
+    let out = dir.path().join("parts.zarr");
+    let mut computed = 0;
+    for part in [2u32, 0, 1] {
+        let r = chunkwise::run(
+            std::slice::from_ref(&input),
+            &out,
+            &gauss(),
+            &ExecOptions::default().partition(Some((part, 3))),
+        )
+        .unwrap();
+        computed += r.chunks_computed;
+        if part == 1 {
+            assert_eq!(r.status, ExecStatus::Published);
+        } else {
+            assert!(
+                matches!(r.status, ExecStatus::Waiting { .. }),
+                "{:?}",
+                r.status
+            );
+            assert!(!out.exists(), "nothing published before every part is done");
+        }
+    }
+    assert_eq!(computed, r.chunks_total);
+    assert_eq!(
+        store_bytes(&Store::open(&out).unwrap()),
+        store_bytes(&Store::open(&whole).unwrap())
+    );
+    // The fingerprint is in the attributes; a rerun has nothing to do.
+    let meta = Store::open(&out).unwrap().metadata_json();
+    assert!(meta["attributes"]["chunkwise"]["fingerprint"].is_string());
+    let again = chunkwise::run(
+        std::slice::from_ref(&input),
+        &out,
+        &gauss(),
+        &ExecOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(again.status, ExecStatus::AlreadyDone);
+    assert_eq!(again.chunks_computed, 0);
+}
+
+#[test]
+fn other_settings_refuse_without_overwrite() {
+    let dir = tmp();
+    let input = input_store(dir.path(), "in_u16", &[16, 16, 16]);
+    let out = dir.path().join("g.zarr");
+    chunkwise::run(
+        std::slice::from_ref(&input),
+        &out,
+        &gauss(),
+        &ExecOptions::default(),
+    )
+    .unwrap();
+    let mut other = gauss();
+    other.sigma = vec![2.5];
+    let err = chunkwise::run(
+        std::slice::from_ref(&input),
+        &out,
+        &other,
+        &ExecOptions::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("--overwrite"), "{err}");
+    let r = chunkwise::run(
+        std::slice::from_ref(&input),
+        &out,
+        &other,
+        &ExecOptions::default().overwrite(true),
+    )
+    .unwrap();
+    assert_eq!(r.status, ExecStatus::Published);
+    assert_eq!(r.chunks_computed, r.chunks_total);
+    let r = chunkwise::run(
+        std::slice::from_ref(&input),
+        &out,
+        &other,
+        &ExecOptions::default().restart(true),
+    )
+    .unwrap();
+    assert_eq!(
+        r.chunks_computed, r.chunks_total,
+        "--restart recomputes everything"
+    );
+}
+
+#[test]
+fn memory_budget_tiles_the_traversal() {
+    let dir = tmp();
+    let input = input_store(dir.path(), "in_u16", &[5, 5, 5]);
+    let a = dir.path().join("a.zarr");
+    let big = chunkwise::run(
+        std::slice::from_ref(&input),
+        &a,
+        &gauss(),
+        &ExecOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(big.decodes, big.input_chunks);
+    // A budget that holds only small tiles: same result, some chunks decoded twice.
+    let b = dir.path().join("b.zarr");
+    let small = chunkwise::run(
+        std::slice::from_ref(&input),
+        &b,
+        &gauss(),
+        &ExecOptions::default()
+            .memory(Some(130_000))
+            .threads(Some(1)),
+    )
+    .unwrap();
+    assert!(
+        small.tile[1..].iter().zip(&[6, 11]).any(|(t, g)| t < g),
+        "{:?}",
+        small.tile
+    );
+    assert!(small.decodes > small.input_chunks);
+    assert!(small.window_bytes < big.window_bytes);
+    assert_eq!(
+        store_bytes(&Store::open(&a).unwrap()),
+        store_bytes(&Store::open(&b).unwrap())
+    );
+    // An impossible budget is an error naming the option, not a crash.
+    let err = chunkwise::run(
+        std::slice::from_ref(&input),
+        &dir.path().join("c.zarr"),
+        &gauss(),
+        &ExecOptions::default().memory(Some(1000)),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("--memory"), "{err}");
+    assert!(!dir.path().join("c.zarr").exists());
+}
+
+#[test]
+fn several_inputs_in_one_closure() {
+    // out = 3x3x3 box sum of image * mask, zero outside: against a brute-force oracle.
+    let dir = tmp();
+    let image = input_store(dir.path(), "in_u16", &[8, 9, 10]);
+    let mask = input_store(dir.path(), "in_mask", &[8, 9, 10]);
+    let out = dir.path().join("prod.zarr");
+    let r = chunkwise::map_overlap(
+        &[image.clone(), mask.clone()],
+        &out,
+        &[1],
+        Boundary::Constant(0.0),
+        DType::F64,
+        |blocks, out| {
+            let im = blocks[0].view::<u16>()?;
+            let m = blocks[1].view::<u8>()?;
+            let v = blocks[0].valid().to_vec();
+            let mut dst = out.view_mut::<f64>()?;
+            for ((z, y, x), o) in dst
+                .view_mut()
+                .into_dimensionality::<ndarray::Ix3>()
+                .unwrap()
+                .indexed_iter_mut()
+            {
+                let (bz, by, bx) = (z + v[0].start, y + v[1].start, x + v[2].start);
+                let mut s = 0.0;
+                for dz in 0..3 {
+                    for dy in 0..3 {
+                        for dx in 0..3 {
+                            let p = [bz + dz - 1, by + dy - 1, bx + dx - 1];
+                            s += f64::from(im[&p[..]]) * f64::from(m[&p[..]]);
+                        }
+                    }
+                }
+                *o = s;
+            }
+            Ok(())
+        },
+        &ExecOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(r.status, ExecStatus::Published);
+    let im = Store::open(&image).unwrap().read_all::<u16>().unwrap();
+    let m = Store::open(&mask).unwrap().read_all::<u8>().unwrap();
+    let got = Store::open(&out).unwrap().read_all::<f64>().unwrap();
+    let sh = im.shape().to_vec();
+    for (idx, &g) in got.indexed_iter() {
+        let mut s = 0.0;
+        for dz in -1i64..=1 {
+            for dy in -1i64..=1 {
+                for dx in -1i64..=1 {
+                    let p = [idx[0] as i64 + dz, idx[1] as i64 + dy, idx[2] as i64 + dx];
+                    if p.iter().zip(&sh).all(|(&q, &n)| q >= 0 && (q as usize) < n) {
+                        let p = [p[0] as usize, p[1] as usize, p[2] as usize];
+                        s += f64::from(im[&p[..]]) * f64::from(m[&p[..]]);
+                    }
+                }
+            }
+        }
+        assert_eq!(g, s, "at {idx:?}");
+    }
+}
+
+fn assert_nothing_at(out: &Path) {
+    assert!(
+        !out.exists(),
+        "{} must not exist after an error",
+        out.display()
+    );
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let dir = tmp();
+    let u16in = input_store(dir.path(), "in_u16", &[16, 16, 16]);
+    let f32in = input_store(dir.path(), "in_f32", &[16, 16, 16]);
+    let out = dir.path().join("o.zarr");
+    let one = std::slice::from_ref(&u16in);
+
+    // A LUT too short for the values present: the first offending value and its chunk.
+    let short = dir.path().join("short.npy");
+    chunkwise::write_npy(&short, DType::U8, &[1000], &vec![1u8; 1000]).unwrap();
+    let err = chunkwise::run(
+        one,
+        &out,
+        &Lut::new(Table::open(&short).unwrap()),
+        &ExecOptions::default(),
+    )
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Compute { .. }), "{msg}");
+    assert!(
+        msg.contains("outside the 1000-entry table") && msg.contains("chunk c/"),
+        "{msg}"
+    );
+    assert_nothing_at(&out);
+
+    // A LUT on float input.
+    let ramp = Table::open(&fixture("compute/table_ramp_u8.npy")).unwrap();
+    let err = chunkwise::run(
+        std::slice::from_ref(&f32in),
+        &out,
+        &Lut::new(ramp),
+        &ExecOptions::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("integer input"), "{err}");
+
+    // A neighbourhood table that is not 2^27 long.
+    let err = NeighbourhoodLut::new(Table::open(&short).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("2^27"), "{err}");
+
+    // A non-binary input to neighbourhood-lut: the value, where, and the chunk.
+    let nlut = NeighbourhoodLut::new(Table::open(&hash_table(dir.path())).unwrap()).unwrap();
+    // (The failed LUT job's build is kept for a resume; another job must say --overwrite.)
+    let err = chunkwise::run(one, &out, &nlut, &ExecOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("--overwrite"), "{err}");
+    let err =
+        chunkwise::run(one, &out, &nlut, &ExecOptions::default().overwrite(true)).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("binary") && msg.contains("chunk c/0/0/0"),
+        "{msg}"
+    );
+    assert_nothing_at(&out);
+
+    // sigma <= 0, an axis out of range, a bad origin.
+    let mut g = gauss();
+    g.sigma = vec![0.0];
+    assert!(g.validate().unwrap_err().to_string().contains("--sigma"));
+    g.sigma = vec![1.0, -2.0, 1.0];
+    assert!(g.validate().is_err());
+    let c = Correlate1d {
+        axis: 3,
+        weights: vec![1.0, 2.0],
+        origin: 0,
+        mode: Boundary::Reflect,
+        dtype: None,
+    };
+    let err = chunkwise::run(one, &out, &c, &ExecOptions::default().overwrite(true)).unwrap_err();
+    assert!(err.to_string().contains("axis 3 is out of range"), "{err}");
+    let c = Correlate1d {
+        axis: 0,
+        origin: 5,
+        ..c
+    };
+    assert!(c.validate().unwrap_err().to_string().contains("--origin"));
+
+    // Inputs of different shapes.
+    let err = chunkwise::map_blocks(
+        &[u16in.clone(), f32in.clone()],
+        &out,
+        DType::U8,
+        |_b, _o| Ok(()),
+        &ExecOptions::default().overwrite(true),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::ShapeMismatch {
+                axis: 0,
+                left: 37,
+                right: 17,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_nothing_at(&out);
+    // And a kernel that works still works.
+    chunkwise::run(
+        one,
+        &out,
+        &Threshold { above: 0.0 },
+        &ExecOptions::default().overwrite(true),
+    )
+    .unwrap();
+    let t = Store::open(&out)
+        .unwrap()
+        .read_region::<u8>(&Region::new(vec![0..1, 0..1, 0..1]))
+        .unwrap();
+    assert_eq!(t[[0, 0, 0]], 1);
+}
+
+/// SIGKILL `chunkwise gaussian` at many instants: the output never appears half-done, and the
+/// rerun resumes (computing only what was not logged) and finishes with the right result.
+#[test]
+fn killed_job_resumes() {
+    let dir = tmp();
+    let shape = [48u64, 96, 128];
+    let vol = chunkwise::synth::Volume::new(shape, 4e-4, 5);
+    let mut bytes = Vec::new();
+    <u16 as chunkwise::Element>::extend_le_bytes(&vol.render(), &mut bytes);
+    let raw = dir.path().join("v.raw");
+    std::fs::write(&raw, &bytes).unwrap();
+    let input = dir.path().join("v.zarr");
+    chunkwise::convert(
+        std::slice::from_ref(&raw),
+        &input,
+        &chunkwise::ConvertOptions::default()
+            .raw(chunkwise::RawOptions {
+                dtype: Some(DType::U16),
+                shape: Some(shape.to_vec()),
+            })
+            .chunks(Some(vec![8, 16, 16])),
+    )
+    .unwrap();
+    let args = |out: &Path| {
+        vec![
+            "gaussian".to_string(),
+            input.to_str().unwrap().to_string(),
+            out.to_str().unwrap().to_string(),
+            "--sigma".into(),
+            "2".into(),
+            "--threads".into(),
+            "2".into(),
+        ]
+    };
+    let reference = dir.path().join("ref.zarr");
+    let t = Instant::now();
+    let o = Command::new(env!("CARGO_BIN_EXE_chunkwise"))
+        .args(args(&reference))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let full = t.elapsed();
+    let want = store_bytes(&Store::open(&reference).unwrap());
+    let out = dir.path().join("k.zarr");
+    let mut resumed = 0;
+    for i in 1..10u32 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chunkwise"))
+            .args(args(&out))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(full.mul_f64(f64::from(i) / 10.0));
+        child.kill().ok();
+        child.wait().unwrap();
+        if out.exists() {
+            // Finished before the kill: complete and right.
+            assert_eq!(store_bytes(&Store::open(&out).unwrap()), want);
+            std::fs::remove_dir_all(&out).unwrap();
+            continue;
+        }
+        let o = Command::new(env!("CARGO_BIN_EXE_chunkwise"))
+            .args(args(&out))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "rerun {i}: {}", stderr(&o));
+        if stdout(&o).contains("resumed") {
+            resumed += 1;
+        }
+        assert_eq!(
+            store_bytes(&Store::open(&out).unwrap()),
+            want,
+            "after kill {i}"
+        );
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+    assert!(
+        resumed > 0,
+        "no rerun resumed work (a full run took {full:?})"
+    );
+}
