@@ -27,7 +27,7 @@ use crate::grid::{Grid, indices_in};
 use crate::halo::{Boundary, Segment, segments};
 use crate::kernel::{Block, FnKernel, Kernel, OutBlock};
 use crate::progress::{ProgressFn, Tracker, Unit, with_threads};
-use crate::region::Region;
+use crate::region::{Region, fmt_shape};
 use crate::store::{Codec, Durability, Finish, JobOptions, JobState, JobWriter, Store, StoreSpec};
 use crate::with_scalar;
 
@@ -253,7 +253,6 @@ fn default_budget() -> u64 {
 struct Input {
     store: Store,
     grid: Grid,
-    chunk_shape: Vec<usize>,
     chunk_bytes: usize,
     itemsize: usize,
     /// A chunk of fill value: the source for absent chunks.
@@ -536,7 +535,6 @@ fn run_in_pool(
         ins.push(Input {
             store: s,
             grid,
-            chunk_shape,
             chunk_bytes,
             itemsize,
             fill: Arc::new(fill),
@@ -1019,16 +1017,12 @@ fn assemble(
     segs: &[Vec<Segment>],
     block: &mut [u8],
 ) -> Result<()> {
-    let itemsize = inp.itemsize;
-    let ndim = shape.len();
-    let bstrides: Vec<usize> = c_strides(shape, itemsize);
-    let cstrides: Vec<usize> = c_strides(&inp.chunk_shape, itemsize);
     // Wait for (and look up) the decoded chunks.
-    let mut chunks: HashMap<&[u64], &Arc<Vec<u8>>> = HashMap::with_capacity(slots.len());
+    let mut chunks: HashMap<&[u64], &[u8]> = HashMap::with_capacity(slots.len());
     for s in slots {
         match s.data.wait() {
             Ok(d) => {
-                chunks.insert(&s.idx, d);
+                chunks.insert(&s.idx, d.as_slice());
             }
             Err((key, reason)) => {
                 return Err(Error::CorruptChunk {
@@ -1039,6 +1033,32 @@ fn assemble(
             }
         }
     }
+    fill_block(
+        &inp.grid,
+        |c| chunks.get(c).copied(),
+        &inp.cval,
+        inp.itemsize,
+        shape,
+        segs,
+        block,
+    )
+}
+
+/// Fills `block` from the chunks of `grid` (`chunk(c)`: chunk `c`'s decoded bytes, full chunk
+/// shape, C order) following the segments; constant segments get `cval`.
+fn fill_block<'d>(
+    grid: &Grid,
+    chunk: impl Fn(&[u64]) -> Option<&'d [u8]>,
+    cval: &[u8],
+    itemsize: usize,
+    shape: &[usize],
+    segs: &[Vec<Segment>],
+    block: &mut [u8],
+) -> Result<()> {
+    let ndim = shape.len();
+    let bstrides: Vec<usize> = c_strides(shape, itemsize);
+    let cshape: Vec<usize> = grid.chunk_shape().iter().map(|&c| c as usize).collect();
+    let cstrides: Vec<usize> = c_strides(&cshape, itemsize);
     let combos = product(
         &segs
             .iter()
@@ -1052,20 +1072,18 @@ fn assemble(
             .map(|(a, &k)| &segs[a][k as usize])
             .collect();
         if sel.iter().any(|s| s.src.is_none()) {
-            fill_box(block, &bstrides, &sel, &inp.cval, itemsize);
+            fill_box(block, &bstrides, &sel, cval, itemsize);
             continue;
         }
         let src: Vec<Range<u64>> = sel
             .iter()
             .map(|s| s.src_range().expect("not constant"))
             .collect();
-        let cbox = inp.grid.chunks_touching(&Region::new(src.clone()));
+        let cbox = grid.chunks_touching(&Region::new(src.clone()));
         for c in indices_in(&cbox) {
-            let data = chunks
-                .get(c.as_slice())
-                .copied()
+            let data = chunk(&c)
                 .ok_or_else(|| Error::option("executor", format!("chunk {c:?} was not planned")))?;
-            let creg = inp.grid.chunk_region(&c);
+            let creg = grid.chunk_region(&c);
             let inter: Vec<Range<u64>> = src
                 .iter()
                 .zip(creg.ranges())
@@ -1121,6 +1139,93 @@ fn assemble(
         }
     }
     Ok(())
+}
+
+/// Applies `kernel` to a whole in-memory array (`data`: C order, little-endian, `dtype` and
+/// `shape`) as one block: the oracle blockwise results are tested against, and what the
+/// criterion benches time. Returns the output type and bytes (C order).
+///
+/// # Errors
+/// The kernel's errors; [`Error::InvalidOption`] if `data` does not hold `shape`.
+pub fn apply_in_memory(
+    kernel: &dyn Kernel,
+    dtype: DType,
+    shape: &[u64],
+    data: &[u8],
+) -> Result<(DType, Vec<u8>)> {
+    let ndim = shape.len();
+    let n = shape.iter().product::<u64>() as usize;
+    if data.len() != n * dtype.size() {
+        return Err(Error::option(
+            "data",
+            format!(
+                "{} bytes do not hold {} {dtype}",
+                data.len(),
+                fmt_shape(shape)
+            ),
+        ));
+    }
+    let halo = kernel.halo(ndim)?;
+    let boundary = kernel.boundary();
+    let out_dtype = kernel.output_dtype(&[dtype])?;
+    let grid = Grid::new(shape, &shape.iter().map(|&s| s.max(1)).collect::<Vec<_>>())?;
+    let mut bshape = Vec::with_capacity(ndim);
+    let mut origin = Vec::with_capacity(ndim);
+    let mut segs = Vec::with_capacity(ndim);
+    let mut valid = Vec::with_capacity(ndim);
+    for a in 0..ndim {
+        let (before, after) = halo[a];
+        let start = -(before as i64);
+        let end = (shape[a] + after) as i64;
+        bshape.push((end - start) as usize);
+        origin.push(start);
+        segs.push(segments(start, end, shape[a], boundary));
+        valid.push(before as usize..before as usize + shape[a] as usize);
+    }
+    let cval = match boundary {
+        Boundary::Constant(c) => {
+            with_scalar!(dtype, T => bytemuck::bytes_of(&T::from_f64(c)).to_vec())
+        }
+        _ => vec![0; dtype.size()],
+    };
+    let nb: usize = bshape.iter().product::<usize>() * dtype.size();
+    let mut block = vec![0u64; nb.div_ceil(8)];
+    {
+        let bytes: &mut [u8] = &mut bytemuck::cast_slice_mut(&mut block[..])[..nb];
+        if n > 0 {
+            fill_block(
+                &grid,
+                |_| Some(data),
+                &cval,
+                dtype.size(),
+                &bshape,
+                &segs,
+                bytes,
+            )?;
+        }
+    }
+    let blocks = [Block {
+        dtype,
+        bytes: &bytemuck::cast_slice(&block[..])[..nb],
+        shape: bshape,
+        valid,
+        origin,
+        array_shape: shape.to_vec(),
+    }];
+    let no = n * out_dtype.size();
+    let mut out = vec![0u64; no.div_ceil(8)];
+    {
+        let mut ob = OutBlock {
+            dtype: out_dtype,
+            bytes: &mut bytemuck::cast_slice_mut(&mut out[..])[..no],
+            chunk_shape: shape.iter().map(|&s| s as usize).collect(),
+            region: Region::full(shape),
+            key: "(in memory)".into(),
+        };
+        kernel.apply(&blocks, &mut ob)?;
+    }
+    let bytes: &[u8] = bytemuck::cast_slice(&out[..]);
+    Ok((out_dtype, bytes[..no].to_vec()))
 }
 
 /// Fills the box the segments select with the constant.

@@ -48,7 +48,9 @@ pub mod synth;
 pub use convert::{ConvertOptions, ConvertReport, DEFAULT_MEMORY, convert, default_chunks};
 pub use dtype::{DType, Element, Scalar};
 pub use error::{Error, Result};
-pub use exec::{ExecOptions, ExecReport, ExecStatus, map_blocks, map_overlap, run};
+pub use exec::{
+    ExecOptions, ExecReport, ExecStatus, apply_in_memory, map_blocks, map_overlap, run,
+};
 pub use export::{ExportOptions, ExportReport, export};
 pub use grid::Grid;
 pub use halo::{Boundary, Segment, segments};

@@ -213,3 +213,67 @@ fn killed_convert_never_leaves_a_partial_store() {
         .collect();
     assert_eq!(left.len(), 2, "{left:?}"); // vol.raw and ref.zarr only
 }
+
+#[test]
+fn kernel_commands_end_to_end() {
+    // gaussian then threshold through the binary, with a partitioned job, against the library.
+    let dir = tmp();
+    let input = crate::compute::input_store(dir.path(), "in_u16", &[8, 8, 16]);
+    let out = dir.path().join("g.zarr");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "gaussian",
+            input.to_str().unwrap(),
+            out.to_str().unwrap(),
+            "--sigma",
+            "1.5,2,1",
+        ];
+        args.extend_from_slice(extra);
+        chunkwise(&args)
+    };
+    let o = run(&["--partition", "1/2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("waiting for the other partitions"),
+        "{}",
+        stdout(&o)
+    );
+    let o = run(&["--partition", "0/2"]);
+    assert!(stdout(&o).starts_with("wrote "), "{}", stdout(&o));
+    let o = run(&[]);
+    assert!(stdout(&o).contains("nothing to do"), "{}", stdout(&o));
+    let o = run(&["--sigma", "3"]);
+    assert_eq!(o.status.code(), Some(2));
+    let g = chunkwise::kernel::Gaussian {
+        sigma: vec![1.5, 2.0, 1.0],
+        truncate: 4.0,
+        mode: chunkwise::Boundary::Reflect,
+        dtype: None,
+    };
+    let e = crate::common::expected("../compute/in_u16");
+    let (_, want) = chunkwise::apply_in_memory(&g, e.dtype, &e.shape, &e.bytes).unwrap();
+    assert_eq!(store_bytes(&Store::open(&out).unwrap()), want);
+    let mask = dir.path().join("m.zarr");
+    let o = chunkwise(&[
+        "threshold",
+        out.to_str().unwrap(),
+        mask.to_str().unwrap(),
+        "--above",
+        "700",
+        "-q",
+    ]);
+    assert!(o.status.success() && o.stdout.is_empty(), "{}", stderr(&o));
+    let o = chunkwise(&[
+        "gaussian",
+        input.to_str().unwrap(),
+        dir.path().join("x.zarr").to_str().unwrap(),
+        "--sigma",
+        "0",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("sigma must be positive"),
+        "{}",
+        stderr(&o)
+    );
+}
