@@ -261,6 +261,10 @@ struct Input {
     cval: Vec<u8>,
 }
 
+/// Per input, per axis, per chunk index along the axis: a list of chunk indices (of the other
+/// grid) along the same axis.
+type AxisMaps = Vec<Vec<Vec<Vec<u64>>>>;
+
 /// A decoded chunk's bytes, or the failing chunk's key and the reason.
 type Decoded = std::result::Result<Arc<Vec<u8>>, (String, String)>;
 
@@ -307,10 +311,10 @@ struct Ctx<'a> {
     window: Mutex<Window>,
     /// Per input, per axis, per output chunk index along the axis: the input chunk indices
     /// its block reads along that axis (through the boundary mode).
-    reads: Vec<Vec<Vec<Vec<u64>>>>,
+    reads: AxisMaps,
     /// The inverse: per input, per axis, per input chunk index: the output chunk indices
     /// reading it.
-    readers: Vec<Vec<Vec<Vec<u64>>>>,
+    readers: AxisMaps,
 }
 
 impl Ctx<'_> {
@@ -355,7 +359,7 @@ fn read_maps(
     shape: &[u64],
     halo: &[(u64, u64)],
     boundary: Boundary,
-) -> (Vec<Vec<Vec<Vec<u64>>>>, Vec<Vec<Vec<Vec<u64>>>>) {
+) -> (AxisMaps, AxisMaps) {
     let ndim = shape.len();
     let gshape = out_grid.grid_shape();
     let oc = out_grid.chunk_shape();

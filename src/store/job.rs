@@ -157,7 +157,7 @@ impl JobWriter {
                 return Ok(JobState::AlreadyDone);
             }
             let same = fp.as_deref() == Some(o.fingerprint);
-            if !o.overwrite && !(o.restart && same) {
+            if !(o.overwrite || (o.restart && same)) {
                 return Err(Error::option(
                     "--overwrite",
                     match fp {
