@@ -27,7 +27,8 @@ pub const DEFAULT_MEMORY: u64 = 256 << 20;
 #[derive(Clone, Default)]
 pub struct ConvertOptions {
     chunks: Option<Vec<u64>>,
-    codec: Codec,
+    codec: Option<Codec>,
+    level: Option<i32>,
     checksum: bool,
     subchunks: Option<Vec<u64>>,
     axis_names: Option<Vec<String>>,
@@ -62,9 +63,14 @@ impl ConvertOptions {
         self.chunks = chunks;
         self
     }
-    /// Compressor (default [`Codec::default`]).
+    /// Compressor (default: [`Codec::default_for`] the data type).
     pub fn codec(mut self, codec: Codec) -> Self {
-        self.codec = codec;
+        self.codec = Some(codec);
+        self
+    }
+    /// Compression level for the chosen (or default) codec.
+    pub fn level(mut self, level: Option<i32>) -> Self {
+        self.level = level;
         self
     }
     /// Adds a crc32c checksum to every chunk.
@@ -180,7 +186,7 @@ fn convert_in_pool(inputs: &[PathBuf], out: &Path, opts: &ConvertOptions) -> Res
         .clone()
         .unwrap_or_else(|| default_chunks(&shape));
     let spec = StoreSpec::new(shape.clone(), dtype, chunks)
-        .codec(opts.codec)
+        .codec(Codec::resolve(opts.codec, opts.level, dtype)?)
         .checksum(opts.checksum)
         .subchunks(opts.subchunks.clone())
         .axis_names(opts.axis_names.clone());

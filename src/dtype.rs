@@ -246,6 +246,9 @@ pub trait Scalar: Element + bytemuck::Pod + Default + PartialOrd {
     /// The value as `f64` (exact for every type but 64-bit integers beyond 2^53).
     fn to_f64(self) -> f64;
 
+    /// The value as `f32`, rounded to nearest.
+    fn to_f32(self) -> f32;
+
     /// The nearest value of this type to `v` (spec/COMPUTE.md §4): floats are rounded to the
     /// type; integers are rounded half to even, saturated at the type's range, NaN gives 0.
     fn from_f64(v: f64) -> Self;
@@ -257,6 +260,10 @@ macro_rules! scalar_int {
             #[inline]
             fn to_f64(self) -> f64 {
                 self as f64
+            }
+            #[inline]
+            fn to_f32(self) -> f32 {
+                self as f32
             }
             #[inline]
             fn from_f64(v: f64) -> Self {
@@ -274,6 +281,10 @@ impl Scalar for f32 {
         f64::from(self)
     }
     #[inline]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[inline]
     fn from_f64(v: f64) -> Self {
         v as f32
     }
@@ -283,6 +294,10 @@ impl Scalar for f64 {
     #[inline]
     fn to_f64(self) -> f64 {
         self
+    }
+    #[inline]
+    fn to_f32(self) -> f32 {
+        self as f32
     }
     #[inline]
     fn from_f64(v: f64) -> Self {

@@ -40,7 +40,8 @@ pub struct ExecOptions {
     overwrite: bool,
     restart: bool,
     chunks: Option<Vec<u64>>,
-    codec: Codec,
+    codec: Option<Codec>,
+    level: Option<i32>,
     checksum: bool,
     durability: Durability,
     progress: Option<ProgressFn>,
@@ -91,9 +92,14 @@ impl ExecOptions {
         self.chunks = chunks;
         self
     }
-    /// Output compressor (default [`Codec::default`]).
+    /// Compressor (default: [`Codec::default_for`] the data type).
     pub fn codec(mut self, codec: Codec) -> Self {
-        self.codec = codec;
+        self.codec = Some(codec);
+        self
+    }
+    /// Compression level for the chosen (or default) codec.
+    pub fn level(mut self, level: Option<i32>) -> Self {
+        self.level = level;
         self
     }
     /// A crc32c checksum in every output chunk.
@@ -457,8 +463,9 @@ fn run_in_pool(
         Some(c) => c.clone(),
         None => stores[0].grid()?.chunk_shape().to_vec(),
     };
+    let codec = Codec::resolve(opts.codec, opts.level, out_dtype)?;
     let spec = StoreSpec::new(shape.clone(), out_dtype, out_chunks.clone())
-        .codec(opts.codec)
+        .codec(codec)
         .checksum(opts.checksum);
 
     // The fingerprint: everything that changes the result.
@@ -467,7 +474,7 @@ fn run_in_pool(
         kernel.describe(),
         out_dtype,
         out_chunks,
-        opts.codec,
+        codec,
         opts.checksum
     );
     for s in &stores {
@@ -575,7 +582,7 @@ fn run_in_pool(
         reads: Vec::new(),
         readers: Vec::new(),
     };
-    let (tile, window_bytes) = plan_tiles(&ctx, budget, threads)?;
+    let (tile, window_bytes, threads) = plan_tiles(&ctx, budget, threads)?;
     let todo: u64;
     let tiles = tiles_of(&gshape, &tile);
     {
@@ -604,8 +611,17 @@ fn run_in_pool(
         ..ctx
     };
     let feed = Feed::new(&ctx, tiles, l0..l1, &done);
-    feed.par_bridge()
-        .try_for_each(|task| run_task(&ctx, task))?;
+    if threads < rayon::current_num_threads() {
+        // The budget holds fewer tasks at once than there are workers.
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| Error::option("--threads", e.to_string()))?
+            .install(|| feed.par_bridge().try_for_each(|task| run_task(&ctx, task)))?;
+    } else {
+        feed.par_bridge()
+            .try_for_each(|task| run_task(&ctx, task))?;
+    }
     report.chunks_computed = ctx.computed.load(Ordering::Relaxed);
     report.decodes = ctx.decodes.load(Ordering::Relaxed);
     report.input_chunks = ctx
@@ -661,9 +677,10 @@ fn tiles_of(gshape: &[u64], tile: &[u64]) -> Vec<Vec<Range<u64>>> {
         .collect()
 }
 
-/// Chooses the tile (output chunks per axis; axis 0 is swept) so that the decoded window plus
-/// every thread's working set fits `budget`; returns it and the window estimate.
-fn plan_tiles(ctx: &Ctx<'_>, budget: u64, threads: usize) -> Result<(Vec<u64>, u64)> {
+/// Chooses the tile (output chunks per axis; axis 0 is swept) and the number of threads so
+/// that the decoded window plus every thread's working set fits `budget`: first smaller tiles,
+/// then fewer threads. Returns the tile, the window estimate and the threads.
+fn plan_tiles(ctx: &Ctx<'_>, budget: u64, threads: usize) -> Result<(Vec<u64>, u64, usize)> {
     let ndim = ctx.shape.len();
     let gshape = ctx.out_grid.grid_shape();
     let oc = ctx.out_grid.chunk_shape();
@@ -679,7 +696,7 @@ fn plan_tiles(ctx: &Ctx<'_>, budget: u64, threads: usize) -> Result<(Vec<u64>, u
         .sum::<u64>()
         + ctx.kernel.scratch_bytes(block_elems)
         + 2 * out_bytes;
-    let working = threads as u64 * task + 2 * threads as u64 * out_bytes;
+    let working = |threads: usize| threads as u64 * task + 2 * threads as u64 * out_bytes;
     // The window holds, per input, about the input layers one output layer reads, over the
     // tile's footprint: chunks leave it with their last consumer, so while one output layer is
     // computed the layer before it drains as the layer after it fills.
@@ -702,23 +719,25 @@ fn plan_tiles(ctx: &Ctx<'_>, budget: u64, threads: usize) -> Result<(Vec<u64>, u
     tile[0] = 1;
     loop {
         let w = window(&tile);
-        if w + working <= budget {
-            return Ok((tile, w));
+        if w + working(threads) <= budget {
+            return Ok((tile, w, threads));
         }
-        // Halve the widest axis of the tile; at one chunk everywhere, give up.
-        let Some(a) = (1..ndim).filter(|&a| tile[a] > 1).max_by_key(|&a| tile[a]) else {
-            return Err(Error::option(
-                "--memory",
-                format!(
-                    "{budget} bytes cannot hold one tile: at least {} needed ({} window + {} for {threads} threads of {} each); raise --memory or lower --threads",
-                    w + working,
-                    w,
-                    working,
-                    task
-                ),
-            ));
-        };
-        tile[a] = tile[a].div_ceil(2);
+        // Halve the widest axis of the tile; at one chunk everywhere, use fewer threads.
+        if let Some(a) = (1..ndim).filter(|&a| tile[a] > 1).max_by_key(|&a| tile[a]) {
+            tile[a] = tile[a].div_ceil(2);
+            continue;
+        }
+        if let Some(t) = (1..threads).rev().find(|&t| w + working(t) <= budget) {
+            return Ok((tile, w, t));
+        }
+        return Err(Error::option(
+            "--memory",
+            format!(
+                "{budget} bytes cannot hold one tile: at least {} needed ({w} for the decoded \
+                 window of a one-chunk tile + {task} for one task at a time)",
+                w + working(1),
+            ),
+        ));
     }
 }
 
@@ -924,25 +943,30 @@ fn compute(ctx: &Ctx<'_>, idx: &[u64], slots: Vec<Vec<Arc<Slot>>>) -> Result<()>
         })
         .collect();
     let block_elems: usize = shape.iter().product();
-    // Assemble every input's block.
-    let mut buffers = Vec::with_capacity(slots.len());
+    // Assemble every input's block (or, where the block is exactly one decoded chunk, use it
+    // as it is).
+    let mut buffers: Vec<BlockBytes> = Vec::with_capacity(slots.len());
     for (input, input_slots) in slots.iter().enumerate() {
         let inp = &ctx.inputs[input];
         let nbytes = to_usize(block_elems as u64, "block")? * inp.itemsize;
+        if let Some(whole) = whole_chunk(inp, input_slots, &segs, nbytes)? {
+            buffers.push(BlockBytes::Chunk(whole));
+            continue;
+        }
         let mut buf = take_buffer(nbytes);
         {
             let bytes: &mut [u8] = &mut bytemuck::cast_slice_mut(&mut buf[..])[..nbytes];
             assemble(inp, input_slots, &shape, &segs, bytes)?;
         }
-        buffers.push((buf, nbytes));
+        buffers.push(BlockBytes::Assembled(buf, nbytes));
     }
     release(ctx, slots);
     let blocks: Vec<Block<'_>> = buffers
         .iter()
         .zip(&ctx.inputs)
-        .map(|((buf, n), inp)| Block {
+        .map(|(b, inp)| Block {
             dtype: inp.store.dtype(),
-            bytes: &bytemuck::cast_slice(&buf[..])[..*n],
+            bytes: b.bytes(),
             shape: shape.clone(),
             valid: valid.clone(),
             origin: origin.clone(),
@@ -979,8 +1003,10 @@ fn compute(ctx: &Ctx<'_>, idx: &[u64], slots: Vec<Vec<Arc<Slot>>>) -> Result<()>
             .and_then(|()| ctx.job.write_chunk(idx, ob.bytes))
     };
     drop(blocks);
-    for (buf, _) in buffers {
-        give_buffer(buf);
+    for b in buffers {
+        if let BlockBytes::Assembled(buf, _) = b {
+            give_buffer(buf);
+        }
     }
     give_buffer(out);
     let n = result?;
@@ -991,6 +1017,56 @@ fn compute(ctx: &Ctx<'_>, idx: &[u64], slots: Vec<Vec<Arc<Slot>>>) -> Result<()>
         ctx.job.checkpoint()?;
     }
     Ok(())
+}
+
+/// An input block's bytes: assembled into a pooled buffer, or a decoded chunk used as is.
+enum BlockBytes {
+    Assembled(Vec<u64>, usize),
+    Chunk(Arc<Vec<u8>>),
+}
+
+impl BlockBytes {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            BlockBytes::Assembled(buf, n) => &bytemuck::cast_slice(&buf[..])[..*n],
+            BlockBytes::Chunk(data) => data,
+        }
+    }
+}
+
+/// The decoded chunk a block is exactly equal to (one forward segment per axis covering one
+/// whole, full-size chunk, e.g. a halo-free kernel on the input's own grid), if it is aligned
+/// for typed views.
+fn whole_chunk(
+    inp: &Input,
+    slots: &[Arc<Slot>],
+    segs: &[Vec<Segment>],
+    nbytes: usize,
+) -> Result<Option<Arc<Vec<u8>>>> {
+    let [slot] = slots else { return Ok(None) };
+    if nbytes != inp.chunk_bytes {
+        return Ok(None);
+    }
+    let creg = inp.grid.chunk_region(&slot.idx);
+    let exact = segs
+        .iter()
+        .zip(creg.ranges())
+        .all(|(axis, r)| match axis.as_slice() {
+            [seg] => seg.src == Some((r.start, 1)) && seg.len as u64 == r.end - r.start,
+            _ => false,
+        });
+    if !exact {
+        return Ok(None);
+    }
+    match slot.data.wait() {
+        Ok(d) if (d.as_ptr() as usize).is_multiple_of(8) => Ok(Some(d.clone())),
+        Ok(_) => Ok(None),
+        Err((key, reason)) => Err(Error::CorruptChunk {
+            store: inp.store.path().to_path_buf(),
+            key: key.clone(),
+            reason: reason.clone(),
+        }),
+    }
 }
 
 /// Completed chunks are logged (after their files are synced) in batches of this many.

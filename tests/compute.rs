@@ -285,3 +285,16 @@ fn chunk_size_one() {
     check(&s, "corr_small_a1_mirror");
     assert_eq!(r.chunks_total, 6 * 5 * 7);
 }
+
+#[test]
+fn neighbourhood_lut_binarises_with_above() {
+    // W7 in one pass: in_u16 > 700, then the neighbourhood table: same as on the mask.
+    let dir = tmp();
+    let input = input_store(dir.path(), "in_u16", &[9, 8, 16]);
+    let out = dir.path().join("w7.zarr");
+    let k = NeighbourhoodLut::new(Table::open(&hash_table(dir.path())).unwrap())
+        .unwrap()
+        .above(Some(700.0));
+    chunkwise::run(&[input], &out, &k, &ExecOptions::default()).unwrap();
+    check(&Store::open(&out).unwrap(), "nlut_mask_hash");
+}

@@ -18,8 +18,8 @@ pub(crate) struct Args {
     /// Chunk shape, e.g. 128,128,128 (default: 128 on each of the last three axes).
     #[arg(long, value_delimiter = ',', value_name = "A,B,C")]
     chunks: Option<Vec<u64>>,
-    /// Compressor: zstd, blosc-zstd or blosc-lz4 (default: blosc-zstd level 1, see
-    /// spec/FORMAT.md).
+    /// Compressor: zstd, blosc-zstd or blosc-lz4 (default: blosc-zstd level 1 for integers,
+    /// blosc-lz4 level 5 for floats; spec/FORMAT.md §5).
     #[arg(long, value_name = "NAME")]
     codec: Option<String>,
     /// Compression level (zstd -7..=22, default 3; blosc-zstd 0..=9, default 1; blosc-lz4
@@ -53,11 +53,13 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(a: Args, g: &Global) -> CliResult {
-    let codec = super::codec_from(a.codec.as_deref(), a.level)?;
+    let codec = super::codec_from(a.codec.as_deref())?;
     let dtype = a.dtype.as_deref().map(str::parse::<DType>).transpose()?;
-    let opts = ConvertOptions::default()
-        .chunks(a.chunks)
-        .codec(codec)
+    let mut opts = ConvertOptions::default().chunks(a.chunks).level(a.level);
+    if let Some(c) = codec {
+        opts = opts.codec(c);
+    }
+    let opts = opts
         .checksum(a.checksum)
         .subchunks(a.shard)
         .axis_names(a.axis_names)

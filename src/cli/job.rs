@@ -31,7 +31,8 @@ pub(crate) struct JobArgs {
     /// Output chunk shape (default: the input's).
     #[arg(long, value_delimiter = ',', value_name = "A,B,C")]
     chunks: Option<Vec<u64>>,
-    /// Output compressor: zstd, blosc-zstd or blosc-lz4 (default blosc-zstd).
+    /// Output compressor: zstd, blosc-zstd or blosc-lz4 (default: blosc-zstd for integer output,
+    /// blosc-lz4 for float output).
     #[arg(long, value_name = "NAME")]
     codec: Option<String>,
     /// Compression level.
@@ -188,20 +189,36 @@ pub(crate) fn threshold(a: ThresholdArgs, g: &Global) -> CliResult {
     run(&a.job, &Threshold { above: a.above }, g)
 }
 
-pub(crate) fn neighbourhood_lut(a: LutArgs, g: &Global) -> CliResult {
-    let k = NeighbourhoodLut::new(Table::open(&a.table)?)?;
+#[derive(Debug, clap::Args)]
+pub(crate) struct NeighbourhoodLutArgs {
+    #[command(flatten)]
+    job: JobArgs,
+    /// A .npy table of 2^27 entries; out = table[neighbourhood index], with the table's type.
+    #[arg(long, value_name = "T.npy")]
+    table: PathBuf,
+    /// Binarise the input as in > X first (default: the input must be 0/1).
+    #[arg(long, allow_hyphen_values = true, value_name = "X")]
+    above: Option<f64>,
+}
+
+pub(crate) fn neighbourhood_lut(a: NeighbourhoodLutArgs, g: &Global) -> CliResult {
+    let k = NeighbourhoodLut::new(Table::open(&a.table)?)?.above(a.above);
     run(&a.job, &k, g)
 }
 
 fn run(a: &JobArgs, k: &dyn Kernel, g: &Global) -> CliResult {
-    let opts = ExecOptions::default()
+    let mut opts = ExecOptions::default();
+    if let Some(c) = codec_from(a.codec.as_deref())? {
+        opts = opts.codec(c);
+    }
+    let opts = opts
+        .level(a.level)
         .threads(g.threads)
         .memory(a.memory)
         .partition(a.partition)
         .overwrite(a.overwrite)
         .restart(a.restart)
         .chunks(a.chunks.clone())
-        .codec(codec_from(a.codec.as_deref(), a.level)?)
         .checksum(a.checksum)
         .durability(if a.no_sync {
             Durability::NoSync

@@ -50,7 +50,7 @@ enum Command {
     Threshold(job::ThresholdArgs),
     /// out = table[27-bit 3x3x3 neighbourhood index] of a binary input (ClearMap's
     /// apply_lut_to_index).
-    NeighbourhoodLut(job::LutArgs),
+    NeighbourhoodLut(job::NeighbourhoodLutArgs),
     /// Generate a small volume, convert, inspect and export it, checking the round trip.
     Demo(demo::Args),
 }
@@ -165,16 +165,11 @@ pub(crate) fn say(text: impl std::fmt::Display) -> Result<(), CliError> {
     Ok(())
 }
 
-/// The codec named by `--codec`/`--level` (the default codec when no name is given).
-pub(crate) fn codec_from(
-    name: Option<&str>,
-    level: Option<i32>,
-) -> chunkwise::Result<chunkwise::Codec> {
-    match (name, level) {
-        (Some(n), l) => chunkwise::Codec::from_name(n, l),
-        (None, Some(l)) => chunkwise::Codec::from_name(chunkwise::Codec::default().name(), Some(l)),
-        (None, None) => Ok(chunkwise::Codec::default()),
-    }
+/// The codec named by `--codec` (`None`: the default for the data type, which the library
+/// picks; `--level` is passed on separately).
+pub(crate) fn codec_from(name: Option<&str>) -> chunkwise::Result<Option<chunkwise::Codec>> {
+    name.map(|n| chunkwise::Codec::from_name(n, None))
+        .transpose()
 }
 
 /// Parses a byte size: `512MiB`, `2GiB`, `1G`, `1000000`.

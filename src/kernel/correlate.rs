@@ -289,8 +289,16 @@ pub(crate) fn to_work<A: Work>(input: &Block<'_>, dst: &mut [A]) -> Result<()> {
     with_scalar!(input.dtype(), T => {
         let v = input.view::<T>()?;
         let flat = v.as_slice().expect("blocks are C-contiguous");
-        for (d, &x) in dst.iter_mut().zip(flat) {
-            *d = A::from_f64(x.to_f64());
+        if A::DTYPE == DType::F32 {
+            // One rounding straight to f32 (via f64 it would be two conversions per element).
+            let dst: &mut [f32] = bytemuck::cast_slice_mut(dst);
+            for (d, &x) in dst.iter_mut().zip(flat) {
+                *d = x.to_f32();
+            }
+        } else {
+            for (d, &x) in dst.iter_mut().zip(flat) {
+                *d = A::from_f64(x.to_f64());
+            }
         }
         Ok(())
     })

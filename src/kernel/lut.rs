@@ -189,11 +189,32 @@ pub(crate) fn lookup<I: Scalar, O: Scalar>(
     dst: &mut ndarray::ArrayViewMutD<'_, O>,
     table: &[O],
 ) -> std::result::Result<(), (Vec<usize>, f64)> {
+    let inside = |v: I| {
+        let f = v.to_f64();
+        f >= 0.0 && f < table.len() as f64
+    };
+    if let (Some(s), Some(d)) = (src.as_slice(), dst.as_slice_mut()) {
+        // Contiguous (every chunk inside the array): check, then a tight loop. A table that
+        // covers the input type's whole range needs no check.
+        let covers = match I::DTYPE {
+            DType::U8 => table.len() >= 1 << 8,
+            DType::U16 => table.len() >= 1 << 16,
+            _ => false,
+        };
+        if !covers && let Some(k) = s.iter().position(|&v| !inside(v)) {
+            let pos = ndarray::indices(src.shape())
+                .into_iter()
+                .nth(k)
+                .expect("k < len");
+            return Err((pos.slice().to_vec(), s[k].to_f64()));
+        }
+        lookup_slice(s, d, table);
+        return Ok(());
+    }
     let mut bad = false;
     ndarray::Zip::from(&mut *dst).and(&src).for_each(|o, &v| {
-        let f = v.to_f64();
-        if f >= 0.0 && (f as usize) < table.len() {
-            *o = table[f as usize];
+        if inside(v) {
+            *o = table[v.to_f64() as usize];
         } else {
             bad = true;
         }
@@ -203,10 +224,31 @@ pub(crate) fn lookup<I: Scalar, O: Scalar>(
     }
     // Find the first offending element in C order to name it.
     for (pos, &v) in src.indexed_iter() {
-        let f = v.to_f64();
-        if !(f >= 0.0 && (f as usize) < table.len()) {
-            return Err((pos.slice().to_vec(), f));
+        if !inside(v) {
+            return Err((pos.slice().to_vec(), v.to_f64()));
         }
     }
     Ok(())
+}
+
+/// `d[i] = table[s[i]]` for values already checked to be inside the table. 8- and 16-bit
+/// inputs index a fixed-size view of the table, so the loop has no bounds checks.
+fn lookup_slice<I: Scalar, O: Scalar>(s: &[I], d: &mut [O], table: &[O]) {
+    if I::DTYPE == DType::U16 && table.len() >= 1 << 16 {
+        let t: &[O; 1 << 16] = table[..1 << 16].try_into().expect("65536 entries");
+        let s: &[u16] = bytemuck::cast_slice(s);
+        for (o, &v) in d.iter_mut().zip(s) {
+            *o = t[usize::from(v)];
+        }
+    } else if I::DTYPE == DType::U8 && table.len() >= 1 << 8 {
+        let t: &[O; 1 << 8] = table[..1 << 8].try_into().expect("256 entries");
+        let s: &[u8] = bytemuck::cast_slice(s);
+        for (o, &v) in d.iter_mut().zip(s) {
+            *o = t[usize::from(v)];
+        }
+    } else {
+        for (o, &v) in d.iter_mut().zip(s) {
+            *o = table[v.to_f64() as usize];
+        }
+    }
 }

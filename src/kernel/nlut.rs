@@ -8,7 +8,7 @@ use crate::dtype::{DType, Scalar};
 use crate::error::{Error, Result};
 use crate::halo::Boundary;
 use crate::kernel::lut::Table;
-use crate::kernel::{Block, Kernel, OutBlock};
+use crate::kernel::{Block, Kernel, OutBlock, Scratch};
 use crate::with_scalar;
 
 /// Entries a neighbourhood table must have: one per 3x3x3 binary pattern.
@@ -18,6 +18,7 @@ pub const NEIGHBOURHOOD_TABLE_LEN: usize = 1 << 27;
 #[derive(Debug)]
 pub struct NeighbourhoodLut {
     table: Table,
+    above: Option<f64>,
 }
 
 impl NeighbourhoodLut {
@@ -35,7 +36,14 @@ impl NeighbourhoodLut {
                 ),
             ));
         }
-        Ok(NeighbourhoodLut { table })
+        Ok(NeighbourhoodLut { table, above: None })
+    }
+
+    /// Binarises any numeric input on the fly: a voxel is 1 where `in > x` (W7's `V > 700`),
+    /// instead of requiring a 0/1 input.
+    pub fn above(mut self, x: Option<f64>) -> Self {
+        self.above = x;
+        self
     }
 }
 
@@ -55,7 +63,7 @@ impl Kernel for NeighbourhoodLut {
     }
 
     fn output_dtype(&self, inputs: &[DType]) -> Result<DType> {
-        if inputs[0].is_float() {
+        if inputs[0].is_float() && self.above.is_none() {
             return Err(Error::option(
                 "input",
                 format!(
@@ -68,7 +76,11 @@ impl Kernel for NeighbourhoodLut {
     }
 
     fn describe(&self) -> String {
-        format!("neighbourhood-lut {}", self.table.describe())
+        format!(
+            "neighbourhood-lut {} above={:?}",
+            self.table.describe(),
+            self.above
+        )
     }
 
     fn apply(&self, inputs: &[Block<'_>], out: &mut OutBlock<'_>) -> Result<()> {
@@ -80,7 +92,7 @@ impl Kernel for NeighbourhoodLut {
             with_scalar!(input.dtype(), I => {
                 let block = input.view::<I>()?;
                 let mut dst = out.view_mut::<O>()?;
-                apply_typed(block, &mut dst, &table).map_err(|(pos, v)| Error::Compute {
+                apply_typed(block, &mut dst, &table, self.above).map_err(|(pos, v)| Error::Compute {
                     chunk: key.clone(),
                     reason: format!(
                         "value {v} at {:?}: neighbourhood-lut needs a binary (0/1) input",
@@ -93,43 +105,67 @@ impl Kernel for NeighbourhoodLut {
     }
 }
 
+/// `out[i] = 1` where `line[i] > t` (compared in the element type where that is exact).
+fn above_mask<I: Scalar>(line: &[I], t: f64, out: &mut [u8]) {
+    let is_int = !I::DTYPE.is_float();
+    let f = t.floor();
+    if is_int && f >= I::from_f64(f64::MIN).to_f64() && f < I::from_f64(f64::MAX).to_f64() {
+        // For integers, v > t  <=>  v > floor(t), and floor(t) is a value of the type.
+        let thr = I::from_f64(f);
+        for (o, &v) in out.iter_mut().zip(line) {
+            *o = u8::from(v > thr);
+        }
+    } else {
+        for (o, &v) in out.iter_mut().zip(line) {
+            *o = u8::from(v.to_f64() > t);
+        }
+    }
+}
+
 /// The block has a halo of 1 on every axis; `dst` is the block's interior.
 fn apply_typed<I: Scalar, O: Scalar>(
     block: ArrayViewD<'_, I>,
     dst: &mut ndarray::ArrayViewMutD<'_, O>,
     table: &[O],
+    above: Option<f64>,
 ) -> std::result::Result<(), (Vec<usize>, f64)> {
     let block = block.into_dimensionality::<Ix3>().expect("3-D input");
-    // Binarise, checking every value is 0 or 1.
     let (bz, by, bx) = block.dim();
-    let mut bits = vec![0u8; bz * by * bx];
-    for ((z, y, x), &v) in block.indexed_iter() {
-        let f = v.to_f64();
-        if f == 0.0 {
-            continue;
+    let (nz, ny, nx) = (bz - 2, by - 2, bx - 2);
+    let src = block.as_slice().expect("blocks are C-contiguous");
+    if above.is_none() {
+        // The input must be binary: name the first value that is not 0 or 1.
+        if let Some(k) = src
+            .iter()
+            .position(|&v| v != I::from_f64(0.0) && v != I::from_f64(1.0))
+        {
+            let (z, rest) = (k / (by * bx), k % (by * bx));
+            return Err((vec![z, rest / bx, rest % bx], src[k].to_f64()));
         }
-        if f != 1.0 {
-            return Err((vec![z, y, x], f));
+    }
+    // Per row of the block, the 3-bit pattern of each output column x: bit c is the voxel at
+    // x + c - 1.
+    let mut rows = Scratch::new(bz * by * nx);
+    let rows: &mut [u8] = rows.slice_mut(bz * by * nx);
+    let mut bits = vec![0u8; bx];
+    for r in 0..bz * by {
+        let line = &src[r * bx..(r + 1) * bx];
+        match above {
+            Some(t) => above_mask(line, t, &mut bits),
+            None => {
+                for (b, &v) in bits.iter_mut().zip(line) {
+                    *b = u8::from(v != I::from_f64(0.0));
+                }
+            }
         }
-        bits[(z * by + y) * bx + x] = 1;
+        for (x, p) in rows[r * nx..(r + 1) * nx].iter_mut().enumerate() {
+            *p = bits[x] | bits[x + 1] << 1 | bits[x + 2] << 2;
+        }
     }
     let mut dst3 = dst
         .view_mut()
         .into_dimensionality::<Ix3>()
         .expect("3-D output");
-    let (nz, ny, nx) = dst3.dim();
-    // Per (row of the block), the 3-bit pattern along x: p[x] = b[x] | b[x+1] << 1 | b[x+2] << 2
-    // for output column x (bit c is neighbour x + c - 1).
-    let mut rows = vec![0u32; by * bz * nx];
-    for z in 0..bz {
-        for y in 0..by {
-            let r = &bits[(z * by + y) * bx..(z * by + y + 1) * bx];
-            let p = &mut rows[(z * by + y) * nx..(z * by + y + 1) * nx];
-            for x in 0..nx {
-                p[x] = u32::from(r[x]) | u32::from(r[x + 1]) << 1 | u32::from(r[x + 2]) << 2;
-            }
-        }
-    }
     let mut index = vec![0u32; nx];
     for z in 0..nz {
         for y in 0..ny {
@@ -137,16 +173,25 @@ fn apply_typed<I: Scalar, O: Scalar>(
             for a in 0..3 {
                 for b in 0..3 {
                     let shift = 9 * a + 3 * b;
-                    let p = &rows[((z + a) * by + y + b) * nx..((z + a) * by + y + b + 1) * nx];
-                    for (i, &pv) in index.iter_mut().zip(p) {
-                        *i |= pv << shift;
+                    let r = (z + a) * by + y + b;
+                    for (i, &p) in index.iter_mut().zip(&rows[r * nx..(r + 1) * nx]) {
+                        *i |= u32::from(p) << shift;
                     }
                 }
             }
             let mut out_row = dst3.index_axis_mut(Axis(0), z);
             let mut out_row = out_row.index_axis_mut(Axis(0), y);
-            for (o, &i) in out_row.iter_mut().zip(&index) {
-                *o = table[i as usize];
+            match out_row.as_slice_mut() {
+                Some(o) => {
+                    for (o, &i) in o.iter_mut().zip(&index) {
+                        *o = table[i as usize];
+                    }
+                }
+                None => {
+                    for (o, &i) in out_row.iter_mut().zip(&index) {
+                        *o = table[i as usize];
+                    }
+                }
             }
         }
     }

@@ -95,6 +95,36 @@ impl Codec {
         }
     }
 
+    /// The default codec for arrays of `dtype` (spec/FORMAT.md §5): blosc-zstd level 1 for
+    /// integer and bool data, blosc-lz4 level 5 for floating-point data.
+    pub fn default_for(dtype: DType) -> Codec {
+        if dtype.is_float() {
+            Codec::BloscLz4 { level: 5 }
+        } else {
+            Codec::default()
+        }
+    }
+
+    /// The same codec at another level.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOption`] (`--level`) for a level outside the codec's range.
+    pub fn with_level(self, level: i32) -> Result<Codec> {
+        Codec::from_name(self.name(), Some(level))
+    }
+
+    /// The codec given by name and level, or the default for `dtype` (at `level`, if given).
+    ///
+    /// # Errors
+    /// As [`Codec::with_level`].
+    pub fn resolve(codec: Option<Codec>, level: Option<i32>, dtype: DType) -> Result<Codec> {
+        let c = codec.unwrap_or_else(|| Codec::default_for(dtype));
+        match level {
+            Some(l) => c.with_level(l),
+            None => Ok(c),
+        }
+    }
+
     /// The command-line name.
     pub fn name(&self) -> &'static str {
         match self {
@@ -149,7 +179,7 @@ impl StoreSpec {
             shape,
             dtype,
             chunks,
-            codec: Codec::default(),
+            codec: Codec::default_for(dtype),
             checksum: false,
             subchunks: None,
             axis_names: None,
