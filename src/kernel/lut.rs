@@ -1,4 +1,4 @@
-//! `lut`: out = T[in] for an integer input and a 1-D table (ClearMap's `apply_lut`); the output
+//! `lut`: `out = T[in]` for an integer input and a 1-D table (ClearMap's `apply_lut`); the output
 //! has the table's type. The table is memory-mapped, never copied.
 
 use std::path::{Path, PathBuf};

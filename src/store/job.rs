@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use super::files::FileWriter;
 use super::is_store;
 use super::spec::{ChunkCodec, Durability, StoreSpec};
-use super::writer::{check_replaceable, is_all_zero, publish, sibling, sync_written};
+use super::writer::{check_replaceable, encode_and_queue, publish, sibling, sync_written};
 use crate::error::{Error, IoContext, Result};
 use crate::grid::Grid;
 
@@ -263,23 +263,15 @@ impl JobWriter {
     /// Encodes and queues chunk `idx` (not written if all zero); it is logged as done at the
     /// next checkpoint. Returns the encoded size.
     pub(crate) fn write_chunk(&self, idx: &[u64], data: &[u8]) -> Result<u64> {
-        let mut n = 0;
-        if !is_all_zero(data) {
-            let key = self.codec.key(idx);
-            let encoded = self.codec.encode(data).map_err(|e| match e {
-                Error::Encode { reason, .. } => Error::Encode {
-                    store: self.final_path.clone(),
-                    key: key.clone(),
-                    reason,
-                },
-                other => other,
-            })?;
-            n = encoded.len() as u64;
-            self.files
-                .as_ref()
-                .expect("files are open until finish")
-                .write(self.tmp_path.join(&key), encoded)?;
-        }
+        let files = self.files.as_ref().expect("files are open until finish");
+        let n = encode_and_queue(
+            &self.codec,
+            files,
+            &self.tmp_path,
+            &self.final_path,
+            idx,
+            data,
+        )?;
         self.pending
             .lock()
             .expect("no panics holding the list")

@@ -154,24 +154,15 @@ impl StoreWriter {
                 format!("{idx:?} is outside the chunk grid {gshape:?}"),
             ));
         }
-        if is_all_zero(data) {
-            return Ok(0);
-        }
-        let key = self.codec.key(idx);
-        let encoded = self.codec.encode(data).map_err(|e| match e {
-            Error::Encode { reason, .. } => Error::Encode {
-                store: self.final_path.clone(),
-                key: key.clone(),
-                reason,
-            },
-            other => other,
-        })?;
-        let n = encoded.len() as u64;
-        self.files
-            .as_ref()
-            .expect("files are open until commit")
-            .write(self.tmp_path.join(&key), encoded)?;
-        Ok(n)
+        let files = self.files.as_ref().expect("files are open until commit");
+        encode_and_queue(
+            &self.codec,
+            files,
+            &self.tmp_path,
+            &self.final_path,
+            idx,
+            data,
+        )
     }
 
     /// Makes the chunks durable, writes `zarr.json`, and moves the array into place (replacing
@@ -195,6 +186,33 @@ impl StoreWriter {
         self.lock = None;
         Store::open(&self.final_path)
     }
+}
+
+/// Encodes chunk `idx` and queues its file in `tmp` (nothing for a chunk that is all fill
+/// value). Returns the encoded size (0 when skipped).
+pub(super) fn encode_and_queue(
+    codec: &ChunkCodec,
+    files: &FileWriter,
+    tmp: &Path,
+    final_path: &Path,
+    idx: &[u64],
+    data: &[u8],
+) -> Result<u64> {
+    if is_all_zero(data) {
+        return Ok(0);
+    }
+    let key = codec.key(idx);
+    let encoded = codec.encode(data).map_err(|e| match e {
+        Error::Encode { reason, .. } => Error::Encode {
+            store: final_path.to_path_buf(),
+            key: key.clone(),
+            reason,
+        },
+        other => other,
+    })?;
+    let n = encoded.len() as u64;
+    files.write(tmp.join(&key), encoded)?;
+    Ok(n)
 }
 
 /// Refuses an existing output unless `overwrite`, and then only if it is an array (or empty).
@@ -295,7 +313,7 @@ impl Drop for StoreWriter {
 }
 
 /// Whether every byte is zero (the fill value of every array chunkwise writes).
-pub(super) fn is_all_zero(data: &[u8]) -> bool {
+fn is_all_zero(data: &[u8]) -> bool {
     // SAFETY: u64 has no invalid bit patterns; align_to splits off the unaligned ends.
     let (head, body, tail) = unsafe { data.align_to::<u64>() };
     head.iter().all(|&b| b == 0) && body.iter().all(|&w| w == 0) && tail.iter().all(|&b| b == 0)
