@@ -25,7 +25,7 @@ use crate::dtype::{DType, Scalar};
 use crate::error::{Error, Result, to_usize};
 use crate::grid::{Grid, indices_in};
 use crate::halo::{Boundary, Segment, segments};
-use crate::kernel::{Block, FnKernel, Kernel, OutBlock};
+use crate::kernel::{Block, FnKernel, Kernel, OutBlock, Scratch};
 use crate::progress::{ProgressFn, Tracker, Unit, with_threads};
 use crate::region::{Region, fmt_shape};
 use crate::store::{Codec, Durability, Finish, JobOptions, JobState, JobWriter, Store, StoreSpec};
@@ -915,25 +915,6 @@ fn run_task(ctx: &Ctx<'_>, task: Task) -> Result<()> {
     }
 }
 
-thread_local! {
-    /// Per-thread buffers (blocks, output chunk), reused from task to task.
-    static BUFFERS: std::cell::RefCell<Vec<Vec<u64>>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// A byte buffer of at least `n` bytes, 8-byte aligned (for typed views), from the pool.
-fn take_buffer(n: usize) -> Vec<u64> {
-    let words = n.div_ceil(8);
-    let mut v = BUFFERS.with(|b| b.borrow_mut().pop()).unwrap_or_default();
-    if v.len() < words {
-        v.resize(words, 0);
-    }
-    v
-}
-
-fn give_buffer(v: Vec<u64>) {
-    BUFFERS.with(|b| b.borrow_mut().push(v));
-}
-
 fn compute(ctx: &Ctx<'_>, idx: &[u64], slots: Vec<Vec<Arc<Slot>>>) -> Result<()> {
     let (region, shape, origin, segs) = ctx.block_geometry(idx);
     let valid: Vec<Range<usize>> = (0..shape.len())
@@ -953,11 +934,8 @@ fn compute(ctx: &Ctx<'_>, idx: &[u64], slots: Vec<Vec<Arc<Slot>>>) -> Result<()>
             buffers.push(BlockBytes::Chunk(whole));
             continue;
         }
-        let mut buf = take_buffer(nbytes);
-        {
-            let bytes: &mut [u8] = &mut bytemuck::cast_slice_mut(&mut buf[..])[..nbytes];
-            assemble(inp, input_slots, &shape, &segs, bytes)?;
-        }
+        let mut buf = Scratch::new(nbytes);
+        assemble(inp, input_slots, &shape, &segs, buf.slice_mut::<u8>(nbytes))?;
         buffers.push(BlockBytes::Assembled(buf, nbytes));
     }
     release(ctx, slots);
@@ -980,9 +958,10 @@ fn compute(ctx: &Ctx<'_>, idx: &[u64], slots: Vec<Vec<Arc<Slot>>>) -> Result<()>
         .map(|&c| c as usize)
         .collect();
     let out_bytes = ctx.job.chunk_bytes();
-    let mut out = take_buffer(out_bytes);
+    // Scratch buffers are 8-byte aligned, so kernels can view them as any element type.
+    let mut out = Scratch::new(out_bytes);
     let result = {
-        let bytes: &mut [u8] = &mut bytemuck::cast_slice_mut(&mut out[..])[..out_bytes];
+        let bytes: &mut [u8] = out.slice_mut::<u8>(out_bytes);
         let edge = region
             .shape()
             .iter()
@@ -1003,12 +982,7 @@ fn compute(ctx: &Ctx<'_>, idx: &[u64], slots: Vec<Vec<Arc<Slot>>>) -> Result<()>
             .and_then(|()| ctx.job.write_chunk(idx, ob.bytes))
     };
     drop(blocks);
-    for b in buffers {
-        if let BlockBytes::Assembled(buf, _) = b {
-            give_buffer(buf);
-        }
-    }
-    give_buffer(out);
+    drop(buffers);
     let n = result?;
     ctx.stored.fetch_add(n, Ordering::Relaxed);
     ctx.computed.fetch_add(1, Ordering::Relaxed);
@@ -1021,14 +995,14 @@ fn compute(ctx: &Ctx<'_>, idx: &[u64], slots: Vec<Vec<Arc<Slot>>>) -> Result<()>
 
 /// An input block's bytes: assembled into a pooled buffer, or a decoded chunk used as is.
 enum BlockBytes {
-    Assembled(Vec<u64>, usize),
+    Assembled(Scratch, usize),
     Chunk(Arc<Vec<u8>>),
 }
 
 impl BlockBytes {
     fn bytes(&self) -> &[u8] {
         match self {
-            BlockBytes::Assembled(buf, n) => &bytemuck::cast_slice(&buf[..])[..*n],
+            BlockBytes::Assembled(buf, n) => buf.slice::<u8>(*n),
             BlockBytes::Chunk(data) => data,
         }
     }

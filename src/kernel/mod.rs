@@ -210,7 +210,15 @@ impl Scratch {
     /// At least `bytes` bytes, 8-byte aligned, contents unspecified.
     pub(crate) fn new(bytes: usize) -> Scratch {
         let words = bytes.div_ceil(8);
-        let mut buf = SCRATCH.with(|p| p.borrow_mut().pop()).unwrap_or_default();
+        // The smallest pooled buffer that is big enough, else the biggest (grown once).
+        let mut buf = SCRATCH.with(|p| {
+            let mut pool = p.borrow_mut();
+            let fit = (0..pool.len())
+                .filter(|&i| pool[i].len() >= words)
+                .min_by_key(|&i| pool[i].len())
+                .or_else(|| (0..pool.len()).max_by_key(|&i| pool[i].len()));
+            fit.map(|i| pool.swap_remove(i)).unwrap_or_default()
+        });
         if buf.len() < words {
             buf.resize(words, 0);
         }
