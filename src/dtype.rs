@@ -249,6 +249,9 @@ pub trait Scalar: Element + bytemuck::Pod + Default + PartialOrd {
     /// The value as `f32`, rounded to nearest.
     fn to_f32(self) -> f32;
 
+    /// The value as `i64` (exact for integers up to 32 bits; `as` conversion otherwise).
+    fn to_i64(self) -> i64;
+
     /// The nearest value of this type to `v` (spec/COMPUTE.md §4): floats are rounded to the
     /// type; integers are rounded half to even, saturated at the type's range, NaN gives 0.
     fn from_f64(v: f64) -> Self;
@@ -264,6 +267,10 @@ macro_rules! scalar_int {
             #[inline]
             fn to_f32(self) -> f32 {
                 self as f32
+            }
+            #[inline]
+            fn to_i64(self) -> i64 {
+                self as i64
             }
             #[inline]
             fn from_f64(v: f64) -> Self {
@@ -285,6 +292,10 @@ impl Scalar for f32 {
         self
     }
     #[inline]
+    fn to_i64(self) -> i64 {
+        self as i64
+    }
+    #[inline]
     fn from_f64(v: f64) -> Self {
         v as f32
     }
@@ -298,6 +309,10 @@ impl Scalar for f64 {
     #[inline]
     fn to_f32(self) -> f32 {
         self as f32
+    }
+    #[inline]
+    fn to_i64(self) -> i64 {
+        self as i64
     }
     #[inline]
     fn from_f64(v: f64) -> Self {

@@ -36,11 +36,13 @@ mod exec;
 mod export;
 mod grid;
 mod halo;
+mod index;
 mod input;
 mod inspect;
 pub mod kernel;
 mod npy;
 mod progress;
+mod reduce;
 mod region;
 mod store;
 pub mod synth;
@@ -54,9 +56,14 @@ pub use exec::{
 pub use export::{ExportOptions, ExportReport, export};
 pub use grid::Grid;
 pub use halo::{Boundary, Segment, segments};
+pub use index::{IndexOptions, IndexReport, Select, forward_offsets, graph_edges, where_coords};
 pub use input::RawOptions;
 pub use inspect::{BadChunk, StoreInfo, VerifyReport, human_bytes, info, verify};
 pub use npy::{NpyHeader, header_bytes as npy_header, parse_header as parse_npy_header, write_npy};
 pub use progress::{Progress, ProgressFn, Unit};
+pub use reduce::{
+    AxisStats, ChunkStats, Histogram, PerChunk, ReduceOptions, Reduction, Stats, StatsAcc,
+    default_histogram, reduce, region_of, write_table,
+};
 pub use region::{ParsedRegion, Region, fmt_shape};
 pub use store::{ChunkCodec, Codec, Durability, Store, StoreSpec, StoreWriter, is_store};

@@ -9,4 +9,5 @@ mod convert;
 mod export;
 mod interop;
 mod jobs;
+mod reduce;
 mod verify;

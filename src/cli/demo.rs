@@ -6,8 +6,8 @@ use std::time::Instant;
 use chunkwise::kernel::{Gaussian, Threshold};
 use chunkwise::synth::Volume;
 use chunkwise::{
-    Boundary, ConvertOptions, DType, Element, ExecOptions, ExportOptions, Region, Store,
-    human_bytes,
+    Boundary, ConvertOptions, DType, Element, ExecOptions, ExportOptions, IndexOptions,
+    ReduceOptions, Region, Select, Stats, Store, human_bytes,
 };
 
 use super::{CliError, CliResult, Global, Outcome, say};
@@ -166,11 +166,46 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
         super::job::summary(&r)
     ))?;
 
-    // 6. Verify every chunk decodes.
+    // 6. One-pass statistics and the voxels above 700, checked against the generated data.
+    let vol = Store::open(&store)?;
+    let s = chunkwise::reduce(&vol, &Stats, &ReduceOptions::default().threads(g.threads))?;
+    let values: Vec<u64> = expected
+        .chunks(2)
+        .map(|b| u64::from(u16::from_le_bytes([b[0], b[1]])))
+        .collect();
+    let same = s.int_sum() == Some(values.iter().map(|&v| i128::from(v)).sum());
+    ok &= same;
+    let above = chunkwise::where_coords(
+        &vol,
+        None,
+        &IndexOptions::default()
+            .select(Select::Above(700.0))
+            .threads(g.threads),
+    )?;
+    let want = values.iter().filter(|&&v| v > 700).count() as u64;
+    ok &= above.count == want;
+    say(format!(
+        "6. stats: {} voxels, min {}, max {}, mean {:.3}, std {:.3}, sum {} ({})\n   {} voxels above 700 ({})",
+        s.count,
+        s.min().unwrap_or(f64::NAN),
+        s.max().unwrap_or(f64::NAN),
+        s.mean().unwrap_or(f64::NAN),
+        s.std().unwrap_or(f64::NAN),
+        s.int_sum().unwrap_or(0),
+        if same { "exact" } else { "DIFFERS" },
+        above.count,
+        if above.count == want {
+            "exact"
+        } else {
+            "DIFFERS"
+        },
+    ))?;
+
+    // 7. Verify every chunk decodes.
     let v = chunkwise::verify(&store, g.threads, g.progress())?;
     ok &= v.ok();
     say(format!(
-        "6. verify: {} of {} chunks stored, {} bad",
+        "7. verify: {} of {} chunks stored, {} bad",
         v.chunks_checked,
         v.chunks_total,
         v.bad.len()

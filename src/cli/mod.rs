@@ -6,6 +6,7 @@ mod demo;
 mod export;
 mod info;
 mod job;
+mod reduce;
 mod verify;
 
 use std::io::{IsTerminal, Write};
@@ -51,6 +52,14 @@ enum Command {
     /// out = table[27-bit 3x3x3 neighbourhood index] of a binary input (ClearMap's
     /// apply_lut_to_index).
     NeighbourhoodLut(job::NeighbourhoodLutArgs),
+    /// count, min, max, sum, mean, std in one pass (or per axis index, or per chunk).
+    Stats(reduce::StatsArgs),
+    /// Exact counts in bins (numpy.histogram).
+    Histogram(reduce::HistogramArgs),
+    /// Coordinates of nonzero (or selected) voxels, as numpy.argwhere, to an .npy file.
+    Where(reduce::WhereArgs),
+    /// Edges between adjacent nonzero voxels (flat C-order index pairs) to an .npy file.
+    Graph(reduce::GraphArgs),
     /// Generate a small volume, convert, inspect and export it, checking the round trip.
     Demo(demo::Args),
 }
@@ -116,6 +125,10 @@ pub(crate) fn main() -> ExitCode {
         Command::Lut(a) => job::lut(a, &global),
         Command::Threshold(a) => job::threshold(a, &global),
         Command::NeighbourhoodLut(a) => job::neighbourhood_lut(a, &global),
+        Command::Stats(a) => reduce::stats(a, &global),
+        Command::Histogram(a) => reduce::histogram(a, &global),
+        Command::Where(a) => reduce::where_(a, &global),
+        Command::Graph(a) => reduce::graph(a, &global),
         Command::Demo(a) => demo::run(a, &global),
     };
     match result {

@@ -94,6 +94,15 @@ impl<'a> Block<'a> {
         &self.origin
     }
 
+    /// The part of the block that is the output region (the chunk's part of the region, for
+    /// reductions) as an array of `T`.
+    ///
+    /// # Errors
+    /// As [`Block::view`].
+    pub fn valid_view<T: Scalar>(&self) -> Result<ArrayViewD<'a, T>> {
+        Ok(valid_view(self.view::<T>()?, &self.valid))
+    }
+
     /// The shape of the whole array the block comes from.
     pub fn array_shape(&self) -> &[u64] {
         &self.array_shape

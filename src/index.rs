@@ -1,0 +1,651 @@
+//! Index kernels: the coordinates of selected voxels (`where`, numpy.argwhere) and the edges
+//! between adjacent selected voxels (`graph`), streamed to `.npy` files in C order
+//! (spec/REDUCE.md §4-§5).
+//!
+//! The array is read one chunk layer (one chunk deep along axis 0) at a time: the layer's
+//! chunks are decoded in parallel into a bitmap of the selection (one bit per voxel, rows along
+//! the last axis), and the bitmap is turned into coordinates or edges plane by plane, a batch
+//! of planes at a time in parallel, and written in order. Invariant: memory is one or two
+//! layers of bits plus a batch of planes' output, never the number of results.
+
+use std::fs::File;
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use crate::dtype::{DType, Scalar};
+use crate::error::{Error, IoContext, Result};
+use crate::grid::{Grid, indices_in};
+use crate::npy::header_bytes;
+use crate::progress::{ProgressFn, Tracker, Unit, with_threads};
+use crate::store::Store;
+use crate::with_scalar;
+
+/// Which voxels are selected.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum Select {
+    /// Nonzero values (NaN counts as nonzero, as in numpy).
+    #[default]
+    NonZero,
+    /// Values `> x`.
+    Above(f64),
+    /// Values `< x`.
+    Below(f64),
+    /// Values with `lo < v < hi`.
+    Between(f64, f64),
+}
+
+impl Select {
+    /// From `--above` / `--below`.
+    pub fn from_bounds(above: Option<f64>, below: Option<f64>) -> Select {
+        match (above, below) {
+            (None, None) => Select::NonZero,
+            (Some(a), None) => Select::Above(a),
+            (None, Some(b)) => Select::Below(b),
+            (Some(a), Some(b)) => Select::Between(a, b),
+        }
+    }
+
+    #[inline]
+    fn test(&self, v: f64) -> bool {
+        match *self {
+            Select::NonZero => v != 0.0,
+            Select::Above(t) => v > t,
+            Select::Below(t) => v < t,
+            Select::Between(a, b) => a < v && v < b,
+        }
+    }
+}
+
+/// Settings of `where` and `graph`.
+#[derive(Clone, Default)]
+pub struct IndexOptions {
+    select: Select,
+    threads: Option<usize>,
+    overwrite: bool,
+    progress: Option<ProgressFn>,
+}
+
+impl std::fmt::Debug for IndexOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IndexOptions")
+            .field("select", &self.select)
+            .field("threads", &self.threads)
+            .field("overwrite", &self.overwrite)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IndexOptions {
+    /// Which voxels count (default: nonzero).
+    pub fn select(mut self, s: Select) -> Self {
+        self.select = s;
+        self
+    }
+    /// Worker threads.
+    pub fn threads(mut self, n: Option<usize>) -> Self {
+        self.threads = n;
+        self
+    }
+    /// Replace an existing output file.
+    pub fn overwrite(mut self, on: bool) -> Self {
+        self.overwrite = on;
+        self
+    }
+    /// Progress callback (units: chunks).
+    pub fn progress(mut self, cb: Option<ProgressFn>) -> Self {
+        self.progress = cb;
+        self
+    }
+}
+
+/// What `where` or `graph` found and wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexReport {
+    /// Selected voxels (`where`) or edges (`graph`).
+    pub count: u64,
+    /// The output file, if one was written.
+    pub path: Option<PathBuf>,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+/// The selection of one chunk layer as bits: rows along the last axis, 64 per word.
+struct Bits {
+    /// Axis-0 range of the layer (for a 1-D array: the whole array is one plane).
+    z0: u64,
+    nz: u64,
+    /// Rows per plane (product of the axes between the first and the last), and the strides
+    /// of the row index over those axes.
+    rows: u64,
+    row_strides: Vec<u64>,
+    words: usize,
+    data: Vec<AtomicU64>,
+}
+
+impl Bits {
+    fn new(z0: u64, z1: u64, shape: &[u64]) -> Bits {
+        let (rows, nx) = plane_dims(shape);
+        let mid: &[u64] = if shape.len() > 2 {
+            &shape[1..shape.len() - 1]
+        } else {
+            &[]
+        };
+        let mut row_strides = vec![1u64; mid.len()];
+        for a in (0..mid.len().saturating_sub(1)).rev() {
+            row_strides[a] = row_strides[a + 1] * mid[a + 1];
+        }
+        let words = nx.div_ceil(64) as usize;
+        let n = (z1 - z0) * rows * words as u64;
+        Bits {
+            z0,
+            nz: z1 - z0,
+            rows,
+            row_strides,
+            words,
+            data: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// The words of row `row` of plane `z` (array coordinate).
+    fn row(&self, z: u64, row: u64) -> &[AtomicU64] {
+        let start = (((z - self.z0) * self.rows + row) * self.words as u64) as usize;
+        &self.data[start..start + self.words]
+    }
+
+    fn get(&self, z: u64, row: u64, x: u64) -> bool {
+        let w = self.row(z, row)[(x / 64) as usize].load(Ordering::Relaxed);
+        w >> (x % 64) & 1 == 1
+    }
+
+    /// Set bits in plane `z`.
+    fn plane_count(&self, z: u64) -> u64 {
+        let start = ((z - self.z0) * self.rows * self.words as u64) as usize;
+        let n = self.rows as usize * self.words;
+        self.data[start..start + n]
+            .iter()
+            .map(|w| u64::from(w.load(Ordering::Relaxed).count_ones()))
+            .sum()
+    }
+}
+
+/// Rows per plane and row length of an array (a 1-D array is one row).
+fn plane_dims(shape: &[u64]) -> (u64, u64) {
+    match shape.len() {
+        1 => (1, shape[0]),
+        n => (shape[1..n - 1].iter().product(), shape[n - 1]),
+    }
+}
+
+/// Chunk layers along axis 0 (a 1-D array is one layer).
+fn layers(store: &Store, grid: &Grid) -> u64 {
+    if store.ndim() == 1 {
+        1
+    } else {
+        grid.grid_shape()[0]
+    }
+}
+
+/// Decodes chunk layer `layer` and sets the bits of its selected voxels.
+fn layer_bits(
+    store: &Store,
+    grid: &Grid,
+    layer: u64,
+    select: Select,
+    tracker: &Tracker,
+) -> Result<Bits> {
+    let shape = store.shape();
+    let ndim = shape.len();
+    let c0 = grid.chunk_shape()[0];
+    let (z0, z1) = if ndim == 1 {
+        (0, 1)
+    } else {
+        (layer * c0, ((layer + 1) * c0).min(shape[0]))
+    };
+    let bits = Bits::new(z0, z1, shape);
+    let gshape = grid.grid_shape();
+    let mut boxed: Vec<_> = gshape.iter().map(|&n| 0..n).collect();
+    if ndim > 1 {
+        boxed[0] = layer..layer + 1;
+    }
+    let cshape: Vec<usize> = grid.chunk_shape().iter().map(|&c| c as usize).collect();
+    let fill_selected = select.test(fill_value(store));
+    indices_in(&boxed).par_iter().try_for_each(|idx| -> Result<()> {
+        let creg = grid.chunk_region(idx);
+        match store.read_chunk(idx)? {
+            Some(data) => with_scalar!(store.dtype(), T => set_bits::<T>(&bits, &data, &cshape, &creg, select)),
+            None if fill_selected => {
+                // An absent chunk is all fill value, which the selection takes.
+                let ones = vec![1u8; cshape.iter().product()];
+                set_bits::<u8>(&bits, &ones, &cshape, &creg, Select::NonZero);
+            }
+            None => {}
+        }
+        tracker.add(1);
+        Ok(())
+    })?;
+    Ok(bits)
+}
+
+fn fill_value(store: &Store) -> f64 {
+    let b = store.fill_bytes();
+    with_scalar!(store.dtype(), T => bytemuck::pod_read_unaligned::<T>(&b[..std::mem::size_of::<T>()]).to_f64())
+}
+
+/// Sets the bits of the selected voxels of one decoded chunk (full chunk shape, C order).
+fn set_bits<T: Scalar>(
+    bits: &Bits,
+    data: &[u8],
+    cshape: &[usize],
+    creg: &crate::region::Region,
+    select: Select,
+) {
+    let itemsize = std::mem::size_of::<T>();
+    let r = creg.ranges();
+    let ndim = r.len();
+    let last = ndim - 1;
+    let (x0, x1) = (r[last].start, r[last].end);
+    let first_word = (x0 / 64) as usize;
+    let shift = (x0 % 64) as usize;
+    let mut local = vec![0u64; ((x1 - x0) as usize + shift).div_ceil(64)];
+    // C-order strides of the chunk buffer, in elements.
+    let mut cstride = vec![1usize; ndim];
+    for a in (0..last).rev() {
+        cstride[a] = cstride[a + 1] * cshape[a + 1];
+    }
+    for idx in indices_in(&r[..last]) {
+        let off: usize = idx
+            .iter()
+            .enumerate()
+            .map(|(a, &i)| (i - r[a].start) as usize * cstride[a])
+            .sum();
+        let row = &data[off * itemsize..(off + (x1 - x0) as usize) * itemsize];
+        local.fill(0);
+        for (k, b) in row.chunks_exact(itemsize).enumerate() {
+            let v: T = bytemuck::pod_read_unaligned(b);
+            if select.test(v.to_f64()) {
+                let p = k + shift;
+                local[p / 64] |= 1 << (p % 64);
+            }
+        }
+        let (z, row_index) = if ndim == 1 {
+            (0, 0)
+        } else {
+            let ri: u64 = idx[1..]
+                .iter()
+                .zip(&bits.row_strides)
+                .map(|(&i, &s)| i * s)
+                .sum();
+            (idx[0], ri)
+        };
+        let words = bits.row(z, row_index);
+        for (i, &w) in local.iter().enumerate() {
+            if w != 0 {
+                words[first_word + i].fetch_or(w, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// An `.npy` file of int64 rows whose count is only known at the end: the header is written
+/// with room for any count and rewritten on `finish`; the file appears under its name only
+/// when complete.
+struct NpyRows {
+    file: BufWriter<File>,
+    tmp: PathBuf,
+    path: PathBuf,
+    cols: u64,
+    rows: u64,
+    header_len: usize,
+}
+
+impl NpyRows {
+    fn create(path: &Path, cols: u64, overwrite: bool) -> Result<NpyRows> {
+        if path.exists() && !overwrite {
+            return Err(Error::OutputExists(path.to_path_buf()));
+        }
+        let name = path
+            .file_name()
+            .ok_or_else(|| Error::option("-o", format!("{} has no file name", path.display())))?;
+        let mut t = std::ffi::OsString::from(".");
+        t.push(name);
+        t.push(".chunkwise-tmp");
+        let tmp = path.with_file_name(t);
+        let file = File::create(&tmp).at(&tmp)?;
+        let header = Self::header(0, cols);
+        let mut w = BufWriter::with_capacity(1 << 20, file);
+        w.write_all(&header).at(&tmp)?;
+        Ok(NpyRows {
+            file: w,
+            tmp,
+            path: path.to_path_buf(),
+            cols,
+            rows: 0,
+            header_len: header.len(),
+        })
+    }
+
+    /// A header whose length does not depend on `rows` (padded to 20 digits).
+    fn header(rows: u64, cols: u64) -> Vec<u8> {
+        // u64::MAX has 20 digits: every row count fits its place, right-aligned.
+        let mut h = header_bytes(DType::I64, &[u64::MAX, cols]);
+        let max = u64::MAX.to_string();
+        let at = h
+            .windows(max.len())
+            .position(|w| w == max.as_bytes())
+            .expect("the header holds the shape");
+        h[at..at + max.len()].copy_from_slice(format!("{rows:>20}").as_bytes());
+        h
+    }
+
+    fn push(&mut self, values: &[i64]) -> Result<()> {
+        let mut bytes = Vec::with_capacity(values.len() * 8);
+        for v in values {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        self.file.write_all(&bytes).at(&self.tmp)?;
+        self.rows += values.len() as u64 / self.cols;
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<u64> {
+        let header = Self::header(self.rows, self.cols);
+        debug_assert_eq!(header.len(), self.header_len);
+        self.file.flush().at(&self.tmp)?;
+        let f = self.file.get_mut();
+        f.seek(SeekFrom::Start(0)).at(&self.tmp)?;
+        f.write_all(&header).at(&self.tmp)?;
+        f.sync_all().at(&self.tmp)?;
+        std::fs::rename(&self.tmp, &self.path).at(&self.path)?;
+        Ok(self.header_len as u64 + self.rows * self.cols * 8)
+    }
+}
+
+impl Drop for NpyRows {
+    fn drop(&mut self) {
+        // Harmless after finish (renamed away); removes a partial file on error.
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+/// Planes per parallel batch.
+fn batch() -> usize {
+    4 * rayon::current_num_threads().max(1)
+}
+
+/// The coordinates of the selected voxels as an int64 `(N, ndim)` array in C order
+/// (numpy.argwhere), written to `out`, or only counted when `out` is `None`.
+///
+/// # Errors
+/// [`Error::OutputExists`], [`Error::CorruptChunk`] naming a chunk, [`Error::Io`]; no file
+/// appears at `out` on error.
+pub fn where_coords(store: &Store, out: Option<&Path>, opts: &IndexOptions) -> Result<IndexReport> {
+    with_threads(opts.threads, || {
+        let start = Instant::now();
+        let grid = store.grid()?;
+        let ndim = store.ndim();
+        let tracker = Tracker::new(
+            "where",
+            Unit::Chunks,
+            grid.num_chunks(),
+            opts.progress.clone(),
+        );
+        let mut writer = out
+            .map(|p| NpyRows::create(p, ndim as u64, opts.overwrite))
+            .transpose()?;
+        let mut count = 0u64;
+        for layer in 0..layers(store, &grid) {
+            let bits = layer_bits(store, &grid, layer, opts.select, &tracker)?;
+            let Some(w) = writer.as_mut() else {
+                count += (bits.z0..bits.z0 + bits.nz)
+                    .into_par_iter()
+                    .map(|z| bits.plane_count(z))
+                    .sum::<u64>();
+                continue;
+            };
+            let planes: Vec<u64> = (bits.z0..bits.z0 + bits.nz).collect();
+            for group in planes.chunks(batch()) {
+                let coords: Vec<Vec<i64>> = group
+                    .par_iter()
+                    .map(|&z| plane_coords(&bits, z, store.shape()))
+                    .collect();
+                for c in coords {
+                    count += c.len() as u64 / ndim as u64;
+                    w.push(&c)?;
+                }
+            }
+        }
+        let bytes = match writer {
+            Some(w) => w.finish()?,
+            None => 0,
+        };
+        Ok(IndexReport {
+            count,
+            path: out.map(Path::to_path_buf),
+            bytes,
+            seconds: start.elapsed().as_secs_f64(),
+        })
+    })
+}
+
+/// The coordinates of the set bits of plane `z`, in C order.
+fn plane_coords(bits: &Bits, z: u64, shape: &[u64]) -> Vec<i64> {
+    let ndim = shape.len();
+    let mut out = Vec::new();
+    let mid: &[u64] = if ndim > 2 { &shape[1..ndim - 1] } else { &[] };
+    for row in 0..bits.rows {
+        for (wi, w) in bits.row(z, row).iter().enumerate() {
+            let mut word = w.load(Ordering::Relaxed);
+            while word != 0 {
+                let b = word.trailing_zeros() as u64;
+                word &= word - 1;
+                let x = wi as u64 * 64 + b;
+                if ndim > 1 {
+                    out.push(z as i64);
+                }
+                // The middle axes from the row index.
+                let mut rem = row;
+                let start = out.len();
+                for &n in mid.iter().rev() {
+                    out.push((rem % n) as i64);
+                    rem /= n;
+                }
+                out[start..].reverse();
+                out.push(x as i64);
+            }
+        }
+    }
+    out
+}
+
+/// Neighbour offsets that come after the centre in C order (a positive flat offset), sorted by
+/// that offset, for a connectivity of `conn` in `ndim` dimensions (4/8 in 2-D; 6/18/26 in
+/// 3-D; 2 in 1-D).
+///
+/// # Errors
+/// [`Error::InvalidOption`] (`--connectivity`) for another value.
+pub fn forward_offsets(ndim: usize, conn: u32) -> Result<Vec<Vec<i64>>> {
+    let allowed: &[u32] = match ndim {
+        1 => &[2],
+        2 => &[4, 8],
+        3 => &[6, 18, 26],
+        _ => &[],
+    };
+    let Some(k) = allowed.iter().position(|&c| c == conn) else {
+        return Err(Error::option(
+            "--connectivity",
+            format!("{conn} is not a connectivity of a {ndim}-D array; use one of {allowed:?}"),
+        ));
+    };
+    let max_nonzero = k + 1;
+    let mut offs: Vec<Vec<i64>> = Vec::new();
+    let all: Vec<std::ops::Range<u64>> = vec![0..3; ndim];
+    for d in indices_in(&all) {
+        let d: Vec<i64> = d.iter().map(|&v| v as i64 - 1).collect();
+        let nz = d.iter().filter(|&&v| v != 0).count();
+        // After the centre in C order: the first nonzero component is positive.
+        let forward = d.iter().find(|&&v| v != 0).is_some_and(|&v| v > 0);
+        if nz > 0 && nz <= max_nonzero && forward {
+            offs.push(d);
+        }
+    }
+    // indices_in yields C order, which is flat-offset order for offsets in {-1, 0, 1}.
+    Ok(offs)
+}
+
+/// The edges between adjacent selected voxels, as `(E, 2)` int64 pairs of flat C-order
+/// indices `i < j` (or `(E, 2·ndim)` coordinates with `coords`), each edge once, sorted,
+/// written to `out`, or only counted when `out` is `None`.
+///
+/// # Errors
+/// As [`where_coords`], and [`Error::InvalidOption`] for an unknown connectivity.
+pub fn graph_edges(
+    store: &Store,
+    out: Option<&Path>,
+    connectivity: u32,
+    coords: bool,
+    opts: &IndexOptions,
+) -> Result<IndexReport> {
+    let ndim = store.ndim();
+    let offsets = forward_offsets(ndim, connectivity)?;
+    with_threads(opts.threads, || {
+        let start = Instant::now();
+        let grid = store.grid()?;
+        let shape = store.shape().to_vec();
+        let tracker = Tracker::new(
+            "graph",
+            Unit::Chunks,
+            grid.num_chunks(),
+            opts.progress.clone(),
+        );
+        let cols = if coords { 2 * ndim as u64 } else { 2 };
+        let mut writer = out
+            .map(|p| NpyRows::create(p, cols, opts.overwrite))
+            .transpose()?;
+        let nlayers = layers(store, &grid);
+        let mut count = 0u64;
+        let mut cur = layer_bits(store, &grid, 0, opts.select, &tracker)?;
+        for layer in 0..nlayers {
+            // Edges reach one plane ahead: the next layer's bits are needed for the last plane.
+            let next = if layer + 1 < nlayers {
+                Some(layer_bits(store, &grid, layer + 1, opts.select, &tracker)?)
+            } else {
+                None
+            };
+            let planes: Vec<u64> = (cur.z0..cur.z0 + cur.nz).collect();
+            for group in planes.chunks(batch()) {
+                let edges: Vec<Vec<i64>> = group
+                    .par_iter()
+                    .map(|&z| plane_edges(&cur, next.as_ref(), z, &shape, &offsets, coords))
+                    .collect();
+                for e in edges {
+                    count += e.len() as u64 / cols;
+                    if let Some(w) = writer.as_mut() {
+                        w.push(&e)?;
+                    }
+                }
+            }
+            match next {
+                Some(n) => cur = n,
+                None => break,
+            }
+        }
+        let bytes = match writer {
+            Some(w) => w.finish()?,
+            None => 0,
+        };
+        Ok(IndexReport {
+            count,
+            path: out.map(Path::to_path_buf),
+            bytes,
+            seconds: start.elapsed().as_secs_f64(),
+        })
+    })
+}
+
+/// The edges from the set voxels of plane `z` to later neighbours.
+fn plane_edges(
+    cur: &Bits,
+    next: Option<&Bits>,
+    z: u64,
+    shape: &[u64],
+    offsets: &[Vec<i64>],
+    coords: bool,
+) -> Vec<i64> {
+    let ndim = shape.len();
+    let mut out = Vec::new();
+    // C-order strides of the array, for flat indices.
+    let mut strides = vec![1i64; ndim];
+    for a in (0..ndim - 1).rev() {
+        strides[a] = strides[a + 1] * shape[a + 1] as i64;
+    }
+    let mid: Vec<u64> = if ndim > 2 {
+        shape[1..ndim - 1].to_vec()
+    } else {
+        Vec::new()
+    };
+    let plane_of = |zz: u64| -> Option<&Bits> {
+        if zz < cur.z0 + cur.nz {
+            Some(cur)
+        } else {
+            next.filter(|n| zz >= n.z0 && zz < n.z0 + n.nz)
+        }
+    };
+    let mut p = vec![0i64; ndim];
+    for row in 0..cur.rows {
+        // The coordinates of the row (all but the last axis).
+        let mut rem = row;
+        for (a, &n) in mid.iter().enumerate().rev() {
+            p[1 + a] = (rem % n) as i64;
+            rem /= n;
+        }
+        if ndim > 1 {
+            p[0] = z as i64;
+        }
+        for (wi, w) in cur.row(z, row).iter().enumerate() {
+            let mut word = w.load(Ordering::Relaxed);
+            while word != 0 {
+                let b = word.trailing_zeros() as u64;
+                word &= word - 1;
+                p[ndim - 1] = (wi as u64 * 64 + b) as i64;
+                let i: i64 = p.iter().zip(&strides).map(|(&c, &s)| c * s).sum();
+                for d in offsets {
+                    let q: Vec<i64> = p.iter().zip(d).map(|(&c, &o)| c + o).collect();
+                    if q.iter().zip(shape).any(|(&c, &n)| c < 0 || c >= n as i64) {
+                        continue;
+                    }
+                    let set = if ndim == 1 {
+                        cur.get(0, 0, q[0] as u64)
+                    } else {
+                        let Some(bits) = plane_of(q[0] as u64) else {
+                            continue;
+                        };
+                        let qrow: u64 = q[1..ndim - 1]
+                            .iter()
+                            .zip(&bits.row_strides)
+                            .map(|(&c, &s)| c as u64 * s)
+                            .sum();
+                        bits.get(q[0] as u64, qrow, q[ndim - 1] as u64)
+                    };
+                    if !set {
+                        continue;
+                    }
+                    if coords {
+                        out.extend_from_slice(&p);
+                        out.extend_from_slice(&q);
+                    } else {
+                        let j: i64 = q.iter().zip(&strides).map(|(&c, &s)| c * s).sum();
+                        out.push(i);
+                        out.push(j);
+                    }
+                }
+            }
+        }
+    }
+    out
+}

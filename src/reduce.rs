@@ -1,0 +1,848 @@
+//! One-pass reductions over the chunks of an array (spec/REDUCE.md): the [`Reduction`] trait,
+//! the parallel driver, and the built-in statistics, per-axis statistics, per-chunk block sums
+//! and histograms.
+//!
+//! Every chunk touching the region is decoded once, folded into its own accumulator on some
+//! worker, and the accumulators are combined **in chunk order** (C order) as they complete: the
+//! result does not depend on the number of threads or on scheduling, to the last bit.
+//! Invariant: memory is the chunks in flight and the partial results waiting for an earlier
+//! chunk, never the array.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use ndarray::{ArrayViewD, Axis};
+use rayon::prelude::*;
+use serde_json::{Value, json};
+
+use crate::dtype::{DType, Scalar};
+use crate::error::{Error, Result};
+use crate::grid::indices_in;
+use crate::kernel::{Block, Scratch};
+use crate::progress::{ProgressFn, Tracker, Unit, with_threads};
+use crate::region::Region;
+use crate::store::Store;
+use crate::with_scalar;
+
+/// A one-pass reduction: an identity, a fold of one chunk's part of the region, and an
+/// associative combination of two partial results.
+pub trait Reduction: Sync {
+    /// The partial result.
+    type Acc: Send;
+
+    /// The result of reducing nothing.
+    fn identity(&self) -> Self::Acc;
+
+    /// Folds one chunk's part of the region (`part.valid_view::<T>()`, at array coordinates
+    /// `part.origin()` + `part.valid()` starts) into `acc`.
+    ///
+    /// # Errors
+    /// Whatever the reduction cannot take (a dtype, a value), naming what and where.
+    fn fold(&self, acc: &mut Self::Acc, part: &Block<'_>) -> Result<()>;
+
+    /// Combines `b` (the later chunks in C order) into `a`.
+    fn combine(&self, a: &mut Self::Acc, b: Self::Acc);
+}
+
+/// Two reductions in one pass (nest pairs for more).
+impl<A: Reduction, B: Reduction> Reduction for (A, B) {
+    type Acc = (A::Acc, B::Acc);
+
+    fn identity(&self) -> Self::Acc {
+        (self.0.identity(), self.1.identity())
+    }
+
+    fn fold(&self, acc: &mut Self::Acc, part: &Block<'_>) -> Result<()> {
+        self.0.fold(&mut acc.0, part)?;
+        self.1.fold(&mut acc.1, part)
+    }
+
+    fn combine(&self, a: &mut Self::Acc, b: Self::Acc) {
+        self.0.combine(&mut a.0, b.0);
+        self.1.combine(&mut a.1, b.1);
+    }
+}
+
+/// Settings of a reduction pass.
+#[derive(Clone, Default)]
+pub struct ReduceOptions {
+    region: Option<Region>,
+    threads: Option<usize>,
+    progress: Option<ProgressFn>,
+}
+
+impl std::fmt::Debug for ReduceOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReduceOptions")
+            .field("region", &self.region)
+            .field("threads", &self.threads)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReduceOptions {
+    /// Reduce only this region (default: the whole array).
+    pub fn region(mut self, region: Option<Region>) -> Self {
+        self.region = region;
+        self
+    }
+    /// Worker threads (default: one per core).
+    pub fn threads(mut self, n: Option<usize>) -> Self {
+        self.threads = n;
+        self
+    }
+    /// Progress callback (units: chunks).
+    pub fn progress(mut self, cb: Option<ProgressFn>) -> Self {
+        self.progress = cb;
+        self
+    }
+}
+
+/// Runs `r` over the array (or the options' region) in one pass.
+///
+/// # Errors
+/// [`Error::BadRegion`] for a region outside the array, [`Error::CorruptChunk`] naming a chunk
+/// that does not decode, and the reduction's own errors.
+pub fn reduce<R: Reduction>(store: &Store, r: &R, opts: &ReduceOptions) -> Result<R::Acc> {
+    with_threads(opts.threads, || reduce_in_pool(store, r, opts))
+}
+
+fn reduce_in_pool<R: Reduction>(store: &Store, r: &R, opts: &ReduceOptions) -> Result<R::Acc> {
+    let full = Region::full(store.shape());
+    let region = opts.region.clone().unwrap_or_else(|| full.clone());
+    if region.ndim() != full.ndim() || !full.contains(&region) {
+        return Err(Error::BadRegion {
+            spec: region.to_string(),
+            reason: format!(
+                "outside the array of shape {}",
+                crate::region::fmt_shape(store.shape())
+            ),
+        });
+    }
+    let grid = store.grid()?;
+    let chunks = indices_in(&grid.chunks_touching(&region));
+    let tracker = Tracker::new(
+        "reduce",
+        Unit::Chunks,
+        chunks.len() as u64,
+        opts.progress.clone(),
+    );
+    let itemsize = store.dtype().size();
+    let cshape: Vec<usize> = grid.chunk_shape().iter().map(|&c| c as usize).collect();
+    let chunk_bytes = cshape.iter().product::<usize>() * itemsize;
+    let fill: Vec<u8> = store
+        .fill_bytes()
+        .iter()
+        .copied()
+        .cycle()
+        .take(chunk_bytes)
+        .collect();
+    // Chunks are handed out in C order; each partial result is combined as soon as every
+    // earlier one has been: in C order, whatever the scheduling, with no barrier.
+    struct Ordered<A> {
+        next: usize,
+        pending: BTreeMap<usize, A>,
+        total: Option<A>,
+    }
+    let state = Mutex::new(Ordered {
+        next: 0,
+        pending: BTreeMap::new(),
+        total: Some(r.identity()),
+    });
+    chunks
+        .iter()
+        .enumerate()
+        .par_bridge()
+        .try_for_each(|(k, idx)| -> Result<()> {
+            let creg = grid.chunk_region(idx);
+            let part = creg.intersect(&region).expect("same rank");
+            let mut acc = r.identity();
+            if !part.is_empty() {
+                let decoded = store.read_chunk(idx)?;
+                let bytes: &[u8] = decoded.as_deref().unwrap_or(&fill);
+                // Typed views need alignment: copy into an aligned buffer if the decoder's
+                // is not.
+                let mut aligned = None;
+                let bytes = if (bytes.as_ptr() as usize).is_multiple_of(8) {
+                    bytes
+                } else {
+                    let mut s = Scratch::new(bytes.len());
+                    s.slice_mut::<u8>(bytes.len()).copy_from_slice(bytes);
+                    aligned.insert(s).slice::<u8>(bytes.len())
+                };
+                let block = Block {
+                    dtype: store.dtype(),
+                    bytes,
+                    shape: cshape.clone(),
+                    valid: part
+                        .ranges()
+                        .iter()
+                        .zip(creg.ranges())
+                        .map(|(p, c)| (p.start - c.start) as usize..(p.end - c.start) as usize)
+                        .collect(),
+                    origin: creg.start().iter().map(|&s| s as i64).collect(),
+                    array_shape: store.shape().to_vec(),
+                };
+                r.fold(&mut acc, &block)?;
+            }
+            tracker.add(1);
+            let mut st = state.lock().expect("no panics holding the results");
+            st.pending.insert(k, acc);
+            loop {
+                let next = st.next;
+                let Some(a) = st.pending.remove(&next) else {
+                    break;
+                };
+                let total = st
+                    .total
+                    .as_mut()
+                    .expect("the total is taken only at the end");
+                r.combine(total, a);
+                st.next += 1;
+            }
+            Ok(())
+        })?;
+    let total = state
+        .into_inner()
+        .expect("no panics holding the results")
+        .total
+        .expect("the total is there");
+    Ok(total)
+}
+
+// ---------------------------------------------------------------- statistics
+
+/// count, min, max, sum, mean and std (population) in one pass (spec/REDUCE.md §2).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stats;
+
+/// The running statistics of a set of values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatsAcc {
+    /// Values counted (NaNs excluded).
+    pub count: u64,
+    /// NaNs seen (floats only).
+    pub nan: u64,
+    /// Integers: exact minimum and maximum.
+    min_i: i128,
+    max_i: i128,
+    /// Floats: minimum and maximum (NaN excluded).
+    min_f: f64,
+    max_f: f64,
+    /// Integers: the exact sum, and the exact sum of squares while it fits.
+    sum_i: i128,
+    sumsq_i: Option<u128>,
+    /// Floats: the sum, compensated (Neumaier).
+    sum_f: f64,
+    comp_f: f64,
+    /// Mean and sum of squared deviations (Chan et al.'s parallel update), for floats and for
+    /// integer sums of squares too large to keep exactly.
+    mean: f64,
+    m2: f64,
+    is_float: bool,
+}
+
+impl StatsAcc {
+    fn new() -> Self {
+        StatsAcc {
+            count: 0,
+            nan: 0,
+            min_i: i128::MAX,
+            max_i: i128::MIN,
+            min_f: f64::INFINITY,
+            max_f: f64::NEG_INFINITY,
+            sum_i: 0,
+            sumsq_i: Some(0),
+            sum_f: 0.0,
+            comp_f: 0.0,
+            mean: 0.0,
+            m2: 0.0,
+            is_float: false,
+        }
+    }
+
+    /// Folds the values of one view.
+    fn fold<T: Scalar>(&mut self, v: &ArrayViewD<'_, T>) {
+        let mut part = StatsAcc::new();
+        part.is_float = T::DTYPE.is_float();
+        if part.is_float {
+            // Two passes over the chunk (it is in cache): compensated sum, then deviations.
+            for &x in v.iter() {
+                let f = x.to_f64();
+                if f.is_nan() {
+                    part.nan += 1;
+                    continue;
+                }
+                part.count += 1;
+                part.min_f = part.min_f.min(f);
+                part.max_f = part.max_f.max(f);
+                neumaier(&mut part.sum_f, &mut part.comp_f, f);
+            }
+            if part.count > 0 {
+                let mean = (part.sum_f + part.comp_f) / part.count as f64;
+                let mut m2 = 0.0;
+                for &x in v.iter() {
+                    let f = x.to_f64();
+                    if !f.is_nan() {
+                        m2 += (f - mean) * (f - mean);
+                    }
+                }
+                part.mean = mean;
+                part.m2 = m2;
+            }
+        } else {
+            fold_ints(&mut part, v);
+        }
+        self.combine(part);
+    }
+
+    /// Adds the values of `b`.
+    fn combine(&mut self, b: StatsAcc) {
+        self.is_float |= b.is_float;
+        if b.count == 0 {
+            self.nan += b.nan;
+            return;
+        }
+        let (na, nb) = (self.count as f64, b.count as f64);
+        if self.count == 0 {
+            self.mean = b.mean;
+            self.m2 = b.m2;
+        } else {
+            let delta = b.mean - self.mean;
+            let n = na + nb;
+            self.mean += delta * nb / n;
+            self.m2 += b.m2 + delta * delta * na * nb / n;
+        }
+        self.count += b.count;
+        self.nan += b.nan;
+        self.min_i = self.min_i.min(b.min_i);
+        self.max_i = self.max_i.max(b.max_i);
+        self.min_f = self.min_f.min(b.min_f);
+        self.max_f = self.max_f.max(b.max_f);
+        self.sum_i += b.sum_i;
+        self.sumsq_i = match (self.sumsq_i, b.sumsq_i) {
+            (Some(a), Some(c)) => a.checked_add(c),
+            _ => None,
+        };
+        neumaier(&mut self.sum_f, &mut self.comp_f, b.sum_f);
+        neumaier(&mut self.sum_f, &mut self.comp_f, b.comp_f);
+    }
+
+    /// The minimum (`None` when nothing was counted).
+    pub fn min(&self) -> Option<f64> {
+        (self.count > 0).then_some({
+            if self.is_float {
+                self.min_f
+            } else {
+                self.min_i as f64
+            }
+        })
+    }
+
+    /// The maximum.
+    pub fn max(&self) -> Option<f64> {
+        (self.count > 0).then_some({
+            if self.is_float {
+                self.max_f
+            } else {
+                self.max_i as f64
+            }
+        })
+    }
+
+    /// The exact integer minimum and maximum (integer arrays).
+    pub fn int_range(&self) -> Option<(i128, i128)> {
+        (!self.is_float && self.count > 0).then_some((self.min_i, self.max_i))
+    }
+
+    /// The exact sum of an integer array.
+    pub fn int_sum(&self) -> Option<i128> {
+        (!self.is_float).then_some(self.sum_i)
+    }
+
+    /// The exact sum of squares of an integer array, when it fits 128 bits.
+    pub fn int_sumsq(&self) -> Option<u128> {
+        if self.is_float { None } else { self.sumsq_i }
+    }
+
+    /// The sum (exact for integers, compensated for floats).
+    pub fn sum(&self) -> f64 {
+        if self.is_float {
+            if self.sum_f.is_finite() {
+                self.sum_f + self.comp_f
+            } else {
+                self.sum_f
+            }
+        } else {
+            self.sum_i as f64
+        }
+    }
+
+    /// The mean (`None` when nothing was counted).
+    pub fn mean(&self) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        if self.is_float {
+            // Infinities make the compensated sum the right answer (inf or NaN), as numpy.
+            let s = self.sum();
+            if !s.is_finite() {
+                return Some(s / self.count as f64);
+            }
+            return Some(self.mean);
+        }
+        Some(ratio(self.sum_i, self.count))
+    }
+
+    /// The population standard deviation (ddof = 0).
+    pub fn std(&self) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        if !self.is_float {
+            // Exactly, from the integer sums, while n·Σx² fits 128 bits.
+            let n = i128::from(self.count as i64);
+            if let Some(sq) = self.sumsq_i.and_then(|s| i128::try_from(s).ok())
+                && let (Some(a), Some(b)) = (n.checked_mul(sq), self.sum_i.checked_mul(self.sum_i))
+            {
+                let num = a - b; // n²·var, exact
+                return Some((num as f64).sqrt() / self.count as f64);
+            }
+            return Some((self.m2 / self.count as f64).sqrt());
+        }
+        if !self.sum().is_finite() {
+            return Some(f64::NAN);
+        }
+        Some((self.m2 / self.count as f64).max(0.0).sqrt())
+    }
+
+    /// The statistics as JSON (integers exact; NaN and infinities as strings).
+    pub fn to_json(&self) -> Value {
+        let num = |v: Option<f64>| match v {
+            None => Value::Null,
+            Some(f) if f.is_finite() => json!(f),
+            Some(f) => json!(f.to_string()),
+        };
+        let mut o = json!({
+            "count": self.count,
+            "nan_count": self.nan,
+            "min": num(self.min()),
+            "max": num(self.max()),
+            "sum": num(Some(self.sum())),
+            "mean": num(self.mean()),
+            "std": num(self.std()),
+        });
+        if let Some((lo, hi)) = self.int_range() {
+            o["min"] = json!(lo as i64);
+            o["max"] = if hi > i128::from(i64::MAX) {
+                json!(hi as u64)
+            } else {
+                json!(hi as i64)
+            };
+        }
+        if !self.is_float {
+            o["sum"] = if let Ok(s) = i64::try_from(self.sum_i) {
+                json!(s)
+            } else if let Ok(s) = u64::try_from(self.sum_i) {
+                json!(s)
+            } else {
+                json!(self.sum_i.to_string())
+            };
+        }
+        o
+    }
+}
+
+/// `a / b` for an exact integer numerator, rounded once.
+fn ratio(a: i128, b: u64) -> f64 {
+    let q = a / i128::from(b);
+    let r = a % i128::from(b);
+    q as f64 + r as f64 / b as f64
+}
+
+fn neumaier(sum: &mut f64, comp: &mut f64, x: f64) {
+    let t = *sum + x;
+    if !t.is_finite() {
+        // Infinities (and NaN from inf - inf) are the sum, as in numpy; no compensation.
+        *sum = t;
+        return;
+    }
+    if sum.abs() >= x.abs() {
+        *comp += (*sum - t) + x;
+    } else {
+        *comp += (x - t) + *sum;
+    }
+    *sum = t;
+}
+
+/// Integer statistics of one view: exact min, max, sum and sum of squares (64-bit
+/// accumulators per row where they cannot overflow, 128-bit across rows).
+fn fold_ints<T: Scalar>(part: &mut StatsAcc, v: &ArrayViewD<'_, T>) {
+    let small = T::DTYPE.size() <= 2; // |x| < 2^16: a row of < 2^31 values fits 64 bits
+    let ndim = v.ndim();
+    let lanes = if ndim == 0 {
+        return;
+    } else {
+        v.lanes(Axis(ndim - 1))
+    };
+    let mut sumsq: u128 = 0;
+    let mut overflow = false;
+    if small && let Some(all) = v.as_slice().filter(|a| a.len() < 1 << 31) {
+        // A whole chunk inside the region: one long row.
+        let (s, q, lo, hi) = small_row_stats(all);
+        part.sum_i += i128::from(s);
+        part.sumsq_i = Some(u128::from(q));
+        part.min_i = i128::from(lo);
+        part.max_i = i128::from(hi);
+        part.count = all.len() as u64;
+        return;
+    }
+    for lane in lanes {
+        if let Some(row) = lane.as_slice()
+            && small
+            && row.len() < 1 << 31
+        {
+            let (s, q, lo, hi) = small_row_stats(row);
+            part.sum_i += i128::from(s);
+            sumsq += u128::from(q);
+            part.min_i = part.min_i.min(i128::from(lo));
+            part.max_i = part.max_i.max(i128::from(hi));
+            part.count += row.len() as u64;
+            continue;
+        }
+        for &x in lane.iter() {
+            let i = int_value(x);
+            part.sum_i += i;
+            let sq = (i.unsigned_abs()).checked_mul(i.unsigned_abs());
+            match sq.and_then(|s| sumsq.checked_add(s)) {
+                Some(t) => sumsq = t,
+                None => overflow = true,
+            }
+            part.min_i = part.min_i.min(i);
+            part.max_i = part.max_i.max(i);
+            part.count += 1;
+        }
+    }
+    part.sumsq_i = (!overflow).then_some(sumsq);
+    if part.count > 0 && T::DTYPE.size() == 8 {
+        // 64-bit values can overflow even 128-bit sums of squares: keep Chan's moments too,
+        // from a second pass over the chunk (it is in cache).
+        let mean = ratio(part.sum_i, part.count);
+        let mut m2 = 0.0;
+        for &x in v.iter() {
+            let d = int_value(x) as f64 - mean;
+            m2 += d * d;
+        }
+        part.mean = mean;
+        part.m2 = m2;
+    }
+}
+
+/// Sum, sum of squares, min and max of a row of integers below 2^16 in magnitude, with AVX2
+/// where the CPU has it (the loop vectorises to 32-bit squares and extremes).
+fn small_row_stats<T: Scalar>(row: &[T]) -> (i64, u64, i32, i32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked above).
+        return unsafe { small_row_stats_avx2(row) };
+    }
+    small_row_stats_body(row)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn small_row_stats_avx2<T: Scalar>(row: &[T]) -> (i64, u64, i32, i32) {
+    small_row_stats_body(row)
+}
+
+#[inline(always)]
+fn small_row_stats_body<T: Scalar>(row: &[T]) -> (i64, u64, i32, i32) {
+    let (mut s, mut q, mut lo, mut hi) = (0i64, 0u64, i32::MAX, i32::MIN);
+    // Blocks of 2^15 values: their sum fits 32 bits (|x| < 2^16), so the inner loop keeps
+    // 32-bit lanes for everything but the squares.
+    for block in row.chunks(1 << 15) {
+        let mut s32 = 0i32;
+        for &x in block {
+            let i = x.to_i64() as i32;
+            let a = i.unsigned_abs();
+            s32 = s32.wrapping_add(i);
+            q += u64::from(a * a);
+            lo = lo.min(i);
+            hi = hi.max(i);
+        }
+        s += i64::from(s32);
+    }
+    (s, q, lo, hi)
+}
+
+/// The exact value of an integer element.
+fn int_value<T: Scalar>(x: T) -> i128 {
+    let b = bytemuck::bytes_of(&x);
+    match T::DTYPE {
+        DType::U8 | DType::Bool => i128::from(b[0]),
+        DType::I8 => i128::from(b[0] as i8),
+        DType::U16 => i128::from(u16::from_le_bytes([b[0], b[1]])),
+        DType::I16 => i128::from(i16::from_le_bytes([b[0], b[1]])),
+        DType::U32 => i128::from(u32::from_le_bytes(b.try_into().expect("4 bytes"))),
+        DType::I32 => i128::from(i32::from_le_bytes(b.try_into().expect("4 bytes"))),
+        DType::U64 => i128::from(u64::from_le_bytes(b.try_into().expect("8 bytes"))),
+        DType::I64 => i128::from(i64::from_le_bytes(b.try_into().expect("8 bytes"))),
+        DType::F32 | DType::F64 => x.to_f64() as i128,
+    }
+}
+
+impl Reduction for Stats {
+    type Acc = StatsAcc;
+
+    fn identity(&self) -> StatsAcc {
+        StatsAcc::new()
+    }
+
+    fn fold(&self, acc: &mut StatsAcc, part: &Block<'_>) -> Result<()> {
+        with_scalar!(part.dtype(), T => {
+            acc.fold(&part.valid_view::<T>()?);
+        });
+        Ok(())
+    }
+
+    fn combine(&self, a: &mut StatsAcc, b: StatsAcc) {
+        a.combine(b);
+    }
+}
+
+/// Statistics per index along one axis (`stats --axis A`).
+#[derive(Debug, Clone, Copy)]
+pub struct AxisStats {
+    /// The axis.
+    pub axis: usize,
+    /// Its length (in the region).
+    pub len: usize,
+    /// The region's start on the axis.
+    pub start: u64,
+}
+
+impl Reduction for AxisStats {
+    type Acc = Vec<StatsAcc>;
+
+    fn identity(&self) -> Vec<StatsAcc> {
+        vec![StatsAcc::new(); self.len]
+    }
+
+    fn fold(&self, acc: &mut Vec<StatsAcc>, part: &Block<'_>) -> Result<()> {
+        let first = part.origin()[self.axis] as u64 + part.valid()[self.axis].start as u64;
+        with_scalar!(part.dtype(), T => {
+            let v = part.valid_view::<T>()?;
+            for (k, plane) in v.axis_iter(Axis(self.axis)).enumerate() {
+                let at = (first + k as u64 - self.start) as usize;
+                acc[at].fold(&plane);
+            }
+        });
+        Ok(())
+    }
+
+    fn combine(&self, a: &mut Vec<StatsAcc>, b: Vec<StatsAcc>) {
+        for (x, y) in a.iter_mut().zip(b) {
+            x.combine(y);
+        }
+    }
+}
+
+/// Statistics of each chunk's part of the region (ClearMap's block sums).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PerChunk;
+
+/// One chunk's statistics.
+#[derive(Debug, Clone)]
+pub struct ChunkStats {
+    /// The chunk's part of the region, in array coordinates.
+    pub region: Region,
+    /// Its statistics.
+    pub stats: StatsAcc,
+}
+
+impl Reduction for PerChunk {
+    type Acc = Vec<ChunkStats>;
+
+    fn identity(&self) -> Vec<ChunkStats> {
+        Vec::new()
+    }
+
+    fn fold(&self, acc: &mut Vec<ChunkStats>, part: &Block<'_>) -> Result<()> {
+        let mut s = StatsAcc::new();
+        Stats.fold(&mut s, part)?;
+        let region = Region::new(
+            part.valid()
+                .iter()
+                .zip(part.origin())
+                .map(|(v, &o)| (o as u64 + v.start as u64)..(o as u64 + v.end as u64))
+                .collect(),
+        );
+        acc.push(ChunkStats { region, stats: s });
+        Ok(())
+    }
+
+    fn combine(&self, a: &mut Vec<ChunkStats>, b: Vec<ChunkStats>) {
+        a.extend(b);
+    }
+}
+
+// ---------------------------------------------------------------- histogram
+
+/// Exact counts in bins (spec/REDUCE.md §3): `bins` equal bins over `[lo, hi]` as
+/// numpy.histogram (the last bin includes `hi`; values outside and NaN are not counted).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Histogram {
+    lo: f64,
+    hi: f64,
+    edges: Vec<f64>,
+    /// One bin per integer in [lo, hi] (the integer default): a value's bin is `v - lo`.
+    unit: bool,
+}
+
+impl Histogram {
+    /// `bins` bins over `[lo, hi]`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOption`] for `lo >= hi` (or not finite) or no bins.
+    pub fn new(bins: usize, lo: f64, hi: f64) -> Result<Histogram> {
+        if !(lo.is_finite() && hi.is_finite()) || lo >= hi {
+            return Err(Error::option(
+                "--range",
+                format!("need LO < HI (finite), got {lo},{hi}"),
+            ));
+        }
+        if bins == 0 {
+            return Err(Error::option("--bins", "at least one bin"));
+        }
+        // numpy.linspace(lo, hi, bins + 1)
+        let step = (hi - lo) / bins as f64;
+        let mut edges: Vec<f64> = (0..=bins).map(|i| lo + i as f64 * step).collect();
+        edges[bins] = hi;
+        Ok(Histogram {
+            lo,
+            hi,
+            edges,
+            unit: false,
+        })
+    }
+
+    /// One bin per integer value in `[lo, hi]` (bin edges `lo, lo+1, ..., hi+1`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidOption`] when that is more than 2^24 bins (give `--bins`).
+    pub fn per_value(lo: i128, hi: i128) -> Result<Histogram> {
+        let n = hi - lo + 1;
+        if n > 1 << 24 {
+            return Err(Error::option(
+                "--bins",
+                format!(
+                    "values span {lo}..={hi}: {n} bins of one value each is too many; give --bins"
+                ),
+            ));
+        }
+        let mut h = Histogram::new(n as usize, lo as f64, (hi + 1) as f64)?;
+        h.unit = true;
+        Ok(h)
+    }
+
+    /// The bin edges (`bins + 1` values).
+    pub fn edges(&self) -> &[f64] {
+        &self.edges
+    }
+
+    /// The bin of `x`, as numpy.histogram computes it, or `None` outside the range.
+    fn bin(&self, x: f64) -> Option<usize> {
+        let n = self.edges.len() - 1;
+        if self.unit {
+            let i = x - self.lo;
+            return (i >= 0.0 && i < n as f64).then_some(i as usize);
+        }
+        if !(x >= self.lo && x <= self.hi) {
+            return None;
+        }
+        let norm = n as f64 / (self.hi - self.lo);
+        let mut i = ((x - self.lo) * norm) as usize;
+        if i == n {
+            i -= 1;
+        }
+        // numpy's corrections for rounding near the edges.
+        if x < self.edges[i] {
+            i -= 1;
+        } else if x >= self.edges[i + 1] && i != n - 1 {
+            i += 1;
+        }
+        Some(i)
+    }
+}
+
+impl Reduction for Histogram {
+    type Acc = Vec<u64>;
+
+    fn identity(&self) -> Vec<u64> {
+        vec![0; self.edges.len() - 1]
+    }
+
+    fn fold(&self, acc: &mut Vec<u64>, part: &Block<'_>) -> Result<()> {
+        with_scalar!(part.dtype(), T => {
+            for &x in part.valid_view::<T>()?.iter() {
+                if let Some(b) = self.bin(x.to_f64()) {
+                    acc[b] += 1;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn combine(&self, a: &mut Vec<u64>, b: Vec<u64>) {
+        for (x, y) in a.iter_mut().zip(b) {
+            *x += y;
+        }
+    }
+}
+
+/// The default histogram of an array: one bin per value in [min, max] for integers, 10 bins
+/// over [min, max] for floats (numpy's default), from a first statistics pass.
+///
+/// # Errors
+/// As [`reduce`]; [`Error::InvalidOption`] when there are no values to span.
+pub fn default_histogram(store: &Store, opts: &ReduceOptions) -> Result<Histogram> {
+    let s = reduce(store, &Stats, opts)?;
+    match (s.int_range(), s.min(), s.max()) {
+        (Some((lo, hi)), _, _) => Histogram::per_value(lo, hi),
+        (None, Some(lo), Some(hi)) if lo < hi && lo.is_finite() && hi.is_finite() => {
+            Histogram::new(10, lo, hi)
+        }
+        (None, Some(lo), Some(hi)) if lo == hi && lo.is_finite() => {
+            Histogram::new(10, lo - 0.5, hi + 0.5)
+        }
+        _ => Err(Error::option(
+            "--range",
+            "no finite values to take a range from; give --range",
+        )),
+    }
+}
+
+/// The region of a store a reduction covers, from an optional `--region` spec.
+///
+/// # Errors
+/// [`Error::BadRegion`].
+pub fn region_of(store: &Store, spec: Option<&str>) -> Result<Option<Region>> {
+    spec.map(|s| Region::parse(s, store.shape()).map(|p| p.region))
+        .transpose()
+}
+
+/// Writes `rows` (a table of float64 values) as a 2-D `.npy` file.
+///
+/// # Errors
+/// [`Error::Io`].
+pub fn write_table(path: &Path, rows: &[Vec<f64>]) -> Result<()> {
+    let ncol = rows.first().map_or(0, Vec::len);
+    let mut bytes = Vec::with_capacity(rows.len() * ncol * 8);
+    for r in rows {
+        for v in r {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    crate::npy::write_npy(path, DType::F64, &[rows.len() as u64, ncol as u64], &bytes)
+}
