@@ -237,6 +237,105 @@ fn fill_value(store: &Store) -> f64 {
     with_scalar!(store.dtype(), T => bytemuck::pod_read_unaligned::<T>(&b[..std::mem::size_of::<T>()]).to_f64())
 }
 
+/// A selection compiled for one element type: integer thresholds become exact comparisons
+/// in the type (`v > t` is `v > floor(t)` for integers), so the row loop stays in the type.
+#[derive(Clone, Copy)]
+struct Pred<T> {
+    lo: Option<T>,
+    hi: Option<T>,
+    /// Always false / always true (a threshold beyond the type's range).
+    never: bool,
+    nonzero: bool,
+}
+
+impl<T: Scalar> Pred<T> {
+    fn new(select: Select) -> Pred<T> {
+        let is_int = !T::DTYPE.is_float();
+        let (tmin, tmax) = (
+            T::from_f64(f64::MIN).to_f64(),
+            T::from_f64(f64::MAX).to_f64(),
+        );
+        let mut p = Pred {
+            lo: None,
+            hi: None,
+            never: false,
+            nonzero: false,
+        };
+        let above = |t: f64, p: &mut Pred<T>| {
+            let t = if is_int { t.floor() } else { t };
+            if t.is_nan() || t >= tmax {
+                p.never = true;
+            } else if t >= tmin {
+                p.lo = Some(T::from_f64(t));
+            }
+        };
+        let below = |t: f64, p: &mut Pred<T>| {
+            let t = if is_int { t.ceil() } else { t };
+            if t.is_nan() || t <= tmin {
+                p.never = true;
+            } else if t <= tmax {
+                p.hi = Some(T::from_f64(t));
+            }
+        };
+        match select {
+            Select::NonZero => p.nonzero = true,
+            Select::Above(t) => above(t, &mut p),
+            Select::Below(t) => below(t, &mut p),
+            Select::Between(a, b) => {
+                above(a, &mut p);
+                below(b, &mut p);
+            }
+        }
+        p
+    }
+}
+
+/// Bit k of the result is `f(block[k])` (a block of at most 64 values): the comparisons go to
+/// a byte array (which vectorises), and each 8 bytes of 0/1 pack into 8 bits with one multiply.
+#[inline(always)]
+fn mask<T: Copy>(block: &[T], f: impl Fn(T) -> bool) -> u64 {
+    let mut bytes = [0u8; 64];
+    for (b, &v) in bytes.iter_mut().zip(block) {
+        *b = u8::from(f(v));
+    }
+    let mut w = 0u64;
+    for (j, eight) in bytes.chunks_exact(8).enumerate() {
+        let x = u64::from_le_bytes(eight.try_into().expect("8 bytes"));
+        w |= (x.wrapping_mul(0x0102_0408_1020_4080) >> 56) << (8 * j);
+    }
+    w
+}
+
+/// The masks of a row, 64 values per word, with AVX2 where the CPU has it.
+fn row_masks<T: Scalar>(row: &[T], pred: &Pred<T>, out: &mut [u64]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked above).
+        unsafe { row_masks_avx2(row, pred, out) };
+        return;
+    }
+    row_masks_body(row, pred, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn row_masks_avx2<T: Scalar>(row: &[T], pred: &Pred<T>, out: &mut [u64]) {
+    row_masks_body(row, pred, out);
+}
+
+#[inline(always)]
+fn row_masks_body<T: Scalar>(row: &[T], pred: &Pred<T>, out: &mut [u64]) {
+    for (w, block) in out.iter_mut().zip(row.chunks(64)) {
+        *w = match (pred.nonzero, pred.lo, pred.hi) {
+            (true, _, _) => mask(block, |v| v != T::default()),
+            (false, Some(lo), None) => mask(block, |v| v > lo),
+            (false, None, Some(hi)) => mask(block, |v| v < hi),
+            (false, Some(lo), Some(hi)) => mask(block, |v| v > lo && v < hi),
+            (false, None, None) => mask(block, |_| true),
+        };
+    }
+}
+
 /// Sets the bits of the selected voxels of one decoded chunk (full chunk shape, C order).
 fn set_bits<T: Scalar>(
     bits: &Bits,
@@ -245,34 +344,47 @@ fn set_bits<T: Scalar>(
     creg: &crate::region::Region,
     select: Select,
 ) {
+    let pred = Pred::<T>::new(select);
+    if pred.never {
+        return;
+    }
     let itemsize = std::mem::size_of::<T>();
+    // The decoder's buffer is aligned in practice; copy when it is not.
+    let owned: Vec<T>;
+    let values: &[T] = match bytemuck::try_cast_slice::<u8, T>(data) {
+        Ok(v) => v,
+        Err(_) => {
+            owned = data
+                .chunks_exact(itemsize)
+                .map(bytemuck::pod_read_unaligned)
+                .collect();
+            &owned
+        }
+    };
     let r = creg.ranges();
     let ndim = r.len();
     let last = ndim - 1;
     let (x0, x1) = (r[last].start, r[last].end);
+    let nx = (x1 - x0) as usize;
     let first_word = (x0 / 64) as usize;
     let shift = (x0 % 64) as usize;
-    let mut local = vec![0u64; ((x1 - x0) as usize + shift).div_ceil(64)];
+    let mut local = vec![0u64; nx.div_ceil(64)];
     // C-order strides of the chunk buffer, in elements.
     let mut cstride = vec![1usize; ndim];
     for a in (0..last).rev() {
         cstride[a] = cstride[a + 1] * cshape[a + 1];
     }
-    for idx in indices_in(&r[..last]) {
+    // An odometer over the rows (every index of the axes before the last).
+    let mut idx: Vec<u64> = r[..last].iter().map(|q| q.start).collect();
+    loop {
         let off: usize = idx
             .iter()
             .enumerate()
             .map(|(a, &i)| (i - r[a].start) as usize * cstride[a])
             .sum();
-        let row = &data[off * itemsize..(off + (x1 - x0) as usize) * itemsize];
-        local.fill(0);
-        for (k, b) in row.chunks_exact(itemsize).enumerate() {
-            let v: T = bytemuck::pod_read_unaligned(b);
-            if select.test(v.to_f64()) {
-                let p = k + shift;
-                local[p / 64] |= 1 << (p % 64);
-            }
-        }
+        let row = &values[off..off + nx];
+        // The row's mask, 64 values per word from the row's start.
+        row_masks(row, &pred, &mut local);
         let (z, row_index) = if ndim == 1 {
             (0, 0)
         } else {
@@ -284,10 +396,30 @@ fn set_bits<T: Scalar>(
             (idx[0], ri)
         };
         let words = bits.row(z, row_index);
+        // Shift the row's words to the row's bit offset in the array.
+        let mut carry = 0u64;
         for (i, &w) in local.iter().enumerate() {
-            if w != 0 {
-                words[first_word + i].fetch_or(w, Ordering::Relaxed);
+            let out = if shift == 0 { w } else { (w << shift) | carry };
+            carry = if shift == 0 { 0 } else { w >> (64 - shift) };
+            if out != 0 {
+                words[first_word + i].fetch_or(out, Ordering::Relaxed);
             }
+        }
+        if carry != 0 {
+            words[first_word + local.len()].fetch_or(carry, Ordering::Relaxed);
+        }
+        // Next row.
+        let mut a = last;
+        loop {
+            if a == 0 {
+                return;
+            }
+            a -= 1;
+            idx[a] += 1;
+            if idx[a] < r[a].end {
+                break;
+            }
+            idx[a] = r[a].start;
         }
     }
 }
@@ -343,12 +475,26 @@ impl NpyRows {
         h
     }
 
+    /// Writes whole rows starting at row `first` (positioned; several threads at once).
+    fn write_rows_at(&self, first: u64, values: &[i64]) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let at = self.header_len as u64 + first * self.cols * 8;
+        self.file
+            .get_ref()
+            .write_all_at(bytemuck::cast_slice(values), at)
+            .at(&self.tmp)
+    }
+
+    /// Writes out what `push` buffered (before positioned writes).
+    fn flush(&mut self) -> Result<()> {
+        self.file.flush().at(&self.tmp)
+    }
+
     fn push(&mut self, values: &[i64]) -> Result<()> {
-        let mut bytes = Vec::with_capacity(values.len() * 8);
-        for v in values {
-            bytes.extend_from_slice(&v.to_le_bytes());
-        }
-        self.file.write_all(&bytes).at(&self.tmp)?;
+        // Little-endian machines only (spec/FORMAT.md §9): the values are their .npy bytes.
+        self.file
+            .write_all(bytemuck::cast_slice(values))
+            .at(&self.tmp)?;
         self.rows += values.len() as u64 / self.cols;
         Ok(())
     }
@@ -408,17 +554,28 @@ pub fn where_coords(store: &Store, out: Option<&Path>, opts: &IndexOptions) -> R
                     .sum::<u64>();
                 continue;
             };
+            // Every plane's place in the file is known from its count: all planes of the
+            // layer are written at once, in parallel, each at its offset.
             let planes: Vec<u64> = (bits.z0..bits.z0 + bits.nz).collect();
-            for group in planes.chunks(batch()) {
-                let coords: Vec<Vec<i64>> = group
-                    .par_iter()
-                    .map(|&z| plane_coords(&bits, z, store.shape()))
-                    .collect();
-                for c in coords {
-                    count += c.len() as u64 / ndim as u64;
-                    w.push(&c)?;
-                }
-            }
+            let counts: Vec<u64> = planes.par_iter().map(|&z| bits.plane_count(z)).collect();
+            let firsts: Vec<u64> = counts
+                .iter()
+                .scan(w.rows, |acc, &c| {
+                    let first = *acc;
+                    *acc += c;
+                    Some(first)
+                })
+                .collect();
+            w.flush()?;
+            planes
+                .par_iter()
+                .zip(&firsts)
+                .try_for_each(|(&z, &first)| {
+                    w.write_rows_at(first, &plane_coords(&bits, z, store.shape()))
+                })?;
+            let n: u64 = counts.iter().sum();
+            w.rows += n;
+            count += n;
         }
         let bytes = match writer {
             Some(w) => w.finish()?,
@@ -648,4 +805,21 @@ fn plane_edges(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_pack_bits_in_order() {
+        let v: Vec<u16> = (0..70).collect();
+        let odd = mask(&v[..64], |x| x % 2 == 1);
+        assert_eq!(odd, 0xAAAA_AAAA_AAAA_AAAA);
+        assert_eq!(mask(&v[64..], |x| x >= 66), 0b11_1100);
+        let p = Pred::<u16>::new(Select::Above(61.5));
+        let mut out = [0u64; 2];
+        row_masks(&v, &p, &mut out);
+        assert_eq!(out, [0b11 << 62, 0b11_1111]);
+    }
 }
