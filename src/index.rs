@@ -125,6 +125,8 @@ struct Bits {
     rows: u64,
     row_strides: Vec<u64>,
     words: usize,
+    /// Values per row (the last axis).
+    nx: u64,
     data: Vec<AtomicU64>,
 }
 
@@ -148,6 +150,7 @@ impl Bits {
             rows,
             row_strides,
             words,
+            nx,
             data: (0..n).map(|_| AtomicU64::new(0)).collect(),
         }
     }
@@ -291,13 +294,25 @@ impl<T: Scalar> Pred<T> {
 }
 
 /// Bit k of the result is `f(block[k])` (a block of at most 64 values): the comparisons go to
-/// a byte array (which vectorises), and each 8 bytes of 0/1 pack into 8 bits with one multiply.
+/// a byte array (which vectorises), and `pack` turns the 64 bytes of 0/1 into 64 bits.
 #[inline(always)]
-fn mask<T: Copy>(block: &[T], f: impl Fn(T) -> bool) -> u64 {
+fn mask_with<T: Copy>(block: &[T], f: impl Fn(T) -> bool, pack: impl Fn(&[u8; 64]) -> u64) -> u64 {
     let mut bytes = [0u8; 64];
     for (b, &v) in bytes.iter_mut().zip(block) {
         *b = u8::from(f(v));
     }
+    pack(&bytes)
+}
+
+/// [`mask_with`] with the portable packing.
+#[cfg(test)]
+fn mask<T: Copy>(block: &[T], f: impl Fn(T) -> bool) -> u64 {
+    mask_with(block, f, pack_bytes)
+}
+
+/// 64 bytes of 0/1 to 64 bits: each 8 bytes pack into 8 bits with one multiply.
+#[inline(always)]
+fn pack_bytes(bytes: &[u8; 64]) -> u64 {
     let mut w = 0u64;
     for (j, eight) in bytes.chunks_exact(8).enumerate() {
         let x = u64::from_le_bytes(eight.try_into().expect("8 bytes"));
@@ -306,37 +321,50 @@ fn mask<T: Copy>(block: &[T], f: impl Fn(T) -> bool) -> u64 {
     w
 }
 
-/// The masks of a row, 64 values per word, with AVX2 where the CPU has it.
-fn row_masks<T: Scalar>(row: &[T], pred: &Pred<T>, out: &mut [u64]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (checked above).
-        unsafe { row_masks_avx2(row, pred, out) };
-        return;
-    }
-    row_masks_body(row, pred, out);
-}
-
+/// [`pack_bytes`] with byte-sign masks (`pmovmskb`), 16 bytes at a time: the compiler
+/// writes the byte array with 16-byte stores, and loads of the same width forward from them
+/// (a 32-byte load stalls).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn row_masks_avx2<T: Scalar>(row: &[T], pred: &Pred<T>, out: &mut [u64]) {
-    row_masks_body(row, pred, out);
+fn pack_bytes_avx2(bytes: &[u8; 64]) -> u64 {
+    use std::arch::x86_64::*;
+    let mut w = 0u64;
+    for q in 0..4 {
+        // SAFETY: a 16-byte load inside the 64-byte array; loadu takes any alignment.
+        let v = unsafe { _mm_loadu_si128(bytes.as_ptr().add(16 * q).cast()) };
+        // 0/1 bytes to 0/0x80: the sign bit is the value.
+        let m = _mm_movemask_epi8(_mm_slli_epi16(v, 7)) as u16;
+        w |= u64::from(m) << (16 * q);
+    }
+    w
+}
+
+/// The masks of a row, 64 values per word (the portable path).
+#[cfg(test)]
+fn row_masks<T: Scalar>(row: &[T], pred: &Pred<T>, out: &mut [u64]) {
+    row_masks_body(row, pred, out, pack_bytes);
 }
 
 #[inline(always)]
-fn row_masks_body<T: Scalar>(row: &[T], pred: &Pred<T>, out: &mut [u64]) {
+fn row_masks_body<T: Scalar>(
+    row: &[T],
+    pred: &Pred<T>,
+    out: &mut [u64],
+    pack: impl Fn(&[u8; 64]) -> u64 + Copy,
+) {
     for (w, block) in out.iter_mut().zip(row.chunks(64)) {
         *w = match (pred.nonzero, pred.lo, pred.hi) {
-            (true, _, _) => mask(block, |v| v != T::default()),
-            (false, Some(lo), None) => mask(block, |v| v > lo),
-            (false, None, Some(hi)) => mask(block, |v| v < hi),
-            (false, Some(lo), Some(hi)) => mask(block, |v| v > lo && v < hi),
-            (false, None, None) => mask(block, |_| true),
+            (true, _, _) => mask_with(block, |v| v != T::default(), pack),
+            (false, Some(lo), None) => mask_with(block, |v| v > lo, pack),
+            (false, None, Some(hi)) => mask_with(block, |v| v < hi, pack),
+            (false, Some(lo), Some(hi)) => mask_with(block, |v| v > lo && v < hi, pack),
+            (false, None, None) => mask_with(block, |_| true, pack),
         };
     }
 }
 
-/// Sets the bits of the selected voxels of one decoded chunk (full chunk shape, C order).
+/// Sets the bits of the selected voxels of one decoded chunk (full chunk shape, C order),
+/// with AVX2 where the CPU has it.
 fn set_bits<T: Scalar>(
     bits: &Bits,
     data: &[u8],
@@ -348,6 +376,139 @@ fn set_bits<T: Scalar>(
     if pred.never {
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked above).
+        unsafe { set_bits_avx2::<T>(bits, data, cshape, creg, &pred) };
+        return;
+    }
+    set_bits_body::<T>(bits, data, cshape, creg, |row, out| {
+        row_masks_body(row, &pred, out, pack_bytes)
+    });
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn set_bits_avx2<T: Scalar>(
+    bits: &Bits,
+    data: &[u8],
+    cshape: &[usize],
+    creg: &crate::region::Region,
+    pred: &Pred<T>,
+) {
+    if let Some(wp) = WordPred::of(pred) {
+        set_bits_body::<T>(bits, data, cshape, creg, |row, out| {
+            let words = bytemuck::cast_slice::<T, i16>(row);
+            // SAFETY: the CPU has AVX2 (this function's feature).
+            unsafe { words_masks_avx2(words, &wp, out) };
+        });
+    } else {
+        set_bits_body::<T>(bits, data, cshape, creg, |row, out| {
+            row_masks_body(row, pred, out, |b| pack_bytes_avx2(b))
+        });
+    }
+}
+
+/// A [`Pred`] over 16-bit words, in biased `i16` form (unsigned words are compared as
+/// `x - 2^15`, which keeps their order).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct WordPred {
+    bias: i16,
+    lo: Option<i16>,
+    hi: Option<i16>,
+    nonzero: bool,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl WordPred {
+    fn of<T: Scalar>(p: &Pred<T>) -> Option<WordPred> {
+        let bias = match T::DTYPE {
+            DType::U16 => i16::MIN,
+            DType::I16 => 0,
+            _ => return None,
+        };
+        // T is a 16-bit type here.
+        let word = |v: T| bytemuck::pod_read_unaligned::<i16>(bytemuck::bytes_of(&v)) ^ bias;
+        Some(WordPred {
+            bias,
+            lo: p.lo.map(word),
+            hi: p.hi.map(word),
+            nonzero: p.nonzero,
+        })
+    }
+}
+
+/// [`row_masks_body`] for 16-bit words, 64 at a time: compares, packs the 16-bit results to
+/// bytes and takes their signs.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn words_masks_avx2(row: &[i16], p: &WordPred, out: &mut [u64]) {
+    use std::arch::x86_64::*;
+    let bias = _mm256_set1_epi16(p.bias);
+    let zero = _mm256_setzero_si256();
+    let lo = _mm256_set1_epi16(p.lo.unwrap_or(i16::MIN));
+    let hi = _mm256_set1_epi16(p.hi.unwrap_or(i16::MAX));
+    let select = |v: __m256i| -> __m256i {
+        if p.nonzero {
+            // Lanes equal to zero are 0xFFFF: flip.
+            return _mm256_xor_si256(_mm256_cmpeq_epi16(v, zero), _mm256_set1_epi16(-1));
+        }
+        let y = _mm256_xor_si256(v, bias);
+        let mut m = _mm256_set1_epi16(-1);
+        if p.lo.is_some() {
+            m = _mm256_and_si256(m, _mm256_cmpgt_epi16(y, lo));
+        }
+        if p.hi.is_some() {
+            m = _mm256_and_si256(m, _mm256_cmpgt_epi16(hi, y));
+        }
+        m
+    };
+    let full = row.len() / 64;
+    for (k, w) in out.iter_mut().enumerate().take(full) {
+        let at = row.as_ptr().wrapping_add(64 * k);
+        let mut word = 0u64;
+        for half in 0..2 {
+            // SAFETY: 64 * k + 32 * half + 32 <= row.len(); loadu takes any alignment.
+            let (a, b) = unsafe {
+                (
+                    _mm256_loadu_si256(at.add(32 * half).cast()),
+                    _mm256_loadu_si256(at.add(32 * half + 16).cast()),
+                )
+            };
+            // packs interleaves the 128-bit lanes: [a0 b0 a1 b1]; the permute restores order.
+            let packed = _mm256_packs_epi16(select(a), select(b));
+            let ordered = _mm256_permute4x64_epi64(packed, 0b11_01_10_00);
+            let bits = _mm256_movemask_epi8(ordered) as u32;
+            word |= u64::from(bits) << (32 * half);
+        }
+        *w = word;
+    }
+    if full < out.len() {
+        // The tail (under 64 words): the scalar form.
+        let tail = &row[64 * full..];
+        let y = |v: i16| v ^ p.bias;
+        let mut word = 0u64;
+        for (j, &v) in tail.iter().enumerate() {
+            let take = if p.nonzero {
+                v != 0
+            } else {
+                p.lo.is_none_or(|l| y(v) > l) && p.hi.is_none_or(|h| y(v) < h)
+            };
+            word |= u64::from(take) << j;
+        }
+        out[full] = word;
+    }
+}
+
+#[inline(always)]
+fn set_bits_body<T: Scalar>(
+    bits: &Bits,
+    data: &[u8],
+    cshape: &[usize],
+    creg: &crate::region::Region,
+    mut masks: impl FnMut(&[T], &mut [u64]),
+) {
     let itemsize = std::mem::size_of::<T>();
     // The decoder's buffer is aligned in practice; copy when it is not.
     let owned: Vec<T>;
@@ -368,6 +529,11 @@ fn set_bits<T: Scalar>(
     let nx = (x1 - x0) as usize;
     let first_word = (x0 / 64) as usize;
     let shift = (x0 % 64) as usize;
+    // Which words of a row no other chunk writes: all but a first word the chunk starts inside
+    // of and a last word it ends inside of (short of the row's end).
+    let last_word = ((x1 - 1) / 64) as usize;
+    let ends_clean = x1 % 64 == 0 || x1 == bits.nx;
+    let own = |k: usize| (k > first_word || shift == 0) && (k < last_word || ends_clean);
     let mut local = vec![0u64; nx.div_ceil(64)];
     // C-order strides of the chunk buffer, in elements.
     let mut cstride = vec![1usize; ndim];
@@ -384,7 +550,7 @@ fn set_bits<T: Scalar>(
             .sum();
         let row = &values[off..off + nx];
         // The row's mask, 64 values per word from the row's start.
-        row_masks(row, &pred, &mut local);
+        masks(row, &mut local);
         let (z, row_index) = if ndim == 1 {
             (0, 0)
         } else {
@@ -396,13 +562,20 @@ fn set_bits<T: Scalar>(
             (idx[0], ri)
         };
         let words = bits.row(z, row_index);
-        // Shift the row's words to the row's bit offset in the array.
+        // Shift the row's words to the row's bit offset in the array. A word this chunk alone
+        // covers takes a plain store (the bits start at zero); one it shares with the chunk
+        // beside it, an atomic or.
         let mut carry = 0u64;
         for (i, &w) in local.iter().enumerate() {
             let out = if shift == 0 { w } else { (w << shift) | carry };
             carry = if shift == 0 { 0 } else { w >> (64 - shift) };
             if out != 0 {
-                words[first_word + i].fetch_or(out, Ordering::Relaxed);
+                let k = first_word + i;
+                if own(k) {
+                    words[k].store(out, Ordering::Relaxed);
+                } else {
+                    words[k].fetch_or(out, Ordering::Relaxed);
+                }
             }
         }
         if carry != 0 {
@@ -485,6 +658,28 @@ impl NpyRows {
             .at(&self.tmp)
     }
 
+    /// Starts the disk writes of rows `first..end` without waiting for them, so that the
+    /// final sync finds little left to do (Linux `sync_file_range`; a hint elsewhere).
+    fn start_writeback(&self, first: u64, end: u64) {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let row = (self.cols * 8) as i64;
+            let at = self.header_len as i64 + first as i64 * row;
+            // SAFETY: a plain system call on an open descriptor; failure only loses the hint.
+            unsafe {
+                libc::sync_file_range(
+                    self.file.get_ref().as_raw_fd(),
+                    at,
+                    (end - first) as i64 * row,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                );
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = (first, end);
+    }
+
     /// Writes out what `push` buffered (before positioned writes).
     fn flush(&mut self) -> Result<()> {
         self.file.flush().at(&self.tmp)
@@ -545,37 +740,25 @@ pub fn where_coords(store: &Store, out: Option<&Path>, opts: &IndexOptions) -> R
             .map(|p| NpyRows::create(p, ndim as u64, opts.overwrite))
             .transpose()?;
         let mut count = 0u64;
-        for layer in 0..layers(store, &grid) {
-            let bits = layer_bits(store, &grid, layer, opts.select, &tracker)?;
-            let Some(w) = writer.as_mut() else {
-                count += (bits.z0..bits.z0 + bits.nz)
-                    .into_par_iter()
-                    .map(|z| bits.plane_count(z))
-                    .sum::<u64>();
-                continue;
+        let nlayers = layers(store, &grid);
+        // A pipeline of two layers: layer L's coordinates are written while layer L+1 decodes,
+        // so neither the last chunks of a layer nor the writing leave a core idle.
+        let mut next = (nlayers > 0)
+            .then(|| layer_bits(store, &grid, 0, opts.select, &tracker))
+            .transpose()?;
+        for layer in 0..nlayers {
+            let Some(bits) = next.take() else { break };
+            let decode_next = || {
+                (layer + 1 < nlayers)
+                    .then(|| layer_bits(store, &grid, layer + 1, opts.select, &tracker))
+                    .transpose()
             };
-            // Every plane's place in the file is known from its count: all planes of the
-            // layer are written at once, in parallel, each at its offset.
-            let planes: Vec<u64> = (bits.z0..bits.z0 + bits.nz).collect();
-            let counts: Vec<u64> = planes.par_iter().map(|&z| bits.plane_count(z)).collect();
-            let firsts: Vec<u64> = counts
-                .iter()
-                .scan(w.rows, |acc, &c| {
-                    let first = *acc;
-                    *acc += c;
-                    Some(first)
-                })
-                .collect();
-            w.flush()?;
-            planes
-                .par_iter()
-                .zip(&firsts)
-                .try_for_each(|(&z, &first)| {
-                    w.write_rows_at(first, &plane_coords(&bits, z, store.shape()))
-                })?;
-            let n: u64 = counts.iter().sum();
-            w.rows += n;
-            count += n;
+            let (n, decoded) = rayon::join(
+                || emit_layer(&bits, writer.as_mut(), store.shape()),
+                decode_next,
+            );
+            count += n?;
+            next = decoded?;
         }
         let bytes = match writer {
             Some(w) => w.finish()?,
@@ -590,10 +773,39 @@ pub fn where_coords(store: &Store, out: Option<&Path>, opts: &IndexOptions) -> R
     })
 }
 
-/// The coordinates of the set bits of plane `z`, in C order.
-fn plane_coords(bits: &Bits, z: u64, shape: &[u64]) -> Vec<i64> {
+/// Counts the selected voxels of a layer and, with a writer, appends their coordinates to it
+/// (in C order). Every plane's place in the file is known from its count: all planes of the
+/// layer are written at once, in parallel, each at its offset.
+fn emit_layer(bits: &Bits, writer: Option<&mut NpyRows>, shape: &[u64]) -> Result<u64> {
+    let planes: Vec<u64> = (bits.z0..bits.z0 + bits.nz).collect();
+    let counts: Vec<u64> = planes.par_iter().map(|&z| bits.plane_count(z)).collect();
+    let n: u64 = counts.iter().sum();
+    let Some(w) = writer else { return Ok(n) };
+    let firsts: Vec<u64> = counts
+        .iter()
+        .scan(w.rows, |acc, &c| {
+            let first = *acc;
+            *acc += c;
+            Some(first)
+        })
+        .collect();
+    w.flush()?;
+    planes
+        .par_iter()
+        .zip(&firsts)
+        .zip(&counts)
+        .try_for_each(|((&z, &first), &c)| {
+            w.write_rows_at(first, &plane_coords(bits, z, shape, c))
+        })?;
+    w.start_writeback(w.rows, w.rows + n);
+    w.rows += n;
+    Ok(n)
+}
+
+/// The coordinates of the `count` set bits of plane `z`, in C order.
+fn plane_coords(bits: &Bits, z: u64, shape: &[u64], count: u64) -> Vec<i64> {
     let ndim = shape.len();
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(count as usize * ndim);
     let mid: &[u64] = if ndim > 2 { &shape[1..ndim - 1] } else { &[] };
     for row in 0..bits.rows {
         for (wi, w) in bits.row(z, row).iter().enumerate() {
@@ -602,6 +814,11 @@ fn plane_coords(bits: &Bits, z: u64, shape: &[u64]) -> Vec<i64> {
                 let b = word.trailing_zeros() as u64;
                 word &= word - 1;
                 let x = wi as u64 * 64 + b;
+                if ndim == 3 {
+                    // The common case: the row index is the middle coordinate.
+                    out.extend_from_slice(&[z as i64, row as i64, x as i64]);
+                    continue;
+                }
                 if ndim > 1 {
                     out.push(z as i64);
                 }
@@ -821,5 +1038,78 @@ mod tests {
         let mut out = [0u64; 2];
         row_masks(&v, &p, &mut out);
         assert_eq!(out, [0b11 << 62, 0b11_1111]);
+    }
+
+    /// The 16-bit AVX2 masks against the portable ones: every selection form, both
+    /// signednesses, thresholds at and beyond the extremes, rows with tails.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn word_masks_match_the_portable_ones() {
+        if !std::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        fn check<T: Scalar>(row: &[T], select: Select) {
+            let p = Pred::<T>::new(select);
+            if p.never {
+                return;
+            }
+            let wp = WordPred::of(&p).expect("a 16-bit type");
+            let n = row.len().div_ceil(64);
+            let (mut slow, mut fast) = (vec![0u64; n], vec![0u64; n]);
+            row_masks(row, &p, &mut slow);
+            // SAFETY: the CPU has AVX2 (checked above).
+            unsafe { words_masks_avx2(bytemuck::cast_slice(row), &wp, &mut fast) };
+            assert_eq!(fast, slow, "{:?} {select:?} len {}", T::DTYPE, row.len());
+        }
+        let mut state = 0x1234_5678_9abc_def1u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let selects = [
+            Select::NonZero,
+            Select::Above(700.0),
+            Select::Above(-1.0),
+            Select::Above(65534.0),
+            Select::Below(300.5),
+            Select::Below(-32767.0),
+            Select::Between(100.0, 40000.0),
+            Select::Between(-5.0, 5.0),
+        ];
+        for len in [1usize, 63, 64, 65, 128, 200, 1000] {
+            let u: Vec<u16> = (0..len)
+                .map(|k| match k % 7 {
+                    0 => 0,
+                    1 => u16::MAX,
+                    _ => next() as u16 % 1500,
+                })
+                .collect();
+            let i: Vec<i16> = u.iter().map(|&v| (v as i16).wrapping_sub(700)).collect();
+            for &sel in &selects {
+                check(&u, sel);
+                check(&i, sel);
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_packing_matches_the_portable_one() {
+        if !std::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..1000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let bytes: [u8; 64] = std::array::from_fn(|k| ((state >> k) & 1) as u8);
+            // SAFETY: the CPU has AVX2 (checked above).
+            let fast = unsafe { pack_bytes_avx2(&bytes) };
+            assert_eq!(fast, pack_bytes(&bytes));
+            assert_eq!(fast, state);
+        }
     }
 }

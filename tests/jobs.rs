@@ -286,10 +286,8 @@ fn bad_input_is_a_clear_error() {
     let err =
         chunkwise::run(one, &out, &nlut, &ExecOptions::default().overwrite(true)).unwrap_err();
     let msg = err.to_string();
-    assert!(
-        msg.contains("binary") && msg.contains("chunk c/0/0/0"),
-        "{msg}"
-    );
+    // (Which chunk fails first depends on the threads; every chunk holds values above 1.)
+    assert!(msg.contains("binary") && msg.contains("chunk c/"), "{msg}");
     assert_nothing_at(&out);
 
     // sigma <= 0, an axis out of range, a bad origin.
