@@ -36,6 +36,14 @@ def timed(cmd):
     return wall, int(p.stderr.strip().splitlines()[-1]) / 1024, p.stdout
 
 
+def settle(path):
+    """Before a timed W6 run: no previous output to replace, and no writeback of the last
+    run's output still under way (the same for chunkwise and the peers)."""
+    if path and os.path.exists(path):
+        os.remove(path)
+    os.sync()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="/tmp/peers-data/full")
@@ -74,6 +82,7 @@ def main():
             wall, rss, _ = timed([CW, "verify", store, "-q"])
             rows.setdefault(("W2", "decode only (verify), " + name), []).append({"seconds": wall, "rss": rss})
             for thr in (700, 250):
+                settle(coords)
                 wall, rss, out = timed([CW, "where", store, "-o", coords, "--above", str(thr), "--overwrite", "-q"])
                 rows.setdefault(("W6", "chunkwise where >%d, %s" % (thr, name)), []).append({"seconds": wall, "rss": rss})
                 if run == 0 and thr == 700:
@@ -87,6 +96,7 @@ def main():
         os.remove(coords)
         for w in ("W2", "W6"):
             for impl in [i for i in PEER_IMPLS[w] if i in a.peers.split(",")]:
+                settle(None)  # (the peers write a fresh directory each run)
                 p = sh([py, os.path.join(PEERS, "bench.py"), a.data, "--workload", w, "--impl", impl,
                         "--work", os.path.join(a.work, "peers"), "--tag", "chunkwise-bench"], cwd=PEERS)
                 rec = json.loads(p.stdout.strip().splitlines()[-1])
