@@ -49,6 +49,25 @@ impl DType {
         }
     }
 
+    /// Whether every value of this type is exactly a value of `to` (numpy's "safe" casting):
+    /// widening integers, integers into floats wide enough, `float32` into `float64`, `bool`
+    /// into anything.
+    pub fn casts_safely_to(self, to: DType) -> bool {
+        use DType::*;
+        self == to
+            || matches!(
+                (self, to),
+                (Bool, _)
+                    | (U8, U16 | U32 | U64 | I16 | I32 | I64 | F32 | F64)
+                    | (U16, U32 | U64 | I32 | I64 | F32 | F64)
+                    | (U32, U64 | I64 | F64)
+                    | (I8, I16 | I32 | I64 | F32 | F64)
+                    | (I16, I32 | I64 | F32 | F64)
+                    | (I32, I64 | F64)
+                    | (F32, F64)
+            )
+    }
+
     /// The Zarr v3 data type name (also numpy's dtype name).
     pub fn zarr_name(self) -> &'static str {
         match self {

@@ -207,6 +207,10 @@ pub enum Error {
         right: u64,
     },
 
+    /// Arrays that cannot be joined because a metadata field differs.
+    #[error("{0}")]
+    Incompatible(Box<Incompatibility>),
+
     /// A round trip or check that found different data.
     #[error("{what}: {detail}")]
     Mismatch {
@@ -259,4 +263,33 @@ pub(crate) fn to_usize(n: u64, what: &'static str) -> Result<usize> {
         what,
         elements: u128::from(n),
     })
+}
+
+/// What differs between two arrays that cannot be joined ([`Error::Incompatible`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incompatibility {
+    /// The first array.
+    pub left_path: PathBuf,
+    /// The array that differs.
+    pub right_path: PathBuf,
+    /// The field (`data_type`, `fill_value`, `codecs`, `chunk_grid (axis 1)`, ...).
+    pub field: String,
+    /// The first array's value.
+    pub left: String,
+    /// The other array's value.
+    pub right: String,
+}
+
+impl std::fmt::Display for Incompatibility {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} and {} differ in {}: {} vs {}",
+            self.left_path.display(),
+            self.right_path.display(),
+            self.field,
+            self.left,
+            self.right
+        )
+    }
 }

@@ -23,6 +23,7 @@ use rayon::prelude::*;
 use crate::copy::{Side, c_strides, copy_box_signed};
 use crate::dtype::{DType, Scalar};
 use crate::error::{Error, Result, to_usize};
+use crate::fingerprint::fnv1a;
 use crate::grid::{Grid, indices_in};
 use crate::halo::{Boundary, Segment, segments};
 use crate::kernel::{Block, FnKernel, Kernel, OutBlock, Scratch};
@@ -227,16 +228,6 @@ where
     F: Fn(&[Block<'_>], &mut OutBlock<'_>) -> Result<()> + Sync,
 {
     map_overlap(inputs, out, &[0], Boundary::Reflect, dtype, f, opts)
-}
-
-/// FNV-1a, 64-bit: a stable fingerprint of a settings text.
-fn fnv1a(text: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{h:016x}")
 }
 
 /// Half the machine's memory: the default budget.

@@ -15,6 +15,7 @@ use crate::npy::header_bytes;
 use crate::progress::{ProgressFn, Tracker, Unit, with_threads};
 use crate::region::{ParsedRegion, Region};
 use crate::store::Store;
+use crate::view::View;
 
 /// Settings for [`export`].
 #[derive(Clone, Default)]
@@ -95,11 +96,55 @@ pub struct ExportReport {
 /// [`Error::BadRegion`], [`Error::OutputExists`], [`Error::CorruptChunk`] naming the chunk,
 /// [`Error::Io`]; no file appears at `out` on error.
 pub fn export(store: impl AsRef<Path>, out: &Path, opts: &ExportOptions) -> Result<ExportReport> {
-    let store = Store::open(store)?;
-    with_threads(opts.threads, || export_in_pool(&store, out, opts))
+    let path = store.as_ref();
+    let src = if crate::store::is_store(path) || !crate::view::is_spec(path) {
+        Src::Store(Box::new(Store::open(path)?))
+    } else {
+        Src::View(View::from_spec_file(path)?)
+    };
+    with_threads(opts.threads, || export_in_pool(&src, out, opts))
 }
 
-fn export_in_pool(store: &Store, out: &Path, opts: &ExportOptions) -> Result<ExportReport> {
+/// What export reads: an array, or a view (a JSON view spec).
+enum Src {
+    Store(Box<Store>),
+    View(View),
+}
+
+impl Src {
+    fn shape(&self) -> &[u64] {
+        match self {
+            Src::Store(s) => s.shape(),
+            Src::View(v) => v.shape(),
+        }
+    }
+
+    fn dtype(&self) -> DType {
+        match self {
+            Src::Store(s) => s.dtype(),
+            Src::View(v) => v.dtype(),
+        }
+    }
+
+    /// The blocks to stream by: the store's chunks, or a default chunking of the view.
+    fn block_grid(&self) -> Result<crate::grid::Grid> {
+        match self {
+            Src::Store(s) => s.block_grid(),
+            Src::View(v) => {
+                crate::grid::Grid::new(v.shape(), &crate::convert::default_chunks(v.shape()))
+            }
+        }
+    }
+
+    fn read_region_into(&self, region: &Region, out: &mut [u8]) -> Result<()> {
+        match self {
+            Src::Store(s) => s.read_region_into(region, out),
+            Src::View(v) => v.read_region_into(region, out),
+        }
+    }
+}
+
+fn export_in_pool(store: &Src, out: &Path, opts: &ExportOptions) -> Result<ExportReport> {
     let start = Instant::now();
     let parsed = match &opts.region {
         Some(spec) => Region::parse(spec, store.shape())?,
@@ -156,7 +201,7 @@ fn tmp_name(out: &Path) -> Result<PathBuf> {
 
 /// Streams `region` into `file` at `base`, in C order, one block at a time.
 fn write_region(
-    store: &Store,
+    store: &Src,
     region: &Region,
     file: &File,
     path: &Path,
@@ -169,7 +214,7 @@ fn write_region(
     if region.is_empty() {
         return Ok(());
     }
-    let grid = store.grid()?;
+    let grid = store.block_grid()?;
     let chunk_box = grid.chunks_touching(region);
     let axes: Vec<usize> = (0..region.ndim()).collect();
     let budget = opts.memory.unwrap_or(crate::convert::DEFAULT_MEMORY);

@@ -34,7 +34,9 @@ mod dtype;
 mod error;
 mod exec;
 mod export;
+mod fingerprint;
 mod grid;
+mod grow;
 mod halo;
 mod index;
 mod input;
@@ -46,15 +48,17 @@ mod reduce;
 mod region;
 mod store;
 pub mod synth;
+mod view;
 
 pub use convert::{ConvertOptions, ConvertReport, DEFAULT_MEMORY, convert, default_chunks};
 pub use dtype::{DType, Element, Scalar};
-pub use error::{Error, Result};
+pub use error::{Error, Incompatibility, Result};
 pub use exec::{
     ExecOptions, ExecReport, ExecStatus, apply_in_memory, map_blocks, map_overlap, run,
 };
 pub use export::{ExportOptions, ExportReport, export};
 pub use grid::Grid;
+pub use grow::{GridLayout, GrowOptions, GrowReport, append, concat, concat_into, stack};
 pub use halo::{Boundary, Segment, segments};
 pub use index::{IndexOptions, IndexReport, Select, forward_offsets, graph_edges, where_coords};
 pub use input::RawOptions;
@@ -67,3 +71,4 @@ pub use reduce::{
 };
 pub use region::{ParsedRegion, Region, fmt_shape};
 pub use store::{ChunkCodec, Codec, Durability, Store, StoreSpec, StoreWriter, is_store};
+pub use view::View;

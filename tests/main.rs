@@ -7,6 +7,7 @@ mod cli;
 mod compute;
 mod convert;
 mod export;
+mod grow;
 mod interop;
 mod jobs;
 mod reduce;

@@ -4,6 +4,7 @@
 mod convert;
 mod demo;
 mod export;
+mod grow;
 mod info;
 mod job;
 mod reduce;
@@ -60,6 +61,12 @@ enum Command {
     Where(reduce::WhereArgs),
     /// Edges between adjacent nonzero voxels (flat C-order index pairs) to an .npy file.
     Graph(reduce::GraphArgs),
+    /// Append data (files or stores) along an axis, in place: only new chunks are written.
+    Append(grow::AppendArgs),
+    /// Join stores along an axis by linking their chunk files (-o OUT, or --into STORE).
+    Concat(grow::ConcatArgs),
+    /// Stack stores along a new leading axis by linking their chunk files.
+    Stack(grow::StackArgs),
     /// Generate a small volume, convert, inspect and export it, checking the round trip.
     Demo(demo::Args),
 }
@@ -129,6 +136,9 @@ pub(crate) fn main() -> ExitCode {
         Command::Histogram(a) => reduce::histogram(a, &global),
         Command::Where(a) => reduce::where_(a, &global),
         Command::Graph(a) => reduce::graph(a, &global),
+        Command::Append(a) => grow::append(a, &global),
+        Command::Concat(a) => grow::concat(a, &global),
+        Command::Stack(a) => grow::stack(a, &global),
         Command::Demo(a) => demo::run(a, &global),
     };
     match result {

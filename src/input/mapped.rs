@@ -392,9 +392,12 @@ struct MappedBlock {
 }
 
 impl Block for MappedBlock {
-    fn read_into(&self, part: &Region, dst: &mut [u8], dst_shape: &[usize]) {
-        let strides = c_strides(dst_shape, self.part.itemsize);
-        self.part.copy(part, dst, 0, &strides);
+    fn itemsize(&self) -> usize {
+        self.part.itemsize
+    }
+
+    fn read_strided(&self, part: &Region, dst: &mut [u8], offset: usize, strides: &[usize]) {
+        self.part.copy(part, dst, offset, strides);
     }
 }
 
@@ -503,12 +506,15 @@ struct StackBlock {
 }
 
 impl Block for StackBlock {
-    fn read_into(&self, part: &Region, dst: &mut [u8], dst_shape: &[usize]) {
-        let strides = c_strides(dst_shape, self.itemsize);
+    fn itemsize(&self) -> usize {
+        self.itemsize
+    }
+
+    fn read_strided(&self, part: &Region, dst: &mut [u8], offset: usize, strides: &[usize]) {
         let inner = Region::new(part.ranges()[1..].to_vec());
         for (k, z) in part.ranges()[0].clone().enumerate() {
             let p = &self.parts[(z - self.z0) as usize];
-            p.copy(&inner, dst, k * strides[0], &strides[1..]);
+            p.copy(&inner, dst, offset + k * strides[0], &strides[1..]);
         }
     }
 }

@@ -38,9 +38,18 @@ pub(crate) trait Source: Send + Sync {
 
 /// A readable box of a [`Source`].
 pub(crate) trait Block: Send + Sync {
-    /// Copies `part` (array coordinates, inside the block) into the origin corner of `dst`, a
-    /// C-order buffer of `dst_shape` with native-endian elements.
-    fn read_into(&self, part: &Region, dst: &mut [u8], dst_shape: &[usize]);
+    /// Bytes per element.
+    fn itemsize(&self) -> usize;
+
+    /// Copies `part` (array coordinates, inside the block) into `dst`: its first element at
+    /// byte `offset`, then `strides` bytes per step along each axis (native-endian elements).
+    fn read_strided(&self, part: &Region, dst: &mut [u8], offset: usize, strides: &[usize]);
+
+    /// Copies `part` into the origin corner of `dst`, a C-order buffer of `dst_shape`.
+    fn read_into(&self, part: &Region, dst: &mut [u8], dst_shape: &[usize]) {
+        let strides = c_strides(dst_shape, self.itemsize());
+        self.read_strided(part, dst, 0, &strides);
+    }
 }
 
 /// How to read a raw (headerless) file: from flags, or else from a JSON sidecar.
@@ -56,6 +65,12 @@ pub struct RawOptions {
 pub(crate) fn open(inputs: &[PathBuf], raw: &RawOptions) -> Result<Box<dyn Source>> {
     let paths = expand(inputs)?;
     let raw_given = raw.dtype.is_some() || raw.shape.is_some();
+    if let [one] = paths.as_slice()
+        && crate::view::is_spec(one)
+    {
+        refuse_raw_flags(raw_given, one)?;
+        return Ok(crate::view::View::from_spec_file(one)?.into_source());
+    }
     if let [one] = paths.as_slice() {
         if one.is_dir() {
             if is_store(one) {
@@ -239,7 +254,7 @@ pub(crate) struct StoreSource {
 }
 
 impl StoreSource {
-    fn open(path: &Path) -> Result<Self> {
+    pub(crate) fn open(path: &Path) -> Result<Self> {
         Ok(StoreSource {
             store: Store::open(path)?,
         })
@@ -296,7 +311,11 @@ impl BufferBlock {
 }
 
 impl Block for BufferBlock {
-    fn read_into(&self, part: &Region, dst: &mut [u8], dst_shape: &[usize]) {
+    fn itemsize(&self) -> usize {
+        self.itemsize
+    }
+
+    fn read_strided(&self, part: &Region, dst: &mut [u8], dst_offset: usize, strides: &[usize]) {
         let src_strides = c_strides(&self.shape, self.itemsize);
         let offset: usize = part
             .ranges()
@@ -314,8 +333,8 @@ impl Block for BufferBlock {
             },
             dst,
             Side {
-                offset: 0,
-                strides: &c_strides(dst_shape, self.itemsize),
+                offset: dst_offset,
+                strides,
             },
             &extent,
             self.itemsize,

@@ -7,8 +7,10 @@
 //! path is either the old array or the complete new one, never a partial one (spec/FORMAT.md,
 //! "Durability").
 
+mod edit;
 mod files;
 mod job;
+mod layout;
 mod spec;
 mod writer;
 
@@ -31,9 +33,17 @@ use crate::error::{Error, Result, to_usize};
 use crate::grid::{Grid, indices_in};
 use crate::region::{Region, fmt_shape};
 
+pub(crate) use edit::{
+    Journal, LOCK_FILE, STAGING_DIR, StoreLock, begin_build, clean_stale, commit_metadata,
+    exchange, link_chunk, place, remove_chunk, staged_name, sync_filesystem,
+};
+pub(crate) use files::FileWriter;
 pub(crate) use job::{Finish, JobOptions, JobState, JobWriter};
+pub(crate) use layout::{Edges, Layout};
+pub(crate) use spec::GridCodec;
 pub use spec::{ChunkCodec, Codec, Durability, StoreSpec};
 pub use writer::StoreWriter;
+pub(crate) use writer::{check_replaceable, publish, sibling, sync_dir};
 
 fn codec_options() -> CodecOptions {
     // Our own rayon loops are the parallelism: one chunk per task, no nested codec threads.
@@ -211,9 +221,29 @@ impl Store {
     pub fn grid(&self) -> Result<Grid> {
         let chunk = self.chunk_shape().ok_or_else(|| Error::BadMetadata {
             path: self.path.clone(),
-            reason: "only regular chunk grids are supported here".into(),
+            reason: "this command needs a regular chunk grid, and this array's is rectilinear; \
+                     make a regular copy with `chunkwise convert` (export, convert, info, verify \
+                     and views read it as it is)"
+                .into(),
         })?;
         Grid::new(self.shape(), &chunk)
+    }
+
+    /// A regular grid to stream the array by: the chunk grid when it is regular; for a
+    /// rectilinear grid, blocks as long as its longest chunk on each axis (reads by region
+    /// decode each stored chunk at most twice).
+    pub fn block_grid(&self) -> Result<Grid> {
+        if let Some(chunk) = self.chunk_shape() {
+            return Grid::new(self.shape(), &chunk);
+        }
+        let layout = Layout::read(&self.path)?;
+        let longest: Vec<u64> = layout
+            .edges()
+            .iter()
+            .zip(self.shape())
+            .map(|(e, &n)| e.list(n).into_iter().max().unwrap_or(1))
+            .collect();
+        Grid::new(self.shape(), &longest)
     }
 
     /// Chunks per axis.

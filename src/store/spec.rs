@@ -445,3 +445,72 @@ impl ChunkCodec {
             .map_err(|e| fail(e.to_string()))
     }
 }
+
+/// The codec pipeline of an array's metadata with any chunk grid (regular or rectilinear):
+/// encodes chunk `idx` at that chunk's own shape. Used to re-encode the edge layer of a grown
+/// array (spec/APPEND.md).
+pub(crate) struct GridCodec {
+    array: Array<MemoryStore>,
+    path: PathBuf,
+}
+
+impl GridCodec {
+    /// The pipeline of `metadata` (a v3 `zarr.json`), for messages about `path`.
+    pub(crate) fn new(metadata: &Value, path: &Path) -> Result<Self> {
+        let bad = |reason: String| Error::BadMetadata {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let v3: ArrayMetadataV3 =
+            serde_json::from_value(metadata.clone()).map_err(|e| bad(e.to_string()))?;
+        let array =
+            Array::new_with_metadata(Arc::new(MemoryStore::new()), "/", ArrayMetadata::V3(v3))
+                .map_err(|e| bad(e.to_string()))?;
+        Ok(GridCodec {
+            array,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The shape of chunk `idx` (edge chunks at their full, padded shape).
+    pub(crate) fn chunk_shape(&self, idx: &[u64]) -> Result<Vec<u64>> {
+        let key = || self.array.chunk_key(idx).as_str().to_string();
+        self.array
+            .chunk_shape(idx)
+            .map(|s| s.iter().map(|c| c.get()).collect())
+            .map_err(|e| Error::Encode {
+                store: self.path.clone(),
+                key: key(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Encodes chunk `idx` from `data` (its full shape, C order, native-endian elements).
+    pub(crate) fn encode(&self, idx: &[u64], data: &[u8]) -> Result<Vec<u8>> {
+        let fail = |reason: String| Error::Encode {
+            store: self.path.clone(),
+            key: self.array.chunk_key(idx).as_str().to_string(),
+            reason,
+        };
+        let shape = self
+            .array
+            .chunk_shape(idx)
+            .map_err(|e| fail(e.to_string()))?;
+        self.array
+            .codecs()
+            .encode(
+                ArrayBytes::from(data),
+                &shape,
+                self.array.data_type(),
+                self.array.fill_value(),
+                &codec_options(),
+            )
+            .map(std::borrow::Cow::into_owned)
+            .map_err(|e| fail(e.to_string()))
+    }
+
+    /// The fill value's bytes (native order).
+    pub(crate) fn fill_bytes(&self) -> Vec<u8> {
+        self.array.fill_value().as_ne_bytes().to_vec()
+    }
+}

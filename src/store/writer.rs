@@ -35,7 +35,7 @@ pub struct StoreWriter {
 
 const LOCK_NAME: &str = ".chunkwise.lock";
 
-pub(super) fn sibling(path: &Path, suffix: &str) -> Result<PathBuf> {
+pub(crate) fn sibling(path: &Path, suffix: &str) -> Result<PathBuf> {
     let name = path
         .file_name()
         .ok_or_else(|| Error::option("output", format!("{} has no file name", path.display())))?;
@@ -45,7 +45,7 @@ pub(super) fn sibling(path: &Path, suffix: &str) -> Result<PathBuf> {
     Ok(path.with_file_name(s))
 }
 
-pub(super) fn sync_dir(path: &Path) -> Result<()> {
+pub(crate) fn sync_dir(path: &Path) -> Result<()> {
     File::open(path).and_then(|f| f.sync_all()).at(path)
 }
 
@@ -216,7 +216,7 @@ pub(super) fn encode_and_queue(
 }
 
 /// Refuses an existing output unless `overwrite`, and then only if it is an array (or empty).
-pub(super) fn check_replaceable(path: &Path, overwrite: bool) -> Result<()> {
+pub(crate) fn check_replaceable(path: &Path, overwrite: bool) -> Result<()> {
     if !path.exists() {
         return Ok(());
     }
@@ -252,7 +252,7 @@ pub(super) fn sync_written(written: &[PathBuf], durability: Durability) -> Resul
 /// Publishes a finished build directory: writes `zarr.json` (metadata last: until it exists
 /// the directory is not an array), removes the build's own files (`remove`), and renames the
 /// directory to `final_path`; an old array there stays whole until the rename.
-pub(super) fn publish(
+pub(crate) fn publish(
     tmp: &Path,
     final_path: &Path,
     metadata: &Value,

@@ -1,0 +1,211 @@
+//! `chunkwise append`, `concat` and `stack`: growing arrays by linking chunks and editing
+//! metadata (spec/APPEND.md).
+
+use std::path::PathBuf;
+
+use chunkwise::{DType, Durability, GridLayout, GrowOptions, GrowReport, RawOptions, human_bytes};
+use serde_json::json;
+
+use super::{CliResult, Global, Outcome, parse_size, say};
+
+/// Flags shared by the three commands.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Common {
+    /// Grid along the axis: auto (regular unless that re-encodes more than one layer of stored
+    /// data), regular (every reader), or rectilinear (zarr-extensions; any lengths join).
+    #[arg(long, default_value = "auto", value_name = "LAYOUT")]
+    layout: String,
+    /// Wait for another writer's lock instead of failing.
+    #[arg(long)]
+    wait: bool,
+    /// Do not fsync before committing (scratch data only).
+    #[arg(long)]
+    no_sync: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct AppendArgs {
+    /// The array to grow (in place).
+    store: PathBuf,
+    /// What to append: anything `convert` reads (a directory of .npy or TIFF slices, files, a
+    /// raw file with --dtype/--shape or a JSON sidecar), or stores. A slice without the axis
+    /// (one dimension fewer) is one row along it.
+    #[arg(required = true, value_name = "INPUT")]
+    inputs: Vec<PathBuf>,
+    /// The axis to grow along.
+    #[arg(long, default_value_t = 0)]
+    axis: usize,
+    /// Convert input of another type (widening casts only: no value may change).
+    #[arg(long)]
+    cast: bool,
+    /// Append even if the array's last edit appended these same inputs (otherwise a rerun of
+    /// a finished append says "already done").
+    #[arg(long)]
+    again: bool,
+    /// Element type of raw input.
+    #[arg(long, value_name = "T")]
+    dtype: Option<String>,
+    /// Shape of raw input.
+    #[arg(long, value_delimiter = ',', value_name = "Z,Y,X")]
+    shape: Option<Vec<u64>>,
+    /// Input held in memory at once when encoding a layer (default 256MiB).
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    memory: Option<u64>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ConcatArgs {
+    /// The arrays to join, in order.
+    #[arg(required = true, value_name = "STORE")]
+    inputs: Vec<PathBuf>,
+    /// The array to create.
+    #[arg(short, long, value_name = "OUT", conflicts_with = "into")]
+    output: Option<PathBuf>,
+    /// Join onto the end of this array, in place (it comes first).
+    #[arg(long, value_name = "STORE")]
+    into: Option<PathBuf>,
+    /// The axis to join along.
+    #[arg(long, default_value_t = 0)]
+    axis: usize,
+    /// Move the inputs' chunk files instead of linking them (the inputs are removed).
+    #[arg(long = "move")]
+    move_inputs: bool,
+    /// Replace an existing OUT.
+    #[arg(long)]
+    overwrite: bool,
+    /// Join even if the last edit of --into was this same join.
+    #[arg(long)]
+    again: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct StackArgs {
+    /// The arrays to stack (same shape, type, codecs and chunks), in order.
+    #[arg(required = true, value_name = "STORE")]
+    inputs: Vec<PathBuf>,
+    /// The array to create.
+    #[arg(short, long, value_name = "OUT")]
+    output: PathBuf,
+    /// Move the inputs' chunk files instead of linking them (the inputs are removed).
+    #[arg(long = "move")]
+    move_inputs: bool,
+    /// Replace an existing OUT.
+    #[arg(long)]
+    overwrite: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+fn options(c: &Common, g: &Global) -> chunkwise::Result<GrowOptions> {
+    Ok(GrowOptions::default()
+        .layout(c.layout.parse::<GridLayout>()?)
+        .wait(c.wait)
+        .durability(if c.no_sync {
+            Durability::NoSync
+        } else {
+            Durability::Sync
+        })
+        .threads(g.threads)
+        .progress(g.progress()))
+}
+
+pub(crate) fn append(a: AppendArgs, g: &Global) -> CliResult {
+    let dtype = a.dtype.as_deref().map(str::parse::<DType>).transpose()?;
+    let opts = options(&a.common, g)?
+        .axis(a.axis)
+        .cast(a.cast)
+        .again(a.again)
+        .memory(a.memory)
+        .raw(RawOptions {
+            dtype,
+            shape: a.shape,
+        });
+    let r = chunkwise::append(&a.store, &a.inputs, &opts)?;
+    report(&r, &a.common, g, "appended to")
+}
+
+pub(crate) fn concat(a: ConcatArgs, g: &Global) -> CliResult {
+    let opts = options(&a.common, g)?
+        .axis(a.axis)
+        .move_inputs(a.move_inputs)
+        .overwrite(a.overwrite)
+        .again(a.again);
+    let r = match (&a.output, &a.into) {
+        (Some(out), None) => chunkwise::concat(&a.inputs, out, &opts)?,
+        (None, Some(into)) => chunkwise::concat_into(into, &a.inputs, &opts)?,
+        _ => {
+            return Err(chunkwise::Error::InvalidOption {
+                option: "-o/--into",
+                reason: "give the output (-o OUT) or the array to join onto (--into STORE)".into(),
+            }
+            .into());
+        }
+    };
+    report(&r, &a.common, g, "joined into")
+}
+
+pub(crate) fn stack(a: StackArgs, g: &Global) -> CliResult {
+    let opts = options(&a.common, g)?
+        .move_inputs(a.move_inputs)
+        .overwrite(a.overwrite);
+    let r = chunkwise::stack(&a.inputs, &a.output, &opts)?;
+    report(&r, &a.common, g, "stacked into")
+}
+
+fn report(r: &GrowReport, c: &Common, g: &Global, verb: &str) -> CliResult {
+    if c.json {
+        say(serde_json::to_string_pretty(&json!({
+            "path": r.path,
+            "old_shape": r.old_shape,
+            "shape": r.shape,
+            "grid": r.grid,
+            "chunks_linked": r.chunks_linked,
+            "chunks_encoded": r.chunks_encoded,
+            "layers_reencoded": r.layers_reencoded,
+            "bytes_written": r.bytes_written,
+            "exchanged": r.exchanged,
+            "already_done": r.already_done,
+            "seconds": r.seconds,
+        }))
+        .expect("plain JSON"))?;
+    } else if r.already_done {
+        say(format!(
+            "{}: already done ({} -> {}; the last edit was this same command; --again repeats it)",
+            r.path.display(),
+            r.old_shape
+                .as_deref()
+                .map_or_else(|| "new".to_string(), chunkwise::fmt_shape),
+            chunkwise::fmt_shape(&r.shape),
+        ))?;
+    } else if !g.quiet {
+        let from = r
+            .old_shape
+            .as_deref()
+            .map(|s| format!("{} -> ", chunkwise::fmt_shape(s)))
+            .unwrap_or_default();
+        say(format!(
+            "{verb} {}: {from}{} ({} grid), {} chunks linked, {} encoded ({} layers of stored data re-encoded), {} written in {:.2} s{}",
+            r.path.display(),
+            chunkwise::fmt_shape(&r.shape),
+            r.grid,
+            r.chunks_linked,
+            r.chunks_encoded,
+            r.layers_reencoded,
+            human_bytes(r.bytes_written),
+            r.seconds,
+            if r.exchanged {
+                " (directory rebuilt from links and exchanged)"
+            } else {
+                ""
+            },
+        ))?;
+    }
+    Ok(Outcome::Ok)
+}

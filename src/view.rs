@@ -1,0 +1,851 @@
+//! Lazy views: arrays made of other arrays (stores, memory-mapped .npy and raw files, TIFF
+//! stacks) joined along an axis, stacked along a new one, sliced or cast, without copying.
+//! A view reads by region: each read asks only the parts it covers, which decode or map just
+//! that region (spec/APPEND.md §7; biggus' LinearMosaic and ArrayStack).
+//!
+//! Invariant: a composite block writes every element of the part it is asked for exactly once,
+//! straight into the caller's buffer (children write through offset strides, no staging copy),
+//! except [`View::cast`], which converts through one buffer of the part.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ndarray::ArrayD;
+use serde_json::Value;
+
+use crate::dtype::{DType, Element, Scalar};
+use crate::error::{Error, IoContext, Result, to_usize};
+use crate::input::{self, Block, BufferBlock, RawOptions, Source, StoreSource};
+use crate::region::{Region, fmt_shape};
+use crate::with_scalar;
+
+/// A read-only array assembled lazily from stores and files.
+///
+/// ```no_run
+/// use chunkwise::{Region, View};
+/// let a = View::open("day1.zarr")?;
+/// let b = View::open("day2.npy")?;
+/// let both = View::concat(vec![a, b], 0)?;
+/// let crop = both.slice(&Region::new(vec![100..200, 0..512, 0..512]))?;
+/// let block = crop.read_region::<u16>(&Region::full(crop.shape()))?;
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct View {
+    src: Arc<dyn Source>,
+}
+
+impl std::fmt::Debug for View {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("View")
+            .field("shape", &self.shape())
+            .field("dtype", &self.dtype())
+            .field("of", &self.src.describe())
+            .finish()
+    }
+}
+
+impl View {
+    /// A view of one array: a store, an .npy file, a raw file with its JSON sidecar, a TIFF
+    /// stack, a directory of .npy slices, or a JSON view spec (`.json`, §7 of APPEND.md).
+    ///
+    /// # Errors
+    /// As `convert` for the same input.
+    pub fn open(path: impl AsRef<Path>) -> Result<View> {
+        let path = path.as_ref();
+        if is_spec(path) {
+            return View::from_spec_file(path);
+        }
+        View::open_all(&[path.to_path_buf()], &RawOptions::default())
+    }
+
+    /// A view of what `convert` would read from `inputs` (several files stack along a new
+    /// leading axis).
+    ///
+    /// # Errors
+    /// As `convert` for the same inputs.
+    pub fn open_all(inputs: &[PathBuf], raw: &RawOptions) -> Result<View> {
+        if let [one] = inputs
+            && is_spec(one)
+        {
+            return View::from_spec_file(one);
+        }
+        Ok(View {
+            src: Arc::from(input::open(inputs, raw)?),
+        })
+    }
+
+    pub(crate) fn from_source(src: Arc<dyn Source>) -> View {
+        View { src }
+    }
+
+    /// The view as a boxed source (for `convert`).
+    pub(crate) fn into_source(self) -> Box<dyn Source> {
+        Box::new(Shared(self.src))
+    }
+
+    /// The parts joined end to end along `axis`; every other axis must agree, and the types.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOption`] for no parts or an axis out of range; [`Error::ShapeMismatch`]
+    /// naming the axis and both sizes; [`Error::StackMismatch`] for a different type.
+    pub fn concat(parts: Vec<View>, axis: usize) -> Result<View> {
+        let first = parts
+            .first()
+            .ok_or_else(|| Error::option("concat", "nothing to join"))?;
+        let ndim = first.shape().len();
+        if axis >= ndim {
+            return Err(Error::option(
+                "--axis",
+                format!("{axis} is out of range for {ndim}-d arrays"),
+            ));
+        }
+        for p in &parts[1..] {
+            check_same(first, p, Some(axis))?;
+        }
+        if parts.len() == 1 {
+            return Ok(parts.into_iter().next().expect("one part"));
+        }
+        Ok(View {
+            src: Arc::new(Concat::new(
+                parts.into_iter().map(|v| v.src).collect(),
+                axis,
+            )),
+        })
+    }
+
+    /// The parts stacked along a new axis `axis` (0 for a new leading axis); all must have
+    /// the same shape and type.
+    ///
+    /// # Errors
+    /// As [`View::concat`].
+    pub fn stack(parts: Vec<View>, axis: usize) -> Result<View> {
+        let first = parts
+            .first()
+            .ok_or_else(|| Error::option("stack", "nothing to stack"))?;
+        if axis > first.shape().len() {
+            return Err(Error::option(
+                "--axis",
+                format!(
+                    "{axis} is out of range for stacking {}-d arrays",
+                    first.shape().len()
+                ),
+            ));
+        }
+        for p in &parts[1..] {
+            check_same(first, p, None)?;
+        }
+        let expanded = parts.into_iter().map(|v| v.insert_axis(axis)).collect();
+        View::concat(expanded, axis)
+    }
+
+    /// The view with a new axis of length 1 at `axis`.
+    pub fn insert_axis(self, axis: usize) -> View {
+        View {
+            src: Arc::new(Insert::new(self.src, axis)),
+        }
+    }
+
+    /// The part of the view inside `region`.
+    ///
+    /// # Errors
+    /// [`Error::BadRegion`] if the region is not inside the view.
+    pub fn slice(&self, region: &Region) -> Result<View> {
+        if region.ranges().len() != self.shape().len()
+            || !Region::full(self.shape()).contains(region)
+        {
+            return Err(Error::BadRegion {
+                spec: region.to_string(),
+                reason: format!("outside the view of shape {}", fmt_shape(self.shape())),
+            });
+        }
+        Ok(View {
+            src: Arc::new(Slice {
+                inner: self.src.clone(),
+                origin: region.start(),
+                shape: region.shape(),
+            }),
+        })
+    }
+
+    /// The view with its values cast to `to`; only casts that keep every value exactly
+    /// (numpy's "safe" casting, [`DType::casts_safely_to`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidOption`] (`--cast`) for a lossy cast.
+    pub fn cast(&self, to: DType) -> Result<View> {
+        let from = self.dtype();
+        if from == to {
+            return Ok(self.clone());
+        }
+        if !from.casts_safely_to(to) {
+            return Err(Error::option(
+                "--cast",
+                format!("{from} to {to} would lose values; only widening casts are allowed"),
+            ));
+        }
+        Ok(View {
+            src: Arc::new(Cast {
+                inner: self.src.clone(),
+                to,
+            }),
+        })
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &[u64] {
+        self.src.shape()
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        self.src.dtype()
+    }
+
+    /// One line saying what the view is made of.
+    pub fn describe(&self) -> String {
+        self.src.describe()
+    }
+
+    /// Reads `region` into `out` (C order, native-endian elements).
+    ///
+    /// # Errors
+    /// [`Error::BadRegion`] for a region outside the view or a buffer of the wrong size; read
+    /// errors of the parts (naming their file or chunk).
+    pub fn read_region_into(&self, region: &Region, out: &mut [u8]) -> Result<()> {
+        let n = region_elements(region)?;
+        if region.ranges().len() != self.shape().len()
+            || !Region::full(self.shape()).contains(region)
+        {
+            return Err(Error::BadRegion {
+                spec: region.to_string(),
+                reason: format!("outside the view of shape {}", fmt_shape(self.shape())),
+            });
+        }
+        if out.len() != n * self.dtype().size() {
+            return Err(Error::BadRegion {
+                spec: region.to_string(),
+                reason: format!(
+                    "output buffer holds {} bytes, need {}",
+                    out.len(),
+                    n * self.dtype().size()
+                ),
+            });
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let shape: Vec<usize> = region.shape().iter().map(|&s| s as usize).collect();
+        self.src.block(region)?.read_into(region, out, &shape);
+        Ok(())
+    }
+
+    /// Reads `region` as an n-d array of `T` (the view's type).
+    ///
+    /// # Errors
+    /// [`Error::InvalidOption`] if `T` is not the view's type; as [`View::read_region_into`].
+    pub fn read_region<T: Element>(&self, region: &Region) -> Result<ArrayD<T>> {
+        if T::DTYPE != self.dtype() {
+            return Err(Error::option(
+                "type",
+                format!(
+                    "the view holds {}, {} was requested",
+                    self.dtype(),
+                    T::DTYPE
+                ),
+            ));
+        }
+        let n = region_elements(region)?;
+        let mut bytes = vec![0u8; n * self.dtype().size()];
+        self.read_region_into(region, &mut bytes)?;
+        let shape: Vec<usize> = region.shape().iter().map(|&s| s as usize).collect();
+        Ok(
+            ArrayD::from_shape_vec(shape, T::from_le_bytes_slice(&bytes))
+                .expect("buffer length matches the region"),
+        )
+    }
+
+    /// A view from a JSON view spec file (paths in it are relative to the file's directory).
+    ///
+    /// # Errors
+    /// [`Error::BadInput`] naming the file for a malformed spec; errors opening its parts.
+    pub fn from_spec_file(path: &Path) -> Result<View> {
+        let text = std::fs::read_to_string(path).at(path)?;
+        let spec: Value = serde_json::from_str(&text)
+            .map_err(|e| Error::bad_input(path, format!("not JSON: {e}")))?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        View::from_spec(&spec, base).map_err(|e| match e {
+            Error::BadInput { reason, .. } if reason.starts_with("view spec") => {
+                Error::bad_input(path, reason)
+            }
+            other => other,
+        })
+    }
+
+    /// A view from a JSON view spec: a path, or `{"concat": [...], "axis": A}`,
+    /// `{"stack": [...], "axis": A}`, `{"slice": SPEC, "region": "0:10,:"}`,
+    /// `{"cast": SPEC, "dtype": "float32"}`. Relative paths are taken from `base`.
+    ///
+    /// # Errors
+    /// [`Error::BadInput`] for a malformed spec.
+    pub fn from_spec(spec: &Value, base: &Path) -> Result<View> {
+        let bad = |reason: String| Error::bad_input(base, format!("view spec: {reason}"));
+        let axis = |o: &serde_json::Map<String, Value>| -> Result<usize> {
+            match o.get("axis") {
+                None => Ok(0),
+                Some(a) => a
+                    .as_u64()
+                    .map(|a| a as usize)
+                    .ok_or_else(|| bad(format!("axis {a} is not a non-negative integer"))),
+            }
+        };
+        let list = |v: &Value, key: &str| -> Result<Vec<View>> {
+            let items = v
+                .as_array()
+                .ok_or_else(|| bad(format!("{key:?} takes a list of parts")))?;
+            items.iter().map(|p| View::from_spec(p, base)).collect()
+        };
+        match spec {
+            Value::String(p) => {
+                let path = base.join(p);
+                if is_spec(&path) {
+                    View::from_spec_file(&path)
+                } else {
+                    View::open_all(&[path], &RawOptions::default())
+                }
+            }
+            Value::Object(o) => {
+                if let Some(parts) = o.get("concat") {
+                    View::concat(list(parts, "concat")?, axis(o)?)
+                } else if let Some(parts) = o.get("stack") {
+                    View::stack(list(parts, "stack")?, axis(o)?)
+                } else if let Some(inner) = o.get("slice") {
+                    let v = View::from_spec(inner, base)?;
+                    let r = o.get("region").and_then(Value::as_str).ok_or_else(|| {
+                        bad("\"slice\" needs a \"region\" like \"0:10,:,5:\"".into())
+                    })?;
+                    let parsed = Region::parse(r, v.shape())?;
+                    let sliced = v.slice(&parsed.region)?;
+                    // Integer indices drop their axis, as in numpy.
+                    Ok(drop_axes(sliced, &parsed.dropped))
+                } else if let Some(inner) = o.get("cast") {
+                    let v = View::from_spec(inner, base)?;
+                    let d = o
+                        .get("dtype")
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| bad("\"cast\" needs a \"dtype\"".into()))?;
+                    v.cast(d.parse()?)
+                } else {
+                    Err(bad(format!(
+                        "an object needs one of \"concat\", \"stack\", \"slice\", \"cast\"; got keys {:?}",
+                        o.keys().collect::<Vec<_>>()
+                    )))
+                }
+            }
+            other => Err(bad(format!("expected a path or an object, got {other}"))),
+        }
+    }
+}
+
+/// A shared source behind a box.
+struct Shared(Arc<dyn Source>);
+
+impl Source for Shared {
+    fn shape(&self) -> &[u64] {
+        self.0.shape()
+    }
+    fn dtype(&self) -> DType {
+        self.0.dtype()
+    }
+    fn slow_axis(&self) -> usize {
+        self.0.slow_axis()
+    }
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+    fn block(&self, region: &Region) -> Result<Box<dyn Block + '_>> {
+        self.0.block(region)
+    }
+}
+
+/// Whether `path` is a JSON view spec (a `.json` file that is not a raw file's sidecar).
+pub(crate) fn is_spec(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+        && path.is_file()
+        && std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .is_some_and(|v| {
+                v.is_string()
+                    || ["concat", "stack", "slice", "cast"]
+                        .iter()
+                        .any(|k| v.get(k).is_some())
+            })
+}
+
+fn drop_axes(v: View, dropped: &[usize]) -> View {
+    if dropped.is_empty() {
+        return v;
+    }
+    View {
+        src: Arc::new(Squeeze::new(v.src, dropped)),
+    }
+}
+
+fn region_elements(region: &Region) -> Result<usize> {
+    to_usize(u64::try_from(region.len()).unwrap_or(u64::MAX), "region")
+}
+
+fn check_same(first: &View, other: &View, except: Option<usize>) -> Result<()> {
+    let (a, b) = (first.shape(), other.shape());
+    if a.len() != b.len() {
+        return Err(Error::option(
+            "inputs",
+            format!(
+                "{} is {}-d ({}), {} is {}-d ({})",
+                first.describe(),
+                a.len(),
+                fmt_shape(a),
+                other.describe(),
+                b.len(),
+                fmt_shape(b)
+            ),
+        ));
+    }
+    if let Some(axis) = (0..a.len()).find(|&k| Some(k) != except && a[k] != b[k]) {
+        return Err(Error::ShapeMismatch {
+            left_path: PathBuf::from(first.describe()),
+            right_path: PathBuf::from(other.describe()),
+            axis,
+            left: a[axis],
+            right: b[axis],
+        });
+    }
+    if first.dtype() != other.dtype() {
+        return Err(Error::option(
+            "inputs",
+            format!(
+                "{} holds {}, {} holds {} (cast one first)",
+                first.describe(),
+                first.dtype(),
+                other.describe(),
+                other.dtype()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Parts end to end along one axis.
+struct Concat {
+    parts: Vec<Arc<dyn Source>>,
+    axis: usize,
+    /// Where each part starts along the axis.
+    starts: Vec<u64>,
+    shape: Vec<u64>,
+}
+
+impl Concat {
+    fn new(parts: Vec<Arc<dyn Source>>, axis: usize) -> Concat {
+        let mut starts = Vec::with_capacity(parts.len());
+        let mut shape = parts[0].shape().to_vec();
+        let mut at = 0;
+        for p in &parts {
+            starts.push(at);
+            at += p.shape()[axis];
+        }
+        shape[axis] = at;
+        Concat {
+            parts,
+            axis,
+            starts,
+            shape,
+        }
+    }
+}
+
+impl Source for Concat {
+    fn shape(&self) -> &[u64] {
+        &self.shape
+    }
+
+    fn dtype(&self) -> DType {
+        self.parts[0].dtype()
+    }
+
+    fn describe(&self) -> String {
+        let inner: Vec<String> = self.parts.iter().map(|p| p.describe()).collect();
+        format!("concat(axis {}: {})", self.axis, inner.join(", "))
+    }
+
+    fn block(&self, region: &Region) -> Result<Box<dyn Block + '_>> {
+        let r = &region.ranges()[self.axis];
+        let mut pieces = Vec::new();
+        for (p, &s) in self.parts.iter().zip(&self.starts) {
+            let n = p.shape()[self.axis];
+            let (lo, hi) = (r.start.max(s), r.end.min(s + n));
+            if lo >= hi {
+                continue;
+            }
+            let mut sub = region.ranges().to_vec();
+            sub[self.axis] = (lo - s)..(hi - s);
+            let sub = Region::new(sub);
+            pieces.push((p.block(&sub)?, s, s + n));
+        }
+        Ok(Box::new(ConcatBlock {
+            pieces,
+            axis: self.axis,
+            itemsize: self.dtype().size(),
+        }))
+    }
+}
+
+struct ConcatBlock<'a> {
+    /// Each part's block and the rows the part spans along the axis.
+    pieces: Vec<(Box<dyn Block + 'a>, u64, u64)>,
+    axis: usize,
+    itemsize: usize,
+}
+
+impl Block for ConcatBlock<'_> {
+    fn itemsize(&self) -> usize {
+        self.itemsize
+    }
+
+    fn read_strided(&self, part: &Region, dst: &mut [u8], offset: usize, strides: &[usize]) {
+        let r = part.ranges()[self.axis].clone();
+        for (block, start, end) in &self.pieces {
+            let (lo, hi) = (r.start.max(*start), r.end.min(*end));
+            if lo >= hi {
+                continue;
+            }
+            // The piece's rows of the part, in the piece's own coordinates, written where
+            // they fall in the part.
+            let mut sub = part.ranges().to_vec();
+            sub[self.axis] = (lo - start)..(hi - start);
+            let at = offset + (lo - r.start) as usize * strides[self.axis];
+            block.read_strided(&Region::new(sub), dst, at, strides);
+        }
+    }
+}
+
+/// A new axis of length 1.
+struct Insert {
+    inner: Arc<dyn Source>,
+    axis: usize,
+    shape: Vec<u64>,
+}
+
+impl Insert {
+    fn new(inner: Arc<dyn Source>, axis: usize) -> Insert {
+        let mut shape = inner.shape().to_vec();
+        shape.insert(axis, 1);
+        Insert { inner, axis, shape }
+    }
+}
+
+impl Source for Insert {
+    fn shape(&self) -> &[u64] {
+        &self.shape
+    }
+
+    fn dtype(&self) -> DType {
+        self.inner.dtype()
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    fn block(&self, region: &Region) -> Result<Box<dyn Block + '_>> {
+        let mut r = region.ranges().to_vec();
+        r.remove(self.axis);
+        Ok(Box::new(AxisBlock {
+            inner: self.inner.block(&Region::new(r))?,
+            remove: vec![self.axis],
+            insert: Vec::new(),
+        }))
+    }
+}
+
+/// Axes of length 1 taken away (numpy's integer indexing).
+struct Squeeze {
+    inner: Arc<dyn Source>,
+    /// The inner axes removed, ascending.
+    axes: Vec<usize>,
+    shape: Vec<u64>,
+}
+
+impl Squeeze {
+    fn new(inner: Arc<dyn Source>, axes: &[usize]) -> Squeeze {
+        let mut axes = axes.to_vec();
+        axes.sort_unstable();
+        let shape = inner
+            .shape()
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| !axes.contains(k))
+            .map(|(_, &n)| n)
+            .collect();
+        Squeeze { inner, axes, shape }
+    }
+}
+
+impl Source for Squeeze {
+    fn shape(&self) -> &[u64] {
+        &self.shape
+    }
+
+    fn dtype(&self) -> DType {
+        self.inner.dtype()
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    fn block(&self, region: &Region) -> Result<Box<dyn Block + '_>> {
+        let mut r = region.ranges().to_vec();
+        for &a in &self.axes {
+            r.insert(a, 0..1);
+        }
+        Ok(Box::new(AxisBlock {
+            inner: self.inner.block(&Region::new(r))?,
+            remove: Vec::new(),
+            insert: self.axes.clone(),
+        }))
+    }
+}
+
+/// A block seen with axes removed (`remove`: outer axes of length 1 the inner block lacks) or
+/// added (`insert`: inner axes of length 1 the outer view lacks).
+struct AxisBlock<'a> {
+    inner: Box<dyn Block + 'a>,
+    remove: Vec<usize>,
+    insert: Vec<usize>,
+}
+
+impl Block for AxisBlock<'_> {
+    fn itemsize(&self) -> usize {
+        self.inner.itemsize()
+    }
+
+    fn read_strided(&self, part: &Region, dst: &mut [u8], offset: usize, strides: &[usize]) {
+        let mut r = part.ranges().to_vec();
+        let mut s = strides.to_vec();
+        for &a in self.remove.iter().rev() {
+            r.remove(a);
+            s.remove(a);
+        }
+        for &a in &self.insert {
+            r.insert(a, 0..1);
+            s.insert(a, 0);
+        }
+        self.inner.read_strided(&Region::new(r), dst, offset, &s);
+    }
+}
+
+/// A box of another source.
+struct Slice {
+    inner: Arc<dyn Source>,
+    origin: Vec<u64>,
+    shape: Vec<u64>,
+}
+
+impl Source for Slice {
+    fn shape(&self) -> &[u64] {
+        &self.shape
+    }
+
+    fn dtype(&self) -> DType {
+        self.inner.dtype()
+    }
+
+    fn describe(&self) -> String {
+        let r: Vec<String> = self
+            .origin
+            .iter()
+            .zip(&self.shape)
+            .map(|(o, n)| format!("{o}:{}", o + n))
+            .collect();
+        format!("{}[{}]", self.inner.describe(), r.join(","))
+    }
+
+    fn block(&self, region: &Region) -> Result<Box<dyn Block + '_>> {
+        Ok(Box::new(ShiftBlock {
+            inner: self.inner.block(&shift(region, &self.origin))?,
+            origin: &self.origin,
+        }))
+    }
+}
+
+fn shift(region: &Region, origin: &[u64]) -> Region {
+    Region::new(
+        region
+            .ranges()
+            .iter()
+            .zip(origin)
+            .map(|(r, &o)| (r.start + o)..(r.end + o))
+            .collect(),
+    )
+}
+
+struct ShiftBlock<'a> {
+    inner: Box<dyn Block + 'a>,
+    origin: &'a [u64],
+}
+
+impl Block for ShiftBlock<'_> {
+    fn itemsize(&self) -> usize {
+        self.inner.itemsize()
+    }
+
+    fn read_strided(&self, part: &Region, dst: &mut [u8], offset: usize, strides: &[usize]) {
+        self.inner
+            .read_strided(&shift(part, self.origin), dst, offset, strides);
+    }
+}
+
+/// Values converted to a wider type.
+struct Cast {
+    inner: Arc<dyn Source>,
+    to: DType,
+}
+
+impl Source for Cast {
+    fn shape(&self) -> &[u64] {
+        self.inner.shape()
+    }
+
+    fn dtype(&self) -> DType {
+        self.to
+    }
+
+    fn describe(&self) -> String {
+        format!("{} as {}", self.inner.describe(), self.to)
+    }
+
+    fn block(&self, region: &Region) -> Result<Box<dyn Block + '_>> {
+        let n = region_elements(region)?;
+        let from = self.inner.dtype();
+        let mut raw = vec![0u8; n * from.size()];
+        let shape: Vec<usize> = region.shape().iter().map(|&s| s as usize).collect();
+        if n > 0 {
+            self.inner
+                .block(region)?
+                .read_into(region, &mut raw, &shape);
+        }
+        let out = convert_values(&raw, from, self.to);
+        Ok(Box::new(BufferBlock::new(
+            region.clone(),
+            out,
+            self.to.size(),
+        )))
+    }
+}
+
+/// Converts native-endian elements of `from` to `to` (a safe cast: exact through f64).
+pub(crate) fn convert_values(raw: &[u8], from: DType, to: DType) -> Vec<u8> {
+    with_scalar!(from, F => {
+        let values: &[F] = bytemuck::cast_slice(raw);
+        with_scalar!(to, T => {
+            let out: Vec<T> = values.iter().map(|&v| T::from_f64(v.to_f64())).collect();
+            bytemuck::cast_slice::<T, u8>(&out).to_vec()
+        })
+    })
+}
+
+/// A store as a view source (its chunks decode per read).
+pub(crate) fn store_source(path: &Path) -> Result<Arc<dyn Source>> {
+    Ok(Arc::new(StoreSource::open(path)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Dimension;
+
+    /// An in-memory source: values 0, 1, 2, ... in C order.
+    struct Ramp {
+        shape: Vec<u64>,
+        base: u32,
+    }
+
+    impl Source for Ramp {
+        fn shape(&self) -> &[u64] {
+            &self.shape
+        }
+        fn dtype(&self) -> DType {
+            DType::U32
+        }
+        fn describe(&self) -> String {
+            format!("ramp {}", self.base)
+        }
+        fn block(&self, region: &Region) -> Result<Box<dyn Block + '_>> {
+            let full = ArrayD::from_shape_fn(
+                self.shape.iter().map(|&n| n as usize).collect::<Vec<_>>(),
+                |ix| {
+                    let mut flat = 0u32;
+                    for (k, &i) in ix.slice().iter().enumerate() {
+                        flat = flat * self.shape[k] as u32 + i as u32;
+                    }
+                    self.base + flat
+                },
+            );
+            let sl: Vec<ndarray::SliceInfoElem> = region
+                .ranges()
+                .iter()
+                .map(|r| (r.start as isize..r.end as isize).into())
+                .collect();
+            let part = full.slice(sl.as_slice()).to_owned();
+            let bytes: Vec<u8> =
+                bytemuck::cast_slice(part.as_standard_layout().as_slice().unwrap()).to_vec();
+            Ok(Box::new(BufferBlock::new(region.clone(), bytes, 4)))
+        }
+    }
+
+    fn ramp(shape: &[u64], base: u32) -> (View, ArrayD<u32>) {
+        let v = View::from_source(Arc::new(Ramp {
+            shape: shape.to_vec(),
+            base,
+        }));
+        let all = v.read_region::<u32>(&Region::full(shape)).unwrap();
+        (v, all)
+    }
+
+    #[test]
+    fn concat_stack_slice_match_ndarray() {
+        let (a, xa) = ramp(&[3, 4, 5], 0);
+        let (b, xb) = ramp(&[3, 2, 5], 1000);
+        let c = View::concat(vec![a.clone(), b.clone()], 1).unwrap();
+        let want = ndarray::concatenate(ndarray::Axis(1), &[xa.view(), xb.view()]).unwrap();
+        let r = Region::new(vec![1..3, 2..6, 1..4]);
+        let got = c.read_region::<u32>(&r).unwrap();
+        assert_eq!(got, want.slice(ndarray::s![1..3, 2..6, 1..4]).into_dyn());
+
+        let (a2, xa2) = ramp(&[3, 4, 5], 7);
+        let s = View::stack(vec![a.clone(), a2], 1).unwrap();
+        assert_eq!(s.shape(), &[3, 2, 4, 5]);
+        let want = ndarray::stack(ndarray::Axis(1), &[xa.view(), xa2.view()]).unwrap();
+        assert_eq!(
+            s.read_region::<u32>(&Region::full(s.shape())).unwrap(),
+            want
+        );
+
+        let sl = c.slice(&Region::new(vec![1..2, 3..5, 0..5])).unwrap();
+        let got = sl.read_region::<u32>(&Region::full(sl.shape())).unwrap();
+        let want = ndarray::concatenate(ndarray::Axis(1), &[xa.view(), xb.view()]).unwrap();
+        assert_eq!(got, want.slice(ndarray::s![1..2, 3..5, ..]).into_dyn());
+
+        let f = c.cast(DType::F64).unwrap();
+        let got = f.read_region::<f64>(&Region::full(f.shape())).unwrap();
+        assert_eq!(
+            got,
+            ndarray::concatenate(ndarray::Axis(1), &[xa.view(), xb.view()])
+                .unwrap()
+                .mapv(f64::from)
+        );
+        assert!(c.cast(DType::U16).is_err());
+    }
+}
