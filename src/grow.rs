@@ -26,8 +26,8 @@ use crate::progress::{ProgressFn, Tracker, Unit, with_threads};
 use crate::region::{Region, fmt_shape};
 use crate::store::{
     Durability, Edges, FileWriter, GridCodec, Journal, LOCK_FILE, Layout, STAGING_DIR, StoreLock,
-    begin_build, clean_stale, commit_metadata, exchange, is_store, link_chunk, place, publish,
-    remove_chunk, sibling, staged_name, sync_dir, sync_filesystem,
+    begin_build, clean_stale, commit_metadata, crash_point, exchange, is_store, link_chunk, place,
+    publish, remove_chunk, sibling, staged_name, sync_dir, sync_filesystem,
 };
 use crate::view::{View, store_source};
 
@@ -246,7 +246,7 @@ pub fn append(store: &Path, inputs: &[PathBuf], opts: &GrowOptions) -> Result<Gr
         } else {
             ops.push(fresh_operand(inputs, &target, opts)?);
         }
-        let r = grow_in_place(&target, ops, opts, &fp, start)?;
+        let r = grow_in_place(&target, ops, opts, &fp, start, &[])?;
         drop(locks);
         Ok(r)
     })
@@ -261,6 +261,9 @@ pub fn append(store: &Path, inputs: &[PathBuf], opts: &GrowOptions) -> Result<Gr
 pub fn concat(inputs: &[PathBuf], out: &Path, opts: &GrowOptions) -> Result<GrowReport> {
     with_threads(opts.threads, || {
         let start = Instant::now();
+        if let Some(done) = finish_move(out, inputs, opts, start)? {
+            return Ok(done);
+        }
         check_join_inputs(inputs, Some(out))?;
         let fp = fingerprint("concat", opts, None, inputs);
         if let Some(done) = output_done(out, &fp, start)? {
@@ -287,6 +290,13 @@ pub fn concat(inputs: &[PathBuf], out: &Path, opts: &GrowOptions) -> Result<Grow
 pub fn concat_into(target: &Path, others: &[PathBuf], opts: &GrowOptions) -> Result<GrowReport> {
     with_threads(opts.threads, || {
         let start = Instant::now();
+        if opts.move_inputs && is_store(target) {
+            let _lock = StoreLock::acquire(target, opts.wait)?;
+            clean_stale(target)?;
+            if let Some(done) = finish_move(target, others, opts, start)? {
+                return Ok(done);
+            }
+        }
         let mut all = vec![target.to_path_buf()];
         all.extend(others.iter().cloned());
         check_join_inputs(&all, None)?;
@@ -303,7 +313,7 @@ pub fn concat_into(target: &Path, others: &[PathBuf], opts: &GrowOptions) -> Res
             locks.push(StoreLock::acquire_shared(p, opts.wait)?);
             ops.push(stored_operand(p, &layout, opts, true)?);
         }
-        let r = grow_in_place(&layout, ops, opts, &fp, start)?;
+        let r = grow_in_place(&layout, ops, opts, &fp, start, others)?;
         drop(locks);
         if opts.move_inputs {
             remove_inputs(others)?;
@@ -320,6 +330,9 @@ pub fn concat_into(target: &Path, others: &[PathBuf], opts: &GrowOptions) -> Res
 pub fn stack(inputs: &[PathBuf], out: &Path, opts: &GrowOptions) -> Result<GrowReport> {
     with_threads(opts.threads, || {
         let start = Instant::now();
+        if let Some(done) = finish_move(out, inputs, opts, start)? {
+            return Ok(done);
+        }
         check_join_inputs(inputs, Some(out))?;
         let fp = fingerprint("stack", opts, None, inputs);
         if let Some(done) = output_done(out, &fp, start)? {
@@ -386,7 +399,8 @@ pub fn stack(inputs: &[PathBuf], out: &Path, opts: &GrowOptions) -> Result<GrowR
                     Ok(())
                 })?;
         }
-        let meta_bytes = finish_build(&tmp, lock, out, &meta, &fp, opts)?;
+        let meta_bytes =
+            finish_build(&tmp, lock, out, &meta, &fp, opts, moving_list(opts, inputs))?;
         drop(locks);
         if opts.move_inputs {
             remove_inputs(inputs)?;
@@ -973,6 +987,7 @@ fn apply(
                         let copied = link_chunk(&src, &dst, staging)?;
                         done.bytes.fetch_add(copied, Ordering::Relaxed);
                         done.linked.fetch_add(1, Ordering::Relaxed);
+                        crash_point("placing");
                     } else if in_place {
                         remove_chunk(&dst)?;
                     }
@@ -1089,9 +1104,11 @@ fn apply(
     let written = files.finish()?;
     drop(written);
     // Encoded chunks are complete files now: rename each into place (atomic per file).
-    staged
-        .par_iter()
-        .try_for_each(|(tmp, dst)| place(tmp, dst))?;
+    staged.par_iter().try_for_each(|(tmp, dst)| -> Result<()> {
+        place(tmp, dst)?;
+        crash_point("placing");
+        Ok(())
+    })?;
     Ok(done)
 }
 
@@ -1110,10 +1127,91 @@ fn is_fill(buf: &[u8], fill: &[u8]) -> bool {
     buf.chunks_exact(fill.len()).all(|c| c == fill)
 }
 
+/// The journal's record of the inputs `--move` removes after the commit.
+fn moving_list(opts: &GrowOptions, inputs: &[PathBuf]) -> Vec<(PathBuf, String)> {
+    if !opts.move_inputs {
+        return Vec::new();
+    }
+    inputs.iter().map(|p| (canonical(p), stamp(p))).collect()
+}
+
+/// `p` made absolute through its parent (it may be gone).
+fn canonical(p: &Path) -> PathBuf {
+    if let Ok(c) = p.canonicalize() {
+        return c;
+    }
+    let parent = p
+        .parent()
+        .filter(|q| !q.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    match (parent.canonicalize(), p.file_name()) {
+        (Ok(dir), Some(name)) => dir.join(name),
+        _ => p.to_path_buf(),
+    }
+}
+
+/// A rerun of a `--move` join whose commit happened (APPEND §4.5): removes what is left of the
+/// inputs the journal of `dir` lists (each gone, half removed, or as it was when joined) and
+/// says "already done". `None` when the journal does not describe this join.
+fn finish_move(
+    dir: &Path,
+    inputs: &[PathBuf],
+    opts: &GrowOptions,
+    start: Instant,
+) -> Result<Option<GrowReport>> {
+    if !opts.move_inputs || opts.again || !is_store(dir) {
+        return Ok(None);
+    }
+    let Some(j) = Journal::read(dir) else {
+        return Ok(None);
+    };
+    let given: Vec<PathBuf> = inputs.iter().map(|p| canonical(p)).collect();
+    let listed: Vec<PathBuf> = j.moving.iter().map(|(p, _)| p.clone()).collect();
+    let Ok(layout) = Layout::read(dir) else {
+        return Ok(None);
+    };
+    if j.moving.is_empty() || given != listed || layout.shape() != j.to {
+        return Ok(None);
+    }
+    for (p, was) in &j.moving {
+        if !p.exists() {
+            continue;
+        }
+        if !p.join("zarr.json").exists() {
+            fs::remove_dir_all(p).at(p)?; // half removed by the killed run
+        } else if stamp(p) == *was {
+            remove_inputs(std::slice::from_ref(p))?;
+        } else {
+            return Err(Error::option(
+                "--move",
+                format!(
+                    "{} was joined into {} and has changed since; it is not removed",
+                    p.display(),
+                    dir.display()
+                ),
+            ));
+        }
+    }
+    Ok(Some(GrowReport {
+        path: dir.to_path_buf(),
+        old_shape: (!j.from.is_empty()).then(|| j.from.clone()),
+        shape: j.to,
+        grid: grid_name(layout.meta()),
+        chunks_linked: 0,
+        chunks_encoded: 0,
+        layers_reencoded: 0,
+        bytes_written: 0,
+        exchanged: false,
+        already_done: true,
+        seconds: start.elapsed().as_secs_f64(),
+    }))
+}
+
 fn remove_inputs(inputs: &[PathBuf]) -> Result<()> {
     for p in inputs {
         // zarr.json first: a half-removed input is no longer an array.
         remove_chunk(&p.join("zarr.json"))?;
+        crash_point("moving");
         sync_dir(p)?;
         fs::remove_dir_all(p).at(p)?;
     }
@@ -1127,6 +1225,7 @@ fn grow_in_place(
     opts: &GrowOptions,
     fp: &str,
     start: Instant,
+    moving: &[PathBuf],
 ) -> Result<GrowReport> {
     let axis = opts.axis;
     if axis >= target.shape().len() {
@@ -1181,6 +1280,7 @@ fn grow_in_place(
         fingerprint: fp.to_string(),
         from: old_shape.clone(),
         to: shape.clone(),
+        moving: moving_list(opts, moving),
     };
     let sync = opts.durability == Durability::Sync;
     let layers_reencoded = stored_reencoded(
@@ -1196,11 +1296,14 @@ fn grow_in_place(
         let done = apply(
             &plan, &todo, &ops, &joined, &out, &codec, &staging, opts, true, &tracker,
         )?;
+        crash_point("staged");
         let jb = journal.write(target.path())?;
+        crash_point("journaled");
         if sync {
             sync_filesystem(target.path())?;
         }
         commit_metadata(target.path(), &meta, sync)?;
+        crash_point("committed");
         let _ = fs::remove_dir_all(&staging);
         (done, false, meta_len(&meta) + jb)
     } else {
@@ -1211,6 +1314,7 @@ fn grow_in_place(
         fs::create_dir(&new_dir).at(&new_dir)?;
         let new_lock = StoreLock::create_in(&new_dir)?;
         link_tree(target.path(), &new_dir, &new_dir.join(STAGING_DIR))?;
+        crash_point("linked");
         let out = Layout::from_json(&new_dir, meta.clone())?;
         let staging = new_dir.join(STAGING_DIR);
         // Every layer but the unchanged ones: the linked tree already holds those.
@@ -1218,12 +1322,15 @@ fn grow_in_place(
             &plan, &todo, &ops, &joined, &out, &codec, &staging, opts, true, &tracker,
         )?;
         let _ = fs::remove_dir_all(&staging);
+        crash_point("staged");
         let jb = journal.write(&new_dir)?;
         commit_metadata(&new_dir, &meta, false)?;
+        crash_point("journaled");
         if sync {
             sync_filesystem(&new_dir)?;
         }
         exchange(target.path(), &new_dir)?;
+        crash_point("committed");
         if let Some(parent) = target.path().parent().filter(|p| !p.as_os_str().is_empty())
             && sync
         {
@@ -1303,7 +1410,8 @@ fn build_new(
         &tracker,
     )?;
     let _ = fs::remove_dir_all(&staging);
-    let meta_bytes = finish_build(&tmp, lock, out, &meta, fp, opts)?;
+    crash_point("staged");
+    let meta_bytes = finish_build(&tmp, lock, out, &meta, fp, opts, moving_list(opts, inputs))?;
     if opts.move_inputs {
         remove_inputs(inputs)?;
     }
@@ -1330,6 +1438,7 @@ fn finish_build(
     meta: &Value,
     fp: &str,
     opts: &GrowOptions,
+    moving: Vec<(PathBuf, String)>,
 ) -> Result<u64> {
     let shape: Vec<u64> = meta["shape"]
         .as_array()
@@ -1339,12 +1448,15 @@ fn finish_build(
         fingerprint: fp.to_string(),
         from: Vec::new(),
         to: shape,
+        moving,
     }
     .write(tmp)?;
+    crash_point("journaled");
     if opts.durability == Durability::Sync {
         sync_filesystem(tmp)?;
     }
     publish(tmp, out, meta, &[tmp.join(LOCK_FILE)], opts.durability)?;
+    crash_point("committed");
     drop(lock);
     Ok(meta_len(meta) + jb)
 }

@@ -152,6 +152,9 @@ pub(crate) struct Journal {
     pub(crate) fingerprint: String,
     pub(crate) from: Vec<u64>,
     pub(crate) to: Vec<u64>,
+    /// With `--move`: the inputs to remove after the commit, each with its stamp then, so that
+    /// a rerun after a kill finishes removing them (APPEND §4.5).
+    pub(crate) moving: Vec<(PathBuf, String)>,
 }
 
 impl Journal {
@@ -165,17 +168,37 @@ impl Journal {
             fingerprint: v["fingerprint"].as_str()?.to_string(),
             from: shape("from")?,
             to: shape("to")?,
+            moving: v["moving"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|m| {
+                            Some((
+                                PathBuf::from(m["path"].as_str()?),
+                                m["stamp"].as_str()?.into(),
+                            ))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
         })
     }
 
     /// Writes the journal into `dir` durably (before the commit it describes); returns its size.
     pub(crate) fn write(&self, dir: &Path) -> Result<u64> {
-        let text = serde_json::to_string_pretty(&json!({
+        let mut j = json!({
             "fingerprint": self.fingerprint,
             "from": self.from,
             "to": self.to,
-        }))
-        .expect("plain JSON");
+        });
+        if !self.moving.is_empty() {
+            j["moving"] = self
+                .moving
+                .iter()
+                .map(|(p, s)| json!({"path": p.to_string_lossy(), "stamp": s}))
+                .collect();
+        }
+        let text = serde_json::to_string_pretty(&j).expect("plain JSON");
         write_durably(&dir.join(JOURNAL_FILE), text.as_bytes(), true)?;
         Ok(text.len() as u64)
     }
@@ -366,5 +389,22 @@ mod tests {
         assert_eq!(fs::read(&other).unwrap(), b"old");
         // Again: already the same file.
         assert_eq!(link_chunk(&a, &b, &staging).unwrap(), 0);
+    }
+}
+
+/// A named step of the commit protocol (APPEND §4.6). With `CHUNKWISE_CRASH_AT=NAME` in the
+/// environment the process kills itself with SIGKILL on reaching step NAME, so that the tests
+/// can stop a writer at every step of the protocol, not only at random instants.
+pub(crate) fn crash_point(name: &str) {
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if AT
+        .get_or_init(|| std::env::var("CHUNKWISE_CRASH_AT").ok())
+        .as_deref()
+        == Some(name)
+    {
+        // SAFETY: kill(2) on our own pid with a valid signal number; it does not return.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
     }
 }
