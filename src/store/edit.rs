@@ -353,6 +353,23 @@ pub(crate) fn exchange(a: &Path, b: &Path) -> Result<()> {
     ))
 }
 
+/// A named step of the commit protocol (APPEND §4.6). With `CHUNKWISE_CRASH_AT=NAME` in the
+/// environment the process kills itself with SIGKILL on reaching step NAME, so that the tests
+/// can stop a writer at every step of the protocol, not only at random instants.
+pub(crate) fn crash_point(name: &str) {
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if AT
+        .get_or_init(|| std::env::var("CHUNKWISE_CRASH_AT").ok())
+        .as_deref()
+        == Some(name)
+    {
+        // SAFETY: kill(2) on our own pid with a valid signal number; it does not return.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,22 +406,5 @@ mod tests {
         assert_eq!(fs::read(&other).unwrap(), b"old");
         // Again: already the same file.
         assert_eq!(link_chunk(&a, &b, &staging).unwrap(), 0);
-    }
-}
-
-/// A named step of the commit protocol (APPEND §4.6). With `CHUNKWISE_CRASH_AT=NAME` in the
-/// environment the process kills itself with SIGKILL on reaching step NAME, so that the tests
-/// can stop a writer at every step of the protocol, not only at random instants.
-pub(crate) fn crash_point(name: &str) {
-    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    if AT
-        .get_or_init(|| std::env::var("CHUNKWISE_CRASH_AT").ok())
-        .as_deref()
-        == Some(name)
-    {
-        // SAFETY: kill(2) on our own pid with a valid signal number; it does not return.
-        unsafe {
-            libc::kill(libc::getpid(), libc::SIGKILL);
-        }
     }
 }
