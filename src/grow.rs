@@ -869,6 +869,15 @@ fn choose_plan(ops: &[Operand], base: &Layout, opts: &GrowOptions) -> Result<Pla
         Edges::Fixed(c) => *c,
         Edges::Varying(v) => v.iter().copied().max().unwrap_or(1),
     };
+    // Sharded arrays: every rectilinear edge must stay a multiple of the subchunk along the axis.
+    let sub = base
+        .subchunks()
+        .and_then(|s| s.get(axis).copied())
+        .filter(|&s| s > 0);
+    let bad_edge = |plan: &Plan| match (&plan.axis_edges, sub) {
+        (Edges::Varying(v), Some(s)) => v.iter().copied().find(|&e| e % s != 0).map(|e| (s, e)),
+        _ => None,
+    };
     let plan = match opts.layout {
         GridLayout::Regular => plan_regular(ops, axis, nominal),
         GridLayout::Rectilinear => plan_rectilinear(ops, axis, nominal),
@@ -882,17 +891,17 @@ fn choose_plan(ops: &[Operand], base: &Layout, opts: &GrowOptions) -> Result<Pla
             if regular_ok && stored_reencoded(&reg, ops) <= 1 {
                 reg
             } else {
-                plan_rectilinear(ops, axis, nominal)
+                let rect = plan_rectilinear(ops, axis, nominal);
+                // A sharded join that cannot be rectilinear stays regular (re-encoding).
+                if regular_ok && bad_edge(&rect).is_some() {
+                    reg
+                } else {
+                    rect
+                }
             }
         }
     };
-    // Sharded arrays: every edge must stay a multiple of the subchunk along the axis.
-    if let Some(sub) = base.subchunks()
-        && let Some(&s) = sub.get(axis)
-        && s > 0
-        && let Edges::Varying(v) = &plan.axis_edges
-        && let Some(bad) = v.iter().find(|&&e| e % s != 0)
-    {
+    if let Some((s, bad)) = bad_edge(&plan) {
         return Err(Error::option(
             "--layout",
             format!(

@@ -130,8 +130,15 @@ fn demo_runs_and_checks_itself() {
     let text = stdout(&o);
     assert!(text.contains("round trip identical"), "{text}");
     assert!(text.contains("demo passed"), "{text}");
+    // Step 7 joined 24 more slices (concat) and appended them in place, checking both.
+    assert_eq!(text.matches(": equals the data").count(), 2, "{text}");
     let store = Store::open(dir.path().join("volume.zarr")).unwrap();
-    assert_eq!(store.shape(), &[40, 96, 80]);
+    assert_eq!(store.shape(), &[64, 96, 80]);
+    let joined = Store::open(dir.path().join("joined.zarr")).unwrap();
+    assert_eq!(
+        crate::common::store_bytes(&joined),
+        crate::common::store_bytes(&store)
+    );
 }
 
 /// SIGKILL a convert at many instants: the output is either absent or the complete array,

@@ -397,6 +397,61 @@ fn stack_equals_numpy_stack() {
     );
 }
 
+/// APPEND §3.1: sharded arrays join with the shard as the chunk; rectilinear edges must be
+/// subchunk multiples (auto falls back to regular, an explicit rectilinear is refused).
+#[test]
+fn sharded_arrays_concat_or_refuse_clearly() {
+    let dir = tmp();
+    let sharded = |name: &str, a: &Arr| {
+        let (npy, _) = make(dir.path(), &format!("{name}_plain"), a, &[8, 6, 6]);
+        let out = dir.path().join(format!("{name}.zarr"));
+        chunkwise::convert(
+            &[npy],
+            &out,
+            &ConvertOptions::default()
+                .chunks(Some(vec![8, 6, 6]))
+                .subchunks(Some(vec![4, 3, 6])),
+        )
+        .unwrap();
+        out
+    };
+    let cases: &[(u64, u64, GridLayout, &str)] = &[
+        (16, 10, GridLayout::Auto, "regular"), // shard multiple: all linked
+        (12, 10, GridLayout::Rectilinear, "rectilinear"), // edge 4 = one subchunk
+        (10, 9, GridLayout::Auto, "regular"),  // edge 2 < subchunk: stays regular
+        (10, 9, GridLayout::Regular, "regular"),
+    ];
+    for (k, &(na, nb, layout, grid)) in cases.iter().enumerate() {
+        let a = arr(DType::U16, &[na, 12, 12], 40 + k as u64);
+        let b = arr(DType::U16, &[nb, 12, 12], 50 + k as u64);
+        let (sa, sb) = (sharded(&format!("a{k}"), &a), sharded(&format!("b{k}"), &b));
+        let out = dir.path().join(format!("ab{k}.zarr"));
+        let r = chunkwise::concat(&[sa, sb], &out, &opts(0, layout)).unwrap();
+        assert_eq!(r.grid, grid, "case {k}");
+        assert_arr(
+            &out,
+            &concat_oracle(&[&a, &b], 0),
+            &format!("sharded case {k}"),
+        );
+        if k == 0 {
+            assert_eq!(r.chunks_encoded, 0, "shard-aligned join links every shard");
+        }
+    }
+    // Explicitly rectilinear with an edge that is not a subchunk multiple: refused, named.
+    let a = arr(DType::U16, &[10, 12, 12], 60);
+    let b = arr(DType::U16, &[9, 12, 12], 61);
+    let (sa, sb) = (sharded("ra", &a), sharded("rb", &b));
+    let out = dir.path().join("refused.zarr");
+    let e = chunkwise::concat(&[sa, sb], &out, &opts(0, GridLayout::Rectilinear))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("subchunks of 4") && e.contains("edge of 2") && e.contains("--layout regular"),
+        "{e}"
+    );
+    assert!(!out.exists());
+}
+
 /// Tests section of the issue: zarr-python (and tensorstore, for regular grids) read the
 /// regular and rectilinear results live, compared with numpy.concatenate / numpy.stack of
 /// the inputs.

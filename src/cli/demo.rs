@@ -6,8 +6,8 @@ use std::time::Instant;
 use chunkwise::kernel::{Gaussian, Threshold};
 use chunkwise::synth::Volume;
 use chunkwise::{
-    Boundary, ConvertOptions, DType, Element, ExecOptions, ExportOptions, IndexOptions,
-    ReduceOptions, Region, Select, Stats, Store, human_bytes,
+    Boundary, ConvertOptions, DType, Element, ExecOptions, ExportOptions, GrowOptions,
+    IndexOptions, ReduceOptions, Region, Select, Stats, Store, human_bytes,
 };
 
 use super::{CliError, CliResult, Global, Outcome, say};
@@ -201,11 +201,68 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
         },
     ))?;
 
-    // 7. Verify every chunk decodes.
+    // 7. Grow without copying: 24 more slices, converted on their own and joined by linking
+    // chunks (concat), and appended to the array in place; both checked against the data.
+    let extra = 24;
+    let more_vol = Volume::new([extra, ny, nx], 1e-4, 2027);
+    let more = dir.join("more");
+    if more.exists() {
+        std::fs::remove_dir_all(&more).map_err(io(&more))?;
+    }
+    std::fs::create_dir_all(&more).map_err(io(&more))?;
+    let mut grown = expected.clone();
+    for z in 0..extra {
+        let plane = more_vol.slice(z);
+        let mut bytes = Vec::with_capacity(plane.len() * 2);
+        u16::extend_le_bytes(&plane, &mut bytes);
+        let p = more.join(format!("slice_{z:04}.npy"));
+        chunkwise::write_npy(&p, DType::U16, &[ny, nx], &bytes)?;
+        grown.extend_from_slice(&bytes);
+    }
+    let more_store = dir.join("more.zarr");
+    chunkwise::convert(std::slice::from_ref(&more), &more_store, &opts)?;
+    let gopts = GrowOptions::default()
+        .overwrite(true)
+        .again(true)
+        .threads(g.threads)
+        .progress(g.progress());
+    let joined = dir.join("joined.zarr");
+    let r = chunkwise::concat(&[store.clone(), more_store.clone()], &joined, &gopts)?;
+    let same = store_all(&joined)? == grown;
+    ok &= same;
+    let stored = |p: &Path| chunkwise::info(p).map(|i| i.stored_bytes);
+    say(format!(
+        "7. concat volume.zarr + more.zarr -> {}: {} ({} grid), {} chunks linked, {} encoded, \
+         {} written for a {} array: {}",
+        joined.display(),
+        chunkwise::fmt_shape(&r.shape),
+        r.grid,
+        r.chunks_linked,
+        r.chunks_encoded,
+        human_bytes(r.bytes_written),
+        human_bytes(stored(&joined)?),
+        if same { "equals the data" } else { "DIFFERS" }
+    ))?;
+    let r = chunkwise::append(&store, std::slice::from_ref(&more), &gopts)?;
+    let same = store_all(&store)? == grown;
+    ok &= same;
+    say(format!(
+        "   append {extra} slices to {}: {} -> {} ({} layer of stored data re-encoded), {} \
+         written for a {} array: {}",
+        store.display(),
+        chunkwise::fmt_shape(r.old_shape.as_deref().unwrap_or(&[])),
+        chunkwise::fmt_shape(&r.shape),
+        r.layers_reencoded,
+        human_bytes(r.bytes_written),
+        human_bytes(stored(&store)?),
+        if same { "equals the data" } else { "DIFFERS" }
+    ))?;
+
+    // 8. Verify every chunk decodes.
     let v = chunkwise::verify(&store, g.threads, g.progress())?;
     ok &= v.ok();
     say(format!(
-        "7. verify: {} of {} chunks stored, {} bad",
+        "8. verify: {} of {} chunks stored, {} bad",
         v.chunks_checked,
         v.chunks_total,
         v.bad.len()

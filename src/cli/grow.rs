@@ -191,13 +191,17 @@ fn report(r: &GrowReport, c: &Common, g: &Global, verb: &str) -> CliResult {
             .map(|s| format!("{} -> ", chunkwise::fmt_shape(s)))
             .unwrap_or_default();
         say(format!(
-            "{verb} {}: {from}{} ({} grid), {} chunks linked, {} encoded ({} layers of stored data re-encoded), {} written in {:.2} s{}",
+            "{verb} {}: {from}{} ({} grid), {} chunks linked, {} encoded ({}), {} written in {:.2} s{}",
             r.path.display(),
             chunkwise::fmt_shape(&r.shape),
             r.grid,
             r.chunks_linked,
             r.chunks_encoded,
-            r.layers_reencoded,
+            match r.layers_reencoded {
+                0 => "no stored data re-encoded".to_string(),
+                1 => "1 layer of stored data re-encoded".to_string(),
+                n => format!("{n} layers of stored data re-encoded"),
+            },
             human_bytes(r.bytes_written),
             r.seconds,
             if r.exchanged {

@@ -28,7 +28,9 @@ pub(crate) const JOURNAL_FILE: &str = ".chunkwise-journal.json";
 /// dies). Readers take no lock.
 #[derive(Debug)]
 pub(crate) struct StoreLock {
-    file: File,
+    /// `None`: a shared lock on a store we may not write (read-only filesystem or no write
+    /// permission), where no writer of ours can run either.
+    file: Option<File>,
 }
 
 impl StoreLock {
@@ -47,13 +49,26 @@ impl StoreLock {
     fn take(store: &Path, wait: bool, shared: bool) -> Result<StoreLock> {
         let path = store.join(LOCK_FILE);
         loop {
-            let mut file = File::options()
+            let opened = File::options()
                 .create(true)
                 .truncate(false)
                 .read(true)
                 .write(true)
-                .open(&path)
-                .at(&path)?;
+                .open(&path);
+            let mut file = match opened {
+                Ok(f) => f,
+                Err(e)
+                    if shared
+                        && matches!(
+                            e.kind(),
+                            std::io::ErrorKind::PermissionDenied
+                                | std::io::ErrorKind::ReadOnlyFilesystem
+                        ) =>
+                {
+                    return Ok(StoreLock { file: None });
+                }
+                Err(e) => return Err(Error::io(&path, e)),
+            };
             let got = match (wait, shared) {
                 (true, false) => file.lock().map(|()| true),
                 (true, true) => file.lock_shared().map(|()| true),
@@ -82,7 +97,7 @@ impl StoreLock {
                     file.set_len(0).at(&path)?;
                     let _ = write!(file, "{}", std::process::id());
                 }
-                return Ok(StoreLock { file });
+                return Ok(StoreLock { file: Some(file) });
             }
         }
     }
@@ -96,13 +111,15 @@ impl StoreLock {
             holder: format!("lock held on {}", path.display()),
         })?;
         let _ = write!(file, "{}", std::process::id());
-        Ok(StoreLock { file })
+        Ok(StoreLock { file: Some(file) })
     }
 }
 
 impl Drop for StoreLock {
     fn drop(&mut self) {
-        let _ = self.file.unlock();
+        if let Some(f) = &self.file {
+            let _ = f.unlock();
+        }
     }
 }
 
