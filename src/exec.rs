@@ -20,16 +20,19 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use crate::copy::{Side, c_strides, copy_box_signed};
+use crate::copy::{Side, c_strides, copy_box, copy_box_signed};
 use crate::dtype::{DType, Scalar};
 use crate::error::{Error, Result, to_usize};
-use crate::fingerprint::fnv1a;
+use crate::fingerprint::{fnv1a, stamp};
 use crate::grid::{Grid, indices_in};
 use crate::halo::{Boundary, Segment, segments};
 use crate::kernel::{Block, FnKernel, Kernel, OutBlock, Scratch};
 use crate::progress::{ProgressFn, Tracker, Unit, with_threads};
 use crate::region::{Region, fmt_shape};
-use crate::store::{Codec, Durability, Finish, JobOptions, JobState, JobWriter, Store, StoreSpec};
+use crate::store::{
+    Codec, Durability, Finish, JobOptions, JobState, JobWriter, Store, StoreSpec, is_store,
+};
+use crate::view::View;
 use crate::with_scalar;
 
 /// Settings of a job; build with [`ExecOptions::default`] and the setters.
@@ -176,13 +179,193 @@ pub struct ExecReport {
 /// Inputs that cannot be opened or differ in shape ([`Error::ShapeMismatch`]); the kernel's
 /// errors ([`Error::Compute`], naming the chunk); an impossible memory budget; a locked or
 /// differently-computed output. Nothing appears at `out` unless every chunk is done.
-pub fn run(
-    inputs: &[PathBuf],
+pub fn run<I: Into<JobInput> + Clone>(
+    inputs: &[I],
     out: &Path,
     kernel: &dyn Kernel,
     opts: &ExecOptions,
 ) -> Result<ExecReport> {
-    with_threads(opts.threads, || run_in_pool(inputs, out, kernel, opts))
+    let inputs: Vec<JobInput> = inputs.iter().cloned().map(Into::into).collect();
+    with_threads(opts.threads, || run_in_pool(&inputs, out, kernel, opts))
+}
+
+/// What a job reads (COMPUTE §1): a store (regular or rectilinear grid), a file `convert`
+/// reads (an `.npy`, raw + sidecar, TIFF), or a JSON view spec on disk; or a [`View`] built in
+/// code. A regular store is read chunk by chunk; anything else by blocks of its natural
+/// block shape ([`View::block_shape`]), each read by region.
+#[derive(Clone, Debug)]
+pub enum JobInput {
+    /// A path.
+    Path(PathBuf),
+    /// A view.
+    View(View),
+}
+
+impl From<PathBuf> for JobInput {
+    fn from(p: PathBuf) -> Self {
+        JobInput::Path(p)
+    }
+}
+
+impl From<&PathBuf> for JobInput {
+    fn from(p: &PathBuf) -> Self {
+        JobInput::Path(p.clone())
+    }
+}
+
+impl From<&Path> for JobInput {
+    fn from(p: &Path) -> Self {
+        JobInput::Path(p.to_path_buf())
+    }
+}
+
+impl From<View> for JobInput {
+    fn from(v: View) -> Self {
+        JobInput::View(v)
+    }
+}
+
+/// An opened job input: a store read by its own chunks, or a view read by blocks.
+enum Src {
+    Store(Box<Store>),
+    View {
+        view: View,
+        /// What the user gave (for errors): the path, or `<view>`.
+        name: PathBuf,
+        grid: Grid,
+        /// The fingerprint line: the view's structure and, for a path, its stamp.
+        id: String,
+    },
+}
+
+impl Src {
+    fn open(input: &JobInput) -> Result<Src> {
+        let (view, name, id) = match input {
+            JobInput::Path(p) => {
+                if is_store(p) {
+                    let s = Store::open(p)?;
+                    if s.grid().is_ok() {
+                        return Ok(Src::Store(Box::new(s)));
+                    }
+                    // A rectilinear grid: read by blocks of its longest edges.
+                    let grid = s.block_grid()?;
+                    let view = View::open(p)?;
+                    return Ok(Src::View {
+                        id: format!("{} {}", stamp(p), view.describe()),
+                        view,
+                        name: p.clone(),
+                        grid,
+                    });
+                }
+                let view = View::open(p)?;
+                (view, p.clone(), stamp(p))
+            }
+            JobInput::View(v) => (v.clone(), PathBuf::from("<view>"), String::new()),
+        };
+        let grid = Grid::new(view.shape(), &view.block_shape())?;
+        Ok(Src::View {
+            id: format!("{id} {}", view.describe()),
+            view,
+            name,
+            grid,
+        })
+    }
+
+    fn path(&self) -> &Path {
+        match self {
+            Src::Store(s) => s.path(),
+            Src::View { name, .. } => name,
+        }
+    }
+
+    fn shape(&self) -> &[u64] {
+        match self {
+            Src::Store(s) => s.shape(),
+            Src::View { view, .. } => view.shape(),
+        }
+    }
+
+    fn dtype(&self) -> DType {
+        match self {
+            Src::Store(s) => s.dtype(),
+            Src::View { view, .. } => view.dtype(),
+        }
+    }
+
+    fn grid(&self) -> Result<Grid> {
+        match self {
+            Src::Store(s) => s.grid(),
+            Src::View { grid, .. } => Ok(grid.clone()),
+        }
+    }
+
+    /// One element of the value absent chunks hold.
+    fn fill_bytes(&self) -> Vec<u8> {
+        match self {
+            Src::Store(s) => s.fill_bytes().to_vec(),
+            Src::View { view, .. } => vec![0; view.dtype().size()],
+        }
+    }
+
+    /// The line of the job's fingerprint that says what this input is.
+    fn identity(&self) -> String {
+        match self {
+            Src::Store(s) => {
+                let meta = serde_json::to_string(&s.metadata_json()).unwrap_or_default();
+                let path = s
+                    .path()
+                    .canonicalize()
+                    .unwrap_or_else(|_| s.path().to_path_buf());
+                format!("{} {}", path.display(), fnv1a(&meta))
+            }
+            Src::View { id, .. } => id.clone(),
+        }
+    }
+
+    fn chunk_key(&self, idx: &[u64]) -> String {
+        match self {
+            Src::Store(s) => s.chunk_key(idx),
+            Src::View { .. } => {
+                let i: Vec<String> = idx.iter().map(u64::to_string).collect();
+                format!("block {}", i.join("/"))
+            }
+        }
+    }
+
+    /// Block `idx` at its full block shape (edge blocks padded with zeros); `None`: absent.
+    fn read_chunk(&self, idx: &[u64]) -> Result<Option<Vec<u8>>> {
+        let (view, grid) = match self {
+            Src::Store(s) => return s.read_chunk(idx),
+            Src::View { view, grid, .. } => (view, grid),
+        };
+        let itemsize = view.dtype().size();
+        let full: Vec<usize> = grid.chunk_shape().iter().map(|&c| c as usize).collect();
+        let region = grid.chunk_region(idx);
+        let part: Vec<usize> = region.shape().iter().map(|&n| n as usize).collect();
+        let mut buf = vec![0u8; full.iter().product::<usize>() * itemsize];
+        if part == full {
+            view.read_region_into(&region, &mut buf)?;
+        } else {
+            let mut tmp = vec![0u8; part.iter().product::<usize>() * itemsize];
+            view.read_region_into(&region, &mut tmp)?;
+            copy_box(
+                &tmp,
+                Side {
+                    offset: 0,
+                    strides: &c_strides(&part, itemsize),
+                },
+                &mut buf,
+                Side {
+                    offset: 0,
+                    strides: &c_strides(&full, itemsize),
+                },
+                &part,
+                itemsize,
+                false,
+            );
+        }
+        Ok(Some(buf))
+    }
 }
 
 /// dask's `map_overlap` / ClearMap's `process`: `f` gets each input's block (the output chunk's
@@ -191,8 +374,8 @@ pub fn run(
 ///
 /// # Errors
 /// As [`run`], and whatever `f` returns.
-pub fn map_overlap<F>(
-    inputs: &[PathBuf],
+pub fn map_overlap<I, F>(
+    inputs: &[I],
     out: &Path,
     halo: &[u64],
     boundary: Boundary,
@@ -201,6 +384,7 @@ pub fn map_overlap<F>(
     opts: &ExecOptions,
 ) -> Result<ExecReport>
 where
+    I: Into<JobInput> + Clone,
     F: Fn(&[Block<'_>], &mut OutBlock<'_>) -> Result<()> + Sync,
 {
     let kernel = FnKernel {
@@ -217,14 +401,15 @@ where
 ///
 /// # Errors
 /// As [`run`].
-pub fn map_blocks<F>(
-    inputs: &[PathBuf],
+pub fn map_blocks<I, F>(
+    inputs: &[I],
     out: &Path,
     dtype: DType,
     f: F,
     opts: &ExecOptions,
 ) -> Result<ExecReport>
 where
+    I: Into<JobInput> + Clone,
     F: Fn(&[Block<'_>], &mut OutBlock<'_>) -> Result<()> + Sync,
 {
     map_overlap(inputs, out, &[0], Boundary::Reflect, dtype, f, opts)
@@ -248,7 +433,7 @@ fn default_budget() -> u64 {
 
 /// One input of the job.
 struct Input {
-    store: Store,
+    store: Src,
     grid: Grid,
     chunk_bytes: usize,
     itemsize: usize,
@@ -414,7 +599,7 @@ fn product(per_axis: &[Vec<u64>]) -> Vec<Vec<u64>> {
 }
 
 fn run_in_pool(
-    inputs: &[PathBuf],
+    inputs: &[JobInput],
     out: &Path,
     kernel: &dyn Kernel,
     opts: &ExecOptions,
@@ -423,16 +608,16 @@ fn run_in_pool(
     if inputs.is_empty() {
         return Err(Error::option("INPUT", "no input given"));
     }
-    let stores = inputs.iter().map(Store::open).collect::<Result<Vec<_>>>()?;
+    let stores = inputs.iter().map(Src::open).collect::<Result<Vec<_>>>()?;
     let shape = stores[0].shape().to_vec();
     for s in &stores[1..] {
-        if s.ndim() != shape.len() {
+        if s.shape().len() != shape.len() {
             return Err(Error::ShapeMismatch {
                 left_path: stores[0].path().to_path_buf(),
                 right_path: s.path().to_path_buf(),
                 axis: 0,
                 left: shape.len() as u64,
-                right: s.ndim() as u64,
+                right: s.shape().len() as u64,
             });
         }
         if let Some(axis) = (0..shape.len()).find(|&a| s.shape()[a] != shape[a]) {
@@ -448,7 +633,7 @@ fn run_in_pool(
     let ndim = shape.len();
     let halo = kernel.halo(ndim)?;
     let boundary = kernel.boundary();
-    let dtypes: Vec<DType> = stores.iter().map(Store::dtype).collect();
+    let dtypes: Vec<DType> = stores.iter().map(Src::dtype).collect();
     let out_dtype = kernel.output_dtype(&dtypes)?;
     let out_chunks = match &opts.chunks {
         Some(c) => c.clone(),
@@ -469,12 +654,7 @@ fn run_in_pool(
         opts.checksum
     );
     for s in &stores {
-        let meta = serde_json::to_string(&s.metadata_json()).unwrap_or_default();
-        let path = s
-            .path()
-            .canonicalize()
-            .unwrap_or_else(|_| s.path().to_path_buf());
-        settings.push_str(&format!("input: {} {}\n", path.display(), fnv1a(&meta)));
+        settings.push_str(&format!("input: {}\n", s.identity()));
     }
     let fingerprint = fnv1a(&settings);
     let (part, parts) = opts.partition.unwrap_or((0, 1));

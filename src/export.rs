@@ -126,13 +126,11 @@ impl Src {
         }
     }
 
-    /// The blocks to stream by: the store's chunks, or a default chunking of the view.
+    /// The blocks to stream by: the store's chunks, or the view's block shape.
     fn block_grid(&self) -> Result<crate::grid::Grid> {
         match self {
             Src::Store(s) => s.block_grid(),
-            Src::View(v) => {
-                crate::grid::Grid::new(v.shape(), &crate::convert::default_chunks(v.shape()))
-            }
+            Src::View(v) => crate::grid::Grid::new(v.shape(), &v.block_shape()),
         }
     }
 

@@ -220,7 +220,7 @@ fn layer_bits(
     let fill_selected = select.test(fill_value(store));
     indices_in(&boxed).par_iter().try_for_each(|idx| -> Result<()> {
         let creg = grid.chunk_region(idx);
-        match store.read_chunk(idx)? {
+        match store.read_block(grid, idx)? {
             Some(data) => with_scalar!(store.dtype(), T => set_bits::<T>(&bits, &data, &cshape, &creg, select)),
             None if fill_selected => {
                 // An absent chunk is all fill value, which the selection takes.
@@ -728,7 +728,7 @@ fn batch() -> usize {
 pub fn where_coords(store: &Store, out: Option<&Path>, opts: &IndexOptions) -> Result<IndexReport> {
     with_threads(opts.threads, || {
         let start = Instant::now();
-        let grid = store.grid()?;
+        let grid = store.block_grid()?;
         let ndim = store.ndim();
         let tracker = Tracker::new(
             "where",
@@ -889,7 +889,7 @@ pub fn graph_edges(
     let offsets = forward_offsets(ndim, connectivity)?;
     with_threads(opts.threads, || {
         let start = Instant::now();
-        let grid = store.grid()?;
+        let grid = store.block_grid()?;
         let shape = store.shape().to_vec();
         let tracker = Tracker::new(
             "graph",

@@ -54,7 +54,7 @@ pub use convert::{ConvertOptions, ConvertReport, DEFAULT_MEMORY, convert, defaul
 pub use dtype::{DType, Element, Scalar};
 pub use error::{Error, Incompatibility, Result};
 pub use exec::{
-    ExecOptions, ExecReport, ExecStatus, apply_in_memory, map_blocks, map_overlap, run,
+    ExecOptions, ExecReport, ExecStatus, JobInput, apply_in_memory, map_blocks, map_overlap, run,
 };
 pub use export::{ExportOptions, ExportReport, export};
 pub use grid::Grid;

@@ -120,7 +120,7 @@ fn reduce_in_pool<R: Reduction>(store: &Store, r: &R, opts: &ReduceOptions) -> R
             ),
         });
     }
-    let grid = store.grid()?;
+    let grid = store.block_grid()?;
     let chunks = indices_in(&grid.chunks_touching(&region));
     let tracker = Tracker::new(
         "reduce",
@@ -159,7 +159,7 @@ fn reduce_in_pool<R: Reduction>(store: &Store, r: &R, opts: &ReduceOptions) -> R
             let part = creg.intersect(&region).expect("same rank");
             let mut acc = r.identity();
             if !part.is_empty() {
-                let decoded = store.read_chunk(idx)?;
+                let decoded = store.read_block(&grid, idx)?;
                 let bytes: &[u8] = decoded.as_deref().unwrap_or(&fill);
                 // Typed views need alignment: copy into an aligned buffer if the decoder's
                 // is not.

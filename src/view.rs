@@ -202,6 +202,20 @@ impl View {
         self.src.dtype()
     }
 
+    /// The block shape this view reads best by: the chunk shape of its first stored part
+    /// (clipped to the view's shape), or `convert`'s default chunking.
+    pub fn block_shape(&self) -> Vec<u64> {
+        let shape = self.shape();
+        match self.src.chunk_hint() {
+            Some(c) if c.len() == shape.len() => c
+                .iter()
+                .zip(shape)
+                .map(|(&c, &n)| c.min(n).max(1))
+                .collect(),
+            _ => crate::convert::default_chunks(shape),
+        }
+    }
+
     /// One line saying what the view is made of.
     pub fn describe(&self) -> String {
         self.src.describe()
@@ -366,6 +380,9 @@ impl Source for Shared {
     fn block(&self, region: &Region) -> Result<Box<dyn Block + '_>> {
         self.0.block(region)
     }
+    fn chunk_hint(&self) -> Option<Vec<u64>> {
+        self.0.chunk_hint()
+    }
 }
 
 /// Whether `path` is a JSON view spec (a `.json` file that is not a raw file's sidecar).
@@ -479,6 +496,10 @@ impl Source for Concat {
         format!("concat(axis {}: {})", self.axis, inner.join(", "))
     }
 
+    fn chunk_hint(&self) -> Option<Vec<u64>> {
+        self.parts.iter().find_map(|p| p.chunk_hint())
+    }
+
     fn block(&self, region: &Region) -> Result<Box<dyn Block + '_>> {
         let r = &region.ranges()[self.axis];
         let mut pieces = Vec::new();
@@ -558,6 +579,12 @@ impl Source for Insert {
         self.inner.describe()
     }
 
+    fn chunk_hint(&self) -> Option<Vec<u64>> {
+        let mut c = self.inner.chunk_hint()?;
+        c.insert(self.axis, 1);
+        Some(c)
+    }
+
     fn block(&self, region: &Region) -> Result<Box<dyn Block + '_>> {
         let mut r = region.ranges().to_vec();
         r.remove(self.axis);
@@ -603,6 +630,14 @@ impl Source for Squeeze {
 
     fn describe(&self) -> String {
         self.inner.describe()
+    }
+
+    fn chunk_hint(&self) -> Option<Vec<u64>> {
+        let mut c = self.inner.chunk_hint()?;
+        for &a in self.axes.iter().rev() {
+            c.remove(a);
+        }
+        Some(c)
     }
 
     fn block(&self, region: &Region) -> Result<Box<dyn Block + '_>> {
@@ -672,6 +707,10 @@ impl Source for Slice {
         format!("{}[{}]", self.inner.describe(), r.join(","))
     }
 
+    fn chunk_hint(&self) -> Option<Vec<u64>> {
+        self.inner.chunk_hint()
+    }
+
     fn block(&self, region: &Region) -> Result<Box<dyn Block + '_>> {
         Ok(Box::new(ShiftBlock {
             inner: self.inner.block(&shift(region, &self.origin))?,
@@ -724,6 +763,10 @@ impl Source for Cast {
 
     fn describe(&self) -> String {
         format!("{} as {}", self.inner.describe(), self.to)
+    }
+
+    fn chunk_hint(&self) -> Option<Vec<u64>> {
+        self.inner.chunk_hint()
     }
 
     fn block(&self, region: &Region) -> Result<Box<dyn Block + '_>> {

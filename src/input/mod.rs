@@ -34,6 +34,10 @@ pub(crate) trait Source: Send + Sync {
     fn describe(&self) -> String;
     /// Makes `region` readable until the returned block is dropped.
     fn block(&self, region: &Region) -> Result<Box<dyn Block + '_>>;
+    /// The natural block shape to read this source by (a store's chunk shape), if any.
+    fn chunk_hint(&self) -> Option<Vec<u64>> {
+        None
+    }
 }
 
 /// A readable box of a [`Source`].
@@ -268,6 +272,13 @@ impl Source for StoreSource {
 
     fn dtype(&self) -> DType {
         self.store.dtype()
+    }
+
+    fn chunk_hint(&self) -> Option<Vec<u64>> {
+        self.store
+            .block_grid()
+            .ok()
+            .map(|g| g.chunk_shape().to_vec())
     }
 
     fn describe(&self) -> String {

@@ -289,6 +289,52 @@ impl Store {
         }
     }
 
+    /// Block `idx` of `grid` (this array's [`Store::block_grid`]) at its full block shape:
+    /// the decoded chunk for a regular grid (`None` when absent), else the block's region read
+    /// across the rectilinear chunks and padded with the fill value.
+    ///
+    /// # Errors
+    /// As [`Store::read_chunk`] and [`Store::read_region_into`].
+    pub fn read_block(&self, grid: &Grid, idx: &[u64]) -> Result<Option<Vec<u8>>> {
+        if self.chunk_shape().is_some() {
+            return self.read_chunk(idx);
+        }
+        let itemsize = self.dtype().size();
+        let full: Vec<usize> = grid.chunk_shape().iter().map(|&c| c as usize).collect();
+        let region = grid.chunk_region(idx);
+        let part: Vec<usize> = region.shape().iter().map(|&n| n as usize).collect();
+        let n = full.iter().product::<usize>();
+        let mut buf: Vec<u8> = self
+            .fill_bytes()
+            .iter()
+            .copied()
+            .cycle()
+            .take(n * itemsize)
+            .collect();
+        if part == full {
+            self.read_region_into(&region, &mut buf)?;
+        } else {
+            let mut tmp = vec![0u8; part.iter().product::<usize>() * itemsize];
+            self.read_region_into(&region, &mut tmp)?;
+            crate::copy::copy_box(
+                &tmp,
+                crate::copy::Side {
+                    offset: 0,
+                    strides: &crate::copy::c_strides(&part, itemsize),
+                },
+                &mut buf,
+                crate::copy::Side {
+                    offset: 0,
+                    strides: &crate::copy::c_strides(&full, itemsize),
+                },
+                &part,
+                itemsize,
+                false,
+            );
+        }
+        Ok(Some(buf))
+    }
+
     /// Decodes chunk `idx` in full (its padded chunk shape), or `None` when it is absent.
     ///
     /// # Errors
