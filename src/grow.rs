@@ -227,9 +227,11 @@ pub fn append(store: &Path, inputs: &[PathBuf], opts: &GrowOptions) -> Result<Gr
         if inputs.is_empty() {
             return Err(Error::option("INPUT", "nothing to append"));
         }
+        check_target(store)?;
         let _lock = StoreLock::acquire(store, opts.wait)?;
         clean_stale(store)?;
         let target = Layout::read(store)?;
+        check_axis(&target, opts.axis)?;
         check_not_self(store, inputs)?;
         let fp = fingerprint("append", opts, Some(store), inputs);
         if let Some(done) = already_done(&target, &fp, opts, start)? {
@@ -290,7 +292,8 @@ pub fn concat(inputs: &[PathBuf], out: &Path, opts: &GrowOptions) -> Result<Grow
 pub fn concat_into(target: &Path, others: &[PathBuf], opts: &GrowOptions) -> Result<GrowReport> {
     with_threads(opts.threads, || {
         let start = Instant::now();
-        if opts.move_inputs && is_store(target) {
+        check_target(target)?;
+        if opts.move_inputs {
             let _lock = StoreLock::acquire(target, opts.wait)?;
             clean_stale(target)?;
             if let Some(done) = finish_move(target, others, opts, start)? {
@@ -462,7 +465,7 @@ fn fresh_operand(inputs: &[PathBuf], base: &Layout, opts: &GrowOptions) -> Resul
     let ndim = base.shape().len();
     if view.shape().len() + 1 == ndim {
         // One slice: it gains the axis it is appended along.
-        view = view.insert_axis(opts.axis);
+        view = view.insert_axis(opts.axis)?;
     }
     let shown = inputs[0].clone();
     if view.shape().len() != ndim {
@@ -582,6 +585,31 @@ fn check_compatible(base: &Layout, other: &Layout, axis: Option<usize>) -> Resul
 }
 
 /// Inputs of a join: all stores, none twice, the output not inside one.
+fn check_axis(target: &Layout, axis: usize) -> Result<()> {
+    let ndim = target.shape().len();
+    if axis >= ndim {
+        return Err(Error::option(
+            "--axis",
+            format!(
+                "{axis} is out of range for the {ndim}-d array {}",
+                target.path().display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The array grown in place must exist and be an array (before a lock file is put in it).
+fn check_target(path: &Path) -> Result<()> {
+    if !path.exists() {
+        return Err(Error::NotFound(path.to_path_buf()));
+    }
+    if !is_store(path) {
+        return Err(Error::NotAStore(path.to_path_buf()));
+    }
+    Ok(())
+}
+
 fn check_join_inputs(inputs: &[PathBuf], out: Option<&Path>) -> Result<()> {
     if inputs.len() < 2 {
         return Err(Error::option("inputs", "give at least two arrays to join"));
@@ -1250,6 +1278,22 @@ fn grow_in_place(
     ops[0].extent = target.shape()[axis];
     let old_shape = target.shape().to_vec();
     let shape = shape_of(&ops, axis);
+    if shape == old_shape {
+        // Nothing to add (empty inputs): the array is left exactly as it is.
+        return Ok(GrowReport {
+            path: target.path().to_path_buf(),
+            old_shape: Some(old_shape),
+            shape,
+            grid: grid_name(target.meta()),
+            chunks_linked: 0,
+            chunks_encoded: 0,
+            layers_reencoded: 0,
+            bytes_written: 0,
+            exchanged: false,
+            already_done: false,
+            seconds: start.elapsed().as_secs_f64(),
+        });
+    }
     let plan = choose_plan(&ops, target, opts)?;
     let mut edges = target.edges().to_vec();
     edges[axis] = plan.axis_edges.clone();

@@ -135,15 +135,28 @@ impl View {
         for p in &parts[1..] {
             check_same(first, p, None)?;
         }
-        let expanded = parts.into_iter().map(|v| v.insert_axis(axis)).collect();
+        let expanded = parts
+            .into_iter()
+            .map(|v| v.insert_axis(axis))
+            .collect::<Result<Vec<_>>>()?;
         View::concat(expanded, axis)
     }
 
     /// The view with a new axis of length 1 at `axis`.
-    pub fn insert_axis(self, axis: usize) -> View {
-        View {
-            src: Arc::new(Insert::new(self.src, axis)),
+    ///
+    /// # Errors
+    /// [`Error::InvalidOption`] when `axis` is past the view's rank.
+    pub fn insert_axis(self, axis: usize) -> Result<View> {
+        let ndim = self.shape().len();
+        if axis > ndim {
+            return Err(Error::option(
+                "--axis",
+                format!("{axis} is out of range for a new axis of a {ndim}-d array"),
+            ));
         }
+        Ok(View {
+            src: Arc::new(Insert::new(self.src, axis)),
+        })
     }
 
     /// The part of the view inside `region`.

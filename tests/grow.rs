@@ -694,6 +694,39 @@ fn bad_joins_are_clear_errors_and_lose_nothing() {
         chunkwise::concat_into(&sa, std::slice::from_ref(&sa), &o),
         &["given twice"],
     );
+    // An axis past the array's rank (a one-slice input gains the axis: no panic either).
+    let plane = dir.path().join("plane.npy");
+    write_npy(&plane, DType::U16, &[4, 4], &[0u8; 32]).unwrap();
+    check(
+        chunkwise::append(
+            &sa,
+            std::slice::from_ref(&plane),
+            &opts(3, GridLayout::Auto),
+        ),
+        &["--axis", "3 is out of range for the 3-d array"],
+    );
+    // A missing target, and a directory that is not an array (left without a lock file).
+    check(
+        chunkwise::append(
+            &dir.path().join("gone.zarr"),
+            std::slice::from_ref(&plane),
+            &o,
+        ),
+        &["gone.zarr", "no such file"],
+    );
+    let plain = dir.path().join("plain");
+    std::fs::create_dir(&plain).unwrap();
+    check(
+        chunkwise::append(&plain, std::slice::from_ref(&plane), &o),
+        &["not a zarr array"],
+    );
+    assert_eq!(std::fs::read_dir(&plain).unwrap().count(), 0);
+    // Empty input: nothing written, the array as it was.
+    let empty = dir.path().join("empty.npy");
+    write_npy(&empty, DType::U16, &[0, 4, 4], &[]).unwrap();
+    let r = chunkwise::append(&sa, std::slice::from_ref(&empty), &o).unwrap();
+    assert_eq!((r.bytes_written, r.chunks_encoded), (0, 0));
+    assert_arr(&sa, &a, "an empty append");
     assert!(!out.exists());
 
     // A different fill value.
