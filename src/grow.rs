@@ -1366,7 +1366,7 @@ fn grow_in_place(
         }
         fs::create_dir(&new_dir).at(&new_dir)?;
         let new_lock = StoreLock::create_in(&new_dir)?;
-        link_tree(target.path(), &new_dir, &new_dir.join(STAGING_DIR))?;
+        link_tree(target.path(), &new_dir)?;
         crash_point("linked");
         let out = Layout::from_json(&new_dir, meta.clone())?;
         let staging = new_dir.join(STAGING_DIR);
@@ -1520,14 +1520,18 @@ fn meta_len(meta: &Value) -> u64 {
 
 /// Hard-links every file of the array at `from` into `to` (same relative paths), except
 /// chunkwise's own files and `zarr.json`.
-fn link_tree(from: &Path, to: &Path, staging: &Path) -> Result<()> {
+fn link_tree(from: &Path, to: &Path) -> Result<()> {
+    // `to` is private until the exchange: its directories are made as the walk finds them
+    // and each chunk is one link(2) (a copy across filesystems), no staging needed.
     let mut dirs = vec![from.to_path_buf()];
     let mut files = Vec::new();
     while let Some(d) = dirs.pop() {
         for e in fs::read_dir(&d).at(&d)? {
             let e = e.at(&d)?;
             let p = e.path();
-            let rel = p.strip_prefix(from).expect("inside the tree").to_path_buf();
+            let Ok(rel) = p.strip_prefix(from).map(Path::to_path_buf) else {
+                continue;
+            };
             let name = rel.to_string_lossy();
             if name == "zarr.json"
                 || name.starts_with(".chunkwise")
@@ -1536,15 +1540,27 @@ fn link_tree(from: &Path, to: &Path, staging: &Path) -> Result<()> {
                 continue;
             }
             if e.file_type().at(&p)?.is_dir() {
+                let made = to.join(&rel);
+                fs::create_dir_all(&made).at(&made)?;
                 dirs.push(p);
             } else {
                 files.push(rel);
             }
         }
     }
-    files
-        .par_iter()
-        .try_for_each(|rel| link_chunk(&from.join(rel), &to.join(rel), staging).map(|_| ()))
+    files.par_iter().try_for_each(|rel| -> Result<()> {
+        let (src, dst) = (from.join(rel), to.join(rel));
+        match fs::hard_link(&src, &dst) {
+            Ok(()) => Ok(()),
+            Err(e)
+                if e.raw_os_error() == Some(libc::EXDEV)
+                    || e.raw_os_error() == Some(libc::EPERM) =>
+            {
+                fs::copy(&src, &dst).at(&dst).map(|_| ())
+            }
+            Err(e) => Err(Error::io(&src, e)),
+        }
+    })
 }
 
 // ---------------------------------------------------------------- stack metadata

@@ -28,6 +28,8 @@ pub struct StoreInfo {
     pub chunk_shape: Option<Vec<u64>>,
     /// Chunks per axis.
     pub grid_shape: Vec<u64>,
+    /// The `chunk_grid` of the metadata (v3; `null` for v2): a rectilinear grid's edges.
+    pub chunk_grid: Value,
     /// Chunks in the grid.
     pub chunks_total: u64,
     /// Chunks stored (absent chunks are entirely fill value).
@@ -59,6 +61,7 @@ impl StoreInfo {
             "dtype": self.dtype.zarr_name(),
             "chunk_shape": self.chunk_shape,
             "grid_shape": self.grid_shape,
+            "chunk_grid": self.chunk_grid,
             "chunks_total": self.chunks_total,
             "chunks_present": self.chunks_present,
             "stored_bytes": self.stored_bytes,
@@ -124,11 +127,24 @@ impl fmt::Display for StoreInfo {
                 fmt_shape(c),
                 fmt_shape(&self.grid_shape)
             )?,
-            None => writeln!(
-                f,
-                "chunks:      irregular (grid {})",
-                fmt_shape(&self.grid_shape)
-            )?,
+            None => {
+                // The edges per axis as the metadata writes them (run-length `[64, 2]`).
+                let per_axis = match &self.chunk_grid["configuration"]["chunk_shapes"] {
+                    Value::Array(axes) => axes
+                        .iter()
+                        .enumerate()
+                        .map(|(k, e)| format!("axis {k}: {e}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    _ => "irregular".into(),
+                };
+                writeln!(
+                    f,
+                    "chunks:      {} {per_axis} (grid {})",
+                    self.chunk_grid["name"].as_str().unwrap_or("irregular"),
+                    fmt_shape(&self.grid_shape)
+                )?;
+            }
         }
         writeln!(f, "codecs:      {}", codec_names(&self.codecs))?;
         writeln!(f, "fill value:  {}", self.fill_value)?;
@@ -213,6 +229,7 @@ pub fn info(path: impl AsRef<Path>) -> Result<StoreInfo> {
         dtype: store.dtype(),
         chunk_shape: store.chunk_shape(),
         grid_shape: store.grid_shape(),
+        chunk_grid: meta.get("chunk_grid").cloned().unwrap_or(Value::Null),
         chunks_total: indices.len() as u64,
         chunks_present: present,
         stored_bytes: dir_bytes(store.path())?,

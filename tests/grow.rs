@@ -480,6 +480,14 @@ fn zarr_python_reads_grown_arrays() {
             meta["chunk_grid"]["configuration"]["chunk_shapes"][0],
             json!([64, 36, [64, 2]])
         );
+        // `info` shows the edges (and reads the rectilinear array's chunks).
+        let info = chunkwise::info(out).unwrap();
+        assert!(
+            info.to_string()
+                .contains("rectilinear axis 0: [64,36,[64,2]]"),
+            "{info}"
+        );
+        assert_eq!(info.chunks_total, info.grid_shape.iter().product::<u64>());
     });
     job("regular.zarr", "concatenate", 0, vec![&na, &nb], &|out| {
         chunkwise::concat(
