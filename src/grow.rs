@@ -25,9 +25,10 @@ use crate::input::RawOptions;
 use crate::progress::{ProgressFn, Tracker, Unit, with_threads};
 use crate::region::{Region, fmt_shape};
 use crate::store::{
-    Durability, Edges, FileWriter, GridCodec, Journal, LOCK_FILE, Layout, STAGING_DIR, StoreLock,
-    begin_build, clean_stale, commit_metadata, crash_point, exchange, is_store, link_chunk, place,
-    publish, remove_chunk, sibling, staged_name, sync_dir, sync_filesystem,
+    Durability, Edges, FileWriter, GridCodec, Journal, LOCK_FILE, Layout, PROGRESS_FILE, Progress,
+    STAGING_DIR, StoreLock, begin_build, clean_stale, commit_metadata, crash_point, exchange,
+    is_store, link_chunk, place, publish, remove_chunk, sibling, staged_name, sync_dir,
+    sync_filesystem,
 };
 use crate::view::{View, store_source};
 
@@ -72,6 +73,7 @@ pub struct GrowOptions {
     threads: Option<usize>,
     durability: Durability,
     memory: Option<u64>,
+    checkpoint_secs: Option<f64>,
     progress: Option<ProgressFn>,
 }
 
@@ -146,6 +148,12 @@ impl GrowOptions {
         self.memory = bytes;
         self
     }
+    /// How often an in-place append records the layers it has finished, so that a rerun
+    /// after a kill skips them (APPEND §5.1). Default 2 s; 0 records after every layer.
+    pub fn checkpoint_secs(mut self, secs: f64) -> Self {
+        self.checkpoint_secs = Some(secs);
+        self
+    }
     /// A progress callback (chunks placed).
     pub fn progress(mut self, cb: Option<ProgressFn>) -> Self {
         self.progress = cb;
@@ -170,6 +178,8 @@ pub struct GrowReport {
     pub chunks_encoded: u64,
     /// Chunk layers holding already stored data that were re-encoded (at most one per join).
     pub layers_reencoded: u64,
+    /// Layers a killed run of the same command had finished, kept as they were (APPEND §5.1).
+    pub layers_resumed: u64,
     /// Bytes written: encoded chunks, bytes copied where a link was impossible, metadata.
     pub bytes_written: u64,
     /// Whether the array directory was rebuilt from links and exchanged (an existing chunk
@@ -416,6 +426,7 @@ pub fn stack(inputs: &[PathBuf], out: &Path, opts: &GrowOptions) -> Result<GrowR
             chunks_linked: linked.into_inner(),
             chunks_encoded: 0,
             layers_reencoded: 0,
+            layers_resumed: 0,
             bytes_written: copied.into_inner() + meta_bytes,
             exchanged: false,
             already_done: false,
@@ -706,6 +717,8 @@ fn already_done(
         return Ok(None);
     };
     if j.fingerprint == fp && j.to == target.shape() && j.from != j.to {
+        // A run killed after its commit may have left its progress record.
+        let _ = fs::remove_file(target.path().join(PROGRESS_FILE));
         return Ok(Some(GrowReport {
             path: target.path().to_path_buf(),
             old_shape: Some(j.from),
@@ -714,6 +727,7 @@ fn already_done(
             chunks_linked: 0,
             chunks_encoded: 0,
             layers_reencoded: 0,
+            layers_resumed: 0,
             bytes_written: 0,
             exchanged: false,
             already_done: true,
@@ -739,6 +753,7 @@ fn output_done(out: &Path, fp: &str, start: Instant) -> Result<Option<GrowReport
             chunks_linked: 0,
             chunks_encoded: 0,
             layers_reencoded: 0,
+            layers_resumed: 0,
             bytes_written: 0,
             exchanged: false,
             already_done: true,
@@ -981,6 +996,7 @@ fn apply(
     opts: &GrowOptions,
     in_place: bool,
     tracker: &Tracker,
+    checkpoint: Option<&Checkpoint>,
 ) -> Result<Done> {
     let axis = opts.axis;
     let shape = out.shape().to_vec();
@@ -1007,6 +1023,8 @@ fn apply(
     let files = FileWriter::new(staging, 2 * rayon::current_num_threads(), true);
     let mut staged: Vec<(PathBuf, PathBuf)> = Vec::new();
     let staged_lock = std::sync::Mutex::new(&mut staged);
+    let mut finished: Vec<u64> = Vec::new();
+    let mut last = Instant::now();
     for &li in todo {
         let layer = &plan.layers[li];
         match layer.act {
@@ -1137,16 +1155,46 @@ fn apply(
                 })?;
             }
         }
+        if let Some(cp) = checkpoint {
+            finished.push(li as u64);
+            if last.elapsed() >= cp.every {
+                // Every chunk of the finished layers in place, then the record that says so.
+                files.flush()?;
+                let batch = std::mem::take(&mut **staged_lock.lock().expect("no panics hold it"));
+                place_all(&batch)?;
+                if cp.sync {
+                    sync_filesystem(&cp.store)?;
+                }
+                let mut record = cp.record.clone();
+                record.layers.extend_from_slice(&finished);
+                record.write(&cp.store, cp.sync)?;
+                crash_point("checkpointed");
+                last = Instant::now();
+            }
+        }
     }
     let written = files.finish()?;
     drop(written);
-    // Encoded chunks are complete files now: rename each into place (atomic per file).
+    place_all(&staged)?;
+    Ok(done)
+}
+
+/// A record of an in-place append's finished layers, written as it goes (APPEND §5.1).
+struct Checkpoint {
+    store: PathBuf,
+    /// The record so far (the layers a killed run had finished).
+    record: Progress,
+    every: std::time::Duration,
+    sync: bool,
+}
+
+/// Renames complete staged chunk files into place (each rename atomic).
+fn place_all(staged: &[(PathBuf, PathBuf)]) -> Result<()> {
     staged.par_iter().try_for_each(|(tmp, dst)| -> Result<()> {
         place(tmp, dst)?;
         crash_point("placing");
         Ok(())
-    })?;
-    Ok(done)
+    })
 }
 
 /// Where chunk `i` starts along an axis.
@@ -1237,6 +1285,7 @@ fn finish_move(
         chunks_linked: 0,
         chunks_encoded: 0,
         layers_reencoded: 0,
+        layers_resumed: 0,
         bytes_written: 0,
         exchanged: false,
         already_done: true,
@@ -1288,6 +1337,7 @@ fn grow_in_place(
             chunks_linked: 0,
             chunks_encoded: 0,
             layers_reencoded: 0,
+            layers_resumed: 0,
             bytes_written: 0,
             exchanged: false,
             already_done: false,
@@ -1321,6 +1371,49 @@ fn grow_in_place(
     if plan.layers.len() < old_edges.len() {
         reshaped = true;
     }
+    let sync = opts.durability == Durability::Sync;
+    let layers_reencoded = stored_reencoded(
+        &Plan {
+            layers: todo.iter().map(|&l| plan.layers[l].clone()).collect(),
+            axis_edges: plan.axis_edges.clone(),
+        },
+        &ops,
+    );
+    // Without an exchange, finished layers are recorded as the append goes, and a rerun of the
+    // same command on the same array skips those a killed run finished (APPEND §5.1).
+    let mut layers_resumed = 0;
+    let checkpoint = if reshaped {
+        None
+    } else {
+        let meta_path = target.path().join("zarr.json");
+        let target_meta = fnv1a(&fs::read_to_string(&meta_path).at(&meta_path)?);
+        let before: Vec<u64> = Progress::read(target.path())
+            .filter(|p| {
+                p.fingerprint == fp
+                    && p.target_meta == target_meta
+                    && p.from == old_shape
+                    && p.to == shape
+            })
+            .map(|p| p.layers)
+            .unwrap_or_default();
+        let n = todo.len();
+        todo.retain(|&l| !before.contains(&(l as u64)));
+        layers_resumed = (n - todo.len()) as u64;
+        Some(Checkpoint {
+            store: target.path().to_path_buf(),
+            record: Progress {
+                fingerprint: fp.to_string(),
+                target_meta,
+                from: old_shape.clone(),
+                to: shape.clone(),
+                layers: before,
+            },
+            every: std::time::Duration::from_secs_f64(
+                opts.checkpoint_secs.unwrap_or(2.0).clamp(0.0, 1e9),
+            ),
+            sync,
+        })
+    };
     let joined = View::concat(ops.iter().map(|o| o.view.clone()).collect(), axis)?;
     let per_layer = grid_count(&edges, &shape) / plan.layers.len().max(1) as u64;
     let tracker = Tracker::new(
@@ -1335,19 +1428,21 @@ fn grow_in_place(
         to: shape.clone(),
         moving: moving_list(opts, moving),
     };
-    let sync = opts.durability == Durability::Sync;
-    let layers_reencoded = stored_reencoded(
-        &Plan {
-            layers: todo.iter().map(|&l| plan.layers[l].clone()).collect(),
-            axis_edges: plan.axis_edges.clone(),
-        },
-        &ops,
-    );
     let (done, exchanged, meta_bytes) = if !reshaped {
         let out = Layout::from_json(target.path(), meta.clone())?;
         let staging = target.path().join(STAGING_DIR);
         let done = apply(
-            &plan, &todo, &ops, &joined, &out, &codec, &staging, opts, true, &tracker,
+            &plan,
+            &todo,
+            &ops,
+            &joined,
+            &out,
+            &codec,
+            &staging,
+            opts,
+            true,
+            &tracker,
+            checkpoint.as_ref(),
         )?;
         crash_point("staged");
         let jb = journal.write(target.path())?;
@@ -1358,6 +1453,7 @@ fn grow_in_place(
         commit_metadata(target.path(), &meta, sync)?;
         crash_point("committed");
         let _ = fs::remove_dir_all(&staging);
+        let _ = fs::remove_file(target.path().join(PROGRESS_FILE));
         (done, false, meta_len(&meta) + jb)
     } else {
         let new_dir = sibling(target.path(), ".chunkwise-new")?;
@@ -1372,7 +1468,7 @@ fn grow_in_place(
         let staging = new_dir.join(STAGING_DIR);
         // Every layer but the unchanged ones: the linked tree already holds those.
         let done = apply(
-            &plan, &todo, &ops, &joined, &out, &codec, &staging, opts, true, &tracker,
+            &plan, &todo, &ops, &joined, &out, &codec, &staging, opts, true, &tracker, None,
         )?;
         let _ = fs::remove_dir_all(&staging);
         crash_point("staged");
@@ -1402,6 +1498,7 @@ fn grow_in_place(
         chunks_linked: done.linked.into_inner(),
         chunks_encoded: done.encoded.into_inner(),
         layers_reencoded,
+        layers_resumed,
         bytes_written: done.bytes.into_inner() + meta_bytes,
         exchanged,
         already_done: false,
@@ -1461,6 +1558,7 @@ fn build_new(
         opts,
         false,
         &tracker,
+        None,
     )?;
     let _ = fs::remove_dir_all(&staging);
     crash_point("staged");
@@ -1476,6 +1574,7 @@ fn build_new(
         chunks_linked: done.linked.into_inner(),
         chunks_encoded: done.encoded.into_inner(),
         layers_reencoded: stored_reencoded(&plan, &ops),
+        layers_resumed: 0,
         bytes_written: done.bytes.into_inner() + meta_bytes,
         exchanged: false,
         already_done: false,

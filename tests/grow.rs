@@ -958,11 +958,24 @@ fn killed_appends_and_concats_leave_the_old_or_the_new_array() {
             name: "append (regular, fills the edge layer)",
             target: t.clone(),
             template: Some(a_zarr.clone()),
-            args: vec!["append".into(), s(&t), s(&b_npy), "--no-sync".into()],
+            args: vec![
+                "append".into(),
+                s(&t),
+                s(&b_npy),
+                "--no-sync".into(),
+                "--checkpoint-secs".into(),
+                "0".into(),
+            ],
             old: Some(a.clone()),
             new: ab.clone(),
             restore: Vec::new(),
-            steps: &["placing", "staged", "journaled", "committed"],
+            steps: &[
+                "placing",
+                "checkpointed",
+                "staged",
+                "journaled",
+                "committed",
+            ],
         },
         KillCase {
             name: "concat --into --layout rectilinear (exchange)",
@@ -1076,7 +1089,7 @@ fn killed_appends_and_concats_leave_the_old_or_the_new_array() {
     }
     // After a kill: the array is the old or the new one (0 or 1); the rerun completes it
     // (2 if it said "already done"), leaving nothing behind.
-    let after_kill = |c: &KillCase, what: &str| -> (usize, bool) {
+    let after_kill = |c: &KillCase, what: &str| -> (usize, bool, String) {
         let state = if c.target.exists() {
             let got = read(&c.target);
             if got == c.new {
@@ -1105,13 +1118,14 @@ fn killed_appends_and_concats_leave_the_old_or_the_new_array() {
                 p.display()
             );
         }
-        (state, said_done)
+        (state, said_done, stdout(&o))
     };
     // Every step of the protocol (APPEND §4.6): before the commit the old array, after it the
     // new one, and the rerun says "already done" exactly when the commit happened.
     let steps = [
         "placing",
         "linked",
+        "checkpointed",
         "staged",
         "journaled",
         "committed",
@@ -1131,7 +1145,11 @@ fn killed_appends_and_concats_leave_the_old_or_the_new_array() {
             }
             hit.push(step);
             let what = format!("{}, killed at step {step}", c.name);
-            let (state, said_done) = after_kill(c, &what);
+            let (state, said_done, said) = after_kill(c, &what);
+            if step == "checkpointed" {
+                // APPEND §5.1: the rerun keeps the layers the killed run had finished.
+                assert!(said.contains("resumed: kept 1 layer "), "{what}: {said}");
+            }
             let committed = step == "committed" || step == "moving";
             assert_eq!(
                 state,
@@ -1142,6 +1160,33 @@ fn killed_appends_and_concats_leave_the_old_or_the_new_array() {
         }
         assert_eq!(hit, c.steps, "{}: the steps it passed", c.name);
     }
+    // A killed append's record is for that command only: another append onto the same array
+    // resumes nothing and overwrites what the killed one had placed past the old extent.
+    let c_arr = arr(DType::U16, &[21, 24, 24], 3);
+    let c_npy = d.join("c.npy");
+    write_npy(&c_npy, c_arr.dtype, &c_arr.shape, &c_arr.bytes).unwrap();
+    reset(&cases[0]);
+    let o = Command::new(env!("CARGO_BIN_EXE_chunkwise"))
+        .args(&cases[0].args)
+        .env("CHUNKWISE_CRASH_AT", "checkpointed")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let o = cw(&[
+        "append",
+        t.to_str().unwrap(),
+        c_npy.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rep: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(rep["layers_resumed"], 0);
+    assert_arr(
+        &t,
+        &concat_oracle(&[&a, &c_arr], 0),
+        "another append after a killed one",
+    );
+    assert!(leftovers(&[d, &t]).is_empty());
     let mut rng = 0x2545_f491_4f6c_dd1du64;
     let mut next = move || {
         rng ^= rng << 13;
@@ -1167,7 +1212,7 @@ fn killed_appends_and_concats_leave_the_old_or_the_new_array() {
         child.kill().ok();
         child.wait().unwrap();
         let what = format!("{} (round {round}, killed after {delay:?})", c.name);
-        let (state, said_done) = after_kill(c, &what);
+        let (state, said_done, _) = after_kill(c, &what);
         seen[k][state] += 1;
         seen[k][2] += usize::from(said_done);
         if round % 10 == 0 {

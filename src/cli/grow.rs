@@ -24,6 +24,10 @@ pub(crate) struct Common {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// How often an in-place append records its finished layers, so that a rerun after a kill
+    /// skips them (seconds; 0: after every layer).
+    #[arg(long, default_value_t = 2.0, value_name = "SECS")]
+    checkpoint_secs: f64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -112,6 +116,7 @@ fn options(c: &Common, g: &Global) -> chunkwise::Result<GrowOptions> {
         } else {
             Durability::Sync
         })
+        .checkpoint_secs(c.checkpoint_secs)
         .threads(g.threads)
         .progress(g.progress()))
 }
@@ -169,6 +174,7 @@ fn report(r: &GrowReport, c: &Common, g: &Global, verb: &str) -> CliResult {
             "chunks_linked": r.chunks_linked,
             "chunks_encoded": r.chunks_encoded,
             "layers_reencoded": r.layers_reencoded,
+            "layers_resumed": r.layers_resumed,
             "bytes_written": r.bytes_written,
             "exchanged": r.exchanged,
             "already_done": r.already_done,
@@ -205,9 +211,15 @@ fn report(r: &GrowReport, c: &Common, g: &Global, verb: &str) -> CliResult {
             human_bytes(r.bytes_written),
             r.seconds,
             if r.exchanged {
-                " (directory rebuilt from links and exchanged)"
+                " (directory rebuilt from links and exchanged)".to_string()
+            } else if r.layers_resumed > 0 {
+                format!(
+                    " (resumed: kept {} layer{} a killed run had finished)",
+                    r.layers_resumed,
+                    if r.layers_resumed == 1 { "" } else { "s" }
+                )
             } else {
-                ""
+                String::new()
             },
         ))?;
     }

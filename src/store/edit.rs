@@ -23,6 +23,8 @@ pub(crate) const LOCK_FILE: &str = ".chunkwise.lock";
 pub(crate) const STAGING_DIR: &str = ".chunkwise-staging";
 /// The last edit's journal (spec/APPEND.md §5).
 pub(crate) const JOURNAL_FILE: &str = ".chunkwise-journal.json";
+/// The progress of an uncommitted in-place append (APPEND §5.1).
+pub(crate) const PROGRESS_FILE: &str = ".chunkwise-progress.json";
 
 /// An exclusive advisory lock on an array directory; released on drop (or when the process
 /// dies). Readers take no lock.
@@ -156,9 +158,13 @@ pub(crate) fn clean_stale(store: &Path) -> Result<()> {
             fs::remove_dir_all(&p).at(&p)?;
         }
     }
-    let meta_tmp = store.join("zarr.json.chunkwise-tmp");
-    if meta_tmp.exists() {
-        fs::remove_file(&meta_tmp).at(&meta_tmp)?;
+    // Half-written zarr.json, journal or progress record (temp names of `write_durably`).
+    for e in fs::read_dir(store).at(store)? {
+        let e = e.at(store)?;
+        if e.file_name().to_string_lossy().ends_with(".chunkwise-tmp") {
+            let p = e.path();
+            fs::remove_file(&p).at(&p)?;
+        }
     }
     Ok(())
 }
@@ -218,6 +224,48 @@ impl Journal {
         let text = serde_json::to_string_pretty(&j).expect("plain JSON");
         write_durably(&dir.join(JOURNAL_FILE), text.as_bytes(), true)?;
         Ok(text.len() as u64)
+    }
+}
+
+/// How far an in-place append got before its commit: the layers whose chunks are all in place
+/// (APPEND §5.1). Valid only for the same command (`fingerprint`) on the same array (its
+/// `zarr.json` hashed in `target_meta`), still of shape `from`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Progress {
+    pub(crate) fingerprint: String,
+    pub(crate) target_meta: String,
+    pub(crate) from: Vec<u64>,
+    pub(crate) to: Vec<u64>,
+    pub(crate) layers: Vec<u64>,
+}
+
+impl Progress {
+    /// The progress record in `store`, if any (an unreadable one counts as none).
+    pub(crate) fn read(store: &Path) -> Option<Progress> {
+        let text = fs::read_to_string(store.join(PROGRESS_FILE)).ok()?;
+        let v: Value = serde_json::from_str(&text).ok()?;
+        let list =
+            |k: &str| -> Option<Vec<u64>> { v[k].as_array()?.iter().map(Value::as_u64).collect() };
+        Some(Progress {
+            fingerprint: v["fingerprint"].as_str()?.to_string(),
+            target_meta: v["target_meta"].as_str()?.to_string(),
+            from: list("from")?,
+            to: list("to")?,
+            layers: list("layers")?,
+        })
+    }
+
+    /// Writes the record into `store` (temp + rename; fsynced with `sync`).
+    pub(crate) fn write(&self, store: &Path, sync: bool) -> Result<()> {
+        let text = serde_json::to_string(&json!({
+            "fingerprint": self.fingerprint,
+            "target_meta": self.target_meta,
+            "from": self.from,
+            "to": self.to,
+            "layers": self.layers,
+        }))
+        .expect("plain JSON");
+        write_durably(&store.join(PROGRESS_FILE), text.as_bytes(), sync)
     }
 }
 

@@ -34,8 +34,9 @@ use crate::grid::{Grid, indices_in};
 use crate::region::{Region, fmt_shape};
 
 pub(crate) use edit::{
-    Journal, LOCK_FILE, STAGING_DIR, StoreLock, begin_build, clean_stale, commit_metadata,
-    crash_point, exchange, link_chunk, place, remove_chunk, staged_name, sync_filesystem,
+    Journal, LOCK_FILE, PROGRESS_FILE, Progress, STAGING_DIR, StoreLock, begin_build, clean_stale,
+    commit_metadata, crash_point, exchange, link_chunk, place, remove_chunk, staged_name,
+    sync_filesystem,
 };
 pub(crate) use files::FileWriter;
 pub(crate) use job::{Finish, JobOptions, JobState, JobWriter};
