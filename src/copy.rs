@@ -48,6 +48,45 @@ impl Side<'_> {
     }
 }
 
+/// A C-order block of shape `full` whose origin corner `part` is filled by `read` (a C-order
+/// buffer of shape `part`), the rest with the element `fill`: an edge block padded to the
+/// full block shape, as a decoded edge chunk is.
+///
+/// # Errors
+/// Whatever `read` returns.
+pub(crate) fn read_padded<E>(
+    full: &[usize],
+    part: &[usize],
+    fill: &[u8],
+    read: impl FnOnce(&mut [u8]) -> Result<(), E>,
+) -> Result<Vec<u8>, E> {
+    let itemsize = fill.len();
+    let n: usize = full.iter().product();
+    let mut buf: Vec<u8> = fill.iter().copied().cycle().take(n * itemsize).collect();
+    if part == full {
+        read(&mut buf)?;
+        return Ok(buf);
+    }
+    let mut tmp = vec![0u8; part.iter().product::<usize>() * itemsize];
+    read(&mut tmp)?;
+    copy_box(
+        &tmp,
+        Side {
+            offset: 0,
+            strides: &c_strides(part, itemsize),
+        },
+        &mut buf,
+        Side {
+            offset: 0,
+            strides: &c_strides(full, itemsize),
+        },
+        part,
+        itemsize,
+        false,
+    );
+    Ok(buf)
+}
+
 /// Copies a box of `extent` elements from `src` to `dst`; with `swap`, reverses each element's
 /// bytes (big-endian input).
 ///

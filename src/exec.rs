@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use crate::copy::{Side, c_strides, copy_box, copy_box_signed};
+use crate::copy::{Side, c_strides, copy_box_signed, read_padded};
 use crate::dtype::{DType, Scalar};
 use crate::error::{Error, Result, to_usize};
 use crate::fingerprint::{fnv1a, stamp};
@@ -338,33 +338,11 @@ impl Src {
             Src::Store(s) => return s.read_chunk(idx),
             Src::View { view, grid, .. } => (view, grid),
         };
-        let itemsize = view.dtype().size();
         let full: Vec<usize> = grid.chunk_shape().iter().map(|&c| c as usize).collect();
         let region = grid.chunk_region(idx);
         let part: Vec<usize> = region.shape().iter().map(|&n| n as usize).collect();
-        let mut buf = vec![0u8; full.iter().product::<usize>() * itemsize];
-        if part == full {
-            view.read_region_into(&region, &mut buf)?;
-        } else {
-            let mut tmp = vec![0u8; part.iter().product::<usize>() * itemsize];
-            view.read_region_into(&region, &mut tmp)?;
-            copy_box(
-                &tmp,
-                Side {
-                    offset: 0,
-                    strides: &c_strides(&part, itemsize),
-                },
-                &mut buf,
-                Side {
-                    offset: 0,
-                    strides: &c_strides(&full, itemsize),
-                },
-                &part,
-                itemsize,
-                false,
-            );
-        }
-        Ok(Some(buf))
+        let zero = vec![0u8; view.dtype().size()];
+        read_padded(&full, &part, &zero, |buf| view.read_region_into(&region, buf)).map(Some)
     }
 }
 

@@ -300,40 +300,13 @@ impl Store {
         if self.chunk_shape().is_some() {
             return self.read_chunk(idx);
         }
-        let itemsize = self.dtype().size();
         let full: Vec<usize> = grid.chunk_shape().iter().map(|&c| c as usize).collect();
         let region = grid.chunk_region(idx);
         let part: Vec<usize> = region.shape().iter().map(|&n| n as usize).collect();
-        let n = full.iter().product::<usize>();
-        let mut buf: Vec<u8> = self
-            .fill_bytes()
-            .iter()
-            .copied()
-            .cycle()
-            .take(n * itemsize)
-            .collect();
-        if part == full {
-            self.read_region_into(&region, &mut buf)?;
-        } else {
-            let mut tmp = vec![0u8; part.iter().product::<usize>() * itemsize];
-            self.read_region_into(&region, &mut tmp)?;
-            crate::copy::copy_box(
-                &tmp,
-                crate::copy::Side {
-                    offset: 0,
-                    strides: &crate::copy::c_strides(&part, itemsize),
-                },
-                &mut buf,
-                crate::copy::Side {
-                    offset: 0,
-                    strides: &crate::copy::c_strides(&full, itemsize),
-                },
-                &part,
-                itemsize,
-                false,
-            );
-        }
-        Ok(Some(buf))
+        crate::copy::read_padded(&full, &part, self.fill_bytes(), |buf| {
+            self.read_region_into(&region, buf)
+        })
+        .map(Some)
     }
 
     /// Decodes chunk `idx` in full (its padded chunk shape), or `None` when it is absent.
