@@ -342,7 +342,10 @@ impl Src {
         let region = grid.chunk_region(idx);
         let part: Vec<usize> = region.shape().iter().map(|&n| n as usize).collect();
         let zero = vec![0u8; view.dtype().size()];
-        read_padded(&full, &part, &zero, |buf| view.read_region_into(&region, buf)).map(Some)
+        read_padded(&full, &part, &zero, |buf| {
+            view.read_region_into(&region, buf)
+        })
+        .map(Some)
     }
 }
 

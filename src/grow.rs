@@ -59,7 +59,7 @@ impl std::str::FromStr for GridLayout {
     }
 }
 
-/// Settings for [`append`], [`concat`], [`concat_into`] and [`stack`].
+/// Settings for [`append`], [`concat()`], [`concat_into`] and [`stack`].
 #[derive(Clone, Default)]
 pub struct GrowOptions {
     axis: usize,
@@ -298,7 +298,7 @@ pub fn concat(inputs: &[PathBuf], out: &Path, opts: &GrowOptions) -> Result<Grow
 /// Joins the stores `others` onto the end of the array at `target`, in place (`concat --into`).
 ///
 /// # Errors
-/// As [`concat`] and [`append`].
+/// As [`concat()`] and [`append`].
 pub fn concat_into(target: &Path, others: &[PathBuf], opts: &GrowOptions) -> Result<GrowReport> {
     with_threads(opts.threads, || {
         let start = Instant::now();
@@ -339,7 +339,7 @@ pub fn concat_into(target: &Path, others: &[PathBuf], opts: &GrowOptions) -> Res
 /// into a new array at `out`, chunk size 1 along it; every chunk is linked (APPEND §3.4).
 ///
 /// # Errors
-/// As [`concat`]; [`Error::Incompatible`] also for a shape or a codec that cannot gain an axis.
+/// As [`concat()`]; [`Error::Incompatible`] also for a shape or a codec that cannot gain an axis.
 pub fn stack(inputs: &[PathBuf], out: &Path, opts: &GrowOptions) -> Result<GrowReport> {
     with_threads(opts.threads, || {
         let start = Instant::now();
