@@ -28,7 +28,7 @@ use crate::grid::{Grid, indices_in};
 use crate::halo::{Boundary, Segment, segments};
 use crate::kernel::{Block, FnKernel, Kernel, OutBlock, Scratch};
 use crate::progress::{ProgressFn, Tracker, Unit, with_threads};
-use crate::region::{Region, fmt_shape};
+use crate::region::{Region, check_shapes, fmt_shape};
 use crate::store::{
     Codec, Durability, Finish, JobOptions, JobState, JobWriter, Store, StoreSpec, is_store,
 };
@@ -225,14 +225,20 @@ impl From<View> for JobInput {
     }
 }
 
-/// An opened job input: a store read by its own chunks, or a view read by blocks.
-enum Src {
+/// An opened job input and the grid of blocks it is read by.
+struct Src {
+    data: Data,
+    /// A store's regular chunk grid (for a rectilinear one, blocks of its longest edges); a
+    /// view's [`View::block_shape`].
+    grid: Grid,
+}
+
+enum Data {
     Store(Box<Store>),
     View {
         view: View,
         /// What the user gave (for errors): the path, or `<view>`.
         name: PathBuf,
-        grid: Grid,
         /// The fingerprint line: the view's structure and, for a path, its stamp.
         id: String,
     },
@@ -241,76 +247,59 @@ enum Src {
 impl Src {
     fn open(input: &JobInput) -> Result<Src> {
         let (view, name, id) = match input {
-            JobInput::Path(p) => {
-                if is_store(p) {
-                    let s = Store::open(p)?;
-                    if s.grid().is_ok() {
-                        return Ok(Src::Store(Box::new(s)));
-                    }
-                    // A rectilinear grid: read by blocks of its longest edges.
-                    let grid = s.block_grid()?;
-                    let view = View::open(p)?;
-                    return Ok(Src::View {
-                        id: format!("{} {}", stamp(p), view.describe()),
-                        view,
-                        name: p.clone(),
-                        grid,
-                    });
-                }
-                let view = View::open(p)?;
-                (view, p.clone(), stamp(p))
+            JobInput::Path(p) if is_store(p) => {
+                let store = Store::open(p)?;
+                return Ok(Src {
+                    grid: store.block_grid()?,
+                    data: Data::Store(Box::new(store)),
+                });
             }
+            JobInput::Path(p) => (View::open(p)?, p.clone(), stamp(p)),
             JobInput::View(v) => (v.clone(), PathBuf::from("<view>"), String::new()),
         };
-        let grid = Grid::new(view.shape(), &view.block_shape())?;
-        Ok(Src::View {
-            id: format!("{id} {}", view.describe()),
-            view,
-            name,
-            grid,
+        Ok(Src {
+            grid: Grid::new(view.shape(), &view.block_shape())?,
+            data: Data::View {
+                id: format!("{id} {}", view.describe()),
+                view,
+                name,
+            },
         })
     }
 
     fn path(&self) -> &Path {
-        match self {
-            Src::Store(s) => s.path(),
-            Src::View { name, .. } => name,
+        match &self.data {
+            Data::Store(s) => s.path(),
+            Data::View { name, .. } => name,
         }
     }
 
     fn shape(&self) -> &[u64] {
-        match self {
-            Src::Store(s) => s.shape(),
-            Src::View { view, .. } => view.shape(),
+        match &self.data {
+            Data::Store(s) => s.shape(),
+            Data::View { view, .. } => view.shape(),
         }
     }
 
     fn dtype(&self) -> DType {
-        match self {
-            Src::Store(s) => s.dtype(),
-            Src::View { view, .. } => view.dtype(),
-        }
-    }
-
-    fn grid(&self) -> Result<Grid> {
-        match self {
-            Src::Store(s) => s.grid(),
-            Src::View { grid, .. } => Ok(grid.clone()),
+        match &self.data {
+            Data::Store(s) => s.dtype(),
+            Data::View { view, .. } => view.dtype(),
         }
     }
 
     /// One element of the value absent chunks hold.
     fn fill_bytes(&self) -> Vec<u8> {
-        match self {
-            Src::Store(s) => s.fill_bytes().to_vec(),
-            Src::View { view, .. } => vec![0; view.dtype().size()],
+        match &self.data {
+            Data::Store(s) => s.fill_bytes().to_vec(),
+            Data::View { view, .. } => vec![0; view.dtype().size()],
         }
     }
 
     /// The line of the job's fingerprint that says what this input is.
     fn identity(&self) -> String {
-        match self {
-            Src::Store(s) => {
+        match &self.data {
+            Data::Store(s) => {
                 let meta = serde_json::to_string(&s.metadata_json()).unwrap_or_default();
                 let path = s
                     .path()
@@ -318,34 +307,40 @@ impl Src {
                     .unwrap_or_else(|_| s.path().to_path_buf());
                 format!("{} {}", path.display(), fnv1a(&meta))
             }
-            Src::View { id, .. } => id.clone(),
+            Data::View { id, .. } => id.clone(),
         }
     }
 
     fn chunk_key(&self, idx: &[u64]) -> String {
-        match self {
-            Src::Store(s) => s.chunk_key(idx),
-            Src::View { .. } => {
+        match &self.data {
+            Data::Store(s) => s.chunk_key(idx),
+            Data::View { .. } => {
                 let i: Vec<String> = idx.iter().map(u64::to_string).collect();
                 format!("block {}", i.join("/"))
             }
         }
     }
 
-    /// Block `idx` at its full block shape (edge blocks padded with zeros); `None`: absent.
+    /// Block `idx` at its full block shape (edge blocks padded); `None`: an absent chunk.
     fn read_chunk(&self, idx: &[u64]) -> Result<Option<Vec<u8>>> {
-        let (view, grid) = match self {
-            Src::Store(s) => return s.read_chunk(idx),
-            Src::View { view, grid, .. } => (view, grid),
-        };
-        let full: Vec<usize> = grid.chunk_shape().iter().map(|&c| c as usize).collect();
-        let region = grid.chunk_region(idx);
-        let part: Vec<usize> = region.shape().iter().map(|&n| n as usize).collect();
-        let zero = vec![0u8; view.dtype().size()];
-        read_padded(&full, &part, &zero, |buf| {
-            view.read_region_into(&region, buf)
-        })
-        .map(Some)
+        match &self.data {
+            Data::Store(s) => s.read_block(&self.grid, idx),
+            Data::View { view, .. } => {
+                let full: Vec<usize> = self
+                    .grid
+                    .chunk_shape()
+                    .iter()
+                    .map(|&c| c as usize)
+                    .collect();
+                let region = self.grid.chunk_region(idx);
+                let part: Vec<usize> = region.shape().iter().map(|&n| n as usize).collect();
+                let zero = vec![0u8; view.dtype().size()];
+                read_padded(&full, &part, &zero, |buf| {
+                    view.read_region_into(&region, buf)
+                })
+                .map(Some)
+            }
+        }
     }
 }
 
@@ -601,15 +596,7 @@ fn run_in_pool(
                 right: s.shape().len() as u64,
             });
         }
-        if let Some(axis) = (0..shape.len()).find(|&a| s.shape()[a] != shape[a]) {
-            return Err(Error::ShapeMismatch {
-                left_path: stores[0].path().to_path_buf(),
-                right_path: s.path().to_path_buf(),
-                axis,
-                left: shape[axis],
-                right: s.shape()[axis],
-            });
-        }
+        check_shapes(stores[0].path(), &shape, s.path(), s.shape(), None)?;
     }
     let ndim = shape.len();
     let halo = kernel.halo(ndim)?;
@@ -618,7 +605,7 @@ fn run_in_pool(
     let out_dtype = kernel.output_dtype(&dtypes)?;
     let out_chunks = match &opts.chunks {
         Some(c) => c.clone(),
-        None => stores[0].grid()?.chunk_shape().to_vec(),
+        None => stores[0].grid.chunk_shape().to_vec(),
     };
     let codec = Codec::resolve(opts.codec, opts.level, out_dtype)?;
     let spec = StoreSpec::new(shape.clone(), out_dtype, out_chunks.clone())
@@ -678,7 +665,7 @@ fn run_in_pool(
 
     let mut ins = Vec::with_capacity(stores.len());
     for s in stores {
-        let grid = s.grid()?;
+        let grid = s.grid.clone();
         let chunk_shape: Vec<usize> = grid.chunk_shape().iter().map(|&c| c as usize).collect();
         let itemsize = s.dtype().size();
         let chunk_bytes = chunk_shape.iter().product::<usize>() * itemsize;

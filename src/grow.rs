@@ -23,11 +23,11 @@ use crate::fingerprint::{fnv1a, stamp};
 use crate::grid::indices_in;
 use crate::input::RawOptions;
 use crate::progress::{ProgressFn, Tracker, Unit, with_threads};
-use crate::region::{Region, fmt_shape};
+use crate::region::{Region, check_shapes, fmt_shape};
 use crate::store::{
-    Durability, Edges, FileWriter, GridCodec, Journal, LOCK_FILE, Layout, PROGRESS_FILE, Progress,
-    STAGING_DIR, StoreLock, begin_build, clean_stale, commit_metadata, crash_point, exchange,
-    is_store, link_chunk, place, publish, remove_chunk, sibling, staged_name, sync_dir,
+    Durability, Edges, FileWriter, GridCodec, Journal, LOCK_FILE, Layout, Moving, PROGRESS_FILE,
+    Progress, STAGING_DIR, StoreLock, begin_build, clean_stale, commit_metadata, crash_point,
+    exchange, is_store, link_chunk, place, publish, remove_chunk, sibling, staged_name, sync_dir,
     sync_filesystem,
 };
 use crate::view::{View, store_source};
@@ -191,6 +191,33 @@ pub struct GrowReport {
     pub seconds: f64,
 }
 
+impl GrowReport {
+    /// A report of nothing written: the array as the journal (or an empty input) left it.
+    fn unchanged(
+        path: &Path,
+        old_shape: Option<Vec<u64>>,
+        shape: Vec<u64>,
+        meta: &Value,
+        already_done: bool,
+        start: Instant,
+    ) -> GrowReport {
+        GrowReport {
+            path: path.to_path_buf(),
+            old_shape,
+            shape,
+            grid: grid_name(meta),
+            chunks_linked: 0,
+            chunks_encoded: 0,
+            layers_reencoded: 0,
+            layers_resumed: 0,
+            bytes_written: 0,
+            exchanged: false,
+            already_done,
+            seconds: start.elapsed().as_secs_f64(),
+        }
+    }
+}
+
 /// One array being joined.
 struct Operand {
     /// What to read when encoding (cast and axis-inserted as needed).
@@ -273,15 +300,10 @@ pub fn append(store: &Path, inputs: &[PathBuf], opts: &GrowOptions) -> Result<Gr
 pub fn concat(inputs: &[PathBuf], out: &Path, opts: &GrowOptions) -> Result<GrowReport> {
     with_threads(opts.threads, || {
         let start = Instant::now();
-        if let Some(done) = finish_move(out, inputs, opts, start)? {
-            return Ok(done);
-        }
-        check_join_inputs(inputs, Some(out))?;
-        let fp = fingerprint("concat", opts, None, inputs);
-        if let Some(done) = output_done(out, &fp, start)? {
-            return Ok(done);
-        }
-        crate::store::check_replaceable(out, opts.overwrite)?;
+        let fp = match begin_new_output("concat", inputs, out, opts, start)? {
+            Begin::Done(done) => return Ok(done),
+            Begin::Go(fp) => fp,
+        };
         let mut locks = Vec::new();
         let mut ops = Vec::new();
         let first = Layout::read(&inputs[0])?;
@@ -303,18 +325,14 @@ pub fn concat_into(target: &Path, others: &[PathBuf], opts: &GrowOptions) -> Res
     with_threads(opts.threads, || {
         let start = Instant::now();
         check_target(target)?;
-        if opts.move_inputs {
-            let _lock = StoreLock::acquire(target, opts.wait)?;
-            clean_stale(target)?;
-            if let Some(done) = finish_move(target, others, opts, start)? {
-                return Ok(done);
-            }
+        let _lock = StoreLock::acquire(target, opts.wait)?;
+        clean_stale(target)?;
+        if let Some(done) = finish_move(target, others, opts, start)? {
+            return Ok(done);
         }
         let mut all = vec![target.to_path_buf()];
         all.extend(others.iter().cloned());
         check_join_inputs(&all, None)?;
-        let _lock = StoreLock::acquire(target, opts.wait)?;
-        clean_stale(target)?;
         let layout = Layout::read(target)?;
         let fp = fingerprint("concat", opts, Some(target), others);
         if let Some(done) = already_done(&layout, &fp, opts, start)? {
@@ -343,15 +361,10 @@ pub fn concat_into(target: &Path, others: &[PathBuf], opts: &GrowOptions) -> Res
 pub fn stack(inputs: &[PathBuf], out: &Path, opts: &GrowOptions) -> Result<GrowReport> {
     with_threads(opts.threads, || {
         let start = Instant::now();
-        if let Some(done) = finish_move(out, inputs, opts, start)? {
-            return Ok(done);
-        }
-        check_join_inputs(inputs, Some(out))?;
-        let fp = fingerprint("stack", opts, None, inputs);
-        if let Some(done) = output_done(out, &fp, start)? {
-            return Ok(done);
-        }
-        crate::store::check_replaceable(out, opts.overwrite)?;
+        let fp = match begin_new_output("stack", inputs, out, opts, start)? {
+            Begin::Done(done) => return Ok(done),
+            Begin::Go(fp) => fp,
+        };
         let first = Layout::read(&inputs[0])?;
         let mut locks = Vec::new();
         let mut layouts = Vec::new();
@@ -359,18 +372,7 @@ pub fn stack(inputs: &[PathBuf], out: &Path, opts: &GrowOptions) -> Result<GrowR
             locks.push(StoreLock::acquire_shared(p, opts.wait)?);
             let l = Layout::read(p)?;
             check_compatible(&first, &l, None)?;
-            if l.shape() != first.shape() {
-                let axis = (0..l.shape().len())
-                    .find(|&k| l.shape()[k] != first.shape()[k])
-                    .unwrap_or(0);
-                return Err(Error::ShapeMismatch {
-                    left_path: first.path().to_path_buf(),
-                    right_path: p.clone(),
-                    axis,
-                    left: first.shape()[axis],
-                    right: l.shape()[axis],
-                });
-            }
+            check_shapes(first.path(), first.shape(), p, l.shape(), None)?;
             layouts.push(l);
         }
         let meta = stacked_metadata(&first, inputs.len() as u64)?;
@@ -433,6 +435,33 @@ pub fn stack(inputs: &[PathBuf], out: &Path, opts: &GrowOptions) -> Result<GrowR
             seconds: start.elapsed().as_secs_f64(),
         })
     })
+}
+
+/// How a join into a new output starts: already done (a rerun), or to do with this fingerprint.
+enum Begin {
+    Done(GrowReport),
+    Go(String),
+}
+
+/// What `concat -o` and `stack` check before building: a rerun of a `--move` or of the whole
+/// join is already done; else the inputs are valid and the output may be written.
+fn begin_new_output(
+    op: &str,
+    inputs: &[PathBuf],
+    out: &Path,
+    opts: &GrowOptions,
+    start: Instant,
+) -> Result<Begin> {
+    if let Some(done) = finish_move(out, inputs, opts, start)? {
+        return Ok(Begin::Done(done));
+    }
+    check_join_inputs(inputs, Some(out))?;
+    let fp = fingerprint(op, opts, None, inputs);
+    if let Some(done) = output_done(out, &fp, start)? {
+        return Ok(Begin::Done(done));
+    }
+    crate::store::check_replaceable(out, opts.overwrite)?;
+    Ok(Begin::Go(fp))
 }
 
 // ---------------------------------------------------------------- operands and checks
@@ -550,16 +579,7 @@ fn check_axes(lp: &Path, left: &[u64], rp: &Path, right: &[u64], axis: usize) ->
             format!("{axis} is out of range for a {}-d array", left.len()),
         ));
     }
-    if let Some(k) = (0..left.len()).find(|&k| k != axis && left[k] != right[k]) {
-        return Err(Error::ShapeMismatch {
-            left_path: lp.to_path_buf(),
-            right_path: rp.to_path_buf(),
-            axis: k,
-            left: left[k],
-            right: right[k],
-        });
-    }
-    Ok(())
+    check_shapes(lp, left, rp, right, Some(axis))
 }
 
 /// The fields joined arrays must share (APPEND §3.1): type, fill value, codecs, and the
@@ -719,20 +739,14 @@ fn already_done(
     if j.fingerprint == fp && j.to == target.shape() && j.from != j.to {
         // A run killed after its commit may have left its progress record.
         let _ = fs::remove_file(target.path().join(PROGRESS_FILE));
-        return Ok(Some(GrowReport {
-            path: target.path().to_path_buf(),
-            old_shape: Some(j.from),
-            shape: j.to,
-            grid: grid_name(target.meta()),
-            chunks_linked: 0,
-            chunks_encoded: 0,
-            layers_reencoded: 0,
-            layers_resumed: 0,
-            bytes_written: 0,
-            exchanged: false,
-            already_done: true,
-            seconds: start.elapsed().as_secs_f64(),
-        }));
+        return Ok(Some(GrowReport::unchanged(
+            target.path(),
+            Some(j.from),
+            j.to,
+            target.meta(),
+            true,
+            start,
+        )));
     }
     Ok(None)
 }
@@ -745,20 +759,14 @@ fn output_done(out: &Path, fp: &str, start: Instant) -> Result<Option<GrowReport
         return Ok(None);
     };
     match Journal::read(out) {
-        Some(j) if j.fingerprint == fp && j.to == l.shape() => Ok(Some(GrowReport {
-            path: out.to_path_buf(),
-            old_shape: None,
-            shape: j.to,
-            grid: grid_name(l.meta()),
-            chunks_linked: 0,
-            chunks_encoded: 0,
-            layers_reencoded: 0,
-            layers_resumed: 0,
-            bytes_written: 0,
-            exchanged: false,
-            already_done: true,
-            seconds: start.elapsed().as_secs_f64(),
-        })),
+        Some(j) if j.fingerprint == fp && j.to == l.shape() => Ok(Some(GrowReport::unchanged(
+            out,
+            None,
+            j.to,
+            l.meta(),
+            true,
+            start,
+        ))),
         _ => Ok(None),
     }
 }
@@ -1213,11 +1221,17 @@ fn is_fill(buf: &[u8], fill: &[u8]) -> bool {
 }
 
 /// The journal's record of the inputs `--move` removes after the commit.
-fn moving_list(opts: &GrowOptions, inputs: &[PathBuf]) -> Vec<(PathBuf, String)> {
+fn moving_list(opts: &GrowOptions, inputs: &[PathBuf]) -> Vec<Moving> {
     if !opts.move_inputs {
         return Vec::new();
     }
-    inputs.iter().map(|p| (canonical(p), stamp(p))).collect()
+    inputs
+        .iter()
+        .map(|p| Moving {
+            path: canonical(p).to_string_lossy().into_owned(),
+            stamp: stamp(p),
+        })
+        .collect()
 }
 
 /// `p` made absolute through its parent (it may be gone).
@@ -1251,20 +1265,20 @@ fn finish_move(
         return Ok(None);
     };
     let given: Vec<PathBuf> = inputs.iter().map(|p| canonical(p)).collect();
-    let listed: Vec<PathBuf> = j.moving.iter().map(|(p, _)| p.clone()).collect();
+    let listed: Vec<PathBuf> = j.moving.iter().map(|m| PathBuf::from(&m.path)).collect();
     let Ok(layout) = Layout::read(dir) else {
         return Ok(None);
     };
     if j.moving.is_empty() || given != listed || layout.shape() != j.to {
         return Ok(None);
     }
-    for (p, was) in &j.moving {
+    for (p, m) in listed.iter().zip(&j.moving) {
         if !p.exists() {
             continue;
         }
         if !p.join("zarr.json").exists() {
             fs::remove_dir_all(p).at(p)?; // half removed by the killed run
-        } else if stamp(p) == *was {
+        } else if stamp(p) == m.stamp {
             remove_inputs(std::slice::from_ref(p))?;
         } else {
             return Err(Error::option(
@@ -1277,20 +1291,14 @@ fn finish_move(
             ));
         }
     }
-    Ok(Some(GrowReport {
-        path: dir.to_path_buf(),
-        old_shape: (!j.from.is_empty()).then(|| j.from.clone()),
-        shape: j.to,
-        grid: grid_name(layout.meta()),
-        chunks_linked: 0,
-        chunks_encoded: 0,
-        layers_reencoded: 0,
-        layers_resumed: 0,
-        bytes_written: 0,
-        exchanged: false,
-        already_done: true,
-        seconds: start.elapsed().as_secs_f64(),
-    }))
+    Ok(Some(GrowReport::unchanged(
+        dir,
+        (!j.from.is_empty()).then(|| j.from.clone()),
+        j.to,
+        layout.meta(),
+        true,
+        start,
+    )))
 }
 
 fn remove_inputs(inputs: &[PathBuf]) -> Result<()> {
@@ -1329,20 +1337,14 @@ fn grow_in_place(
     let shape = shape_of(&ops, axis);
     if shape == old_shape {
         // Nothing to add (empty inputs): the array is left exactly as it is.
-        return Ok(GrowReport {
-            path: target.path().to_path_buf(),
-            old_shape: Some(old_shape),
+        return Ok(GrowReport::unchanged(
+            target.path(),
+            Some(old_shape),
             shape,
-            grid: grid_name(target.meta()),
-            chunks_linked: 0,
-            chunks_encoded: 0,
-            layers_reencoded: 0,
-            layers_resumed: 0,
-            bytes_written: 0,
-            exchanged: false,
-            already_done: false,
-            seconds: start.elapsed().as_secs_f64(),
-        });
+            target.meta(),
+            false,
+            start,
+        ));
     }
     let plan = choose_plan(&ops, target, opts)?;
     let mut edges = target.edges().to_vec();
@@ -1385,8 +1387,7 @@ fn grow_in_place(
     let checkpoint = if reshaped {
         None
     } else {
-        let meta_path = target.path().join("zarr.json");
-        let target_meta = fnv1a(&fs::read_to_string(&meta_path).at(&meta_path)?);
+        let target_meta = fnv1a(&target.meta().to_string());
         let before: Vec<u64> = Progress::read(target.path())
             .filter(|p| {
                 p.fingerprint == fp
@@ -1590,7 +1591,7 @@ fn finish_build(
     meta: &Value,
     fp: &str,
     opts: &GrowOptions,
-    moving: Vec<(PathBuf, String)>,
+    moving: Vec<Moving>,
 ) -> Result<u64> {
     let shape: Vec<u64> = meta["shape"]
         .as_array()

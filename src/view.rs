@@ -16,7 +16,7 @@ use serde_json::Value;
 use crate::dtype::{DType, Element, Scalar};
 use crate::error::{Error, IoContext, Result, to_usize};
 use crate::input::{self, Block, BufferBlock, RawOptions, Source, StoreSource};
-use crate::region::{Region, fmt_shape};
+use crate::region::{Region, check_shapes, fmt_shape};
 use crate::with_scalar;
 
 /// A read-only array assembled lazily from stores and files.
@@ -155,7 +155,7 @@ impl View {
             ));
         }
         Ok(View {
-            src: Arc::new(Insert::new(self.src, axis)),
+            src: Arc::new(AxisChange::insert(self.src, axis)),
         })
     }
 
@@ -419,7 +419,7 @@ fn drop_axes(v: View, dropped: &[usize]) -> View {
         return v;
     }
     View {
-        src: Arc::new(Squeeze::new(v.src, dropped)),
+        src: Arc::new(AxisChange::squeeze(v.src, dropped)),
     }
 }
 
@@ -443,15 +443,13 @@ fn check_same(first: &View, other: &View, except: Option<usize>) -> Result<()> {
             ),
         ));
     }
-    if let Some(axis) = (0..a.len()).find(|&k| Some(k) != except && a[k] != b[k]) {
-        return Err(Error::ShapeMismatch {
-            left_path: PathBuf::from(first.describe()),
-            right_path: PathBuf::from(other.describe()),
-            axis,
-            left: a[axis],
-            right: b[axis],
-        });
-    }
+    check_shapes(
+        &PathBuf::from(first.describe()),
+        a,
+        &PathBuf::from(other.describe()),
+        b,
+        except,
+    )?;
     if first.dtype() != other.dtype() {
         return Err(Error::option(
             "inputs",
@@ -564,75 +562,47 @@ impl Block for ConcatBlock<'_> {
     }
 }
 
-/// A new axis of length 1.
-struct Insert {
+/// Axes of length 1 added (`added`: outer axes the inner source lacks; `View::insert_axis`) or
+/// taken away (`dropped`: inner axes the view lacks, ascending; numpy's integer indexing).
+struct AxisChange {
     inner: Arc<dyn Source>,
-    axis: usize,
+    added: Vec<usize>,
+    dropped: Vec<usize>,
     shape: Vec<u64>,
 }
 
-impl Insert {
-    fn new(inner: Arc<dyn Source>, axis: usize) -> Insert {
+impl AxisChange {
+    fn insert(inner: Arc<dyn Source>, axis: usize) -> AxisChange {
         let mut shape = inner.shape().to_vec();
         shape.insert(axis, 1);
-        Insert { inner, axis, shape }
-    }
-}
-
-impl Source for Insert {
-    fn shape(&self) -> &[u64] {
-        &self.shape
-    }
-
-    fn dtype(&self) -> DType {
-        self.inner.dtype()
+        AxisChange {
+            inner,
+            added: vec![axis],
+            dropped: Vec::new(),
+            shape,
+        }
     }
 
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-
-    fn chunk_hint(&self) -> Option<Vec<u64>> {
-        let mut c = self.inner.chunk_hint()?;
-        c.insert(self.axis, 1);
-        Some(c)
-    }
-
-    fn block(&self, region: &Region) -> Result<Box<dyn Block + '_>> {
-        let mut r = region.ranges().to_vec();
-        r.remove(self.axis);
-        Ok(Box::new(AxisBlock {
-            inner: self.inner.block(&Region::new(r))?,
-            remove: vec![self.axis],
-            insert: Vec::new(),
-        }))
-    }
-}
-
-/// Axes of length 1 taken away (numpy's integer indexing).
-struct Squeeze {
-    inner: Arc<dyn Source>,
-    /// The inner axes removed, ascending.
-    axes: Vec<usize>,
-    shape: Vec<u64>,
-}
-
-impl Squeeze {
-    fn new(inner: Arc<dyn Source>, axes: &[usize]) -> Squeeze {
-        let mut axes = axes.to_vec();
-        axes.sort_unstable();
+    fn squeeze(inner: Arc<dyn Source>, axes: &[usize]) -> AxisChange {
+        let mut dropped = axes.to_vec();
+        dropped.sort_unstable();
         let shape = inner
             .shape()
             .iter()
             .enumerate()
-            .filter(|(k, _)| !axes.contains(k))
+            .filter(|(k, _)| !dropped.contains(k))
             .map(|(_, &n)| n)
             .collect();
-        Squeeze { inner, axes, shape }
+        AxisChange {
+            inner,
+            added: Vec::new(),
+            dropped,
+            shape,
+        }
     }
 }
 
-impl Source for Squeeze {
+impl Source for AxisChange {
     fn shape(&self) -> &[u64] {
         &self.shape
     }
@@ -647,21 +617,27 @@ impl Source for Squeeze {
 
     fn chunk_hint(&self) -> Option<Vec<u64>> {
         let mut c = self.inner.chunk_hint()?;
-        for &a in self.axes.iter().rev() {
+        for &a in self.dropped.iter().rev() {
             c.remove(a);
+        }
+        for &a in &self.added {
+            c.insert(a, 1);
         }
         Some(c)
     }
 
     fn block(&self, region: &Region) -> Result<Box<dyn Block + '_>> {
         let mut r = region.ranges().to_vec();
-        for &a in &self.axes {
+        for &a in self.added.iter().rev() {
+            r.remove(a);
+        }
+        for &a in &self.dropped {
             r.insert(a, 0..1);
         }
         Ok(Box::new(AxisBlock {
             inner: self.inner.block(&Region::new(r))?,
-            remove: Vec::new(),
-            insert: self.axes.clone(),
+            remove: self.added.clone(),
+            insert: self.dropped.clone(),
         }))
     }
 }

@@ -12,7 +12,8 @@ use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::writer::{sibling, sync_dir};
 use crate::error::{Error, IoContext, Result};
@@ -170,58 +171,33 @@ pub(crate) fn clean_stale(store: &Path) -> Result<()> {
 }
 
 /// The journal of the last edit: what it was (`fingerprint`) and the shapes before and after.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Journal {
     pub(crate) fingerprint: String,
     pub(crate) from: Vec<u64>,
     pub(crate) to: Vec<u64>,
     /// With `--move`: the inputs to remove after the commit, each with its stamp then, so that
     /// a rerun after a kill finishes removing them (APPEND §4.5).
-    pub(crate) moving: Vec<(PathBuf, String)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) moving: Vec<Moving>,
+}
+
+/// An input `--move` removes after the commit, and its stamp when it was joined.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Moving {
+    pub(crate) path: String,
+    pub(crate) stamp: String,
 }
 
 impl Journal {
     /// The journal in `store`, if any (an unreadable one counts as none).
     pub(crate) fn read(store: &Path) -> Option<Journal> {
-        let text = fs::read_to_string(store.join(JOURNAL_FILE)).ok()?;
-        let v: Value = serde_json::from_str(&text).ok()?;
-        let shape =
-            |k: &str| -> Option<Vec<u64>> { v[k].as_array()?.iter().map(Value::as_u64).collect() };
-        Some(Journal {
-            fingerprint: v["fingerprint"].as_str()?.to_string(),
-            from: shape("from")?,
-            to: shape("to")?,
-            moving: v["moving"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|m| {
-                            Some((
-                                PathBuf::from(m["path"].as_str()?),
-                                m["stamp"].as_str()?.into(),
-                            ))
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-        })
+        read_record(&store.join(JOURNAL_FILE))
     }
 
     /// Writes the journal into `dir` durably (before the commit it describes); returns its size.
     pub(crate) fn write(&self, dir: &Path) -> Result<u64> {
-        let mut j = json!({
-            "fingerprint": self.fingerprint,
-            "from": self.from,
-            "to": self.to,
-        });
-        if !self.moving.is_empty() {
-            j["moving"] = self
-                .moving
-                .iter()
-                .map(|(p, s)| json!({"path": p.to_string_lossy(), "stamp": s}))
-                .collect();
-        }
-        let text = serde_json::to_string_pretty(&j).expect("plain JSON");
+        let text = serde_json::to_string_pretty(self).expect("plain JSON");
         write_durably(&dir.join(JOURNAL_FILE), text.as_bytes(), true)?;
         Ok(text.len() as u64)
     }
@@ -230,7 +206,7 @@ impl Journal {
 /// How far an in-place append got before its commit: the layers whose chunks are all in place
 /// (APPEND §5.1). Valid only for the same command (`fingerprint`) on the same array (its
 /// `zarr.json` hashed in `target_meta`), still of shape `from`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Progress {
     pub(crate) fingerprint: String,
     pub(crate) target_meta: String,
@@ -242,31 +218,19 @@ pub(crate) struct Progress {
 impl Progress {
     /// The progress record in `store`, if any (an unreadable one counts as none).
     pub(crate) fn read(store: &Path) -> Option<Progress> {
-        let text = fs::read_to_string(store.join(PROGRESS_FILE)).ok()?;
-        let v: Value = serde_json::from_str(&text).ok()?;
-        let list =
-            |k: &str| -> Option<Vec<u64>> { v[k].as_array()?.iter().map(Value::as_u64).collect() };
-        Some(Progress {
-            fingerprint: v["fingerprint"].as_str()?.to_string(),
-            target_meta: v["target_meta"].as_str()?.to_string(),
-            from: list("from")?,
-            to: list("to")?,
-            layers: list("layers")?,
-        })
+        read_record(&store.join(PROGRESS_FILE))
     }
 
     /// Writes the record into `store` (temp + rename; fsynced with `sync`).
     pub(crate) fn write(&self, store: &Path, sync: bool) -> Result<()> {
-        let text = serde_json::to_string(&json!({
-            "fingerprint": self.fingerprint,
-            "target_meta": self.target_meta,
-            "from": self.from,
-            "to": self.to,
-            "layers": self.layers,
-        }))
-        .expect("plain JSON");
+        let text = serde_json::to_string(self).expect("plain JSON");
         write_durably(&store.join(PROGRESS_FILE), text.as_bytes(), sync)
     }
+}
+
+/// A JSON record of ours, if it is there and readable (anything else counts as none).
+fn read_record<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
+    serde_json::from_str(&fs::read_to_string(path).ok()?).ok()
 }
 
 /// Writes `path` through a temporary file and a rename (fsyncing the file first if `sync`).

@@ -7,6 +7,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
+use zarrs::array::ChunkKeyEncoding;
+use zarrs::array::chunk_key_encoding::DefaultChunkKeyEncoding;
+use zarrs::metadata::v3::MetadataV3;
 
 use crate::error::{Error, IoContext, Result};
 use crate::region::fmt_shape;
@@ -103,14 +106,6 @@ impl Edges {
     }
 }
 
-/// How chunk indices become keys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Keys {
-    /// `default` encoding (`c/…`) or `v2` (no prefix).
-    prefix: bool,
-    sep: char,
-}
-
 /// A Zarr v3 array's layout, from its `zarr.json`.
 #[derive(Debug, Clone)]
 pub(crate) struct Layout {
@@ -118,7 +113,8 @@ pub(crate) struct Layout {
     meta: Value,
     shape: Vec<u64>,
     edges: Vec<Edges>,
-    keys: Keys,
+    /// How chunk indices become keys (zarrs' encoding named in the metadata).
+    keys: ChunkKeyEncoding,
 }
 
 impl Layout {
@@ -177,23 +173,12 @@ impl Layout {
         if edges.len() != shape.len() {
             return Err(bad(path, "chunk grid and shape differ in rank".into()));
         }
-        let kenc = &meta["chunk_key_encoding"];
-        let sep = |default: char| match kenc["configuration"]["separator"].as_str() {
-            Some("/") => Ok('/'),
-            Some(".") => Ok('.'),
-            None => Ok(default),
-            Some(s) => Err(bad(path, format!("chunk key separator {s:?}"))),
-        };
-        let keys = match kenc["name"].as_str() {
-            Some("default") | None => Keys {
-                prefix: true,
-                sep: sep('/')?,
-            },
-            Some("v2") => Keys {
-                prefix: false,
-                sep: sep('.')?,
-            },
-            Some(other) => return Err(bad(path, format!("chunk key encoding {other:?}"))),
+        let keys = match meta.get("chunk_key_encoding") {
+            None => ChunkKeyEncoding::new(DefaultChunkKeyEncoding::default()),
+            Some(enc) => serde_json::from_value::<MetadataV3>(enc.clone())
+                .map_err(|e| e.to_string())
+                .and_then(|m| ChunkKeyEncoding::from_metadata(&m).map_err(|e| e.to_string()))
+                .map_err(|e| bad(path, format!("chunk key encoding {enc}: {e}")))?,
         };
         Ok(Layout {
             path: path.to_path_buf(),
@@ -224,14 +209,7 @@ impl Layout {
 
     /// The key of chunk `idx` (`c/1/0/3`).
     pub(crate) fn key(&self, idx: &[u64]) -> String {
-        let parts: Vec<String> = idx.iter().map(u64::to_string).collect();
-        let body = parts.join(&self.keys.sep.to_string());
-        match (self.keys.prefix, idx.is_empty()) {
-            (true, true) => "c".into(),
-            (true, false) => format!("c{}{body}", self.keys.sep),
-            (false, true) => "0".into(),
-            (false, false) => body,
-        }
+        self.keys.encode(idx).as_str().to_string()
     }
 
     /// The file of chunk `idx`.

@@ -34,9 +34,9 @@ use crate::grid::{Grid, indices_in};
 use crate::region::{Region, fmt_shape};
 
 pub(crate) use edit::{
-    Journal, LOCK_FILE, PROGRESS_FILE, Progress, STAGING_DIR, StoreLock, begin_build, clean_stale,
-    commit_metadata, crash_point, exchange, link_chunk, place, remove_chunk, staged_name,
-    sync_filesystem,
+    Journal, LOCK_FILE, Moving, PROGRESS_FILE, Progress, STAGING_DIR, StoreLock, begin_build,
+    clean_stale, commit_metadata, crash_point, exchange, link_chunk, place, remove_chunk,
+    staged_name, sync_filesystem,
 };
 pub(crate) use files::FileWriter;
 pub(crate) use job::{Finish, JobOptions, JobState, JobWriter};
@@ -215,16 +215,15 @@ impl Store {
         }
     }
 
-    /// The regular chunk grid.
+    /// The regular chunk grid ([`Store::block_grid`] also covers rectilinear grids).
     ///
     /// # Errors
     /// [`Error::BadMetadata`] if the array's chunk grid is not regular.
     pub fn grid(&self) -> Result<Grid> {
         let chunk = self.chunk_shape().ok_or_else(|| Error::BadMetadata {
             path: self.path.clone(),
-            reason: "this command needs a regular chunk grid, and this array's is rectilinear; \
-                     make a regular copy with `chunkwise convert` (export, convert, info, verify \
-                     and views read it as it is)"
+            reason: "the chunk grid is rectilinear, not regular (read it by blocks of \
+                     `Store::block_grid`, or make a regular copy with `chunkwise convert`)"
                 .into(),
         })?;
         Grid::new(self.shape(), &chunk)
@@ -297,7 +296,11 @@ impl Store {
     /// # Errors
     /// As [`Store::read_chunk`] and [`Store::read_region_into`].
     pub fn read_block(&self, grid: &Grid, idx: &[u64]) -> Result<Option<Vec<u8>>> {
-        if self.chunk_shape().is_some() {
+        let regular = match self.array.metadata() {
+            ArrayMetadata::V2(_) => true,
+            ArrayMetadata::V3(m) => m.chunk_grid.name() == "regular",
+        };
+        if regular {
             return self.read_chunk(idx);
         }
         let full: Vec<usize> = grid.chunk_shape().iter().map(|&c| c as usize).collect();
