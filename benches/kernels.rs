@@ -72,13 +72,18 @@ fn kernels(c: &mut Criterion) {
             "lut_u16_u8",
             Box::new(Lut::new(Table::open(&lut_path).expect("table"))),
         ),
-        ("threshold", Box::new(Threshold { above: 700.0 })),
+        (
+            "threshold",
+            Box::new(Threshold {
+                above: chunkwise::Number::from(700.0),
+            }),
+        ),
         (
             "neighbourhood_lut_above",
             Box::new(
                 NeighbourhoodLut::new(Table::open(&t27_path).expect("table"))
                     .expect("2^27 entries")
-                    .above(Some(700.0)),
+                    .above(Some(700.0.into())),
             ),
         ),
     ];

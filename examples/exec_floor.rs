@@ -36,7 +36,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             NeighbourhoodLut::new(Table::open(
                 arg(&args, "--table").ok_or("--table")?.as_ref(),
             )?)?
-            .above(Some(700.0)),
+            .above(Some(700.0.into())),
         ),
         other => return Err(format!("unknown kernel {other}").into()),
     };

@@ -261,7 +261,7 @@ impl Element for bool {
 
 /// The numeric element types (every [`DType`] but `bool`): plain bytes that kernels compute on.
 /// `bool` arrays are handed to kernels as `u8` (0 or 1).
-pub trait Scalar: Element + bytemuck::Pod + Default + PartialOrd {
+pub trait Scalar: Element + bytemuck::Pod + Default + PartialOrd + fmt::Display {
     /// The value as `f64` (exact for every type but 64-bit integers beyond 2^53).
     fn to_f64(self) -> f64;
 
@@ -274,6 +274,145 @@ pub trait Scalar: Element + bytemuck::Pod + Default + PartialOrd {
     /// The nearest value of this type to `v` (spec/COMPUTE.md §4): floats are rounded to the
     /// type; integers are rounded half to even, saturated at the type's range, NaN gives 0.
     fn from_f64(v: f64) -> Self;
+
+    /// The type's range as exact integers (`None` for floats).
+    const INT_RANGE: Option<(i128, i128)>;
+
+    /// `v` in this type, for `v` inside [`Scalar::INT_RANGE`] (an integer type's exact value).
+    fn from_i128(v: i128) -> Self;
+
+    /// The value as `i128`: exact for integers; floats truncated toward zero (saturating,
+    /// NaN gives 0).
+    fn to_i128(self) -> i128;
+}
+
+/// A number as the user wrote it: an integer literal is kept exactly (every `uint64` and
+/// `int64` value), anything else is a float. Thresholds compare it with an array's values in
+/// the array's own type (spec/REDUCE.md §4), as numpy does with a Python int.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Number {
+    /// An integer, exactly.
+    Int(i128),
+    /// A float (also what a decimal point or exponent makes).
+    Float(f64),
+}
+
+impl Number {
+    /// The value as `f64` (rounded for integers beyond 2^53).
+    pub fn to_f64(self) -> f64 {
+        match self {
+            Number::Int(i) => i as f64,
+            Number::Float(f) => f,
+        }
+    }
+}
+
+impl From<f64> for Number {
+    fn from(f: f64) -> Number {
+        Number::Float(f)
+    }
+}
+
+impl From<i64> for Number {
+    fn from(i: i64) -> Number {
+        Number::Int(i128::from(i))
+    }
+}
+
+impl From<i32> for Number {
+    fn from(i: i32) -> Number {
+        Number::Int(i128::from(i))
+    }
+}
+
+impl From<u64> for Number {
+    fn from(i: u64) -> Number {
+        Number::Int(i128::from(i))
+    }
+}
+
+impl fmt::Display for Number {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Number::Int(i) => write!(f, "{i}"),
+            Number::Float(x) => write!(f, "{x}"),
+        }
+    }
+}
+
+impl FromStr for Number {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Number> {
+        let t = s.trim();
+        if let Ok(i) = t.parse::<i128>() {
+            return Ok(Number::Int(i));
+        }
+        t.parse::<f64>()
+            .map(Number::Float)
+            .map_err(|_| Error::option("number", format!("{s:?} is not a number")))
+    }
+}
+
+/// Whether `v` is a number (not NaN): the only values not ordered with themselves.
+#[inline]
+pub(crate) fn not_nan<T: PartialOrd>(v: T) -> bool {
+    v.partial_cmp(&v).is_some()
+}
+
+/// How a comparison with a [`Number`] looks in an element type `T`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Bound<T> {
+    /// Every value passes (the number is beyond the type's range on the passing side).
+    Always,
+    /// No value passes (beyond the range on the other side, or NaN).
+    Never,
+    /// Compare with this value of the type.
+    At(T),
+}
+
+/// `v > n` for values `v` of type `T`, as `v > t` in the type: exact for integer types (a
+/// float `n` becomes `floor(n)`), `n` rounded to the type for floats (numpy's NEP 50).
+pub(crate) fn above_bound<T: Scalar>(n: Number) -> Bound<T> {
+    let Some((lo, hi)) = T::INT_RANGE else {
+        let f = n.to_f64();
+        return if f.is_nan() {
+            Bound::Never
+        } else {
+            Bound::At(T::from_f64(f))
+        };
+    };
+    let t = match n {
+        Number::Int(i) => i,
+        Number::Float(f) if f.is_nan() => return Bound::Never,
+        // Saturating: beyond ±2^127 the answer is the same as at the type's ends.
+        Number::Float(f) => f.floor() as i128,
+    };
+    if t >= hi {
+        Bound::Never
+    } else if t < lo {
+        Bound::Always
+    } else {
+        Bound::At(T::from_i128(t))
+    }
+}
+
+/// `v < n` for values `v` of type `T`, as `v < t` in the type (see [`above_bound`]).
+pub(crate) fn below_bound<T: Scalar>(n: Number) -> Bound<T> {
+    let Some((lo, hi)) = T::INT_RANGE else {
+        return above_bound::<T>(n);
+    };
+    let t = match n {
+        Number::Int(i) => i,
+        Number::Float(f) if f.is_nan() => return Bound::Never,
+        Number::Float(f) => f.ceil() as i128,
+    };
+    if t <= lo {
+        Bound::Never
+    } else if t > hi {
+        Bound::Always
+    } else {
+        Bound::At(T::from_i128(t))
+    }
 }
 
 macro_rules! scalar_int {
@@ -295,6 +434,15 @@ macro_rules! scalar_int {
             fn from_f64(v: f64) -> Self {
                 // `as` saturates and maps NaN to 0; round half to even first.
                 v.round_ties_even() as $t
+            }
+            const INT_RANGE: Option<(i128, i128)> = Some((<$t>::MIN as i128, <$t>::MAX as i128));
+            #[inline]
+            fn from_i128(v: i128) -> Self {
+                v.clamp(<$t>::MIN as i128, <$t>::MAX as i128) as $t
+            }
+            #[inline]
+            fn to_i128(self) -> i128 {
+                self as i128
             }
         }
     )*};
@@ -318,6 +466,15 @@ impl Scalar for f32 {
     fn from_f64(v: f64) -> Self {
         v as f32
     }
+    const INT_RANGE: Option<(i128, i128)> = None;
+    #[inline]
+    fn from_i128(v: i128) -> Self {
+        v as f32
+    }
+    #[inline]
+    fn to_i128(self) -> i128 {
+        self as i128
+    }
 }
 
 impl Scalar for f64 {
@@ -336,6 +493,15 @@ impl Scalar for f64 {
     #[inline]
     fn from_f64(v: f64) -> Self {
         v
+    }
+    const INT_RANGE: Option<(i128, i128)> = None;
+    #[inline]
+    fn from_i128(v: i128) -> Self {
+        v as f64
+    }
+    #[inline]
+    fn to_i128(self) -> i128 {
+        self as i128
     }
 }
 

@@ -211,6 +211,10 @@ pub enum Error {
     #[error("{0}")]
     Incompatible(Box<Incompatibility>),
 
+    /// A broken internal invariant: a bug in chunkwise, never a problem with the input.
+    #[error("internal error (please report it): {0}")]
+    Internal(String),
+
     /// A round trip or check that found different data.
     #[error("{what}: {detail}")]
     Mismatch {

@@ -299,14 +299,9 @@ impl Src {
     /// The line of the job's fingerprint that says what this input is.
     fn identity(&self) -> String {
         match &self.data {
-            Data::Store(s) => {
-                let meta = serde_json::to_string(&s.metadata_json()).unwrap_or_default();
-                let path = s
-                    .path()
-                    .canonicalize()
-                    .unwrap_or_else(|_| s.path().to_path_buf());
-                format!("{} {}", path.display(), fnv1a(&meta))
-            }
+            // The metadata and every chunk file's stamp: a store rewritten with new values
+            // is another input (issue 18.6).
+            Data::Store(s) => stamp(s.path()),
             Data::View { id, .. } => id.clone(),
         }
     }
@@ -750,16 +745,24 @@ fn run_in_pool(
         ..ctx
     };
     let feed = Feed::new(&ctx, tiles, l0..l1, &done);
-    if threads < rayon::current_num_threads() {
+    let ran = if threads < rayon::current_num_threads() {
         // The budget holds fewer tasks at once than there are workers.
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
             .map_err(|e| Error::option("--threads", e.to_string()))?
-            .install(|| feed.par_bridge().try_for_each(|task| run_task(&ctx, task)))?;
+            .install(|| feed.par_bridge().try_for_each(|task| run_task(&ctx, task)))
     } else {
-        feed.par_bridge()
-            .try_for_each(|task| run_task(&ctx, task))?;
+        feed.par_bridge().try_for_each(|task| run_task(&ctx, task))
+    };
+    if let Err(e) = ran {
+        drop(ctx);
+        if matches!(e, Error::Compute { .. }) {
+            // The kernel refused its input: a rerun with these settings fails the same way, so
+            // nothing is kept to resume, and a rerun with other settings is not refused.
+            job.abandon();
+        }
+        return Err(e);
     }
     report.chunks_computed = ctx.computed.load(Ordering::Relaxed);
     report.decodes = ctx.decodes.load(Ordering::Relaxed);

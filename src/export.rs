@@ -1,20 +1,20 @@
 //! `export`: a region of an array to an .npy (or raw) file, streaming block by block.
-//! Invariant: the output appears under its name only when complete (written to a temporary
-//! name, synced, renamed); memory is one block, never the region.
+//! Invariant: the output appears under its name only when complete (written to a unique
+//! temporary name, synced, renamed); memory is one block, never the region.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::copy::c_strides;
 use crate::dtype::DType;
-use crate::error::{Error, IoContext, Result, to_usize};
+use crate::error::{IoContext, Result, to_usize};
 use crate::grid::indices_in;
 use crate::npy::header_bytes;
 use crate::progress::{ProgressFn, Tracker, Unit, with_threads};
 use crate::region::{ParsedRegion, Region};
-use crate::store::Store;
+use crate::store::{OutputFile, Store};
 use crate::view::View;
 
 /// Settings for [`export`].
@@ -155,28 +155,22 @@ fn export_in_pool(store: &Src, out: &Path, opts: &ExportOptions) -> Result<Expor
     let shape = parsed.output_shape();
     let dtype = store.dtype();
     let itemsize = dtype.size();
-    if out.exists() && !opts.overwrite {
-        return Err(Error::OutputExists(out.to_path_buf()));
-    }
     let header = if opts.raw {
         Vec::new()
     } else {
         header_bytes(dtype, &shape)
     };
     let data_len = u64::try_from(region.len()).unwrap_or(u64::MAX) * itemsize as u64;
-    let tmp = tmp_name(out)?;
-    let file = File::create(&tmp).at(&tmp)?;
-    let result = (|| -> Result<()> {
-        file.write_all_at(&header, 0).at(&tmp)?;
-        file.set_len(header.len() as u64 + data_len).at(&tmp)?;
-        write_region(store, &region, &file, &tmp, header.len() as u64, opts)?;
-        file.sync_all().at(&tmp)?;
-        fs::rename(&tmp, out).at(out)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result?;
+    // A unique temporary file, published whole: a concurrent export of the same name never
+    // writes into this one (and an unpublished one is removed on error).
+    let file = OutputFile::create(out, opts.overwrite)?;
+    let tmp = file.tmp_path().to_path_buf();
+    file.file().write_all_at(&header, 0).at(&tmp)?;
+    file.file()
+        .set_len(header.len() as u64 + data_len)
+        .at(&tmp)?;
+    write_region(store, &region, file.file(), &tmp, header.len() as u64, opts)?;
+    file.publish(true)?;
     Ok(ExportReport {
         path: out.to_path_buf(),
         region,
@@ -185,16 +179,6 @@ fn export_in_pool(store: &Src, out: &Path, opts: &ExportOptions) -> Result<Expor
         bytes: header.len() as u64 + data_len,
         seconds: start.elapsed().as_secs_f64(),
     })
-}
-
-fn tmp_name(out: &Path) -> Result<PathBuf> {
-    let name = out
-        .file_name()
-        .ok_or_else(|| Error::option("-o", format!("{} has no file name", out.display())))?;
-    let mut s = std::ffi::OsString::from(".");
-    s.push(name);
-    s.push(".chunkwise-tmp");
-    Ok(out.with_file_name(s))
 }
 
 /// Streams `region` into `file` at `base`, in C order, one block at a time.

@@ -1,8 +1,14 @@
 //! Stable fingerprints of settings and inputs: what a job or an edit was, so that a rerun can
 //! tell "the same again" (resume, or already done) from "something else".
+//!
+//! Invariant: an input's [`stamp`] changes whenever its data can have changed: a store's when
+//! its metadata or any chunk file is rewritten, replaced, added or removed (size, modification
+//! time or inode), a file's when its size or modification time changes.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+
+use rayon::prelude::*;
 
 /// FNV-1a, 64-bit: a stable fingerprint of a settings text (the same on every build and
 /// machine, unlike std's hasher).
@@ -16,31 +22,95 @@ pub(crate) fn fnv1a(text: &str) -> String {
 }
 
 /// One line describing an input as it is now: its canonical path and, for a store, its
-/// metadata; for a file its size and modification time; for a directory its modification
-/// time and entry count.
+/// metadata and a stamp of every chunk file; for a file its size and modification time; for
+/// a directory its modification time and entry count.
 pub(crate) fn stamp(path: &Path) -> String {
     let canon = path
         .canonicalize()
         .unwrap_or_else(|_| path.to_path_buf())
         .display()
         .to_string();
-    let meta = path.join("zarr.json");
-    if let Ok(text) = std::fs::read_to_string(&meta) {
-        return format!("{canon} store {}", fnv1a(&text));
+    for meta in ["zarr.json", ".zarray"] {
+        if let Ok(text) = std::fs::read_to_string(path.join(meta)) {
+            return format!(
+                "{canon} store {} chunks {}",
+                fnv1a(&text),
+                fnv1a(&tree_stamp(path, Path::new("")))
+            );
+        }
     }
     match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => {
             let n = std::fs::read_dir(path).map(Iterator::count).unwrap_or(0);
-            format!(
-                "{canon} dir {} {n}",
-                m.mtime_nsec() + m.mtime() * 1_000_000_000
-            )
+            format!("{canon} dir {} {n}", mtime_ns(&m))
         }
-        Ok(m) => format!(
-            "{canon} file {} {}",
-            m.len(),
-            m.mtime_nsec() + m.mtime() * 1_000_000_000
-        ),
+        Ok(m) => format!("{canon} file {} {}", m.len(), mtime_ns(&m)),
         Err(_) => format!("{canon} missing"),
+    }
+}
+
+fn mtime_ns(m: &std::fs::Metadata) -> i128 {
+    i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec())
+}
+
+/// Every file below `root/rel` but chunkwise's own (`.chunkwise*`), as `path size mtime inode`
+/// lines in name order; directories are walked in parallel.
+fn tree_stamp(root: &Path, rel: &Path) -> String {
+    let dir = root.join(rel);
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return String::new();
+    };
+    let mut entries: Vec<(String, std::fs::DirEntry)> = rd
+        .flatten()
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e))
+        .filter(|(n, _)| !n.starts_with(".chunkwise"))
+        .collect();
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    entries
+        .par_iter()
+        .map(|(name, e)| {
+            let sub = rel.join(name);
+            match e.metadata() {
+                Ok(m) if m.is_dir() => tree_stamp(root, &sub),
+                Ok(m) => format!(
+                    "{} {} {} {}\n",
+                    sub.display(),
+                    m.len(),
+                    mtime_ns(&m),
+                    m.ino()
+                ),
+                Err(_) => format!("{} gone\n", sub.display()),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 18.6: a store rewritten with the same shape and type but new values (a chunk
+    /// replaced, added or removed) has another stamp; chunkwise's own files do not count.
+    #[test]
+    fn a_store_with_new_chunks_has_a_new_stamp() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = dir.path().join("s.zarr");
+        std::fs::create_dir_all(s.join("c/0")).unwrap();
+        std::fs::write(s.join("zarr.json"), "{}").unwrap();
+        std::fs::write(s.join("c/0/0"), b"abc").unwrap();
+        let a = stamp(&s);
+        assert_eq!(stamp(&s), a);
+        std::fs::write(s.join(".chunkwise.lock"), b"123").unwrap();
+        assert_eq!(stamp(&s), a, "lock files do not change the data");
+        // Same size, replaced by a rename (a new inode), as every writer does.
+        std::fs::write(s.join("c/0/tmp"), b"xyz").unwrap();
+        std::fs::rename(s.join("c/0/tmp"), s.join("c/0/0")).unwrap();
+        let b = stamp(&s);
+        assert_ne!(b, a);
+        std::fs::write(s.join("c/0/1"), b"more").unwrap();
+        let c = stamp(&s);
+        assert_ne!(c, b);
+        std::fs::remove_file(s.join("c/0/1")).unwrap();
+        assert_ne!(stamp(&s), c);
     }
 }

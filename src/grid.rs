@@ -6,6 +6,18 @@ use std::ops::Range;
 use crate::error::{Error, Result};
 use crate::region::Region;
 
+/// The region of chunk `idx` of an explicit grid given by its boundaries per axis
+/// ([`crate::Store::chunk_bounds`]).
+pub(crate) fn edges_region(bounds: &[Vec<u64>], idx: &[u64]) -> Region {
+    Region::new(
+        bounds
+            .iter()
+            .zip(idx)
+            .map(|(b, &i)| b[i as usize]..b[i as usize + 1])
+            .collect(),
+    )
+}
+
 /// A regular chunk grid over an array shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grid {

@@ -25,10 +25,11 @@ use crate::input::RawOptions;
 use crate::progress::{ProgressFn, Tracker, Unit, with_threads};
 use crate::region::{Region, check_shapes, fmt_shape};
 use crate::store::{
-    Durability, Edges, FileWriter, GridCodec, Journal, LOCK_FILE, Layout, Moving, PROGRESS_FILE,
-    Progress, STAGING_DIR, StoreLock, begin_build, clean_stale, commit_metadata, crash_point,
-    exchange, is_store, link_chunk, place, publish, remove_chunk, sibling, staged_name, sync_dir,
-    sync_filesystem,
+    Durability, Edges, FileWriter, GridCodec, Journal, LOCK_FILE, Layout, Moving, NEW_SUFFIX,
+    PROGRESS_FILE, Progress, Staging, StoreLock, begin_build, check_removable, check_utf8,
+    clean_stale, commit_metadata, crash_point, exchange, is_store, link_chunk, link_or_copy,
+    lock_existing, place, publish, recover_replacement, remove_chunk, resolve_links, sibling,
+    sync_dir, sync_filesystem,
 };
 use crate::view::{View, store_source};
 
@@ -187,6 +188,9 @@ pub struct GrowReport {
     pub exchanged: bool,
     /// Nothing was done: the last edit of this array was this same command.
     pub already_done: bool,
+    /// What went wrong after the result was committed (it stands): with `--move`, an input
+    /// that could not be removed.
+    pub warnings: Vec<String>,
     /// Wall-clock seconds.
     pub seconds: f64,
 }
@@ -213,6 +217,7 @@ impl GrowReport {
             bytes_written: 0,
             exchanged: false,
             already_done,
+            warnings: Vec::new(),
             seconds: start.elapsed().as_secs_f64(),
         }
     }
@@ -264,16 +269,18 @@ pub fn append(store: &Path, inputs: &[PathBuf], opts: &GrowOptions) -> Result<Gr
         if inputs.is_empty() {
             return Err(Error::option("INPUT", "nothing to append"));
         }
+        // Through a link, the array it points to is edited and the link stays (APPEND §6.3).
+        let store = &resolve_links(store)?;
+        recover_replacement(store)?;
         check_target(store)?;
+        checkpoint_secs(opts)?;
         let _lock = StoreLock::acquire(store, opts.wait)?;
         clean_stale(store)?;
         let target = Layout::read(store)?;
         check_axis(&target, opts.axis)?;
         check_not_self(store, inputs)?;
-        let fp = fingerprint("append", opts, Some(store), inputs);
-        if let Some(done) = already_done(&target, &fp, opts, start)? {
-            return Ok(done);
-        }
+        // The inputs are opened (and so checked: a raw file without its type and shape, a
+        // shape that does not fit) before a rerun can answer "already done" (issue 18.6).
         let mut ops = vec![target_operand(&target)?];
         let all_stores = inputs.iter().all(|p| is_store(p));
         let mut locks = Vec::new();
@@ -284,6 +291,10 @@ pub fn append(store: &Path, inputs: &[PathBuf], opts: &GrowOptions) -> Result<Gr
             }
         } else {
             ops.push(fresh_operand(inputs, &target, opts)?);
+        }
+        let fp = fingerprint("append", opts, Some(store), inputs);
+        if let Some(done) = already_done(&target, &fp, opts, start)? {
+            return Ok(done);
         }
         let r = grow_in_place(&target, ops, opts, &fp, start, &[])?;
         drop(locks);
@@ -300,9 +311,10 @@ pub fn append(store: &Path, inputs: &[PathBuf], opts: &GrowOptions) -> Result<Gr
 pub fn concat(inputs: &[PathBuf], out: &Path, opts: &GrowOptions) -> Result<GrowReport> {
     with_threads(opts.threads, || {
         let start = Instant::now();
-        let fp = match begin_new_output("concat", inputs, out, opts, start)? {
+        let out = &resolve_links(out)?;
+        let (fp, _replacing) = match begin_new_output("concat", inputs, out, opts, start)? {
             Begin::Done(done) => return Ok(done),
-            Begin::Go(fp) => fp,
+            Begin::Go(fp, lock) => (fp, lock),
         };
         let mut locks = Vec::new();
         let mut ops = Vec::new();
@@ -324,6 +336,8 @@ pub fn concat(inputs: &[PathBuf], out: &Path, opts: &GrowOptions) -> Result<Grow
 pub fn concat_into(target: &Path, others: &[PathBuf], opts: &GrowOptions) -> Result<GrowReport> {
     with_threads(opts.threads, || {
         let start = Instant::now();
+        let target = &resolve_links(target)?;
+        recover_replacement(target)?;
         check_target(target)?;
         let _lock = StoreLock::acquire(target, opts.wait)?;
         clean_stale(target)?;
@@ -333,21 +347,24 @@ pub fn concat_into(target: &Path, others: &[PathBuf], opts: &GrowOptions) -> Res
         let mut all = vec![target.to_path_buf()];
         all.extend(others.iter().cloned());
         check_join_inputs(&all, None)?;
-        let layout = Layout::read(target)?;
-        let fp = fingerprint("concat", opts, Some(target), others);
-        if let Some(done) = already_done(&layout, &fp, opts, start)? {
-            return Ok(done);
+        if opts.move_inputs {
+            others.iter().try_for_each(|p| check_removable(p))?;
         }
+        let layout = Layout::read(target)?;
         let mut ops = vec![target_operand(&layout)?];
         let mut locks = Vec::new();
         for p in others {
             locks.push(StoreLock::acquire_shared(p, opts.wait)?);
             ops.push(stored_operand(p, &layout, opts, true)?);
         }
-        let r = grow_in_place(&layout, ops, opts, &fp, start, others)?;
+        let fp = fingerprint("concat", opts, Some(target), others);
+        if let Some(done) = already_done(&layout, &fp, opts, start)? {
+            return Ok(done);
+        }
+        let mut r = grow_in_place(&layout, ops, opts, &fp, start, others)?;
         drop(locks);
         if opts.move_inputs {
-            remove_inputs(others)?;
+            remove_moved(others, &mut r);
         }
         Ok(r)
     })
@@ -361,9 +378,10 @@ pub fn concat_into(target: &Path, others: &[PathBuf], opts: &GrowOptions) -> Res
 pub fn stack(inputs: &[PathBuf], out: &Path, opts: &GrowOptions) -> Result<GrowReport> {
     with_threads(opts.threads, || {
         let start = Instant::now();
-        let fp = match begin_new_output("stack", inputs, out, opts, start)? {
+        let out = &resolve_links(out)?;
+        let (fp, _replacing) = match begin_new_output("stack", inputs, out, opts, start)? {
             Begin::Done(done) => return Ok(done),
-            Begin::Go(fp) => fp,
+            Begin::Go(fp, lock) => (fp, lock),
         };
         let first = Layout::read(&inputs[0])?;
         let mut locks = Vec::new();
@@ -378,7 +396,8 @@ pub fn stack(inputs: &[PathBuf], out: &Path, opts: &GrowOptions) -> Result<GrowR
         let meta = stacked_metadata(&first, inputs.len() as u64)?;
         let (tmp, lock) = begin_build(out)?;
         let out_layout = Layout::from_json(&tmp, meta.clone())?;
-        let staging = tmp.join(STAGING_DIR);
+        let staging = Staging::new(&tmp);
+        staging.create()?;
         let tracker = Tracker::new(
             "stack",
             Unit::Chunks,
@@ -414,13 +433,11 @@ pub fn stack(inputs: &[PathBuf], out: &Path, opts: &GrowOptions) -> Result<GrowR
                     Ok(())
                 })?;
         }
+        staging.remove();
         let meta_bytes =
             finish_build(&tmp, lock, out, &meta, &fp, opts, moving_list(opts, inputs))?;
         drop(locks);
-        if opts.move_inputs {
-            remove_inputs(inputs)?;
-        }
-        Ok(GrowReport {
+        let mut r = GrowReport {
             path: out.to_path_buf(),
             old_shape: None,
             shape: out_layout.shape().to_vec(),
@@ -432,15 +449,21 @@ pub fn stack(inputs: &[PathBuf], out: &Path, opts: &GrowOptions) -> Result<GrowR
             bytes_written: copied.into_inner() + meta_bytes,
             exchanged: false,
             already_done: false,
+            warnings: Vec::new(),
             seconds: start.elapsed().as_secs_f64(),
-        })
+        };
+        if opts.move_inputs {
+            remove_moved(inputs, &mut r);
+        }
+        Ok(r)
     })
 }
 
-/// How a join into a new output starts: already done (a rerun), or to do with this fingerprint.
+/// How a join into a new output starts: already done (a rerun), or to do with this fingerprint
+/// (holding the lock of the array it replaces, if any).
 enum Begin {
     Done(GrowReport),
-    Go(String),
+    Go(String, Option<StoreLock>),
 }
 
 /// What `concat -o` and `stack` check before building: a rerun of a `--move` or of the whole
@@ -452,16 +475,23 @@ fn begin_new_output(
     opts: &GrowOptions,
     start: Instant,
 ) -> Result<Begin> {
+    check_utf8(out)?;
     if let Some(done) = finish_move(out, inputs, opts, start)? {
         return Ok(Begin::Done(done));
     }
     check_join_inputs(inputs, Some(out))?;
+    if opts.move_inputs {
+        inputs.iter().try_for_each(|p| check_removable(p))?;
+    }
     let fp = fingerprint(op, opts, None, inputs);
-    if let Some(done) = output_done(out, &fp, start)? {
+    // `--overwrite` (and `--again`) rebuild whatever the output holds.
+    if !(opts.overwrite || opts.again)
+        && let Some(done) = output_done(out, &fp, start)?
+    {
         return Ok(Begin::Done(done));
     }
     crate::store::check_replaceable(out, opts.overwrite)?;
-    Ok(Begin::Go(fp))
+    Ok(Begin::Go(fp, lock_existing(out)?))
 }
 
 // ---------------------------------------------------------------- operands and checks
@@ -710,8 +740,8 @@ fn check_not_self(store: &Path, inputs: &[PathBuf]) -> Result<()> {
 
 fn fingerprint(op: &str, o: &GrowOptions, target: Option<&Path>, inputs: &[PathBuf]) -> String {
     let mut text = format!(
-        "chunkwise {op} v1\naxis {} layout {:?} cast {}\n",
-        o.axis, o.layout, o.cast
+        "chunkwise {op} v2\naxis {} layout {:?} cast {} raw {:?}\n",
+        o.axis, o.layout, o.cast, o.raw
     );
     if let Some(t) = target {
         let c = t.canonicalize().unwrap_or_else(|_| t.to_path_buf());
@@ -1000,7 +1030,7 @@ fn apply(
     joined: &View,
     out: &Layout,
     codec: &GridCodec,
-    staging: &Path,
+    staging: &Staging,
     opts: &GrowOptions,
     in_place: bool,
     tracker: &Tracker,
@@ -1027,8 +1057,8 @@ fn apply(
     let fill = codec.fill_bytes();
     let itemsize = fill.len();
     let budget = opts.memory.unwrap_or(256 << 20);
-    fs::create_dir_all(staging).at(staging)?;
-    let files = FileWriter::new(staging, 2 * rayon::current_num_threads(), true);
+    staging.create()?;
+    let files = FileWriter::new(staging.dir(), 2 * rayon::current_num_threads(), true);
     let mut staged: Vec<(PathBuf, PathBuf)> = Vec::new();
     let staged_lock = std::sync::Mutex::new(&mut staged);
     let mut finished: Vec<u64> = Vec::new();
@@ -1151,7 +1181,7 @@ fn apply(
                         done.bytes
                             .fetch_add(encoded.len() as u64, Ordering::Relaxed);
                         done.encoded.fetch_add(1, Ordering::Relaxed);
-                        let tmp = staged_name(staging, &dst);
+                        let tmp = staging.path_for(&dst)?;
                         files.write(tmp.clone(), encoded)?;
                         staged_lock
                             .lock()
@@ -1185,6 +1215,18 @@ fn apply(
     drop(written);
     place_all(&staged)?;
     Ok(done)
+}
+
+/// `--checkpoint-secs`: a finite number of seconds, 0 or more (default 2).
+fn checkpoint_secs(opts: &GrowOptions) -> Result<f64> {
+    let secs = opts.checkpoint_secs.unwrap_or(2.0);
+    if !(secs.is_finite() && secs >= 0.0) {
+        return Err(Error::option(
+            "--checkpoint-secs",
+            format!("{secs}: give a number of seconds, 0 or more"),
+        ));
+    }
+    Ok(secs)
 }
 
 /// A record of an in-place append's finished layers, written as it goes (APPEND §5.1).
@@ -1272,33 +1314,45 @@ fn finish_move(
     if j.moving.is_empty() || given != listed || layout.shape() != j.to {
         return Ok(None);
     }
+    let mut r = GrowReport::unchanged(
+        dir,
+        (!j.from.is_empty()).then(|| j.from.clone()),
+        j.to.clone(),
+        layout.meta(),
+        true,
+        start,
+    );
+    // The join is committed: whatever happens to the inputs now, it stands (a warning).
     for (p, m) in listed.iter().zip(&j.moving) {
         if !p.exists() {
             continue;
         }
         if !p.join("zarr.json").exists() {
-            fs::remove_dir_all(p).at(p)?; // half removed by the killed run
+            // Half removed by the killed run.
+            if let Err(e) = fs::remove_dir_all(p) {
+                r.warnings.push(format!("{}: {e}", p.display()));
+            }
         } else if stamp(p) == m.stamp {
-            remove_inputs(std::slice::from_ref(p))?;
+            remove_moved(std::slice::from_ref(p), &mut r);
         } else {
-            return Err(Error::option(
-                "--move",
-                format!(
-                    "{} was joined into {} and has changed since; it is not removed",
-                    p.display(),
-                    dir.display()
-                ),
+            r.warnings.push(format!(
+                "{} was joined into {} and has changed since; it is not removed",
+                p.display(),
+                dir.display()
             ));
         }
     }
-    Ok(Some(GrowReport::unchanged(
-        dir,
-        (!j.from.is_empty()).then(|| j.from.clone()),
-        j.to,
-        layout.meta(),
-        true,
-        start,
-    )))
+    Ok(Some(r))
+}
+
+/// Removes the inputs of a committed `--move` join; what cannot be removed becomes a warning
+/// of the report, never an error (the join stands).
+fn remove_moved(inputs: &[PathBuf], report: &mut GrowReport) {
+    if let Err(e) = remove_inputs(inputs) {
+        report
+            .warnings
+            .push(format!("joined, but the inputs were not all removed: {e}"));
+    }
 }
 
 fn remove_inputs(inputs: &[PathBuf]) -> Result<()> {
@@ -1384,17 +1438,21 @@ fn grow_in_place(
     // Without an exchange, finished layers are recorded as the append goes, and a rerun of the
     // same command on the same array skips those a killed run finished (APPEND §5.1).
     let mut layers_resumed = 0;
+    let target_meta = fnv1a(&target.meta().to_string());
+    let record = Progress::read(target.path());
+    let ours = |p: &Progress| {
+        p.fingerprint == fp && p.target_meta == target_meta && p.from == old_shape && p.to == shape
+    };
+    if record.as_ref().is_some_and(|p| !ours(p)) {
+        // Another edit was killed after placing chunks past the extent (its record says so):
+        // they are not this one's, and would otherwise linger and count as stored.
+        target.remove_outside_grid()?;
+    }
     let checkpoint = if reshaped {
         None
     } else {
-        let target_meta = fnv1a(&target.meta().to_string());
-        let before: Vec<u64> = Progress::read(target.path())
-            .filter(|p| {
-                p.fingerprint == fp
-                    && p.target_meta == target_meta
-                    && p.from == old_shape
-                    && p.to == shape
-            })
+        let before: Vec<u64> = record
+            .filter(|p| ours(p))
             .map(|p| p.layers)
             .unwrap_or_default();
         let n = todo.len();
@@ -1409,9 +1467,7 @@ fn grow_in_place(
                 to: shape.clone(),
                 layers: before,
             },
-            every: std::time::Duration::from_secs_f64(
-                opts.checkpoint_secs.unwrap_or(2.0).clamp(0.0, 1e9),
-            ),
+            every: std::time::Duration::from_secs_f64(checkpoint_secs(opts)?.min(1e9)),
             sync,
         })
     };
@@ -1429,10 +1485,14 @@ fn grow_in_place(
         to: shape.clone(),
         moving: moving_list(opts, moving),
     };
-    let (done, exchanged, meta_bytes) = if !reshaped {
+    let mut warnings = Vec::new();
+    let (done, exchanged, meta_bytes) = if let Some(cp) = &checkpoint {
         let out = Layout::from_json(target.path(), meta.clone())?;
-        let staging = target.path().join(STAGING_DIR);
-        let done = apply(
+        let staging = Staging::new(target.path());
+        // The record exists before any chunk is placed past the extent, so that whatever a
+        // kill leaves there is known to a later, different edit (which removes it).
+        cp.record.write(&cp.store, sync)?;
+        let applied = apply(
             &plan,
             &todo,
             &ops,
@@ -1444,7 +1504,11 @@ fn grow_in_place(
             true,
             &tracker,
             checkpoint.as_ref(),
-        )?;
+        );
+        let done = applied.inspect_err(|_| {
+            // Staged files are never resumed: free their space now (a full disk, say).
+            staging.remove();
+        })?;
         crash_point("staged");
         let jb = journal.write(target.path())?;
         crash_point("journaled");
@@ -1453,41 +1517,51 @@ fn grow_in_place(
         }
         commit_metadata(target.path(), &meta, sync)?;
         crash_point("committed");
-        let _ = fs::remove_dir_all(&staging);
+        staging.remove();
         let _ = fs::remove_file(target.path().join(PROGRESS_FILE));
         (done, false, meta_len(&meta) + jb)
     } else {
-        let new_dir = sibling(target.path(), ".chunkwise-new")?;
+        let new_dir = sibling(target.path(), NEW_SUFFIX)?;
         if new_dir.exists() {
             fs::remove_dir_all(&new_dir).at(&new_dir)?;
         }
         fs::create_dir(&new_dir).at(&new_dir)?;
         let new_lock = StoreLock::create_in(&new_dir)?;
-        link_tree(target.path(), &new_dir)?;
-        crash_point("linked");
-        let out = Layout::from_json(&new_dir, meta.clone())?;
-        let staging = new_dir.join(STAGING_DIR);
-        // Every layer but the unchanged ones: the linked tree already holds those.
-        let done = apply(
-            &plan, &todo, &ops, &joined, &out, &codec, &staging, opts, true, &tracker, None,
-        )?;
-        let _ = fs::remove_dir_all(&staging);
-        crash_point("staged");
-        let jb = journal.write(&new_dir)?;
-        commit_metadata(&new_dir, &meta, false)?;
-        crash_point("journaled");
-        if sync {
-            sync_filesystem(&new_dir)?;
-        }
-        exchange(target.path(), &new_dir)?;
+        let built = (|| -> Result<(Done, u64)> {
+            link_tree(target.path(), &new_dir)?;
+            crash_point("linked");
+            let out = Layout::from_json(&new_dir, meta.clone())?;
+            let staging = Staging::new(&new_dir);
+            // Every layer but the unchanged ones: the linked tree already holds those.
+            let done = apply(
+                &plan, &todo, &ops, &joined, &out, &codec, &staging, opts, true, &tracker, None,
+            )?;
+            staging.remove();
+            crash_point("staged");
+            let jb = journal.write(&new_dir)?;
+            commit_metadata(&new_dir, &meta, false)?;
+            crash_point("journaled");
+            if sync {
+                sync_filesystem(&new_dir)?;
+            }
+            exchange(target.path(), &new_dir)?;
+            Ok((done, jb))
+        })();
+        let (done, jb) = built.inspect_err(|_| {
+            // Nothing was committed: the rebuilt directory goes (its space with it).
+            let _ = fs::remove_dir_all(&new_dir);
+        })?;
         crash_point("committed");
-        if let Some(parent) = target.path().parent().filter(|p| !p.as_os_str().is_empty())
-            && sync
-        {
-            sync_dir(parent)?;
+        if sync && let Err(e) = sync_dir(crate::store::parent_dir(target.path())) {
+            warnings.push(format!("committed, but syncing the directory failed: {e}"));
         }
         // The old array now sits at the sibling path: gone once nothing refers to it.
-        fs::remove_dir_all(&new_dir).at(&new_dir)?;
+        if let Err(e) = fs::remove_dir_all(&new_dir) {
+            warnings.push(format!(
+                "committed, but the old array at {} was not removed: {e}",
+                new_dir.display()
+            ));
+        }
         drop(new_lock);
         (done, true, meta_len(&meta) + jb)
     };
@@ -1503,6 +1577,7 @@ fn grow_in_place(
         bytes_written: done.bytes.into_inner() + meta_bytes,
         exchanged,
         already_done: false,
+        warnings,
         seconds: start.elapsed().as_secs_f64(),
     })
 }
@@ -1547,7 +1622,7 @@ fn build_new(
         grid_count(&edges, &shape),
         opts.progress.clone(),
     );
-    let staging = tmp.join(STAGING_DIR);
+    let staging = Staging::new(&tmp);
     let done = apply(
         &plan,
         &todo,
@@ -1561,13 +1636,10 @@ fn build_new(
         &tracker,
         None,
     )?;
-    let _ = fs::remove_dir_all(&staging);
+    staging.remove();
     crash_point("staged");
     let meta_bytes = finish_build(&tmp, lock, out, &meta, fp, opts, moving_list(opts, inputs))?;
-    if opts.move_inputs {
-        remove_inputs(inputs)?;
-    }
-    Ok(GrowReport {
+    let mut r = GrowReport {
         path: out.to_path_buf(),
         old_shape: None,
         shape,
@@ -1579,8 +1651,13 @@ fn build_new(
         bytes_written: done.bytes.into_inner() + meta_bytes,
         exchanged: false,
         already_done: false,
+        warnings: Vec::new(),
         seconds: start.elapsed().as_secs_f64(),
-    })
+    };
+    if opts.move_inputs {
+        remove_moved(inputs, &mut r);
+    }
+    Ok(r)
 }
 
 /// Commits a build directory: journal, sync, `zarr.json`, rename into place.
@@ -1608,7 +1685,14 @@ fn finish_build(
     if opts.durability == Durability::Sync {
         sync_filesystem(tmp)?;
     }
-    publish(tmp, out, meta, &[tmp.join(LOCK_FILE)], opts.durability)?;
+    publish(
+        tmp,
+        out,
+        meta,
+        &[tmp.join(LOCK_FILE)],
+        opts.overwrite,
+        opts.durability,
+    )?;
     crash_point("committed");
     drop(lock);
     Ok(meta_len(meta) + jb)
@@ -1633,10 +1717,8 @@ fn link_tree(from: &Path, to: &Path) -> Result<()> {
                 continue;
             };
             let name = rel.to_string_lossy();
-            if name == "zarr.json"
-                || name.starts_with(".chunkwise")
-                || name.starts_with(STAGING_DIR)
-            {
+            // chunkwise's own files (lock, journal, staging) all start with `.chunkwise`.
+            if name == "zarr.json" || name.starts_with(".chunkwise") {
                 continue;
             }
             if e.file_type().at(&p)?.is_dir() {
@@ -1648,19 +1730,9 @@ fn link_tree(from: &Path, to: &Path) -> Result<()> {
             }
         }
     }
-    files.par_iter().try_for_each(|rel| -> Result<()> {
-        let (src, dst) = (from.join(rel), to.join(rel));
-        match fs::hard_link(&src, &dst) {
-            Ok(()) => Ok(()),
-            Err(e)
-                if e.raw_os_error() == Some(libc::EXDEV)
-                    || e.raw_os_error() == Some(libc::EPERM) =>
-            {
-                fs::copy(&src, &dst).at(&dst).map(|_| ())
-            }
-            Err(e) => Err(Error::io(&src, e)),
-        }
-    })
+    files
+        .par_iter()
+        .try_for_each(|rel| link_or_copy(&from.join(rel), &to.join(rel)).map(|_| ()))
 }
 
 // ---------------------------------------------------------------- stack metadata

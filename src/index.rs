@@ -16,31 +16,32 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use crate::dtype::{DType, Scalar};
+use crate::dtype::{Bound, DType, Number, Scalar, above_bound, below_bound};
 use crate::error::{Error, IoContext, Result};
 use crate::grid::{Grid, indices_in};
 use crate::npy::header_bytes;
 use crate::progress::{ProgressFn, Tracker, Unit, with_threads};
-use crate::store::Store;
+use crate::store::{OutputFile, Store};
 use crate::with_scalar;
 
-/// Which voxels are selected.
+/// Which voxels are selected. Bounds compare in the array's type, exactly for integers
+/// (spec/REDUCE.md §4): `Above(Number::Int(2^53 + 1))` on `uint64` is numpy's `a > 2**53 + 1`.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum Select {
     /// Nonzero values (NaN counts as nonzero, as in numpy).
     #[default]
     NonZero,
     /// Values `> x`.
-    Above(f64),
+    Above(Number),
     /// Values `< x`.
-    Below(f64),
+    Below(Number),
     /// Values with `lo < v < hi`.
-    Between(f64, f64),
+    Between(Number, Number),
 }
 
 impl Select {
     /// From `--above` / `--below`.
-    pub fn from_bounds(above: Option<f64>, below: Option<f64>) -> Select {
+    pub fn from_bounds(above: Option<Number>, below: Option<Number>) -> Select {
         match (above, below) {
             (None, None) => Select::NonZero,
             (Some(a), None) => Select::Above(a),
@@ -49,14 +50,15 @@ impl Select {
         }
     }
 
-    #[inline]
-    fn test(&self, v: f64) -> bool {
-        match *self {
-            Select::NonZero => v != 0.0,
-            Select::Above(t) => v > t,
-            Select::Below(t) => v < t,
-            Select::Between(a, b) => a < v && v < b,
-        }
+    /// Whether a value of type `T` is selected (the fill value of absent chunks).
+    fn test<T: Scalar>(&self, v: T) -> bool {
+        let p = Pred::<T>::new(*self);
+        !p.never
+            && if p.nonzero {
+                v != T::default()
+            } else {
+                p.lo.is_none_or(|lo| v > lo) && p.hi.is_none_or(|hi| v < hi)
+            }
     }
 }
 
@@ -217,7 +219,7 @@ fn layer_bits(
         boxed[0] = layer..layer + 1;
     }
     let cshape: Vec<usize> = grid.chunk_shape().iter().map(|&c| c as usize).collect();
-    let fill_selected = select.test(fill_value(store));
+    let fill_selected = fill_selected(store, select);
     indices_in(&boxed).par_iter().try_for_each(|idx| -> Result<()> {
         let creg = grid.chunk_region(idx);
         match store.read_block(grid, idx)? {
@@ -235,9 +237,10 @@ fn layer_bits(
     Ok(bits)
 }
 
-fn fill_value(store: &Store) -> f64 {
+/// Whether the selection takes the store's fill value (the value of absent chunks).
+fn fill_selected(store: &Store, select: Select) -> bool {
     let b = store.fill_bytes();
-    with_scalar!(store.dtype(), T => bytemuck::pod_read_unaligned::<T>(&b[..std::mem::size_of::<T>()]).to_f64())
+    with_scalar!(store.dtype(), T => select.test(bytemuck::pod_read_unaligned::<T>(&b[..std::mem::size_of::<T>()])))
 }
 
 /// A selection compiled for one element type: integer thresholds become exact comparisons
@@ -253,42 +256,29 @@ struct Pred<T> {
 
 impl<T: Scalar> Pred<T> {
     fn new(select: Select) -> Pred<T> {
-        let is_int = !T::DTYPE.is_float();
-        let (tmin, tmax) = (
-            T::from_f64(f64::MIN).to_f64(),
-            T::from_f64(f64::MAX).to_f64(),
-        );
         let mut p = Pred {
             lo: None,
             hi: None,
             never: false,
             nonzero: false,
         };
-        let above = |t: f64, p: &mut Pred<T>| {
-            let t = if is_int { t.floor() } else { t };
-            if t.is_nan() || t >= tmax {
-                p.never = true;
-            } else if t >= tmin {
-                p.lo = Some(T::from_f64(t));
-            }
+        let mut bound = |b: Bound<T>, slot: &mut Option<T>| match b {
+            Bound::Never => p.never = true,
+            Bound::Always => {}
+            Bound::At(t) => *slot = Some(t),
         };
-        let below = |t: f64, p: &mut Pred<T>| {
-            let t = if is_int { t.ceil() } else { t };
-            if t.is_nan() || t <= tmin {
-                p.never = true;
-            } else if t <= tmax {
-                p.hi = Some(T::from_f64(t));
-            }
-        };
+        let (mut lo, mut hi) = (None, None);
         match select {
             Select::NonZero => p.nonzero = true,
-            Select::Above(t) => above(t, &mut p),
-            Select::Below(t) => below(t, &mut p),
+            Select::Above(t) => bound(above_bound(t), &mut lo),
+            Select::Below(t) => bound(below_bound(t), &mut hi),
             Select::Between(a, b) => {
-                above(a, &mut p);
-                below(b, &mut p);
+                bound(above_bound(a), &mut lo);
+                bound(below_bound(b), &mut hi);
             }
         }
+        p.lo = lo;
+        p.hi = hi;
         p
     }
 }
@@ -602,8 +592,9 @@ fn set_bits_body<T: Scalar>(
 /// when complete.
 struct NpyRows {
     file: BufWriter<File>,
+    /// The unique temporary file `file` writes (published by `finish`).
+    out: OutputFile,
     tmp: PathBuf,
-    path: PathBuf,
     cols: u64,
     rows: u64,
     header_len: usize,
@@ -611,24 +602,16 @@ struct NpyRows {
 
 impl NpyRows {
     fn create(path: &Path, cols: u64, overwrite: bool) -> Result<NpyRows> {
-        if path.exists() && !overwrite {
-            return Err(Error::OutputExists(path.to_path_buf()));
-        }
-        let name = path
-            .file_name()
-            .ok_or_else(|| Error::option("-o", format!("{} has no file name", path.display())))?;
-        let mut t = std::ffi::OsString::from(".");
-        t.push(name);
-        t.push(".chunkwise-tmp");
-        let tmp = path.with_file_name(t);
-        let file = File::create(&tmp).at(&tmp)?;
+        let out = OutputFile::create(path, overwrite)?;
+        let tmp = out.tmp_path().to_path_buf();
+        let file = out.file().try_clone().at(&tmp)?;
         let header = Self::header(0, cols);
         let mut w = BufWriter::with_capacity(1 << 20, file);
         w.write_all(&header).at(&tmp)?;
         Ok(NpyRows {
             file: w,
+            out,
             tmp,
-            path: path.to_path_buf(),
             cols,
             rows: 0,
             header_len: header.len(),
@@ -701,16 +684,8 @@ impl NpyRows {
         let f = self.file.get_mut();
         f.seek(SeekFrom::Start(0)).at(&self.tmp)?;
         f.write_all(&header).at(&self.tmp)?;
-        f.sync_all().at(&self.tmp)?;
-        std::fs::rename(&self.tmp, &self.path).at(&self.path)?;
+        self.out.publish(true)?;
         Ok(self.header_len as u64 + self.rows * self.cols * 8)
-    }
-}
-
-impl Drop for NpyRows {
-    fn drop(&mut self) {
-        // Harmless after finish (renamed away); removes a partial file on error.
-        let _ = std::fs::remove_file(&self.tmp);
     }
 }
 
@@ -837,24 +812,48 @@ fn plane_coords(bits: &Bits, z: u64, shape: &[u64], count: u64) -> Vec<i64> {
     out
 }
 
+/// The most dimensions `graph` takes (its neighbourhoods have up to 3^ndim - 1 voxels).
+pub const MAX_GRAPH_NDIM: usize = 8;
+
+/// The connectivities of an `ndim`-D array, smallest first: the neighbours that differ in at
+/// most 1, 2, ..., `ndim` coordinates by one (2 in 1-D; 4, 8 in 2-D; 6, 18, 26 in 3-D; 8, 32,
+/// 64, 80 in 4-D). The last is the full neighbourhood, `3^ndim - 1`.
+pub fn connectivities(ndim: usize) -> Vec<u32> {
+    let mut out = Vec::new();
+    let (mut total, mut binom, mut pow2) = (0u64, 1u64, 1u64);
+    for m in 1..=ndim as u64 {
+        // C(ndim, m) 2^m neighbours differ in exactly m coordinates.
+        binom = binom * (ndim as u64 - m + 1) / m;
+        pow2 *= 2;
+        total += binom * pow2;
+        out.push(u32::try_from(total).unwrap_or(u32::MAX));
+    }
+    out
+}
+
 /// Neighbour offsets that come after the centre in C order (a positive flat offset), sorted by
-/// that offset, for a connectivity of `conn` in `ndim` dimensions (4/8 in 2-D; 6/18/26 in
-/// 3-D; 2 in 1-D).
+/// that offset, for a connectivity of `conn` in `ndim` dimensions ([`connectivities`]; `None`:
+/// the full neighbourhood).
 ///
 /// # Errors
-/// [`Error::InvalidOption`] (`--connectivity`) for another value.
-pub fn forward_offsets(ndim: usize, conn: u32) -> Result<Vec<Vec<i64>>> {
-    let allowed: &[u32] = match ndim {
-        1 => &[2],
-        2 => &[4, 8],
-        3 => &[6, 18, 26],
-        _ => &[],
-    };
-    let Some(k) = allowed.iter().position(|&c| c == conn) else {
+/// [`Error::InvalidOption`] (`--connectivity`) for a value that is not one of the rank's, a
+/// 0-d array, or more than [`MAX_GRAPH_NDIM`] dimensions.
+pub fn forward_offsets(ndim: usize, conn: Option<u32>) -> Result<Vec<Vec<i64>>> {
+    if ndim == 0 || ndim > MAX_GRAPH_NDIM {
         return Err(Error::option(
             "--connectivity",
-            format!("{conn} is not a connectivity of a {ndim}-D array; use one of {allowed:?}"),
+            format!("a {ndim}-d array: graph takes 1 to {MAX_GRAPH_NDIM} dimensions"),
         ));
+    }
+    let allowed = connectivities(ndim);
+    let k = match conn {
+        None => ndim - 1,
+        Some(c) => allowed.iter().position(|&a| a == c).ok_or_else(|| {
+            Error::option(
+                "--connectivity",
+                format!("{c} is not a connectivity of a {ndim}-d array; use one of {allowed:?}"),
+            )
+        })?,
     };
     let max_nonzero = k + 1;
     let mut offs: Vec<Vec<i64>> = Vec::new();
@@ -881,7 +880,7 @@ pub fn forward_offsets(ndim: usize, conn: u32) -> Result<Vec<Vec<i64>>> {
 pub fn graph_edges(
     store: &Store,
     out: Option<&Path>,
-    connectivity: u32,
+    connectivity: Option<u32>,
     coords: bool,
     opts: &IndexOptions,
 ) -> Result<IndexReport> {
@@ -1034,7 +1033,7 @@ mod tests {
         let odd = mask(&v[..64], |x| x % 2 == 1);
         assert_eq!(odd, 0xAAAA_AAAA_AAAA_AAAA);
         assert_eq!(mask(&v[64..], |x| x >= 66), 0b11_1100);
-        let p = Pred::<u16>::new(Select::Above(61.5));
+        let p = Pred::<u16>::new(Select::Above(Number::from(61.5)));
         let mut out = [0u64; 2];
         row_masks(&v, &p, &mut out);
         assert_eq!(out, [0b11 << 62, 0b11_1111]);
@@ -1070,13 +1069,13 @@ mod tests {
         };
         let selects = [
             Select::NonZero,
-            Select::Above(700.0),
-            Select::Above(-1.0),
-            Select::Above(65534.0),
-            Select::Below(300.5),
-            Select::Below(-32767.0),
-            Select::Between(100.0, 40000.0),
-            Select::Between(-5.0, 5.0),
+            Select::Above(Number::from(700.0)),
+            Select::Above(Number::from(-1.0)),
+            Select::Above(Number::from(65534.0)),
+            Select::Below(Number::from(300.5)),
+            Select::Below(Number::from(-32767.0)),
+            Select::Between(Number::from(100.0), Number::from(40000.0)),
+            Select::Between(Number::from(-5.0), Number::from(5.0)),
         ];
         for len in [1usize, 63, 64, 65, 128, 200, 1000] {
             let u: Vec<u16> = (0..len)

@@ -51,7 +51,7 @@ pub mod synth;
 mod view;
 
 pub use convert::{ConvertOptions, ConvertReport, DEFAULT_MEMORY, convert, default_chunks};
-pub use dtype::{DType, Element, Scalar};
+pub use dtype::{DType, Element, Number, Scalar};
 pub use error::{Error, Incompatibility, Result};
 pub use exec::{
     ExecOptions, ExecReport, ExecStatus, JobInput, apply_in_memory, map_blocks, map_overlap, run,
@@ -60,14 +60,17 @@ pub use export::{ExportOptions, ExportReport, export};
 pub use grid::Grid;
 pub use grow::{GridLayout, GrowOptions, GrowReport, append, concat, concat_into, stack};
 pub use halo::{Boundary, Segment, segments};
-pub use index::{IndexOptions, IndexReport, Select, forward_offsets, graph_edges, where_coords};
+pub use index::{
+    IndexOptions, IndexReport, MAX_GRAPH_NDIM, Select, connectivities, forward_offsets,
+    graph_edges, where_coords,
+};
 pub use input::RawOptions;
 pub use inspect::{BadChunk, StoreInfo, VerifyReport, human_bytes, info, verify};
 pub use npy::{NpyHeader, header_bytes as npy_header, parse_header as parse_npy_header, write_npy};
 pub use progress::{Progress, ProgressFn, Unit};
 pub use reduce::{
-    AxisStats, ChunkStats, Histogram, PerChunk, ReduceOptions, Reduction, Stats, StatsAcc,
-    default_histogram, reduce, region_of, write_table,
+    AxisStats, ChunkStats, Histogram, MAX_BINS, PerChunk, ReduceOptions, Reduction, Stats,
+    StatsAcc, default_histogram, reduce, region_of, write_table,
 };
 pub use region::{ParsedRegion, Region, fmt_shape};
 pub use store::{ChunkCodec, Codec, Durability, Store, StoreSpec, StoreWriter, is_store};

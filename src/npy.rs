@@ -1,11 +1,10 @@
 //! The .npy format: parsing headers (versions 1-3) and writing them (version 1, or 2 when needed).
 //! Invariant: a parsed header's `data_offset` is where the array bytes start in the file.
 
-use std::io::Write;
 use std::path::Path;
 
 use crate::dtype::DType;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 
 const MAGIC: &[u8; 6] = b"\x93NUMPY";
 
@@ -180,15 +179,15 @@ pub fn header_bytes(dtype: DType, shape: &[u64]) -> Vec<u8> {
     out
 }
 
-/// Writes a whole in-memory array as a C-order .npy file (small arrays: tests, the demo, LUTs).
+/// Writes a whole in-memory array as a C-order .npy file (small arrays: tests, the demo, LUTs),
+/// replacing any file there whole (a unique temporary file, then a rename).
 ///
 /// # Errors
 /// [`Error::Io`] if the file cannot be written.
 pub fn write_npy(path: &Path, dtype: DType, shape: &[u64], data: &[u8]) -> Result<()> {
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).at(path)?);
-    f.write_all(&header_bytes(dtype, shape)).at(path)?;
-    f.write_all(data).at(path)?;
-    f.flush().at(path)
+    let mut bytes = header_bytes(dtype, shape);
+    bytes.extend_from_slice(data);
+    crate::store::write_atomic(path, &bytes, false)
 }
 
 #[cfg(test)]

@@ -43,6 +43,12 @@ pub trait Reduction: Sync {
 
     /// Combines `b` (the later chunks in C order) into `a`.
     fn combine(&self, a: &mut Self::Acc, b: Self::Acc);
+
+    /// Whether each fold must see exactly one stored chunk (a result per chunk), also in a
+    /// rectilinear grid, which is otherwise read by blocks of its longest edges.
+    fn per_stored_chunk(&self) -> bool {
+        false
+    }
 }
 
 /// Two reductions in one pass (nest pairs for more).
@@ -121,7 +127,30 @@ fn reduce_in_pool<R: Reduction>(store: &Store, r: &R, opts: &ReduceOptions) -> R
         });
     }
     let grid = store.block_grid()?;
-    let chunks = indices_in(&grid.chunks_touching(&region));
+    // The units folded one at a time: the regular grid's chunks (or blocks of a rectilinear
+    // grid's longest edges), or, for a reduction per stored chunk, the stored chunks
+    // themselves (rectilinear edges included).
+    let exact = r.per_stored_chunk() && store.chunk_shape().is_none();
+    let chunks = if exact {
+        let edges = store.chunk_bounds()?;
+        let per_axis: Vec<std::ops::Range<u64>> =
+            edges.iter().map(|e| 0..e.len() as u64 - 1).collect();
+        indices_in(&per_axis)
+            .into_iter()
+            .filter(|idx| {
+                crate::grid::edges_region(&edges, idx)
+                    .intersect(&region)
+                    .is_some_and(|p| !p.is_empty())
+            })
+            .collect()
+    } else {
+        indices_in(&grid.chunks_touching(&region))
+    };
+    let edges = if exact {
+        store.chunk_bounds()?
+    } else {
+        Vec::new()
+    };
     let tracker = Tracker::new(
         "reduce",
         Unit::Chunks,
@@ -155,11 +184,30 @@ fn reduce_in_pool<R: Reduction>(store: &Store, r: &R, opts: &ReduceOptions) -> R
         .enumerate()
         .par_bridge()
         .try_for_each(|(k, idx)| -> Result<()> {
-            let creg = grid.chunk_region(idx);
+            let creg = if exact {
+                crate::grid::edges_region(&edges, idx)
+            } else {
+                grid.chunk_region(idx)
+            };
             let part = creg.intersect(&region).expect("same rank");
             let mut acc = r.identity();
             if !part.is_empty() {
-                let decoded = store.read_block(&grid, idx)?;
+                // A stored chunk of a rectilinear grid is read as its region (exactly its
+                // shape); a grid chunk decoded whole (padded to the chunk shape).
+                let (decoded, shape) = if exact {
+                    let n = crate::error::to_usize(
+                        u64::try_from(creg.len()).unwrap_or(u64::MAX),
+                        "chunk",
+                    )?;
+                    let mut buf = vec![0u8; n * itemsize];
+                    store.read_region_into(&creg, &mut buf)?;
+                    (
+                        Some(buf),
+                        creg.shape().iter().map(|&n| n as usize).collect(),
+                    )
+                } else {
+                    (store.read_block(&grid, idx)?, cshape.clone())
+                };
                 let bytes: &[u8] = decoded.as_deref().unwrap_or(&fill);
                 // Typed views need alignment: copy into an aligned buffer if the decoder's
                 // is not.
@@ -174,7 +222,7 @@ fn reduce_in_pool<R: Reduction>(store: &Store, r: &R, opts: &ReduceOptions) -> R
                 let block = Block {
                     dtype: store.dtype(),
                     bytes,
-                    shape: cshape.clone(),
+                    shape,
                     valid: part
                         .ranges()
                         .iter()
@@ -481,11 +529,11 @@ fn neumaier(sum: &mut f64, comp: &mut f64, x: f64) {
 fn fold_ints<T: Scalar>(part: &mut StatsAcc, v: &ArrayViewD<'_, T>) {
     let small = T::DTYPE.size() <= 2; // |x| < 2^16: a row of < 2^31 values fits 64 bits
     let ndim = v.ndim();
-    let lanes = if ndim == 0 {
-        return;
-    } else {
-        v.lanes(Axis(ndim - 1))
-    };
+    if ndim == 0 {
+        // One value (a plane of a 1-d array): a row of one.
+        return fold_ints(part, &v.view().insert_axis(Axis(0)));
+    }
+    let lanes = v.lanes(Axis(ndim - 1));
     let mut sumsq: u128 = 0;
     let mut overflow = false;
     if small && let Some(all) = v.as_slice().filter(|a| a.len() < 1 << 31) {
@@ -759,9 +807,16 @@ impl Reduction for PerChunk {
     fn combine(&self, a: &mut Vec<ChunkStats>, b: Vec<ChunkStats>) {
         a.extend(b);
     }
+
+    fn per_stored_chunk(&self) -> bool {
+        true
+    }
 }
 
 // ---------------------------------------------------------------- histogram
+
+/// The most bins a histogram takes (its counts are held in memory, 8 bytes a bin).
+pub const MAX_BINS: usize = 1 << 26;
 
 /// Exact counts in bins (spec/REDUCE.md §3): `bins` equal bins over `[lo, hi]` as
 /// numpy.histogram (the last bin includes `hi`; values outside and NaN are not counted).
@@ -786,8 +841,11 @@ impl Histogram {
                 format!("need LO < HI (finite), got {lo},{hi}"),
             ));
         }
-        if bins == 0 {
-            return Err(Error::option("--bins", "at least one bin"));
+        if bins == 0 || bins > MAX_BINS {
+            return Err(Error::option(
+                "--bins",
+                format!("{bins}: give 1 to {MAX_BINS} bins"),
+            ));
         }
         // numpy.linspace(lo, hi, bins + 1)
         let step = (hi - lo) / bins as f64;
@@ -875,25 +933,73 @@ impl Reduction for Histogram {
     }
 }
 
-/// The default histogram of an array: one bin per value in [min, max] for integers, 10 bins
-/// over [min, max] for floats (numpy's default), from a first statistics pass.
+/// The default histogram of an array: with no `bins`, one bin per value in [min, max] for
+/// integers and 10 bins for floats (numpy's default); with `bins`, that many equal bins. The
+/// range is the data's, from a first statistics pass, over its finite values: ±inf are left
+/// outside (uncounted) rather than making the range infinite.
 ///
 /// # Errors
-/// As [`reduce`]; [`Error::InvalidOption`] when there are no values to span.
-pub fn default_histogram(store: &Store, opts: &ReduceOptions) -> Result<Histogram> {
+/// As [`reduce`]; [`Error::InvalidOption`] when there are no finite values to span.
+pub fn default_histogram(
+    store: &Store,
+    bins: Option<usize>,
+    opts: &ReduceOptions,
+) -> Result<Histogram> {
     let s = reduce(store, &Stats, opts)?;
-    match (s.int_range(), s.min(), s.max()) {
-        (Some((lo, hi)), _, _) => Histogram::per_value(lo, hi),
-        (None, Some(lo), Some(hi)) if lo < hi && lo.is_finite() && hi.is_finite() => {
-            Histogram::new(10, lo, hi)
+    if bins.is_none()
+        && let Some((lo, hi)) = s.int_range()
+    {
+        return Histogram::per_value(lo, hi);
+    }
+    let (lo, hi) = match (s.min(), s.max()) {
+        (Some(lo), Some(hi)) if lo.is_finite() && hi.is_finite() => (lo, hi),
+        (Some(_), Some(_)) => reduce(store, &FiniteRange, opts)?.ok_or_else(|| {
+            Error::option(
+                "--range",
+                "the values are all infinite or NaN: no finite range to take; give --range",
+            )
+        })?,
+        _ => {
+            return Err(Error::option(
+                "--range",
+                "no values (or only NaN) to take a range from; give --range",
+            ));
         }
-        (None, Some(lo), Some(hi)) if lo == hi && lo.is_finite() => {
-            Histogram::new(10, lo - 0.5, hi + 0.5)
+    };
+    let bins = bins.unwrap_or(10);
+    if lo < hi {
+        Histogram::new(bins, lo, hi)
+    } else {
+        Histogram::new(bins, lo - 0.5, hi + 0.5)
+    }
+}
+
+/// The smallest and largest finite values (`None`: there are none).
+struct FiniteRange;
+
+impl Reduction for FiniteRange {
+    type Acc = Option<(f64, f64)>;
+
+    fn identity(&self) -> Self::Acc {
+        None
+    }
+
+    fn fold(&self, acc: &mut Self::Acc, part: &Block<'_>) -> Result<()> {
+        with_scalar!(part.dtype(), T => {
+            for &x in part.valid_view::<T>()?.iter() {
+                let f = x.to_f64();
+                if f.is_finite() {
+                    *acc = Some(acc.map_or((f, f), |(lo, hi)| (lo.min(f), hi.max(f))));
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn combine(&self, a: &mut Self::Acc, b: Self::Acc) {
+        if let Some((lo, hi)) = b {
+            *a = Some(a.map_or((lo, hi), |(x, y)| (x.min(lo), y.max(hi))));
         }
-        _ => Err(Error::option(
-            "--range",
-            "no finite values to take a range from; give --range",
-        )),
     }
 }
 

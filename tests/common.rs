@@ -126,3 +126,90 @@ pub fn run_python(script: &str, args: &[&Path]) -> String {
     assert!(out.status.success(), "{script} failed:\n{text}");
     text
 }
+
+/// A tmpfs mounted for the test at a directory directly under `/` (`/cwfs-PID-N`), so that a
+/// store in it has an absolute path of few components, on another filesystem than `/` and
+/// than the inputs. Unmounted and removed on drop.
+pub struct Tmpfs {
+    pub path: PathBuf,
+}
+
+impl Tmpfs {
+    pub fn mount(tag: &str) -> Tmpfs {
+        Tmpfs::mount_sized(tag, "256m")
+    }
+
+    /// A tmpfs of `size` bytes (`mount -o size=`), to fill up on purpose.
+    pub fn mount_sized(tag: &str, size: &str) -> Tmpfs {
+        assert!(
+            is_root(),
+            "these tests mount a tmpfs and switch to an ordinary user: run them as root (CI \
+             does), e.g. `sudo -E cargo test`"
+        );
+        let path = PathBuf::from(format!("/cwfs-{}-{tag}", std::process::id()));
+        let _ = Command::new("umount").arg(&path).output();
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir(&path).unwrap();
+        let o = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0777"),
+                "tmpfs",
+            ])
+            .arg(&path)
+            .output()
+            .expect("run mount");
+        assert!(
+            o.status.success(),
+            "mounting a tmpfs at {} failed: {}",
+            path.display(),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        Tmpfs { path }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).output();
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}
+
+pub fn is_root() -> bool {
+    let o = Command::new("id").arg("-u").output().expect("run id");
+    String::from_utf8_lossy(&o.stdout).trim() == "0"
+}
+
+/// The ordinary user the non-root runs use.
+pub const NOBODY: u32 = 65534;
+
+/// Runs chunkwise (`bin`) in `cwd`, as `user` (`None`: as ourselves); panics with stderr on
+/// failure.
+pub fn run_in(bin: &Path, cwd: &Path, user: Option<u32>, args: &[&str]) {
+    let mut c = match user {
+        Some(uid) => {
+            let mut c = Command::new("setpriv");
+            c.arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={uid}"))
+                .arg("--clear-groups")
+                .arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    let o = c
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run chunkwise");
+    assert!(
+        o.status.success(),
+        "chunkwise {} (in {}, user {user:?}): {}",
+        args.join(" "),
+        cwd.display(),
+        stderr(&o)
+    );
+}

@@ -80,7 +80,7 @@ fn kernel_of(c: &Value, dir: &Path) -> Box<dyn Kernel> {
             .unwrap(),
         )),
         "threshold" => Box::new(Threshold {
-            above: c["above"].as_f64().unwrap(),
+            above: c["above"].as_f64().unwrap().into(),
         }),
         "neighbourhood-lut" => {
             Box::new(NeighbourhoodLut::new(Table::open(&hash_table(dir)).unwrap()).unwrap())
@@ -294,7 +294,7 @@ fn neighbourhood_lut_binarises_with_above() {
     let out = dir.path().join("w7.zarr");
     let k = NeighbourhoodLut::new(Table::open(&hash_table(dir.path())).unwrap())
         .unwrap()
-        .above(Some(700.0));
+        .above(Some(700.0.into()));
     chunkwise::run(&[input], &out, &k, &ExecOptions::default()).unwrap();
     check(&Store::open(&out).unwrap(), "nlut_mask_hash");
 }

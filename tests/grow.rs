@@ -1294,7 +1294,8 @@ fn views_and_rectilinear_arrays_feed_the_executor() {
     assert_eq!(st.min(), values.iter().min().map(|&v| f64::from(v)));
     assert_eq!(st.max(), values.iter().max().map(|&v| f64::from(v)));
     let coords = d.join("coords.npy");
-    let opts_where = chunkwise::IndexOptions::default().select(chunkwise::Select::Above(150.0));
+    let opts_where = chunkwise::IndexOptions::default()
+        .select(chunkwise::Select::Above(chunkwise::Number::from(150.0)));
     chunkwise::where_coords(&rs, Some(&coords), &opts_where).unwrap();
     let mut want_coords = Vec::new();
     for (k, &v) in values.iter().enumerate() {
@@ -1315,11 +1316,11 @@ fn views_and_rectilinear_arrays_feed_the_executor() {
     )
     .unwrap();
     let (e1, e2) = (d.join("e_rect.npy"), d.join("e_reg.npy"));
-    chunkwise::graph_edges(&rs, Some(&e1), 26, false, &opts_where).unwrap();
+    chunkwise::graph_edges(&rs, Some(&e1), Some(26), false, &opts_where).unwrap();
     chunkwise::graph_edges(
         &Store::open(&regular).unwrap(),
         Some(&e2),
-        26,
+        Some(26),
         false,
         &opts_where,
     )

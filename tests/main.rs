@@ -9,6 +9,8 @@ mod convert;
 mod export;
 mod grow;
 mod interop;
+mod issue18;
 mod jobs;
+mod paths;
 mod reduce;
 mod verify;

@@ -174,14 +174,14 @@ fn histograms_match_numpy() {
             .collect()
     };
     let u16s = Store::open(store_of(dir.path(), "inputs/c_uint16.npy", &[4, 5, 3])).unwrap();
-    let h = chunkwise::default_histogram(&u16s, &ReduceOptions::default()).unwrap();
+    let h = chunkwise::default_histogram(&u16s, None, &ReduceOptions::default()).unwrap();
     let got = chunkwise::reduce(&u16s, &h, &ReduceOptions::default()).unwrap();
     assert_eq!(got, counts(&refs["hist_c_uint16_default"]["counts"]));
     let h = Histogram::new(5, 100.0, 2000.0).unwrap();
     let got = chunkwise::reduce(&u16s, &h, &ReduceOptions::default()).unwrap();
     assert_eq!(got, counts(&refs["hist_c_uint16_5"]["counts"]));
     let f64s = Store::open(store_of(dir.path(), "inputs/c_float64.npy", &[4, 5, 3])).unwrap();
-    let h = chunkwise::default_histogram(&f64s, &ReduceOptions::default()).unwrap();
+    let h = chunkwise::default_histogram(&f64s, None, &ReduceOptions::default()).unwrap();
     let r = &refs["hist_c_float64_default"];
     for (a, b) in h.edges().iter().zip(r["edges"].as_array().unwrap()) {
         assert_eq!(*a, b.as_f64().unwrap());
@@ -242,12 +242,15 @@ fn where_matches_argwhere() {
         (
             "inputs/c_uint16.npy",
             "where_c_uint16_above700",
-            Select::Above(700.0),
+            Select::Above(chunkwise::Number::from(700.0)),
         ),
         (
             "inputs/c_uint16.npy",
             "where_c_uint16_between",
-            Select::Between(150.0, 900.0),
+            Select::Between(
+                chunkwise::Number::from(150.0),
+                chunkwise::Number::from(900.0),
+            ),
         ),
         (
             "reduce/mask2d_bool.npy",
@@ -293,12 +296,12 @@ fn graph_edges_match_brute_force() {
             let store = Store::open(store_of(dir.path(), input, &vec![c; ndim])).unwrap();
             let out = dir.path().join(format!("{reference}.npy"));
             let opts = IndexOptions::default().overwrite(true);
-            let r = chunkwise::graph_edges(&store, Some(&out), conn, false, &opts).unwrap();
+            let r = chunkwise::graph_edges(&store, Some(&out), Some(conn), false, &opts).unwrap();
             assert_eq!(read_i64(&out), want, "{reference} chunks {c}");
             assert_eq!(r.count, want.0[0]);
             // The coordinate form names the same edges.
             let co = dir.path().join("coords.npy");
-            chunkwise::graph_edges(&store, Some(&co), conn, true, &opts).unwrap();
+            chunkwise::graph_edges(&store, Some(&co), Some(conn), true, &opts).unwrap();
             let (shape, v) = read_i64(&co);
             assert_eq!(shape, vec![want.0[0], 2 * ndim as u64]);
             let dims = store.shape().to_vec();
@@ -315,8 +318,8 @@ fn graph_edges_match_brute_force() {
         }
     }
     let store = Store::open(store_of(dir.path(), "reduce/graph_in_bool.npy", &[8, 8, 8])).unwrap();
-    let err =
-        chunkwise::graph_edges(&store, None, 10, false, &IndexOptions::default()).unwrap_err();
+    let err = chunkwise::graph_edges(&store, None, Some(10), false, &IndexOptions::default())
+        .unwrap_err();
     assert!(
         err.to_string().contains("--connectivity") && err.to_string().contains("[6, 18, 26]"),
         "{err}"

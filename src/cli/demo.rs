@@ -157,7 +157,7 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
     let r = chunkwise::run(
         std::slice::from_ref(&smooth),
         &mask,
-        &Threshold { above: 700.0 },
+        &Threshold { above: 700.into() },
         &jopts,
     )?;
     let bright = store_all(&mask)?.iter().filter(|&&b| b == 1).count();
@@ -179,7 +179,7 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
         &vol,
         None,
         &IndexOptions::default()
-            .select(Select::Above(700.0))
+            .select(Select::Above(700.into()))
             .threads(g.threads),
     )?;
     let want = values.iter().filter(|&&v| v > 700).count() as u64;

@@ -1,6 +1,7 @@
 //! `chunkwise append`, `concat` and `stack`: growing arrays by linking chunks and editing
 //! metadata (spec/APPEND.md).
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use chunkwise::{DType, Durability, GridLayout, GrowOptions, GrowReport, RawOptions, human_bytes};
@@ -165,6 +166,9 @@ pub(crate) fn stack(a: StackArgs, g: &Global) -> CliResult {
 }
 
 fn report(r: &GrowReport, c: &Common, g: &Global, verb: &str) -> CliResult {
+    for w in &r.warnings {
+        let _ = writeln!(std::io::stderr(), "chunkwise: warning: {w}");
+    }
     if c.json {
         say(serde_json::to_string_pretty(&json!({
             "path": r.path,
@@ -178,18 +182,24 @@ fn report(r: &GrowReport, c: &Common, g: &Global, verb: &str) -> CliResult {
             "bytes_written": r.bytes_written,
             "exchanged": r.exchanged,
             "already_done": r.already_done,
+            "warnings": r.warnings,
             "seconds": r.seconds,
         }))
         .expect("plain JSON"))?;
     } else if r.already_done {
-        say(format!(
-            "{}: already done ({} -> {}; the last edit was this same command; --again repeats it)",
-            r.path.display(),
-            r.old_shape
-                .as_deref()
-                .map_or_else(|| "new".to_string(), chunkwise::fmt_shape),
-            chunkwise::fmt_shape(&r.shape),
-        ))?;
+        say(match &r.old_shape {
+            Some(old) => format!(
+                "{}: already done ({} -> {}; the last edit was this same command; --again repeats it)",
+                r.path.display(),
+                chunkwise::fmt_shape(old),
+                chunkwise::fmt_shape(&r.shape),
+            ),
+            None => format!(
+                "{}: already done ({}, joined from these same inputs; --overwrite rebuilds it)",
+                r.path.display(),
+                chunkwise::fmt_shape(&r.shape),
+            ),
+        })?;
     } else if !g.quiet {
         let from = r
             .old_shape

@@ -154,7 +154,7 @@ pub(crate) struct ThresholdArgs {
     job: JobArgs,
     /// Voxels strictly above X become 1, the rest 0 (uint8).
     #[arg(long, allow_hyphen_values = true, value_name = "X")]
-    above: f64,
+    above: chunkwise::Number,
 }
 
 pub(crate) fn gaussian(a: GaussianArgs, g: &Global) -> CliResult {
@@ -198,7 +198,7 @@ pub(crate) struct NeighbourhoodLutArgs {
     table: PathBuf,
     /// Binarise the input as in > X first (default: the input must be 0/1).
     #[arg(long, allow_hyphen_values = true, value_name = "X")]
-    above: Option<f64>,
+    above: Option<chunkwise::Number>,
 }
 
 pub(crate) fn neighbourhood_lut(a: NeighbourhoodLutArgs, g: &Global) -> CliResult {

@@ -15,7 +15,7 @@ pub(crate) struct StatsArgs {
     /// The array.
     store: PathBuf,
     /// Statistics per index along this axis (an array of results).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "per_chunk")]
     axis: Option<usize>,
     /// Statistics of each chunk (ClearMap's block sums): region, count, sum, min, max.
     #[arg(long)]
@@ -77,6 +77,17 @@ pub(crate) fn stats(a: StatsArgs, g: &Global) -> CliResult {
     let store = Store::open(&a.store)?;
     let o = opts(g, &store, a.region.as_deref())?;
     if let Some(out) = &a.output {
+        if a.axis.is_none() && !a.per_chunk {
+            return Err(chunkwise::Error::InvalidOption {
+                option: "-o",
+                reason: format!(
+                    "{}: -o writes a table, of --axis A or --per-chunk statistics; give one (the \
+                     whole-array statistics print, or --json)",
+                    out.display()
+                ),
+            }
+            .into());
+        }
         check_output(out, a.overwrite)?;
     }
     if let Some(axis) = a.axis {
@@ -180,7 +191,13 @@ pub(crate) fn stats(a: StatsArgs, g: &Global) -> CliResult {
             ))?;
         }
         for k in ["min", "max", "sum", "mean", "std"] {
-            say(format!("{:<7} {}", format!("{k}:"), j[k]))?;
+            // As numbers read: inf, NaN and big sums unquoted.
+            let v = match &j[k] {
+                Value::String(t) => t.clone(),
+                Value::Null => "none".into(),
+                v => v.to_string(),
+            };
+            say(format!("{:<7} {v}", format!("{k}:")))?;
         }
     }
     Ok(Outcome::Ok)
@@ -223,22 +240,7 @@ pub(crate) fn histogram(a: HistogramArgs, g: &Global) -> CliResult {
             };
             Histogram::new(bins.unwrap_or(10), lo, hi)?
         }
-        (None, None) => chunkwise::default_histogram(&store, &o)?,
-        (None, Some(bins)) => {
-            let s = chunkwise::reduce(&store, &Stats, &o)?;
-            let (lo, hi) = match (s.min(), s.max()) {
-                (Some(lo), Some(hi)) if lo < hi => (lo, hi),
-                (Some(v), Some(_)) => (v - 0.5, v + 0.5),
-                _ => {
-                    return Err(chunkwise::Error::InvalidOption {
-                        option: "--range",
-                        reason: "no values to take a range from; give --range".into(),
-                    }
-                    .into());
-                }
-            };
-            Histogram::new(bins, lo, hi)?
-        }
+        (None, bins) => chunkwise::default_histogram(&store, bins, &o)?,
     };
     let counts = chunkwise::reduce(&store, &h, &o)?;
     if a.json {
@@ -276,10 +278,10 @@ pub(crate) struct WhereArgs {
     count_only: bool,
     /// Select values > X instead of nonzero values.
     #[arg(long, allow_hyphen_values = true, value_name = "X")]
-    above: Option<f64>,
+    above: Option<chunkwise::Number>,
     /// Select values < X (with --above: strictly between).
     #[arg(long, allow_hyphen_values = true, value_name = "X")]
-    below: Option<f64>,
+    below: Option<chunkwise::Number>,
     /// Replace an existing output file.
     #[arg(long)]
     overwrite: bool,
@@ -325,9 +327,9 @@ pub(crate) struct GraphArgs {
         required_unless_present = "count_only"
     )]
     output: Option<PathBuf>,
-    /// Neighbours: 6, 18 or 26 in 3-D (4 or 8 in 2-D).
-    #[arg(long, default_value_t = 26)]
-    connectivity: u32,
+    /// Neighbours: 6, 18 or 26 in 3-D, 4 or 8 in 2-D, 2 in 1-D (default: all 3^ndim - 1).
+    #[arg(long)]
+    connectivity: Option<u32>,
     /// Write coordinate pairs (E, 2·ndim) instead of flat indices (E, 2).
     #[arg(long)]
     coords: bool,
@@ -336,7 +338,7 @@ pub(crate) struct GraphArgs {
     count_only: bool,
     /// Vertices are values > X instead of nonzero values.
     #[arg(long, allow_hyphen_values = true, value_name = "X")]
-    above: Option<f64>,
+    above: Option<chunkwise::Number>,
     /// Replace an existing output file.
     #[arg(long)]
     overwrite: bool,
@@ -361,7 +363,12 @@ pub(crate) fn graph(a: GraphArgs, g: &Global) -> CliResult {
                 "wrote {}: {} edges ({}-connectivity, {}) in {:.2} s",
                 p.display(),
                 r.count,
-                a.connectivity,
+                a.connectivity.unwrap_or_else(|| {
+                    chunkwise::connectivities(store.ndim())
+                        .last()
+                        .copied()
+                        .unwrap_or(0)
+                }),
                 human_bytes(r.bytes),
                 r.seconds
             ))?,

@@ -200,7 +200,13 @@ fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     for p in inputs {
         let s = p.to_string_lossy();
         if !p.exists() && s.contains(['*', '?', '[']) {
-            let matches: Vec<PathBuf> = glob::glob(&s)
+            // Hidden files only when the pattern names the dot, as a directory input skips
+            // them and as the shell expands patterns.
+            let hidden = glob::MatchOptions {
+                require_literal_leading_dot: true,
+                ..glob::MatchOptions::new()
+            };
+            let matches: Vec<PathBuf> = glob::glob_with(&s, hidden)
                 .map_err(|e| Error::option("INPUT", format!("bad pattern {s:?}: {e}")))?
                 .filter_map(std::result::Result::ok)
                 .collect();

@@ -188,11 +188,9 @@ pub(crate) fn lookup<I: Scalar, O: Scalar>(
     src: ArrayViewD<'_, I>,
     dst: &mut ndarray::ArrayViewMutD<'_, O>,
     table: &[O],
-) -> std::result::Result<(), (Vec<usize>, f64)> {
-    let inside = |v: I| {
-        let f = v.to_f64();
-        f >= 0.0 && f < table.len() as f64
-    };
+) -> std::result::Result<(), (Vec<usize>, String)> {
+    // Exact for every integer type (a uint64 beyond 2^53 is not rounded into the table).
+    let inside = |v: I| (0..table.len() as i128).contains(&v.to_i128());
     if let (Some(s), Some(d)) = (src.as_slice(), dst.as_slice_mut()) {
         // Contiguous (every chunk inside the array): check, then a tight loop. A table that
         // covers the input type's whole range needs no check.
@@ -206,7 +204,7 @@ pub(crate) fn lookup<I: Scalar, O: Scalar>(
                 .into_iter()
                 .nth(k)
                 .expect("k < len");
-            return Err((pos.slice().to_vec(), s[k].to_f64()));
+            return Err((pos.slice().to_vec(), s[k].to_string()));
         }
         lookup_slice(s, d, table);
         return Ok(());
@@ -214,7 +212,7 @@ pub(crate) fn lookup<I: Scalar, O: Scalar>(
     let mut bad = false;
     ndarray::Zip::from(&mut *dst).and(&src).for_each(|o, &v| {
         if inside(v) {
-            *o = table[v.to_f64() as usize];
+            *o = table[v.to_i128() as usize];
         } else {
             bad = true;
         }
@@ -225,7 +223,7 @@ pub(crate) fn lookup<I: Scalar, O: Scalar>(
     // Find the first offending element in C order to name it.
     for (pos, &v) in src.indexed_iter() {
         if !inside(v) {
-            return Err((pos.slice().to_vec(), v.to_f64()));
+            return Err((pos.slice().to_vec(), v.to_string()));
         }
     }
     Ok(())
@@ -248,7 +246,7 @@ fn lookup_slice<I: Scalar, O: Scalar>(s: &[I], d: &mut [O], table: &[O]) {
         }
     } else {
         for (o, &v) in d.iter_mut().zip(s) {
-            *o = table[v.to_f64() as usize];
+            *o = table[v.to_i128() as usize];
         }
     }
 }

@@ -160,9 +160,15 @@ impl OutBlock<'_> {
     /// The chunk's region as a mutable array of `T` (shape = the region's shape).
     ///
     /// # Errors
-    /// [`Error::InvalidOption`] if `T` is not the output type.
+    /// [`Error::InvalidOption`] if `T` is not the output type (`u8` for `bool`, whose values
+    /// the kernel keeps 0 or 1).
     pub fn view_mut<T: Scalar>(&mut self) -> Result<ArrayViewMutD<'_, T>> {
-        if T::DTYPE != self.dtype {
+        let want = if self.dtype == DType::Bool {
+            DType::U8
+        } else {
+            self.dtype
+        };
+        if T::DTYPE != want {
             return Err(Error::option(
                 "kernel",
                 format!("output holds {}, viewed as {}", self.dtype, T::DTYPE),

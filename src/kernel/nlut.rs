@@ -4,7 +4,7 @@
 
 use ndarray::{ArrayViewD, Axis, Ix3};
 
-use crate::dtype::{DType, Scalar};
+use crate::dtype::{Bound, DType, Number, Scalar, above_bound, not_nan};
 use crate::error::{Error, Result};
 use crate::halo::Boundary;
 use crate::kernel::lut::Table;
@@ -18,7 +18,7 @@ pub const NEIGHBOURHOOD_TABLE_LEN: usize = 1 << 27;
 #[derive(Debug)]
 pub struct NeighbourhoodLut {
     table: Table,
-    above: Option<f64>,
+    above: Option<Number>,
 }
 
 impl NeighbourhoodLut {
@@ -41,7 +41,7 @@ impl NeighbourhoodLut {
 
     /// Binarises any numeric input on the fly: a voxel is 1 where `in > x` (W7's `V > 700`),
     /// instead of requiring a 0/1 input.
-    pub fn above(mut self, x: Option<f64>) -> Self {
+    pub fn above(mut self, x: Option<Number>) -> Self {
         self.above = x;
         self
     }
@@ -76,11 +76,10 @@ impl Kernel for NeighbourhoodLut {
     }
 
     fn describe(&self) -> String {
-        format!(
-            "neighbourhood-lut {} above={:?}",
-            self.table.describe(),
-            self.above
-        )
+        match self.above {
+            Some(x) => format!("neighbourhood-lut {} above={x}", self.table.describe()),
+            None => format!("neighbourhood-lut {} above=none", self.table.describe()),
+        }
     }
 
     fn apply(&self, inputs: &[Block<'_>], out: &mut OutBlock<'_>) -> Result<()> {
@@ -105,19 +104,20 @@ impl Kernel for NeighbourhoodLut {
     }
 }
 
-/// `out[i] = 1` where `line[i] > t` (compared in the element type where that is exact).
-fn above_mask<I: Scalar>(line: &[I], t: f64, out: &mut [u8]) {
-    let is_int = !I::DTYPE.is_float();
-    let f = t.floor();
-    if is_int && f >= I::from_f64(f64::MIN).to_f64() && f < I::from_f64(f64::MAX).to_f64() {
-        // For integers, v > t  <=>  v > floor(t), and floor(t) is a value of the type.
-        let thr = I::from_f64(f);
-        for (o, &v) in out.iter_mut().zip(line) {
-            *o = u8::from(v > thr);
+/// `out[i] = 1` where `line[i] > t`, compared in the element type (exactly for integers).
+fn above_mask<I: Scalar>(line: &[I], t: Number, out: &mut [u8]) {
+    match above_bound::<I>(t) {
+        Bound::Never => out.fill(0),
+        // NaN is never above anything.
+        Bound::Always => {
+            for (o, &v) in out.iter_mut().zip(line) {
+                *o = u8::from(not_nan(v));
+            }
         }
-    } else {
-        for (o, &v) in out.iter_mut().zip(line) {
-            *o = u8::from(v.to_f64() > t);
+        Bound::At(thr) => {
+            for (o, &v) in out.iter_mut().zip(line) {
+                *o = u8::from(v > thr);
+            }
         }
     }
 }
@@ -127,8 +127,8 @@ fn apply_typed<I: Scalar, O: Scalar>(
     block: ArrayViewD<'_, I>,
     dst: &mut ndarray::ArrayViewMutD<'_, O>,
     table: &[O],
-    above: Option<f64>,
-) -> std::result::Result<(), (Vec<usize>, f64)> {
+    above: Option<Number>,
+) -> std::result::Result<(), (Vec<usize>, String)> {
     let block = block.into_dimensionality::<Ix3>().expect("3-D input");
     let (bz, by, bx) = block.dim();
     let (nz, ny, nx) = (bz - 2, by - 2, bx - 2);
@@ -140,7 +140,7 @@ fn apply_typed<I: Scalar, O: Scalar>(
             .position(|&v| v != I::from_f64(0.0) && v != I::from_f64(1.0))
         {
             let (z, rest) = (k / (by * bx), k % (by * bx));
-            return Err((vec![z, rest / bx, rest % bx], src[k].to_f64()));
+            return Err((vec![z, rest / bx, rest % bx], src[k].to_string()));
         }
     }
     // Per row of the block, the 3-bit pattern of each output column x: bit c is the voxel at

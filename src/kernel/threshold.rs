@@ -1,6 +1,7 @@
-//! `threshold`: out = 1 where in > X, else 0, as uint8 (NaN compares false).
+//! `threshold`: out = 1 where in > X, else 0, as uint8 (NaN compares false). X compares in
+//! the input's type, exactly for integers (spec/COMPUTE.md §4, as `where --above`).
 
-use crate::dtype::{DType, Scalar};
+use crate::dtype::{Bound, DType, Number, Scalar, above_bound, not_nan};
 use crate::error::Result;
 use crate::kernel::{Block, Kernel, OutBlock, valid_view};
 use crate::with_scalar;
@@ -9,7 +10,7 @@ use crate::with_scalar;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Threshold {
     /// The threshold; voxels strictly above it become 1.
-    pub above: f64,
+    pub above: Number,
 }
 
 impl Kernel for Threshold {
@@ -39,9 +40,13 @@ impl Kernel for Threshold {
 fn apply_typed<T: Scalar>(
     src: ndarray::ArrayViewD<'_, T>,
     dst: &mut ndarray::ArrayViewMutD<'_, u8>,
-    above: f64,
+    above: Number,
 ) {
-    ndarray::Zip::from(dst)
-        .and(&src)
-        .for_each(|o, &v| *o = u8::from(v.to_f64() > above));
+    let zip = ndarray::Zip::from(dst).and(&src);
+    match above_bound::<T>(above) {
+        Bound::Never => zip.for_each(|o, _| *o = 0),
+        // NaN is never above anything.
+        Bound::Always => zip.for_each(|o, &v| *o = u8::from(not_nan(v))),
+        Bound::At(t) => zip.for_each(|o, &v| *o = u8::from(v > t)),
+    }
 }

@@ -19,7 +19,11 @@ use serde_json::{Value, json};
 use super::files::FileWriter;
 use super::is_store;
 use super::spec::{ChunkCodec, Durability, StoreSpec};
-use super::writer::{check_replaceable, encode_and_queue, publish, sibling, sync_written};
+use super::txn::{
+    TMP_SUFFIX, check_utf8, lock_existing, parent_dir, recover_replacement, resolve_links, sibling,
+    write_atomic,
+};
+use super::writer::{check_replaceable, encode_and_queue, publish, sync_written};
 use crate::error::{Error, IoContext, Result};
 use crate::grid::Grid;
 
@@ -103,14 +107,6 @@ fn wipe(tmp: &Path, path: &Path) -> Result<()> {
     fs::remove_dir_all(tmp).at(tmp)
 }
 
-fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension(format!("json.{}", std::process::id()));
-    let mut f = File::create(&tmp).at(&tmp)?;
-    f.write_all(text.as_bytes()).at(&tmp)?;
-    f.sync_all().at(&tmp)?;
-    fs::rename(&tmp, path).at(path)
-}
-
 /// Every chunk index recorded in the build directory's logs.
 fn read_done(tmp: &Path) -> Result<HashSet<Vec<u64>>> {
     let mut done = HashSet::new();
@@ -151,6 +147,9 @@ impl JobWriter {
                 format!("{part}/{parts}: need 0 <= I < N"),
             ));
         }
+        let path = &resolve_links(path)?;
+        check_utf8(path)?;
+        recover_replacement(path)?;
         if path.exists() && is_store(path) {
             let fp = read_fingerprint(&path.join("zarr.json"));
             if fp.as_deref() == Some(o.fingerprint) && !o.restart {
@@ -162,8 +161,8 @@ impl JobWriter {
                     "--overwrite",
                     match fp {
                         Some(_) => format!(
-                            "{} holds a result computed with other settings; use --overwrite (or \
-                             --restart) to replace it",
+                            "{} holds a result computed with other settings; use --overwrite to \
+                             replace it",
                             path.display()
                         ),
                         None => format!(
@@ -175,10 +174,9 @@ impl JobWriter {
             }
         }
         check_replaceable(path, true)?;
-        let tmp = sibling(path, ".chunkwise-tmp")?;
-        if let Some(parent) = tmp.parent().filter(|p| !p.as_os_str().is_empty()) {
-            fs::create_dir_all(parent).at(parent)?;
-        }
+        let tmp = sibling(path, TMP_SUFFIX)?;
+        let parent = parent_dir(&tmp);
+        fs::create_dir_all(parent).at(parent)?;
         let mut metadata = spec.metadata();
         metadata["attributes"] = json!({"chunkwise": {
             "fingerprint": o.fingerprint,
@@ -210,7 +208,7 @@ impl JobWriter {
         }
         if !job_file(&tmp).exists() {
             // Every partition writes the same bytes: creating the job is idempotent.
-            write_atomic(&job_file(&tmp), &job_text)?;
+            write_atomic(&job_file(&tmp), job_text.as_bytes(), true)?;
         }
         let lock_path = tmp.join(format!("lock.{part}.{parts}"));
         let lock = File::create(&lock_path).at(&lock_path)?;
@@ -320,6 +318,14 @@ impl JobWriter {
         Ok(())
     }
 
+    /// Ends this partition after an error a rerun with the same settings would meet again (a
+    /// kernel refusing its input): the build directory goes, unless another partition runs.
+    pub(crate) fn abandon(mut self) {
+        drop(self.files.take());
+        self.lock = None;
+        let _ = wipe(&self.tmp_path, &self.final_path);
+    }
+
     /// Ends this partition: a last checkpoint, then publishes the array if every chunk of
     /// every partition is done.
     pub(crate) fn finish(mut self) -> Result<Finish> {
@@ -361,17 +367,23 @@ impl JobWriter {
         for entry in fs::read_dir(&tmp).at(&tmp)? {
             let p = entry.at(&tmp)?.path();
             let own = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                n.starts_with("done.") || n.starts_with("lock.") || n.starts_with("job.json.")
+                n.starts_with("done.")
+                    || n.starts_with("lock.")
+                    || n.starts_with("job.json.")
+                    || n.ends_with(TMP_SUFFIX)
             });
             if own {
                 remove.push(p);
             }
         }
+        // Every writer of an existing array holds its lock, this one too (APPEND §6).
+        let _replacing = lock_existing(&self.final_path)?;
         publish(
             &tmp,
             &self.final_path,
             &self.metadata,
             &remove,
+            true,
             self.durability,
         )?;
         drop(pl);

@@ -258,6 +258,53 @@ impl Layout {
         meta
     }
 
+    /// Removes the chunk files whose index lies outside the grid (left by an edit killed
+    /// before its commit: no reader of this metadata can reach them). Returns how many.
+    ///
+    /// # Errors
+    /// [`Error::Io`].
+    pub(crate) fn remove_outside_grid(&self) -> Result<u64> {
+        let counts: Vec<u64> = self
+            .edges
+            .iter()
+            .zip(&self.shape)
+            .map(|(e, &n)| e.list(n).len() as u64)
+            .collect();
+        let mut removed = 0;
+        let mut dirs = vec![PathBuf::new()];
+        while let Some(rel) = dirs.pop() {
+            let dir = self.path.join(&rel);
+            for e in fs::read_dir(&dir).at(&dir)? {
+                let e = e.at(&dir)?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') || (rel.as_os_str().is_empty() && name == "zarr.json") {
+                    continue;
+                }
+                let sub = rel.join(&name);
+                if e.file_type().at(e.path())?.is_dir() {
+                    dirs.push(sub);
+                    continue;
+                }
+                let key = sub.to_string_lossy().into_owned();
+                let idx: Option<Vec<u64>> = key
+                    .split(['/', '.'])
+                    .skip_while(|t| *t == "c")
+                    .map(|t| t.parse().ok())
+                    .collect();
+                let Some(idx) = idx.filter(|i| i.len() == counts.len()) else {
+                    continue;
+                };
+                // Only names this array's key encoding makes are chunks.
+                if self.key(&idx) == key && idx.iter().zip(&counts).any(|(&i, &n)| i >= n) {
+                    let p = e.path();
+                    fs::remove_file(&p).at(&p)?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// `shape` as `512x1024x1024`, for messages.
     pub(crate) fn shape_text(&self) -> String {
         fmt_shape(&self.shape)

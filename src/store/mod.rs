@@ -12,6 +12,7 @@ mod files;
 mod job;
 mod layout;
 mod spec;
+mod txn;
 mod writer;
 
 use std::fs;
@@ -33,18 +34,20 @@ use crate::error::{Error, Result, to_usize};
 use crate::grid::{Grid, indices_in};
 use crate::region::{Region, fmt_shape};
 
-pub(crate) use edit::{
-    Journal, LOCK_FILE, Moving, PROGRESS_FILE, Progress, STAGING_DIR, StoreLock, begin_build,
-    clean_stale, commit_metadata, crash_point, exchange, link_chunk, place, remove_chunk,
-    staged_name, sync_filesystem,
-};
+pub(crate) use edit::{Journal, Moving, PROGRESS_FILE, Progress, clean_stale, commit_metadata};
 pub(crate) use files::FileWriter;
 pub(crate) use job::{Finish, JobOptions, JobState, JobWriter};
 pub(crate) use layout::{Edges, Layout};
 pub(crate) use spec::GridCodec;
 pub use spec::{ChunkCodec, Codec, Durability, StoreSpec};
+pub(crate) use txn::{
+    LOCK_FILE, NEW_SUFFIX, OutputFile, Staging, StoreLock, begin_build, check_removable,
+    check_utf8, crash_point, exchange, link_chunk, link_or_copy, lock_existing, parent_dir, place,
+    recover_replacement, remove_chunk, resolve_links, sibling, sync_dir, sync_filesystem,
+    write_atomic,
+};
 pub use writer::StoreWriter;
-pub(crate) use writer::{check_replaceable, publish, sibling, sync_dir};
+pub(crate) use writer::{check_replaceable, publish};
 
 fn codec_options() -> CodecOptions {
     // Our own rayon loops are the parallelism: one chunk per task, no nested codec threads.
@@ -244,6 +247,43 @@ impl Store {
             .map(|(e, &n)| e.list(n).into_iter().max().unwrap_or(1))
             .collect();
         Grid::new(self.shape(), &longest)
+    }
+
+    /// The chunk boundaries along each axis, regular or rectilinear: `n + 1` offsets for `n`
+    /// chunks, from 0 to the extent (the last chunk clipped to the array).
+    ///
+    /// # Errors
+    /// [`Error::BadMetadata`] for a grid chunkwise cannot read.
+    pub fn chunk_bounds(&self) -> Result<Vec<Vec<u64>>> {
+        let lists: Vec<Vec<u64>> = match self.chunk_shape() {
+            Some(c) => c
+                .iter()
+                .zip(self.shape())
+                .map(|(&c, &n)| vec![c; n.div_ceil(c) as usize])
+                .collect(),
+            None => {
+                let layout = Layout::read(&self.path)?;
+                layout
+                    .edges()
+                    .iter()
+                    .zip(self.shape())
+                    .map(|(e, &n)| e.list(n))
+                    .collect()
+            }
+        };
+        Ok(lists
+            .iter()
+            .zip(self.shape())
+            .map(|(l, &n)| {
+                let mut at = 0;
+                let mut b = vec![0];
+                for &e in l {
+                    at = (at + e).min(n);
+                    b.push(at);
+                }
+                b
+            })
+            .collect())
     }
 
     /// Chunks per axis.

@@ -3,7 +3,6 @@
 //! makes every chunk durable before `zarr.json` exists.
 
 use std::fs::{self, File};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
@@ -11,6 +10,10 @@ use serde_json::Value;
 
 use super::files::FileWriter;
 use super::spec::{ChunkCodec, Durability, StoreSpec};
+use super::txn::{
+    LOCK_FILE, StoreLock, begin_build, check_utf8, lock_existing, publish_dir, recover_replacement,
+    resolve_links, sync_dir, write_atomic,
+};
 use super::{Store, is_store};
 use crate::error::{Error, IoContext, Result};
 use crate::grid::Grid;
@@ -24,29 +27,15 @@ use crate::grid::Grid;
 pub struct StoreWriter {
     final_path: PathBuf,
     tmp_path: PathBuf,
-    lock: Option<File>,
+    /// The build directory's lock, then (when replacing an array) the old array's.
+    _locks: (StoreLock, Option<StoreLock>),
     codec: ChunkCodec,
     metadata: Value,
     grid: Grid,
     durability: Durability,
     files: Option<FileWriter>,
+    overwrite: bool,
     committed: bool,
-}
-
-const LOCK_NAME: &str = ".chunkwise.lock";
-
-pub(crate) fn sibling(path: &Path, suffix: &str) -> Result<PathBuf> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::option("output", format!("{} has no file name", path.display())))?;
-    let mut s = std::ffi::OsString::from(".");
-    s.push(name);
-    s.push(suffix);
-    Ok(path.with_file_name(s))
-}
-
-pub(crate) fn sync_dir(path: &Path) -> Result<()> {
-    File::open(path).and_then(|f| f.sync_all()).at(path)
 }
 
 impl StoreWriter {
@@ -57,46 +46,13 @@ impl StoreWriter {
         durability: Durability,
     ) -> Result<Self> {
         let grid = spec.validate()?;
+        let path = &resolve_links(path)?;
+        check_utf8(path)?;
+        recover_replacement(path)?;
         check_replaceable(path, overwrite)?;
-        let tmp_path = sibling(path, ".chunkwise-tmp")?;
-        if let Some(parent) = tmp_path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            fs::create_dir_all(parent).at(parent)?;
-        }
-        if tmp_path.exists() {
-            // A build directory from an earlier writer: stale if nobody holds its lock.
-            let lock_path = tmp_path.join(LOCK_NAME);
-            let lock = File::options()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&lock_path)
-                .at(&lock_path)?;
-            if lock.try_lock().is_err() {
-                return Err(Error::Locked {
-                    path: path.to_path_buf(),
-                    holder: format!("lock held on {}", lock_path.display()),
-                });
-            }
-            fs::remove_dir_all(&tmp_path).at(&tmp_path)?;
-        }
-        match fs::create_dir(&tmp_path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(Error::Locked {
-                    path: path.to_path_buf(),
-                    holder: format!("another writer created {}", tmp_path.display()),
-                });
-            }
-            Err(e) => return Err(Error::io(&tmp_path, e)),
-        }
-        let lock_path = tmp_path.join(LOCK_NAME);
-        let mut lock = File::create(&lock_path).at(&lock_path)?;
-        lock.try_lock().map_err(|_| Error::Locked {
-            path: path.to_path_buf(),
-            holder: format!("lock held on {}", lock_path.display()),
-        })?;
-        let _ = writeln!(lock, "{}", std::process::id());
-
+        // An array being replaced is locked like any array being written (APPEND §6).
+        let replacing = lock_existing(path)?;
+        let (tmp_path, lock) = begin_build(path)?;
         let metadata = spec.metadata();
         let codec = spec.chunk_codec()?;
         // Up to two encoded chunks per worker wait for the disk.
@@ -104,12 +60,13 @@ impl StoreWriter {
         Ok(StoreWriter {
             final_path: path.to_path_buf(),
             tmp_path,
-            lock: Some(lock),
+            _locks: (lock, replacing),
             codec,
             metadata,
             grid,
             durability,
             files: Some(files),
+            overwrite,
             committed: false,
         })
     }
@@ -174,16 +131,16 @@ impl StoreWriter {
     pub fn commit(mut self) -> Result<Store> {
         let written = self.files.take().expect("commit runs once").finish()?;
         sync_written(&written, self.durability)?;
-        let lock_path = self.tmp_path.join(LOCK_NAME);
+        let lock_path = self.tmp_path.join(LOCK_FILE);
         publish(
             &self.tmp_path,
             &self.final_path,
             &self.metadata,
             &[lock_path],
+            self.overwrite,
             self.durability,
         )?;
         self.committed = true;
-        self.lock = None;
         Store::open(&self.final_path)
     }
 }
@@ -250,57 +207,31 @@ pub(super) fn sync_written(written: &[PathBuf], durability: Durability) -> Resul
 }
 
 /// Publishes a finished build directory: writes `zarr.json` (metadata last: until it exists
-/// the directory is not an array), removes the build's own files (`remove`), and renames the
-/// directory to `final_path`; an old array there stays whole until the rename.
+/// the directory is not an array), removes the build's own files (`remove`), and moves the
+/// directory to `final_path` ([`publish_dir`]: an old array there is exchanged, never absent,
+/// if `replace`).
+/// The caller holds the old array's store lock.
 pub(crate) fn publish(
     tmp: &Path,
     final_path: &Path,
     metadata: &Value,
     remove: &[PathBuf],
+    replace: bool,
     durability: Durability,
 ) -> Result<()> {
-    let meta_tmp = tmp.join("zarr.json.tmp");
-    let meta_final = tmp.join("zarr.json");
+    let sync = durability == Durability::Sync;
     let text = serde_json::to_string_pretty(metadata).expect("metadata is plain JSON");
-    {
-        let mut f = File::create(&meta_tmp).at(&meta_tmp)?;
-        f.write_all(text.as_bytes()).at(&meta_tmp)?;
-        if durability == Durability::Sync {
-            f.sync_all().at(&meta_tmp)?;
-        }
-    }
-    fs::rename(&meta_tmp, &meta_final).at(&meta_final)?;
+    write_atomic(&tmp.join("zarr.json"), text.as_bytes(), sync)?;
     for p in remove {
         match fs::remove_file(p) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(p, e)),
             _ => {}
         }
     }
-    if durability == Durability::Sync {
+    if sync {
         sync_dir(tmp)?;
     }
-    let old = sibling(final_path, ".chunkwise-old")?;
-    let replacing = final_path.exists();
-    if replacing {
-        if old.exists() {
-            fs::remove_dir_all(&old).at(&old)?;
-        }
-        fs::rename(final_path, &old).at(final_path)?;
-    }
-    if let Err(e) = fs::rename(tmp, final_path) {
-        if replacing {
-            let _ = fs::rename(&old, final_path);
-        }
-        return Err(Error::io(final_path, e));
-    }
-    let parent = final_path.parent().filter(|p| !p.as_os_str().is_empty());
-    if let (Durability::Sync, Some(parent)) = (durability, parent) {
-        sync_dir(parent)?;
-    }
-    if replacing {
-        fs::remove_dir_all(&old).at(&old)?;
-    }
-    Ok(())
+    publish_dir(tmp, final_path, replace, sync)
 }
 
 impl Drop for StoreWriter {
