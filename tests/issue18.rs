@@ -171,10 +171,12 @@ fn item1_two_writers_of_one_file_never_mix() {
                 assert!(got == wa || got == wb, "{what}: the file mixes both runs");
                 for (o, mine) in [(&oa, &wa), (&ob, &wb)] {
                     if o.status.success() {
-                        if !overwrite && !(oa.status.success() && ob.status.success()) {
-                            // The one that succeeded published exactly its own output.
-                            assert!(&got == mine, "{what}: a run exited 0 with the other's data");
-                        }
+                        // Without --overwrite only one succeeds (asserted below): it published
+                        // exactly its own output.
+                        assert!(
+                            overwrite || &got == mine,
+                            "{what}: a run exited 0 with the other's data"
+                        );
                     } else {
                         assert!(
                             !overwrite && stderr(o).contains("already exists"),
@@ -858,4 +860,428 @@ fn item9_a_non_utf8_store_name_is_refused_up_front() {
             .collect();
         assert_eq!(after, before, "{args:?}: something was written");
     }
+}
+
+/// Bytes used on the filesystem holding `p`.
+fn used(p: &Path) -> u64 {
+    let o = Command::new("df")
+        .args(["--output=used", "-B1"])
+        .arg(p)
+        .output()
+        .unwrap();
+    stdout(&o).lines().nth(1).unwrap().trim().parse().unwrap()
+}
+
+/// Issue 18, smaller: a disk that fills up during `append` or `concat --into` (the exchange
+/// path) leaves the array as it was and no staging or rebuilt directory holding the space.
+#[test]
+fn small_a_full_disk_during_a_join_leaves_nothing_behind() {
+    let dir = tmp();
+    let d = dir.path();
+    let fs = Tmpfs::mount_sized("full18", "1m");
+    // Random values do not compress: the array fits, what is joined does not.
+    let (va, vb) = (
+        u16s(36 * 128 * 128 / 4, 7, 0, 65535),
+        u16s(128 * 128 * 64, 8, 0, 65535),
+    );
+    let a = npy(d, "a.npy", DType::U16, &[9, 128, 128], &va);
+    let b = npy(d, "b.npy", DType::U16, &[64, 128, 128], &vb);
+    let bz = d.join("b.zarr");
+    convert(&b, &bz, "4,128,128");
+    let st = fs.path.join("s.zarr");
+    for args in [
+        vec!["append", s(&st), s(&b)],
+        vec![
+            "concat",
+            "--into",
+            s(&st),
+            s(&bz),
+            "--layout",
+            "rectilinear",
+        ],
+    ] {
+        if st.exists() {
+            std::fs::remove_dir_all(&st).unwrap();
+        }
+        convert(&a, &st, "4,128,128");
+        let before = used(&fs.path);
+        let o = cw(&args);
+        assert_eq!(o.status.code(), Some(2), "{}: {}", args[0], stdout(&o));
+        assert!(stderr(&o).contains("No space left"), "{}", stderr(&o));
+        assert_eq!(data(&st).1, va, "{}: the array changed", args[0]);
+        let left: Vec<String> = temps(&fs.path)
+            .into_iter()
+            .chain(temps(&st))
+            // (The progress record stays: it lets a rerun resume, APPEND §5.1.)
+            .filter(|n| n != ".chunkwise.lock" && n != ".chunkwise-progress.json")
+            .collect();
+        assert!(left.is_empty(), "{}: left {left:?}", args[0]);
+        let after = used(&fs.path);
+        assert!(
+            after <= before + (64 << 10),
+            "{}: {} bytes still held",
+            args[0],
+            after.saturating_sub(before)
+        );
+    }
+}
+
+/// Issue 18, smaller: chunk files a killed append placed past the extent do not survive a
+/// different append (nor count as stored).
+#[test]
+fn small_a_different_append_removes_what_a_killed_one_placed() {
+    let dir = tmp();
+    let d = dir.path();
+    let (va, vb, vc) = (
+        u16s(16 * 64, 1, 1, 99),
+        u16s(24 * 64, 2, 1, 99),
+        u16s(3 * 64, 3, 1, 99),
+    );
+    let a = npy(d, "a.npy", DType::U16, &[16, 8, 8], &va);
+    let b = npy(d, "b.npy", DType::U16, &[24, 8, 8], &vb);
+    let c = npy(d, "c.npy", DType::U16, &[3, 8, 8], &vc);
+    let st = d.join("s.zarr");
+    convert(&a, &st, "8,8,8");
+    // Killed with every layer of b placed (layers 2, 3, 4), before its commit.
+    let o = Command::new(bin())
+        .args(["append", s(&st), s(&b), "--no-sync"])
+        .env("CHUNKWISE_CRASH_AT", "staged")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        st.join("c/4/0/0").exists(),
+        "the killed append placed nothing past the extent"
+    );
+    ok(&cw(&["append", s(&st), s(&c)]), "another append");
+    let (shape, bytes) = data(&st);
+    assert_eq!(shape, vec![19, 8, 8]);
+    assert!(bytes == [&va[..], &vc].concat());
+    for layer in [3, 4] {
+        assert!(
+            !st.join(format!("c/{layer}/0/0")).exists(),
+            "layer {layer} of the killed append survived"
+        );
+    }
+    let o = cw(&["info", s(&st), "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["chunks_present"], 3, "{v}");
+}
+
+/// Issue 18, smaller: the default histogram of floats with ±inf takes its range from the
+/// finite values (the infinities fall outside, as numpy.histogram with that range counts).
+#[test]
+fn small_the_histogram_of_floats_with_infinities_spans_the_finite_values() {
+    let dir = tmp();
+    let d = dir.path();
+    let vals = [
+        1.0f64,
+        2.0,
+        3.0,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::NAN,
+        2.5,
+        1.5,
+    ];
+    let p = npy(
+        d,
+        "f.npy",
+        DType::F64,
+        &[8],
+        &vals
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<_>>(),
+    );
+    let z = d.join("f.zarr");
+    convert(&p, &z, "3");
+    for (bins, want) in [
+        (None, vec![1, 0, 1, 0, 0, 1, 0, 1, 0, 1]),
+        (Some("4"), vec![1, 1, 1, 2]),
+    ] {
+        let mut args = vec!["histogram", s(&z), "--json"];
+        if let Some(b) = bins {
+            args.extend(["--bins", b]);
+        }
+        let o = cw(&args);
+        ok(&o, "histogram");
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        let counts: Vec<u64> = v["counts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_u64().unwrap())
+            .collect();
+        assert_eq!(counts, want, "{bins:?}");
+        assert_eq!(v["edges"][0], 1.0);
+        assert_eq!(v["edges"][counts.len()], 3.0);
+    }
+    // All infinite: a clear error asking for --range.
+    let q = npy(
+        d,
+        "g.npy",
+        DType::F64,
+        &[2],
+        &[f64::INFINITY, f64::NAN]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<_>>(),
+    );
+    let zq = d.join("g.zarr");
+    convert(&q, &zq, "2");
+    let o = cw(&["histogram", s(&zq)]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--range"), "{}", stderr(&o));
+}
+
+/// Issue 18, smaller: `lut` with a bool table writes a bool array (table[value]).
+#[test]
+fn small_lut_with_a_bool_table() {
+    let dir = tmp();
+    let d = dir.path();
+    let input: Vec<u8> = (0..200u32).map(|i| (i * 7 % 10) as u8).collect();
+    let table: Vec<u8> = (0..10u8).map(|i| u8::from(i % 3 == 0)).collect();
+    let p = npy(d, "x.npy", DType::U8, &[200], &input);
+    let t = npy(d, "t.npy", DType::Bool, &[10], &table);
+    let z = d.join("x.zarr");
+    convert(&p, &z, "64");
+    let out = d.join("l.zarr");
+    ok(&cw(&["lut", s(&z), s(&out), "--table", s(&t)]), "lut");
+    let st = Store::open(&out).unwrap();
+    assert_eq!(st.dtype(), DType::Bool);
+    let want: Vec<u8> = input.iter().map(|&v| table[v as usize]).collect();
+    assert_eq!(store_bytes(&st), want);
+}
+
+/// Issue 18, smaller: `graph` defaults to the full neighbourhood of the array's rank (2 in
+/// 1-D, 8 in 2-D, 80 in 4-D), and names the connectivities a rank has.
+#[test]
+fn small_graph_defaults_to_the_full_neighbourhood_of_any_rank() {
+    let dir = tmp();
+    let d = dir.path();
+    let count = |name: &str, shape: &[u64], vals: &[u8], extra: &[&str]| -> Output {
+        let p = npy(d, &format!("{name}.npy"), DType::U8, shape, vals);
+        let z = d.join(format!("{name}.zarr"));
+        if !z.exists() {
+            convert(
+                &p,
+                &z,
+                &shape.iter().map(|_| "2").collect::<Vec<_>>().join(","),
+            );
+        }
+        cw(&[&["graph", s(&z), "--count-only"], extra].concat())
+    };
+    let o = count("one", &[4], &[1, 1, 0, 1], &[]);
+    ok(&o, "1-D");
+    assert_eq!(stdout(&o).trim(), "1");
+    let o = count("two", &[3, 3], &[1; 9], &[]);
+    ok(&o, "2-D");
+    assert_eq!(stdout(&o).trim(), "20", "6 + 6 + 8 edges of a 3x3 square");
+    // Every pair of the 16 voxels of a 2^4 cube is adjacent in the full neighbourhood.
+    let o = count("four", &[2, 2, 2, 2], &[1; 16], &[]);
+    ok(&o, "4-D");
+    assert_eq!(stdout(&o).trim(), "120");
+    let o = count("four", &[2, 2, 2, 2], &[1; 16], &["--connectivity", "8"]);
+    ok(&o, "4-D, 8");
+    assert_eq!(
+        stdout(&o).trim(),
+        "32",
+        "16 voxels, 4 neighbours each, each edge twice"
+    );
+    let o = count("four", &[2, 2, 2, 2], &[1; 16], &["--connectivity", "5"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("[8, 32, 64, 80]"), "{}", stderr(&o));
+}
+
+/// Issue 18, smaller: the "other settings" error names the flag that works, and a failed job
+/// (a value outside a lookup table) does not block the corrected rerun.
+#[test]
+fn small_job_errors_name_a_flag_that_works_and_failed_jobs_do_not_block() {
+    let dir = tmp();
+    let d = dir.path();
+    let input: Vec<u8> = (0..512u32).map(|i| (i % 20) as u8).collect();
+    let p = npy(d, "x.npy", DType::U8, &[8, 8, 8], &input);
+    let z = d.join("x.zarr");
+    convert(&p, &z, "4,4,4");
+    let g = d.join("g.zarr");
+    ok(&cw(&["gaussian", s(&z), s(&g), "--sigma", "1"]), "gaussian");
+    let o = cw(&["gaussian", s(&z), s(&g), "--sigma", "2"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("--overwrite") && !stderr(&o).contains("--restart"),
+        "{}",
+        stderr(&o)
+    );
+    ok(
+        &cw(&["gaussian", s(&z), s(&g), "--sigma", "2", "--overwrite"]),
+        "as advised",
+    );
+    let short = npy(d, "short.npy", DType::U8, &[10], &[1; 10]);
+    let full = npy(
+        d,
+        "full.npy",
+        DType::U8,
+        &[20],
+        &(0..20u8).collect::<Vec<_>>(),
+    );
+    let l = d.join("l.zarr");
+    let o = cw(&["lut", s(&z), s(&l), "--table", s(&short)]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("outside the 10-entry table"),
+        "{}",
+        stderr(&o)
+    );
+    ok(
+        &cw(&["lut", s(&z), s(&l), "--table", s(&full)]),
+        "the corrected rerun",
+    );
+    assert_eq!(data(&l).1, input);
+    assert!(temps(d).is_empty(), "left {:?}", temps(d));
+}
+
+/// Issue 18, smaller: a quoted glob skips hidden files, as a directory input does.
+#[test]
+fn small_a_quoted_glob_skips_hidden_files() {
+    let dir = tmp();
+    let d = dir.path();
+    let sl = d.join("slices");
+    std::fs::create_dir(&sl).unwrap();
+    for (name, seed) in [("s0.npy", 1), ("s1.npy", 2), (".s2.npy", 3)] {
+        npy(&sl, name, DType::U16, &[4, 4], &u16s(16, seed, 0, 9));
+    }
+    for (input, out) in [(sl.join("*.npy"), "glob.zarr"), (sl.clone(), "dir.zarr")] {
+        let z = d.join(out);
+        ok(&cw(&["convert", s(&input), "-o", s(&z), "-q"]), out);
+        assert_eq!(
+            data(&z).0,
+            vec![2, 4, 4],
+            "{out}: the hidden slice was taken"
+        );
+    }
+}
+
+/// Issue 18, smaller: `stats -o` without a table to write, and `--axis` with `--per-chunk`,
+/// are refused instead of ignored; the text summary prints inf and NaN unquoted.
+#[test]
+fn small_stats_flags_are_checked_and_text_is_plain() {
+    let dir = tmp();
+    let d = dir.path();
+    let vals = [1.0f32, f32::INFINITY, 2.0, 3.0];
+    let p = npy(
+        d,
+        "f.npy",
+        DType::F32,
+        &[4],
+        &vals
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<_>>(),
+    );
+    let z = d.join("f.zarr");
+    convert(&p, &z, "2");
+    let x = d.join("x.npy");
+    let o = cw(&["stats", s(&z), "-o", s(&x)]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("--axis") && !x.exists(),
+        "{}",
+        stderr(&o)
+    );
+    let o = cw(&["stats", s(&z), "--axis", "0", "--per-chunk"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    let o = cw(&["stats", s(&z)]);
+    ok(&o, "stats");
+    let text = stdout(&o);
+    assert!(
+        text.contains("max:    inf") && !text.contains('"'),
+        "{text}"
+    );
+}
+
+/// Issue 18, smaller: `stats --per-chunk` of a rectilinear array reports its stored chunks
+/// (regions and sums), not the blocks it is read by.
+#[test]
+fn small_per_chunk_stats_of_a_rectilinear_array_are_per_stored_chunk() {
+    let dir = tmp();
+    let d = dir.path();
+    let (va, vb) = (u16s(44 * 256, 1, 0, 99), u16s(21 * 256, 2, 0, 99));
+    let a = npy(d, "a.npy", DType::U16, &[44, 16, 16], &va);
+    let b = npy(d, "b.npy", DType::U16, &[21, 16, 16], &vb);
+    let (az, bz, ab) = (d.join("a.zarr"), d.join("b.zarr"), d.join("ab.zarr"));
+    convert(&a, &az, "8,8,8");
+    convert(&b, &bz, "8,8,8");
+    ok(
+        &cw(&[
+            "concat",
+            s(&az),
+            s(&bz),
+            "-o",
+            s(&ab),
+            "--layout",
+            "rectilinear",
+        ]),
+        "concat",
+    );
+    let all: Vec<u16> = [&va[..], &vb]
+        .concat()
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    // The stored chunks along axis 0: a's 5 of 8 and its last of 4, then b's 8, 8 and 5.
+    let bounds0 = [0u64, 8, 16, 24, 32, 40, 44, 52, 60, 65];
+    let o = cw(&["stats", s(&ab), "--per-chunk", "--json"]);
+    ok(&o, "stats --per-chunk");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(rows.len(), 9 * 2 * 2);
+    let mut k = 0;
+    for z in bounds0.windows(2) {
+        for y in [0u64, 8] {
+            for x in [0u64, 8] {
+                let r = &rows[k];
+                k += 1;
+                assert_eq!(
+                    r["region"],
+                    serde_json::json!([[z[0], z[1]], [y, y + 8], [x, x + 8]])
+                );
+                let mut sum = 0u64;
+                for zi in z[0]..z[1] {
+                    for yi in y..y + 8 {
+                        for xi in x..x + 8 {
+                            sum += u64::from(all[(zi * 256 + yi * 16 + xi) as usize]);
+                        }
+                    }
+                }
+                assert_eq!(r["sum"], sum, "{r}");
+                assert_eq!(r["count"], (z[1] - z[0]) * 64);
+            }
+        }
+    }
+}
+
+/// Issue 18, smaller: `-o` onto a link to something that is not a regular file (a device,
+/// stdout) is refused and the link stays; onto a link to a file, the file is written.
+#[test]
+fn small_output_onto_a_link_to_a_device_is_refused_and_kept() {
+    let dir = tmp();
+    let d = dir.path();
+    let p = npy(d, "x.npy", DType::U16, &[4, 4], &u16s(16, 1, 0, 9));
+    let z = d.join("x.zarr");
+    convert(&p, &z, "2,2");
+    let link = d.join("out.npy");
+    std::os::unix::fs::symlink("/dev/null", &link).unwrap();
+    let o = cw(&["export", s(&z), "-o", s(&link), "--overwrite"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("not a regular file"), "{}", stderr(&o));
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(
+        std::fs::read_link(&link).unwrap(),
+        PathBuf::from("/dev/null")
+    );
 }
