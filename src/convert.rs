@@ -16,8 +16,8 @@ use crate::dtype::DType;
 use crate::error::Result;
 use crate::grid::Grid;
 use crate::grid::{indices_in, storage_order};
-use crate::input::{self, Block, RawOptions, Source};
 use crate::progress::{ProgressFn, Tracker, Unit, with_threads};
+use crate::source::{self, Block, RawOptions, Source};
 use crate::store::{Codec, Durability, StoreSpec};
 
 /// Default bytes of input held at once (one block).
@@ -178,7 +178,7 @@ pub fn convert(inputs: &[PathBuf], out: &Path, opts: &ConvertOptions) -> Result<
 
 fn convert_in_pool(inputs: &[PathBuf], out: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
     let start = Instant::now();
-    let source = input::open(inputs, &opts.raw)?;
+    let source = source::open(inputs, &opts.raw)?;
     let shape = source.shape().to_vec();
     let dtype = source.dtype();
     let chunks = opts

@@ -18,6 +18,24 @@ pub(crate) fn edges_region(bounds: &[Vec<u64>], idx: &[u64]) -> Region {
     )
 }
 
+/// The cartesian product of per-axis index lists, in C order.
+pub(crate) fn product(per_axis: &[Vec<u64>]) -> Vec<Vec<u64>> {
+    let mut out = vec![Vec::with_capacity(per_axis.len())];
+    for axis in per_axis {
+        out = out
+            .into_iter()
+            .flat_map(|p| {
+                axis.iter().map(move |&i| {
+                    let mut q = p.clone();
+                    q.push(i);
+                    q
+                })
+            })
+            .collect();
+    }
+    out
+}
+
 /// A regular chunk grid over an array shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grid {

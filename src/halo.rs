@@ -5,7 +5,12 @@
 use std::fmt;
 use std::str::FromStr;
 
+use std::ops::Range;
+
+use crate::copy::{Side, c_strides, copy_box_signed};
 use crate::error::{Error, Result};
+use crate::grid::{Grid, indices_in, product};
+use crate::region::Region;
 
 /// How a block is extended past the array's edges (spec/COMPUTE.md §2). For `n = 4` elements
 /// `a b c d`:
@@ -182,6 +187,121 @@ pub fn segments(start: i64, end: i64, n: u64, mode: Boundary) -> Vec<Segment> {
         });
     }
     out
+}
+
+/// Fills `block` from the chunks of `grid` (`chunk(c)`: chunk `c`'s decoded bytes, full chunk
+/// shape, C order) following the segments; constant segments get `cval`.
+pub(crate) fn fill_block<'d>(
+    grid: &Grid,
+    chunk: impl Fn(&[u64]) -> Option<&'d [u8]>,
+    cval: &[u8],
+    itemsize: usize,
+    shape: &[usize],
+    segs: &[Vec<Segment>],
+    block: &mut [u8],
+) -> Result<()> {
+    let ndim = shape.len();
+    let bstrides: Vec<usize> = c_strides(shape, itemsize);
+    let cshape: Vec<usize> = grid.chunk_shape().iter().map(|&c| c as usize).collect();
+    let cstrides: Vec<usize> = c_strides(&cshape, itemsize);
+    let combos = product(
+        &segs
+            .iter()
+            .map(|v| (0..v.len() as u64).collect())
+            .collect::<Vec<_>>(),
+    );
+    for combo in combos {
+        let sel: Vec<&Segment> = combo
+            .iter()
+            .enumerate()
+            .map(|(a, &k)| &segs[a][k as usize])
+            .collect();
+        if sel.iter().any(|s| s.src.is_none()) {
+            fill_box(block, &bstrides, &sel, cval, itemsize);
+            continue;
+        }
+        let src: Vec<Range<u64>> = sel
+            .iter()
+            .map(|s| s.src_range().expect("not constant"))
+            .collect();
+        let cbox = grid.chunks_touching(&Region::new(src.clone()));
+        for c in indices_in(&cbox) {
+            let data = chunk(&c)
+                .ok_or_else(|| Error::option("executor", format!("chunk {c:?} was not planned")))?;
+            let creg = grid.chunk_region(&c);
+            let inter: Vec<Range<u64>> = src
+                .iter()
+                .zip(creg.ranges())
+                .map(|(s, r)| s.start.max(r.start)..s.end.min(r.end))
+                .collect();
+            if inter.iter().any(|r| r.start >= r.end) {
+                continue;
+            }
+            let mut src_off = 0usize;
+            let mut src_strides = vec![0usize; ndim];
+            let mut dst_first = 0usize;
+            let mut dst_strides = vec![0isize; ndim];
+            let mut extent = vec![0usize; ndim];
+            for a in 0..ndim {
+                let seg = sel[a];
+                let (s0, step) = seg.src.expect("not constant");
+                src_off += (inter[a].start - creg.ranges()[a].start) as usize * cstrides[a];
+                let d = match step {
+                    1 => {
+                        src_strides[a] = cstrides[a];
+                        dst_strides[a] = bstrides[a] as isize;
+                        extent[a] = (inter[a].end - inter[a].start) as usize;
+                        seg.dst + (inter[a].start - s0) as usize
+                    }
+                    -1 => {
+                        src_strides[a] = cstrides[a];
+                        dst_strides[a] = -(bstrides[a] as isize);
+                        extent[a] = (inter[a].end - inter[a].start) as usize;
+                        seg.dst + (s0 - inter[a].start) as usize
+                    }
+                    _ => {
+                        // One source index repeated over the segment.
+                        src_strides[a] = 0;
+                        dst_strides[a] = bstrides[a] as isize;
+                        extent[a] = seg.len;
+                        seg.dst
+                    }
+                };
+                dst_first += d * bstrides[a];
+            }
+            copy_box_signed(
+                data,
+                Side {
+                    offset: src_off,
+                    strides: &src_strides,
+                },
+                block,
+                dst_first,
+                &dst_strides,
+                &extent,
+                itemsize,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Fills the box the segments select with the constant.
+fn fill_box(block: &mut [u8], strides: &[usize], sel: &[&Segment], value: &[u8], itemsize: usize) {
+    let ranges: Vec<Range<u64>> = sel
+        .iter()
+        .map(|s| s.dst as u64..(s.dst + s.len) as u64)
+        .collect();
+    let ndim = ranges.len();
+    let inner = &ranges[ndim - 1];
+    let outer: Vec<Range<u64>> = ranges[..ndim - 1].to_vec();
+    for idx in indices_in(&outer) {
+        let base: usize = idx.iter().zip(strides).map(|(&i, &s)| i as usize * s).sum();
+        for k in inner.clone() {
+            let at = base + k as usize * strides[ndim - 1];
+            block[at..at + itemsize].copy_from_slice(value);
+        }
+    }
 }
 
 #[cfg(test)]

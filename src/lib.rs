@@ -39,13 +39,13 @@ mod grid;
 mod grow;
 mod halo;
 mod index;
-mod input;
 mod inspect;
 pub mod kernel;
 mod npy;
 mod progress;
 mod reduce;
 mod region;
+mod source;
 mod store;
 pub mod synth;
 mod view;
@@ -64,7 +64,6 @@ pub use index::{
     IndexOptions, IndexReport, MAX_GRAPH_NDIM, Select, connectivities, forward_offsets,
     graph_edges, where_coords,
 };
-pub use input::RawOptions;
 pub use inspect::{BadChunk, StoreInfo, VerifyReport, human_bytes, info, verify};
 pub use npy::{NpyHeader, header_bytes as npy_header, parse_header as parse_npy_header, write_npy};
 pub use progress::{Progress, ProgressFn, Unit};
@@ -73,5 +72,6 @@ pub use reduce::{
     StatsAcc, default_histogram, reduce, region_of, write_table,
 };
 pub use region::{ParsedRegion, Region, fmt_shape};
+pub use source::RawOptions;
 pub use store::{ChunkCodec, Codec, Durability, Store, StoreSpec, StoreWriter, is_store};
 pub use view::View;

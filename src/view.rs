@@ -15,8 +15,8 @@ use serde_json::Value;
 
 use crate::dtype::{DType, Element, Scalar};
 use crate::error::{Error, IoContext, Result, to_usize};
-use crate::input::{self, Block, BufferBlock, RawOptions, Source, StoreSource};
 use crate::region::{Region, check_shapes, fmt_shape};
+use crate::source::{self, Block, BufferBlock, RawOptions, Source, StoreSource};
 use crate::with_scalar;
 
 /// A read-only array assembled lazily from stores and files.
@@ -71,7 +71,7 @@ impl View {
             return View::from_spec_file(one);
         }
         Ok(View {
-            src: Arc::from(input::open(inputs, raw)?),
+            src: Arc::from(source::open(inputs, raw)?),
         })
     }
 

@@ -1,0 +1,169 @@
+//! The task feed: output chunks in traversal order, each preceded by the decodes it is the
+//! first to need, with every decoded chunk's consumers counted so that it leaves the window
+//! with its last one. Invariant: a computation's decodes are handed out before it.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::ops::Range;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::grid::{indices_in, product};
+
+use super::task::Ctx;
+
+/// A decoded chunk's bytes, or the failing chunk's key and the reason.
+pub(super) type Decoded = std::result::Result<Arc<Vec<u8>>, (String, String)>;
+
+/// Decoded input chunks by (input index, chunk index).
+pub(super) type Window = HashMap<(usize, Vec<u64>), Arc<Slot>>;
+
+/// A decoded input chunk, shared by the tasks that need it.
+pub(super) struct Slot {
+    pub(super) input: usize,
+    pub(super) idx: Vec<u64>,
+    /// Set once by the decode task: the chunk's bytes (fill value if absent), or the failing
+    /// chunk's key and the reason.
+    pub(super) data: OnceLock<Decoded>,
+    pub(super) state: Mutex<SlotState>,
+}
+
+pub(super) struct SlotState {
+    /// Computations (of this tile) that will read it and have not finished with it yet.
+    pub(super) remaining: u64,
+}
+
+pub(super) enum Task {
+    Decode(Arc<Slot>),
+    /// An output chunk and, per input, the slots its block is assembled from.
+    Compute(Vec<u64>, Vec<Vec<Arc<Slot>>>),
+}
+
+/// Generates tasks in traversal order: for each output chunk, the decodes it is the first to
+/// need, then its computation.
+pub(super) struct Feed<'a, 'c> {
+    pub(super) ctx: &'c Ctx<'a>,
+    pub(super) tiles: std::vec::IntoIter<Vec<Range<u64>>>,
+    pub(super) layers: Range<u64>,
+    pub(super) done: &'c HashSet<Vec<u64>>,
+    pub(super) tile: Option<Vec<Range<u64>>>,
+    pub(super) layer: u64,
+    pub(super) chunks: std::vec::IntoIter<Vec<u64>>,
+    pub(super) queue: VecDeque<Task>,
+}
+
+impl<'a, 'c> Feed<'a, 'c> {
+    pub(super) fn new(
+        ctx: &'c Ctx<'a>,
+        tiles: Vec<Vec<Range<u64>>>,
+        layers: Range<u64>,
+        done: &'c HashSet<Vec<u64>>,
+    ) -> Self {
+        Feed {
+            ctx,
+            tiles: tiles.into_iter(),
+            layer: layers.start,
+            layers,
+            done,
+            tile: None,
+            chunks: Vec::new().into_iter(),
+            queue: VecDeque::new(),
+        }
+    }
+
+    /// The output chunks of the current tile (not done) whose blocks read input chunk `c`.
+    pub(super) fn consumers(&self, input: usize, c: &[u64]) -> u64 {
+        let tile = self.tile.as_ref().expect("planning happens inside a tile");
+        let lists: Vec<Vec<u64>> = self.ctx.readers[input]
+            .iter()
+            .zip(c)
+            .enumerate()
+            .map(|(a, (r, &ci))| {
+                let range = if a == 0 { &self.layers } else { &tile[a] };
+                r[ci as usize]
+                    .iter()
+                    .copied()
+                    .filter(|o| range.contains(o))
+                    .collect()
+            })
+            .collect();
+        product(&lists)
+            .iter()
+            .filter(|o| !self.done.contains(*o))
+            .count() as u64
+    }
+
+    /// Queues the tasks for output chunk `idx`.
+    pub(super) fn plan(&mut self, idx: Vec<u64>) {
+        let needed = self.ctx.needed(&idx);
+        let mut w = self
+            .ctx
+            .window
+            .lock()
+            .expect("no panics holding the window");
+        let mut per_input = Vec::with_capacity(needed.len());
+        for (input, chunks) in needed.into_iter().enumerate() {
+            let mut slots = Vec::with_capacity(chunks.len());
+            for c in chunks {
+                let slot = match w.get(&(input, c.clone())) {
+                    Some(s) => s.clone(),
+                    None => {
+                        let s = Arc::new(Slot {
+                            input,
+                            idx: c.clone(),
+                            data: OnceLock::new(),
+                            state: Mutex::new(SlotState {
+                                remaining: self.consumers(input, &c),
+                            }),
+                        });
+                        w.insert((input, c), s.clone());
+                        self.queue.push_back(Task::Decode(s.clone()));
+                        s
+                    }
+                };
+                slots.push(slot);
+            }
+            per_input.push(slots);
+        }
+        drop(w);
+        self.queue.push_back(Task::Compute(idx, per_input));
+    }
+}
+
+impl Iterator for Feed<'_, '_> {
+    type Item = Task;
+
+    fn next(&mut self) -> Option<Task> {
+        loop {
+            if let Some(t) = self.queue.pop_front() {
+                return Some(t);
+            }
+            if let Some(idx) = self.chunks.next() {
+                if !self.done.contains(&idx) {
+                    self.plan(idx);
+                }
+                continue;
+            }
+            // Next layer of the tile, or the next tile.
+            match &self.tile {
+                Some(tile) if self.layer + 1 < self.layers.end => {
+                    self.layer += 1;
+                    let mut b = tile.clone();
+                    b[0] = self.layer..self.layer + 1;
+                    self.chunks = indices_in(&b).into_iter();
+                }
+                _ => {
+                    // A new tile starts from the first layer; the old tile's slots have all
+                    // left the window with their last consumer.
+                    let tile = self.tiles.next()?;
+                    self.layer = self.layers.start;
+                    if self.layers.is_empty() {
+                        return None;
+                    }
+                    let mut b = tile.clone();
+                    b[0] = self.layer..self.layer + 1;
+                    self.chunks = indices_in(&b).into_iter();
+                    self.tile = Some(tile);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,699 @@
+//! The block executor: the chunk grid is the block decomposition (spec/COMPUTE.md).
+//!
+//! For every output chunk: the input region grown by the kernel's halo is assembled from
+//! decoded input chunks, padded past the array's edges by the boundary mode, handed to the
+//! kernel, and only the output chunk is written. Output chunks are visited in storage order
+//! (C order, layer by layer along axis 0, optionally in tiles over the other axes to fit a
+//! memory budget); each input chunk is decoded when the first output chunk needing it is
+//! reached and dropped once the traversal has passed the last one, so within a tile every
+//! input chunk is decoded once. Decodes and computations are tasks of one parallel loop fed in
+//! traversal order; a computation waits for the decodes it needs, which were handed out
+//! before it. Invariant: memory is the decoded window plus one task's working set per
+//! thread, whatever the volume's length (spec/COMPUTE.md §5).
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use crate::copy::read_padded;
+use crate::dtype::{DType, Scalar};
+use crate::error::{Error, Result};
+use crate::fingerprint::{fnv1a, stamp};
+use crate::grid::{Grid, indices_in};
+use crate::halo::{Boundary, fill_block, segments};
+use crate::kernel::{Block, FnKernel, Kernel, OutBlock};
+use crate::progress::{ProgressFn, Tracker, Unit, with_threads};
+use crate::region::{Region, check_shapes, fmt_shape};
+use crate::store::{
+    Codec, Durability, Finish, JobOptions, JobState, JobWriter, Store, StoreSpec, is_store,
+};
+use crate::view::View;
+use crate::with_scalar;
+
+mod feed;
+mod plan;
+mod task;
+
+use feed::Feed;
+use plan::{default_budget, plan_tiles, read_maps, tiles_of};
+use task::{Ctx, Input, run_task};
+
+/// Settings of a job; build with [`ExecOptions::default`] and the setters.
+#[derive(Clone, Default)]
+pub struct ExecOptions {
+    threads: Option<usize>,
+    memory: Option<u64>,
+    partition: Option<(u32, u32)>,
+    overwrite: bool,
+    restart: bool,
+    chunks: Option<Vec<u64>>,
+    codec: Option<Codec>,
+    level: Option<i32>,
+    checksum: bool,
+    durability: Durability,
+    progress: Option<ProgressFn>,
+}
+
+impl std::fmt::Debug for ExecOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecOptions")
+            .field("threads", &self.threads)
+            .field("memory", &self.memory)
+            .field("partition", &self.partition)
+            .field("overwrite", &self.overwrite)
+            .field("restart", &self.restart)
+            .field("chunks", &self.chunks)
+            .field("codec", &self.codec)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ExecOptions {
+    /// Worker threads (default: one per core).
+    pub fn threads(mut self, n: Option<usize>) -> Self {
+        self.threads = n;
+        self
+    }
+    /// Memory budget in bytes (default: half the machine's memory).
+    pub fn memory(mut self, bytes: Option<u64>) -> Self {
+        self.memory = bytes;
+        self
+    }
+    /// Compute only the `i`-th of `n` disjoint parts of the output (`--partition I/N`).
+    pub fn partition(mut self, part: Option<(u32, u32)>) -> Self {
+        self.partition = part;
+        self
+    }
+    /// Replace an existing output computed with other settings.
+    pub fn overwrite(mut self, on: bool) -> Self {
+        self.overwrite = on;
+        self
+    }
+    /// Discard an unfinished job's work and recompute everything.
+    pub fn restart(mut self, on: bool) -> Self {
+        self.restart = on;
+        self
+    }
+    /// Output chunk shape (default: the first input's).
+    pub fn chunks(mut self, chunks: Option<Vec<u64>>) -> Self {
+        self.chunks = chunks;
+        self
+    }
+    /// Compressor (default: [`Codec::default_for`] the data type).
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = Some(codec);
+        self
+    }
+    /// Compression level for the chosen (or default) codec.
+    pub fn level(mut self, level: Option<i32>) -> Self {
+        self.level = level;
+        self
+    }
+    /// A crc32c checksum in every output chunk.
+    pub fn checksum(mut self, on: bool) -> Self {
+        self.checksum = on;
+        self
+    }
+    /// Whether to sync before recording chunks done and publishing (default: sync).
+    pub fn durability(mut self, d: Durability) -> Self {
+        self.durability = d;
+        self
+    }
+    /// Progress callback (units: output chunks).
+    pub fn progress(mut self, cb: Option<ProgressFn>) -> Self {
+        self.progress = cb;
+        self
+    }
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecStatus {
+    /// Every chunk is computed and the output is published.
+    Published,
+    /// The output already held this job's result; nothing was computed.
+    AlreadyDone,
+    /// This partition is done; others still have `total - done` chunks to compute.
+    Waiting {
+        /// Chunks done by all partitions.
+        done: u64,
+        /// Chunks in all.
+        total: u64,
+    },
+}
+
+/// What a job did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecReport {
+    /// The output array.
+    pub path: PathBuf,
+    /// How it ended.
+    pub status: ExecStatus,
+    /// Output shape.
+    pub shape: Vec<u64>,
+    /// Output type.
+    pub dtype: DType,
+    /// Output chunk shape.
+    pub chunk_shape: Vec<u64>,
+    /// Output chunks in the grid.
+    pub chunks_total: u64,
+    /// Output chunks computed by this run.
+    pub chunks_computed: u64,
+    /// Output chunks of this partition already done by an earlier run (resumed).
+    pub chunks_resumed: u64,
+    /// Input chunks decoded by this run (all inputs).
+    pub decodes: u64,
+    /// Distinct input chunks this run needed (all inputs): `decodes / input_chunks` is the
+    /// decode amplification, 1.0 when every chunk is decoded once.
+    pub input_chunks: u64,
+    /// Output chunks per tile, per axis (the whole layer unless memory forced tiles).
+    pub tile: Vec<u64>,
+    /// The decoded window's estimated peak bytes.
+    pub window_bytes: u64,
+    /// Bytes of output chunk files written.
+    pub bytes_stored: u64,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+/// Runs `kernel` over the arrays `inputs` (same shape), writing the array `out`.
+///
+/// # Errors
+/// Inputs that cannot be opened or differ in shape ([`Error::ShapeMismatch`]); the kernel's
+/// errors ([`Error::Compute`], naming the chunk); an impossible memory budget; a locked or
+/// differently-computed output. Nothing appears at `out` unless every chunk is done.
+pub fn run<I: Into<JobInput> + Clone>(
+    inputs: &[I],
+    out: &Path,
+    kernel: &dyn Kernel,
+    opts: &ExecOptions,
+) -> Result<ExecReport> {
+    let inputs: Vec<JobInput> = inputs.iter().cloned().map(Into::into).collect();
+    with_threads(opts.threads, || run_in_pool(&inputs, out, kernel, opts))
+}
+
+/// What a job reads (COMPUTE §1): a store (regular or rectilinear grid), a file `convert`
+/// reads (an `.npy`, raw + sidecar, TIFF), or a JSON view spec on disk; or a [`View`] built in
+/// code. A regular store is read chunk by chunk; anything else by blocks of its natural
+/// block shape ([`View::block_shape`]), each read by region.
+#[derive(Clone, Debug)]
+pub enum JobInput {
+    /// A path.
+    Path(PathBuf),
+    /// A view.
+    View(View),
+}
+
+impl From<PathBuf> for JobInput {
+    fn from(p: PathBuf) -> Self {
+        JobInput::Path(p)
+    }
+}
+
+impl From<&PathBuf> for JobInput {
+    fn from(p: &PathBuf) -> Self {
+        JobInput::Path(p.clone())
+    }
+}
+
+impl From<&Path> for JobInput {
+    fn from(p: &Path) -> Self {
+        JobInput::Path(p.to_path_buf())
+    }
+}
+
+impl From<View> for JobInput {
+    fn from(v: View) -> Self {
+        JobInput::View(v)
+    }
+}
+
+/// An opened job input and the grid of blocks it is read by.
+struct Src {
+    data: Data,
+    /// A store's regular chunk grid (for a rectilinear one, blocks of its longest edges); a
+    /// view's [`View::block_shape`].
+    grid: Grid,
+}
+
+enum Data {
+    Store(Box<Store>),
+    View {
+        view: View,
+        /// What the user gave (for errors): the path, or `<view>`.
+        name: PathBuf,
+        /// The fingerprint line: the view's structure and, for a path, its stamp.
+        id: String,
+    },
+}
+
+impl Src {
+    fn open(input: &JobInput) -> Result<Src> {
+        let (view, name, id) = match input {
+            JobInput::Path(p) if is_store(p) => {
+                let store = Store::open(p)?;
+                return Ok(Src {
+                    grid: store.block_grid()?,
+                    data: Data::Store(Box::new(store)),
+                });
+            }
+            JobInput::Path(p) => (View::open(p)?, p.clone(), stamp(p)),
+            JobInput::View(v) => (v.clone(), PathBuf::from("<view>"), String::new()),
+        };
+        Ok(Src {
+            grid: Grid::new(view.shape(), &view.block_shape())?,
+            data: Data::View {
+                id: format!("{id} {}", view.describe()),
+                view,
+                name,
+            },
+        })
+    }
+
+    fn path(&self) -> &Path {
+        match &self.data {
+            Data::Store(s) => s.path(),
+            Data::View { name, .. } => name,
+        }
+    }
+
+    fn shape(&self) -> &[u64] {
+        match &self.data {
+            Data::Store(s) => s.shape(),
+            Data::View { view, .. } => view.shape(),
+        }
+    }
+
+    fn dtype(&self) -> DType {
+        match &self.data {
+            Data::Store(s) => s.dtype(),
+            Data::View { view, .. } => view.dtype(),
+        }
+    }
+
+    /// One element of the value absent chunks hold.
+    fn fill_bytes(&self) -> Vec<u8> {
+        match &self.data {
+            Data::Store(s) => s.fill_bytes().to_vec(),
+            Data::View { view, .. } => vec![0; view.dtype().size()],
+        }
+    }
+
+    /// The line of the job's fingerprint that says what this input is.
+    fn identity(&self) -> String {
+        match &self.data {
+            // The metadata and every chunk file's stamp: a store rewritten with new values
+            // is another input (issue 18.6).
+            Data::Store(s) => stamp(s.path()),
+            Data::View { id, .. } => id.clone(),
+        }
+    }
+
+    fn chunk_key(&self, idx: &[u64]) -> String {
+        match &self.data {
+            Data::Store(s) => s.chunk_key(idx),
+            Data::View { .. } => {
+                let i: Vec<String> = idx.iter().map(u64::to_string).collect();
+                format!("block {}", i.join("/"))
+            }
+        }
+    }
+
+    /// Block `idx` at its full block shape (edge blocks padded); `None`: an absent chunk.
+    fn read_chunk(&self, idx: &[u64]) -> Result<Option<Vec<u8>>> {
+        match &self.data {
+            Data::Store(s) => s.read_block(&self.grid, idx),
+            Data::View { view, .. } => {
+                let full: Vec<usize> = self
+                    .grid
+                    .chunk_shape()
+                    .iter()
+                    .map(|&c| c as usize)
+                    .collect();
+                let region = self.grid.chunk_region(idx);
+                let part: Vec<usize> = region.shape().iter().map(|&n| n as usize).collect();
+                let zero = vec![0u8; view.dtype().size()];
+                read_padded(&full, &part, &zero, |buf| {
+                    view.read_region_into(&region, buf)
+                })
+                .map(Some)
+            }
+        }
+    }
+}
+
+/// dask's `map_overlap` / ClearMap's `process`: `f` gets each input's block (the output chunk's
+/// region grown by `halo` on every axis, padded by `boundary`) and fills the output chunk of
+/// type `dtype`.
+///
+/// # Errors
+/// As [`run`], and whatever `f` returns.
+pub fn map_overlap<I, F>(
+    inputs: &[I],
+    out: &Path,
+    halo: &[u64],
+    boundary: Boundary,
+    dtype: DType,
+    f: F,
+    opts: &ExecOptions,
+) -> Result<ExecReport>
+where
+    I: Into<JobInput> + Clone,
+    F: Fn(&[Block<'_>], &mut OutBlock<'_>) -> Result<()> + Sync,
+{
+    let kernel = FnKernel {
+        halo: halo.iter().map(|&h| (h, h)).collect(),
+        boundary,
+        dtype,
+        name: format!("map_overlap halo={halo:?} boundary={boundary} dtype={dtype}"),
+        f,
+    };
+    run(inputs, out, &kernel, opts)
+}
+
+/// [`map_overlap`] without a halo: `f` sees exactly the output chunk's region of each input.
+///
+/// # Errors
+/// As [`run`].
+pub fn map_blocks<I, F>(
+    inputs: &[I],
+    out: &Path,
+    dtype: DType,
+    f: F,
+    opts: &ExecOptions,
+) -> Result<ExecReport>
+where
+    I: Into<JobInput> + Clone,
+    F: Fn(&[Block<'_>], &mut OutBlock<'_>) -> Result<()> + Sync,
+{
+    map_overlap(inputs, out, &[0], Boundary::Reflect, dtype, f, opts)
+}
+
+fn run_in_pool(
+    inputs: &[JobInput],
+    out: &Path,
+    kernel: &dyn Kernel,
+    opts: &ExecOptions,
+) -> Result<ExecReport> {
+    let start = Instant::now();
+    if inputs.is_empty() {
+        return Err(Error::option("INPUT", "no input given"));
+    }
+    let stores = inputs.iter().map(Src::open).collect::<Result<Vec<_>>>()?;
+    let shape = stores[0].shape().to_vec();
+    for s in &stores[1..] {
+        if s.shape().len() != shape.len() {
+            return Err(Error::ShapeMismatch {
+                left_path: stores[0].path().to_path_buf(),
+                right_path: s.path().to_path_buf(),
+                axis: 0,
+                left: shape.len() as u64,
+                right: s.shape().len() as u64,
+            });
+        }
+        check_shapes(stores[0].path(), &shape, s.path(), s.shape(), None)?;
+    }
+    let ndim = shape.len();
+    let halo = kernel.halo(ndim)?;
+    let boundary = kernel.boundary();
+    let dtypes: Vec<DType> = stores.iter().map(Src::dtype).collect();
+    let out_dtype = kernel.output_dtype(&dtypes)?;
+    let out_chunks = match &opts.chunks {
+        Some(c) => c.clone(),
+        None => stores[0].grid.chunk_shape().to_vec(),
+    };
+    let codec = Codec::resolve(opts.codec, opts.level, out_dtype)?;
+    let spec = StoreSpec::new(shape.clone(), out_dtype, out_chunks.clone())
+        .codec(codec)
+        .checksum(opts.checksum);
+
+    // The fingerprint: everything that changes the result.
+    let mut settings = format!(
+        "chunkwise job v1\nkernel: {}\nboundary: {boundary}\noutput: {} {:?} {:?} checksum={}\n",
+        kernel.describe(),
+        out_dtype,
+        out_chunks,
+        codec,
+        opts.checksum
+    );
+    for s in &stores {
+        settings.push_str(&format!("input: {}\n", s.identity()));
+    }
+    let fingerprint = fnv1a(&settings);
+    let (part, parts) = opts.partition.unwrap_or((0, 1));
+    let state = JobWriter::open(
+        &spec,
+        out,
+        &JobOptions {
+            fingerprint: &fingerprint,
+            settings: &settings,
+            partition: (part, parts),
+            overwrite: opts.overwrite,
+            restart: opts.restart,
+            durability: opts.durability,
+        },
+    )?;
+    let out_grid = Grid::new(&shape, &out_chunks)?;
+    let mut report = ExecReport {
+        path: out.to_path_buf(),
+        status: ExecStatus::AlreadyDone,
+        shape: shape.clone(),
+        dtype: out_dtype,
+        chunk_shape: out_chunks.clone(),
+        chunks_total: out_grid.num_chunks(),
+        chunks_computed: 0,
+        chunks_resumed: 0,
+        decodes: 0,
+        input_chunks: 0,
+        tile: Vec::new(),
+        window_bytes: 0,
+        bytes_stored: 0,
+        seconds: 0.0,
+    };
+    let (job, done) = match state {
+        JobState::AlreadyDone => {
+            report.seconds = start.elapsed().as_secs_f64();
+            return Ok(report);
+        }
+        JobState::Open(job, done) => (job, done),
+    };
+
+    let mut ins = Vec::with_capacity(stores.len());
+    for s in stores {
+        let grid = s.grid.clone();
+        let chunk_shape: Vec<usize> = grid.chunk_shape().iter().map(|&c| c as usize).collect();
+        let itemsize = s.dtype().size();
+        let chunk_bytes = chunk_shape.iter().product::<usize>() * itemsize;
+        let fill: Vec<u8> = s
+            .fill_bytes()
+            .iter()
+            .copied()
+            .cycle()
+            .take(chunk_bytes)
+            .collect();
+        let cval = match boundary {
+            Boundary::Constant(c) => {
+                with_scalar!(s.dtype(), T => bytemuck::bytes_of(&T::from_f64(c)).to_vec())
+            }
+            _ => vec![0; itemsize],
+        };
+        ins.push(Input {
+            store: s,
+            grid,
+            chunk_bytes,
+            itemsize,
+            fill: Arc::new(fill),
+            cval,
+        });
+    }
+
+    // This partition's output chunks: a contiguous range of layers along axis 0.
+    let gshape = out_grid.grid_shape();
+    let layers = gshape[0];
+    let (l0, l1) = (
+        layers * u64::from(part) / u64::from(parts),
+        layers * u64::from(part + 1) / u64::from(parts),
+    );
+    let mine: u64 = (l1 - l0) * gshape[1..].iter().product::<u64>();
+    let threads = rayon::current_num_threads();
+    let budget = opts.memory.unwrap_or_else(default_budget);
+
+    let ctx = Ctx {
+        inputs: ins,
+        shape: shape.clone(),
+        halo,
+        boundary,
+        kernel,
+        out_grid: out_grid.clone(),
+        out_dtype,
+        job: &job,
+        decodes: AtomicU64::new(0),
+        distinct: Mutex::new(HashSet::new()),
+        computed: AtomicU64::new(0),
+        stored: AtomicU64::new(0),
+        tracker: Tracker::new("compute", Unit::Chunks, 0, None),
+        window: Mutex::new(HashMap::new()),
+        reads: Vec::new(),
+        readers: Vec::new(),
+    };
+    let (tile, window_bytes, threads) = plan_tiles(&ctx, budget, threads)?;
+    let todo: u64;
+    let tiles = tiles_of(&gshape, &tile);
+    {
+        let mut n = 0;
+        for t in &tiles {
+            for l in l0..l1 {
+                let mut b = t.clone();
+                b[0] = l..l + 1;
+                n += indices_in(&b).iter().filter(|i| !done.contains(*i)).count() as u64;
+            }
+        }
+        todo = n;
+    }
+    report.chunks_resumed = mine - todo;
+    let (reads, readers) = read_maps(
+        &ctx.inputs,
+        &ctx.out_grid,
+        &ctx.shape,
+        &ctx.halo,
+        ctx.boundary,
+    );
+    let ctx = Ctx {
+        tracker: Tracker::new("compute", Unit::Chunks, todo, opts.progress.clone()),
+        reads,
+        readers,
+        ..ctx
+    };
+    let feed = Feed::new(&ctx, tiles, l0..l1, &done);
+    let ran = if threads < rayon::current_num_threads() {
+        // The budget holds fewer tasks at once than there are workers.
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| Error::option("--threads", e.to_string()))?
+            .install(|| feed.par_bridge().try_for_each(|task| run_task(&ctx, task)))
+    } else {
+        feed.par_bridge().try_for_each(|task| run_task(&ctx, task))
+    };
+    if let Err(e) = ran {
+        drop(ctx);
+        if matches!(e, Error::Compute { .. }) {
+            // The kernel refused its input: a rerun with these settings fails the same way, so
+            // nothing is kept to resume, and a rerun with other settings is not refused.
+            job.abandon();
+        }
+        return Err(e);
+    }
+    report.chunks_computed = ctx.computed.load(Ordering::Relaxed);
+    report.decodes = ctx.decodes.load(Ordering::Relaxed);
+    report.input_chunks = ctx
+        .distinct
+        .lock()
+        .expect("no panics holding the set")
+        .len() as u64;
+    report.bytes_stored = ctx.stored.load(Ordering::Relaxed);
+    drop(ctx);
+    report.status = match job_finish(job)? {
+        Finish::Published => ExecStatus::Published,
+        Finish::Waiting { done, total } => ExecStatus::Waiting { done, total },
+    };
+    report.tile = tile;
+    report.window_bytes = window_bytes;
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn job_finish(job: Box<JobWriter>) -> Result<Finish> {
+    (*job).finish()
+}
+
+/// Applies `kernel` to a whole in-memory array (`data`: C order, little-endian, `dtype` and
+/// `shape`) as one block: the oracle blockwise results are tested against, and what the
+/// criterion benches time. Returns the output type and bytes (C order).
+///
+/// # Errors
+/// The kernel's errors; [`Error::InvalidOption`] if `data` does not hold `shape`.
+pub fn apply_in_memory(
+    kernel: &dyn Kernel,
+    dtype: DType,
+    shape: &[u64],
+    data: &[u8],
+) -> Result<(DType, Vec<u8>)> {
+    let ndim = shape.len();
+    let n = shape.iter().product::<u64>() as usize;
+    if data.len() != n * dtype.size() {
+        return Err(Error::option(
+            "data",
+            format!(
+                "{} bytes do not hold {} {dtype}",
+                data.len(),
+                fmt_shape(shape)
+            ),
+        ));
+    }
+    let halo = kernel.halo(ndim)?;
+    let boundary = kernel.boundary();
+    let out_dtype = kernel.output_dtype(&[dtype])?;
+    let grid = Grid::new(shape, &shape.iter().map(|&s| s.max(1)).collect::<Vec<_>>())?;
+    let mut bshape = Vec::with_capacity(ndim);
+    let mut origin = Vec::with_capacity(ndim);
+    let mut segs = Vec::with_capacity(ndim);
+    let mut valid = Vec::with_capacity(ndim);
+    for a in 0..ndim {
+        let (before, after) = halo[a];
+        let start = -(before as i64);
+        let end = (shape[a] + after) as i64;
+        bshape.push((end - start) as usize);
+        origin.push(start);
+        segs.push(segments(start, end, shape[a], boundary));
+        valid.push(before as usize..before as usize + shape[a] as usize);
+    }
+    let cval = match boundary {
+        Boundary::Constant(c) => {
+            with_scalar!(dtype, T => bytemuck::bytes_of(&T::from_f64(c)).to_vec())
+        }
+        _ => vec![0; dtype.size()],
+    };
+    let nb: usize = bshape.iter().product::<usize>() * dtype.size();
+    let mut block = vec![0u64; nb.div_ceil(8)];
+    {
+        let bytes: &mut [u8] = &mut bytemuck::cast_slice_mut(&mut block[..])[..nb];
+        if n > 0 {
+            fill_block(
+                &grid,
+                |_| Some(data),
+                &cval,
+                dtype.size(),
+                &bshape,
+                &segs,
+                bytes,
+            )?;
+        }
+    }
+    let blocks = [Block {
+        dtype,
+        bytes: &bytemuck::cast_slice(&block[..])[..nb],
+        shape: bshape,
+        valid,
+        origin,
+        array_shape: shape.to_vec(),
+    }];
+    let no = n * out_dtype.size();
+    let mut out = vec![0u64; no.div_ceil(8)];
+    {
+        let mut ob = OutBlock {
+            dtype: out_dtype,
+            bytes: &mut bytemuck::cast_slice_mut(&mut out[..])[..no],
+            chunk_shape: shape.iter().map(|&s| s as usize).collect(),
+            region: Region::full(shape),
+            key: "(in memory)".into(),
+        };
+        kernel.apply(&blocks, &mut ob)?;
+    }
+    let bytes: &[u8] = bytemuck::cast_slice(&out[..]);
+    Ok((out_dtype, bytes[..no].to_vec()))
+}

@@ -1,0 +1,378 @@
+//! Growing arrays without copying them: `append`, `concat` and `stack` (spec/APPEND.md).
+//!
+//! The result's chunks are the inputs' chunk files, hard-linked (or moved) under new keys; only
+//! chunks whose content changes are encoded: new data, and at most one edge layer per join
+//! (the partial last layer of an input that is not last). What changes otherwise is metadata.
+//!
+//! Invariants (APPEND §4): nothing a reader of the old `zarr.json` can reach changes meaning
+//! before the new `zarr.json` is renamed into place (or, when an existing chunk must change
+//! shape, before the whole directory is exchanged for a rebuilt one); the journal written
+//! before that commit lets a rerun say "already done" instead of growing the array twice.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::progress::{ProgressFn, with_threads};
+use crate::source::RawOptions;
+use crate::store::{
+    Durability, Layout, StoreLock, check_removable, check_utf8, clean_stale, is_store,
+    lock_existing, recover_replacement, resolve_links,
+};
+
+mod apply;
+mod commit;
+mod plan;
+mod stack;
+
+use apply::checkpoint_secs;
+use commit::{
+    already_done, build_new, fingerprint, finish_move, grid_name, grow_in_place, output_done,
+    remove_moved,
+};
+use plan::{
+    check_axis, check_join_inputs, check_not_self, check_target, fresh_operand, stored_operand,
+    target_operand,
+};
+pub use stack::stack;
+
+/// The chunk grid a grown array gets along the growth axis (APPEND §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GridLayout {
+    /// `regular` when at most one layer of stored data is re-encoded, else `rectilinear`.
+    #[default]
+    Auto,
+    /// Keep a regular grid every reader understands (re-encodes what does not align).
+    Regular,
+    /// The zarr-extensions `rectilinear` grid: any lengths join with one edge layer re-encoded.
+    Rectilinear,
+}
+
+impl std::str::FromStr for GridLayout {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(GridLayout::Auto),
+            "regular" => Ok(GridLayout::Regular),
+            "rectilinear" => Ok(GridLayout::Rectilinear),
+            other => Err(Error::option(
+                "--layout",
+                format!("{other:?}: use auto, regular or rectilinear"),
+            )),
+        }
+    }
+}
+
+/// Settings for [`append`], [`concat()`], [`concat_into`] and [`stack`].
+#[derive(Clone, Default)]
+pub struct GrowOptions {
+    axis: usize,
+    layout: GridLayout,
+    cast: bool,
+    move_inputs: bool,
+    wait: bool,
+    overwrite: bool,
+    again: bool,
+    raw: RawOptions,
+    threads: Option<usize>,
+    durability: Durability,
+    memory: Option<u64>,
+    checkpoint_secs: Option<f64>,
+    progress: Option<ProgressFn>,
+}
+
+impl std::fmt::Debug for GrowOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrowOptions")
+            .field("axis", &self.axis)
+            .field("layout", &self.layout)
+            .field("cast", &self.cast)
+            .field("move_inputs", &self.move_inputs)
+            .field("wait", &self.wait)
+            .field("overwrite", &self.overwrite)
+            .field("again", &self.again)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GrowOptions {
+    /// The axis to grow along (default 0).
+    pub fn axis(mut self, axis: usize) -> Self {
+        self.axis = axis;
+        self
+    }
+    /// The grid along the axis (default [`GridLayout::Auto`]).
+    pub fn layout(mut self, layout: GridLayout) -> Self {
+        self.layout = layout;
+        self
+    }
+    /// Convert inputs of another type to the array's type, if no value can change.
+    pub fn cast(mut self, on: bool) -> Self {
+        self.cast = on;
+        self
+    }
+    /// Move the inputs' chunk files instead of linking them; the inputs are removed after the
+    /// result is committed.
+    pub fn move_inputs(mut self, on: bool) -> Self {
+        self.move_inputs = on;
+        self
+    }
+    /// Wait for another writer's lock instead of failing.
+    pub fn wait(mut self, on: bool) -> Self {
+        self.wait = on;
+        self
+    }
+    /// Replace an existing output (concat and stack with `-o`).
+    pub fn overwrite(mut self, on: bool) -> Self {
+        self.overwrite = on;
+        self
+    }
+    /// Grow even if the last edit of this array was this very one (append the same data twice).
+    pub fn again(mut self, on: bool) -> Self {
+        self.again = on;
+        self
+    }
+    /// How to read raw inputs.
+    pub fn raw(mut self, raw: RawOptions) -> Self {
+        self.raw = raw;
+        self
+    }
+    /// Worker threads (default: one per core).
+    pub fn threads(mut self, threads: Option<usize>) -> Self {
+        self.threads = threads;
+        self
+    }
+    /// Whether to fsync before committing (default [`Durability::Sync`]).
+    pub fn durability(mut self, d: Durability) -> Self {
+        self.durability = d;
+        self
+    }
+    /// Bytes of input read at once when encoding a layer (default 256 MiB).
+    pub fn memory(mut self, bytes: Option<u64>) -> Self {
+        self.memory = bytes;
+        self
+    }
+    /// How often an in-place append records the layers it has finished, so that a rerun
+    /// after a kill skips them (APPEND §5.1). Default 2 s; 0 records after every layer.
+    pub fn checkpoint_secs(mut self, secs: f64) -> Self {
+        self.checkpoint_secs = Some(secs);
+        self
+    }
+    /// A progress callback (chunks placed).
+    pub fn progress(mut self, cb: Option<ProgressFn>) -> Self {
+        self.progress = cb;
+        self
+    }
+}
+
+/// What a grow did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrowReport {
+    /// The array grown or created.
+    pub path: PathBuf,
+    /// Its shape before (an edit in place) or `None` (a new array).
+    pub old_shape: Option<Vec<u64>>,
+    /// Its shape now.
+    pub shape: Vec<u64>,
+    /// `regular` or `rectilinear`.
+    pub grid: &'static str,
+    /// Chunk files linked (or moved) from the inputs.
+    pub chunks_linked: u64,
+    /// Chunks encoded (new data, and re-encoded edge layers).
+    pub chunks_encoded: u64,
+    /// Chunk layers holding already stored data that were re-encoded (at most one per join).
+    pub layers_reencoded: u64,
+    /// Layers a killed run of the same command had finished, kept as they were (APPEND §5.1).
+    pub layers_resumed: u64,
+    /// Bytes written: encoded chunks, bytes copied where a link was impossible, metadata.
+    pub bytes_written: u64,
+    /// Whether the array directory was rebuilt from links and exchanged (an existing chunk
+    /// changed shape; APPEND §4.3).
+    pub exchanged: bool,
+    /// Nothing was done: the last edit of this array was this same command.
+    pub already_done: bool,
+    /// What went wrong after the result was committed (it stands): with `--move`, an input
+    /// that could not be removed.
+    pub warnings: Vec<String>,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+impl GrowReport {
+    /// A report of nothing written: the array as the journal (or an empty input) left it.
+    fn unchanged(
+        path: &Path,
+        old_shape: Option<Vec<u64>>,
+        shape: Vec<u64>,
+        meta: &Value,
+        already_done: bool,
+        start: Instant,
+    ) -> GrowReport {
+        GrowReport {
+            path: path.to_path_buf(),
+            old_shape,
+            shape,
+            grid: grid_name(meta),
+            chunks_linked: 0,
+            chunks_encoded: 0,
+            layers_reencoded: 0,
+            layers_resumed: 0,
+            bytes_written: 0,
+            exchanged: false,
+            already_done,
+            warnings: Vec::new(),
+            seconds: start.elapsed().as_secs_f64(),
+        }
+    }
+}
+
+/// Appends `inputs` (anything `convert` reads, or stores) to the array at `store` along the
+/// axis, in place (APPEND §2).
+///
+/// # Errors
+/// [`Error::Locked`] if another writer holds the array; [`Error::ShapeMismatch`] naming the
+/// axis and sizes; [`Error::InvalidOption`] for another type without `--cast` or a lossy cast;
+/// input and I/O errors. The array is unchanged after any error.
+pub fn append(store: &Path, inputs: &[PathBuf], opts: &GrowOptions) -> Result<GrowReport> {
+    with_threads(opts.threads, || {
+        let start = Instant::now();
+        if inputs.is_empty() {
+            return Err(Error::option("INPUT", "nothing to append"));
+        }
+        // Through a link, the array it points to is edited and the link stays (APPEND §6.3).
+        let store = &resolve_links(store)?;
+        recover_replacement(store)?;
+        check_target(store)?;
+        checkpoint_secs(opts)?;
+        let _lock = StoreLock::acquire(store, opts.wait)?;
+        clean_stale(store)?;
+        let target = Layout::read(store)?;
+        check_axis(&target, opts.axis)?;
+        check_not_self(store, inputs)?;
+        // The inputs are opened (and so checked: a raw file without its type and shape, a
+        // shape that does not fit) before a rerun can answer "already done" (issue 18.6).
+        let mut ops = vec![target_operand(&target)?];
+        let all_stores = inputs.iter().all(|p| is_store(p));
+        let mut locks = Vec::new();
+        if all_stores {
+            for p in inputs {
+                locks.push(StoreLock::acquire_shared(p, opts.wait)?);
+                ops.push(stored_operand(p, &target, opts, false)?);
+            }
+        } else {
+            ops.push(fresh_operand(inputs, &target, opts)?);
+        }
+        let fp = fingerprint("append", opts, Some(store), inputs);
+        if let Some(done) = already_done(&target, &fp, opts, start)? {
+            return Ok(done);
+        }
+        let r = grow_in_place(&target, ops, opts, &fp, start, &[])?;
+        drop(locks);
+        Ok(r)
+    })
+}
+
+/// Joins the stores `inputs` along the axis into a new array at `out` (APPEND §3).
+///
+/// # Errors
+/// [`Error::Incompatible`] naming the field that differs; [`Error::OutputExists`] without
+/// `overwrite`; [`Error::InvalidOption`] for an output inside an input, or an input given
+/// twice; as [`append`].
+pub fn concat(inputs: &[PathBuf], out: &Path, opts: &GrowOptions) -> Result<GrowReport> {
+    with_threads(opts.threads, || {
+        let start = Instant::now();
+        let out = &resolve_links(out)?;
+        let (fp, _replacing) = match begin_new_output("concat", inputs, out, opts, start)? {
+            Begin::Done(done) => return Ok(done),
+            Begin::Go(fp, lock) => (fp, lock),
+        };
+        let mut locks = Vec::new();
+        let mut ops = Vec::new();
+        let first = Layout::read(&inputs[0])?;
+        for p in inputs {
+            locks.push(StoreLock::acquire_shared(p, opts.wait)?);
+            ops.push(stored_operand(p, &first, opts, true)?);
+        }
+        let r = build_new(&first, ops, out, opts, &fp, start, inputs)?;
+        drop(locks);
+        Ok(r)
+    })
+}
+
+/// Joins the stores `others` onto the end of the array at `target`, in place (`concat --into`).
+///
+/// # Errors
+/// As [`concat()`] and [`append`].
+pub fn concat_into(target: &Path, others: &[PathBuf], opts: &GrowOptions) -> Result<GrowReport> {
+    with_threads(opts.threads, || {
+        let start = Instant::now();
+        let target = &resolve_links(target)?;
+        recover_replacement(target)?;
+        check_target(target)?;
+        let _lock = StoreLock::acquire(target, opts.wait)?;
+        clean_stale(target)?;
+        if let Some(done) = finish_move(target, others, opts, start)? {
+            return Ok(done);
+        }
+        let mut all = vec![target.to_path_buf()];
+        all.extend(others.iter().cloned());
+        check_join_inputs(&all, None)?;
+        if opts.move_inputs {
+            others.iter().try_for_each(|p| check_removable(p))?;
+        }
+        let layout = Layout::read(target)?;
+        let mut ops = vec![target_operand(&layout)?];
+        let mut locks = Vec::new();
+        for p in others {
+            locks.push(StoreLock::acquire_shared(p, opts.wait)?);
+            ops.push(stored_operand(p, &layout, opts, true)?);
+        }
+        let fp = fingerprint("concat", opts, Some(target), others);
+        if let Some(done) = already_done(&layout, &fp, opts, start)? {
+            return Ok(done);
+        }
+        let mut r = grow_in_place(&layout, ops, opts, &fp, start, others)?;
+        drop(locks);
+        if opts.move_inputs {
+            remove_moved(others, &mut r);
+        }
+        Ok(r)
+    })
+}
+
+/// How a join into a new output starts: already done (a rerun), or to do with this fingerprint
+/// (holding the lock of the array it replaces, if any).
+enum Begin {
+    Done(GrowReport),
+    Go(String, Option<StoreLock>),
+}
+
+/// What `concat -o` and `stack` check before building: a rerun of a `--move` or of the whole
+/// join is already done; else the inputs are valid and the output may be written.
+fn begin_new_output(
+    op: &str,
+    inputs: &[PathBuf],
+    out: &Path,
+    opts: &GrowOptions,
+    start: Instant,
+) -> Result<Begin> {
+    check_utf8(out)?;
+    if let Some(done) = finish_move(out, inputs, opts, start)? {
+        return Ok(Begin::Done(done));
+    }
+    check_join_inputs(inputs, Some(out))?;
+    if opts.move_inputs {
+        inputs.iter().try_for_each(|p| check_removable(p))?;
+    }
+    let fp = fingerprint(op, opts, None, inputs);
+    // `--overwrite` (and `--again`) rebuild whatever the output holds.
+    if !(opts.overwrite || opts.again)
+        && let Some(done) = output_done(out, &fp, start)?
+    {
+        return Ok(Begin::Done(done));
+    }
+    crate::store::check_replaceable(out, opts.overwrite)?;
+    Ok(Begin::Go(fp, lock_existing(out)?))
+}
