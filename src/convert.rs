@@ -13,12 +13,15 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use crate::dtype::DType;
+use crate::dtype::Element;
 use crate::error::Result;
 use crate::grid::Grid;
-use crate::grid::{indices_in, storage_order};
+use crate::grid::{default_chunks, indices_in, storage_order};
+use crate::input::Input;
 use crate::progress::{ProgressFn, Tracker, Unit, with_threads};
-use crate::source::{self, Block, RawOptions, Source};
+use crate::source::{Block, Source};
 use crate::store::{Codec, Durability, StoreSpec};
+use ndarray::ArrayViewD;
 
 /// Default bytes of input held at once (one block).
 pub const DEFAULT_MEMORY: u64 = 256 << 20;
@@ -33,7 +36,6 @@ pub struct ConvertOptions {
     subchunks: Option<Vec<u64>>,
     axis_names: Option<Vec<String>>,
     overwrite: bool,
-    raw: RawOptions,
     threads: Option<usize>,
     memory: Option<u64>,
     durability: Durability,
@@ -49,7 +51,6 @@ impl std::fmt::Debug for ConvertOptions {
             .field("subchunks", &self.subchunks)
             .field("axis_names", &self.axis_names)
             .field("overwrite", &self.overwrite)
-            .field("raw", &self.raw)
             .field("threads", &self.threads)
             .field("memory", &self.memory)
             .field("durability", &self.durability)
@@ -91,11 +92,6 @@ impl ConvertOptions {
     /// Replaces an existing array at the output.
     pub fn overwrite(mut self, on: bool) -> Self {
         self.overwrite = on;
-        self
-    }
-    /// Describes raw input (`--dtype`, `--shape`).
-    pub fn raw(mut self, raw: RawOptions) -> Self {
-        self.raw = raw;
         self
     }
     /// Worker threads (default: one per core).
@@ -145,40 +141,49 @@ pub struct ConvertReport {
     pub seconds: f64,
 }
 
-/// The default chunk shape for an array of `shape`: 128 per axis for the last three axes, 1 on
-/// leading axes beyond three; axes other than the first are clipped to the array (axis 0 is the
-/// one arrays grow along, so it keeps the full chunk).
-pub fn default_chunks(shape: &[u64]) -> Vec<u64> {
-    let n = shape.len();
-    let mut c = vec![1u64; n];
-    for (i, ci) in c.iter_mut().enumerate().skip(n.saturating_sub(3)) {
-        *ci = 128;
-        if i > 0 {
-            *ci = (*ci).min(shape[i].max(1));
-        }
-    }
-    if n == 1 {
-        c[0] = 1 << 20;
-    }
-    c
-}
-
-/// Converts `inputs` into a new Zarr v3 array at `out`.
+/// Converts `input` into a new Zarr v3 array at `out`: any [`Input`] (one .npy file; several
+/// .npy files or a directory of them; a raw file; TIFF stacks; a view; a Zarr array to
+/// re-chunk or re-compress; an array in memory), streamed block by block.
 ///
-/// Inputs: one .npy file; several .npy files or a directory of them (stacked along a new first
-/// axis in natural order); a raw file (with [`RawOptions`] or a JSON sidecar); a multi-page
-/// TIFF, or several single-page TIFFs; or a Zarr array (re-chunked / re-compressed).
+/// ```no_run
+/// use chunkwise::{ConvertOptions, Input};
+/// let input = Input::open("slices/")?;
+/// let report = chunkwise::convert(&input, "volume.zarr".as_ref(), &ConvertOptions::default())?;
+/// println!("{} chunks written", report.chunks_written);
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 ///
 /// # Errors
 /// Any [`crate::Error`] naming the file or option at fault; nothing appears at `out` unless
 /// the conversion completes.
-pub fn convert(inputs: &[PathBuf], out: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
-    with_threads(opts.threads, || convert_in_pool(inputs, out, opts))
+pub fn convert(input: &Input, out: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
+    with_threads(opts.threads, || convert_in_pool(input, out, opts))
 }
 
-fn convert_in_pool(inputs: &[PathBuf], out: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
+/// Writes an array in memory as a new Zarr v3 array at `out` ([`convert`] of
+/// [`Input::from_array`]).
+///
+/// ```no_run
+/// use chunkwise::ConvertOptions;
+/// let a = ndarray::ArrayD::<u16>::zeros(vec![64, 256, 256]);
+/// chunkwise::from_array(a.view(), "a.zarr".as_ref(), &ConvertOptions::default())?;
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
+///
+/// # Errors
+/// As [`convert`].
+pub fn from_array<T: Element>(
+    array: ArrayViewD<'_, T>,
+    out: &Path,
+    opts: &ConvertOptions,
+) -> Result<ConvertReport> {
+    convert(&Input::from_array(array)?, out, opts)
+}
+
+fn convert_in_pool(input: &Input, out: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
     let start = Instant::now();
-    let source = source::open(inputs, &opts.raw)?;
+    let view = input.view();
+    let source = view.source();
     let shape = source.shape().to_vec();
     let dtype = source.dtype();
     let chunks = opts
@@ -240,7 +245,7 @@ fn convert_in_pool(inputs: &[PathBuf], out: &Path, opts: &ConvertOptions) -> Res
     let store = writer.commit()?;
     Ok(ConvertReport {
         path: store.path().to_path_buf(),
-        source: source.describe(),
+        source: input.describe(),
         shape,
         dtype,
         chunk_shape: grid.chunk_shape().to_vec(),

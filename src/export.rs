@@ -11,11 +11,11 @@ use crate::copy::c_strides;
 use crate::dtype::DType;
 use crate::error::{IoContext, Result, to_usize};
 use crate::grid::indices_in;
+use crate::input::Input;
 use crate::npy::header_bytes;
 use crate::progress::{ProgressFn, Tracker, Unit, with_threads};
 use crate::region::{ParsedRegion, Region};
-use crate::store::{OutputFile, Store};
-use crate::view::View;
+use crate::store::OutputFile;
 
 /// Settings for [`export`].
 #[derive(Clone, Default)]
@@ -95,54 +95,11 @@ pub struct ExportReport {
 /// # Errors
 /// [`Error::BadRegion`], [`Error::OutputExists`], [`Error::CorruptChunk`] naming the chunk,
 /// [`Error::Io`]; no file appears at `out` on error.
-pub fn export(store: impl AsRef<Path>, out: &Path, opts: &ExportOptions) -> Result<ExportReport> {
-    let path = store.as_ref();
-    let src = if crate::store::is_store(path) || !crate::view::is_spec(path) {
-        Src::Store(Box::new(Store::open(path)?))
-    } else {
-        Src::View(View::from_spec_file(path)?)
-    };
-    with_threads(opts.threads, || export_in_pool(&src, out, opts))
+pub fn export(input: &Input, out: &Path, opts: &ExportOptions) -> Result<ExportReport> {
+    with_threads(opts.threads, || export_in_pool(input, out, opts))
 }
 
-/// What export reads: an array, or a view (a JSON view spec).
-enum Src {
-    Store(Box<Store>),
-    View(View),
-}
-
-impl Src {
-    fn shape(&self) -> &[u64] {
-        match self {
-            Src::Store(s) => s.shape(),
-            Src::View(v) => v.shape(),
-        }
-    }
-
-    fn dtype(&self) -> DType {
-        match self {
-            Src::Store(s) => s.dtype(),
-            Src::View(v) => v.dtype(),
-        }
-    }
-
-    /// The blocks to stream by: the store's chunks, or the view's block shape.
-    fn block_grid(&self) -> Result<crate::grid::Grid> {
-        match self {
-            Src::Store(s) => s.block_grid(),
-            Src::View(v) => crate::grid::Grid::new(v.shape(), &v.block_shape()),
-        }
-    }
-
-    fn read_region_into(&self, region: &Region, out: &mut [u8]) -> Result<()> {
-        match self {
-            Src::Store(s) => s.read_region_into(region, out),
-            Src::View(v) => v.read_region_into(region, out),
-        }
-    }
-}
-
-fn export_in_pool(store: &Src, out: &Path, opts: &ExportOptions) -> Result<ExportReport> {
+fn export_in_pool(store: &Input, out: &Path, opts: &ExportOptions) -> Result<ExportReport> {
     let start = Instant::now();
     let parsed = match &opts.region {
         Some(spec) => Region::parse(spec, store.shape())?,
@@ -183,7 +140,7 @@ fn export_in_pool(store: &Src, out: &Path, opts: &ExportOptions) -> Result<Expor
 
 /// Streams `region` into `file` at `base`, in C order, one block at a time.
 fn write_region(
-    store: &Src,
+    store: &Input,
     region: &Region,
     file: &File,
     path: &Path,
@@ -196,7 +153,7 @@ fn write_region(
     if region.is_empty() {
         return Ok(());
     }
-    let grid = store.block_grid()?;
+    let grid = store.block_grid();
     let chunk_box = grid.chunks_touching(region);
     let axes: Vec<usize> = (0..region.ndim()).collect();
     let budget = opts.memory.unwrap_or(crate::convert::DEFAULT_MEMORY);

@@ -36,6 +36,24 @@ pub(crate) fn product(per_axis: &[Vec<u64>]) -> Vec<Vec<u64>> {
     out
 }
 
+/// The default chunk shape for an array of `shape`: 128 per axis for the last three axes, 1 on
+/// leading axes beyond three; axes other than the first are clipped to the array (axis 0 is the
+/// one arrays grow along, so it keeps the full chunk).
+pub fn default_chunks(shape: &[u64]) -> Vec<u64> {
+    let n = shape.len();
+    let mut c = vec![1u64; n];
+    for (i, ci) in c.iter_mut().enumerate().skip(n.saturating_sub(3)) {
+        *ci = 128;
+        if i > 0 {
+            *ci = (*ci).min(shape[i].max(1));
+        }
+    }
+    if n == 1 {
+        c[0] = 1 << 20;
+    }
+    c
+}
+
 /// A regular chunk grid over an array shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grid {

@@ -19,9 +19,10 @@ use rayon::prelude::*;
 use crate::dtype::{Bound, DType, Number, Scalar, above_bound, below_bound};
 use crate::error::{Error, IoContext, Result};
 use crate::grid::{Grid, indices_in};
+use crate::input::Input;
 use crate::npy::header_bytes;
 use crate::progress::{ProgressFn, Tracker, Unit, with_threads};
-use crate::store::{OutputFile, Store};
+use crate::store::OutputFile;
 use crate::with_scalar;
 
 /// Which voxels are selected. Bounds compare in the array's type, exactly for integers
@@ -188,8 +189,8 @@ fn plane_dims(shape: &[u64]) -> (u64, u64) {
 }
 
 /// Chunk layers along axis 0 (a 1-D array is one layer).
-fn layers(store: &Store, grid: &Grid) -> u64 {
-    if store.ndim() == 1 {
+fn layers(input: &Input, grid: &Grid) -> u64 {
+    if input.ndim() == 1 {
         1
     } else {
         grid.grid_shape()[0]
@@ -198,13 +199,13 @@ fn layers(store: &Store, grid: &Grid) -> u64 {
 
 /// Decodes chunk layer `layer` and sets the bits of its selected voxels.
 fn layer_bits(
-    store: &Store,
+    input: &Input,
     grid: &Grid,
     layer: u64,
     select: Select,
     tracker: &Tracker,
 ) -> Result<Bits> {
-    let shape = store.shape();
+    let shape = input.shape();
     let ndim = shape.len();
     let c0 = grid.chunk_shape()[0];
     let (z0, z1) = if ndim == 1 {
@@ -219,11 +220,11 @@ fn layer_bits(
         boxed[0] = layer..layer + 1;
     }
     let cshape: Vec<usize> = grid.chunk_shape().iter().map(|&c| c as usize).collect();
-    let fill_selected = fill_selected(store, select);
+    let fill_selected = fill_selected(input, select);
     indices_in(&boxed).par_iter().try_for_each(|idx| -> Result<()> {
         let creg = grid.chunk_region(idx);
-        match store.read_block(grid, idx)? {
-            Some(data) => with_scalar!(store.dtype(), T => set_bits::<T>(&bits, &data, &cshape, &creg, select)),
+        match input.read_block(idx)? {
+            Some(data) => with_scalar!(input.dtype(), T => set_bits::<T>(&bits, &data, &cshape, &creg, select)),
             None if fill_selected => {
                 // An absent chunk is all fill value, which the selection takes.
                 let ones = vec![1u8; cshape.iter().product()];
@@ -238,9 +239,9 @@ fn layer_bits(
 }
 
 /// Whether the selection takes the store's fill value (the value of absent chunks).
-fn fill_selected(store: &Store, select: Select) -> bool {
-    let b = store.fill_bytes();
-    with_scalar!(store.dtype(), T => select.test(bytemuck::pod_read_unaligned::<T>(&b[..std::mem::size_of::<T>()])))
+fn fill_selected(input: &Input, select: Select) -> bool {
+    let b = input.fill_bytes();
+    with_scalar!(input.dtype(), T => select.test(bytemuck::pod_read_unaligned::<T>(&b[..std::mem::size_of::<T>()])))
 }
 
 /// A selection compiled for one element type: integer thresholds become exact comparisons
@@ -700,11 +701,11 @@ fn batch() -> usize {
 /// # Errors
 /// [`Error::OutputExists`], [`Error::CorruptChunk`] naming a chunk, [`Error::Io`]; no file
 /// appears at `out` on error.
-pub fn where_coords(store: &Store, out: Option<&Path>, opts: &IndexOptions) -> Result<IndexReport> {
+pub fn where_coords(input: &Input, out: Option<&Path>, opts: &IndexOptions) -> Result<IndexReport> {
     with_threads(opts.threads, || {
         let start = Instant::now();
-        let grid = store.block_grid()?;
-        let ndim = store.ndim();
+        let grid = input.block_grid().clone();
+        let ndim = input.ndim();
         let tracker = Tracker::new(
             "where",
             Unit::Chunks,
@@ -715,21 +716,21 @@ pub fn where_coords(store: &Store, out: Option<&Path>, opts: &IndexOptions) -> R
             .map(|p| NpyRows::create(p, ndim as u64, opts.overwrite))
             .transpose()?;
         let mut count = 0u64;
-        let nlayers = layers(store, &grid);
+        let nlayers = layers(input, &grid);
         // A pipeline of two layers: layer L's coordinates are written while layer L+1 decodes,
         // so neither the last chunks of a layer nor the writing leave a core idle.
         let mut next = (nlayers > 0)
-            .then(|| layer_bits(store, &grid, 0, opts.select, &tracker))
+            .then(|| layer_bits(input, &grid, 0, opts.select, &tracker))
             .transpose()?;
         for layer in 0..nlayers {
             let Some(bits) = next.take() else { break };
             let decode_next = || {
                 (layer + 1 < nlayers)
-                    .then(|| layer_bits(store, &grid, layer + 1, opts.select, &tracker))
+                    .then(|| layer_bits(input, &grid, layer + 1, opts.select, &tracker))
                     .transpose()
             };
             let (n, decoded) = rayon::join(
-                || emit_layer(&bits, writer.as_mut(), store.shape()),
+                || emit_layer(&bits, writer.as_mut(), input.shape()),
                 decode_next,
             );
             count += n?;
@@ -878,18 +879,18 @@ pub fn forward_offsets(ndim: usize, conn: Option<u32>) -> Result<Vec<Vec<i64>>> 
 /// # Errors
 /// As [`where_coords`], and [`Error::InvalidOption`] for an unknown connectivity.
 pub fn graph_edges(
-    store: &Store,
+    input: &Input,
     out: Option<&Path>,
     connectivity: Option<u32>,
     coords: bool,
     opts: &IndexOptions,
 ) -> Result<IndexReport> {
-    let ndim = store.ndim();
+    let ndim = input.ndim();
     let offsets = forward_offsets(ndim, connectivity)?;
     with_threads(opts.threads, || {
         let start = Instant::now();
-        let grid = store.block_grid()?;
-        let shape = store.shape().to_vec();
+        let grid = input.block_grid().clone();
+        let shape = input.shape().to_vec();
         let tracker = Tracker::new(
             "graph",
             Unit::Chunks,
@@ -900,13 +901,13 @@ pub fn graph_edges(
         let mut writer = out
             .map(|p| NpyRows::create(p, cols, opts.overwrite))
             .transpose()?;
-        let nlayers = layers(store, &grid);
+        let nlayers = layers(input, &grid);
         let mut count = 0u64;
-        let mut cur = layer_bits(store, &grid, 0, opts.select, &tracker)?;
+        let mut cur = layer_bits(input, &grid, 0, opts.select, &tracker)?;
         for layer in 0..nlayers {
             // Edges reach one plane ahead: the next layer's bits are needed for the last plane.
             let next = if layer + 1 < nlayers {
-                Some(layer_bits(store, &grid, layer + 1, opts.select, &tracker)?)
+                Some(layer_bits(input, &grid, layer + 1, opts.select, &tracker)?)
             } else {
                 None
             };

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use crate::dtype::DType;
 use crate::error::{Error, IoContext, Result};
+use crate::input::Input;
 use crate::progress::{ProgressFn, Tracker, Unit, with_threads};
 use crate::region::fmt_shape;
 use crate::store::Store;
@@ -16,10 +17,12 @@ use crate::store::Store;
 /// A summary of an array (`chunkwise info`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoreInfo {
-    /// The array directory.
+    /// The array directory (or the input's path).
     pub path: PathBuf,
-    /// Zarr format (3 or 2).
-    pub zarr_format: u8,
+    /// What the input is (`zarr v3 array …`, `.npy file …`, `concat(…)`).
+    pub source: String,
+    /// Zarr format (3 or 2); `None` for an input that is not a Zarr array.
+    pub zarr_format: Option<u8>,
     /// Shape.
     pub shape: Vec<u64>,
     /// Element type.
@@ -56,6 +59,7 @@ impl StoreInfo {
     pub fn to_json(&self) -> Value {
         json!({
             "path": self.path,
+            "source": self.source,
             "zarr_format": self.zarr_format,
             "shape": self.shape,
             "dtype": self.dtype.zarr_name(),
@@ -110,7 +114,10 @@ fn codec_names(codecs: &Value) -> String {
 impl fmt::Display for StoreInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "path:        {}", self.path.display())?;
-        writeln!(f, "format:      zarr v{}", self.zarr_format)?;
+        match self.zarr_format {
+            Some(v) => writeln!(f, "format:      zarr v{v}")?,
+            None => writeln!(f, "format:      {} (read by blocks)", self.source)?,
+        }
         writeln!(
             f,
             "shape:       {} ({})",
@@ -204,12 +211,43 @@ fn dir_bytes(path: &Path) -> Result<u64> {
     Ok(total)
 }
 
-/// Summarises the array at `path`.
+/// Summarises `input`: for a store its chunks, codecs and storage; for any other input its
+/// shape, type and the blocks it is read by.
 ///
 /// # Errors
-/// As [`Store::open`], or [`Error::Io`] reading the directory.
-pub fn info(path: impl AsRef<Path>) -> Result<StoreInfo> {
-    let store = Store::open(path)?;
+/// [`Error::Io`] reading the directory.
+pub fn info(input: &Input) -> Result<StoreInfo> {
+    let Some(store) = input.store() else {
+        let grid = input.block_grid();
+        let stored = input
+            .paths()
+            .iter()
+            .map(|p| {
+                if p.is_dir() {
+                    dir_bytes(p)
+                } else {
+                    Ok(std::fs::metadata(p).map_or(0, |m| m.len()))
+                }
+            })
+            .sum::<Result<u64>>()?;
+        return Ok(StoreInfo {
+            path: input.path().to_path_buf(),
+            source: input.describe(),
+            zarr_format: None,
+            shape: input.shape().to_vec(),
+            dtype: input.dtype(),
+            chunk_shape: Some(grid.chunk_shape().to_vec()),
+            grid_shape: grid.grid_shape(),
+            chunk_grid: Value::Null,
+            chunks_total: grid.num_chunks(),
+            chunks_present: grid.num_chunks(),
+            stored_bytes: stored,
+            logical_bytes: input.shape().iter().product::<u64>() * input.dtype().size() as u64,
+            codecs: Value::Null,
+            fill_value: json!(0),
+            dimension_names: None,
+        });
+    };
     let meta = store.metadata_json();
     let codecs = if store.zarr_format() == 3 {
         meta["codecs"].clone()
@@ -224,7 +262,8 @@ pub fn info(path: impl AsRef<Path>) -> Result<StoreInfo> {
     let logical = store.shape().iter().product::<u64>() * store.dtype().size() as u64;
     Ok(StoreInfo {
         path: store.path().to_path_buf(),
-        zarr_format: store.zarr_format(),
+        source: input.describe(),
+        zarr_format: Some(store.zarr_format()),
         shape: store.shape().to_vec(),
         dtype: store.dtype(),
         chunk_shape: store.chunk_shape(),

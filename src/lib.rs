@@ -6,19 +6,23 @@
 //! checking ([`verify()`]) and exporting ([`export()`]) them. The on-disk format is described
 //! in `spec/FORMAT.md`, the command line in `spec/CLI.md`.
 //!
-//! ```no_run
-//! use std::path::{Path, PathBuf};
-//! use chunkwise::{ConvertOptions, Region, Store};
+//! Every operation reads an [`Input`] (a store, a file `convert` reads, a JSON view spec, a
+//! [`View`] or an array in memory), opened once:
 //!
+//! ```no_run
+//! use std::path::Path;
+//! use chunkwise::{ConvertOptions, Input, Region};
+//!
+//! let slices = Input::open("slices/")?;
 //! let report = chunkwise::convert(
-//!     &[PathBuf::from("slices/")],
+//!     &slices,
 //!     Path::new("volume.zarr"),
 //!     &ConvertOptions::default().chunks(Some(vec![64, 256, 256])),
 //! )?;
 //! println!("{} chunks written", report.chunks_written);
 //!
-//! let store = Store::open("volume.zarr")?;
-//! let block = store.read_region::<u16>(&Region::new(vec![0..10, 0..100, 0..100]))?;
+//! let volume = Input::open("volume.zarr")?;
+//! let block = volume.read_region::<u16>(&Region::new(vec![0..10, 0..100, 0..100]))?;
 //! assert_eq!(block.shape(), &[10, 100, 100]);
 //! # Ok::<(), chunkwise::Error>(())
 //! ```
@@ -39,6 +43,7 @@ mod grid;
 mod grow;
 mod halo;
 mod index;
+mod input;
 mod inspect;
 pub mod kernel;
 mod npy;
@@ -50,20 +55,21 @@ mod store;
 pub mod synth;
 mod view;
 
-pub use convert::{ConvertOptions, ConvertReport, DEFAULT_MEMORY, convert, default_chunks};
+pub use convert::{ConvertOptions, ConvertReport, DEFAULT_MEMORY, convert, from_array};
 pub use dtype::{DType, Element, Number, Scalar};
 pub use error::{Error, Incompatibility, Result};
 pub use exec::{
-    ExecOptions, ExecReport, ExecStatus, JobInput, apply_in_memory, map_blocks, map_overlap, run,
+    ExecOptions, ExecReport, ExecStatus, apply_in_memory, map_blocks, map_overlap, run,
 };
 pub use export::{ExportOptions, ExportReport, export};
-pub use grid::Grid;
+pub use grid::{Grid, default_chunks};
 pub use grow::{GridLayout, GrowOptions, GrowReport, append, concat, concat_into, stack};
 pub use halo::{Boundary, Segment, segments};
 pub use index::{
     IndexOptions, IndexReport, MAX_GRAPH_NDIM, Select, connectivities, forward_offsets,
     graph_edges, where_coords,
 };
+pub use input::Input;
 pub use inspect::{BadChunk, StoreInfo, VerifyReport, human_bytes, info, verify};
 pub use npy::{NpyHeader, header_bytes as npy_header, parse_header as parse_npy_header, write_npy};
 pub use progress::{Progress, ProgressFn, Unit};

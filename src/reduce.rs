@@ -19,10 +19,10 @@ use serde_json::{Value, json};
 use crate::dtype::{DType, Scalar};
 use crate::error::{Error, Result};
 use crate::grid::indices_in;
+use crate::input::Input;
 use crate::kernel::{Block, Scratch};
 use crate::progress::{ProgressFn, Tracker, Unit, with_threads};
 use crate::region::Region;
-use crate::store::Store;
 use crate::with_scalar;
 
 /// A one-pass reduction: an identity, a fold of one chunk's part of the region, and an
@@ -110,29 +110,30 @@ impl ReduceOptions {
 /// # Errors
 /// [`Error::BadRegion`] for a region outside the array, [`Error::CorruptChunk`] naming a chunk
 /// that does not decode, and the reduction's own errors.
-pub fn reduce<R: Reduction>(store: &Store, r: &R, opts: &ReduceOptions) -> Result<R::Acc> {
-    with_threads(opts.threads, || reduce_in_pool(store, r, opts))
+pub fn reduce<R: Reduction>(input: &Input, r: &R, opts: &ReduceOptions) -> Result<R::Acc> {
+    with_threads(opts.threads, || reduce_in_pool(input, r, opts))
 }
 
-fn reduce_in_pool<R: Reduction>(store: &Store, r: &R, opts: &ReduceOptions) -> Result<R::Acc> {
-    let full = Region::full(store.shape());
+fn reduce_in_pool<R: Reduction>(input: &Input, r: &R, opts: &ReduceOptions) -> Result<R::Acc> {
+    let full = Region::full(input.shape());
     let region = opts.region.clone().unwrap_or_else(|| full.clone());
     if region.ndim() != full.ndim() || !full.contains(&region) {
         return Err(Error::BadRegion {
             spec: region.to_string(),
             reason: format!(
                 "outside the array of shape {}",
-                crate::region::fmt_shape(store.shape())
+                crate::region::fmt_shape(input.shape())
             ),
         });
     }
-    let grid = store.block_grid()?;
+    let grid = input.block_grid();
     // The units folded one at a time: the regular grid's chunks (or blocks of a rectilinear
     // grid's longest edges), or, for a reduction per stored chunk, the stored chunks
     // themselves (rectilinear edges included).
-    let exact = r.per_stored_chunk() && store.chunk_shape().is_none();
-    let chunks = if exact {
-        let edges = store.chunk_bounds()?;
+    let rectilinear = input.store().filter(|s| s.chunk_shape().is_none());
+    let exact = r.per_stored_chunk() && rectilinear.is_some();
+    let chunks = if let Some(s) = rectilinear.filter(|_| exact) {
+        let edges = s.chunk_bounds()?;
         let per_axis: Vec<std::ops::Range<u64>> =
             edges.iter().map(|e| 0..e.len() as u64 - 1).collect();
         indices_in(&per_axis)
@@ -146,10 +147,9 @@ fn reduce_in_pool<R: Reduction>(store: &Store, r: &R, opts: &ReduceOptions) -> R
     } else {
         indices_in(&grid.chunks_touching(&region))
     };
-    let edges = if exact {
-        store.chunk_bounds()?
-    } else {
-        Vec::new()
+    let edges = match rectilinear.filter(|_| exact) {
+        Some(s) => s.chunk_bounds()?,
+        None => Vec::new(),
     };
     let tracker = Tracker::new(
         "reduce",
@@ -157,10 +157,10 @@ fn reduce_in_pool<R: Reduction>(store: &Store, r: &R, opts: &ReduceOptions) -> R
         chunks.len() as u64,
         opts.progress.clone(),
     );
-    let itemsize = store.dtype().size();
+    let itemsize = input.dtype().size();
     let cshape: Vec<usize> = grid.chunk_shape().iter().map(|&c| c as usize).collect();
     let chunk_bytes = cshape.iter().product::<usize>() * itemsize;
-    let fill: Vec<u8> = store
+    let fill: Vec<u8> = input
         .fill_bytes()
         .iter()
         .copied()
@@ -200,13 +200,13 @@ fn reduce_in_pool<R: Reduction>(store: &Store, r: &R, opts: &ReduceOptions) -> R
                         "chunk",
                     )?;
                     let mut buf = vec![0u8; n * itemsize];
-                    store.read_region_into(&creg, &mut buf)?;
+                    input.read_region_into(&creg, &mut buf)?;
                     (
                         Some(buf),
                         creg.shape().iter().map(|&n| n as usize).collect(),
                     )
                 } else {
-                    (store.read_block(&grid, idx)?, cshape.clone())
+                    (input.read_block(idx)?, cshape.clone())
                 };
                 let bytes: &[u8] = decoded.as_deref().unwrap_or(&fill);
                 // Typed views need alignment: copy into an aligned buffer if the decoder's
@@ -220,7 +220,7 @@ fn reduce_in_pool<R: Reduction>(store: &Store, r: &R, opts: &ReduceOptions) -> R
                     aligned.insert(s).slice::<u8>(bytes.len())
                 };
                 let block = Block {
-                    dtype: store.dtype(),
+                    dtype: input.dtype(),
                     bytes,
                     shape,
                     valid: part
@@ -230,7 +230,7 @@ fn reduce_in_pool<R: Reduction>(store: &Store, r: &R, opts: &ReduceOptions) -> R
                         .map(|(p, c)| (p.start - c.start) as usize..(p.end - c.start) as usize)
                         .collect(),
                     origin: creg.start().iter().map(|&s| s as i64).collect(),
-                    array_shape: store.shape().to_vec(),
+                    array_shape: input.shape().to_vec(),
                 };
                 r.fold(&mut acc, &block)?;
             }
@@ -941,11 +941,11 @@ impl Reduction for Histogram {
 /// # Errors
 /// As [`reduce`]; [`Error::InvalidOption`] when there are no finite values to span.
 pub fn default_histogram(
-    store: &Store,
+    input: &Input,
     bins: Option<usize>,
     opts: &ReduceOptions,
 ) -> Result<Histogram> {
-    let s = reduce(store, &Stats, opts)?;
+    let s = reduce(input, &Stats, opts)?;
     if bins.is_none()
         && let Some((lo, hi)) = s.int_range()
     {
@@ -953,7 +953,7 @@ pub fn default_histogram(
     }
     let (lo, hi) = match (s.min(), s.max()) {
         (Some(lo), Some(hi)) if lo.is_finite() && hi.is_finite() => (lo, hi),
-        (Some(_), Some(_)) => reduce(store, &FiniteRange, opts)?.ok_or_else(|| {
+        (Some(_), Some(_)) => reduce(input, &FiniteRange, opts)?.ok_or_else(|| {
             Error::option(
                 "--range",
                 "the values are all infinite or NaN: no finite range to take; give --range",
@@ -1007,8 +1007,8 @@ impl Reduction for FiniteRange {
 ///
 /// # Errors
 /// [`Error::BadRegion`].
-pub fn region_of(store: &Store, spec: Option<&str>) -> Result<Option<Region>> {
-    spec.map(|s| Region::parse(s, store.shape()).map(|p| p.region))
+pub fn region_of(input: &Input, spec: Option<&str>) -> Result<Option<Region>> {
+    spec.map(|s| Region::parse(s, input.shape()).map(|p| p.region))
         .transpose()
 }
 

@@ -16,7 +16,8 @@ use serde_json::Value;
 use crate::dtype::{DType, Element, Scalar};
 use crate::error::{Error, IoContext, Result, to_usize};
 use crate::region::{Region, check_shapes, fmt_shape};
-use crate::source::{self, Block, BufferBlock, RawOptions, Source, StoreSource};
+use crate::source::{self, Block, BufferBlock, RawOptions, Source};
+use crate::store::{Store, is_store};
 use crate::with_scalar;
 
 /// A read-only array assembled lazily from stores and files.
@@ -65,23 +66,54 @@ impl View {
     /// # Errors
     /// As `convert` for the same inputs.
     pub fn open_all(inputs: &[PathBuf], raw: &RawOptions) -> Result<View> {
-        if let [one] = inputs
-            && is_spec(one)
-        {
-            return View::from_spec_file(one);
+        let raw_given = raw.dtype.is_some() || raw.shape.is_some();
+        if let [one] = inputs {
+            if is_spec(one) {
+                source::refuse_raw_flags(raw_given, one)?;
+                return View::from_spec_file(one);
+            }
+            if is_store(one) {
+                source::refuse_raw_flags(raw_given, one)?;
+                return Ok(View::from_source(store_source(one)?));
+            }
         }
         Ok(View {
             src: Arc::from(source::open(inputs, raw)?),
         })
     }
 
+    /// The view's source (what `convert` streams from).
+    pub(crate) fn source(&self) -> &Arc<dyn Source> {
+        &self.src
+    }
+
     pub(crate) fn from_source(src: Arc<dyn Source>) -> View {
         View { src }
     }
 
-    /// The view as a boxed source (for `convert`).
-    pub(crate) fn into_source(self) -> Box<dyn Source> {
-        Box::new(Shared(self.src))
+    /// A view of an open store.
+    pub(crate) fn from_store(store: Arc<Store>) -> View {
+        View {
+            src: Arc::new(StoreSource::new(store)),
+        }
+    }
+
+    /// A view of an array in memory (copied once, in C order).
+    ///
+    /// # Errors
+    /// [`Error::TooLarge`] for an array this machine cannot address.
+    pub fn from_array<T: Element>(array: ndarray::ArrayViewD<'_, T>) -> Result<View> {
+        let shape: Vec<u64> = array.shape().iter().map(|&n| n as u64).collect();
+        let mut bytes = Vec::with_capacity(array.len() * T::DTYPE.size());
+        T::extend_le_bytes(&array.iter().copied().collect::<Vec<T>>(), &mut bytes);
+        Ok(View {
+            src: Arc::new(Memory {
+                region: Region::full(&shape),
+                shape,
+                dtype: T::DTYPE,
+                bytes: Arc::new(bytes),
+            }),
+        })
     }
 
     /// The parts joined end to end along `axis`; every other axis must agree, and the types.
@@ -225,7 +257,7 @@ impl View {
                 .zip(shape)
                 .map(|(&c, &n)| c.min(n).max(1))
                 .collect(),
-            _ => crate::convert::default_chunks(shape),
+            _ => crate::grid::default_chunks(shape),
         }
     }
 
@@ -374,30 +406,6 @@ impl View {
     }
 }
 
-/// A shared source behind a box.
-struct Shared(Arc<dyn Source>);
-
-impl Source for Shared {
-    fn shape(&self) -> &[u64] {
-        self.0.shape()
-    }
-    fn dtype(&self) -> DType {
-        self.0.dtype()
-    }
-    fn slow_axis(&self) -> usize {
-        self.0.slow_axis()
-    }
-    fn describe(&self) -> String {
-        self.0.describe()
-    }
-    fn block(&self, region: &Region) -> Result<Box<dyn Block + '_>> {
-        self.0.block(region)
-    }
-    fn chunk_hint(&self) -> Option<Vec<u64>> {
-        self.0.chunk_hint()
-    }
-}
-
 /// Whether `path` is a JSON view spec (a `.json` file that is not a raw file's sidecar).
 pub(crate) fn is_spec(path: &Path) -> bool {
     path.extension()
@@ -463,6 +471,66 @@ fn check_same(first: &View, other: &View, except: Option<usize>) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// An array in memory (C order, native-endian bytes).
+struct Memory {
+    region: Region,
+    shape: Vec<u64>,
+    dtype: DType,
+    bytes: Arc<Vec<u8>>,
+}
+
+impl Source for Memory {
+    fn shape(&self) -> &[u64] {
+        &self.shape
+    }
+
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn describe(&self) -> String {
+        format!("{} {} array in memory", fmt_shape(&self.shape), self.dtype)
+    }
+
+    fn block(&self, _region: &Region) -> Result<Box<dyn Block + '_>> {
+        Ok(Box::new(MemoryBlock(self)))
+    }
+}
+
+struct MemoryBlock<'a>(&'a Memory);
+
+impl Block for MemoryBlock<'_> {
+    fn itemsize(&self) -> usize {
+        self.0.dtype.size()
+    }
+
+    fn read_strided(&self, part: &Region, dst: &mut [u8], offset: usize, strides: &[usize]) {
+        let m = self.0;
+        let shape: Vec<usize> = m.shape.iter().map(|&n| n as usize).collect();
+        let src_strides = crate::copy::c_strides(&shape, m.dtype.size());
+        let src_offset: usize = part
+            .ranges()
+            .iter()
+            .zip(m.region.ranges())
+            .zip(&src_strides)
+            .map(|((p, r), &s)| (p.start - r.start) as usize * s)
+            .sum();
+        let extent: Vec<usize> = part.shape().iter().map(|&n| n as usize).collect();
+        crate::copy::copy_box(
+            &m.bytes,
+            crate::copy::Side {
+                offset: src_offset,
+                strides: &src_strides,
+            },
+            dst,
+            crate::copy::Side { offset, strides },
+            &extent,
+            m.dtype.size(),
+            false,
+        );
+    }
 }
 
 /// Parts end to end along one axis.
@@ -790,7 +858,54 @@ pub(crate) fn convert_values(raw: &[u8], from: DType, to: DType) -> Vec<u8> {
 
 /// A store as a view source (its chunks decode per read).
 pub(crate) fn store_source(path: &Path) -> Result<Arc<dyn Source>> {
-    Ok(Arc::new(StoreSource::open(path)?))
+    Ok(Arc::new(StoreSource::new(Arc::new(Store::open(path)?))))
+}
+
+/// A Zarr array as input (re-chunking or re-compressing a store).
+pub(crate) struct StoreSource {
+    store: Arc<Store>,
+}
+
+impl StoreSource {
+    pub(crate) fn new(store: Arc<Store>) -> Self {
+        StoreSource { store }
+    }
+}
+
+impl Source for StoreSource {
+    fn shape(&self) -> &[u64] {
+        self.store.shape()
+    }
+
+    fn dtype(&self) -> DType {
+        self.store.dtype()
+    }
+
+    fn chunk_hint(&self) -> Option<Vec<u64>> {
+        self.store
+            .block_grid()
+            .ok()
+            .map(|g| g.chunk_shape().to_vec())
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "zarr v{} array {}",
+            self.store.zarr_format(),
+            self.store.path().display()
+        )
+    }
+
+    fn block(&self, region: &Region) -> Result<Box<dyn Block + '_>> {
+        let n = to_usize(u64::try_from(region.len()).unwrap_or(u64::MAX), "block")?;
+        let mut data = vec![0u8; n * self.store.dtype().size()];
+        self.store.read_region_into(region, &mut data)?;
+        Ok(Box::new(BufferBlock::new(
+            region.clone(),
+            data,
+            self.dtype().size(),
+        )))
+    }
 }
 
 #[cfg(test)]

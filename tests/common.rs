@@ -213,3 +213,14 @@ pub fn run_in(bin: &Path, cwd: &Path, user: Option<u32>, args: &[&str]) {
         stderr(&o)
     );
 }
+
+/// Opens a path as an [`chunkwise::Input`] (panicking with the error: a test's own setup).
+pub fn input(p: impl AsRef<Path>) -> chunkwise::Input {
+    let p = p.as_ref();
+    chunkwise::Input::open(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// [`input`] of each path.
+pub fn inputs<P: AsRef<Path>>(ps: &[P]) -> Vec<chunkwise::Input> {
+    ps.iter().map(input).collect()
+}

@@ -37,7 +37,7 @@ pub fn input_store(dir: &Path, name: &str, chunks: &[u64]) -> PathBuf {
     ));
     if !out.exists() {
         chunkwise::convert(
-            &[fixture(&format!("compute/{name}.npy"))],
+            &crate::common::input(fixture(&format!("compute/{name}.npy"))),
             &out,
             &ConvertOptions::default().chunks(Some(chunks.to_vec())),
         )
@@ -135,7 +135,8 @@ fn run_case(
             .join("x")
     ));
     let kernel = kernel_of(&c, dir);
-    let report = chunkwise::run(&[input], &out, kernel.as_ref(), opts).unwrap();
+    let report =
+        chunkwise::run(&[crate::common::input(&input)], &out, kernel.as_ref(), opts).unwrap();
     assert_eq!(report.status, ExecStatus::Published, "{name}");
     (Store::open(&out).unwrap(), report)
 }
@@ -295,6 +296,12 @@ fn neighbourhood_lut_binarises_with_above() {
     let k = NeighbourhoodLut::new(Table::open(&hash_table(dir.path())).unwrap())
         .unwrap()
         .above(Some(700.0.into()));
-    chunkwise::run(&[input], &out, &k, &ExecOptions::default()).unwrap();
+    chunkwise::run(
+        &[crate::common::input(&input)],
+        &out,
+        &k,
+        &ExecOptions::default(),
+    )
+    .unwrap();
     check(&Store::open(&out).unwrap(), "nlut_mask_hash");
 }

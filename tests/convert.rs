@@ -10,7 +10,7 @@ use crate::common::{assert_store_eq, expected, fixture, store_bytes, tmp};
 fn convert_fixture(input: &str, opts: &ConvertOptions) -> (tempfile::TempDir, Store) {
     let dir = tmp();
     let out = dir.path().join("out.zarr");
-    chunkwise::convert(&[fixture(input)], &out, opts).expect("convert");
+    chunkwise::convert(&crate::common::input(fixture(input)), &out, opts).expect("convert");
     let store = Store::open(&out).expect("open");
     (dir, store)
 }
@@ -59,12 +59,18 @@ fn npy_stack_from_listed_files_and_glob() {
         .collect();
     files.reverse(); // order given does not matter: natural order is applied
     let out = dir.path().join("listed.zarr");
-    chunkwise::convert(&files, &out, &ConvertOptions::default()).unwrap();
+    let listed = chunkwise::Input::open_all(&files, &RawOptions::default()).unwrap();
+    chunkwise::convert(&listed, &out, &ConvertOptions::default()).unwrap();
     assert_store_eq(&Store::open(&out).unwrap(), &expected("stack_u16"));
 
     let pattern = fixture("inputs/stack_u16").join("slice_*.npy");
     let out = dir.path().join("glob.zarr");
-    chunkwise::convert(&[pattern], &out, &ConvertOptions::default()).unwrap();
+    chunkwise::convert(
+        &crate::common::input(pattern),
+        &out,
+        &ConvertOptions::default(),
+    )
+    .unwrap();
     assert_store_eq(&Store::open(&out).unwrap(), &expected("stack_u16"));
 }
 
@@ -84,14 +90,18 @@ fn raw_with_sidecar_and_with_flags() {
         &ConvertOptions::default().chunks(Some(vec![3, 8, 8])),
     );
     assert_store_eq(&store, &expected("volume_u16"));
-    let (_d, store) = convert_fixture(
-        "inputs/bare_f32.bin",
-        &ConvertOptions::default().raw(RawOptions {
+    let dir = tmp();
+    let out = dir.path().join("out.zarr");
+    let input = chunkwise::Input::open_all(
+        &[fixture("inputs/bare_f32.bin")],
+        &RawOptions {
             dtype: Some(DType::F32),
             shape: Some(vec![4, 5, 6]),
-        }),
-    );
-    assert_store_eq(&store, &expected("bare_f32"));
+        },
+    )
+    .unwrap();
+    chunkwise::convert(&input, &out, &ConvertOptions::default()).unwrap();
+    assert_store_eq(&Store::open(&out).unwrap(), &expected("bare_f32"));
 }
 
 #[test]
@@ -201,7 +211,7 @@ fn fill_value_chunks_are_not_written() {
     assert_store_eq(&store, &expected("zarr_python_v3_zstd"));
     assert_eq!(store.chunk_stored_size(&[0, 0, 0]).unwrap(), None);
     assert!(store.chunk_stored_size(&[0, 0, 1]).unwrap().is_some());
-    let info = chunkwise::info(store.path()).unwrap();
+    let info = chunkwise::info(&crate::common::input(store.path())).unwrap();
     assert_eq!(info.chunks_present, info.chunks_total - 1);
 }
 
@@ -224,11 +234,11 @@ fn store_input_rechunks_v2_and_v3() {
 fn overwrite_replaces_and_refuses_without_flag() {
     let dir = tmp();
     let out = dir.path().join("o.zarr");
-    let input = [fixture("inputs/c_uint8.npy")];
+    let input = crate::common::input(fixture("inputs/c_uint8.npy"));
     chunkwise::convert(&input, &out, &ConvertOptions::default()).unwrap();
     let err = chunkwise::convert(&input, &out, &ConvertOptions::default()).unwrap_err();
     assert!(matches!(err, chunkwise::Error::OutputExists(_)), "{err}");
-    let input2 = [fixture("inputs/c_int16.npy")];
+    let input2 = crate::common::input(fixture("inputs/c_int16.npy"));
     chunkwise::convert(&input2, &out, &ConvertOptions::default().overwrite(true)).unwrap();
     assert_store_eq(&Store::open(&out).unwrap(), &expected("c_int16"));
     // No build or backup directories are left beside it.

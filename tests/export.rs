@@ -52,7 +52,7 @@ fn regions_match_numpy_slicing() {
                 .region((!spec.is_empty()).then(|| spec.to_string()))
                 .memory(memory)
                 .overwrite(true);
-            chunkwise::export(&store, &out, &opts).unwrap();
+            chunkwise::export(&crate::common::input(&store), &out, &opts).unwrap();
             let got = npy_u16(&out);
             let want = full.slice(slicing.as_slice()).to_owned();
             assert_eq!(got, want, "region {spec:?} memory {memory:?}");
@@ -66,7 +66,7 @@ fn raw_export_is_the_bytes() {
     let out = dir.path().join("v.raw");
     let name = "tensorstore_v3_sharded";
     chunkwise::export(
-        fixture(&format!("stores/{name}.zarr")),
+        &crate::common::input(fixture(&format!("stores/{name}.zarr"))),
         &out,
         &ExportOptions::default().raw(true),
     )
@@ -80,12 +80,17 @@ fn refuses_existing_output_and_bad_regions() {
     let out = dir.path().join("x.npy");
     std::fs::write(&out, b"keep me").unwrap();
     let store = fixture("stores/zarr_python_v3_blosc.zarr");
-    let err = chunkwise::export(&store, &out, &ExportOptions::default()).unwrap_err();
+    let err = chunkwise::export(
+        &crate::common::input(&store),
+        &out,
+        &ExportOptions::default(),
+    )
+    .unwrap_err();
     assert!(matches!(err, chunkwise::Error::OutputExists(_)));
     assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
     for bad in ["0:10:2", "1,2,3", "50", "x"] {
         let err = chunkwise::export(
-            &store,
+            &crate::common::input(&store),
             &dir.path().join("y.npy"),
             &ExportOptions::default().region(Some(bad.into())),
         )

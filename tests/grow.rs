@@ -104,7 +104,7 @@ fn make(dir: &Path, name: &str, arr: &Arr, chunks: &[u64]) -> (PathBuf, PathBuf)
     write_npy(&npy, arr.dtype, &arr.shape, &arr.bytes).unwrap();
     let zarr = dir.join(format!("{name}.zarr"));
     chunkwise::convert(
-        std::slice::from_ref(&npy),
+        &crate::common::input(&npy),
         &zarr,
         &ConvertOptions::default().chunks(Some(chunks.to_vec())),
     )
@@ -131,6 +131,27 @@ fn opts(axis: usize, layout: GridLayout) -> GrowOptions {
         .axis(axis)
         .layout(layout)
         .durability(chunkwise::Durability::NoSync)
+}
+
+/// `append` as the command line gives it its inputs: stores one by one, anything else opened
+/// together as `convert` reads it.
+fn app(
+    target: &Path,
+    paths: &[PathBuf],
+    o: &GrowOptions,
+) -> chunkwise::Result<chunkwise::GrowReport> {
+    let inputs = if paths.iter().all(|p| chunkwise::is_store(p)) {
+        paths
+            .iter()
+            .map(chunkwise::Input::open)
+            .collect::<chunkwise::Result<Vec<_>>>()?
+    } else {
+        vec![chunkwise::Input::open_all(
+            paths,
+            &chunkwise::RawOptions::default(),
+        )?]
+    };
+    chunkwise::append(target, &inputs, o)
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -215,7 +236,7 @@ fn every_dtype_joins() {
         let out = dir.path().join(format!("ab{k}.zarr"));
         chunkwise::concat(&[sa.clone(), sb], &out, &opts(0, GridLayout::Auto)).unwrap();
         assert_arr(&out, &concat_oracle(&[&a, &b], 0), &format!("concat {dt}"));
-        chunkwise::append(&sa, &[nb], &opts(0, GridLayout::Auto)).unwrap();
+        app(&sa, &[nb], &opts(0, GridLayout::Auto)).unwrap();
         assert_arr(&sa, &concat_oracle(&[&a, &b], 0), &format!("append {dt}"));
     }
 }
@@ -235,7 +256,7 @@ fn append_equals_numpy_concatenate() {
             let add = arr(DType::I32, &with_len(&[9, 6, 5], axis, n), 10 + step as u64);
             let npy = dir.path().join(format!("add{axis}_{step}.npy"));
             write_npy(&npy, add.dtype, &add.shape, &add.bytes).unwrap();
-            let r = chunkwise::append(&store, &[npy], &opts(axis, GridLayout::Auto)).unwrap();
+            let r = app(&store, &[npy], &opts(axis, GridLayout::Auto)).unwrap();
             want = concat_oracle(&[&want, &add], axis);
             assert_arr(&store, &want, &format!("append axis {axis} step {step}"));
             assert_eq!(r.grid, "regular");
@@ -244,7 +265,7 @@ fn append_equals_numpy_concatenate() {
         // A store as input, and a 2-D slice (one row along the axis).
         let other = arr(DType::I32, &with_len(&[9, 6, 5], axis, 6), 99);
         let (_, os) = make(dir.path(), &format!("o{axis}"), &other, &[2, 3, 5]);
-        chunkwise::append(&store, &[os], &opts(axis, GridLayout::Auto)).unwrap();
+        app(&store, &[os], &opts(axis, GridLayout::Auto)).unwrap();
         want = concat_oracle(&[&want, &other], axis);
         assert_arr(&store, &want, "append a store");
         let mut slice_shape = want.shape.clone();
@@ -256,7 +277,7 @@ fn append_equals_numpy_concatenate() {
         };
         let npy = dir.path().join(format!("slice{axis}.npy"));
         write_npy(&npy, DType::I32, &slice.shape, &slice.bytes).unwrap();
-        chunkwise::append(&store, &[npy], &opts(axis, GridLayout::Auto)).unwrap();
+        app(&store, &[npy], &opts(axis, GridLayout::Auto)).unwrap();
         let one = Arr {
             shape: with_len(&want.shape, axis, 1),
             ..slice
@@ -271,7 +292,7 @@ fn append_equals_numpy_concatenate() {
     let small = arr(DType::U8, &[5, 4, 4], 4);
     let npy = dir.path().join("u8.npy");
     write_npy(&npy, DType::U8, &small.shape, &small.bytes).unwrap();
-    let err = chunkwise::append(
+    let err = app(
         &store,
         std::slice::from_ref(&npy),
         &opts(0, GridLayout::Auto),
@@ -279,7 +300,7 @@ fn append_equals_numpy_concatenate() {
     .unwrap_err();
     assert!(err.to_string().contains("--cast"), "{err}");
     assert_arr(&store, &base, "unchanged after a refused append");
-    chunkwise::append(&store, &[npy], &opts(0, GridLayout::Auto).cast(true)).unwrap();
+    app(&store, &[npy], &opts(0, GridLayout::Auto).cast(true)).unwrap();
     let widened = Arr {
         dtype: DType::U16,
         shape: small.shape.clone(),
@@ -297,7 +318,7 @@ fn append_equals_numpy_concatenate() {
     let f = arr(DType::F64, &[2, 4, 4], 5);
     let npy = dir.path().join("f64.npy");
     write_npy(&npy, DType::F64, &f.shape, &f.bytes).unwrap();
-    let err = chunkwise::append(&store, &[npy], &opts(0, GridLayout::Auto).cast(true)).unwrap_err();
+    let err = app(&store, &[npy], &opts(0, GridLayout::Auto).cast(true)).unwrap_err();
     assert!(err.to_string().contains("lose values"), "{err}");
 }
 
@@ -378,7 +399,7 @@ fn stack_equals_numpy_stack() {
             let npy = dir.path().join(format!("s{k}.npy"));
             let out = dir.path().join(format!("sh{k}.zarr"));
             chunkwise::convert(
-                &[npy],
+                &crate::common::input(npy),
                 &out,
                 &ConvertOptions::default()
                     .chunks(Some(vec![4, 4, 3]))
@@ -406,7 +427,7 @@ fn sharded_arrays_concat_or_refuse_clearly() {
         let (npy, _) = make(dir.path(), &format!("{name}_plain"), a, &[8, 6, 6]);
         let out = dir.path().join(format!("{name}.zarr"));
         chunkwise::convert(
-            &[npy],
+            &crate::common::input(npy),
             &out,
             &ConvertOptions::default()
                 .chunks(Some(vec![8, 6, 6]))
@@ -481,7 +502,7 @@ fn zarr_python_reads_grown_arrays() {
             json!([64, 36, [64, 2]])
         );
         // `info` shows the edges (and reads the rectilinear array's chunks).
-        let info = chunkwise::info(out).unwrap();
+        let info = chunkwise::info(&crate::common::input(out)).unwrap();
         assert!(
             info.to_string()
                 .contains("rectilinear axis 0: [64,36,[64,2]]"),
@@ -504,7 +525,7 @@ fn zarr_python_reads_grown_arrays() {
     });
     job("appended.zarr", "concatenate", 0, vec![&na, &nb], &|out| {
         copy_dir(&sa, out);
-        chunkwise::append(out, std::slice::from_ref(&nb), &opts(0, GridLayout::Auto)).unwrap();
+        app(out, std::slice::from_ref(&nb), &opts(0, GridLayout::Auto)).unwrap();
     });
     job(
         "appended_rect.zarr",
@@ -513,7 +534,7 @@ fn zarr_python_reads_grown_arrays() {
         vec![&na, &nb],
         &|out| {
             copy_dir(&sa, out);
-            chunkwise::append(
+            app(
                 out,
                 std::slice::from_ref(&nb),
                 &opts(0, GridLayout::Rectilinear),
@@ -567,7 +588,7 @@ fn append_writes_only_new_data() {
         let base = arr(DType::U16, &[n, 8, 8], 1);
         let (_, store) = make(dir.path(), &format!("aligned{k}"), &base, &[4, 8, 8]);
         let before = snapshot(&store);
-        let r = chunkwise::append(
+        let r = app(
             &store,
             std::slice::from_ref(&npy),
             &opts(0, GridLayout::Auto),
@@ -602,7 +623,7 @@ fn append_writes_only_new_data() {
     let base = arr(DType::U16, &[18, 8, 8], 1);
     let (_, store) = make(dir.path(), "partial", &base, &[4, 8, 8]);
     let before = snapshot(&store);
-    let r = chunkwise::append(
+    let r = app(
         &store,
         std::slice::from_ref(&npy),
         &opts(0, GridLayout::Auto),
@@ -642,7 +663,7 @@ fn bad_joins_are_clear_errors_and_lose_nothing() {
     );
     let scodec = dir.path().join("codec.zarr");
     chunkwise::convert(
-        std::slice::from_ref(&nchunk),
+        &crate::common::input(&nchunk),
         &scodec,
         &ConvertOptions::default()
             .chunks(Some(vec![4, 4, 4]))
@@ -663,7 +684,7 @@ fn bad_joins_are_clear_errors_and_lose_nothing() {
         &["axis 1", "4 vs 5"],
     );
     check(
-        chunkwise::append(&sa, std::slice::from_ref(&nws), &o),
+        app(&sa, std::slice::from_ref(&nws), &o),
         &["axis 1", "4 vs 5"],
     );
     check(
@@ -690,12 +711,9 @@ fn bad_joins_are_clear_errors_and_lose_nothing() {
         chunkwise::concat(&[sa.clone(), sws.clone()], &sa.join("inner.zarr"), &o),
         &["inside the input"],
     );
+    check(app(&sa, &[dir.path().join("nope.npy")], &o), &["nope.npy"]);
     check(
-        chunkwise::append(&sa, &[dir.path().join("nope.npy")], &o),
-        &["nope.npy"],
-    );
-    check(
-        chunkwise::append(&sa, std::slice::from_ref(&sa), &o),
+        app(&sa, std::slice::from_ref(&sa), &o),
         &["being appended to"],
     );
     check(
@@ -706,7 +724,7 @@ fn bad_joins_are_clear_errors_and_lose_nothing() {
     let plane = dir.path().join("plane.npy");
     write_npy(&plane, DType::U16, &[4, 4], &[0u8; 32]).unwrap();
     check(
-        chunkwise::append(
+        app(
             &sa,
             std::slice::from_ref(&plane),
             &opts(3, GridLayout::Auto),
@@ -715,7 +733,7 @@ fn bad_joins_are_clear_errors_and_lose_nothing() {
     );
     // A missing target, and a directory that is not an array (left without a lock file).
     check(
-        chunkwise::append(
+        app(
             &dir.path().join("gone.zarr"),
             std::slice::from_ref(&plane),
             &o,
@@ -725,14 +743,14 @@ fn bad_joins_are_clear_errors_and_lose_nothing() {
     let plain = dir.path().join("plain");
     std::fs::create_dir(&plain).unwrap();
     check(
-        chunkwise::append(&plain, std::slice::from_ref(&plane), &o),
+        app(&plain, std::slice::from_ref(&plane), &o),
         &["not a zarr array"],
     );
     assert_eq!(std::fs::read_dir(&plain).unwrap().count(), 0);
     // Empty input: nothing written, the array as it was.
     let empty = dir.path().join("empty.npy");
     write_npy(&empty, DType::U16, &[0, 4, 4], &[]).unwrap();
-    let r = chunkwise::append(&sa, std::slice::from_ref(&empty), &o).unwrap();
+    let r = app(&sa, std::slice::from_ref(&empty), &o).unwrap();
     assert_eq!((r.bytes_written, r.chunks_encoded), (0, 0));
     assert_arr(&sa, &a, "an empty append");
     assert!(!out.exists());
@@ -760,7 +778,7 @@ fn bad_joins_are_clear_errors_and_lose_nothing() {
     let e = arr(DType::U16, &[2, 4, 4], 8);
     write_npy(&extra, DType::U16, &e.shape, &e.bytes).unwrap();
     check(
-        chunkwise::append(&sa, std::slice::from_ref(&extra), &o),
+        app(&sa, std::slice::from_ref(&extra), &o),
         &[&format!("store is locked by pid {}", std::process::id())],
     );
     let out_cli = cw(&["append", sa.to_str().unwrap(), extra.to_str().unwrap()]);
@@ -771,9 +789,8 @@ fn bad_joins_are_clear_errors_and_lose_nothing() {
         stderr(&out_cli)
     );
     let (sa2, extra2) = (sa.clone(), extra.clone());
-    let waiter = std::thread::spawn(move || {
-        chunkwise::append(&sa2, &[extra2], &opts(0, GridLayout::Auto).wait(true))
-    });
+    let waiter =
+        std::thread::spawn(move || app(&sa2, &[extra2], &opts(0, GridLayout::Auto).wait(true)));
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(!waiter.is_finished(), "--wait waits for the lock");
     held.unlock().unwrap();
@@ -1237,7 +1254,7 @@ fn killed_appends_and_concats_leave_the_old_or_the_new_array() {
 #[test]
 fn views_and_rectilinear_arrays_feed_the_executor() {
     use chunkwise::kernel::Gaussian;
-    use chunkwise::{Boundary, ExecOptions, JobInput};
+    use chunkwise::{Boundary, ExecOptions, Input};
     let dir = tmp();
     let d = dir.path();
     let a = arr(DType::U16, &[20, 14, 11], 71);
@@ -1257,7 +1274,7 @@ fn views_and_rectilinear_arrays_feed_the_executor() {
             .1
     };
     let jopts = ExecOptions::default().durability(chunkwise::Durability::NoSync);
-    let check = |input: JobInput, oracle: &Arr, name: &str| {
+    let check = |input: Input, oracle: &Arr, name: &str| {
         let out = d.join(format!("{name}.zarr"));
         let r = chunkwise::run(&[input], &out, &gauss, &jopts)
             .unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -1277,14 +1294,14 @@ fn views_and_rectilinear_arrays_feed_the_executor() {
     )
     .unwrap();
     assert_eq!(r.grid, "rectilinear");
-    check(JobInput::Path(rect.clone()), &ab, "rectilinear");
+    check(crate::common::input(&rect), &ab, "rectilinear");
     // Reductions, where and graph read it too (blocks of its longest edges).
     let values: Vec<u16> = ab
         .bytes
         .chunks(2)
         .map(|b| u16::from_le_bytes([b[0], b[1]]))
         .collect();
-    let rs = Store::open(&rect).unwrap();
+    let rs = crate::common::input(&rect);
     let st =
         chunkwise::reduce(&rs, &chunkwise::Stats, &chunkwise::ReduceOptions::default()).unwrap();
     assert_eq!(
@@ -1318,7 +1335,7 @@ fn views_and_rectilinear_arrays_feed_the_executor() {
     let (e1, e2) = (d.join("e_rect.npy"), d.join("e_reg.npy"));
     chunkwise::graph_edges(&rs, Some(&e1), Some(26), false, &opts_where).unwrap();
     chunkwise::graph_edges(
-        &Store::open(&regular).unwrap(),
+        &crate::common::input(&regular),
         Some(&e2),
         Some(26),
         false,
@@ -1336,7 +1353,7 @@ fn views_and_rectilinear_arrays_feed_the_executor() {
         0,
     )
     .unwrap();
-    check(JobInput::View(view.clone()), &ab, "view");
+    check(Input::from_view(view.clone()).unwrap(), &ab, "view");
     let crop = view.slice(&Region::new(vec![5..29, 2..14, 0..11])).unwrap();
     let crop_oracle = Arr {
         dtype: DType::U16,
@@ -1357,12 +1374,12 @@ fn views_and_rectilinear_arrays_feed_the_executor() {
         }
     }
     assert_eq!(crop_oracle.bytes, from_oracle);
-    check(JobInput::View(crop), &crop_oracle, "slice");
+    check(Input::from_view(crop).unwrap(), &crop_oracle, "slice");
     // A JSON view spec and a bare .npy, through the binary.
     let spec = d.join("view.json");
     std::fs::write(&spec, json!({"concat": ["a.zarr", "b.npy"]}).to_string()).unwrap();
-    check(JobInput::Path(spec.clone()), &ab, "spec");
-    check(JobInput::Path(b_npy.clone()), &b, "npy");
+    check(crate::common::input(&spec), &ab, "spec");
+    check(crate::common::input(&b_npy), &b, "npy");
     let out = d.join("cli.zarr");
     let o = cw(&[
         "gaussian",

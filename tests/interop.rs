@@ -67,7 +67,7 @@ fn v2_stores_are_read_only_inputs() {
     let store = Store::open(fixture("stores/zarr_python_v2_blosc.zarr")).unwrap();
     assert_eq!(store.zarr_format(), 2);
     assert_eq!(store.chunk_key(&[1, 2, 0]), "1.2.0");
-    let info = chunkwise::info(store.path()).unwrap();
+    let info = chunkwise::info(&crate::common::input(store.path())).unwrap();
     assert_eq!(info.codecs["compressor"]["cname"], "lz4");
 }
 
@@ -79,7 +79,7 @@ fn zarr_python_and_tensorstore_read_what_we_write() {
     let mut cases: Vec<(PathBuf, PathBuf)> = Vec::new();
     let mut add = |input: &str, expect: &str, tag: &str, opts: ConvertOptions| {
         let out = dir.path().join(format!("{tag}.zarr"));
-        chunkwise::convert(&[fixture(input)], &out, &opts).expect(tag);
+        chunkwise::convert(&crate::common::input(fixture(input)), &out, &opts).expect(tag);
         cases.push((out, fixture(&format!("expected/{expect}.npy"))));
     };
     for dt in chunkwise::DType::ALL {

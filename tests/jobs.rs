@@ -27,7 +27,7 @@ fn partitions_share_one_job() {
     let input = input_store(dir.path(), "in_u16", &[7, 7, 7]);
     let whole = dir.path().join("whole.zarr");
     let r = chunkwise::run(
-        std::slice::from_ref(&input),
+        &[crate::common::input(&input)],
         &whole,
         &gauss(),
         &ExecOptions::default(),
@@ -38,7 +38,7 @@ fn partitions_share_one_job() {
     let mut computed = 0;
     for part in [2u32, 0, 1] {
         let r = chunkwise::run(
-            std::slice::from_ref(&input),
+            &[crate::common::input(&input)],
             &out,
             &gauss(),
             &ExecOptions::default().partition(Some((part, 3))),
@@ -65,7 +65,7 @@ fn partitions_share_one_job() {
     let meta = Store::open(&out).unwrap().metadata_json();
     assert!(meta["attributes"]["chunkwise"]["fingerprint"].is_string());
     let again = chunkwise::run(
-        std::slice::from_ref(&input),
+        &[crate::common::input(&input)],
         &out,
         &gauss(),
         &ExecOptions::default(),
@@ -81,7 +81,7 @@ fn other_settings_refuse_without_overwrite() {
     let input = input_store(dir.path(), "in_u16", &[16, 16, 16]);
     let out = dir.path().join("g.zarr");
     chunkwise::run(
-        std::slice::from_ref(&input),
+        &[crate::common::input(&input)],
         &out,
         &gauss(),
         &ExecOptions::default(),
@@ -90,7 +90,7 @@ fn other_settings_refuse_without_overwrite() {
     let mut other = gauss();
     other.sigma = vec![2.5];
     let err = chunkwise::run(
-        std::slice::from_ref(&input),
+        &[crate::common::input(&input)],
         &out,
         &other,
         &ExecOptions::default(),
@@ -98,7 +98,7 @@ fn other_settings_refuse_without_overwrite() {
     .unwrap_err();
     assert!(err.to_string().contains("--overwrite"), "{err}");
     let r = chunkwise::run(
-        std::slice::from_ref(&input),
+        &[crate::common::input(&input)],
         &out,
         &other,
         &ExecOptions::default().overwrite(true),
@@ -107,7 +107,7 @@ fn other_settings_refuse_without_overwrite() {
     assert_eq!(r.status, ExecStatus::Published);
     assert_eq!(r.chunks_computed, r.chunks_total);
     let r = chunkwise::run(
-        std::slice::from_ref(&input),
+        &[crate::common::input(&input)],
         &out,
         &other,
         &ExecOptions::default().restart(true),
@@ -125,7 +125,7 @@ fn memory_budget_tiles_the_traversal() {
     let input = input_store(dir.path(), "in_u16", &[5, 5, 5]);
     let a = dir.path().join("a.zarr");
     let big = chunkwise::run(
-        std::slice::from_ref(&input),
+        &[crate::common::input(&input)],
         &a,
         &gauss(),
         &ExecOptions::default(),
@@ -135,7 +135,7 @@ fn memory_budget_tiles_the_traversal() {
     // A budget that holds only small tiles: same result, some chunks decoded twice.
     let b = dir.path().join("b.zarr");
     let small = chunkwise::run(
-        std::slice::from_ref(&input),
+        &[crate::common::input(&input)],
         &b,
         &gauss(),
         &ExecOptions::default()
@@ -156,7 +156,7 @@ fn memory_budget_tiles_the_traversal() {
     );
     // An impossible budget is an error naming the option, not a crash.
     let err = chunkwise::run(
-        std::slice::from_ref(&input),
+        &[crate::common::input(&input)],
         &dir.path().join("c.zarr"),
         &gauss(),
         &ExecOptions::default().memory(Some(1000)),
@@ -174,7 +174,7 @@ fn several_inputs_in_one_closure() {
     let mask = input_store(dir.path(), "in_mask", &[8, 9, 10]);
     let out = dir.path().join("prod.zarr");
     let r = chunkwise::map_overlap(
-        &[image.clone(), mask.clone()],
+        &crate::common::inputs(&[image.clone(), mask.clone()]),
         &out,
         &[1],
         Boundary::Constant(0.0),
@@ -243,7 +243,8 @@ fn bad_input_is_a_clear_error() {
     let u16in = input_store(dir.path(), "in_u16", &[16, 16, 16]);
     let f32in = input_store(dir.path(), "in_f32", &[16, 16, 16]);
     let out = dir.path().join("o.zarr");
-    let one = std::slice::from_ref(&u16in);
+    let one_input = [crate::common::input(&u16in)];
+    let one = &one_input[..];
 
     // A LUT too short for the values present: the first offending value and its chunk.
     let short = dir.path().join("short.npy");
@@ -266,7 +267,7 @@ fn bad_input_is_a_clear_error() {
     // A LUT on float input.
     let ramp = Table::open(&fixture("compute/table_ramp_u8.npy")).unwrap();
     let err = chunkwise::run(
-        std::slice::from_ref(&f32in),
+        &[crate::common::input(&f32in)],
         &out,
         &Lut::new(ramp),
         &ExecOptions::default(),
@@ -311,7 +312,7 @@ fn bad_input_is_a_clear_error() {
 
     // Inputs of different shapes.
     let err = chunkwise::map_blocks(
-        &[u16in.clone(), f32in.clone()],
+        &crate::common::inputs(&[u16in.clone(), f32in.clone()]),
         &out,
         DType::U8,
         |_b, _o| Ok(()),
@@ -361,14 +362,16 @@ fn killed_job_resumes() {
     std::fs::write(&raw, &bytes).unwrap();
     let input = dir.path().join("v.zarr");
     chunkwise::convert(
-        std::slice::from_ref(&raw),
-        &input,
-        &chunkwise::ConvertOptions::default()
-            .raw(chunkwise::RawOptions {
+        &chunkwise::Input::open_all(
+            &[raw],
+            &chunkwise::RawOptions {
                 dtype: Some(DType::U16),
                 shape: Some(shape.to_vec()),
-            })
-            .chunks(Some(vec![8, 16, 16])),
+            },
+        )
+        .unwrap(),
+        &input,
+        &chunkwise::ConvertOptions::default().chunks(Some(vec![8, 16, 16])),
     )
     .unwrap();
     let args = |out: &Path| {

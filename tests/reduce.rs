@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use chunkwise::{
     AxisStats, ConvertOptions, Histogram, IndexOptions, PerChunk, ReduceOptions, Region, Select,
-    Stats, Store,
+    Stats,
 };
 use serde_json::Value;
 
@@ -31,7 +31,7 @@ fn store_of(dir: &Path, input: &str, chunks: &[u64]) -> PathBuf {
     ));
     if !out.exists() {
         chunkwise::convert(
-            &[fixture(input)],
+            &crate::common::input(fixture(input)),
             &out,
             &ConvertOptions::default().chunks(Some(chunks.to_vec())),
         )
@@ -99,7 +99,7 @@ fn stats_of_every_dtype_and_special_values() {
         }
         let input = r["input"].as_str().unwrap();
         for chunks in [[4u64, 5, 3], [128, 128, 128]] {
-            let store = Store::open(store_of(dir.path(), input, &chunks)).unwrap();
+            let store = crate::common::input(store_of(dir.path(), input, &chunks));
             let s = chunkwise::reduce(&store, &Stats, &ReduceOptions::default()).unwrap();
             check_stats(&s, r, &format!("{name} {chunks:?}"));
         }
@@ -109,12 +109,11 @@ fn stats_of_every_dtype_and_special_values() {
 #[test]
 fn stats_are_identical_whatever_the_threads() {
     let dir = tmp();
-    let store = Store::open(store_of(
+    let store = crate::common::input(store_of(
         dir.path(),
         "reduce/special_nan_f32.npy",
         &[3, 2, 4],
-    ))
-    .unwrap();
+    ));
     let a = chunkwise::reduce(&store, &Stats, &ReduceOptions::default().threads(Some(1))).unwrap();
     let b = chunkwise::reduce(&store, &Stats, &ReduceOptions::default().threads(Some(3))).unwrap();
     assert_eq!(a, b);
@@ -125,7 +124,7 @@ fn stats_of_a_region_and_along_an_axis() {
     let dir = tmp();
     let refs = refs();
     let r = &refs["stats_c_uint16_region"];
-    let store = Store::open(store_of(dir.path(), "inputs/c_uint16.npy", &[4, 5, 3])).unwrap();
+    let store = crate::common::input(store_of(dir.path(), "inputs/c_uint16.npy", &[4, 5, 3]));
     let region = Region::parse(r["region"].as_str().unwrap(), store.shape())
         .unwrap()
         .region;
@@ -173,14 +172,14 @@ fn histograms_match_numpy() {
             .map(|x| x.as_u64().unwrap())
             .collect()
     };
-    let u16s = Store::open(store_of(dir.path(), "inputs/c_uint16.npy", &[4, 5, 3])).unwrap();
+    let u16s = crate::common::input(store_of(dir.path(), "inputs/c_uint16.npy", &[4, 5, 3]));
     let h = chunkwise::default_histogram(&u16s, None, &ReduceOptions::default()).unwrap();
     let got = chunkwise::reduce(&u16s, &h, &ReduceOptions::default()).unwrap();
     assert_eq!(got, counts(&refs["hist_c_uint16_default"]["counts"]));
     let h = Histogram::new(5, 100.0, 2000.0).unwrap();
     let got = chunkwise::reduce(&u16s, &h, &ReduceOptions::default()).unwrap();
     assert_eq!(got, counts(&refs["hist_c_uint16_5"]["counts"]));
-    let f64s = Store::open(store_of(dir.path(), "inputs/c_float64.npy", &[4, 5, 3])).unwrap();
+    let f64s = crate::common::input(store_of(dir.path(), "inputs/c_float64.npy", &[4, 5, 3]));
     let h = chunkwise::default_histogram(&f64s, None, &ReduceOptions::default()).unwrap();
     let r = &refs["hist_c_float64_default"];
     for (a, b) in h.edges().iter().zip(r["edges"].as_array().unwrap()) {
@@ -190,12 +189,11 @@ fn histograms_match_numpy() {
         chunkwise::reduce(&f64s, &h, &ReduceOptions::default()).unwrap(),
         counts(&r["counts"])
     );
-    let nan = Store::open(store_of(
+    let nan = crate::common::input(store_of(
         dir.path(),
         "reduce/special_nan_f32.npy",
         &[5, 5, 5],
-    ))
-    .unwrap();
+    ));
     let h = Histogram::new(7, -150.25, 250.5).unwrap();
     let got = chunkwise::reduce(&nan, &h, &ReduceOptions::default()).unwrap();
     assert_eq!(got, counts(&refs["hist_special_nan_f32_7"]["counts"]));
@@ -264,7 +262,7 @@ fn where_matches_argwhere() {
         let ndim = want.0[1] as usize;
         let chunk_sets: Vec<Vec<u64>> = vec![vec![7; ndim], vec![3; ndim], vec![128; ndim]];
         for chunks in chunk_sets {
-            let store = Store::open(store_of(dir.path(), input, &chunks)).unwrap();
+            let store = crate::common::input(store_of(dir.path(), input, &chunks));
             let out = dir.path().join(format!("{reference}.npy"));
             let opts = IndexOptions::default().select(select).overwrite(true);
             let r = chunkwise::where_coords(&store, Some(&out), &opts).unwrap();
@@ -293,7 +291,7 @@ fn graph_edges_match_brute_force() {
         let want = read_i64(&fixture(&format!("reduce/{reference}.npy")));
         let ndim = read_npy(&fixture(input)).shape.len();
         for c in [3u64, 8, 128] {
-            let store = Store::open(store_of(dir.path(), input, &vec![c; ndim])).unwrap();
+            let store = crate::common::input(store_of(dir.path(), input, &vec![c; ndim]));
             let out = dir.path().join(format!("{reference}.npy"));
             let opts = IndexOptions::default().overwrite(true);
             let r = chunkwise::graph_edges(&store, Some(&out), Some(conn), false, &opts).unwrap();
@@ -317,7 +315,7 @@ fn graph_edges_match_brute_force() {
             assert_eq!(pairs, want.1, "{reference} coords");
         }
     }
-    let store = Store::open(store_of(dir.path(), "reduce/graph_in_bool.npy", &[8, 8, 8])).unwrap();
+    let store = crate::common::input(store_of(dir.path(), "reduce/graph_in_bool.npy", &[8, 8, 8]));
     let err = chunkwise::graph_edges(&store, None, Some(10), false, &IndexOptions::default())
         .unwrap_err();
     assert!(

@@ -8,7 +8,7 @@ use crate::common::{chunkwise, fixture, stderr, stdout, tmp};
 fn make_store(dir: &std::path::Path, checksum: bool) -> std::path::PathBuf {
     let out = dir.join("v.zarr");
     chunkwise::convert(
-        &[fixture("inputs/stack_u16")],
+        &crate::common::input(fixture("inputs/stack_u16")),
         &out,
         &ConvertOptions::default()
             .chunks(Some(vec![4, 16, 16]))
@@ -72,13 +72,18 @@ fn truncated_chunk_is_named_on_verify_and_export() {
     );
 
     let out = dir.path().join("e.npy");
-    let err = chunkwise::export(&store, &out, &ExportOptions::default()).unwrap_err();
+    let err = chunkwise::export(
+        &crate::common::input(&store),
+        &out,
+        &ExportOptions::default(),
+    )
+    .unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("c/2/1/3"), "{msg}");
     assert!(!out.exists());
     // A region that avoids the bad chunk still exports.
     chunkwise::export(
-        &store,
+        &crate::common::input(&store),
         &out,
         &ExportOptions::default().region(Some("0:4".into())),
     )

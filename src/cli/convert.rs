@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use chunkwise::{ConvertOptions, ConvertReport, DType, Durability, RawOptions, human_bytes};
+use chunkwise::{ConvertOptions, ConvertReport, DType, Durability, Input, RawOptions, human_bytes};
 
 use super::{CliResult, Global, Outcome, parse_size, say};
 
@@ -64,10 +64,6 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
         .subchunks(a.shard)
         .axis_names(a.axis_names)
         .overwrite(a.overwrite)
-        .raw(RawOptions {
-            dtype,
-            shape: a.shape,
-        })
         .threads(g.threads)
         .memory(a.memory)
         .durability(if a.no_sync {
@@ -76,7 +72,14 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
             Durability::Sync
         })
         .progress(g.progress());
-    let report = chunkwise::convert(&a.inputs, &a.output, &opts)?;
+    let input = Input::open_all(
+        &a.inputs,
+        &RawOptions {
+            dtype,
+            shape: a.shape,
+        },
+    )?;
+    let report = chunkwise::convert(&input, &a.output, &opts)?;
     if !g.quiet {
         say(summary(&report))?;
     }

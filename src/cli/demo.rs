@@ -7,7 +7,7 @@ use chunkwise::kernel::{Gaussian, Threshold};
 use chunkwise::synth::Volume;
 use chunkwise::{
     Boundary, ConvertOptions, DType, Element, ExecOptions, ExportOptions, GrowOptions,
-    IndexOptions, ReduceOptions, Region, Select, Stats, Store, human_bytes,
+    IndexOptions, Input, ReduceOptions, Region, Select, Stats, Store, human_bytes,
 };
 
 use super::{CliError, CliResult, Global, Outcome, say};
@@ -77,11 +77,12 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
         .overwrite(true)
         .threads(g.threads)
         .progress(g.progress());
-    let report = chunkwise::convert(std::slice::from_ref(&slices), &store, &opts)?;
+    let report = chunkwise::convert(&Input::open(&slices)?, &store, &opts)?;
     say(format!("2. {}", super::convert::summary(&report)))?;
 
     // 3. Inspect.
-    let info = chunkwise::info(&store)?;
+    let vol = Input::open(&store)?;
+    let info = chunkwise::info(&vol)?;
     say("3. chunkwise info:")?;
     for line in info.to_string().lines() {
         say(format!("   {line}"))?;
@@ -94,7 +95,7 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
         .overwrite(true)
         .threads(g.threads)
         .progress(g.progress());
-    let r = chunkwise::export(&store, &whole, &eopts)?;
+    let r = chunkwise::export(&vol, &whole, &eopts)?;
     let got = std::fs::read(&whole).map_err(io(&whole))?;
     let header = chunkwise::npy_header(DType::U16, &[nz, ny, nx]);
     let same = got.len() == header.len() + expected.len()
@@ -113,7 +114,7 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
     let plane_path = dir.join("plane.npy");
     let region = format!("{z},{}:{},:", ny / 4, ny / 4 * 3);
     chunkwise::export(
-        &store,
+        &vol,
         &plane_path,
         &eopts.clone().region(Some(region.clone())),
     )?;
@@ -144,7 +145,7 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
         .overwrite(true)
         .threads(g.threads)
         .progress(g.progress());
-    let r = chunkwise::run(std::slice::from_ref(&store), &smooth, &gauss, &jopts)?;
+    let r = chunkwise::run(std::slice::from_ref(&vol), &smooth, &gauss, &jopts)?;
     let (_, want) = chunkwise::apply_in_memory(&gauss, DType::U16, &[nz, ny, nx], &expected)?;
     let same = store_all(&smooth)? == want;
     ok &= same;
@@ -155,7 +156,7 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
     ))?;
     let mask = dir.join("mask.zarr");
     let r = chunkwise::run(
-        std::slice::from_ref(&smooth),
+        &[Input::open(&smooth)?],
         &mask,
         &Threshold { above: 700.into() },
         &jopts,
@@ -167,7 +168,6 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
     ))?;
 
     // 6. One-pass statistics and the voxels above 700, checked against the generated data.
-    let vol = Store::open(&store)?;
     let s = chunkwise::reduce(&vol, &Stats, &ReduceOptions::default().threads(g.threads))?;
     let values: Vec<u64> = expected
         .chunks(2)
@@ -220,7 +220,7 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
         grown.extend_from_slice(&bytes);
     }
     let more_store = dir.join("more.zarr");
-    chunkwise::convert(std::slice::from_ref(&more), &more_store, &opts)?;
+    chunkwise::convert(&Input::open(&more)?, &more_store, &opts)?;
     let gopts = GrowOptions::default()
         .overwrite(true)
         .again(true)
@@ -230,7 +230,7 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
     let r = chunkwise::concat(&[store.clone(), more_store.clone()], &joined, &gopts)?;
     let same = store_all(&joined)? == grown;
     ok &= same;
-    let stored = |p: &Path| chunkwise::info(p).map(|i| i.stored_bytes);
+    let stored = |p: &Path| chunkwise::info(&Input::open(p)?).map(|i| i.stored_bytes);
     say(format!(
         "7. concat volume.zarr + more.zarr -> {}: {} ({} grid), {} chunks linked, {} encoded, \
          {} written for a {} array: {}",
@@ -243,7 +243,7 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
         human_bytes(stored(&joined)?),
         if same { "equals the data" } else { "DIFFERS" }
     ))?;
-    let r = chunkwise::append(&store, std::slice::from_ref(&more), &gopts)?;
+    let r = chunkwise::append(&store, &[Input::open(&more)?], &gopts)?;
     let same = store_all(&store)? == grown;
     ok &= same;
     say(format!(

@@ -35,7 +35,7 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
         .threads(g.threads)
         .memory(a.memory)
         .progress(g.progress());
-    let r = chunkwise::export(&a.store, &a.output, &opts)?;
+    let r = chunkwise::export(&chunkwise::Input::open(&a.store)?, &a.output, &opts)?;
     if !g.quiet {
         say(format!(
             "wrote {}: {} {} (region {}), {} in {:.2} s",

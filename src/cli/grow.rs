@@ -4,7 +4,9 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use chunkwise::{DType, Durability, GridLayout, GrowOptions, GrowReport, RawOptions, human_bytes};
+use chunkwise::{
+    DType, Durability, GridLayout, GrowOptions, GrowReport, Input, RawOptions, human_bytes,
+};
 use serde_json::json;
 
 use super::{CliResult, Global, Outcome, parse_size, say};
@@ -128,12 +130,23 @@ pub(crate) fn append(a: AppendArgs, g: &Global) -> CliResult {
         .axis(a.axis)
         .cast(a.cast)
         .again(a.again)
-        .memory(a.memory)
-        .raw(RawOptions {
-            dtype,
-            shape: a.shape,
-        });
-    let r = chunkwise::append(&a.store, &a.inputs, &opts)?;
+        .memory(a.memory);
+    // Stores are joined one by one (their chunks linked where they fit); files as `convert`
+    // reads them, together (several slices stack into rows).
+    let raw = RawOptions {
+        dtype,
+        shape: a.shape,
+    };
+    let inputs = if a.inputs.iter().all(|p| chunkwise::is_store(p)) && raw == RawOptions::default()
+    {
+        a.inputs
+            .iter()
+            .map(Input::open)
+            .collect::<chunkwise::Result<Vec<_>>>()?
+    } else {
+        vec![Input::open_all(&a.inputs, &raw)?]
+    };
+    let r = chunkwise::append(&a.store, &inputs, &opts)?;
     report(&r, &a.common, g, "appended to")
 }
 

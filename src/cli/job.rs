@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use chunkwise::kernel::lut::Table;
 use chunkwise::kernel::{Correlate1d, Gaussian, Kernel, Lut, NeighbourhoodLut, Threshold};
-use chunkwise::{Boundary, DType, Durability, ExecOptions, ExecReport, ExecStatus, human_bytes};
+use chunkwise::{
+    Boundary, DType, Durability, ExecOptions, ExecReport, ExecStatus, Input, human_bytes,
+};
 
 use super::{CliResult, Global, Outcome, codec_from, parse_size, say};
 
@@ -226,7 +228,7 @@ fn run(a: &JobArgs, k: &dyn Kernel, g: &Global) -> CliResult {
             Durability::Sync
         })
         .progress(g.progress());
-    let r = chunkwise::run(std::slice::from_ref(&a.input), &a.output, k, &opts)?;
+    let r = chunkwise::run(&[Input::open(&a.input)?], &a.output, k, &opts)?;
     if !g.quiet {
         say(summary(&r))?;
     }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use chunkwise::{
-    AxisStats, Histogram, IndexOptions, PerChunk, ReduceOptions, Select, Stats, StatsAcc, Store,
+    AxisStats, Histogram, IndexOptions, Input, PerChunk, ReduceOptions, Select, Stats, StatsAcc,
     human_bytes,
 };
 use serde_json::{Value, json};
@@ -34,7 +34,7 @@ pub(crate) struct StatsArgs {
     overwrite: bool,
 }
 
-fn opts(g: &Global, store: &Store, region: Option<&str>) -> chunkwise::Result<ReduceOptions> {
+fn opts(g: &Global, store: &Input, region: Option<&str>) -> chunkwise::Result<ReduceOptions> {
     Ok(ReduceOptions::default()
         .region(chunkwise::region_of(store, region)?)
         .threads(g.threads)
@@ -74,7 +74,7 @@ fn write_out(path: &std::path::Path, table: &[Vec<f64>], doc: &Value) -> chunkwi
 }
 
 pub(crate) fn stats(a: StatsArgs, g: &Global) -> CliResult {
-    let store = Store::open(&a.store)?;
+    let store = Input::open(&a.store)?;
     let o = opts(g, &store, a.region.as_deref())?;
     if let Some(out) = &a.output {
         if a.axis.is_none() && !a.per_chunk {
@@ -227,7 +227,7 @@ pub(crate) struct HistogramArgs {
 }
 
 pub(crate) fn histogram(a: HistogramArgs, g: &Global) -> CliResult {
-    let store = Store::open(&a.store)?;
+    let store = Input::open(&a.store)?;
     let o = opts(g, &store, a.region.as_deref())?;
     let h = match (&a.range, a.bins) {
         (Some(r), bins) => {
@@ -288,7 +288,7 @@ pub(crate) struct WhereArgs {
 }
 
 pub(crate) fn where_(a: WhereArgs, g: &Global) -> CliResult {
-    let store = Store::open(&a.store)?;
+    let store = Input::open(&a.store)?;
     let o = IndexOptions::default()
         .select(Select::from_bounds(a.above, a.below))
         .threads(g.threads)
@@ -345,7 +345,7 @@ pub(crate) struct GraphArgs {
 }
 
 pub(crate) fn graph(a: GraphArgs, g: &Global) -> CliResult {
-    let store = Store::open(&a.store)?;
+    let store = Input::open(&a.store)?;
     let o = IndexOptions::default()
         .select(Select::from_bounds(a.above, None))
         .threads(g.threads)

@@ -19,19 +19,16 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use crate::copy::read_padded;
 use crate::dtype::{DType, Scalar};
 use crate::error::{Error, Result};
-use crate::fingerprint::{fnv1a, stamp};
+use crate::fingerprint::fnv1a;
 use crate::grid::{Grid, indices_in};
 use crate::halo::{Boundary, fill_block, segments};
+use crate::input::Input;
 use crate::kernel::{Block, FnKernel, Kernel, OutBlock};
 use crate::progress::{ProgressFn, Tracker, Unit, with_threads};
 use crate::region::{Region, check_shapes, fmt_shape};
-use crate::store::{
-    Codec, Durability, Finish, JobOptions, JobState, JobWriter, Store, StoreSpec, is_store,
-};
-use crate::view::View;
+use crate::store::{Codec, Durability, Finish, JobOptions, JobState, JobWriter, StoreSpec};
 use crate::with_scalar;
 
 mod feed;
@@ -40,7 +37,7 @@ mod task;
 
 use feed::Feed;
 use plan::{default_budget, plan_tiles, read_maps, tiles_of};
-use task::{Ctx, Input, run_task};
+use task::{Ctx, Reader, run_task};
 
 /// Settings of a job; build with [`ExecOptions::default`] and the setters.
 #[derive(Clone, Default)]
@@ -186,164 +183,13 @@ pub struct ExecReport {
 /// Inputs that cannot be opened or differ in shape ([`Error::ShapeMismatch`]); the kernel's
 /// errors ([`Error::Compute`], naming the chunk); an impossible memory budget; a locked or
 /// differently-computed output. Nothing appears at `out` unless every chunk is done.
-pub fn run<I: Into<JobInput> + Clone>(
-    inputs: &[I],
+pub fn run(
+    inputs: &[Input],
     out: &Path,
     kernel: &dyn Kernel,
     opts: &ExecOptions,
 ) -> Result<ExecReport> {
-    let inputs: Vec<JobInput> = inputs.iter().cloned().map(Into::into).collect();
-    with_threads(opts.threads, || run_in_pool(&inputs, out, kernel, opts))
-}
-
-/// What a job reads (COMPUTE §1): a store (regular or rectilinear grid), a file `convert`
-/// reads (an `.npy`, raw + sidecar, TIFF), or a JSON view spec on disk; or a [`View`] built in
-/// code. A regular store is read chunk by chunk; anything else by blocks of its natural
-/// block shape ([`View::block_shape`]), each read by region.
-#[derive(Clone, Debug)]
-pub enum JobInput {
-    /// A path.
-    Path(PathBuf),
-    /// A view.
-    View(View),
-}
-
-impl From<PathBuf> for JobInput {
-    fn from(p: PathBuf) -> Self {
-        JobInput::Path(p)
-    }
-}
-
-impl From<&PathBuf> for JobInput {
-    fn from(p: &PathBuf) -> Self {
-        JobInput::Path(p.clone())
-    }
-}
-
-impl From<&Path> for JobInput {
-    fn from(p: &Path) -> Self {
-        JobInput::Path(p.to_path_buf())
-    }
-}
-
-impl From<View> for JobInput {
-    fn from(v: View) -> Self {
-        JobInput::View(v)
-    }
-}
-
-/// An opened job input and the grid of blocks it is read by.
-struct Src {
-    data: Data,
-    /// A store's regular chunk grid (for a rectilinear one, blocks of its longest edges); a
-    /// view's [`View::block_shape`].
-    grid: Grid,
-}
-
-enum Data {
-    Store(Box<Store>),
-    View {
-        view: View,
-        /// What the user gave (for errors): the path, or `<view>`.
-        name: PathBuf,
-        /// The fingerprint line: the view's structure and, for a path, its stamp.
-        id: String,
-    },
-}
-
-impl Src {
-    fn open(input: &JobInput) -> Result<Src> {
-        let (view, name, id) = match input {
-            JobInput::Path(p) if is_store(p) => {
-                let store = Store::open(p)?;
-                return Ok(Src {
-                    grid: store.block_grid()?,
-                    data: Data::Store(Box::new(store)),
-                });
-            }
-            JobInput::Path(p) => (View::open(p)?, p.clone(), stamp(p)),
-            JobInput::View(v) => (v.clone(), PathBuf::from("<view>"), String::new()),
-        };
-        Ok(Src {
-            grid: Grid::new(view.shape(), &view.block_shape())?,
-            data: Data::View {
-                id: format!("{id} {}", view.describe()),
-                view,
-                name,
-            },
-        })
-    }
-
-    fn path(&self) -> &Path {
-        match &self.data {
-            Data::Store(s) => s.path(),
-            Data::View { name, .. } => name,
-        }
-    }
-
-    fn shape(&self) -> &[u64] {
-        match &self.data {
-            Data::Store(s) => s.shape(),
-            Data::View { view, .. } => view.shape(),
-        }
-    }
-
-    fn dtype(&self) -> DType {
-        match &self.data {
-            Data::Store(s) => s.dtype(),
-            Data::View { view, .. } => view.dtype(),
-        }
-    }
-
-    /// One element of the value absent chunks hold.
-    fn fill_bytes(&self) -> Vec<u8> {
-        match &self.data {
-            Data::Store(s) => s.fill_bytes().to_vec(),
-            Data::View { view, .. } => vec![0; view.dtype().size()],
-        }
-    }
-
-    /// The line of the job's fingerprint that says what this input is.
-    fn identity(&self) -> String {
-        match &self.data {
-            // The metadata and every chunk file's stamp: a store rewritten with new values
-            // is another input (issue 18.6).
-            Data::Store(s) => stamp(s.path()),
-            Data::View { id, .. } => id.clone(),
-        }
-    }
-
-    fn chunk_key(&self, idx: &[u64]) -> String {
-        match &self.data {
-            Data::Store(s) => s.chunk_key(idx),
-            Data::View { .. } => {
-                let i: Vec<String> = idx.iter().map(u64::to_string).collect();
-                format!("block {}", i.join("/"))
-            }
-        }
-    }
-
-    /// Block `idx` at its full block shape (edge blocks padded); `None`: an absent chunk.
-    fn read_chunk(&self, idx: &[u64]) -> Result<Option<Vec<u8>>> {
-        match &self.data {
-            Data::Store(s) => s.read_block(&self.grid, idx),
-            Data::View { view, .. } => {
-                let full: Vec<usize> = self
-                    .grid
-                    .chunk_shape()
-                    .iter()
-                    .map(|&c| c as usize)
-                    .collect();
-                let region = self.grid.chunk_region(idx);
-                let part: Vec<usize> = region.shape().iter().map(|&n| n as usize).collect();
-                let zero = vec![0u8; view.dtype().size()];
-                read_padded(&full, &part, &zero, |buf| {
-                    view.read_region_into(&region, buf)
-                })
-                .map(Some)
-            }
-        }
-    }
+    with_threads(opts.threads, || run_in_pool(inputs, out, kernel, opts))
 }
 
 /// dask's `map_overlap` / ClearMap's `process`: `f` gets each input's block (the output chunk's
@@ -352,8 +198,8 @@ impl Src {
 ///
 /// # Errors
 /// As [`run`], and whatever `f` returns.
-pub fn map_overlap<I, F>(
-    inputs: &[I],
+pub fn map_overlap<F>(
+    inputs: &[Input],
     out: &Path,
     halo: &[u64],
     boundary: Boundary,
@@ -362,7 +208,6 @@ pub fn map_overlap<I, F>(
     opts: &ExecOptions,
 ) -> Result<ExecReport>
 where
-    I: Into<JobInput> + Clone,
     F: Fn(&[Block<'_>], &mut OutBlock<'_>) -> Result<()> + Sync,
 {
     let kernel = FnKernel {
@@ -379,22 +224,21 @@ where
 ///
 /// # Errors
 /// As [`run`].
-pub fn map_blocks<I, F>(
-    inputs: &[I],
+pub fn map_blocks<F>(
+    inputs: &[Input],
     out: &Path,
     dtype: DType,
     f: F,
     opts: &ExecOptions,
 ) -> Result<ExecReport>
 where
-    I: Into<JobInput> + Clone,
     F: Fn(&[Block<'_>], &mut OutBlock<'_>) -> Result<()> + Sync,
 {
     map_overlap(inputs, out, &[0], Boundary::Reflect, dtype, f, opts)
 }
 
 fn run_in_pool(
-    inputs: &[JobInput],
+    inputs: &[Input],
     out: &Path,
     kernel: &dyn Kernel,
     opts: &ExecOptions,
@@ -403,7 +247,7 @@ fn run_in_pool(
     if inputs.is_empty() {
         return Err(Error::option("INPUT", "no input given"));
     }
-    let stores = inputs.iter().map(Src::open).collect::<Result<Vec<_>>>()?;
+    let stores = inputs;
     let shape = stores[0].shape().to_vec();
     for s in &stores[1..] {
         if s.shape().len() != shape.len() {
@@ -420,11 +264,11 @@ fn run_in_pool(
     let ndim = shape.len();
     let halo = kernel.halo(ndim)?;
     let boundary = kernel.boundary();
-    let dtypes: Vec<DType> = stores.iter().map(Src::dtype).collect();
+    let dtypes: Vec<DType> = stores.iter().map(Input::dtype).collect();
     let out_dtype = kernel.output_dtype(&dtypes)?;
     let out_chunks = match &opts.chunks {
         Some(c) => c.clone(),
-        None => stores[0].grid.chunk_shape().to_vec(),
+        None => stores[0].block_grid().chunk_shape().to_vec(),
     };
     let codec = Codec::resolve(opts.codec, opts.level, out_dtype)?;
     let spec = StoreSpec::new(shape.clone(), out_dtype, out_chunks.clone())
@@ -440,7 +284,7 @@ fn run_in_pool(
         codec,
         opts.checksum
     );
-    for s in &stores {
+    for s in stores {
         settings.push_str(&format!("input: {}\n", s.identity()));
     }
     let fingerprint = fnv1a(&settings);
@@ -484,7 +328,7 @@ fn run_in_pool(
 
     let mut ins = Vec::with_capacity(stores.len());
     for s in stores {
-        let grid = s.grid.clone();
+        let grid = s.block_grid().clone();
         let chunk_shape: Vec<usize> = grid.chunk_shape().iter().map(|&c| c as usize).collect();
         let itemsize = s.dtype().size();
         let chunk_bytes = chunk_shape.iter().product::<usize>() * itemsize;
@@ -501,8 +345,8 @@ fn run_in_pool(
             }
             _ => vec![0; itemsize],
         };
-        ins.push(Input {
-            store: s,
+        ins.push(Reader {
+            input: s.clone(),
             grid,
             chunk_bytes,
             itemsize,

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::grid::{Grid, product};
 use crate::halo::{Boundary, Segment, segments};
 
-use super::task::{AxisMaps, Ctx, Input};
+use super::task::{AxisMaps, Ctx, Reader};
 
 /// Half the machine's memory: the default budget.
 pub(super) fn default_budget() -> u64 {
@@ -30,7 +30,7 @@ pub(super) fn default_budget() -> u64 {
 /// Per input, per axis: the input chunk indices each output chunk index reads, and who reads
 /// each input chunk index.
 pub(super) fn read_maps(
-    inputs: &[Input],
+    inputs: &[Reader],
     out_grid: &Grid,
     shape: &[u64],
     halo: &[(u64, u64)],

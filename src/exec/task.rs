@@ -16,12 +16,12 @@ use crate::progress::Tracker;
 use crate::region::Region;
 use crate::store::JobWriter;
 
-use super::Src;
 use super::feed::{Slot, Task, Window};
+use crate::input::Input;
 
 /// One input of the job.
-pub(super) struct Input {
-    pub(super) store: Src,
+pub(super) struct Reader {
+    pub(super) input: Input,
     pub(super) grid: Grid,
     pub(super) chunk_bytes: usize,
     pub(super) itemsize: usize,
@@ -37,7 +37,7 @@ pub(super) type AxisMaps = Vec<Vec<Vec<Vec<u64>>>>;
 
 /// Everything the tasks share.
 pub(super) struct Ctx<'a> {
-    pub(super) inputs: Vec<Input>,
+    pub(super) inputs: Vec<Reader>,
     pub(super) shape: Vec<u64>,
     pub(super) halo: Vec<(u64, u64)>,
     pub(super) boundary: Boundary,
@@ -103,12 +103,12 @@ pub(super) fn run_task(ctx: &Ctx<'_>, task: Task) -> Result<()> {
         Task::Decode(slot) => {
             let inp = &ctx.inputs[slot.input];
             let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                inp.store.read_chunk(&slot.idx)
+                inp.input.read_block(&slot.idx)
             }))
             .unwrap_or_else(|_| {
                 Err(Error::CorruptChunk {
-                    store: inp.store.path().to_path_buf(),
-                    key: inp.store.chunk_key(&slot.idx),
+                    store: inp.input.path().to_path_buf(),
+                    key: inp.input.block_key(&slot.idx),
                     reason: "decoding panicked".into(),
                 })
             });
@@ -129,7 +129,7 @@ pub(super) fn run_task(ctx: &Ctx<'_>, task: Task) -> Result<()> {
                 Err(e) => {
                     let (key, reason) = match &e {
                         Error::CorruptChunk { key, reason, .. } => (key.clone(), reason.clone()),
-                        other => (inp.store.chunk_key(&slot.idx), other.to_string()),
+                        other => (inp.input.block_key(&slot.idx), other.to_string()),
                     };
                     let _ = slot.data.set(Err((key, reason)));
                     Err(e)
@@ -168,7 +168,7 @@ fn compute(ctx: &Ctx<'_>, idx: &[u64], slots: Vec<Vec<Arc<Slot>>>) -> Result<()>
         .iter()
         .zip(&ctx.inputs)
         .map(|(b, inp)| Block {
-            dtype: inp.store.dtype(),
+            dtype: inp.input.dtype(),
             bytes: b.bytes(),
             shape: shape.clone(),
             valid: valid.clone(),
@@ -237,7 +237,7 @@ impl BlockBytes {
 /// whole, full-size chunk, e.g. a halo-free kernel on the input's own grid), if it is aligned
 /// for typed views.
 fn whole_chunk(
-    inp: &Input,
+    inp: &Reader,
     slots: &[Arc<Slot>],
     segs: &[Vec<Segment>],
     nbytes: usize,
@@ -261,7 +261,7 @@ fn whole_chunk(
         Ok(d) if (d.as_ptr() as usize).is_multiple_of(8) => Ok(Some(d.clone())),
         Ok(_) => Ok(None),
         Err((key, reason)) => Err(Error::CorruptChunk {
-            store: inp.store.path().to_path_buf(),
+            store: inp.input.path().to_path_buf(),
             key: key.clone(),
             reason: reason.clone(),
         }),
@@ -290,7 +290,7 @@ fn release(ctx: &Ctx<'_>, slots: Vec<Vec<Arc<Slot>>>) {
 /// Fills `block` (C order, `shape`) from the input's decoded chunks following the per-axis
 /// segments: copied (forward, reversed or repeated) or the boundary constant.
 fn assemble(
-    inp: &Input,
+    inp: &Reader,
     slots: &[Arc<Slot>],
     shape: &[usize],
     segs: &[Vec<Segment>],
@@ -305,7 +305,7 @@ fn assemble(
             }
             Err((key, reason)) => {
                 return Err(Error::CorruptChunk {
-                    store: inp.store.path().to_path_buf(),
+                    store: inp.input.path().to_path_buf(),
                     key: key.clone(),
                     reason: reason.clone(),
                 });

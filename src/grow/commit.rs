@@ -23,25 +23,32 @@ use crate::view::View;
 
 // ---------------------------------------------------------------- fingerprints and journals
 
+/// What an edit is: the operation and its settings, the target, and one line per input saying
+/// what it is now ([`crate::Input`]'s identity, or a store's stamp).
 pub(super) fn fingerprint(
     op: &str,
     o: &GrowOptions,
     target: Option<&Path>,
-    inputs: &[PathBuf],
+    inputs: &[String],
 ) -> String {
     let mut text = format!(
-        "chunkwise {op} v2\naxis {} layout {:?} cast {} raw {:?}\n",
-        o.axis, o.layout, o.cast, o.raw
+        "chunkwise {op} v3\naxis {} layout {:?} cast {}\n",
+        o.axis, o.layout, o.cast
     );
     if let Some(t) = target {
         let c = t.canonicalize().unwrap_or_else(|_| t.to_path_buf());
         text.push_str(&format!("into {}\n", c.display()));
     }
-    for p in inputs {
-        text.push_str(&stamp(p));
+    for line in inputs {
+        text.push_str(line);
         text.push('\n');
     }
     fnv1a(&text)
+}
+
+/// The stamps of stores given by path (the fingerprint lines of a join).
+pub(super) fn stamps(paths: &[PathBuf]) -> Vec<String> {
+    paths.iter().map(|p| stamp(p)).collect()
 }
 
 pub(super) fn already_done(

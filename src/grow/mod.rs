@@ -15,11 +15,11 @@ use std::time::Instant;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::input::Input;
 use crate::progress::{ProgressFn, with_threads};
-use crate::source::RawOptions;
 use crate::store::{
-    Durability, Layout, StoreLock, check_removable, check_utf8, clean_stale, is_store,
-    lock_existing, recover_replacement, resolve_links,
+    Durability, Layout, StoreLock, check_removable, check_utf8, clean_stale, lock_existing,
+    recover_replacement, resolve_links,
 };
 
 mod apply;
@@ -30,7 +30,7 @@ mod stack;
 use apply::checkpoint_secs;
 use commit::{
     already_done, build_new, fingerprint, finish_move, grid_name, grow_in_place, output_done,
-    remove_moved,
+    remove_moved, stamps,
 };
 use plan::{
     check_axis, check_join_inputs, check_not_self, check_target, fresh_operand, stored_operand,
@@ -75,7 +75,6 @@ pub struct GrowOptions {
     wait: bool,
     overwrite: bool,
     again: bool,
-    raw: RawOptions,
     threads: Option<usize>,
     durability: Durability,
     memory: Option<u64>,
@@ -132,11 +131,6 @@ impl GrowOptions {
     /// Grow even if the last edit of this array was this very one (append the same data twice).
     pub fn again(mut self, on: bool) -> Self {
         self.again = on;
-        self
-    }
-    /// How to read raw inputs.
-    pub fn raw(mut self, raw: RawOptions) -> Self {
-        self.raw = raw;
         self
     }
     /// Worker threads (default: one per core).
@@ -235,7 +229,7 @@ impl GrowReport {
 /// [`Error::Locked`] if another writer holds the array; [`Error::ShapeMismatch`] naming the
 /// axis and sizes; [`Error::InvalidOption`] for another type without `--cast` or a lossy cast;
 /// input and I/O errors. The array is unchanged after any error.
-pub fn append(store: &Path, inputs: &[PathBuf], opts: &GrowOptions) -> Result<GrowReport> {
+pub fn append(store: &Path, inputs: &[Input], opts: &GrowOptions) -> Result<GrowReport> {
     with_threads(opts.threads, || {
         let start = Instant::now();
         if inputs.is_empty() {
@@ -251,20 +245,22 @@ pub fn append(store: &Path, inputs: &[PathBuf], opts: &GrowOptions) -> Result<Gr
         let target = Layout::read(store)?;
         check_axis(&target, opts.axis)?;
         check_not_self(store, inputs)?;
-        // The inputs are opened (and so checked: a raw file without its type and shape, a
-        // shape that does not fit) before a rerun can answer "already done" (issue 18.6).
+        // The inputs are checked (a shape that does not fit, a type without --cast) before a
+        // rerun can answer "already done" (issue 18.6).
+        // A store is linked where it can be (its chunks fit the array's), anything else encoded.
         let mut ops = vec![target_operand(&target)?];
-        let all_stores = inputs.iter().all(|p| is_store(p));
         let mut locks = Vec::new();
-        if all_stores {
-            for p in inputs {
-                locks.push(StoreLock::acquire_shared(p, opts.wait)?);
-                ops.push(stored_operand(p, &target, opts, false)?);
+        for input in inputs {
+            match input.store() {
+                Some(s) => {
+                    locks.push(StoreLock::acquire_shared(s.path(), opts.wait)?);
+                    ops.push(stored_operand(s.path(), &target, opts, false)?);
+                }
+                None => ops.push(fresh_operand(input, &target, opts)?),
             }
-        } else {
-            ops.push(fresh_operand(inputs, &target, opts)?);
         }
-        let fp = fingerprint("append", opts, Some(store), inputs);
+        let lines: Vec<String> = inputs.iter().map(|i| i.identity().to_string()).collect();
+        let fp = fingerprint("append", opts, Some(store), &lines);
         if let Some(done) = already_done(&target, &fp, opts, start)? {
             return Ok(done);
         }
@@ -329,7 +325,7 @@ pub fn concat_into(target: &Path, others: &[PathBuf], opts: &GrowOptions) -> Res
             locks.push(StoreLock::acquire_shared(p, opts.wait)?);
             ops.push(stored_operand(p, &layout, opts, true)?);
         }
-        let fp = fingerprint("concat", opts, Some(target), others);
+        let fp = fingerprint("concat", opts, Some(target), &stamps(others));
         if let Some(done) = already_done(&layout, &fp, opts, start)? {
             return Ok(done);
         }
@@ -366,7 +362,7 @@ fn begin_new_output(
     if opts.move_inputs {
         inputs.iter().try_for_each(|p| check_removable(p))?;
     }
-    let fp = fingerprint(op, opts, None, inputs);
+    let fp = fingerprint(op, opts, None, &stamps(inputs));
     // `--overwrite` (and `--again`) rebuild whatever the output holds.
     if !(opts.overwrite || opts.again)
         && let Some(done) = output_done(out, &fp, start)?

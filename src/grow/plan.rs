@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::{GridLayout, GrowOptions};
 use crate::error::{Error, Incompatibility, IoContext, Result};
+use crate::input::Input;
 use crate::region::{check_shapes, fmt_shape};
 use crate::store::{Edges, Layout, is_store};
 use crate::view::{View, store_source};
@@ -84,18 +85,14 @@ pub(super) fn stored_operand(
 }
 
 /// New data from files: read through a view, cast and given the growth axis if it lacks it.
-pub(super) fn fresh_operand(
-    inputs: &[PathBuf],
-    base: &Layout,
-    opts: &GrowOptions,
-) -> Result<Operand> {
-    let mut view = View::open_all(inputs, &opts.raw)?;
+pub(super) fn fresh_operand(input: &Input, base: &Layout, opts: &GrowOptions) -> Result<Operand> {
+    let mut view = input.view();
     let ndim = base.shape().len();
     if view.shape().len() + 1 == ndim {
         // One slice: it gains the axis it is appended along.
         view = view.insert_axis(opts.axis)?;
     }
-    let shown = inputs[0].clone();
+    let shown = input.path().to_path_buf();
     if view.shape().len() != ndim {
         return Err(Error::option(
             "INPUT",
@@ -281,9 +278,9 @@ pub(super) fn check_join_inputs(inputs: &[PathBuf], out: Option<&Path>) -> Resul
     Ok(())
 }
 
-pub(super) fn check_not_self(store: &Path, inputs: &[PathBuf]) -> Result<()> {
+pub(super) fn check_not_self(store: &Path, inputs: &[Input]) -> Result<()> {
     let s = store.canonicalize().at(store)?;
-    for p in inputs {
+    for p in inputs.iter().flat_map(|i| i.paths()) {
         if p.canonicalize()
             .ok()
             .is_some_and(|c| c == s || c.starts_with(&s))

@@ -13,9 +13,8 @@ use std::path::{Path, PathBuf};
 
 use crate::copy::{Side, c_strides, copy_box};
 use crate::dtype::DType;
-use crate::error::{Error, IoContext, Result, to_usize};
+use crate::error::{Error, IoContext, Result};
 use crate::region::Region;
-use crate::store::{Store, is_store};
 
 pub(crate) use mapped::{MappedSource, NpyStack};
 pub(crate) use tiff::TiffStack;
@@ -65,22 +64,14 @@ pub struct RawOptions {
     pub shape: Option<Vec<u64>>,
 }
 
-/// Opens the inputs of a convert: see spec/CLI.md ("convert") for the rules.
+/// Opens files as `convert` reads them (spec/CLI.md, "convert"): one .npy, raw or multi-page
+/// TIFF file, several .npy or TIFF files, or a directory of them (stacked along a new first
+/// axis in natural order). Stores and view specs are [`crate::View`]'s to open.
 pub(crate) fn open(inputs: &[PathBuf], raw: &RawOptions) -> Result<Box<dyn Source>> {
     let paths = expand(inputs)?;
     let raw_given = raw.dtype.is_some() || raw.shape.is_some();
-    if let [one] = paths.as_slice()
-        && crate::view::is_spec(one)
-    {
-        refuse_raw_flags(raw_given, one)?;
-        return Ok(crate::view::View::from_spec_file(one)?.into_source());
-    }
     if let [one] = paths.as_slice() {
         if one.is_dir() {
-            if is_store(one) {
-                refuse_raw_flags(raw_given, one)?;
-                return Ok(Box::new(StoreSource::open(one)?));
-            }
             let files = list_dir(one)?;
             return open_files(&files, one, raw_given);
         }
@@ -108,7 +99,7 @@ pub(crate) fn open(inputs: &[PathBuf], raw: &RawOptions) -> Result<Box<dyn Sourc
     open_files(&files, &first, raw_given)
 }
 
-fn refuse_raw_flags(raw_given: bool, path: &Path) -> Result<()> {
+pub(crate) fn refuse_raw_flags(raw_given: bool, path: &Path) -> Result<()> {
     if raw_given {
         return Err(Error::option(
             "--dtype/--shape",
@@ -256,55 +247,6 @@ pub(crate) fn natural_cmp(a: &str, b: &str) -> Ordering {
 fn trim_zeros(d: &[u8]) -> &[u8] {
     let k = d.iter().take_while(|&&c| c == b'0').count();
     &d[k..]
-}
-
-/// A Zarr array as input (re-chunking or re-compressing a store).
-pub(crate) struct StoreSource {
-    store: Store,
-}
-
-impl StoreSource {
-    pub(crate) fn open(path: &Path) -> Result<Self> {
-        Ok(StoreSource {
-            store: Store::open(path)?,
-        })
-    }
-}
-
-impl Source for StoreSource {
-    fn shape(&self) -> &[u64] {
-        self.store.shape()
-    }
-
-    fn dtype(&self) -> DType {
-        self.store.dtype()
-    }
-
-    fn chunk_hint(&self) -> Option<Vec<u64>> {
-        self.store
-            .block_grid()
-            .ok()
-            .map(|g| g.chunk_shape().to_vec())
-    }
-
-    fn describe(&self) -> String {
-        format!(
-            "zarr v{} array {}",
-            self.store.zarr_format(),
-            self.store.path().display()
-        )
-    }
-
-    fn block(&self, region: &Region) -> Result<Box<dyn Block + '_>> {
-        let n = to_usize(u64::try_from(region.len()).unwrap_or(u64::MAX), "block")?;
-        let mut data = vec![0u8; n * self.store.dtype().size()];
-        self.store.read_region_into(region, &mut data)?;
-        Ok(Box::new(BufferBlock::new(
-            region.clone(),
-            data,
-            self.dtype().size(),
-        )))
-    }
 }
 
 /// A block held as a decoded C-order buffer of the block's region.

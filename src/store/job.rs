@@ -21,7 +21,7 @@ use super::is_store;
 use super::spec::{ChunkCodec, Durability, StoreSpec};
 use super::txn::{
     TMP_SUFFIX, check_utf8, lock_existing, parent_dir, recover_replacement, resolve_links, sibling,
-    write_atomic,
+    try_lock_briefly, write_atomic,
 };
 use super::writer::{check_replaceable, encode_and_queue, publish, sync_written};
 use crate::error::{Error, IoContext, Result};
@@ -68,6 +68,7 @@ pub(crate) struct JobWriter {
     durability: Durability,
     files: Option<FileWriter>,
     lock: Option<File>,
+    lock_path: PathBuf,
     log: Mutex<File>,
     pending: Mutex<Vec<Vec<u64>>>,
     checkpointing: Mutex<()>,
@@ -86,17 +87,18 @@ fn read_fingerprint(path: &Path) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Removes a build directory, unless a partition still holds its lock.
-fn wipe(tmp: &Path, path: &Path) -> Result<()> {
+/// Removes a build directory, unless a partition (other than `own`, a lock file this process
+/// holds) still holds its lock.
+fn wipe(tmp: &Path, path: &Path, own: Option<&Path>) -> Result<()> {
     for entry in fs::read_dir(tmp).at(tmp)? {
         let p = entry.at(tmp)?.path();
         let is_lock = p
             .file_name()
             .and_then(|n| n.to_str())
             .is_some_and(|n| n.starts_with("lock."));
-        if is_lock {
+        if is_lock && Some(p.as_path()) != own {
             let f = File::open(&p).at(&p)?;
-            if f.try_lock().is_err() {
+            if !try_lock_briefly(&f, false) {
                 return Err(Error::Locked {
                     path: path.to_path_buf(),
                     holder: format!("a running partition holds {}", p.display()),
@@ -197,7 +199,7 @@ impl JobWriter {
                         ),
                     ));
                 }
-                wipe(&tmp, path)?;
+                wipe(&tmp, path, None)?;
             }
         }
         match fs::create_dir(&tmp) {
@@ -212,7 +214,7 @@ impl JobWriter {
         }
         let lock_path = tmp.join(format!("lock.{part}.{parts}"));
         let lock = File::create(&lock_path).at(&lock_path)?;
-        if lock.try_lock().is_err() {
+        if !try_lock_briefly(&lock, false) {
             return Err(Error::Locked {
                 path: path.to_path_buf(),
                 holder: format!(
@@ -240,6 +242,7 @@ impl JobWriter {
                 durability: o.durability,
                 files: Some(files),
                 lock: Some(lock),
+                lock_path,
                 log: Mutex::new(log),
                 pending: Mutex::new(Vec::new()),
                 checkpointing: Mutex::new(()),
@@ -322,8 +325,9 @@ impl JobWriter {
     /// kernel refusing its input): the build directory goes, unless another partition runs.
     pub(crate) fn abandon(mut self) {
         drop(self.files.take());
+        // Our own lock is held until the directory is gone (it is ours to remove).
+        let _ = wipe(&self.tmp_path, &self.final_path, Some(&self.lock_path));
         self.lock = None;
-        let _ = wipe(&self.tmp_path, &self.final_path);
     }
 
     /// Ends this partition: a last checkpoint, then publishes the array if every chunk of

@@ -153,8 +153,8 @@ impl StoreLock {
             let got = match (wait, shared) {
                 (true, false) => file.lock().map(|()| true),
                 (true, true) => file.lock_shared().map(|()| true),
-                (false, false) => Ok(file.try_lock().is_ok()),
-                (false, true) => Ok(file.try_lock_shared().is_ok()),
+                (false, false) => Ok(try_lock_briefly(&file, false)),
+                (false, true) => Ok(try_lock_briefly(&file, true)),
             };
             if !got.at(&path)? {
                 return Err(Error::Locked {
@@ -181,7 +181,7 @@ impl StoreLock {
     pub(crate) fn create_in(dir: &Path) -> Result<StoreLock> {
         let path = dir.join(LOCK_FILE);
         let mut file = File::create(&path).at(&path)?;
-        if file.try_lock().is_err() {
+        if !try_lock_briefly(&file, false) {
             return Err(Error::Locked {
                 path: dir.to_path_buf(),
                 holder: holder_of(&mut file, &path),
@@ -198,6 +198,26 @@ impl Drop for StoreLock {
             let _ = f.unlock();
         }
     }
+}
+
+/// Tries to lock `file` a few times over about 100 ms before giving up: a lock whose holder
+/// has just released it can live on for a moment in a child process forked before it closed
+/// the file (the descriptor goes at the child's exec), which is not a writer.
+pub(crate) fn try_lock_briefly(file: &File, shared: bool) -> bool {
+    for attempt in 0..20 {
+        let got = if shared {
+            file.try_lock_shared().is_ok()
+        } else {
+            file.try_lock().is_ok()
+        };
+        if got {
+            return true;
+        }
+        if attempt < 19 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    false
 }
 
 /// "store is locked by pid N": the holder writes its pid just after taking the lock, so an

@@ -1,0 +1,306 @@
+//! The one input type: every operation reads an [`Input`], opened once: a Zarr store, a file
+//! `convert` reads (.npy, raw with its sidecar or type and shape, TIFF, a directory of slices),
+//! a JSON view spec, a [`View`] built in code, or an array in memory. It is read by blocks of
+//! its natural grid (a store's chunks, decoded directly; anything else by region) or by any
+//! region.
+//!
+//! Invariant: an input's shape, type and block grid are fixed when it is opened; every block
+//! read is the block grid's chunk at its full shape, padded with the fill value past the edge.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use ndarray::{ArrayD, ArrayViewD};
+
+use crate::copy::read_padded;
+use crate::dtype::{DType, Element};
+use crate::error::{Error, Result};
+use crate::fingerprint::stamp;
+use crate::grid::Grid;
+use crate::region::Region;
+use crate::source::RawOptions;
+use crate::store::{Store, is_store};
+use crate::view::{View, is_spec};
+
+/// An array to read: what every operation takes.
+///
+/// ```no_run
+/// use chunkwise::{Input, Region};
+/// let store = Input::open("volume.zarr")?;           // a Zarr array
+/// let slices = Input::open("slices/")?;              // a directory of .npy slices
+/// let joined = Input::open("view.json")?;            // a JSON view spec
+/// let block = store.read_region::<u16>(&Region::new(vec![0..10, 0..64, 0..64]))?;
+/// assert_eq!(block.shape(), &[10, 64, 64]);
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Input {
+    inner: Inner,
+    /// What the user gave: the (first) path, or `<view>` / `<memory>`.
+    name: PathBuf,
+    /// Every path it was opened from (a stack of files has many), for its fingerprint.
+    paths: Vec<PathBuf>,
+    grid: Grid,
+    /// The fingerprint line (computed on first use: a store's stamp walks its chunk files).
+    identity: Arc<OnceLock<String>>,
+}
+
+#[derive(Clone)]
+enum Inner {
+    Store(Arc<Store>),
+    View(View),
+}
+
+impl std::fmt::Debug for Input {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Input")
+            .field("name", &self.name)
+            .field("shape", &self.shape())
+            .field("dtype", &self.dtype())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Input {
+    /// Opens one path: a store, a JSON view spec, an `.npy`, raw (with a JSON sidecar) or TIFF
+    /// file, or a directory of `.npy`/TIFF slices.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::NotAStore`], [`Error::BadInput`] and the other errors of
+    /// opening that kind of file, naming it.
+    pub fn open(path: impl AsRef<Path>) -> Result<Input> {
+        Input::open_all(&[path.as_ref().to_path_buf()], &RawOptions::default())
+    }
+
+    /// Opens what `convert` reads from `paths` (several files stack along a new first axis;
+    /// a raw file is described by `raw` or its sidecar).
+    ///
+    /// # Errors
+    /// As [`Input::open`]; [`Error::InvalidOption`] for `raw` given with inputs that carry
+    /// their own type and shape.
+    pub fn open_all(paths: &[PathBuf], raw: &RawOptions) -> Result<Input> {
+        let name = match paths {
+            [one] => one.clone(),
+            [first, ..] => first.clone(),
+            [] => return Err(Error::option("input", "no input given")),
+        };
+        if let [one] = paths
+            && is_store(one)
+            && !is_spec(one)
+        {
+            if raw.dtype.is_some() || raw.shape.is_some() {
+                crate::source::refuse_raw_flags(true, one)?;
+            }
+            return Input::from_store_named(Store::open(one)?, name);
+        }
+        let view = View::open_all(paths, raw)?;
+        let mut input = Input::from_view_named(view, name)?;
+        input.paths = paths.to_vec();
+        Ok(input)
+    }
+
+    /// An input reading an open store.
+    ///
+    /// # Errors
+    /// [`Error::BadMetadata`] for a chunk grid chunkwise cannot read by blocks.
+    pub fn from_store(store: Store) -> Result<Input> {
+        let name = store.path().to_path_buf();
+        Input::from_store_named(store, name)
+    }
+
+    fn from_store_named(store: Store, name: PathBuf) -> Result<Input> {
+        let grid = store.block_grid()?;
+        Ok(Input {
+            inner: Inner::Store(Arc::new(store)),
+            paths: vec![name.clone()],
+            name,
+            grid,
+            identity: Arc::default(),
+        })
+    }
+
+    /// An input reading a view (by blocks of [`View::block_shape`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidOption`] for a view whose blocks cannot be laid out (a zero-size axis
+    /// is fine).
+    pub fn from_view(view: View) -> Result<Input> {
+        Input::from_view_named(view, PathBuf::from("<view>"))
+    }
+
+    fn from_view_named(view: View, name: PathBuf) -> Result<Input> {
+        let grid = Grid::new(view.shape(), &view.block_shape())?;
+        Ok(Input {
+            inner: Inner::View(view),
+            paths: Vec::new(),
+            name,
+            grid,
+            identity: Arc::default(),
+        })
+    }
+
+    /// An input holding an array in memory (copied once into the input).
+    ///
+    /// # Errors
+    /// As [`Input::from_view`].
+    pub fn from_array<T: Element>(array: ArrayViewD<'_, T>) -> Result<Input> {
+        Input::from_view_named(View::from_array(array)?, PathBuf::from("<memory>"))
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &[u64] {
+        match &self.inner {
+            Inner::Store(s) => s.shape(),
+            Inner::View(v) => v.shape(),
+        }
+    }
+
+    /// The number of axes.
+    pub fn ndim(&self) -> usize {
+        self.shape().len()
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        match &self.inner {
+            Inner::Store(s) => s.dtype(),
+            Inner::View(v) => v.dtype(),
+        }
+    }
+
+    /// What the input was opened from (for messages): its (first) path, or `<view>`,
+    /// `<memory>`.
+    pub fn path(&self) -> &Path {
+        &self.name
+    }
+
+    /// Every path the input was opened from (empty for a view built in code).
+    pub fn paths(&self) -> &[PathBuf] {
+        &self.paths
+    }
+
+    /// The store, when the input is one.
+    pub fn store(&self) -> Option<&Store> {
+        match &self.inner {
+            Inner::Store(s) => Some(s),
+            Inner::View(_) => None,
+        }
+    }
+
+    /// The input as a view (to join, slice or cast it).
+    pub fn view(&self) -> View {
+        match &self.inner {
+            Inner::Store(s) => View::from_store(s.clone()),
+            Inner::View(v) => v.clone(),
+        }
+    }
+
+    /// One line saying what the input is.
+    pub fn describe(&self) -> String {
+        match &self.inner {
+            Inner::Store(s) => format!("zarr v{} array {}", s.zarr_format(), s.path().display()),
+            Inner::View(v) => v.describe(),
+        }
+    }
+
+    /// The grid of blocks the input reads best by: a store's chunks (for a rectilinear grid,
+    /// blocks as long as its longest chunks), a view's [`View::block_shape`].
+    pub fn block_grid(&self) -> &Grid {
+        &self.grid
+    }
+
+    /// Block `idx` of [`Input::block_grid`] at its full shape, C order, the part past the
+    /// array's edge holding the fill value; `None` for a store chunk that is not stored (all
+    /// fill value).
+    ///
+    /// # Errors
+    /// [`Error::CorruptChunk`] naming the chunk, and the read errors of the input's files.
+    pub fn read_block(&self, idx: &[u64]) -> Result<Option<Vec<u8>>> {
+        match &self.inner {
+            Inner::Store(s) => s.read_block(&self.grid, idx),
+            Inner::View(v) => {
+                let full: Vec<usize> = self
+                    .grid
+                    .chunk_shape()
+                    .iter()
+                    .map(|&c| c as usize)
+                    .collect();
+                let region = self.grid.chunk_region(idx);
+                let part: Vec<usize> = region.shape().iter().map(|&n| n as usize).collect();
+                read_padded(&full, &part, &self.fill_bytes(), |buf| {
+                    v.read_region_into(&region, buf)
+                })
+                .map(Some)
+            }
+        }
+    }
+
+    /// Reads `region` into `out` (C order, native-endian elements).
+    ///
+    /// # Errors
+    /// [`Error::BadRegion`] for a region outside the input or a buffer of the wrong size; the
+    /// read errors of the input.
+    pub fn read_region_into(&self, region: &Region, out: &mut [u8]) -> Result<()> {
+        match &self.inner {
+            Inner::Store(s) => s.read_region_into(region, out),
+            Inner::View(v) => v.read_region_into(region, out),
+        }
+    }
+
+    /// Reads `region` as an n-d array of `T` (the input's type).
+    ///
+    /// # Errors
+    /// [`Error::DtypeMismatch`] if `T` is not the input's type; as [`Input::read_region_into`].
+    pub fn read_region<T: Element>(&self, region: &Region) -> Result<ArrayD<T>> {
+        match &self.inner {
+            Inner::Store(s) => s.read_region(region),
+            Inner::View(v) => v.read_region(region),
+        }
+    }
+
+    /// One element of the value that absent chunks and the padding past the edge hold.
+    pub(crate) fn fill_bytes(&self) -> Vec<u8> {
+        match &self.inner {
+            Inner::Store(s) => s.fill_bytes().to_vec(),
+            Inner::View(v) => vec![0; v.dtype().size()],
+        }
+    }
+
+    /// The name of block `idx` in messages: a store's chunk key, else `block i/j/k`.
+    pub(crate) fn block_key(&self, idx: &[u64]) -> String {
+        match &self.inner {
+            Inner::Store(s) if s.chunk_shape().is_some() => s.chunk_key(idx),
+            _ => {
+                let i: Vec<String> = idx.iter().map(u64::to_string).collect();
+                format!("block {}", i.join("/"))
+            }
+        }
+    }
+
+    /// The line of a fingerprint that says what this input is now: for a path, its stamp
+    /// (a store's metadata and chunk files, a file's size and time), with the view's structure.
+    pub(crate) fn identity(&self) -> &str {
+        self.identity.get_or_init(|| match &self.inner {
+            Inner::Store(s) => stamp(s.path()),
+            Inner::View(v) => {
+                let mut line: Vec<String> = self.paths.iter().map(|p| stamp(p)).collect();
+                line.push(v.describe());
+                line.join(" ")
+            }
+        })
+    }
+}
+
+impl TryFrom<Store> for Input {
+    type Error = Error;
+    fn try_from(store: Store) -> Result<Input> {
+        Input::from_store(store)
+    }
+}
+
+impl TryFrom<View> for Input {
+    type Error = Error;
+    fn try_from(view: View) -> Result<Input> {
+        Input::from_view(view)
+    }
+}
