@@ -18,13 +18,12 @@ use crate::error::Result;
 use crate::grid::Grid;
 use crate::grid::{default_chunks, indices_in, storage_order};
 use crate::input::Input;
-use crate::progress::{ProgressFn, Tracker, Unit, with_threads};
+use crate::progress::{Tracker, Unit};
+use crate::run::with_threads;
+use crate::run::{DEFAULT_MEMORY, RunOptions, run_setters};
 use crate::source::{Block, Source};
-use crate::store::{Codec, Durability, StoreSpec};
+use crate::store::{Codec, StoreSpec};
 use ndarray::ArrayViewD;
-
-/// Default bytes of input held at once (one block).
-pub const DEFAULT_MEMORY: u64 = 256 << 20;
 
 /// Settings for [`convert`]; build with [`ConvertOptions::default`] and the setters.
 #[derive(Clone, Default)]
@@ -36,24 +35,19 @@ pub struct ConvertOptions {
     subchunks: Option<Vec<u64>>,
     axis_names: Option<Vec<String>>,
     overwrite: bool,
-    threads: Option<usize>,
-    memory: Option<u64>,
-    durability: Durability,
-    progress: Option<ProgressFn>,
+    run: RunOptions,
 }
 
 impl std::fmt::Debug for ConvertOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConvertOptions")
+            .field("run", &self.run)
             .field("chunks", &self.chunks)
             .field("codec", &self.codec)
             .field("checksum", &self.checksum)
             .field("subchunks", &self.subchunks)
             .field("axis_names", &self.axis_names)
             .field("overwrite", &self.overwrite)
-            .field("threads", &self.threads)
-            .field("memory", &self.memory)
-            .field("durability", &self.durability)
             .finish_non_exhaustive()
     }
 }
@@ -94,27 +88,9 @@ impl ConvertOptions {
         self.overwrite = on;
         self
     }
-    /// Worker threads (default: one per core).
-    pub fn threads(mut self, threads: Option<usize>) -> Self {
-        self.threads = threads;
-        self
-    }
-    /// Bytes of input held at once (default [`DEFAULT_MEMORY`]).
-    pub fn memory(mut self, bytes: Option<u64>) -> Self {
-        self.memory = bytes;
-        self
-    }
-    /// Whether to sync before publishing (default [`Durability::Sync`]).
-    pub fn durability(mut self, d: Durability) -> Self {
-        self.durability = d;
-        self
-    }
-    /// Progress callback (units: input bytes).
-    pub fn progress(mut self, cb: Option<ProgressFn>) -> Self {
-        self.progress = cb;
-        self
-    }
 }
+
+run_setters!(ConvertOptions);
 
 /// What a convert did.
 #[derive(Debug, Clone, PartialEq)]
@@ -157,7 +133,7 @@ pub struct ConvertReport {
 /// Any [`crate::Error`] naming the file or option at fault; nothing appears at `out` unless
 /// the conversion completes.
 pub fn convert(input: &Input, out: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
-    with_threads(opts.threads, || convert_in_pool(input, out, opts))
+    with_threads(opts.run.threads, || convert_in_pool(input, out, opts))
 }
 
 /// Writes an array in memory as a new Zarr v3 array at `out` ([`convert`] of
@@ -195,22 +171,28 @@ fn convert_in_pool(input: &Input, out: &Path, opts: &ConvertOptions) -> Result<C
         .checksum(opts.checksum)
         .subchunks(opts.subchunks.clone())
         .axis_names(opts.axis_names.clone());
-    let writer = spec.create(out, opts.overwrite, opts.durability)?;
+    let writer = spec.create(out, opts.overwrite, opts.run.durability)?;
     let grid = writer.grid().clone();
     let chunk_shape: Vec<usize> = grid.chunk_shape().iter().map(|&c| c as usize).collect();
     let chunk_bytes = writer.chunk_bytes();
     let itemsize = dtype.size();
 
     let total_bytes = shape.iter().product::<u64>() * itemsize as u64;
-    let tracker = Tracker::new("convert", Unit::Bytes, total_bytes, opts.progress.clone());
+    let tracker = Tracker::new(
+        "convert",
+        Unit::Bytes,
+        total_bytes,
+        opts.run.progress.clone(),
+    );
     let all: Vec<_> = grid.grid_shape().into_iter().map(|n| 0..n).collect();
     let axes = storage_order(shape.len(), source.slow_axis());
     // The feed opens a block while the last chunks of the one before are still being gathered,
     // so two blocks can be alive at once: each gets half the budget.
-    let budget = opts.memory.unwrap_or(DEFAULT_MEMORY) / 2;
+    let budget = opts.run.memory.unwrap_or(DEFAULT_MEMORY) / 2;
     // One parallel loop over every chunk, fed in storage order: blocks open as the feed reaches
     // them and close when their last chunk is done, so no thread waits at block boundaries.
     let feed = ChunkFeed {
+        run: &opts.run,
         source: source.as_ref(),
         grid: &grid,
         blocks: grid.blocks(&all, &axes, itemsize, budget).into_iter(),
@@ -262,6 +244,7 @@ type SharedBlock<'a> = Arc<Box<dyn Block + 'a>>;
 /// Yields `(block, chunk index)` for every chunk, opening each block when the first of its
 /// chunks is reached; the block is freed when the last task holding it finishes.
 struct ChunkFeed<'a> {
+    run: &'a RunOptions,
     source: &'a dyn Source,
     grid: &'a Grid,
     blocks: std::vec::IntoIter<Vec<std::ops::Range<u64>>>,
@@ -275,6 +258,10 @@ impl<'a> Iterator for ChunkFeed<'a> {
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed {
             return None;
+        }
+        if let Err(e) = self.run.check() {
+            self.failed = true;
+            return Some(Err(e));
         }
         loop {
             if let Some((block, chunks)) = &mut self.current {

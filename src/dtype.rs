@@ -164,7 +164,7 @@ impl FromStr for DType {
         // Rust spellings, except the two that mean something else as numpy type codes.
         if lower == "u8" || lower == "i8" {
             return Err(Error::option(
-                "--dtype",
+                "dtype",
                 format!(
                     "{s:?} is ambiguous (numpy reads it as a 64-bit type); write {}8 or {}64",
                     if lower == "u8" { "uint" } else { "int" },
@@ -182,11 +182,11 @@ impl FromStr for DType {
         match DType::from_npy_descr(&lower) {
             Some((d, false)) => Ok(d),
             Some((_, true)) => Err(Error::option(
-                "--dtype",
+                "dtype",
                 format!("{s:?} is big-endian; raw input must be little-endian"),
             )),
             None => Err(Error::option(
-                "--dtype",
+                "dtype",
                 format!(
                     "unknown data type {s:?}; expected one of {}",
                     DType::accepted_names()

@@ -1,5 +1,10 @@
-//! The one error type of the library. Invariant: every variant carries the file, chunk or values
-//! a user needs to find the problem; messages are lowercase with no trailing period.
+//! The library's errors, one enum per layer as zarrs has them ([`StoreError`], [`InputError`],
+//! [`KernelError`], [`GrowError`]), wrapped into [`Error`] with `#[from]`; the errors every
+//! layer can meet (I/O, options, regions, outputs, locks, cancellation) are [`Error`]'s own.
+//!
+//! Invariant: every variant carries the file, chunk or values a user needs to find the
+//! problem; messages are lowercase with no trailing period and name values and files, never
+//! command-line flags (the binary adds those); a zarrs error is kept as the source.
 
 use std::path::PathBuf;
 
@@ -8,10 +13,29 @@ use crate::dtype::DType;
 /// Result with the library's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A lower-level error kept as the source of one of ours (a zarrs error, say).
+pub type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Everything that can go wrong in chunkwise.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// Reading or writing a Zarr array.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+
+    /// Opening or reading an input (.npy, raw, TIFF, a view).
+    #[error(transparent)]
+    Input(#[from] InputError),
+
+    /// A kernel that cannot compute a chunk.
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+
+    /// Arrays that cannot be joined.
+    #[error(transparent)]
+    Grow(#[from] GrowError),
+
     /// An operating-system error on a path.
     #[error("{}: {source}", path.display())]
     Io {
@@ -21,15 +45,136 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    /// An input path that does not exist.
+    /// A path that does not exist.
     #[error("{}: no such file or directory", .0.display())]
     NotFound(PathBuf),
 
+    /// A bad setting: a chunk shape with a zero or the wrong rank, a bad level, a sigma that
+    /// is not finite, ...
+    #[error("invalid {option}: {reason}")]
+    InvalidOption {
+        /// The setting, by its library name (`chunks`, `sigma`, `threads`; the binary shows
+        /// the flag).
+        option: &'static str,
+        /// What is wrong, with the value.
+        reason: String,
+    },
+
+    /// A region that does not parse or lies outside the array.
+    #[error("invalid region {spec:?}: {reason}")]
+    BadRegion {
+        /// The region as given.
+        spec: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// An output that exists, written without overwriting allowed.
+    #[error("{}: already exists (allow overwriting to replace it)", .0.display())]
+    OutputExists(PathBuf),
+
+    /// An output another process is writing.
+    #[error("{}: being written by another process ({holder})", path.display())]
+    Locked {
+        /// The output path.
+        path: PathBuf,
+        /// Who holds it, as far as known.
+        holder: String,
+    },
+
+    /// A request too large to address on this machine.
+    #[error("{what} of {elements} elements is too large for this machine")]
+    TooLarge {
+        /// What was being sized.
+        what: &'static str,
+        /// Its element count.
+        elements: u128,
+    },
+
+    /// An operation stopped by its [`crate::Cancel`] token, between chunks: it left what a
+    /// kill would (a resumable job, the old array, no output file).
+    #[error("cancelled")]
+    Cancelled,
+
+    /// A broken internal invariant: a bug in chunkwise, never a problem with the input.
+    #[error("internal error (please report it): {0}")]
+    Internal(String),
+
+    /// A round trip or check that found different data.
+    #[error("{what}: {detail}")]
+    Mismatch {
+        /// What was compared.
+        what: String,
+        /// The first difference.
+        detail: String,
+    },
+}
+
+/// Errors of the store layer: Zarr arrays on disk.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A directory that is not a Zarr array.
+    #[error("{}: not a zarr array (no zarr.json or .zarray)", .0.display())]
+    NotAStore(PathBuf),
+
+    /// Array metadata that zarrs refuses (or chunkwise cannot handle).
+    #[error("{}: bad array metadata: {reason}", path.display())]
+    BadMetadata {
+        /// The store.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+        /// The zarrs error, where one said so.
+        #[source]
+        source: Option<Source>,
+    },
+
+    /// A chunk that cannot be read or decoded.
+    #[error("{}: chunk {key}: {reason}", store.display())]
+    CorruptChunk {
+        /// The store.
+        store: PathBuf,
+        /// The chunk's key, e.g. `c/0/1/2`.
+        key: String,
+        /// What went wrong decoding it.
+        reason: String,
+        /// The zarrs error, where one said so.
+        #[source]
+        source: Option<Source>,
+    },
+
+    /// A chunk that cannot be encoded.
+    #[error("{}: encoding chunk {key}: {reason}", store.display())]
+    Encode {
+        /// The store.
+        store: PathBuf,
+        /// The chunk's key.
+        key: String,
+        /// What the codec said.
+        reason: String,
+    },
+
+    /// A store that is read-only for chunkwise (Zarr v2).
+    #[error("{}: {reason}", path.display())]
+    ReadOnly {
+        /// The store.
+        path: PathBuf,
+        /// Why it cannot be written.
+        reason: String,
+    },
+}
+
+/// Errors of the input layer: files to read and views of them.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InputError {
     /// A directory (or glob) that holds no input files.
     #[error("{}: no .npy or .tif/.tiff files found", .0.display())]
     NoInputs(PathBuf),
 
-    /// A malformed input file (bad .npy header, unreadable TIFF, bad JSON sidecar, ...).
+    /// A malformed input file (bad .npy header, unreadable TIFF, bad JSON sidecar or view
+    /// spec, ...).
     #[error("{}: {reason}", path.display())]
     BadInput {
         /// The file.
@@ -84,108 +229,15 @@ pub enum Error {
         found: String,
     },
 
-    /// An element type requested in the API that differs from the store's.
-    #[error("{}: store holds {stored}, requested {requested}", path.display())]
+    /// An element type requested that differs from the input's.
+    #[error("{}: holds {stored}, requested {requested}", path.display())]
     DtypeMismatch {
-        /// The store.
+        /// The input.
         path: PathBuf,
-        /// The store's data type.
+        /// The input's data type.
         stored: DType,
         /// The type asked for.
         requested: DType,
-    },
-
-    /// A bad option value: a chunk shape with a zero or the wrong rank, a bad level, ...
-    #[error("invalid {option}: {reason}")]
-    InvalidOption {
-        /// The option (as spelled on the command line).
-        option: &'static str,
-        /// What is wrong.
-        reason: String,
-    },
-
-    /// A region that does not parse or lies outside the array.
-    #[error("invalid region {spec:?}: {reason}")]
-    BadRegion {
-        /// The region as given.
-        spec: String,
-        /// What is wrong.
-        reason: String,
-    },
-
-    /// An output that exists, written without `--overwrite`.
-    #[error("{}: already exists (use --overwrite to replace it)", .0.display())]
-    OutputExists(PathBuf),
-
-    /// An output another process is writing.
-    #[error("{}: being written by another process ({holder})", path.display())]
-    Locked {
-        /// The output path.
-        path: PathBuf,
-        /// Who holds it, as far as known.
-        holder: String,
-    },
-
-    /// A directory that is not a Zarr array.
-    #[error("{}: not a zarr array (no zarr.json or .zarray)", .0.display())]
-    NotAStore(PathBuf),
-
-    /// Array metadata that zarrs refuses.
-    #[error("{}: bad array metadata: {reason}", path.display())]
-    BadMetadata {
-        /// The store.
-        path: PathBuf,
-        /// What zarrs says.
-        reason: String,
-    },
-
-    /// A chunk that cannot be read or decoded.
-    #[error("{}: chunk {key}: {reason}", store.display())]
-    CorruptChunk {
-        /// The store.
-        store: PathBuf,
-        /// The chunk's key, e.g. `c/0/1/2`.
-        key: String,
-        /// What went wrong decoding it.
-        reason: String,
-    },
-
-    /// A chunk that cannot be encoded.
-    #[error("{}: encoding chunk {key}: {reason}", store.display())]
-    Encode {
-        /// The store.
-        store: PathBuf,
-        /// The chunk's key.
-        key: String,
-        /// What the codec said.
-        reason: String,
-    },
-
-    /// A request too large to address on this machine.
-    #[error("{what} of {elements} elements is too large for this machine")]
-    TooLarge {
-        /// What was being sized.
-        what: &'static str,
-        /// Its element count.
-        elements: u128,
-    },
-
-    /// A store that is read-only for chunkwise (Zarr v2).
-    #[error("{}: {reason}", path.display())]
-    ReadOnly {
-        /// The store.
-        path: PathBuf,
-        /// Why it cannot be written.
-        reason: String,
-    },
-
-    /// A kernel that cannot compute a chunk from its input (a value outside a table, ...).
-    #[error("chunk {chunk}: {reason}")]
-    Compute {
-        /// The output chunk's key.
-        chunk: String,
-        /// What is wrong, with the offending value and where it is.
-        reason: String,
     },
 
     /// Inputs that must share a shape and do not.
@@ -206,23 +258,29 @@ pub enum Error {
         /// The other input's size.
         right: u64,
     },
+}
 
+/// Errors of kernels.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KernelError {
+    /// A kernel that cannot compute a chunk from its input (a value outside a table, ...).
+    #[error("chunk {chunk}: {reason}")]
+    Compute {
+        /// The output chunk's key.
+        chunk: String,
+        /// What is wrong, with the offending value and where it is.
+        reason: String,
+    },
+}
+
+/// Errors of growing arrays (append, concat, stack).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GrowError {
     /// Arrays that cannot be joined because a metadata field differs.
     #[error("{0}")]
     Incompatible(Box<Incompatibility>),
-
-    /// A broken internal invariant: a bug in chunkwise, never a problem with the input.
-    #[error("internal error (please report it): {0}")]
-    Internal(String),
-
-    /// A round trip or check that found different data.
-    #[error("{what}: {detail}")]
-    Mismatch {
-        /// What was compared.
-        what: String,
-        /// The first difference.
-        detail: String,
-    },
 }
 
 impl Error {
@@ -236,10 +294,10 @@ impl Error {
     }
 
     pub(crate) fn bad_input(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
-        Error::BadInput {
+        Error::Input(InputError::BadInput {
             path: path.into(),
             reason: reason.into(),
-        }
+        })
     }
 
     pub(crate) fn option(option: &'static str, reason: impl Into<String>) -> Self {
@@ -247,6 +305,41 @@ impl Error {
             option,
             reason: reason.into(),
         }
+    }
+
+    /// Array metadata that cannot be used, with the zarrs error that said so.
+    pub(crate) fn metadata(
+        path: impl Into<PathBuf>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Store(StoreError::BadMetadata {
+            path: path.into(),
+            reason: source.to_string(),
+            source: Some(Box::new(source)),
+        })
+    }
+
+    /// Array metadata that cannot be used, for a reason of ours.
+    pub(crate) fn bad_metadata(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::Store(StoreError::BadMetadata {
+            path: path.into(),
+            reason: reason.into(),
+            source: None,
+        })
+    }
+
+    /// A chunk that cannot be read or decoded, with the zarrs error that said so.
+    pub(crate) fn corrupt(
+        store: impl Into<PathBuf>,
+        key: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Store(StoreError::CorruptChunk {
+            store: store.into(),
+            key: key.into(),
+            reason: source.to_string(),
+            source: Some(Box::new(source)),
+        })
     }
 }
 
@@ -269,7 +362,7 @@ pub(crate) fn to_usize(n: u64, what: &'static str) -> Result<usize> {
     })
 }
 
-/// What differs between two arrays that cannot be joined ([`Error::Incompatible`]).
+/// What differs between two arrays that cannot be joined ([`GrowError::Incompatible`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Incompatibility {
     /// The first array.

@@ -13,8 +13,10 @@ use crate::error::{IoContext, Result, to_usize};
 use crate::grid::indices_in;
 use crate::input::Input;
 use crate::npy::header_bytes;
-use crate::progress::{ProgressFn, Tracker, Unit, with_threads};
+use crate::progress::{Tracker, Unit};
 use crate::region::{ParsedRegion, Region};
+use crate::run::with_threads;
+use crate::run::{RunOptions, run_setters};
 use crate::store::OutputFile;
 
 /// Settings for [`export`].
@@ -23,19 +25,16 @@ pub struct ExportOptions {
     region: Option<String>,
     raw: bool,
     overwrite: bool,
-    threads: Option<usize>,
-    memory: Option<u64>,
-    progress: Option<ProgressFn>,
+    run: RunOptions,
 }
 
 impl std::fmt::Debug for ExportOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ExportOptions")
+            .field("run", &self.run)
             .field("region", &self.region)
             .field("raw", &self.raw)
             .field("overwrite", &self.overwrite)
-            .field("threads", &self.threads)
-            .field("memory", &self.memory)
             .finish_non_exhaustive()
     }
 }
@@ -56,22 +55,9 @@ impl ExportOptions {
         self.overwrite = on;
         self
     }
-    /// Worker threads (default: one per core).
-    pub fn threads(mut self, threads: Option<usize>) -> Self {
-        self.threads = threads;
-        self
-    }
-    /// Bytes of decoded data held at once (default [`crate::convert::DEFAULT_MEMORY`]).
-    pub fn memory(mut self, bytes: Option<u64>) -> Self {
-        self.memory = bytes;
-        self
-    }
-    /// Progress callback (units: bytes).
-    pub fn progress(mut self, cb: Option<ProgressFn>) -> Self {
-        self.progress = cb;
-        self
-    }
 }
+
+run_setters!(ExportOptions);
 
 /// What an export wrote.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,10 +79,10 @@ pub struct ExportReport {
 /// Writes a region of the array at `store` to `out` (.npy, or raw with [`ExportOptions::raw`]).
 ///
 /// # Errors
-/// [`Error::BadRegion`], [`Error::OutputExists`], [`Error::CorruptChunk`] naming the chunk,
-/// [`Error::Io`]; no file appears at `out` on error.
+/// [`crate::Error::BadRegion`], [`crate::Error::OutputExists`], [`crate::StoreError::CorruptChunk`] naming the chunk,
+/// [`crate::Error::Io`]; no file appears at `out` on error.
 pub fn export(input: &Input, out: &Path, opts: &ExportOptions) -> Result<ExportReport> {
-    with_threads(opts.threads, || export_in_pool(input, out, opts))
+    with_threads(opts.run.threads, || export_in_pool(input, out, opts))
 }
 
 fn export_in_pool(store: &Input, out: &Path, opts: &ExportOptions) -> Result<ExportReport> {
@@ -149,20 +135,21 @@ fn write_region(
 ) -> Result<()> {
     let itemsize = store.dtype().size();
     let total = u64::try_from(region.len()).unwrap_or(u64::MAX) * itemsize as u64;
-    let tracker = Tracker::new("export", Unit::Bytes, total, opts.progress.clone());
+    let tracker = Tracker::new("export", Unit::Bytes, total, opts.run.progress.clone());
     if region.is_empty() {
         return Ok(());
     }
     let grid = store.block_grid();
     let chunk_box = grid.chunks_touching(region);
     let axes: Vec<usize> = (0..region.ndim()).collect();
-    let budget = opts.memory.unwrap_or(crate::convert::DEFAULT_MEMORY);
+    let budget = opts.run.memory.unwrap_or(crate::run::DEFAULT_MEMORY);
     let rshape: Vec<u64> = region.shape();
     let rstrides = c_strides(
         &rshape.iter().map(|&n| n as usize).collect::<Vec<_>>(),
         itemsize,
     );
     for b in grid.blocks(&chunk_box, &axes, itemsize, budget) {
+        opts.run.check()?;
         let block = grid
             .box_region(&b)
             .intersect(region)

@@ -69,7 +69,7 @@ impl Grid {
     pub fn new(shape: &[u64], chunk: &[u64]) -> Result<Self> {
         if chunk.len() != shape.len() {
             return Err(Error::option(
-                "--chunks",
+                "chunks",
                 format!(
                     "{} chunk sizes given for an array of {} dimensions (shape {})",
                     chunk.len(),
@@ -80,7 +80,7 @@ impl Grid {
         }
         if let Some(axis) = chunk.iter().position(|&c| c == 0) {
             return Err(Error::option(
-                "--chunks",
+                "chunks",
                 format!("chunk size on axis {axis} is zero"),
             ));
         }

@@ -52,7 +52,7 @@ impl Boundary {
             "constant" | "grid-constant" => Boundary::Constant(cval),
             other => {
                 return Err(Error::option(
-                    "--mode",
+                    "mode",
                     format!(
                         "unknown mode {other:?}; expected reflect, mirror, nearest, wrap or constant"
                     ),

@@ -21,7 +21,9 @@ use crate::error::{Error, IoContext, Result};
 use crate::grid::{Grid, indices_in};
 use crate::input::Input;
 use crate::npy::header_bytes;
-use crate::progress::{ProgressFn, Tracker, Unit, with_threads};
+use crate::progress::{Tracker, Unit};
+use crate::run::with_threads;
+use crate::run::{RunOptions, run_setters};
 use crate::store::OutputFile;
 use crate::with_scalar;
 
@@ -67,16 +69,15 @@ impl Select {
 #[derive(Clone, Default)]
 pub struct IndexOptions {
     select: Select,
-    threads: Option<usize>,
+    run: RunOptions,
     overwrite: bool,
-    progress: Option<ProgressFn>,
 }
 
 impl std::fmt::Debug for IndexOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IndexOptions")
+            .field("run", &self.run)
             .field("select", &self.select)
-            .field("threads", &self.threads)
             .field("overwrite", &self.overwrite)
             .finish_non_exhaustive()
     }
@@ -88,22 +89,14 @@ impl IndexOptions {
         self.select = s;
         self
     }
-    /// Worker threads.
-    pub fn threads(mut self, n: Option<usize>) -> Self {
-        self.threads = n;
-        self
-    }
     /// Replace an existing output file.
     pub fn overwrite(mut self, on: bool) -> Self {
         self.overwrite = on;
         self
     }
-    /// Progress callback (units: chunks).
-    pub fn progress(mut self, cb: Option<ProgressFn>) -> Self {
-        self.progress = cb;
-        self
-    }
 }
+
+run_setters!(IndexOptions);
 
 /// What `where` or `graph` found and wrote.
 #[derive(Debug, Clone, PartialEq)]
@@ -699,10 +692,10 @@ fn batch() -> usize {
 /// (numpy.argwhere), written to `out`, or only counted when `out` is `None`.
 ///
 /// # Errors
-/// [`Error::OutputExists`], [`Error::CorruptChunk`] naming a chunk, [`Error::Io`]; no file
+/// [`Error::OutputExists`], [`crate::StoreError::CorruptChunk`] naming a chunk, [`Error::Io`]; no file
 /// appears at `out` on error.
 pub fn where_coords(input: &Input, out: Option<&Path>, opts: &IndexOptions) -> Result<IndexReport> {
-    with_threads(opts.threads, || {
+    with_threads(opts.run.threads, || {
         let start = Instant::now();
         let grid = input.block_grid().clone();
         let ndim = input.ndim();
@@ -710,7 +703,7 @@ pub fn where_coords(input: &Input, out: Option<&Path>, opts: &IndexOptions) -> R
             "where",
             Unit::Chunks,
             grid.num_chunks(),
-            opts.progress.clone(),
+            opts.run.progress.clone(),
         );
         let mut writer = out
             .map(|p| NpyRows::create(p, ndim as u64, opts.overwrite))
@@ -723,6 +716,7 @@ pub fn where_coords(input: &Input, out: Option<&Path>, opts: &IndexOptions) -> R
             .then(|| layer_bits(input, &grid, 0, opts.select, &tracker))
             .transpose()?;
         for layer in 0..nlayers {
+            opts.run.check()?;
             let Some(bits) = next.take() else { break };
             let decode_next = || {
                 (layer + 1 < nlayers)
@@ -842,7 +836,7 @@ pub fn connectivities(ndim: usize) -> Vec<u32> {
 pub fn forward_offsets(ndim: usize, conn: Option<u32>) -> Result<Vec<Vec<i64>>> {
     if ndim == 0 || ndim > MAX_GRAPH_NDIM {
         return Err(Error::option(
-            "--connectivity",
+            "connectivity",
             format!("a {ndim}-d array: graph takes 1 to {MAX_GRAPH_NDIM} dimensions"),
         ));
     }
@@ -851,7 +845,7 @@ pub fn forward_offsets(ndim: usize, conn: Option<u32>) -> Result<Vec<Vec<i64>>> 
         None => ndim - 1,
         Some(c) => allowed.iter().position(|&a| a == c).ok_or_else(|| {
             Error::option(
-                "--connectivity",
+                "connectivity",
                 format!("{c} is not a connectivity of a {ndim}-d array; use one of {allowed:?}"),
             )
         })?,
@@ -887,7 +881,7 @@ pub fn graph_edges(
 ) -> Result<IndexReport> {
     let ndim = input.ndim();
     let offsets = forward_offsets(ndim, connectivity)?;
-    with_threads(opts.threads, || {
+    with_threads(opts.run.threads, || {
         let start = Instant::now();
         let grid = input.block_grid().clone();
         let shape = input.shape().to_vec();
@@ -895,7 +889,7 @@ pub fn graph_edges(
             "graph",
             Unit::Chunks,
             grid.num_chunks(),
-            opts.progress.clone(),
+            opts.run.progress.clone(),
         );
         let cols = if coords { 2 * ndim as u64 } else { 2 };
         let mut writer = out
@@ -905,6 +899,7 @@ pub fn graph_edges(
         let mut count = 0u64;
         let mut cur = layer_bits(input, &grid, 0, opts.select, &tracker)?;
         for layer in 0..nlayers {
+            opts.run.check()?;
             // Edges reach one plane ahead: the next layer's bits are needed for the last plane.
             let next = if layer + 1 < nlayers {
                 Some(layer_bits(input, &grid, layer + 1, opts.select, &tracker)?)

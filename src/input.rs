@@ -66,7 +66,7 @@ impl Input {
     /// file, or a directory of `.npy`/TIFF slices.
     ///
     /// # Errors
-    /// [`Error::NotFound`], [`Error::NotAStore`], [`Error::BadInput`] and the other errors of
+    /// [`Error::NotFound`], [`crate::StoreError::NotAStore`], [`crate::InputError::BadInput`] and the other errors of
     /// opening that kind of file, naming it.
     pub fn open(path: impl AsRef<Path>) -> Result<Input> {
         Input::open_all(&[path.as_ref().to_path_buf()], &RawOptions::default())
@@ -102,7 +102,7 @@ impl Input {
     /// An input reading an open store.
     ///
     /// # Errors
-    /// [`Error::BadMetadata`] for a chunk grid chunkwise cannot read by blocks.
+    /// [`crate::StoreError::BadMetadata`] for a chunk grid chunkwise cannot read by blocks.
     pub fn from_store(store: Store) -> Result<Input> {
         let name = store.path().to_path_buf();
         Input::from_store_named(store, name)
@@ -214,7 +214,7 @@ impl Input {
     /// fill value).
     ///
     /// # Errors
-    /// [`Error::CorruptChunk`] naming the chunk, and the read errors of the input's files.
+    /// [`crate::StoreError::CorruptChunk`] naming the chunk, and the read errors of the input's files.
     pub fn read_block(&self, idx: &[u64]) -> Result<Option<Vec<u8>>> {
         match &self.inner {
             Inner::Store(s) => s.read_block(&self.grid, idx),
@@ -250,7 +250,7 @@ impl Input {
     /// Reads `region` as an n-d array of `T` (the input's type).
     ///
     /// # Errors
-    /// [`Error::DtypeMismatch`] if `T` is not the input's type; as [`Input::read_region_into`].
+    /// [`crate::InputError::DtypeMismatch`] if `T` is not the input's type; as [`Input::read_region_into`].
     pub fn read_region<T: Element>(&self, region: &Region) -> Result<ArrayD<T>> {
         match &self.inner {
             Inner::Store(s) => s.read_region(region),

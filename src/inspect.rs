@@ -8,10 +8,12 @@ use rayon::prelude::*;
 use serde_json::{Value, json};
 
 use crate::dtype::DType;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, IoContext, Result, StoreError};
 use crate::input::Input;
-use crate::progress::{ProgressFn, Tracker, Unit, with_threads};
+use crate::progress::{Tracker, Unit};
 use crate::region::fmt_shape;
+use crate::run::RunOptions;
+use crate::run::with_threads;
 use crate::store::Store;
 
 /// A summary of an array (`chunkwise info`).
@@ -312,24 +314,35 @@ impl VerifyReport {
 /// Decodes every stored chunk of the array at `path` (validating crc32c checksums where the
 /// codecs have them) and lists the chunks that fail.
 ///
+/// ```no_run
+/// let report = chunkwise::verify("volume.zarr", &chunkwise::RunOptions::default())?;
+/// for bad in &report.bad {
+///     eprintln!("{}: {}", bad.key, bad.reason);
+/// }
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
+///
 /// # Errors
-/// As [`Store::open`]; bad chunks are reported in the [`VerifyReport`], not as errors.
-pub fn verify(
-    path: impl AsRef<Path>,
-    threads: Option<usize>,
-    progress: Option<ProgressFn>,
-) -> Result<VerifyReport> {
+/// As [`Store::open`]; [`Error::Cancelled`]; bad chunks are reported in the
+/// [`VerifyReport`], not as errors.
+pub fn verify(path: impl AsRef<Path>, run: &RunOptions) -> Result<VerifyReport> {
     let store = Store::open(path)?;
-    with_threads(threads, || {
+    with_threads(run.threads, || {
         let indices = store.chunk_indices();
-        let tracker = Tracker::new("verify", Unit::Chunks, indices.len() as u64, progress);
+        let tracker = Tracker::new(
+            "verify",
+            Unit::Chunks,
+            indices.len() as u64,
+            run.progress.clone(),
+        );
         let results: Vec<(u64, Option<BadChunk>)> = indices
             .par_iter()
             .map(|idx| {
+                run.check()?;
                 let r = match store.read_chunk(idx) {
                     Ok(None) => (0, None),
                     Ok(Some(_)) => (1, None),
-                    Err(Error::CorruptChunk { key, reason, .. }) => {
+                    Err(Error::Store(StoreError::CorruptChunk { key, reason, .. })) => {
                         (1, Some(BadChunk { key, reason }))
                     }
                     Err(e) => (
@@ -341,9 +354,9 @@ pub fn verify(
                     ),
                 };
                 tracker.add(1);
-                r
+                Ok(r)
             })
-            .collect();
+            .collect::<Result<_>>()?;
         Ok(VerifyReport {
             chunks_total: indices.len() as u64,
             chunks_checked: results.iter().map(|r| r.0).sum(),

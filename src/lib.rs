@@ -50,14 +50,17 @@ mod npy;
 mod progress;
 mod reduce;
 mod region;
+mod run;
 mod source;
 mod store;
 pub mod synth;
 mod view;
 
-pub use convert::{ConvertOptions, ConvertReport, DEFAULT_MEMORY, convert, from_array};
+pub use convert::{ConvertOptions, ConvertReport, convert, from_array};
 pub use dtype::{DType, Element, Number, Scalar};
-pub use error::{Error, Incompatibility, Result};
+pub use error::{
+    Error, GrowError, Incompatibility, InputError, KernelError, Result, Source, StoreError,
+};
 pub use exec::{
     ExecOptions, ExecReport, ExecStatus, apply_in_memory, map_blocks, map_overlap, run,
 };
@@ -78,6 +81,7 @@ pub use reduce::{
     StatsAcc, default_histogram, reduce, region_of, write_table,
 };
 pub use region::{ParsedRegion, Region, fmt_shape};
+pub use run::{Cancel, DEFAULT_MEMORY, RunOptions};
 pub use source::RawOptions;
 pub use store::{ChunkCodec, Codec, Durability, Store, StoreSpec, StoreWriter, is_store};
 pub use view::View;

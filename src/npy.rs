@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use crate::dtype::DType;
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 
 const MAGIC: &[u8; 6] = b"\x93NUMPY";
 
@@ -33,7 +33,7 @@ impl NpyHeader {
 /// Parses the header at the start of `bytes` (at least the first few KiB of the file).
 ///
 /// # Errors
-/// [`Error::BadInput`] for a malformed header, [`Error::UnsupportedDtype`] for complex, object,
+/// [`crate::InputError::BadInput`] for a malformed header, [`crate::InputError::UnsupportedDtype`] for complex, object,
 /// structured or string dtypes.
 pub fn parse_header(bytes: &[u8], path: &Path) -> Result<NpyHeader> {
     let bad = |reason: &str| Error::bad_input(path, format!("not a valid .npy file: {reason}"));
@@ -70,21 +70,22 @@ pub fn parse_header(bytes: &[u8], path: &Path) -> Result<NpyHeader> {
                 .and_then(|s| s.strip_suffix('"'))
         });
     let Some(descr) = descr else {
-        return Err(Error::UnsupportedDtype {
+        return Err(Error::Input(InputError::UnsupportedDtype {
             path: path.to_path_buf(),
             dtype: descr_raw.to_string(),
             hint: format!(
                 "structured dtypes are not supported; supported: {}",
                 DType::accepted_names()
             ),
-        });
+        }));
     };
-    let (dtype, big_endian) =
-        DType::from_npy_descr(descr).ok_or_else(|| Error::UnsupportedDtype {
+    let (dtype, big_endian) = DType::from_npy_descr(descr).ok_or_else(|| {
+        Error::Input(InputError::UnsupportedDtype {
             path: path.to_path_buf(),
             dtype: descr.to_string(),
             hint: format!("supported: {}", DType::accepted_names()),
-        })?;
+        })
+    })?;
     let fortran_order = match dict_value(text, "fortran_order") {
         Some("True") => true,
         Some("False") => false,
@@ -224,12 +225,12 @@ mod tests {
         let s = mk("{'descr': [('a', '<i4')], 'fortran_order': False, 'shape': (2,), }");
         assert!(matches!(
             parse_header(&s, Path::new("s.npy")),
-            Err(Error::UnsupportedDtype { .. })
+            Err(Error::Input(InputError::UnsupportedDtype { .. }))
         ));
         let c = mk("{'descr': '<c8', 'fortran_order': False, 'shape': (2,), }");
         assert!(matches!(
             parse_header(&c, Path::new("c.npy")),
-            Err(Error::UnsupportedDtype { .. })
+            Err(Error::Input(InputError::UnsupportedDtype { .. }))
         ));
         let o = mk("{'descr': '|O', 'fortran_order': False, 'shape': (2,), }");
         assert!(parse_header(&o, Path::new("o.npy")).is_err());

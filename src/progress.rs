@@ -1,10 +1,11 @@
-//! Progress reporting through a callback, and the thread pool long operations run on.
-//! Invariant: the library never prints; it calls the user's callback (from any worker thread).
+//! Progress reporting through a callback. Invariant: the library never prints; it calls the
+//! user's callback (from any worker thread) at most about every 50 ms, and always for the
+//! first and the last unit, so that a binding that takes a lock per call (Python's GIL) costs
+//! nothing measurable.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-use crate::error::{Error, Result};
+use std::time::{Duration, Instant};
 
 /// One progress report: `done` of `total` units of work in `stage`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +39,13 @@ pub(crate) struct Tracker {
     total: u64,
     done: AtomicU64,
     callback: Option<ProgressFn>,
+    start: Instant,
+    /// Nanoseconds after `start` of the last report.
+    last: AtomicU64,
 }
+
+/// The shortest time between two progress reports (but the last).
+const EVERY: Duration = Duration::from_millis(50);
 
 impl Tracker {
     pub(crate) fn new(
@@ -53,6 +60,8 @@ impl Tracker {
             total,
             done: AtomicU64::new(0),
             callback,
+            start: Instant::now(),
+            last: AtomicU64::new(0),
         };
         t.report(0);
         t
@@ -60,7 +69,24 @@ impl Tracker {
 
     pub(crate) fn add(&self, n: u64) {
         let done = self.done.fetch_add(n, Ordering::Relaxed) + n;
-        self.report(done);
+        if self.callback.is_none() {
+            return;
+        }
+        if done >= self.total {
+            self.report(done);
+            return;
+        }
+        // One thread wins each 50 ms slot.
+        let now = self.start.elapsed().as_nanos() as u64;
+        let last = self.last.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= EVERY.as_nanos() as u64
+            && self
+                .last
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.report(done);
+        }
     }
 
     fn report(&self, done: u64) {
@@ -75,18 +101,28 @@ impl Tracker {
     }
 }
 
-/// Runs `f` on a pool of `threads` workers (`None`: rayon's global pool, one per core).
-pub(crate) fn with_threads<R: Send>(
-    threads: Option<usize>,
-    f: impl FnOnce() -> Result<R> + Send,
-) -> Result<R> {
-    match threads {
-        None => f(),
-        Some(0) => Err(Error::option("--threads", "must be at least 1")),
-        Some(n) => rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build()
-            .map_err(|e| Error::option("--threads", e.to_string()))?
-            .install(f),
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Issue 9: however many units finish, the callback is called about 20 times a second at
+    /// most, and always for the first and the last.
+    #[test]
+    fn progress_is_throttled_and_ends_with_the_last_unit() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        let cb: ProgressFn = Arc::new(move |p: Progress<'_>| s2.lock().unwrap().push(p.done));
+        let t = Tracker::new("test", Unit::Chunks, 100_000, Some(cb));
+        let start = Instant::now();
+        for _ in 0..100_000 {
+            t.add(1);
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.first(), Some(&0));
+        assert_eq!(seen.last(), Some(&100_000));
+        let most = 2 + (secs / EVERY.as_secs_f64()).ceil() as usize;
+        assert!(seen.len() <= most, "{} calls in {secs} s", seen.len());
     }
 }

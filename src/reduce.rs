@@ -21,8 +21,10 @@ use crate::error::{Error, Result};
 use crate::grid::indices_in;
 use crate::input::Input;
 use crate::kernel::{Block, Scratch};
-use crate::progress::{ProgressFn, Tracker, Unit, with_threads};
+use crate::progress::{Tracker, Unit};
 use crate::region::Region;
+use crate::run::with_threads;
+use crate::run::{RunOptions, run_setters};
 use crate::with_scalar;
 
 /// A one-pass reduction: an identity, a fold of one chunk's part of the region, and an
@@ -74,15 +76,14 @@ impl<A: Reduction, B: Reduction> Reduction for (A, B) {
 #[derive(Clone, Default)]
 pub struct ReduceOptions {
     region: Option<Region>,
-    threads: Option<usize>,
-    progress: Option<ProgressFn>,
+    run: RunOptions,
 }
 
 impl std::fmt::Debug for ReduceOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReduceOptions")
+            .field("run", &self.run)
             .field("region", &self.region)
-            .field("threads", &self.threads)
             .finish_non_exhaustive()
     }
 }
@@ -93,25 +94,17 @@ impl ReduceOptions {
         self.region = region;
         self
     }
-    /// Worker threads (default: one per core).
-    pub fn threads(mut self, n: Option<usize>) -> Self {
-        self.threads = n;
-        self
-    }
-    /// Progress callback (units: chunks).
-    pub fn progress(mut self, cb: Option<ProgressFn>) -> Self {
-        self.progress = cb;
-        self
-    }
 }
+
+run_setters!(ReduceOptions);
 
 /// Runs `r` over the array (or the options' region) in one pass.
 ///
 /// # Errors
-/// [`Error::BadRegion`] for a region outside the array, [`Error::CorruptChunk`] naming a chunk
+/// [`Error::BadRegion`] for a region outside the array, [`crate::StoreError::CorruptChunk`] naming a chunk
 /// that does not decode, and the reduction's own errors.
 pub fn reduce<R: Reduction>(input: &Input, r: &R, opts: &ReduceOptions) -> Result<R::Acc> {
-    with_threads(opts.threads, || reduce_in_pool(input, r, opts))
+    with_threads(opts.run.threads, || reduce_in_pool(input, r, opts))
 }
 
 fn reduce_in_pool<R: Reduction>(input: &Input, r: &R, opts: &ReduceOptions) -> Result<R::Acc> {
@@ -155,7 +148,7 @@ fn reduce_in_pool<R: Reduction>(input: &Input, r: &R, opts: &ReduceOptions) -> R
         "reduce",
         Unit::Chunks,
         chunks.len() as u64,
-        opts.progress.clone(),
+        opts.run.progress.clone(),
     );
     let itemsize = input.dtype().size();
     let cshape: Vec<usize> = grid.chunk_shape().iter().map(|&c| c as usize).collect();
@@ -184,6 +177,7 @@ fn reduce_in_pool<R: Reduction>(input: &Input, r: &R, opts: &ReduceOptions) -> R
         .enumerate()
         .par_bridge()
         .try_for_each(|(k, idx)| -> Result<()> {
+            opts.run.check()?;
             let creg = if exact {
                 crate::grid::edges_region(&edges, idx)
             } else {
@@ -837,13 +831,13 @@ impl Histogram {
     pub fn new(bins: usize, lo: f64, hi: f64) -> Result<Histogram> {
         if !(lo.is_finite() && hi.is_finite()) || lo >= hi {
             return Err(Error::option(
-                "--range",
+                "range",
                 format!("need LO < HI (finite), got {lo},{hi}"),
             ));
         }
         if bins == 0 || bins > MAX_BINS {
             return Err(Error::option(
-                "--bins",
+                "bins",
                 format!("{bins}: give 1 to {MAX_BINS} bins"),
             ));
         }
@@ -867,9 +861,9 @@ impl Histogram {
         let n = hi - lo + 1;
         if n > 1 << 24 {
             return Err(Error::option(
-                "--bins",
+                "bins",
                 format!(
-                    "values span {lo}..={hi}: {n} bins of one value each is too many; give --bins"
+                    "values span {lo}..={hi}: {n} bins of one value each is too many; give a number of bins"
                 ),
             ));
         }
@@ -955,14 +949,14 @@ pub fn default_histogram(
         (Some(lo), Some(hi)) if lo.is_finite() && hi.is_finite() => (lo, hi),
         (Some(_), Some(_)) => reduce(input, &FiniteRange, opts)?.ok_or_else(|| {
             Error::option(
-                "--range",
-                "the values are all infinite or NaN: no finite range to take; give --range",
+                "range",
+                "the values are all infinite or NaN: no finite range to take; give a range",
             )
         })?,
         _ => {
             return Err(Error::option(
-                "--range",
-                "no values (or only NaN) to take a range from; give --range",
+                "range",
+                "no values (or only NaN) to take a range from; give a range",
             ));
         }
     };

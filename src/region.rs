@@ -4,7 +4,7 @@
 use std::fmt;
 use std::ops::Range;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 
 /// A half-open box `[start, end)` per axis.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -231,7 +231,7 @@ impl fmt::Display for Region {
 }
 
 /// Checks that `right` has `left`'s extent on every axis but `except`: else
-/// [`Error::ShapeMismatch`] naming the first axis that differs and both sizes (an axis one
+/// [`crate::InputError::ShapeMismatch`] naming the first axis that differs and both sizes (an axis one
 /// shape lacks counts as size 0).
 pub(crate) fn check_shapes(
     left_path: &std::path::Path,
@@ -243,13 +243,13 @@ pub(crate) fn check_shapes(
     let size = |s: &[u64], k: usize| s.get(k).copied().unwrap_or(0);
     let ndim = left.len().max(right.len());
     match (0..ndim).find(|&k| Some(k) != except && size(left, k) != size(right, k)) {
-        Some(axis) => Err(Error::ShapeMismatch {
+        Some(axis) => Err(Error::Input(InputError::ShapeMismatch {
             left_path: left_path.to_path_buf(),
             right_path: right_path.to_path_buf(),
             axis,
             left: size(left, axis),
             right: size(right, axis),
-        }),
+        })),
         None => Ok(()),
     }
 }

@@ -14,7 +14,7 @@ use ndarray::ArrayD;
 use serde_json::Value;
 
 use crate::dtype::{DType, Element, Scalar};
-use crate::error::{Error, IoContext, Result, to_usize};
+use crate::error::{Error, InputError, IoContext, Result, to_usize};
 use crate::region::{Region, check_shapes, fmt_shape};
 use crate::source::{self, Block, BufferBlock, RawOptions, Source};
 use crate::store::{Store, is_store};
@@ -119,8 +119,8 @@ impl View {
     /// The parts joined end to end along `axis`; every other axis must agree, and the types.
     ///
     /// # Errors
-    /// [`Error::InvalidOption`] for no parts or an axis out of range; [`Error::ShapeMismatch`]
-    /// naming the axis and both sizes; [`Error::StackMismatch`] for a different type.
+    /// [`Error::InvalidOption`] for no parts or an axis out of range; [`crate::InputError::ShapeMismatch`]
+    /// naming the axis and both sizes; [`crate::InputError::StackMismatch`] for a different type.
     pub fn concat(parts: Vec<View>, axis: usize) -> Result<View> {
         let first = parts
             .first()
@@ -128,7 +128,7 @@ impl View {
         let ndim = first.shape().len();
         if axis >= ndim {
             return Err(Error::option(
-                "--axis",
+                "axis",
                 format!("{axis} is out of range for {ndim}-d arrays"),
             ));
         }
@@ -157,7 +157,7 @@ impl View {
             .ok_or_else(|| Error::option("stack", "nothing to stack"))?;
         if axis > first.shape().len() {
             return Err(Error::option(
-                "--axis",
+                "axis",
                 format!(
                     "{axis} is out of range for stacking {}-d arrays",
                     first.shape().len()
@@ -182,7 +182,7 @@ impl View {
         let ndim = self.shape().len();
         if axis > ndim {
             return Err(Error::option(
-                "--axis",
+                "axis",
                 format!("{axis} is out of range for a new axis of a {ndim}-d array"),
             ));
         }
@@ -225,7 +225,7 @@ impl View {
         }
         if !from.casts_safely_to(to) {
             return Err(Error::option(
-                "--cast",
+                "cast",
                 format!("{from} to {to} would lose values; only widening casts are allowed"),
             ));
         }
@@ -327,14 +327,16 @@ impl View {
     /// A view from a JSON view spec file (paths in it are relative to the file's directory).
     ///
     /// # Errors
-    /// [`Error::BadInput`] naming the file for a malformed spec; errors opening its parts.
+    /// [`crate::InputError::BadInput`] naming the file for a malformed spec; errors opening its parts.
     pub fn from_spec_file(path: &Path) -> Result<View> {
         let text = std::fs::read_to_string(path).at(path)?;
         let spec: Value = serde_json::from_str(&text)
             .map_err(|e| Error::bad_input(path, format!("not JSON: {e}")))?;
         let base = path.parent().unwrap_or(Path::new(""));
         View::from_spec(&spec, base).map_err(|e| match e {
-            Error::BadInput { reason, .. } if reason.starts_with("view spec") => {
+            Error::Input(InputError::BadInput { reason, .. })
+                if reason.starts_with("view spec") =>
+            {
                 Error::bad_input(path, reason)
             }
             other => other,
@@ -346,7 +348,7 @@ impl View {
     /// `{"cast": SPEC, "dtype": "float32"}`. Relative paths are taken from `base`.
     ///
     /// # Errors
-    /// [`Error::BadInput`] for a malformed spec.
+    /// [`crate::InputError::BadInput`] for a malformed spec.
     pub fn from_spec(spec: &Value, base: &Path) -> Result<View> {
         let bad = |reason: String| Error::bad_input(base, format!("view spec: {reason}"));
         let axis = |o: &serde_json::Map<String, Value>| -> Result<usize> {

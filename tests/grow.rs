@@ -298,7 +298,7 @@ fn append_equals_numpy_concatenate() {
         &opts(0, GridLayout::Auto),
     )
     .unwrap_err();
-    assert!(err.to_string().contains("--cast"), "{err}");
+    assert!(err.to_string().contains("allow casting"), "{err}");
     assert_arr(&store, &base, "unchanged after a refused append");
     app(&store, &[npy], &opts(0, GridLayout::Auto).cast(true)).unwrap();
     let widened = Arr {
@@ -467,7 +467,7 @@ fn sharded_arrays_concat_or_refuse_clearly() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("subchunks of 4") && e.contains("edge of 2") && e.contains("--layout regular"),
+        e.contains("subchunks of 4") && e.contains("edge of 2") && e.contains("regular layout"),
         "{e}"
     );
     assert!(!out.exists());
@@ -729,7 +729,7 @@ fn bad_joins_are_clear_errors_and_lose_nothing() {
             std::slice::from_ref(&plane),
             &opts(3, GridLayout::Auto),
         ),
-        &["--axis", "3 is out of range for the 3-d array"],
+        &["invalid axis", "3 is out of range for the 3-d array"],
     );
     // A missing target, and a directory that is not an array (left without a lock file).
     check(

@@ -3,6 +3,7 @@
 mod common;
 
 mod bad_input;
+mod cancel;
 mod cli;
 mod compute;
 mod convert;

@@ -319,7 +319,7 @@ fn graph_edges_match_brute_force() {
     let err = chunkwise::graph_edges(&store, None, Some(10), false, &IndexOptions::default())
         .unwrap_err();
     assert!(
-        err.to_string().contains("--connectivity") && err.to_string().contains("[6, 18, 26]"),
+        err.to_string().contains("invalid connectivity") && err.to_string().contains("[6, 18, 26]"),
         "{err}"
     );
 }

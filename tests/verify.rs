@@ -29,7 +29,7 @@ fn flip_byte(path: &std::path::Path, at_fraction: f64) {
 fn good_store_verifies() {
     let dir = tmp();
     let store = make_store(dir.path(), true);
-    let r = chunkwise::verify(&store, None, None).unwrap();
+    let r = chunkwise::verify(&store, &chunkwise::RunOptions::default()).unwrap();
     assert!(r.ok());
     assert_eq!(r.chunks_total, 3 * 2 * 4);
     let o = chunkwise(&["verify", store.to_str().unwrap()]);
@@ -39,7 +39,11 @@ fn good_store_verifies() {
         "tensorstore_v3_sharded",
         "zarr_python_v2_blosc",
     ] {
-        let r = chunkwise::verify(fixture(&format!("stores/{name}.zarr")), None, None).unwrap();
+        let r = chunkwise::verify(
+            fixture(&format!("stores/{name}.zarr")),
+            &chunkwise::RunOptions::default(),
+        )
+        .unwrap();
         assert!(r.ok(), "{name}: {:?}", r.bad);
     }
 }
@@ -50,7 +54,7 @@ fn checksum_mismatch_is_named() {
     let store = make_store(dir.path(), true);
     // Flip one byte in the middle of the payload: only the crc32c can catch some flips.
     flip_byte(&store.join("c/1/0/2"), 0.5);
-    let r = chunkwise::verify(&store, None, None).unwrap();
+    let r = chunkwise::verify(&store, &chunkwise::RunOptions::default()).unwrap();
     assert_eq!(r.bad.len(), 1, "{:?}", r.bad);
     assert_eq!(r.bad[0].key, "c/1/0/2");
     let o = chunkwise(&["verify", store.to_str().unwrap()]);
@@ -65,7 +69,7 @@ fn truncated_chunk_is_named_on_verify_and_export() {
     let chunk = store.join("c/2/1/3");
     let b = std::fs::read(&chunk).unwrap();
     std::fs::write(&chunk, &b[..b.len() / 3]).unwrap();
-    let r = chunkwise::verify(&store, None, None).unwrap();
+    let r = chunkwise::verify(&store, &chunkwise::RunOptions::default()).unwrap();
     assert_eq!(
         r.bad.iter().map(|b| b.key.as_str()).collect::<Vec<_>>(),
         vec!["c/2/1/3"]

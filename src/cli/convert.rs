@@ -65,6 +65,7 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
         .axis_names(a.axis_names)
         .overwrite(a.overwrite)
         .threads(g.threads)
+        .cancel(g.cancel.clone())
         .memory(a.memory)
         .durability(if a.no_sync {
             Durability::NoSync

@@ -76,6 +76,7 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
     let opts = ConvertOptions::default()
         .overwrite(true)
         .threads(g.threads)
+        .cancel(g.cancel.clone())
         .progress(g.progress());
     let report = chunkwise::convert(&Input::open(&slices)?, &store, &opts)?;
     say(format!("2. {}", super::convert::summary(&report)))?;
@@ -94,6 +95,7 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
     let eopts = ExportOptions::default()
         .overwrite(true)
         .threads(g.threads)
+        .cancel(g.cancel.clone())
         .progress(g.progress());
     let r = chunkwise::export(&vol, &whole, &eopts)?;
     let got = std::fs::read(&whole).map_err(io(&whole))?;
@@ -144,6 +146,7 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
     let jopts = ExecOptions::default()
         .overwrite(true)
         .threads(g.threads)
+        .cancel(g.cancel.clone())
         .progress(g.progress());
     let r = chunkwise::run(std::slice::from_ref(&vol), &smooth, &gauss, &jopts)?;
     let (_, want) = chunkwise::apply_in_memory(&gauss, DType::U16, &[nz, ny, nx], &expected)?;
@@ -168,7 +171,13 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
     ))?;
 
     // 6. One-pass statistics and the voxels above 700, checked against the generated data.
-    let s = chunkwise::reduce(&vol, &Stats, &ReduceOptions::default().threads(g.threads))?;
+    let s = chunkwise::reduce(
+        &vol,
+        &Stats,
+        &ReduceOptions::default()
+            .threads(g.threads)
+            .cancel(g.cancel.clone()),
+    )?;
     let values: Vec<u64> = expected
         .chunks(2)
         .map(|b| u64::from(u16::from_le_bytes([b[0], b[1]])))
@@ -180,7 +189,8 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
         None,
         &IndexOptions::default()
             .select(Select::Above(700.into()))
-            .threads(g.threads),
+            .threads(g.threads)
+            .cancel(g.cancel.clone()),
     )?;
     let want = values.iter().filter(|&&v| v > 700).count() as u64;
     ok &= above.count == want;
@@ -225,6 +235,7 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
         .overwrite(true)
         .again(true)
         .threads(g.threads)
+        .cancel(g.cancel.clone())
         .progress(g.progress());
     let joined = dir.join("joined.zarr");
     let r = chunkwise::concat(&[store.clone(), more_store.clone()], &joined, &gopts)?;
@@ -259,7 +270,7 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
     ))?;
 
     // 8. Verify every chunk decodes.
-    let v = chunkwise::verify(&store, g.threads, g.progress())?;
+    let v = chunkwise::verify(&store, &g.run())?;
     ok &= v.ok();
     say(format!(
         "8. verify: {} of {} chunks stored, {} bad",

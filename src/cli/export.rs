@@ -33,6 +33,7 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
         .raw(a.raw)
         .overwrite(a.overwrite)
         .threads(g.threads)
+        .cancel(g.cancel.clone())
         .memory(a.memory)
         .progress(g.progress());
     let r = chunkwise::export(&chunkwise::Input::open(&a.store)?, &a.output, &opts)?;

@@ -121,6 +121,7 @@ fn options(c: &Common, g: &Global) -> chunkwise::Result<GrowOptions> {
         })
         .checkpoint_secs(c.checkpoint_secs)
         .threads(g.threads)
+        .cancel(g.cancel.clone())
         .progress(g.progress()))
 }
 

@@ -216,6 +216,7 @@ fn run(a: &JobArgs, k: &dyn Kernel, g: &Global) -> CliResult {
     let opts = opts
         .level(a.level)
         .threads(g.threads)
+        .cancel(g.cancel.clone())
         .memory(a.memory)
         .partition(a.partition)
         .overwrite(a.overwrite)

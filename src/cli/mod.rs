@@ -13,8 +13,9 @@ mod verify;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use chunkwise::{Progress, ProgressFn, Unit};
+use chunkwise::{Cancel, Progress, ProgressFn, RunOptions, Unit};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -75,9 +76,19 @@ enum Command {
 pub(crate) struct Global {
     pub threads: Option<usize>,
     pub quiet: bool,
+    /// Set by SIGINT or SIGTERM: every operation stops between chunks.
+    pub cancel: Cancel,
 }
 
 impl Global {
+    /// The shared run settings: threads, the progress bar, the cancellation token.
+    pub fn run(&self) -> RunOptions {
+        RunOptions::default()
+            .threads(self.threads)
+            .progress(self.progress())
+            .cancel(self.cancel.clone())
+    }
+
     /// A progress callback drawing a bar on stderr when it is a terminal (and not `--quiet`).
     pub fn progress(&self) -> Option<ProgressFn> {
         if self.quiet || !std::io::stderr().is_terminal() {
@@ -118,9 +129,11 @@ pub(crate) enum Outcome {
 
 pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
+    let (cancel, signal) = cancel_on_signals();
     let global = Global {
         threads: cli.threads,
         quiet: cli.quiet,
+        cancel,
     };
     let result = match cli.command {
         Command::Convert(a) => convert::run(a, &global),
@@ -145,8 +158,18 @@ pub(crate) fn main() -> ExitCode {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::Failed) => ExitCode::from(1),
         Err(CliError::BrokenPipe) => ExitCode::SUCCESS,
+        Err(CliError::Lib(chunkwise::Error::Cancelled)) => {
+            // Stopped between chunks: the job resumes, the old array stands, no output file.
+            let name = signal.name();
+            let _ = writeln!(
+                std::io::stderr(),
+                "chunkwise: interrupted by {name}; nothing half-written is left (a rerun resumes \
+                 a job, or starts over)"
+            );
+            ExitCode::from(128 + signal.number())
+        }
         Err(CliError::Lib(e)) => {
-            let _ = writeln!(std::io::stderr(), "chunkwise: error: {e}");
+            let _ = writeln!(std::io::stderr(), "chunkwise: error: {}", in_flags(&e));
             ExitCode::from(2)
         }
         Err(CliError::Io(e)) => {
@@ -154,6 +177,118 @@ pub(crate) fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// The settings the library names that are flags here (`checkpoint_secs` is
+/// `--checkpoint-secs`).
+const FLAGS: &[&str] = &[
+    "above",
+    "axis",
+    "axis_names",
+    "below",
+    "bins",
+    "cast",
+    "checkpoint_secs",
+    "chunks",
+    "codec",
+    "connectivity",
+    "dtype",
+    "dtype/shape",
+    "layout",
+    "level",
+    "memory",
+    "mode",
+    "move",
+    "origin",
+    "overwrite",
+    "partition",
+    "range",
+    "region",
+    "shape",
+    "shard",
+    "sigma",
+    "table",
+    "threads",
+    "truncate",
+    "weights",
+];
+
+/// What the library says in words, as the flags that say it here.
+const PHRASES: &[(&str, &str)] = &[
+    (
+        "allow overwriting to replace it",
+        "use --overwrite to replace it",
+    ),
+    (
+        "allow overwriting (or restart the job)",
+        "use --overwrite (or --restart)",
+    ),
+    (
+        "allow casting to convert them",
+        "give --cast to convert them",
+    ),
+    ("give a number of bins", "give --bins"),
+    ("give a range", "give --range"),
+    ("without moving the inputs", "without --move"),
+    ("join into the first input", "use --into"),
+    ("use the regular layout", "use --layout regular"),
+    (
+        "needs its dtype and shape (given, or in a sidecar",
+        "needs --dtype and --shape (or a sidecar",
+    ),
+];
+
+/// A library error as this binary's user reads it: settings named by their flags.
+fn in_flags(e: &chunkwise::Error) -> String {
+    let mut text = e.to_string();
+    if let chunkwise::Error::InvalidOption { option, .. } = e
+        && FLAGS.contains(option)
+    {
+        let flag = option
+            .split('/')
+            .map(|o| format!("--{}", o.replace('_', "-")))
+            .collect::<Vec<_>>()
+            .join("/");
+        text = text.replacen(
+            &format!("invalid {option}:"),
+            &format!("invalid {flag}:"),
+            1,
+        );
+    }
+    for (words, flags) in PHRASES {
+        text = text.replace(words, flags);
+    }
+    text
+}
+
+/// Which signal asked us to stop (SIGINT unless SIGTERM was seen).
+pub(crate) struct Signal(Arc<AtomicBool>);
+
+impl Signal {
+    fn term(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+    fn name(&self) -> &'static str {
+        if self.term() { "SIGTERM" } else { "SIGINT" }
+    }
+    fn number(&self) -> u8 {
+        if self.term() { 15 } else { 2 }
+    }
+}
+
+/// SIGINT and SIGTERM cancel the running operation, which stops between chunks and cleans up
+/// what a rerun would not resume; a second one ends the process at once (as without a handler).
+fn cancel_on_signals() -> (Cancel, Signal) {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let flag = Arc::new(AtomicBool::new(false));
+    let term = Arc::new(AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        // Registered first: on the second signal the flag is already set, and this exits.
+        let _ = signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, flag.clone());
+        let _ = signal_hook::flag::register(sig, flag.clone());
+    }
+    let _ = signal_hook::flag::register(SIGTERM, term.clone());
+    (Cancel::from_flag(flag), Signal(term))
 }
 
 /// Errors of the binary: the library's, and output errors.

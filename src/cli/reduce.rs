@@ -38,6 +38,7 @@ fn opts(g: &Global, store: &Input, region: Option<&str>) -> chunkwise::Result<Re
     Ok(ReduceOptions::default()
         .region(chunkwise::region_of(store, region)?)
         .threads(g.threads)
+        .cancel(g.cancel.clone())
         .progress(g.progress()))
 }
 
@@ -292,6 +293,7 @@ pub(crate) fn where_(a: WhereArgs, g: &Global) -> CliResult {
     let o = IndexOptions::default()
         .select(Select::from_bounds(a.above, a.below))
         .threads(g.threads)
+        .cancel(g.cancel.clone())
         .overwrite(a.overwrite)
         .progress(g.progress());
     let out = if a.count_only {
@@ -349,6 +351,7 @@ pub(crate) fn graph(a: GraphArgs, g: &Global) -> CliResult {
     let o = IndexOptions::default()
         .select(Select::from_bounds(a.above, None))
         .threads(g.threads)
+        .cancel(g.cancel.clone())
         .overwrite(a.overwrite)
         .progress(g.progress());
     let out = if a.count_only {

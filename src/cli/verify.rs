@@ -16,7 +16,7 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(a: Args, g: &Global) -> CliResult {
-    let r = chunkwise::verify(&a.store, g.threads, g.progress())?;
+    let r = chunkwise::verify(&a.store, &g.run())?;
     if a.json {
         let bad: Vec<_> = r
             .bad

@@ -20,15 +20,17 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use crate::dtype::{DType, Scalar};
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, KernelError, Result};
 use crate::fingerprint::fnv1a;
 use crate::grid::{Grid, indices_in};
 use crate::halo::{Boundary, fill_block, segments};
 use crate::input::Input;
 use crate::kernel::{Block, FnKernel, Kernel, OutBlock};
-use crate::progress::{ProgressFn, Tracker, Unit, with_threads};
+use crate::progress::{Tracker, Unit};
 use crate::region::{Region, check_shapes, fmt_shape};
-use crate::store::{Codec, Durability, Finish, JobOptions, JobState, JobWriter, StoreSpec};
+use crate::run::with_threads;
+use crate::run::{RunOptions, run_setters};
+use crate::store::{Codec, Finish, JobOptions, JobState, JobWriter, StoreSpec};
 use crate::with_scalar;
 
 mod feed;
@@ -42,8 +44,7 @@ use task::{Ctx, Reader, run_task};
 /// Settings of a job; build with [`ExecOptions::default`] and the setters.
 #[derive(Clone, Default)]
 pub struct ExecOptions {
-    threads: Option<usize>,
-    memory: Option<u64>,
+    run: RunOptions,
     partition: Option<(u32, u32)>,
     overwrite: bool,
     restart: bool,
@@ -51,15 +52,12 @@ pub struct ExecOptions {
     codec: Option<Codec>,
     level: Option<i32>,
     checksum: bool,
-    durability: Durability,
-    progress: Option<ProgressFn>,
 }
 
 impl std::fmt::Debug for ExecOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ExecOptions")
-            .field("threads", &self.threads)
-            .field("memory", &self.memory)
+            .field("run", &self.run)
             .field("partition", &self.partition)
             .field("overwrite", &self.overwrite)
             .field("restart", &self.restart)
@@ -70,16 +68,6 @@ impl std::fmt::Debug for ExecOptions {
 }
 
 impl ExecOptions {
-    /// Worker threads (default: one per core).
-    pub fn threads(mut self, n: Option<usize>) -> Self {
-        self.threads = n;
-        self
-    }
-    /// Memory budget in bytes (default: half the machine's memory).
-    pub fn memory(mut self, bytes: Option<u64>) -> Self {
-        self.memory = bytes;
-        self
-    }
     /// Compute only the `i`-th of `n` disjoint parts of the output (`--partition I/N`).
     pub fn partition(mut self, part: Option<(u32, u32)>) -> Self {
         self.partition = part;
@@ -115,17 +103,9 @@ impl ExecOptions {
         self.checksum = on;
         self
     }
-    /// Whether to sync before recording chunks done and publishing (default: sync).
-    pub fn durability(mut self, d: Durability) -> Self {
-        self.durability = d;
-        self
-    }
-    /// Progress callback (units: output chunks).
-    pub fn progress(mut self, cb: Option<ProgressFn>) -> Self {
-        self.progress = cb;
-        self
-    }
 }
+
+run_setters!(ExecOptions);
 
 /// How a job ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,8 +160,8 @@ pub struct ExecReport {
 /// Runs `kernel` over the arrays `inputs` (same shape), writing the array `out`.
 ///
 /// # Errors
-/// Inputs that cannot be opened or differ in shape ([`Error::ShapeMismatch`]); the kernel's
-/// errors ([`Error::Compute`], naming the chunk); an impossible memory budget; a locked or
+/// Inputs that cannot be opened or differ in shape ([`crate::InputError::ShapeMismatch`]); the kernel's
+/// errors ([`crate::KernelError::Compute`], naming the chunk); an impossible memory budget; a locked or
 /// differently-computed output. Nothing appears at `out` unless every chunk is done.
 pub fn run(
     inputs: &[Input],
@@ -189,7 +169,7 @@ pub fn run(
     kernel: &dyn Kernel,
     opts: &ExecOptions,
 ) -> Result<ExecReport> {
-    with_threads(opts.threads, || run_in_pool(inputs, out, kernel, opts))
+    with_threads(opts.run.threads, || run_in_pool(inputs, out, kernel, opts))
 }
 
 /// dask's `map_overlap` / ClearMap's `process`: `f` gets each input's block (the output chunk's
@@ -245,19 +225,19 @@ fn run_in_pool(
 ) -> Result<ExecReport> {
     let start = Instant::now();
     if inputs.is_empty() {
-        return Err(Error::option("INPUT", "no input given"));
+        return Err(Error::option("input", "no input given"));
     }
     let stores = inputs;
     let shape = stores[0].shape().to_vec();
     for s in &stores[1..] {
         if s.shape().len() != shape.len() {
-            return Err(Error::ShapeMismatch {
+            return Err(Error::Input(InputError::ShapeMismatch {
                 left_path: stores[0].path().to_path_buf(),
                 right_path: s.path().to_path_buf(),
                 axis: 0,
                 left: shape.len() as u64,
                 right: s.shape().len() as u64,
-            });
+            }));
         }
         check_shapes(stores[0].path(), &shape, s.path(), s.shape(), None)?;
     }
@@ -298,7 +278,7 @@ fn run_in_pool(
             partition: (part, parts),
             overwrite: opts.overwrite,
             restart: opts.restart,
-            durability: opts.durability,
+            durability: opts.run.durability,
         },
     )?;
     let out_grid = Grid::new(&shape, &out_chunks)?;
@@ -364,7 +344,7 @@ fn run_in_pool(
     );
     let mine: u64 = (l1 - l0) * gshape[1..].iter().product::<u64>();
     let threads = rayon::current_num_threads();
-    let budget = opts.memory.unwrap_or_else(default_budget);
+    let budget = opts.run.memory.unwrap_or_else(default_budget);
 
     let ctx = Ctx {
         inputs: ins,
@@ -380,6 +360,7 @@ fn run_in_pool(
         computed: AtomicU64::new(0),
         stored: AtomicU64::new(0),
         tracker: Tracker::new("compute", Unit::Chunks, 0, None),
+        run: &opts.run,
         window: Mutex::new(HashMap::new()),
         reads: Vec::new(),
         readers: Vec::new(),
@@ -407,7 +388,7 @@ fn run_in_pool(
         ctx.boundary,
     );
     let ctx = Ctx {
-        tracker: Tracker::new("compute", Unit::Chunks, todo, opts.progress.clone()),
+        tracker: Tracker::new("compute", Unit::Chunks, todo, opts.run.progress.clone()),
         reads,
         readers,
         ..ctx
@@ -418,17 +399,20 @@ fn run_in_pool(
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
-            .map_err(|e| Error::option("--threads", e.to_string()))?
+            .map_err(|e| Error::option("threads", e.to_string()))?
             .install(|| feed.par_bridge().try_for_each(|task| run_task(&ctx, task)))
     } else {
         feed.par_bridge().try_for_each(|task| run_task(&ctx, task))
     };
     if let Err(e) = ran {
         drop(ctx);
-        if matches!(e, Error::Compute { .. }) {
+        if matches!(e, Error::Kernel(KernelError::Compute { .. })) {
             // The kernel refused its input: a rerun with these settings fails the same way, so
             // nothing is kept to resume, and a rerun with other settings is not refused.
             job.abandon();
+        } else {
+            // Cancelled, or an I/O error: what is done is logged, so that a rerun resumes.
+            let _ = job.checkpoint();
         }
         return Err(e);
     }

@@ -164,7 +164,7 @@ pub(super) fn plan_tiles(
             return Ok((tile, w, t));
         }
         return Err(Error::option(
-            "--memory",
+            "memory",
             format!(
                 "{budget} bytes cannot hold one tile: at least {} needed ({w} for the decoded \
                  window of a one-chunk tile + {task} for one task at a time)",

@@ -8,12 +8,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::dtype::DType;
-use crate::error::{Error, Result, to_usize};
+use crate::error::{Error, Result, StoreError, to_usize};
 use crate::grid::{Grid, product};
 use crate::halo::{Boundary, Segment, fill_block, segments};
 use crate::kernel::{Block, Kernel, OutBlock, Scratch};
 use crate::progress::Tracker;
 use crate::region::Region;
+use crate::run::RunOptions;
 use crate::store::JobWriter;
 
 use super::feed::{Slot, Task, Window};
@@ -50,6 +51,8 @@ pub(super) struct Ctx<'a> {
     pub(super) computed: AtomicU64,
     pub(super) stored: AtomicU64,
     pub(super) tracker: Tracker,
+    /// The job's shared settings (its cancellation token).
+    pub(super) run: &'a RunOptions,
     /// Decoded input chunks by (input, chunk index).
     pub(super) window: Mutex<Window>,
     /// Per input, per axis, per output chunk index along the axis: the input chunk indices
@@ -99,6 +102,8 @@ impl Ctx<'_> {
 
 /// Runs one task.
 pub(super) fn run_task(ctx: &Ctx<'_>, task: Task) -> Result<()> {
+    // Between chunks: a cancelled job stops here (what is computed is logged on the way out).
+    ctx.run.check()?;
     match task {
         Task::Decode(slot) => {
             let inp = &ctx.inputs[slot.input];
@@ -106,11 +111,12 @@ pub(super) fn run_task(ctx: &Ctx<'_>, task: Task) -> Result<()> {
                 inp.input.read_block(&slot.idx)
             }))
             .unwrap_or_else(|_| {
-                Err(Error::CorruptChunk {
+                Err(Error::Store(StoreError::CorruptChunk {
                     store: inp.input.path().to_path_buf(),
                     key: inp.input.block_key(&slot.idx),
                     reason: "decoding panicked".into(),
-                })
+                    source: None,
+                }))
             });
             ctx.decodes.fetch_add(1, Ordering::Relaxed);
             ctx.distinct
@@ -128,7 +134,9 @@ pub(super) fn run_task(ctx: &Ctx<'_>, task: Task) -> Result<()> {
                 }
                 Err(e) => {
                     let (key, reason) = match &e {
-                        Error::CorruptChunk { key, reason, .. } => (key.clone(), reason.clone()),
+                        Error::Store(StoreError::CorruptChunk { key, reason, .. }) => {
+                            (key.clone(), reason.clone())
+                        }
                         other => (inp.input.block_key(&slot.idx), other.to_string()),
                     };
                     let _ = slot.data.set(Err((key, reason)));
@@ -260,11 +268,12 @@ fn whole_chunk(
     match slot.data.wait() {
         Ok(d) if (d.as_ptr() as usize).is_multiple_of(8) => Ok(Some(d.clone())),
         Ok(_) => Ok(None),
-        Err((key, reason)) => Err(Error::CorruptChunk {
+        Err((key, reason)) => Err(Error::Store(StoreError::CorruptChunk {
             store: inp.input.path().to_path_buf(),
             key: key.clone(),
             reason: reason.clone(),
-        }),
+            source: None,
+        })),
     }
 }
 
@@ -304,11 +313,12 @@ fn assemble(
                 chunks.insert(&s.idx, d.as_slice());
             }
             Err((key, reason)) => {
-                return Err(Error::CorruptChunk {
+                return Err(Error::Store(StoreError::CorruptChunk {
                     store: inp.input.path().to_path_buf(),
                     key: key.clone(),
                     reason: reason.clone(),
-                });
+                    source: None,
+                }));
             }
         }
     }

@@ -91,7 +91,7 @@ pub(super) fn apply(join: &Join<'_>, target: &Target<'_>, todo: &[usize]) -> Res
     let done = Done::default();
     let fill = codec.fill_bytes();
     let itemsize = fill.len();
-    let budget = opts.memory.unwrap_or(256 << 20);
+    let budget = opts.run.memory.unwrap_or(256 << 20);
     staging.create()?;
     let files = FileWriter::new(staging.dir(), 2 * rayon::current_num_threads(), true);
     let mut staged: Vec<(PathBuf, PathBuf)> = Vec::new();
@@ -99,11 +99,13 @@ pub(super) fn apply(join: &Join<'_>, target: &Target<'_>, todo: &[usize]) -> Res
     let mut finished: Vec<u64> = Vec::new();
     let mut last = Instant::now();
     for &li in todo {
+        opts.run.check()?;
         let layer = &plan.layers[li];
         match layer.act {
             Act::Link { op, layer: j } => {
                 let src_layout = ops[op].layout.as_ref().expect("linked operands are stored");
                 others.par_iter().try_for_each(|rest| -> Result<()> {
+                    opts.run.check()?;
                     let mut dst_idx = rest.clone();
                     dst_idx[axis] = li as u64;
                     let mut src_idx = rest.clone();
@@ -143,6 +145,7 @@ pub(super) fn apply(join: &Join<'_>, target: &Target<'_>, todo: &[usize]) -> Res
                 let lshape: Vec<usize> = layer_region.shape().iter().map(|&n| n as usize).collect();
                 let lstrides = c_strides(&lshape, itemsize);
                 others.par_iter().try_for_each(|rest| -> Result<()> {
+                    opts.run.check()?;
                     let mut idx = rest.clone();
                     idx[axis] = li as u64;
                     let cshape = codec.chunk_shape(&idx)?;
@@ -257,7 +260,7 @@ pub(super) fn checkpoint_secs(opts: &GrowOptions) -> Result<f64> {
     let secs = opts.checkpoint_secs.unwrap_or(2.0);
     if !(secs.is_finite() && secs >= 0.0) {
         return Err(Error::option(
-            "--checkpoint-secs",
+            "checkpoint_secs",
             format!("{secs}: give a number of seconds, 0 or more"),
         ));
     }

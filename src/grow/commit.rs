@@ -222,7 +222,7 @@ pub(super) fn grow_in_place(
     let axis = opts.axis;
     if axis >= target.shape().len() {
         return Err(Error::option(
-            "--axis",
+            "axis",
             format!(
                 "{axis} is out of range for the {}-d array {}",
                 target.shape().len(),
@@ -271,7 +271,7 @@ pub(super) fn grow_in_place(
     if plan.layers.len() < old_edges.len() {
         reshaped = true;
     }
-    let sync = opts.durability == Durability::Sync;
+    let sync = opts.run.durability == Durability::Sync;
     let layers_reencoded = stored_reencoded(
         &Plan {
             layers: todo.iter().map(|&l| plan.layers[l].clone()).collect(),
@@ -321,7 +321,7 @@ pub(super) fn grow_in_place(
         "append",
         Unit::Chunks,
         per_layer * todo.len() as u64,
-        opts.progress.clone(),
+        opts.run.progress.clone(),
     );
     let journal = Journal {
         fingerprint: fp.to_string(),
@@ -451,7 +451,7 @@ pub(super) fn build_new(
     let axis = opts.axis;
     if axis >= first.shape().len() {
         return Err(Error::option(
-            "--axis",
+            "axis",
             format!(
                 "{axis} is out of range for {}-d arrays",
                 first.shape().len()
@@ -475,7 +475,7 @@ pub(super) fn build_new(
         "concat",
         Unit::Chunks,
         grid_count(&edges, &shape),
-        opts.progress.clone(),
+        opts.run.progress.clone(),
     );
     let staging = Staging::new(&tmp);
     let join = Join {
@@ -542,7 +542,7 @@ pub(super) fn finish_build(
     }
     .write(tmp)?;
     crash_point("journaled");
-    if opts.durability == Durability::Sync {
+    if opts.run.durability == Durability::Sync {
         sync_filesystem(tmp)?;
     }
     publish(
@@ -551,7 +551,7 @@ pub(super) fn finish_build(
         meta,
         &[tmp.join(LOCK_FILE)],
         opts.overwrite,
-        opts.durability,
+        opts.run.durability,
     )?;
     crash_point("committed");
     drop(lock);

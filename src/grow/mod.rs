@@ -16,9 +16,10 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::input::Input;
-use crate::progress::{ProgressFn, with_threads};
+use crate::run::with_threads;
+use crate::run::{RunOptions, run_setters};
 use crate::store::{
-    Durability, Layout, StoreLock, check_removable, check_utf8, clean_stale, lock_existing,
+    Layout, StoreLock, check_removable, check_utf8, clean_stale, lock_existing,
     recover_replacement, resolve_links,
 };
 
@@ -58,7 +59,7 @@ impl std::str::FromStr for GridLayout {
             "regular" => Ok(GridLayout::Regular),
             "rectilinear" => Ok(GridLayout::Rectilinear),
             other => Err(Error::option(
-                "--layout",
+                "layout",
                 format!("{other:?}: use auto, regular or rectilinear"),
             )),
         }
@@ -75,16 +76,14 @@ pub struct GrowOptions {
     wait: bool,
     overwrite: bool,
     again: bool,
-    threads: Option<usize>,
-    durability: Durability,
-    memory: Option<u64>,
+    run: RunOptions,
     checkpoint_secs: Option<f64>,
-    progress: Option<ProgressFn>,
 }
 
 impl std::fmt::Debug for GrowOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GrowOptions")
+            .field("run", &self.run)
             .field("axis", &self.axis)
             .field("layout", &self.layout)
             .field("cast", &self.cast)
@@ -133,33 +132,15 @@ impl GrowOptions {
         self.again = on;
         self
     }
-    /// Worker threads (default: one per core).
-    pub fn threads(mut self, threads: Option<usize>) -> Self {
-        self.threads = threads;
-        self
-    }
-    /// Whether to fsync before committing (default [`Durability::Sync`]).
-    pub fn durability(mut self, d: Durability) -> Self {
-        self.durability = d;
-        self
-    }
-    /// Bytes of input read at once when encoding a layer (default 256 MiB).
-    pub fn memory(mut self, bytes: Option<u64>) -> Self {
-        self.memory = bytes;
-        self
-    }
     /// How often an in-place append records the layers it has finished, so that a rerun
     /// after a kill skips them (APPEND §5.1). Default 2 s; 0 records after every layer.
     pub fn checkpoint_secs(mut self, secs: f64) -> Self {
         self.checkpoint_secs = Some(secs);
         self
     }
-    /// A progress callback (chunks placed).
-    pub fn progress(mut self, cb: Option<ProgressFn>) -> Self {
-        self.progress = cb;
-        self
-    }
 }
+
+run_setters!(GrowOptions);
 
 /// What a grow did.
 #[derive(Debug, Clone, PartialEq)]
@@ -226,14 +207,14 @@ impl GrowReport {
 /// axis, in place (APPEND §2).
 ///
 /// # Errors
-/// [`Error::Locked`] if another writer holds the array; [`Error::ShapeMismatch`] naming the
+/// [`Error::Locked`] if another writer holds the array; [`crate::InputError::ShapeMismatch`] naming the
 /// axis and sizes; [`Error::InvalidOption`] for another type without `--cast` or a lossy cast;
 /// input and I/O errors. The array is unchanged after any error.
 pub fn append(store: &Path, inputs: &[Input], opts: &GrowOptions) -> Result<GrowReport> {
-    with_threads(opts.threads, || {
+    with_threads(opts.run.threads, || {
         let start = Instant::now();
         if inputs.is_empty() {
-            return Err(Error::option("INPUT", "nothing to append"));
+            return Err(Error::option("input", "nothing to append"));
         }
         // Through a link, the array it points to is edited and the link stays (APPEND §6.3).
         let store = &resolve_links(store)?;
@@ -273,11 +254,11 @@ pub fn append(store: &Path, inputs: &[Input], opts: &GrowOptions) -> Result<Grow
 /// Joins the stores `inputs` along the axis into a new array at `out` (APPEND §3).
 ///
 /// # Errors
-/// [`Error::Incompatible`] naming the field that differs; [`Error::OutputExists`] without
+/// [`crate::GrowError::Incompatible`] naming the field that differs; [`Error::OutputExists`] without
 /// `overwrite`; [`Error::InvalidOption`] for an output inside an input, or an input given
 /// twice; as [`append`].
 pub fn concat(inputs: &[PathBuf], out: &Path, opts: &GrowOptions) -> Result<GrowReport> {
-    with_threads(opts.threads, || {
+    with_threads(opts.run.threads, || {
         let start = Instant::now();
         let out = &resolve_links(out)?;
         let (fp, _replacing) = match begin_new_output("concat", inputs, out, opts, start)? {
@@ -302,7 +283,7 @@ pub fn concat(inputs: &[PathBuf], out: &Path, opts: &GrowOptions) -> Result<Grow
 /// # Errors
 /// As [`concat()`] and [`append`].
 pub fn concat_into(target: &Path, others: &[PathBuf], opts: &GrowOptions) -> Result<GrowReport> {
-    with_threads(opts.threads, || {
+    with_threads(opts.run.threads, || {
         let start = Instant::now();
         let target = &resolve_links(target)?;
         recover_replacement(target)?;

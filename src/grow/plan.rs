@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{GridLayout, GrowOptions};
-use crate::error::{Error, Incompatibility, IoContext, Result};
+use crate::error::{Error, GrowError, Incompatibility, IoContext, Result, StoreError};
 use crate::input::Input;
 use crate::region::{check_shapes, fmt_shape};
 use crate::store::{Edges, Layout, is_store};
@@ -95,7 +95,7 @@ pub(super) fn fresh_operand(input: &Input, base: &Layout, opts: &GrowOptions) ->
     let shown = input.path().to_path_buf();
     if view.shape().len() != ndim {
         return Err(Error::option(
-            "INPUT",
+            "input",
             format!(
                 "{} is {}-d ({}), the array is {}-d ({})",
                 shown.display(),
@@ -122,18 +122,20 @@ pub(super) fn cast_to(view: View, base: &Layout, path: &Path, opts: &GrowOptions
         .as_str()
         .unwrap_or("")
         .parse()
-        .map_err(|_| Error::BadMetadata {
-            path: base.path().to_path_buf(),
-            reason: format!("data type {} is not supported", base.field("data_type")),
+        .map_err(|_| {
+            Error::bad_metadata(
+                base.path(),
+                format!("data type {} is not supported", base.field("data_type")),
+            )
         })?;
     if view.dtype() == want {
         return Ok(view);
     }
     if !opts.cast {
         return Err(Error::option(
-            "--cast",
+            "cast",
             format!(
-                "{} holds {}, {} holds {}: give --cast to convert (widening casts only)",
+                "{} holds {}, {} holds {}: allow casting to convert them (widening casts only)",
                 path.display(),
                 view.dtype(),
                 base.path().display(),
@@ -146,13 +148,15 @@ pub(super) fn cast_to(view: View, base: &Layout, path: &Path, opts: &GrowOptions
 
 pub(super) fn check_rank_and_axes(base: &Layout, other: &Layout, axis: usize) -> Result<()> {
     if base.shape().len() != other.shape().len() {
-        return Err(Error::Incompatible(Box::new(Incompatibility {
-            left_path: base.path().to_path_buf(),
-            right_path: other.path().to_path_buf(),
-            field: "rank".into(),
-            left: base.shape().len().to_string(),
-            right: other.shape().len().to_string(),
-        })));
+        return Err(Error::Grow(GrowError::Incompatible(Box::new(
+            Incompatibility {
+                left_path: base.path().to_path_buf(),
+                right_path: other.path().to_path_buf(),
+                field: "rank".into(),
+                left: base.shape().len().to_string(),
+                right: other.shape().len().to_string(),
+            },
+        ))));
     }
     check_axes(base.path(), base.shape(), other.path(), other.shape(), axis)
 }
@@ -166,7 +170,7 @@ pub(super) fn check_axes(
 ) -> Result<()> {
     if axis >= left.len() {
         return Err(Error::option(
-            "--axis",
+            "axis",
             format!("{axis} is out of range for a {}-d array", left.len()),
         ));
     }
@@ -179,13 +183,15 @@ pub(super) fn check_compatible(base: &Layout, other: &Layout, axis: Option<usize
     for field in ["data_type", "fill_value", "codecs"] {
         let (a, b) = (base.field(field), other.field(field));
         if a != b {
-            return Err(Error::Incompatible(Box::new(Incompatibility {
-                left_path: base.path().to_path_buf(),
-                right_path: other.path().to_path_buf(),
-                field: field.into(),
-                left: a.to_string(),
-                right: b.to_string(),
-            })));
+            return Err(Error::Grow(GrowError::Incompatible(Box::new(
+                Incompatibility {
+                    left_path: base.path().to_path_buf(),
+                    right_path: other.path().to_path_buf(),
+                    field: field.into(),
+                    left: a.to_string(),
+                    right: b.to_string(),
+                },
+            ))));
         }
     }
     for (k, (a, b)) in base.edges().iter().zip(other.edges()).enumerate() {
@@ -194,13 +200,15 @@ pub(super) fn check_compatible(base: &Layout, other: &Layout, axis: Option<usize
         }
         let (la, lb) = (a.list(base.shape()[k]), b.list(other.shape()[k]));
         if la != lb {
-            return Err(Error::Incompatible(Box::new(Incompatibility {
-                left_path: base.path().to_path_buf(),
-                right_path: other.path().to_path_buf(),
-                field: format!("chunk_grid (axis {k})"),
-                left: format!("{a:?}"),
-                right: format!("{b:?}"),
-            })));
+            return Err(Error::Grow(GrowError::Incompatible(Box::new(
+                Incompatibility {
+                    left_path: base.path().to_path_buf(),
+                    right_path: other.path().to_path_buf(),
+                    field: format!("chunk_grid (axis {k})"),
+                    left: format!("{a:?}"),
+                    right: format!("{b:?}"),
+                },
+            ))));
         }
     }
     Ok(())
@@ -211,7 +219,7 @@ pub(super) fn check_axis(target: &Layout, axis: usize) -> Result<()> {
     let ndim = target.shape().len();
     if axis >= ndim {
         return Err(Error::option(
-            "--axis",
+            "axis",
             format!(
                 "{axis} is out of range for the {ndim}-d array {}",
                 target.path().display()
@@ -227,7 +235,7 @@ pub(super) fn check_target(path: &Path) -> Result<()> {
         return Err(Error::NotFound(path.to_path_buf()));
     }
     if !is_store(path) {
-        return Err(Error::NotAStore(path.to_path_buf()));
+        return Err(Error::Store(StoreError::NotAStore(path.to_path_buf())));
     }
     Ok(())
 }
@@ -242,7 +250,7 @@ pub(super) fn check_join_inputs(inputs: &[PathBuf], out: Option<&Path>) -> Resul
             return Err(Error::NotFound(p.clone()));
         }
         if !is_store(p) {
-            return Err(Error::NotAStore(p.clone()));
+            return Err(Error::Store(StoreError::NotAStore(p.clone())));
         }
         let c = p.canonicalize().at(p)?;
         if seen.contains(&c) {
@@ -265,9 +273,9 @@ pub(super) fn check_join_inputs(inputs: &[PathBuf], out: Option<&Path>) -> Resul
             let out_c = parent.join(out.file_name().unwrap_or_default());
             if let Some(inside) = seen.iter().find(|s| out_c.starts_with(s)) {
                 return Err(Error::option(
-                    "-o",
+                    "output",
                     format!(
-                        "{} is inside the input {}; write the result elsewhere (or use --into)",
+                        "{} is inside the input {}; write the result elsewhere (or join into the first input)",
                         out.display(),
                         inside.display()
                     ),
@@ -286,7 +294,7 @@ pub(super) fn check_not_self(store: &Path, inputs: &[Input]) -> Result<()> {
             .is_some_and(|c| c == s || c.starts_with(&s))
         {
             return Err(Error::option(
-                "INPUT",
+                "input",
                 format!(
                     "{} is the array being appended to (or inside it)",
                     p.display()
@@ -472,10 +480,10 @@ pub(super) fn choose_plan(ops: &[Operand], base: &Layout, opts: &GrowOptions) ->
     };
     if let Some((s, bad)) = bad_edge(&plan) {
         return Err(Error::option(
-            "--layout",
+            "layout",
             format!(
                 "{}: sharded with subchunks of {s} along axis {axis}; a rectilinear edge of {bad} \
-                 is not a multiple of it (use --layout regular, which keeps whole shards)",
+                 is not a multiple of it (use the regular layout, which keeps whole shards)",
                 base.path().display()
             ),
         ));

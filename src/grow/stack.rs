@@ -10,19 +10,21 @@ use serde_json::{Value, json};
 use super::commit::{finish_build, grid_name, moving_list, remove_moved};
 use super::plan::{check_compatible, grid_count};
 use super::{Begin, GrowOptions, GrowReport, begin_new_output};
-use crate::error::{Error, Incompatibility, Result};
+use crate::error::{Error, GrowError, Incompatibility, Result};
 use crate::grid::indices_in;
-use crate::progress::{Tracker, Unit, with_threads};
+use crate::progress::{Tracker, Unit};
 use crate::region::check_shapes;
+use crate::run::with_threads;
 use crate::store::{Edges, Layout, Staging, StoreLock, begin_build, link_chunk, resolve_links};
 
 /// Stacks the stores `inputs` (same shape, type, codecs and chunking) along a new leading axis
 /// into a new array at `out`, chunk size 1 along it; every chunk is linked (APPEND §3.4).
 ///
 /// # Errors
-/// As [`concat()`]; [`Error::Incompatible`] also for a shape or a codec that cannot gain an axis.
+/// As [`concat()`](super::concat()); [`crate::GrowError::Incompatible`] also for a shape or
+/// a codec that cannot gain an axis.
 pub fn stack(inputs: &[PathBuf], out: &Path, opts: &GrowOptions) -> Result<GrowReport> {
-    with_threads(opts.threads, || {
+    with_threads(opts.run.threads, || {
         let start = Instant::now();
         let out = &resolve_links(out)?;
         let (fp, _replacing) = match begin_new_output("stack", inputs, out, opts, start)? {
@@ -51,7 +53,7 @@ pub fn stack(inputs: &[PathBuf], out: &Path, opts: &GrowOptions) -> Result<GrowR
                 .iter()
                 .map(|l| grid_count(l.edges(), l.shape()))
                 .sum(),
-            opts.progress.clone(),
+            opts.run.progress.clone(),
         );
         let copied = AtomicU64::new(0);
         let linked = AtomicU64::new(0);
@@ -65,6 +67,7 @@ pub fn stack(inputs: &[PathBuf], out: &Path, opts: &GrowOptions) -> Result<GrowR
             indices_in(&boxed)
                 .par_iter()
                 .try_for_each(|idx| -> Result<()> {
+                    opts.run.check()?;
                     let src = l.chunk_file(idx);
                     if src.exists() {
                         let mut o = vec![k as u64];
@@ -158,13 +161,15 @@ pub(super) fn lift_codecs(codecs: &Value, path: &Path) -> Result<Value> {
                 c["configuration"]["order"] = json!(lifted);
             }
             other => {
-                return Err(Error::Incompatible(Box::new(Incompatibility {
-                    left_path: path.to_path_buf(),
-                    right_path: path.to_path_buf(),
-                    field: "codecs".into(),
-                    left: format!("{other:?}"),
-                    right: "a codec that can gain an axis".into(),
-                })));
+                return Err(Error::Grow(GrowError::Incompatible(Box::new(
+                    Incompatibility {
+                        left_path: path.to_path_buf(),
+                        right_path: path.to_path_buf(),
+                        field: "codecs".into(),
+                        left: format!("{other:?}"),
+                        right: "a codec that can gain an axis".into(),
+                    },
+                ))));
             }
         }
         out.push(c);

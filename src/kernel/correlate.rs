@@ -154,7 +154,7 @@ pub(crate) fn filter_halo(len: usize, origin: i64) -> Result<(u64, u64)> {
     let size2 = len as i64 - size1 - 1;
     if origin < -size1 || origin > size2 {
         return Err(Error::option(
-            "--origin",
+            "origin",
             format!(
                 "{origin} is outside [{}, {size2}] for {len} weights",
                 -size1
@@ -186,10 +186,10 @@ impl Correlate1d {
     /// [`Error::InvalidOption`] for no weights or a bad origin.
     pub fn validate(&self) -> Result<()> {
         if self.weights.is_empty() {
-            return Err(Error::option("--weights", "no weights given"));
+            return Err(Error::option("weights", "no weights given"));
         }
         if self.weights.iter().any(|w| !w.is_finite()) {
-            return Err(Error::option("--weights", "weights must be finite"));
+            return Err(Error::option("weights", "weights must be finite"));
         }
         filter_halo(self.weights.len(), self.origin).map(|_| ())
     }
@@ -208,7 +208,7 @@ impl Kernel for Correlate1d {
     fn halo(&self, ndim: usize) -> Result<Vec<(u64, u64)>> {
         if self.axis >= ndim {
             return Err(Error::option(
-                "--axis",
+                "axis",
                 format!("axis {} is out of range for {ndim} dimensions", self.axis),
             ));
         }

@@ -29,17 +29,17 @@ impl Gaussian {
     /// [`Error::InvalidOption`] for a sigma that is not positive and finite, or a bad truncate.
     pub fn validate(&self) -> Result<()> {
         if self.sigma.is_empty() {
-            return Err(Error::option("--sigma", "no sigma given"));
+            return Err(Error::option("sigma", "no sigma given"));
         }
         if let Some(s) = self.sigma.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
             return Err(Error::option(
-                "--sigma",
+                "sigma",
                 format!("sigma must be positive and finite, got {s}"),
             ));
         }
         if !(self.truncate.is_finite() && self.truncate > 0.0) {
             return Err(Error::option(
-                "--truncate",
+                "truncate",
                 format!("must be positive, got {}", self.truncate),
             ));
         }
@@ -51,7 +51,7 @@ impl Gaussian {
             1 => Ok(vec![self.sigma[0]; ndim]),
             n if n == ndim => Ok(self.sigma.clone()),
             n => Err(Error::option(
-                "--sigma",
+                "sigma",
                 format!("{n} sigmas given for {ndim} dimensions"),
             )),
         }

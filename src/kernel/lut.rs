@@ -7,7 +7,7 @@ use memmap2::Mmap;
 use ndarray::{ArrayViewD, Dimension};
 
 use crate::dtype::{DType, Scalar};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, InputError, IoContext, KernelError, Result};
 use crate::kernel::{Block, Kernel, OutBlock, valid_view};
 use crate::npy::parse_header;
 use crate::with_scalar;
@@ -35,7 +35,7 @@ impl Table {
     /// Maps the 1-D, C-order, little-endian table in the .npy file `path`.
     ///
     /// # Errors
-    /// [`Error::BadInput`] for another shape or a big-endian table; .npy parsing errors.
+    /// [`crate::InputError::BadInput`] for another shape or a big-endian table; .npy parsing errors.
     pub fn open(path: &Path) -> Result<Table> {
         let file = std::fs::File::open(path).at(path)?;
         // SAFETY: read-only map; tables must not change while a job runs (spec/COMPUTE.md).
@@ -58,12 +58,12 @@ impl Table {
         let offset = h.data_offset as usize;
         let need = offset + len * h.dtype.size();
         if map.len() < need {
-            return Err(Error::SizeMismatch {
+            return Err(Error::Input(InputError::SizeMismatch {
                 path: path.to_path_buf(),
                 what: format!("truncated .npy table of {len} {}", h.dtype),
                 expected: (len * h.dtype.size()) as u64,
                 actual: (map.len() - offset.min(map.len())) as u64,
-            });
+            }));
         }
         Ok(Table {
             path: path.to_path_buf(),
@@ -168,7 +168,7 @@ impl Kernel for Lut {
             with_scalar!(input.dtype(), I => {
                 let src = valid_view(input.view::<I>()?, input.valid());
                 let mut dst = out.view_mut::<O>()?;
-                lookup(src, &mut dst, &table).map_err(|(pos, v)| Error::Compute {
+                lookup(src, &mut dst, &table).map_err(|(pos, v)| Error::Kernel(KernelError::Compute {
                     chunk: key.clone(),
                     reason: format!(
                         "value {v} at {:?} is outside the {}-entry table {}",
@@ -176,7 +176,7 @@ impl Kernel for Lut {
                         self.table.len,
                         self.table.path.display()
                     ),
-                })?;
+                }))?;
             });
         });
         Ok(())

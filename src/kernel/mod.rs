@@ -16,7 +16,7 @@ use std::ops::Range;
 use ndarray::{ArrayViewD, ArrayViewMutD, IxDyn, Slice};
 
 use crate::dtype::{DType, Scalar};
-use crate::error::{Error, Result};
+use crate::error::{Error, KernelError, Result};
 use crate::halo::Boundary;
 use crate::region::Region;
 
@@ -42,7 +42,7 @@ pub trait Kernel: Sync {
     /// The output type for inputs of these types.
     ///
     /// # Errors
-    /// [`Error::UnsupportedDtype`]-like errors for inputs the kernel cannot take.
+    /// [`crate::InputError::UnsupportedDtype`]-like errors for inputs the kernel cannot take.
     fn output_dtype(&self, inputs: &[DType]) -> Result<DType>;
 
     /// A description of every setting that changes the result (for resuming a job, and for the
@@ -203,10 +203,10 @@ impl OutBlock<'_> {
 
     /// An error about this chunk.
     pub fn error(&self, reason: impl Into<String>) -> Error {
-        Error::Compute {
+        Error::Kernel(KernelError::Compute {
             chunk: self.key.clone(),
             reason: reason.into(),
-        }
+        })
     }
 }
 

@@ -5,7 +5,7 @@
 use ndarray::{ArrayViewD, Axis, Ix3};
 
 use crate::dtype::{Bound, DType, Number, Scalar, above_bound, not_nan};
-use crate::error::{Error, Result};
+use crate::error::{Error, KernelError, Result};
 use crate::halo::Boundary;
 use crate::kernel::lut::Table;
 use crate::kernel::{Block, Kernel, OutBlock, Scratch};
@@ -25,7 +25,7 @@ impl NeighbourhoodLut {
     /// A kernel over `table`.
     ///
     /// # Errors
-    /// [`Error::BadInput`] unless the table has exactly 2^27 entries.
+    /// [`crate::InputError::BadInput`] unless the table has exactly 2^27 entries.
     pub fn new(table: Table) -> Result<NeighbourhoodLut> {
         if table.len() != NEIGHBOURHOOD_TABLE_LEN {
             return Err(Error::bad_input(
@@ -91,13 +91,13 @@ impl Kernel for NeighbourhoodLut {
             with_scalar!(input.dtype(), I => {
                 let block = input.view::<I>()?;
                 let mut dst = out.view_mut::<O>()?;
-                apply_typed(block, &mut dst, &table, self.above).map_err(|(pos, v)| Error::Compute {
+                apply_typed(block, &mut dst, &table, self.above).map_err(|(pos, v)| Error::Kernel(KernelError::Compute {
                     chunk: key.clone(),
                     reason: format!(
                         "value {v} at {:?}: neighbourhood-lut needs a binary (0/1) input",
                         pos.iter().zip(&origin).map(|(&p, &o)| p as i64 + o).collect::<Vec<_>>()
                     ),
-                })?;
+                }))?;
             });
         });
         Ok(())

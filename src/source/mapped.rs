@@ -12,7 +12,7 @@ use serde::Deserialize;
 use super::{Block, RawOptions, Source};
 use crate::copy::{Side, c_strides, copy_box, f_strides};
 use crate::dtype::DType;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, InputError, IoContext, Result};
 use crate::npy::{NpyHeader, parse_header};
 use crate::region::{Region, fmt_shape};
 
@@ -221,7 +221,7 @@ fn npy_layout(path: &Path) -> Result<Layout> {
     };
     let expected = h.data_offset as u128 + layout.data_len();
     if u128::from(file_len) < expected {
-        return Err(Error::SizeMismatch {
+        return Err(Error::Input(InputError::SizeMismatch {
             path: path.to_path_buf(),
             what: format!(
                 "truncated .npy: header says {} {}",
@@ -230,7 +230,7 @@ fn npy_layout(path: &Path) -> Result<Layout> {
             ),
             expected: u64::try_from(layout.data_len()).unwrap_or(u64::MAX),
             actual: file_len.saturating_sub(h.data_offset),
-        });
+        }));
     }
     Ok(layout)
 }
@@ -289,9 +289,9 @@ impl MappedSource {
         };
         let missing = || {
             Error::option(
-                "--dtype/--shape",
+                "dtype/shape",
                 format!(
-                    "raw input {} needs --dtype and --shape, or a sidecar {}",
+                    "raw input {} needs its dtype and shape (given, or in a sidecar {})",
                     path.display(),
                     sidecar_path.display()
                 ),
@@ -312,7 +312,7 @@ impl MappedSource {
         };
         if shape.is_empty() {
             return Err(Error::option(
-                "--shape",
+                "shape",
                 "0-dimensional arrays are not supported",
             ));
         }
@@ -333,12 +333,12 @@ impl MappedSource {
         };
         let file_len = std::fs::metadata(path).at(path)?.len();
         if u128::from(file_len) != layout.data_len() {
-            return Err(Error::SizeMismatch {
+            return Err(Error::Input(InputError::SizeMismatch {
                 path: path.to_path_buf(),
                 what: format!("raw {} {}", fmt_shape(&layout.shape), dtype),
                 expected: u64::try_from(layout.data_len()).unwrap_or(u64::MAX),
                 actual: file_len,
-            });
+            }));
         }
         Ok(MappedSource {
             layout,
@@ -417,29 +417,31 @@ impl NpyStack {
             if let Some(first) = files.first() {
                 let first: &Layout = first;
                 if layout.shape != first.shape {
-                    return Err(Error::StackMismatch {
+                    return Err(Error::Input(InputError::StackMismatch {
                         path: p.clone(),
                         first: first.path.clone(),
                         field: "shape",
                         expected: fmt_shape(&first.shape),
                         found: fmt_shape(&layout.shape),
-                    });
+                    }));
                 }
                 if layout.dtype != first.dtype {
-                    return Err(Error::StackMismatch {
+                    return Err(Error::Input(InputError::StackMismatch {
                         path: p.clone(),
                         first: first.path.clone(),
                         field: "dtype",
                         expected: first.dtype.to_string(),
                         found: layout.dtype.to_string(),
-                    });
+                    }));
                 }
             }
             files.push(layout);
         }
-        let first = files
-            .first()
-            .ok_or_else(|| Error::NoInputs(paths.first().cloned().unwrap_or_default()))?;
+        let first = files.first().ok_or_else(|| {
+            Error::Input(InputError::NoInputs(
+                paths.first().cloned().unwrap_or_default(),
+            ))
+        })?;
         let mut shape = vec![files.len() as u64];
         shape.extend_from_slice(&first.shape);
         let dtype = first.dtype;

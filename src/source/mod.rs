@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use crate::copy::{Side, c_strides, copy_box};
 use crate::dtype::DType;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, InputError, IoContext, Result};
 use crate::region::Region;
 
 pub(crate) use mapped::{MappedSource, NpyStack};
@@ -102,7 +102,7 @@ pub(crate) fn open(inputs: &[PathBuf], raw: &RawOptions) -> Result<Box<dyn Sourc
 pub(crate) fn refuse_raw_flags(raw_given: bool, path: &Path) -> Result<()> {
     if raw_given {
         return Err(Error::option(
-            "--dtype/--shape",
+            "dtype/shape",
             format!(
                 "these describe raw input; {} carries its own shape and type",
                 path.display()
@@ -135,7 +135,7 @@ fn kind(p: &Path) -> Kind {
 /// A stack of files (already in order) along a new leading axis.
 fn open_files(files: &[PathBuf], origin: &Path, raw_given: bool) -> Result<Box<dyn Source>> {
     if files.is_empty() {
-        return Err(Error::NoInputs(origin.to_path_buf()));
+        return Err(Error::Input(InputError::NoInputs(origin.to_path_buf())));
     }
     refuse_raw_flags(raw_given, origin)?;
     let kinds: Vec<Kind> = files.iter().map(|f| kind(f)).collect();
@@ -176,7 +176,7 @@ fn list_dir(dir: &Path) -> Result<Vec<PathBuf>> {
         }
     }
     if files.is_empty() {
-        return Err(Error::NoInputs(dir.to_path_buf()));
+        return Err(Error::Input(InputError::NoInputs(dir.to_path_buf())));
     }
     files.sort_by(|a, b| natural_cmp(&a.to_string_lossy(), &b.to_string_lossy()));
     Ok(files)
@@ -185,7 +185,7 @@ fn list_dir(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Expands glob patterns (for shells that pass them through, or quoted ones).
 fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     if inputs.is_empty() {
-        return Err(Error::option("INPUT", "no input given"));
+        return Err(Error::option("input", "no input given"));
     }
     let mut out = Vec::new();
     for p in inputs {
@@ -198,11 +198,11 @@ fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
                 ..glob::MatchOptions::new()
             };
             let matches: Vec<PathBuf> = glob::glob_with(&s, hidden)
-                .map_err(|e| Error::option("INPUT", format!("bad pattern {s:?}: {e}")))?
+                .map_err(|e| Error::option("input", format!("bad pattern {s:?}: {e}")))?
                 .filter_map(std::result::Result::ok)
                 .collect();
             if matches.is_empty() {
-                return Err(Error::NoInputs(p.clone()));
+                return Err(Error::Input(InputError::NoInputs(p.clone())));
             }
             out.extend(matches);
         } else if !p.exists() {

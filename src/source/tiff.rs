@@ -14,7 +14,7 @@ use tiff::tags::Tag;
 
 use super::{Block, BufferBlock, Source};
 use crate::dtype::{DType, Element};
-use crate::error::{Error, IoContext, Result, to_usize};
+use crate::error::{Error, InputError, IoContext, Result, to_usize};
 use crate::region::{Region, fmt_shape};
 
 type Dec = Decoder<BufReader<File>>;
@@ -33,11 +33,11 @@ fn page_info(dec: &mut Dec, path: &Path, page: usize) -> Result<(u64, u64, DType
     let bits = match dec.colortype().map_err(err)? {
         ColorType::Gray(b) => b,
         other => {
-            return Err(Error::UnsupportedDtype {
+            return Err(Error::Input(InputError::UnsupportedDtype {
                 path: path.to_path_buf(),
                 dtype: format!("{other:?}"),
                 hint: "only single-channel (grayscale) TIFF pages are supported".into(),
-            });
+            }));
         }
     };
     let format: u16 = dec
@@ -56,11 +56,11 @@ fn page_info(dec: &mut Dec, path: &Path, page: usize) -> Result<(u64, u64, DType
         (3, 32) => DType::F32,
         (3, 64) => DType::F64,
         _ => {
-            return Err(Error::UnsupportedDtype {
+            return Err(Error::Input(InputError::UnsupportedDtype {
                 path: path.to_path_buf(),
                 dtype: format!("{bits}-bit samples of format {format}"),
                 hint: "supported: 8/16/32/64-bit integers, 32/64-bit floats".into(),
-            });
+            }));
         }
     };
     Ok((u64::from(h), u64::from(w), dtype))
@@ -80,11 +80,11 @@ fn decode_page(dec: &mut Dec, path: &Path, page: usize, want: DType) -> Result<V
                     DType::$d
                 })*
                 DecodingResult::F16(_) => {
-                    return Err(Error::UnsupportedDtype {
+                    return Err(Error::Input(InputError::UnsupportedDtype {
                         path: path.to_path_buf(),
                         dtype: "float16".into(),
                         hint: "supported: 8/16/32/64-bit integers, 32/64-bit floats".into(),
-                    });
+                    }));
                 }
             }
         };
@@ -137,7 +137,8 @@ impl TiffStack {
                 Some(f) => check_same(f, info, p, &paths[0], 0)?,
             }
         }
-        let (h, w, dtype) = first.ok_or_else(|| Error::NoInputs(PathBuf::new()))?;
+        let (h, w, dtype) =
+            first.ok_or_else(|| Error::Input(InputError::NoInputs(PathBuf::new())))?;
         Ok(TiffStack {
             shape: vec![paths.len() as u64, h, w],
             pages: Pages::Files(paths),
@@ -183,22 +184,22 @@ fn check_same(
         }
     };
     if (first.0, first.1) != (got.0, got.1) {
-        return Err(Error::StackMismatch {
+        return Err(Error::Input(InputError::StackMismatch {
             path: label(path),
             first: first_path.to_path_buf(),
             field: "shape",
             expected: fmt_shape(&[first.0, first.1]),
             found: fmt_shape(&[got.0, got.1]),
-        });
+        }));
     }
     if first.2 != got.2 {
-        return Err(Error::StackMismatch {
+        return Err(Error::Input(InputError::StackMismatch {
             path: label(path),
             first: first_path.to_path_buf(),
             field: "dtype",
             expected: first.2.to_string(),
             found: got.2.to_string(),
-        });
+        }));
     }
     Ok(())
 }

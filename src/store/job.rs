@@ -145,7 +145,7 @@ impl JobWriter {
         let (part, parts) = o.partition;
         if parts == 0 || part >= parts {
             return Err(Error::option(
-                "--partition",
+                "partition",
                 format!("{part}/{parts}: need 0 <= I < N"),
             ));
         }
@@ -160,15 +160,15 @@ impl JobWriter {
             let same = fp.as_deref() == Some(o.fingerprint);
             if !(o.overwrite || (o.restart && same)) {
                 return Err(Error::option(
-                    "--overwrite",
+                    "overwrite",
                     match fp {
                         Some(_) => format!(
-                            "{} holds a result computed with other settings; use --overwrite to \
+                            "{} holds a result computed with other settings; allow overwriting to \
                              replace it",
                             path.display()
                         ),
                         None => format!(
-                            "{} already exists; use --overwrite to replace it",
+                            "{} already exists; allow overwriting to replace it",
                             path.display()
                         ),
                     },
@@ -191,10 +191,10 @@ impl JobWriter {
             if o.restart || !same {
                 if !same && !o.overwrite && !o.restart && job_file(&tmp).exists() {
                     return Err(Error::option(
-                        "--overwrite",
+                        "overwrite",
                         format!(
-                            "{} holds an unfinished job with other settings; use --overwrite (or \
-                             --restart) to discard it",
+                            "{} holds an unfinished job with other settings; allow overwriting \
+                             (or restart the job) to discard it",
                             tmp.display()
                         ),
                     ));

@@ -11,7 +11,7 @@ use zarrs::array::ChunkKeyEncoding;
 use zarrs::array::chunk_key_encoding::DefaultChunkKeyEncoding;
 use zarrs::metadata::v3::MetadataV3;
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, IoContext, Result, StoreError};
 use crate::region::fmt_shape;
 
 /// The chunk edges of one axis.
@@ -121,8 +121,8 @@ impl Layout {
     /// Reads `path/zarr.json`.
     ///
     /// # Errors
-    /// [`Error::NotFound`], [`Error::NotAStore`], [`Error::ReadOnly`] for a Zarr v2 array,
-    /// [`Error::BadMetadata`] for a chunk grid or key encoding chunkwise cannot edit.
+    /// [`Error::NotFound`], [`crate::StoreError::NotAStore`], [`crate::StoreError::ReadOnly`] for a Zarr v2 array,
+    /// [`crate::StoreError::BadMetadata`] for a chunk grid or key encoding chunkwise cannot edit.
     pub(crate) fn read(path: &Path) -> Result<Layout> {
         if !path.exists() {
             return Err(Error::NotFound(path.to_path_buf()));
@@ -130,13 +130,13 @@ impl Layout {
         let file = path.join("zarr.json");
         if !file.is_file() {
             if path.join(".zarray").is_file() {
-                return Err(Error::ReadOnly {
+                return Err(Error::Store(StoreError::ReadOnly {
                     path: path.to_path_buf(),
                     reason: "a Zarr v2 array is read-only here; `chunkwise convert` it to v3 first"
                         .into(),
-                });
+                }));
             }
-            return Err(Error::NotAStore(path.to_path_buf()));
+            return Err(Error::Store(StoreError::NotAStore(path.to_path_buf())));
         }
         let text = fs::read_to_string(&file).at(&file)?;
         let meta: Value = serde_json::from_str(&text).map_err(|e| bad(path, e.to_string()))?;
@@ -312,10 +312,11 @@ impl Layout {
 }
 
 fn bad(path: &Path, reason: String) -> Error {
-    Error::BadMetadata {
+    Error::Store(StoreError::BadMetadata {
         path: path.to_path_buf(),
         reason,
-    }
+        source: None,
+    })
 }
 
 #[cfg(test)]

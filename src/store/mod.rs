@@ -30,7 +30,7 @@ use zarrs::filesystem::FilesystemStore;
 
 use crate::copy::{SharedOut, Side, c_strides};
 use crate::dtype::{DType, Element};
-use crate::error::{Error, Result, to_usize};
+use crate::error::{Error, InputError, Result, StoreError, to_usize};
 use crate::grid::{Grid, indices_in};
 use crate::region::{Region, fmt_shape};
 
@@ -118,42 +118,40 @@ impl Store {
     /// Opens the array in directory `path`.
     ///
     /// # Errors
-    /// [`Error::NotFound`], [`Error::NotAStore`], [`Error::BadMetadata`] if zarrs refuses the
-    /// metadata, [`Error::UnsupportedDtype`] for data types outside [`DType`].
+    /// [`Error::NotFound`], [`crate::StoreError::NotAStore`], [`crate::StoreError::BadMetadata`] if zarrs refuses the
+    /// metadata, [`crate::InputError::UnsupportedDtype`] for data types outside [`DType`].
     pub fn open(path: impl AsRef<Path>) -> Result<Store> {
         let path = path.as_ref().to_path_buf();
         if !path.exists() {
             return Err(Error::NotFound(path));
         }
         if !is_store(&path) {
-            return Err(Error::NotAStore(path));
+            return Err(Error::Store(StoreError::NotAStore(path)));
         }
-        let fs_store = FilesystemStore::new(&path).map_err(|e| Error::BadMetadata {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        let array = Array::open(Arc::new(fs_store), "/").map_err(|e| Error::BadMetadata {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+        let fs_store = FilesystemStore::new(&path).map_err(|e| Error::metadata(path.clone(), e))?;
+        let array =
+            Array::open(Arc::new(fs_store), "/").map_err(|e| Error::metadata(path.clone(), e))?;
         Store::from_array(path, array)
     }
 
     fn from_array(path: PathBuf, array: Array<FilesystemStore>) -> Result<Store> {
-        let dtype = dtype_of(array.data_type()).ok_or_else(|| Error::UnsupportedDtype {
-            path: path.clone(),
-            dtype: array.data_type().to_string(),
-            hint: format!("supported: {}", DType::accepted_names()),
+        let dtype = dtype_of(array.data_type()).ok_or_else(|| {
+            Error::Input(InputError::UnsupportedDtype {
+                path: path.clone(),
+                dtype: array.data_type().to_string(),
+                hint: format!("supported: {}", DType::accepted_names()),
+            })
         })?;
         let zarr_format = match array.metadata() {
             ArrayMetadata::V3(_) => 3,
             ArrayMetadata::V2(_) => 2,
         };
         if array.dimensionality() == 0 {
-            return Err(Error::BadMetadata {
+            return Err(Error::Store(StoreError::BadMetadata {
                 path,
                 reason: "0-dimensional arrays are not supported".into(),
-            });
+                source: None,
+            }));
         }
         let fill = array.fill_value().as_ne_bytes().to_vec();
         Ok(Store {
@@ -221,13 +219,16 @@ impl Store {
     /// The regular chunk grid ([`Store::block_grid`] also covers rectilinear grids).
     ///
     /// # Errors
-    /// [`Error::BadMetadata`] if the array's chunk grid is not regular.
+    /// [`crate::StoreError::BadMetadata`] if the array's chunk grid is not regular.
     pub fn grid(&self) -> Result<Grid> {
-        let chunk = self.chunk_shape().ok_or_else(|| Error::BadMetadata {
-            path: self.path.clone(),
-            reason: "the chunk grid is rectilinear, not regular (read it by blocks of \
+        let chunk = self.chunk_shape().ok_or_else(|| {
+            Error::Store(StoreError::BadMetadata {
+                path: self.path.clone(),
+                reason: "the chunk grid is rectilinear, not regular (read it by blocks of \
                      `Store::block_grid`, or make a regular copy with `chunkwise convert`)"
-                .into(),
+                    .into(),
+                source: None,
+            })
         })?;
         Grid::new(self.shape(), &chunk)
     }
@@ -253,7 +254,7 @@ impl Store {
     /// chunks, from 0 to the extent (the last chunk clipped to the array).
     ///
     /// # Errors
-    /// [`Error::BadMetadata`] for a grid chunkwise cannot read.
+    /// [`crate::StoreError::BadMetadata`] for a grid chunkwise cannot read.
     pub fn chunk_bounds(&self) -> Result<Vec<Vec<u64>>> {
         let lists: Vec<Vec<u64>> = match self.chunk_shape() {
             Some(c) => c
@@ -302,7 +303,7 @@ impl Store {
         let subset = self
             .array
             .chunk_subset_bounded(idx)
-            .map_err(|e| self.chunk_error(idx, &e))?;
+            .map_err(|e| self.chunk_error(idx, e))?;
         Ok(Region::new(subset.to_ranges()))
     }
 
@@ -321,12 +322,8 @@ impl Store {
         }
     }
 
-    fn chunk_error(&self, idx: &[u64], e: &ArrayError) -> Error {
-        Error::CorruptChunk {
-            store: self.path.clone(),
-            key: self.chunk_key(idx),
-            reason: e.to_string(),
-        }
+    fn chunk_error(&self, idx: &[u64], e: ArrayError) -> Error {
+        Error::corrupt(self.path.clone(), self.chunk_key(idx), e)
     }
 
     /// Block `idx` of `grid` (this array's [`Store::block_grid`]) at its full block shape:
@@ -355,21 +352,19 @@ impl Store {
     /// Decodes chunk `idx` in full (its padded chunk shape), or `None` when it is absent.
     ///
     /// # Errors
-    /// [`Error::CorruptChunk`] naming the key when the chunk cannot be read or decoded (a bad
+    /// [`crate::StoreError::CorruptChunk`] naming the key when the chunk cannot be read or decoded (a bad
     /// checksum, a truncated or garbled file).
     pub fn read_chunk(&self, idx: &[u64]) -> Result<Option<Vec<u8>>> {
         let got = self
             .array
             .retrieve_chunk_if_exists_opt::<ArrayBytes<'static>>(idx, &codec_options())
-            .map_err(|e| self.chunk_error(idx, &e))?;
+            .map_err(|e| self.chunk_error(idx, e))?;
         match got {
             None => Ok(None),
             Some(bytes) => {
-                let raw = bytes.into_fixed().map_err(|e| Error::CorruptChunk {
-                    store: self.path.clone(),
-                    key: self.chunk_key(idx),
-                    reason: e.to_string(),
-                })?;
+                let raw = bytes
+                    .into_fixed()
+                    .map_err(|e| Error::corrupt(self.path.clone(), self.chunk_key(idx), e))?;
                 Ok(Some(raw.into_owned()))
             }
         }
@@ -380,7 +375,7 @@ impl Store {
     ///
     /// # Errors
     /// [`Error::BadRegion`] if the region is outside the array or `out` has the wrong size;
-    /// [`Error::CorruptChunk`] naming the first bad chunk.
+    /// [`crate::StoreError::CorruptChunk`] naming the first bad chunk.
     pub fn read_region_into(&self, region: &Region, out: &mut [u8]) -> Result<()> {
         let itemsize = self.dtype.size();
         let full = Region::full(self.shape());
@@ -432,7 +427,7 @@ impl Store {
                 let full: Vec<usize> = self
                     .array
                     .chunk_shape(idx)
-                    .map_err(|e| self.chunk_error(idx, &e))?
+                    .map_err(|e| self.chunk_error(idx, e))?
                     .iter()
                     .map(|c| c.get() as usize)
                     .collect();
@@ -449,13 +444,9 @@ impl Store {
                 (b, part_shape.clone())
             };
             let raw = bytes
-                .map_err(|e| self.chunk_error(idx, &e))?
+                .map_err(|e| self.chunk_error(idx, e))?
                 .into_fixed()
-                .map_err(|e| Error::CorruptChunk {
-                    store: self.path.clone(),
-                    key: self.chunk_key(idx),
-                    reason: e.to_string(),
-                })?;
+                .map_err(|e| Error::corrupt(self.path.clone(), self.chunk_key(idx), e))?;
             let src_strides = c_strides(&src_shape, itemsize);
             let dst_off: usize = part
                 .start()
@@ -503,15 +494,15 @@ impl Store {
     /// Reads `region` as an n-d array of `T`.
     ///
     /// # Errors
-    /// [`Error::DtypeMismatch`] if `T` is not the store's type; otherwise as
+    /// [`crate::InputError::DtypeMismatch`] if `T` is not the store's type; otherwise as
     /// [`Store::read_region_into`].
     pub fn read_region<T: Element>(&self, region: &Region) -> Result<ArrayD<T>> {
         if T::DTYPE != self.dtype {
-            return Err(Error::DtypeMismatch {
+            return Err(Error::Input(InputError::DtypeMismatch {
                 path: self.path.clone(),
                 stored: self.dtype,
                 requested: T::DTYPE,
-            });
+            }));
         }
         let n = to_usize(u64::try_from(region.len()).unwrap_or(u64::MAX), "region")?;
         let mut bytes = vec![0u8; n * self.dtype.size()];

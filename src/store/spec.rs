@@ -12,7 +12,7 @@ use zarrs::storage::store::MemoryStore;
 use super::writer::StoreWriter;
 use super::{codec_options, shape_nz};
 use crate::dtype::DType;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StoreError};
 use crate::grid::Grid;
 use crate::region::fmt_shape;
 
@@ -68,7 +68,7 @@ impl Codec {
                 None => Ok(default),
                 Some(l) if (0..=9).contains(&l) => Ok(l as u8),
                 Some(l) => Err(Error::option(
-                    "--level",
+                    "level",
                     format!("blosc levels are 0..=9, got {l}"),
                 )),
             }
@@ -78,7 +78,7 @@ impl Codec {
                 None => Ok(Codec::Zstd { level: 3 }),
                 Some(l) if (-7..=22).contains(&l) => Ok(Codec::Zstd { level: l }),
                 Some(l) => Err(Error::option(
-                    "--level",
+                    "level",
                     format!("zstd levels are -7..=22, got {l}"),
                 )),
             },
@@ -89,7 +89,7 @@ impl Codec {
                 level: blosc_level(5)?,
             }),
             other => Err(Error::option(
-                "--codec",
+                "codec",
                 format!("unknown codec {other:?}; expected zstd, blosc-zstd or blosc-lz4"),
             )),
         }
@@ -236,7 +236,7 @@ impl StoreSpec {
             * self.dtype.size() as u128;
         if chunk_bytes > MAX_CHUNK_BYTES {
             return Err(Error::option(
-                "--chunks",
+                "chunks",
                 format!(
                     "a chunk of {} is {chunk_bytes} bytes, more than the {} GiB limit",
                     fmt_shape(&self.chunks),
@@ -247,7 +247,7 @@ impl StoreSpec {
         if let Some(sub) = &self.subchunks {
             if sub.len() != self.chunks.len() {
                 return Err(Error::option(
-                    "--shard",
+                    "shard",
                     format!(
                         "{} subchunk sizes given for {} dimensions",
                         sub.len(),
@@ -258,7 +258,7 @@ impl StoreSpec {
             for (axis, (&s, &c)) in sub.iter().zip(&self.chunks).enumerate() {
                 if s == 0 || c % s != 0 {
                     return Err(Error::option(
-                        "--shard",
+                        "shard",
                         format!(
                             "subchunk size {s} on axis {axis} must be non-zero and divide the chunk size {c}"
                         ),
@@ -272,7 +272,7 @@ impl StoreSpec {
             .filter(|n| n.len() != self.shape.len())
         {
             return Err(Error::option(
-                "--axis-names",
+                "axis_names",
                 format!(
                     "{} names given for {} dimensions",
                     names.len(),
@@ -362,9 +362,12 @@ pub struct ChunkCodec {
 
 impl ChunkCodec {
     fn new(metadata: &Value, chunk: &[u64], itemsize: usize) -> Result<Self> {
-        let bad = |reason: String| Error::BadMetadata {
-            path: PathBuf::from("zarr.json"),
-            reason,
+        let bad = |reason: String| {
+            Error::Store(StoreError::BadMetadata {
+                path: PathBuf::from("zarr.json"),
+                reason,
+                source: None,
+            })
         };
         let v3: ArrayMetadataV3 =
             serde_json::from_value(metadata.clone()).map_err(|e| bad(e.to_string()))?;
@@ -391,12 +394,14 @@ impl ChunkCodec {
     /// Encodes one full chunk (C order, native-endian elements).
     ///
     /// # Errors
-    /// [`Error::Encode`] if the buffer has the wrong size or the codec fails.
+    /// [`crate::StoreError::Encode`] if the buffer has the wrong size or the codec fails.
     pub fn encode(&self, data: &[u8]) -> Result<Vec<u8>> {
-        let fail = |reason: String| Error::Encode {
-            store: PathBuf::new(),
-            key: String::new(),
-            reason,
+        let fail = |reason: String| {
+            Error::Store(StoreError::Encode {
+                store: PathBuf::new(),
+                key: String::new(),
+                reason,
+            })
         };
         if data.len() != self.chunk_bytes {
             return Err(fail(format!(
@@ -421,12 +426,15 @@ impl ChunkCodec {
     /// Decodes one encoded chunk.
     ///
     /// # Errors
-    /// [`Error::CorruptChunk`] if the bytes do not decode.
+    /// [`crate::StoreError::CorruptChunk`] if the bytes do not decode.
     pub fn decode(&self, encoded: &[u8]) -> Result<Vec<u8>> {
-        let fail = |reason: String| Error::CorruptChunk {
-            store: PathBuf::new(),
-            key: String::new(),
-            reason,
+        let fail = |reason: String| {
+            Error::Store(StoreError::CorruptChunk {
+                store: PathBuf::new(),
+                key: String::new(),
+                reason,
+                source: None,
+            })
         };
         let bytes = self
             .array
@@ -457,9 +465,12 @@ pub(crate) struct GridCodec {
 impl GridCodec {
     /// The pipeline of `metadata` (a v3 `zarr.json`), for messages about `path`.
     pub(crate) fn new(metadata: &Value, path: &Path) -> Result<Self> {
-        let bad = |reason: String| Error::BadMetadata {
-            path: path.to_path_buf(),
-            reason,
+        let bad = |reason: String| {
+            Error::Store(StoreError::BadMetadata {
+                path: path.to_path_buf(),
+                reason,
+                source: None,
+            })
         };
         let v3: ArrayMetadataV3 =
             serde_json::from_value(metadata.clone()).map_err(|e| bad(e.to_string()))?;
@@ -478,19 +489,23 @@ impl GridCodec {
         self.array
             .chunk_shape(idx)
             .map(|s| s.iter().map(|c| c.get()).collect())
-            .map_err(|e| Error::Encode {
-                store: self.path.clone(),
-                key: key(),
-                reason: e.to_string(),
+            .map_err(|e| {
+                Error::Store(StoreError::Encode {
+                    store: self.path.clone(),
+                    key: key(),
+                    reason: e.to_string(),
+                })
             })
     }
 
     /// Encodes chunk `idx` from `data` (its full shape, C order, native-endian elements).
     pub(crate) fn encode(&self, idx: &[u64], data: &[u8]) -> Result<Vec<u8>> {
-        let fail = |reason: String| Error::Encode {
-            store: self.path.clone(),
-            key: self.array.chunk_key(idx).as_str().to_string(),
-            reason,
+        let fail = |reason: String| {
+            Error::Store(StoreError::Encode {
+                store: self.path.clone(),
+                key: self.array.chunk_key(idx).as_str().to_string(),
+                reason,
+            })
         };
         let shape = self
             .array

@@ -542,9 +542,10 @@ pub(crate) fn check_removable(path: &Path) -> Result<()> {
     let ok = |p: &Path| accessat(CWD, p, Access::WRITE_OK | Access::EXEC_OK, AtFlags::EACCESS);
     let refuse = |dir: &Path, why: &str| {
         Err(Error::option(
-            "--move",
+            "move",
             format!(
-                "{} cannot be removed after the join ({} {why}); nothing was changed: join                  without --move, or fix the permissions",
+                "{} cannot be removed after the join ({} {why}); nothing was changed: join \
+                 without moving the inputs, or fix the permissions",
                 path.display(),
                 dir.display()
             ),

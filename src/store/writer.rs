@@ -15,7 +15,7 @@ use super::txn::{
     resolve_links, sync_dir, write_atomic,
 };
 use super::{Store, is_store};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, IoContext, Result, StoreError};
 use crate::grid::Grid;
 
 /// Writes a new array chunk by chunk, then publishes it with [`StoreWriter::commit`].
@@ -91,7 +91,7 @@ impl StoreWriter {
     /// zero bytes) is not written. Returns the bytes written (0 when skipped).
     ///
     /// # Errors
-    /// [`Error::InvalidOption`] for a wrong buffer size or chunk index, [`Error::Encode`],
+    /// [`Error::InvalidOption`] for a wrong buffer size or chunk index, [`crate::StoreError::Encode`],
     /// [`Error::Io`].
     pub fn write_chunk(&self, idx: &[u64], data: &[u8]) -> Result<u64> {
         if data.len() != self.chunk_bytes() {
@@ -160,11 +160,11 @@ pub(super) fn encode_and_queue(
     }
     let key = codec.key(idx);
     let encoded = codec.encode(data).map_err(|e| match e {
-        Error::Encode { reason, .. } => Error::Encode {
+        Error::Store(StoreError::Encode { reason, .. }) => Error::Store(StoreError::Encode {
             store: final_path.to_path_buf(),
             key: key.clone(),
             reason,
-        },
+        }),
         other => other,
     })?;
     let n = encoded.len() as u64;
@@ -184,7 +184,7 @@ pub(crate) fn check_replaceable(path: &Path, overwrite: bool) -> Result<()> {
         is_store(path) || (path.is_dir() && fs::read_dir(path).at(path)?.next().is_none());
     if !replaceable {
         return Err(Error::option(
-            "--overwrite",
+            "overwrite",
             format!(
                 "{} is not a zarr array; refusing to replace it",
                 path.display()
