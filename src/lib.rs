@@ -62,7 +62,7 @@ pub use error::{
     Error, GrowError, Incompatibility, InputError, KernelError, Result, Source, StoreError,
 };
 pub use exec::{
-    ExecOptions, ExecReport, ExecStatus, apply_in_memory, map_blocks, map_overlap, run,
+    ExecOptions, ExecReport, ExecStatus, MapSpec, apply_in_memory, map_blocks, map_overlap, run,
 };
 pub use export::{ExportOptions, ExportReport, export};
 pub use grid::{Grid, default_chunks};
@@ -83,5 +83,7 @@ pub use reduce::{
 pub use region::{ParsedRegion, Region, fmt_shape};
 pub use run::{Cancel, DEFAULT_MEMORY, RunOptions};
 pub use source::RawOptions;
-pub use store::{ChunkCodec, Codec, Durability, Store, StoreSpec, StoreWriter, is_store};
+pub use store::{
+    ChunkCodec, Codec, Durability, Store, StoreSpec, StoreWriter, WriteReport, is_store,
+};
 pub use view::View;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use chunkwise::kernel::Gaussian;
 use chunkwise::{
     Boundary, Cancel, ConvertOptions, DType, Error, ExecOptions, ExecStatus, ExportOptions,
-    GrowOptions, Input, Progress, ProgressFn, Store, write_npy,
+    GrowOptions, Input, MapSpec, Progress, ProgressFn, Store, write_npy,
 };
 
 use crate::common::{input, stderr, store_bytes, tmp};
@@ -88,9 +88,7 @@ fn a_cancelled_job_resumes_to_the_same_bytes() {
     let err = chunkwise::map_overlap(
         &inp,
         &out,
-        &halo,
-        Boundary::Reflect,
-        DType::F32,
+        &MapSpec::new("gaussian closure v1", DType::F32).halo(&halo),
         |blocks, o| {
             if seen.fetch_add(1, Ordering::Relaxed) == 3 {
                 t2.cancel();
@@ -105,9 +103,7 @@ fn a_cancelled_job_resumes_to_the_same_bytes() {
     let r = chunkwise::map_overlap(
         &inp,
         &out,
-        &halo,
-        Boundary::Reflect,
-        DType::F32,
+        &MapSpec::new("gaussian closure v1", DType::F32).halo(&halo),
         |blocks, o| gauss_block(&g, blocks, o),
         &ExecOptions::default(),
     )

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use chunkwise::kernel::lut::Table;
 use chunkwise::kernel::{Correlate1d, Gaussian, Lut, NeighbourhoodLut, Threshold};
-use chunkwise::{Boundary, DType, Error, ExecOptions, ExecStatus, Region, Store};
+use chunkwise::{Boundary, DType, Error, ExecOptions, ExecStatus, MapSpec, Region, Store};
 
 use crate::common::{fixture, stderr, stdout, store_bytes, tmp};
 use crate::compute::{hash_table, input_store};
@@ -177,9 +177,9 @@ fn several_inputs_in_one_closure() {
     let r = chunkwise::map_overlap(
         &crate::common::inputs(&[image.clone(), mask.clone()]),
         &out,
-        &[1],
-        Boundary::Constant(0.0),
-        DType::F64,
+        &MapSpec::new("box sum of image times mask v1", DType::F64)
+            .halo(&[1])
+            .boundary(Boundary::Constant(0.0)),
         |blocks, out| {
             let im = blocks[0].view::<u16>()?;
             let m = blocks[1].view::<u8>()?;
@@ -295,7 +295,12 @@ fn bad_input_is_a_clear_error() {
     // sigma <= 0, an axis out of range, a bad origin.
     let mut g = gauss();
     g.sigma = vec![0.0];
-    assert!(g.validate().unwrap_err().to_string().contains("invalid sigma"));
+    assert!(
+        g.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("invalid sigma")
+    );
     g.sigma = vec![1.0, -2.0, 1.0];
     assert!(g.validate().is_err());
     let c = Correlate1d {
@@ -312,13 +317,18 @@ fn bad_input_is_a_clear_error() {
         origin: 5,
         ..c
     };
-    assert!(c.validate().unwrap_err().to_string().contains("invalid origin"));
+    assert!(
+        c.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("invalid origin")
+    );
 
     // Inputs of different shapes.
     let err = chunkwise::map_blocks(
         &crate::common::inputs(&[u16in.clone(), f32in.clone()]),
         &out,
-        DType::U8,
+        &MapSpec::new("nothing", DType::U8),
         |_b, _o| Ok(()),
         &ExecOptions::default().overwrite(true),
     )
@@ -435,4 +445,89 @@ fn killed_job_resumes() {
         resumed > 0,
         "no rerun resumed work (a full run took {full:?})"
     );
+}
+
+/// Issue 9 §4: a closure job's identity enters its fingerprint, so that another closure into
+/// the same output is another job: refused (not "already done") unless overwriting, and an
+/// unfinished one is not resumed by a different closure, while the same closure resumes it.
+#[test]
+fn a_closure_with_another_identity_is_another_job() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let dir = tmp();
+    let input = input_store(dir.path(), "in_u16", &[5, 6, 7]);
+    let inputs = [crate::common::input(&input)];
+    let values: Vec<u16> = store_bytes(&Store::open(&input).unwrap())
+        .chunks(2)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    let times = |k: u32| {
+        move |blocks: &[chunkwise::kernel::Block<'_>], out: &mut chunkwise::kernel::OutBlock<'_>| {
+            let src = blocks[0].valid_view::<u16>()?;
+            let mut dst = out.view_mut::<u32>()?;
+            ndarray::Zip::from(&mut dst)
+                .and(&src)
+                .for_each(|o, &v| *o = u32::from(v) * k);
+            Ok(())
+        }
+    };
+    let oracle = |k: u32| -> Vec<u8> {
+        values
+            .iter()
+            .flat_map(|&v| (u32::from(v) * k).to_le_bytes())
+            .collect()
+    };
+    let out = dir.path().join("o.zarr");
+    let (double, triple) = (
+        MapSpec::new("double v1", DType::U32),
+        MapSpec::new("triple v1", DType::U32),
+    );
+    let o = ExecOptions::default();
+    let r = chunkwise::map_blocks(&inputs, &out, &double, times(2), &o).unwrap();
+    assert_eq!(r.status, ExecStatus::Published);
+    let r = chunkwise::map_blocks(&inputs, &out, &double, times(2), &o).unwrap();
+    assert_eq!(r.status, ExecStatus::AlreadyDone);
+    let err = chunkwise::map_blocks(&inputs, &out, &triple, times(3), &o).unwrap_err();
+    assert!(err.to_string().contains("other settings"), "{err}");
+    assert_eq!(store_bytes(&Store::open(&out).unwrap()), oracle(2));
+    let r = chunkwise::map_blocks(&inputs, &out, &triple, times(3), &o.clone().overwrite(true))
+        .unwrap();
+    assert_eq!(r.status, ExecStatus::Published);
+    assert_eq!(store_bytes(&Store::open(&out).unwrap()), oracle(3));
+    // Unfinished: a cancelled "double v2" is resumed by itself, not by "triple v2".
+    let out2 = dir.path().join("p.zarr");
+    let token = chunkwise::Cancel::new();
+    let seen = AtomicU64::new(0);
+    let d2 = MapSpec::new("double v2", DType::U32);
+    let t2 = token.clone();
+    let f2 = times(2);
+    let err = chunkwise::map_blocks(
+        &inputs,
+        &out2,
+        &d2,
+        |b, out| {
+            if seen.fetch_add(1, Ordering::Relaxed) == 2 {
+                t2.cancel();
+            }
+            f2(b, out)
+        },
+        &ExecOptions::default().threads(Some(1)).cancel(token),
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::Cancelled), "{err}");
+    let err = chunkwise::map_blocks(
+        &inputs,
+        &out2,
+        &MapSpec::new("triple v2", DType::U32),
+        times(3),
+        &o,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("unfinished job with other settings"),
+        "{err}"
+    );
+    let r = chunkwise::map_blocks(&inputs, &out2, &d2, times(2), &o).unwrap();
+    assert!(r.chunks_resumed > 0, "{r:?}");
+    assert_eq!(store_bytes(&Store::open(&out2).unwrap()), oracle(2));
 }

@@ -15,3 +15,4 @@ mod jobs;
 mod paths;
 mod reduce;
 mod verify;
+mod write;

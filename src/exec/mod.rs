@@ -172,49 +172,122 @@ pub fn run(
     with_threads(opts.run.threads, || run_in_pool(inputs, out, kernel, opts))
 }
 
+/// What a closure job is: its identity (a name and version that enter the job's fingerprint,
+/// so that another closure into the same output is another job, not "already done"), the
+/// output type, and for [`map_overlap`] the halo and the boundary mode.
+///
+/// ```
+/// use chunkwise::{Boundary, DType, MapSpec};
+/// let spec = MapSpec::new("box-sum v1", DType::F64)
+///     .halo(&[1])
+///     .boundary(Boundary::Constant(0.0));
+/// # let _ = spec;
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct MapSpec {
+    id: String,
+    dtype: DType,
+    halo: Vec<u64>,
+    boundary: Boundary,
+}
+
+impl MapSpec {
+    /// A job named `id` (change the version in it whenever the closure's result changes)
+    /// writing `dtype`; no halo, boundary [`Boundary::Reflect`].
+    pub fn new(id: impl Into<String>, dtype: DType) -> MapSpec {
+        MapSpec {
+            id: id.into(),
+            dtype,
+            halo: vec![0],
+            boundary: Boundary::Reflect,
+        }
+    }
+
+    /// The halo depth per axis (one value for every axis).
+    pub fn halo(mut self, halo: &[u64]) -> Self {
+        self.halo = halo.to_vec();
+        self
+    }
+
+    /// How blocks are padded past the array's edges.
+    pub fn boundary(mut self, boundary: Boundary) -> Self {
+        self.boundary = boundary;
+        self
+    }
+
+    fn kernel<F>(&self, f: F) -> FnKernel<F> {
+        FnKernel {
+            halo: self.halo.iter().map(|&h| (h, h)).collect(),
+            boundary: self.boundary,
+            dtype: self.dtype,
+            name: format!(
+                "map id={:?} halo={:?} boundary={} dtype={}",
+                self.id, self.halo, self.boundary, self.dtype
+            ),
+            f,
+        }
+    }
+}
+
 /// dask's `map_overlap` / ClearMap's `process`: `f` gets each input's block (the output chunk's
-/// region grown by `halo` on every axis, padded by `boundary`) and fills the output chunk of
-/// type `dtype`.
+/// region grown by the spec's halo on every axis, padded by its boundary mode) and fills the
+/// output chunk of the spec's type. The spec's identity enters the fingerprint: a rerun of the
+/// same job resumes or is "already done", another job into the same output is refused unless
+/// overwriting.
+///
+/// ```no_run
+/// use chunkwise::{Boundary, DType, ExecOptions, Input, MapSpec};
+/// let image = Input::open("image.zarr")?;
+/// let spec = MapSpec::new("box-sum v1", DType::F64).halo(&[1]).boundary(Boundary::Constant(0.0));
+/// chunkwise::map_overlap(&[image], "sum.zarr".as_ref(), &spec, |blocks, out| {
+///     let b = blocks[0].view::<u16>()?;
+///     let mut o = out.view_mut::<f64>()?;
+///     // ... o[i] = sum of b over the 3x3x3 box around i (valid region + halo) ...
+///     # let _ = (b, &mut o);
+///     Ok(())
+/// }, &ExecOptions::default())?;
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 ///
 /// # Errors
 /// As [`run`], and whatever `f` returns.
 pub fn map_overlap<F>(
     inputs: &[Input],
     out: &Path,
-    halo: &[u64],
-    boundary: Boundary,
-    dtype: DType,
+    spec: &MapSpec,
     f: F,
     opts: &ExecOptions,
 ) -> Result<ExecReport>
 where
     F: Fn(&[Block<'_>], &mut OutBlock<'_>) -> Result<()> + Sync,
 {
-    let kernel = FnKernel {
-        halo: halo.iter().map(|&h| (h, h)).collect(),
-        boundary,
-        dtype,
-        name: format!("map_overlap halo={halo:?} boundary={boundary} dtype={dtype}"),
-        f,
-    };
-    run(inputs, out, &kernel, opts)
+    run(inputs, out, &spec.kernel(f), opts)
 }
 
 /// [`map_overlap`] without a halo: `f` sees exactly the output chunk's region of each input.
 ///
 /// # Errors
-/// As [`run`].
+/// As [`run`]; [`Error::InvalidOption`] for a spec with a halo.
 pub fn map_blocks<F>(
     inputs: &[Input],
     out: &Path,
-    dtype: DType,
+    spec: &MapSpec,
     f: F,
     opts: &ExecOptions,
 ) -> Result<ExecReport>
 where
     F: Fn(&[Block<'_>], &mut OutBlock<'_>) -> Result<()> + Sync,
 {
-    map_overlap(inputs, out, &[0], Boundary::Reflect, dtype, f, opts)
+    if spec.halo.iter().any(|&h| h > 0) {
+        return Err(Error::option(
+            "halo",
+            format!(
+                "{:?}: map_blocks takes no halo (use map_overlap)",
+                spec.halo
+            ),
+        ));
+    }
+    map_overlap(inputs, out, spec, f, opts)
 }
 
 fn run_in_pool(

@@ -13,6 +13,7 @@ mod job;
 mod layout;
 mod spec;
 mod txn;
+mod write;
 mod writer;
 
 use std::fs;
@@ -46,6 +47,7 @@ pub(crate) use txn::{
     recover_replacement, remove_chunk, resolve_links, sibling, sync_dir, sync_filesystem,
     write_atomic,
 };
+pub use write::WriteReport;
 pub use writer::StoreWriter;
 pub(crate) use writer::{check_replaceable, publish};
 
@@ -494,10 +496,11 @@ impl Store {
     /// Reads `region` as an n-d array of `T`.
     ///
     /// # Errors
-    /// [`crate::InputError::DtypeMismatch`] if `T` is not the store's type; otherwise as
-    /// [`Store::read_region_into`].
+    /// [`crate::InputError::DtypeMismatch`] if `T` is not the store's type (a `bool` array
+    /// reads as `bool` or as `u8` 0/1); otherwise as [`Store::read_region_into`].
     pub fn read_region<T: Element>(&self, region: &Region) -> Result<ArrayD<T>> {
-        if T::DTYPE != self.dtype {
+        let as_bytes = self.dtype == DType::Bool && T::DTYPE == DType::U8;
+        if T::DTYPE != self.dtype && !as_bytes {
             return Err(Error::Input(InputError::DtypeMismatch {
                 path: self.path.clone(),
                 stored: self.dtype,

@@ -524,6 +524,11 @@ impl GridCodec {
             .map_err(|e| fail(e.to_string()))
     }
 
+    /// The store key of chunk `idx`.
+    pub(crate) fn key(&self, idx: &[u64]) -> String {
+        self.array.chunk_key(idx).as_str().to_string()
+    }
+
     /// The fill value's bytes (native order).
     pub(crate) fn fill_bytes(&self) -> Vec<u8> {
         self.array.fill_value().as_ne_bytes().to_vec()
