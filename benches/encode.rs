@@ -8,7 +8,7 @@
 
 use std::hint::black_box;
 
-use chunkwise::synth::Volume;
+use chunkwise::support::synth::Volume;
 use chunkwise::{Codec, DType, Durability, Element, StoreSpec};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 

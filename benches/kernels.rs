@@ -7,7 +7,7 @@ use std::hint::black_box;
 
 use chunkwise::kernel::lut::Table;
 use chunkwise::kernel::{Correlate1d, Gaussian, Kernel, Lut, NeighbourhoodLut, Threshold};
-use chunkwise::synth::Volume;
+use chunkwise::support::synth::Volume;
 use chunkwise::{Boundary, DType, Element};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
@@ -30,13 +30,13 @@ fn kernels(c: &mut Criterion) {
         })
         .collect();
     let lut_path = dir.path().join("ramp.npy");
-    chunkwise::write_npy(&lut_path, DType::U8, &[65536], &ramp).expect("write table");
+    chunkwise::support::write_npy(&lut_path, DType::U8, &[65536], &ramp).expect("write table");
     let n27: u64 = 1 << 27;
     let t27: Vec<u8> = (0..n27)
         .map(|i| u8::from((i >> 13) & 1 == 1 && (i & !(1 << 13)).count_ones() >= 6))
         .collect();
     let t27_path = dir.path().join("lut27.npy");
-    chunkwise::write_npy(&t27_path, DType::U8, &[n27], &t27).expect("write table");
+    chunkwise::support::write_npy(&t27_path, DType::U8, &[n27], &t27).expect("write table");
 
     let cases: Vec<(&str, Box<dyn Kernel>)> = vec![
         (

@@ -359,6 +359,18 @@ unsafe fn copy_elements(
     }
 }
 
+/// Whether `buf` is `elem` repeated (bit for bit: a NaN fill value included); a zero element
+/// is checked a word at a time.
+pub(crate) fn is_fill(buf: &[u8], elem: &[u8]) -> bool {
+    if elem.iter().all(|&b| b == 0) {
+        let (head, body, tail) = bytemuck::pod_align_to::<u8, u64>(buf);
+        return head.iter().all(|&b| b == 0)
+            && body.iter().all(|&w| w == 0)
+            && tail.iter().all(|&b| b == 0);
+    }
+    buf.chunks_exact(elem.len()).all(|c| c == elem)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -53,7 +53,7 @@ mod region;
 mod run;
 mod source;
 mod store;
-pub mod synth;
+mod synth;
 mod view;
 
 pub use convert::{ConvertOptions, ConvertReport, convert, from_array};
@@ -73,17 +73,33 @@ pub use index::{
     graph_edges, where_coords,
 };
 pub use input::Input;
-pub use inspect::{BadChunk, StoreInfo, VerifyReport, human_bytes, info, verify};
-pub use npy::{NpyHeader, header_bytes as npy_header, parse_header as parse_npy_header, write_npy};
+pub use inspect::{BadChunk, StoreInfo, VerifyReport, info, verify};
 pub use progress::{Progress, ProgressFn, Unit};
 pub use reduce::{
     AxisStats, ChunkStats, Histogram, MAX_BINS, PerChunk, ReduceOptions, Reduction, Stats,
-    StatsAcc, default_histogram, reduce, region_of, write_table,
+    StatsAcc, reduce,
 };
-pub use region::{ParsedRegion, Region, fmt_shape};
+pub use region::{ParsedRegion, Region};
 pub use run::{Cancel, DEFAULT_MEMORY, RunOptions};
 pub use source::RawOptions;
 pub use store::{
-    ChunkCodec, Codec, Durability, Store, StoreSpec, StoreWriter, WriteReport, is_store,
+    ChunkCodec, Codec, Durability, MAX_CHUNK_BYTES, MAX_CHUNKS, MAX_RANK, Store, StoreSpec,
+    StoreWriter, WriteReport, is_store,
 };
 pub use view::View;
+
+/// What the command line, the demo, the tests and the benches share that is not the library's
+/// API: formatting, small `.npy` files, synthetic volumes. Not covered by semver.
+#[doc(hidden)]
+pub mod support {
+    pub use crate::inspect::human_bytes;
+    pub use crate::npy::{
+        NpyHeader, header_bytes as npy_header, parse_header as parse_npy_header, write_npy,
+    };
+    pub use crate::reduce::{region_of, write_table};
+    pub use crate::region::fmt_shape;
+    /// Synthetic microscopy-like volumes (the demo's data).
+    pub mod synth {
+        pub use crate::synth::*;
+    }
+}

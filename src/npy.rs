@@ -26,7 +26,13 @@ pub struct NpyHeader {
 impl NpyHeader {
     /// Bytes of array data the header implies.
     pub fn data_len(&self) -> u128 {
-        self.shape.iter().map(|&n| u128::from(n)).product::<u128>() * self.dtype.size() as u128
+        // Saturating: a header of absurd dimensions is refused by the size check, not by a panic.
+        self.shape
+            .iter()
+            .try_fold(self.dtype.size() as u128, |a, &n| {
+                a.checked_mul(u128::from(n))
+            })
+            .unwrap_or(u128::MAX)
     }
 }
 

@@ -872,6 +872,25 @@ impl Histogram {
         Ok(h)
     }
 
+    /// The histogram of `input`'s own range ([`Histogram::per_value`] for integers without
+    /// `bins`, else `bins` (default 10) equal bins over the finite values' range), from a
+    /// first statistics pass (spec/REDUCE.md §3).
+    ///
+    /// ```no_run
+    /// use chunkwise::{Histogram, Input, ReduceOptions};
+    /// let v = Input::open("volume.zarr")?;
+    /// let h = Histogram::auto(&v, None, &ReduceOptions::default())?;
+    /// let counts = chunkwise::reduce(&v, &h, &ReduceOptions::default())?;
+    /// # let _ = counts;
+    /// # Ok::<(), chunkwise::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`reduce`]; [`Error::InvalidOption`] when there are no finite values to span.
+    pub fn auto(input: &Input, bins: Option<usize>, opts: &ReduceOptions) -> Result<Histogram> {
+        default_histogram(input, bins, opts)
+    }
+
     /// The bin edges (`bins + 1` values).
     pub fn edges(&self) -> &[f64] {
         &self.edges
@@ -934,7 +953,7 @@ impl Reduction for Histogram {
 ///
 /// # Errors
 /// As [`reduce`]; [`Error::InvalidOption`] when there are no finite values to span.
-pub fn default_histogram(
+pub(crate) fn default_histogram(
     input: &Input,
     bins: Option<usize>,
     opts: &ReduceOptions,

@@ -20,6 +20,9 @@ use crate::source::{self, Block, BufferBlock, RawOptions, Source};
 use crate::store::{Store, is_store};
 use crate::with_scalar;
 
+/// The deepest a view spec may nest (objects inside objects, spec files naming spec files).
+pub const MAX_SPEC_DEPTH: usize = 64;
+
 /// A read-only array assembled lazily from stores and files.
 ///
 /// ```no_run
@@ -329,11 +332,37 @@ impl View {
     /// # Errors
     /// [`crate::InputError::BadInput`] naming the file for a malformed spec; errors opening its parts.
     pub fn from_spec_file(path: &Path) -> Result<View> {
+        View::spec_file_in(path, &mut Vec::new())
+    }
+
+    /// `from_spec_file`, with the spec files being opened (to refuse a cycle).
+    fn spec_file_in(path: &Path, open: &mut Vec<PathBuf>) -> Result<View> {
+        let canon = path.canonicalize().at(path)?;
+        if open.contains(&canon) {
+            let chain: Vec<String> = open.iter().map(|p| p.display().to_string()).collect();
+            return Err(Error::bad_input(
+                path,
+                format!(
+                    "view spec: it includes itself ({} -> {})",
+                    chain.join(" -> "),
+                    canon.display()
+                ),
+            ));
+        }
+        if open.len() >= MAX_SPEC_DEPTH {
+            return Err(Error::bad_input(
+                path,
+                format!("view spec: more than {MAX_SPEC_DEPTH} spec files deep"),
+            ));
+        }
         let text = std::fs::read_to_string(path).at(path)?;
         let spec: Value = serde_json::from_str(&text)
             .map_err(|e| Error::bad_input(path, format!("not JSON: {e}")))?;
         let base = path.parent().unwrap_or(Path::new(""));
-        View::from_spec(&spec, base).map_err(|e| match e {
+        open.push(canon);
+        let view = View::spec_in(&spec, base, open, 0);
+        open.pop();
+        view.map_err(|e| match e {
             Error::Input(InputError::BadInput { reason, .. })
                 if reason.starts_with("view spec") =>
             {
@@ -350,7 +379,14 @@ impl View {
     /// # Errors
     /// [`crate::InputError::BadInput`] for a malformed spec.
     pub fn from_spec(spec: &Value, base: &Path) -> Result<View> {
+        View::spec_in(spec, base, &mut Vec::new(), 0)
+    }
+
+    fn spec_in(spec: &Value, base: &Path, open: &mut Vec<PathBuf>, depth: usize) -> Result<View> {
         let bad = |reason: String| Error::bad_input(base, format!("view spec: {reason}"));
+        if depth >= MAX_SPEC_DEPTH {
+            return Err(bad(format!("nested more than {MAX_SPEC_DEPTH} deep")));
+        }
         let axis = |o: &serde_json::Map<String, Value>| -> Result<usize> {
             match o.get("axis") {
                 None => Ok(0),
@@ -360,28 +396,31 @@ impl View {
                     .ok_or_else(|| bad(format!("axis {a} is not a non-negative integer"))),
             }
         };
-        let list = |v: &Value, key: &str| -> Result<Vec<View>> {
+        let list = |v: &Value, key: &str, open: &mut Vec<PathBuf>| -> Result<Vec<View>> {
             let items = v
                 .as_array()
                 .ok_or_else(|| bad(format!("{key:?} takes a list of parts")))?;
-            items.iter().map(|p| View::from_spec(p, base)).collect()
+            items
+                .iter()
+                .map(|p| View::spec_in(p, base, open, depth + 1))
+                .collect()
         };
         match spec {
             Value::String(p) => {
                 let path = base.join(p);
                 if is_spec(&path) {
-                    View::from_spec_file(&path)
+                    View::spec_file_in(&path, open)
                 } else {
                     View::open_all(&[path], &RawOptions::default())
                 }
             }
             Value::Object(o) => {
                 if let Some(parts) = o.get("concat") {
-                    View::concat(list(parts, "concat")?, axis(o)?)
+                    View::concat(list(parts, "concat", open)?, axis(o)?)
                 } else if let Some(parts) = o.get("stack") {
-                    View::stack(list(parts, "stack")?, axis(o)?)
+                    View::stack(list(parts, "stack", open)?, axis(o)?)
                 } else if let Some(inner) = o.get("slice") {
-                    let v = View::from_spec(inner, base)?;
+                    let v = View::spec_in(inner, base, open, depth + 1)?;
                     let r = o.get("region").and_then(Value::as_str).ok_or_else(|| {
                         bad("\"slice\" needs a \"region\" like \"0:10,:,5:\"".into())
                     })?;
@@ -390,7 +429,7 @@ impl View {
                     // Integer indices drop their axis, as in numpy.
                     Ok(drop_axes(sliced, &parsed.dropped))
                 } else if let Some(inner) = o.get("cast") {
-                    let v = View::from_spec(inner, base)?;
+                    let v = View::spec_in(inner, base, open, depth + 1)?;
                     let d = o
                         .get("dtype")
                         .and_then(Value::as_str)
@@ -847,13 +886,17 @@ impl Source for Cast {
     }
 }
 
-/// Converts native-endian elements of `from` to `to` (a safe cast: exact through f64).
+/// Converts native-endian elements of `from` to `to` (a safe cast: exact through f64). `raw`
+/// may have any alignment (a `Vec<u8>` promises none).
 pub(crate) fn convert_values(raw: &[u8], from: DType, to: DType) -> Vec<u8> {
     with_scalar!(from, F => {
-        let values: &[F] = bytemuck::cast_slice(raw);
         with_scalar!(to, T => {
-            let out: Vec<T> = values.iter().map(|&v| T::from_f64(v.to_f64())).collect();
-            bytemuck::cast_slice::<T, u8>(&out).to_vec()
+            let mut out = Vec::with_capacity(raw.len() / from.size() * to.size());
+            for c in raw.chunks_exact(from.size()) {
+                let v: F = bytemuck::pod_read_unaligned(c);
+                out.extend_from_slice(bytemuck::bytes_of(&T::from_f64(v.to_f64())));
+            }
+            out
         })
     })
 }

@@ -202,3 +202,328 @@ fn info_and_export_of_non_stores() {
     );
     assert!(!Path::new(&dir.path().join("x.npy")).exists());
 }
+
+/// A corpus of malformed stores, chunks, headers, specs and flags (issue 9 §6), made fresh.
+struct Corpus {
+    dir: tempfile::TempDir,
+}
+
+impl Corpus {
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).to_str().unwrap().to_string()
+    }
+
+    fn new() -> Corpus {
+        let dir = tmp();
+        let d = dir.path();
+        let meta = |shape: &str, chunks: &str, dtype: &str, codecs: &str| {
+            format!(
+                r#"{{"zarr_format": 3, "node_type": "array", "shape": {shape},
+                "data_type": "{dtype}", "chunk_grid": {{"name": "regular",
+                "configuration": {{"chunk_shape": {chunks}}}}},
+                "chunk_key_encoding": {{"name": "default", "configuration": {{"separator": "/"}}}},
+                "fill_value": 0, "codecs": {codecs}}}"#
+            )
+        };
+        let bytes = r#"[{"name": "bytes", "configuration": {"endian": "little"}}]"#;
+        let store = |name: &str, text: &str| {
+            let p = d.join(name);
+            std::fs::create_dir_all(&p).unwrap();
+            std::fs::write(p.join("zarr.json"), text).unwrap();
+        };
+        store("not_json.zarr", "{\"zarr_format\": 3, ");
+        store(
+            "huge_shape.zarr",
+            &meta(
+                "[4611686018427387904, 4611686018427387904, 4611686018427387904]",
+                "[1, 1, 1]",
+                "uint16",
+                bytes,
+            ),
+        );
+        store(
+            "negative_shape.zarr",
+            &meta("[-1, 4]", "[1, 1]", "uint16", bytes),
+        );
+        store(
+            "zero_chunk.zarr",
+            &meta("[4, 4]", "[0, 4]", "uint16", bytes),
+        );
+        store(
+            "unknown_codec.zarr",
+            &meta(
+                "[4, 4]",
+                "[2, 2]",
+                "uint16",
+                r#"[{"name": "bytes"}, {"name": "lzma9000"}]"#,
+            ),
+        );
+        store(
+            "complex.zarr",
+            &meta("[4, 4]", "[2, 2]", "complex128", bytes),
+        );
+        store(
+            "huge_chunk.zarr",
+            &meta("[1099511627776]", "[1099511627776]", "uint8", bytes),
+        );
+        store(
+            "many_chunks.zarr",
+            &meta("[1099511627776]", "[1]", "uint8", bytes),
+        );
+        let rank40 = format!("[{}]", vec!["1"; 40].join(", "));
+        store("rank40.zarr", &meta(&rank40, &rank40, "uint8", bytes));
+        // Good metadata with bad chunks: one truncated, one garbage.
+        let zstd = r#"[{"name": "bytes", "configuration": {"endian": "little"}},
+            {"name": "zstd", "configuration": {"level": 3, "checksum": false}}]"#;
+        store("bad_chunks.zarr", &meta("[4, 4]", "[2, 4]", "uint16", zstd));
+        std::fs::create_dir_all(d.join("bad_chunks.zarr/c/0")).unwrap();
+        std::fs::create_dir_all(d.join("bad_chunks.zarr/c/1")).unwrap();
+        std::fs::write(d.join("bad_chunks.zarr/c/0/0"), [1u8, 2, 3]).unwrap();
+        std::fs::write(d.join("bad_chunks.zarr/c/1/0"), [0xffu8; 16]).unwrap();
+        std::fs::create_dir_all(d.join("empty_dir")).unwrap();
+        // .npy headers.
+        let npy = |name: &str, header: &str, data: &[u8]| {
+            let mut h = header.to_string();
+            while !(10 + h.len() + 1).is_multiple_of(64) {
+                h.push(' ');
+            }
+            h.push('\n');
+            let mut v = b"\x93NUMPY\x01\x00".to_vec();
+            v.extend_from_slice(&(h.len() as u16).to_le_bytes());
+            v.extend_from_slice(h.as_bytes());
+            v.extend_from_slice(data);
+            std::fs::write(d.join(name), v).unwrap();
+        };
+        npy(
+            "huge.npy",
+            "{'descr': '<u2', 'fortran_order': False, 'shape': (4611686018427387904, 4611686018427387904, 64, 64, 64), }",
+            &[0; 8],
+        );
+        npy(
+            "negative.npy",
+            "{'descr': '<u2', 'fortran_order': False, 'shape': (-3, 4), }",
+            &[0; 8],
+        );
+        npy(
+            "garbage_dict.npy",
+            "{'descr': '<u2', 'fortran_order': Maybe, 'shape': ((, }",
+            &[0; 8],
+        );
+        npy(
+            "short.npy",
+            "{'descr': '<u2', 'fortran_order': False, 'shape': (100, 100), }",
+            &[0; 8],
+        );
+        let mut long_header = b"\x93NUMPY\x02\x00".to_vec();
+        long_header.extend_from_slice(&u32::MAX.to_le_bytes());
+        long_header.extend_from_slice(b"{'descr'");
+        std::fs::write(d.join("long_header.npy"), long_header).unwrap();
+        // View specs.
+        std::fs::write(
+            d.join("self.json"),
+            r#"{"concat": ["self.json", "self.json"]}"#,
+        )
+        .unwrap();
+        std::fs::write(d.join("ping.json"), r#"{"concat": ["pong.json"]}"#).unwrap();
+        std::fs::write(d.join("pong.json"), r#"{"stack": ["ping.json"]}"#).unwrap();
+        let mut deep = String::from("\"huge.npy\"");
+        for _ in 0..100 {
+            deep = format!("{{\"cast\": {deep}, \"dtype\": \"uint16\"}}");
+        }
+        std::fs::write(d.join("deep.json"), deep).unwrap();
+        std::fs::write(d.join("unknown_key.json"), r#"{"zip": ["a", "b"]}"#).unwrap();
+        std::fs::write(d.join("garbage.tif"), b"II*\x00\xff\xff\xff\x7fnot a tiff").unwrap();
+        Corpus { dir }
+    }
+
+    /// Every file's path and bytes, to check that nothing was changed.
+    fn snapshot(&self) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut todo = vec![self.dir.path().to_path_buf()];
+        while let Some(d) = todo.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    todo.push(p);
+                } else {
+                    out.push((p.clone(), std::fs::read(&p).unwrap()));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+/// Issue 9 §6: every command on every malformed input exits 2 with one `chunkwise: error:`
+/// line naming the file (and the value), never panics, hangs or runs out of memory, and leaves
+/// the inputs byte for byte as they were.
+#[test]
+fn every_command_refuses_every_malformed_input_clearly() {
+    let c = Corpus::new();
+    let before = c.snapshot();
+    let out_dir = tmp();
+    let out = |n: &str| out_dir.path().join(n).to_str().unwrap().to_string();
+    let inputs = [
+        ("not_json.zarr", "not_json.zarr"),
+        ("huge_shape.zarr", "2^64"),
+        ("negative_shape.zarr", "negative_shape.zarr"),
+        ("zero_chunk.zarr", "zero_chunk.zarr"),
+        ("unknown_codec.zarr", "lzma9000"),
+        ("complex.zarr", "complex128"),
+        ("huge_chunk.zarr", "1099511627776"),
+        ("many_chunks.zarr", "2^32"),
+        ("rank40.zarr", "40 axes"),
+        ("empty_dir", "empty_dir"),
+        ("huge.npy", "huge.npy"),
+        ("negative.npy", "negative.npy"),
+        ("garbage_dict.npy", "garbage_dict.npy"),
+        ("short.npy", "short.npy"),
+        ("long_header.npy", "long_header.npy"),
+        ("self.json", "includes itself"),
+        ("ping.json", "includes itself"),
+        ("deep.json", "deep.json"),
+        ("unknown_key.json", "unknown_key.json"),
+        ("garbage.tif", "garbage.tif"),
+    ];
+    for (name, needle) in inputs {
+        let p = c.path(name);
+        let runs: Vec<Vec<String>> = vec![
+            vec!["info".into(), p.clone()],
+            vec!["export".into(), p.clone(), "-o".into(), out("x.npy")],
+            vec!["stats".into(), p.clone()],
+            vec!["histogram".into(), p.clone()],
+            vec!["where".into(), p.clone(), "--count-only".into()],
+            vec!["graph".into(), p.clone(), "--count-only".into()],
+            vec![
+                "gaussian".into(),
+                p.clone(),
+                out("g.zarr"),
+                "--sigma".into(),
+                "1".into(),
+            ],
+            vec!["convert".into(), p.clone(), "-o".into(), out("c.zarr")],
+        ];
+        for args in runs {
+            let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+            let start = std::time::Instant::now();
+            let o = chunkwise(&argv);
+            let err = stderr(&o);
+            let what = format!("{name}: {}", args[0]);
+            assert_eq!(o.status.code(), Some(2), "{what}: {err}{}", stdout(&o));
+            assert_eq!(err.lines().count(), 1, "{what}: one line: {err}");
+            assert!(err.starts_with("chunkwise: error: "), "{what}: {err}");
+            assert!(err.contains(needle), "{what}: {err:?} lacks {needle:?}");
+            assert!(
+                start.elapsed().as_secs() < 20,
+                "{what}: took {:?}",
+                start.elapsed()
+            );
+        }
+    }
+    // Corrupt chunks: commands that read them name the chunk; verify lists them (exit 1).
+    let bad = c.path("bad_chunks.zarr");
+    for args in [
+        vec!["export", &bad, "-o", &out("y.npy")],
+        vec!["stats", &bad],
+        vec!["where", &bad, "--count-only"],
+    ] {
+        let o = chunkwise(&args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("bad_chunks.zarr") && err.contains("chunk c/"),
+            "{err}"
+        );
+    }
+    let o = chunkwise(&["verify", &bad]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stdout(&o).contains("c/0/0") && stdout(&o).contains("c/1/0"));
+    assert!(c.snapshot() == before, "an input changed");
+    assert!(
+        std::fs::read_dir(out_dir.path()).unwrap().next().is_none(),
+        "an output was left"
+    );
+}
+
+/// Issue 9 §6: flag values that are not finite, out of range or absurd are refused naming the
+/// value: gaussian sigmas, checkpoint seconds, threads, memory, partitions, regions.
+#[test]
+fn absurd_flag_values_are_refused_naming_the_value() {
+    let dir = tmp();
+    let d = dir.path();
+    let input = f("inputs/c_uint16.npy");
+    let z = d.join("s.zarr");
+    let o = chunkwise(&["convert", &input, "-o", z.to_str().unwrap(), "-q"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let zs = z.to_str().unwrap();
+    let g = d.join("g.zarr");
+    let gs = g.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, &[&str])> = vec![
+        (
+            vec!["gaussian", zs, gs, "--sigma", "1e30"],
+            &["--sigma", "1e30"],
+        ),
+        (
+            vec!["gaussian", zs, gs, "--sigma", "1e6"],
+            &["--sigma", "4e6"],
+        ),
+        (
+            vec!["gaussian", zs, gs, "--sigma", "1e5"],
+            &["400000", "--memory"],
+        ),
+        (
+            vec!["gaussian", zs, gs, "--sigma", "nan"],
+            &["--sigma", "NaN"],
+        ),
+        (
+            vec!["gaussian", zs, gs, "--sigma", "-1"],
+            &["--sigma", "-1"],
+        ),
+        (
+            vec!["gaussian", zs, gs, "--sigma", "inf"],
+            &["--sigma", "inf"],
+        ),
+        (
+            vec!["gaussian", zs, gs, "--sigma", "1", "--truncate", "nan"],
+            &["--truncate", "NaN"],
+        ),
+        (
+            vec!["gaussian", zs, gs, "--sigma", "1", "--partition", "3/2"],
+            &["--partition", "3/2"],
+        ),
+        (
+            vec!["append", zs, &input, "--checkpoint-secs", "nan"],
+            &["--checkpoint-secs", "NaN"],
+        ),
+        (
+            vec!["append", zs, &input, "--checkpoint-secs", "-1"],
+            &["--checkpoint-secs", "-1"],
+        ),
+        (
+            vec!["append", zs, &input, "--checkpoint-secs", "inf"],
+            &["--checkpoint-secs", "inf"],
+        ),
+        (
+            vec!["export", zs, "-o", "/dev/null/x.npy", "--region", "0:5:0"],
+            &["0:5:0"],
+        ),
+        (vec!["stats", zs, "--threads", "0"], &["--threads"]),
+        (
+            vec!["histogram", zs, "--bins", "100000000000"],
+            &["--bins", "100000000000"],
+        ),
+    ];
+    let before = std::fs::read(z.join("zarr.json")).unwrap();
+    for (args, needles) in cases {
+        let o = chunkwise(&args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        for n in needles {
+            assert!(err.contains(n), "{args:?}: {err:?} lacks {n:?}");
+        }
+        assert!(!g.exists(), "{args:?} wrote an output");
+    }
+    assert_eq!(std::fs::read(z.join("zarr.json")).unwrap(), before);
+}

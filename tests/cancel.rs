@@ -11,15 +11,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chunkwise::kernel::Gaussian;
+use chunkwise::support::write_npy;
 use chunkwise::{
     Boundary, Cancel, ConvertOptions, DType, Error, ExecOptions, ExecStatus, ExportOptions,
-    GrowOptions, Input, MapSpec, Progress, ProgressFn, Store, write_npy,
+    GrowOptions, Input, MapSpec, Progress, ProgressFn, Store,
 };
 
 use crate::common::{input, stderr, store_bytes, tmp};
 
 fn volume(dir: &Path, name: &str, shape: [u64; 3], chunks: &str) -> std::path::PathBuf {
-    let vol = chunkwise::synth::Volume::new(shape, 4e-4, 11);
+    let vol = chunkwise::support::synth::Volume::new(shape, 4e-4, 11);
     let mut bytes = Vec::new();
     <u16 as chunkwise::Element>::extend_le_bytes(&vol.render(), &mut bytes);
     let npy = dir.join(format!("{name}.npy"));

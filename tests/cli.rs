@@ -148,7 +148,7 @@ fn killed_convert_never_leaves_a_partial_store() {
     let dir = tmp();
     // 48x128x160 uint16 raw = 1.9 MiB in 6x16x16 chunks: 8x8x10 = 640 chunk files.
     let shape = [48u64, 128, 160];
-    let vol = chunkwise::synth::Volume::new([shape[0], shape[1], shape[2]], 2e-4, 9);
+    let vol = chunkwise::support::synth::Volume::new([shape[0], shape[1], shape[2]], 2e-4, 9);
     let mut bytes = Vec::new();
     <u16 as chunkwise::Element>::extend_le_bytes(&vol.render(), &mut bytes);
     let raw = dir.path().join("vol.raw");

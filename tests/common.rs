@@ -26,7 +26,7 @@ pub struct Expected {
 /// Reads a C-order little-endian .npy file (the expected arrays numpy wrote in fixtures/).
 pub fn read_npy(path: &Path) -> Expected {
     let data = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let h = chunkwise::parse_npy_header(&data, path).expect("valid npy");
+    let h = chunkwise::support::parse_npy_header(&data, path).expect("valid npy");
     assert!(
         !h.fortran_order && !h.big_endian,
         "expected arrays are C-order little-endian"
@@ -223,4 +223,15 @@ pub fn input(p: impl AsRef<Path>) -> chunkwise::Input {
 /// [`input`] of each path.
 pub fn inputs<P: AsRef<Path>>(ps: &[P]) -> Vec<chunkwise::Input> {
     ps.iter().map(input).collect()
+}
+
+/// The kill tests stop writers at named steps, which only a build with the `crash-points`
+/// feature has (`bash .ci/run` enables it).
+pub fn need_crash_points() {
+    if !cfg!(feature = "crash-points") {
+        panic!(
+            "this test stops writers at named steps: run it with `cargo test --features \
+             crash-points` (as `bash .ci/run` does)"
+        );
+    }
 }

@@ -97,7 +97,7 @@ pub fn hash_table(dir: &Path) -> PathBuf {
         let data: Vec<u8> = (0..n)
             .map(|i| ((i.wrapping_mul(2_654_435_761) % (1 << 32)) >> 24) as u8)
             .collect();
-        chunkwise::write_npy(&p, DType::U8, &[n], &data).unwrap();
+        chunkwise::support::write_npy(&p, DType::U8, &[n], &data).unwrap();
     }
     p
 }

@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use chunkwise::{ConvertOptions, DType, GridLayout, GrowOptions, Region, Store, View, write_npy};
+use chunkwise::support::write_npy;
+use chunkwise::{ConvertOptions, DType, GridLayout, GrowOptions, Region, Store, View};
 use serde_json::json;
 
 use crate::common::{chunkwise as cw, run_python, stderr, stdout, store_bytes, tmp};
@@ -950,6 +951,7 @@ fn leftovers(dirs: &[&Path]) -> Vec<String> {
 /// completes it or says it is already done, leaving no staging files and no moved input behind.
 #[test]
 fn killed_appends_and_concats_leave_the_old_or_the_new_array() {
+    crate::common::need_crash_points();
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
     let rounds: usize = std::env::var("CHUNKWISE_KILL_ROUNDS")

@@ -9,7 +9,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use chunkwise::{DType, Store, write_npy};
+use chunkwise::support::write_npy;
+use chunkwise::{DType, Store};
 
 use crate::common::{NOBODY, Tmpfs, chunkwise as cw, stderr, stdout, store_bytes, tmp};
 
@@ -200,6 +201,7 @@ fn item1_two_writers_of_one_file_never_mix() {
 /// at random instants it holds the old array or the new one.
 #[test]
 fn item2_a_kill_during_overwrite_leaves_the_old_or_the_new_array() {
+    crate::common::need_crash_points();
     let dir = tmp();
     let d = dir.path();
     let shape = [40u64, 64, 64];
@@ -705,7 +707,7 @@ fn item7_stats_along_axis_0_of_a_1d_array() {
                 "stats -o",
             );
             let t = std::fs::read(&out).unwrap();
-            let h = chunkwise::parse_npy_header(&t, &out).unwrap();
+            let h = chunkwise::support::parse_npy_header(&t, &out).unwrap();
             assert_eq!(h.shape, vec![1000, 6]);
             let vals: Vec<f64> = t[h.data_offset as usize..]
                 .chunks_exact(8)
@@ -930,6 +932,7 @@ fn small_a_full_disk_during_a_join_leaves_nothing_behind() {
 /// different append (nor count as stored).
 #[test]
 fn small_a_different_append_removes_what_a_killed_one_placed() {
+    crate::common::need_crash_points();
     let dir = tmp();
     let d = dir.path();
     let (va, vb, vc) = (

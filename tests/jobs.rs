@@ -249,7 +249,7 @@ fn bad_input_is_a_clear_error() {
 
     // A LUT too short for the values present: the first offending value and its chunk.
     let short = dir.path().join("short.npy");
-    chunkwise::write_npy(&short, DType::U8, &[1000], &vec![1u8; 1000]).unwrap();
+    chunkwise::support::write_npy(&short, DType::U8, &[1000], &vec![1u8; 1000]).unwrap();
     let err = chunkwise::run(
         one,
         &out,
@@ -369,7 +369,7 @@ fn bad_input_is_a_clear_error() {
 fn killed_job_resumes() {
     let dir = tmp();
     let shape = [48u64, 96, 128];
-    let vol = chunkwise::synth::Volume::new(shape, 4e-4, 5);
+    let vol = chunkwise::support::synth::Volume::new(shape, 4e-4, 5);
     let mut bytes = Vec::new();
     <u16 as chunkwise::Element>::extend_le_bytes(&vol.render(), &mut bytes);
     let raw = dir.path().join("v.raw");

@@ -13,6 +13,7 @@ mod interop;
 mod issue18;
 mod jobs;
 mod paths;
+mod proptests;
 mod reduce;
 mod verify;
 mod write;

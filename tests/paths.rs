@@ -13,7 +13,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use chunkwise::{DType, Store, write_npy};
+use chunkwise::support::write_npy;
+use chunkwise::{DType, Store};
 
 use crate::common::{NOBODY, Tmpfs, run_in, stderr, store_bytes, tmp};
 

@@ -173,14 +173,14 @@ fn histograms_match_numpy() {
             .collect()
     };
     let u16s = crate::common::input(store_of(dir.path(), "inputs/c_uint16.npy", &[4, 5, 3]));
-    let h = chunkwise::default_histogram(&u16s, None, &ReduceOptions::default()).unwrap();
+    let h = chunkwise::Histogram::auto(&u16s, None, &ReduceOptions::default()).unwrap();
     let got = chunkwise::reduce(&u16s, &h, &ReduceOptions::default()).unwrap();
     assert_eq!(got, counts(&refs["hist_c_uint16_default"]["counts"]));
     let h = Histogram::new(5, 100.0, 2000.0).unwrap();
     let got = chunkwise::reduce(&u16s, &h, &ReduceOptions::default()).unwrap();
     assert_eq!(got, counts(&refs["hist_c_uint16_5"]["counts"]));
     let f64s = crate::common::input(store_of(dir.path(), "inputs/c_float64.npy", &[4, 5, 3]));
-    let h = chunkwise::default_histogram(&f64s, None, &ReduceOptions::default()).unwrap();
+    let h = chunkwise::Histogram::auto(&f64s, None, &ReduceOptions::default()).unwrap();
     let r = &refs["hist_c_float64_default"];
     for (a, b) in h.edges().iter().zip(r["edges"].as_array().unwrap()) {
         assert_eq!(*a, b.as_f64().unwrap());

@@ -4,5 +4,5 @@
 #   bash tests/soak.sh [ROUNDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CHUNKWISE_KILL_ROUNDS="${1:-3000}" cargo test --release --test main \
+CHUNKWISE_KILL_ROUNDS="${1:-3000}" cargo test --release --features crash-points --test main \
     grow::killed_appends_and_concats_leave_the_old_or_the_new_array -- --nocapture

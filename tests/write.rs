@@ -5,8 +5,9 @@
 
 use std::process::Command;
 
+use chunkwise::support::write_npy;
 use chunkwise::{
-    Cancel, DType, Error, GridLayout, GrowOptions, Region, RunOptions, Store, StoreSpec, write_npy,
+    Cancel, DType, Error, GridLayout, GrowOptions, Region, RunOptions, Store, StoreSpec,
 };
 use ndarray::{ArrayD, IxDyn, Slice};
 

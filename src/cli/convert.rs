@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use chunkwise::{ConvertOptions, ConvertReport, DType, Durability, Input, RawOptions, human_bytes};
+use chunkwise::support::human_bytes;
+use chunkwise::{ConvertOptions, ConvertReport, DType, Durability, Input, RawOptions};
 
 use super::{CliResult, Global, Outcome, parse_size, say};
 
@@ -96,9 +97,9 @@ pub(crate) fn summary(r: &ConvertReport) -> String {
     format!(
         "wrote {}: {} {} in {} chunks ({} of {} stored), {} -> {} ({ratio}) in {:.2} s ({:.0} MB/s)\n  from {}",
         r.path.display(),
-        chunkwise::fmt_shape(&r.shape),
+        chunkwise::support::fmt_shape(&r.shape),
         r.dtype,
-        chunkwise::fmt_shape(&r.chunk_shape),
+        chunkwise::support::fmt_shape(&r.chunk_shape),
         r.chunks_written,
         r.chunks_total,
         human_bytes(r.bytes_in),

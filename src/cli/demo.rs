@@ -4,10 +4,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use chunkwise::kernel::{Gaussian, Threshold};
-use chunkwise::synth::Volume;
+use chunkwise::support::human_bytes;
+use chunkwise::support::synth::Volume;
 use chunkwise::{
     Boundary, ConvertOptions, DType, Element, ExecOptions, ExportOptions, GrowOptions,
-    IndexOptions, Input, ReduceOptions, Region, Select, Stats, Store, human_bytes,
+    IndexOptions, Input, ReduceOptions, Region, Select, Stats, Store,
 };
 
 use super::{CliError, CliResult, Global, Outcome, say};
@@ -61,7 +62,7 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
         let mut bytes = Vec::with_capacity(plane.len() * 2);
         u16::extend_le_bytes(&plane, &mut bytes);
         let p = slices.join(format!("slice_{z:04}.npy"));
-        chunkwise::write_npy(&p, DType::U16, &[ny, nx], &bytes)?;
+        chunkwise::support::write_npy(&p, DType::U16, &[ny, nx], &bytes)?;
         expected.extend_from_slice(&bytes);
     }
     say(format!(
@@ -99,7 +100,7 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
         .progress(g.progress());
     let r = chunkwise::export(&vol, &whole, &eopts)?;
     let got = std::fs::read(&whole).map_err(io(&whole))?;
-    let header = chunkwise::npy_header(DType::U16, &[nz, ny, nx]);
+    let header = chunkwise::support::npy_header(DType::U16, &[nz, ny, nx]);
     let same = got.len() == header.len() + expected.len()
         && got[..header.len()] == header[..]
         && got[header.len()..] == expected[..];
@@ -125,7 +126,7 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
     let row = (nx * 2) as usize;
     let start = ((z * ny + y0) * nx * 2) as usize;
     let want = &expected[start..start + (y1 - y0) as usize * row];
-    let header = chunkwise::npy_header(DType::U16, &[y1 - y0, nx]);
+    let header = chunkwise::support::npy_header(DType::U16, &[y1 - y0, nx]);
     let same = got[..header.len()] == header[..] && &got[header.len()..] == want;
     ok &= same;
     say(format!(
@@ -226,7 +227,7 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
         let mut bytes = Vec::with_capacity(plane.len() * 2);
         u16::extend_le_bytes(&plane, &mut bytes);
         let p = more.join(format!("slice_{z:04}.npy"));
-        chunkwise::write_npy(&p, DType::U16, &[ny, nx], &bytes)?;
+        chunkwise::support::write_npy(&p, DType::U16, &[ny, nx], &bytes)?;
         grown.extend_from_slice(&bytes);
     }
     let more_store = dir.join("more.zarr");
@@ -246,7 +247,7 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
         "7. concat volume.zarr + more.zarr -> {}: {} ({} grid), {} chunks linked, {} encoded, \
          {} written for a {} array: {}",
         joined.display(),
-        chunkwise::fmt_shape(&r.shape),
+        chunkwise::support::fmt_shape(&r.shape),
         r.grid,
         r.chunks_linked,
         r.chunks_encoded,
@@ -261,8 +262,8 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
         "   append {extra} slices to {}: {} -> {} ({} layer of stored data re-encoded), {} \
          written for a {} array: {}",
         store.display(),
-        chunkwise::fmt_shape(r.old_shape.as_deref().unwrap_or(&[])),
-        chunkwise::fmt_shape(&r.shape),
+        chunkwise::support::fmt_shape(r.old_shape.as_deref().unwrap_or(&[])),
+        chunkwise::support::fmt_shape(&r.shape),
         r.layers_reencoded,
         human_bytes(r.bytes_written),
         human_bytes(stored(&store)?),

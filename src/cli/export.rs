@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use chunkwise::{ExportOptions, human_bytes};
+use chunkwise::ExportOptions;
+use chunkwise::support::human_bytes;
 
 use super::{CliResult, Global, Outcome, parse_size, say};
 
@@ -41,7 +42,7 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
         say(format!(
             "wrote {}: {} {} (region {}), {} in {:.2} s",
             r.path.display(),
-            chunkwise::fmt_shape(&r.shape),
+            chunkwise::support::fmt_shape(&r.shape),
             r.dtype,
             r.region,
             human_bytes(r.bytes),

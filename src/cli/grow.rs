@@ -4,9 +4,8 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use chunkwise::{
-    DType, Durability, GridLayout, GrowOptions, GrowReport, Input, RawOptions, human_bytes,
-};
+use chunkwise::support::human_bytes;
+use chunkwise::{DType, Durability, GridLayout, GrowOptions, GrowReport, Input, RawOptions};
 use serde_json::json;
 
 use super::{CliResult, Global, Outcome, parse_size, say};
@@ -29,7 +28,12 @@ pub(crate) struct Common {
     json: bool,
     /// How often an in-place append records its finished layers, so that a rerun after a kill
     /// skips them (seconds; 0: after every layer).
-    #[arg(long, default_value_t = 2.0, value_name = "SECS")]
+    #[arg(
+        long,
+        default_value_t = 2.0,
+        value_name = "SECS",
+        allow_negative_numbers = true
+    )]
     checkpoint_secs: f64,
 }
 
@@ -205,25 +209,25 @@ fn report(r: &GrowReport, c: &Common, g: &Global, verb: &str) -> CliResult {
             Some(old) => format!(
                 "{}: already done ({} -> {}; the last edit was this same command; --again repeats it)",
                 r.path.display(),
-                chunkwise::fmt_shape(old),
-                chunkwise::fmt_shape(&r.shape),
+                chunkwise::support::fmt_shape(old),
+                chunkwise::support::fmt_shape(&r.shape),
             ),
             None => format!(
                 "{}: already done ({}, joined from these same inputs; --overwrite rebuilds it)",
                 r.path.display(),
-                chunkwise::fmt_shape(&r.shape),
+                chunkwise::support::fmt_shape(&r.shape),
             ),
         })?;
     } else if !g.quiet {
         let from = r
             .old_shape
             .as_deref()
-            .map(|s| format!("{} -> ", chunkwise::fmt_shape(s)))
+            .map(|s| format!("{} -> ", chunkwise::support::fmt_shape(s)))
             .unwrap_or_default();
         say(format!(
             "{verb} {}: {from}{} ({} grid), {} chunks linked, {} encoded ({}), {} written in {:.2} s{}",
             r.path.display(),
-            chunkwise::fmt_shape(&r.shape),
+            chunkwise::support::fmt_shape(&r.shape),
             r.grid,
             r.chunks_linked,
             r.chunks_encoded,

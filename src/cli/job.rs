@@ -5,9 +5,8 @@ use std::path::PathBuf;
 
 use chunkwise::kernel::lut::Table;
 use chunkwise::kernel::{Correlate1d, Gaussian, Kernel, Lut, NeighbourhoodLut, Threshold};
-use chunkwise::{
-    Boundary, DType, Durability, ExecOptions, ExecReport, ExecStatus, Input, human_bytes,
-};
+use chunkwise::support::human_bytes;
+use chunkwise::{Boundary, DType, Durability, ExecOptions, ExecReport, ExecStatus, Input};
 
 use super::{CliResult, Global, Outcome, codec_from, parse_size, say};
 
@@ -106,7 +105,12 @@ pub(crate) struct GaussianArgs {
     )]
     sigma: Vec<f64>,
     /// Radius in standard deviations.
-    #[arg(long, default_value_t = 4.0, value_name = "T")]
+    #[arg(
+        long,
+        default_value_t = 4.0,
+        value_name = "T",
+        allow_negative_numbers = true
+    )]
     truncate: f64,
     #[command(flatten)]
     mode: ModeArgs,
@@ -258,9 +262,9 @@ pub(crate) fn summary(r: &ExecReport) -> String {
     };
     format!(
         "{what}: {} {} in {} chunks, {} computed{} in {:.2} s; {} input chunks decoded for {} needed ({amp:.2}x); {} stored",
-        chunkwise::fmt_shape(&r.shape),
+        chunkwise::support::fmt_shape(&r.shape),
         r.dtype,
-        chunkwise::fmt_shape(&r.chunk_shape),
+        chunkwise::support::fmt_shape(&r.chunk_shape),
         r.chunks_computed,
         if r.chunks_resumed > 0 {
             format!(" ({} done before, resumed)", r.chunks_resumed)

@@ -128,7 +128,25 @@ pub(crate) enum Outcome {
 }
 
 pub(crate) fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if e.use_stderr() => {
+            // One line, as every other error: clap's first line, without its own prefix.
+            let text = e.to_string();
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim_start_matches("error: ");
+            let _ = writeln!(std::io::stderr(), "chunkwise: error: {first} (see --help)");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            // --help, --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
     let (cancel, signal) = cancel_on_signals();
     let global = Global {
         threads: cli.threads,

@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
+use chunkwise::support::human_bytes;
 use chunkwise::{
     AxisStats, Histogram, IndexOptions, Input, PerChunk, ReduceOptions, Select, Stats, StatsAcc,
-    human_bytes,
 };
 use serde_json::{Value, json};
 
@@ -36,7 +36,7 @@ pub(crate) struct StatsArgs {
 
 fn opts(g: &Global, store: &Input, region: Option<&str>) -> chunkwise::Result<ReduceOptions> {
     Ok(ReduceOptions::default()
-        .region(chunkwise::region_of(store, region)?)
+        .region(chunkwise::support::region_of(store, region)?)
         .threads(g.threads)
         .cancel(g.cancel.clone())
         .progress(g.progress()))
@@ -70,7 +70,7 @@ fn write_out(path: &std::path::Path, table: &[Vec<f64>], doc: &Value) -> chunkwi
             source: e,
         })
     } else {
-        chunkwise::write_table(path, table)
+        chunkwise::support::write_table(path, table)
     }
 }
 
@@ -102,7 +102,7 @@ pub(crate) fn stats(a: StatsArgs, g: &Global) -> CliResult {
             }
             .into());
         }
-        let region = chunkwise::region_of(&store, a.region.as_deref())?
+        let region = chunkwise::support::region_of(&store, a.region.as_deref())?
             .unwrap_or_else(|| chunkwise::Region::full(store.shape()));
         let r = &region.ranges()[axis];
         let red = AxisStats {
@@ -241,7 +241,7 @@ pub(crate) fn histogram(a: HistogramArgs, g: &Global) -> CliResult {
             };
             Histogram::new(bins.unwrap_or(10), lo, hi)?
         }
-        (None, bins) => chunkwise::default_histogram(&store, bins, &o)?,
+        (None, bins) => chunkwise::Histogram::auto(&store, bins, &o)?,
     };
     let counts = chunkwise::reduce(&store, &h, &o)?;
     if a.json {

@@ -8,23 +8,15 @@ use std::ops::Range;
 use crate::error::{Error, Result};
 use crate::grid::{Grid, product};
 use crate::halo::{Boundary, Segment, segments};
+use crate::region::fmt_shape;
 
 use super::task::{AxisMaps, Ctx, Reader};
 
 /// Half the machine's memory: the default budget.
 pub(super) fn default_budget() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let (pages, size) = unsafe {
-        (
-            libc::sysconf(libc::_SC_PHYS_PAGES),
-            libc::sysconf(libc::_SC_PAGESIZE),
-        )
-    };
-    if pages > 0 && size > 0 {
-        (pages as u64 * size as u64) / 2
-    } else {
-        4 << 30
-    }
+    let info = rustix::system::sysinfo();
+    let total = (info.totalram as u64).saturating_mul(u64::from(info.mem_unit.max(1)));
+    if total > 0 { total / 2 } else { 4 << 30 }
 }
 
 /// Per input, per axis: the input chunk indices each output chunk index reads, and who reads
@@ -117,6 +109,38 @@ pub(super) fn plan_tiles(
     let ndim = ctx.shape.len();
     let gshape = ctx.out_grid.grid_shape();
     let oc = ctx.out_grid.chunk_shape();
+    // One block of one input must fit before anything else is sized (in u128: a kernel's halo
+    // can make it astronomically large, and then it is refused, saying why).
+    let block: Vec<u128> = (0..ndim)
+        .map(|a| u128::from(oc[a]) + u128::from(ctx.halo[a].0) + u128::from(ctx.halo[a].1))
+        .collect();
+    let widest = ctx.inputs.iter().map(|i| i.itemsize).max().unwrap_or(1) as u128;
+    let block_bytes = block
+        .iter()
+        .try_fold(widest, |a, &n| a.checked_mul(n))
+        .unwrap_or(u128::MAX);
+    if block_bytes > u128::from(budget) {
+        return Err(Error::option(
+            "memory",
+            format!(
+                "the kernel ({}) reads {} voxels of halo on each side of every {} output \
+                 chunk: a block of {} elements, {block_bytes} bytes, more than the memory budget \
+                 of {budget} bytes (use a smaller halo, smaller chunks, or more memory)",
+                ctx.kernel.describe(),
+                ctx.halo
+                    .iter()
+                    .map(|h| h.0.max(h.1).to_string())
+                    .collect::<Vec<_>>()
+                    .join("x"),
+                fmt_shape(oc),
+                block
+                    .iter()
+                    .map(u128::to_string)
+                    .collect::<Vec<_>>()
+                    .join("x"),
+            ),
+        ));
+    }
     // One task: every input's block, the kernel's scratch, the output chunk and its encoding.
     let block_elems: u64 = (0..ndim)
         .map(|a| oc[a] + ctx.halo[a].0 + ctx.halo[a].1)
@@ -125,11 +149,15 @@ pub(super) fn plan_tiles(
     let task: u64 = ctx
         .inputs
         .iter()
-        .map(|i| block_elems * i.itemsize as u64)
-        .sum::<u64>()
-        + ctx.kernel.scratch_bytes(block_elems)
-        + 2 * out_bytes;
-    let working = |threads: usize| threads as u64 * task + 2 * threads as u64 * out_bytes;
+        .map(|i| block_elems.saturating_mul(i.itemsize as u64))
+        .fold(0u64, u64::saturating_add)
+        .saturating_add(ctx.kernel.scratch_bytes(block_elems))
+        .saturating_add(2 * out_bytes);
+    let working = |threads: usize| {
+        (threads as u64)
+            .saturating_mul(task)
+            .saturating_add((2 * threads as u64).saturating_mul(out_bytes))
+    };
     // The window holds, per input, about the input layers one output layer reads, over the
     // tile's footprint: chunks leave it with their last consumer, so while one output layer is
     // computed the layer before it drains as the layer after it fills.
@@ -143,16 +171,21 @@ pub(super) fn plan_tiles(
                     (span.div_ceil(ic[a]) + 1).min(inp.grid.grid_shape()[a])
                 };
                 let layers = reach(0, 1);
-                let footprint: u64 = (1..ndim).map(|a| reach(a, tile[a])).product();
-                layers.min(inp.grid.grid_shape()[0] + 1) * footprint * inp.chunk_bytes as u64
+                let footprint: u64 = (1..ndim)
+                    .map(|a| reach(a, tile[a]))
+                    .fold(1u64, u64::saturating_mul);
+                layers
+                    .min(inp.grid.grid_shape()[0] + 1)
+                    .saturating_mul(footprint)
+                    .saturating_mul(inp.chunk_bytes as u64)
             })
-            .sum()
+            .fold(0u64, u64::saturating_add)
     };
     let mut tile: Vec<u64> = gshape.clone();
     tile[0] = 1;
     loop {
         let w = window(&tile);
-        if w + working(threads) <= budget {
+        if w.saturating_add(working(threads)) <= budget {
             return Ok((tile, w, threads));
         }
         // Halve the widest axis of the tile; at one chunk everywhere, use fewer threads.
@@ -160,7 +193,10 @@ pub(super) fn plan_tiles(
             tile[a] = tile[a].div_ceil(2);
             continue;
         }
-        if let Some(t) = (1..threads).rev().find(|&t| w + working(t) <= budget) {
+        if let Some(t) = (1..threads)
+            .rev()
+            .find(|&t| w.saturating_add(working(t)) <= budget)
+        {
             return Ok((tile, w, t));
         }
         return Err(Error::option(
@@ -168,7 +204,7 @@ pub(super) fn plan_tiles(
             format!(
                 "{budget} bytes cannot hold one tile: at least {} needed ({w} for the decoded \
                  window of a one-chunk tile + {task} for one task at a time)",
-                w + working(1),
+                w.saturating_add(working(1)),
             ),
         ));
     }

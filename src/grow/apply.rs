@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use super::GrowOptions;
 use super::plan::{Act, Operand, Plan};
-use crate::copy::{Side, c_strides, copy_box};
+use crate::copy::{Side, c_strides, copy_box, is_fill};
 use crate::error::{Error, IoContext, Result, to_usize};
 use crate::grid::indices_in;
 use crate::progress::Tracker;
@@ -291,13 +291,6 @@ pub(super) fn chunk_start(edges: &Edges, extent: u64, i: u64) -> u64 {
         Edges::Fixed(c) => i * c,
         Edges::Varying(_) => edges.list(extent)[..i as usize].iter().sum(),
     }
-}
-
-pub(super) fn is_fill(buf: &[u8], fill: &[u8]) -> bool {
-    if fill.iter().all(|&b| b == 0) {
-        return buf.iter().all(|&b| b == 0);
-    }
-    buf.chunks_exact(fill.len()).all(|c| c == fill)
 }
 
 /// Hard-links every file of the array at `from` into `to` (same relative paths), except

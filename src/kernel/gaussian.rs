@@ -57,15 +57,35 @@ impl Gaussian {
         }
     }
 
-    /// The radius per axis.
+    /// The radius per axis: `int(truncate * sigma + 0.5)`, as scipy.
+    ///
+    /// # Errors
+    /// As [`Gaussian::validate`]; [`Error::InvalidOption`] for a radius beyond
+    /// [`MAX_RADIUS`] (a kernel that long cannot be applied in bounded time).
     pub fn radius(&self, ndim: usize) -> Result<Vec<u64>> {
-        Ok(self
-            .sigmas(ndim)?
+        self.validate()?;
+        self.sigmas(ndim)?
             .iter()
-            .map(|s| (self.truncate * s + 0.5) as u64)
-            .collect())
+            .map(|&s| {
+                let r = (self.truncate * s + 0.5).floor();
+                if r > MAX_RADIUS as f64 {
+                    return Err(Error::option(
+                        "sigma",
+                        format!(
+                            "sigma {s:?} with truncate {} makes a kernel radius of {r:e} voxels; \
+                             at most {MAX_RADIUS} are supported",
+                            self.truncate
+                        ),
+                    ));
+                }
+                Ok(r as u64)
+            })
+            .collect()
     }
 }
+
+/// The longest kernel radius (voxels on each side) a Gaussian may have.
+pub const MAX_RADIUS: u64 = 1 << 20;
 
 /// scipy's `_gaussian_kernel1d(sigma, order=0, radius)`.
 pub(crate) fn gaussian_weights(sigma: f64, radius: u64) -> Vec<f64> {

@@ -38,7 +38,13 @@ impl Layout {
     }
 
     fn data_len(&self) -> u128 {
-        self.shape.iter().map(|&n| u128::from(n)).product::<u128>() * self.dtype.size() as u128
+        // Saturating: a header of absurd dimensions is refused by the size check, not by a panic.
+        self.shape
+            .iter()
+            .try_fold(self.dtype.size() as u128, |a, &n| {
+                a.checked_mul(u128::from(n))
+            })
+            .unwrap_or(u128::MAX)
     }
 
     /// The axis the file is stored slowest along.
@@ -219,7 +225,7 @@ fn npy_layout(path: &Path) -> Result<Layout> {
         fortran: h.fortran_order,
         big_endian: h.big_endian,
     };
-    let expected = h.data_offset as u128 + layout.data_len();
+    let expected = u128::from(h.data_offset).saturating_add(layout.data_len());
     if u128::from(file_len) < expected {
         return Err(Error::Input(InputError::SizeMismatch {
             path: path.to_path_buf(),

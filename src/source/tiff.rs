@@ -19,10 +19,20 @@ use crate::region::{Region, fmt_shape};
 
 type Dec = Decoder<BufReader<File>>;
 
+/// What one TIFF page may make us allocate (spec/FORMAT.md §10): a decoded page of up to
+/// 4 GiB (a 32768x32768 16-bit plane is 2 GiB), tag values of up to 64 MiB.
+fn limits() -> Limits {
+    let mut l = Limits::default();
+    l.decoding_buffer_size = 4 << 30;
+    l.ifd_value_size = 64 << 20;
+    l.intermediate_buffer_size = 1 << 30;
+    l
+}
+
 fn open_decoder(path: &Path) -> Result<Dec> {
     let f = File::open(path).at(path)?;
     Decoder::new(BufReader::new(f))
-        .map(|d| d.with_limits(Limits::unlimited()))
+        .map(|d| d.with_limits(limits()))
         .map_err(|e| Error::bad_input(path, format!("not a readable TIFF: {e}")))
 }
 

@@ -210,7 +210,7 @@ fn write_file(
                 f.set_len(bytes.len() as u64)?;
                 return Ok(());
             }
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            Err(e) if rustix::io::Errno::from_io_error(&e) == Some(rustix::io::Errno::INVAL) => {
                 // The filesystem does not do direct I/O: buffered writes from now on.
                 *direct = false;
             }
@@ -227,13 +227,13 @@ fn open_direct(path: &Path) -> std::io::Result<File> {
         .write(true)
         .create(true)
         .truncate(true)
-        .custom_flags(libc::O_DIRECT)
+        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
         .open(path)
 }
 
 #[cfg(not(target_os = "linux"))]
 fn open_direct(_path: &Path) -> std::io::Result<File> {
-    Err(std::io::Error::from_raw_os_error(libc::EINVAL))
+    Err(rustix::io::Errno::INVAL.into())
 }
 
 #[cfg(test)]

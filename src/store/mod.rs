@@ -51,6 +51,13 @@ pub use write::WriteReport;
 pub use writer::StoreWriter;
 pub(crate) use writer::{check_replaceable, publish};
 
+/// The most axes an array may have.
+pub const MAX_RANK: usize = 32;
+/// The largest chunk (decoded, a shard when sharded) an array may have: every worker holds one.
+pub const MAX_CHUNK_BYTES: u64 = 4 << 30;
+/// The most chunks an array's grid may have.
+pub const MAX_CHUNKS: u64 = 1 << 32;
+
 fn codec_options() -> CodecOptions {
     // Our own rayon loops are the parallelism: one chunk per task, no nested codec threads.
     let mut o = CodecOptions::default();
@@ -156,13 +163,70 @@ impl Store {
             }));
         }
         let fill = array.fill_value().as_ne_bytes().to_vec();
-        Ok(Store {
+        let store = Store {
             path,
             array,
             dtype,
             zarr_format,
             fill,
-        })
+        };
+        store.check_limits()?;
+        Ok(store)
+    }
+
+    /// Refuses metadata whose sizes chunkwise cannot handle within bounded memory and time
+    /// (spec/FORMAT.md §10): before anything allocates or loops on them.
+    fn check_limits(&self) -> Result<()> {
+        let shape = self.shape();
+        let itemsize = self.dtype.size() as u64;
+        let bad = |reason: String| Err(Error::bad_metadata(&self.path, reason));
+        if shape.len() > MAX_RANK {
+            return bad(format!(
+                "{} axes; at most {MAX_RANK} are supported",
+                shape.len()
+            ));
+        }
+        let elements = shape.iter().try_fold(1u64, |a, &n| a.checked_mul(n));
+        if elements.and_then(|n| n.checked_mul(itemsize)).is_none() {
+            return bad(format!(
+                "shape {} holds more than 2^64 bytes",
+                fmt_shape(shape)
+            ));
+        }
+        let longest: Vec<u64> = match self.chunk_shape() {
+            Some(c) => c,
+            None => Layout::read(&self.path)?
+                .edges()
+                .iter()
+                .zip(shape)
+                .map(|(e, &n)| e.list(n).into_iter().max().unwrap_or(1))
+                .collect(),
+        };
+        let chunk_bytes = longest
+            .iter()
+            .try_fold(itemsize, |a, &c| a.checked_mul(c))
+            .unwrap_or(u64::MAX);
+        if chunk_bytes > MAX_CHUNK_BYTES {
+            return bad(format!(
+                "chunks of {} {} take {chunk_bytes} bytes each; at most {MAX_CHUNK_BYTES} \
+                 (4 GiB) are supported, as every worker holds one",
+                fmt_shape(&longest),
+                self.dtype
+            ));
+        }
+        let chunks = self
+            .array
+            .chunk_grid_shape()
+            .iter()
+            .try_fold(1u64, |a, &n| a.checked_mul(n))
+            .unwrap_or(u64::MAX);
+        if chunks > MAX_CHUNKS {
+            return bad(format!(
+                "a grid of {} chunks; at most {MAX_CHUNKS} (2^32) are supported",
+                fmt_shape(self.array.chunk_grid_shape())
+            ));
+        }
+        Ok(())
     }
 
     /// The directory.

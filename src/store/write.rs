@@ -19,6 +19,7 @@ use super::spec::{Durability, GridCodec, StoreSpec};
 use super::txn::{Staging, StoreLock, place, remove_chunk, sync_dir};
 use super::writer::sync_written;
 use super::{Store, edit::clean_stale};
+use crate::copy::is_fill;
 use crate::dtype::{DType, Scalar};
 use crate::error::{Error, InputError, Result, StoreError, to_usize};
 use crate::grid::{edges_region, indices_in};
@@ -222,7 +223,7 @@ impl Store {
                         dst.assign(&src);
                     }
                     let dst = self.path().join(codec.key(idx));
-                    if is_all(&buf, fill) {
+                    if is_fill(bytemuck::cast_slice(&buf), bytemuck::bytes_of(&fill)) {
                         remove_chunk(&dst)?;
                         counts[2].fetch_add(1, Ordering::Relaxed);
                     } else {
@@ -266,14 +267,4 @@ impl Store {
             bytes_stored: stored.load(Ordering::Relaxed),
         })
     }
-}
-
-/// Whether every element of `buf` is `fill`, bit for bit (a NaN fill value included).
-fn is_all<T: Scalar>(buf: &[T], fill: T) -> bool {
-    let bytes: &[u8] = bytemuck::cast_slice(buf);
-    let f = bytemuck::bytes_of(&fill);
-    if f.iter().all(|&b| b == 0) {
-        return bytes.iter().all(|&b| b == 0);
-    }
-    bytes.chunks_exact(f.len()).all(|c| c == f)
 }

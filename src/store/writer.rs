@@ -155,7 +155,7 @@ pub(super) fn encode_and_queue(
     idx: &[u64],
     data: &[u8],
 ) -> Result<u64> {
-    if is_all_zero(data) {
+    if crate::copy::is_fill(data, &[0]) {
         return Ok(0);
     }
     let key = codec.key(idx);
@@ -241,11 +241,4 @@ impl Drop for StoreWriter {
             let _ = fs::remove_dir_all(&self.tmp_path);
         }
     }
-}
-
-/// Whether every byte is zero (the fill value of every array chunkwise writes).
-fn is_all_zero(data: &[u8]) -> bool {
-    // SAFETY: u64 has no invalid bit patterns; align_to splits off the unaligned ends.
-    let (head, body, tail) = unsafe { data.align_to::<u64>() };
-    head.iter().all(|&b| b == 0) && body.iter().all(|&w| w == 0) && tail.iter().all(|&b| b == 0)
 }
