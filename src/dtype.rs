@@ -4,7 +4,19 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::error::{Error, Result};
+/// A type name or number that does not parse (the setting it was for, and why).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {what}: {reason}")]
+pub struct ParseError {
+    /// The setting: `dtype` or `number`.
+    pub what: &'static str,
+    /// What is wrong, with the text given.
+    pub reason: String,
+}
+
+fn parse_error(what: &'static str, reason: String) -> ParseError {
+    ParseError { what, reason }
+}
 
 /// The element types chunkwise stores and computes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -152,18 +164,18 @@ impl fmt::Display for DType {
 }
 
 impl FromStr for DType {
-    type Err = Error;
+    type Err = ParseError;
 
     /// Accepts numpy names (`uint16`, `float32`, `bool`), Rust names (`u16`, `f32`; not the
     /// ambiguous `u8`/`i8`) and little-endian numpy type strings (`<u2`, `u1`, `f4`).
-    fn from_str(s: &str) -> Result<Self> {
+    fn from_str(s: &str) -> Result<Self, ParseError> {
         let lower = s.trim().to_ascii_lowercase();
         if let Some(d) = DType::ALL.iter().copied().find(|d| d.zarr_name() == lower) {
             return Ok(d);
         }
         // Rust spellings, except the two that mean something else as numpy type codes.
         if lower == "u8" || lower == "i8" {
-            return Err(Error::option(
+            return Err(parse_error(
                 "dtype",
                 format!(
                     "{s:?} is ambiguous (numpy reads it as a 64-bit type); write {}8 or {}64",
@@ -181,11 +193,11 @@ impl FromStr for DType {
         }
         match DType::from_npy_descr(&lower) {
             Some((d, false)) => Ok(d),
-            Some((_, true)) => Err(Error::option(
+            Some((_, true)) => Err(parse_error(
                 "dtype",
                 format!("{s:?} is big-endian; raw input must be little-endian"),
             )),
-            None => Err(Error::option(
+            None => Err(parse_error(
                 "dtype",
                 format!(
                     "unknown data type {s:?}; expected one of {}",
@@ -341,15 +353,15 @@ impl fmt::Display for Number {
 }
 
 impl FromStr for Number {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Number> {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Number, ParseError> {
         let t = s.trim();
         if let Ok(i) = t.parse::<i128>() {
             return Ok(Number::Int(i));
         }
         t.parse::<f64>()
             .map(Number::Float)
-            .map_err(|_| Error::option("number", format!("{s:?} is not a number")))
+            .map_err(|_| parse_error("number", format!("{s:?} is not a number")))
     }
 }
 

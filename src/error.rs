@@ -343,6 +343,15 @@ impl Error {
     }
 }
 
+impl From<crate::dtype::ParseError> for Error {
+    fn from(e: crate::dtype::ParseError) -> Self {
+        Error::InvalidOption {
+            option: e.what,
+            reason: e.reason,
+        }
+    }
+}
+
 /// Adds the path to an `io::Result`.
 pub(crate) trait IoContext<T> {
     fn at(self, path: impl Into<PathBuf>) -> Result<T>;

@@ -226,8 +226,8 @@ pub(crate) fn fill_block<'d>(
             .collect();
         let cbox = grid.chunks_touching(&Region::new(src.clone()));
         for c in indices_in(&cbox) {
-            let data = chunk(&c)
-                .ok_or_else(|| Error::option("executor", format!("chunk {c:?} was not planned")))?;
+            let data =
+                chunk(&c).ok_or_else(|| Error::Internal(format!("chunk {c:?} was not planned")))?;
             let creg = grid.chunk_region(&c);
             let inter: Vec<Range<u64>> = src
                 .iter()

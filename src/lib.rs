@@ -57,7 +57,7 @@ mod synth;
 mod view;
 
 pub use convert::{ConvertOptions, ConvertReport, convert, from_array};
-pub use dtype::{DType, Element, Number, Scalar};
+pub use dtype::{DType, Element, Number, ParseError, Scalar};
 pub use error::{
     Error, GrowError, Incompatibility, InputError, KernelError, Result, Source, StoreError,
 };
@@ -93,9 +93,23 @@ pub use view::View;
 #[doc(hidden)]
 pub mod support {
     pub use crate::inspect::human_bytes;
-    pub use crate::npy::{
-        NpyHeader, header_bytes as npy_header, parse_header as parse_npy_header, write_npy,
-    };
+    pub use crate::npy::{NpyHeader, header_bytes as npy_header, parse_header as parse_npy_header};
+
+    /// Writes a whole in-memory array as a C-order .npy file (small arrays: tests, the demo,
+    /// tables), replacing any file there whole (a unique temporary file, then a rename).
+    ///
+    /// # Errors
+    /// [`crate::Error::Io`] if the file cannot be written.
+    pub fn write_npy(
+        path: &std::path::Path,
+        dtype: crate::DType,
+        shape: &[u64],
+        data: &[u8],
+    ) -> crate::Result<()> {
+        let mut bytes = crate::npy::header_bytes(dtype, shape);
+        bytes.extend_from_slice(data);
+        crate::store::write_atomic(path, &bytes, false)
+    }
     pub use crate::reduce::{region_of, write_table};
     pub use crate::region::fmt_shape;
     /// Synthetic microscopy-like volumes (the demo's data).

@@ -186,17 +186,6 @@ pub fn header_bytes(dtype: DType, shape: &[u64]) -> Vec<u8> {
     out
 }
 
-/// Writes a whole in-memory array as a C-order .npy file (small arrays: tests, the demo, LUTs),
-/// replacing any file there whole (a unique temporary file, then a rename).
-///
-/// # Errors
-/// [`Error::Io`] if the file cannot be written.
-pub fn write_npy(path: &Path, dtype: DType, shape: &[u64], data: &[u8]) -> Result<()> {
-    let mut bytes = header_bytes(dtype, shape);
-    bytes.extend_from_slice(data);
-    crate::store::write_atomic(path, &bytes, false)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

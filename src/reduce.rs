@@ -1037,7 +1037,7 @@ pub fn write_table(path: &Path, rows: &[Vec<f64>]) -> Result<()> {
             bytes.extend_from_slice(&v.to_le_bytes());
         }
     }
-    crate::npy::write_npy(path, DType::F64, &[rows.len() as u64, ncol as u64], &bytes)
+    crate::support::write_npy(path, DType::F64, &[rows.len() as u64, ncol as u64], &bytes)
 }
 
 #[cfg(test)]

@@ -11,7 +11,16 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::error::{Error, Result};
 use crate::progress::ProgressFn;
-use crate::store::Durability;
+
+/// Whether writes are made durable before an array (or file) is published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Sync every chunk and directory once, before `zarr.json` is written (the default).
+    #[default]
+    Sync,
+    /// Skip syncing (scratch data; a power cut may lose published chunks).
+    NoSync,
+}
 
 /// Default bytes of input held at once by streaming operations (convert, export, append).
 pub const DEFAULT_MEMORY: u64 = 256 << 20;

@@ -322,6 +322,12 @@ impl From<chunkwise::Error> for CliError {
     }
 }
 
+impl From<chunkwise::ParseError> for CliError {
+    fn from(e: chunkwise::ParseError) -> Self {
+        CliError::Lib(e.into())
+    }
+}
+
 impl From<std::io::Error> for CliError {
     fn from(e: std::io::Error) -> Self {
         if e.kind() == std::io::ErrorKind::BrokenPipe {

@@ -2,40 +2,13 @@
 //! first to need, with every decoded chunk's consumers counted so that it leaves the window
 //! with its last one. Invariant: a computation's decodes are handed out before it.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::ops::Range;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::grid::{indices_in, product};
 
-use super::task::Ctx;
-
-/// A decoded chunk's bytes, or the failing chunk's key and the reason.
-pub(super) type Decoded = std::result::Result<Arc<Vec<u8>>, (String, String)>;
-
-/// Decoded input chunks by (input index, chunk index).
-pub(super) type Window = HashMap<(usize, Vec<u64>), Arc<Slot>>;
-
-/// A decoded input chunk, shared by the tasks that need it.
-pub(super) struct Slot {
-    pub(super) input: usize,
-    pub(super) idx: Vec<u64>,
-    /// Set once by the decode task: the chunk's bytes (fill value if absent), or the failing
-    /// chunk's key and the reason.
-    pub(super) data: OnceLock<Decoded>,
-    pub(super) state: Mutex<SlotState>,
-}
-
-pub(super) struct SlotState {
-    /// Computations (of this tile) that will read it and have not finished with it yet.
-    pub(super) remaining: u64,
-}
-
-pub(super) enum Task {
-    Decode(Arc<Slot>),
-    /// An output chunk and, per input, the slots its block is assembled from.
-    Compute(Vec<u64>, Vec<Vec<Arc<Slot>>>),
-}
+use super::task::{Ctx, Slot, SlotState, Task};
 
 /// Generates tasks in traversal order: for each output chunk, the decodes it is the first to
 /// need, then its computation.

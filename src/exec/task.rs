@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::dtype::DType;
 use crate::error::{Error, Result, StoreError, to_usize};
@@ -17,8 +17,34 @@ use crate::region::Region;
 use crate::run::RunOptions;
 use crate::store::JobWriter;
 
-use super::feed::{Slot, Task, Window};
 use crate::input::Input;
+
+/// A decoded chunk's bytes, or the failing chunk's key and the reason.
+pub(super) type Decoded = std::result::Result<Arc<Vec<u8>>, (String, String)>;
+
+/// Decoded input chunks by (input index, chunk index).
+pub(super) type Window = HashMap<(usize, Vec<u64>), Arc<Slot>>;
+
+/// A decoded input chunk, shared by the tasks that need it.
+pub(super) struct Slot {
+    pub(super) input: usize,
+    pub(super) idx: Vec<u64>,
+    /// Set once by the decode task: the chunk's bytes (fill value if absent), or the failing
+    /// chunk's key and the reason.
+    pub(super) data: OnceLock<Decoded>,
+    pub(super) state: Mutex<SlotState>,
+}
+
+pub(super) struct SlotState {
+    /// Computations (of this tile) that will read it and have not finished with it yet.
+    pub(super) remaining: u64,
+}
+
+pub(super) enum Task {
+    Decode(Arc<Slot>),
+    /// An output chunk and, per input, the slots its block is assembled from.
+    Compute(Vec<u64>, Vec<Vec<Arc<Slot>>>),
+}
 
 /// One input of the job.
 pub(super) struct Reader {

@@ -253,13 +253,7 @@ fn run<A: Work>(k: &Correlate1d, input: &Block<'_>, out: &mut OutBlock<'_>) -> R
     to_work(input, work)?;
     if let Boundary::Constant(c) = k.mode {
         // The block holds the constant in the input's type; scipy pads with it in float64.
-        crate::kernel::gaussian::repad_constant(
-            work,
-            &shape,
-            input,
-            k.axis..k.axis + 1,
-            A::from_f64(c),
-        );
+        repad_constant(work, &shape, input, k.axis..k.axis + 1, A::from_f64(c));
     }
     let weights: Vec<A> = k.weights.iter().map(|&w| A::from_f64(w)).collect();
     let (outer, n_in, inner) = split_at_axis(&shape, k.axis);
@@ -329,6 +323,31 @@ pub(crate) fn store<A: Work>(
         ndarray::Zip::from(&mut dst).and(&v).for_each(|o, &x| *o = O::from_f64(x.to_f64()));
     });
     Ok(())
+}
+
+/// Sets the positions outside the array, on `axes`, to `c`.
+pub(crate) fn repad_constant<A: Work>(
+    data: &mut [A],
+    shape: &[usize],
+    input: &Block<'_>,
+    axes: std::ops::Range<usize>,
+    c: A,
+) {
+    let origin = input.origin();
+    let n = input.array_shape();
+    for axis in axes {
+        let (outer, len, inner) = split_at_axis(shape, axis);
+        for k in 0..len {
+            let p = origin[axis] + k as i64;
+            if p >= 0 && p < n[axis] as i64 {
+                continue;
+            }
+            for o in 0..outer {
+                let start = (o * len + k) * inner;
+                data[start..start + inner].fill(c);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

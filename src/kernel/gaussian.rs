@@ -5,7 +5,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::halo::Boundary;
 use crate::kernel::correlate::{
-    Work, correlate_lines, filter_dtype, split_at_axis, store, to_work,
+    Work, correlate_lines, filter_dtype, repad_constant, split_at_axis, store, to_work,
 };
 use crate::kernel::{Block, Kernel, OutBlock, Scratch};
 
@@ -279,31 +279,6 @@ fn run3<A: Work>(g: &Gaussian, input: &Block<'_>, out: &mut OutBlock<'_>) -> Res
         store(&stage, &[nz, ny, nx], &full, usize::MAX, out)?;
     }
     Ok(())
-}
-
-/// Sets the positions outside the array, on `axes`, to `c`.
-pub(crate) fn repad_constant<A: Work>(
-    data: &mut [A],
-    shape: &[usize],
-    input: &Block<'_>,
-    axes: std::ops::Range<usize>,
-    c: A,
-) {
-    let origin = input.origin();
-    let n = input.array_shape();
-    for axis in axes {
-        let (outer, len, inner) = split_at_axis(shape, axis);
-        for k in 0..len {
-            let p = origin[axis] + k as i64;
-            if p >= 0 && p < n[axis] as i64 {
-                continue;
-            }
-            for o in 0..outer {
-                let start = (o * len + k) * inner;
-                data[start..start + inner].fill(c);
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -126,7 +126,7 @@ impl<'a> Block<'a> {
         }
         let n: usize = self.shape.iter().product();
         let values: &'a [T] = bytemuck::try_cast_slice(&self.bytes[..n * want.size()])
-            .map_err(|e| Error::option("kernel", format!("block buffer: {e}")))?;
+            .map_err(|e| Error::Internal(format!("block buffer: {e}")))?;
         Ok(ArrayViewD::from_shape(IxDyn(&self.shape), values)
             .expect("block buffer holds the block shape"))
     }
@@ -176,7 +176,7 @@ impl OutBlock<'_> {
         }
         let n: usize = self.chunk_shape.iter().product();
         let values: &mut [T] = bytemuck::try_cast_slice_mut(&mut self.bytes[..n * T::DTYPE.size()])
-            .map_err(|e| Error::option("kernel", format!("output buffer: {e}")))?;
+            .map_err(|e| Error::Internal(format!("output buffer: {e}")))?;
         let mut v = ArrayViewMutD::from_shape(IxDyn(&self.chunk_shape), values)
             .expect("chunk buffer holds the chunk shape");
         let extent = self.region.shape();

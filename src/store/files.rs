@@ -107,10 +107,7 @@ impl FileWriter {
             .take()
             .expect("finish runs once")
             .join()
-            .map_err(|_| Error::Mismatch {
-                what: "chunk writer".into(),
-                detail: "the writer thread panicked".into(),
-            })?;
+            .map_err(|_| Error::Internal("the chunk writer thread panicked".into()))?;
         self.check()?;
         Ok(written)
     }

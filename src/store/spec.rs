@@ -9,12 +9,12 @@ use serde_json::{Value, json};
 use zarrs::array::{Array, ArrayBytes, ArrayMetadata, ArrayMetadataV3, ArrayToBytesCodecTraits};
 use zarrs::storage::store::MemoryStore;
 
-use super::writer::StoreWriter;
 use super::{codec_options, shape_nz};
 use crate::dtype::DType;
 use crate::error::{Error, Result, StoreError};
 use crate::grid::Grid;
 use crate::region::fmt_shape;
+pub use crate::run::Durability;
 
 /// The compressor in a chunk's codec chain (always after the `bytes` codec).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,16 +148,6 @@ impl Codec {
             Codec::BloscLz4 { level } => blosc("lz4", level),
         }
     }
-}
-
-/// Whether writes are made durable before an array is published.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Durability {
-    /// Sync every chunk and directory once, before `zarr.json` is written (the default).
-    #[default]
-    Sync,
-    /// Skip syncing (scratch data; a power cut may lose published chunks).
-    NoSync,
 }
 
 /// Everything needed to create an array: shape, type, chunking and codecs.
@@ -335,20 +325,6 @@ impl StoreSpec {
     pub fn chunk_codec(&self) -> Result<ChunkCodec> {
         self.validate()?;
         ChunkCodec::new(&self.metadata(), &self.chunks, self.dtype.size())
-    }
-
-    /// Starts writing a new array at `path` (see [`StoreWriter`]).
-    ///
-    /// # Errors
-    /// [`Error::OutputExists`] if `path` exists and `overwrite` is false; [`Error::Locked`] if
-    /// another process is writing it; [`Error::InvalidOption`] for an inconsistent spec.
-    pub fn create(
-        &self,
-        path: &Path,
-        overwrite: bool,
-        durability: Durability,
-    ) -> Result<StoreWriter> {
-        StoreWriter::create(self, path, overwrite, durability)
     }
 }
 

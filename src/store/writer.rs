@@ -38,6 +38,22 @@ pub struct StoreWriter {
     committed: bool,
 }
 
+impl StoreSpec {
+    /// Starts writing a new array at `path` (see [`StoreWriter`]).
+    ///
+    /// # Errors
+    /// [`Error::OutputExists`] if `path` exists and `overwrite` is false; [`Error::Locked`] if
+    /// another process is writing it; [`Error::InvalidOption`] for an inconsistent spec.
+    pub fn create(
+        &self,
+        path: &Path,
+        overwrite: bool,
+        durability: Durability,
+    ) -> Result<StoreWriter> {
+        StoreWriter::create(self, path, overwrite, durability)
+    }
+}
+
 impl StoreWriter {
     pub(super) fn create(
         spec: &StoreSpec,
