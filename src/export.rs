@@ -78,6 +78,13 @@ pub struct ExportReport {
 
 /// Writes a region of the array at `store` to `out` (.npy, or raw with [`ExportOptions::raw`]).
 ///
+/// ```no_run
+/// use chunkwise::{ExportOptions, Input};
+/// chunkwise::export(&Input::open("volume.zarr")?, "plane.npy".as_ref(),
+///                   &ExportOptions::default().region(Some("256,:,:".into())))?;
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
+///
 /// # Errors
 /// [`crate::Error::BadRegion`], [`crate::Error::OutputExists`], [`crate::StoreError::CorruptChunk`] naming the chunk,
 /// [`crate::Error::Io`]; no file appears at `out` on error.

@@ -691,6 +691,14 @@ fn batch() -> usize {
 /// The coordinates of the selected voxels as an int64 `(N, ndim)` array in C order
 /// (numpy.argwhere), written to `out`, or only counted when `out` is `None`.
 ///
+/// ```no_run
+/// use chunkwise::{IndexOptions, Input, Select};
+/// let r = chunkwise::where_coords(&Input::open("volume.zarr")?, Some("cells.npy".as_ref()),
+///     &IndexOptions::default().select(Select::Above(700.into())))?;
+/// println!("{} voxels above 700", r.count);
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
+///
 /// # Errors
 /// [`Error::OutputExists`], [`crate::StoreError::CorruptChunk`] naming a chunk, [`Error::Io`]; no file
 /// appears at `out` on error.
@@ -869,6 +877,14 @@ pub fn forward_offsets(ndim: usize, conn: Option<u32>) -> Result<Vec<Vec<i64>>> 
 /// The edges between adjacent selected voxels, as `(E, 2)` int64 pairs of flat C-order
 /// indices `i < j` (or `(E, 2·ndim)` coordinates with `coords`), each edge once, sorted,
 /// written to `out`, or only counted when `out` is `None`.
+///
+/// ```no_run
+/// use chunkwise::{IndexOptions, Input};
+/// let r = chunkwise::graph_edges(&Input::open("skeleton.zarr")?, Some("edges.npy".as_ref()),
+///                                Some(26), false, &IndexOptions::default())?;
+/// println!("{} edges", r.count);
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 ///
 /// # Errors
 /// As [`where_coords`], and [`Error::InvalidOption`] for an unknown connectivity.

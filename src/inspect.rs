@@ -216,6 +216,12 @@ fn dir_bytes(path: &Path) -> Result<u64> {
 /// Summarises `input`: for a store its chunks, codecs and storage; for any other input its
 /// shape, type and the blocks it is read by.
 ///
+/// ```no_run
+/// let info = chunkwise::info(&chunkwise::Input::open("volume.zarr")?)?;
+/// println!("{info}");
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
+///
 /// # Errors
 /// [`Error::Io`] reading the directory.
 pub fn info(input: &Input) -> Result<StoreInfo> {

@@ -100,6 +100,13 @@ run_setters!(ReduceOptions);
 
 /// Runs `r` over the array (or the options' region) in one pass.
 ///
+/// ```no_run
+/// use chunkwise::{Input, ReduceOptions, Stats};
+/// let s = chunkwise::reduce(&Input::open("volume.zarr")?, &Stats, &ReduceOptions::default())?;
+/// println!("sum {:?}, mean {:?}, std {:?}", s.int_sum(), s.mean(), s.std());
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
+///
 /// # Errors
 /// [`Error::BadRegion`] for a region outside the array, [`crate::StoreError::CorruptChunk`] naming a chunk
 /// that does not decode, and the reduction's own errors.

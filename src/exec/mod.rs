@@ -159,6 +159,16 @@ pub struct ExecReport {
 
 /// Runs `kernel` over the arrays `inputs` (same shape), writing the array `out`.
 ///
+/// ```no_run
+/// use chunkwise::kernel::Gaussian;
+/// use chunkwise::{Boundary, ExecOptions, Input};
+/// let g = Gaussian { sigma: vec![2.0], truncate: 4.0, mode: Boundary::Reflect, dtype: None };
+/// let r = chunkwise::run(&[Input::open("in.zarr")?], "smooth.zarr".as_ref(), &g,
+///                        &ExecOptions::default().memory(Some(2 << 30)))?;
+/// println!("{:?}: {} chunks computed", r.status, r.chunks_computed);
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
+///
 /// # Errors
 /// Inputs that cannot be opened or differ in shape ([`crate::InputError::ShapeMismatch`]); the kernel's
 /// errors ([`crate::KernelError::Compute`], naming the chunk); an impossible memory budget; a locked or
@@ -265,6 +275,18 @@ where
 }
 
 /// [`map_overlap`] without a halo: `f` sees exactly the output chunk's region of each input.
+///
+/// ```no_run
+/// use chunkwise::{DType, ExecOptions, Input, MapSpec};
+/// chunkwise::map_blocks(&[Input::open("in.zarr")?], "double.zarr".as_ref(),
+///     &MapSpec::new("double v1", DType::U32), |blocks, out| {
+///         let src = blocks[0].valid_view::<u16>()?;
+///         let mut dst = out.view_mut::<u32>()?;
+///         ndarray::Zip::from(&mut dst).and(&src).for_each(|o, &v| *o = 2 * u32::from(v));
+///         Ok(())
+///     }, &ExecOptions::default())?;
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 ///
 /// # Errors
 /// As [`run`]; [`Error::InvalidOption`] for a spec with a halo.
@@ -515,6 +537,15 @@ fn job_finish(job: Box<JobWriter>) -> Result<Finish> {
 /// Applies `kernel` to a whole in-memory array (`data`: C order, little-endian, `dtype` and
 /// `shape`) as one block: the oracle blockwise results are tested against, and what the
 /// criterion benches time. Returns the output type and bytes (C order).
+///
+/// ```
+/// use chunkwise::kernel::Threshold;
+/// let data: Vec<u8> = [1u16, 5, 9].iter().flat_map(|v| v.to_le_bytes()).collect();
+/// let (dtype, out) = chunkwise::apply_in_memory(
+///     &Threshold { above: 4.into() }, chunkwise::DType::U16, &[3], &data)?;
+/// assert_eq!((dtype, out), (chunkwise::DType::U8, vec![0, 1, 1]));
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 ///
 /// # Errors
 /// The kernel's errors; [`Error::InvalidOption`] if `data` does not hold `shape`.

@@ -206,6 +206,14 @@ impl GrowReport {
 /// Appends `inputs` (anything `convert` reads, or stores) to the array at `store` along the
 /// axis, in place (APPEND §2).
 ///
+/// ```no_run
+/// use chunkwise::{GrowOptions, Input};
+/// let r = chunkwise::append("volume.zarr".as_ref(), &[Input::open("day2/")?],
+///                           &GrowOptions::default())?;
+/// println!("{:?} -> {:?}", r.old_shape, r.shape);
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
+///
 /// # Errors
 /// [`Error::Locked`] if another writer holds the array; [`crate::InputError::ShapeMismatch`] naming the
 /// axis and sizes; [`Error::InvalidOption`] for another type without `--cast` or a lossy cast;
@@ -253,6 +261,14 @@ pub fn append(store: &Path, inputs: &[Input], opts: &GrowOptions) -> Result<Grow
 
 /// Joins the stores `inputs` along the axis into a new array at `out` (APPEND §3).
 ///
+/// ```no_run
+/// use chunkwise::GrowOptions;
+/// let r = chunkwise::concat(&["a.zarr".into(), "b.zarr".into()], "ab.zarr".as_ref(),
+///                           &GrowOptions::default())?;
+/// println!("{} chunks linked, {} encoded", r.chunks_linked, r.chunks_encoded);
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
+///
 /// # Errors
 /// [`crate::GrowError::Incompatible`] naming the field that differs; [`Error::OutputExists`] without
 /// `overwrite`; [`Error::InvalidOption`] for an output inside an input, or an input given
@@ -279,6 +295,13 @@ pub fn concat(inputs: &[PathBuf], out: &Path, opts: &GrowOptions) -> Result<Grow
 }
 
 /// Joins the stores `others` onto the end of the array at `target`, in place (`concat --into`).
+///
+/// ```no_run
+/// use chunkwise::{GridLayout, GrowOptions};
+/// chunkwise::concat_into("a.zarr".as_ref(), &["b.zarr".into()],
+///                        &GrowOptions::default().layout(GridLayout::Rectilinear))?;
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 ///
 /// # Errors
 /// As [`concat()`] and [`append`].

@@ -20,6 +20,12 @@ use crate::store::{Edges, Layout, Staging, StoreLock, begin_build, link_chunk, r
 /// Stacks the stores `inputs` (same shape, type, codecs and chunking) along a new leading axis
 /// into a new array at `out`, chunk size 1 along it; every chunk is linked (APPEND §3.4).
 ///
+/// ```no_run
+/// chunkwise::stack(&["t0.zarr".into(), "t1.zarr".into()], "series.zarr".as_ref(),
+///                  &chunkwise::GrowOptions::default())?;
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
+///
 /// # Errors
 /// As [`concat()`](super::concat()); [`crate::GrowError::Incompatible`] also for a shape or
 /// a codec that cannot gain an axis.

@@ -21,7 +21,7 @@ use crate::halo::Boundary;
 use crate::region::Region;
 
 pub use correlate::Correlate1d;
-pub use gaussian::Gaussian;
+pub use gaussian::{Gaussian, MAX_RADIUS};
 pub use lut::Lut;
 pub use nlut::{NEIGHBOURHOOD_TABLE_LEN, NeighbourhoodLut};
 pub use threshold::Threshold;

@@ -126,6 +126,12 @@ pub fn is_store(path: &Path) -> bool {
 impl Store {
     /// Opens the array in directory `path`.
     ///
+    /// ```no_run
+    /// let store = chunkwise::Store::open("volume.zarr")?;
+    /// println!("{:?} {}", store.shape(), store.dtype());
+    /// # Ok::<(), chunkwise::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::NotFound`], [`crate::StoreError::NotAStore`], [`crate::StoreError::BadMetadata`] if zarrs refuses the
     /// metadata, [`crate::InputError::UnsupportedDtype`] for data types outside [`DType`].
