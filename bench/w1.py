@@ -29,7 +29,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PEERS = os.path.normpath(os.path.join(ROOT, "..", "shared", "peers"))
 PEERS_VENV = os.environ.get("PEERS_VENV", "/tmp/peers-venv")
-CW = os.path.join(ROOT, "target", "release", "chunkwise")
+# CHUNKWISE_BIN: another build to measure (an earlier commit's, for before/after ratios).
+CW = os.environ.get("CHUNKWISE_BIN") or os.path.join(ROOT, "target", "release", "chunkwise")
 FLOOR = os.path.join(ROOT, "target", "release", "examples", "encode_floor")
 SHAPE = "512,1024,1024"
 

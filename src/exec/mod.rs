@@ -491,10 +491,7 @@ fn run_in_pool(
     let feed = Feed::new(&ctx, tiles, l0..l1, &done);
     let ran = if threads < rayon::current_num_threads() {
         // The budget holds fewer tasks at once than there are workers.
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .map_err(|e| Error::option("threads", e.to_string()))?
+        crate::run::pool(threads)?
             .install(|| feed.par_bridge().try_for_each(|task| run_task(&ctx, task)))
     } else {
         feed.par_bridge().try_for_each(|task| run_task(&ctx, task))
