@@ -291,7 +291,7 @@ fn signals_stop_the_binary_cleanly() {
         let left = temps(d);
         match name {
             "gaussian" => {
-                assert_eq!(left, vec![".g.zarr.chunkwise-tmp".to_string()], "{name}");
+                assert_eq!(left, vec![".g.zarr.chunkwise-job".to_string()], "{name}");
                 let o = Command::new(bin).args(&args).output().unwrap();
                 assert!(o.status.success(), "{}", stderr(&o));
                 assert!(String::from_utf8_lossy(&o.stdout).contains("resumed"));

@@ -15,9 +15,9 @@ use crate::error::{Error, IoContext, Result};
 use crate::fingerprint::{fnv1a, stamp};
 use crate::progress::{Tracker, Unit};
 use crate::store::{
-    Durability, GridCodec, Journal, LOCK_FILE, Layout, Moving, NEW_SUFFIX, PROGRESS_FILE, Progress,
-    Staging, StoreLock, begin_build, commit_metadata, crash_point, exchange, is_store, publish,
-    remove_chunk, sibling, sync_dir, sync_filesystem,
+    BuildDir, Durability, GridCodec, Journal, Layout, Moving, NEW_SUFFIX, PROGRESS_FILE, Progress,
+    Staging, TMP_SUFFIX, commit_metadata, crash_point, exchange, is_store, remove_chunk, sync_dir,
+    sync_filesystem, write_metadata,
 };
 use crate::view::View;
 
@@ -370,12 +370,10 @@ pub(super) fn grow_in_place(
         let _ = fs::remove_file(target.path().join(PROGRESS_FILE));
         (done, false, meta_len(&meta) + jb)
     } else {
-        let new_dir = sibling(target.path(), NEW_SUFFIX)?;
-        if new_dir.exists() {
-            fs::remove_dir_all(&new_dir).at(&new_dir)?;
-        }
-        fs::create_dir(&new_dir).at(&new_dir)?;
-        let new_lock = StoreLock::create_in(&new_dir)?;
+        // Removed on drop: on an error before the commit (a full disk, say) the rebuilt
+        // directory goes with its space; after it, what is left there is the old array.
+        let build = BuildDir::begin(target.path(), NEW_SUFFIX)?;
+        let new_dir = build.path().to_path_buf();
         let built = (|| -> Result<(Done, u64)> {
             link_tree(target.path(), &new_dir)?;
             crash_point("linked");
@@ -403,10 +401,7 @@ pub(super) fn grow_in_place(
             exchange(target.path(), &new_dir)?;
             Ok((done, jb))
         })();
-        let (done, jb) = built.inspect_err(|_| {
-            // Nothing was committed: the rebuilt directory goes (its space with it).
-            let _ = fs::remove_dir_all(&new_dir);
-        })?;
+        let (done, jb) = built?;
         crash_point("committed");
         if sync && let Err(e) = sync_dir(crate::store::parent_dir(target.path())) {
             warnings.push(format!("committed, but syncing the directory failed: {e}"));
@@ -418,7 +413,7 @@ pub(super) fn grow_in_place(
                 new_dir.display()
             ));
         }
-        drop(new_lock);
+        drop(build);
         (done, true, meta_len(&meta) + jb)
     };
     Ok(GrowReport {
@@ -466,7 +461,8 @@ pub(super) fn build_new(
     let mut edges = first.edges().to_vec();
     edges[axis] = plan.axis_edges.clone();
     let meta = first.metadata_with(&shape, &edges);
-    let (tmp, lock) = begin_build(out)?;
+    let build = BuildDir::begin(out, TMP_SUFFIX)?;
+    let tmp = build.path().to_path_buf();
     let out_layout = Layout::from_json(&tmp, meta.clone())?;
     let codec = GridCodec::new(&meta, out)?;
     let joined = View::concat(ops.iter().map(|o| o.view.clone()).collect(), axis)?;
@@ -498,7 +494,7 @@ pub(super) fn build_new(
     )?;
     staging.remove();
     crash_point("staged");
-    let meta_bytes = finish_build(&tmp, lock, out, &meta, fp, opts, moving_list(opts, inputs))?;
+    let meta_bytes = finish_build(build, out, &meta, fp, opts, moving_list(opts, inputs))?;
     let mut r = GrowReport {
         path: out.to_path_buf(),
         old_shape: None,
@@ -522,8 +518,7 @@ pub(super) fn build_new(
 
 /// Commits a build directory: journal, sync, `zarr.json`, rename into place.
 pub(super) fn finish_build(
-    tmp: &Path,
-    lock: StoreLock,
+    build: BuildDir,
     out: &Path,
     meta: &Value,
     fp: &str,
@@ -540,21 +535,15 @@ pub(super) fn finish_build(
         to: shape,
         moving,
     }
-    .write(tmp)?;
+    .write(build.path())?;
     crash_point("journaled");
-    if opts.run.durability == Durability::Sync {
-        sync_filesystem(tmp)?;
+    let sync = opts.run.durability == Durability::Sync;
+    if sync {
+        sync_filesystem(build.path())?;
     }
-    publish(
-        tmp,
-        out,
-        meta,
-        &[tmp.join(LOCK_FILE)],
-        opts.overwrite,
-        opts.run.durability,
-    )?;
+    write_metadata(build.path(), meta, &[], opts.run.durability)?;
+    build.publish(out, opts.overwrite, sync)?;
     crash_point("committed");
-    drop(lock);
     Ok(meta_len(meta) + jb)
 }
 

@@ -15,7 +15,9 @@ use crate::grid::indices_in;
 use crate::progress::{Tracker, Unit};
 use crate::region::check_shapes;
 use crate::run::with_threads;
-use crate::store::{Edges, Layout, Staging, StoreLock, begin_build, link_chunk, resolve_links};
+use crate::store::{
+    BuildDir, Edges, Layout, Staging, StoreLock, TMP_SUFFIX, link_chunk, resolve_links,
+};
 
 /// Stacks the stores `inputs` (same shape, type, codecs and chunking) along a new leading axis
 /// into a new array at `out`, chunk size 1 along it; every chunk is linked (APPEND §3.4).
@@ -48,7 +50,8 @@ pub fn stack(inputs: &[PathBuf], out: &Path, opts: &GrowOptions) -> Result<GrowR
             layouts.push(l);
         }
         let meta = stacked_metadata(&first, inputs.len() as u64)?;
-        let (tmp, lock) = begin_build(out)?;
+        let build = BuildDir::begin(out, TMP_SUFFIX)?;
+        let tmp = build.path().to_path_buf();
         let out_layout = Layout::from_json(&tmp, meta.clone())?;
         let staging = Staging::new(&tmp);
         staging.create()?;
@@ -89,8 +92,7 @@ pub fn stack(inputs: &[PathBuf], out: &Path, opts: &GrowOptions) -> Result<GrowR
                 })?;
         }
         staging.remove();
-        let meta_bytes =
-            finish_build(&tmp, lock, out, &meta, &fp, opts, moving_list(opts, inputs))?;
+        let meta_bytes = finish_build(build, out, &meta, &fp, opts, moving_list(opts, inputs))?;
         drop(locks);
         let mut r = GrowReport {
             path: out.to_path_buf(),

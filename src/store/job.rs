@@ -1,6 +1,7 @@
 //! Writing the output of a resumable, partitionable job (spec/COMPUTE.md §6).
 //!
-//! The output is built in `.NAME.chunkwise-tmp` beside it, as convert's is, but the build
+//! The output is built in `.NAME.chunkwise-job` beside it (a name of its own, so that a
+//! convert of the same output never takes a killed job's build for stale), and the build
 //! directory outlives a killed process: it holds `job.json` (the settings fingerprint), one
 //! lock per partition (`lock.I.N`), and one log per partition (`done.I.N`) of the chunks whose
 //! files are on disk. A chunk enters its log only after its file is written and synced, so a
@@ -20,10 +21,10 @@ use super::files::FileWriter;
 use super::is_store;
 use super::spec::{ChunkCodec, Durability, StoreSpec};
 use super::txn::{
-    TMP_SUFFIX, check_utf8, lock_existing, parent_dir, recover_replacement, resolve_links, sibling,
-    try_lock_briefly, write_atomic,
+    JOB_SUFFIX, TMP_SUFFIX, check_utf8, lock_existing, parent_dir, publish_dir,
+    recover_replacement, resolve_links, sibling, try_lock_briefly, write_atomic,
 };
-use super::writer::{check_replaceable, encode_and_queue, publish, sync_written};
+use super::writer::{check_replaceable, encode_and_queue, sync_written, write_metadata};
 use crate::error::{Error, IoContext, Result};
 use crate::grid::Grid;
 
@@ -69,6 +70,8 @@ pub(crate) struct JobWriter {
     files: Option<FileWriter>,
     lock: Option<File>,
     lock_path: PathBuf,
+    /// Whether an array was at the output when the job was opened (then replaced on publish).
+    replace: bool,
     log: Mutex<File>,
     pending: Mutex<Vec<Vec<u64>>>,
     checkpointing: Mutex<()>,
@@ -176,7 +179,8 @@ impl JobWriter {
             }
         }
         check_replaceable(path, true)?;
-        let tmp = sibling(path, TMP_SUFFIX)?;
+        let replace = is_store(path);
+        let tmp = sibling(path, JOB_SUFFIX)?;
         let parent = parent_dir(&tmp);
         fs::create_dir_all(parent).at(parent)?;
         let mut metadata = spec.metadata();
@@ -243,6 +247,7 @@ impl JobWriter {
                 files: Some(files),
                 lock: Some(lock),
                 lock_path,
+                replace,
                 log: Mutex::new(log),
                 pending: Mutex::new(Vec::new()),
                 checkpointing: Mutex::new(()),
@@ -382,13 +387,14 @@ impl JobWriter {
         }
         // Every writer of an existing array holds its lock, this one too (APPEND §6).
         let _replacing = lock_existing(&self.final_path)?;
-        publish(
+        write_metadata(&tmp, &self.metadata, &remove, self.durability)?;
+        // Only an array that was there when the job was opened (and so allowed to be
+        // replaced) is replaced: one that appeared meanwhile is not this job's to take.
+        publish_dir(
             &tmp,
             &self.final_path,
-            &self.metadata,
-            &remove,
-            true,
-            self.durability,
+            self.replace,
+            self.durability == Durability::Sync,
         )?;
         drop(pl);
         Ok(Finish::Published)

@@ -42,14 +42,13 @@ pub(crate) use layout::{Edges, Layout};
 pub(crate) use spec::GridCodec;
 pub use spec::{ChunkCodec, Codec, Durability, StoreSpec};
 pub(crate) use txn::{
-    LOCK_FILE, NEW_SUFFIX, OutputFile, Staging, StoreLock, begin_build, check_removable,
-    check_utf8, crash_point, exchange, link_chunk, link_or_copy, lock_existing, parent_dir, place,
-    recover_replacement, remove_chunk, resolve_links, sibling, sync_dir, sync_filesystem,
-    write_atomic,
+    BuildDir, NEW_SUFFIX, OutputFile, Staging, StoreLock, TMP_SUFFIX, check_removable, check_utf8,
+    crash_point, exchange, link_chunk, link_or_copy, lock_existing, parent_dir, place,
+    recover_replacement, remove_chunk, resolve_links, sync_dir, sync_filesystem, write_atomic,
 };
 pub use write::WriteReport;
 pub use writer::StoreWriter;
-pub(crate) use writer::{check_replaceable, publish};
+pub(crate) use writer::{check_replaceable, write_metadata};
 
 /// The most axes an array may have.
 pub const MAX_RANK: usize = 32;

@@ -24,6 +24,8 @@ pub(crate) const LOCK_FILE: &str = ".chunkwise.lock";
 pub(crate) const STAGING_DIR: &str = ".chunkwise-staging";
 /// The suffix of every temporary name (files and build directories).
 pub(crate) const TMP_SUFFIX: &str = ".chunkwise-tmp";
+/// The build directory of a resumable job (its partitions share it; COMPUTE §6).
+pub(crate) const JOB_SUFFIX: &str = ".chunkwise-job";
 /// The old array of an interrupted replacement on a filesystem that cannot exchange.
 pub(crate) const OLD_SUFFIX: &str = ".chunkwise-old";
 /// The rebuilt directory of an in-place edit that changes existing chunks' shapes.
@@ -253,39 +255,191 @@ pub(crate) fn lock_existing(path: &Path) -> Result<Option<StoreLock>> {
 
 // ---------------------------------------------------------------- build directories
 
-/// Starts building a new array for `out` in the private directory `.NAME.chunkwise-tmp`
-/// beside it, locked; a build directory nobody holds is a killed writer's and is removed.
-///
-/// # Errors
-/// [`Error::Locked`] while another writer builds the same output.
-pub(crate) fn begin_build(out: &Path) -> Result<(PathBuf, StoreLock)> {
-    let tmp = sibling(out, TMP_SUFFIX)?;
-    let parent = parent_dir(&tmp);
-    fs::create_dir_all(parent).at(parent)?;
-    recover_replacement(out)?;
-    if tmp.exists() {
-        let held = StoreLock::acquire(&tmp, false).map_err(|e| match e {
-            Error::Locked { holder, .. } => Error::Locked {
-                path: out.to_path_buf(),
-                holder: format!("another writer is building {}: {holder}", tmp.display()),
-            },
-            other => other,
-        })?;
-        drop(held);
-        fs::remove_dir_all(&tmp).at(&tmp)?;
-    }
-    match fs::create_dir(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Err(Error::Locked {
-                path: out.to_path_buf(),
-                holder: format!("another writer created {}", tmp.display()),
+/// A private directory being built beside an output (`.NAME<suffix>`), locked from its birth
+/// (it is made under a unique name with its lock held, then renamed to its name without
+/// replacing anything), so that an unlocked one is always a killed writer's. Removed
+/// on drop: unpublished, it is an abandoned build; published, what is left at its name is the
+/// old array an exchange moved out, if any.
+#[derive(Debug)]
+pub(crate) struct BuildDir {
+    path: PathBuf,
+    _lock: StoreLock,
+}
+
+impl BuildDir {
+    /// Starts building for `out` in `.NAME<suffix>`: a stale one (its lock free) is moved
+    /// away under its lock and removed first.
+    ///
+    /// # Errors
+    /// [`Error::Locked`] while another writer builds the same output; [`Error::Io`].
+    pub(crate) fn begin(out: &Path, suffix: &str) -> Result<BuildDir> {
+        let path = sibling(out, suffix)?;
+        let parent = parent_dir(&path).to_path_buf();
+        fs::create_dir_all(&parent).at(&parent)?;
+        recover_replacement(out)?;
+        let busy = |holder: String| Error::Locked {
+            path: out.to_path_buf(),
+            holder: format!("another writer is building {}: {holder}", path.display()),
+        };
+        if fs::symlink_metadata(&path).is_ok() {
+            // Held while it is moved away: no writer can be born into it meanwhile.
+            let stale = StoreLock::acquire(&path, false).map_err(|e| match e {
+                Error::Locked { holder, .. } => busy(holder),
+                other => other,
+            })?;
+            let gone = unique_sibling(out, STALE_SUFFIX)?;
+            match fs::rename(&path, &gone) {
+                Ok(()) => {
+                    drop(stale);
+                    let _ = fs::remove_dir_all(&gone);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(&path, e)),
+            }
+        }
+        sweep_unborn(out)?;
+        let born = unique_sibling(out, BORN_SUFFIX)?;
+        fs::create_dir(&born).at(&born)?;
+        let lock = match StoreLock::create_in(&born) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&born);
+                return Err(e);
+            }
+        };
+        if let Err(e) = rename_noreplace(&born, &path) {
+            let _ = fs::remove_dir_all(&born);
+            return Err(match e {
+                Error::OutputExists(_) => busy("it appeared meanwhile".into()),
+                other => other,
             });
         }
-        Err(e) => return Err(Error::io(&tmp, e)),
+        Ok(BuildDir { path, _lock: lock })
     }
-    let lock = StoreLock::create_in(&tmp)?;
-    Ok((tmp, lock))
+
+    /// The directory.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Moves the finished directory to `out` ([`publish_dir`]); what is left at its name
+    /// afterwards (an old array exchanged out) is removed when this drops.
+    ///
+    /// # Errors
+    /// As [`publish_dir`]; before the rename nothing is published and the build goes.
+    pub(crate) fn publish(self, out: &Path, replace: bool, sync: bool) -> Result<()> {
+        publish_dir(&self.path, out, replace, sync)?;
+        // The lock file came along; it goes while still held (a writer waiting on it finds it
+        // unlinked and takes the array's own), so a published array holds only its data.
+        let _ = fs::remove_file(out.join(LOCK_FILE));
+        Ok(())
+    }
+}
+
+impl Drop for BuildDir {
+    fn drop(&mut self) {
+        // Unpublished: an error or a cancel mid-way, nothing to resume. Published: the old
+        // array an exchange left at this name, if any.
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+const BORN_SUFFIX: &str = ".chunkwise-born";
+const STALE_SUFFIX: &str = ".chunkwise-stale";
+/// How old a lockless directory being born must be to be taken for a killed writer's (the
+/// moment between its `mkdir` and its lock is microseconds; a clock step is not).
+const UNBORN_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Removes what killed writers left of [`BuildDir::begin`] for `out`: stale directories
+/// moved aside (`.NAME.chunkwise-stale.*`), and directories being born
+/// (`.NAME.chunkwise-born.*`) whose lock nobody holds, or which never got a lock file and
+/// whose maker is gone or which are older than a minute.
+fn sweep_unborn(out: &Path) -> Result<()> {
+    let parent = parent_dir(out);
+    let name = file_name(out)?.to_string_lossy().into_owned();
+    let born = format!(".{name}{BORN_SUFFIX}.");
+    let stale = format!(".{name}{STALE_SUFFIX}.");
+    let Ok(entries) = fs::read_dir(parent) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let n = e.file_name();
+        let n = n.to_string_lossy();
+        let dir = e.path();
+        if n.starts_with(&stale) {
+            let _ = fs::remove_dir_all(&dir);
+        } else if n.starts_with(&born) {
+            let removable = match File::open(dir.join(LOCK_FILE)) {
+                Ok(f) => f.try_lock().is_ok(),
+                // Killed between its mkdir and its lock: its maker (the pid in its name) is
+                // gone, or it is old.
+                Err(_) => {
+                    !maker_alive(&n[born.len()..])
+                        || fs::symlink_metadata(&dir)
+                            .and_then(|m| m.modified())
+                            .ok()
+                            .and_then(|t| t.elapsed().ok())
+                            .is_some_and(|age| age > UNBORN_AGE)
+                }
+            };
+            if removable {
+                let _ = fs::remove_dir_all(&dir);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether the process whose pid starts `tail` (`PID.N`) is alive on this machine.
+fn maker_alive(tail: &str) -> bool {
+    let pid = tail.split('.').next().and_then(|p| p.parse::<i32>().ok());
+    match pid.and_then(rustix::process::Pid::from_raw) {
+        Some(pid) => !matches!(
+            rustix::process::test_kill_process(pid),
+            Err(rustix::io::Errno::SRCH)
+        ),
+        None => false,
+    }
+}
+
+/// `.NAME<suffix>.PID.N` in the directory of `out`: a fresh name nobody else uses.
+fn unique_sibling(out: &Path, suffix: &str) -> Result<PathBuf> {
+    let base = sibling(out, suffix)?;
+    let mut name = base.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(
+        ".{}.{:x}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    Ok(base.with_file_name(name))
+}
+
+/// Renames `from` to `to` unless `to` exists (`RENAME_NOREPLACE`; where the filesystem lacks
+/// it, a plain rename, which cannot replace a non-empty directory either).
+fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
+    match rustix::fs::renameat_with(
+        rustix::fs::CWD,
+        from,
+        rustix::fs::CWD,
+        to,
+        rustix::fs::RenameFlags::NOREPLACE,
+    ) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::EXIST) | Err(rustix::io::Errno::NOTEMPTY) => {
+            Err(Error::OutputExists(to.to_path_buf()))
+        }
+        Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::NOSYS) => fs::rename(from, to)
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::DirectoryNotEmpty {
+                    Error::OutputExists(to.to_path_buf())
+                } else {
+                    Error::io(to, e)
+                }
+            }),
+        Err(e) => Err(Error::io(to, e.into())),
+    }
 }
 
 /// Finishes what an interrupted replacement of `out` left on a filesystem that cannot exchange
@@ -317,24 +471,7 @@ pub(crate) fn recover_replacement(out: &Path) -> Result<()> {
 pub(crate) fn publish_dir(tmp: &Path, out: &Path, replace: bool, sync: bool) -> Result<()> {
     let exists = fs::symlink_metadata(out).is_ok();
     if !exists {
-        match rustix::fs::renameat_with(
-            rustix::fs::CWD,
-            tmp,
-            rustix::fs::CWD,
-            out,
-            rustix::fs::RenameFlags::NOREPLACE,
-        ) {
-            Ok(()) => {}
-            Err(rustix::io::Errno::EXIST) | Err(rustix::io::Errno::NOTEMPTY) => {
-                return Err(Error::OutputExists(out.to_path_buf()));
-            }
-            Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::NOSYS) => {
-                // No RENAME_NOREPLACE here: a plain rename (it cannot replace a non-empty
-                // directory either).
-                fs::rename(tmp, out).at(out)?;
-            }
-            Err(e) => return Err(Error::io(out, e.into())),
-        }
+        rename_noreplace(tmp, out)?;
     } else {
         if !replace {
             return Err(Error::OutputExists(out.to_path_buf()));
@@ -342,9 +479,11 @@ pub(crate) fn publish_dir(tmp: &Path, out: &Path, replace: bool, sync: bool) -> 
         match exchange(tmp, out) {
             Ok(()) => {
                 crash_point("exchanged");
-                sync_parent(out, sync)?;
-                // The old array now sits at the build directory's name.
-                return fs::remove_dir_all(tmp).at(tmp);
+                // Committed: the old array now sits at the build directory's name, and what
+                // fails from here on does not undo that (the next writer removes it).
+                let _ = sync_parent(out, sync);
+                let _ = fs::remove_dir_all(tmp);
+                return Ok(());
             }
             Err(Error::Io { source, .. }) if unsupported(&source) => {
                 // Set the old one aside first; `recover_replacement` finishes either way.
@@ -358,13 +497,16 @@ pub(crate) fn publish_dir(tmp: &Path, out: &Path, replace: bool, sync: bool) -> 
                     let _ = fs::rename(&old, out);
                     return Err(Error::io(out, e));
                 }
-                sync_parent(out, sync)?;
-                return fs::remove_dir_all(&old).at(&old);
+                let _ = sync_parent(out, sync);
+                let _ = fs::remove_dir_all(&old);
+                return Ok(());
             }
             Err(e) => return Err(e),
         }
     }
-    sync_parent(out, sync)
+    // Committed: a failed directory sync does not undo it.
+    let _ = sync_parent(out, sync);
+    Ok(())
 }
 
 fn unsupported(e: &std::io::Error) -> bool {

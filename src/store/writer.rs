@@ -11,8 +11,8 @@ use serde_json::Value;
 use super::files::FileWriter;
 use super::spec::{ChunkCodec, Durability, StoreSpec};
 use super::txn::{
-    LOCK_FILE, StoreLock, begin_build, check_utf8, lock_existing, publish_dir, recover_replacement,
-    resolve_links, sync_dir, write_atomic,
+    BuildDir, StoreLock, TMP_SUFFIX, check_utf8, lock_existing, resolve_links, sync_dir,
+    write_atomic,
 };
 use super::{Store, is_store};
 use crate::error::{Error, IoContext, Result, StoreError};
@@ -27,15 +27,17 @@ use crate::grid::Grid;
 pub struct StoreWriter {
     final_path: PathBuf,
     tmp_path: PathBuf,
-    /// The build directory's lock, then (when replacing an array) the old array's.
-    _locks: (StoreLock, Option<StoreLock>),
+    /// When replacing an array: the old array's lock.
+    _replacing: Option<StoreLock>,
     codec: ChunkCodec,
     metadata: Value,
     grid: Grid,
     durability: Durability,
     files: Option<FileWriter>,
     overwrite: bool,
-    committed: bool,
+    /// The build directory (removed on drop unless published). Last: fields drop in order,
+    /// and the file writer's threads must be gone before the directory goes.
+    build: Option<BuildDir>,
 }
 
 impl StoreSpec {
@@ -64,11 +66,11 @@ impl StoreWriter {
         let grid = spec.validate()?;
         let path = &resolve_links(path)?;
         check_utf8(path)?;
-        recover_replacement(path)?;
         check_replaceable(path, overwrite)?;
         // An array being replaced is locked like any array being written (APPEND §6).
         let replacing = lock_existing(path)?;
-        let (tmp_path, lock) = begin_build(path)?;
+        let build = BuildDir::begin(path, TMP_SUFFIX)?;
+        let tmp_path = build.path().to_path_buf();
         let metadata = spec.metadata();
         let codec = spec.chunk_codec()?;
         // Up to two encoded chunks per worker wait for the disk.
@@ -76,14 +78,14 @@ impl StoreWriter {
         Ok(StoreWriter {
             final_path: path.to_path_buf(),
             tmp_path,
-            _locks: (lock, replacing),
+            _replacing: replacing,
             codec,
             metadata,
             grid,
             durability,
             files: Some(files),
             overwrite,
-            committed: false,
+            build: Some(build),
         })
     }
 
@@ -147,16 +149,13 @@ impl StoreWriter {
     pub fn commit(mut self) -> Result<Store> {
         let written = self.files.take().expect("commit runs once").finish()?;
         sync_written(&written, self.durability)?;
-        let lock_path = self.tmp_path.join(LOCK_FILE);
-        publish(
-            &self.tmp_path,
+        let build = self.build.take().expect("commit runs once");
+        write_metadata(build.path(), &self.metadata, &[], self.durability)?;
+        build.publish(
             &self.final_path,
-            &self.metadata,
-            &[lock_path],
             self.overwrite,
-            self.durability,
+            self.durability == Durability::Sync,
         )?;
-        self.committed = true;
         Store::open(&self.final_path)
     }
 }
@@ -222,17 +221,13 @@ pub(super) fn sync_written(written: &[PathBuf], durability: Durability) -> Resul
     dirs.par_iter().try_for_each(|d| sync_dir(d))
 }
 
-/// Publishes a finished build directory: writes `zarr.json` (metadata last: until it exists
-/// the directory is not an array), removes the build's own files (`remove`), and moves the
-/// directory to `final_path` ([`publish_dir`]: an old array there is exchanged, never absent,
-/// if `replace`).
-/// The caller holds the old array's store lock.
-pub(crate) fn publish(
+/// Finishes a build directory's contents: writes `zarr.json` (metadata last: until it exists
+/// the directory is not an array), removes the build's own files (`remove`), and syncs the
+/// directory; [`BuildDir::publish`] or [`publish_dir`] then moves it into place.
+pub(crate) fn write_metadata(
     tmp: &Path,
-    final_path: &Path,
     metadata: &Value,
     remove: &[PathBuf],
-    replace: bool,
     durability: Durability,
 ) -> Result<()> {
     let sync = durability == Durability::Sync;
@@ -247,14 +242,5 @@ pub(crate) fn publish(
     if sync {
         sync_dir(tmp)?;
     }
-    publish_dir(tmp, final_path, replace, sync)
-}
-
-impl Drop for StoreWriter {
-    fn drop(&mut self) {
-        if !self.committed {
-            // An abandoned build (an error mid-way): remove it; nothing was published.
-            let _ = fs::remove_dir_all(&self.tmp_path);
-        }
-    }
+    Ok(())
 }
