@@ -155,6 +155,18 @@ pub enum StoreError {
         reason: String,
     },
 
+    /// A store whose metadata changed (appended to, replaced, ...) since it was opened.
+    #[error(
+        "{}: the array changed since it was opened ({what}); open it again",
+        path.display()
+    )]
+    Changed {
+        /// The store.
+        path: PathBuf,
+        /// What changed, e.g. its shape from [100, 64] to [150, 64].
+        what: String,
+    },
+
     /// A store that is read-only for chunkwise (Zarr v2).
     #[error("{}: {reason}", path.display())]
     ReadOnly {

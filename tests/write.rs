@@ -343,3 +343,66 @@ fn a_cancelled_write_leaves_whole_chunks() {
     }
     assert!(!path.join(".chunkwise-staging").exists());
 }
+
+/// A handle opened before another writer appended to the array refuses to write (its chunk
+/// grid is no longer the array's) and changes nothing; a fresh handle writes. A write also
+/// discards an interrupted append's record of finished layers, which may no longer hold.
+#[test]
+fn a_write_through_a_stale_handle_is_refused() {
+    let dir = tmp();
+    let path = dir.path().join("s.zarr");
+    let spec = StoreSpec::new(vec![6, 4], DType::U16, vec![4, 4]);
+    let old = Store::create(&path, &spec).unwrap();
+    let npy = dir.path().join("more.npy");
+    let nines: Vec<u8> = [9u16; 12].iter().flat_map(|v| v.to_ne_bytes()).collect();
+    write_npy(&npy, DType::U16, &[3, 4], &nines).unwrap();
+    chunkwise::append(&path, &[input(&npy)], &GrowOptions::default()).unwrap();
+    let before = store_bytes(&Store::open(&path).unwrap());
+    let block = ArrayD::<u16>::from_elem(IxDyn(&[2, 4]), 5);
+    let e = old
+        .write_region(&Region::new(vec![4..6, 0..4]), block.view())
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::Store(chunkwise::StoreError::Changed { .. })),
+        "{e}"
+    );
+    assert!(e.to_string().contains("its shape from 6x4 to 9x4"), "{e}");
+    let now = Store::open(&path).unwrap();
+    assert_eq!(store_bytes(&now), before);
+
+    std::fs::write(path.join(".chunkwise-progress.json"), b"{}").unwrap();
+    now.write_region(&Region::new(vec![4..6, 0..4]), block.view())
+        .unwrap();
+    assert!(!path.join(".chunkwise-progress.json").exists());
+    let mut want = ArrayD::<u16>::zeros(IxDyn(&[9, 4]));
+    want.slice_each_axis_mut(|a| Slice::from(if a.axis.index() == 0 { 6..9 } else { 0..4 }))
+        .fill(9);
+    want.slice_each_axis_mut(|a| Slice::from(if a.axis.index() == 0 { 4..6 } else { 0..4 }))
+        .fill(5);
+    assert_eq!(now.read_all::<u16>().unwrap(), want);
+}
+
+/// A bool array takes `u8` data holding 0 or 1; any other byte is refused, naming it and
+/// where it is, before anything is written.
+#[test]
+fn bool_arrays_take_only_zero_and_one() {
+    let dir = tmp();
+    let path = dir.path().join("b.zarr");
+    let s = Store::create(&path, &StoreSpec::new(vec![5, 5], DType::Bool, vec![2, 2])).unwrap();
+    let mut data = ArrayD::<u8>::zeros(IxDyn(&[3, 3]));
+    data[[0, 1]] = 1;
+    data[[2, 2]] = 1;
+    s.write_region(&Region::new(vec![1..4, 1..4]), data.view())
+        .unwrap();
+    let mut want = ArrayD::<u8>::zeros(IxDyn(&[5, 5]));
+    want[[1, 2]] = 1;
+    want[[3, 3]] = 1;
+    assert_eq!(s.read_all::<u8>().unwrap(), want);
+    let before = store_bytes(&s);
+    data[[1, 0]] = 7;
+    let e = s
+        .write_region(&Region::new(vec![1..4, 1..4]), data.view())
+        .unwrap_err();
+    assert!(e.to_string().contains("value 7 at [1, 0]"), "{e}");
+    assert_eq!(store_bytes(&s), before);
+}

@@ -11,17 +11,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ndarray::{ArrayViewD, ArrayViewMutD, IxDyn, Slice};
+use ndarray::{ArrayViewD, ArrayViewMutD, Dimension, IxDyn, Slice};
 use rayon::prelude::*;
 
 use super::files::FileWriter;
 use super::spec::{Durability, GridCodec, StoreSpec};
 use super::txn::{Staging, StoreLock, place, remove_chunk, sync_dir};
 use super::writer::sync_written;
-use super::{Store, edit::clean_stale};
+use super::{Store, edit::PROGRESS_FILE, edit::clean_stale};
 use crate::copy::is_fill;
 use crate::dtype::{DType, Scalar};
-use crate::error::{Error, InputError, Result, StoreError, to_usize};
+use crate::error::{Error, InputError, IoContext, Result, StoreError, to_usize};
 use crate::grid::{edges_region, indices_in};
 use crate::progress::{Tracker, Unit};
 use crate::region::{Region, fmt_shape};
@@ -103,7 +103,7 @@ impl Store {
         with_threads(run.threads, || self.write_in_pool(region, &data, run))
     }
 
-    fn check_write<T>(&self, region: &Region, data: &ArrayViewD<'_, T>, t: DType) -> Result<()> {
+    fn check_write<T: Scalar>(&self, region: &Region, data: &ArrayViewD<'_, T>, t: DType) -> Result<()> {
         if self.zarr_format() != 3 {
             return Err(Error::Store(StoreError::ReadOnly {
                 path: self.path().to_path_buf(),
@@ -141,7 +141,43 @@ impl Store {
                 ),
             });
         }
+        if self.dtype() == DType::Bool
+            && let Some((at, v)) = data
+                .indexed_iter()
+                .find(|(_, v)| bytemuck::bytes_of(*v)[0] > 1)
+        {
+            return Err(Error::BadRegion {
+                spec: region.to_string(),
+                reason: format!(
+                    "value {} at {:?} of the data: a bool array holds 0 or 1",
+                    bytemuck::bytes_of(v)[0],
+                    at.slice()
+                ),
+            });
+        }
         Ok(())
+    }
+
+    /// Errs if the array on disk is no longer the one this handle opened (another process
+    /// appended to it or replaced it): its chunk grid may no longer be this one's.
+    fn check_unchanged(&self) -> Result<()> {
+        let now = Store::open(self.path())?;
+        if now.metadata_json() == self.metadata_json() {
+            return Ok(());
+        }
+        let what = if now.shape() != self.shape() {
+            format!(
+                "its shape from {} to {}",
+                fmt_shape(self.shape()),
+                fmt_shape(now.shape())
+            )
+        } else {
+            "its zarr.json".into()
+        };
+        Err(Error::Store(StoreError::Changed {
+            path: self.path().to_path_buf(),
+            what,
+        }))
     }
 
     fn write_in_pool<T: Scalar>(
@@ -151,7 +187,14 @@ impl Store {
         run: &RunOptions,
     ) -> Result<WriteReport> {
         let _lock = StoreLock::acquire(self.path(), false)?;
+        self.check_unchanged()?;
         clean_stale(self.path())?;
+        // An uncommitted append's record of finished layers: this write may rewrite a chunk it
+        // counted done, so the append's rerun starts over (APPEND §5.1).
+        let progress = self.path().join(PROGRESS_FILE);
+        if progress.exists() {
+            std::fs::remove_file(&progress).at(&progress)?;
+        }
         let codec = GridCodec::new(&self.metadata_json(), self.path())?;
         let bounds = self.chunk_bounds()?;
         // The chunks touching the region: per axis, those whose bounds overlap it.
