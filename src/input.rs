@@ -277,14 +277,16 @@ impl Input {
         }
     }
 
-    /// The line of a fingerprint that says what this input is now: for a path, its stamp
-    /// (a store's metadata and chunk files, a file's size and time), with the view's structure.
+    /// The line of a fingerprint that says what this input is now: a store's stamp (its
+    /// metadata and chunk files); for a view, the stamps of the paths it was opened from (a
+    /// spec file, a directory) and the view's identity (its structure with the stamp of every
+    /// file and store part it reads, or a hash of an in-memory array's values).
     pub(crate) fn identity(&self) -> &str {
         self.identity.get_or_init(|| match &self.inner {
             Inner::Store(s) => stamp(s.path()),
             Inner::View(v) => {
                 let mut line: Vec<String> = self.paths.iter().map(|p| stamp(p)).collect();
-                line.push(v.describe());
+                line.push(v.identity());
                 line.join(" ")
             }
         })

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use crate::dtype::{DType, Element, Scalar};
 use crate::error::{Error, InputError, IoContext, Result, to_usize};
+use crate::fingerprint::{content_hash, stamp};
 use crate::region::{Region, check_shapes, fmt_shape};
 use crate::source::{self, Block, BufferBlock, RawOptions, Source};
 use crate::store::{Store, is_store};
@@ -267,6 +268,12 @@ impl View {
     /// One line saying what the view is made of.
     pub fn describe(&self) -> String {
         self.src.describe()
+    }
+
+    /// What the view's data is now, for fingerprints: its structure with a stamp of every
+    /// file and store it reads, or a hash of the values it holds in memory.
+    pub(crate) fn identity(&self) -> String {
+        self.src.identity()
     }
 
     /// Reads `region` into `out` (C order, native-endian elements).
@@ -535,6 +542,15 @@ impl Source for Memory {
         format!("{} {} array in memory", fmt_shape(&self.shape), self.dtype)
     }
 
+    fn identity(&self) -> String {
+        format!(
+            "{} {} hash {:016x}",
+            self.describe(),
+            self.region,
+            content_hash(&self.bytes)
+        )
+    }
+
     fn block(&self, _region: &Region) -> Result<Box<dyn Block + '_>> {
         Ok(Box::new(MemoryBlock(self)))
     }
@@ -613,6 +629,11 @@ impl Source for Concat {
 
     fn describe(&self) -> String {
         let inner: Vec<String> = self.parts.iter().map(|p| p.describe()).collect();
+        format!("concat(axis {}: {})", self.axis, inner.join(", "))
+    }
+
+    fn identity(&self) -> String {
+        let inner: Vec<String> = self.parts.iter().map(|p| p.identity()).collect();
         format!("concat(axis {}: {})", self.axis, inner.join(", "))
     }
 
@@ -724,6 +745,15 @@ impl Source for AxisChange {
         self.inner.describe()
     }
 
+    fn identity(&self) -> String {
+        format!(
+            "{} axes +{:?} -{:?}",
+            self.inner.identity(),
+            self.added,
+            self.dropped
+        )
+    }
+
     fn chunk_hint(&self) -> Option<Vec<u64>> {
         let mut c = self.inner.chunk_hint()?;
         for &a in self.dropped.iter().rev() {
@@ -805,6 +835,15 @@ impl Source for Slice {
         format!("{}[{}]", self.inner.describe(), r.join(","))
     }
 
+    fn identity(&self) -> String {
+        format!(
+            "{} at {:?} shape {:?}",
+            self.inner.identity(),
+            self.origin,
+            self.shape
+        )
+    }
+
     fn chunk_hint(&self) -> Option<Vec<u64>> {
         self.inner.chunk_hint()
     }
@@ -861,6 +900,10 @@ impl Source for Cast {
 
     fn describe(&self) -> String {
         format!("{} as {}", self.inner.describe(), self.to)
+    }
+
+    fn identity(&self) -> String {
+        format!("{} as {}", self.inner.identity(), self.to)
     }
 
     fn chunk_hint(&self) -> Option<Vec<u64>> {
@@ -941,6 +984,10 @@ impl Source for StoreSource {
         )
     }
 
+    fn identity(&self) -> String {
+        stamp(self.store.path())
+    }
+
     fn block(&self, region: &Region) -> Result<Box<dyn Block + '_>> {
         let n = to_usize(u64::try_from(region.len()).unwrap_or(u64::MAX), "block")?;
         let mut data = vec![0u8; n * self.store.dtype().size()];
@@ -973,6 +1020,9 @@ mod tests {
         }
         fn describe(&self) -> String {
             format!("ramp {}", self.base)
+        }
+        fn identity(&self) -> String {
+            format!("ramp {} {:?}", self.base, self.shape)
         }
         fn block(&self, region: &Region) -> Result<Box<dyn Block + '_>> {
             let full = ArrayD::from_shape_fn(

@@ -531,3 +531,83 @@ fn a_closure_with_another_identity_is_another_job() {
     assert!(r.chunks_resumed > 0, "{r:?}");
     assert_eq!(store_bytes(&Store::open(&out2).unwrap()), oracle(2));
 }
+
+/// Issue 9 §1 / 18.6: a job's fingerprint covers every file and store a view reads and the
+/// values of an in-memory array, so that a rerun after any of them changed is another job
+/// (refused unless overwriting, then equal to a fresh run on the new data), never "already
+/// done" with the old result: a slice of a directory rewritten in place, a store part of a
+/// JSON view rewritten, another array in memory of the same shape.
+#[test]
+fn a_job_on_changed_view_parts_or_memory_is_another_job() {
+    use chunkwise::Input;
+    use chunkwise::support::write_npy;
+    let dir = tmp();
+    let d = dir.path();
+    let slice = |k: u16| -> Vec<u8> {
+        (0..36u16)
+            .flat_map(|i| (i * 7 + k * 13).to_le_bytes())
+            .collect()
+    };
+    let slices = d.join("slices");
+    std::fs::create_dir(&slices).unwrap();
+    for k in 0..4u16 {
+        write_npy(&slices.join(format!("s{k}.npy")), DType::U16, &[6, 6], &slice(k)).unwrap();
+    }
+    let part = input_store(d, "in_u16", &[7, 7, 7]);
+    let spec = d.join("view.json");
+    std::fs::write(
+        &spec,
+        format!(r#"{{"concat": ["{}", "{}"], "axis": 0}}"#, part.display(), part.display()),
+    )
+    .unwrap();
+    let o = ExecOptions::default();
+    let check = |open: &dyn Fn() -> Input, change: &dyn Fn(), name: &str| {
+        let out = d.join(format!("{name}.zarr"));
+        let r = chunkwise::run(&[open()], &out, &gauss(), &o).unwrap();
+        assert_eq!(r.status, ExecStatus::Published, "{name}");
+        let r = chunkwise::run(&[open()], &out, &gauss(), &o).unwrap();
+        assert_eq!(r.status, ExecStatus::AlreadyDone, "{name}: unchanged");
+        let before = store_bytes(&Store::open(&out).unwrap());
+        change();
+        let e = chunkwise::run(&[open()], &out, &gauss(), &o).unwrap_err();
+        assert!(e.to_string().contains("other settings"), "{name}: {e}");
+        let r = chunkwise::run(&[open()], &out, &gauss(), &o.clone().overwrite(true)).unwrap();
+        assert_eq!(r.status, ExecStatus::Published, "{name}");
+        let fresh = d.join(format!("{name}-fresh.zarr"));
+        chunkwise::run(&[open()], &fresh, &gauss(), &o).unwrap();
+        let after = store_bytes(&Store::open(&out).unwrap());
+        assert_eq!(after, store_bytes(&Store::open(&fresh).unwrap()), "{name}");
+        assert_ne!(after, before, "{name}: the change must change the result");
+    };
+    // A slice rewritten in place, same size, by a rename (as most writers do).
+    check(
+        &|| crate::common::input(&slices),
+        &|| {
+            let tmp = slices.join("new.tmp");
+            write_npy(&tmp, DType::U16, &[6, 6], &slice(9)).unwrap();
+            std::fs::rename(&tmp, slices.join("s2.npy")).unwrap();
+        },
+        "slices",
+    );
+    // A store the view spec reads, rewritten with other values (the spec file unchanged).
+    check(
+        &|| crate::common::input(&spec),
+        &|| {
+            let s = Store::open(&part).unwrap();
+            let block = ndarray::ArrayD::<u16>::from_elem(vec![3, 3, 3], 4321);
+            s.write_region(&Region::new(vec![0..3, 0..3, 0..3]), block.view())
+                .unwrap();
+        },
+        "spec",
+    );
+    // Arrays in memory: the same values are the same job, others another.
+    let values = std::sync::Mutex::new(ndarray::ArrayD::<u16>::from_shape_fn(
+        vec![9, 10, 11],
+        |ix| (ix[0] * 100 + ix[1] * 10 + ix[2]) as u16,
+    ));
+    check(
+        &|| Input::from_array(values.lock().unwrap().view()).unwrap(),
+        &|| values.lock().unwrap()[[4, 5, 6]] = 60000,
+        "memory",
+    );
+}

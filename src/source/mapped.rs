@@ -7,12 +7,14 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use memmap2::{Mmap, MmapOptions};
+use rayon::prelude::*;
 use serde::Deserialize;
 
 use super::{Block, RawOptions, Source};
 use crate::copy::{Side, c_strides, copy_box, f_strides};
 use crate::dtype::DType;
 use crate::error::{Error, InputError, IoContext, Result};
+use crate::fingerprint::{fnv1a, stamp};
 use crate::npy::{NpyHeader, parse_header};
 use crate::region::{Region, fmt_shape};
 
@@ -386,6 +388,15 @@ impl Source for MappedSource {
         )
     }
 
+    fn identity(&self) -> String {
+        format!(
+            "{} at byte {}: {}",
+            self.describe(),
+            self.layout.data_offset,
+            stamp(&self.layout.path)
+        )
+    }
+
     fn block(&self, region: &Region) -> Result<Box<dyn Block + '_>> {
         Ok(Box::new(MappedBlock {
             part: self.layout.map(region)?,
@@ -490,6 +501,11 @@ impl Source for NpyStack {
             fmt_shape(&self.shape),
             self.dtype
         )
+    }
+
+    fn identity(&self) -> String {
+        let files: Vec<String> = self.files.par_iter().map(|f| stamp(&f.path)).collect();
+        format!("{}: files {}", self.describe(), fnv1a(&files.join("\n")))
     }
 
     fn block(&self, region: &Region) -> Result<Box<dyn Block + '_>> {

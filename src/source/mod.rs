@@ -31,6 +31,10 @@ pub(crate) trait Source: Send + Sync {
     }
     /// A one-line description for reports ("512 .npy files slice_0000.npy ... slice_0511.npy").
     fn describe(&self) -> String;
+    /// What the data is now, for fingerprints (a rerun that finds it unchanged resumes): the
+    /// structure with a stamp of every file read (size, modification time; a store's chunk
+    /// files) or, in memory, a hash of the values. It changes whenever the values can have.
+    fn identity(&self) -> String;
     /// Makes `region` readable until the returned block is dropped.
     fn block(&self, region: &Region) -> Result<Box<dyn Block + '_>>;
     /// The natural block shape to read this source by (a store's chunk shape), if any.

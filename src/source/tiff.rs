@@ -15,6 +15,7 @@ use tiff::tags::Tag;
 use super::{Block, BufferBlock, Source};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, InputError, IoContext, Result, to_usize};
+use crate::fingerprint::{fnv1a, stamp};
 use crate::region::{Region, fmt_shape};
 
 type Dec = Decoder<BufReader<File>>;
@@ -240,6 +241,17 @@ impl Source for TiffStack {
                 self.dtype
             ),
         }
+    }
+
+    fn identity(&self) -> String {
+        let stamps = match &self.pages {
+            Pages::Files(f) => {
+                let files: Vec<String> = f.par_iter().map(|p| stamp(p)).collect();
+                fnv1a(&files.join("\n"))
+            }
+            Pages::Multi { path, .. } => stamp(path),
+        };
+        format!("{}: {stamps}", self.describe())
     }
 
     fn block(&self, region: &Region) -> Result<Box<dyn Block + '_>> {
