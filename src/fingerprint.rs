@@ -117,6 +117,22 @@ fn tree_stamp(root: &Path, rel: &Path) -> String {
 mod tests {
     use super::*;
 
+    /// One changed byte anywhere (in the word loop, in a tail, in a later piece) changes the
+    /// hash; equal bytes hash equal; a longer run of zeros is not the same as a shorter one.
+    #[test]
+    fn content_hash_sees_every_byte() {
+        let a: Vec<u8> = (0..(3 << 20) + 5).map(|i| (i * 31 % 251) as u8).collect();
+        let h = content_hash(&a);
+        assert_eq!(content_hash(&a.clone()), h);
+        for at in [0, 7, 8, 1 << 20, (2 << 20) + 3, a.len() - 1] {
+            let mut b = a.clone();
+            b[at] ^= 1;
+            assert_ne!(content_hash(&b), h, "byte {at}");
+        }
+        assert_ne!(content_hash(&[0; 16]), content_hash(&[0; 24]));
+        assert_ne!(content_hash(&[0; 3]), content_hash(&[0; 4]));
+    }
+
     /// Issue 18.6: a store rewritten with the same shape and type but new values (a chunk
     /// replaced, added or removed) has another stamp; chunkwise's own files do not count.
     #[test]
