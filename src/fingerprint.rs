@@ -73,7 +73,9 @@ pub(crate) fn content_hash(bytes: &[u8]) -> u64 {
         .collect::<Vec<u64>>()
         .into_iter()
         .fold(bytes.len() as u64, |acc, h| {
-            (acc ^ h).wrapping_mul(0x0000_0100_0000_01b3).rotate_left(27)
+            (acc ^ h)
+                .wrapping_mul(0x0000_0100_0000_01b3)
+                .rotate_left(27)
         })
 }
 

@@ -111,6 +111,20 @@ pub mod support {
         crate::store::write_atomic(path, &bytes, false)
     }
     pub use crate::reduce::{region_of, write_table};
+
+    /// Writes a small output file whole (a unique temporary file, then a rename): never over
+    /// an existing file without `overwrite`, even one that appears meanwhile.
+    ///
+    /// # Errors
+    /// [`crate::Error::OutputExists`]; [`crate::Error::InvalidOption`] for a directory, device
+    /// or pipe; [`crate::Error::Io`].
+    pub fn write_output(
+        path: &std::path::Path,
+        bytes: &[u8],
+        overwrite: bool,
+    ) -> crate::Result<()> {
+        crate::store::write_output(path, bytes, overwrite)
+    }
     pub use crate::region::fmt_shape;
     /// Synthetic microscopy-like volumes (the demo's data).
     pub mod synth {

@@ -1036,7 +1036,7 @@ pub fn region_of(input: &Input, spec: Option<&str>) -> Result<Option<Region>> {
 ///
 /// # Errors
 /// [`Error::Io`].
-pub fn write_table(path: &Path, rows: &[Vec<f64>]) -> Result<()> {
+pub fn write_table(path: &Path, rows: &[Vec<f64>], overwrite: bool) -> Result<()> {
     let ncol = rows.first().map_or(0, Vec::len);
     let mut bytes = Vec::with_capacity(rows.len() * ncol * 8);
     for r in rows {
@@ -1044,7 +1044,9 @@ pub fn write_table(path: &Path, rows: &[Vec<f64>]) -> Result<()> {
             bytes.extend_from_slice(&v.to_le_bytes());
         }
     }
-    crate::support::write_npy(path, DType::F64, &[rows.len() as u64, ncol as u64], &bytes)
+    let mut file = crate::npy::header_bytes(DType::F64, &[rows.len() as u64, ncol as u64]);
+    file.extend_from_slice(&bytes);
+    crate::store::write_output(path, &file, overwrite)
 }
 
 #[cfg(test)]

@@ -1201,6 +1201,25 @@ fn small_stats_flags_are_checked_and_text_is_plain() {
         text.contains("max:    inf") && !text.contains('"'),
         "{text}"
     );
+    // A table never replaces a file without --overwrite; with it, the file is replaced whole.
+    for (name, per) in [("t.npy", "--per-chunk"), ("t.json", "--per-chunk")] {
+        let out = d.join(name);
+        std::fs::write(&out, b"keep me").unwrap();
+        let o = cw(&["stats", s(&z), per, "-o", s(&out)]);
+        assert!(!o.status.success(), "{name}: {}", stdout(&o));
+        assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
+        assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
+        ok(&cw(&["stats", s(&z), per, "-o", s(&out), "--overwrite"]), name);
+        let t = std::fs::read(&out).unwrap();
+        if name.ends_with(".json") {
+            let v: serde_json::Value = serde_json::from_slice(&t).unwrap();
+            assert_eq!(v.as_array().map(Vec::len), Some(2), "{v}");
+        } else {
+            let h = chunkwise::support::parse_npy_header(&t, &out).unwrap();
+            assert_eq!(h.shape[0], 2);
+        }
+    }
+    assert!(temps(d).is_empty(), "left {:?}", temps(d));
 }
 
 /// Issue 18, smaller: `stats --per-chunk` of a rectilinear array reports its stored chunks

@@ -551,13 +551,23 @@ fn a_job_on_changed_view_parts_or_memory_is_another_job() {
     let slices = d.join("slices");
     std::fs::create_dir(&slices).unwrap();
     for k in 0..4u16 {
-        write_npy(&slices.join(format!("s{k}.npy")), DType::U16, &[6, 6], &slice(k)).unwrap();
+        write_npy(
+            &slices.join(format!("s{k}.npy")),
+            DType::U16,
+            &[6, 6],
+            &slice(k),
+        )
+        .unwrap();
     }
     let part = input_store(d, "in_u16", &[7, 7, 7]);
     let spec = d.join("view.json");
     std::fs::write(
         &spec,
-        format!(r#"{{"concat": ["{}", "{}"], "axis": 0}}"#, part.display(), part.display()),
+        format!(
+            r#"{{"concat": ["{}", "{}"], "axis": 0}}"#,
+            part.display(),
+            part.display()
+        ),
     )
     .unwrap();
     let o = ExecOptions::default();

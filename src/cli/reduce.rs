@@ -61,16 +61,19 @@ fn check_output(path: &std::path::Path, overwrite: bool) -> chunkwise::Result<()
     Ok(())
 }
 
-fn write_out(path: &std::path::Path, table: &[Vec<f64>], doc: &Value) -> chunkwise::Result<()> {
-    let json_out = path.extension().is_some_and(|e| e == "json");
-    if json_out {
+/// Writes the table whole (`.json`: the document; otherwise a float64 `.npy`), never over a
+/// file that appeared since [`check_output`] without `overwrite`.
+fn write_out(
+    path: &std::path::Path,
+    table: &[Vec<f64>],
+    doc: &Value,
+    overwrite: bool,
+) -> chunkwise::Result<()> {
+    if path.extension().is_some_and(|e| e == "json") {
         let text = serde_json::to_string_pretty(doc).expect("plain JSON");
-        std::fs::write(path, text).map_err(|e| chunkwise::Error::Io {
-            path: path.to_path_buf(),
-            source: e,
-        })
+        chunkwise::support::write_output(path, text.as_bytes(), overwrite)
     } else {
-        chunkwise::support::write_table(path, table)
+        chunkwise::support::write_table(path, table, overwrite)
     }
 }
 
@@ -119,7 +122,12 @@ pub(crate) fn stats(a: StatsArgs, g: &Global) -> CliResult {
         });
         match &a.output {
             Some(out) => {
-                write_out(out, &per.iter().map(stat_row).collect::<Vec<_>>(), &doc)?;
+                write_out(
+                    out,
+                    &per.iter().map(stat_row).collect::<Vec<_>>(),
+                    &doc,
+                    a.overwrite,
+                )?;
                 if !g.quiet {
                     say(format!(
                         "wrote {}: statistics of {} planes along axis {axis} (columns count, min, max, sum, mean, std)",
@@ -166,7 +174,7 @@ pub(crate) fn stats(a: StatsArgs, g: &Global) -> CliResult {
                         row
                     })
                     .collect();
-                write_out(out, &table, &doc)?;
+                write_out(out, &table, &doc, a.overwrite)?;
                 if !g.quiet {
                     say(format!(
                         "wrote {}: {} chunks (columns start per axis, end per axis, count, sum, min, max)",

@@ -45,6 +45,7 @@ pub(crate) use txn::{
     BuildDir, NEW_SUFFIX, OutputFile, Staging, StoreLock, TMP_SUFFIX, check_removable, check_utf8,
     crash_point, exchange, link_chunk, link_or_copy, lock_existing, parent_dir, place,
     recover_replacement, remove_chunk, resolve_links, sync_dir, sync_filesystem, write_atomic,
+    write_output,
 };
 pub use write::WriteReport;
 pub use writer::StoreWriter;

@@ -880,6 +880,18 @@ impl OutputFile {
     }
 }
 
+/// Writes a small output file whole through an [`OutputFile`]: never over an existing file
+/// without `overwrite`, even one that appears while it is written.
+///
+/// # Errors
+/// As [`OutputFile::create`] and [`OutputFile::publish`].
+pub(crate) fn write_output(path: &Path, bytes: &[u8], overwrite: bool) -> Result<()> {
+    let out = OutputFile::create(path, overwrite)?;
+    let mut f = out.file();
+    f.write_all(bytes).at(out.tmp_path())?;
+    out.publish(true)
+}
+
 // ---------------------------------------------------------------- syncing
 
 /// fsyncs a directory (the names it holds).

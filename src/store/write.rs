@@ -103,7 +103,12 @@ impl Store {
         with_threads(run.threads, || self.write_in_pool(region, &data, run))
     }
 
-    fn check_write<T: Scalar>(&self, region: &Region, data: &ArrayViewD<'_, T>, t: DType) -> Result<()> {
+    fn check_write<T: Scalar>(
+        &self,
+        region: &Region,
+        data: &ArrayViewD<'_, T>,
+        t: DType,
+    ) -> Result<()> {
         if self.zarr_format() != 3 {
             return Err(Error::Store(StoreError::ReadOnly {
                 path: self.path().to_path_buf(),
