@@ -86,7 +86,7 @@ pub use store::{
     ChunkCodec, Codec, Durability, MAX_CHUNK_BYTES, MAX_CHUNKS, MAX_RANK, Store, StoreSpec,
     StoreWriter, WriteReport, is_store,
 };
-pub use view::View;
+pub use view::{MAX_SPEC_DEPTH, MAX_SPEC_NODES, View};
 
 /// What the command line, the demo, the tests and the benches share that is not the library's
 /// API: formatting, small `.npy` files, synthetic volumes. Not covered by semver.

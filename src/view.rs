@@ -23,6 +23,19 @@ use crate::with_scalar;
 
 /// The deepest a view spec may nest (objects inside objects, spec files naming spec files).
 pub const MAX_SPEC_DEPTH: usize = 64;
+/// The most nodes (paths and objects, counted through every spec file it names) a view spec
+/// may have: spec files that each name another many times cannot multiply without bound.
+pub const MAX_SPEC_NODES: usize = 1 << 16;
+/// The largest view spec file read.
+const MAX_SPEC_BYTES: u64 = 64 << 20;
+
+/// What a view spec walk has seen: the spec files being opened (a cycle is refused) and the
+/// nodes so far.
+#[derive(Default)]
+struct Walk {
+    open: Vec<PathBuf>,
+    nodes: usize,
+}
 
 /// A read-only array assembled lazily from stores and files.
 ///
@@ -339,14 +352,14 @@ impl View {
     /// # Errors
     /// [`crate::InputError::BadInput`] naming the file for a malformed spec; errors opening its parts.
     pub fn from_spec_file(path: &Path) -> Result<View> {
-        View::spec_file_in(path, &mut Vec::new())
+        View::spec_file_in(path, &mut Walk::default())
     }
 
     /// `from_spec_file`, with the spec files being opened (to refuse a cycle).
-    fn spec_file_in(path: &Path, open: &mut Vec<PathBuf>) -> Result<View> {
+    fn spec_file_in(path: &Path, walk: &mut Walk) -> Result<View> {
         let canon = path.canonicalize().at(path)?;
-        if open.contains(&canon) {
-            let chain: Vec<String> = open.iter().map(|p| p.display().to_string()).collect();
+        if walk.open.contains(&canon) {
+            let chain: Vec<String> = walk.open.iter().map(|p| p.display().to_string()).collect();
             return Err(Error::bad_input(
                 path,
                 format!(
@@ -356,19 +369,26 @@ impl View {
                 ),
             ));
         }
-        if open.len() >= MAX_SPEC_DEPTH {
+        if walk.open.len() >= MAX_SPEC_DEPTH {
             return Err(Error::bad_input(
                 path,
                 format!("view spec: more than {MAX_SPEC_DEPTH} spec files deep"),
+            ));
+        }
+        let size = std::fs::metadata(path).at(path)?.len();
+        if size > MAX_SPEC_BYTES {
+            return Err(Error::bad_input(
+                path,
+                format!("view spec: {size} bytes; at most {MAX_SPEC_BYTES} are read"),
             ));
         }
         let text = std::fs::read_to_string(path).at(path)?;
         let spec: Value = serde_json::from_str(&text)
             .map_err(|e| Error::bad_input(path, format!("not JSON: {e}")))?;
         let base = path.parent().unwrap_or(Path::new(""));
-        open.push(canon);
-        let view = View::spec_in(&spec, base, open, 0);
-        open.pop();
+        walk.open.push(canon);
+        let view = View::spec_in(&spec, base, walk, 0);
+        walk.open.pop();
         view.map_err(|e| match e {
             Error::Input(InputError::BadInput { reason, .. })
                 if reason.starts_with("view spec") =>
@@ -386,13 +406,19 @@ impl View {
     /// # Errors
     /// [`crate::InputError::BadInput`] for a malformed spec.
     pub fn from_spec(spec: &Value, base: &Path) -> Result<View> {
-        View::spec_in(spec, base, &mut Vec::new(), 0)
+        View::spec_in(spec, base, &mut Walk::default(), 0)
     }
 
-    fn spec_in(spec: &Value, base: &Path, open: &mut Vec<PathBuf>, depth: usize) -> Result<View> {
+    fn spec_in(spec: &Value, base: &Path, walk: &mut Walk, depth: usize) -> Result<View> {
         let bad = |reason: String| Error::bad_input(base, format!("view spec: {reason}"));
         if depth >= MAX_SPEC_DEPTH {
             return Err(bad(format!("nested more than {MAX_SPEC_DEPTH} deep")));
+        }
+        walk.nodes += 1;
+        if walk.nodes > MAX_SPEC_NODES {
+            return Err(bad(format!(
+                "more than {MAX_SPEC_NODES} paths and objects (counting every spec file it names)"
+            )));
         }
         let axis = |o: &serde_json::Map<String, Value>| -> Result<usize> {
             match o.get("axis") {
@@ -403,31 +429,31 @@ impl View {
                     .ok_or_else(|| bad(format!("axis {a} is not a non-negative integer"))),
             }
         };
-        let list = |v: &Value, key: &str, open: &mut Vec<PathBuf>| -> Result<Vec<View>> {
+        let list = |v: &Value, key: &str, walk: &mut Walk| -> Result<Vec<View>> {
             let items = v
                 .as_array()
                 .ok_or_else(|| bad(format!("{key:?} takes a list of parts")))?;
             items
                 .iter()
-                .map(|p| View::spec_in(p, base, open, depth + 1))
+                .map(|p| View::spec_in(p, base, walk, depth + 1))
                 .collect()
         };
         match spec {
             Value::String(p) => {
                 let path = base.join(p);
                 if is_spec(&path) {
-                    View::spec_file_in(&path, open)
+                    View::spec_file_in(&path, walk)
                 } else {
                     View::open_all(&[path], &RawOptions::default())
                 }
             }
             Value::Object(o) => {
                 if let Some(parts) = o.get("concat") {
-                    View::concat(list(parts, "concat", open)?, axis(o)?)
+                    View::concat(list(parts, "concat", walk)?, axis(o)?)
                 } else if let Some(parts) = o.get("stack") {
-                    View::stack(list(parts, "stack", open)?, axis(o)?)
+                    View::stack(list(parts, "stack", walk)?, axis(o)?)
                 } else if let Some(inner) = o.get("slice") {
-                    let v = View::spec_in(inner, base, open, depth + 1)?;
+                    let v = View::spec_in(inner, base, walk, depth + 1)?;
                     let r = o.get("region").and_then(Value::as_str).ok_or_else(|| {
                         bad("\"slice\" needs a \"region\" like \"0:10,:,5:\"".into())
                     })?;
@@ -436,7 +462,7 @@ impl View {
                     // Integer indices drop their axis, as in numpy.
                     Ok(drop_axes(sliced, &parsed.dropped))
                 } else if let Some(inner) = o.get("cast") {
-                    let v = View::spec_in(inner, base, open, depth + 1)?;
+                    let v = View::spec_in(inner, base, walk, depth + 1)?;
                     let d = o
                         .get("dtype")
                         .and_then(Value::as_str)
@@ -458,7 +484,7 @@ impl View {
 pub(crate) fn is_spec(path: &Path) -> bool {
     path.extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("json"))
-        && path.is_file()
+        && std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() <= MAX_SPEC_BYTES)
         && std::fs::read_to_string(path)
             .ok()
             .and_then(|t| serde_json::from_str::<Value>(&t).ok())

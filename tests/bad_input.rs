@@ -270,6 +270,22 @@ impl Corpus {
             "many_chunks.zarr",
             &meta("[1099511627776]", "[1]", "uint8", bytes),
         );
+        // A rectilinear grid whose run-length edges expand to 10^15 chunks (zarrs would
+        // allocate them all), and one of 2^27 chunks over two axes.
+        let rle = |counts: &str| {
+            format!(
+                r#"{{"zarr_format": 3, "node_type": "array", "shape": [1000000000000000, 1000000],
+                "data_type": "uint8", "chunk_grid": {{"name": "rectilinear", "configuration":
+                {{"kind": "inline", "chunk_shapes": {counts}}}}},
+                "chunk_key_encoding": {{"name": "default"}}, "fill_value": 0,
+                "codecs": {bytes}}}"#
+            )
+        };
+        store("rle_bomb.zarr", &rle("[[[1, 1000000000000000]], 1000000]"));
+        store(
+            "rle_product.zarr",
+            &rle("[[[7812500000000, 128]], [[1, 1000000]]]"),
+        );
         let rank40 = format!("[{}]", vec!["1"; 40].join(", "));
         store("rank40.zarr", &meta(&rank40, &rank40, "uint8", bytes));
         // Good metadata with bad chunks: one truncated, one garbage.
@@ -331,6 +347,16 @@ impl Corpus {
             deep = format!("{{\"cast\": {deep}, \"dtype\": \"uint16\"}}");
         }
         std::fs::write(d.join("deep.json"), deep).unwrap();
+        // Fan-out: three levels of 100 names each would open a million parts.
+        let fan = |name: &str| {
+            format!(r#"{{"concat": [{}]}}"#, vec![format!("\"{name}\""); 100].join(", "))
+        };
+        std::fs::write(d.join("fan.json"), fan("fan2.json")).unwrap();
+        std::fs::write(d.join("fan2.json"), fan("fan3.json")).unwrap();
+        std::fs::write(d.join("fan3.json"), fan("leaf.json")).unwrap();
+        chunkwise::support::write_npy(&d.join("ok.npy"), chunkwise::DType::U8, &[2], &[1, 2])
+            .unwrap();
+        std::fs::write(d.join("leaf.json"), r#"{"slice": "ok.npy", "region": "0:1"}"#).unwrap();
         std::fs::write(d.join("unknown_key.json"), r#"{"zip": ["a", "b"]}"#).unwrap();
         std::fs::write(d.join("garbage.tif"), b"II*\x00\xff\xff\xff\x7fnot a tiff").unwrap();
         Corpus { dir }
@@ -372,7 +398,9 @@ fn every_command_refuses_every_malformed_input_clearly() {
         ("unknown_codec.zarr", "lzma9000"),
         ("complex.zarr", "complex128"),
         ("huge_chunk.zarr", "1099511627776"),
-        ("many_chunks.zarr", "2^32"),
+        ("many_chunks.zarr", "2^26"),
+        ("rle_bomb.zarr", "2^26"),
+        ("rle_product.zarr", "2^26"),
         ("rank40.zarr", "40 axes"),
         ("empty_dir", "empty_dir"),
         ("huge.npy", "huge.npy"),
@@ -382,6 +410,7 @@ fn every_command_refuses_every_malformed_input_clearly() {
         ("long_header.npy", "long_header.npy"),
         ("self.json", "includes itself"),
         ("ping.json", "includes itself"),
+        ("fan.json", "paths and objects"),
         ("deep.json", "deep.json"),
         ("unknown_key.json", "unknown_key.json"),
         ("garbage.tif", "garbage.tif"),

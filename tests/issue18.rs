@@ -1209,7 +1209,10 @@ fn small_stats_flags_are_checked_and_text_is_plain() {
         assert!(!o.status.success(), "{name}: {}", stdout(&o));
         assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
         assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
-        ok(&cw(&["stats", s(&z), per, "-o", s(&out), "--overwrite"]), name);
+        ok(
+            &cw(&["stats", s(&z), per, "-o", s(&out), "--overwrite"]),
+            name,
+        );
         let t = std::fs::read(&out).unwrap();
         if name.ends_with(".json") {
             let v: serde_json::Value = serde_json::from_slice(&t).unwrap();

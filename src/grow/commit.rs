@@ -248,6 +248,7 @@ pub(super) fn grow_in_place(
     let mut edges = target.edges().to_vec();
     edges[axis] = plan.axis_edges.clone();
     let meta = target.metadata_with(&shape, &edges);
+    crate::store::check_grid_size(target.path(), &meta)?;
     let codec = GridCodec::new(&meta, target.path())?;
     let old_edges = target.edges()[axis].list(old_shape[axis]);
     // Which layers change, and whether an existing chunk changes shape (then the directory is
@@ -461,6 +462,7 @@ pub(super) fn build_new(
     let mut edges = first.edges().to_vec();
     edges[axis] = plan.axis_edges.clone();
     let meta = first.metadata_with(&shape, &edges);
+    crate::store::check_grid_size(out, &meta)?;
     let build = BuildDir::begin(out, TMP_SUFFIX)?;
     let tmp = build.path().to_path_buf();
     let out_layout = Layout::from_json(&tmp, meta.clone())?;

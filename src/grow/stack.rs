@@ -127,6 +127,7 @@ pub(super) fn stacked_metadata(first: &Layout, n: u64) -> Result<Value> {
     let mut edges = vec![Edges::Fixed(1)];
     edges.extend(first.edges().iter().cloned());
     let mut meta = first.metadata_with(&shape, &edges);
+    crate::store::check_grid_size(first.path(), &meta)?;
     let codecs = meta["codecs"].clone();
     meta["codecs"] = lift_codecs(&codecs, first.path())?;
     if let Some(names) = meta

@@ -85,6 +85,9 @@ impl Edges {
         if let Some(c) = v.as_u64() {
             return (c > 0).then_some(Edges::Fixed(c));
         }
+        if edge_count(v) > super::MAX_CHUNKS {
+            return None;
+        }
         let mut out = Vec::new();
         for e in v.as_array()? {
             match e {
@@ -104,6 +107,19 @@ impl Edges {
         }
         (!out.is_empty()).then_some(Edges::Varying(out))
     }
+}
+
+/// How many chunks one axis of a rectilinear `chunk_shapes` lists (sizes, and `[size, count]`
+/// runs), saturating; 0 for a single size (a regular axis) or what is not a list.
+pub(crate) fn edge_count(v: &Value) -> u64 {
+    v.as_array().map_or(0, |list| {
+        list.iter().fold(0u64, |n, e| match e {
+            Value::Array(pair) => {
+                n.saturating_add(pair.get(1).and_then(Value::as_u64).unwrap_or(1))
+            }
+            _ => n.saturating_add(1),
+        })
+    })
 }
 
 /// A Zarr v3 array's layout, from its `zarr.json`.

@@ -55,8 +55,98 @@ pub(crate) use writer::{check_replaceable, write_metadata};
 pub const MAX_RANK: usize = 32;
 /// The largest chunk (decoded, a shard when sharded) an array may have: every worker holds one.
 pub const MAX_CHUNK_BYTES: u64 = 4 << 30;
-/// The most chunks an array's grid may have.
-pub const MAX_CHUNKS: u64 = 1 << 32;
+/// The most chunks an array's grid may have (2^26: at 64^3 `u16` chunks, 32 TiB). Chunk index
+/// lists are materialized in places, so this bounds their memory (a few GiB at most).
+pub const MAX_CHUNKS: u64 = 1 << 26;
+/// The largest `zarr.json` read.
+const MAX_METADATA_BYTES: u64 = 64 << 20;
+
+/// Checks what zarrs would allocate from before it does: the size of `zarr.json`, and the
+/// chunk count of a rectilinear grid's run-length edges (`[size, count]` pairs zarrs expands
+/// into a list), which must stay within [`MAX_CHUNKS`] per axis and in all.
+fn check_metadata_sizes(path: &Path) -> Result<()> {
+    let file = path.join("zarr.json");
+    let Ok(m) = std::fs::metadata(&file) else {
+        return Ok(()); // Zarr v2 (.zarray: regular grids only) or gone: zarrs says.
+    };
+    let bad = |reason: String| {
+        Err(Error::Store(StoreError::BadMetadata {
+            path: path.to_path_buf(),
+            reason,
+            source: None,
+        }))
+    };
+    if m.len() > MAX_METADATA_BYTES {
+        return bad(format!(
+            "zarr.json holds {} bytes; at most {MAX_METADATA_BYTES} are read",
+            m.len()
+        ));
+    }
+    let text = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
+    match serde_json::from_slice::<Value>(&text) {
+        // Regular grids zarrs does not expand: Store::check_limits says more of them.
+        Ok(meta) if meta["chunk_grid"]["name"] == "rectilinear" => check_grid_size(path, &meta),
+        Ok(_) => Ok(()),
+        Err(_) => Ok(()), // zarrs names the syntax error.
+    }
+}
+
+/// Refuses a v3 metadata document whose chunk grid has more than [`MAX_CHUNKS`] chunks (a
+/// rectilinear axis's list counted before anything expands it): for arrays read, and for
+/// the metadata an append or concat is about to write.
+///
+/// # Errors
+/// [`crate::StoreError::BadMetadata`] naming the count.
+pub(crate) fn check_grid_size(path: &Path, meta: &Value) -> Result<()> {
+    let bad = |reason: String| {
+        Err(Error::Store(StoreError::BadMetadata {
+            path: path.to_path_buf(),
+            reason,
+            source: None,
+        }))
+    };
+    let grid = &meta["chunk_grid"];
+    let shape: Vec<u64> = meta["shape"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default();
+    let counts: Vec<u64> = match grid["name"].as_str() {
+        Some("rectilinear") => {
+            let Some(axes) = grid["configuration"]["chunk_shapes"].as_array() else {
+                return Ok(());
+            };
+            axes.iter()
+                .enumerate()
+                .map(|(axis, e)| match e.as_u64() {
+                    Some(c) if c > 0 => shape.get(axis).map_or(1, |&n| n.div_ceil(c)),
+                    _ => layout::edge_count(e),
+                })
+                .collect()
+        }
+        Some("regular") => grid["configuration"]["chunk_shape"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .zip(&shape)
+                    .map(|(c, &n)| c.as_u64().filter(|&c| c > 0).map_or(1, |c| n.div_ceil(c)))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        _ => return Ok(()),
+    };
+    let total = counts.iter().fold(1u64, |t, &c| t.saturating_mul(c.max(1)));
+    if total > MAX_CHUNKS {
+        return bad(format!(
+            "a grid of {} chunks ({total}); at most {MAX_CHUNKS} (2^26) are supported",
+            counts
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join("x")
+        ));
+    }
+    Ok(())
+}
 
 fn codec_options() -> CodecOptions {
     // Our own rayon loops are the parallelism: one chunk per task, no nested codec threads.
@@ -143,6 +233,7 @@ impl Store {
         if !is_store(&path) {
             return Err(Error::Store(StoreError::NotAStore(path)));
         }
+        check_metadata_sizes(&path)?;
         let fs_store = FilesystemStore::new(&path).map_err(|e| Error::metadata(path.clone(), e))?;
         let array =
             Array::open(Arc::new(fs_store), "/").map_err(|e| Error::metadata(path.clone(), e))?;
@@ -228,7 +319,7 @@ impl Store {
             .unwrap_or(u64::MAX);
         if chunks > MAX_CHUNKS {
             return bad(format!(
-                "a grid of {} chunks; at most {MAX_CHUNKS} (2^32) are supported",
+                "a grid of {} chunks; at most {MAX_CHUNKS} (2^26) are supported",
                 fmt_shape(self.array.chunk_grid_shape())
             ));
         }
