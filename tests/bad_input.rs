@@ -349,14 +349,21 @@ impl Corpus {
         std::fs::write(d.join("deep.json"), deep).unwrap();
         // Fan-out: three levels of 100 names each would open a million parts.
         let fan = |name: &str| {
-            format!(r#"{{"concat": [{}]}}"#, vec![format!("\"{name}\""); 100].join(", "))
+            format!(
+                r#"{{"concat": [{}]}}"#,
+                vec![format!("\"{name}\""); 100].join(", ")
+            )
         };
         std::fs::write(d.join("fan.json"), fan("fan2.json")).unwrap();
         std::fs::write(d.join("fan2.json"), fan("fan3.json")).unwrap();
         std::fs::write(d.join("fan3.json"), fan("leaf.json")).unwrap();
         chunkwise::support::write_npy(&d.join("ok.npy"), chunkwise::DType::U8, &[2], &[1, 2])
             .unwrap();
-        std::fs::write(d.join("leaf.json"), r#"{"slice": "ok.npy", "region": "0:1"}"#).unwrap();
+        std::fs::write(
+            d.join("leaf.json"),
+            r#"{"slice": "ok.npy", "region": "0:1"}"#,
+        )
+        .unwrap();
         std::fs::write(d.join("unknown_key.json"), r#"{"zip": ["a", "b"]}"#).unwrap();
         std::fs::write(d.join("garbage.tif"), b"II*\x00\xff\xff\xff\x7fnot a tiff").unwrap();
         Corpus { dir }

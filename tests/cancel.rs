@@ -173,6 +173,31 @@ fn cancelled_appends_converts_and_exports_leave_what_a_kill_would() {
     .unwrap_err();
     assert!(matches!(err, Error::Cancelled), "{err}");
     assert!(!npy.exists() && temps(d).is_empty(), "left {:?}", temps(d));
+
+    // Cancelled once started (at the first progress report), a concat into a new output and
+    // a stack leave no build directory.
+    let w = volume(d, "w", [136, 128, 128], "4,64,64");
+    for what in ["concat", "stack"] {
+        let token = Cancel::new();
+        let o = GrowOptions::default()
+            .threads(Some(1))
+            .progress(Some(cancel_after(&token, 0)))
+            .cancel(token.clone());
+        let out = d.join(format!("{what}.zarr"));
+        let parts = [z.clone(), w.clone()];
+        let err = if what == "concat" {
+            chunkwise::concat(&parts, &out, &o)
+        } else {
+            chunkwise::stack(&parts, &out, &o)
+        }
+        .unwrap_err();
+        assert!(matches!(err, Error::Cancelled), "{what}: {err}");
+        assert!(
+            !out.exists() && temps(d).is_empty(),
+            "{what}: left {:?}",
+            temps(d)
+        );
+    }
 }
 
 /// Issue 18: SIGINT or SIGTERM stops the binary between chunks (exit 130 or 143, a message
