@@ -153,6 +153,9 @@ pub enum StoreError {
         key: String,
         /// What the codec said.
         reason: String,
+        /// The zarrs error, where one said so.
+        #[source]
+        source: Option<Source>,
     },
 
     /// A store whose metadata changed (appended to, replaced, ...) since it was opened.

@@ -11,7 +11,7 @@ use zarrs::storage::store::MemoryStore;
 
 use super::{codec_options, shape_nz};
 use crate::dtype::DType;
-use crate::error::{Error, Result, StoreError};
+use crate::error::{Error, Result, Source, StoreError};
 use crate::grid::Grid;
 use crate::region::fmt_shape;
 pub use crate::run::Durability;
@@ -338,18 +338,18 @@ pub struct ChunkCodec {
 
 impl ChunkCodec {
     fn new(metadata: &Value, chunk: &[u64], itemsize: usize) -> Result<Self> {
-        let bad = |reason: String| {
+        let bad = |reason: String, source: Option<Source>| {
             Error::Store(StoreError::BadMetadata {
                 path: PathBuf::from("zarr.json"),
                 reason,
-                source: None,
+                source,
             })
         };
-        let v3: ArrayMetadataV3 =
-            serde_json::from_value(metadata.clone()).map_err(|e| bad(e.to_string()))?;
+        let v3: ArrayMetadataV3 = serde_json::from_value(metadata.clone())
+            .map_err(|e| bad(e.to_string(), Some(Box::new(e))))?;
         let array =
             Array::new_with_metadata(Arc::new(MemoryStore::new()), "/", ArrayMetadata::V3(v3))
-                .map_err(|e| bad(e.to_string()))?;
+                .map_err(|e| bad(e.to_string(), Some(Box::new(e))))?;
         Ok(ChunkCodec {
             array,
             shape: shape_nz(chunk),
@@ -372,19 +372,23 @@ impl ChunkCodec {
     /// # Errors
     /// [`crate::StoreError::Encode`] if the buffer has the wrong size or the codec fails.
     pub fn encode(&self, data: &[u8]) -> Result<Vec<u8>> {
-        let fail = |reason: String| {
+        let fail = |reason: String, source: Option<Source>| {
             Error::Store(StoreError::Encode {
                 store: PathBuf::new(),
                 key: String::new(),
                 reason,
+                source,
             })
         };
         if data.len() != self.chunk_bytes {
-            return Err(fail(format!(
-                "{} bytes given, a chunk holds {}",
-                data.len(),
-                self.chunk_bytes
-            )));
+            return Err(fail(
+                format!(
+                    "{} bytes given, a chunk holds {}",
+                    data.len(),
+                    self.chunk_bytes
+                ),
+                None,
+            ));
         }
         self.array
             .codecs()
@@ -396,7 +400,7 @@ impl ChunkCodec {
                 &codec_options(),
             )
             .map(std::borrow::Cow::into_owned)
-            .map_err(|e| fail(e.to_string()))
+            .map_err(|e| fail(e.to_string(), Some(Box::new(e))))
     }
 
     /// Decodes one encoded chunk.
@@ -404,12 +408,12 @@ impl ChunkCodec {
     /// # Errors
     /// [`crate::StoreError::CorruptChunk`] if the bytes do not decode.
     pub fn decode(&self, encoded: &[u8]) -> Result<Vec<u8>> {
-        let fail = |reason: String| {
+        let fail = |reason: String, source: Option<Source>| {
             Error::Store(StoreError::CorruptChunk {
                 store: PathBuf::new(),
                 key: String::new(),
                 reason,
-                source: None,
+                source,
             })
         };
         let bytes = self
@@ -422,11 +426,11 @@ impl ChunkCodec {
                 self.array.fill_value(),
                 &codec_options(),
             )
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fail(e.to_string(), Some(Box::new(e))))?;
         bytes
             .into_fixed()
             .map(std::borrow::Cow::into_owned)
-            .map_err(|e| fail(e.to_string()))
+            .map_err(|e| fail(e.to_string(), Some(Box::new(e))))
     }
 }
 
@@ -441,18 +445,18 @@ pub(crate) struct GridCodec {
 impl GridCodec {
     /// The pipeline of `metadata` (a v3 `zarr.json`), for messages about `path`.
     pub(crate) fn new(metadata: &Value, path: &Path) -> Result<Self> {
-        let bad = |reason: String| {
+        let bad = |reason: String, source: Option<Source>| {
             Error::Store(StoreError::BadMetadata {
                 path: path.to_path_buf(),
                 reason,
-                source: None,
+                source,
             })
         };
-        let v3: ArrayMetadataV3 =
-            serde_json::from_value(metadata.clone()).map_err(|e| bad(e.to_string()))?;
+        let v3: ArrayMetadataV3 = serde_json::from_value(metadata.clone())
+            .map_err(|e| bad(e.to_string(), Some(Box::new(e))))?;
         let array =
             Array::new_with_metadata(Arc::new(MemoryStore::new()), "/", ArrayMetadata::V3(v3))
-                .map_err(|e| bad(e.to_string()))?;
+                .map_err(|e| bad(e.to_string(), Some(Box::new(e))))?;
         Ok(GridCodec {
             array,
             path: path.to_path_buf(),
@@ -470,23 +474,25 @@ impl GridCodec {
                     store: self.path.clone(),
                     key: key(),
                     reason: e.to_string(),
+                    source: Some(Box::new(e)),
                 })
             })
     }
 
     /// Encodes chunk `idx` from `data` (its full shape, C order, native-endian elements).
     pub(crate) fn encode(&self, idx: &[u64], data: &[u8]) -> Result<Vec<u8>> {
-        let fail = |reason: String| {
+        let fail = |reason: String, source: Option<Source>| {
             Error::Store(StoreError::Encode {
                 store: self.path.clone(),
                 key: self.array.chunk_key(idx).as_str().to_string(),
                 reason,
+                source,
             })
         };
         let shape = self
             .array
             .chunk_shape(idx)
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fail(e.to_string(), Some(Box::new(e))))?;
         self.array
             .codecs()
             .encode(
@@ -497,7 +503,7 @@ impl GridCodec {
                 &codec_options(),
             )
             .map(std::borrow::Cow::into_owned)
-            .map_err(|e| fail(e.to_string()))
+            .map_err(|e| fail(e.to_string(), Some(Box::new(e))))
     }
 
     /// The store key of chunk `idx`.

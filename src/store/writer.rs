@@ -175,11 +175,14 @@ pub(super) fn encode_and_queue(
     }
     let key = codec.key(idx);
     let encoded = codec.encode(data).map_err(|e| match e {
-        Error::Store(StoreError::Encode { reason, .. }) => Error::Store(StoreError::Encode {
-            store: final_path.to_path_buf(),
-            key: key.clone(),
-            reason,
-        }),
+        Error::Store(StoreError::Encode { reason, source, .. }) => {
+            Error::Store(StoreError::Encode {
+                store: final_path.to_path_buf(),
+                key: key.clone(),
+                reason,
+                source,
+            })
+        }
         other => other,
     })?;
     let n = encoded.len() as u64;
