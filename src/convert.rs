@@ -26,6 +26,19 @@ use crate::store::{Codec, StoreSpec};
 use ndarray::ArrayViewD;
 
 /// Settings for [`convert`]; build with [`ConvertOptions::default`] and the setters.
+///
+/// ```no_run
+/// use chunkwise::{Codec, ConvertOptions, Input};
+/// let opts = ConvertOptions::default()
+///     .chunks(Some(vec![64, 256, 256]))
+///     .codec(Codec::Zstd { level: 5 })
+///     .checksum(true)
+///     .axis_names(Some(vec!["z".into(), "y".into(), "x".into()]))
+///     .overwrite(true)
+///     .threads(Some(8));
+/// chunkwise::convert(&Input::open("slices/")?, "volume.zarr".as_ref(), &opts)?;
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 #[derive(Clone, Default)]
 pub struct ConvertOptions {
     chunks: Option<Vec<u64>>,
@@ -93,6 +106,16 @@ impl ConvertOptions {
 run_setters!(ConvertOptions);
 
 /// What a convert did.
+///
+/// ```no_run
+/// use chunkwise::{ConvertOptions, Input};
+/// let r = chunkwise::convert(&Input::open("stack.tif")?, "stack.zarr".as_ref(),
+///                            &ConvertOptions::default())?;
+/// println!("{:?} {} in chunks of {:?}: {} of {} chunks written, {:.1}x smaller",
+///          r.shape, r.dtype, r.chunk_shape, r.chunks_written, r.chunks_total,
+///          r.bytes_in as f64 / r.bytes_stored.max(1) as f64);
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConvertReport {
     /// The output array.

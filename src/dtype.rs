@@ -5,6 +5,13 @@ use std::fmt;
 use std::str::FromStr;
 
 /// A type name or number that does not parse (the setting it was for, and why).
+///
+/// ```
+/// let e = "complex64".parse::<chunkwise::DType>().unwrap_err();
+/// assert_eq!(e.what, "dtype");
+/// assert!(e.to_string().starts_with("invalid dtype: unknown data type \"complex64\""));
+/// assert_eq!("twelve".parse::<chunkwise::Number>().unwrap_err().what, "number");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {what}: {reason}")]
 pub struct ParseError {
@@ -19,6 +26,16 @@ fn parse_error(what: &'static str, reason: String) -> ParseError {
 }
 
 /// The element types chunkwise stores and computes on.
+///
+/// ```
+/// use chunkwise::DType;
+/// let t: DType = "uint16".parse()?;
+/// assert_eq!(t, DType::U16);
+/// assert_eq!((t.size(), t.zarr_name(), t.npy_descr()), (2, "uint16", "<u2"));
+/// assert!(t.casts_safely_to(DType::F32) && !t.casts_safely_to(DType::I16));
+/// assert!("u8".parse::<DType>().is_err()); // ambiguous: numpy's `u8` is 64-bit
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[allow(missing_docs)]
 pub enum DType {
@@ -223,6 +240,15 @@ fn rust_name(d: DType) -> Option<&'static str> {
 }
 
 /// A Rust element type with a [`DType`]: the types `read_region` can return.
+///
+/// ```
+/// use chunkwise::{DType, Element};
+/// assert_eq!(u16::DTYPE, DType::U16);
+/// assert_eq!(u16::from_le_bytes_slice(&[1, 0, 0, 1]), vec![1, 256]);
+/// let mut bytes = Vec::new();
+/// f32::extend_le_bytes(&[1.0], &mut bytes);
+/// assert_eq!(bytes, 1.0f32.to_le_bytes());
+/// ```
 pub trait Element: Copy + Send + Sync + PartialEq + fmt::Debug + 'static {
     /// The matching data type.
     const DTYPE: DType;
@@ -273,6 +299,15 @@ impl Element for bool {
 
 /// The numeric element types (every [`DType`] but `bool`): plain bytes that kernels compute on.
 /// `bool` arrays are handed to kernels as `u8` (0 or 1).
+///
+/// ```
+/// use chunkwise::Scalar;
+/// assert_eq!(u8::from_f64(2.5), 2); // rounded half to even
+/// assert_eq!(u8::from_f64(300.0), 255); // saturated
+/// assert_eq!(i16::from_f64(f64::NAN), 0);
+/// assert_eq!(u16::INT_RANGE, Some((0, 65535)));
+/// assert_eq!(f32::INT_RANGE, None);
+/// ```
 pub trait Scalar: Element + bytemuck::Pod + Default + PartialOrd + fmt::Display {
     /// The value as `f64` (exact for every type but 64-bit integers beyond 2^53).
     fn to_f64(self) -> f64;
@@ -301,6 +336,17 @@ pub trait Scalar: Element + bytemuck::Pod + Default + PartialOrd + fmt::Display 
 /// A number as the user wrote it: an integer literal is kept exactly (every `uint64` and
 /// `int64` value), anything else is a float. Thresholds compare it with an array's values in
 /// the array's own type (spec/REDUCE.md §4), as numpy does with a Python int.
+///
+/// ```
+/// use chunkwise::{Number, Select};
+/// let max: Number = "18446744073709551615".parse()?; // u64::MAX, exactly
+/// assert_eq!(max, Number::Int(i128::from(u64::MAX)));
+/// assert_eq!("2.5".parse::<Number>()?, Number::Float(2.5));
+/// assert_eq!(Number::from(700), Number::Int(700));
+/// let bright = Select::Above(Number::from(700));
+/// # let _ = bright;
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Number {
     /// An integer, exactly.

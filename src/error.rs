@@ -11,12 +11,42 @@ use std::path::PathBuf;
 use crate::dtype::DType;
 
 /// Result with the library's [`Error`].
+///
+/// ```
+/// fn chunks_of(shape: &[u64]) -> chunkwise::Result<u64> {
+///     let grid = chunkwise::Grid::new(shape, &chunkwise::default_chunks(shape))?;
+///     Ok(grid.num_chunks())
+/// }
+/// assert_eq!(chunks_of(&[256, 512, 512])?, 2 * 4 * 4);
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// A lower-level error kept as the source of one of ours (a zarrs error, say).
+///
+/// ```no_run
+/// use chunkwise::{Error, Source, StoreError};
+/// if let Err(Error::Store(StoreError::BadMetadata { source: Some(zarrs), .. })) =
+///     chunkwise::Store::open("odd.zarr")
+/// {
+///     let zarrs: Source = zarrs; // the zarrs error, kept whole
+///     eprintln!("zarrs said: {zarrs}");
+/// }
+/// ```
 pub type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Everything that can go wrong in chunkwise.
+///
+/// ```
+/// use chunkwise::{Error, Grid};
+/// match Grid::new(&[100, 100], &[0, 64]) {
+///     Err(Error::InvalidOption { option, reason }) => {
+///         assert_eq!(option, "chunks");
+///         assert_eq!(reason, "chunk size on axis 0 is zero");
+///     }
+///     other => panic!("{other:?}"),
+/// }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -111,6 +141,17 @@ pub enum Error {
 }
 
 /// Errors of the store layer: Zarr arrays on disk.
+///
+/// ```no_run
+/// use chunkwise::{Error, Region, Store, StoreError};
+/// let store = Store::open("volume.zarr")?;
+/// match store.read_region::<u16>(&Region::new(vec![0..64, 0..64, 0..64])) {
+///     Ok(block) => println!("{:?}", block.shape()),
+///     Err(Error::Store(StoreError::CorruptChunk { key, .. })) => eprintln!("bad chunk {key}"),
+///     Err(e) => return Err(e),
+/// }
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
@@ -181,6 +222,16 @@ pub enum StoreError {
 }
 
 /// Errors of the input layer: files to read and views of them.
+///
+/// ```no_run
+/// use chunkwise::{DType, Error, Input, InputError, Region};
+/// let volume = Input::open("volume.zarr")?; // a uint16 array
+/// let read = volume.read_region::<f32>(&Region::new(vec![0..1, 0..1, 0..1]));
+/// if let Err(Error::Input(InputError::DtypeMismatch { stored, requested, .. })) = read {
+///     assert_eq!((stored, requested), (DType::U16, DType::F32));
+/// }
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum InputError {
@@ -276,6 +327,17 @@ pub enum InputError {
 }
 
 /// Errors of kernels.
+///
+/// ```no_run
+/// use chunkwise::{DType, Error, ExecOptions, Input, KernelError, MapSpec};
+/// let job = chunkwise::map_blocks(&[Input::open("labels.zarr")?], "out.zarr".as_ref(),
+///     &MapSpec::new("refuse v1", DType::U8),
+///     |_, out| Err(out.error("label 7 is not in the table")), &ExecOptions::default());
+/// if let Err(Error::Kernel(KernelError::Compute { chunk, reason })) = job {
+///     eprintln!("chunk {chunk}: {reason}");
+/// }
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KernelError {
@@ -290,6 +352,17 @@ pub enum KernelError {
 }
 
 /// Errors of growing arrays (append, concat, stack).
+///
+/// ```no_run
+/// use chunkwise::{Error, GrowError, GrowOptions};
+/// let joined = chunkwise::concat(&["a.zarr".into(), "b.zarr".into()], "ab.zarr".as_ref(),
+///                                &GrowOptions::default());
+/// match joined {
+///     Err(Error::Grow(GrowError::Incompatible(what))) => eprintln!("{} differs", what.field),
+///     other => println!("{:?}", other?.shape),
+/// }
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum GrowError {
@@ -387,6 +460,14 @@ pub(crate) fn to_usize(n: u64, what: &'static str) -> Result<usize> {
 }
 
 /// What differs between two arrays that cannot be joined ([`GrowError::Incompatible`]).
+///
+/// ```
+/// let what = chunkwise::Incompatibility {
+///     left_path: "a.zarr".into(), right_path: "b.zarr".into(),
+///     field: "data_type".into(), left: "uint16".into(), right: "float32".into(),
+/// };
+/// assert_eq!(what.to_string(), "a.zarr and b.zarr differ in data_type: uint16 vs float32");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Incompatibility {
     /// The first array.

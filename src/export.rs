@@ -20,6 +20,16 @@ use crate::run::{RunOptions, run_setters};
 use crate::store::OutputFile;
 
 /// Settings for [`export`].
+///
+/// ```no_run
+/// use chunkwise::{ExportOptions, Input};
+/// let opts = ExportOptions::default()
+///     .region(Some("100:200, :, :".into()))
+///     .raw(true)
+///     .overwrite(true);
+/// chunkwise::export(&Input::open("volume.zarr")?, "crop.raw".as_ref(), &opts)?;
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 #[derive(Clone, Default)]
 pub struct ExportOptions {
     region: Option<String>,
@@ -60,6 +70,15 @@ impl ExportOptions {
 run_setters!(ExportOptions);
 
 /// What an export wrote.
+///
+/// ```no_run
+/// use chunkwise::{ExportOptions, Input};
+/// let r = chunkwise::export(&Input::open("volume.zarr")?, "plane.npy".as_ref(),
+///                           &ExportOptions::default().region(Some("256,:,:".into())))?;
+/// assert_eq!(r.shape.len(), r.region.ndim() - 1); // the integer-indexed axis is dropped
+/// println!("{} {} ({} bytes) in {:.1} s", r.region, r.dtype, r.bytes, r.seconds);
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExportReport {
     /// The output file.

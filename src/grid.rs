@@ -39,6 +39,13 @@ pub(crate) fn product(per_axis: &[Vec<u64>]) -> Vec<Vec<u64>> {
 /// The default chunk shape for an array of `shape`: 128 per axis for the last three axes, 1 on
 /// leading axes beyond three; axes other than the first are clipped to the array (axis 0 is the
 /// one arrays grow along, so it keeps the full chunk).
+///
+/// ```
+/// use chunkwise::default_chunks;
+/// assert_eq!(default_chunks(&[10, 2048, 50]), vec![128, 128, 50]);
+/// assert_eq!(default_chunks(&[5, 300, 300, 300]), vec![1, 128, 128, 128]);
+/// assert_eq!(default_chunks(&[1000]), vec![1 << 20]);
+/// ```
 pub fn default_chunks(shape: &[u64]) -> Vec<u64> {
     let n = shape.len();
     let mut c = vec![1u64; n];
@@ -55,6 +62,15 @@ pub fn default_chunks(shape: &[u64]) -> Vec<u64> {
 }
 
 /// A regular chunk grid over an array shape.
+///
+/// ```
+/// use chunkwise::{Grid, Region};
+/// let g = Grid::new(&[37, 29], &[16, 16])?;
+/// assert_eq!((g.grid_shape(), g.num_chunks()), (vec![3, 2], 6));
+/// assert_eq!(g.chunk_region(&[2, 1]), Region::new(vec![32..37, 16..29])); // clipped
+/// assert_eq!(g.chunks_touching(&Region::new(vec![15..33, 0..1])), vec![0..3, 0..1]);
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grid {
     shape: Vec<u64>,
@@ -109,9 +125,11 @@ impl Grid {
             .collect()
     }
 
-    /// Total number of chunks.
+    /// Total number of chunks (saturating at `u64::MAX`).
     pub fn num_chunks(&self) -> u64 {
-        self.grid_shape().iter().product()
+        self.grid_shape()
+            .iter()
+            .fold(1u64, |n, &c| n.saturating_mul(c))
     }
 
     /// The region of the array a chunk covers, clipped to the array.

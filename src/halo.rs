@@ -22,6 +22,17 @@ use crate::region::Region;
 /// | `Nearest` | `a a a a` | `a b c d` | `d d d d` |
 /// | `Wrap` | `a b c d` | `a b c d` | `a b c d` |
 /// | `Constant(k)` | `k k k k` | `a b c d` | `k k k k` |
+///
+/// ```
+/// use chunkwise::Boundary;
+/// assert_eq!(Boundary::from_name("nearest", 0.0)?, Boundary::Nearest);
+/// assert_eq!("constant".parse::<Boundary>()?, Boundary::Constant(0.0));
+/// // Where position -1 of an axis of 4 elements comes from:
+/// assert_eq!(Boundary::Reflect.source(-1, 4), Some(0));
+/// assert_eq!(Boundary::Mirror.source(-1, 4), Some(1));
+/// assert_eq!(Boundary::Constant(0.0).source(-1, 4), None);
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum Boundary {
     /// Half-sample symmetric (scipy's default, `reflect`).
@@ -117,6 +128,15 @@ impl FromStr for Boundary {
 }
 
 /// A run of block positions along one axis and where they come from.
+///
+/// ```
+/// use chunkwise::{Boundary, Segment, segments};
+/// // Positions -2..6 of `a b c d`, reflected: `b a | a b c d | d c`.
+/// let s = segments(-2, 6, 4, Boundary::Reflect);
+/// assert_eq!(s[0], Segment { dst: 0, len: 2, src: Some((1, -1)) });
+/// assert_eq!(s[0].src_range(), Some(0..2));
+/// assert_eq!(s[1], Segment { dst: 2, len: 4, src: Some((0, 1)) });
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Segment {
     /// First block position.
@@ -141,6 +161,15 @@ impl Segment {
 
 /// The segments of block positions `[start, end)` (array coordinates, possibly outside
 /// `[0, n)`) on an axis of `n` elements.
+///
+/// ```
+/// use chunkwise::{Boundary, Segment, segments};
+/// assert_eq!(segments(-2, 6, 4, Boundary::Constant(0.0)), vec![
+///     Segment { dst: 0, len: 2, src: None },
+///     Segment { dst: 2, len: 4, src: Some((0, 1)) },
+///     Segment { dst: 6, len: 2, src: None },
+/// ]);
+/// ```
 pub fn segments(start: i64, end: i64, n: u64, mode: Boundary) -> Vec<Segment> {
     let mut out: Vec<Segment> = Vec::new();
     if n == 0 {

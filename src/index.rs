@@ -29,6 +29,14 @@ use crate::with_scalar;
 
 /// Which voxels are selected. Bounds compare in the array's type, exactly for integers
 /// (spec/REDUCE.md §4): `Above(Number::Int(2^53 + 1))` on `uint64` is numpy's `a > 2**53 + 1`.
+///
+/// ```
+/// use chunkwise::{Number, Select};
+/// assert_eq!(Select::default(), Select::NonZero);
+/// assert_eq!(Select::from_bounds(Some(Number::Int(10)), None), Select::Above(Number::Int(10)));
+/// let band = Select::from_bounds(Some(0.5.into()), Some(2.into()));
+/// assert_eq!(band, Select::Between(Number::Float(0.5), Number::Int(2)));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum Select {
     /// Nonzero values (NaN counts as nonzero, as in numpy).
@@ -66,6 +74,15 @@ impl Select {
 }
 
 /// Settings of `where` and `graph`.
+///
+/// ```
+/// use chunkwise::{IndexOptions, Input, Select};
+/// let a = ndarray::arr2(&[[0u16, 700, 0], [900, 0, 650]]).into_dyn();
+/// let opts = IndexOptions::default().select(Select::Between(600.into(), 800.into()));
+/// let r = chunkwise::where_coords(&Input::from_array(a.view())?, None, &opts)?; // count only
+/// assert_eq!(r.count, 2);
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 #[derive(Clone, Default)]
 pub struct IndexOptions {
     select: Select,
@@ -99,6 +116,14 @@ impl IndexOptions {
 run_setters!(IndexOptions);
 
 /// What `where` or `graph` found and wrote.
+///
+/// ```
+/// use chunkwise::{IndexOptions, Input};
+/// let a = ndarray::arr2(&[[0u8, 1], [2, 3]]).into_dyn();
+/// let r = chunkwise::where_coords(&Input::from_array(a.view())?, None, &IndexOptions::default())?;
+/// assert_eq!((r.count, r.path, r.bytes), (3, None, 0)); // counted, no file written
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct IndexReport {
     /// Selected voxels (`where`) or edges (`graph`).
@@ -816,11 +841,23 @@ fn plane_coords(bits: &Bits, z: u64, shape: &[u64], count: u64) -> Vec<i64> {
 }
 
 /// The most dimensions `graph` takes (its neighbourhoods have up to 3^ndim - 1 voxels).
+///
+/// ```
+/// use chunkwise::{MAX_GRAPH_NDIM, forward_offsets};
+/// assert_eq!(MAX_GRAPH_NDIM, 8);
+/// assert!(forward_offsets(MAX_GRAPH_NDIM, None).is_ok());
+/// assert!(forward_offsets(MAX_GRAPH_NDIM + 1, None).is_err());
+/// ```
 pub const MAX_GRAPH_NDIM: usize = 8;
 
 /// The connectivities of an `ndim`-D array, smallest first: the neighbours that differ in at
 /// most 1, 2, ..., `ndim` coordinates by one (2 in 1-D; 4, 8 in 2-D; 6, 18, 26 in 3-D; 8, 32,
 /// 64, 80 in 4-D). The last is the full neighbourhood, `3^ndim - 1`.
+///
+/// ```
+/// assert_eq!(chunkwise::connectivities(2), vec![4, 8]);
+/// assert_eq!(chunkwise::connectivities(3), vec![6, 18, 26]);
+/// ```
 pub fn connectivities(ndim: usize) -> Vec<u32> {
     let mut out = Vec::new();
     let (mut total, mut binom, mut pow2) = (0u64, 1u64, 1u64);
@@ -837,6 +874,15 @@ pub fn connectivities(ndim: usize) -> Vec<u32> {
 /// Neighbour offsets that come after the centre in C order (a positive flat offset), sorted by
 /// that offset, for a connectivity of `conn` in `ndim` dimensions ([`connectivities`]; `None`:
 /// the full neighbourhood).
+///
+/// ```
+/// use chunkwise::forward_offsets;
+/// // 4-connectivity in 2-D: the neighbours after the centre are right and below.
+/// assert_eq!(forward_offsets(2, Some(4))?, vec![vec![0, 1], vec![1, 0]]);
+/// assert_eq!(forward_offsets(3, None)?.len(), 13); // half of the 26 neighbours
+/// assert!(forward_offsets(2, Some(6)).is_err()); // not a 2-D connectivity
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 ///
 /// # Errors
 /// [`Error::InvalidOption`] (`--connectivity`) for a value that is not one of the rank's, a

@@ -65,6 +65,12 @@ impl Input {
     /// Opens one path: a store, a JSON view spec, an `.npy`, raw (with a JSON sidecar) or TIFF
     /// file, or a directory of `.npy`/TIFF slices.
     ///
+    /// ```no_run
+    /// let stack = chunkwise::Input::open("stack.tif")?;
+    /// println!("{}: {:?} {}", stack.describe(), stack.shape(), stack.dtype());
+    /// # Ok::<(), chunkwise::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::NotFound`], [`crate::StoreError::NotAStore`], [`crate::InputError::BadInput`] and the other errors of
     /// opening that kind of file, naming it.
@@ -74,6 +80,14 @@ impl Input {
 
     /// Opens what `convert` reads from `paths` (several files stack along a new first axis;
     /// a raw file is described by `raw` or its sidecar).
+    ///
+    /// ```no_run
+    /// use chunkwise::{Input, RawOptions};
+    /// let days = Input::open_all(&["day1.npy".into(), "day2.npy".into()],
+    ///                           &RawOptions::default())?;
+    /// assert_eq!(days.shape()[0], 2); // stacked along a new first axis
+    /// # Ok::<(), chunkwise::Error>(())
+    /// ```
     ///
     /// # Errors
     /// As [`Input::open`]; [`Error::InvalidOption`] for `raw` given with inputs that carry
@@ -101,6 +115,12 @@ impl Input {
 
     /// An input reading an open store.
     ///
+    /// ```no_run
+    /// let input = chunkwise::Input::from_store(chunkwise::Store::open("volume.zarr")?)?;
+    /// assert!(input.store().is_some());
+    /// # Ok::<(), chunkwise::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// [`crate::StoreError::BadMetadata`] for a chunk grid chunkwise cannot read by blocks.
     pub fn from_store(store: Store) -> Result<Input> {
@@ -120,6 +140,15 @@ impl Input {
     }
 
     /// An input reading a view (by blocks of [`View::block_shape`]).
+    ///
+    /// ```
+    /// use chunkwise::{Input, View};
+    /// let a = ndarray::ArrayD::<u8>::zeros(vec![2, 3]);
+    /// let b = ndarray::ArrayD::<u8>::ones(vec![5, 3]);
+    /// let both = View::concat(vec![View::from_array(a.view())?, View::from_array(b.view())?], 0)?;
+    /// assert_eq!(Input::from_view(both)?.shape(), &[7, 3]);
+    /// # Ok::<(), chunkwise::Error>(())
+    /// ```
     ///
     /// # Errors
     /// [`Error::InvalidOption`] for a view whose blocks cannot be laid out (a zero-size axis
@@ -141,6 +170,14 @@ impl Input {
 
     /// An input holding an array in memory (copied once into the input).
     ///
+    /// ```
+    /// let a = ndarray::ArrayD::<f32>::zeros(vec![4, 5, 6]);
+    /// let input = chunkwise::Input::from_array(a.view())?;
+    /// assert_eq!(input.shape(), &[4, 5, 6]);
+    /// assert_eq!(input.dtype(), chunkwise::DType::F32);
+    /// # Ok::<(), chunkwise::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// As [`Input::from_view`].
     pub fn from_array<T: Element>(array: ArrayViewD<'_, T>) -> Result<Input> {
@@ -148,6 +185,12 @@ impl Input {
     }
 
     /// The shape.
+    ///
+    /// ```
+    /// let input = chunkwise::Input::from_array(ndarray::ArrayD::<u8>::zeros(vec![3, 7]).view())?;
+    /// assert_eq!(input.shape(), &[3, 7]);
+    /// # Ok::<(), chunkwise::Error>(())
+    /// ```
     pub fn shape(&self) -> &[u64] {
         match &self.inner {
             Inner::Store(s) => s.shape(),
@@ -161,6 +204,12 @@ impl Input {
     }
 
     /// The element type.
+    ///
+    /// ```
+    /// let input = chunkwise::Input::from_array(ndarray::ArrayD::<i16>::zeros(vec![3, 7]).view())?;
+    /// assert_eq!(input.dtype(), chunkwise::DType::I16);
+    /// # Ok::<(), chunkwise::Error>(())
+    /// ```
     pub fn dtype(&self) -> DType {
         match &self.inner {
             Inner::Store(s) => s.dtype(),
@@ -248,6 +297,14 @@ impl Input {
     }
 
     /// Reads `region` as an n-d array of `T` (the input's type).
+    ///
+    /// ```
+    /// use chunkwise::{Input, Region};
+    /// let input = Input::from_array(ndarray::arr2(&[[1u8, 2, 3], [4, 5, 6]]).into_dyn().view())?;
+    /// let part = input.read_region::<u8>(&Region::new(vec![1..2, 1..3]))?;
+    /// assert_eq!(part, ndarray::arr2(&[[5u8, 6]]).into_dyn());
+    /// # Ok::<(), chunkwise::Error>(())
+    /// ```
     ///
     /// # Errors
     /// [`crate::InputError::DtypeMismatch`] if `T` is not the input's type; as [`Input::read_region_into`].

@@ -17,6 +17,17 @@ use crate::run::with_threads;
 use crate::store::Store;
 
 /// A summary of an array (`chunkwise info`).
+///
+/// ```
+/// let a = ndarray::ArrayD::<u16>::zeros(vec![4, 300]);
+/// let info = chunkwise::info(&chunkwise::Input::from_array(a.view())?)?;
+/// assert_eq!(info.zarr_format, None);
+/// assert_eq!(info.source, "4x300 uint16 array in memory");
+/// assert_eq!(info.chunk_shape, Some(vec![128, 128])); // the blocks it is read by
+/// assert_eq!(info.grid_shape, vec![1, 3]);
+/// assert_eq!(info.compression_ratio(), None); // nothing stored
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoreInfo {
     /// The array directory (or the input's path).
@@ -291,6 +302,14 @@ pub fn info(input: &Input) -> Result<StoreInfo> {
 }
 
 /// A chunk that failed to decode.
+///
+/// ```no_run
+/// let report = chunkwise::verify("volume.zarr", &chunkwise::RunOptions::default())?;
+/// for chunkwise::BadChunk { key, reason } in &report.bad {
+///     eprintln!("{key}: {reason}");
+/// }
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadChunk {
     /// Its store key (`c/0/1/2`).
@@ -300,6 +319,16 @@ pub struct BadChunk {
 }
 
 /// The outcome of [`verify`].
+///
+/// ```no_run
+/// let run = chunkwise::RunOptions::default().threads(Some(8));
+/// let report = chunkwise::verify("volume.zarr", &run)?;
+/// println!("{} of {} chunks stored and checked", report.chunks_checked, report.chunks_total);
+/// if !report.ok() {
+///     std::process::exit(1);
+/// }
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifyReport {
     /// Chunks in the grid.

@@ -1,10 +1,16 @@
 //! chunkwise: arrays too big for memory, stored as chunked, compressed Zarr v3 arrays.
 //!
-//! The chunk grid of a store doubles as the block decomposition for computing on it. This
-//! release holds the foundation: converting .npy / raw / TIFF stacks into stores
-//! ([`convert()`]), reading regions ([`Store::read_region`]), summarising ([`info()`]),
-//! checking ([`verify()`]) and exporting ([`export()`]) them. The on-disk format is described
-//! in `spec/FORMAT.md`, the command line in `spec/CLI.md`.
+//! The chunk grid of a store doubles as the block decomposition for computing on it. The
+//! library converts .npy / raw / TIFF stacks, views and arrays in memory into stores
+//! ([`convert()`], [`from_array`]); computes on them block by block with halos, by the kernels
+//! of [`kernel`] ([`run()`]) or by closures ([`map_overlap`], [`map_blocks`]); reduces them in
+//! one pass ([`reduce()`]: statistics, histograms, per-chunk sums); lists selected voxels and
+//! the edges between them ([`where_coords`], [`graph_edges`]); grows them by [`append`],
+//! [`concat()`] and [`stack`] as metadata edits (chunk files are linked, not copied); writes
+//! regions into them ([`Store::create`], [`Store::write_region`]); and exports, summarises and
+//! checks them ([`export()`], [`info()`], [`verify()`]). `spec/LIBRARY.md` tells the embedding
+//! story; the on-disk format is described in `spec/FORMAT.md`, the command line in
+//! `spec/CLI.md`.
 //!
 //! Every operation reads an [`Input`] (a store, a file `convert` reads, a JSON view spec, a
 //! [`View`] or an array in memory), opened once:

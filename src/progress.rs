@@ -8,6 +8,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// One progress report: `done` of `total` units of work in `stage`.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use chunkwise::{Input, Progress, ProgressFn, ReduceOptions, Stats, Unit};
+/// let seen = Arc::new(Mutex::new(Vec::new()));
+/// let log = seen.clone();
+/// let progress: ProgressFn =
+///     Arc::new(move |p: Progress<'_>| log.lock().unwrap().push((p.done, p.total, p.unit)));
+/// let a = ndarray::ArrayD::<u8>::zeros(vec![300, 10]); // 3 blocks of 128 x 10
+/// let opts = ReduceOptions::default().progress(Some(progress));
+/// chunkwise::reduce(&Input::from_array(a.view())?, &Stats, &opts)?;
+/// let seen = seen.lock().unwrap();
+/// assert_eq!(seen[0], (0, 3, Unit::Chunks)); // always the first unit ...
+/// assert!(seen.contains(&(3, 3, Unit::Chunks))); // ... and the last
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Progress<'a> {
     /// What is being done (`"convert"`, `"export"`, `"verify"`, ...).
@@ -21,6 +37,17 @@ pub struct Progress<'a> {
 }
 
 /// What [`Progress`] counts.
+///
+/// ```
+/// use std::sync::Arc;
+/// use chunkwise::{Progress, ProgressFn, Unit};
+/// let show: ProgressFn = Arc::new(|p: Progress<'_>| match p.unit {
+///     Unit::Bytes => eprintln!("{}: {} of {} MiB", p.stage, p.done >> 20, p.total >> 20),
+///     Unit::Chunks => eprintln!("{}: {} of {} chunks", p.stage, p.done, p.total),
+/// });
+/// let opts = chunkwise::ConvertOptions::default().progress(Some(show));
+/// # let _ = opts;
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unit {
     /// Uncompressed array bytes.
@@ -30,6 +57,15 @@ pub enum Unit {
 }
 
 /// A progress callback, called from worker threads.
+///
+/// ```
+/// use std::sync::Arc;
+/// use chunkwise::{ExportOptions, Progress, ProgressFn};
+/// let bar: ProgressFn =
+///     Arc::new(|p: Progress<'_>| eprintln!("{}: {}/{}", p.stage, p.done, p.total));
+/// let opts = ExportOptions::default().progress(Some(bar));
+/// # let _ = opts;
+/// ```
 pub type ProgressFn = Arc<dyn Fn(Progress<'_>) + Send + Sync>;
 
 /// Counts finished work and forwards it to an optional callback.

@@ -29,6 +29,26 @@ use crate::with_scalar;
 
 /// A one-pass reduction: an identity, a fold of one chunk's part of the region, and an
 /// associative combination of two partial results.
+///
+/// ```
+/// use chunkwise::kernel::Block;
+/// use chunkwise::{Input, ReduceOptions, Reduction};
+/// struct Zeros; // counts the zero voxels
+/// impl Reduction for Zeros {
+///     type Acc = u64;
+///     fn identity(&self) -> u64 { 0 }
+///     fn fold(&self, acc: &mut u64, part: &Block<'_>) -> chunkwise::Result<()> {
+///         *acc += part.valid_view::<u8>()?.iter().filter(|&&v| v == 0).count() as u64;
+///         Ok(())
+///     }
+///     fn combine(&self, a: &mut u64, b: u64) { *a += b; }
+/// }
+/// let a = ndarray::arr1(&[0u8, 3, 0, 7]).into_dyn();
+/// let input = Input::from_array(a.view())?;
+/// let zeros = chunkwise::reduce(&input, &Zeros, &ReduceOptions::default())?;
+/// assert_eq!(zeros, 2);
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 pub trait Reduction: Sync {
     /// The partial result.
     type Acc: Send;
@@ -73,6 +93,17 @@ impl<A: Reduction, B: Reduction> Reduction for (A, B) {
 }
 
 /// Settings of a reduction pass.
+///
+/// ```
+/// use chunkwise::{Input, ReduceOptions, Region, Stats};
+/// let a = ndarray::ArrayD::<u8>::ones(vec![100, 100]);
+/// let opts = ReduceOptions::default()
+///     .region(Some(Region::new(vec![0..10, 0..20])))
+///     .threads(Some(2));
+/// let s = chunkwise::reduce(&Input::from_array(a.view())?, &Stats, &opts)?;
+/// assert_eq!(s.count, 200);
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 #[derive(Clone, Default)]
 pub struct ReduceOptions {
     region: Option<Region>,
@@ -263,10 +294,29 @@ fn reduce_in_pool<R: Reduction>(input: &Input, r: &R, opts: &ReduceOptions) -> R
 // ---------------------------------------------------------------- statistics
 
 /// count, min, max, sum, mean and std (population) in one pass (spec/REDUCE.md §2).
+///
+/// ```
+/// use chunkwise::{Input, ReduceOptions, Stats};
+/// let a = ndarray::arr1(&[2u16, 4, 4, 4, 5, 5, 7, 9]).into_dyn();
+/// let s = chunkwise::reduce(&Input::from_array(a.view())?, &Stats, &ReduceOptions::default())?;
+/// assert_eq!((s.count, s.int_sum(), s.int_range()), (8, Some(40), Some((2, 9))));
+/// assert_eq!((s.mean(), s.std()), (Some(5.0), Some(2.0)));
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Stats;
 
 /// The running statistics of a set of values.
+///
+/// ```
+/// use chunkwise::{Input, ReduceOptions, Stats};
+/// let a = ndarray::arr1(&[1.0f64, f64::NAN, 3.0]).into_dyn();
+/// let s = chunkwise::reduce(&Input::from_array(a.view())?, &Stats, &ReduceOptions::default())?;
+/// assert_eq!((s.count, s.nan), (2, 1)); // NaNs are counted apart
+/// assert_eq!((s.min(), s.max(), s.mean()), (Some(1.0), Some(3.0), Some(2.0)));
+/// assert_eq!(s.int_sum(), None); // exact sums are for integer arrays
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct StatsAcc {
     /// Values counted (NaNs excluded).
@@ -735,6 +785,15 @@ impl Reduction for Stats {
 }
 
 /// Statistics per index along one axis (`stats --axis A`).
+///
+/// ```
+/// use chunkwise::{AxisStats, Input, ReduceOptions};
+/// let a = ndarray::arr2(&[[1u8, 2, 3], [10, 20, 30]]).into_dyn();
+/// let rows = chunkwise::reduce(&Input::from_array(a.view())?,
+///     &AxisStats { axis: 0, len: 2, start: 0 }, &ReduceOptions::default())?;
+/// assert_eq!((rows[0].int_sum(), rows[1].mean()), (Some(6), Some(20.0)));
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct AxisStats {
     /// The axis.
@@ -772,10 +831,30 @@ impl Reduction for AxisStats {
 }
 
 /// Statistics of each chunk's part of the region (ClearMap's block sums).
+///
+/// ```
+/// use chunkwise::{Input, PerChunk, ReduceOptions, Region};
+/// let a = ndarray::ArrayD::<u8>::ones(vec![300, 4]); // read by blocks of 128 x 4
+/// let input = Input::from_array(a.view())?;
+/// let chunks = chunkwise::reduce(&input, &PerChunk, &ReduceOptions::default())?;
+/// assert_eq!(chunks.len(), 3);
+/// assert_eq!(chunks[2].region, Region::new(vec![256..300, 0..4]));
+/// assert_eq!(chunks[2].stats.int_sum(), Some(44 * 4));
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PerChunk;
 
 /// One chunk's statistics.
+///
+/// ```no_run
+/// use chunkwise::{Input, PerChunk, ReduceOptions};
+/// let volume = Input::open("volume.zarr")?;
+/// for c in chunkwise::reduce(&volume, &PerChunk, &ReduceOptions::default())? {
+///     println!("{}: sum {}, max {:?}", c.region, c.stats.sum(), c.stats.max());
+/// }
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct ChunkStats {
     /// The chunk's part of the region, in array coordinates.
@@ -817,10 +896,26 @@ impl Reduction for PerChunk {
 // ---------------------------------------------------------------- histogram
 
 /// The most bins a histogram takes (its counts are held in memory, 8 bytes a bin).
+///
+/// ```
+/// use chunkwise::{Histogram, MAX_BINS};
+/// assert_eq!(MAX_BINS, 1 << 26);
+/// assert!(Histogram::new(MAX_BINS + 1, 0.0, 1.0).is_err());
+/// ```
 pub const MAX_BINS: usize = 1 << 26;
 
 /// Exact counts in bins (spec/REDUCE.md §3): `bins` equal bins over `[lo, hi]` as
 /// numpy.histogram (the last bin includes `hi`; values outside and NaN are not counted).
+///
+/// ```
+/// use chunkwise::{Histogram, Input, ReduceOptions};
+/// let h = Histogram::new(2, 0.0, 10.0)?; // [0, 5) and [5, 10]
+/// assert_eq!(h.edges(), &[0.0, 5.0, 10.0]);
+/// let a = ndarray::arr1(&[0.5f32, 1.5, 2.5, 9.0, 10.0, 11.0]).into_dyn();
+/// let counts = chunkwise::reduce(&Input::from_array(a.view())?, &h, &ReduceOptions::default())?;
+/// assert_eq!(counts, vec![3, 2]); // 11 is outside
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Histogram {
     lo: f64,

@@ -7,6 +7,17 @@ use std::ops::Range;
 use crate::error::{Error, InputError, Result};
 
 /// A half-open box `[start, end)` per axis.
+///
+/// ```
+/// use chunkwise::Region;
+/// let r = Region::new(vec![0..10, 5..8]);
+/// assert_eq!((r.shape(), r.len()), (vec![10, 3], 30));
+/// assert_eq!(r.to_string(), "[0:10, 5:8]");
+/// let parsed = Region::parse("-3:, 2", &[10, 20])?; // numpy slice syntax
+/// assert_eq!(parsed.region, Region::new(vec![7..10, 2..3]));
+/// assert!(Region::full(&[10, 20]).contains(&parsed.region));
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Region {
     ranges: Vec<Range<u64>>,
@@ -174,6 +185,14 @@ impl Region {
 }
 
 /// A parsed `--region`: the box, and the axes given as single integers (numpy drops them).
+///
+/// ```
+/// let p = chunkwise::Region::parse("5, :, 100:", &[10, 64, 256])?;
+/// assert_eq!(p.region.ranges(), &[5..6, 0..64, 100..256]);
+/// assert_eq!(p.dropped, vec![0]);
+/// assert_eq!(p.output_shape(), vec![64, 156]);
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParsedRegion {
     /// The selected box.

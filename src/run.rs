@@ -13,6 +13,14 @@ use crate::error::{Error, Result};
 use crate::progress::ProgressFn;
 
 /// Whether writes are made durable before an array (or file) is published.
+///
+/// ```
+/// use chunkwise::{ConvertOptions, Durability};
+/// assert_eq!(Durability::default(), Durability::Sync);
+/// // Scratch output that a power cut may lose: skip the fsyncs.
+/// let opts = ConvertOptions::default().durability(Durability::NoSync);
+/// # let _ = opts;
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
     /// Sync every chunk and directory once, before `zarr.json` is written (the default).
@@ -23,6 +31,13 @@ pub enum Durability {
 }
 
 /// Default bytes of input held at once by streaming operations (convert, export, append).
+///
+/// ```
+/// assert_eq!(chunkwise::DEFAULT_MEMORY, 256 << 20);
+/// // A machine with memory to spare reads bigger blocks:
+/// let opts = chunkwise::ConvertOptions::default().memory(Some(4 * chunkwise::DEFAULT_MEMORY));
+/// # let _ = opts;
+/// ```
 pub const DEFAULT_MEMORY: u64 = 256 << 20;
 
 /// A token that stops a running operation between chunks ([`Error::Cancelled`]). Clones share

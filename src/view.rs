@@ -22,9 +22,24 @@ use crate::store::{Store, is_store};
 use crate::with_scalar;
 
 /// The deepest a view spec may nest (objects inside objects, spec files naming spec files).
+///
+/// ```no_run
+/// use chunkwise::{Error, InputError, View};
+/// assert_eq!(chunkwise::MAX_SPEC_DEPTH, 64);
+/// // deep.json nests {"cast": {"cast": ...}} 65 objects deep:
+/// match View::open("deep.json") {
+///     Err(Error::Input(InputError::BadInput { reason, .. })) => assert!(reason.contains("deep")),
+///     other => panic!("{other:?}"),
+/// }
+/// ```
 pub const MAX_SPEC_DEPTH: usize = 64;
 /// The most nodes (paths and objects, counted through every spec file it names) a view spec
 /// may have: spec files that each name another many times cannot multiply without bound.
+///
+/// ```
+/// // A view spec of more paths and objects is refused (InputError::BadInput), naming the limit.
+/// assert_eq!(chunkwise::MAX_SPEC_NODES, 65536);
+/// ```
 pub const MAX_SPEC_NODES: usize = 1 << 16;
 /// The largest view spec file read.
 const MAX_SPEC_BYTES: u64 = 64 << 20;

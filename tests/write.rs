@@ -406,3 +406,22 @@ fn bool_arrays_take_only_zero_and_one() {
     assert!(e.to_string().contains("value 7 at [1, 0]"), "{e}");
     assert_eq!(store_bytes(&s), before);
 }
+
+/// A spec whose grid would have more chunks than any reader of it accepts (FORMAT §10) is
+/// refused before anything is written, naming the grid and the way out.
+#[test]
+fn a_grid_past_the_chunk_limit_is_refused_up_front() {
+    let dir = tmp();
+    let path = dir.path().join("many.zarr");
+    let e = Store::create(
+        &path,
+        &StoreSpec::new(vec![1 << 20, 1 << 20], DType::U8, vec![16, 16]),
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("65536x65536 chunks") && e.to_string().contains("larger chunks"),
+        "{e}"
+    );
+    assert!(!path.exists());
+    const { assert!(chunkwise::MAX_CHUNKS < 65536 * 65536) };
+}

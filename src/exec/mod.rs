@@ -42,6 +42,19 @@ use plan::{default_budget, plan_tiles, read_maps, tiles_of};
 use task::{Ctx, Reader, run_task};
 
 /// Settings of a job; build with [`ExecOptions::default`] and the setters.
+///
+/// ```no_run
+/// use chunkwise::kernel::Threshold;
+/// use chunkwise::{Codec, ExecOptions, Input};
+/// let opts = ExecOptions::default()
+///     .chunks(Some(vec![64, 256, 256]))
+///     .codec(Codec::Zstd { level: 3 })
+///     .partition(Some((0, 4))) // this machine computes the first quarter of the output
+///     .memory(Some(4 << 30));
+/// chunkwise::run(&[Input::open("in.zarr")?], "mask.zarr".as_ref(),
+///                &Threshold { above: 100.into() }, &opts)?;
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 #[derive(Clone, Default)]
 pub struct ExecOptions {
     run: RunOptions,
@@ -108,6 +121,19 @@ impl ExecOptions {
 run_setters!(ExecOptions);
 
 /// How a job ended.
+///
+/// ```no_run
+/// use chunkwise::kernel::Threshold;
+/// use chunkwise::{ExecOptions, ExecStatus, Input};
+/// let r = chunkwise::run(&[Input::open("in.zarr")?], "mask.zarr".as_ref(),
+///                        &Threshold { above: 100.into() }, &ExecOptions::default())?;
+/// match r.status {
+///     ExecStatus::Published => println!("{} is complete", r.path.display()),
+///     ExecStatus::AlreadyDone => println!("nothing to do"),
+///     ExecStatus::Waiting { done, total } => println!("{done} of {total}: other partitions run"),
+/// }
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExecStatus {
     /// Every chunk is computed and the output is published.
@@ -124,6 +150,17 @@ pub enum ExecStatus {
 }
 
 /// What a job did.
+///
+/// ```no_run
+/// use chunkwise::kernel::Threshold;
+/// use chunkwise::{ExecOptions, Input};
+/// let r = chunkwise::run(&[Input::open("in.zarr")?], "mask.zarr".as_ref(),
+///                        &Threshold { above: 100.into() }, &ExecOptions::default())?;
+/// println!("{} of {} chunks computed ({} resumed), decode amplification {:.2}",
+///          r.chunks_computed, r.chunks_total, r.chunks_resumed,
+///          r.decodes as f64 / r.input_chunks.max(1) as f64);
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExecReport {
     /// The output array.

@@ -40,6 +40,15 @@ use plan::{
 pub use stack::stack;
 
 /// The chunk grid a grown array gets along the growth axis (APPEND §3).
+///
+/// ```
+/// use chunkwise::{GridLayout, GrowOptions};
+/// assert_eq!(GridLayout::default(), GridLayout::Auto);
+/// assert_eq!("rectilinear".parse::<GridLayout>()?, GridLayout::Rectilinear);
+/// let opts = GrowOptions::default().layout(GridLayout::Regular); // for every reader
+/// # let _ = opts;
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum GridLayout {
     /// `regular` when at most one layer of stored data is re-encoded, else `rectilinear`.
@@ -67,6 +76,17 @@ impl std::str::FromStr for GridLayout {
 }
 
 /// Settings for [`append`], [`concat()`], [`concat_into`] and [`stack`].
+///
+/// ```no_run
+/// use chunkwise::{GridLayout, GrowOptions, Input};
+/// let opts = GrowOptions::default()
+///     .axis(0)
+///     .layout(GridLayout::Rectilinear)
+///     .cast(true) // uint8 slices into a uint16 array
+///     .wait(true); // queue behind another writer instead of failing
+/// chunkwise::append("volume.zarr".as_ref(), &[Input::open("day2/")?], &opts)?;
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 #[derive(Clone, Default)]
 pub struct GrowOptions {
     axis: usize,
@@ -143,6 +163,19 @@ impl GrowOptions {
 run_setters!(GrowOptions);
 
 /// What a grow did.
+///
+/// ```no_run
+/// use chunkwise::{GrowOptions, Input};
+/// let r = chunkwise::append("volume.zarr".as_ref(), &[Input::open("day2/")?],
+///                           &GrowOptions::default())?;
+/// if r.already_done {
+///     println!("already appended");
+/// } else {
+///     println!("{:?} -> {:?} ({} grid): {} chunks linked, {} encoded",
+///              r.old_shape, r.shape, r.grid, r.chunks_linked, r.chunks_encoded);
+/// }
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct GrowReport {
     /// The array grown or created.

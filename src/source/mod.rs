@@ -60,6 +60,14 @@ pub(crate) trait Block: Send + Sync {
 }
 
 /// How to read a raw (headerless) file: from flags, or else from a JSON sidecar.
+///
+/// ```no_run
+/// use chunkwise::{DType, Input, RawOptions};
+/// let raw = RawOptions { dtype: Some(DType::U16), shape: Some(vec![512, 1024, 1024]) };
+/// let volume = Input::open_all(&["volume.raw".into()], &raw)?;
+/// assert_eq!(volume.shape(), &[512, 1024, 1024]);
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RawOptions {
     /// Element type (`--dtype`).

@@ -52,11 +52,30 @@ pub use writer::StoreWriter;
 pub(crate) use writer::{check_replaceable, write_metadata};
 
 /// The most axes an array may have.
+///
+/// ```
+/// // Store::open refuses an array of more axes (StoreError::BadMetadata).
+/// assert_eq!(chunkwise::MAX_RANK, 32);
+/// ```
 pub const MAX_RANK: usize = 32;
 /// The largest chunk (decoded, a shard when sharded) an array may have: every worker holds one.
+///
+/// ```
+/// // 512^3 uint16 chunks (256 MiB) are fine; Store::open refuses 2048^3 ones (16 GiB).
+/// assert!(512u64.pow(3) * 2 <= chunkwise::MAX_CHUNK_BYTES);
+/// assert!(2048u64.pow(3) * 2 > chunkwise::MAX_CHUNK_BYTES);
+/// ```
 pub const MAX_CHUNK_BYTES: u64 = 4 << 30;
 /// The most chunks an array's grid may have (2^26: at 64^3 `u16` chunks, 32 TiB). Chunk index
 /// lists are materialized in places, so this bounds their memory (a few GiB at most).
+///
+/// ```
+/// use chunkwise::{Grid, MAX_CHUNKS};
+/// // 64^3 chunks over a 65536^3 volume: 2^30 chunks, more than Store::open accepts.
+/// let grid = Grid::new(&[1 << 16; 3], &[64; 3])?;
+/// assert!(grid.num_chunks() > MAX_CHUNKS);
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 pub const MAX_CHUNKS: u64 = 1 << 26;
 /// The largest `zarr.json` read.
 const MAX_METADATA_BYTES: u64 = 64 << 20;
@@ -190,6 +209,15 @@ fn shape_nz(chunk: &[u64]) -> Vec<std::num::NonZeroU64> {
         .collect()
 }
 /// An open Zarr array (v3, or v2 read-only) in a filesystem directory.
+///
+/// ```no_run
+/// use chunkwise::{Region, Store};
+/// let store = Store::open("volume.zarr")?;
+/// println!("{:?} {} in chunks of {:?}", store.shape(), store.dtype(), store.chunk_shape());
+/// let plane = store.read_region::<u16>(&Region::new(vec![5..6, 0..512, 0..512]))?;
+/// assert_eq!(plane.shape(), &[1, 512, 512]);
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 pub struct Store {
     path: PathBuf,
     array: Array<FilesystemStore>,
@@ -209,6 +237,14 @@ impl std::fmt::Debug for Store {
 }
 
 /// Whether `path` holds Zarr array metadata (v3 `zarr.json` or v2 `.zarray`).
+///
+/// ```no_run
+/// use std::path::Path;
+/// if chunkwise::is_store(Path::new("volume.zarr")) {
+///     println!("{:?}", chunkwise::Store::open("volume.zarr")?);
+/// }
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 pub fn is_store(path: &Path) -> bool {
     path.join("zarr.json").is_file() || path.join(".zarray").is_file()
 }
@@ -332,6 +368,12 @@ impl Store {
     }
 
     /// The array shape.
+    ///
+    /// ```no_run
+    /// let store = chunkwise::Store::open("volume.zarr")?;
+    /// assert_eq!(store.shape().len(), store.ndim());
+    /// # Ok::<(), chunkwise::Error>(())
+    /// ```
     pub fn shape(&self) -> &[u64] {
         self.array.shape()
     }
@@ -342,6 +384,12 @@ impl Store {
     }
 
     /// The element type.
+    ///
+    /// ```no_run
+    /// let store = chunkwise::Store::open("volume.zarr")?;
+    /// println!("{} ({} bytes per element)", store.dtype(), store.dtype().size());
+    /// # Ok::<(), chunkwise::Error>(())
+    /// ```
     pub fn dtype(&self) -> DType {
         self.dtype
     }
@@ -357,11 +405,26 @@ impl Store {
     }
 
     /// The metadata document as JSON (v3 `zarr.json` or v2 `.zarray`).
+    ///
+    /// ```no_run
+    /// let meta = chunkwise::Store::open("volume.zarr")?.metadata_json();
+    /// println!("codecs: {}", meta["codecs"]);
+    /// # Ok::<(), chunkwise::Error>(())
+    /// ```
     pub fn metadata_json(&self) -> Value {
         serde_json::to_value(self.array.metadata()).unwrap_or(Value::Null)
     }
 
     /// The chunk shape of a regular chunk grid (`None` for other grids).
+    ///
+    /// ```no_run
+    /// let store = chunkwise::Store::open("volume.zarr")?;
+    /// match store.chunk_shape() {
+    ///     Some(c) => println!("regular chunks of {c:?}"),
+    ///     None => println!("rectilinear chunks, bounds {:?}", store.chunk_bounds()?),
+    /// }
+    /// # Ok::<(), chunkwise::Error>(())
+    /// ```
     pub fn chunk_shape(&self) -> Option<Vec<u64>> {
         match self.array.metadata() {
             ArrayMetadata::V2(m) => Some(m.chunks.iter().map(|c| c.get()).collect()),
@@ -471,6 +534,12 @@ impl Store {
     }
 
     /// The store key of chunk `idx` (`c/0/1/2` in v3, `0.1.2` in v2 by default).
+    ///
+    /// ```no_run
+    /// let store = chunkwise::Store::open("volume.zarr")?; // a v3 array
+    /// assert_eq!(store.chunk_key(&[0, 1, 2]), "c/0/1/2");
+    /// # Ok::<(), chunkwise::Error>(())
+    /// ```
     pub fn chunk_key(&self, idx: &[u64]) -> String {
         self.array.chunk_key(idx).as_str().to_string()
     }
@@ -513,6 +582,15 @@ impl Store {
     }
 
     /// Decodes chunk `idx` in full (its padded chunk shape), or `None` when it is absent.
+    ///
+    /// ```no_run
+    /// let store = chunkwise::Store::open("volume.zarr")?;
+    /// match store.read_chunk(&[0, 0, 0])? {
+    ///     Some(bytes) => println!("{} bytes decoded", bytes.len()),
+    ///     None => println!("absent: all fill value"),
+    /// }
+    /// # Ok::<(), chunkwise::Error>(())
+    /// ```
     ///
     /// # Errors
     /// [`crate::StoreError::CorruptChunk`] naming the key when the chunk cannot be read or decoded (a bad
@@ -656,6 +734,14 @@ impl Store {
 
     /// Reads `region` as an n-d array of `T`.
     ///
+    /// ```no_run
+    /// use chunkwise::{Region, Store};
+    /// let store = Store::open("volume.zarr")?;
+    /// let block = store.read_region::<u16>(&Region::new(vec![0..10, 0..64, 0..64]))?;
+    /// assert_eq!(block.shape(), &[10, 64, 64]);
+    /// # Ok::<(), chunkwise::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// [`crate::InputError::DtypeMismatch`] if `T` is not the store's type (a `bool` array
     /// reads as `bool` or as `u8` 0/1); otherwise as [`Store::read_region_into`].
@@ -677,6 +763,12 @@ impl Store {
     }
 
     /// Reads the whole array.
+    ///
+    /// ```no_run
+    /// let labels = chunkwise::Store::open("labels.zarr")?.read_all::<u32>()?;
+    /// println!("{} voxels", labels.len());
+    /// # Ok::<(), chunkwise::Error>(())
+    /// ```
     ///
     /// # Errors
     /// As [`Store::read_region`].

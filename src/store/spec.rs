@@ -17,6 +17,17 @@ use crate::region::fmt_shape;
 pub use crate::run::Durability;
 
 /// The compressor in a chunk's codec chain (always after the `bytes` codec).
+///
+/// ```
+/// use chunkwise::{Codec, ConvertOptions, DType};
+/// assert_eq!(Codec::from_name("zstd", None)?, Codec::Zstd { level: 3 });
+/// assert_eq!(Codec::default_for(DType::U16), Codec::BloscZstd { level: 1 });
+/// assert_eq!(Codec::default_for(DType::F32), Codec::BloscLz4 { level: 5 });
+/// assert!(Codec::from_name("blosc-lz4", Some(12)).is_err()); // blosc levels are 0..=9
+/// let opts = ConvertOptions::default().codec(Codec::Zstd { level: 9 });
+/// # let _ = opts;
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Codec {
     /// Zarr's `zstd` codec at `level` (-7..=22).
@@ -151,6 +162,19 @@ impl Codec {
 }
 
 /// Everything needed to create an array: shape, type, chunking and codecs.
+///
+/// ```
+/// use chunkwise::{Codec, DType, StoreSpec};
+/// let spec = StoreSpec::new(vec![512, 1024, 1024], DType::U16, vec![128, 128, 128])
+///     .codec(Codec::Zstd { level: 3 })
+///     .checksum(true)
+///     .subchunks(Some(vec![64, 64, 64]))
+///     .axis_names(Some(vec!["z".into(), "y".into(), "x".into()]));
+/// assert_eq!(spec.validate()?.grid_shape(), vec![4, 8, 8]);
+/// assert_eq!(spec.metadata()["data_type"], "uint16"); // the zarr.json it writes
+/// // chunkwise::Store::create("new.zarr", &spec)? makes the (empty) array.
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoreSpec {
     shape: Vec<u64>,
@@ -222,6 +246,18 @@ impl StoreSpec {
             ));
         }
         let grid = Grid::new(&self.shape, &self.chunks)?;
+        if grid.num_chunks() > super::MAX_CHUNKS {
+            return Err(Error::option(
+                "chunks",
+                format!(
+                    "chunks of {} make a grid of {} chunks; at most {} (2^26) are supported: \
+                     give larger chunks",
+                    fmt_shape(&self.chunks),
+                    fmt_shape(&grid.grid_shape()),
+                    super::MAX_CHUNKS
+                ),
+            ));
+        }
         let chunk_bytes = self.chunks.iter().map(|&c| u128::from(c)).product::<u128>()
             * self.dtype.size() as u128;
         if chunk_bytes > MAX_CHUNK_BYTES {
@@ -330,6 +366,16 @@ impl StoreSpec {
 
 /// The codec pipeline of an array spec on its own: encodes and decodes whole chunks in memory,
 /// with no I/O (used by the writer, and by benchmarks to measure the codec floor).
+///
+/// ```
+/// use chunkwise::{DType, StoreSpec};
+/// let codec = StoreSpec::new(vec![100, 100], DType::U16, vec![64, 64]).chunk_codec()?;
+/// assert_eq!((codec.chunk_bytes(), codec.key(&[1, 0])), (64 * 64 * 2, "c/1/0".to_string()));
+/// let chunk = vec![7u8; codec.chunk_bytes()];
+/// let encoded = codec.encode(&chunk)?;
+/// assert_eq!(codec.decode(&encoded)?, chunk);
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 pub struct ChunkCodec {
     array: Array<MemoryStore>,
     shape: Vec<std::num::NonZeroU64>,

@@ -28,6 +28,17 @@ use crate::region::{Region, fmt_shape};
 use crate::run::{RunOptions, with_threads};
 
 /// What a [`Store::write_region_with`] did.
+///
+/// ```no_run
+/// use chunkwise::{Region, RunOptions, Store};
+/// let store = Store::open("volume.zarr")?;
+/// let block = ndarray::ArrayD::<u16>::zeros(vec![64, 100, 100]);
+/// let r = store.write_region_with(&Region::new(vec![0..64, 0..100, 0..100]), block.view(),
+///                                 &RunOptions::default())?;
+/// println!("{} of {} chunks written, {} read first, {} removed (all fill value)",
+///          r.chunks_written, r.chunks_touched, r.chunks_read, r.chunks_removed);
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriteReport {
     /// Chunks the region touched.

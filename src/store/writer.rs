@@ -24,6 +24,19 @@ use crate::grid::Grid;
 /// against other writers. Nothing appears at the output path until `commit`. Dropping the
 /// writer without committing removes the build directory; a killed process leaves it for the
 /// next writer to clean up.
+///
+/// ```no_run
+/// use chunkwise::{DType, Durability, StoreSpec};
+/// let spec = StoreSpec::new(vec![100, 100], DType::U8, vec![50, 50]);
+/// let writer = spec.create("tiles.zarr".as_ref(), false, Durability::Sync)?;
+/// let chunk = vec![1u8; writer.chunk_bytes()];
+/// for idx in [[0u64, 0], [0, 1], [1, 0], [1, 1]] {
+///     writer.write_chunk(&idx, &chunk)?;
+/// }
+/// let store = writer.commit()?; // nothing is at tiles.zarr before this
+/// assert_eq!(store.shape(), &[100, 100]);
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
 pub struct StoreWriter {
     final_path: PathBuf,
     tmp_path: PathBuf,
