@@ -135,6 +135,28 @@ impl RunOptions {
         self
     }
 
+    /// Runs `f` on this run's thread pool: what an embedding program does around calls that
+    /// take no options ([`Input::read_region`](crate::Input::read_region),
+    /// [`View::read_region`](crate::View::read_region)), so that their parallel decoding uses
+    /// the same threads as everything else and never rayon's global pool.
+    ///
+    /// ```
+    /// use chunkwise::{Input, Region, RunOptions};
+    /// let a = ndarray::ArrayD::<u16>::from_elem(vec![4, 4], 3);
+    /// let input = Input::from_array(a.view())?;
+    /// let block = RunOptions::default()
+    ///     .threads(Some(2))
+    ///     .install(|| input.read_region::<u16>(&Region::new(vec![0..2, 0..4])))?;
+    /// assert_eq!(block.sum(), 24);
+    /// # Ok::<(), chunkwise::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// Whatever `f` returns; [`Error::InvalidOption`] for zero threads.
+    pub fn install<R: Send>(&self, f: impl FnOnce() -> Result<R> + Send) -> Result<R> {
+        with_threads(self.threads, f)
+    }
+
     /// [`Error::Cancelled`] once the token is cancelled.
     pub(crate) fn check(&self) -> Result<()> {
         match &self.cancel {
@@ -201,14 +223,18 @@ pub(crate) fn with_threads<R: Send>(
     }
 }
 
-/// The kept pool of `n` workers.
+/// The kept pool of `n` workers of this process. Pools are kept per process id: a child made
+/// by `fork` (Python's multiprocessing) inherits the parent's pools without their threads, so
+/// it builds its own instead of waiting forever on workers that do not exist there.
 pub(crate) fn pool(n: usize) -> Result<Arc<rayon::ThreadPool>> {
-    static POOLS: OnceLock<Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>> = OnceLock::new();
+    type Pools = HashMap<(u32, usize), Arc<rayon::ThreadPool>>;
+    static POOLS: OnceLock<Mutex<Pools>> = OnceLock::new();
     let mut pools = POOLS
         .get_or_init(Mutex::default)
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(p) = pools.get(&n) {
+    let key = (std::process::id(), n);
+    if let Some(p) = pools.get(&key) {
         return Ok(p.clone());
     }
     let p = Arc::new(
@@ -218,7 +244,7 @@ pub(crate) fn pool(n: usize) -> Result<Arc<rayon::ThreadPool>> {
             .build()
             .map_err(|e| Error::option("threads", e.to_string()))?,
     );
-    pools.insert(n, p.clone());
+    pools.insert(key, p.clone());
     Ok(p)
 }
 

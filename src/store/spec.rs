@@ -10,7 +10,7 @@ use zarrs::array::{Array, ArrayBytes, ArrayMetadata, ArrayMetadataV3, ArrayToByt
 use zarrs::storage::store::MemoryStore;
 
 use super::{codec_options, shape_nz};
-use crate::dtype::DType;
+use crate::dtype::{DType, Number};
 use crate::error::{Error, Result, Source, StoreError};
 use crate::grid::Grid;
 use crate::region::fmt_shape;
@@ -184,6 +184,7 @@ pub struct StoreSpec {
     checksum: bool,
     subchunks: Option<Vec<u64>>,
     axis_names: Option<Vec<String>>,
+    fill_value: Option<Number>,
 }
 
 impl StoreSpec {
@@ -197,7 +198,15 @@ impl StoreSpec {
             checksum: false,
             subchunks: None,
             axis_names: None,
+            fill_value: None,
         }
+    }
+
+    /// The value every absent chunk holds (default 0, `false` for `bool`). It must be a value
+    /// of the array's type: an integer in its range for integer types, 0 or 1 for `bool`.
+    pub fn fill_value(mut self, value: Number) -> Self {
+        self.fill_value = Some(value);
+        self
     }
 
     /// Sets the compressor.
@@ -306,7 +315,65 @@ impl StoreSpec {
                 ),
             ));
         }
+        self.fill_json()?;
         Ok(grid)
+    }
+
+    /// The fill value as `zarr.json` spells it, checked against the type.
+    fn fill_json(&self) -> Result<Value> {
+        let bad = |why: &str| {
+            Error::option(
+                "fill_value",
+                format!(
+                    "{}: {why}",
+                    self.fill_value.map_or(String::new(), |v| v.to_string())
+                ),
+            )
+        };
+        Ok(match (self.dtype, self.fill_value) {
+            (DType::Bool, None) => json!(false),
+            (DType::F32 | DType::F64, None) => json!(0.0),
+            (_, None) => json!(0),
+            (DType::Bool, Some(Number::Int(i))) if i == 0 || i == 1 => json!(i == 1),
+            (DType::Bool, Some(Number::Float(f))) if f == 0.0 || f == 1.0 => json!(f == 1.0),
+            (DType::Bool, _) => return Err(bad("a bool array's fill value is 0 or 1")),
+            (DType::F32 | DType::F64, Some(v)) => {
+                let f = v.to_f64();
+                if f.is_nan() {
+                    json!("NaN")
+                } else if f == f64::INFINITY {
+                    json!("Infinity")
+                } else if f == f64::NEG_INFINITY {
+                    json!("-Infinity")
+                } else if self.dtype == DType::F32 && (f as f32).is_infinite() {
+                    return Err(bad("outside float32's range"));
+                } else {
+                    json!(f)
+                }
+            }
+            (dt, Some(v)) => {
+                let i = match v {
+                    Number::Int(i) => i,
+                    Number::Float(f) if f.fract() == 0.0 && f.abs() < 2f64.powi(64) => f as i128,
+                    Number::Float(_) => return Err(bad(&format!("not an integer, as {dt} needs"))),
+                };
+                let bits = 8 * dt.size() as u32;
+                let signed = matches!(dt, DType::I8 | DType::I16 | DType::I32 | DType::I64);
+                let (lo, hi) = if signed {
+                    (-(1i128 << (bits - 1)), (1i128 << (bits - 1)) - 1)
+                } else {
+                    (0, (1i128 << bits) - 1)
+                };
+                if i < lo || i > hi {
+                    return Err(bad(&format!("outside {dt}'s range {lo}..={hi}")));
+                }
+                if signed {
+                    json!(i as i64)
+                } else {
+                    json!(i as u64)
+                }
+            }
+        })
     }
 
     /// The `zarr.json` document this spec describes (spec/FORMAT.md, "zarr.json").
@@ -332,11 +399,7 @@ impl StoreSpec {
                 "index_location": "end"
             }})];
         }
-        let fill = match self.dtype {
-            DType::Bool => json!(false),
-            DType::F32 | DType::F64 => json!(0.0),
-            _ => json!(0),
-        };
+        let fill = self.fill_json().unwrap_or(Value::Null);
         let mut meta = json!({
             "zarr_format": 3,
             "node_type": "array",

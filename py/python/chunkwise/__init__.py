@@ -1,0 +1,50 @@
+"""chunkwise: chunked, compressed Zarr v3 arrays for volumes too big for memory, computed
+block by block in bounded memory (spec/PYTHON.md).
+
+>>> import chunkwise as cw
+>>> a = cw.open("volume.zarr")              # a store, .npy/raw/TIFF files or a view
+>>> plane = a[100]                          # numpy, read in parallel
+>>> import scipy.ndimage as ndi
+>>> s = cw.map_overlap(ndi.gaussian_filter, a, out="s.zarr", depth=8, sigma=2)
+"""
+
+from . import errors, view
+from ._array import Array, convert, create, from_array, open
+from ._chunkwise import __version__
+from ._compute import (
+    correlate1d,
+    gaussian,
+    lut,
+    map_blocks,
+    map_overlap,
+    neighbourhood_lut,
+    threshold,
+)
+from ._grow import concat, stack
+from ._reduce import graph, histogram, stats, where
+from .errors import (
+    BadRegionError,
+    CancelledError,
+    Error,
+    GrowError,
+    InputError,
+    InternalError,
+    InvalidOptionError,
+    IoError,
+    KernelError,
+    LockedError,
+    MismatchError,
+    NotFoundError,
+    OutputExistsError,
+    StoreError,
+    TooLargeError,
+)
+
+__all__ = [
+    "Array", "open", "create", "from_array", "convert",
+    "gaussian", "correlate1d", "lut", "threshold", "neighbourhood_lut", "map_overlap",
+    "map_blocks", "stats", "histogram", "where", "graph", "concat", "stack", "view", "errors",
+    "Error", "StoreError", "InputError", "KernelError", "GrowError", "IoError", "NotFoundError",
+    "InvalidOptionError", "BadRegionError", "OutputExistsError", "LockedError", "TooLargeError",
+    "MismatchError", "CancelledError", "InternalError", "__version__",
+]

@@ -1,0 +1,392 @@
+"""`Array`: an opened input (store, files, view), read and written with numpy indexing."""
+
+from __future__ import annotations
+
+import json
+import operator
+import os
+import shutil
+
+import numpy as np
+
+from . import _chunkwise
+from ._util import dtype_name, exact, fspath, native, opts, source
+from .errors import NotFoundError, OutputExistsError, StoreError
+
+
+# A recipe says how an Array's source is built, so that a pickled Array can be built again in
+# another process: ("open", [paths], dtype, shape) | ("spec", json, base) | ("numpy", array) |
+# ("concat"|"stack", [recipes], axis) | ("slice", recipe, starts, stops) | ("cast", recipe, dtype).
+def _build(recipe):
+    kind = recipe[0]
+    if kind == "open":
+        return _chunkwise.open(recipe[1], recipe[2], recipe[3])
+    if kind == "spec":
+        return _chunkwise.open_spec(recipe[1], recipe[2])
+    if kind == "numpy":
+        a = recipe[1]
+        return _chunkwise.from_numpy(a, dtype_name(a.dtype))
+    if kind in ("concat", "stack"):
+        parts = [_build(r) for r in recipe[1]]
+        f = _chunkwise.view_concat if kind == "concat" else _chunkwise.view_stack
+        return f(parts, recipe[2])
+    if kind == "slice":
+        return _chunkwise.view_slice(_build(recipe[1]), recipe[2], recipe[3])
+    if kind == "cast":
+        return _chunkwise.view_cast(_build(recipe[1]), recipe[2])
+    raise ValueError(f"unknown recipe {kind!r}")
+
+
+def _reopen(recipe, shape, dtype):
+    a = Array(_build(recipe), recipe)
+    if a.shape != tuple(shape) or a.dtype != np.dtype(dtype):
+        raise StoreError(
+            f"{a._describe()}: was {tuple(shape)} {dtype} when pickled, is {a.shape} {a.dtype} now"
+        )
+    return a
+
+
+class _Key:
+    """A numpy basic-indexing key resolved against a shape: the bounding region to read, and
+    the indexing of that region that gives numpy's result."""
+
+    def __init__(self, key, shape):
+        if not isinstance(key, tuple):
+            key = (key,)
+        if any(k is None for k in key):
+            raise IndexError("chunkwise arrays take no numpy.newaxis (None) in an index")
+        n_ell = sum(1 for k in key if k is Ellipsis)
+        if n_ell > 1:
+            raise IndexError("an index can only have a single ellipsis ('...')")
+        if n_ell:
+            i = next(i for i, k in enumerate(key) if k is Ellipsis)
+            fill = len(shape) - (len(key) - 1)
+            if fill < 0:
+                raise IndexError(
+                    f"too many indices: the array is {len(shape)}-dimensional, {len(key) - 1} were indexed"
+                )
+            key = key[:i] + (slice(None),) * fill + key[i + 1:]
+        if len(key) > len(shape):
+            raise IndexError(
+                f"too many indices: the array is {len(shape)}-dimensional, {len(key)} were indexed"
+            )
+        key = key + (slice(None),) * (len(shape) - len(key))
+        self.starts, self.stops, self.post, self.shape = [], [], [], []
+        self.unit_steps = True
+        for axis, (k, n) in enumerate(zip(key, shape)):
+            if isinstance(k, slice):
+                start, stop, step = k.indices(n)
+                count = len(range(start, stop, step))
+                if count == 0:
+                    lo = hi = min(start, n) if step > 0 else 0
+                    self.post.append(slice(0, 0))
+                elif step > 0:
+                    lo, hi = start, start + (count - 1) * step + 1
+                    self.post.append(slice(None, None, step))
+                else:
+                    lo, hi = start + (count - 1) * step, start + 1
+                    self.post.append(slice(start - lo, None, step))
+                if step != 1:
+                    self.unit_steps = False
+                self.shape.append(count)
+            else:
+                try:
+                    i = operator.index(k)
+                except TypeError:
+                    raise IndexError(
+                        f"only integers, slices and '...' are valid indices of a chunkwise array "
+                        f"(basic indexing), got {type(k).__name__}"
+                    ) from None
+                if not -n <= i < n:
+                    raise IndexError(
+                        f"index {i} is out of bounds for axis {axis} with size {n}"
+                    )
+                i %= n
+                lo, hi = i, i + 1
+                self.post.append(0)
+            self.starts.append(lo)
+            self.stops.append(hi)
+        self.post = tuple(self.post)
+        self.shape = tuple(self.shape)
+        self.region_shape = tuple(b - a for a, b in zip(self.starts, self.stops))
+
+
+_KIND_LEVEL = {"b": 0, "u": 1, "i": 1, "f": 2}
+
+
+def _castable(value, dt):
+    """``value`` as an array that numpy would write into a ``dt`` array without changing its
+    kind: bool < integers < floats, integers only where they fit (numpy's same_kind rule, with
+    signed and unsigned integers one kind as long as the values fit)."""
+    value = np.asarray(value)
+    vk, tk = value.dtype.kind, dt.kind
+    if vk not in _KIND_LEVEL or _KIND_LEVEL[vk] > _KIND_LEVEL[tk] or (tk == "b" and vk != "b"):
+        raise TypeError(
+            f"cannot write {value.dtype} values into a {dt} array (that would change their "
+            f"kind; cast them first)"
+        )
+    if vk in "iu" and tk in "iu" and value.size:
+        info = np.iinfo(dt)
+        lo, hi = value.min(), value.max()
+        if lo < info.min or hi > info.max:
+            raise ValueError(
+                f"values {lo}..{hi} do not fit a {dt} array (range {info.min}..{info.max})"
+            )
+    return value
+
+
+class Array:
+    """An array chunkwise reads: a Zarr store, ``.npy``/raw/TIFF files, or a lazy view.
+
+    Open one with :func:`chunkwise.open`; index it as numpy does (basic indexing) to read,
+    assign to a region of a store to write. See spec/PYTHON.md §1.
+    """
+
+    __slots__ = ("_src", "_recipe", "__weakref__")
+
+    def __init__(self, src, recipe):
+        self._src = src
+        self._recipe = recipe
+
+    # -- what it is ------------------------------------------------------------------------
+    def _source(self):
+        if self._src is None:
+            raise ValueError("operation on a closed chunkwise Array")
+        return self._src
+
+    def _describe(self):
+        return self._source().describe()
+
+    @property
+    def shape(self) -> tuple:
+        """The array's shape."""
+        return tuple(self._source().shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The element type, as a numpy dtype."""
+        return np.dtype(self._source().dtype)
+
+    @property
+    def chunks(self) -> tuple:
+        """The chunk shape (a store's; the blocks other inputs are read by)."""
+        return tuple(self._source().chunks)
+
+    @property
+    def ndim(self) -> int:
+        """The number of axes."""
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        """The number of elements."""
+        return int(np.prod(self.shape, dtype=object))
+
+    @property
+    def nbytes(self) -> int:
+        """The size in bytes, decoded."""
+        return self.size * self.dtype.itemsize
+
+    @property
+    def path(self) -> str | None:
+        """The path it was opened from, or None for views built in Python and numpy copies."""
+        if self._recipe[0] == "open":
+            return self._recipe[1][0]
+        return None
+
+    def is_store(self) -> bool:
+        """Whether this is a Zarr store (which can be written and grown)."""
+        return self._source().is_store()
+
+    def info(self) -> dict:
+        """``chunkwise info --json``: shape, type, chunks, codecs, stored bytes, ..."""
+        return json.loads(self._source().info())
+
+    def __len__(self):
+        if not self.shape:
+            raise TypeError("len() of a 0-dimensional array")
+        return self.shape[0]
+
+    def __repr__(self):
+        if self._src is None:
+            return "<chunkwise.Array (closed)>"
+        return (
+            f"<chunkwise.Array {self._describe()}: shape={self.shape}, dtype={self.dtype}, "
+            f"chunks={self.chunks}>"
+        )
+
+    def close(self):
+        """Releases the array; using it afterwards raises ValueError."""
+        self._src = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- reading and writing ---------------------------------------------------------------
+    def read(self, key=(), threads=None) -> np.ndarray:
+        """``a[key]`` with a thread count."""
+        k = _Key(key, self.shape)
+        block = self._source().read(k.starts, k.stops, threads)
+        out = block[k.post]
+        if not k.unit_steps:
+            out = np.ascontiguousarray(out)
+        return out if isinstance(out, np.ndarray) else np.asarray(out)
+
+    def __getitem__(self, key) -> np.ndarray:
+        return self.read(key)
+
+    def __array__(self, dtype=None, copy=None):
+        if copy is False:
+            raise ValueError("a chunkwise Array is read into a new numpy array: copy=False is impossible")
+        a = self.read(())
+        return a if dtype is None else a.astype(dtype, copy=False)
+
+    def write(self, key, value, threads=None):
+        """``a[key] = value`` with a thread count (see :meth:`__setitem__`)."""
+        src = self._source()
+        if not src.is_store():
+            raise TypeError(f"{self._describe()} is not a store: only stores are written")
+        k = _Key(key, self.shape)
+        dt = self.dtype
+        value = _castable(value, dt)
+        try:
+            value = np.broadcast_to(value, k.shape)
+        except ValueError:
+            raise ValueError(
+                f"could not broadcast values of shape {value.shape} into the region of shape "
+                f"{k.shape} of the {self.shape} array"
+            ) from None
+        if k.unit_steps:
+            data = value.reshape(k.region_shape)
+        else:
+            # Steps: read the bounding region, set the strided elements, write it back.
+            data = src.read(k.starts, k.stops, threads)
+            data[k.post] = value
+        data = np.ascontiguousarray(data, dtype=dt)
+        if dt == np.bool_:
+            data = data.view(np.uint8)
+        src.write(k.starts, k.stops, data, threads)
+
+    def __setitem__(self, key, value):
+        """Writes ``value`` (broadcast as numpy does) into the region ``key`` of the store.
+
+        The value must keep its kind (bool < integers < floats: no floats into an integer
+        array), and integers must fit the array's type. Chunks the region covers whole are encoded from the data alone, the
+        others read, modified and rewritten, each replaced by one rename (spec/LIBRARY.md §3).
+        """
+        self.write(key, value)
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+    # -- growing ---------------------------------------------------------------------------
+    def append(self, x, axis=0, *, layout="auto", cast=False, again=False, wait=False,
+               progress=None, threads=None, memory=None):
+        """Appends ``x`` (a numpy array, an Array or a path) along ``axis``; returns ``self``.
+
+        Only the new chunks and at most one edge layer are written (``chunkwise append``).
+        """
+        src = self._source()
+        if not src.is_store():
+            raise TypeError(f"{self._describe()} is not a store: only stores are appended to")
+        d, close = opts(progress, threads, memory, axis=int(axis), layout=layout, cast=cast,
+                        again=again, wait=wait)
+        try:
+            _chunkwise.append(self.path, [source(x)], d)
+        finally:
+            close()
+        self._src = _build(self._recipe)
+        return self
+
+    # -- pickling --------------------------------------------------------------------------
+    def __reduce__(self):
+        return (_reopen, (self._recipe, self.shape, self.dtype.str))
+
+
+def _as_recipe(x):
+    """An Array's recipe; a path or spec opened."""
+    return x._recipe if isinstance(x, Array) else open(x)._recipe
+
+
+def open(source_, *, dtype=None, shape=None) -> Array:  # noqa: A001 (numpy's name)
+    """Opens anything chunkwise reads as an :class:`Array` (spec/PYTHON.md §1).
+
+    ``source_``: a Zarr v3/v2 store, a ``.npy`` file, a directory or glob of ``.npy`` slices,
+    a TIFF, a JSON view-spec file, a raw file (with ``dtype`` and ``shape``, or a ``.json``
+    sidecar), a list of files taken as slices in that order, or a view spec as a ``dict``
+    (relative paths in it are relative to the current directory).
+
+    >>> a = chunkwise.open("volume.zarr")
+    >>> plane = a[100]           # a numpy array
+    """
+    if isinstance(source_, Array):
+        return source_
+    if isinstance(source_, dict):
+        recipe = ("spec", json.dumps(source_), os.getcwd())
+    else:
+        paths = [fspath(p) for p in source_] if isinstance(source_, (list, tuple)) else [fspath(source_)]
+        if not paths:
+            raise ValueError("no paths given")
+        recipe = ("open", paths, None if dtype is None else dtype_name(dtype),
+                  None if shape is None else [int(n) for n in shape])
+    return Array(_build(recipe), recipe)
+
+
+def _clear(path, overwrite):
+    if os.path.lexists(path):
+        if not overwrite:
+            raise OutputExistsError(f"output {path} exists: pass overwrite=True to replace it")
+        if not _chunkwise.is_store(path):
+            raise OutputExistsError(
+                f"{path} exists and is not a Zarr array: chunkwise replaces arrays only"
+            )
+        shutil.rmtree(path)
+
+
+def create(path, shape, dtype, chunks=None, codec=None, fill_value=0, overwrite=False, *,
+           level=None, checksum=False, shard=None, axis_names=None) -> Array:
+    """Creates an empty store (every chunk absent, reading as ``fill_value``) and opens it.
+
+    ``codec``: ``default``, ``zstd``, ``blosc-zstd``, ``blosc-lz4``, ``gzip``, ``none``, ...
+    as the command line takes it; ``chunks`` defaults to chunkwise's default chunking.
+    """
+    path = fspath(path)
+    _clear(path, overwrite)
+    src = _chunkwise.create(
+        path, [int(n) for n in shape], dtype_name(dtype),
+        None if chunks is None else [int(c) for c in chunks], codec, level,
+        None if fill_value is None else exact(fill_value), bool(checksum),
+        None if shard is None else [int(c) for c in shard], axis_names,
+    )
+    return Array(src, ("open", [path], None, None))
+
+
+def convert(inputs, path, chunks=None, codec=None, level=None, *, checksum=False, shard=None,
+            axis_names=None, dtype=None, shape=None, overwrite=False, progress=None,
+            threads=None, memory=None) -> Array:
+    """``chunkwise convert``: any input (paths as :func:`open` takes them, an Array, a numpy
+    array) written as a chunked store at ``path``, streaming; returns the store opened."""
+    if isinstance(inputs, (str, os.PathLike, list, tuple, dict)) and not isinstance(inputs, Array):
+        src = open(inputs, dtype=dtype, shape=shape)._source()
+    else:
+        src = source(inputs)
+    d, close = opts(progress, threads, memory, chunks=chunks, codec=codec, level=level,
+                    checksum=checksum, shard=None if shard is None else [int(c) for c in shard],
+                    axis_names=axis_names, overwrite=overwrite)
+    try:
+        _chunkwise.convert(src, fspath(path), d)
+    finally:
+        close()
+    return open(path)
+
+
+def from_array(x, path, chunks=None, codec=None, level=None, *, overwrite=False, progress=None,
+               threads=None, memory=None) -> Array:
+    """Writes a numpy array (or anything ``numpy.asarray`` takes) as a new store at ``path``."""
+    a = native(np.asarray(x))
+    return convert(a, path, chunks, codec, level, overwrite=overwrite, progress=progress,
+                   threads=threads, memory=memory)

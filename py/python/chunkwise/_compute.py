@@ -1,0 +1,251 @@
+"""Block-by-block computation: the built-in kernels, and Python functions over blocks."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import tempfile
+
+import numpy as np
+
+from . import _chunkwise
+from ._array import Array, open as open_
+from ._util import dtype_name, exact, fspath, native, opts, source
+
+_MODES = ("reflect", "mirror", "nearest", "wrap", "constant", "grid-mirror", "grid-wrap",
+          "grid-constant")
+
+
+def _mode(mode):
+    if not isinstance(mode, str) or mode not in _MODES:
+        raise ValueError(
+            f"unknown mode {mode!r}; expected one of reflect, mirror, nearest, wrap, constant"
+        )
+    return mode
+
+
+def _run(kind, a, out, params, progress, threads, memory, **kw):
+    d, close = opts(progress, threads, memory, **kw)
+    try:
+        _chunkwise.kernel(kind, [source(a)], fspath(out), params, d)
+    finally:
+        close()
+    return open_(out)
+
+
+def _common(chunks, codec, level, overwrite, restart, checksum):
+    return dict(chunks=chunks, codec=codec, level=level, overwrite=overwrite, restart=restart,
+                checksum=checksum)
+
+
+def gaussian(a, out, sigma, truncate=4.0, mode="reflect", cval=0.0, dtype=None, *, chunks=None,
+             codec=None, level=None, overwrite=False, restart=False, checksum=False,
+             progress=None, threads=None, memory=None) -> Array:
+    """``scipy.ndimage.gaussian_filter(a, sigma, mode=mode, cval=cval, truncate=truncate)``,
+    chunk by chunk into the store ``out`` (``float32`` unless ``dtype``; spec/COMPUTE.md)."""
+    sig = [float(s) for s in np.atleast_1d(sigma)]
+    params = dict(sigma=sig, truncate=float(truncate), mode=_mode(mode), cval=float(cval),
+                  dtype=None if dtype is None else dtype_name(dtype))
+    return _run("gaussian", a, out, params, progress, threads, memory,
+                **_common(chunks, codec, level, overwrite, restart, checksum))
+
+
+def correlate1d(a, out, weights, axis=-1, mode="reflect", cval=0.0, origin=0, dtype=None, *,
+                chunks=None, codec=None, level=None, overwrite=False, restart=False,
+                checksum=False, progress=None, threads=None, memory=None) -> Array:
+    """``scipy.ndimage.correlate1d(a, weights, axis, mode=mode, cval=cval, origin=origin)``,
+    chunk by chunk into the store ``out``."""
+    ndim = len(source(a).shape) if not isinstance(a, Array) else a.ndim
+    ax = int(axis)
+    if not -ndim <= ax < ndim:
+        raise ValueError(f"axis {axis} is out of range for a {ndim}-dimensional array")
+    params = dict(weights=[float(w) for w in np.asarray(weights, dtype=float).ravel()],
+                  axis=ax % ndim, origin=int(origin), mode=_mode(mode), cval=float(cval),
+                  dtype=None if dtype is None else dtype_name(dtype))
+    return _run("correlate1d", a, out, params, progress, threads, memory,
+                **_common(chunks, codec, level, overwrite, restart, checksum))
+
+
+def _table_path(table):
+    """A .npy path for a lookup table: a path as given, an array saved once by its content
+    (so that a rerun of the same job finds the same file and resumes)."""
+    if isinstance(table, (str, os.PathLike)):
+        return fspath(table)
+    t = native(np.asarray(table))
+    if t.ndim != 1:
+        raise ValueError(f"a lookup table is 1-D, this one has shape {t.shape}")
+    digest = hashlib.sha256(t.dtype.str.encode() + t.tobytes()).hexdigest()[:32]
+    d = os.path.join(tempfile.gettempdir(), f"chunkwise-tables-{os.getuid()}")
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    p = os.path.join(d, f"{digest}.npy")
+    if not os.path.exists(p):
+        tmp = f"{p}.{os.getpid()}.tmp.npy"
+        np.save(tmp, t)
+        os.replace(tmp, p)
+    return p
+
+
+def lut(a, out, table, *, chunks=None, codec=None, level=None, overwrite=False, restart=False,
+        checksum=False, progress=None, threads=None, memory=None) -> Array:
+    """``table[a]`` (a 1-D table as a numpy array or an ``.npy`` path), into the store ``out``."""
+    return _run("lut", a, out, dict(table=_table_path(table)), progress, threads, memory,
+                **_common(chunks, codec, level, overwrite, restart, checksum))
+
+
+def threshold(a, out, above, *, chunks=None, codec=None, level=None, overwrite=False,
+              restart=False, checksum=False, progress=None, threads=None, memory=None) -> Array:
+    """``a > above`` as ``uint8`` 0/1, compared exactly in the array's own type."""
+    return _run("threshold", a, out, dict(above=exact(above)), progress, threads, memory,
+                **_common(chunks, codec, level, overwrite, restart, checksum))
+
+
+def neighbourhood_lut(a, out, table, above=None, *, chunks=None, codec=None, level=None,
+                      overwrite=False, restart=False, checksum=False, progress=None,
+                      threads=None, memory=None) -> Array:
+    """ClearMap's 3x3x3 neighbourhood lookup (spec/COMPUTE.md): each voxel's 27-bit
+    neighbourhood index (of ``a != 0``, or ``a > above``) looked up in a 2^27-entry table."""
+    params = dict(table=_table_path(table), above=None if above is None else exact(above))
+    return _run("neighbourhood_lut", a, out, params, progress, threads, memory,
+                **_common(chunks, codec, level, overwrite, restart, checksum))
+
+
+# -- Python functions over blocks ------------------------------------------------------------
+
+def _identity(func) -> str:
+    """The default job name: the function's qualified name and a hash of what it computes
+    (its code, constants, defaults and bound arguments), so that editing it starts a new job."""
+    h = hashlib.sha256()
+    parts = []
+    f = func
+    while hasattr(f, "func") and hasattr(f, "args"):  # functools.partial
+        parts.append(repr(f.args) + repr(sorted(f.keywords.items())))
+        f = f.func
+    name = getattr(f, "__module__", "") + "." + getattr(f, "__qualname__", type(f).__name__)
+    code = getattr(f, "__code__", None)
+    if code is not None:
+        h.update(code.co_code)
+        h.update(repr(code.co_consts).encode())
+        h.update(repr(getattr(f, "__defaults__", None)).encode())
+        h.update(repr(getattr(f, "__kwdefaults__", None)).encode())
+    else:
+        h.update(repr(f).encode())
+    for p in parts:
+        h.update(p.encode())
+    return f"python {name} {h.hexdigest()[:16]}"
+
+
+def _boundary(boundary):
+    """A dask boundary as (mode, cval)."""
+    if isinstance(boundary, (int, float, np.number)) and not isinstance(boundary, bool):
+        return "constant", float(boundary)
+    aliases = {"periodic": "wrap", "symmetric": "reflect"}
+    if isinstance(boundary, str):
+        b = aliases.get(boundary, boundary)
+        if b in _MODES:
+            return b, 0.0
+    raise ValueError(
+        f"unknown boundary {boundary!r}; expected reflect, mirror, nearest, wrap "
+        f"(or periodic), constant, or a number (a constant)"
+    )
+
+
+def _depth(depth, ndim):
+    if isinstance(depth, dict):
+        d = [0] * ndim
+        for k, v in depth.items():
+            d[int(k) % ndim] = int(v)
+    elif np.ndim(depth) == 0:
+        d = [int(depth)] * ndim
+    else:
+        d = [int(v) for v in depth]
+        if len(d) != ndim:
+            raise ValueError(f"depth {tuple(depth)} has {len(d)} values for {ndim} axes")
+    if any(v < 0 for v in d):
+        raise ValueError(f"depth {tuple(d)}: must not be negative")
+    return d
+
+
+def _caller(func, out, out_dtype, trim, what):
+    """The callable the binding invokes per chunk: runs ``func``, checks and trims its result,
+    and returns the output chunk's values in the stored type."""
+    store_dt = np.dtype(np.uint8) if out_dtype == np.bool_ else out_dtype
+
+    def call(key, region, valid, *blocks):
+        where = f"output chunk {key} (region {','.join(f'{a}:{b}' for a, b in region)}) of {out}"
+        try:
+            r = func(*blocks)
+        except BaseException as e:
+            if isinstance(e, Exception):
+                e.add_note(
+                    f"chunkwise: raised by {what}'s function on {where}; the job is resumable: "
+                    f"the same call again computes the remaining chunks"
+                )
+            raise
+        r = np.asarray(r)
+        want = blocks[0].shape if trim else tuple(b - a for a, b in region)
+        if r.shape != tuple(want):
+            raise ValueError(
+                f"{what}: the function returned shape {r.shape} for {where}, expected "
+                f"{tuple(want)} ({'the block with its halo' if trim else 'the output chunk'})"
+            )
+        if not np.can_cast(r.dtype, out_dtype, casting="same_kind"):
+            raise TypeError(
+                f"{what}: the function returned {r.dtype} for {where}, which does not cast to "
+                f"the output's {out_dtype} (same_kind); pass dtype= or cast in the function"
+            )
+        if trim:
+            r = r[tuple(slice(a, b) for a, b in valid)]
+        r = np.ascontiguousarray(r, dtype=out_dtype)
+        return r.view(store_dt) if store_dt != out_dtype else r
+
+    return call
+
+
+def map_overlap(func, *inputs, out, depth, boundary="reflect", dtype=None, trim=True, name=None,
+                chunks=None, codec=None, level=None, overwrite=False, restart=False,
+                checksum=False, progress=None, threads=None, memory=None, **kwargs) -> Array:
+    """dask's ``map_overlap``, chunk by chunk into the store ``out`` (spec/PYTHON.md §2).
+
+    ``func(*blocks)`` gets each input's block grown by ``depth`` (an int, one per axis, or a
+    dict axis -> depth) with ``boundary`` applied, and returns the grown block (trimmed here)
+    or, with ``trim=False``, the output chunk. ``dtype`` defaults to the first input's.
+    ``name`` is the job's identity (default: the function's name and a hash of its code).
+    Other keyword arguments are passed to ``func``, as dask does.
+
+    >>> import scipy.ndimage as ndi
+    >>> cw.map_overlap(ndi.gaussian_filter, a, out="smooth.zarr", depth=8, sigma=2)  # doctest: +SKIP
+    """
+    if not callable(func):
+        raise TypeError(f"func must be callable, got {type(func).__name__}")
+    if not inputs:
+        raise TypeError("map_overlap needs at least one input array")
+    if kwargs:
+        func = functools.partial(func, **kwargs)
+    srcs = [source(x) for x in inputs]
+    ndim = len(srcs[0].shape)
+    d = _depth(depth, ndim)
+    mode, cval = _boundary(boundary)
+    out_dtype = np.dtype(srcs[0].dtype if dtype is None else dtype_name(dtype))
+    what = "map_overlap" if any(d) else "map_blocks"
+    job = name if name is not None else _identity(func)
+    job = f"{job} trim={bool(trim)}"
+    call = _caller(func, fspath(out), out_dtype, bool(trim) or not any(d), what)
+    o, close = opts(progress, threads, memory,
+                    **_common(chunks, codec, level, overwrite, restart, checksum))
+    try:
+        _chunkwise.map_overlap(call, srcs, fspath(out), job, out_dtype.name, d, mode, cval, o)
+    finally:
+        close()
+    return open_(out)
+
+
+def map_blocks(func, *inputs, out, dtype=None, name=None, chunks=None, codec=None, level=None,
+               overwrite=False, restart=False, checksum=False, progress=None, threads=None,
+               memory=None, **kwargs) -> Array:
+    """dask's ``map_blocks``: ``func(*blocks, **kwargs)`` on each output chunk's region of
+    every input, returning the chunk's values; into the store ``out``."""
+    return map_overlap(func, *inputs, out=out, depth=0, dtype=dtype, trim=True, name=name,
+                       chunks=chunks, codec=codec, level=level, overwrite=overwrite,
+                       restart=restart, checksum=checksum, progress=progress, threads=threads,
+                       memory=memory, **kwargs)
