@@ -223,6 +223,42 @@ impl View {
         })
     }
 
+    /// The view without the axes `axes`, each of length 1 (numpy's `squeeze`; what an
+    /// integer index does after a slice).
+    ///
+    /// ```
+    /// use chunkwise::{Region, View};
+    /// let a = ndarray::ArrayD::<u8>::zeros(vec![4, 5, 6]);
+    /// let v = View::from_array(a.view())?.slice(&Region::new(vec![0..4, 2..3, 0..6]))?;
+    /// assert_eq!(v.remove_axes(&[1])?.shape(), &[4, 6]);
+    /// # Ok::<(), chunkwise::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidOption`] for an axis out of range, repeated, or longer than 1.
+    pub fn remove_axes(self, axes: &[usize]) -> Result<View> {
+        let shape = self.shape();
+        let mut seen = vec![false; shape.len()];
+        for &a in axes {
+            if a >= shape.len() || seen[a] || shape[a] != 1 {
+                return Err(Error::option(
+                    "axis",
+                    format!(
+                        "cannot remove axis {a} of a view of shape {}: only distinct axes of length 1 are removed",
+                        fmt_shape(shape)
+                    ),
+                ));
+            }
+            seen[a] = true;
+        }
+        if axes.is_empty() {
+            return Ok(self);
+        }
+        Ok(View {
+            src: Arc::new(AxisChange::squeeze(self.src, axes)),
+        })
+    }
+
     /// The part of the view inside `region`.
     ///
     /// # Errors

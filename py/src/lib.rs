@@ -399,11 +399,19 @@ fn view_stack(parts: Vec<PyRef<'_, Source>>, axis: usize) -> PyResult<Source> {
         .map_err(to_py)
 }
 
+/// The region `starts..stops` of a view, without the axes `drop` (integer indices).
 #[pyfunction]
-fn view_slice(part: PyRef<'_, Source>, starts: Vec<u64>, stops: Vec<u64>) -> PyResult<Source> {
+#[pyo3(signature = (part, starts, stops, drop=Vec::new()))]
+fn view_slice(
+    part: PyRef<'_, Source>,
+    starts: Vec<u64>,
+    stops: Vec<u64>,
+    drop: Vec<usize>,
+) -> PyResult<Source> {
     part.input
         .view()
         .slice(&region(&starts, &stops))
+        .and_then(|v| v.remove_axes(&drop))
         .and_then(Input::from_view)
         .map(src)
         .map_err(to_py)
@@ -420,8 +428,10 @@ fn view_cast(part: PyRef<'_, Source>, dtype: &str) -> PyResult<Source> {
         .map_err(to_py)
 }
 
+/// A codec by the command line's name; `"default"` (or none) is the type's default.
 fn codec(name: Option<&str>, level: Option<i32>) -> PyResult<Option<Codec>> {
-    name.map(|n| Codec::from_name(n, level).map_err(to_py))
+    name.filter(|&n| n != "default")
+        .map(|n| Codec::from_name(n, level).map_err(to_py))
         .transpose()
 }
 
@@ -496,6 +506,7 @@ fn convert(
 ) -> PyResult<String> {
     let job = Job::new(&Common::from(Some(opts))?);
     let copts = convert_options(opts)?.run(job.run.clone());
+    source.check_present()?;
     let input = &source.input;
     let r = job.run(py, |_| chunkwise::convert(input, &out, &copts))?;
     Ok(serde_json::json!({
@@ -557,8 +568,12 @@ fn exec_report(r: &ExecReport) -> String {
     .to_string()
 }
 
-fn inputs(sources: &[PyRef<'_, Source>]) -> Vec<Input> {
-    sources.iter().map(|s| s.input.clone()).collect()
+/// The inputs of a call, each checked to be still there.
+fn inputs(sources: &[PyRef<'_, Source>]) -> PyResult<Vec<Input>> {
+    sources
+        .iter()
+        .map(|s| s.check_present().map(|()| s.input.clone()))
+        .collect()
 }
 
 /// The built-in kernels: `kind` is gaussian, correlate1d, lut, threshold or neighbourhood_lut;
@@ -589,7 +604,7 @@ fn kernel(
     };
     let job = Job::new(&Common::from(Some(opts))?);
     let eopts = exec_options(opts, &job.run)?;
-    let ins = inputs(&sources);
+    let ins = inputs(&sources)?;
     let r = match kind {
         "gaussian" => {
             let k = Gaussian {
@@ -673,7 +688,7 @@ fn map_overlap(
         .boundary(Boundary::from_name(boundary, cval).map_err(to_py)?);
     let job = Job::new(&Common::from(Some(opts))?);
     let eopts = exec_options(opts, &job.run)?;
-    let ins = inputs(&sources);
+    let ins = inputs(&sources)?;
     let raised = job.raised.clone();
     let f = |blocks: &[Block<'_>], out: &mut OutBlock<'_>| -> chunkwise::Result<()> {
         let r = Python::attach(|py| -> PyResult<()> {
@@ -738,6 +753,7 @@ fn stats(
 ) -> PyResult<String> {
     let job = Job::new(&Common::from(opts)?);
     let ropts = reduce_options(&job.run, starts, stops);
+    source.check_present()?;
     let input = &source.input;
     let s = job.run(py, |_| chunkwise::reduce(input, &Stats, &ropts))?;
     Ok(s.to_json().to_string())
@@ -755,6 +771,7 @@ fn histogram(
 ) -> PyResult<(Vec<u64>, Vec<f64>)> {
     let job = Job::new(&Common::from(opts)?);
     let ropts = reduce_options(&job.run, None, None);
+    source.check_present()?;
     let input = &source.input;
     job.run(py, |_| {
         let h = match range {
@@ -790,6 +807,7 @@ fn where_(
         .select(select(above, below)?)
         .overwrite(overwrite)
         .run(job.run.clone());
+    source.check_present()?;
     let input = &source.input;
     job.run(py, |_| chunkwise::where_coords(input, Some(&out), &iopts))
         .map(|r| r.count)
@@ -815,6 +833,7 @@ fn graph(
         .select(select(above, below)?)
         .overwrite(overwrite)
         .run(job.run.clone());
+    source.check_present()?;
     let input = &source.input;
     job.run(py, |_| {
         chunkwise::graph_edges(input, Some(&out), connectivity, coords, &iopts)
@@ -868,7 +887,7 @@ fn append(
 ) -> PyResult<String> {
     let job = Job::new(&Common::from(Some(opts))?);
     let gopts = grow_options(opts, &job.run)?;
-    let ins = inputs(&sources);
+    let ins = inputs(&sources)?;
     let r = job.run(py, |_| chunkwise::append(&store, &ins, &gopts))?;
     Ok(grow_report(&r))
 }

@@ -21,7 +21,7 @@ from ._compute import (
     threshold,
 )
 from ._grow import concat, stack
-from ._reduce import graph, histogram, stats, where
+from ._reduce import graph, histogram, reduce, stats, where
 from .errors import (
     BadRegionError,
     CancelledError,
@@ -43,7 +43,7 @@ from .errors import (
 __all__ = [
     "Array", "open", "create", "from_array", "convert",
     "gaussian", "correlate1d", "lut", "threshold", "neighbourhood_lut", "map_overlap",
-    "map_blocks", "stats", "histogram", "where", "graph", "concat", "stack", "view", "errors",
+    "map_blocks", "stats", "histogram", "reduce", "where", "graph", "concat", "stack", "view", "errors",
     "Error", "StoreError", "InputError", "KernelError", "GrowError", "IoError", "NotFoundError",
     "InvalidOptionError", "BadRegionError", "OutputExistsError", "LockedError", "TooLargeError",
     "MismatchError", "CancelledError", "InternalError", "__version__",

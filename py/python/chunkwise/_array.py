@@ -16,7 +16,7 @@ from .errors import NotFoundError, OutputExistsError, StoreError
 
 # A recipe says how an Array's source is built, so that a pickled Array can be built again in
 # another process: ("open", [paths], dtype, shape) | ("spec", json, base) | ("numpy", array) |
-# ("concat"|"stack", [recipes], axis) | ("slice", recipe, starts, stops) | ("cast", recipe, dtype).
+# ("concat"|"stack", [recipes], axis) | ("slice", recipe, starts, stops, dropped axes) | ("cast", recipe, dtype).
 def _build(recipe):
     kind = recipe[0]
     if kind == "open":
@@ -31,7 +31,7 @@ def _build(recipe):
         f = _chunkwise.view_concat if kind == "concat" else _chunkwise.view_stack
         return f(parts, recipe[2])
     if kind == "slice":
-        return _chunkwise.view_slice(_build(recipe[1]), recipe[2], recipe[3])
+        return _chunkwise.view_slice(_build(recipe[1]), recipe[2], recipe[3], recipe[4])
     if kind == "cast":
         return _chunkwise.view_cast(_build(recipe[1]), recipe[2])
     raise ValueError(f"unknown recipe {kind!r}")
@@ -351,8 +351,8 @@ def create(path, shape, dtype, chunks=None, codec=None, fill_value=0, overwrite=
            level=None, checksum=False, shard=None, axis_names=None) -> Array:
     """Creates an empty store (every chunk absent, reading as ``fill_value``) and opens it.
 
-    ``codec``: ``default``, ``zstd``, ``blosc-zstd``, ``blosc-lz4``, ``gzip``, ``none``, ...
-    as the command line takes it; ``chunks`` defaults to chunkwise's default chunking.
+    ``codec``: ``zstd``, ``blosc-zstd`` or ``blosc-lz4`` as the command line's ``--codec``
+    takes it (None or ``"default"``: the type's default); ``chunks`` defaults to chunkwise's default chunking.
     """
     path = fspath(path)
     _clear(path, overwrite)

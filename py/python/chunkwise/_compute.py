@@ -12,6 +12,7 @@ import numpy as np
 from . import _chunkwise
 from ._array import Array, open as open_
 from ._util import dtype_name, exact, fspath, native, opts, source
+from .errors import InvalidOptionError
 
 _MODES = ("reflect", "mirror", "nearest", "wrap", "constant", "grid-mirror", "grid-wrap",
           "grid-constant")
@@ -19,7 +20,7 @@ _MODES = ("reflect", "mirror", "nearest", "wrap", "constant", "grid-mirror", "gr
 
 def _mode(mode):
     if not isinstance(mode, str) or mode not in _MODES:
-        raise ValueError(
+        raise InvalidOptionError(
             f"unknown mode {mode!r}; expected one of reflect, mirror, nearest, wrap, constant"
         )
     return mode
@@ -59,7 +60,7 @@ def correlate1d(a, out, weights, axis=-1, mode="reflect", cval=0.0, origin=0, dt
     ndim = len(source(a).shape) if not isinstance(a, Array) else a.ndim
     ax = int(axis)
     if not -ndim <= ax < ndim:
-        raise ValueError(f"axis {axis} is out of range for a {ndim}-dimensional array")
+        raise InvalidOptionError(f"axis {axis} is out of range for a {ndim}-dimensional array")
     params = dict(weights=[float(w) for w in np.asarray(weights, dtype=float).ravel()],
                   axis=ax % ndim, origin=int(origin), mode=_mode(mode), cval=float(cval),
                   dtype=None if dtype is None else dtype_name(dtype))
@@ -74,7 +75,7 @@ def _table_path(table):
         return fspath(table)
     t = native(np.asarray(table))
     if t.ndim != 1:
-        raise ValueError(f"a lookup table is 1-D, this one has shape {t.shape}")
+        raise InvalidOptionError(f"a lookup table is 1-D, this one has shape {t.shape}")
     digest = hashlib.sha256(t.dtype.str.encode() + t.tobytes()).hexdigest()[:32]
     d = os.path.join(tempfile.gettempdir(), f"chunkwise-tables-{os.getuid()}")
     os.makedirs(d, mode=0o700, exist_ok=True)
@@ -144,7 +145,7 @@ def _boundary(boundary):
         b = aliases.get(boundary, boundary)
         if b in _MODES:
             return b, 0.0
-    raise ValueError(
+    raise InvalidOptionError(
         f"unknown boundary {boundary!r}; expected reflect, mirror, nearest, wrap "
         f"(or periodic), constant, or a number (a constant)"
     )
@@ -160,9 +161,9 @@ def _depth(depth, ndim):
     else:
         d = [int(v) for v in depth]
         if len(d) != ndim:
-            raise ValueError(f"depth {tuple(depth)} has {len(d)} values for {ndim} axes")
+            raise InvalidOptionError(f"depth {tuple(depth)} has {len(d)} values for {ndim} axes")
     if any(v < 0 for v in d):
-        raise ValueError(f"depth {tuple(d)}: must not be negative")
+        raise InvalidOptionError(f"depth {tuple(d)}: must not be negative")
     return d
 
 
@@ -183,16 +184,16 @@ def _caller(func, out, out_dtype, trim, what):
                 )
             raise
         r = np.asarray(r)
+        if r.dtype.kind not in "biuf" or not np.can_cast(r.dtype, out_dtype, casting="same_kind"):
+            raise TypeError(
+                f"{what}: the function returned {r.dtype} for {where}, which does not cast to "
+                f"the output's {out_dtype} (same_kind); pass dtype= or cast in the function"
+            )
         want = blocks[0].shape if trim else tuple(b - a for a, b in region)
         if r.shape != tuple(want):
             raise ValueError(
                 f"{what}: the function returned shape {r.shape} for {where}, expected "
                 f"{tuple(want)} ({'the block with its halo' if trim else 'the output chunk'})"
-            )
-        if not np.can_cast(r.dtype, out_dtype, casting="same_kind"):
-            raise TypeError(
-                f"{what}: the function returned {r.dtype} for {where}, which does not cast to "
-                f"the output's {out_dtype} (same_kind); pass dtype= or cast in the function"
             )
         if trim:
             r = r[tuple(slice(a, b) for a, b in valid)]

@@ -11,6 +11,7 @@ import numpy as np
 from . import _chunkwise
 from ._array import Array, _Key
 from ._util import exact, fspath, opts, source
+from .errors import InvalidOptionError
 
 
 def _region(a_src, region):
@@ -123,4 +124,232 @@ def graph(a, connectivity=None, above=None, below=None, coords=False, out=None, 
         close()
 
 
-__all__ = ["stats", "histogram", "where", "graph", "Array"]
+
+
+# -- reductions along axes (numpy semantics) -------------------------------------------------
+
+_OPS = ("sum", "mean", "std", "var", "min", "max", "count_nonzero", "any", "all", "argmin",
+        "argmax", "nansum", "nanmean", "nanstd", "nanvar", "nanmin", "nanmax")
+
+
+def reduce(a, ops=("mean",), axis=0, *, ddof=0, progress=None, threads=None) -> dict:  # noqa: A001
+    """numpy's reductions along ``axis`` (an int, a tuple, or None for all), every op of
+    ``ops`` in one pass (biggus' ``ndarrays([mean, std])``): a dict op -> numpy array, with
+    numpy's result types (``sum`` of uint16 is uint64, ``mean`` of integers float64).
+
+    Ops: sum mean std var min max count_nonzero any all argmin argmax nansum nanmean nanstd
+    nanvar nanmin nanmax (argmin/argmax take one axis). The array is read one layer of chunks
+    along the first reduced axis at a time: memory is that layer plus the accumulators (the
+    output's size), never the whole input. Integer sums are exact (numpy's wrap-around on
+    overflow of the 64-bit result aside); float sums and moments are merged layer by layer
+    (Chan et al.), equal to numpy's to rounding.
+    """
+    from ._array import open as open_
+
+    arr = a if isinstance(a, Array) else open_(a) if not isinstance(a, np.ndarray) else None
+    if arr is None:
+        from ._array import Array as _A  # numpy input: a Source in memory
+
+        arr = _A(source(a), ("numpy", np.ascontiguousarray(a)))
+    if isinstance(ops, str):
+        ops = (ops,)
+    ops = tuple(ops)
+    bad = [o for o in ops if o not in _OPS]
+    if bad or not ops:
+        raise InvalidOptionError(f"invalid ops: {bad or ops}; expected some of {', '.join(_OPS)}")
+    ndim, shape, dt = arr.ndim, arr.shape, arr.dtype
+    axes = tuple(range(ndim)) if axis is None else tuple(
+        int(x) % ndim if -ndim <= int(x) < ndim else _axis_error(x, ndim)
+        for x in np.atleast_1d(axis))
+    if len(set(axes)) != len(axes):
+        raise InvalidOptionError(f"invalid axis: {axis}: repeated")
+    if any(o in ("argmin", "argmax") for o in ops) and len(axes) != 1:
+        raise InvalidOptionError("invalid axis: argmin and argmax take exactly one axis")
+    out_shape = tuple(n for i, n in enumerate(shape) if i not in axes)
+    ax0 = min(axes)
+    step = max(1, arr.chunks[ax0])
+    nslabs = -(-shape[ax0] // step) if shape[ax0] else 0
+    cb, close = _progress_cb(progress)
+    acc = _Acc(ops, dt, out_shape, ddof)
+    try:
+        for i in range(nslabs):
+            lo, hi = i * step, min(shape[ax0], (i + 1) * step)
+            key = tuple(slice(lo, hi) if k == ax0 else slice(None) for k in range(ndim))
+            acc.add(arr.read(key, threads), axes, lo)
+            if cb:
+                cb(i + 1, nslabs)
+    finally:
+        close()
+    return acc.result()
+
+
+def _axis_error(x, ndim):
+    raise InvalidOptionError(f"invalid axis: {x} is out of range for a {ndim}-d array")
+
+
+def _progress_cb(progress):
+    from ._util import progress_fn
+
+    cb, close = progress_fn(progress)
+    return (None if cb is None else (lambda d, t: cb(d, t, "reduce"))), close
+
+
+class _Acc:
+    """Running accumulators of every requested op, merged layer by layer."""
+
+    def __init__(self, ops, dt, out_shape, ddof):
+        self.ops, self.dt, self.shape, self.ddof = ops, dt, out_shape, ddof
+        self.first = True
+        z = np.zeros((1,), dt)
+        self.sum_dt = np.sum(z).dtype
+        self.flt = dt.kind == "f"
+        self.n = 0  # values merged per output element (non-NaN counts kept separately)
+        self.s = None  # sum in the result's type
+        self.mean = self.m2 = self.cnt = None  # float64 moments (count per element for nan ops)
+        self.nmean = self.nm2 = self.ncnt = self.nsum = None
+        self.mn = self.mx = self.nmn = self.nmx = None
+        self.nz = None
+        self.arg = {}
+
+    def add(self, block, axes, offset):
+        ops = self.ops
+        k = int(np.prod([block.shape[a] for a in axes], dtype=np.int64))
+        if k == 0:
+            return
+        if {"sum", "mean"} & set(ops) or ("nansum" in ops and not self.flt):
+            part = np.sum(block, axis=axes, dtype=self.sum_dt)
+            self.s = part if self.s is None else self.s + part
+        if {"std", "var"} & set(ops):
+            f = block.astype(np.float64)
+            m = f.mean(axis=axes)
+            m2 = ((f - np.expand_dims(m, axes)) ** 2).sum(axis=axes)
+            self.mean, self.m2, _ = _chan(self.mean, self.m2, self.n, m, m2, k)
+        self.n += k
+        if {"nanmean", "nanstd", "nanvar"} & set(ops) or ("nansum" in ops and self.flt):
+            f = block.astype(np.float64)
+            valid = ~np.isnan(f)
+            c = valid.sum(axis=axes)
+            s = np.where(valid, f, 0).sum(axis=axes)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                m = np.where(c > 0, s / np.maximum(c, 1), 0.0)
+            m2 = np.where(valid, (f - np.expand_dims(m, axes)) ** 2, 0).sum(axis=axes)
+            self.nsum = s if self.nsum is None else self.nsum + s
+            self.nmean, self.nm2, self.ncnt = _chan(self.nmean, self.nm2, self.ncnt, m, m2, c)
+        if "min" in ops:
+            p = np.min(block, axis=axes)
+            self.mn = p if self.mn is None else np.minimum(self.mn, p)
+        if "max" in ops:
+            p = np.max(block, axis=axes)
+            self.mx = p if self.mx is None else np.maximum(self.mx, p)
+        if "nanmin" in ops or "nanmax" in ops:
+            with np.errstate(invalid="ignore"), _quiet():
+                if "nanmin" in ops:
+                    p = np.nanmin(block, axis=axes) if self.flt else np.min(block, axis=axes)
+                    self.nmn = p if self.nmn is None else np.fmin(self.nmn, p)
+                if "nanmax" in ops:
+                    p = np.nanmax(block, axis=axes) if self.flt else np.max(block, axis=axes)
+                    self.nmx = p if self.nmx is None else np.fmax(self.nmx, p)
+        if {"count_nonzero", "any", "all"} & set(ops):
+            p = np.count_nonzero(block, axis=axes)
+            self.nz = p if self.nz is None else self.nz + p
+        for op in ("argmin", "argmax"):
+            if op in ops:
+                ax = axes[0]
+                idx = (np.argmin if op == "argmin" else np.argmax)(block, axis=ax)
+                val = np.take_along_axis(block, np.expand_dims(idx, ax), ax).squeeze(ax)
+                idx = idx.astype(np.intp) + offset
+                if op not in self.arg:
+                    self.arg[op] = (val, idx)
+                else:
+                    bv, bi = self.arg[op]
+                    if self.flt:  # numpy: the first NaN wins
+                        better = (np.isnan(val) & ~np.isnan(bv)) | (
+                            (val < bv if op == "argmin" else val > bv) & ~np.isnan(bv))
+                    else:
+                        better = val < bv if op == "argmin" else val > bv
+                    self.arg[op] = (np.where(better, val, bv), np.where(better, idx, bi))
+
+    def result(self):
+        out = {}
+        n = self.n
+        rdt = np.mean(np.zeros((1,), self.dt)).dtype
+        for op in self.ops:
+            if op == "sum":
+                r = self.s if self.s is not None else np.zeros(self.shape, self.sum_dt)
+            elif op == "mean":
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    r = (self.s.astype(np.float64) / n if self.s is not None
+                         else np.full(self.shape, np.nan))
+                r = r.astype(rdt)
+            elif op in ("var", "std"):
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    v = (self.m2 / (n - self.ddof) if self.m2 is not None
+                         else np.full(self.shape, np.nan))
+                    v = np.where(n - self.ddof > 0, v, np.nan) if self.m2 is not None else v
+                r = (np.sqrt(v) if op == "std" else v).astype(rdt)
+            elif op == "min":
+                r = _need(self.mn, "min")
+            elif op == "max":
+                r = _need(self.mx, "max")
+            elif op == "nanmin":
+                r = _need(self.nmn, "nanmin")
+            elif op == "nanmax":
+                r = _need(self.nmx, "nanmax")
+            elif op == "count_nonzero":
+                r = (self.nz if self.nz is not None else np.zeros(self.shape, np.intp)).astype(np.intp)
+            elif op == "any":
+                r = (self.nz if self.nz is not None else np.zeros(self.shape, np.intp)) > 0
+            elif op == "all":
+                r = (self.nz if self.nz is not None else np.zeros(self.shape, np.intp)) == n
+            elif op in ("argmin", "argmax"):
+                if op not in self.arg:
+                    raise ValueError(f"attempt to get {op} of an empty sequence")
+                r = self.arg[op][1]
+            elif op == "nansum":
+                if self.flt:
+                    r = self.nsum if self.nsum is not None else np.zeros(self.shape)
+                else:
+                    r = self.s if self.s is not None else np.zeros(self.shape)
+                r = np.asarray(r).astype(self.sum_dt)
+            elif op == "nanmean":
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    r = np.where(self.ncnt > 0, self.nsum / np.maximum(self.ncnt, 1), np.nan)
+                r = r.astype(rdt)
+            else:  # nanvar, nanstd
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    d = self.ncnt - self.ddof
+                    v = np.where(d > 0, self.nm2 / np.maximum(d, 1), np.nan)
+                r = (np.sqrt(v) if op == "nanstd" else v).astype(rdt)
+            out[op] = np.asarray(r)[()] if np.ndim(r) == 0 else np.asarray(r)
+        return out
+
+
+def _need(v, op):
+    if v is None:
+        raise ValueError(f"zero-size array to reduction operation {op} which has no identity")
+    return v
+
+
+class _quiet:
+    def __enter__(self):
+        import warnings
+
+        self.w = warnings.catch_warnings()
+        self.w.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *e):
+        self.w.__exit__(*e)
+
+
+def _chan(mean, m2, n, m_b, m2_b, n_b):
+    """Chan et al.'s merge of (mean, M2, count) with a part's (counts may be arrays)."""
+    if mean is None:
+        return m_b, m2_b, n_b
+    tot = n + n_b
+    with np.errstate(invalid="ignore", divide="ignore"):
+        delta = m_b - mean
+        frac = np.where(tot > 0, n_b / np.maximum(tot, 1), 0.0)
+        mean = mean + delta * frac
+        m2 = m2 + m2_b + delta**2 * (n * frac)
+    return mean, m2, tot

@@ -22,13 +22,14 @@ def stack(arrays, axis=0) -> Array:
 
 
 def slice(a, key) -> Array:  # noqa: A001 (the view's name)
-    """``a[key]`` as a lazy view: slices with steps of 1 (integers keep their axis as length
-    1: use ``numpy.squeeze`` on what you read, or a slice ``i:i+1``)."""
+    """``a[key]`` as a lazy view, with numpy's basic-indexing semantics (an integer removes its
+    axis); slices take steps of 1 only."""
     recipe = _as_recipe(a)
     k = _Key(key, tuple(_build(recipe).shape))
     if not k.unit_steps:
         raise IndexError("a view slice takes steps of 1 only (read it, then step with numpy)")
-    return _make(("slice", recipe, k.starts, k.stops))
+    drop = [i for i, p in enumerate(k.post) if isinstance(p, int)]
+    return _make(("slice", recipe, k.starts, k.stops, drop))
 
 
 def cast(a, dtype) -> Array:
