@@ -218,12 +218,6 @@ def _sink_target(sink, shape, dtype, order="C"):
                     % type(sink).__name__)
 
 
-def _target_dtype(target, default):
-    if target is None or isinstance(target, tuple):
-        return np.dtype(default)
-    return np.dtype(target.dtype)
-
-
 def _slab_rows(shape, itemsize, step):
     row = itemsize * int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else itemsize
     rows = max(1, (64 << 20) // max(1, row))
@@ -246,7 +240,7 @@ def _copy(src, dst):
             np.copyto(dst[i:i + rows], part, casting="same_kind")
 
 
-def _deliver(result, target, location=None):
+def _deliver(result, target):
     """Put an in-memory result into a resolved sink and return what ClearMap returns."""
     if target is None:
         return _wrap(result)
@@ -392,18 +386,9 @@ def apply_lut(source, lut, sink=None, blocks=None, processes=None, verbose=False
     target = _sink_target(sink, src.shape, lut.dtype, _order(src))
     if _is_array(src):
         kw = _engine_kw(processes, verbose)
-        if src.dtype == np.bool_:
-            table = lut
 
-            def lookup(b):
-                return _lookup(table, _integer_view(np.asarray(b)).astype(np.int64), "apply_lut")
-
-            def run(out):
-                return _cw.map_blocks(lookup, src, out=out, dtype=lut.dtype,
-                                      name="chunkwise.clearmap.apply_lut " + _digest(lut), **kw)
-        else:
-            def run(out):
-                return _cw.lut(src, out, lut, **kw)
+        def run(out):
+            return _cw.lut(src, out, lut, **kw)
         res = _engine(run, target, sink)
     else:
         x = _integer_view(src)
@@ -841,8 +826,9 @@ def block_sums(source, blocks=None, processes=None):
     """The number of elements ``> 0`` in each of ``blocks`` equal ranges of the flattened array.
 
     ClearMap: ArrayProcessing.block_sums (ArrayProcessing.py:463-486,
-    ArrayProcessingCode.pyx:289-304): the flattened source (memory order for numpy arrays, as
-    ClearMap's ``reshape(-1, order='A')``; C order for chunkwise arrays) is cut at
+    ArrayProcessingCode.pyx:289-304): the flattened source (memory order for numpy arrays and
+    ``.npy`` files, as ClearMap's ``reshape(-1, order='A')``; C order for chunkwise arrays and
+    stores) is cut at
     ``np.linspace(0, size, n + 1)`` (as int) with ``n = min(size, blocks)``; each range's count
     of elements ``> 0`` (despite the name: not a sum of values).
 
@@ -863,7 +849,10 @@ def block_sums(source, blocks=None, processes=None):
     procs = _processes(processes)
     if blocks is None:
         blocks = procs * default_blocks_per_process
-    src = _source(source)
+    if _is_path(source) and _is_npy(source):
+        src = np.load(os.fspath(source), mmap_mode="r")  # its memory order, as ClearMap's memmap
+    else:
+        src = _source(source)
     r = _flat_ranges(int(src.size), blocks)
     sums = np.zeros(max(0, len(r) - 1), np.int64)
     if len(sums) == 0:
@@ -1163,6 +1152,10 @@ class _Region:
 
     def __setitem__(self, key, value):
         k = _compose(self._bounds, key)
+        if _is_array(self._base):  # cast as numpy assignment does (ClearMap's sinks are numpy)
+            value = np.asarray(value)
+            if value.dtype != self._base.dtype:
+                value = value.astype(self._base.dtype)
         if self._lock is not None:
             with self._lock:
                 self._base[k] = value
@@ -1635,9 +1628,11 @@ def process(function, source, sink=None, axes=None, size_max=None, size_min=None
     The ``sink`` argument as given (None when it was None), or the per-block results with
     ``return_result``; with ``return_blocks`` a pair ``(that, [source_blocks, sink_blocks])``.
 
-    ClearMap runs the blocks in a process pool; here they run on threads (numpy and scipy
-    functions release the GIL), so the function need not be picklable. Writes into chunkwise
-    Arrays are serialised by a lock. An exception in the function is re-raised as itself.
+    Results are cast into the sinks as numpy assignment casts (ClearMap's sinks are numpy
+    arrays), stores included. ClearMap runs the blocks in a process pool; here they run on
+    threads (numpy and scipy functions release the GIL), so the function need not be
+    picklable. Writes into chunkwise Arrays are serialised by a lock. An exception in the
+    function is re-raised as itself.
     """
     sources = source if isinstance(source, list) else [source]
     sources = [_process_source(s) for s in sources]
