@@ -8,6 +8,12 @@
 //! half-written chunk is never taken as done. The process that finds every chunk done
 //! publishes the array (zarr.json with the fingerprint in its attributes, then rename).
 //! Invariant: nothing appears at the output path before every chunk is done.
+//!
+//! Parts start at the same moment (a Slurm array's tasks do): opening a job (finding, wiping
+//! or creating the build directory, writing `job.json`, taking the part's lock) and publishing
+//! it happen under one lock beside the output, `.NAME.chunkwise-job.lock`, so that no part
+//! takes another's half-created directory for stale, and none joins a directory being
+//! published. The publisher removes that lock file; an opener that finds the job done does too.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -21,7 +27,7 @@ use super::files::FileWriter;
 use super::is_store;
 use super::spec::{ChunkCodec, Durability, StoreSpec};
 use super::txn::{
-    JOB_SUFFIX, TMP_SUFFIX, check_utf8, lock_existing, parent_dir, publish_dir,
+    JOB_SUFFIX, PathLock, TMP_SUFFIX, check_utf8, lock_existing, parent_dir, publish_dir,
     recover_replacement, resolve_links, sibling, try_lock_briefly, write_atomic,
 };
 use super::writer::{check_replaceable, encode_and_queue, sync_written, write_metadata};
@@ -75,6 +81,15 @@ pub(crate) struct JobWriter {
     log: Mutex<File>,
     pending: Mutex<Vec<Vec<u64>>>,
     checkpointing: Mutex<()>,
+}
+
+/// The lock beside the output under which parts open and publish a job.
+const JOB_LOCK_SUFFIX: &str = ".chunkwise-job.lock";
+
+/// The number of parts a job was started in (`job.json`), if it says.
+fn read_parts(path: &Path) -> Option<u64> {
+    let v: Value = serde_json::from_str(&fs::read_to_string(path).ok()?).ok()?;
+    v.get("parts").and_then(Value::as_u64)
 }
 
 fn job_file(tmp: &Path) -> PathBuf {
@@ -154,10 +169,17 @@ impl JobWriter {
         }
         let path = &resolve_links(path)?;
         check_utf8(path)?;
+        let parent = parent_dir(path);
+        fs::create_dir_all(parent).at(parent)?;
+        let opening = PathLock::wait(&sibling(path, JOB_LOCK_SUFFIX)?)?;
         recover_replacement(path)?;
+        let tmp = sibling(path, JOB_SUFFIX)?;
         if path.exists() && is_store(path) {
             let fp = read_fingerprint(&path.join("zarr.json"));
             if fp.as_deref() == Some(o.fingerprint) && !o.restart {
+                if !tmp.exists() {
+                    opening.release_and_remove();
+                }
                 return Ok(JobState::AlreadyDone);
             }
             let same = fp.as_deref() == Some(o.fingerprint);
@@ -180,15 +202,13 @@ impl JobWriter {
         }
         check_replaceable(path, true)?;
         let replace = is_store(path);
-        let tmp = sibling(path, JOB_SUFFIX)?;
-        let parent = parent_dir(&tmp);
-        fs::create_dir_all(parent).at(parent)?;
         let mut metadata = spec.metadata();
         metadata["attributes"] = json!({"chunkwise": {
             "fingerprint": o.fingerprint,
             "job": o.settings,
         }});
-        let job = json!({"fingerprint": o.fingerprint, "job": o.settings, "metadata": metadata});
+        let job = json!({"fingerprint": o.fingerprint, "job": o.settings, "parts": parts,
+                         "metadata": metadata});
         let job_text = serde_json::to_string_pretty(&job).expect("plain JSON");
         if tmp.exists() {
             let same = read_fingerprint(&job_file(&tmp)).as_deref() == Some(o.fingerprint);
@@ -212,8 +232,20 @@ impl JobWriter {
             }
             _ => {}
         }
-        if !job_file(&tmp).exists() {
-            // Every partition writes the same bytes: creating the job is idempotent.
+        if job_file(&tmp).exists() {
+            if let Some(started) = read_parts(&job_file(&tmp))
+                && started != u64::from(parts)
+            {
+                return Err(Error::option(
+                    "partition",
+                    format!(
+                        "{part}/{parts}: {} was started in {started} parts; give a part of \
+                         {started} (I/{started}), or restart the job",
+                        path.display()
+                    ),
+                ));
+            }
+        } else {
             write_atomic(&job_file(&tmp), job_text.as_bytes(), true)?;
         }
         let lock_path = tmp.join(format!("lock.{part}.{parts}"));
@@ -234,6 +266,7 @@ impl JobWriter {
             .append(true)
             .open(&log_path)
             .at(&log_path)?;
+        drop(opening);
         let codec = spec.chunk_codec()?;
         let files = FileWriter::new(&tmp, 2 * rayon::current_num_threads(), true);
         Ok(JobState::Open(
@@ -385,6 +418,8 @@ impl JobWriter {
                 remove.push(p);
             }
         }
+        // No part opens the job while it is published (the module's doc).
+        let opening = PathLock::wait(&sibling(&self.final_path, JOB_LOCK_SUFFIX)?)?;
         // Every writer of an existing array holds its lock, this one too (APPEND §6).
         let _replacing = lock_existing(&self.final_path)?;
         write_metadata(&tmp, &self.metadata, &remove, self.durability)?;
@@ -396,6 +431,7 @@ impl JobWriter {
             self.replace,
             self.durability == Durability::Sync,
         )?;
+        opening.release_and_remove();
         drop(pl);
         Ok(Finish::Published)
     }

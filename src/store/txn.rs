@@ -202,6 +202,51 @@ impl Drop for StoreLock {
     }
 }
 
+/// An exclusive lock on the file at `path` (created if missing), waited for; the file is
+/// checked to still be the one at `path` once locked (a holder may remove it when it is done,
+/// see [`PathLock::release_and_remove`]), else the lock is taken again on the new one.
+#[derive(Debug)]
+pub(crate) struct PathLock {
+    file: File,
+    path: PathBuf,
+}
+
+impl PathLock {
+    pub(crate) fn wait(path: &Path) -> Result<PathLock> {
+        loop {
+            let file = File::options()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .open(path)
+                .at(path)?;
+            file.lock().at(path)?;
+            let now = fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
+            let held = file.metadata().at(path)?;
+            if now == Some((held.dev(), held.ino())) {
+                return Ok(PathLock {
+                    file,
+                    path: path.to_path_buf(),
+                });
+            }
+        }
+    }
+
+    /// Removes the lock file, then releases it: a waiter finds its file gone and locks a new
+    /// one. For a lock nobody needs once its work is published.
+    pub(crate) fn release_and_remove(self) {
+        let _ = fs::remove_file(&self.path);
+        let _ = self.file.unlock();
+    }
+}
+
+impl Drop for PathLock {
+    fn drop(&mut self) {
+        let _ = self.file.unlock();
+    }
+}
+
 /// Tries to lock `file` a few times over about 100 ms before giving up: a lock whose holder
 /// has just released it can live on for a moment in a child process forked before it closed
 /// the file (the descriptor goes at the child's exec), which is not a writer.
