@@ -13,7 +13,7 @@
 //! or creating the build directory, writing `job.json`, taking the part's lock) and publishing
 //! it happen under one lock beside the output, `.NAME.chunkwise-job.lock`, so that no part
 //! takes another's half-created directory for stale, and none joins a directory being
-//! published. The publisher removes that lock file; an opener that finds the job done does too.
+//! published. The lock file exists only while a part holds or waits for it.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -177,9 +177,6 @@ impl JobWriter {
         if path.exists() && is_store(path) {
             let fp = read_fingerprint(&path.join("zarr.json"));
             if fp.as_deref() == Some(o.fingerprint) && !o.restart {
-                if !tmp.exists() {
-                    opening.release_and_remove();
-                }
                 return Ok(JobState::AlreadyDone);
             }
             let same = fp.as_deref() == Some(o.fingerprint);
@@ -431,7 +428,7 @@ impl JobWriter {
             self.replace,
             self.durability == Durability::Sync,
         )?;
-        opening.release_and_remove();
+        drop(opening);
         drop(pl);
         Ok(Finish::Published)
     }

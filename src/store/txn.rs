@@ -202,9 +202,10 @@ impl Drop for StoreLock {
     }
 }
 
-/// An exclusive lock on the file at `path` (created if missing), waited for; the file is
-/// checked to still be the one at `path` once locked (a holder may remove it when it is done,
-/// see [`PathLock::release_and_remove`]), else the lock is taken again on the new one.
+/// An exclusive lock on the file at `path` (created if missing), waited for, for a short
+/// critical section: the file exists only while someone holds or waits for it. Released by
+/// removing the file, then unlocking: a waiter finds that the file it locked is no longer the
+/// one at `path` and locks the new one (created by whoever came next).
 #[derive(Debug)]
 pub(crate) struct PathLock {
     file: File,
@@ -232,17 +233,11 @@ impl PathLock {
             }
         }
     }
-
-    /// Removes the lock file, then releases it: a waiter finds its file gone and locks a new
-    /// one. For a lock nobody needs once its work is published.
-    pub(crate) fn release_and_remove(self) {
-        let _ = fs::remove_file(&self.path);
-        let _ = self.file.unlock();
-    }
 }
 
 impl Drop for PathLock {
     fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
         let _ = self.file.unlock();
     }
 }
