@@ -533,7 +533,11 @@ impl StatsAcc {
             "std": num(self.std()),
         });
         if let Some((lo, hi)) = self.int_range() {
-            o["min"] = json!(lo as i64);
+            o["min"] = if lo > i128::from(i64::MAX) {
+                json!(lo as u64)
+            } else {
+                json!(lo as i64)
+            };
             o["max"] = if hi > i128::from(i64::MAX) {
                 json!(hi as u64)
             } else {

@@ -215,8 +215,10 @@ pub(crate) fn with_threads<R: Send>(
     match threads {
         None => f(),
         Some(0) => Err(Error::option("threads", "must be at least 1")),
-        Some(n) if n == rayon::current_num_threads() && rayon::current_thread_index().is_some() => {
-            // Already on a pool of this size (a nested call): no hop.
+        // Already on a pool of this size (a nested call): no hop. (The thread index first:
+        // asking a thread outside any pool for the pool size creates rayon's global pool,
+        // which a forked child would inherit without its threads.)
+        Some(n) if rayon::current_thread_index().is_some() && n == rayon::current_num_threads() => {
             f()
         }
         Some(n) => pool(n)?.install(f),

@@ -38,6 +38,7 @@ fn to_py(e: Error) -> PyErr {
         Error::TooLarge { .. } => "TooLargeError",
         Error::Cancelled => "CancelledError",
         Error::Mismatch { .. } => "MismatchError",
+        Error::Internal(_) => "InternalError",
         _ => "Error",
     };
     let msg = e.to_string();
@@ -140,18 +141,40 @@ impl Job {
 
     /// Runs `f` on another thread with the GIL released, checking for Ctrl-C (and other
     /// signals Python handles) every 50 ms: a signal cancels the job, which stops between
-    /// chunks, and its exception (KeyboardInterrupt) is raised once the job has stopped.
+    /// chunks, and its exception (KeyboardInterrupt) is raised once the job has stopped. A
+    /// panic in `f` (a bug) is an `InternalError`, never a hang. Called from a chunkwise worker
+    /// (a Python function on blocks calling chunkwise), `f` runs right there, on the same pool:
+    /// a new thread would queue its work behind the very workers waiting for it.
     fn run<R: Send>(
         &self,
         py: Python<'_>,
         f: impl FnOnce(&RunOptions) -> chunkwise::Result<R> + Send,
     ) -> PyResult<R> {
+        let guarded = |run: &RunOptions| -> chunkwise::Result<R> {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(run))).unwrap_or_else(|p| {
+                let what = p
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into());
+                Err(Error::Internal(format!(
+                    "a chunkwise worker panicked: {what}"
+                )))
+            })
+        };
+        if rayon::current_thread_index().is_some() {
+            let r = py.detach(|| guarded(&self.run));
+            if let Some(e) = self.raised.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                return Err(e);
+            }
+            return r.map_err(to_py);
+        }
         let slot: (Mutex<Option<chunkwise::Result<R>>>, Condvar) = Default::default();
         let result = std::thread::scope(|s| {
             let run = &self.run;
             let slot = &slot;
             s.spawn(move || {
-                let r = f(run);
+                let r = guarded(run);
                 *slot.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
                 slot.1.notify_all();
             });
@@ -234,47 +257,42 @@ impl Source {
     /// `chunkwise info --json` of the input, as a JSON string.
     fn info(&self, py: Python<'_>) -> PyResult<String> {
         self.check_present()?;
-        let info = py.detach(|| chunkwise::info(&self.input)).map_err(to_py)?;
+        let run = RunOptions::default().threads(Some(default_threads()));
+        let info = py
+            .detach(|| run.install(|| chunkwise::info(&self.input)))
+            .map_err(to_py)?;
         Ok(info.to_json().to_string())
     }
 
-    /// The region `starts..stops` as a new numpy array, read in parallel with the GIL released.
-    #[pyo3(signature = (starts, stops, threads=None))]
-    fn read<'py>(
+    /// Reads the region `starts..stops` into `out`, a writable C-contiguous numpy array of the
+    /// region's shape and the input's type (`uint8` for `bool`) that the caller allocated (so
+    /// that a failed allocation is numpy's MemoryError), in parallel with the GIL released.
+    #[pyo3(signature = (starts, stops, out, threads=None))]
+    fn read_into(
         &self,
-        py: Python<'py>,
+        py: Python<'_>,
         starts: Vec<u64>,
         stops: Vec<u64>,
+        out: &Bound<'_, PyAny>,
         threads: Option<usize>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    ) -> PyResult<()> {
         self.check_present()?;
         let region = region(&starts, &stops);
-        let shape: Vec<usize> = region.shape().iter().map(|&n| n as usize).collect();
-        let dtype = self.input.dtype();
         let run = RunOptions::default().threads(Some(threads.unwrap_or_else(default_threads)));
-        chunkwise::with_scalar!(dtype, T => {
-            // SAFETY: every element is written by `read_region_into` before the array is
-            // returned; on error the array is dropped unread.
-            let array = unsafe { PyArrayDyn::<T>::new(py, shape, false) };
-            {
-                let mut rw = array.readwrite();
-                let values = rw.as_slice_mut()?;
-                let bytes: &mut [u8] = bytemuck::cast_slice_mut(values);
-                let buf = SendBuf(bytes.as_mut_ptr(), bytes.len());
-                let input = &self.input;
-                py.detach(move || {
-                    let buf = buf;
-                    // SAFETY: see SendBuf; the slice lives as long as `array`.
-                    let out = unsafe { std::slice::from_raw_parts_mut(buf.0, buf.1) };
-                    run.install(|| input.read_region_into(&region, out))
-                })
-                .map_err(to_py)?;
-            }
-            if dtype == DType::Bool {
-                array.call_method1("view", ("bool",))
-            } else {
-                Ok(array.into_any())
-            }
+        chunkwise::with_scalar!(self.input.dtype(), T => {
+            let array = out.cast::<PyArrayDyn<T>>()?;
+            let mut rw = array.try_readwrite()?;
+            let values = rw.as_slice_mut()?;
+            let bytes: &mut [u8] = bytemuck::cast_slice_mut(values);
+            let buf = SendBuf(bytes.as_mut_ptr(), bytes.len());
+            let input = &self.input;
+            py.detach(move || {
+                let buf = buf;
+                // SAFETY: see SendBuf; `rw` keeps the array borrowed until this returns.
+                let out = unsafe { std::slice::from_raw_parts_mut(buf.0, buf.1) };
+                run.install(|| input.read_region_into(&region, out))
+            })
+            .map_err(to_py)
         })
     }
 
@@ -719,7 +737,7 @@ fn map_overlap(
                         "chunk {}: the function's result has shape {:?}, the chunk {:?}",
                         key, src.shape(), dst.shape())));
                 }
-                dst.assign(&src);
+                py.detach(|| dst.assign(&src));
             });
             Ok(())
         });

@@ -314,3 +314,12 @@ def test_reduce_exact_integer_sum_and_paths(tmp, rng):
     assert np.array_equal(r["max"], x.max(axis=(0, 1)))
     want = np.array([float(sum(int(v) for v in x[:, :, k].ravel())) / 30 for k in range(4)])
     np.testing.assert_allclose(r["mean"], want, rtol=1e-15)
+
+
+def test_histogram_of_an_empty_range_is_widened_as_numpy_does(tmp, rng):
+    """PYTHON §3: range=(v, v) is numpy's v-0.5..v+0.5."""
+    x = rng.integers(3, 8, (9, 7, 5)).astype(np.uint16)
+    a = cw.from_array(x, str(tmp / "h.zarr"), chunks=(4, 4, 4))
+    counts, edges = cw.histogram(a, bins=4, range=(5, 5))
+    want_c, want_e = np.histogram(x, bins=4, range=(5, 5))
+    assert np.array_equal(counts, want_c) and np.allclose(edges, want_e)

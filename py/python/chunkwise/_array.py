@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 
 from . import _chunkwise
-from ._util import dtype_name, exact, fspath, native, opts, source
+from ._util import dtype_name, exact, fspath, opts, progress_fn, source
 from .errors import NotFoundError, OutputExistsError, StoreError
 
 
@@ -20,7 +20,7 @@ from .errors import NotFoundError, OutputExistsError, StoreError
 def _build(recipe):
     kind = recipe[0]
     if kind == "open":
-        return _chunkwise.open(recipe[1], recipe[2], recipe[3])
+        return _chunkwise.open(recipe[1], recipe[2], recipe[3])  # absolute paths
     if kind == "spec":
         return _chunkwise.open_spec(recipe[1], recipe[2])
     if kind == "numpy":
@@ -90,6 +90,11 @@ class _Key:
                     self.unit_steps = False
                 self.shape.append(count)
             else:
+                if isinstance(k, (bool, np.bool_)):
+                    raise IndexError(
+                        "a boolean index (numpy's mask or new axis) is not basic indexing: "
+                        "chunkwise arrays take integers, slices and '...'"
+                    )
                 try:
                     i = operator.index(k)
                 except TypeError:
@@ -114,12 +119,15 @@ class _Key:
 _KIND_LEVEL = {"b": 0, "u": 1, "i": 1, "f": 2}
 
 
+
 def _castable(value, dt):
     """``value`` as an array that numpy would write into a ``dt`` array without changing its
     kind: bool < integers < floats, integers only where they fit (numpy's same_kind rule, with
     signed and unsigned integers one kind as long as the values fit)."""
     value = np.asarray(value)
     vk, tk = value.dtype.kind, dt.kind
+    if value.size == 0:
+        return value.astype(dt)
     if vk not in _KIND_LEVEL or _KIND_LEVEL[vk] > _KIND_LEVEL[tk] or (tk == "b" and vk != "b"):
         raise TypeError(
             f"cannot write {value.dtype} values into a {dt} array (that would change their "
@@ -127,8 +135,8 @@ def _castable(value, dt):
         )
     if vk in "iu" and tk in "iu" and value.size:
         info = np.iinfo(dt)
-        lo, hi = value.min(), value.max()
-        if lo < info.min or hi > info.max:
+        lo, hi = int(value.min()), int(value.max())
+        if lo < int(info.min) or hi > int(info.max):
             raise ValueError(
                 f"values {lo}..{hi} do not fit a {dt} array (range {info.min}..{info.max})"
             )
@@ -226,14 +234,24 @@ class Array:
         self.close()
 
     # -- reading and writing ---------------------------------------------------------------
-    def read(self, key=(), threads=None) -> np.ndarray:
-        """``a[key]`` with a thread count."""
+    def read(self, key=(), threads=None):
+        """``a[key]`` with a thread count: a new numpy array (a numpy scalar when every axis is
+        indexed by an integer, as numpy gives)."""
+        src = self._source()
         k = _Key(key, self.shape)
-        block = self._source().read(k.starts, k.stops, threads)
+        block = self._read_region(src, k.starts, k.stops, threads)
         out = block[k.post]
-        if not k.unit_steps:
+        if isinstance(out, np.ndarray) and not k.unit_steps:
             out = np.ascontiguousarray(out)
-        return out if isinstance(out, np.ndarray) else np.asarray(out)
+        return out
+
+    def _read_region(self, src, starts, stops, threads=None):
+        dt = self.dtype
+        shape = tuple(b - a for a, b in zip(starts, stops))
+        # numpy allocates (a failed allocation is its MemoryError); chunkwise fills it.
+        buf = np.empty(shape, np.uint8 if dt == np.bool_ else dt)
+        src.read_into(starts, stops, buf, threads)
+        return buf.view(np.bool_) if dt == np.bool_ else buf
 
     def __getitem__(self, key) -> np.ndarray:
         return self.read(key)
@@ -241,7 +259,7 @@ class Array:
     def __array__(self, dtype=None, copy=None):
         if copy is False:
             raise ValueError("a chunkwise Array is read into a new numpy array: copy=False is impossible")
-        a = self.read(())
+        a = np.asarray(self.read(()))
         return a if dtype is None else a.astype(dtype, copy=False)
 
     def write(self, key, value, threads=None):
@@ -252,6 +270,9 @@ class Array:
         k = _Key(key, self.shape)
         dt = self.dtype
         value = _castable(value, dt)
+        # numpy accepts values with extra leading axes of length 1.
+        while value.ndim > len(k.shape) and value.shape[0] == 1:
+            value = value[0]
         try:
             value = np.broadcast_to(value, k.shape)
         except ValueError:
@@ -259,16 +280,31 @@ class Array:
                 f"could not broadcast values of shape {value.shape} into the region of shape "
                 f"{k.shape} of the {self.shape} array"
             ) from None
-        if k.unit_steps:
-            data = value.reshape(k.region_shape)
-        else:
-            # Steps: read the bounding region, set the strided elements, write it back.
-            data = src.read(k.starts, k.stops, threads)
+        if 0 in k.region_shape:
+            return
+        if not k.unit_steps:
+            # Steps: the bounding region is read, the selected elements set, and written back.
+            data = self._read_region(src, k.starts, k.stops, threads)
             data[k.post] = value
-        data = np.ascontiguousarray(data, dtype=dt)
+            self._write_region(src, k.starts, k.stops, data, threads)
+            return
+        value = value.reshape(k.region_shape)
+        # One layer of chunks along axis 0 at a time: memory is a layer, whatever the region
+        # (a broadcast scalar stays a view until its layer is made contiguous).
+        step = self.chunks[0]
+        lo, hi = k.starts[0], k.stops[0]
+        cuts = [lo] + list(range((lo // step + 1) * step, hi, step)) + [hi]
+        for a, b in zip(cuts, cuts[1:]):
+            starts, stops = list(k.starts), list(k.stops)
+            starts[0], stops[0] = a, b
+            self._write_region(src, starts, stops, value[a - lo:b - lo], threads)
+
+    def _write_region(self, src, starts, stops, values, threads):
+        dt = self.dtype
+        data = np.ascontiguousarray(values, dtype=dt)
         if dt == np.bool_:
             data = data.view(np.uint8)
-        src.write(k.starts, k.stops, data, threads)
+        src.write(starts, stops, data, threads)
 
     def __setitem__(self, key, value):
         """Writes ``value`` (broadcast as numpy does) into the region ``key`` of the store.
@@ -329,6 +365,8 @@ def open(source_, *, dtype=None, shape=None) -> Array:  # noqa: A001 (numpy's na
         recipe = ("spec", json.dumps(source_), os.getcwd())
     else:
         paths = [fspath(p) for p in source_] if isinstance(source_, (list, tuple)) else [fspath(source_)]
+        # Absolute, so that a pickled Array opens the same files from another directory.
+        paths = [p if "*" in p or "?" in p else os.path.abspath(p) for p in paths]
         if not paths:
             raise ValueError("no paths given")
         recipe = ("open", paths, None if dtype is None else dtype_name(dtype),
@@ -354,15 +392,28 @@ def create(path, shape, dtype, chunks=None, codec=None, fill_value=0, overwrite=
     ``codec``: ``zstd``, ``blosc-zstd`` or ``blosc-lz4`` as the command line's ``--codec``
     takes it (None or ``"default"``: the type's default); ``chunks`` defaults to chunkwise's default chunking.
     """
-    path = fspath(path)
-    _clear(path, overwrite)
-    src = _chunkwise.create(
-        path, [int(n) for n in shape], dtype_name(dtype),
-        None if chunks is None else [int(c) for c in chunks], codec, level,
-        None if fill_value is None else exact(fill_value), bool(checksum),
-        None if shard is None else [int(c) for c in shard], axis_names,
-    )
-    return Array(src, ("open", [path], None, None))
+    path = os.path.abspath(fspath(path))
+    args = ([int(n) for n in shape], dtype_name(dtype),
+            None if chunks is None else [int(c) for c in chunks], codec, level,
+            None if fill_value is None else exact(fill_value), bool(checksum),
+            None if shard is None else [int(c) for c in shard], axis_names)
+    if not os.path.lexists(path):
+        src = _chunkwise.create(path, *args)
+        return Array(src, ("open", [path], None, None))
+    if not overwrite:
+        raise OutputExistsError(f"output {path} exists: pass overwrite=True to replace it")
+    if not _chunkwise.is_store(path):
+        raise OutputExistsError(f"{path} exists and is not a Zarr array: chunkwise replaces arrays only")
+    # The new array is made beside the old one (so bad arguments lose nothing), then swapped in.
+    aside = f"{os.path.join(os.path.dirname(path), '.' + os.path.basename(path))}.chunkwise-new-{os.getpid()}"
+    if os.path.lexists(aside):
+        shutil.rmtree(aside)
+    _chunkwise.create(aside, *args)
+    old = f"{aside}-old"
+    os.rename(path, old)
+    os.rename(aside, path)
+    shutil.rmtree(old)
+    return open(path)
 
 
 def convert(inputs, path, chunks=None, codec=None, level=None, *, checksum=False, shard=None,
@@ -387,6 +438,22 @@ def convert(inputs, path, chunks=None, codec=None, level=None, *, checksum=False
 def from_array(x, path, chunks=None, codec=None, level=None, *, overwrite=False, progress=None,
                threads=None, memory=None) -> Array:
     """Writes a numpy array (or anything ``numpy.asarray`` takes) as a new store at ``path``."""
-    a = native(np.asarray(x))
-    return convert(a, path, chunks, codec, level, overwrite=overwrite, progress=progress,
-                   threads=threads, memory=memory)
+    a = np.asarray(x)
+    if a.ndim == 0:
+        raise ValueError("0-dimensional arrays are not supported: give at least one axis")
+    dtype_name(a.dtype)
+    out = create(path, a.shape, a.dtype, chunks=chunks, codec=codec, level=level,
+                 overwrite=overwrite)
+    # Written one layer of chunks at a time from the caller's array (a memmap too): no copy of
+    # the whole array is made.
+    cb, close = progress_fn(progress)
+    try:
+        step = out.chunks[0]
+        n = a.shape[0]
+        for i, lo in enumerate(range(0, n, step)):
+            out.write(slice(lo, min(n, lo + step)), a[lo:lo + step], threads)
+            if cb:
+                cb(min(n, lo + step), n, "from_array")
+    finally:
+        close()
+    return out

@@ -28,8 +28,9 @@ def _mode(mode):
 
 def _run(kind, a, out, params, progress, threads, memory, **kw):
     d, close = opts(progress, threads, memory, **kw)
+    src = a if isinstance(a, _chunkwise.Source) else source(a)
     try:
-        _chunkwise.kernel(kind, [source(a)], fspath(out), params, d)
+        _chunkwise.kernel(kind, [src], fspath(out), params, d)
     finally:
         close()
     return open_(out)
@@ -57,14 +58,15 @@ def correlate1d(a, out, weights, axis=-1, mode="reflect", cval=0.0, origin=0, dt
                 checksum=False, progress=None, threads=None, memory=None) -> Array:
     """``scipy.ndimage.correlate1d(a, weights, axis, mode=mode, cval=cval, origin=origin)``,
     chunk by chunk into the store ``out``."""
-    ndim = len(source(a).shape) if not isinstance(a, Array) else a.ndim
+    src = source(a)
+    ndim = len(src.shape)
     ax = int(axis)
     if not -ndim <= ax < ndim:
         raise InvalidOptionError(f"axis {axis} is out of range for a {ndim}-dimensional array")
     params = dict(weights=[float(w) for w in np.asarray(weights, dtype=float).ravel()],
                   axis=ax % ndim, origin=int(origin), mode=_mode(mode), cval=float(cval),
                   dtype=None if dtype is None else dtype_name(dtype))
-    return _run("correlate1d", a, out, params, progress, threads, memory,
+    return _run("correlate1d", src, out, params, progress, threads, memory,
                 **_common(chunks, codec, level, overwrite, restart, checksum))
 
 
@@ -79,11 +81,23 @@ def _table_path(table):
     digest = hashlib.sha256(t.dtype.str.encode() + t.tobytes()).hexdigest()[:32]
     d = os.path.join(tempfile.gettempdir(), f"chunkwise-tables-{os.getuid()}")
     os.makedirs(d, mode=0o700, exist_ok=True)
+    st = os.lstat(d)
+    if not os.path.isdir(d) or os.path.islink(d) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise PermissionError(
+            f"{d}: the lookup-table cache must be a directory of yours that nobody else can "
+            f"write (mode 0700); remove it or give the table as an .npy path"
+        )
     p = os.path.join(d, f"{digest}.npy")
     if not os.path.exists(p):
-        tmp = f"{p}.{os.getpid()}.tmp.npy"
-        np.save(tmp, t)
-        os.replace(tmp, p)
+        fd, tmp = tempfile.mkstemp(dir=d, suffix=".npy.tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.save(f, t)
+            os.replace(tmp, p)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
     return p
 
 
@@ -114,26 +128,139 @@ def neighbourhood_lut(a, out, table, above=None, *, chunks=None, codec=None, lev
 # -- Python functions over blocks ------------------------------------------------------------
 
 def _identity(func) -> str:
-    """The default job name: the function's qualified name and a hash of what it computes
-    (its code, constants, defaults and bound arguments), so that editing it starts a new job."""
+    """The default job name: the function's qualified name and a hash of what it computes, the
+    same in every process: its code (nested code objects included), constants, defaults,
+    closure cells and the globals it names, and bound arguments (functools.partial). A value
+    that cannot be hashed stably (an open file, a lock, ...) is a TypeError asking for name=."""
     h = hashlib.sha256()
-    parts = []
     f = func
-    while hasattr(f, "func") and hasattr(f, "args"):  # functools.partial
-        parts.append(repr(f.args) + repr(sorted(f.keywords.items())))
+    while isinstance(f, functools.partial):
+        _feed(h, f.args)
+        _feed(h, sorted(f.keywords.items()))
         f = f.func
-    name = getattr(f, "__module__", "") + "." + getattr(f, "__qualname__", type(f).__name__)
-    code = getattr(f, "__code__", None)
-    if code is not None:
-        h.update(code.co_code)
-        h.update(repr(code.co_consts).encode())
-        h.update(repr(getattr(f, "__defaults__", None)).encode())
-        h.update(repr(getattr(f, "__kwdefaults__", None)).encode())
-    else:
-        h.update(repr(f).encode())
-    for p in parts:
-        h.update(p.encode())
+    name = f"{getattr(f, '__module__', None) or ''}.{getattr(f, '__qualname__', type(f).__qualname__)}"
+    try:
+        _feed(h, f)
+    except _Unhashable as e:
+        raise TypeError(
+            f"cannot derive a job name from {name}: {e}; pass name= (a string naming what the "
+            f"function computes, changed whenever its results change)"
+        ) from None
     return f"python {name} {h.hexdigest()[:16]}"
+
+
+class _Unhashable(Exception):
+    pass
+
+
+def _feed(h, v, depth=0, seen=None):
+    """Feeds a stable digest of ``v`` into ``h`` (never an address, never a hash seed)."""
+    import types
+
+    if depth > 50:
+        raise _Unhashable("nested too deeply")
+    seen = set() if seen is None else seen
+    t = type(v)
+    h.update(t.__qualname__.encode() + b":")
+    if v is None or isinstance(v, (bool, int, float, complex, str, bytes)):
+        h.update(repr(v).encode())
+    elif isinstance(v, np.ndarray):
+        h.update(v.dtype.str.encode() + repr(v.shape).encode())
+        h.update(hashlib.sha256(np.ascontiguousarray(v).tobytes()).digest())
+    elif isinstance(v, np.generic):
+        h.update(v.dtype.str.encode() + v.tobytes())
+    elif isinstance(v, (list, tuple)):
+        h.update(str(len(v)).encode())
+        for x in v:
+            _feed(h, x, depth + 1, seen)
+    elif isinstance(v, (set, frozenset)):
+        parts = []
+        for x in v:
+            hx = hashlib.sha256()
+            _feed(hx, x, depth + 1, seen)
+            parts.append(hx.digest())
+        for d in sorted(parts):
+            h.update(d)
+    elif isinstance(v, dict):
+        items = []
+        for k, x in v.items():
+            hx = hashlib.sha256()
+            _feed(hx, k, depth + 1, seen)
+            _feed(hx, x, depth + 1, seen)
+            items.append(hx.digest())
+        for d in sorted(items):
+            h.update(d)
+    elif isinstance(v, types.CodeType):
+        h.update(v.co_code + v.co_name.encode() + repr(v.co_names).encode())
+        _feed(h, v.co_consts, depth + 1, seen)
+    elif isinstance(v, types.FunctionType):
+        if id(v) in seen:  # recursion through globals
+            h.update(v.__qualname__.encode())
+            return
+        seen.add(id(v))
+        h.update(f"{v.__module__}.{v.__qualname__}".encode())
+        _feed(h, v.__code__, depth + 1, seen)
+        _feed(h, v.__defaults__, depth + 1, seen)
+        _feed(h, v.__kwdefaults__ or {}, depth + 1, seen)
+        cells = tuple(_global_token(c.cell_contents) for c in (v.__closure__ or ())
+                      if _has_contents(c))
+        _feed(h, cells, depth + 1, seen)
+        names = _global_names(v.__code__)
+        used = {n: v.__globals__[n] for n in names if n in v.__globals__}
+        _feed(h, {n: _global_token(x) for n, x in used.items()}, depth + 1, seen)
+    elif isinstance(v, functools.partial):
+        _feed(h, (v.func, v.args, v.keywords), depth + 1, seen)
+    elif isinstance(v, (types.BuiltinFunctionType, types.ModuleType, type, np.ufunc)):
+        h.update(f"{getattr(v, '__module__', '')}.{getattr(v, '__qualname__', getattr(v, '__name__', ''))}".encode())
+    elif callable(v) and hasattr(type(v), "__call__") and hasattr(v, "__dict__"):
+        # A callable instance: its class and its state.
+        h.update(f"{t.__module__}.{t.__qualname__}".encode())
+        _feed(h, vars(v), depth + 1, seen)
+    else:
+        try:
+            import pickle
+
+            h.update(pickle.dumps(v, protocol=4))
+        except Exception as e:  # noqa: BLE001 - any failure means "not stably hashable"
+            raise _Unhashable(f"{t.__qualname__} value {v!r:.60} has no stable content") from e
+
+
+def _has_contents(cell):
+    try:
+        cell.cell_contents
+    except ValueError:
+        return False
+    return True
+
+
+def _global_names(code):
+    import types
+
+    names = set(code.co_names)
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            names |= _global_names(c)
+    return names
+
+
+def _global_token(x):
+    """A global or closure value a function uses: parameters (numbers, strings, tuples of them,
+    numpy arrays) and functions by content; modules and classes by name; mutable state (lists,
+    dicts, other objects: counters, caches, loggers) by its type only, so that a function that
+    records something is the same job on its next call."""
+    import types
+
+    if isinstance(x, types.ModuleType):
+        return ("module", x.__name__)
+    if isinstance(x, type):
+        return ("class", f"{x.__module__}.{x.__qualname__}")
+    if x is None or isinstance(x, (bool, int, float, complex, str, bytes, np.ndarray,
+                                   np.generic, frozenset, types.FunctionType,
+                                   types.BuiltinFunctionType, np.ufunc, functools.partial)):
+        return x
+    if isinstance(x, tuple):
+        return tuple(_global_token(e) for e in x)
+    return ("state", f"{type(x).__module__}.{type(x).__qualname__}")
 
 
 def _boundary(boundary):

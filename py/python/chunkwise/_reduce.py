@@ -10,7 +10,7 @@ import numpy as np
 
 from . import _chunkwise
 from ._array import Array, _Key
-from ._util import exact, fspath, opts, source
+from ._util import exact, fspath, opts, parse_bytes, source
 from .errors import InvalidOptionError
 
 
@@ -61,14 +61,17 @@ def stats(a, region=None, *, progress=None, threads=None, memory=None) -> dict:
 
 def histogram(a, bins=None, range=None, *, progress=None, threads=None, memory=None):  # noqa: A002
     """``(counts, edges)`` as ``numpy.histogram(a, bins, range)`` (the last bin includes its
-    right edge). ``bins=None``: one bin per value for small integer ranges, else 256 over the
-    data's range; ``range=None``: the data's (finite) range."""
+    right edge; edges and binning in float64). ``bins=None``: for integer arrays one bin per
+    value (up to 2^24 values; else give bins), for floats 10 bins as numpy; ``range=None``: the
+    data's finite range (a single value v: v-0.5..v+0.5, as numpy)."""
     src = source(a)
     if bins is not None and (np.ndim(bins) != 0 or int(bins) < 1):
         raise ValueError(f"bins must be a positive int, got {bins!r}")
     rng = None
     if range is not None:
         lo, hi = (float(v) for v in range)
+        if lo == hi:  # numpy widens an empty range
+            lo, hi = lo - 0.5, hi + 0.5
         rng = (lo, hi)
         if bins is None:
             bins = 10
@@ -132,15 +135,17 @@ _OPS = ("sum", "mean", "std", "var", "min", "max", "count_nonzero", "any", "all"
         "argmax", "nansum", "nanmean", "nanstd", "nanvar", "nanmin", "nanmax")
 
 
-def reduce(a, ops=("mean",), axis=0, *, ddof=0, progress=None, threads=None) -> dict:  # noqa: A001
+def reduce(a, ops=("mean",), axis=0, *, ddof=0, progress=None, threads=None,  # noqa: A001
+           memory=None) -> dict:
     """numpy's reductions along ``axis`` (an int, a tuple, or None for all), every op of
     ``ops`` in one pass (biggus' ``ndarrays([mean, std])``): a dict op -> numpy array, with
     numpy's result types (``sum`` of uint16 is uint64, ``mean`` of integers float64).
 
     Ops: sum mean std var min max count_nonzero any all argmin argmax nansum nanmean nanstd
     nanvar nanmin nanmax (argmin/argmax take one axis). The array is read one layer of chunks
-    along the first reduced axis at a time: memory is that layer plus the accumulators (the
-    output's size), never the whole input. Integer sums are exact (numpy's wrap-around on
+    along the first reduced axis at a time (thinner when ``memory`` is given and a layer's
+    float64 temporaries, 24 bytes an element, would not fit): memory is that plus the
+    accumulators (the output's size), never the whole input. Integer sums are exact (numpy's wrap-around on
     overflow of the 64-bit result aside); float sums and moments are merged layer by layer
     (Chan et al.), equal to numpy's to rounding.
     """
@@ -168,6 +173,10 @@ def reduce(a, ops=("mean",), axis=0, *, ddof=0, progress=None, threads=None) -> 
     out_shape = tuple(n for i, n in enumerate(shape) if i not in axes)
     ax0 = min(axes)
     step = max(1, arr.chunks[ax0])
+    budget = parse_bytes(memory)
+    if budget is not None and shape[ax0]:
+        per_row = 24 * max(1, int(np.prod(shape, dtype=object)) // shape[ax0])
+        step = max(1, min(step, budget // per_row))
     nslabs = -(-shape[ax0] // step) if shape[ax0] else 0
     cb, close = _progress_cb(progress)
     acc = _Acc(ops, dt, out_shape, ddof)

@@ -40,6 +40,8 @@ def dtype_name(dtype) -> str:
 
 def native(x: np.ndarray) -> np.ndarray:
     """``x`` as a C-contiguous array in native byte order, of a supported type."""
+    if x.ndim == 0:
+        raise ValueError("0-dimensional arrays are not supported: give at least one axis")
     dtype_name(x.dtype)
     if not x.dtype.isnative:
         x = x.astype(x.dtype.newbyteorder("="))
