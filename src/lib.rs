@@ -89,8 +89,8 @@ pub use region::{ParsedRegion, Region};
 pub use run::{Cancel, DEFAULT_MEMORY, RunOptions};
 pub use source::RawOptions;
 pub use store::{
-    ChunkCodec, Codec, Durability, MAX_CHUNK_BYTES, MAX_CHUNKS, MAX_RANK, Store, StoreSpec,
-    StoreWriter, WriteReport, is_store,
+    ChunkCodec, Codec, Durability, JobStatus, MAX_CHUNK_BYTES, MAX_CHUNKS, MAX_RANK, PartStatus,
+    Store, StoreSpec, StoreWriter, WriteReport, is_store, job_status,
 };
 pub use view::{MAX_SPEC_DEPTH, MAX_SPEC_NODES, View};
 

@@ -707,3 +707,67 @@ fn a_part_of_another_split_is_refused() {
     }
     assert!(Store::open(&out).is_ok());
 }
+
+/// `chunkwise status OUT` (COMPUTE §7): parts done, running (their lock held) or missing, as
+/// text and JSON; then published; and a clear error where there is no job.
+#[test]
+fn status_says_which_parts_are_done_running_or_missing() {
+    let dir = tmp();
+    let input = input_store(dir.path(), "in_u16", &[4, 4, 4]);
+    let out = dir.path().join("out.zarr");
+    let part = |i: u32| {
+        chunkwise::run(
+            &[crate::common::input(&input)],
+            &out,
+            &gauss(),
+            &ExecOptions::default().partition(Some((i, 4))),
+        )
+        .unwrap()
+    };
+    part(0);
+    let held = std::fs::File::create(dir.path().join(".out.zarr.chunkwise-job/lock.1.4")).unwrap();
+    held.lock().unwrap();
+    let bin = env!("CARGO_BIN_EXE_chunkwise");
+    let o = Command::new(bin)
+        .args(["status", "--json"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let states: Vec<&str> = v["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["done", "running", "missing", "missing"], "{v}");
+    assert_eq!(v["published"], false);
+    assert_eq!(v["chunks_done"], v["parts"][0]["chunks"], "{v}");
+    let text = stdout(&Command::new(bin).arg("status").arg(&out).output().unwrap());
+    assert!(
+        text.contains("job in 4 parts") && text.contains("part 1/4: running"),
+        "{text}"
+    );
+    drop(held);
+    for i in 1..4 {
+        part(i);
+    }
+    let o = Command::new(bin)
+        .args(["status", "--json"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (v["published"].clone(), v["building"].clone()),
+        (true.into(), false.into())
+    );
+    let o = Command::new(bin)
+        .arg("status")
+        .arg(dir.path().join("nothing.zarr"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("nothing.zarr"), "{}", stderr(&o));
+}

@@ -8,6 +8,7 @@ mod grow;
 mod info;
 mod job;
 mod reduce;
+mod status;
 mod verify;
 
 use std::io::{IsTerminal, Write};
@@ -68,6 +69,8 @@ enum Command {
     Concat(grow::ConcatArgs),
     /// Stack stores along a new leading axis by linking their chunk files.
     Stack(grow::StackArgs),
+    /// Which parts of a job (--partition I/N) are done, running or missing.
+    Status(status::Args),
     /// Generate a small volume, convert, inspect and export it, checking the round trip.
     Demo(demo::Args),
 }
@@ -170,6 +173,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Append(a) => grow::append(a, &global),
         Command::Concat(a) => grow::concat(a, &global),
         Command::Stack(a) => grow::stack(a, &global),
+        Command::Status(a) => status::run(a, &global),
         Command::Demo(a) => demo::run(a, &global),
     };
     match result {

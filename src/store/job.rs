@@ -433,3 +433,146 @@ impl JobWriter {
         Ok(Finish::Published)
     }
 }
+
+/// Where a job into an output stands (`chunkwise status OUT`, spec/COMPUTE.md §7).
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobStatus {
+    /// The output path.
+    pub path: PathBuf,
+    /// A store is published at the output (with `fingerprint`, if chunkwise computed it).
+    pub published: bool,
+    /// The published array's job fingerprint.
+    pub fingerprint: Option<String>,
+    /// An unfinished job is being built beside the output.
+    pub building: bool,
+    /// Output chunks in all (of the unfinished job).
+    pub chunks_total: u64,
+    /// Output chunks done, by every part.
+    pub chunks_done: u64,
+    /// The parts the unfinished job was started in (empty if none).
+    pub parts: Vec<PartStatus>,
+}
+
+/// One part of an unfinished job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartStatus {
+    /// `I` of `I/N`.
+    pub index: u32,
+    /// `N` of `I/N`.
+    pub of: u32,
+    /// The part's output chunks (a contiguous range of layers along axis 0).
+    pub chunks: u64,
+    /// Of those, done (by any part).
+    pub done: u64,
+    /// A process holds the part's lock now.
+    pub running: bool,
+}
+
+impl PartStatus {
+    /// `done`, `running` or `missing` (not done and nobody on it).
+    pub fn state(&self) -> &'static str {
+        if self.done >= self.chunks {
+            "done"
+        } else if self.running {
+            "running"
+        } else {
+            "missing"
+        }
+    }
+}
+
+/// Which parts of the job into `out` are done, running (their lock is held) or missing, and
+/// whether the output is published.
+///
+/// ```no_run
+/// let s = chunkwise::job_status("smooth.zarr".as_ref())?;
+/// for p in &s.parts {
+///     println!("part {}/{}: {} ({}/{})", p.index, p.of, p.state(), p.done, p.chunks);
+/// }
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
+///
+/// # Errors
+/// [`Error::NotFound`] when there is neither an array nor a job at `out`; I/O errors.
+pub fn job_status(out: &Path) -> Result<JobStatus> {
+    let path = resolve_links(out)?;
+    let published = is_store(&path);
+    let fingerprint = published
+        .then(|| read_fingerprint(&path.join("zarr.json")))
+        .flatten();
+    let tmp = sibling(&path, JOB_SUFFIX)?;
+    let job = fs::read_to_string(job_file(&tmp))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok());
+    let Some(job) = job else {
+        if !published {
+            return Err(Error::NotFound(path));
+        }
+        return Ok(JobStatus {
+            path,
+            published,
+            fingerprint,
+            building: false,
+            chunks_total: 0,
+            chunks_done: 0,
+            parts: Vec::new(),
+        });
+    };
+    let meta = &job["metadata"];
+    let dims = |v: &Value| -> Vec<u64> {
+        v.as_array()
+            .map(|a| a.iter().filter_map(Value::as_u64).collect())
+            .unwrap_or_default()
+    };
+    let shape = dims(&meta["shape"]);
+    let chunk = dims(&meta["chunk_grid"]["configuration"]["chunk_shape"]);
+    if shape.is_empty() || shape.len() != chunk.len() || chunk.contains(&0) {
+        return Err(Error::bad_input(
+            &job_file(&tmp),
+            "no regular chunk grid in the job's metadata",
+        ));
+    }
+    let gshape: Vec<u64> = shape
+        .iter()
+        .zip(&chunk)
+        .map(|(s, c)| s.div_ceil(*c))
+        .collect();
+    let inner: u64 = gshape[1..].iter().product();
+    let done = read_done(&tmp)?;
+    let n = job
+        .get("parts")
+        .and_then(Value::as_u64)
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(1)
+        .max(1);
+    let layers = gshape[0];
+    let mut parts = Vec::new();
+    for i in 0..n {
+        let (l0, l1) = (
+            layers * u64::from(i) / u64::from(n),
+            layers * u64::from(i + 1) / u64::from(n),
+        );
+        let mine = done
+            .iter()
+            .filter(|idx| idx.first().is_some_and(|&z| z >= l0 && z < l1))
+            .count() as u64;
+        let lock = tmp.join(format!("lock.{i}.{n}"));
+        let running = File::open(&lock).is_ok_and(|f| !try_lock_briefly(&f, false));
+        parts.push(PartStatus {
+            index: i,
+            of: n,
+            chunks: (l1 - l0) * inner,
+            done: mine,
+            running,
+        });
+    }
+    Ok(JobStatus {
+        path,
+        published,
+        fingerprint,
+        building: true,
+        chunks_total: layers * inner,
+        chunks_done: done.len() as u64,
+        parts,
+    })
+}

@@ -38,6 +38,7 @@ use crate::region::{Region, fmt_shape};
 pub(crate) use edit::{Journal, Moving, PROGRESS_FILE, Progress, clean_stale, commit_metadata};
 pub(crate) use files::FileWriter;
 pub(crate) use job::{Finish, JobOptions, JobState, JobWriter};
+pub use job::{JobStatus, PartStatus, job_status};
 pub(crate) use layout::{Edges, Layout};
 pub(crate) use spec::GridCodec;
 pub use spec::{ChunkCodec, Codec, Durability, StoreSpec};
