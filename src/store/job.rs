@@ -528,7 +528,7 @@ pub fn job_status(out: &Path) -> Result<JobStatus> {
     let chunk = dims(&meta["chunk_grid"]["configuration"]["chunk_shape"]);
     if shape.is_empty() || shape.len() != chunk.len() || chunk.contains(&0) {
         return Err(Error::bad_input(
-            &job_file(&tmp),
+            job_file(&tmp),
             "no regular chunk grid in the job's metadata",
         ));
     }
