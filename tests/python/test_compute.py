@@ -379,3 +379,22 @@ def test_default_name_covers_partial_arguments(tmp, rng):
     r = cw.map_overlap(functools.partial(_counted_gauss, sigma=2.0), a, out=out, depth=8)
     assert CALLS == []
     close_f64(r[...], ndi.gaussian_filter(x, 2.0))
+
+
+def test_partitioned_runs_share_one_job(tmp, rng):
+    """PYTHON §2 / COMPUTE §7: partition="I/N" computes one part; parts that leave the
+    publishing to another return None; the last publishes the single process's result."""
+    x = rand(rng, (9, 6, 7), "uint16", 0, 1000)
+    a, _ = store(tmp, x, (3, 3, 3))
+    whole = cw.gaussian(a, str(tmp / "whole.zarr"), 1.0)
+    out = str(tmp / "parts.zarr")
+    assert cw.gaussian(a, out, 1.0, partition="2/3") is None
+    assert cw.gaussian(a, out, 1.0, partition=(0, 3)) is None
+    r = cw.gaussian(a, out, 1.0, partition="1/3")
+    assert np.array_equal(r[...], whole[...])
+    with pytest.raises(ValueError):
+        cw.gaussian(a, out, 1.0, partition="3/3")
+    f = lambda b: b + 1  # noqa: E731
+    assert cw.map_blocks(f, a, out=str(tmp / "m.zarr"), partition="0/2") is None
+    m = cw.map_blocks(f, a, out=str(tmp / "m.zarr"), partition="1/2")
+    assert np.array_equal(m[...], x + 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 import tempfile
 
@@ -30,32 +31,55 @@ def _run(kind, a, out, params, progress, threads, memory, **kw):
     d, close = opts(progress, threads, memory, **kw)
     src = a if isinstance(a, _chunkwise.Source) else source(a)
     try:
-        _chunkwise.kernel(kind, [src], fspath(out), params, d)
+        report = _chunkwise.kernel(kind, [src], fspath(out), params, d)
     finally:
         close()
-    return open_(out)
+    return _result(report, out)
 
 
-def _common(chunks, codec, level, overwrite, restart, checksum):
+def _common(chunks, codec, level, overwrite, restart, checksum, partition=None):
     return dict(chunks=chunks, codec=codec, level=level, overwrite=overwrite, restart=restart,
-                checksum=checksum)
+                checksum=checksum, partition=_partition(partition))
+
+
+def _partition(p):
+    """``"I/N"`` or ``(I, N)`` as the binding's (I, N), or None."""
+    if p is None:
+        return None
+    if isinstance(p, str):
+        try:
+            i, n = (int(v) for v in p.split("/"))
+        except ValueError:
+            raise InvalidOptionError(f"invalid partition: {p!r}: give 'I/N' or (I, N)") from None
+    else:
+        i, n = (int(v) for v in p)
+    if not 0 <= i < n:
+        raise InvalidOptionError(f"invalid partition: {i}/{n}: need 0 <= I < N")
+    return (i, n)
+
+
+def _result(report, out):
+    """The output opened, or None for a part that left the publishing to another."""
+    if json.loads(report)["status"].startswith("waiting"):
+        return None
+    return open_(out)
 
 
 def gaussian(a, out, sigma, truncate=4.0, mode="reflect", cval=0.0, dtype=None, *, chunks=None,
              codec=None, level=None, overwrite=False, restart=False, checksum=False,
-             progress=None, threads=None, memory=None) -> Array:
+             partition=None, progress=None, threads=None, memory=None) -> Array:
     """``scipy.ndimage.gaussian_filter(a, sigma, mode=mode, cval=cval, truncate=truncate)``,
     chunk by chunk into the store ``out`` (``float32`` unless ``dtype``; spec/COMPUTE.md)."""
     sig = [float(s) for s in np.atleast_1d(sigma)]
     params = dict(sigma=sig, truncate=float(truncate), mode=_mode(mode), cval=float(cval),
                   dtype=None if dtype is None else dtype_name(dtype))
     return _run("gaussian", a, out, params, progress, threads, memory,
-                **_common(chunks, codec, level, overwrite, restart, checksum))
+                **_common(chunks, codec, level, overwrite, restart, checksum, partition))
 
 
 def correlate1d(a, out, weights, axis=-1, mode="reflect", cval=0.0, origin=0, dtype=None, *,
                 chunks=None, codec=None, level=None, overwrite=False, restart=False,
-                checksum=False, progress=None, threads=None, memory=None) -> Array:
+                checksum=False, partition=None, progress=None, threads=None, memory=None) -> Array:
     """``scipy.ndimage.correlate1d(a, weights, axis, mode=mode, cval=cval, origin=origin)``,
     chunk by chunk into the store ``out``."""
     src = source(a)
@@ -67,7 +91,7 @@ def correlate1d(a, out, weights, axis=-1, mode="reflect", cval=0.0, origin=0, dt
                   axis=ax % ndim, origin=int(origin), mode=_mode(mode), cval=float(cval),
                   dtype=None if dtype is None else dtype_name(dtype))
     return _run("correlate1d", src, out, params, progress, threads, memory,
-                **_common(chunks, codec, level, overwrite, restart, checksum))
+                **_common(chunks, codec, level, overwrite, restart, checksum, partition))
 
 
 def _table_path(table):
@@ -102,27 +126,27 @@ def _table_path(table):
 
 
 def lut(a, out, table, *, chunks=None, codec=None, level=None, overwrite=False, restart=False,
-        checksum=False, progress=None, threads=None, memory=None) -> Array:
+        checksum=False, partition=None, progress=None, threads=None, memory=None) -> Array:
     """``table[a]`` (a 1-D table as a numpy array or an ``.npy`` path), into the store ``out``."""
     return _run("lut", a, out, dict(table=_table_path(table)), progress, threads, memory,
-                **_common(chunks, codec, level, overwrite, restart, checksum))
+                **_common(chunks, codec, level, overwrite, restart, checksum, partition))
 
 
 def threshold(a, out, above, *, chunks=None, codec=None, level=None, overwrite=False,
-              restart=False, checksum=False, progress=None, threads=None, memory=None) -> Array:
+              restart=False, checksum=False, partition=None, progress=None, threads=None, memory=None) -> Array:
     """``a > above`` as ``uint8`` 0/1, compared exactly in the array's own type."""
     return _run("threshold", a, out, dict(above=exact(above)), progress, threads, memory,
-                **_common(chunks, codec, level, overwrite, restart, checksum))
+                **_common(chunks, codec, level, overwrite, restart, checksum, partition))
 
 
 def neighbourhood_lut(a, out, table, above=None, *, chunks=None, codec=None, level=None,
-                      overwrite=False, restart=False, checksum=False, progress=None,
+                      overwrite=False, restart=False, checksum=False, partition=None, progress=None,
                       threads=None, memory=None) -> Array:
     """ClearMap's 3x3x3 neighbourhood lookup (spec/COMPUTE.md): each voxel's 27-bit
     neighbourhood index (of ``a != 0``, or ``a > above``) looked up in a 2^27-entry table."""
     params = dict(table=_table_path(table), above=None if above is None else exact(above))
     return _run("neighbourhood_lut", a, out, params, progress, threads, memory,
-                **_common(chunks, codec, level, overwrite, restart, checksum))
+                **_common(chunks, codec, level, overwrite, restart, checksum, partition))
 
 
 # -- Python functions over blocks ------------------------------------------------------------
@@ -332,7 +356,7 @@ def _caller(func, out, out_dtype, trim, what):
 
 def map_overlap(func, *inputs, out, depth, boundary="reflect", dtype=None, trim=True, name=None,
                 chunks=None, codec=None, level=None, overwrite=False, restart=False,
-                checksum=False, progress=None, threads=None, memory=None, **kwargs) -> Array:
+                checksum=False, partition=None, progress=None, threads=None, memory=None, **kwargs) -> Array:
     """dask's ``map_overlap``, chunk by chunk into the store ``out`` (spec/PYTHON.md §2).
 
     ``func(*blocks)`` gets each input's block grown by ``depth`` (an int, one per axis, or a
@@ -360,20 +384,21 @@ def map_overlap(func, *inputs, out, depth, boundary="reflect", dtype=None, trim=
     job = f"{job} trim={bool(trim)}"
     call = _caller(func, fspath(out), out_dtype, bool(trim) or not any(d), what)
     o, close = opts(progress, threads, memory,
-                    **_common(chunks, codec, level, overwrite, restart, checksum))
+                    **_common(chunks, codec, level, overwrite, restart, checksum, partition))
     try:
-        _chunkwise.map_overlap(call, srcs, fspath(out), job, out_dtype.name, d, mode, cval, o)
+        report = _chunkwise.map_overlap(call, srcs, fspath(out), job, out_dtype.name, d, mode,
+                                        cval, o)
     finally:
         close()
-    return open_(out)
+    return _result(report, out)
 
 
 def map_blocks(func, *inputs, out, dtype=None, name=None, chunks=None, codec=None, level=None,
-               overwrite=False, restart=False, checksum=False, progress=None, threads=None,
+               overwrite=False, restart=False, checksum=False, partition=None, progress=None, threads=None,
                memory=None, **kwargs) -> Array:
     """dask's ``map_blocks``: ``func(*blocks, **kwargs)`` on each output chunk's region of
     every input, returning the chunk's values; into the store ``out``."""
     return map_overlap(func, *inputs, out=out, depth=0, dtype=dtype, trim=True, name=name,
                        chunks=chunks, codec=codec, level=level, overwrite=overwrite,
-                       restart=restart, checksum=checksum, progress=progress, threads=threads,
-                       memory=memory, **kwargs)
+                       restart=restart, checksum=checksum, partition=partition,
+                       progress=progress, threads=threads, memory=memory, **kwargs)
