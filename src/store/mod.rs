@@ -641,43 +641,6 @@ impl Store {
         if region.is_empty() {
             return Ok(());
         }
-        // Fast path: zarrs decodes every chunk straight into `out`, in parallel on the current
-        // pool, absent chunks as the fill value. On any error, the per-chunk path below runs
-        // instead: it names the chunk that failed.
-        if self.read_region_direct(region, out).is_ok() {
-            return Ok(());
-        }
-        self.read_region_by_chunk(region, out)
-    }
-
-    /// `read_region_into` by zarrs' own multi-chunk decode into the output buffer.
-    fn read_region_direct(
-        &self,
-        region: &Region,
-        out: &mut [u8],
-    ) -> std::result::Result<(), zarrs::array::ArrayError> {
-        let shape = region.shape();
-        let whole = ArraySubset::new_with_shape(shape.clone());
-        // SAFETY: one view covers the whole buffer; no other view of it exists.
-        let mut view = unsafe {
-            zarrs::array::ArrayBytesFixedDisjointView::new(
-                unsafe_cell_slice::UnsafeCellSlice::new(out),
-                self.dtype.size(),
-                &shape,
-                whole,
-            )
-        }
-        .map_err(zarrs::array::CodecError::from)?;
-        self.array.retrieve_array_subset_into_opt(
-            &ArraySubset::new_with_ranges(region.ranges()),
-            (&mut view).into(),
-            &codec_options(),
-        )
-    }
-
-    /// `read_region_into` chunk by chunk, each error naming its chunk.
-    fn read_region_by_chunk(&self, region: &Region, out: &mut [u8]) -> Result<()> {
-        let itemsize = self.dtype.size();
         let out_shape: Vec<usize> = region.shape().iter().map(|&s| s as usize).collect();
         let out_strides = c_strides(&out_shape, itemsize);
         let chunk_box = self.chunks_touching(region)?;
