@@ -14,10 +14,12 @@ use rayon::prelude::*;
 
 use crate::dtype::DType;
 use crate::dtype::Element;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::exec::{ExecOptions, ExecStatus};
 use crate::grid::Grid;
 use crate::grid::{default_chunks, indices_in, storage_order};
 use crate::input::Input;
+use crate::kernel::{Kernel, OutBlock};
 use crate::progress::{Tracker, Unit};
 use crate::run::with_threads;
 use crate::run::{DEFAULT_MEMORY, RunOptions, run_setters};
@@ -48,6 +50,7 @@ pub struct ConvertOptions {
     subchunks: Option<Vec<u64>>,
     axis_names: Option<Vec<String>>,
     overwrite: bool,
+    partition: Option<(u32, u32)>,
     run: RunOptions,
 }
 
@@ -101,6 +104,12 @@ impl ConvertOptions {
         self.overwrite = on;
         self
     }
+    /// Writes only part `i` of `n` of the output's chunks (`--partition I/N`): N processes
+    /// share one resumable job, and the last to finish publishes (spec/COMPUTE.md §7).
+    pub fn partition(mut self, part: Option<(u32, u32)>) -> Self {
+        self.partition = part;
+        self
+    }
 }
 
 run_setters!(ConvertOptions);
@@ -138,6 +147,9 @@ pub struct ConvertReport {
     pub bytes_stored: u64,
     /// Wall-clock seconds.
     pub seconds: f64,
+    /// A partitioned convert whose part is done while others still have chunks to write:
+    /// `(chunks done by all parts, chunks in all)`; the array is not published yet.
+    pub waiting: Option<(u64, u64)>,
 }
 
 /// Converts `input` into a new Zarr v3 array at `out`: any [`Input`] (one .npy file; several
@@ -156,7 +168,85 @@ pub struct ConvertReport {
 /// Any [`crate::Error`] naming the file or option at fault; nothing appears at `out` unless
 /// the conversion completes.
 pub fn convert(input: &Input, out: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
+    if let Some(part) = opts.partition {
+        return convert_partitioned(input, out, opts, part);
+    }
     with_threads(opts.run.threads, || convert_in_pool(input, out, opts))
+}
+
+/// A convert in parts: the block executor's resumable, partitionable job with a kernel that
+/// copies, so that N processes (a Slurm array) share one output.
+fn convert_partitioned(
+    input: &Input,
+    out: &Path,
+    opts: &ConvertOptions,
+    part: (u32, u32),
+) -> Result<ConvertReport> {
+    if opts.subchunks.is_some() || opts.axis_names.is_some() {
+        return Err(Error::option(
+            "partition",
+            "a partitioned convert writes plain chunks: sharding and axis names are not \
+             supported with it yet (convert in one process, or leave them out)",
+        ));
+    }
+    let start = Instant::now();
+    let dtype = input.dtype();
+    let chunks = opts
+        .chunks
+        .clone()
+        .unwrap_or_else(|| default_chunks(input.shape()));
+    let exec = ExecOptions::default()
+        .chunks(Some(chunks))
+        .codec(Codec::resolve(opts.codec, opts.level, dtype)?)
+        .checksum(opts.checksum)
+        .overwrite(opts.overwrite)
+        .partition(Some(part))
+        .run(opts.run.clone());
+    let r = crate::exec::run(std::slice::from_ref(input), out, &Copy, &exec)?;
+    let waiting = match r.status {
+        ExecStatus::Waiting { done, total } => Some((done, total)),
+        _ => None,
+    };
+    let chunk_bytes = r.chunk_shape.iter().product::<u64>() * dtype.size() as u64;
+    let all_bytes = input.shape().iter().product::<u64>() * dtype.size() as u64;
+    Ok(ConvertReport {
+        path: r.path,
+        source: input.describe(),
+        shape: r.shape,
+        dtype,
+        chunk_shape: r.chunk_shape,
+        chunks_total: r.chunks_total,
+        chunks_written: r.chunks_computed,
+        bytes_in: r.chunks_computed.saturating_mul(chunk_bytes).min(all_bytes),
+        bytes_stored: r.bytes_stored,
+        seconds: start.elapsed().as_secs_f64(),
+        waiting,
+    })
+}
+
+/// `out = in`: a convert as a block job.
+struct Copy;
+
+impl Kernel for Copy {
+    fn halo(&self, ndim: usize) -> Result<Vec<(u64, u64)>> {
+        Ok(vec![(0, 0); ndim])
+    }
+
+    fn output_dtype(&self, inputs: &[DType]) -> Result<DType> {
+        Ok(inputs[0])
+    }
+
+    fn describe(&self) -> String {
+        "convert".into()
+    }
+
+    fn apply(&self, inputs: &[crate::kernel::Block<'_>], out: &mut OutBlock<'_>) -> Result<()> {
+        crate::with_scalar!(out.dtype(), T => {
+            let src = inputs[0].valid_view::<T>()?;
+            out.view_mut::<T>()?.assign(&src);
+        });
+        Ok(())
+    }
 }
 
 /// Writes an array in memory as a new Zarr v3 array at `out` ([`convert`] of
@@ -259,6 +349,7 @@ fn convert_in_pool(input: &Input, out: &Path, opts: &ConvertOptions) -> Result<C
         bytes_in: total_bytes,
         bytes_stored: stored,
         seconds: start.elapsed().as_secs_f64(),
+        waiting: None,
     })
 }
 

@@ -771,3 +771,51 @@ fn status_says_which_parts_are_done_running_or_missing() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("nothing.zarr"), "{}", stderr(&o));
 }
+
+/// `convert --partition I/N` (COMPUTE §7): parts of one convert, in any order, publish the
+/// array a single convert writes (same data, same chunks); a part that is not last waits;
+/// sharding is refused with parts, naming why.
+#[test]
+fn a_convert_in_parts_equals_one_convert() {
+    let dir = tmp();
+    let input = input_store(dir.path(), "in_u16", &[4, 4, 4]);
+    let whole = dir.path().join("whole.zarr");
+    let opts = || chunkwise::ConvertOptions::default().chunks(Some(vec![3, 5, 7]));
+    chunkwise::convert(&crate::common::input(&input), &whole, &opts()).unwrap();
+    let out = dir.path().join("parts.zarr");
+    let bin = env!("CARGO_BIN_EXE_chunkwise");
+    for (k, part) in ["2/3", "0/3", "1/3"].into_iter().enumerate() {
+        let o = Command::new(bin)
+            .arg("convert")
+            .arg(&input)
+            .arg("-o")
+            .arg(&out)
+            .args(["--chunks", "3,5,7", "--partition", part])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{part}: {}", stderr(&o));
+        if k < 2 {
+            assert!(
+                stdout(&o).contains("waiting for the other partitions"),
+                "{}",
+                stdout(&o)
+            );
+            assert!(!out.exists());
+        } else {
+            assert!(stdout(&o).starts_with("wrote "), "{}", stdout(&o));
+        }
+    }
+    let (a, b) = (Store::open(&whole).unwrap(), Store::open(&out).unwrap());
+    assert_eq!(a.chunk_shape(), b.chunk_shape());
+    assert_eq!(store_bytes(&a), store_bytes(&b));
+    let e = chunkwise::convert(
+        &crate::common::input(&input),
+        &dir.path().join("sharded.zarr"),
+        &opts()
+            .subchunks(Some(vec![1, 5, 7]))
+            .partition(Some((0, 2))),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("partition") && e.contains("shard"), "{e}");
+}

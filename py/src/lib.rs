@@ -510,7 +510,8 @@ fn convert_options(d: &Bound<'_, PyDict>) -> PyResult<ConvertOptions> {
                 .map(|v| v.extract())
                 .transpose()?
                 .unwrap_or(false),
-        ))
+        )
+        .partition(get("partition")?.map(|v| v.extract()).transpose()?))
 }
 
 /// `chunkwise convert`: the input written as a new store at `out`.
@@ -530,7 +531,7 @@ fn convert(
     Ok(serde_json::json!({
         "path": r.path, "shape": r.shape, "dtype": r.dtype.to_string(),
         "chunks": r.chunk_shape, "chunks_written": r.chunks_written,
-        "bytes_stored": r.bytes_stored, "seconds": r.seconds,
+        "bytes_stored": r.bytes_stored, "seconds": r.seconds, "waiting": r.waiting,
     })
     .to_string())
 }

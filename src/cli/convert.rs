@@ -51,6 +51,10 @@ pub(crate) struct Args {
     /// Do not fsync before publishing (scratch data only).
     #[arg(long)]
     no_sync: bool,
+    /// Write only part I (0-based) of N; N processes share one resumable job and the last
+    /// one publishes (spec/COMPUTE.md §7; see `chunkwise status`).
+    #[arg(long, value_parser = super::job::parse_partition, value_name = "I/N")]
+    partition: Option<(u32, u32)>,
 }
 
 pub(crate) fn run(a: Args, g: &Global) -> CliResult {
@@ -65,6 +69,7 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
         .subchunks(a.shard)
         .axis_names(a.axis_names)
         .overwrite(a.overwrite)
+        .partition(a.partition)
         .threads(g.threads)
         .cancel(g.cancel.clone())
         .memory(a.memory)
@@ -82,7 +87,14 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
         },
     )?;
     let report = chunkwise::convert(&input, &a.output, &opts)?;
-    if !g.quiet {
+    if let Some((done, total)) = report.waiting {
+        if !g.quiet {
+            say(format!(
+                "partition done; {done} of {total} chunks of {} done, waiting for the other partitions",
+                a.output.display()
+            ))?;
+        }
+    } else if !g.quiet {
         say(summary(&report))?;
     }
     Ok(Outcome::Ok)

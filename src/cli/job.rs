@@ -47,7 +47,7 @@ pub(crate) struct JobArgs {
     no_sync: bool,
 }
 
-fn parse_partition(s: &str) -> Result<(u32, u32), String> {
+pub(crate) fn parse_partition(s: &str) -> Result<(u32, u32), String> {
     let (i, n) = s
         .split_once('/')
         .ok_or_else(|| format!("{s:?} is not I/N (e.g. 0/4)"))?;

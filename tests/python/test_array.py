@@ -316,3 +316,14 @@ def test_convert_raw(tmp, rng):
     cw.convert(str(tmp / "v.raw"), q, dtype="uint16", shape=(8, 12, 10), chunks=(4, 6, 5),
                checksum=True, shard=(2, 3, 5))
     same(zarr.open_array(q, mode="r")[...], x)
+
+
+def test_convert_in_parts(tmp, rng):
+    """PYTHON §1 / COMPUTE §7: convert(partition="I/N"): parts that do not publish return None,
+    the last returns the array a single convert writes."""
+    x = rng.integers(0, 1000, (9, 8, 7)).astype(np.uint16)
+    np.save(tmp / "x.npy", x)
+    out = str(tmp / "p.zarr")
+    assert cw.convert(str(tmp / "x.npy"), out, chunks=(2, 3, 4), partition="1/2") is None
+    a = cw.convert(str(tmp / "x.npy"), out, chunks=(2, 3, 4), partition=(0, 2))
+    assert a.chunks == (2, 3, 4) and np.array_equal(a[...], x)

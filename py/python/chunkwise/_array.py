@@ -417,22 +417,25 @@ def create(path, shape, dtype, chunks=None, codec=None, fill_value=0, overwrite=
 
 
 def convert(inputs, path, chunks=None, codec=None, level=None, *, checksum=False, shard=None,
-            axis_names=None, dtype=None, shape=None, overwrite=False, progress=None,
-            threads=None, memory=None) -> Array:
+            axis_names=None, dtype=None, shape=None, overwrite=False, partition=None,
+            progress=None, threads=None, memory=None) -> Array:
     """``chunkwise convert``: any input (paths as :func:`open` takes them, an Array, a numpy
-    array) written as a chunked store at ``path``, streaming; returns the store opened."""
+    array) written as a chunked store at ``path``, streaming; returns the store opened.
+    ``partition="I/N"`` writes one part of N sharing one job; a part that leaves the
+    publishing to another returns None."""
+    from ._compute import _partition
     if isinstance(inputs, (str, os.PathLike, list, tuple, dict)) and not isinstance(inputs, Array):
         src = open(inputs, dtype=dtype, shape=shape)._source()
     else:
         src = source(inputs)
     d, close = opts(progress, threads, memory, chunks=chunks, codec=codec, level=level,
                     checksum=checksum, shard=None if shard is None else [int(c) for c in shard],
-                    axis_names=axis_names, overwrite=overwrite)
+                    axis_names=axis_names, overwrite=overwrite, partition=_partition(partition))
     try:
-        _chunkwise.convert(src, fspath(path), d)
+        report = json.loads(_chunkwise.convert(src, fspath(path), d))
     finally:
         close()
-    return open(path)
+    return None if report.get("waiting") else open(path)
 
 
 def from_array(x, path, chunks=None, codec=None, level=None, *, overwrite=False, progress=None,
