@@ -285,6 +285,15 @@ pub fn indices_in(boxed: &[Range<u64>]) -> Vec<Vec<u64>> {
     }
 }
 
+/// The layers (along axis 0) of part `part` of `parts`: contiguous ranges of nearly equal
+/// length, in order (spec/COMPUTE.md §7).
+pub(crate) fn part_layers(layers: u64, part: u32, parts: u32) -> (u64, u64) {
+    (
+        layers * u64::from(part) / u64::from(parts),
+        layers * u64::from(part + 1) / u64::from(parts),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use chunkwise::kernel::{
-    Block, Correlate1d, Gaussian, Lut, NeighbourhoodLut, OutBlock, Threshold, lut::Table,
+    Block, Correlate1d, Gaussian, Kernel, Lut, NeighbourhoodLut, OutBlock, Threshold, lut::Table,
 };
 use chunkwise::{
     Boundary, Cancel, Codec, ConvertOptions, DType, Error, ExecOptions, ExecReport, ExecStatus,
@@ -75,6 +75,25 @@ struct SendBuf(*mut u8, usize);
 unsafe impl Send for SendBuf {}
 unsafe impl Sync for SendBuf {}
 
+/// The keyword `k` of the options dict, absent or `None` meaning unset.
+fn opt<'py, T: for<'a> FromPyObject<'a, 'py>>(
+    d: &Bound<'py, PyDict>,
+    k: &str,
+) -> PyResult<Option<T>>
+where
+    for<'a> <T as FromPyObject<'a, 'py>>::Error: Into<PyErr>,
+{
+    match d.get_item(k)?.filter(|v| !v.is_none()) {
+        Some(v) => Ok(Some(v.extract().map_err(Into::into)?)),
+        None => Ok(None),
+    }
+}
+
+/// A boolean keyword of the options dict (unset: false).
+fn flag(d: &Bound<'_, PyDict>, k: &str) -> PyResult<bool> {
+    Ok(opt(d, k)?.unwrap_or(false))
+}
+
 /// The settings every long call takes, read from the Python keyword dict.
 struct Common {
     threads: Option<usize>,
@@ -84,16 +103,17 @@ struct Common {
 
 impl Common {
     fn from(d: Option<&Bound<'_, PyDict>>) -> PyResult<Common> {
-        let get = |k: &str| -> PyResult<Option<Bound<'_, PyAny>>> {
-            match d {
-                Some(d) => Ok(d.get_item(k)?.filter(|v| !v.is_none())),
-                None => Ok(None),
-            }
+        let Some(d) = d else {
+            return Ok(Common {
+                threads: None,
+                memory: None,
+                progress: None,
+            });
         };
         Ok(Common {
-            threads: get("threads")?.map(|v| v.extract()).transpose()?,
-            memory: get("memory")?.map(|v| v.extract()).transpose()?,
-            progress: get("progress")?.map(|v| v.unbind()),
+            threads: opt(d, "threads")?,
+            memory: opt(d, "memory")?,
+            progress: opt::<Bound<'_, PyAny>>(d, "progress")?.map(Bound::unbind),
         })
     }
 }
@@ -486,32 +506,18 @@ fn create(
 }
 
 fn convert_options(d: &Bound<'_, PyDict>) -> PyResult<ConvertOptions> {
-    let get = |k: &str| -> PyResult<Option<Bound<'_, PyAny>>> {
-        Ok(d.get_item(k)?.filter(|v| !v.is_none()))
-    };
-    let level: Option<i32> = get("level")?.map(|v| v.extract()).transpose()?;
-    let codec_name: Option<String> = get("codec")?.map(|v| v.extract()).transpose()?;
+    let level: Option<i32> = opt(d, "level")?;
     let mut o = ConvertOptions::default();
-    if let Some(c) = codec(codec_name.as_deref(), level)? {
+    if let Some(c) = codec(opt::<String>(d, "codec")?.as_deref(), level)? {
         o = o.codec(c);
     }
-    Ok(o.chunks(get("chunks")?.map(|v| v.extract()).transpose()?)
+    Ok(o.chunks(opt(d, "chunks")?)
         .level(level)
-        .checksum(
-            get("checksum")?
-                .map(|v| v.extract())
-                .transpose()?
-                .unwrap_or(false),
-        )
-        .subchunks(get("shard")?.map(|v| v.extract()).transpose()?)
-        .axis_names(get("axis_names")?.map(|v| v.extract()).transpose()?)
-        .overwrite(
-            get("overwrite")?
-                .map(|v| v.extract())
-                .transpose()?
-                .unwrap_or(false),
-        )
-        .partition(get("partition")?.map(|v| v.extract()).transpose()?))
+        .checksum(flag(d, "checksum")?)
+        .subchunks(opt(d, "shard")?)
+        .axis_names(opt(d, "axis_names")?)
+        .overwrite(flag(d, "overwrite")?)
+        .partition(opt(d, "partition")?))
 }
 
 /// `chunkwise convert`: the input written as a new store at `out`.
@@ -537,35 +543,16 @@ fn convert(
 }
 
 fn exec_options(d: &Bound<'_, PyDict>, run: &RunOptions) -> PyResult<ExecOptions> {
-    let get = |k: &str| -> PyResult<Option<Bound<'_, PyAny>>> {
-        Ok(d.get_item(k)?.filter(|v| !v.is_none()))
-    };
-    let level: Option<i32> = get("level")?.map(|v| v.extract()).transpose()?;
-    let codec_name: Option<String> = get("codec")?.map(|v| v.extract()).transpose()?;
+    let level: Option<i32> = opt(d, "level")?;
     let mut o = ExecOptions::default()
-        .chunks(get("chunks")?.map(|v| v.extract()).transpose()?)
+        .chunks(opt(d, "chunks")?)
         .level(level)
-        .checksum(
-            get("checksum")?
-                .map(|v| v.extract())
-                .transpose()?
-                .unwrap_or(false),
-        )
-        .overwrite(
-            get("overwrite")?
-                .map(|v| v.extract())
-                .transpose()?
-                .unwrap_or(false),
-        )
-        .restart(
-            get("restart")?
-                .map(|v| v.extract())
-                .transpose()?
-                .unwrap_or(false),
-        )
-        .partition(get("partition")?.map(|v| v.extract()).transpose()?)
+        .checksum(flag(d, "checksum")?)
+        .overwrite(flag(d, "overwrite")?)
+        .restart(flag(d, "restart")?)
+        .partition(opt(d, "partition")?)
         .run(run.clone());
-    if let Some(c) = codec(codec_name.as_deref(), level)? {
+    if let Some(c) = codec(opt::<String>(d, "codec")?.as_deref(), level)? {
         o = o.codec(c);
     }
     Ok(o)
@@ -624,7 +611,7 @@ fn kernel(
     let job = Job::new(&Common::from(Some(opts))?);
     let eopts = exec_options(opts, &job.run)?;
     let ins = inputs(&sources)?;
-    let r = match kind {
+    let k: Box<dyn Kernel> = match kind {
         "gaussian" => {
             let k = Gaussian {
                 sigma: p("sigma")?.extract()?,
@@ -632,7 +619,7 @@ fn kernel(
                 mode: boundary()?,
                 dtype: opt_dtype("dtype")?,
             };
-            job.run(py, |_| chunkwise::run(&ins, &out, &k, &eopts))?
+            Box::new(k)
         }
         "correlate1d" => {
             let k = Correlate1d {
@@ -642,18 +629,17 @@ fn kernel(
                 mode: boundary()?,
                 dtype: opt_dtype("dtype")?,
             };
-            job.run(py, |_| chunkwise::run(&ins, &out, &k, &eopts))?
+            Box::new(k)
         }
         "lut" => {
             let table = Table::open(&p("table")?.extract::<PathBuf>()?).map_err(to_py)?;
-            let k = Lut::new(table);
-            job.run(py, |_| chunkwise::run(&ins, &out, &k, &eopts))?
+            Box::new(Lut::new(table))
         }
         "threshold" => {
             let k = Threshold {
                 above: number(&p("above")?.extract::<String>()?)?,
             };
-            job.run(py, |_| chunkwise::run(&ins, &out, &k, &eopts))?
+            Box::new(k)
         }
         "neighbourhood_lut" => {
             let table = Table::open(&p("table")?.extract::<PathBuf>()?).map_err(to_py)?;
@@ -661,11 +647,11 @@ fn kernel(
                 Some(v) => Some(number(&v.extract::<String>()?)?),
                 None => None,
             };
-            let k = NeighbourhoodLut::new(table).map_err(to_py)?.above(above);
-            job.run(py, |_| chunkwise::run(&ins, &out, &k, &eopts))?
+            Box::new(NeighbourhoodLut::new(table).map_err(to_py)?.above(above))
         }
         other => return Err(PyValueError::new_err(format!("unknown kernel {other}"))),
     };
+    let r = job.run(py, |_| chunkwise::run(&ins, &out, k.as_ref(), &eopts))?;
     Ok(exec_report(&r))
 }
 
@@ -802,11 +788,21 @@ fn histogram(
     })
 }
 
-fn select(above: Option<&str>, below: Option<&str>) -> PyResult<Select> {
-    Ok(Select::from_bounds(
+/// `where`/`graph`'s options: the selection by `above`/`below`, and the job's run settings.
+fn index_options(
+    above: Option<&str>,
+    below: Option<&str>,
+    overwrite: bool,
+    job: &Job,
+) -> PyResult<IndexOptions> {
+    let select = Select::from_bounds(
         above.map(number).transpose()?,
         below.map(number).transpose()?,
-    ))
+    );
+    Ok(IndexOptions::default()
+        .select(select)
+        .overwrite(overwrite)
+        .run(job.run.clone()))
 }
 
 /// `numpy.argwhere` of the selection, streamed to the `.npy` file `out`; the count.
@@ -822,10 +818,7 @@ fn where_(
     opts: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<u64> {
     let job = Job::new(&Common::from(opts)?);
-    let iopts = IndexOptions::default()
-        .select(select(above, below)?)
-        .overwrite(overwrite)
-        .run(job.run.clone());
+    let iopts = index_options(above, below, overwrite, &job)?;
     source.check_present()?;
     let input = &source.input;
     job.run(py, |_| chunkwise::where_coords(input, Some(&out), &iopts))
@@ -848,10 +841,7 @@ fn graph(
     opts: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<u64> {
     let job = Job::new(&Common::from(opts)?);
-    let iopts = IndexOptions::default()
-        .select(select(above, below)?)
-        .overwrite(overwrite)
-        .run(job.run.clone());
+    let iopts = index_options(above, below, overwrite, &job)?;
     source.check_present()?;
     let input = &source.input;
     job.run(py, |_| {
@@ -861,27 +851,21 @@ fn graph(
 }
 
 fn grow_options(d: &Bound<'_, PyDict>, run: &RunOptions) -> PyResult<GrowOptions> {
-    let get = |k: &str| -> PyResult<Option<Bound<'_, PyAny>>> {
-        Ok(d.get_item(k)?.filter(|v| !v.is_none()))
-    };
-    let flag = |k: &str| -> PyResult<bool> {
-        Ok(get(k)?.map(|v| v.extract()).transpose()?.unwrap_or(false))
-    };
-    let layout: GridLayout = match get("layout")? {
-        Some(v) => v.extract::<String>()?.parse().map_err(to_py)?,
+    let layout: GridLayout = match opt::<String>(d, "layout")? {
+        Some(v) => v.parse().map_err(to_py)?,
         None => GridLayout::Auto,
     };
     let mut o = GrowOptions::default()
-        .axis(get("axis")?.map(|v| v.extract()).transpose()?.unwrap_or(0))
+        .axis(opt(d, "axis")?.unwrap_or(0))
         .layout(layout)
-        .cast(flag("cast")?)
-        .move_inputs(flag("move")?)
-        .wait(flag("wait")?)
-        .overwrite(flag("overwrite")?)
-        .again(flag("again")?)
+        .cast(flag(d, "cast")?)
+        .move_inputs(flag(d, "move")?)
+        .wait(flag(d, "wait")?)
+        .overwrite(flag(d, "overwrite")?)
+        .again(flag(d, "again")?)
         .run(run.clone());
-    if let Some(s) = get("checkpoint_secs")? {
-        o = o.checkpoint_secs(s.extract()?);
+    if let Some(secs) = opt(d, "checkpoint_secs")? {
+        o = o.checkpoint_secs(secs);
     }
     Ok(o)
 }

@@ -470,10 +470,7 @@ fn run_in_pool(
     // This partition's output chunks: a contiguous range of layers along axis 0.
     let gshape = out_grid.grid_shape();
     let layers = gshape[0];
-    let (l0, l1) = (
-        layers * u64::from(part) / u64::from(parts),
-        layers * u64::from(part + 1) / u64::from(parts),
-    );
+    let (l0, l1) = crate::grid::part_layers(layers, part, parts);
     let mine: u64 = (l1 - l0) * gshape[1..].iter().product::<u64>();
     let threads = rayon::current_num_threads();
     let budget = opts.run.memory.unwrap_or_else(default_budget);

@@ -548,10 +548,7 @@ pub fn job_status(out: &Path) -> Result<JobStatus> {
     let layers = gshape[0];
     let mut parts = Vec::new();
     for i in 0..n {
-        let (l0, l1) = (
-            layers * u64::from(i) / u64::from(n),
-            layers * u64::from(i + 1) / u64::from(n),
-        );
+        let (l0, l1) = crate::grid::part_layers(layers, i, n);
         let mine = done
             .iter()
             .filter(|idx| idx.first().is_some_and(|&z| z >= l0 && z < l1))

@@ -151,11 +151,12 @@ def reduce(a, ops=("mean",), axis=0, *, ddof=0, progress=None, threads=None,  # 
     """
     from ._array import open as open_
 
-    arr = a if isinstance(a, Array) else open_(a) if not isinstance(a, np.ndarray) else None
-    if arr is None:
-        from ._array import Array as _A  # numpy input: a Source in memory
-
-        arr = _A(source(a), ("numpy", np.ascontiguousarray(a)))
+    if isinstance(a, Array):
+        arr = a
+    elif isinstance(a, np.ndarray):
+        arr = Array(source(a), ("numpy", np.ascontiguousarray(a)))
+    else:
+        arr = open_(a)
     if isinstance(ops, str):
         ops = (ops,)
     ops = tuple(ops)
