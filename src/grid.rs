@@ -294,6 +294,44 @@ pub(crate) fn part_layers(layers: u64, part: u32, parts: u32) -> (u64, u64) {
     )
 }
 
+/// The layers of every part of `parts`, contiguous and in order, balanced by `stored` (the
+/// stored chunks of each layer, when known): each part gets about 1/N of the stored chunks,
+/// an absent chunk counting as 1/1024 of a stored one; without counts, equal numbers of
+/// layers (spec/SCALE.md §1).
+///
+/// ```text
+/// stored [9, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1], 2 parts -> [0..4, 4..13]
+/// ```
+pub(crate) fn split_layers(layers: u64, stored: Option<&[u64]>, parts: u32) -> Vec<(u64, u64)> {
+    let Some(stored) = stored.filter(|s| s.len() as u64 == layers && s.iter().any(|&n| n > 0))
+    else {
+        return (0..parts).map(|i| part_layers(layers, i, parts)).collect();
+    };
+    let weight: Vec<u128> = stored.iter().map(|&n| u128::from(n) * 1024 + 1).collect();
+    // before[l]: the weight of the layers before layer l.
+    let mut before = vec![0u128; weight.len() + 1];
+    for (l, w) in weight.iter().enumerate() {
+        before[l + 1] = before[l] + w;
+    }
+    let total = before[weight.len()];
+    let n = u128::from(parts);
+    // Part i starts at the layer boundary nearest to i/N of the total weight.
+    let mut starts: Vec<u64> = (0..parts)
+        .map(|i| {
+            let target = total * u128::from(i);
+            let l = before
+                .partition_point(|&b| b * n <= target)
+                .saturating_sub(1);
+            let up = (l + 1).min(weight.len());
+            let below = target - before[l] * n;
+            let above = (before[up] * n).saturating_sub(target);
+            (if above < below { up } else { l }) as u64
+        })
+        .collect();
+    starts.push(layers);
+    starts.windows(2).map(|w| (w[0], w[1])).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,6 +344,25 @@ mod tests {
         assert_eq!(g.chunk_region(&[2, 1]).ranges(), &[32..37, 16..29]);
         let r = Region::new(vec![15..33, 0..1]);
         assert_eq!(g.chunks_touching(&r), vec![0..3, 0..1]);
+    }
+
+    #[test]
+    fn parts_balance_stored_chunks() {
+        let stored = [9, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1];
+        assert_eq!(split_layers(13, Some(&stored), 2), vec![(0, 4), (4, 13)]);
+        // Without counts (or with none stored): equal numbers of layers.
+        assert_eq!(split_layers(10, None, 3), vec![(0, 3), (3, 6), (6, 10)]);
+        assert_eq!(split_layers(4, Some(&[0; 4]), 2), vec![(0, 2), (2, 4)]);
+        // More parts than layers: the parts cover every layer once, in order.
+        for parts in 1..20 {
+            for stored in [[5u64, 0, 1, 7].as_slice(), &[0, 0, 0, 1], &[1, 1, 1, 1]] {
+                let s = split_layers(4, Some(stored), parts);
+                assert_eq!(s.len(), parts as usize);
+                assert_eq!(s[0].0, 0);
+                assert_eq!(s[parts as usize - 1].1, 4);
+                assert!(s.windows(2).all(|w| w[0].1 == w[1].0 && w[0].0 <= w[0].1));
+            }
+        }
     }
 
     #[test]

@@ -88,6 +88,7 @@ pub struct IndexOptions {
     select: Select,
     run: RunOptions,
     overwrite: bool,
+    partition: Option<(u32, u32)>,
 }
 
 impl std::fmt::Debug for IndexOptions {
@@ -96,6 +97,7 @@ impl std::fmt::Debug for IndexOptions {
             .field("run", &self.run)
             .field("select", &self.select)
             .field("overwrite", &self.overwrite)
+            .field("partition", &self.partition)
             .finish_non_exhaustive()
     }
 }
@@ -109,6 +111,13 @@ impl IndexOptions {
     /// Replace an existing output file.
     pub fn overwrite(mut self, on: bool) -> Self {
         self.overwrite = on;
+        self
+    }
+    /// Do only part `i` of `n` (`--partition I/N`, spec/SCALE.md §2): a contiguous range of
+    /// chunk layers, balanced by stored chunks; the parts' rows meet beside the output, and
+    /// the last part to finish writes the one `.npy`, identical to a single run's.
+    pub fn partition(mut self, part: Option<(u32, u32)>) -> Self {
+        self.partition = part;
         self
     }
 }
@@ -134,6 +143,9 @@ pub struct IndexReport {
     pub bytes: u64,
     /// Wall-clock seconds.
     pub seconds: f64,
+    /// A part of a partitioned run that is done while others have still to run: `count` is
+    /// this part's, and `path` is not written yet. `(done, total)` parts.
+    pub waiting: Option<(u32, u32)>,
 }
 
 /// The selection of one chunk layer as bits: rows along the last axis, 64 per word.
@@ -608,15 +620,23 @@ fn set_bits_body<T: Scalar>(
 
 /// An `.npy` file of int64 rows whose count is only known at the end: the header is written
 /// with room for any count and rewritten on `finish`; the file appears under its name only
-/// when complete.
+/// when complete. A part of a partitioned run writes the rows alone (no header) to a file of
+/// its parts directory.
 struct NpyRows {
     file: BufWriter<File>,
-    /// The unique temporary file `file` writes (published by `finish`).
-    out: OutputFile,
+    sink: Sink,
     tmp: PathBuf,
     cols: u64,
     rows: u64,
     header_len: usize,
+}
+
+/// Where an [`NpyRows`] goes.
+enum Sink {
+    /// The output, published by `finish`.
+    Out(OutputFile),
+    /// A part's rows, returned by `finish` to be saved.
+    Part(tempfile::NamedTempFile),
 }
 
 impl NpyRows {
@@ -629,11 +649,25 @@ impl NpyRows {
         w.write_all(&header).at(&tmp)?;
         Ok(NpyRows {
             file: w,
-            out,
+            sink: Sink::Out(out),
             tmp,
             cols,
             rows: 0,
             header_len: header.len(),
+        })
+    }
+
+    /// Rows alone, into `part` (a part's share of the output).
+    fn part(part: tempfile::NamedTempFile, cols: u64) -> Result<NpyRows> {
+        let tmp = part.path().to_path_buf();
+        let file = part.as_file().try_clone().at(&tmp)?;
+        Ok(NpyRows {
+            file: BufWriter::with_capacity(1 << 20, file),
+            sink: Sink::Part(part),
+            tmp,
+            cols,
+            rows: 0,
+            header_len: 0,
         })
     }
 
@@ -696,15 +730,128 @@ impl NpyRows {
         Ok(())
     }
 
-    fn finish(mut self) -> Result<u64> {
-        let header = Self::header(self.rows, self.cols);
-        debug_assert_eq!(header.len(), self.header_len);
+    /// Publishes the output (returns its bytes), or returns a part's rows file.
+    fn finish(mut self) -> Result<(u64, Option<tempfile::NamedTempFile>)> {
         self.file.flush().at(&self.tmp)?;
-        let f = self.file.get_mut();
-        f.seek(SeekFrom::Start(0)).at(&self.tmp)?;
-        f.write_all(&header).at(&self.tmp)?;
-        self.out.publish(true)?;
-        Ok(self.header_len as u64 + self.rows * self.cols * 8)
+        let bytes = self.header_len as u64 + self.rows * self.cols * 8;
+        match self.sink {
+            Sink::Out(out) => {
+                let header = Self::header(self.rows, self.cols);
+                debug_assert_eq!(header.len(), self.header_len);
+                let f = self.file.get_mut();
+                f.seek(SeekFrom::Start(0)).at(&self.tmp)?;
+                f.write_all(&header).at(&self.tmp)?;
+                out.publish(true)?;
+                Ok((bytes, None))
+            }
+            Sink::Part(p) => Ok((bytes, Some(p))),
+        }
+    }
+
+    /// Appends a part's saved rows.
+    fn append_file(&mut self, part: &Path) -> Result<()> {
+        let mut f = File::open(part).at(part)?;
+        let len = f.metadata().at(part)?.len();
+        let row = self.cols * 8;
+        if !len.is_multiple_of(row) {
+            return Err(Error::bad_input(
+                part,
+                format!("{len} bytes is not a whole number of {row}-byte rows"),
+            ));
+        }
+        self.file.flush().at(&self.tmp)?;
+        std::io::copy(&mut f, self.file.get_mut()).at(&self.tmp)?;
+        self.rows += len / row;
+        Ok(())
+    }
+}
+
+/// How a `where` or `graph` run writes its rows: whole to `out`, or, as a part of a
+/// partitioned run, this part's layers to its parts directory.
+struct Output {
+    writer: Option<NpyRows>,
+    parts: Option<crate::store::Parts>,
+    layers: (u64, u64),
+    skip: bool,
+}
+
+/// Opens the output of `where`/`graph` (`what` and `settings` for the fingerprint).
+fn open_output(
+    input: &Input,
+    grid: &Grid,
+    out: Option<&Path>,
+    cols: u64,
+    settings: &str,
+    opts: &IndexOptions,
+) -> Result<Output> {
+    let nlayers = layers(input, grid);
+    let Some(part) = opts.partition else {
+        return Ok(Output {
+            writer: out
+                .map(|p| NpyRows::create(p, cols, opts.overwrite))
+                .transpose()?,
+            parts: None,
+            layers: (0, nlayers),
+            skip: false,
+        });
+    };
+    crate::store::check_part(part)?;
+    let Some(out) = out else {
+        return Err(Error::option(
+            "partition",
+            "a run in parts writes a file (the parts' rows meet beside it): give an output",
+        ));
+    };
+    let stored = (input.ndim() > 1)
+        .then(|| input.stored_per_layer())
+        .flatten();
+    let split = crate::grid::split_layers(nlayers, stored.as_deref(), part.1);
+    let mut settings = format!("{settings}input: {}\n", input.identity());
+    let fingerprint = crate::fingerprint::fnv1a(&settings);
+    settings.push_str(&format!("fingerprint: {fingerprint}\n"));
+    let parts = crate::store::Parts::open(out, &fingerprint, &settings, part, opts.overwrite)?;
+    let skip = parts.saved();
+    let writer = if skip {
+        None
+    } else {
+        Some(NpyRows::part(parts.temp()?, cols)?)
+    };
+    Ok(Output {
+        writer,
+        parts: Some(parts),
+        layers: split[part.0 as usize],
+        skip,
+    })
+}
+
+impl Output {
+    /// Ends the run: publishes the output, or saves the part's rows (and, for the last part,
+    /// joins every part's rows into the output). Returns the bytes written and, for a part
+    /// that waits for others, `(done, total)` parts.
+    fn finish(self, cols: u64) -> Result<(u64, Option<(u32, u32)>)> {
+        let (bytes, rows) = match self.writer {
+            Some(w) => w.finish()?,
+            None => (0, None),
+        };
+        let Some(parts) = self.parts else {
+            return Ok((bytes, None));
+        };
+        if let Some(rows) = rows {
+            parts.save_file(rows)?;
+        }
+        let mut written = 0;
+        let end = parts.finish(|files, out, overwrite| {
+            let mut w = NpyRows::create(out, cols, overwrite)?;
+            for f in files {
+                w.append_file(f)?;
+            }
+            written = w.finish()?.0;
+            Ok(())
+        })?;
+        Ok(match end {
+            crate::PartsFinish::Combined => (written, None),
+            crate::PartsFinish::Waiting { done, total } => (bytes, Some((done, total))),
+        })
     }
 }
 
@@ -732,46 +879,44 @@ pub fn where_coords(input: &Input, out: Option<&Path>, opts: &IndexOptions) -> R
         let start = Instant::now();
         let grid = input.block_grid().clone();
         let ndim = input.ndim();
+        let settings = format!("chunkwise where v1\nselect: {:?}\n", opts.select);
+        let mut output = open_output(input, &grid, out, ndim as u64, &settings, opts)?;
+        let (l0, l1) = if output.skip { (0, 0) } else { output.layers };
+        let per_layer = grid.num_chunks() / layers(input, &grid).max(1);
         let tracker = Tracker::new(
             "where",
             Unit::Chunks,
-            grid.num_chunks(),
+            (l1 - l0) * per_layer,
             opts.run.progress.clone(),
         );
-        let mut writer = out
-            .map(|p| NpyRows::create(p, ndim as u64, opts.overwrite))
-            .transpose()?;
         let mut count = 0u64;
-        let nlayers = layers(input, &grid);
         // A pipeline of two layers: layer L's coordinates are written while layer L+1 decodes,
         // so neither the last chunks of a layer nor the writing leave a core idle.
-        let mut next = (nlayers > 0)
-            .then(|| layer_bits(input, &grid, 0, opts.select, &tracker))
+        let mut next = (l0 < l1)
+            .then(|| layer_bits(input, &grid, l0, opts.select, &tracker))
             .transpose()?;
-        for layer in 0..nlayers {
+        for layer in l0..l1 {
             opts.run.check()?;
             let Some(bits) = next.take() else { break };
             let decode_next = || {
-                (layer + 1 < nlayers)
+                (layer + 1 < l1)
                     .then(|| layer_bits(input, &grid, layer + 1, opts.select, &tracker))
                     .transpose()
             };
             let (n, decoded) = rayon::join(
-                || emit_layer(&bits, writer.as_mut(), input.shape()),
+                || emit_layer(&bits, output.writer.as_mut(), input.shape()),
                 decode_next,
             );
             count += n?;
             next = decoded?;
         }
-        let bytes = match writer {
-            Some(w) => w.finish()?,
-            None => 0,
-        };
+        let (bytes, waiting) = output.finish(ndim as u64)?;
         Ok(IndexReport {
             count,
             path: out.map(Path::to_path_buf),
             bytes,
             seconds: start.elapsed().as_secs_f64(),
+            waiting,
         })
     })
 }
@@ -947,54 +1092,59 @@ pub fn graph_edges(
         let start = Instant::now();
         let grid = input.block_grid().clone();
         let shape = input.shape().to_vec();
+        let cols = if coords { 2 * ndim as u64 } else { 2 };
+        let settings = format!(
+            "chunkwise graph v1\nselect: {:?}\nconnectivity: {connectivity:?}\ncoords: {coords}\n",
+            opts.select
+        );
+        let mut output = open_output(input, &grid, out, cols, &settings, opts)?;
+        let nlayers = layers(input, &grid);
+        let (l0, l1) = if output.skip { (0, 0) } else { output.layers };
+        let per_layer = grid.num_chunks() / nlayers.max(1);
         let tracker = Tracker::new(
             "graph",
             Unit::Chunks,
-            grid.num_chunks(),
+            (l1 - l0) * per_layer,
             opts.run.progress.clone(),
         );
-        let cols = if coords { 2 * ndim as u64 } else { 2 };
-        let mut writer = out
-            .map(|p| NpyRows::create(p, cols, opts.overwrite))
-            .transpose()?;
-        let nlayers = layers(input, &grid);
         let mut count = 0u64;
-        let mut cur = layer_bits(input, &grid, 0, opts.select, &tracker)?;
-        for layer in 0..nlayers {
+        let mut cur = if l0 < l1 {
+            Some(layer_bits(input, &grid, l0, opts.select, &tracker)?)
+        } else {
+            None
+        };
+        for layer in l0..l1 {
             opts.run.check()?;
-            // Edges reach one plane ahead: the next layer's bits are needed for the last plane.
+            let Some(c) = cur.take() else { break };
+            // Edges reach one plane ahead: the next layer's bits are needed for the last
+            // plane (also the first layer of the next part's).
             let next = if layer + 1 < nlayers {
                 Some(layer_bits(input, &grid, layer + 1, opts.select, &tracker)?)
             } else {
                 None
             };
-            let planes: Vec<u64> = (cur.z0..cur.z0 + cur.nz).collect();
+            let planes: Vec<u64> = (c.z0..c.z0 + c.nz).collect();
             for group in planes.chunks(batch()) {
                 let edges: Vec<Vec<i64>> = group
                     .par_iter()
-                    .map(|&z| plane_edges(&cur, next.as_ref(), z, &shape, &offsets, coords))
+                    .map(|&z| plane_edges(&c, next.as_ref(), z, &shape, &offsets, coords))
                     .collect();
                 for e in edges {
                     count += e.len() as u64 / cols;
-                    if let Some(w) = writer.as_mut() {
+                    if let Some(w) = output.writer.as_mut() {
                         w.push(&e)?;
                     }
                 }
             }
-            match next {
-                Some(n) => cur = n,
-                None => break,
-            }
+            cur = next;
         }
-        let bytes = match writer {
-            Some(w) => w.finish()?,
-            None => 0,
-        };
+        let (bytes, waiting) = output.finish(cols)?;
         Ok(IndexReport {
             count,
             path: out.map(Path::to_path_buf),
             bytes,
             seconds: start.elapsed().as_secs_f64(),
+            waiting,
         })
     })
 }

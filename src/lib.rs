@@ -82,15 +82,15 @@ pub use input::Input;
 pub use inspect::{BadChunk, StoreInfo, VerifyReport, info, verify};
 pub use progress::{Progress, ProgressFn, Unit};
 pub use reduce::{
-    AxisStats, ChunkStats, Histogram, MAX_BINS, PerChunk, ReduceOptions, Reduction, Stats,
-    StatsAcc, reduce,
+    AxisStats, ChunkStats, Counts, Histogram, MAX_BINS, PartialResult, PerChunk, ReduceOptions,
+    Reduction, Stats, StatsAcc, ValueCounts, reduce, reduce_part,
 };
 pub use region::{ParsedRegion, Region};
 pub use run::{Cancel, DEFAULT_MEMORY, RunOptions};
 pub use source::RawOptions;
 pub use store::{
     ChunkCodec, Codec, Durability, JobStatus, MAX_CHUNK_BYTES, MAX_CHUNKS, MAX_RANK, PartStatus,
-    Store, StoreSpec, StoreWriter, WriteReport, is_store, job_status,
+    PartsFinish, Store, StoreSpec, StoreWriter, WriteReport, is_store, job_status,
 };
 pub use view::{MAX_SPEC_DEPTH, MAX_SPEC_NODES, View};
 

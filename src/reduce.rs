@@ -107,6 +107,8 @@ impl<A: Reduction, B: Reduction> Reduction for (A, B) {
 #[derive(Clone, Default)]
 pub struct ReduceOptions {
     region: Option<Region>,
+    /// The chunk layers (along axis 0) to fold, for a part of a partitioned reduction.
+    layers: Option<(u64, u64)>,
     run: RunOptions,
 }
 
@@ -142,10 +144,38 @@ run_setters!(ReduceOptions);
 /// [`Error::BadRegion`] for a region outside the array, [`crate::StoreError::CorruptChunk`] naming a chunk
 /// that does not decode, and the reduction's own errors.
 pub fn reduce<R: Reduction>(input: &Input, r: &R, opts: &ReduceOptions) -> Result<R::Acc> {
-    with_threads(opts.run.threads, || reduce_in_pool(input, r, opts))
+    let mut layers = with_threads(opts.run.threads, || reduce_in_pool(input, r, opts, false))?;
+    Ok(layers.pop().unwrap_or_else(|| r.identity()))
 }
 
-fn reduce_in_pool<R: Reduction>(input: &Input, r: &R, opts: &ReduceOptions) -> Result<R::Acc> {
+/// The chunk layers of `input` that parts split (along axis 0 of the units a reduction
+/// folds), and their stored chunks when the store's layout says.
+fn reduce_layers(input: &Input, r: &impl Reduction) -> Result<(u64, Option<Vec<u64>>)> {
+    let rectilinear = input.store().filter(|s| s.chunk_shape().is_none());
+    if let Some(s) = rectilinear.filter(|_| r.per_stored_chunk()) {
+        let edges = s.chunk_bounds()?;
+        return Ok((edges.first().map_or(1, |e| e.len() as u64 - 1), None));
+    }
+    let layers = input
+        .block_grid()
+        .grid_shape()
+        .first()
+        .copied()
+        .unwrap_or(1);
+    Ok((layers, input.stored_per_layer()))
+}
+
+/// Folds the chunks of the region in C order. Chunks are combined in order within each chunk
+/// layer (along axis 0), and layers in order into the total: the same order whether the
+/// layers are folded by one process or by the parts of a partitioned run, so that both give
+/// the same result to the last bit. Returns `[total]`, or with `per_layer` one partial result
+/// per layer folded.
+fn reduce_in_pool<R: Reduction>(
+    input: &Input,
+    r: &R,
+    opts: &ReduceOptions,
+    per_layer: bool,
+) -> Result<Vec<R::Acc>> {
     let full = Region::full(input.shape());
     let region = opts.region.clone().unwrap_or_else(|| full.clone());
     if region.ndim() != full.ndim() || !full.contains(&region) {
@@ -178,6 +208,13 @@ fn reduce_in_pool<R: Reduction>(input: &Input, r: &R, opts: &ReduceOptions) -> R
     } else {
         indices_in(&grid.chunks_touching(&region))
     };
+    let chunks: Vec<Vec<u64>> = match opts.layers {
+        Some((l0, l1)) => chunks
+            .into_iter()
+            .filter(|idx| idx.first().is_none_or(|&z| z >= l0 && z < l1))
+            .collect(),
+        None => chunks,
+    };
     let edges = match rectilinear.filter(|_| exact) {
         Some(s) => s.chunk_bounds()?,
         None => Vec::new(),
@@ -203,13 +240,29 @@ fn reduce_in_pool<R: Reduction>(input: &Input, r: &R, opts: &ReduceOptions) -> R
     struct Ordered<A> {
         next: usize,
         pending: BTreeMap<usize, A>,
-        total: Option<A>,
+        /// The layer being combined, and its partial result.
+        layer: Option<(u64, A)>,
+        /// The layers' results (one, the running total, unless `per_layer`).
+        done: Vec<A>,
     }
+    let layer_of = |k: usize| chunks[k].first().copied().unwrap_or(0);
     let state = Mutex::new(Ordered {
         next: 0,
         pending: BTreeMap::new(),
-        total: Some(r.identity()),
+        layer: None,
+        done: if per_layer {
+            Vec::new()
+        } else {
+            vec![r.identity()]
+        },
     });
+    let close_layer = |st: &mut Ordered<R::Acc>, acc: R::Acc| {
+        if per_layer {
+            st.done.push(acc);
+        } else {
+            r.combine(&mut st.done[0], acc);
+        }
+    };
     chunks
         .iter()
         .enumerate()
@@ -274,21 +327,30 @@ fn reduce_in_pool<R: Reduction>(input: &Input, r: &R, opts: &ReduceOptions) -> R
                 let Some(a) = st.pending.remove(&next) else {
                     break;
                 };
-                let total = st
-                    .total
-                    .as_mut()
-                    .expect("the total is taken only at the end");
-                r.combine(total, a);
+                let z = layer_of(next);
+                match st.layer.take() {
+                    Some((l, mut acc)) if l == z => {
+                        r.combine(&mut acc, a);
+                        st.layer = Some((l, acc));
+                    }
+                    other => {
+                        if let Some((_, acc)) = other {
+                            close_layer(&mut st, acc);
+                        }
+                        let mut acc = r.identity();
+                        r.combine(&mut acc, a);
+                        st.layer = Some((z, acc));
+                    }
+                }
                 st.next += 1;
             }
             Ok(())
         })?;
-    let total = state
-        .into_inner()
-        .expect("no panics holding the results")
-        .total
-        .expect("the total is there");
-    Ok(total)
+    let mut st = state.into_inner().expect("no panics holding the results");
+    if let Some((_, acc)) = st.layer.take() {
+        close_layer(&mut st, acc);
+    }
+    Ok(st.done)
 }
 
 // ---------------------------------------------------------------- statistics
@@ -1183,4 +1245,460 @@ mod tests {
             assert_eq!(small_row_stats(&all_max), small_row_stats_body(&all_max));
         }
     }
+}
+
+// ---------------------------------------------------------------- parts
+
+/// A reduction whose partial results are saved and loaded exactly, so that the parts of a
+/// partitioned run (`--partition I/N`, spec/SCALE.md §2) combine into the single process's
+/// result to the last bit: floats are saved as their bits, integers whole.
+pub trait PartialResult: Reduction {
+    /// What the reduction computes, for the job's fingerprint (two parts with different
+    /// descriptions are parts of different jobs).
+    fn describe(&self) -> String;
+
+    /// The partial results of a part's layers, in order, as JSON (a reduction whose combine
+    /// is exact may save them combined).
+    fn save(&self, layers: Vec<Self::Acc>) -> Value;
+
+    /// What [`PartialResult::save`] saved.
+    ///
+    /// # Errors
+    /// What is wrong with a document that is not one.
+    fn load(&self, v: &Value) -> std::result::Result<Vec<Self::Acc>, String>;
+}
+
+fn bits(f: f64) -> Value {
+    json!(f.to_bits())
+}
+
+fn unbits(v: &Value) -> std::result::Result<f64, String> {
+    v.as_u64()
+        .map(f64::from_bits)
+        .ok_or_else(|| format!("not a float's bits: {v}"))
+}
+
+fn int(v: &Value) -> std::result::Result<i128, String> {
+    v.as_str()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("not an integer: {v}"))
+}
+
+impl StatsAcc {
+    fn save(&self) -> Value {
+        json!([
+            self.count,
+            self.nan,
+            self.min_i.to_string(),
+            self.max_i.to_string(),
+            bits(self.min_f),
+            bits(self.max_f),
+            self.sum_i.to_string(),
+            self.sumsq_i.map(|s| s.to_string()),
+            bits(self.sum_f),
+            bits(self.comp_f),
+            bits(self.mean),
+            bits(self.m2),
+            self.is_float,
+        ])
+    }
+
+    fn load(v: &Value) -> std::result::Result<StatsAcc, String> {
+        let a = v
+            .as_array()
+            .filter(|a| a.len() == 13)
+            .ok_or_else(|| format!("not saved statistics: {v}"))?;
+        let u = |v: &Value| v.as_u64().ok_or_else(|| format!("not a count: {v}"));
+        Ok(StatsAcc {
+            count: u(&a[0])?,
+            nan: u(&a[1])?,
+            min_i: int(&a[2])?,
+            max_i: int(&a[3])?,
+            min_f: unbits(&a[4])?,
+            max_f: unbits(&a[5])?,
+            sum_i: int(&a[6])?,
+            sumsq_i: match &a[7] {
+                Value::Null => None,
+                v => Some(
+                    v.as_str()
+                        .and_then(|s| s.parse().ok())
+                        .ok_or_else(|| format!("not an integer: {v}"))?,
+                ),
+            },
+            sum_f: unbits(&a[8])?,
+            comp_f: unbits(&a[9])?,
+            mean: unbits(&a[10])?,
+            m2: unbits(&a[11])?,
+            is_float: a[12].as_bool().ok_or("not a flag")?,
+        })
+    }
+}
+
+fn list(v: &Value) -> std::result::Result<&Vec<Value>, String> {
+    v.as_array().ok_or_else(|| "not a list".to_string())
+}
+
+impl PartialResult for Stats {
+    fn describe(&self) -> String {
+        "stats".into()
+    }
+
+    fn save(&self, layers: Vec<StatsAcc>) -> Value {
+        json!(layers.iter().map(StatsAcc::save).collect::<Vec<_>>())
+    }
+
+    fn load(&self, v: &Value) -> std::result::Result<Vec<StatsAcc>, String> {
+        list(v)?.iter().map(StatsAcc::load).collect()
+    }
+}
+
+impl PartialResult for AxisStats {
+    fn describe(&self) -> String {
+        format!(
+            "stats along axis {} from {} ({} planes)",
+            self.axis, self.start, self.len
+        )
+    }
+
+    fn save(&self, layers: Vec<Vec<StatsAcc>>) -> Value {
+        json!(
+            layers
+                .iter()
+                .map(|l| l.iter().map(StatsAcc::save).collect::<Vec<_>>())
+                .collect::<Vec<_>>()
+        )
+    }
+
+    fn load(&self, v: &Value) -> std::result::Result<Vec<Vec<StatsAcc>>, String> {
+        list(v)?
+            .iter()
+            .map(|l| {
+                let l: Vec<StatsAcc> = list(l)?
+                    .iter()
+                    .map(StatsAcc::load)
+                    .collect::<std::result::Result<_, _>>()?;
+                if l.len() != self.len {
+                    return Err(format!("{} planes, not {}", l.len(), self.len));
+                }
+                Ok(l)
+            })
+            .collect()
+    }
+}
+
+impl PartialResult for PerChunk {
+    fn describe(&self) -> String {
+        "stats per chunk".into()
+    }
+
+    fn save(&self, layers: Vec<Vec<ChunkStats>>) -> Value {
+        let all: Vec<Value> = layers
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                let r: Vec<[u64; 2]> = c.region.ranges().iter().map(|r| [r.start, r.end]).collect();
+                json!([r, c.stats.save()])
+            })
+            .collect();
+        json!([all])
+    }
+
+    fn load(&self, v: &Value) -> std::result::Result<Vec<Vec<ChunkStats>>, String> {
+        list(v)?
+            .iter()
+            .map(|l| {
+                list(l)?
+                    .iter()
+                    .map(|c| {
+                        let pair = list(c)?;
+                        let [r, st] = &pair[..] else {
+                            return Err(format!("not a chunk's statistics: {c}"));
+                        };
+                        let ranges = list(r)?
+                            .iter()
+                            .map(|se| match se.as_array().map(|a| &a[..]) {
+                                Some([a, b]) => match (a.as_u64(), b.as_u64()) {
+                                    (Some(a), Some(b)) => Ok(a..b),
+                                    _ => Err(format!("not a range: {se}")),
+                                },
+                                _ => Err(format!("not a range: {se}")),
+                            })
+                            .collect::<std::result::Result<_, _>>()?;
+                        Ok(ChunkStats {
+                            region: Region::new(ranges),
+                            stats: StatsAcc::load(st)?,
+                        })
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+impl PartialResult for Histogram {
+    fn describe(&self) -> String {
+        format!(
+            "histogram of {} bins over [{}, {}]{}",
+            self.edges.len() - 1,
+            self.lo,
+            self.hi,
+            if self.unit { " per value" } else { "" }
+        )
+    }
+
+    fn save(&self, layers: Vec<Vec<u64>>) -> Value {
+        // Counts add exactly: one list for the part.
+        let mut total = self.identity();
+        for l in layers {
+            self.combine(&mut total, l);
+        }
+        json!([total])
+    }
+
+    fn load(&self, v: &Value) -> std::result::Result<Vec<Vec<u64>>, String> {
+        list(v)?
+            .iter()
+            .map(|l| {
+                let c: Vec<u64> = list(l)?
+                    .iter()
+                    .map(|n| n.as_u64().ok_or_else(|| format!("not a count: {n}")))
+                    .collect::<std::result::Result<_, _>>()?;
+                if c.len() != self.edges.len() - 1 {
+                    return Err(format!("{} bins, not {}", c.len(), self.edges.len() - 1));
+                }
+                Ok(c)
+            })
+            .collect()
+    }
+}
+
+/// The count of every integer value present: a part's share of an integer array's default
+/// histogram (one bin per value in [min, max]), whose range no part knows alone. The counts
+/// span at most 2^24 values, as [`Histogram::per_value`]'s.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ValueCounts;
+
+/// The counts of [`ValueCounts`]: `counts[i]` values equal to `lo + i`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Counts {
+    /// The smallest value counted.
+    pub lo: i128,
+    /// The counts from `lo` on (empty: no values).
+    pub counts: Vec<u64>,
+}
+
+impl Counts {
+    fn add_at(&mut self, lo: i128, counts: &[u64]) -> Result<()> {
+        if counts.is_empty() {
+            return Ok(());
+        }
+        if self.counts.is_empty() {
+            self.lo = lo;
+            self.counts = counts.to_vec();
+            return Ok(());
+        }
+        let new_lo = self.lo.min(lo);
+        let new_hi = (self.lo + self.counts.len() as i128).max(lo + counts.len() as i128);
+        if new_hi - new_lo > 1 << 24 {
+            return Err(Error::option(
+                "bins",
+                format!(
+                    "values span {new_lo}..{new_hi}: one bin per value is too many; give a \
+                     number of bins and a range"
+                ),
+            ));
+        }
+        if new_lo < self.lo {
+            let mut c = vec![0; (self.lo - new_lo) as usize];
+            c.append(&mut self.counts);
+            self.counts = c;
+            self.lo = new_lo;
+        }
+        self.counts.resize((new_hi - new_lo) as usize, 0);
+        let at = (lo - self.lo) as usize;
+        for (x, y) in self.counts[at..].iter_mut().zip(counts) {
+            *x += y;
+        }
+        Ok(())
+    }
+
+    /// The histogram these counts are (one bin per value in [min, max]), and its counts.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOption`] for no values.
+    pub fn histogram(&self) -> Result<(Histogram, Vec<u64>)> {
+        if self.counts.is_empty() {
+            return Err(Error::option(
+                "range",
+                "no values to take a range from; give a range",
+            ));
+        }
+        let first = self.counts.iter().position(|&c| c > 0).unwrap_or(0);
+        let last = self.counts.iter().rposition(|&c| c > 0).unwrap_or(0);
+        let lo = self.lo + first as i128;
+        let hi = self.lo + last as i128;
+        Ok((
+            Histogram::per_value(lo, hi)?,
+            self.counts[first..=last].to_vec(),
+        ))
+    }
+}
+
+impl Reduction for ValueCounts {
+    type Acc = Result<Counts>;
+
+    fn identity(&self) -> Result<Counts> {
+        Ok(Counts::default())
+    }
+
+    fn fold(&self, acc: &mut Result<Counts>, part: &Block<'_>) -> Result<()> {
+        let Ok(total) = acc else { return Ok(()) };
+        if part.dtype().is_float() {
+            return Err(Error::option(
+                "range",
+                "a float array's histogram in parts needs --range LO,HI (and --bins)",
+            ));
+        }
+        with_scalar!(part.dtype(), T => {
+            let v = part.valid_view::<T>()?;
+            let (mut lo, mut hi) = (i128::MAX, i128::MIN);
+            for &x in v.iter() {
+                let i = int_value(x);
+                lo = lo.min(i);
+                hi = hi.max(i);
+            }
+            if lo <= hi {
+                if hi - lo >= 1 << 24 {
+                    return Err(Error::option(
+                        "bins",
+                        format!("values span {lo}..={hi}: one bin per value is too many; give \
+                                 a number of bins and a range"),
+                    ));
+                }
+                let mut c = vec![0u64; (hi - lo + 1) as usize];
+                for &x in v.iter() {
+                    c[(int_value(x) - lo) as usize] += 1;
+                }
+                total.add_at(lo, &c)?;
+            }
+        });
+        Ok(())
+    }
+
+    fn combine(&self, a: &mut Result<Counts>, b: Result<Counts>) {
+        let merged = match (std::mem::replace(a, Ok(Counts::default())), b) {
+            (Ok(mut x), Ok(y)) => x.add_at(y.lo, &y.counts).map(|()| x),
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        };
+        *a = merged;
+    }
+}
+
+impl PartialResult for ValueCounts {
+    fn describe(&self) -> String {
+        "histogram per value".into()
+    }
+
+    fn save(&self, layers: Vec<Result<Counts>>) -> Value {
+        let mut total = self.identity();
+        for l in layers {
+            self.combine(&mut total, l);
+        }
+        match total {
+            Ok(c) => json!([[c.lo.to_string(), c.counts]]),
+            // Not reached: a part's errors end it before it saves.
+            Err(e) => json!({"error": e.to_string()}),
+        }
+    }
+
+    fn load(&self, v: &Value) -> std::result::Result<Vec<Result<Counts>>, String> {
+        list(v)?
+            .iter()
+            .map(|l| match &list(l)?[..] {
+                [lo, c] => Ok(Ok(Counts {
+                    lo: int(lo)?,
+                    counts: list(c)?
+                        .iter()
+                        .map(|n| n.as_u64().ok_or_else(|| format!("not a count: {n}")))
+                        .collect::<std::result::Result<_, _>>()?,
+                })),
+                _ => Err(format!("not counts: {l}")),
+            })
+            .collect()
+    }
+}
+
+/// Runs part `part` (`i` of `n`) of reduction `r` over `input`, the parts meeting beside
+/// `out` (spec/SCALE.md §2): the part folds its chunk layers (a contiguous range, balanced by
+/// stored chunks) and saves its partial results; the part that finds every part's results
+/// saved combines them in order, exactly as one process would, and gives the total to
+/// `write(total, out, overwrite)`. A part whose results are saved already (a rerun) only
+/// tries to combine.
+///
+/// ```no_run
+/// use chunkwise::{Input, PartsFinish, ReduceOptions, Stats};
+/// let v = Input::open("volume.zarr")?;
+/// let write = |s: chunkwise::StatsAcc, out: &std::path::Path, overwrite: bool| {
+///     chunkwise::support::write_output(out, s.to_json().to_string().as_bytes(), overwrite)
+/// };
+/// // On task 3 of a 16-task array job:
+/// let opts = ReduceOptions::default();
+/// match chunkwise::reduce_part(&v, &Stats, &opts, "stats.json".as_ref(), (3, 16), false, write)? {
+///     PartsFinish::Combined => println!("all parts done: stats.json written"),
+///     PartsFinish::Waiting { done, total } => println!("{done} of {total} parts done"),
+/// }
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
+///
+/// # Errors
+/// As [`reduce`]; [`Error::InvalidOption`] (`partition`) for a part out of range, a different
+/// N than the job was started in, or parts of another job (other settings or input) at
+/// `out`; [`Error::OutputExists`]; `write`'s errors.
+pub fn reduce_part<R: PartialResult>(
+    input: &Input,
+    r: &R,
+    opts: &ReduceOptions,
+    out: &Path,
+    part: (u32, u32),
+    overwrite: bool,
+    write: impl FnOnce(R::Acc, &Path, bool) -> Result<()>,
+) -> Result<crate::PartsFinish> {
+    crate::store::check_part(part)?;
+    let (layers, stored) = reduce_layers(input, r)?;
+    let split = crate::grid::split_layers(layers, stored.as_deref(), part.1);
+    let mut settings = format!(
+        "chunkwise reduce v1\nreduction: {}\nregion: {}\ninput: {}\n",
+        r.describe(),
+        opts.region
+            .as_ref()
+            .map_or_else(|| "all".to_string(), Region::to_string),
+        input.identity()
+    );
+    let fingerprint = crate::fingerprint::fnv1a(&settings);
+    settings.push_str(&format!("fingerprint: {fingerprint}\n"));
+    let parts = crate::store::Parts::open(out, &fingerprint, &settings, part, overwrite)?;
+    if !parts.saved() {
+        let (l0, l1) = split[part.0 as usize];
+        let o = ReduceOptions {
+            layers: Some((l0, l1)),
+            ..opts.clone()
+        };
+        let accs = with_threads(opts.run.threads, || reduce_in_pool(input, r, &o, true))?;
+        let doc = json!({"layers": [l0, l1], "results": r.save(accs)});
+        parts.save(serde_json::to_string(&doc).expect("plain JSON").as_bytes())?;
+    }
+    parts.finish(|files, out, overwrite| {
+        let mut total = r.identity();
+        for f in files {
+            let text = std::fs::read_to_string(f).map_err(|e| Error::io(f, e))?;
+            let accs = serde_json::from_str::<Value>(&text)
+                .map_err(|e| e.to_string())
+                .and_then(|v| r.load(&v["results"]))
+                .map_err(|e| Error::bad_input(f, format!("not a part's saved results: {e}")))?;
+            for a in accs {
+                r.combine(&mut total, a);
+            }
+        }
+        write(total, out, overwrite)
+    })
 }

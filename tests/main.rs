@@ -12,6 +12,7 @@ mod grow;
 mod interop;
 mod issue18;
 mod jobs;
+mod parts;
 mod paths;
 mod proptests;
 mod reduce;

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use chunkwise::support::human_bytes;
 use chunkwise::{
-    AxisStats, Histogram, IndexOptions, Input, PerChunk, ReduceOptions, Select, Stats, StatsAcc,
+    AxisStats, Histogram, IndexOptions, Input, PartialResult, PartsFinish, PerChunk, ReduceOptions,
+    Select, Stats, StatsAcc, ValueCounts,
 };
 use serde_json::{Value, json};
 
@@ -26,12 +27,17 @@ pub(crate) struct StatsArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
-    /// With --axis or --per-chunk: write the table to OUT (.npy float64 table, or .json).
+    /// Write the result to OUT: the JSON document (.json), or with --axis or --per-chunk the
+    /// table as a float64 .npy.
     #[arg(short, long, value_name = "OUT")]
     output: Option<PathBuf>,
     /// Replace an existing OUT.
     #[arg(long)]
     overwrite: bool,
+    /// Do only part I of N (0 <= I < N) of the chunks; the last part to finish writes OUT
+    /// (needs -o).
+    #[arg(long, value_parser = super::job::parse_partition, value_name = "I/N")]
+    partition: Option<(u32, u32)>,
 }
 
 fn opts(g: &Global, store: &Input, region: Option<&str>) -> chunkwise::Result<ReduceOptions> {
@@ -61,39 +67,109 @@ fn check_output(path: &std::path::Path, overwrite: bool) -> chunkwise::Result<()
     Ok(())
 }
 
-/// Writes the table whole (`.json`: the document; otherwise a float64 `.npy`), never over a
-/// file that appeared since [`check_output`] without `overwrite`.
-fn write_out(
-    path: &std::path::Path,
-    table: &[Vec<f64>],
-    doc: &Value,
+/// What a reduction's result becomes: the JSON document, the table (for `.npy`), and the
+/// line saying what was written.
+struct Rendered {
+    doc: Value,
+    table: Option<Vec<Vec<f64>>>,
+    what: String,
+}
+
+/// Runs reduction `r` whole or as a part (`--partition`), then writes its rendering to `out`
+/// (or prints it).
+#[allow(clippy::too_many_arguments)]
+fn run_reduction<R: PartialResult>(
+    store: &Input,
+    r: &R,
+    o: &ReduceOptions,
+    out: Option<&std::path::Path>,
     overwrite: bool,
-) -> chunkwise::Result<()> {
-    if path.extension().is_some_and(|e| e == "json") {
-        let text = serde_json::to_string_pretty(doc).expect("plain JSON");
-        chunkwise::support::write_output(path, text.as_bytes(), overwrite)
-    } else {
-        chunkwise::support::write_table(path, table, overwrite)
+    partition: Option<(u32, u32)>,
+    g: &Global,
+    render: impl Fn(R::Acc) -> chunkwise::Result<Rendered>,
+    print: impl FnOnce(R::Acc) -> CliResult,
+) -> CliResult {
+    let write =
+        |acc: R::Acc, out: &std::path::Path, overwrite: bool| -> chunkwise::Result<String> {
+            let r = render(acc)?;
+            if out.extension().is_some_and(|e| e == "json") {
+                let text = serde_json::to_string_pretty(&r.doc).expect("plain JSON");
+                chunkwise::support::write_output(out, text.as_bytes(), overwrite)?;
+            } else {
+                let Some(table) = &r.table else {
+                    return Err(chunkwise::Error::InvalidOption {
+                        option: "-o",
+                        reason: format!(
+                            "{}: this result is a JSON document; name a .json file",
+                            out.display()
+                        ),
+                    });
+                };
+                chunkwise::support::write_table(out, table, overwrite)?;
+            }
+            Ok(r.what)
+        };
+    if let Some(part) = partition {
+        let Some(out) = out else {
+            return Err(chunkwise::Error::InvalidOption {
+                option: "--partition",
+                reason: "the parts' results meet beside the output: give -o OUT".into(),
+            }
+            .into());
+        };
+        let mut what = String::new();
+        let end = chunkwise::reduce_part(store, r, o, out, part, overwrite, |acc, out, ow| {
+            what = write(acc, out, ow)?;
+            Ok(())
+        })?;
+        if !g.quiet {
+            match end {
+                PartsFinish::Combined if what.is_empty() => say(format!(
+                    "part {}/{} done; another part wrote {}",
+                    part.0,
+                    part.1,
+                    out.display()
+                ))?,
+                PartsFinish::Combined => say(format!(
+                    "wrote {} ({}; {} parts combined)",
+                    out.display(),
+                    what,
+                    part.1
+                ))?,
+                PartsFinish::Waiting { done, total } => say(format!(
+                    "part {}/{} done; {done} of {total} parts done, waiting for the others to write {}",
+                    part.0,
+                    part.1,
+                    out.display()
+                ))?,
+            }
+        }
+        return Ok(Outcome::Ok);
+    }
+    let acc = chunkwise::reduce(store, r, o)?;
+    match out {
+        Some(out) => {
+            let what = write(acc, out, overwrite)?;
+            if !g.quiet {
+                say(format!("wrote {}: {what}", out.display()))?;
+            }
+            Ok(Outcome::Ok)
+        }
+        None => print(acc),
     }
 }
 
 pub(crate) fn stats(a: StatsArgs, g: &Global) -> CliResult {
     let store = Input::open(&a.store)?;
     let o = opts(g, &store, a.region.as_deref())?;
-    if let Some(out) = &a.output {
-        if a.axis.is_none() && !a.per_chunk {
-            return Err(chunkwise::Error::InvalidOption {
-                option: "-o",
-                reason: format!(
-                    "{}: -o writes a table, of --axis A or --per-chunk statistics; give one (the \
-                     whole-array statistics print, or --json)",
-                    out.display()
-                ),
-            }
-            .into());
-        }
+    let out = a.output.as_deref();
+    if let Some(out) = out {
         check_output(out, a.overwrite)?;
     }
+    let json_out = |doc: &Value| -> CliResult {
+        say(serde_json::to_string_pretty(doc).expect("plain JSON"))?;
+        Ok(Outcome::Ok)
+    };
     if let Some(axis) = a.axis {
         if axis >= store.ndim() {
             return Err(chunkwise::Error::InvalidOption {
@@ -113,103 +189,128 @@ pub(crate) fn stats(a: StatsArgs, g: &Global) -> CliResult {
             len: (r.end - r.start) as usize,
             start: r.start,
         };
-        let per = chunkwise::reduce(&store, &red, &o)?;
-        let doc = json!({
-            "axis": axis,
-            "start": r.start,
-            "columns": ["count", "min", "max", "sum", "mean", "std"],
-            "stats": per.iter().map(StatsAcc::to_json).collect::<Vec<_>>(),
-        });
-        match &a.output {
-            Some(out) => {
-                write_out(
-                    out,
-                    &per.iter().map(stat_row).collect::<Vec<_>>(),
-                    &doc,
-                    a.overwrite,
-                )?;
-                if !g.quiet {
-                    say(format!(
-                        "wrote {}: statistics of {} planes along axis {axis} (columns count, min, max, sum, mean, std)",
-                        out.display(),
-                        per.len()
-                    ))?;
-                }
-            }
-            None => say(serde_json::to_string_pretty(&doc).expect("plain JSON"))?,
-        }
-        return Ok(Outcome::Ok);
+        let start = r.start;
+        let render = |per: Vec<StatsAcc>| {
+            Ok(Rendered {
+                doc: json!({
+                    "axis": axis,
+                    "start": start,
+                    "columns": ["count", "min", "max", "sum", "mean", "std"],
+                    "stats": per.iter().map(StatsAcc::to_json).collect::<Vec<_>>(),
+                }),
+                table: Some(per.iter().map(stat_row).collect()),
+                what: format!(
+                    "statistics of {} planes along axis {axis} (columns count, min, max, sum, mean, std)",
+                    per.len()
+                ),
+            })
+        };
+        return run_reduction(
+            &store,
+            &red,
+            &o,
+            out,
+            a.overwrite,
+            a.partition,
+            g,
+            render,
+            |per| json_out(&render(per)?.doc),
+        );
     }
     if a.per_chunk {
-        let per = chunkwise::reduce(&store, &PerChunk, &o)?;
-        let doc = json!(
-            per.iter()
-                .map(|c| {
-                    let mut v = c.stats.to_json();
-                    v["region"] = json!(
-                        c.region
-                            .ranges()
-                            .iter()
-                            .map(|r| [r.start, r.end])
-                            .collect::<Vec<_>>()
-                    );
-                    v
-                })
-                .collect::<Vec<_>>()
-        );
-        match &a.output {
-            Some(out) => {
-                let table: Vec<Vec<f64>> = per
-                    .iter()
+        let render = |per: Vec<chunkwise::ChunkStats>| {
+            let doc = json!(
+                per.iter()
                     .map(|c| {
-                        let mut row: Vec<f64> =
-                            c.region.ranges().iter().map(|r| r.start as f64).collect();
-                        row.extend(c.region.ranges().iter().map(|r| r.end as f64));
-                        row.extend([
-                            c.stats.count as f64,
-                            c.stats.sum(),
-                            c.stats.min().unwrap_or(f64::NAN),
-                            c.stats.max().unwrap_or(f64::NAN),
-                        ]);
-                        row
+                        let mut v = c.stats.to_json();
+                        v["region"] = json!(
+                            c.region
+                                .ranges()
+                                .iter()
+                                .map(|r| [r.start, r.end])
+                                .collect::<Vec<_>>()
+                        );
+                        v
                     })
-                    .collect();
-                write_out(out, &table, &doc, a.overwrite)?;
-                if !g.quiet {
-                    say(format!(
-                        "wrote {}: {} chunks (columns start per axis, end per axis, count, sum, min, max)",
-                        out.display(),
-                        per.len()
-                    ))?;
-                }
+                    .collect::<Vec<_>>()
+            );
+            let table: Vec<Vec<f64>> = per
+                .iter()
+                .map(|c| {
+                    let mut row: Vec<f64> =
+                        c.region.ranges().iter().map(|r| r.start as f64).collect();
+                    row.extend(c.region.ranges().iter().map(|r| r.end as f64));
+                    row.extend([
+                        c.stats.count as f64,
+                        c.stats.sum(),
+                        c.stats.min().unwrap_or(f64::NAN),
+                        c.stats.max().unwrap_or(f64::NAN),
+                    ]);
+                    row
+                })
+                .collect();
+            Ok(Rendered {
+                doc,
+                table: Some(table),
+                what: format!(
+                    "{} chunks (columns start per axis, end per axis, count, sum, min, max)",
+                    per.len()
+                ),
+            })
+        };
+        return run_reduction(
+            &store,
+            &PerChunk,
+            &o,
+            out,
+            a.overwrite,
+            a.partition,
+            g,
+            render,
+            |per| json_out(&render(per)?.doc),
+        );
+    }
+    let render = |s: StatsAcc| {
+        Ok(Rendered {
+            doc: s.to_json(),
+            table: None,
+            what: format!("statistics of {} values", s.count),
+        })
+    };
+    let json = a.json;
+    run_reduction(
+        &store,
+        &Stats,
+        &o,
+        out,
+        a.overwrite,
+        a.partition,
+        g,
+        render,
+        |s| {
+            if json {
+                return json_out(&s.to_json());
             }
-            None => say(serde_json::to_string_pretty(&doc).expect("plain JSON"))?,
-        }
-        return Ok(Outcome::Ok);
-    }
-    let s = chunkwise::reduce(&store, &Stats, &o)?;
-    if a.json {
-        say(serde_json::to_string_pretty(&s.to_json()).expect("plain JSON"))?;
-    } else {
-        let j = s.to_json();
-        say(format!("count:  {}", s.count))?;
-        if s.nan > 0 {
-            say(format!(
-                "NaN:    {} (excluded from the figures below)",
-                s.nan
-            ))?;
-        }
-        for k in ["min", "max", "sum", "mean", "std"] {
-            // As numbers read: inf, NaN and big sums unquoted.
-            let v = match &j[k] {
-                Value::String(t) => t.clone(),
-                Value::Null => "none".into(),
-                v => v.to_string(),
-            };
-            say(format!("{:<7} {v}", format!("{k}:")))?;
-        }
-    }
-    Ok(Outcome::Ok)
+            let j = s.to_json();
+            say(format!("count:  {}", s.count))?;
+            if s.nan > 0 {
+                say(format!(
+                    "NaN:    {} (excluded from the figures below)",
+                    s.nan
+                ))?;
+            }
+            for k in ["min", "max", "sum", "mean", "std"] {
+                // As numbers read: inf, NaN and big sums unquoted.
+                let v = match &j[k] {
+                    Value::String(t) => t.clone(),
+                    Value::Null => "none".into(),
+                    v => v.to_string(),
+                };
+                say(format!("{:<7} {v}", format!("{k}:")))?;
+            }
+            Ok(Outcome::Ok)
+        },
+    )
 }
 
 #[derive(Debug, clap::Args)]
@@ -233,11 +334,56 @@ pub(crate) struct HistogramArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// Write the edges and counts to OUT.json.
+    #[arg(short, long, value_name = "OUT.json")]
+    output: Option<PathBuf>,
+    /// Replace an existing OUT.
+    #[arg(long)]
+    overwrite: bool,
+    /// Do only part I of N (0 <= I < N) of the chunks; the last part to finish writes OUT
+    /// (needs -o; a float array needs --range).
+    #[arg(long, value_parser = super::job::parse_partition, value_name = "I/N")]
+    partition: Option<(u32, u32)>,
+}
+
+fn histogram_doc(h: &Histogram, counts: &[u64]) -> Rendered {
+    Rendered {
+        doc: json!({"edges": h.edges(), "counts": counts}),
+        table: None,
+        what: format!(
+            "{} bins, {} values counted",
+            counts.len(),
+            counts.iter().sum::<u64>()
+        ),
+    }
 }
 
 pub(crate) fn histogram(a: HistogramArgs, g: &Global) -> CliResult {
     let store = Input::open(&a.store)?;
     let o = opts(g, &store, a.region.as_deref())?;
+    let out = a.output.as_deref();
+    if let Some(out) = out {
+        check_output(out, a.overwrite)?;
+    }
+    let json = a.json;
+    let print = move |h: &Histogram, counts: &[u64]| -> CliResult {
+        if json {
+            say(
+                serde_json::to_string_pretty(&json!({"edges": h.edges(), "counts": counts}))
+                    .expect("plain JSON"),
+            )?;
+        } else {
+            for (i, c) in counts.iter().enumerate() {
+                say(format!(
+                    "[{}, {}{} {c}",
+                    h.edges()[i],
+                    h.edges()[i + 1],
+                    if i + 1 == counts.len() { "]" } else { ")" }
+                ))?;
+            }
+        }
+        Ok(Outcome::Ok)
+    };
     let h = match (&a.range, a.bins) {
         (Some(r), bins) => {
             let [lo, hi] = r[..] else {
@@ -249,25 +395,69 @@ pub(crate) fn histogram(a: HistogramArgs, g: &Global) -> CliResult {
             };
             Histogram::new(bins.unwrap_or(10), lo, hi)?
         }
+        (None, None) if a.partition.is_some() && !store.dtype().is_float() => {
+            // One bin per value over a range no part knows alone: the parts count values.
+            let render = |c: chunkwise::Result<chunkwise::Counts>| {
+                let (h, counts) = c?.histogram()?;
+                Ok(histogram_doc(&h, &counts))
+            };
+            return run_reduction(
+                &store,
+                &ValueCounts,
+                &o,
+                out,
+                a.overwrite,
+                a.partition,
+                g,
+                render,
+                // Not called: a run in parts writes its output.
+                |_| Ok(Outcome::Ok),
+            );
+        }
+        (None, _) if a.partition.is_some() => {
+            return Err(chunkwise::Error::InvalidOption {
+                option: "--partition",
+                reason: format!(
+                    "the bins must be known before the parts start: give --range LO,HI{}",
+                    if store.dtype().is_float() {
+                        " (a float array's default range is its data's)"
+                    } else {
+                        " with --bins"
+                    }
+                ),
+            }
+            .into());
+        }
         (None, bins) => chunkwise::Histogram::auto(&store, bins, &o)?,
     };
-    let counts = chunkwise::reduce(&store, &h, &o)?;
-    if a.json {
-        say(
-            serde_json::to_string_pretty(&json!({"edges": h.edges(), "counts": counts}))
-                .expect("plain JSON"),
-        )?;
-    } else {
-        for (i, c) in counts.iter().enumerate() {
-            say(format!(
-                "[{}, {}{} {c}",
-                h.edges()[i],
-                h.edges()[i + 1],
-                if i + 1 == counts.len() { "]" } else { ")" }
-            ))?;
-        }
-    }
-    Ok(Outcome::Ok)
+    let hh = h.clone();
+    run_reduction(
+        &store,
+        &h,
+        &o,
+        out,
+        a.overwrite,
+        a.partition,
+        g,
+        |counts: Vec<u64>| Ok(histogram_doc(&hh, &counts)),
+        |counts| print(&h, &counts),
+    )
+}
+
+/// The line of a part that is done while others have still to run.
+fn waiting(r: &chunkwise::IndexReport, part: Option<(u32, u32)>) -> Option<String> {
+    let (done, total) = r.waiting?;
+    let (i, n) = part.unwrap_or((0, total));
+    Some(format!(
+        "part {i}/{n} done ({} rows in {:.2} s); {done} of {total} parts done, waiting for the \
+         others to write {}",
+        r.count,
+        r.seconds,
+        r.path
+            .as_deref()
+            .unwrap_or(std::path::Path::new("?"))
+            .display()
+    ))
 }
 
 #[derive(Debug, clap::Args)]
@@ -294,6 +484,10 @@ pub(crate) struct WhereArgs {
     /// Replace an existing output file.
     #[arg(long)]
     overwrite: bool,
+    /// Do only part I of N (0 <= I < N) of the chunk layers; the last part to finish writes
+    /// the one .npy.
+    #[arg(long, value_parser = super::job::parse_partition, value_name = "I/N")]
+    partition: Option<(u32, u32)>,
 }
 
 pub(crate) fn where_(a: WhereArgs, g: &Global) -> CliResult {
@@ -303,6 +497,7 @@ pub(crate) fn where_(a: WhereArgs, g: &Global) -> CliResult {
         .threads(g.threads)
         .cancel(g.cancel.clone())
         .overwrite(a.overwrite)
+        .partition(a.partition)
         .progress(g.progress());
     let out = if a.count_only {
         None
@@ -310,6 +505,12 @@ pub(crate) fn where_(a: WhereArgs, g: &Global) -> CliResult {
         a.output.as_deref()
     };
     let r = chunkwise::where_coords(&store, out, &o)?;
+    if let Some(w) = waiting(&r, a.partition) {
+        if !g.quiet {
+            say(w)?;
+        }
+        return Ok(Outcome::Ok);
+    }
     if !g.quiet || out.is_none() {
         match &r.path {
             Some(p) => say(format!(
@@ -352,6 +553,10 @@ pub(crate) struct GraphArgs {
     /// Replace an existing output file.
     #[arg(long)]
     overwrite: bool,
+    /// Do only part I of N (0 <= I < N) of the chunk layers; the last part to finish writes
+    /// the one .npy.
+    #[arg(long, value_parser = super::job::parse_partition, value_name = "I/N")]
+    partition: Option<(u32, u32)>,
 }
 
 pub(crate) fn graph(a: GraphArgs, g: &Global) -> CliResult {
@@ -361,6 +566,7 @@ pub(crate) fn graph(a: GraphArgs, g: &Global) -> CliResult {
         .threads(g.threads)
         .cancel(g.cancel.clone())
         .overwrite(a.overwrite)
+        .partition(a.partition)
         .progress(g.progress());
     let out = if a.count_only {
         None
@@ -368,6 +574,12 @@ pub(crate) fn graph(a: GraphArgs, g: &Global) -> CliResult {
         a.output.as_deref()
     };
     let r = chunkwise::graph_edges(&store, out, a.connectivity, a.coords, &o)?;
+    if let Some(w) = waiting(&r, a.partition) {
+        if !g.quiet {
+            say(w)?;
+        }
+        return Ok(Outcome::Ok);
+    }
     if !g.quiet || out.is_none() {
         match &r.path {
             Some(p) => say(format!(

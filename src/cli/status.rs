@@ -8,7 +8,8 @@ use super::{CliResult, Global, Outcome, say};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// The job's output (the array a kernel command writes).
+    /// The job's output (the array a kernel command or convert writes, or the file of a
+    /// reduction, `where` or `graph`).
     out: PathBuf,
     /// Print JSON instead of text.
     #[arg(long)]
@@ -49,7 +50,17 @@ pub(crate) fn run(a: Args, _g: &Global) -> CliResult {
             }
         ))?;
     }
-    if s.building {
+    if s.building && s.chunks_total == 0 {
+        // A job whose output is one file: each part's result is saved or not.
+        let saved = s.parts.iter().filter(|p| p.done > 0).count();
+        say(format!(
+            "{name}: job in {} parts, {saved} saved (the last to finish writes {name})",
+            s.parts.len()
+        ))?;
+        for p in &s.parts {
+            say(format!("part {}/{}: {}", p.index, p.of, p.state()))?;
+        }
+    } else if s.building {
         say(format!(
             "{name}: job in {} part{}, {} of {} chunks done",
             s.parts.len(),

@@ -401,6 +401,12 @@ fn run_in_pool(
     }
     let fingerprint = fnv1a(&settings);
     let (part, parts) = opts.partition.unwrap_or((0, 1));
+    let out_grid = Grid::new(&shape, &out_chunks)?;
+    let split = crate::grid::split_layers(
+        out_grid.grid_shape()[0],
+        stored_per_out_layer(&stores[0], &out_grid).as_deref(),
+        parts.max(1),
+    );
     let state = JobWriter::open(
         &spec,
         out,
@@ -408,6 +414,7 @@ fn run_in_pool(
             fingerprint: &fingerprint,
             settings: &settings,
             partition: (part, parts),
+            split: &split,
             overwrite: opts.overwrite,
             restart: opts.restart,
             durability: opts.run.durability,
@@ -469,8 +476,7 @@ fn run_in_pool(
 
     // This partition's output chunks: a contiguous range of layers along axis 0.
     let gshape = out_grid.grid_shape();
-    let layers = gshape[0];
-    let (l0, l1) = crate::grid::part_layers(layers, part, parts);
+    let (l0, l1) = job.part_layers(part);
     let mine: u64 = (l1 - l0) * gshape[1..].iter().product::<u64>();
     let threads = rayon::current_num_threads();
     let budget = opts.run.memory.unwrap_or_else(default_budget);
@@ -559,6 +565,25 @@ fn run_in_pool(
     report.window_bytes = window_bytes;
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The stored chunks of the input under each output chunk layer (its rows along axis 0),
+/// when the input's layout says: what balances the parts of a job.
+fn stored_per_out_layer(input: &Input, out_grid: &Grid) -> Option<Vec<u64>> {
+    let per = input.stored_per_layer()?;
+    let c_in = input.block_grid().chunk_shape()[0];
+    let c_out = out_grid.chunk_shape()[0];
+    let n = input.shape()[0];
+    Some(
+        (0..out_grid.grid_shape()[0])
+            .map(|l| {
+                let (z0, z1) = (l * c_out, ((l + 1) * c_out).min(n));
+                let (a, b) = (z0 / c_in, z1.div_ceil(c_in));
+                per.get(a as usize..(b as usize).min(per.len()))
+                    .map_or(0, |s| s.iter().sum())
+            })
+            .collect(),
+    )
 }
 
 fn job_finish(job: Box<JobWriter>) -> Result<Finish> {

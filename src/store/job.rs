@@ -60,6 +60,9 @@ pub(crate) struct JobOptions<'a> {
     pub fingerprint: &'a str,
     pub settings: &'a str,
     pub partition: (u32, u32),
+    /// The chunk layers of every part (balanced by stored chunks); the first part to start
+    /// records them in `job.json`, and every part follows the recorded split.
+    pub split: &'a [(u64, u64)],
     pub overwrite: bool,
     pub restart: bool,
     pub durability: Durability,
@@ -81,6 +84,7 @@ pub(crate) struct JobWriter {
     log: Mutex<File>,
     pending: Mutex<Vec<Vec<u64>>>,
     checkpointing: Mutex<()>,
+    split: Vec<(u64, u64)>,
 }
 
 /// The lock beside the output under which parts open and publish a job.
@@ -90,6 +94,16 @@ const JOB_LOCK_SUFFIX: &str = ".chunkwise-job.lock";
 fn read_parts(path: &Path) -> Option<u64> {
     let v: Value = serde_json::from_str(&fs::read_to_string(path).ok()?).ok()?;
     v.get("parts").and_then(Value::as_u64)
+}
+
+/// The parts' chunk layers a job recorded (`job.json`), if it did.
+fn read_split(path: &Path) -> Option<Vec<(u64, u64)>> {
+    let v: Value = serde_json::from_str(&fs::read_to_string(path).ok()?).ok()?;
+    v.get("split")?
+        .as_array()?
+        .iter()
+        .map(|p| Some((p.get(0)?.as_u64()?, p.get(1)?.as_u64()?)))
+        .collect()
 }
 
 fn job_file(tmp: &Path) -> PathBuf {
@@ -204,8 +218,9 @@ impl JobWriter {
             "fingerprint": o.fingerprint,
             "job": o.settings,
         }});
+        let split: Vec<[u64; 2]> = o.split.iter().map(|&(a, b)| [a, b]).collect();
         let job = json!({"fingerprint": o.fingerprint, "job": o.settings, "parts": parts,
-                         "metadata": metadata});
+                         "split": split, "metadata": metadata});
         let job_text = serde_json::to_string_pretty(&job).expect("plain JSON");
         if tmp.exists() {
             let same = read_fingerprint(&job_file(&tmp)).as_deref() == Some(o.fingerprint);
@@ -245,6 +260,9 @@ impl JobWriter {
         } else {
             write_atomic(&job_file(&tmp), job_text.as_bytes(), true)?;
         }
+        let split = read_split(&job_file(&tmp))
+            .filter(|s| s.len() == parts as usize)
+            .unwrap_or_else(|| o.split.to_vec());
         let lock_path = tmp.join(format!("lock.{part}.{parts}"));
         let lock = File::create(&lock_path).at(&lock_path)?;
         if !try_lock_briefly(&lock, false) {
@@ -281,9 +299,15 @@ impl JobWriter {
                 log: Mutex::new(log),
                 pending: Mutex::new(Vec::new()),
                 checkpointing: Mutex::new(()),
+                split,
             }),
             done,
         ))
+    }
+
+    /// The chunk layers (along axis 0) of part `i`, as the job recorded them.
+    pub(crate) fn part_layers(&self, i: u32) -> (u64, u64) {
+        self.split[i as usize]
     }
 
     /// Bytes of one full output chunk.
@@ -505,12 +529,35 @@ pub fn job_status(out: &Path) -> Result<JobStatus> {
         .ok()
         .and_then(|t| serde_json::from_str::<Value>(&t).ok());
     let Some(job) = job else {
-        if !published {
+        if let Some(parts) = super::parts_status(&path)? {
+            // A job whose output is one file (a reduction, `where`, `graph`).
+            let n = parts.len() as u32;
+            return Ok(JobStatus {
+                published: path.is_file(),
+                fingerprint: None,
+                building: true,
+                chunks_total: 0,
+                chunks_done: 0,
+                parts: parts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &(saved, running))| PartStatus {
+                        index: i as u32,
+                        of: n,
+                        chunks: 1,
+                        done: u64::from(saved),
+                        running,
+                    })
+                    .collect(),
+                path,
+            });
+        }
+        if !published && !path.is_file() {
             return Err(Error::NotFound(path));
         }
         return Ok(JobStatus {
+            published: true,
             path,
-            published,
             fingerprint,
             building: false,
             chunks_total: 0,
@@ -546,9 +593,13 @@ pub fn job_status(out: &Path) -> Result<JobStatus> {
         .unwrap_or(1)
         .max(1);
     let layers = gshape[0];
+    let split = read_split(&job_file(&tmp)).filter(|s| s.len() == n as usize);
     let mut parts = Vec::new();
     for i in 0..n {
-        let (l0, l1) = crate::grid::part_layers(layers, i, n);
+        let (l0, l1) = match &split {
+            Some(s) => s[i as usize],
+            None => crate::grid::part_layers(layers, i, n),
+        };
         let mine = done
             .iter()
             .filter(|idx| idx.first().is_some_and(|&z| z >= l0 && z < l1))

@@ -11,6 +11,7 @@ mod edit;
 mod files;
 mod job;
 mod layout;
+mod parts;
 mod spec;
 mod txn;
 mod write;
@@ -40,6 +41,8 @@ pub(crate) use files::FileWriter;
 pub(crate) use job::{Finish, JobOptions, JobState, JobWriter};
 pub use job::{JobStatus, PartStatus, job_status};
 pub(crate) use layout::{Edges, Layout};
+pub use parts::PartsFinish;
+pub(crate) use parts::{Parts, check_part, parts_status};
 pub(crate) use spec::GridCodec;
 pub use spec::{ChunkCodec, Codec, Durability, StoreSpec};
 pub(crate) use txn::{
@@ -514,6 +517,33 @@ impl Store {
             .collect())
     }
 
+    /// The stored chunks of each chunk layer (chunk index along axis 0) of a regular grid
+    /// whose keys put the layer in a directory of its own (`c/3/...`, v2 `3/...`), counted
+    /// from directory listings; `None` when the layout does not say (then parts split by
+    /// layer counts). Used to balance `--partition` by stored chunks.
+    pub(crate) fn stored_per_layer(&self) -> Option<Vec<u64>> {
+        self.chunk_shape()?;
+        let gshape = self.grid_shape();
+        let ndim = gshape.len();
+        if ndim < 2 {
+            return None;
+        }
+        let mut per = Vec::with_capacity(gshape[0] as usize);
+        for z in 0..gshape[0] {
+            let mut idx = vec![0; ndim];
+            idx[0] = z;
+            let key = self.chunk_key(&idx);
+            let parts: Vec<&str> = key.split('/').collect();
+            // The key's components for axes 1.. must be the last ndim - 1 ones.
+            if parts.len() < ndim {
+                return None;
+            }
+            let layer_dir = self.path.join(parts[..parts.len() - (ndim - 1)].join("/"));
+            per.push(count_files(&layer_dir));
+        }
+        Some(per)
+    }
+
     /// Chunks per axis.
     pub fn grid_shape(&self) -> Vec<u64> {
         self.array.chunk_grid_shape().to_vec()
@@ -776,4 +806,19 @@ impl Store {
     pub fn read_all<T: Element>(&self) -> Result<ArrayD<T>> {
         self.read_region(&Region::full(self.shape()))
     }
+}
+
+/// Files under `dir`, recursively (0 when it does not exist).
+fn count_files(dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => count_files(&e.path()),
+            Ok(_) => 1,
+            Err(_) => 0,
+        })
+        .sum()
 }

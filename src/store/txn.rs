@@ -773,7 +773,7 @@ pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
 /// A temporary file beside `path` with a unique name (`.NAME.XXXXXX.chunkwise-tmp`), created
 /// exclusively and locked (`flock`) for as long as it lives, so that [`clean_temps`] can tell a
 /// running writer's file from a killed one's.
-fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
+pub(crate) fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
     let name = file_name(path)?;
     let mut prefix = OsString::from(".");
     prefix.push(name);
