@@ -922,6 +922,30 @@ fn is_store(path: PathBuf) -> bool {
     chunkwise::is_store(Path::new(&path))
 }
 
+/// `chunkwise status OUT --json`: which parts of the job into `out` are done, running or
+/// missing, and whether it is published.
+#[pyfunction]
+fn job_status(out: PathBuf) -> PyResult<String> {
+    let s = chunkwise::job_status(&out).map_err(to_py)?;
+    let parts: Vec<serde_json::Value> = s
+        .parts
+        .iter()
+        .map(|p| {
+            serde_json::json!({"part": [p.index, p.of], "state": p.state(), "chunks": p.chunks,
+                               "done": p.done, "running": p.running})
+        })
+        .collect();
+    Ok(serde_json::json!({
+        "path": s.path,
+        "published": s.published,
+        "building": s.building,
+        "chunks_total": s.chunks_total,
+        "chunks_done": s.chunks_done,
+        "parts": parts,
+    })
+    .to_string())
+}
+
 #[pymodule]
 fn _chunkwise(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Source>()?;
@@ -944,6 +968,7 @@ fn _chunkwise(m: &Bound<'_, PyModule>) -> PyResult<()> {
         wrap_pyfunction!(append, m)?,
         wrap_pyfunction!(join, m)?,
         wrap_pyfunction!(is_store, m)?,
+        wrap_pyfunction!(job_status, m)?,
     ] {
         m.add_function(f)?;
     }

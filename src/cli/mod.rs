@@ -8,6 +8,7 @@ mod grow;
 mod info;
 mod job;
 mod reduce;
+mod slurm;
 mod status;
 mod verify;
 
@@ -71,6 +72,8 @@ enum Command {
     Stack(grow::StackArgs),
     /// Which parts of a job (--partition I/N) are done, running or missing.
     Status(status::Args),
+    /// Print the sbatch script of a Slurm array job running a command in --parts N parts.
+    SlurmScript(slurm::Args),
     /// Generate a small volume, convert, inspect and export it, checking the round trip.
     Demo(demo::Args),
 }
@@ -174,6 +177,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Concat(a) => grow::concat(a, &global),
         Command::Stack(a) => grow::stack(a, &global),
         Command::Status(a) => status::run(a, &global),
+        Command::SlurmScript(a) => slurm::run(a, &global),
         Command::Demo(a) => demo::run(a, &global),
     };
     match result {

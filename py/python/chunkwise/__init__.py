@@ -21,6 +21,7 @@ from ._compute import (
     threshold,
 )
 from ._grow import concat, stack
+from ._job import Job
 from ._reduce import graph, histogram, reduce, stats, where
 from .errors import (
     BadRegionError,
@@ -41,7 +42,7 @@ from .errors import (
 )
 
 __all__ = [
-    "Array", "open", "create", "from_array", "convert",
+    "Array", "Job", "open", "create", "from_array", "convert",
     "gaussian", "correlate1d", "lut", "threshold", "neighbourhood_lut", "map_overlap",
     "map_blocks", "stats", "histogram", "reduce", "where", "graph", "concat", "stack", "view", "errors",
     "Error", "StoreError", "InputError", "KernelError", "GrowError", "IoError", "NotFoundError",

@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 
 from . import _chunkwise
+from ._job import deferrable as _deferrable
 from ._util import dtype_name, exact, fspath, opts, progress_fn, source
 from .errors import NotFoundError, OutputExistsError, StoreError
 
@@ -416,13 +417,14 @@ def create(path, shape, dtype, chunks=None, codec=None, fill_value=0, overwrite=
     return open(path)
 
 
+@_deferrable(1)
 def convert(inputs, path, chunks=None, codec=None, level=None, *, checksum=False, shard=None,
             axis_names=None, dtype=None, shape=None, overwrite=False, partition=None,
             progress=None, threads=None, memory=None) -> Array:
     """``chunkwise convert``: any input (paths as :func:`open` takes them, an Array, a numpy
     array) written as a chunked store at ``path``, streaming; returns the store opened.
     ``partition="I/N"`` writes one part of N sharing one job; a part that leaves the
-    publishing to another returns None."""
+    publishing to another returns None. ``defer=True`` returns a :class:`chunkwise.Job`."""
     from ._compute import _partition
     if isinstance(inputs, (str, os.PathLike, list, tuple, dict)) and not isinstance(inputs, Array):
         src = open(inputs, dtype=dtype, shape=shape)._source()

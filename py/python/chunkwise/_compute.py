@@ -13,6 +13,7 @@ import numpy as np
 from . import _chunkwise
 from ._array import Array, open as open_
 from ._util import dtype_name, exact, fspath, native, opts, source
+from ._job import deferrable
 from .errors import InvalidOptionError
 
 _MODES = ("reflect", "mirror", "nearest", "wrap", "constant", "grid-mirror", "grid-wrap",
@@ -65,6 +66,7 @@ def _result(report, out):
     return open_(out)
 
 
+@deferrable(1)
 def gaussian(a, out, sigma, truncate=4.0, mode="reflect", cval=0.0, dtype=None, *, chunks=None,
              codec=None, level=None, overwrite=False, restart=False, checksum=False,
              partition=None, progress=None, threads=None, memory=None) -> Array:
@@ -77,6 +79,7 @@ def gaussian(a, out, sigma, truncate=4.0, mode="reflect", cval=0.0, dtype=None, 
                 **_common(chunks, codec, level, overwrite, restart, checksum, partition))
 
 
+@deferrable(1)
 def correlate1d(a, out, weights, axis=-1, mode="reflect", cval=0.0, origin=0, dtype=None, *,
                 chunks=None, codec=None, level=None, overwrite=False, restart=False,
                 checksum=False, partition=None, progress=None, threads=None, memory=None) -> Array:
@@ -125,6 +128,7 @@ def _table_path(table):
     return p
 
 
+@deferrable(1)
 def lut(a, out, table, *, chunks=None, codec=None, level=None, overwrite=False, restart=False,
         checksum=False, partition=None, progress=None, threads=None, memory=None) -> Array:
     """``table[a]`` (a 1-D table as a numpy array or an ``.npy`` path), into the store ``out``."""
@@ -132,6 +136,7 @@ def lut(a, out, table, *, chunks=None, codec=None, level=None, overwrite=False, 
                 **_common(chunks, codec, level, overwrite, restart, checksum, partition))
 
 
+@deferrable(1)
 def threshold(a, out, above, *, chunks=None, codec=None, level=None, overwrite=False,
               restart=False, checksum=False, partition=None, progress=None, threads=None, memory=None) -> Array:
     """``a > above`` as ``uint8`` 0/1, compared exactly in the array's own type."""
@@ -139,6 +144,7 @@ def threshold(a, out, above, *, chunks=None, codec=None, level=None, overwrite=F
                 **_common(chunks, codec, level, overwrite, restart, checksum, partition))
 
 
+@deferrable(1)
 def neighbourhood_lut(a, out, table, above=None, *, chunks=None, codec=None, level=None,
                       overwrite=False, restart=False, checksum=False, partition=None, progress=None,
                       threads=None, memory=None) -> Array:
@@ -354,6 +360,7 @@ def _caller(func, out, out_dtype, trim, what):
     return call
 
 
+@deferrable("out")
 def map_overlap(func, *inputs, out, depth, boundary="reflect", dtype=None, trim=True, name=None,
                 chunks=None, codec=None, level=None, overwrite=False, restart=False,
                 checksum=False, partition=None, progress=None, threads=None, memory=None, **kwargs) -> Array:
@@ -393,6 +400,7 @@ def map_overlap(func, *inputs, out, depth, boundary="reflect", dtype=None, trim=
     return _result(report, out)
 
 
+@deferrable("out")
 def map_blocks(func, *inputs, out, dtype=None, name=None, chunks=None, codec=None, level=None,
                overwrite=False, restart=False, checksum=False, partition=None, progress=None, threads=None,
                memory=None, **kwargs) -> Array:

@@ -1,0 +1,141 @@
+"""chunkwise.distributed.run on a real dask.distributed LocalCluster (spec/SCALE.md §4): the
+parts of a deferred job as tasks on two worker processes, a worker killed mid-job, and the
+published store equal to scipy's/numpy's result on the whole array."""
+import os
+import pickle
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+from dask.distributed import Client, LocalCluster
+
+import chunkwise as cw
+import chunkwise.distributed
+
+
+@pytest.fixture(scope="module")
+def client():
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as c:
+        yield c
+
+
+def _slow_double(b):
+    time.sleep(0.03)
+    return b * 2
+
+
+def test_a_kernel_job_runs_in_parts_on_the_cluster(client, tmp, rng):
+    x = rng.random((37, 21, 18), dtype=np.float32)
+    a = cw.from_array(x, tmp / "a.zarr", chunks=(4, 8, 16))
+    job = cw.gaussian(a, tmp / "g.zarr", 1.5, defer=True)
+    assert isinstance(job, cw.Job) and not job.published()
+    out = chunkwise.distributed.run(client, job, parts=5)
+    assert out.path == str(tmp / "g.zarr")
+    np.testing.assert_allclose(out[...], ndi.gaussian_filter(x.astype(np.float64), 1.5),
+                               rtol=1e-5, atol=1e-6)
+    # The same bytes as one process computes.
+    np.testing.assert_array_equal(out[...], cw.gaussian(a, tmp / "one.zarr", 1.5)[...])
+    # Run again: already published, nothing to do.
+    assert chunkwise.distributed.run(client, job, parts=5)[...].shape == x.shape
+
+
+def test_convert_and_map_overlap_jobs(client, tmp, rng):
+    x = rng.integers(0, 1000, (30, 17, 9)).astype(np.uint16)
+    np.save(tmp / "x.npy", x)
+    job = cw.convert(str(tmp / "x.npy"), tmp / "c.zarr", chunks=(4, 5, 9), defer=True)
+    c = chunkwise.distributed.run(client, job)  # parts: one per worker thread
+    np.testing.assert_array_equal(c[...], x)
+    assert c.chunks == (4, 5, 9)
+    job = cw.map_overlap(lambda b: ndi.maximum_filter(b, size=3), c, out=tmp / "m.zarr",
+                         depth=1, boundary="nearest", name="max3", defer=True)
+    m = chunkwise.distributed.run(client, job, parts=3)
+    np.testing.assert_array_equal(m[...], ndi.maximum_filter(x, size=3, mode="nearest"))
+
+
+def test_a_worker_killed_mid_job_and_the_job_completes(client, tmp, rng):
+    x = rng.random((48, 16, 16), dtype=np.float32)
+    a = cw.from_array(x, tmp / "a.zarr", chunks=(2, 16, 16))
+    job = cw.map_blocks(_slow_double, a, out=tmp / "d.zarr", name="slow-double", defer=True)
+    pids = list(client.run(os.getpid).values())
+    seen = {}
+
+    def kill_one_worker_mid_job():
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                s = job.status()
+            except cw.NotFoundError:
+                s = None
+            if s and s["building"] and 0 < s["chunks_done"] < s["chunks_total"]:
+                seen["done_at_kill"] = (s["chunks_done"], s["chunks_total"])
+                os.kill(pids[0], signal.SIGKILL)
+                return
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_one_worker_mid_job)
+    killer.start()
+    out = chunkwise.distributed.run(client, job, parts=4)
+    killer.join()
+    done, total = seen["done_at_kill"]
+    assert 0 < done < total, seen
+    np.testing.assert_array_equal(out[...], x * 2)
+    client.wait_for_workers(2, timeout=60)
+
+
+def test_a_restarted_cluster_mid_job_and_the_job_completes(client, tmp, rng):
+    x = rng.random((40, 16, 16), dtype=np.float32)
+    a = cw.from_array(x, tmp / "a.zarr", chunks=(2, 16, 16))
+    job = cw.map_blocks(_slow_double, a, out=tmp / "r.zarr", name="slow-double", defer=True)
+
+    def restart_mid_job():
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                s = job.status()
+            except cw.NotFoundError:
+                s = None
+            if s and s["building"] and s["chunks_done"] > 0:
+                client.restart()
+                return
+            time.sleep(0.01)
+
+    t = threading.Thread(target=restart_mid_job)
+    t.start()
+    out = chunkwise.distributed.run(client, job, parts=4)
+    t.join()
+    np.testing.assert_array_equal(out[...], x * 2)
+
+
+def test_jobs_pickle_and_run_part_by_part_here(tmp, rng):
+    x = rng.random((20, 9, 9), dtype=np.float32)
+    a = cw.from_array(x, tmp / "a.zarr", chunks=(3, 9, 9))
+    job = pickle.loads(pickle.dumps(cw.threshold(a, tmp / "t.zarr", 0.5, defer=True)))
+    assert [job.run(part=(i, 3)) is None for i in (2, 0)] == [True, True]
+    st = job.status()
+    assert [p["state"] for p in st["parts"]] == ["done", "missing", "done"]
+    out = job.run(part=(1, 3))
+    np.testing.assert_array_equal(out[...], (x > 0.5).astype(np.uint8))
+
+
+def test_bad_jobs_are_refused(client, tmp, rng):
+    a = cw.from_array(rng.random((8, 8), dtype=np.float32), tmp / "a.zarr", chunks=(4, 8))
+    with pytest.raises(cw.InvalidOptionError, match="progress"):
+        cw.gaussian(a, tmp / "g.zarr", 1, defer=True, progress=True)
+    with pytest.raises(cw.InvalidOptionError, match="job.run"):
+        cw.gaussian(a, tmp / "g.zarr", 1, defer=True, partition="0/2")
+    with pytest.raises(TypeError, match="Job"):
+        chunkwise.distributed.run(client, "g.zarr")
+    with pytest.raises(ValueError, match="parts"):
+        chunkwise.distributed.run(client, cw.gaussian(a, tmp / "g.zarr", 1, defer=True), parts=0)
+    # A job whose every part fails (the input is gone) fails with the part named, and leaves
+    # nothing at the output.
+    job = cw.gaussian(str(tmp / "a.zarr"), tmp / "h.zarr", 1, defer=True)
+    import shutil
+    shutil.rmtree(tmp / "a.zarr")
+    with pytest.raises(cw.Error, match=r"part \d/2 .* failed"):
+        chunkwise.distributed.run(client, job, parts=2, retries=1)
+    assert not (tmp / "h.zarr").exists()
