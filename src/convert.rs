@@ -228,6 +228,10 @@ fn convert_partitioned(
 struct Copy;
 
 impl Kernel for Copy {
+    fn shift_invariant(&self) -> bool {
+        true
+    }
+
     fn halo(&self, ndim: usize) -> Result<Vec<(u64, u64)>> {
         Ok(vec![(0, 0); ndim])
     }

@@ -285,6 +285,71 @@ pub fn indices_in(boxed: &[Range<u64>]) -> Vec<Vec<u64>> {
     }
 }
 
+/// A set of chunk indices of a grid, one bit per chunk (128 KiB for 2^20 chunks): the chunks a
+/// job has done, whatever their number.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ChunkSet {
+    shape: Vec<u64>,
+    bits: Vec<u64>,
+    len: u64,
+}
+
+impl ChunkSet {
+    /// The empty set over a grid of `shape` chunks.
+    pub(crate) fn new(shape: &[u64]) -> ChunkSet {
+        let n: u64 = shape.iter().product();
+        ChunkSet {
+            shape: shape.to_vec(),
+            bits: vec![0; n.div_ceil(64) as usize],
+            len: 0,
+        }
+    }
+
+    fn linear(&self, idx: &[u64]) -> Option<u64> {
+        if idx.len() != self.shape.len() {
+            return None;
+        }
+        let mut at = 0u64;
+        for (&i, &n) in idx.iter().zip(&self.shape) {
+            if i >= n {
+                return None;
+            }
+            at = at * n + i;
+        }
+        Some(at)
+    }
+
+    /// Adds `idx` (an index outside the grid is ignored); whether it was new.
+    pub(crate) fn insert(&mut self, idx: &[u64]) -> bool {
+        let Some(at) = self.linear(idx) else {
+            return false;
+        };
+        let (w, b) = ((at / 64) as usize, at % 64);
+        let new = self.bits[w] & (1 << b) == 0;
+        self.bits[w] |= 1 << b;
+        self.len += u64::from(new);
+        new
+    }
+
+    pub(crate) fn contains(&self, idx: &[u64]) -> bool {
+        self.linear(idx)
+            .is_some_and(|at| self.bits[(at / 64) as usize] & (1 << (at % 64)) != 0)
+    }
+
+    /// Chunks in the set.
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Chunks in the set with index along axis 0 in `l0..l1`.
+    pub(crate) fn count_layers(&self, l0: u64, l1: u64) -> u64 {
+        let inner: u64 = self.shape.iter().skip(1).product();
+        (l0 * inner..l1 * inner)
+            .filter(|&at| self.bits[(at / 64) as usize] & (1 << (at % 64)) != 0)
+            .count() as u64
+    }
+}
+
 /// The layers (along axis 0) of part `part` of `parts`: contiguous ranges of nearly equal
 /// length, in order (spec/COMPUTE.md §7).
 pub(crate) fn part_layers(layers: u64, part: u32, parts: u32) -> (u64, u64) {
@@ -294,20 +359,29 @@ pub(crate) fn part_layers(layers: u64, part: u32, parts: u32) -> (u64, u64) {
     )
 }
 
-/// The layers of every part of `parts`, contiguous and in order, balanced by `stored` (the
-/// stored chunks of each layer, when known): each part gets about 1/N of the stored chunks,
-/// an absent chunk counting as 1/1024 of a stored one; without counts, equal numbers of
-/// layers (spec/SCALE.md §1).
+/// The layers of every part of `parts`, contiguous and in order, balanced by `counts` (the
+/// stored chunks and all chunks of each layer, when known): each part gets about 1/N of the
+/// work, an absent chunk counting as 1/1024 of a stored one; without counts, equal numbers
+/// of layers (spec/SCALE.md §1).
 ///
 /// ```text
-/// stored [9, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1], 2 parts -> [0..4, 4..13]
+/// stored [9, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1] of 9 chunks a layer, 2 parts -> [0..4, 4..13]
 /// ```
-pub(crate) fn split_layers(layers: u64, stored: Option<&[u64]>, parts: u32) -> Vec<(u64, u64)> {
-    let Some(stored) = stored.filter(|s| s.len() as u64 == layers && s.iter().any(|&n| n > 0))
-    else {
+pub(crate) fn split_layers(
+    layers: u64,
+    counts: Option<&[(u64, u64)]>,
+    parts: u32,
+) -> Vec<(u64, u64)> {
+    let Some(counts) = counts.filter(|s| s.len() as u64 == layers) else {
         return (0..parts).map(|i| part_layers(layers, i, parts)).collect();
     };
-    let weight: Vec<u128> = stored.iter().map(|&n| u128::from(n) * 1024 + 1).collect();
+    let weight: Vec<u128> = counts
+        .iter()
+        .map(|&(stored, all)| u128::from(stored) * 1024 + u128::from(all.saturating_sub(stored)))
+        .collect();
+    if weight.iter().all(|&w| w == 0) {
+        return (0..parts).map(|i| part_layers(layers, i, parts)).collect();
+    }
     // before[l]: the weight of the layers before layer l.
     let mut before = vec![0u128; weight.len() + 1];
     for (l, w) in weight.iter().enumerate() {
@@ -347,16 +421,33 @@ mod tests {
     }
 
     #[test]
+    fn chunk_sets_count_once() {
+        let mut s = ChunkSet::new(&[3, 70]);
+        assert!(s.insert(&[2, 69]) && !s.insert(&[2, 69]));
+        assert!(s.insert(&[0, 0]) && !s.insert(&[3, 0]) && !s.insert(&[0]));
+        assert_eq!(s.len(), 2);
+        assert!(s.contains(&[2, 69]) && !s.contains(&[1, 69]) && !s.contains(&[9, 9]));
+        assert_eq!((s.count_layers(0, 1), s.count_layers(1, 3)), (1, 1));
+    }
+
+    #[test]
     fn parts_balance_stored_chunks() {
-        let stored = [9, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1];
+        let of9 = |s: &[u64]| s.iter().map(|&n| (n, 9)).collect::<Vec<_>>();
+        let stored = of9(&[9, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1]);
         assert_eq!(split_layers(13, Some(&stored), 2), vec![(0, 4), (4, 13)]);
         // Without counts (or with none stored): equal numbers of layers.
         assert_eq!(split_layers(10, None, 3), vec![(0, 3), (3, 6), (6, 10)]);
-        assert_eq!(split_layers(4, Some(&[0; 4]), 2), vec![(0, 2), (2, 4)]);
+        assert_eq!(
+            split_layers(4, Some(&of9(&[0; 4])), 2),
+            vec![(0, 2), (2, 4)]
+        );
+        // Mostly absent layers of many chunks weigh by their count, not as one.
+        let sparse: Vec<(u64, u64)> = (0..8).map(|l| (u64::from(l == 7) * 3, 16384)).collect();
+        assert_eq!(split_layers(8, Some(&sparse), 2), vec![(0, 4), (4, 8)]);
         // More parts than layers: the parts cover every layer once, in order.
         for parts in 1..20 {
             for stored in [[5u64, 0, 1, 7].as_slice(), &[0, 0, 0, 1], &[1, 1, 1, 1]] {
-                let s = split_layers(4, Some(stored), parts);
+                let s = split_layers(4, Some(&of9(stored)), parts);
                 assert_eq!(s.len(), parts as usize);
                 assert_eq!(s[0].0, 0);
                 assert_eq!(s[parts as usize - 1].1, 4);

@@ -323,9 +323,18 @@ impl Input {
         }
     }
 
+    /// The stored chunks of the block grid, when the input is a store with a regular grid
+    /// (one bit per chunk).
+    pub(crate) fn stored_chunks(&self) -> Option<crate::grid::ChunkSet> {
+        match &self.inner {
+            Inner::Store(s) => s.stored_chunks(),
+            Inner::View(_) => None,
+        }
+    }
+
     /// The stored chunks of each layer of the block grid (along axis 0), when the input is
     /// a store whose layout says ([`Store::stored_per_layer`]).
-    pub(crate) fn stored_per_layer(&self) -> Option<Vec<u64>> {
+    pub(crate) fn stored_per_layer(&self) -> Option<Vec<(u64, u64)>> {
         match &self.inner {
             Inner::Store(s) => s.stored_per_layer(),
             Inner::View(_) => None,

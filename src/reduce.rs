@@ -150,7 +150,7 @@ pub fn reduce<R: Reduction>(input: &Input, r: &R, opts: &ReduceOptions) -> Resul
 
 /// The chunk layers of `input` that parts split (along axis 0 of the units a reduction
 /// folds), and their stored chunks when the store's layout says.
-fn reduce_layers(input: &Input, r: &impl Reduction) -> Result<(u64, Option<Vec<u64>>)> {
+fn reduce_layers(input: &Input, r: &impl Reduction) -> Result<(u64, Option<Vec<(u64, u64)>>)> {
     let rectilinear = input.store().filter(|s| s.chunk_shape().is_none());
     if let Some(s) = rectilinear.filter(|_| r.per_stored_chunk()) {
         let edges = s.chunk_bounds()?;

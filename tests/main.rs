@@ -16,5 +16,6 @@ mod parts;
 mod paths;
 mod proptests;
 mod reduce;
+mod slurm;
 mod verify;
 mod write;

@@ -261,11 +261,19 @@ pub(crate) fn summary(r: &ExecReport) -> String {
         0.0
     };
     format!(
-        "{what}: {} {} in {} chunks, {} computed{} in {:.2} s; {} input chunks decoded for {} needed ({amp:.2}x); {} stored",
+        "{what}: {} {} in {} chunks, {} computed{}{} in {:.2} s; {} input chunks decoded for {} needed ({amp:.2}x); {} stored",
         chunkwise::support::fmt_shape(&r.shape),
         r.dtype,
         chunkwise::support::fmt_shape(&r.chunk_shape),
         r.chunks_computed,
+        if r.chunks_absent > 0 {
+            format!(
+                ", {} absent (all fill value: nothing to read)",
+                r.chunks_absent
+            )
+        } else {
+            String::new()
+        },
         if r.chunks_resumed > 0 {
             format!(" ({} done before, resumed)", r.chunks_resumed)
         } else {

@@ -160,12 +160,18 @@ pub(crate) fn run(a: Args, _g: &Global) -> CliResult {
         ))
         .into());
     }
-    if cmd.iter().any(|a| a == "--partition" || a.starts_with("--partition=")) {
+    if cmd
+        .iter()
+        .any(|a| a == "--partition" || a.starts_with("--partition="))
+    {
         return Err(bad("leave --partition out: each task gets its own part").into());
     }
     // The memory plan and the allocation agree: the plan is a share of the allocation.
     let planned = PLANNED.contains(&name.as_str());
-    let memory = cmd.iter().position(|a| a == "--memory").and_then(|i| cmd.get(i + 1));
+    let memory = cmd
+        .iter()
+        .position(|a| a == "--memory")
+        .and_then(|i| cmd.get(i + 1));
     let memory = match memory {
         Some(m) => Some(parse_size(m).map_err(|e| bad(format!("--memory: {e}")))?),
         None => None,
@@ -227,8 +233,10 @@ pub(crate) fn run(a: Args, _g: &Global) -> CliResult {
     s += "# `chunkwise status OUTPUT` says which parts are done, running or missing.\n";
     s += "set -euo pipefail\n";
     let words: Vec<String> = cmd.iter().map(|w| quote(w)).collect();
+    // N is written out, not $SLURM_ARRAY_TASK_COUNT: a task resubmitted alone
+    // (`--array=I`) sees a count of 1.
     s += &format!(
-        "exec {} --threads \"${{SLURM_CPUS_PER_TASK:-{cpus}}}\" {} \\\n    --partition \"$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT\"\n",
+        "exec {} --threads \"${{SLURM_CPUS_PER_TASK:-{cpus}}}\" {} \\\n    --partition \"$SLURM_ARRAY_TASK_ID/{parts}\"\n",
         quote(&exe.to_string_lossy()),
         words.join(" ")
     );

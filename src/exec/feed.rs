@@ -2,11 +2,11 @@
 //! first to need, with every decoded chunk's consumers counted so that it leaves the window
 //! with its last one. Invariant: a computation's decodes are handed out before it.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::grid::{indices_in, product};
+use crate::grid::{ChunkSet, indices_in, product};
 
 use super::task::{Ctx, Slot, SlotState, Task};
 
@@ -16,7 +16,7 @@ pub(super) struct Feed<'a, 'c> {
     pub(super) ctx: &'c Ctx<'a>,
     pub(super) tiles: std::vec::IntoIter<Vec<Range<u64>>>,
     pub(super) layers: Range<u64>,
-    pub(super) done: &'c HashSet<Vec<u64>>,
+    pub(super) done: &'c ChunkSet,
     pub(super) tile: Option<Vec<Range<u64>>>,
     pub(super) layer: u64,
     pub(super) chunks: std::vec::IntoIter<Vec<u64>>,
@@ -28,7 +28,7 @@ impl<'a, 'c> Feed<'a, 'c> {
         ctx: &'c Ctx<'a>,
         tiles: Vec<Vec<Range<u64>>>,
         layers: Range<u64>,
-        done: &'c HashSet<Vec<u64>>,
+        done: &'c ChunkSet,
     ) -> Self {
         Feed {
             ctx,
@@ -60,12 +60,31 @@ impl<'a, 'c> Feed<'a, 'c> {
             .collect();
         product(&lists)
             .iter()
-            .filter(|o| !self.done.contains(*o))
+            .filter(|o| !self.done.contains(o) && !self.skips(o))
             .count() as u64
+    }
+
+    /// Whether output chunk `idx` is recorded as absent without computing: every input chunk
+    /// it reads is absent, and the kernel maps fill to the output's fill.
+    fn skips(&self, idx: &[u64]) -> bool {
+        let Some(stored) = &self.ctx.stored_inputs else {
+            return false;
+        };
+        self.ctx
+            .needed(idx)
+            .iter()
+            .zip(stored)
+            .all(|(chunks, set)| chunks.iter().all(|c| !set.contains(c)))
     }
 
     /// Queues the tasks for output chunk `idx`.
     pub(super) fn plan(&mut self, idx: Vec<u64>) {
+        if self.skips(&idx) {
+            // Every input chunk it reads is absent (fill value), and the kernel maps fill to
+            // the output's fill: the chunk is absent too, with nothing to decode.
+            self.queue.push_back(Task::Skip(idx));
+            return;
+        }
         let needed = self.ctx.needed(&idx);
         let mut w = self
             .ctx

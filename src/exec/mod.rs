@@ -11,7 +11,7 @@
 //! before it. Invariant: memory is the decoded window plus one task's working set per
 //! thread, whatever the volume's length (spec/COMPUTE.md §5).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,10 +22,10 @@ use rayon::prelude::*;
 use crate::dtype::{DType, Scalar};
 use crate::error::{Error, InputError, KernelError, Result};
 use crate::fingerprint::fnv1a;
-use crate::grid::{Grid, indices_in};
+use crate::grid::{ChunkSet, Grid, indices_in};
 use crate::halo::{Boundary, fill_block, segments};
 use crate::input::Input;
-use crate::kernel::{Block, FnKernel, Kernel, OutBlock};
+use crate::kernel::{Block, FnKernel, Kernel, OutBlock, Scratch};
 use crate::progress::{Tracker, Unit};
 use crate::region::{Region, check_shapes, fmt_shape};
 use crate::run::with_threads;
@@ -179,6 +179,9 @@ pub struct ExecReport {
     pub chunks_computed: u64,
     /// Output chunks of this partition already done by an earlier run (resumed).
     pub chunks_resumed: u64,
+    /// Output chunks of this partition recorded as absent (all fill value) without a decode
+    /// or a computation: every input chunk they read is absent.
+    pub chunks_absent: u64,
     /// Input chunks decoded by this run (all inputs).
     pub decodes: u64,
     /// Distinct input chunks this run needed (all inputs): `decodes / input_chunks` is the
@@ -430,6 +433,7 @@ fn run_in_pool(
         chunks_total: out_grid.num_chunks(),
         chunks_computed: 0,
         chunks_resumed: 0,
+        chunks_absent: 0,
         decodes: 0,
         input_chunks: 0,
         tile: Vec::new(),
@@ -481,6 +485,7 @@ fn run_in_pool(
     let threads = rayon::current_num_threads();
     let budget = opts.run.memory.unwrap_or_else(default_budget);
 
+    let stored_inputs = skippable(stores, kernel, boundary, &halo, &out_grid, out_dtype)?;
     let ctx = Ctx {
         inputs: ins,
         shape: shape.clone(),
@@ -491,8 +496,15 @@ fn run_in_pool(
         out_dtype,
         job: &job,
         decodes: AtomicU64::new(0),
-        distinct: Mutex::new(HashSet::new()),
+        distinct: Mutex::new(
+            stores
+                .iter()
+                .map(|s| ChunkSet::new(&s.block_grid().grid_shape()))
+                .collect(),
+        ),
+        stored_inputs,
         computed: AtomicU64::new(0),
+        skipped: AtomicU64::new(0),
         stored: AtomicU64::new(0),
         tracker: Tracker::new("compute", Unit::Chunks, 0, None),
         run: &opts.run,
@@ -554,7 +566,10 @@ fn run_in_pool(
         .distinct
         .lock()
         .expect("no panics holding the set")
-        .len() as u64;
+        .iter()
+        .map(ChunkSet::len)
+        .sum();
+    report.chunks_absent = ctx.skipped.load(Ordering::Relaxed);
     report.bytes_stored = ctx.stored.load(Ordering::Relaxed);
     drop(ctx);
     report.status = match job_finish(job)? {
@@ -569,7 +584,7 @@ fn run_in_pool(
 
 /// The stored chunks of the input under each output chunk layer (its rows along axis 0),
 /// when the input's layout says: what balances the parts of a job.
-fn stored_per_out_layer(input: &Input, out_grid: &Grid) -> Option<Vec<u64>> {
+fn stored_per_out_layer(input: &Input, out_grid: &Grid) -> Option<Vec<(u64, u64)>> {
     let per = input.stored_per_layer()?;
     let c_in = input.block_grid().chunk_shape()[0];
     let c_out = out_grid.chunk_shape()[0];
@@ -580,10 +595,101 @@ fn stored_per_out_layer(input: &Input, out_grid: &Grid) -> Option<Vec<u64>> {
                 let (z0, z1) = (l * c_out, ((l + 1) * c_out).min(n));
                 let (a, b) = (z0 / c_in, z1.div_ceil(c_in));
                 per.get(a as usize..(b as usize).min(per.len()))
-                    .map_or(0, |s| s.iter().sum())
+                    .map_or((0, 0), |s| {
+                        s.iter()
+                            .fold((0, 0), |(x, y), &(st, all)| (x + st, y + all))
+                    })
             })
             .collect(),
     )
+}
+
+/// Per input, its stored chunks, when output chunks reading only absent input chunks may be
+/// recorded as absent without computing them: the kernel is shift-invariant (the same
+/// neighbourhood values give the same output anywhere), the boundary brings in no value but
+/// the inputs' own (a constant is their fill value), and the kernel applied to fill-valued
+/// blocks gives the output's fill value (zero) everywhere. `None` otherwise, or when an
+/// input's stored chunks are not known (a view, files).
+fn skippable(
+    inputs: &[Input],
+    kernel: &dyn Kernel,
+    boundary: Boundary,
+    halo: &[(u64, u64)],
+    out_grid: &Grid,
+    out_dtype: DType,
+) -> Result<Option<Vec<ChunkSet>>> {
+    if !kernel.shift_invariant() {
+        return Ok(None);
+    }
+    let mut stored = Vec::with_capacity(inputs.len());
+    for s in inputs {
+        let Some(set) = s.stored_chunks() else {
+            return Ok(None);
+        };
+        if let Boundary::Constant(c) = boundary {
+            let fill = with_scalar!(s.dtype(), T => bytemuck::pod_read_unaligned::<T>(
+                &s.fill_bytes()[..std::mem::size_of::<T>()]).to_f64());
+            if fill.to_bits() != c.to_bits() && !(fill == 0.0 && c == 0.0) {
+                return Ok(None);
+            }
+        }
+        stored.push(set);
+    }
+    // The kernel on fill-valued blocks of a full chunk plus halo.
+    let chunk: Vec<usize> = out_grid.chunk_shape().iter().map(|&c| c as usize).collect();
+    let shape: Vec<usize> = chunk
+        .iter()
+        .zip(halo)
+        .map(|(&c, &(a, b))| c + a as usize + b as usize)
+        .collect();
+    let valid: Vec<std::ops::Range<usize>> = chunk
+        .iter()
+        .zip(halo)
+        .map(|(&c, &(a, _))| a as usize..a as usize + c)
+        .collect();
+    let elems: usize = shape.iter().product();
+    let bufs: Vec<Scratch> = inputs
+        .iter()
+        .map(|s| {
+            let f = s.fill_bytes();
+            let mut b = Scratch::new(elems * f.len());
+            for (d, v) in b
+                .slice_mut::<u8>(elems * f.len())
+                .chunks_exact_mut(f.len())
+                .zip(std::iter::repeat(&f))
+            {
+                d.copy_from_slice(v);
+            }
+            b
+        })
+        .collect();
+    let blocks: Vec<Block<'_>> = inputs
+        .iter()
+        .zip(&bufs)
+        .map(|(s, b)| Block {
+            dtype: s.dtype(),
+            bytes: b.slice::<u8>(elems * s.dtype().size()),
+            shape: shape.clone(),
+            valid: valid.clone(),
+            origin: valid.iter().map(|v| v.start as i64).collect(),
+            array_shape: out_grid.shape().to_vec(),
+        })
+        .collect();
+    let out_bytes = chunk.iter().product::<usize>() * out_dtype.size();
+    let mut out = Scratch::new(out_bytes);
+    let bytes = out.slice_mut::<u8>(out_bytes);
+    let region = Region::new(chunk.iter().map(|&c| 0..c as u64).collect());
+    let mut ob = OutBlock {
+        dtype: out_dtype,
+        bytes,
+        chunk_shape: chunk.clone(),
+        region,
+        key: "(an all-fill chunk)".into(),
+    };
+    if kernel.apply(&blocks, &mut ob).is_err() || ob.bytes.iter().any(|&b| b != 0) {
+        return Ok(None);
+    }
+    Ok(Some(stored))
 }
 
 fn job_finish(job: Box<JobWriter>) -> Result<Finish> {

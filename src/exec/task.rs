@@ -2,14 +2,14 @@
 //! (its blocks assembled from the decoded chunks, the kernel applied, the chunk written).
 //! Invariant: a computation reads only the slots its feed entry named.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::dtype::DType;
 use crate::error::{Error, Result, StoreError, to_usize};
-use crate::grid::{Grid, product};
+use crate::grid::{ChunkSet, Grid, product};
 use crate::halo::{Boundary, Segment, fill_block, segments};
 use crate::kernel::{Block, Kernel, OutBlock, Scratch};
 use crate::progress::Tracker;
@@ -44,6 +44,8 @@ pub(super) enum Task {
     Decode(Arc<Slot>),
     /// An output chunk and, per input, the slots its block is assembled from.
     Compute(Vec<u64>, Vec<Vec<Arc<Slot>>>),
+    /// An output chunk that is all fill value: recorded as done, nothing written.
+    Skip(Vec<u64>),
 }
 
 /// One input of the job.
@@ -73,8 +75,15 @@ pub(super) struct Ctx<'a> {
     pub(super) out_dtype: DType,
     pub(super) job: &'a JobWriter,
     pub(super) decodes: AtomicU64,
-    pub(super) distinct: Mutex<HashSet<(usize, Vec<u64>)>>,
+    /// Per input, the chunks decoded at least once.
+    pub(super) distinct: Mutex<Vec<ChunkSet>>,
+    /// Per input, its stored chunks, when output chunks whose every input chunk is absent
+    /// are absent too (a shift-invariant kernel mapping fill to the output's fill): those
+    /// are recorded as done without a decode or a computation.
+    pub(super) stored_inputs: Option<Vec<ChunkSet>>,
     pub(super) computed: AtomicU64,
+    /// Output chunks recorded as absent (fill value) without computing.
+    pub(super) skipped: AtomicU64,
     pub(super) stored: AtomicU64,
     pub(super) tracker: Tracker,
     /// The job's shared settings (its cancellation token).
@@ -145,10 +154,7 @@ pub(super) fn run_task(ctx: &Ctx<'_>, task: Task) -> Result<()> {
                 }))
             });
             ctx.decodes.fetch_add(1, Ordering::Relaxed);
-            ctx.distinct
-                .lock()
-                .expect("no panics holding the set")
-                .insert((slot.input, slot.idx.clone()));
+            ctx.distinct.lock().expect("no panics holding the set")[slot.input].insert(&slot.idx);
             match got {
                 Ok(Some(bytes)) => {
                     let _ = slot.data.set(Ok(Arc::new(bytes)));
@@ -171,8 +177,20 @@ pub(super) fn run_task(ctx: &Ctx<'_>, task: Task) -> Result<()> {
             }
         }
         Task::Compute(idx, slots) => compute(ctx, &idx, slots),
+        Task::Skip(idx) => {
+            ctx.job.record_absent(&idx);
+            ctx.skipped.fetch_add(1, Ordering::Relaxed);
+            ctx.tracker.add(1);
+            if ctx.job.checkpoint_due(SKIPS_PER_CHECKPOINT) {
+                ctx.job.checkpoint()?;
+            }
+            Ok(())
+        }
     }
 }
+
+/// Absent chunks are logged in batches of this many (a lost batch is only skipped again).
+const SKIPS_PER_CHECKPOINT: usize = 4096;
 
 fn compute(ctx: &Ctx<'_>, idx: &[u64], slots: Vec<Vec<Arc<Slot>>>) -> Result<()> {
     let (region, shape, origin, segs) = ctx.block_geometry(idx);
@@ -243,10 +261,11 @@ fn compute(ctx: &Ctx<'_>, idx: &[u64], slots: Vec<Vec<Arc<Slot>>>) -> Result<()>
     drop(blocks);
     drop(buffers);
     let n = result?;
+    crate::store::test_delay();
     ctx.stored.fetch_add(n, Ordering::Relaxed);
     ctx.computed.fetch_add(1, Ordering::Relaxed);
     ctx.tracker.add(1);
-    if ctx.job.pending() >= CHECKPOINT_EVERY {
+    if ctx.job.checkpoint_due(CHECKPOINT_EVERY) {
         ctx.job.checkpoint()?;
     }
     Ok(())

@@ -205,6 +205,10 @@ pub(crate) fn filter_dtype(requested: Option<DType>, input: DType) -> DType {
 }
 
 impl Kernel for Correlate1d {
+    fn shift_invariant(&self) -> bool {
+        true
+    }
+
     fn halo(&self, ndim: usize) -> Result<Vec<(u64, u64)>> {
         if self.axis >= ndim {
             return Err(Error::option(

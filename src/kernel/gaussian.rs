@@ -98,6 +98,10 @@ pub(crate) fn gaussian_weights(sigma: f64, radius: u64) -> Vec<f64> {
 }
 
 impl Kernel for Gaussian {
+    fn shift_invariant(&self) -> bool {
+        true
+    }
+
     fn halo(&self, ndim: usize) -> Result<Vec<(u64, u64)>> {
         Ok(self.radius(ndim)?.into_iter().map(|r| (r, r)).collect())
     }

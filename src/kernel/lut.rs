@@ -141,6 +141,10 @@ impl Lut {
 }
 
 impl Kernel for Lut {
+    fn shift_invariant(&self) -> bool {
+        true
+    }
+
     fn halo(&self, ndim: usize) -> Result<Vec<(u64, u64)>> {
         Ok(vec![(0, 0); ndim])
     }

@@ -55,6 +55,14 @@ pub trait Kernel: Sync {
     /// Whatever the input violates (a value outside a table, ...), naming `out.key()`.
     fn apply(&self, inputs: &[Block<'_>], out: &mut OutBlock<'_>) -> Result<()>;
 
+    /// Whether the output at a voxel depends only on the input values around it (its halo),
+    /// never on where it is: then an output chunk whose every input chunk is absent is all
+    /// the kernel's value for fill-valued input, and the executor records it as absent when
+    /// that value is the output's fill (zero), without decoding or computing (default: no).
+    fn shift_invariant(&self) -> bool {
+        false
+    }
+
     /// Scratch bytes one call needs for blocks of `block_elems` elements (for the memory
     /// budget).
     fn scratch_bytes(&self, block_elems: u64) -> u64 {

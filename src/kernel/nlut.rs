@@ -48,6 +48,10 @@ impl NeighbourhoodLut {
 }
 
 impl Kernel for NeighbourhoodLut {
+    fn shift_invariant(&self) -> bool {
+        true
+    }
+
     fn halo(&self, ndim: usize) -> Result<Vec<(u64, u64)>> {
         if ndim != 3 {
             return Err(Error::option(

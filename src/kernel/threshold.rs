@@ -14,6 +14,10 @@ pub struct Threshold {
 }
 
 impl Kernel for Threshold {
+    fn shift_invariant(&self) -> bool {
+        true
+    }
+
     fn halo(&self, ndim: usize) -> Result<Vec<(u64, u64)>> {
         Ok(vec![(0, 0); ndim])
     }

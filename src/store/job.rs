@@ -15,9 +15,8 @@
 //! takes another's half-created directory for stale, and none joins a directory being
 //! published. The lock file exists only while a part holds or waits for it.
 
-use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -32,14 +31,14 @@ use super::txn::{
 };
 use super::writer::{check_replaceable, encode_and_queue, sync_written, write_metadata};
 use crate::error::{Error, IoContext, Result};
-use crate::grid::Grid;
+use crate::grid::{ChunkSet, Grid};
 
 /// What opening a job found.
 pub(crate) enum JobState {
     /// The output exists and was computed with the same settings.
     AlreadyDone,
     /// Ready to compute; the chunks already done (by any partition) are listed.
-    Open(Box<JobWriter>, HashSet<Vec<u64>>),
+    Open(Box<JobWriter>, ChunkSet),
 }
 
 /// How a job's part ended.
@@ -85,7 +84,13 @@ pub(crate) struct JobWriter {
     pending: Mutex<Vec<Vec<u64>>>,
     checkpointing: Mutex<()>,
     split: Vec<(u64, u64)>,
+    /// When the log was last written.
+    last_checkpoint: Mutex<std::time::Instant>,
 }
+
+/// The longest a done chunk waits to be logged (so that a part killed from outside loses at
+/// most this much work, and `status` is this fresh).
+const CHECKPOINT_SECS: f64 = 2.0;
 
 /// The lock beside the output under which parts open and publish a job.
 const JOB_LOCK_SUFFIX: &str = ".chunkwise-job.lock";
@@ -141,9 +146,9 @@ fn wipe(tmp: &Path, path: &Path, own: Option<&Path>) -> Result<()> {
     fs::remove_dir_all(tmp).at(tmp)
 }
 
-/// Every chunk index recorded in the build directory's logs.
-fn read_done(tmp: &Path) -> Result<HashSet<Vec<u64>>> {
-    let mut done = HashSet::new();
+/// Every chunk index recorded in the build directory's logs (of a grid of `shape` chunks).
+fn read_done(tmp: &Path, shape: &[u64]) -> Result<ChunkSet> {
+    let mut done = ChunkSet::new(shape);
     for entry in fs::read_dir(tmp).at(tmp)? {
         let p = entry.at(tmp)?.path();
         let is_log = p
@@ -153,17 +158,26 @@ fn read_done(tmp: &Path) -> Result<HashSet<Vec<u64>>> {
         if !is_log {
             continue;
         }
-        let text = fs::read_to_string(&p).at(&p)?;
-        // Only whole lines count: a line cut short by a kill is ignored.
-        let complete = match text.rfind('\n') {
-            Some(i) => &text[..=i],
-            None => "",
-        };
-        for line in complete.lines() {
-            let idx: std::result::Result<Vec<u64>, _> =
-                line.split(',').map(str::parse::<u64>).collect();
-            if let Ok(idx) = idx {
-                done.insert(idx);
+        // Read line by line: a log of millions of chunks is never held whole.
+        let mut r = std::io::BufReader::new(File::open(&p).at(&p)?);
+        let mut line = String::new();
+        let mut idx = Vec::with_capacity(shape.len());
+        loop {
+            line.clear();
+            if r.read_line(&mut line).at(&p)? == 0 {
+                break;
+            }
+            // Only whole lines count: a line cut short by a kill is ignored.
+            let Some(l) = line.strip_suffix('\n') else {
+                break;
+            };
+            idx.clear();
+            let parsed = l
+                .split(',')
+                .map(str::parse::<u64>)
+                .try_for_each(|v| v.map(|v| idx.push(v)));
+            if parsed.is_ok() {
+                done.insert(&idx);
             }
         }
     }
@@ -274,7 +288,7 @@ impl JobWriter {
                 ),
             });
         }
-        let done = read_done(&tmp)?;
+        let done = read_done(&tmp, &grid.grid_shape())?;
         let log_path = tmp.join(format!("done.{part}.{parts}"));
         let log = OpenOptions::new()
             .create(true)
@@ -300,6 +314,7 @@ impl JobWriter {
                 pending: Mutex::new(Vec::new()),
                 checkpointing: Mutex::new(()),
                 split,
+                last_checkpoint: Mutex::new(std::time::Instant::now()),
             }),
             done,
         ))
@@ -339,6 +354,30 @@ impl JobWriter {
         Ok(n)
     }
 
+    /// Records chunk `idx` as done without a file: it is all fill value (absent), as every
+    /// input chunk it reads is. Logged at the next checkpoint.
+    pub(crate) fn record_absent(&self, idx: &[u64]) {
+        self.pending
+            .lock()
+            .expect("no panics holding the list")
+            .push(idx.to_vec());
+    }
+
+    /// Whether to checkpoint now: `every` chunks are queued, or some have waited
+    /// [`CHECKPOINT_SECS`].
+    pub(crate) fn checkpoint_due(&self, every: usize) -> bool {
+        let n = self.pending();
+        n >= every
+            || (n > 0
+                && self
+                    .last_checkpoint
+                    .lock()
+                    .expect("no panics holding the time")
+                    .elapsed()
+                    .as_secs_f64()
+                    >= CHECKPOINT_SECS)
+    }
+
     /// Chunks queued since the last checkpoint.
     pub(crate) fn pending(&self) -> usize {
         self.pending
@@ -355,6 +394,10 @@ impl JobWriter {
             .expect("no panics holding the lock");
         let pending =
             std::mem::take(&mut *self.pending.lock().expect("no panics holding the list"));
+        *self
+            .last_checkpoint
+            .lock()
+            .expect("no panics holding the time") = std::time::Instant::now();
         // Everything queued before `pending` was taken is written once the flush returns.
         let written = self
             .files
@@ -408,21 +451,10 @@ impl JobWriter {
         if !tmp.exists() {
             return Ok(Finish::Published);
         }
-        let done = read_done(&tmp)?;
-        let all_done = done.len() as u64 >= total
-            && crate::grid::indices_in(
-                &self
-                    .grid
-                    .grid_shape()
-                    .into_iter()
-                    .map(|n| 0..n)
-                    .collect::<Vec<_>>(),
-            )
-            .iter()
-            .all(|i| done.contains(i));
-        if !all_done {
+        let done = read_done(&tmp, &self.grid.grid_shape())?;
+        if done.len() < total {
             return Ok(Finish::Waiting {
-                done: done.len() as u64,
+                done: done.len(),
                 total,
             });
         }
@@ -585,7 +617,7 @@ pub fn job_status(out: &Path) -> Result<JobStatus> {
         .map(|(s, c)| s.div_ceil(*c))
         .collect();
     let inner: u64 = gshape[1..].iter().product();
-    let done = read_done(&tmp)?;
+    let done = read_done(&tmp, &gshape)?;
     let n = job
         .get("parts")
         .and_then(Value::as_u64)
@@ -600,10 +632,7 @@ pub fn job_status(out: &Path) -> Result<JobStatus> {
             Some(s) => s[i as usize],
             None => crate::grid::part_layers(layers, i, n),
         };
-        let mine = done
-            .iter()
-            .filter(|idx| idx.first().is_some_and(|&z| z >= l0 && z < l1))
-            .count() as u64;
+        let mine = done.count_layers(l0, l1);
         let lock = tmp.join(format!("lock.{i}.{n}"));
         let running = File::open(&lock).is_ok_and(|f| !try_lock_briefly(&f, false));
         parts.push(PartStatus {
@@ -620,7 +649,7 @@ pub fn job_status(out: &Path) -> Result<JobStatus> {
         fingerprint,
         building: true,
         chunks_total: layers * inner,
-        chunks_done: done.len() as u64,
+        chunks_done: done.len(),
         parts,
     })
 }

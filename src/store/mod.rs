@@ -48,8 +48,8 @@ pub use spec::{ChunkCodec, Codec, Durability, StoreSpec};
 pub(crate) use txn::{
     BuildDir, NEW_SUFFIX, OutputFile, Staging, StoreLock, TMP_SUFFIX, check_removable, check_utf8,
     crash_point, exchange, link_chunk, link_or_copy, lock_existing, parent_dir, place,
-    recover_replacement, remove_chunk, resolve_links, sync_dir, sync_filesystem, write_atomic,
-    write_output,
+    recover_replacement, remove_chunk, resolve_links, sync_dir, sync_filesystem, test_delay,
+    write_atomic, write_output,
 };
 pub use write::WriteReport;
 pub use writer::StoreWriter;
@@ -517,11 +517,47 @@ impl Store {
             .collect())
     }
 
-    /// The stored chunks of each chunk layer (chunk index along axis 0) of a regular grid
-    /// whose keys put the layer in a directory of its own (`c/3/...`, v2 `3/...`), counted
-    /// from directory listings; `None` when the layout does not say (then parts split by
-    /// layer counts). Used to balance `--partition` by stored chunks.
-    pub(crate) fn stored_per_layer(&self) -> Option<Vec<u64>> {
+    /// The stored chunks of a regular grid (one bit per chunk of [`Store::grid_shape`]),
+    /// from a walk of the store's directory: every file whose name is a chunk key. `None`
+    /// for a rectilinear grid or a key encoding this does not parse.
+    pub(crate) fn stored_chunks(&self) -> Option<crate::grid::ChunkSet> {
+        self.chunk_shape()?;
+        let gshape = self.grid_shape();
+        let ndim = gshape.len();
+        if ndim == 0 {
+            return None;
+        }
+        // The key of chunk 0: a prefix ("c/", "c.", or none in v2), then ndim zeros joined by
+        // the separator.
+        let zero = self.chunk_key(&vec![0; ndim]);
+        let prefix_len = zero.len().checked_sub(2 * ndim - 1)?;
+        let (prefix, rest) = zero.split_at(prefix_len);
+        let sep = if ndim > 1 { rest.chars().nth(1)? } else { '/' };
+        let mut set = crate::grid::ChunkSet::new(&gshape);
+        let mut idx = Vec::with_capacity(ndim);
+        walk_files(&self.path, "", &mut |rel: &str| {
+            let Some(body) = rel.strip_prefix(prefix) else {
+                return;
+            };
+            idx.clear();
+            for part in body.split(sep) {
+                match part.parse::<u64>() {
+                    Ok(v) => idx.push(v),
+                    Err(_) => return,
+                }
+            }
+            if idx.len() == ndim && self.chunk_key(&idx) == rel {
+                set.insert(&idx);
+            }
+        });
+        Some(set)
+    }
+
+    /// The stored chunks and all chunks of each chunk layer (chunk index along axis 0) of a
+    /// regular grid whose keys put the layer in a directory of its own (`c/3/...`, v2
+    /// `3/...`), counted from directory listings; `None` when the layout does not say (then
+    /// parts split by layer counts). Used to balance `--partition` by stored chunks.
+    pub(crate) fn stored_per_layer(&self) -> Option<Vec<(u64, u64)>> {
         self.chunk_shape()?;
         let gshape = self.grid_shape();
         let ndim = gshape.len();
@@ -539,7 +575,7 @@ impl Store {
                 return None;
             }
             let layer_dir = self.path.join(parts[..parts.len() - (ndim - 1)].join("/"));
-            per.push(count_files(&layer_dir));
+            per.push((count_files(&layer_dir), gshape[1..].iter().product()));
         }
         Some(per)
     }
@@ -821,4 +857,33 @@ fn count_files(dir: &Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
+}
+
+/// Calls `f` with the path (relative to `root`, `/`-separated) of every file under `dir`,
+/// skipping hidden entries (chunkwise's staging and build names) and metadata.
+fn walk_files(root: &Path, dir: &str, f: &mut impl FnMut(&str)) {
+    let Ok(entries) = fs::read_dir(if dir.is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(dir)
+    }) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with('.') || name == "zarr.json" {
+            continue;
+        }
+        let rel = if dir.is_empty() {
+            name.to_string()
+        } else {
+            format!("{dir}/{name}")
+        };
+        match e.file_type() {
+            Ok(t) if t.is_dir() => walk_files(root, &rel, f),
+            Ok(_) => f(&rel),
+            Err(_) => {}
+        }
+    }
 }

@@ -973,6 +973,28 @@ pub(crate) fn crash_point(name: &str) {
     }
 }
 
+/// A pause after each computed chunk of a job, for the tests that stop a job mid-way from
+/// outside (a Slurm task cancelled, a dask worker killed): built with the `crash-points`
+/// feature, `CHUNKWISE_TEST_CHUNK_DELAY_MS=N` sleeps N ms per chunk. Release builds have none.
+#[cfg(not(feature = "crash-points"))]
+#[inline(always)]
+pub(crate) fn test_delay() {}
+
+/// See the other `test_delay`.
+#[cfg(feature = "crash-points")]
+pub(crate) fn test_delay() {
+    static MS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let ms = *MS.get_or_init(|| {
+        std::env::var("CHUNKWISE_TEST_CHUNK_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    });
+    if ms > 0 {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

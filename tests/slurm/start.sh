@@ -34,6 +34,7 @@ done
 
 mkdir -p "$1"
 STATE=$(cd "$1" && pwd -P)
+[[ $STATE =~ ^[A-Za-z0-9_./+-]+$ ]] || die "state dir '$STATE' has characters slurm.conf cannot take"
 CONF=$STATE/slurm.conf
 HOST=$(hostname -s)
 CPUS=${SLURM_TEST_CPUS:-$(nproc)}
@@ -125,10 +126,10 @@ MaxArraySize=10001
 MaxJobCount=100000
 NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$CPUS$TOPO RealMemory=$MEM_MB State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+# Isolate from Debian's /etc/slurm/plugstack.conf(.d) (SPANK plugins).
+PlugStackConfig=$STATE/plugstack.conf
 EOF
-# Debian's slurm looks for plugstack.conf etc. next to slurm.conf; keep it empty.
 : >"$STATE/plugstack.conf"
-echo "PlugStackConfig=$STATE/plugstack.conf" >>"$CONF"
 
 export SLURM_CONF=$CONF
 
@@ -141,17 +142,19 @@ dump_logs() {
     echo "---- sinfo" >&2; sinfo -N -o '%N %T %E' >&2 2>&1 || true
 }
 
+# On failure, show why and leave nothing running.
+fail() { dump_logs; "$(dirname "${BASH_SOURCE[0]}")/stop.sh" "$STATE" >&2 || true; die "$@"; }
+
 # -c: cold start, ignore saved state (the dir may be reused between runs).
-slurmctld -c -f "$CONF" || { dump_logs; die "slurmctld failed to start"; }
-slurmd -f "$CONF" || { dump_logs; die "slurmd failed to start"; }
+slurmctld -c -f "$CONF" || fail "slurmctld failed to start"
+slurmd -f "$CONF" || fail "slurmd failed to start"
 
 t0=$SECONDS
 while :; do
     st=$(sinfo -h -N -n "$HOST" -o '%T' 2>/dev/null | head -n1 || true)
     [[ $st == idle ]] && break
     if (( SECONDS - t0 >= TIMEOUT )); then
-        dump_logs
-        die "node $HOST not idle after ${TIMEOUT}s (state: '${st:-none}')"
+        fail "node $HOST not idle after ${TIMEOUT}s (state: '${st:-none}')"
     fi
     sleep 0.5
 done
