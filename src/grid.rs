@@ -285,6 +285,9 @@ pub fn indices_in(boxed: &[Range<u64>]) -> Vec<Vec<u64>> {
     }
 }
 
+/// Per chunk layer (along axis 0): its stored chunks and all its chunks.
+pub(crate) type LayerCounts = Vec<(u64, u64)>;
+
 /// A set of chunk indices of a grid, one bit per chunk (128 KiB for 2^20 chunks): the chunks a
 /// job has done, whatever their number.
 #[derive(Debug, Clone, Default)]

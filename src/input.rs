@@ -334,7 +334,7 @@ impl Input {
 
     /// The stored chunks of each layer of the block grid (along axis 0), when the input is
     /// a store whose layout says ([`Store::stored_per_layer`]).
-    pub(crate) fn stored_per_layer(&self) -> Option<Vec<(u64, u64)>> {
+    pub(crate) fn stored_per_layer(&self) -> Option<crate::grid::LayerCounts> {
         match &self.inner {
             Inner::Store(s) => s.stored_per_layer(),
             Inner::View(_) => None,

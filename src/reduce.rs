@@ -66,6 +66,17 @@ pub trait Reduction: Sync {
     /// Combines `b` (the later chunks in C order) into `a`.
     fn combine(&self, a: &mut Self::Acc, b: Self::Acc);
 
+    /// Folds a part that is one value throughout (an absent chunk: all fill value; the value
+    /// is `part`'s first element) without visiting every element, if the reduction can;
+    /// `Ok(false)` (the default) folds it element by element instead.
+    ///
+    /// # Errors
+    /// As [`Reduction::fold`].
+    fn fold_constant(&self, acc: &mut Self::Acc, part: &Block<'_>) -> Result<bool> {
+        let _ = (acc, part);
+        Ok(false)
+    }
+
     /// Whether each fold must see exactly one stored chunk (a result per chunk), also in a
     /// rectilinear grid, which is otherwise read by blocks of its longest edges.
     fn per_stored_chunk(&self) -> bool {
@@ -90,6 +101,14 @@ impl<A: Reduction, B: Reduction> Reduction for (A, B) {
         self.0.combine(&mut a.0, b.0);
         self.1.combine(&mut a.1, b.1);
     }
+}
+
+/// The first element of a block and the number of elements in its valid region.
+fn constant_of<T: Scalar>(part: &Block<'_>) -> Result<(T, u64)> {
+    let v = part.valid_view::<T>()?;
+    let n = v.len() as u64;
+    let x = v.iter().next().copied().unwrap_or_else(|| T::from_f64(0.0));
+    Ok((x, n))
 }
 
 /// Settings of a reduction pass.
@@ -150,7 +169,7 @@ pub fn reduce<R: Reduction>(input: &Input, r: &R, opts: &ReduceOptions) -> Resul
 
 /// The chunk layers of `input` that parts split (along axis 0 of the units a reduction
 /// folds), and their stored chunks when the store's layout says.
-fn reduce_layers(input: &Input, r: &impl Reduction) -> Result<(u64, Option<Vec<(u64, u64)>>)> {
+fn reduce_layers(input: &Input, r: &impl Reduction) -> Result<(u64, Option<crate::grid::LayerCounts>)> {
     let rectilinear = input.store().filter(|s| s.chunk_shape().is_none());
     if let Some(s) = rectilinear.filter(|_| r.per_stored_chunk()) {
         let edges = s.chunk_bounds()?;
@@ -293,6 +312,7 @@ fn reduce_in_pool<R: Reduction>(
                 } else {
                     (input.read_block(idx)?, cshape.clone())
                 };
+                let absent = decoded.is_none();
                 let bytes: &[u8] = decoded.as_deref().unwrap_or(&fill);
                 // Typed views need alignment: copy into an aligned buffer if the decoder's
                 // is not.
@@ -317,7 +337,10 @@ fn reduce_in_pool<R: Reduction>(
                     origin: creg.start().iter().map(|&s| s as i64).collect(),
                     array_shape: input.shape().to_vec(),
                 };
-                r.fold(&mut acc, &block)?;
+                // An absent chunk is one value: folded at once where the reduction can.
+                if !(absent && r.fold_constant(&mut acc, &block)?) {
+                    r.fold(&mut acc, &block)?;
+                }
             }
             tracker.add(1);
             let mut st = state.lock().expect("no panics holding the results");
@@ -456,6 +479,42 @@ impl StatsAcc {
             fold_ints(&mut part, v);
         }
         self.combine(part);
+    }
+
+    /// The statistics of `n` copies of `x`.
+    fn constant<T: Scalar>(x: T, n: u64) -> StatsAcc {
+        let mut a = StatsAcc::new();
+        a.is_float = T::DTYPE.is_float();
+        if n == 0 {
+            return a;
+        }
+        if a.is_float {
+            let f = x.to_f64();
+            if f.is_nan() {
+                a.nan = n;
+                return a;
+            }
+            a.count = n;
+            a.min_f = f;
+            a.max_f = f;
+            a.sum_f = f * n as f64;
+            a.comp_f = f.mul_add(n as f64, -a.sum_f);
+            a.mean = f;
+        } else {
+            let i = int_value(x);
+            a.count = n;
+            a.min_i = i;
+            a.max_i = i;
+            a.sum_i = i * i128::from(n);
+            a.sumsq_i = i
+                .unsigned_abs()
+                .checked_mul(i.unsigned_abs())
+                .and_then(|q| q.checked_mul(u128::from(n)));
+            if T::DTYPE.size() == 8 {
+                a.mean = i as f64;
+            }
+        }
+        a
     }
 
     /// Adds the values of `b`.
@@ -848,6 +907,14 @@ impl Reduction for Stats {
     fn combine(&self, a: &mut StatsAcc, b: StatsAcc) {
         a.combine(b);
     }
+
+    fn fold_constant(&self, acc: &mut StatsAcc, part: &Block<'_>) -> Result<bool> {
+        with_scalar!(part.dtype(), T => {
+            let (x, n) = constant_of::<T>(part)?;
+            acc.combine(StatsAcc::constant(x, n));
+        });
+        Ok(true)
+    }
 }
 
 /// Statistics per index along one axis (`stats --axis A`).
@@ -893,6 +960,19 @@ impl Reduction for AxisStats {
         for (x, y) in a.iter_mut().zip(b) {
             x.combine(y);
         }
+    }
+
+    fn fold_constant(&self, acc: &mut Vec<StatsAcc>, part: &Block<'_>) -> Result<bool> {
+        let first = part.origin()[self.axis] as u64 + part.valid()[self.axis].start as u64;
+        let planes = part.valid()[self.axis].len() as u64;
+        with_scalar!(part.dtype(), T => {
+            let (x, n) = constant_of::<T>(part)?;
+            for k in 0..planes {
+                let at = (first + k - self.start) as usize;
+                acc[at].combine(StatsAcc::constant(x, n / planes.max(1)));
+            }
+        });
+        Ok(true)
     }
 }
 
@@ -952,6 +1032,22 @@ impl Reduction for PerChunk {
 
     fn combine(&self, a: &mut Vec<ChunkStats>, b: Vec<ChunkStats>) {
         a.extend(b);
+    }
+
+    fn fold_constant(&self, acc: &mut Vec<ChunkStats>, part: &Block<'_>) -> Result<bool> {
+        let mut s = StatsAcc::new();
+        if !Stats.fold_constant(&mut s, part)? {
+            return Ok(false);
+        }
+        let region = Region::new(
+            part.valid()
+                .iter()
+                .zip(part.origin())
+                .map(|(v, &o)| (o as u64 + v.start as u64)..(o as u64 + v.end as u64))
+                .collect(),
+        );
+        acc.push(ChunkStats { region, stats: s });
+        Ok(true)
     }
 
     fn per_stored_chunk(&self) -> bool {
@@ -1111,6 +1207,16 @@ impl Reduction for Histogram {
         for (x, y) in a.iter_mut().zip(b) {
             *x += y;
         }
+    }
+
+    fn fold_constant(&self, acc: &mut Vec<u64>, part: &Block<'_>) -> Result<bool> {
+        with_scalar!(part.dtype(), T => {
+            let (x, n) = constant_of::<T>(part)?;
+            if let Some(b) = self.bin(x.to_f64()) {
+                acc[b] += n;
+            }
+        });
+        Ok(true)
     }
 }
 
@@ -1583,6 +1689,20 @@ impl Reduction for ValueCounts {
             }
         });
         Ok(())
+    }
+
+    fn fold_constant(&self, acc: &mut Result<Counts>, part: &Block<'_>) -> Result<bool> {
+        if part.dtype().is_float() {
+            return Ok(false);
+        }
+        let Ok(total) = acc else { return Ok(true) };
+        with_scalar!(part.dtype(), T => {
+            let (x, n) = constant_of::<T>(part)?;
+            if n > 0 {
+                total.add_at(int_value(x), &[n])?;
+            }
+        });
+        Ok(true)
     }
 
     fn combine(&self, a: &mut Result<Counts>, b: Result<Counts>) {

@@ -16,6 +16,7 @@ mod parts;
 mod paths;
 mod proptests;
 mod reduce;
+mod scale;
 mod slurm;
 mod verify;
 mod write;

@@ -55,7 +55,7 @@ impl Cluster {
         let mut c = Command::new(program);
         c.env("SLURM_CONF", &self.conf)
             // Each chunk of a job takes a while, so that a task can be cancelled mid-way.
-            .env("CHUNKWISE_TEST_CHUNK_DELAY_MS", "150");
+            .env("CHUNKWISE_TEST_CHUNK_DELAY_MS", "400");
         c
     }
 
@@ -224,7 +224,8 @@ fn array_jobs_on_slurm_publish_what_one_process_writes() {
         .unwrap();
     let rec = stdout(&show);
     assert!(
-        rec.contains("JobState=CANCELLED") && rec.contains("ExitCode=143:0"),
+        rec.contains("JobState=CANCELLED")
+            && (rec.contains("ExitCode=143:0") || rec.contains("ExitCode=0:15")),
         "sbatch --wait: {:?}; task 2: {rec}",
         o.status.code()
     );

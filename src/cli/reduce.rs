@@ -164,6 +164,17 @@ pub(crate) fn stats(a: StatsArgs, g: &Global) -> CliResult {
     let o = opts(g, &store, a.region.as_deref())?;
     let out = a.output.as_deref();
     if let Some(out) = out {
+        if a.axis.is_none() && !a.per_chunk && out.extension().is_none_or(|e| e != "json") {
+            return Err(chunkwise::Error::InvalidOption {
+                option: "-o",
+                reason: format!(
+                    "{}: whole-array statistics are a JSON document: name a .json file (a .npy \
+                     table is for --axis A or --per-chunk)",
+                    out.display()
+                ),
+            }
+            .into());
+        }
         check_output(out, a.overwrite)?;
     }
     let json_out = |doc: &Value| -> CliResult {

@@ -485,7 +485,6 @@ fn run_in_pool(
     let threads = rayon::current_num_threads();
     let budget = opts.run.memory.unwrap_or_else(default_budget);
 
-    let stored_inputs = skippable(stores, kernel, boundary, &halo, &out_grid, out_dtype)?;
     let ctx = Ctx {
         inputs: ins,
         shape: shape.clone(),
@@ -502,7 +501,7 @@ fn run_in_pool(
                 .map(|s| ChunkSet::new(&s.block_grid().grid_shape()))
                 .collect(),
         ),
-        stored_inputs,
+        stored_inputs: None,
         computed: AtomicU64::new(0),
         skipped: AtomicU64::new(0),
         stored: AtomicU64::new(0),
@@ -521,7 +520,7 @@ fn run_in_pool(
             for l in l0..l1 {
                 let mut b = t.clone();
                 b[0] = l..l + 1;
-                n += indices_in(&b).iter().filter(|i| !done.contains(*i)).count() as u64;
+                n += indices_in(&b).iter().filter(|i| !done.contains(i)).count() as u64;
             }
         }
         todo = n;
@@ -534,10 +533,13 @@ fn run_in_pool(
         &ctx.halo,
         ctx.boundary,
     );
+    // After the plan: its budget has bounded the block the probe computes.
+    let stored_inputs = skippable(stores, kernel, boundary, &ctx.halo, &out_grid, out_dtype)?;
     let ctx = Ctx {
         tracker: Tracker::new("compute", Unit::Chunks, todo, opts.run.progress.clone()),
         reads,
         readers,
+        stored_inputs,
         ..ctx
     };
     let feed = Feed::new(&ctx, tiles, l0..l1, &done);
@@ -584,7 +586,7 @@ fn run_in_pool(
 
 /// The stored chunks of the input under each output chunk layer (its rows along axis 0),
 /// when the input's layout says: what balances the parts of a job.
-fn stored_per_out_layer(input: &Input, out_grid: &Grid) -> Option<Vec<(u64, u64)>> {
+fn stored_per_out_layer(input: &Input, out_grid: &Grid) -> Option<crate::grid::LayerCounts> {
     let per = input.stored_per_layer()?;
     let c_in = input.block_grid().chunk_shape()[0];
     let c_out = out_grid.chunk_shape()[0];

@@ -557,7 +557,7 @@ impl Store {
     /// regular grid whose keys put the layer in a directory of its own (`c/3/...`, v2
     /// `3/...`), counted from directory listings; `None` when the layout does not say (then
     /// parts split by layer counts). Used to balance `--partition` by stored chunks.
-    pub(crate) fn stored_per_layer(&self) -> Option<Vec<(u64, u64)>> {
+    pub(crate) fn stored_per_layer(&self) -> Option<crate::grid::LayerCounts> {
         self.chunk_shape()?;
         let gshape = self.grid_shape();
         let ndim = gshape.len();
