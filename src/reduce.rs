@@ -18,7 +18,6 @@ use serde_json::{Value, json};
 
 use crate::dtype::{DType, Scalar};
 use crate::error::{Error, Result};
-use crate::grid::indices_in;
 use crate::input::Input;
 use crate::kernel::{Block, Scratch};
 use crate::progress::{Tracker, Unit};
@@ -212,27 +211,38 @@ fn reduce_in_pool<R: Reduction>(
     // themselves (rectilinear edges included).
     let rectilinear = input.store().filter(|s| s.chunk_shape().is_none());
     let exact = r.per_stored_chunk() && rectilinear.is_some();
-    let chunks = if let Some(s) = rectilinear.filter(|_| exact) {
-        let edges = s.chunk_bounds()?;
-        let per_axis: Vec<std::ops::Range<u64>> =
-            edges.iter().map(|e| 0..e.len() as u64 - 1).collect();
-        indices_in(&per_axis)
-            .into_iter()
-            .filter(|idx| {
-                crate::grid::edges_region(&edges, idx)
-                    .intersect(&region)
-                    .is_some_and(|p| !p.is_empty())
+    // The units to fold: a box of chunk indices (never a list: 2^20 chunks are 2^20 indices
+    // computed as they are handed out), restricted to a part's layers.
+    let mut units: Vec<std::ops::Range<u64>> = if let Some(s) = rectilinear.filter(|_| exact) {
+        s.chunk_bounds()?
+            .iter()
+            .zip(region.ranges())
+            .map(|(e, r)| {
+                if r.is_empty() {
+                    return 0..0;
+                }
+                // The stored chunks [e[i], e[i + 1]) meeting r.
+                let first = e[1..].partition_point(|&end| end <= r.start) as u64;
+                let last = e[..e.len() - 1].partition_point(|&start| start < r.end) as u64;
+                first..last.max(first)
             })
             .collect()
     } else {
-        indices_in(&grid.chunks_touching(&region))
+        grid.chunks_touching(&region)
     };
-    let chunks: Vec<Vec<u64>> = match opts.layers {
-        Some((l0, l1)) => chunks
-            .into_iter()
-            .filter(|idx| idx.first().is_none_or(|&z| z >= l0 && z < l1))
-            .collect(),
-        None => chunks,
+    if let (Some((l0, l1)), Some(z)) = (opts.layers, units.first_mut()) {
+        let start = z.start.max(l0);
+        *z = start..z.end.min(l1).max(start);
+    }
+    let total: u64 = units.iter().map(|r| r.end - r.start).product();
+    let unit = |mut k: u64| -> Vec<u64> {
+        let mut idx = vec![0; units.len()];
+        for (a, r) in units.iter().enumerate().rev() {
+            let n = r.end - r.start;
+            idx[a] = r.start + k % n;
+            k /= n;
+        }
+        idx
     };
     let edges = match rectilinear.filter(|_| exact) {
         Some(s) => s.chunk_bounds()?,
@@ -241,7 +251,7 @@ fn reduce_in_pool<R: Reduction>(
     let tracker = Tracker::new(
         "reduce",
         Unit::Chunks,
-        chunks.len() as u64,
+        total,
         opts.run.progress.clone(),
     );
     let itemsize = input.dtype().size();
@@ -264,7 +274,8 @@ fn reduce_in_pool<R: Reduction>(
         /// The layers' results (one, the running total, unless `per_layer`).
         done: Vec<A>,
     }
-    let layer_of = |k: usize| chunks[k].first().copied().unwrap_or(0);
+    let layer_units: u64 = units.iter().skip(1).map(|r| r.end - r.start).product();
+    let layer_of = |k: usize| units.first().map_or(0, |z| z.start + k as u64 / layer_units.max(1));
     let state = Mutex::new(Ordered {
         next: 0,
         pending: BTreeMap::new(),
@@ -282,11 +293,11 @@ fn reduce_in_pool<R: Reduction>(
             r.combine(&mut st.done[0], acc);
         }
     };
-    chunks
-        .iter()
-        .enumerate()
+    (0..total)
+        .map(|k| (k as usize, unit(k)))
         .par_bridge()
         .try_for_each(|(k, idx)| -> Result<()> {
+            let idx = &idx;
             opts.run.check()?;
             let creg = if exact {
                 crate::grid::edges_region(&edges, idx)
