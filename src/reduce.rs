@@ -235,6 +235,8 @@ fn reduce_in_pool<R: Reduction>(
         *z = start..z.end.min(l1).max(start);
     }
     let total: u64 = units.iter().map(|r| r.end - r.start).product();
+    // The stored chunks, found once by walking the store (a regular grid).
+    let stored = if exact { None } else { input.stored_chunks() };
     let unit = |mut k: u64| -> Vec<u64> {
         let mut idx = vec![0; units.len()];
         for (a, r) in units.iter().enumerate().rev() {
@@ -321,7 +323,11 @@ fn reduce_in_pool<R: Reduction>(
                         creg.shape().iter().map(|&n| n as usize).collect(),
                     )
                 } else {
-                    (input.read_block(idx)?, cshape.clone())
+                    // A chunk the directory walk did not find is absent: not asked of the
+                    // store (whose per-key bookkeeping would grow with every chunk asked).
+                    let absent = stored.as_ref().is_some_and(|s| !s.contains(idx));
+                    let data = if absent { None } else { input.read_block(idx)? };
+                    (data, cshape.clone())
                 };
                 let absent = decoded.is_none();
                 let bytes: &[u8] = decoded.as_deref().unwrap_or(&fill);
