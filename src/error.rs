@@ -211,6 +211,16 @@ pub enum StoreError {
         what: String,
     },
 
+    /// Object storage (`s3://`) that cannot be reached or refuses a request: the endpoint
+    /// down, a bucket that does not exist, credentials missing or wrong.
+    #[error("{url}: {reason}")]
+    Remote {
+        /// The `s3://bucket/prefix` URL.
+        url: String,
+        /// What the server (or the connection) said, and what to check.
+        reason: String,
+    },
+
     /// A store that is read-only for chunkwise (Zarr v2).
     #[error("{}: {reason}", path.display())]
     ReadOnly {

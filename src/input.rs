@@ -358,7 +358,9 @@ impl Input {
     /// file and store part it reads, or a hash of an in-memory array's values).
     pub(crate) fn identity(&self) -> &str {
         self.identity.get_or_init(|| match &self.inner {
-            Inner::Store(s) => stamp(s.path()),
+            Inner::Store(s) => s
+                .stamp()
+                .unwrap_or_else(|e| format!("{} (listing failed: {e})", s.path().display())),
             Inner::View(v) => {
                 let mut line: Vec<String> = self.paths.iter().map(|p| stamp(p)).collect();
                 line.push(v.identity());

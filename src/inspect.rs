@@ -210,7 +210,7 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
-fn dir_bytes(path: &Path) -> Result<u64> {
+pub(crate) fn dir_bytes(path: &Path) -> Result<u64> {
     let mut total = 0;
     for entry in std::fs::read_dir(path).at(path)? {
         let entry = entry.at(path)?;
@@ -290,7 +290,7 @@ pub fn info(input: &Input) -> Result<StoreInfo> {
         chunk_grid: meta.get("chunk_grid").cloned().unwrap_or(Value::Null),
         chunks_total: indices.len() as u64,
         chunks_present: present,
-        stored_bytes: dir_bytes(store.path())?,
+        stored_bytes: store.stored_bytes()?,
         logical_bytes: logical,
         codecs,
         fill_value: meta["fill_value"].clone(),

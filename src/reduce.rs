@@ -168,7 +168,10 @@ pub fn reduce<R: Reduction>(input: &Input, r: &R, opts: &ReduceOptions) -> Resul
 
 /// The chunk layers of `input` that parts split (along axis 0 of the units a reduction
 /// folds), and their stored chunks when the store's layout says.
-fn reduce_layers(input: &Input, r: &impl Reduction) -> Result<(u64, Option<crate::grid::LayerCounts>)> {
+fn reduce_layers(
+    input: &Input,
+    r: &impl Reduction,
+) -> Result<(u64, Option<crate::grid::LayerCounts>)> {
     let rectilinear = input.store().filter(|s| s.chunk_shape().is_none());
     if let Some(s) = rectilinear.filter(|_| r.per_stored_chunk()) {
         let edges = s.chunk_bounds()?;
@@ -250,12 +253,7 @@ fn reduce_in_pool<R: Reduction>(
         Some(s) => s.chunk_bounds()?,
         None => Vec::new(),
     };
-    let tracker = Tracker::new(
-        "reduce",
-        Unit::Chunks,
-        total,
-        opts.run.progress.clone(),
-    );
+    let tracker = Tracker::new("reduce", Unit::Chunks, total, opts.run.progress.clone());
     let itemsize = input.dtype().size();
     let cshape: Vec<usize> = grid.chunk_shape().iter().map(|&c| c as usize).collect();
     let chunk_bytes = cshape.iter().product::<usize>() * itemsize;
@@ -277,7 +275,11 @@ fn reduce_in_pool<R: Reduction>(
         done: Vec<A>,
     }
     let layer_units: u64 = units.iter().skip(1).map(|r| r.end - r.start).product();
-    let layer_of = |k: usize| units.first().map_or(0, |z| z.start + k as u64 / layer_units.max(1));
+    let layer_of = |k: usize| {
+        units
+            .first()
+            .map_or(0, |z| z.start + k as u64 / layer_units.max(1))
+    };
     let state = Mutex::new(Ordered {
         next: 0,
         pending: BTreeMap::new(),

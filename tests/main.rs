@@ -16,6 +16,7 @@ mod parts;
 mod paths;
 mod proptests;
 mod reduce;
+mod s3;
 mod scale;
 mod slurm;
 mod verify;

@@ -359,10 +359,7 @@ impl Source {
     /// chunks would all read as the fill value, so say so instead.
     fn check_present(&self) -> PyResult<()> {
         if let Some(store) = self.input.store() {
-            let p = store.path();
-            if !p.join("zarr.json").exists() && !p.join(".zarray").exists() {
-                return Err(to_py(Error::NotFound(p.to_path_buf())));
-            }
+            store.check_present().map_err(to_py)?;
         }
         Ok(())
     }

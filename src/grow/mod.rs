@@ -252,6 +252,7 @@ impl GrowReport {
 /// axis and sizes; [`Error::InvalidOption`] for another type without `--cast` or a lossy cast;
 /// input and I/O errors. The array is unchanged after any error.
 pub fn append(store: &Path, inputs: &[Input], opts: &GrowOptions) -> Result<GrowReport> {
+    crate::store::local_only(store, "append")?;
     with_threads(opts.run.threads, || {
         let start = Instant::now();
         if inputs.is_empty() {
@@ -307,6 +308,9 @@ pub fn append(store: &Path, inputs: &[Input], opts: &GrowOptions) -> Result<Grow
 /// `overwrite`; [`Error::InvalidOption`] for an output inside an input, or an input given
 /// twice; as [`append`].
 pub fn concat(inputs: &[PathBuf], out: &Path, opts: &GrowOptions) -> Result<GrowReport> {
+    for p in inputs.iter().map(PathBuf::as_path).chain([out]) {
+        crate::store::local_only(p, "concat")?;
+    }
     with_threads(opts.run.threads, || {
         let start = Instant::now();
         let out = &resolve_links(out)?;
@@ -339,6 +343,9 @@ pub fn concat(inputs: &[PathBuf], out: &Path, opts: &GrowOptions) -> Result<Grow
 /// # Errors
 /// As [`concat()`] and [`append`].
 pub fn concat_into(target: &Path, others: &[PathBuf], opts: &GrowOptions) -> Result<GrowReport> {
+    for p in others.iter().map(PathBuf::as_path).chain([target]) {
+        crate::store::local_only(p, "concat")?;
+    }
     with_threads(opts.run.threads, || {
         let start = Instant::now();
         let target = &resolve_links(target)?;

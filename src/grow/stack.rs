@@ -32,6 +32,9 @@ use crate::store::{
 /// As [`concat()`](super::concat()); [`crate::GrowError::Incompatible`] also for a shape or
 /// a codec that cannot gain an axis.
 pub fn stack(inputs: &[PathBuf], out: &Path, opts: &GrowOptions) -> Result<GrowReport> {
+    for p in inputs.iter().map(PathBuf::as_path).chain([out]) {
+        crate::store::local_only(p, "stack")?;
+    }
     with_threads(opts.run.threads, || {
         let start = Instant::now();
         let out = &resolve_links(out)?;

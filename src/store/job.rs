@@ -204,6 +204,7 @@ fn finished_file(tmp: &Path, part: u32, parts: u32) -> PathBuf {
 impl JobWriter {
     /// Opens (or resumes) the job writing `spec` to `path`.
     pub(crate) fn open(spec: &StoreSpec, path: &Path, o: &JobOptions<'_>) -> Result<JobState> {
+        super::local_only(path, "a job's output (a kernel, or convert in parts)")?;
         let grid = spec.validate()?;
         let (part, parts) = o.partition;
         if parts == 0 || part >= parts {

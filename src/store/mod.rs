@@ -12,6 +12,11 @@ mod files;
 mod job;
 mod layout;
 mod parts;
+#[cfg(feature = "s3")]
+mod remote;
+#[cfg(not(feature = "s3"))]
+#[path = "no_remote.rs"]
+mod remote;
 mod spec;
 mod txn;
 mod write;
@@ -29,6 +34,7 @@ use zarrs::array::{
     Array, ArrayBytes, ArrayError, ArrayMetadata, ArraySubset, CodecOptions, DataType,
 };
 use zarrs::filesystem::FilesystemStore;
+use zarrs::storage::{ReadableWritableListableStorage, ReadableWritableListableStorageTraits};
 
 use crate::copy::{SharedOut, Side, c_strides};
 use crate::dtype::{DType, Element};
@@ -43,6 +49,7 @@ pub use job::{JobStatus, PartStatus, job_status};
 pub(crate) use layout::{Edges, Layout};
 pub use parts::PartsFinish;
 pub(crate) use parts::{Parts, check_part, parts_status};
+pub(crate) use remote::{Remote, is_url};
 pub(crate) use spec::GridCodec;
 pub use spec::{ChunkCodec, Codec, Durability, StoreSpec};
 pub(crate) use txn::{
@@ -224,7 +231,9 @@ fn shape_nz(chunk: &[u64]) -> Vec<std::num::NonZeroU64> {
 /// ```
 pub struct Store {
     path: PathBuf,
-    array: Array<FilesystemStore>,
+    array: Array<dyn ReadableWritableListableStorageTraits>,
+    /// Where the array is on object storage (`s3://`), if it is.
+    remote: Option<Arc<Remote>>,
     dtype: DType,
     zarr_format: u8,
     fill: Vec<u8>,
@@ -250,6 +259,10 @@ impl std::fmt::Debug for Store {
 /// # Ok::<(), chunkwise::Error>(())
 /// ```
 pub fn is_store(path: &Path) -> bool {
+    if is_url(path) {
+        // An object-storage URL is taken for a store; opening it says if it is not one.
+        return true;
+    }
     path.join("zarr.json").is_file() || path.join(".zarray").is_file()
 }
 
@@ -267,6 +280,9 @@ impl Store {
     /// metadata, [`crate::InputError::UnsupportedDtype`] for data types outside [`DType`].
     pub fn open(path: impl AsRef<Path>) -> Result<Store> {
         let path = path.as_ref().to_path_buf();
+        if is_url(&path) {
+            return Store::open_remote(&path);
+        }
         if !path.exists() {
             return Err(Error::NotFound(path));
         }
@@ -275,12 +291,96 @@ impl Store {
         }
         check_metadata_sizes(&path)?;
         let fs_store = FilesystemStore::new(&path).map_err(|e| Error::metadata(path.clone(), e))?;
-        let array =
-            Array::open(Arc::new(fs_store), "/").map_err(|e| Error::metadata(path.clone(), e))?;
-        Store::from_array(path, array)
+        let storage: ReadableWritableListableStorage = Arc::new(fs_store);
+        let array = Array::open(storage, "/").map_err(|e| Error::metadata(path.clone(), e))?;
+        Store::from_array(path, array, None)
     }
 
-    fn from_array(path: PathBuf, array: Array<FilesystemStore>) -> Result<Store> {
+    /// Opens the array at an `s3://bucket/prefix` URL.
+    fn open_remote(path: &Path) -> Result<Store> {
+        let url = path.to_string_lossy().into_owned();
+        let remote = Arc::new(Remote::open(&url)?);
+        let path = PathBuf::from(remote.url());
+        let meta = match remote.get("zarr.json")? {
+            Some(m) => Some(m),
+            None => remote.get(".zarray")?.map(|_| Vec::new()),
+        };
+        let Some(meta) = meta else {
+            return Err(Error::Store(StoreError::NotAStore(path)));
+        };
+        if meta.len() as u64 > MAX_METADATA_BYTES {
+            return Err(Error::bad_metadata(
+                &path,
+                format!(
+                    "zarr.json holds {} bytes; at most {MAX_METADATA_BYTES} are read",
+                    meta.len()
+                ),
+            ));
+        }
+        if let Ok(v) = serde_json::from_slice::<Value>(&meta)
+            && v["chunk_grid"]["name"] == "rectilinear"
+        {
+            return Err(Error::bad_metadata(
+                &path,
+                "a rectilinear chunk grid on object storage is not supported yet (convert it to \
+                 a regular one, or copy it to a local disk)",
+            ));
+        }
+        let array =
+            Array::open(remote.zarr.clone(), "/").map_err(|e| Error::metadata(path.clone(), e))?;
+        Store::from_array(path, array, Some(remote))
+    }
+
+    /// Whether the array is still there: a local store whose `zarr.json` (or `.zarray`) is
+    /// gone was deleted or replaced since it was opened, and its chunks would all read as the
+    /// fill value. (On object storage this costs a request, and is not checked.)
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] naming the store.
+    pub fn check_present(&self) -> Result<()> {
+        if self.remote.is_none()
+            && !self.path.join("zarr.json").exists()
+            && !self.path.join(".zarray").exists()
+        {
+            return Err(Error::NotFound(self.path.clone()));
+        }
+        Ok(())
+    }
+
+    /// What the array is now, for job fingerprints: a local store's stamp (its metadata and
+    /// chunk files), or for object storage its metadata and the listing of its objects
+    /// (keys, sizes and ETags).
+    pub(crate) fn stamp(&self) -> Result<String> {
+        let Some(r) = &self.remote else {
+            return Ok(crate::fingerprint::stamp(&self.path));
+        };
+        let mut list = r.list()?;
+        list.sort();
+        let mut text = String::new();
+        for (k, n, tag) in &list {
+            text.push_str(&format!("{k} {n} {tag}\n"));
+        }
+        Ok(format!(
+            "{} store {} chunks {}",
+            r.url(),
+            crate::fingerprint::fnv1a(&self.metadata_json().to_string()),
+            crate::fingerprint::fnv1a(&text)
+        ))
+    }
+
+    /// Bytes stored (chunk files and metadata).
+    pub(crate) fn stored_bytes(&self) -> Result<u64> {
+        match &self.remote {
+            Some(r) => Ok(r.list()?.iter().map(|(_, n, _)| n).sum()),
+            None => crate::inspect::dir_bytes(&self.path),
+        }
+    }
+
+    fn from_array(
+        path: PathBuf,
+        array: Array<dyn ReadableWritableListableStorageTraits>,
+        remote: Option<Arc<Remote>>,
+    ) -> Result<Store> {
         let dtype = dtype_of(array.data_type()).ok_or_else(|| {
             Error::Input(InputError::UnsupportedDtype {
                 path: path.clone(),
@@ -303,6 +403,7 @@ impl Store {
         let store = Store {
             path,
             array,
+            remote,
             dtype,
             zarr_format,
             fill,
@@ -535,7 +636,7 @@ impl Store {
         let sep = if ndim > 1 { rest.chars().nth(1)? } else { '/' };
         let mut set = crate::grid::ChunkSet::new(&gshape);
         let mut idx = Vec::with_capacity(ndim);
-        walk_files(&self.path, "", &mut |rel: &str| {
+        let mut add = |rel: &str| {
             let Some(body) = rel.strip_prefix(prefix) else {
                 return;
             };
@@ -549,7 +650,11 @@ impl Store {
             if idx.len() == ndim && self.chunk_key(&idx) == rel {
                 set.insert(&idx);
             }
-        });
+        };
+        match &self.remote {
+            Some(r) => r.list().ok()?.iter().for_each(|(k, _, _)| add(k)),
+            None => walk_files(&self.path, "", &mut add),
+        }
         Some(set)
     }
 
@@ -559,6 +664,17 @@ impl Store {
     /// parts split by layer counts). Used to balance `--partition` by stored chunks.
     pub(crate) fn stored_per_layer(&self) -> Option<crate::grid::LayerCounts> {
         self.chunk_shape()?;
+        if self.remote.is_some() {
+            // One listing, counted by layer.
+            let set = self.stored_chunks()?;
+            let g = self.grid_shape();
+            let inner: u64 = g[1..].iter().product();
+            return Some(
+                (0..g[0])
+                    .map(|z| (set.count_layers(z, z + 1), inner))
+                    .collect(),
+            );
+        }
         let gshape = self.grid_shape();
         let ndim = gshape.len();
         if ndim < 2 {
@@ -613,6 +729,9 @@ impl Store {
 
     /// The stored size of chunk `idx`, or `None` when it is absent (all fill value).
     pub fn chunk_stored_size(&self, idx: &[u64]) -> Result<Option<u64>> {
+        if let Some(r) = &self.remote {
+            return r.size(&self.chunk_key(idx));
+        }
         let p = self.path.join(self.chunk_key(idx));
         match fs::metadata(&p) {
             Ok(m) => Ok(Some(m.len())),
@@ -842,6 +961,21 @@ impl Store {
     pub fn read_all<T: Element>(&self) -> Result<ArrayD<T>> {
         self.read_region(&Region::full(self.shape()))
     }
+}
+
+/// Refuses an `s3://` path for `what`, an operation that needs a local filesystem (renames,
+/// hard links, locks): write locally, then `chunkwise convert` to object storage.
+pub(crate) fn local_only(path: &Path, what: &str) -> Result<()> {
+    if is_url(path) {
+        return Err(Error::Store(StoreError::Remote {
+            url: path.to_string_lossy().into_owned(),
+            reason: format!(
+                "{what} on object storage is not supported yet (it needs renames and locks): \
+                 write to a local path, then `chunkwise convert LOCAL -o s3://...`"
+            ),
+        }));
+    }
+    Ok(())
 }
 
 /// Files under `dir`, recursively (0 when it does not exist).

@@ -84,6 +84,7 @@ impl Parts {
         overwrite: bool,
     ) -> Result<Parts> {
         check_part(part)?;
+        super::local_only(out, "the output of a run in parts")?;
         let (i, n) = part;
         let out = resolve_links(out)?;
         check_utf8(&out)?;

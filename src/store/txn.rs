@@ -862,6 +862,7 @@ impl OutputFile {
     /// [`Error::OutputExists`] without `overwrite`; [`Error::InvalidOption`] for a path that
     /// is a directory, a device or a pipe; [`Error::Io`].
     pub(crate) fn create(path: &Path, overwrite: bool) -> Result<OutputFile> {
+        super::local_only(path, "a file output (.npy, .json)")?;
         let resolved = resolve_links(path)?;
         match fs::metadata(&resolved) {
             Ok(m) if !m.is_file() => {

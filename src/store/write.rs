@@ -110,6 +110,7 @@ impl Store {
         data: ArrayViewD<'_, T>,
         run: &RunOptions,
     ) -> Result<WriteReport> {
+        super::local_only(self.path(), "writing a region")?;
         self.check_write(region, &data, T::DTYPE)?;
         with_threads(run.threads, || self.write_in_pool(region, &data, run))
     }

@@ -48,6 +48,8 @@ pub struct StoreWriter {
     durability: Durability,
     files: Option<FileWriter>,
     overwrite: bool,
+    /// On object storage: chunks are PUT straight under the prefix, `zarr.json` last.
+    remote: Option<std::sync::Arc<super::Remote>>,
     /// The build directory (removed on drop unless published). Last: fields drop in order,
     /// and the file writer's threads must be gone before the directory goes.
     build: Option<BuildDir>,
@@ -77,6 +79,9 @@ impl StoreWriter {
         durability: Durability,
     ) -> Result<Self> {
         let grid = spec.validate()?;
+        if super::is_url(path) {
+            return StoreWriter::create_remote(spec, grid, path, overwrite, durability);
+        }
         let path = &resolve_links(path)?;
         check_utf8(path)?;
         check_replaceable(path, overwrite)?;
@@ -98,7 +103,57 @@ impl StoreWriter {
             durability,
             files: Some(files),
             overwrite,
+            remote: None,
             build: Some(build),
+        })
+    }
+
+    /// A new array on object storage (spec/SCALE.md §6): there is no rename, so the chunks
+    /// are written in place and `zarr.json` last, one PUT that makes the array appear. An
+    /// array already at the prefix is refused without `overwrite`; with it, its `zarr.json`
+    /// goes first (readers then see no array, never a mix), then its other objects.
+    fn create_remote(
+        spec: &StoreSpec,
+        grid: Grid,
+        path: &Path,
+        overwrite: bool,
+        durability: Durability,
+    ) -> Result<Self> {
+        let url = path.to_string_lossy().into_owned();
+        let remote = std::sync::Arc::new(super::Remote::open(&url)?);
+        let path = PathBuf::from(remote.url());
+        let listing = remote.list()?;
+        if !listing.is_empty() {
+            let is_array = listing
+                .iter()
+                .any(|(k, _, _)| k == "zarr.json" || k == ".zarray");
+            if !overwrite {
+                return Err(Error::OutputExists(path));
+            }
+            if !is_array {
+                return Err(Error::option(
+                    "overwrite",
+                    format!(
+                        "{} holds objects but no zarr array; refusing to replace them",
+                        path.display()
+                    ),
+                ));
+            }
+            remote.delete_key("zarr.json")?;
+            remote.delete_all()?;
+        }
+        Ok(StoreWriter {
+            final_path: path.clone(),
+            tmp_path: path,
+            _replacing: None,
+            codec: spec.chunk_codec()?,
+            metadata: spec.metadata(),
+            grid,
+            durability,
+            files: None,
+            overwrite,
+            remote: Some(remote),
+            build: None,
         })
     }
 
@@ -142,6 +197,16 @@ impl StoreWriter {
                 format!("{idx:?} is outside the chunk grid {gshape:?}"),
             ));
         }
+        if let Some(r) = &self.remote {
+            if crate::copy::is_fill(data, &[0]) {
+                return Ok(0);
+            }
+            let key = self.codec.key(idx);
+            let encoded = self.codec.encode(data)?;
+            let n = encoded.len() as u64;
+            r.put(&key, encoded)?;
+            return Ok(n);
+        }
         let files = self.files.as_ref().expect("files are open until commit");
         encode_and_queue(
             &self.codec,
@@ -160,6 +225,12 @@ impl StoreWriter {
     /// [`Error::Io`] if syncing, writing or renaming fails; the old array (if any) is then
     /// still in place.
     pub fn commit(mut self) -> Result<Store> {
+        if let Some(r) = self.remote.take() {
+            // Every chunk PUT has returned: the metadata makes the array appear.
+            let text = serde_json::to_string_pretty(&self.metadata).expect("plain JSON");
+            r.put("zarr.json", text.into_bytes())?;
+            return Store::open(&self.final_path);
+        }
         let written = self.files.take().expect("commit runs once").finish()?;
         sync_written(&written, self.durability)?;
         let build = self.build.take().expect("commit runs once");

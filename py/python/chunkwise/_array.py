@@ -11,7 +11,7 @@ import numpy as np
 
 from . import _chunkwise
 from ._job import deferrable as _deferrable
-from ._util import dtype_name, exact, fspath, opts, progress_fn, source
+from ._util import abspath, dtype_name, exact, fspath, is_url, opts, progress_fn, source
 from .errors import NotFoundError, OutputExistsError, StoreError
 
 
@@ -367,7 +367,7 @@ def open(source_, *, dtype=None, shape=None) -> Array:  # noqa: A001 (numpy's na
     else:
         paths = [fspath(p) for p in source_] if isinstance(source_, (list, tuple)) else [fspath(source_)]
         # Absolute, so that a pickled Array opens the same files from another directory.
-        paths = [p if "*" in p or "?" in p else os.path.abspath(p) for p in paths]
+        paths = [p if "*" in p or "?" in p else abspath(p) for p in paths]
         if not paths:
             raise ValueError("no paths given")
         recipe = ("open", paths, None if dtype is None else dtype_name(dtype),
@@ -393,12 +393,13 @@ def create(path, shape, dtype, chunks=None, codec=None, fill_value=0, overwrite=
     ``codec``: ``zstd``, ``blosc-zstd`` or ``blosc-lz4`` as the command line's ``--codec``
     takes it (None or ``"default"``: the type's default); ``chunks`` defaults to chunkwise's default chunking.
     """
-    path = os.path.abspath(fspath(path))
+    path = abspath(fspath(path))
     args = ([int(n) for n in shape], dtype_name(dtype),
             None if chunks is None else [int(c) for c in chunks], codec, level,
             None if fill_value is None else exact(fill_value), bool(checksum),
             None if shard is None else [int(c) for c in shard], axis_names)
-    if not os.path.lexists(path):
+    if is_url(path) or not os.path.lexists(path):
+        # On object storage, an existing array is refused (without overwrite) by the writer.
         src = _chunkwise.create(path, *args)
         return Array(src, ("open", [path], None, None))
     if not overwrite:

@@ -8,6 +8,7 @@ import json
 import os
 
 from . import _chunkwise
+from ._util import abspath
 from .errors import InvalidOptionError
 
 
@@ -39,7 +40,7 @@ class Job:
         self.args = tuple(args)
         self.kwargs = dict(kwargs)
         # Workers may run in another directory: the output by its absolute path.
-        self.out = os.path.abspath(os.fspath(out))
+        self.out = abspath(os.fspath(out))
 
     @property
     def name(self) -> str:
@@ -90,9 +91,9 @@ def deferrable(out_arg):
                 raise TypeError(f"{func.__name__}(..., defer=True) needs its output ({name})")
             args = list(args)
             if isinstance(out_arg, int) and len(args) > out_arg:
-                args[out_arg] = os.path.abspath(os.fspath(out))
+                args[out_arg] = abspath(os.fspath(out))
             elif isinstance(out_arg, str):
-                kwargs[out_arg] = os.path.abspath(os.fspath(out))
+                kwargs[out_arg] = abspath(os.fspath(out))
             return Job(call, args, kwargs, out)
 
         return call

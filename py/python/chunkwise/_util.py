@@ -153,6 +153,17 @@ def opts(progress=None, threads=None, memory=None, **more):
     return d, close
 
 
+def is_url(p) -> bool:
+    """Whether a path is an object-storage URL (``s3://bucket/prefix``)."""
+    return isinstance(p, str) and "://" in p
+
+
+def abspath(p: str) -> str:
+    """A path made absolute (so that a pickled Array or Job opens it from anywhere); URLs are
+    left as they are."""
+    return p if is_url(p) else os.path.abspath(p)
+
+
 def fspath(p) -> str:
     """A path argument as a string (str or os.PathLike)."""
     if isinstance(p, (str, os.PathLike)):

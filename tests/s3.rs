@@ -1,0 +1,362 @@
+//! Stores on S3-compatible object storage (spec/SCALE.md §6), against a real S3 protocol server
+//! on loopback started by the test (moto's `moto_server` from the test venv), with zarr-python
+//! (s3fs) reading what chunkwise wrote and the other way round.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+use crate::common::{python, root, stderr, stdout, tmp};
+
+/// A moto server on 127.0.0.1, stopped on drop.
+struct Moto {
+    child: Child,
+    port: u16,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One plain HTTP request to the server; the status line.
+fn http(port: u16, method: &str, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    buf.lines().next().map(str::to_string)
+}
+
+impl Moto {
+    fn start() -> Moto {
+        let bin = python().parent().unwrap().join("moto_server");
+        assert!(
+            bin.exists(),
+            "{} is missing: the S3 tests need moto[server] in the test venv (bash .ci/run \
+             installs tests/python/requirements.txt)",
+            bin.display()
+        );
+        let port = free_port();
+        let child = Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while http(port, "GET", "/").is_none() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "moto_server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Moto { child, port }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn bucket(&self, name: &str) {
+        let st = http(self.port, "PUT", &format!("/{name}")).unwrap_or_default();
+        assert!(st.contains("200"), "creating bucket {name}: {st}");
+    }
+
+    /// The environment every client reads.
+    fn env(&self, c: &mut Command) {
+        c.env("AWS_ENDPOINT_URL", self.endpoint())
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("CHUNKWISE_S3_RETRIES", "2");
+    }
+
+    fn chunkwise(&self, dir: &Path, args: &[&str]) -> Output {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_chunkwise"));
+        self.env(&mut c);
+        c.args(args).current_dir(dir).output().unwrap()
+    }
+
+    fn ok(&self, dir: &Path, args: &[&str]) -> Output {
+        let o = self.chunkwise(dir, args);
+        assert!(o.status.success(), "chunkwise {args:?}: {}", stderr(&o));
+        o
+    }
+
+    fn zarr_python(&self, what: &str, url: &str, npy: &Path) {
+        let mut c = Command::new(python());
+        self.env(&mut c);
+        let o = c
+            .arg(root().join("tests/python/s3_roundtrip.py"))
+            .args([what, url])
+            .arg(npy)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "zarr-python {what} {url}: {}{}",
+            stdout(&o),
+            stderr(&o)
+        );
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn volume(dir: &Path) -> PathBuf {
+    let (z, y, x) = (23u64, 19u64, 31u64);
+    let mut bytes = Vec::new();
+    let mut v: u32 = 7;
+    for i in 0..z * y * x {
+        v = v.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        let val: u16 = if i / (y * x) < 6 {
+            0
+        } else {
+            ((v >> 16) % 3000) as u16
+        };
+        bytes.extend_from_slice(&val.to_le_bytes());
+    }
+    let p = dir.join("v.npy");
+    chunkwise::support::write_npy(&p, chunkwise::DType::U16, &[z, y, x], &bytes).unwrap();
+    p
+}
+
+#[test]
+fn stores_on_s3_round_trip_with_zarr_python_and_compute_like_local_ones() {
+    let dir = tmp();
+    let d = dir.path();
+    let moto = Moto::start();
+    moto.bucket("cw-data");
+    let npy = volume(d);
+    let url = "s3://cw-data/lab/v.zarr";
+    moto.ok(
+        d,
+        &["convert", "v.npy", "-o", url, "--chunks", "8,8,16", "-q"],
+    );
+    moto.ok(
+        d,
+        &[
+            "convert",
+            "v.npy",
+            "-o",
+            "local.zarr",
+            "--chunks",
+            "8,8,16",
+            "-q",
+        ],
+    );
+    // zarr-python reads it through s3fs; chunkwise reads it back.
+    moto.zarr_python("read", url, &npy);
+    let info = stdout(&moto.ok(d, &["info", url]));
+    assert!(
+        info.contains("23x19x31") || info.contains("23, 19, 31"),
+        "{info}"
+    );
+    moto.ok(d, &["verify", url]);
+    moto.ok(d, &["export", url, "-o", "back.npy", "-q"]);
+    assert_eq!(
+        std::fs::read(d.join("back.npy")).unwrap(),
+        std::fs::read(&npy).unwrap()
+    );
+    // Reductions and kernels read it as they read the local copy.
+    for args in [
+        vec!["stats", "--json"],
+        vec!["histogram", "--json"],
+        vec!["stats", "--axis", "1", "--json"],
+    ] {
+        let mut a = vec![args[0], url];
+        a.extend(&args[1..]);
+        let remote = stdout(&moto.ok(d, &a));
+        a[1] = "local.zarr";
+        assert_eq!(remote, stdout(&moto.ok(d, &a)), "{args:?}");
+    }
+    moto.ok(d, &["where", url, "-o", "w-remote.npy", "-q"]);
+    moto.ok(d, &["where", "local.zarr", "-o", "w-local.npy", "-q"]);
+    assert_eq!(
+        std::fs::read(d.join("w-remote.npy")).unwrap(),
+        std::fs::read(d.join("w-local.npy")).unwrap()
+    );
+    moto.ok(
+        d,
+        &["gaussian", url, "g-remote.zarr", "--sigma", "1.5", "-q"],
+    );
+    moto.ok(
+        d,
+        &[
+            "gaussian",
+            "local.zarr",
+            "g-local.zarr",
+            "--sigma",
+            "1.5",
+            "-q",
+        ],
+    );
+    moto.ok(d, &["export", "g-remote.zarr", "-o", "g1.npy", "-q"]);
+    moto.ok(d, &["export", "g-local.zarr", "-o", "g2.npy", "-q"]);
+    assert_eq!(
+        std::fs::read(d.join("g1.npy")).unwrap(),
+        std::fs::read(d.join("g2.npy")).unwrap()
+    );
+    // A reduction in parts over the S3 input (the parts meet beside a local output).
+    for i in [2, 0, 1] {
+        moto.ok(
+            d,
+            &[
+                "stats",
+                url,
+                "-o",
+                "parts.json",
+                "--partition",
+                &format!("{i}/3"),
+                "-q",
+            ],
+        );
+    }
+    moto.ok(d, &["stats", "local.zarr", "-o", "one.json", "-q"]);
+    assert_eq!(
+        std::fs::read(d.join("parts.json")).unwrap(),
+        std::fs::read(d.join("one.json")).unwrap()
+    );
+    // An array zarr-python wrote to S3, read by chunkwise.
+    let zp = "s3://cw-data/from-zarr-python.zarr";
+    moto.zarr_python("write", zp, &npy);
+    moto.ok(d, &["export", zp, "-o", "zp.npy", "-q"]);
+    assert_eq!(
+        std::fs::read(d.join("zp.npy")).unwrap(),
+        std::fs::read(&npy).unwrap()
+    );
+    // An existing array is not replaced without --overwrite; with it, no object of the old
+    // one is left to be read as data (the new one has fewer stored chunks).
+    let o = moto.chunkwise(d, &["convert", "v.npy", "-o", url, "-q"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("exists"),
+        "{}",
+        stderr(&o)
+    );
+    let zeros = d.join("zeros.npy");
+    chunkwise::support::write_npy(
+        &zeros,
+        chunkwise::DType::U16,
+        &[23, 19, 31],
+        &vec![0; 23 * 19 * 31 * 2],
+    )
+    .unwrap();
+    moto.ok(
+        d,
+        &[
+            "convert",
+            "zeros.npy",
+            "-o",
+            url,
+            "--chunks",
+            "8,8,16",
+            "--overwrite",
+            "-q",
+        ],
+    );
+    moto.zarr_python("read", url, &zeros);
+    let s: serde_json::Value =
+        serde_json::from_slice(&moto.ok(d, &["stats", url, "--json"]).stdout).unwrap();
+    assert_eq!(s["max"], 0, "{s}");
+}
+
+#[test]
+fn s3_errors_name_the_url_and_what_to_check() {
+    let dir = tmp();
+    let d = dir.path();
+    let moto = Moto::start();
+    moto.bucket("cw-here");
+    volume(d);
+    moto.ok(d, &["convert", "v.npy", "-o", "s3://cw-here/v.zarr", "-q"]);
+    let err = |o: Output| {
+        assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+        let e = stderr(&o);
+        assert_eq!(e.lines().count(), 1, "{e}");
+        e
+    };
+    // A bucket that does not exist.
+    let e = err(moto.chunkwise(d, &["info", "s3://cw-missing/v.zarr"]));
+    assert!(
+        e.contains("s3://cw-missing/v.zarr") && e.contains("bucket does not exist"),
+        "{e}"
+    );
+    let e = err(moto.chunkwise(
+        d,
+        &["convert", "v.npy", "-o", "s3://cw-missing/x.zarr", "-q"],
+    ));
+    assert!(e.contains("bucket does not exist"), "{e}");
+    // No array at the prefix.
+    let e = err(moto.chunkwise(d, &["info", "s3://cw-here/nothing.zarr"]));
+    assert!(e.contains("not a zarr array"), "{e}");
+    // The server down: a clear error after the retries, not a hang.
+    let mut c = Command::new(env!("CARGO_BIN_EXE_chunkwise"));
+    moto.env(&mut c);
+    let t = Instant::now();
+    let o = c
+        .env(
+            "AWS_ENDPOINT_URL",
+            format!("http://127.0.0.1:{}", free_port()),
+        )
+        .args(["info", "s3://cw-here/v.zarr"])
+        .output()
+        .unwrap();
+    let e = err(o);
+    assert!(
+        e.contains("cannot reach the server") && e.contains("AWS_ENDPOINT_URL"),
+        "{e}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(60), "{:?}", t.elapsed());
+    // No credentials.
+    let mut c = Command::new(env!("CARGO_BIN_EXE_chunkwise"));
+    moto.env(&mut c);
+    let o = c
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .args(["info", "s3://cw-here/v.zarr"])
+        .output()
+        .unwrap();
+    let e = err(o);
+    assert!(
+        e.contains("no credentials") && e.contains("AWS_ACCESS_KEY_ID"),
+        "{e}"
+    );
+    // What needs a local filesystem says so, and leaves nothing behind.
+    for args in [
+        vec!["gaussian", "v.npy", "s3://cw-here/g.zarr", "--sigma", "1"],
+        vec!["append", "s3://cw-here/v.zarr", "v.npy"],
+        vec![
+            "stats",
+            "s3://cw-here/v.zarr",
+            "--axis",
+            "0",
+            "-o",
+            "s3://cw-here/s.npy",
+        ],
+    ] {
+        let e = err(moto.chunkwise(d, &args));
+        assert!(
+            e.contains("not supported yet") && e.contains("local path"),
+            "{args:?}: {e}"
+        );
+    }
+    assert!(!d.join("s3:").exists());
+}
