@@ -15,16 +15,14 @@ use rayon::prelude::*;
 use crate::dtype::DType;
 use crate::dtype::Element;
 use crate::error::{Error, Result};
-use crate::exec::{ExecOptions, ExecStatus};
-use crate::grid::Grid;
+use crate::grid::{ChunkSet, Grid};
 use crate::grid::{default_chunks, indices_in, storage_order};
 use crate::input::Input;
-use crate::kernel::{Kernel, OutBlock};
 use crate::progress::{Tracker, Unit};
 use crate::run::with_threads;
 use crate::run::{DEFAULT_MEMORY, RunOptions, run_setters};
 use crate::source::{Block, Source};
-use crate::store::{Codec, StoreSpec};
+use crate::store::{Codec, Finish, JobOptions, JobState, JobWriter, StoreSpec};
 use ndarray::ArrayViewD;
 
 /// Settings for [`convert`]; build with [`ConvertOptions::default`] and the setters.
@@ -174,8 +172,10 @@ pub fn convert(input: &Input, out: &Path, opts: &ConvertOptions) -> Result<Conve
     with_threads(opts.run.threads, || convert_in_pool(input, out, opts))
 }
 
-/// A convert in parts: the block executor's resumable, partitionable job with a kernel that
-/// copies, so that N processes (a Slurm array) share one output.
+/// A convert in parts (spec/SCALE.md §1): each part streams its chunk layers as one convert
+/// streams the whole (each input block read once, all cores encoding) into the job's build
+/// directory, logging the chunks done, and the last part publishes the array one convert
+/// writes.
 fn convert_partitioned(
     input: &Input,
     out: &Path,
@@ -189,68 +189,166 @@ fn convert_partitioned(
              supported with it yet (convert in one process, or leave them out)",
         ));
     }
-    let start = Instant::now();
-    let dtype = input.dtype();
-    let chunks = opts
-        .chunks
-        .clone()
-        .unwrap_or_else(|| default_chunks(input.shape()));
-    let exec = ExecOptions::default()
-        .chunks(Some(chunks))
-        .codec(Codec::resolve(opts.codec, opts.level, dtype)?)
-        .checksum(opts.checksum)
-        .overwrite(opts.overwrite)
-        .partition(Some(part))
-        .run(opts.run.clone());
-    let r = crate::exec::run(std::slice::from_ref(input), out, &Copy, &exec)?;
-    let waiting = match r.status {
-        ExecStatus::Waiting { done, total } => Some((done, total)),
-        _ => None,
-    };
-    let chunk_bytes = r.chunk_shape.iter().product::<u64>() * dtype.size() as u64;
-    let all_bytes = input.shape().iter().product::<u64>() * dtype.size() as u64;
-    Ok(ConvertReport {
-        path: r.path,
-        source: input.describe(),
-        shape: r.shape,
-        dtype,
-        chunk_shape: r.chunk_shape,
-        chunks_total: r.chunks_total,
-        chunks_written: r.chunks_computed,
-        bytes_in: r.chunks_computed.saturating_mul(chunk_bytes).min(all_bytes),
-        bytes_stored: r.bytes_stored,
-        seconds: start.elapsed().as_secs_f64(),
-        waiting,
+    crate::store::check_part(part)?;
+    with_threads(opts.run.threads, || {
+        let start = Instant::now();
+        let view = input.view();
+        let source = view.source();
+        let shape = source.shape().to_vec();
+        let dtype = source.dtype();
+        let chunks = opts
+            .chunks
+            .clone()
+            .unwrap_or_else(|| default_chunks(&shape));
+        let codec = Codec::resolve(opts.codec, opts.level, dtype)?;
+        let spec = StoreSpec::new(shape.clone(), dtype, chunks.clone())
+            .codec(codec)
+            .checksum(opts.checksum);
+        let grid = Grid::new(&shape, &chunks)?;
+        let mut settings = format!(
+            "chunkwise convert v2\noutput: {dtype} {chunks:?} {codec:?} checksum={}\n",
+            opts.checksum
+        );
+        settings.push_str(&format!("input: {}\n", input.identity()));
+        let fingerprint = crate::fingerprint::fnv1a(&settings);
+        let stored = input
+            .store()
+            .filter(|s| s.chunk_shape().as_deref() == Some(&chunks[..]))
+            .and_then(|_| input.stored_per_layer());
+        let split = crate::grid::split_layers(grid.grid_shape()[0], stored.as_deref(), part.1);
+        let state = JobWriter::open(
+            &spec,
+            out,
+            &JobOptions {
+                fingerprint: &fingerprint,
+                settings: &settings,
+                partition: part,
+                split: &split,
+                overwrite: opts.overwrite,
+                restart: false,
+                durability: opts.run.durability,
+            },
+        )?;
+        let mut report = ConvertReport {
+            path: out.to_path_buf(),
+            source: input.describe(),
+            shape: shape.clone(),
+            dtype,
+            chunk_shape: chunks.clone(),
+            chunks_total: grid.num_chunks(),
+            chunks_written: 0,
+            bytes_in: 0,
+            bytes_stored: 0,
+            seconds: 0.0,
+            waiting: None,
+        };
+        let (job, done) = match state {
+            JobState::AlreadyDone => {
+                report.seconds = start.elapsed().as_secs_f64();
+                return Ok(report);
+            }
+            JobState::Open(job, done) => (job, done),
+        };
+        let (l0, l1) = job.part_layers(part.0);
+        let mut mine: Vec<_> = grid.grid_shape().into_iter().map(|n| 0..n).collect();
+        mine[0] = l0..l1;
+        let streamed = stream_chunks(
+            source.as_ref(),
+            &grid,
+            &mine,
+            Some(&done),
+            &opts.run,
+            job.chunk_bytes(),
+            |idx, data| {
+                let n = job.write_chunk(idx, data)?;
+                if job.checkpoint_due(64) {
+                    job.checkpoint()?;
+                }
+                Ok(n)
+            },
+        );
+        let (written, stored, bytes_in) = match streamed {
+            Ok(v) => v,
+            Err(e) => {
+                // What is written is logged, so that a rerun resumes.
+                let _ = job.checkpoint();
+                return Err(e);
+            }
+        };
+        report.chunks_written = written;
+        report.bytes_stored = stored;
+        report.bytes_in = bytes_in;
+        if let Finish::Waiting { done, total } = job.finish()? {
+            report.waiting = Some((done, total));
+        }
+        report.seconds = start.elapsed().as_secs_f64();
+        Ok(report)
     })
 }
 
-/// `out = in`: a convert as a block job.
-struct Copy;
-
-impl Kernel for Copy {
-    fn shift_invariant(&self) -> bool {
-        true
-    }
-
-    fn halo(&self, ndim: usize) -> Result<Vec<(u64, u64)>> {
-        Ok(vec![(0, 0); ndim])
-    }
-
-    fn output_dtype(&self, inputs: &[DType]) -> Result<DType> {
-        Ok(inputs[0])
-    }
-
-    fn describe(&self) -> String {
-        "convert".into()
-    }
-
-    fn apply(&self, inputs: &[crate::kernel::Block<'_>], out: &mut OutBlock<'_>) -> Result<()> {
-        crate::with_scalar!(out.dtype(), T => {
-            let src = inputs[0].valid_view::<T>()?;
-            out.view_mut::<T>()?.assign(&src);
-        });
-        Ok(())
-    }
+/// Streams the chunks of `chunks` (a box of chunk indices of `grid`) from `source` in storage
+/// order, each block read once, into `write(idx, data)` (the full, padded chunk), skipping
+/// the chunks in `done`. Returns (chunks written, bytes stored, bytes read).
+fn stream_chunks(
+    source: &dyn Source,
+    grid: &Grid,
+    chunks: &[std::ops::Range<u64>],
+    done: Option<&ChunkSet>,
+    run: &RunOptions,
+    chunk_bytes: usize,
+    write: impl Fn(&[u64], &[u8]) -> Result<u64> + Sync,
+) -> Result<(u64, u64, u64)> {
+    let chunk_shape: Vec<usize> = grid.chunk_shape().iter().map(|&c| c as usize).collect();
+    let itemsize = source.dtype().size();
+    let box_elems: u64 = grid.box_region(chunks).len().try_into().unwrap_or(u64::MAX);
+    let tracker = Tracker::new(
+        "convert",
+        Unit::Bytes,
+        box_elems.saturating_mul(itemsize as u64),
+        run.progress.clone(),
+    );
+    let axes = storage_order(grid.chunk_shape().len(), source.slow_axis());
+    // The feed opens a block while the last chunks of the one before are still being gathered,
+    // so two blocks can be alive at once: each gets half the budget.
+    let budget = run.memory.unwrap_or(DEFAULT_MEMORY) / 2;
+    // One parallel loop over every chunk, fed in storage order: blocks open as the feed reaches
+    // them and close when their last chunk is done, so no thread waits at block boundaries.
+    let feed = ChunkFeed {
+        run,
+        source,
+        grid,
+        blocks: grid.blocks(chunks, &axes, itemsize, budget).into_iter(),
+        current: None,
+        failed: false,
+    };
+    feed.par_bridge()
+        .map_init(
+            || vec![0u8; chunk_bytes],
+            |buf, item| -> Result<(u64, u64, u64)> {
+                let (block, idx) = item?;
+                let region = grid.chunk_region(&idx);
+                let n = u64::try_from(region.len()).unwrap_or(0) * itemsize as u64;
+                if done.is_some_and(|d| d.contains(&idx)) {
+                    tracker.add(n);
+                    return Ok((0, 0, 0));
+                }
+                let extent = region.shape();
+                if extent
+                    .iter()
+                    .zip(&chunk_shape)
+                    .any(|(&e, &c)| e as usize != c)
+                {
+                    // Edge chunk: stored padded with the fill value.
+                    buf.fill(0);
+                }
+                block.read_into(&region, buf, &chunk_shape);
+                drop(block);
+                let w = write(&idx, buf)?;
+                tracker.add(n);
+                Ok((u64::from(w > 0), w, n))
+            },
+        )
+        .try_reduce(|| (0, 0, 0), |a, b| Ok((a.0 + b.0, a.1 + b.1, a.2 + b.2)))
 }
 
 /// Writes an array in memory as a new Zarr v3 array at `out` ([`convert`] of
@@ -290,56 +388,17 @@ fn convert_in_pool(input: &Input, out: &Path, opts: &ConvertOptions) -> Result<C
         .axis_names(opts.axis_names.clone());
     let writer = spec.create(out, opts.overwrite, opts.run.durability)?;
     let grid = writer.grid().clone();
-    let chunk_shape: Vec<usize> = grid.chunk_shape().iter().map(|&c| c as usize).collect();
-    let chunk_bytes = writer.chunk_bytes();
-    let itemsize = dtype.size();
-
-    let total_bytes = shape.iter().product::<u64>() * itemsize as u64;
-    let tracker = Tracker::new(
-        "convert",
-        Unit::Bytes,
-        total_bytes,
-        opts.run.progress.clone(),
-    );
     let all: Vec<_> = grid.grid_shape().into_iter().map(|n| 0..n).collect();
-    let axes = storage_order(shape.len(), source.slow_axis());
-    // The feed opens a block while the last chunks of the one before are still being gathered,
-    // so two blocks can be alive at once: each gets half the budget.
-    let budget = opts.run.memory.unwrap_or(DEFAULT_MEMORY) / 2;
-    // One parallel loop over every chunk, fed in storage order: blocks open as the feed reaches
-    // them and close when their last chunk is done, so no thread waits at block boundaries.
-    let feed = ChunkFeed {
-        run: &opts.run,
-        source: source.as_ref(),
-        grid: &grid,
-        blocks: grid.blocks(&all, &axes, itemsize, budget).into_iter(),
-        current: None,
-        failed: false,
-    };
-    let (written, stored) = feed
-        .par_bridge()
-        .map_init(
-            || vec![0u8; chunk_bytes],
-            |buf, item| -> Result<(u64, u64)> {
-                let (block, idx) = item?;
-                let region = grid.chunk_region(&idx);
-                let extent = region.shape();
-                if extent
-                    .iter()
-                    .zip(&chunk_shape)
-                    .any(|(&e, &c)| e as usize != c)
-                {
-                    // Edge chunk: stored padded with the fill value.
-                    buf.fill(0);
-                }
-                block.read_into(&region, buf, &chunk_shape);
-                drop(block);
-                let w = writer.write_chunk(&idx, buf)?;
-                tracker.add(u64::try_from(region.len()).unwrap_or(0) * itemsize as u64);
-                Ok((u64::from(w > 0), w))
-            },
-        )
-        .try_reduce(|| (0, 0), |a, b| Ok((a.0 + b.0, a.1 + b.1)))?;
+    let total_bytes = shape.iter().product::<u64>() * dtype.size() as u64;
+    let (written, stored, _) = stream_chunks(
+        source.as_ref(),
+        &grid,
+        &all,
+        None,
+        &opts.run,
+        writer.chunk_bytes(),
+        |idx, data| writer.write_chunk(idx, data),
+    )?;
     let chunks_total = grid.num_chunks();
     let store = writer.commit()?;
     Ok(ConvertReport {
