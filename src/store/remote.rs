@@ -30,6 +30,24 @@ pub(crate) fn is_url(path: &Path) -> bool {
     path.to_str().is_some_and(|s| s.starts_with("s3://"))
 }
 
+/// An upload under way ([`Remote::put_async`]).
+pub(crate) struct Upload(tokio::task::JoinHandle<Result<()>>);
+
+impl Upload {
+    /// Waits for the upload to end.
+    ///
+    /// # Errors
+    /// [`StoreError::Remote`] (the request failed after its retries, or its task was lost).
+    pub(crate) fn wait(self) -> Result<()> {
+        block_on(self.0).unwrap_or_else(|e| {
+            Err(Error::Store(StoreError::Remote {
+                url: String::new(),
+                reason: format!("an upload's task ended abnormally: {e}"),
+            }))
+        })
+    }
+}
+
 /// An array's place on object storage.
 pub(crate) struct Remote {
     url: String,
@@ -214,6 +232,21 @@ impl Remote {
         block_on(self.root.put(&ObjPath::from(key), PutPayload::from(bytes)))
             .map(|_| ())
             .map_err(|e| remote_error(&format!("{}/{key}", self.url), &e))
+    }
+
+    /// Starts writing the object at `key` on the runtime's threads and returns at once; the
+    /// upload's outcome is [`Upload::wait`]'s.
+    pub(crate) fn put_async(&self, key: &str, bytes: Vec<u8>) -> Upload {
+        let root = self.root.clone();
+        let path = ObjPath::from(key);
+        let url = format!("{}/{key}", self.url);
+        let task = runtime().spawn(async move {
+            root.put(&path, PutPayload::from(bytes))
+                .await
+                .map(|_| ())
+                .map_err(|e| remote_error(&url, &e))
+        });
+        Upload(task)
     }
 
     /// Every key under the prefix with its size (and a version tag: its ETag or time).

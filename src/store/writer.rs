@@ -50,6 +50,9 @@ pub struct StoreWriter {
     overwrite: bool,
     /// On object storage: chunks are PUT straight under the prefix, `zarr.json` last.
     remote: Option<std::sync::Arc<super::Remote>>,
+    /// Uploads under way (oldest first), at most [`UPLOADS_IN_FLIGHT`]: encoding goes on while
+    /// they run.
+    uploads: std::sync::Mutex<std::collections::VecDeque<super::remote::Upload>>,
     /// The build directory (removed on drop unless published). Last: fields drop in order,
     /// and the file writer's threads must be gone before the directory goes.
     build: Option<BuildDir>,
@@ -104,6 +107,7 @@ impl StoreWriter {
             files: Some(files),
             overwrite,
             remote: None,
+            uploads: Default::default(),
             build: Some(build),
         })
     }
@@ -153,6 +157,7 @@ impl StoreWriter {
             files: None,
             overwrite,
             remote: Some(remote),
+            uploads: Default::default(),
             build: None,
         })
     }
@@ -204,7 +209,17 @@ impl StoreWriter {
             let key = self.codec.key(idx);
             let encoded = self.codec.encode(data)?;
             let n = encoded.len() as u64;
-            r.put(&key, encoded)?;
+            let upload = r.put_async(&key, encoded);
+            let oldest = {
+                let mut q = self.uploads.lock().expect("no panics holding the queue");
+                q.push_back(upload);
+                (q.len() > UPLOADS_IN_FLIGHT)
+                    .then(|| q.pop_front())
+                    .flatten()
+            };
+            if let Some(u) = oldest {
+                u.wait()?;
+            }
             return Ok(n);
         }
         let files = self.files.as_ref().expect("files are open until commit");
@@ -226,6 +241,11 @@ impl StoreWriter {
     /// still in place.
     pub fn commit(mut self) -> Result<Store> {
         if let Some(r) = self.remote.take() {
+            let pending =
+                std::mem::take(&mut *self.uploads.lock().expect("no panics holding the queue"));
+            for u in pending {
+                u.wait()?;
+            }
             // Every chunk PUT has returned: the metadata makes the array appear.
             let text = serde_json::to_string_pretty(&self.metadata).expect("plain JSON");
             r.put("zarr.json", text.into_bytes())?;
@@ -243,6 +263,9 @@ impl StoreWriter {
         Store::open(&self.final_path)
     }
 }
+
+/// Chunk uploads a writer to object storage keeps under way at once.
+const UPLOADS_IN_FLIGHT: usize = 16;
 
 /// Encodes chunk `idx` and queues its file in `tmp` (nothing for a chunk that is all fill
 /// value). Returns the encoded size (0 when skipped).
