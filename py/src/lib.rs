@@ -761,6 +761,48 @@ fn stats(
     Ok(s.to_json().to_string())
 }
 
+/// Part `part` of a `stats` run in parts meeting beside `out` (a `.json` file, SCALE §2): the
+/// JSON the last part wrote, or `None` for a part that leaves the writing to another.
+#[pyfunction]
+#[pyo3(signature = (source, out, part, starts=None, stops=None, overwrite=false, opts=None))]
+#[allow(clippy::too_many_arguments)]
+fn stats_part(
+    py: Python<'_>,
+    source: PyRef<'_, Source>,
+    out: PathBuf,
+    part: (u32, u32),
+    starts: Option<Vec<u64>>,
+    stops: Option<Vec<u64>>,
+    overwrite: bool,
+    opts: Option<&Bound<'_, PyDict>>,
+) -> PyResult<Option<String>> {
+    let job = Job::new(&Common::from(opts)?);
+    let ropts = reduce_options(&job.run, starts, stops);
+    source.check_present()?;
+    let input = &source.input;
+    let mut doc = None;
+    let end = job.run(py, |_| {
+        chunkwise::reduce_part(
+            input,
+            &Stats,
+            &ropts,
+            &out,
+            part,
+            overwrite,
+            |s, out, ow| {
+                let text = s.to_json().to_string();
+                chunkwise::support::write_output(out, text.as_bytes(), ow)?;
+                doc = Some(text);
+                Ok(())
+            },
+        )
+    })?;
+    Ok(match end {
+        chunkwise::PartsFinish::Combined => doc.or_else(|| std::fs::read_to_string(&out).ok()),
+        chunkwise::PartsFinish::Waiting { .. } => None,
+    })
+}
+
 /// Counts and edges: `bins` equal bins over `range`, or chunkwise's default binning.
 #[pyfunction]
 #[pyo3(signature = (source, bins=None, range=None, opts=None))]
@@ -785,11 +827,91 @@ fn histogram(
     })
 }
 
+/// Part `part` of a histogram in parts meeting beside `out` (a `.json` file of edges and
+/// counts): with `range`, `bins` (default 10) equal bins; without, for an integer array one
+/// bin per value (counted by value across parts). The result for the part that wrote `out`,
+/// `None` for the others.
+#[pyfunction]
+#[pyo3(signature = (source, out, part, bins=None, range=None, overwrite=false, opts=None))]
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn histogram_part(
+    py: Python<'_>,
+    source: PyRef<'_, Source>,
+    out: PathBuf,
+    part: (u32, u32),
+    bins: Option<usize>,
+    range: Option<(f64, f64)>,
+    overwrite: bool,
+    opts: Option<&Bound<'_, PyDict>>,
+) -> PyResult<Option<(Vec<u64>, Vec<f64>)>> {
+    let job = Job::new(&Common::from(opts)?);
+    let ropts = reduce_options(&job.run, None, None);
+    source.check_present()?;
+    let input = &source.input;
+    let mut result = None;
+    let write = |h: &Histogram,
+                 counts: Vec<u64>,
+                 out: &Path,
+                 ow: bool|
+     -> chunkwise::Result<(Vec<u64>, Vec<f64>)> {
+        let doc = serde_json::json!({"edges": h.edges(), "counts": counts});
+        chunkwise::support::write_output(out, doc.to_string().as_bytes(), ow)?;
+        Ok((counts, h.edges().to_vec()))
+    };
+    let end = job.run(py, |_| match (range, bins) {
+        (Some((lo, hi)), bins) => {
+            let h = Histogram::new(bins.unwrap_or(10), lo, hi)?;
+            chunkwise::reduce_part(input, &h, &ropts, &out, part, overwrite, |c, out, ow| {
+                result = Some(write(&h, c, out, ow)?);
+                Ok(())
+            })
+        }
+        (None, None) if !input.dtype().is_float() => chunkwise::reduce_part(
+            input,
+            &chunkwise::ValueCounts,
+            &ropts,
+            &out,
+            part,
+            overwrite,
+            |c, out, ow| {
+                let (h, counts) = c?.histogram()?;
+                result = Some(write(&h, counts, out, ow)?);
+                Ok(())
+            },
+        ),
+        _ => Err(chunkwise::Error::InvalidOption {
+            option: "range",
+            reason: "a histogram in parts needs its bins before the parts start: give range= \
+                     (and bins=)"
+                .into(),
+        }),
+    })?;
+    Ok(match end {
+        chunkwise::PartsFinish::Combined => result.or_else(|| {
+            let text = std::fs::read_to_string(&out).ok()?;
+            let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+            let counts = v["counts"]
+                .as_array()?
+                .iter()
+                .filter_map(serde_json::Value::as_u64)
+                .collect();
+            let edges = v["edges"]
+                .as_array()?
+                .iter()
+                .filter_map(serde_json::Value::as_f64)
+                .collect();
+            Some((counts, edges))
+        }),
+        chunkwise::PartsFinish::Waiting { .. } => None,
+    })
+}
+
 /// `where`/`graph`'s options: the selection by `above`/`below`, and the job's run settings.
 fn index_options(
     above: Option<&str>,
     below: Option<&str>,
     overwrite: bool,
+    partition: Option<(u32, u32)>,
     job: &Job,
 ) -> PyResult<IndexOptions> {
     let select = Select::from_bounds(
@@ -799,12 +921,14 @@ fn index_options(
     Ok(IndexOptions::default()
         .select(select)
         .overwrite(overwrite)
+        .partition(partition)
         .run(job.run.clone()))
 }
 
 /// `numpy.argwhere` of the selection, streamed to the `.npy` file `out`; the count.
 #[pyfunction]
-#[pyo3(signature = (source, out, above=None, below=None, overwrite=false, opts=None))]
+#[pyo3(signature = (source, out, above=None, below=None, overwrite=false, opts=None, partition=None))]
+#[allow(clippy::too_many_arguments)]
 fn where_(
     py: Python<'_>,
     source: PyRef<'_, Source>,
@@ -813,18 +937,19 @@ fn where_(
     below: Option<&str>,
     overwrite: bool,
     opts: Option<&Bound<'_, PyDict>>,
-) -> PyResult<u64> {
+    partition: Option<(u32, u32)>,
+) -> PyResult<Option<u64>> {
     let job = Job::new(&Common::from(opts)?);
-    let iopts = index_options(above, below, overwrite, &job)?;
+    let iopts = index_options(above, below, overwrite, partition, &job)?;
     source.check_present()?;
     let input = &source.input;
     job.run(py, |_| chunkwise::where_coords(input, Some(&out), &iopts))
-        .map(|r| r.count)
+        .map(|r| r.waiting.is_none().then_some(r.count))
 }
 
 /// Edges between adjacent selected voxels, streamed to the `.npy` file `out`; the count.
 #[pyfunction]
-#[pyo3(signature = (source, out, connectivity=None, coords=false, above=None, below=None, overwrite=false, opts=None))]
+#[pyo3(signature = (source, out, connectivity=None, coords=false, above=None, below=None, overwrite=false, opts=None, partition=None))]
 #[allow(clippy::too_many_arguments)]
 fn graph(
     py: Python<'_>,
@@ -836,15 +961,16 @@ fn graph(
     below: Option<&str>,
     overwrite: bool,
     opts: Option<&Bound<'_, PyDict>>,
-) -> PyResult<u64> {
+    partition: Option<(u32, u32)>,
+) -> PyResult<Option<u64>> {
     let job = Job::new(&Common::from(opts)?);
-    let iopts = index_options(above, below, overwrite, &job)?;
+    let iopts = index_options(above, below, overwrite, partition, &job)?;
     source.check_present()?;
     let input = &source.input;
     job.run(py, |_| {
         chunkwise::graph_edges(input, Some(&out), connectivity, coords, &iopts)
     })
-    .map(|r| r.count)
+    .map(|r| r.waiting.is_none().then_some(r.count))
 }
 
 fn grow_options(d: &Bound<'_, PyDict>, run: &RunOptions) -> PyResult<GrowOptions> {
@@ -959,6 +1085,8 @@ fn _chunkwise(m: &Bound<'_, PyModule>) -> PyResult<()> {
         wrap_pyfunction!(kernel, m)?,
         wrap_pyfunction!(map_overlap, m)?,
         wrap_pyfunction!(stats, m)?,
+        wrap_pyfunction!(stats_part, m)?,
+        wrap_pyfunction!(histogram_part, m)?,
         wrap_pyfunction!(histogram, m)?,
         wrap_pyfunction!(where_, m)?,
         wrap_pyfunction!(graph, m)?,

@@ -139,3 +139,46 @@ def test_bad_jobs_are_refused(client, tmp, rng):
     with pytest.raises(cw.Error, match=r"part \d/2 .* failed"):
         chunkwise.distributed.run(client, job, parts=2, retries=1)
     assert not (tmp / "h.zarr").exists()
+
+
+def test_reductions_in_parts_here_and_on_the_cluster(client, tmp, rng):
+    x = rng.integers(0, 3000, (30, 14, 11)).astype(np.uint16)
+    x[5:12] = 0
+    a = cw.from_array(x, tmp / "a.zarr", chunks=(4, 7, 11))
+    one = cw.stats(a)
+    assert (one["sum"], one["max"]) == (int(x.sum()), int(x.max()))
+    # Parts here, in any order: the last writes the file and returns what one process gives.
+    got = [cw.stats(a, out=tmp / "s.json", partition=(i, 3)) for i in (2, 0, 1)]
+    assert got[:2] == [None, None] and got[2] == one
+    # The same jobs on the cluster.
+    s = chunkwise.distributed.run(client, cw.stats(a, out=tmp / "s2.json", defer=True), parts=4)
+    assert s == one
+    p = chunkwise.distributed.run(client, cw.where(a, above=2000, out=tmp / "w.npy", defer=True),
+                                  parts=3)
+    np.testing.assert_array_equal(np.load(p), np.argwhere(x > 2000))
+    p = chunkwise.distributed.run(client, cw.graph(a, connectivity=6, out=tmp / "g.npy",
+                                                   defer=True), parts=5)
+    single = cw.graph(a, connectivity=6, out=tmp / "g1.npy")
+    assert open(p, "rb").read() == open(single, "rb").read()
+    # Histograms in parts: one bin per value for integers, or the given bins; as numpy.
+    got = [cw.histogram(a, out=tmp / "h.json", partition=(i, 2)) for i in (1, 0)]
+    assert got[0] is None
+    counts, edges = got[1]
+    want = np.histogram(x, bins=int(x.max()) - int(x.min()) + 1,
+                        range=(int(x.min()), int(x.max()) + 1))
+    np.testing.assert_array_equal(counts, want[0])
+    np.testing.assert_array_equal(edges, want[1])
+    job = cw.histogram(a, bins=7, range=(0, 3000), out=tmp / "h7.json", defer=True)
+    counts, edges = chunkwise.distributed.run(client, job, parts=3)
+    want = np.histogram(x, bins=7, range=(0, 3000))
+    np.testing.assert_array_equal(counts, want[0])
+    np.testing.assert_allclose(edges, want[1])
+    f = cw.from_array(x.astype(np.float32), tmp / "f.zarr", chunks=(4, 7, 11))
+    with pytest.raises(cw.InvalidOptionError, match="range"):
+        cw.histogram(f, out=tmp / "hf.json", partition="0/2")
+    with pytest.raises(cw.InvalidOptionError, match="out="):
+        cw.where(a, partition="0/2")
+    # out= without parts: written whole, never over a file without overwrite.
+    assert cw.stats(a, out=tmp / "one.json") == one
+    with pytest.raises(cw.OutputExistsError):
+        cw.stats(a, out=tmp / "one.json")

@@ -25,7 +25,7 @@ class Job:
     >>> for i in range(4): job.run(part=(i, 4))                   # doctest: +SKIP
     """
 
-    def __init__(self, func, args, kwargs, out):
+    def __init__(self, func, args, kwargs, out, loader=None):
         if kwargs.get("progress") is not None:
             raise InvalidOptionError(
                 "a deferred job runs elsewhere: its progress is chunkwise.status(out), not a "
@@ -37,6 +37,7 @@ class Job:
                 "chunkwise.distributed.run(client, job, parts=n), not partition="
             )
         self.func = func
+        self.loader = loader
         self.args = tuple(args)
         self.kwargs = dict(kwargs)
         # Workers may run in another directory: the output by its absolute path.
@@ -53,9 +54,16 @@ class Job:
             kw["threads"] = threads
         result = self.func(*self.args, partition=part, **kw)
         if result is None and self.published():
-            from ._array import open as open_
-            return open_(self.out)
+            return self.load()
         return result
+
+    def load(self):
+        """The published output: the ``Array`` of a store, or what the function returns for a
+        file (``stats``: the dict; ``where``/``graph``: the path)."""
+        if self.loader is not None:
+            return self.loader(self.out)
+        from ._array import open as open_
+        return open_(self.out)
 
     def published(self) -> bool:
         """Whether the output is published (every part done)."""
@@ -73,9 +81,10 @@ class Job:
         return f"<chunkwise.Job {self.name} -> {self.out}>"
 
 
-def deferrable(out_arg):
+def deferrable(out_arg, loader=None):
     """Gives a chunkwise function ``defer=True``: the call returns a :class:`Job`. ``out_arg``
-    is the position of the function's output argument (or its keyword name)."""
+    is the position of the function's output argument (or its keyword name); ``loader(out)``
+    reads a published file output (default: the store opened)."""
 
     def wrap(func):
         @functools.wraps(func)
@@ -94,7 +103,7 @@ def deferrable(out_arg):
                 args[out_arg] = abspath(os.fspath(out))
             elif isinstance(out_arg, str):
                 kwargs[out_arg] = abspath(os.fspath(out))
-            return Job(call, args, kwargs, out)
+            return Job(call, args, kwargs, out, loader)
 
         return call
 

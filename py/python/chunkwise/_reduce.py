@@ -10,8 +10,9 @@ import numpy as np
 
 from . import _chunkwise
 from ._array import Array, _Key
+from ._job import deferrable
 from ._util import exact, fspath, opts, parse_bytes, source
-from .errors import InvalidOptionError
+from .errors import InvalidOptionError, OutputExistsError
 
 
 def _region(a_src, region):
@@ -46,25 +47,68 @@ def _number(v):
     return v
 
 
-def stats(a, region=None, *, progress=None, threads=None, memory=None) -> dict:
+def _load_stats(path):
+    with open(path) as f:
+        return {k: _number(v) for k, v in json.load(f).items()}
+
+
+def _load_path(path):
+    return path
+
+
+@deferrable("out", _load_stats)
+def stats(a, region=None, *, out=None, overwrite=False, partition=None, progress=None,
+          threads=None, memory=None) -> dict:
     """``count``, ``nan_count``, ``min``, ``max``, ``sum``, ``mean``, ``std`` of the array (or
-    of ``region``) in one pass: integer sums exact (Python ints), NaNs counted apart."""
+    of ``region``) in one pass: integer sums exact (Python ints), NaNs counted apart. ``out=``
+    also writes them to a ``.json`` file. ``partition="I/N"`` (needs ``out``) does part I of N
+    (spec/SCALE.md §2): the last part to finish writes ``out`` and returns the dict, the others
+    None; ``defer=True`` returns a :class:`chunkwise.Job`."""
+    from ._compute import _partition
     src = source(a)
     starts, stops = _region(src, region)
+    part = _partition(partition)
+    if part is not None and out is None:
+        raise InvalidOptionError("stats in parts: give out= (a .json file; the parts meet beside it)")
+    if out is not None and part is None:
+        part = (0, 1)  # one part: the file is written whole, never over another without overwrite
     d, close = opts(progress, threads, memory)
     try:
-        s = json.loads(_chunkwise.stats(src, starts, stops, d))
+        if part is not None:
+            text = _chunkwise.stats_part(src, fspath(out), part, starts, stops, bool(overwrite), d)
+            if text is None:
+                return None
+            s = json.loads(text)
+        else:
+            s = json.loads(_chunkwise.stats(src, starts, stops, d))
     finally:
         close()
     return {k: _number(v) for k, v in s.items()}
 
 
-def histogram(a, bins=None, range=None, *, progress=None, threads=None, memory=None):  # noqa: A002
+def _load_histogram(path):
+    with open(path) as f:
+        h = json.load(f)
+    return np.asarray(h["counts"], dtype=np.int64), np.asarray(h["edges"], dtype=np.float64)
+
+
+@deferrable("out", _load_histogram)
+def histogram(a, bins=None, range=None, *, out=None, overwrite=False, partition=None,  # noqa: A002
+              progress=None, threads=None, memory=None):
     """``(counts, edges)`` as ``numpy.histogram(a, bins, range)`` (the last bin includes its
     right edge; edges and binning in float64). ``bins=None``: for integer arrays one bin per
     value (up to 2^24 values; else give bins), for floats 10 bins as numpy; ``range=None``: the
-    data's finite range (a single value v: v-0.5..v+0.5, as numpy)."""
+    data's finite range (a single value v: v-0.5..v+0.5, as numpy). ``out=`` also writes
+    ``{"edges", "counts"}`` to a ``.json`` file; ``partition="I/N"`` (needs ``out``; a float
+    array needs ``range``) does part I of N, the last part returning the result, the others
+    None."""
+    from ._compute import _partition
     src = source(a)
+    part = _partition(partition)
+    if part is not None and out is None:
+        raise InvalidOptionError("histogram in parts: give out= (a .json file)")
+    if out is not None and part is None:
+        part = (0, 1)
     if bins is not None and (np.ndim(bins) != 0 or int(bins) < 1):
         raise ValueError(f"bins must be a positive int, got {bins!r}")
     rng = None
@@ -77,7 +121,15 @@ def histogram(a, bins=None, range=None, *, progress=None, threads=None, memory=N
             bins = 10
     d, close = opts(progress, threads, memory)
     try:
-        counts, edges = _chunkwise.histogram(src, None if bins is None else int(bins), rng, d)
+        if part is not None:
+            r = _chunkwise.histogram_part(src, fspath(out), part,
+                                          None if bins is None else int(bins), rng,
+                                          bool(overwrite), d)
+            if r is None:
+                return None
+            counts, edges = r
+        else:
+            counts, edges = _chunkwise.histogram(src, None if bins is None else int(bins), rng, d)
     finally:
         close()
     return np.asarray(counts, dtype=np.int64), np.asarray(edges, dtype=np.float64)
@@ -94,32 +146,53 @@ def _to_npy(run, out, overwrite):
         return np.load(p)
 
 
-def where(a, above=None, below=None, out=None, *, overwrite=False, progress=None, threads=None,
-          memory=None):
+def _parts(partition, out, what):
+    from ._compute import _partition
+    part = _partition(partition)
+    if part is not None and out is None:
+        raise InvalidOptionError(f"{what} in parts: give out= (a .npy file; the parts meet beside it)")
+    return part
+
+
+@deferrable("out", _load_path)
+def where(a, above=None, below=None, out=None, *, overwrite=False, partition=None, progress=None,
+          threads=None, memory=None):
     """``numpy.argwhere`` of ``a != 0`` (or ``a > above``, ``a < below``, both): an int64
-    ``(N, ndim)`` array, or with ``out=`` a ``.npy`` file written by streaming (its path)."""
+    ``(N, ndim)`` array, or with ``out=`` a ``.npy`` file written by streaming (its path).
+    ``partition="I/N"`` (needs ``out``): part I of N; the last part writes ``out`` and returns
+    its path, the others None (spec/SCALE.md §2)."""
     src = source(a)
+    part = _parts(partition, out, "where")
     d, close = opts(progress, threads, memory)
     ab = None if above is None else exact(above)
     be = None if below is None else exact(below)
     try:
+        if part is not None:
+            n = _chunkwise.where_(src, fspath(out), ab, be, bool(overwrite), d, part)
+            return None if n is None else fspath(out)
         return _to_npy(lambda p, ow: _chunkwise.where_(src, p, ab, be, ow, d), out, overwrite)
     finally:
         close()
 
 
+@deferrable("out", _load_path)
 def graph(a, connectivity=None, above=None, below=None, coords=False, out=None, *,
-          overwrite=False, progress=None, threads=None, memory=None):
+          overwrite=False, partition=None, progress=None, threads=None, memory=None):
     """Edges between adjacent selected voxels (``a != 0``, or by ``above``/``below``): an
     int64 ``(E, 2)`` array of C-order flat indices ``(p, q)`` with ``p < q``, or with
     ``coords=True`` ``(E, 2*ndim)`` coordinates; ``connectivity`` defaults to the full
     neighbourhood (26 in 3-D). With ``out=``, a ``.npy`` file (its path)."""
     src = source(a)
+    part = _parts(partition, out, "graph")
     d, close = opts(progress, threads, memory)
     ab = None if above is None else exact(above)
     be = None if below is None else exact(below)
     conn = None if connectivity is None else int(connectivity)
     try:
+        if part is not None:
+            n = _chunkwise.graph(src, fspath(out), conn, bool(coords), ab, be, bool(overwrite), d,
+                                 part)
+            return None if n is None else fspath(out)
         return _to_npy(
             lambda p, ow: _chunkwise.graph(src, p, conn, bool(coords), ab, be, ow, d), out,
             overwrite)

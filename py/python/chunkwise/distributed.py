@@ -27,9 +27,10 @@ def _run_part(job, i, n, threads):
 
 
 def run(client, job: Job, parts=None, *, retries=3, threads=None):
-    """Runs ``job`` (from ``cw.gaussian(..., defer=True)`` and the like) on ``client``'s
-    cluster in ``parts`` parts (default: one per worker thread) and returns the output
-    ``Array``.
+    """Runs ``job`` (from ``cw.gaussian(..., defer=True)``, ``cw.convert``, ``cw.map_overlap``,
+    ``cw.stats(..., out=...)``, ``cw.where(..., out=...)``, ``cw.graph(..., out=...)``) on
+    ``client``'s cluster in ``parts`` parts (default: one per worker thread) and returns the
+    output: the ``Array``, or for a reduction what the function returns.
 
     The parts are submitted with ``client.map(..., pure=False)``; a part that fails (its worker
     killed, a restart of the cluster, an I/O error) is submitted again, up to ``retries``
@@ -80,8 +81,7 @@ def run(client, job: Job, parts=None, *, retries=3, threads=None):
                 # A killed task's lock is held until its process is gone: give it a moment.
                 import time
                 time.sleep(1.0)
-    from ._array import open as open_
     if not job.published():
         raise Error(f"chunkwise.distributed.run: every part of {job!r} finished, but "
                     f"{job.out} is not published: {job.status()}")
-    return open_(job.out)
+    return job.load()
