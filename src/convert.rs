@@ -194,16 +194,9 @@ fn convert_partitioned(
         let start = Instant::now();
         let view = input.view();
         let source = view.source();
-        let shape = source.shape().to_vec();
-        let dtype = source.dtype();
-        let chunks = opts
-            .chunks
-            .clone()
-            .unwrap_or_else(|| default_chunks(&shape));
-        let codec = Codec::resolve(opts.codec, opts.level, dtype)?;
-        let spec = StoreSpec::new(shape.clone(), dtype, chunks.clone())
-            .codec(codec)
-            .checksum(opts.checksum);
+        let spec = output_spec(source.as_ref(), opts)?;
+        let (shape, dtype) = (spec.shape().to_vec(), spec.dtype());
+        let (chunks, codec) = (spec.chunk_shape().to_vec(), spec.codec_choice());
         let grid = Grid::new(&shape, &chunks)?;
         let mut settings = format!(
             "chunkwise convert v2\noutput: {dtype} {chunks:?} {codec:?} checksum={}\n",
@@ -284,6 +277,20 @@ fn convert_partitioned(
         report.seconds = start.elapsed().as_secs_f64();
         Ok(report)
     })
+}
+
+/// The new array's spec: the source's shape and type, the options' chunks (default:
+/// chunkwise's), codec and checksum.
+fn output_spec(source: &dyn Source, opts: &ConvertOptions) -> Result<StoreSpec> {
+    let shape = source.shape().to_vec();
+    let dtype = source.dtype();
+    let chunks = opts
+        .chunks
+        .clone()
+        .unwrap_or_else(|| default_chunks(&shape));
+    Ok(StoreSpec::new(shape, dtype, chunks)
+        .codec(Codec::resolve(opts.codec, opts.level, dtype)?)
+        .checksum(opts.checksum))
 }
 
 /// Streams the chunks of `chunks` (a box of chunk indices of `grid`) from `source` in storage
@@ -375,17 +382,10 @@ fn convert_in_pool(input: &Input, out: &Path, opts: &ConvertOptions) -> Result<C
     let start = Instant::now();
     let view = input.view();
     let source = view.source();
-    let shape = source.shape().to_vec();
-    let dtype = source.dtype();
-    let chunks = opts
-        .chunks
-        .clone()
-        .unwrap_or_else(|| default_chunks(&shape));
-    let spec = StoreSpec::new(shape.clone(), dtype, chunks)
-        .codec(Codec::resolve(opts.codec, opts.level, dtype)?)
-        .checksum(opts.checksum)
+    let spec = output_spec(source.as_ref(), opts)?
         .subchunks(opts.subchunks.clone())
         .axis_names(opts.axis_names.clone());
+    let (shape, dtype) = (spec.shape().to_vec(), spec.dtype());
     let writer = spec.create(out, opts.overwrite, opts.run.durability)?;
     let grid = writer.grid().clone();
     let all: Vec<_> = grid.grid_shape().into_iter().map(|n| 0..n).collect();

@@ -102,6 +102,17 @@ impl<A: Reduction, B: Reduction> Reduction for (A, B) {
     }
 }
 
+/// A part's valid region in array coordinates.
+fn valid_region(part: &Block<'_>) -> Region {
+    Region::new(
+        part.valid()
+            .iter()
+            .zip(part.origin())
+            .map(|(v, &o)| (o as u64 + v.start as u64)..(o as u64 + v.end as u64))
+            .collect(),
+    )
+}
+
 /// The first element of a block and the number of elements in its valid region.
 fn constant_of<T: Scalar>(part: &Block<'_>) -> Result<(T, u64)> {
     let v = part.valid_view::<T>()?;
@@ -1038,14 +1049,10 @@ impl Reduction for PerChunk {
     fn fold(&self, acc: &mut Vec<ChunkStats>, part: &Block<'_>) -> Result<()> {
         let mut s = StatsAcc::new();
         Stats.fold(&mut s, part)?;
-        let region = Region::new(
-            part.valid()
-                .iter()
-                .zip(part.origin())
-                .map(|(v, &o)| (o as u64 + v.start as u64)..(o as u64 + v.end as u64))
-                .collect(),
-        );
-        acc.push(ChunkStats { region, stats: s });
+        acc.push(ChunkStats {
+            region: valid_region(part),
+            stats: s,
+        });
         Ok(())
     }
 
@@ -1058,14 +1065,10 @@ impl Reduction for PerChunk {
         if !Stats.fold_constant(&mut s, part)? {
             return Ok(false);
         }
-        let region = Region::new(
-            part.valid()
-                .iter()
-                .zip(part.origin())
-                .map(|(v, &o)| (o as u64 + v.start as u64)..(o as u64 + v.end as u64))
-                .collect(),
-        );
-        acc.push(ChunkStats { region, stats: s });
+        acc.push(ChunkStats {
+            region: valid_region(part),
+            stats: s,
+        });
         Ok(true)
     }
 

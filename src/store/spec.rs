@@ -243,6 +243,16 @@ impl StoreSpec {
         &self.chunks
     }
 
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The chunk codec.
+    pub fn codec_choice(&self) -> Codec {
+        self.codec
+    }
+
     /// Checks the spec for consistency.
     ///
     /// # Errors
