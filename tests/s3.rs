@@ -40,6 +40,11 @@ fn http(port: u16, method: &str, path: &str) -> Option<String> {
 
 impl Moto {
     fn start() -> Moto {
+        Moto::start_with(&[])
+    }
+
+    /// A server with `env` set (`INITIAL_NO_AUTH_ACTION_COUNT=0`: credentials checked).
+    fn start_with(env: &[(&str, &str)]) -> Moto {
         let bin = python().parent().unwrap().join("moto_server");
         assert!(
             bin.exists(),
@@ -50,6 +55,7 @@ impl Moto {
         let port = free_port();
         let child = Command::new(&bin)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -337,6 +343,13 @@ fn s3_errors_name_the_url_and_what_to_check() {
     let e = err(o);
     assert!(
         e.contains("no credentials") && e.contains("AWS_ACCESS_KEY_ID"),
+        "{e}"
+    );
+    // Credentials the server refuses (a server that checks them).
+    let strict = Moto::start_with(&[("INITIAL_NO_AUTH_ACTION_COUNT", "0")]);
+    let e = err(strict.chunkwise(d, &["info", "s3://cw-here/v.zarr"]));
+    assert!(
+        e.contains("access denied") && e.contains("AWS_ACCESS_KEY_ID"),
         "{e}"
     );
     // What needs a local filesystem says so, and leaves nothing behind.

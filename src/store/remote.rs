@@ -89,16 +89,21 @@ impl AsyncToSyncBlockOn for TokioBlockOn {
 
 fn remote_error(url: &str, e: &object_store::Error) -> Error {
     let text = e.to_string();
+    // By the server's answer, never by digits that may be part of a port or a key.
     let hint = if text.contains("NoSuchBucket") {
         "the bucket does not exist"
-    } else if text.contains("InvalidAccessKeyId")
-        || text.contains("SignatureDoesNotMatch")
-        || text.contains("403")
-        || matches!(e, object_store::Error::PermissionDenied { .. })
-    {
-        "access denied: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
     } else if text.contains("HTTP error") || text.contains("error sending request") {
         "cannot reach the server: check AWS_ENDPOINT_URL (and AWS_ALLOW_HTTP=true for http://)"
+    } else if text.contains("InvalidAccessKeyId")
+        || text.contains("SignatureDoesNotMatch")
+        || text.contains("403 Forbidden")
+        || matches!(
+            e,
+            object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. }
+        )
+    {
+        "access denied: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
     } else {
         "the request failed"
     };
