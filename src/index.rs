@@ -11,6 +11,7 @@
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -160,8 +161,16 @@ struct Bits {
     words: usize,
     /// Values per row (the last axis).
     nx: u64,
-    data: Vec<AtomicU64>,
+    /// The rows in groups of [`ROWS_PER_GROUP`] (in (plane, row) order), each allocated when
+    /// a bit in it is first set: a layer of big planes with few selected voxels (a sparse
+    /// volume, absent chunks) holds only the groups it uses, not a bit per voxel.
+    groups: Vec<OnceLock<Box<[AtomicU64]>>>,
+    /// A row of zeros: what an unallocated row reads as.
+    zero: Box<[AtomicU64]>,
 }
+
+/// Rows per lazily allocated group of [`Bits`].
+const ROWS_PER_GROUP: u64 = 64;
 
 impl Bits {
     fn new(z0: u64, z1: u64, shape: &[u64]) -> Bits {
@@ -176,7 +185,7 @@ impl Bits {
             row_strides[a] = row_strides[a + 1] * mid[a + 1];
         }
         let words = nx.div_ceil(64) as usize;
-        let n = (z1 - z0) * rows * words as u64;
+        let n_rows = (z1 - z0) * rows;
         Bits {
             z0,
             nz: z1 - z0,
@@ -184,14 +193,40 @@ impl Bits {
             row_strides,
             words,
             nx,
-            data: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            groups: (0..n_rows.div_ceil(ROWS_PER_GROUP))
+                .map(|_| OnceLock::new())
+                .collect(),
+            zero: (0..words).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
-    /// The words of row `row` of plane `z` (array coordinate).
+    /// The group holding row `row` of plane `z`, and the row's first word in it.
+    fn place(&self, z: u64, row: u64) -> (usize, usize) {
+        let flat = (z - self.z0) * self.rows + row;
+        (
+            (flat / ROWS_PER_GROUP) as usize,
+            (flat % ROWS_PER_GROUP) as usize * self.words,
+        )
+    }
+
+    /// The words of row `row` of plane `z` (array coordinate), to read.
     fn row(&self, z: u64, row: u64) -> &[AtomicU64] {
-        let start = (((z - self.z0) * self.rows + row) * self.words as u64) as usize;
-        &self.data[start..start + self.words]
+        let (g, at) = self.place(z, row);
+        match self.groups[g].get() {
+            Some(words) => &words[at..at + self.words],
+            None => &self.zero,
+        }
+    }
+
+    /// The words of row `row` of plane `z`, to set bits in (its group allocated if need be).
+    fn row_mut(&self, z: u64, row: u64) -> &[AtomicU64] {
+        let (g, at) = self.place(z, row);
+        let words = self.groups[g].get_or_init(|| {
+            (0..ROWS_PER_GROUP as usize * self.words)
+                .map(|_| AtomicU64::new(0))
+                .collect()
+        });
+        &words[at..at + self.words]
     }
 
     fn get(&self, z: u64, row: u64, x: u64) -> bool {
@@ -201,11 +236,13 @@ impl Bits {
 
     /// Set bits in plane `z`.
     fn plane_count(&self, z: u64) -> u64 {
-        let start = ((z - self.z0) * self.rows * self.words as u64) as usize;
-        let n = self.rows as usize * self.words;
-        self.data[start..start + n]
-            .iter()
-            .map(|w| u64::from(w.load(Ordering::Relaxed).count_ones()))
+        (0..self.rows)
+            .map(|row| {
+                self.row(z, row)
+                    .iter()
+                    .map(|w| u64::from(w.load(Ordering::Relaxed).count_ones()))
+                    .sum::<u64>()
+            })
             .sum()
     }
 }
@@ -582,25 +619,28 @@ fn set_bits_body<T: Scalar>(
                 .sum();
             (idx[0], ri)
         };
-        let words = bits.row(z, row_index);
-        // Shift the row's words to the row's bit offset in the array. A word this chunk alone
-        // covers takes a plain store (the bits start at zero); one it shares with the chunk
-        // beside it, an atomic or.
-        let mut carry = 0u64;
-        for (i, &w) in local.iter().enumerate() {
-            let out = if shift == 0 { w } else { (w << shift) | carry };
-            carry = if shift == 0 { 0 } else { w >> (64 - shift) };
-            if out != 0 {
-                let k = first_word + i;
-                if own(k) {
-                    words[k].store(out, Ordering::Relaxed);
-                } else {
-                    words[k].fetch_or(out, Ordering::Relaxed);
+        // A row with nothing selected leaves its group unallocated.
+        if local.iter().any(|&w| w != 0) {
+            let words = bits.row_mut(z, row_index);
+            // Shift the row's words to the row's bit offset in the array. A word this chunk
+            // alone covers takes a plain store (the bits start at zero); one it shares with
+            // the chunk beside it, an atomic or.
+            let mut carry = 0u64;
+            for (i, &w) in local.iter().enumerate() {
+                let out = if shift == 0 { w } else { (w << shift) | carry };
+                carry = if shift == 0 { 0 } else { w >> (64 - shift) };
+                if out != 0 {
+                    let k = first_word + i;
+                    if own(k) {
+                        words[k].store(out, Ordering::Relaxed);
+                    } else {
+                        words[k].fetch_or(out, Ordering::Relaxed);
+                    }
                 }
             }
-        }
-        if carry != 0 {
-            words[first_word + local.len()].fetch_or(carry, Ordering::Relaxed);
+            if carry != 0 {
+                words[first_word + local.len()].fetch_or(carry, Ordering::Relaxed);
+            }
         }
         // Next row.
         let mut a = last;
