@@ -207,7 +207,8 @@ fn convert_partitioned(
         let stored = input
             .store()
             .filter(|s| s.chunk_shape().as_deref() == Some(&chunks[..]))
-            .and_then(|_| input.stored_per_layer());
+            .and_then(|_| input.stored_chunks())
+            .map(|s| s.layer_counts());
         let split = crate::grid::split_layers(grid.grid_shape()[0], stored.as_deref(), part.1);
         let state = JobWriter::open(
             &spec,

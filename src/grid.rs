@@ -344,6 +344,15 @@ impl ChunkSet {
         self.len
     }
 
+    /// Per chunk layer (along axis 0): the chunks in the set and all chunks of the layer.
+    pub(crate) fn layer_counts(&self) -> LayerCounts {
+        let inner: u64 = self.shape.iter().skip(1).product();
+        let layers = self.shape.first().copied().unwrap_or(0);
+        (0..layers)
+            .map(|z| (self.count_layers(z, z + 1), inner))
+            .collect()
+    }
+
     /// Chunks in the set with index along axis 0 in `l0..l1`.
     pub(crate) fn count_layers(&self, l0: u64, l1: u64) -> u64 {
         let inner: u64 = self.shape.iter().skip(1).product();

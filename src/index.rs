@@ -843,8 +843,9 @@ fn open_output(
         ));
     };
     let stored = (input.ndim() > 1)
-        .then(|| input.stored_per_layer())
-        .flatten();
+        .then(|| input.stored_chunks())
+        .flatten()
+        .map(|s| s.layer_counts());
     let split = crate::grid::split_layers(nlayers, stored.as_deref(), part.1);
     let mut settings = format!("{settings}input: {}\n", input.identity());
     let fingerprint = crate::fingerprint::fnv1a(&settings);

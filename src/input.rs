@@ -332,15 +332,6 @@ impl Input {
         }
     }
 
-    /// The stored chunks of each layer of the block grid (along axis 0), when the input is
-    /// a store whose layout says ([`Store::stored_per_layer`]).
-    pub(crate) fn stored_per_layer(&self) -> Option<crate::grid::LayerCounts> {
-        match &self.inner {
-            Inner::Store(s) => s.stored_per_layer(),
-            Inner::View(_) => None,
-        }
-    }
-
     /// The name of block `idx` in messages: a store's chunk key, else `block i/j/k`.
     pub(crate) fn block_key(&self, idx: &[u64]) -> String {
         match &self.inner {

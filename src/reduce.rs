@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 
 use crate::dtype::{DType, Scalar};
 use crate::error::{Error, Result};
+use crate::grid::ChunkSet;
 use crate::input::Input;
 use crate::kernel::{Block, Scratch};
 use crate::progress::{Tracker, Unit};
@@ -173,15 +174,19 @@ run_setters!(ReduceOptions);
 /// [`Error::BadRegion`] for a region outside the array, [`crate::StoreError::CorruptChunk`] naming a chunk
 /// that does not decode, and the reduction's own errors.
 pub fn reduce<R: Reduction>(input: &Input, r: &R, opts: &ReduceOptions) -> Result<R::Acc> {
-    let mut layers = with_threads(opts.run.threads, || reduce_in_pool(input, r, opts, false))?;
+    let stored = input.stored_chunks();
+    let mut layers = with_threads(opts.run.threads, || {
+        reduce_in_pool(input, r, opts, stored.as_ref(), false)
+    })?;
     Ok(layers.pop().unwrap_or_else(|| r.identity()))
 }
 
 /// The chunk layers of `input` that parts split (along axis 0 of the units a reduction
-/// folds), and their stored chunks when the store's layout says.
+/// folds), and their stored chunks (from `stored`) when they are the regular grid's.
 fn reduce_layers(
     input: &Input,
     r: &impl Reduction,
+    stored: Option<&ChunkSet>,
 ) -> Result<(u64, Option<crate::grid::LayerCounts>)> {
     let rectilinear = input.store().filter(|s| s.chunk_shape().is_none());
     if let Some(s) = rectilinear.filter(|_| r.per_stored_chunk()) {
@@ -194,18 +199,20 @@ fn reduce_layers(
         .first()
         .copied()
         .unwrap_or(1);
-    Ok((layers, input.stored_per_layer()))
+    Ok((layers, stored.map(ChunkSet::layer_counts)))
 }
 
 /// Folds the chunks of the region in C order. Chunks are combined in order within each chunk
 /// layer (along axis 0), and layers in order into the total: the same order whether the
 /// layers are folded by one process or by the parts of a partitioned run, so that both give
-/// the same result to the last bit. Returns `[total]`, or with `per_layer` one partial result
-/// per layer folded.
+/// the same result to the last bit. `stored`: the input's stored chunks, when known (the rest
+/// is folded as fill value without asking the store). Returns `[total]`, or with `per_layer`
+/// one partial result per layer folded.
 fn reduce_in_pool<R: Reduction>(
     input: &Input,
     r: &R,
     opts: &ReduceOptions,
+    stored: Option<&ChunkSet>,
     per_layer: bool,
 ) -> Result<Vec<R::Acc>> {
     let full = Region::full(input.shape());
@@ -249,8 +256,7 @@ fn reduce_in_pool<R: Reduction>(
         *z = start..z.end.min(l1).max(start);
     }
     let total: u64 = units.iter().map(|r| r.end - r.start).product();
-    // The stored chunks, found once by walking the store (a regular grid).
-    let stored = if exact { None } else { input.stored_chunks() };
+    let stored = stored.filter(|_| !exact);
     let unit = |mut k: u64| -> Vec<u64> {
         let mut idx = vec![0; units.len()];
         for (a, r) in units.iter().enumerate().rev() {
@@ -338,7 +344,7 @@ fn reduce_in_pool<R: Reduction>(
                 } else {
                     // A chunk the directory walk did not find is absent: not asked of the
                     // store (whose per-key bookkeeping would grow with every chunk asked).
-                    let absent = stored.as_ref().is_some_and(|s| !s.contains(idx));
+                    let absent = stored.is_some_and(|s| !s.contains(idx));
                     let data = if absent { None } else { input.read_block(idx)? };
                     (data, cshape.clone())
                 };
@@ -1806,7 +1812,9 @@ pub fn reduce_part<R: PartialResult>(
     write: impl FnOnce(R::Acc, &Path, bool) -> Result<()>,
 ) -> Result<crate::PartsFinish> {
     crate::store::check_part(part)?;
-    let (layers, stored) = reduce_layers(input, r)?;
+    // One walk of the store: the split and the fold both use it.
+    let stored_chunks = input.stored_chunks();
+    let (layers, stored) = reduce_layers(input, r, stored_chunks.as_ref())?;
     let split = crate::grid::split_layers(layers, stored.as_deref(), part.1);
     let mut settings = format!(
         "chunkwise reduce v1\nreduction: {}\nregion: {}\ninput: {}\n",
@@ -1825,7 +1833,9 @@ pub fn reduce_part<R: PartialResult>(
             layers: Some((l0, l1)),
             ..opts.clone()
         };
-        let accs = with_threads(opts.run.threads, || reduce_in_pool(input, r, &o, true))?;
+        let accs = with_threads(opts.run.threads, || {
+            reduce_in_pool(input, r, &o, stored_chunks.as_ref(), true)
+        })?;
         let doc = json!({"layers": [l0, l1], "results": r.save(accs)});
         parts.save(serde_json::to_string(&doc).expect("plain JSON").as_bytes())?;
     }

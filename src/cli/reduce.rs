@@ -441,7 +441,6 @@ pub(crate) fn histogram(a: HistogramArgs, g: &Global) -> CliResult {
         }
         (None, bins) => chunkwise::Histogram::auto(&store, bins, &o)?,
     };
-    let hh = h.clone();
     run_reduction(
         &store,
         &h,
@@ -450,7 +449,7 @@ pub(crate) fn histogram(a: HistogramArgs, g: &Global) -> CliResult {
         a.overwrite,
         a.partition,
         g,
-        |counts: Vec<u64>| Ok(histogram_doc(&hh, &counts)),
+        |counts: Vec<u64>| Ok(histogram_doc(&h, &counts)),
         |counts| print(&h, &counts),
     )
 }

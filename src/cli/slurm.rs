@@ -7,28 +7,18 @@ use clap::Parser;
 
 use super::{CliResult, Global, Outcome, parse_size, say};
 
-/// The commands that split into parts.
-const SPLITTABLE: &[&str] = &[
-    "convert",
-    "gaussian",
-    "correlate1d",
-    "lut",
-    "threshold",
-    "neighbourhood-lut",
-    "stats",
-    "histogram",
-    "where",
-    "graph",
-];
-
-/// The commands whose memory plan is `--memory`.
-const PLANNED: &[&str] = &[
-    "convert",
-    "gaussian",
-    "correlate1d",
-    "lut",
-    "threshold",
-    "neighbourhood-lut",
+/// The commands that split into parts, and whether their memory plan is `--memory`.
+const SPLITTABLE: &[(&str, bool)] = &[
+    ("convert", true),
+    ("gaussian", true),
+    ("correlate1d", true),
+    ("lut", true),
+    ("threshold", true),
+    ("neighbourhood-lut", true),
+    ("stats", false),
+    ("histogram", false),
+    ("where", false),
+    ("graph", false),
 ];
 
 #[derive(Debug, clap::Args)]
@@ -153,13 +143,14 @@ pub(crate) fn run(a: Args, _g: &Global) -> CliResult {
     let Some(name) = cmd.first().cloned() else {
         return Err(bad("give the command to split").into());
     };
-    if !SPLITTABLE.contains(&name.as_str()) {
+    let Some(&(_, planned)) = SPLITTABLE.iter().find(|(n, _)| *n == name) else {
+        let names: Vec<&str> = SPLITTABLE.iter().map(|(n, _)| *n).collect();
         return Err(bad(format!(
             "{name:?} does not split into parts; these do: {}",
-            SPLITTABLE.join(", ")
+            names.join(", ")
         ))
         .into());
-    }
+    };
     if cmd
         .iter()
         .any(|a| a == "--partition" || a.starts_with("--partition="))
@@ -167,7 +158,6 @@ pub(crate) fn run(a: Args, _g: &Global) -> CliResult {
         return Err(bad("leave --partition out: each task gets its own part").into());
     }
     // The memory plan and the allocation agree: the plan is a share of the allocation.
-    let planned = PLANNED.contains(&name.as_str());
     let memory = cmd
         .iter()
         .position(|a| a == "--memory")

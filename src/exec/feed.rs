@@ -67,25 +67,28 @@ impl<'a, 'c> Feed<'a, 'c> {
     /// Whether output chunk `idx` is recorded as absent without computing: every input chunk
     /// it reads is absent, and the kernel maps fill to the output's fill.
     fn skips(&self, idx: &[u64]) -> bool {
-        let Some(stored) = &self.ctx.stored_inputs else {
-            return false;
-        };
-        self.ctx
-            .needed(idx)
-            .iter()
-            .zip(stored)
-            .all(|(chunks, set)| chunks.iter().all(|c| !set.contains(c)))
+        self.ctx.stored_inputs.is_some() && self.all_absent(&self.ctx.needed(idx))
+    }
+
+    /// Whether every chunk of `needed` (per input) is absent.
+    fn all_absent(&self, needed: &[Vec<Vec<u64>>]) -> bool {
+        self.ctx.stored_inputs.as_ref().is_some_and(|stored| {
+            needed
+                .iter()
+                .zip(stored)
+                .all(|(chunks, set)| chunks.iter().all(|c| !set.contains(c)))
+        })
     }
 
     /// Queues the tasks for output chunk `idx`.
     pub(super) fn plan(&mut self, idx: Vec<u64>) {
-        if self.skips(&idx) {
+        let needed = self.ctx.needed(&idx);
+        if self.all_absent(&needed) {
             // Every input chunk it reads is absent (fill value), and the kernel maps fill to
             // the output's fill: the chunk is absent too, with nothing to decode.
             self.queue.push_back(Task::Skip(idx));
             return;
         }
-        let needed = self.ctx.needed(&idx);
         let mut w = self
             .ctx
             .window

@@ -405,9 +405,14 @@ fn run_in_pool(
     let fingerprint = fnv1a(&settings);
     let (part, parts) = opts.partition.unwrap_or((0, 1));
     let out_grid = Grid::new(&shape, &out_chunks)?;
+    // One walk of each input store: the split and the absent-chunk skipping both use it.
+    let stored: Vec<Option<ChunkSet>> = stores.iter().map(Input::stored_chunks).collect();
     let split = crate::grid::split_layers(
         out_grid.grid_shape()[0],
-        stored_per_out_layer(&stores[0], &out_grid).as_deref(),
+        stored[0]
+            .as_ref()
+            .map(|s| per_out_layer(&s.layer_counts(), &stores[0], &out_grid))
+            .as_deref(),
         parts.max(1),
     );
     let state = JobWriter::open(
@@ -534,7 +539,9 @@ fn run_in_pool(
         ctx.boundary,
     );
     // After the plan: its budget has bounded the block the probe computes.
-    let stored_inputs = skippable(stores, kernel, boundary, &ctx.halo, &out_grid, out_dtype)?;
+    let stored_inputs = skippable(
+        stores, stored, kernel, boundary, &ctx.halo, &out_grid, out_dtype,
+    )?;
     let ctx = Ctx {
         tracker: Tracker::new("compute", Unit::Chunks, todo, opts.run.progress.clone()),
         reads,
@@ -584,26 +591,27 @@ fn run_in_pool(
     Ok(report)
 }
 
-/// The stored chunks of the input under each output chunk layer (its rows along axis 0),
-/// when the input's layout says: what balances the parts of a job.
-fn stored_per_out_layer(input: &Input, out_grid: &Grid) -> Option<crate::grid::LayerCounts> {
-    let per = input.stored_per_layer()?;
+/// The input's per-layer chunk counts `per` gathered under each output chunk layer (its rows
+/// along axis 0): what balances the parts of a job.
+fn per_out_layer(
+    per: &crate::grid::LayerCounts,
+    input: &Input,
+    out_grid: &Grid,
+) -> crate::grid::LayerCounts {
     let c_in = input.block_grid().chunk_shape()[0];
     let c_out = out_grid.chunk_shape()[0];
     let n = input.shape()[0];
-    Some(
-        (0..out_grid.grid_shape()[0])
-            .map(|l| {
-                let (z0, z1) = (l * c_out, ((l + 1) * c_out).min(n));
-                let (a, b) = (z0 / c_in, z1.div_ceil(c_in));
-                per.get(a as usize..(b as usize).min(per.len()))
-                    .map_or((0, 0), |s| {
-                        s.iter()
-                            .fold((0, 0), |(x, y), &(st, all)| (x + st, y + all))
-                    })
-            })
-            .collect(),
-    )
+    (0..out_grid.grid_shape()[0])
+        .map(|l| {
+            let (z0, z1) = (l * c_out, ((l + 1) * c_out).min(n));
+            let (a, b) = (z0 / c_in, z1.div_ceil(c_in));
+            per.get(a as usize..(b as usize).min(per.len()))
+                .map_or((0, 0), |s| {
+                    s.iter()
+                        .fold((0, 0), |(x, y), &(st, all)| (x + st, y + all))
+                })
+        })
+        .collect()
 }
 
 /// Per input, its stored chunks, when output chunks reading only absent input chunks may be
@@ -612,8 +620,10 @@ fn stored_per_out_layer(input: &Input, out_grid: &Grid) -> Option<crate::grid::L
 /// the inputs' own (a constant is their fill value), and the kernel applied to fill-valued
 /// blocks gives the output's fill value (zero) everywhere. `None` otherwise, or when an
 /// input's stored chunks are not known (a view, files).
+#[allow(clippy::too_many_arguments)]
 fn skippable(
     inputs: &[Input],
+    stored_chunks: Vec<Option<ChunkSet>>,
     kernel: &dyn Kernel,
     boundary: Boundary,
     halo: &[(u64, u64)],
@@ -624,8 +634,8 @@ fn skippable(
         return Ok(None);
     }
     let mut stored = Vec::with_capacity(inputs.len());
-    for s in inputs {
-        let Some(set) = s.stored_chunks() else {
+    for (s, set) in inputs.iter().zip(stored_chunks) {
+        let Some(set) = set else {
             return Ok(None);
         };
         if let Boundary::Constant(c) = boundary {

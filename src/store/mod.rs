@@ -658,44 +658,6 @@ impl Store {
         Some(set)
     }
 
-    /// The stored chunks and all chunks of each chunk layer (chunk index along axis 0) of a
-    /// regular grid whose keys put the layer in a directory of its own (`c/3/...`, v2
-    /// `3/...`), counted from directory listings; `None` when the layout does not say (then
-    /// parts split by layer counts). Used to balance `--partition` by stored chunks.
-    pub(crate) fn stored_per_layer(&self) -> Option<crate::grid::LayerCounts> {
-        self.chunk_shape()?;
-        if self.remote.is_some() {
-            // One listing, counted by layer.
-            let set = self.stored_chunks()?;
-            let g = self.grid_shape();
-            let inner: u64 = g[1..].iter().product();
-            return Some(
-                (0..g[0])
-                    .map(|z| (set.count_layers(z, z + 1), inner))
-                    .collect(),
-            );
-        }
-        let gshape = self.grid_shape();
-        let ndim = gshape.len();
-        if ndim < 2 {
-            return None;
-        }
-        let mut per = Vec::with_capacity(gshape[0] as usize);
-        for z in 0..gshape[0] {
-            let mut idx = vec![0; ndim];
-            idx[0] = z;
-            let key = self.chunk_key(&idx);
-            let parts: Vec<&str> = key.split('/').collect();
-            // The key's components for axes 1.. must be the last ndim - 1 ones.
-            if parts.len() < ndim {
-                return None;
-            }
-            let layer_dir = self.path.join(parts[..parts.len() - (ndim - 1)].join("/"));
-            per.push((count_files(&layer_dir), gshape[1..].iter().product()));
-        }
-        Some(per)
-    }
-
     /// Chunks per axis.
     pub fn grid_shape(&self) -> Vec<u64> {
         self.array.chunk_grid_shape().to_vec()
@@ -976,21 +938,6 @@ pub(crate) fn local_only(path: &Path, what: &str) -> Result<()> {
         }));
     }
     Ok(())
-}
-
-/// Files under `dir`, recursively (0 when it does not exist).
-fn count_files(dir: &Path) -> u64 {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => count_files(&e.path()),
-            Ok(_) => 1,
-            Err(_) => 0,
-        })
-        .sum()
 }
 
 /// Calls `f` with the path (relative to `root`, `/`-separated) of every file under `dir`,
