@@ -2,6 +2,7 @@
 
 mod common;
 
+mod append_parts;
 mod bad_input;
 mod cancel;
 mod cli;

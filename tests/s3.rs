@@ -354,8 +354,13 @@ fn s3_errors_name_the_url_and_what_to_check() {
     );
     // What needs a local filesystem says so, and leaves nothing behind.
     for args in [
-        vec!["gaussian", "v.npy", "s3://cw-here/g.zarr", "--sigma", "1"],
-        vec!["append", "s3://cw-here/v.zarr", "v.npy"],
+        vec![
+            "concat",
+            "s3://cw-here/v.zarr",
+            "v.npy",
+            "-o",
+            "s3://cw-here/w.zarr",
+        ],
         vec![
             "stats",
             "s3://cw-here/v.zarr",
@@ -372,4 +377,173 @@ fn s3_errors_name_the_url_and_what_to_check() {
         );
     }
     assert!(!d.join("s3:").exists());
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// SCALE §6: kernel and convert outputs on S3, in one process and in parts (started together
+/// and one by one), equal to local runs byte for byte; no array appears before the last part;
+/// a part killed mid-way resumes from its logged chunks; what parts cannot agree on without
+/// locks (replacing an array, discarding another job) is refused in parts.
+#[test]
+fn kernel_outputs_on_s3_in_parts_publish_last_and_resume() {
+    let dir = tmp();
+    let d = dir.path();
+    let moto = Moto::start();
+    moto.bucket("cw-jobs");
+    let npy = volume(d);
+    let g = ["--sigma", "1.5", "--chunks", "4,8,16", "-q"];
+    let with = |head: &[&str], tail: &[&str]| -> Vec<String> {
+        head.iter().chain(tail).map(|s| s.to_string()).collect()
+    };
+    moto.ok(d, &strs(&with(&["gaussian", "v.npy", "local.zarr"], &g)));
+    moto.ok(d, &["export", "local.zarr", "-o", "local.npy", "-q"]);
+    let want = std::fs::read(d.join("local.npy")).unwrap();
+    let same = |url: &str, what: &str| {
+        let out = format!("{what}.npy");
+        moto.ok(d, &["export", url, "-o", &out, "-q"]);
+        assert_eq!(std::fs::read(d.join(&out)).unwrap(), want, "{what}");
+    };
+    // One process.
+    let one = "s3://cw-jobs/one.zarr";
+    moto.ok(d, &strs(&with(&["gaussian", "v.npy", one], &g)));
+    same(one, "one");
+    let o = moto.ok(d, &strs(&with(&["gaussian", "v.npy", one], &g)));
+    let _ = o;
+    // Parts started together.
+    let together = "s3://cw-jobs/together.zarr";
+    let mut children = Vec::new();
+    for i in 0..4 {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_chunkwise"));
+        moto.env(&mut c);
+        let part = format!("{i}/4");
+        c.current_dir(d)
+            .args(strs(&with(&["gaussian", "v.npy", together], &g)))
+            .args(["--partition", &part])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        children.push(c.spawn().unwrap());
+    }
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    same(together, "together");
+    moto.zarr_python("read", together, &d.join("local.npy"));
+    // One by one: no array until the last; status says which parts are done.
+    let seq = "s3://cw-jobs/seq.zarr";
+    for i in [2, 0] {
+        let part = format!("{i}/3");
+        let mut a = with(&["gaussian", "v.npy", seq], &g);
+        a.extend(["--partition".to_string(), part]);
+        moto.ok(d, &strs(&a));
+        let o = moto.chunkwise(d, &["info", seq]);
+        assert!(!o.status.success(), "an array before the last part");
+    }
+    let st: serde_json::Value =
+        serde_json::from_slice(&moto.ok(d, &["status", seq, "--json"]).stdout).unwrap();
+    let states: Vec<&str> = st["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["done", "missing", "done"], "{st}");
+    // Another N, and replacing or discarding in parts, are refused.
+    let mut a = with(&["gaussian", "v.npy", seq], &g);
+    a.extend(["--partition".to_string(), "1/4".to_string()]);
+    let e = stderr(&moto.chunkwise(d, &strs(&a)));
+    assert!(e.contains("1/4") && e.contains("3 parts"), "{e}");
+    let mut a = with(&["gaussian", "v.npy", seq, "--sigma", "3"], &[]);
+    a.extend(["--partition".to_string(), "1/3".to_string()]);
+    let e = stderr(&moto.chunkwise(d, &strs(&a)));
+    assert!(e.contains("without --partition"), "{e}");
+    let mut a = with(
+        &["gaussian", "v.npy", one, "--sigma", "3", "--overwrite"],
+        &[],
+    );
+    a.extend(["--partition".to_string(), "0/2".to_string()]);
+    let e = stderr(&moto.chunkwise(d, &strs(&a)));
+    assert!(e.contains("without --partition"), "{e}");
+    same(one, "one-unchanged");
+    // The last part, killed while its chunks upload, resumes what it had logged.
+    let mut a = with(&["gaussian", "v.npy", seq], &g);
+    a.extend(["--partition".to_string(), "1/3".to_string()]);
+    let mut c = Command::new(env!("CARGO_BIN_EXE_chunkwise"));
+    moto.env(&mut c);
+    let mut child = c
+        .current_dir(d)
+        .args(strs(&a))
+        .env("CHUNKWISE_TEST_CHUNK_DELAY_MS", "400")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let st: serde_json::Value =
+            serde_json::from_slice(&moto.ok(d, &["status", seq, "--json"]).stdout).unwrap();
+        if st["parts"][1]["done"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "part 1 logged nothing: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let o = moto.chunkwise(d, &["info", seq]);
+    assert!(!o.status.success(), "an array after a killed last part");
+    let mut a = with(&["gaussian", "v.npy", seq], &g);
+    a.pop(); // not quiet: the summary says what was resumed
+    a.extend(["--partition".to_string(), "1/3".to_string()]);
+    let said = stdout(&moto.ok(d, &strs(&a)));
+    assert!(said.contains("resumed"), "{said}");
+    same(seq, "seq");
+    // convert in parts to S3, and a one-process --overwrite of a kernel output.
+    let conv = "s3://cw-jobs/conv.zarr";
+    for i in [1, 0] {
+        let part = format!("{i}/2");
+        moto.ok(
+            d,
+            &[
+                "convert",
+                "v.npy",
+                "-o",
+                conv,
+                "--chunks",
+                "8,8,8",
+                "--partition",
+                &part,
+                "-q",
+            ],
+        );
+    }
+    moto.zarr_python("read", conv, &npy);
+    moto.ok(
+        d,
+        &[
+            "gaussian",
+            "v.npy",
+            one,
+            "--sigma",
+            "3",
+            "--overwrite",
+            "-q",
+        ],
+    );
+    moto.ok(
+        d,
+        &["gaussian", "v.npy", "local3.zarr", "--sigma", "3", "-q"],
+    );
+    moto.ok(d, &["export", "local3.zarr", "-o", "l3.npy", "-q"]);
+    moto.ok(d, &["export", one, "-o", "r3.npy", "-q"]);
+    assert_eq!(
+        std::fs::read(d.join("l3.npy")).unwrap(),
+        std::fs::read(d.join("r3.npy")).unwrap()
+    );
 }

@@ -986,6 +986,7 @@ fn grow_options(d: &Bound<'_, PyDict>, run: &RunOptions) -> PyResult<GrowOptions
         .wait(flag(d, "wait")?)
         .overwrite(flag(d, "overwrite")?)
         .again(flag(d, "again")?)
+        .partition(opt(d, "partition")?)
         .run(run.clone());
     if let Some(secs) = opt(d, "checkpoint_secs")? {
         o = o.checkpoint_secs(secs);
@@ -999,6 +1000,8 @@ fn grow_report(r: &GrowReport) -> String {
         "chunks_linked": r.chunks_linked, "chunks_encoded": r.chunks_encoded,
         "layers_reencoded": r.layers_reencoded, "bytes_written": r.bytes_written,
         "already_done": r.already_done, "warnings": r.warnings, "seconds": r.seconds,
+        "layers_resumed": r.layers_resumed,
+        "parts_waiting": r.parts_waiting.map(|(done, total)| [done, total]),
     })
     .to_string()
 }

@@ -65,6 +65,10 @@ pub(crate) struct AppendArgs {
     /// Input held in memory at once when encoding a layer (default 256MiB).
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     memory: Option<u64>,
+    /// Do part I of N of the new layers (0 <= I < N); the last part to finish commits
+    /// (spec/SCALE.md §1). Parts run at once or one after another, anywhere the store is.
+    #[arg(long, value_parser = super::job::parse_partition, value_name = "I/N")]
+    partition: Option<(u32, u32)>,
     #[command(flatten)]
     common: Common,
 }
@@ -135,7 +139,8 @@ pub(crate) fn append(a: AppendArgs, g: &Global) -> CliResult {
         .axis(a.axis)
         .cast(a.cast)
         .again(a.again)
-        .memory(a.memory);
+        .memory(a.memory)
+        .partition(a.partition);
     // Stores are joined one by one (their chunks linked where they fit); files as `convert`
     // reads them, together (several slices stack into rows).
     let raw = RawOptions {
@@ -200,6 +205,7 @@ fn report(r: &GrowReport, c: &Common, g: &Global, verb: &str) -> CliResult {
             "bytes_written": r.bytes_written,
             "exchanged": r.exchanged,
             "already_done": r.already_done,
+            "parts_waiting": r.parts_waiting.map(|(done, total)| json!({"done": done, "parts": total})),
             "warnings": r.warnings,
             "seconds": r.seconds,
         }))
@@ -218,6 +224,18 @@ fn report(r: &GrowReport, c: &Common, g: &Global, verb: &str) -> CliResult {
                 chunkwise::support::fmt_shape(&r.shape),
             ),
         })?;
+    } else if let Some((total, _)) = r.parts_waiting.filter(|(d, t)| d == t) {
+        say(format!(
+            "part done; all {total} parts of the append to {} done, committed by another part",
+            r.path.display()
+        ))?;
+    } else if let Some((done, total)) = r.parts_waiting {
+        say(format!(
+            "part done; {done} of {total} parts of the append to {} done, waiting for the others \
+             (the last to finish commits; `chunkwise status {}` shows them)",
+            r.path.display(),
+            r.path.display()
+        ))?;
     } else if !g.quiet {
         let from = r
             .old_shape

@@ -10,6 +10,7 @@ use super::{CliResult, Global, Outcome, parse_size, say};
 /// The commands that split into parts, and whether their memory plan is `--memory`.
 const SPLITTABLE: &[(&str, bool)] = &[
     ("convert", true),
+    ("append", false),
     ("gaussian", true),
     ("correlate1d", true),
     ("lut", true),

@@ -18,7 +18,7 @@ use crate::progress::Tracker;
 use crate::region::Region;
 use crate::store::{
     Edges, FileWriter, GridCodec, Layout, Progress, Staging, crash_point, link_chunk, link_or_copy,
-    place, remove_chunk, sync_filesystem,
+    place, remove_chunk, sync_filesystem, test_delay,
 };
 use crate::view::View;
 
@@ -227,6 +227,7 @@ pub(super) fn apply(join: &Join<'_>, target: &Target<'_>, todo: &[usize]) -> Res
                             .push((tmp, dst));
                     }
                     tracker.add(1);
+                    test_delay();
                     Ok(())
                 })?;
             }

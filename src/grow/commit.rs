@@ -9,14 +9,15 @@ use std::time::Instant;
 use serde_json::Value;
 
 use super::apply::{Checkpoint, Done, Join, Target, apply, checkpoint_secs, link_tree};
+use super::parts::{self, Ended, Ident, Opened};
 use super::plan::{Act, Operand, Plan, choose_plan, grid_count, shape_of, stored_reencoded};
 use super::{GrowOptions, GrowReport};
 use crate::error::{Error, IoContext, Result};
 use crate::fingerprint::{fnv1a, stamp};
 use crate::progress::{Tracker, Unit};
 use crate::store::{
-    BuildDir, Durability, GridCodec, Journal, Layout, Moving, NEW_SUFFIX, PROGRESS_FILE, Progress,
-    Staging, TMP_SUFFIX, commit_metadata, crash_point, exchange, is_store, remove_chunk, sync_dir,
+    BuildDir, Durability, GridCodec, Journal, Layout, Moving, NEW_SUFFIX, Progress, Staging,
+    TMP_SUFFIX, commit_metadata, crash_point, exchange, is_store, remove_chunk, sync_dir,
     sync_filesystem, write_metadata,
 };
 use crate::view::View;
@@ -64,8 +65,9 @@ pub(super) fn already_done(
         return Ok(None);
     };
     if j.fingerprint == fp && j.to == target.shape() && j.from != j.to {
-        // A run killed after its commit may have left its progress record.
-        let _ = fs::remove_file(target.path().join(PROGRESS_FILE));
+        // A run killed after its commit may have left its progress records (and a part its
+        // lock); the parts of another append may be running: theirs stay.
+        super::parts::tidy(target.path(), fp)?;
         return Ok(Some(GrowReport::unchanged(
             target.path(),
             Some(j.from),
@@ -273,7 +275,7 @@ pub(super) fn grow_in_place(
         reshaped = true;
     }
     let sync = opts.run.durability == Durability::Sync;
-    let layers_reencoded = stored_reencoded(
+    let mut layers_reencoded = stored_reencoded(
         &Plan {
             layers: todo.iter().map(|&l| plan.layers[l].clone()).collect(),
             axis_edges: plan.axis_edges.clone(),
@@ -284,22 +286,81 @@ pub(super) fn grow_in_place(
     // same command on the same array skips those a killed run finished (APPEND §5.1).
     let mut layers_resumed = 0;
     let target_meta = fnv1a(&target.meta().to_string());
-    let record = Progress::read(target.path());
-    let ours = |p: &Progress| {
-        p.fingerprint == fp && p.target_meta == target_meta && p.from == old_shape && p.to == shape
+    let id = Ident {
+        fingerprint: fp,
+        target_meta: &target_meta,
+        from: &old_shape,
+        to: &shape,
     };
-    if record.as_ref().is_some_and(|p| !ours(p)) {
-        // Another edit was killed after placing chunks past the extent (its record says so):
-        // they are not this one's, and would otherwise linger and count as stored.
-        target.remove_outside_grid()?;
-    }
+    let every = std::time::Duration::from_secs_f64(checkpoint_secs(opts)?.min(1e9));
+    let mut part_run = None;
     let checkpoint = if reshaped {
+        if opts.partition.is_some() {
+            return Err(Error::option(
+                "partition",
+                format!(
+                    "this append re-shapes existing chunks of {} (its grid is rectilinear and \
+                     the edge layer changes length), which is done in one process: leave \
+                     --partition out",
+                    target.path().display()
+                ),
+            ));
+        }
         None
+    } else if let Some(part) = opts.partition {
+        match parts::open(target, &id, &todo, part, sync)? {
+            Opened::Committed => {
+                return Ok(GrowReport::unchanged(
+                    target.path(),
+                    Some(old_shape),
+                    shape,
+                    &meta,
+                    true,
+                    start,
+                ));
+            }
+            Opened::Open(run) => {
+                let (a, b) = run.range();
+                todo.retain(|&l| (a..b).contains(&(l as u64)));
+                layers_reencoded = stored_reencoded(
+                    &Plan {
+                        layers: todo.iter().map(|&l| plan.layers[l].clone()).collect(),
+                        axis_edges: plan.axis_edges.clone(),
+                    },
+                    &ops,
+                );
+                let n = todo.len();
+                todo.retain(|&l| !run.before.contains(&(l as u64)));
+                layers_resumed = (n - todo.len()) as u64;
+                let record = run.record(&id, run.before.clone(), false);
+                part_run = Some(run);
+                Some(Checkpoint {
+                    store: target.path().to_path_buf(),
+                    record,
+                    every,
+                    sync,
+                })
+            }
+        }
     } else {
-        let before: Vec<u64> = record
-            .filter(|p| ours(p))
-            .map(|p| p.layers)
-            .unwrap_or_default();
+        let records = Progress::read_all(target.path())?;
+        if records
+            .iter()
+            .any(|(_, r)| r.as_ref().is_none_or(|p| !id.matches(p)))
+        {
+            // Another edit was killed after placing chunks past the extent (its record says
+            // so): they are not this one's, and would otherwise linger and count as stored.
+            target.remove_outside_grid()?;
+            Progress::remove_all(target.path())?;
+        }
+        // What a killed run of this same command placed, in one process or in parts.
+        let mut before: Vec<u64> = records
+            .into_iter()
+            .filter_map(|(_, r)| r.filter(|p| id.matches(p)))
+            .flat_map(|p| p.layers)
+            .collect();
+        before.sort_unstable();
+        before.dedup();
         let n = todo.len();
         todo.retain(|&l| !before.contains(&(l as u64)));
         layers_resumed = (n - todo.len()) as u64;
@@ -307,12 +368,13 @@ pub(super) fn grow_in_place(
             store: target.path().to_path_buf(),
             record: Progress {
                 fingerprint: fp.to_string(),
-                target_meta,
+                target_meta: target_meta.clone(),
                 from: old_shape.clone(),
                 to: shape.clone(),
                 layers: before,
+                part: None,
             },
-            every: std::time::Duration::from_secs_f64(checkpoint_secs(opts)?.min(1e9)),
+            every,
             sync,
         })
     };
@@ -339,9 +401,13 @@ pub(super) fn grow_in_place(
         tracker: &tracker,
     };
     let mut warnings = Vec::new();
+    let mut parts_waiting = None;
     let (done, exchanged, meta_bytes) = if let Some(cp) = &checkpoint {
         let out = Layout::from_json(target.path(), meta.clone())?;
-        let staging = Staging::new(target.path());
+        let staging = match opts.partition {
+            Some((i, n)) => Staging::for_part(target.path(), i, n),
+            None => Staging::new(target.path()),
+        };
         // The record exists before any chunk is placed past the extent, so that whatever a
         // kill leaves there is known to a later, different edit (which removes it).
         cp.record.write(&cp.store, sync)?;
@@ -359,17 +425,36 @@ pub(super) fn grow_in_place(
             // Staged files are never resumed: free their space now (a full disk, say).
             staging.remove();
         })?;
-        crash_point("staged");
-        let jb = journal.write(target.path())?;
-        crash_point("journaled");
-        if sync {
-            sync_filesystem(target.path())?;
-        }
-        commit_metadata(target.path(), &meta, sync)?;
-        crash_point("committed");
         staging.remove();
-        let _ = fs::remove_file(target.path().join(PROGRESS_FILE));
-        (done, false, meta_len(&meta) + jb)
+        crash_point("staged");
+        let commit = || -> Result<u64> {
+            let jb = journal.write(target.path())?;
+            crash_point("journaled");
+            if sync {
+                sync_filesystem(target.path())?;
+            }
+            commit_metadata(target.path(), &meta, sync)?;
+            crash_point("committed");
+            // After the commit the edit stands: what is left here is removed by the next writer.
+            Staging::new(target.path()).remove();
+            let _ = Progress::remove_all(target.path());
+            Ok(meta_len(&meta) + jb)
+        };
+        let bytes = match part_run {
+            None => commit()?,
+            Some(run) => match parts::finish(run, target.path(), &id, sync, commit)? {
+                Ended::Committed(b) => b,
+                Ended::CommittedElsewhere { total } => {
+                    parts_waiting = Some((total, total));
+                    0
+                }
+                Ended::Waiting { done, total } => {
+                    parts_waiting = Some((done, total));
+                    0
+                }
+            },
+        };
+        (done, false, bytes)
     } else {
         // Removed on drop: on an error before the commit (a full disk, say) the rebuilt
         // directory goes with its space; after it, what is left there is the old array.
@@ -430,6 +515,7 @@ pub(super) fn grow_in_place(
         exchanged,
         already_done: false,
         warnings,
+        parts_waiting,
         seconds: start.elapsed().as_secs_f64(),
     })
 }
@@ -510,6 +596,7 @@ pub(super) fn build_new(
         exchanged: false,
         already_done: false,
         warnings: Vec::new(),
+        parts_waiting: None,
         seconds: start.elapsed().as_secs_f64(),
     };
     if opts.move_inputs {

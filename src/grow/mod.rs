@@ -25,6 +25,7 @@ use crate::store::{
 
 mod apply;
 mod commit;
+mod parts;
 mod plan;
 mod stack;
 
@@ -98,6 +99,7 @@ pub struct GrowOptions {
     again: bool,
     run: RunOptions,
     checkpoint_secs: Option<f64>,
+    partition: Option<(u32, u32)>,
 }
 
 impl std::fmt::Debug for GrowOptions {
@@ -111,11 +113,19 @@ impl std::fmt::Debug for GrowOptions {
             .field("wait", &self.wait)
             .field("overwrite", &self.overwrite)
             .field("again", &self.again)
+            .field("partition", &self.partition)
             .finish_non_exhaustive()
     }
 }
 
 impl GrowOptions {
+    /// Do only part `I` of `N` of an append's new layers (`--partition I/N`, spec/SCALE.md
+    /// §1): the parts run anywhere, at once or one after another, and the last to finish
+    /// commits. `None` (the default): the whole append in this process.
+    pub fn partition(mut self, part: Option<(u32, u32)>) -> Self {
+        self.partition = part;
+        self
+    }
     /// The axis to grow along (default 0).
     pub fn axis(mut self, axis: usize) -> Self {
         self.axis = axis;
@@ -204,6 +214,10 @@ pub struct GrowReport {
     /// What went wrong after the result was committed (it stands): with `--move`, an input
     /// that could not be removed.
     pub warnings: Vec<String>,
+    /// A part of an append in parts that did not commit: `(done, total)` parts; with
+    /// `done < total` the array is not grown yet (the last part to finish commits), with
+    /// `done == total` another part committed as this one finished.
+    pub parts_waiting: Option<(u32, u32)>,
     /// Wall-clock seconds.
     pub seconds: f64,
 }
@@ -231,6 +245,7 @@ impl GrowReport {
             exchanged: false,
             already_done,
             warnings: Vec::new(),
+            parts_waiting: None,
             seconds: start.elapsed().as_secs_f64(),
         }
     }
@@ -263,8 +278,19 @@ pub fn append(store: &Path, inputs: &[Input], opts: &GrowOptions) -> Result<Grow
         recover_replacement(store)?;
         check_target(store)?;
         checkpoint_secs(opts)?;
-        let _lock = StoreLock::acquire(store, opts.wait)?;
-        clean_stale(store)?;
+        // The parts of an append in parts share the lock (no other writer runs meanwhile), and
+        // clean only what is theirs (APPEND §5.2).
+        let _lock = match opts.partition {
+            Some(part) => {
+                crate::store::check_part(part)?;
+                StoreLock::acquire_shared(store, opts.wait)?
+            }
+            None => {
+                let lock = StoreLock::acquire(store, opts.wait)?;
+                clean_stale(store)?;
+                lock
+            }
+        };
         let target = Layout::read(store)?;
         check_axis(&target, opts.axis)?;
         check_not_self(store, inputs)?;
@@ -293,6 +319,18 @@ pub fn append(store: &Path, inputs: &[Input], opts: &GrowOptions) -> Result<Grow
     })
 }
 
+/// Refuses `--partition` for a command that does not split: joins link chunks, a metadata
+/// edit with nothing to share out.
+pub(crate) fn no_parts(opts: &GrowOptions, what: &str) -> Result<()> {
+    match opts.partition {
+        Some(_) => Err(Error::option(
+            "partition",
+            format!("{what} does not split into parts (it links chunks); only append does"),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Joins the stores `inputs` along the axis into a new array at `out` (APPEND §3).
 ///
 /// ```no_run
@@ -308,6 +346,7 @@ pub fn append(store: &Path, inputs: &[Input], opts: &GrowOptions) -> Result<Grow
 /// `overwrite`; [`Error::InvalidOption`] for an output inside an input, or an input given
 /// twice; as [`append`].
 pub fn concat(inputs: &[PathBuf], out: &Path, opts: &GrowOptions) -> Result<GrowReport> {
+    no_parts(opts, "concat")?;
     for p in inputs.iter().map(PathBuf::as_path).chain([out]) {
         crate::store::local_only(p, "concat")?;
     }
@@ -343,6 +382,7 @@ pub fn concat(inputs: &[PathBuf], out: &Path, opts: &GrowOptions) -> Result<Grow
 /// # Errors
 /// As [`concat()`] and [`append`].
 pub fn concat_into(target: &Path, others: &[PathBuf], opts: &GrowOptions) -> Result<GrowReport> {
+    no_parts(opts, "concat")?;
     for p in others.iter().map(PathBuf::as_path).chain([target]) {
         crate::store::local_only(p, "concat")?;
     }

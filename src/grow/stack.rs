@@ -32,6 +32,7 @@ use crate::store::{
 /// As [`concat()`](super::concat()); [`crate::GrowError::Incompatible`] also for a shape or
 /// a codec that cannot gain an axis.
 pub fn stack(inputs: &[PathBuf], out: &Path, opts: &GrowOptions) -> Result<GrowReport> {
+    super::no_parts(opts, "stack")?;
     for p in inputs.iter().map(PathBuf::as_path).chain([out]) {
         crate::store::local_only(p, "stack")?;
     }
@@ -110,6 +111,7 @@ pub fn stack(inputs: &[PathBuf], out: &Path, opts: &GrowOptions) -> Result<GrowR
             exchanged: false,
             already_done: false,
             warnings: Vec::new(),
+            parts_waiting: None,
             seconds: start.elapsed().as_secs_f64(),
         };
         if opts.move_inputs {

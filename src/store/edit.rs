@@ -7,14 +7,15 @@
 //! reader of the old metadata can reach holds data that decodes, under the old metadata, to
 //! the old array.
 
-use std::fs;
-use std::path::Path;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::txn::{
-    NEW_SUFFIX, Staging, TMP_SUFFIX, recover_replacement, sibling, sync_dir, write_atomic,
+    NEW_SUFFIX, Staging, TMP_SUFFIX, recover_replacement, sibling, sync_dir, try_lock_briefly,
+    write_atomic,
 };
 use crate::error::{IoContext, Result};
 
@@ -36,10 +37,13 @@ pub(crate) fn clean_stale(store: &Path) -> Result<()> {
     if new.exists() {
         fs::remove_dir_all(&new).at(&new)?;
     }
-    // Half-written zarr.json, journal or progress record (temp names of `write_atomic`).
+    // Half-written zarr.json, journal or progress record (temp names of `write_atomic`), and
+    // the locks of an append in parts (none runs: its parts hold the store lock shared).
     for e in fs::read_dir(store).at(store)? {
         let e = e.at(store)?;
-        if e.file_name().to_string_lossy().ends_with(TMP_SUFFIX) && e.path().is_file() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let part_lock = name.starts_with(".chunkwise-part") && name.ends_with(".lock");
+        if (name.ends_with(TMP_SUFFIX) || part_lock) && e.path().is_file() {
             let p = e.path();
             fs::remove_file(&p).at(&p)?;
         }
@@ -90,19 +94,143 @@ pub(crate) struct Progress {
     pub(crate) from: Vec<u64>,
     pub(crate) to: Vec<u64>,
     pub(crate) layers: Vec<u64>,
+    /// The part of an append run in parts (`--partition I/N`, spec/SCALE.md §1); `None` for
+    /// one process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) part: Option<PartOf>,
+}
+
+/// Which part of an append in parts a progress record is, the layers of every part (the
+/// first part to start records the split; every part follows it), and whether the part has
+/// placed all of its layers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct PartOf {
+    pub(crate) index: u32,
+    pub(crate) parts: u32,
+    pub(crate) split: Vec<(u64, u64)>,
+    pub(crate) finished: bool,
+}
+
+/// The progress record of part `i` of `n` of an append: `STORE/.chunkwise-progress.I.N.json`.
+fn part_record(store: &Path, i: u32, n: u32) -> PathBuf {
+    store.join(format!(".chunkwise-progress.{i}.{n}.json"))
+}
+
+/// Whether `name` is a progress record (one process's, or a part's).
+fn is_progress_name(name: &str) -> bool {
+    name == PROGRESS_FILE
+        || (name.starts_with(".chunkwise-progress.")
+            && name.ends_with(".json")
+            && !name.ends_with(TMP_SUFFIX))
 }
 
 impl Progress {
-    /// The progress record in `store`, if any (an unreadable one counts as none).
-    pub(crate) fn read(store: &Path) -> Option<Progress> {
-        read_record(&store.join(PROGRESS_FILE))
+    /// Every progress record in `store`: one process's and the parts' (unreadable ones are
+    /// listed as `None`, so that they are removed with the other stale records).
+    pub(crate) fn read_all(store: &Path) -> Result<Vec<(PathBuf, Option<Progress>)>> {
+        let mut out = Vec::new();
+        for e in fs::read_dir(store).at(store)? {
+            let e = e.at(store)?;
+            if is_progress_name(&e.file_name().to_string_lossy()) {
+                let p = e.path();
+                out.push((p.clone(), read_record(&p)));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
     }
 
-    /// Writes the record into `store` (temp + rename; fsynced with `sync`).
+    /// Removes every progress record in `store` (after a commit, or when a write makes them
+    /// wrong).
+    ///
+    /// # Errors
+    /// [`Error::Io`].
+    pub(crate) fn remove_all(store: &Path) -> Result<()> {
+        for (p, _) in Progress::read_all(store)? {
+            match fs::remove_file(&p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).at(&p),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the record into `store` (temp + rename; fsynced with `sync`): a part's under its
+    /// own name.
     pub(crate) fn write(&self, store: &Path, sync: bool) -> Result<()> {
         let text = serde_json::to_string(self).expect("plain JSON");
-        write_atomic(&store.join(PROGRESS_FILE), text.as_bytes(), sync)
+        let path = match &self.part {
+            Some(p) => part_record(store, p.index, p.parts),
+            None => store.join(PROGRESS_FILE),
+        };
+        write_atomic(&path, text.as_bytes(), sync)
     }
+}
+
+/// The lock part `i` of `n` holds while it runs.
+pub(crate) fn part_lock(store: &Path, i: u32, n: u32) -> PathBuf {
+    store.join(format!(".chunkwise-part.{i}.{n}.lock"))
+}
+
+/// Whether a process holds part `i` of `n`'s lock now.
+pub(crate) fn part_running(store: &Path, i: u32, n: u32) -> bool {
+    File::open(part_lock(store, i, n)).is_ok_and(|f| !try_lock_briefly(&f, false))
+}
+
+/// The parts of an append in parts under way in the array `layout`, if one is: for each part
+/// its new chunks, those placed, and whether a process holds its lock.
+pub(crate) fn append_status(layout: &super::Layout) -> Result<Option<Vec<super::PartStatus>>> {
+    let store = layout.path();
+    let records: Vec<Progress> = Progress::read_all(store)?
+        .into_iter()
+        .filter_map(|(_, r)| r)
+        .filter(|r| r.part.is_some())
+        .collect();
+    let Some(first) = records.first() else {
+        return Ok(None);
+    };
+    let Some(job) = first.part.as_ref() else {
+        return Ok(None);
+    };
+    let n = job.parts;
+    let split = job.split.clone();
+    // The chunks of a layer along the growth axis (the one whose length changes).
+    let axis = (0..first.to.len())
+        .find(|&k| first.from.get(k) != first.to.get(k))
+        .unwrap_or(0);
+    let per_layer: u64 = layout
+        .edges()
+        .iter()
+        .zip(layout.shape())
+        .enumerate()
+        .filter(|&(k, _)| k != axis)
+        .map(|(_, (e, &len))| e.list(len).len() as u64)
+        .product();
+    let mut parts = Vec::new();
+    for i in 0..n {
+        let (a, b) = split.get(i as usize).copied().unwrap_or((0, 0));
+        let mine = records.iter().find(|r| {
+            r.fingerprint == first.fingerprint
+                && r.part
+                    .as_ref()
+                    .is_some_and(|p| p.index == i && p.parts == n)
+        });
+        let done = mine.map_or(0, |r| {
+            if r.part.as_ref().is_some_and(|p| p.finished) {
+                b - a
+            } else {
+                r.layers.iter().filter(|l| (a..b).contains(l)).count() as u64
+            }
+        });
+        parts.push(super::PartStatus {
+            index: i,
+            of: n,
+            chunks: (b - a) * per_layer,
+            done: done * per_layer,
+            running: part_running(store, i, n),
+        });
+    }
+    Ok(Some(parts))
 }
 
 /// A JSON record of ours, if it is there and readable (anything else counts as none).

@@ -54,6 +54,9 @@ pub(crate) enum Finish {
     },
 }
 
+#[path = "job_remote.rs"]
+mod remote;
+
 /// Settings of a job's output.
 pub(crate) struct JobOptions<'a> {
     pub fingerprint: &'a str,
@@ -80,7 +83,7 @@ pub(crate) struct JobWriter {
     lock_path: PathBuf,
     /// Whether an array was at the output when the job was opened (then replaced on publish).
     replace: bool,
-    log: Mutex<File>,
+    log: Option<Mutex<File>>,
     pending: Mutex<Vec<Vec<u64>>>,
     checkpointing: Mutex<()>,
     split: Vec<(u64, u64)>,
@@ -88,6 +91,9 @@ pub(crate) struct JobWriter {
     part: (u32, u32),
     /// When the log was last written.
     last_checkpoint: Mutex<std::time::Instant>,
+    /// An output on object storage (then `files` and `log` are `None`: chunks are PUT in
+    /// place, the logs are objects; spec/SCALE.md §6).
+    remote: Option<Box<remote::RemoteOut>>,
 }
 
 /// The longest a done chunk waits to be logged (so that a part killed from outside loses at
@@ -172,7 +178,11 @@ fn read_log(p: &Path, done: &mut ChunkSet) -> Result<()> {
         Err(e) => return Err(Error::io(p, e)),
     };
     // Read line by line: a log of millions of chunks is never held whole.
-    let mut r = std::io::BufReader::new(f);
+    parse_log(std::io::BufReader::new(f), p, done)
+}
+
+/// Adds the chunks a log's lines (`i,j,k`) record to `done`; `p` names it in errors.
+fn parse_log(mut r: impl BufRead, p: &Path, done: &mut ChunkSet) -> Result<()> {
     let mut line = String::new();
     let mut idx = Vec::new();
     loop {
@@ -204,7 +214,6 @@ fn finished_file(tmp: &Path, part: u32, parts: u32) -> PathBuf {
 impl JobWriter {
     /// Opens (or resumes) the job writing `spec` to `path`.
     pub(crate) fn open(spec: &StoreSpec, path: &Path, o: &JobOptions<'_>) -> Result<JobState> {
-        super::local_only(path, "a job's output (a kernel, or convert in parts)")?;
         let grid = spec.validate()?;
         let (part, parts) = o.partition;
         if parts == 0 || part >= parts {
@@ -212,6 +221,9 @@ impl JobWriter {
                 "partition",
                 format!("{part}/{parts}: need 0 <= I < N"),
             ));
+        }
+        if super::is_url(path) {
+            return JobWriter::open_remote(spec, grid, &path.to_string_lossy(), o);
         }
         let path = &resolve_links(path)?;
         check_utf8(path)?;
@@ -330,12 +342,13 @@ impl JobWriter {
                 lock: Some(lock),
                 lock_path,
                 replace,
-                log: Mutex::new(log),
+                log: Some(Mutex::new(log)),
                 pending: Mutex::new(Vec::new()),
                 checkpointing: Mutex::new(()),
                 split,
                 part: (part, parts),
                 last_checkpoint: Mutex::new(std::time::Instant::now()),
+                remote: None,
             }),
             done,
         ))
@@ -359,6 +372,9 @@ impl JobWriter {
     /// Encodes and queues chunk `idx` (not written if all zero); it is logged as done at the
     /// next checkpoint. Returns the encoded size.
     pub(crate) fn write_chunk(&self, idx: &[u64], data: &[u8]) -> Result<u64> {
+        if let Some(r) = &self.remote {
+            return self.write_remote(r, idx, data);
+        }
         let files = self.files.as_ref().expect("files are open until finish");
         let n = encode_and_queue(
             &self.codec,
@@ -405,6 +421,7 @@ impl JobWriter {
             .lock()
             .expect("no panics holding the list")
             .len()
+            + self.in_flight()
     }
 
     /// Waits for queued chunks to be written, syncs them, and logs them as done.
@@ -413,6 +430,9 @@ impl JobWriter {
             .checkpointing
             .lock()
             .expect("no panics holding the lock");
+        if let Some(r) = &self.remote {
+            return self.checkpoint_remote(r);
+        }
         let pending =
             std::mem::take(&mut *self.pending.lock().expect("no panics holding the list"));
         *self
@@ -435,7 +455,12 @@ impl JobWriter {
             text.push_str(&line.join(","));
             text.push('\n');
         }
-        let mut log = self.log.lock().expect("no panics holding the log");
+        let mut log = self
+            .log
+            .as_ref()
+            .expect("a local job has its log")
+            .lock()
+            .expect("no panics holding the log");
         let path = &self.tmp_path;
         log.write_all(text.as_bytes()).at(path)?;
         if self.durability == Durability::Sync {
@@ -447,6 +472,10 @@ impl JobWriter {
     /// Ends this partition after an error a rerun with the same settings would meet again (a
     /// kernel refusing its input): the build directory goes, unless another partition runs.
     pub(crate) fn abandon(mut self) {
+        if self.remote.is_some() {
+            // On object storage what is done stays (no part knows whether others run).
+            return;
+        }
         drop(self.files.take());
         // Our own lock is held until the directory is gone (it is ours to remove).
         let _ = wipe(&self.tmp_path, &self.final_path, Some(&self.lock_path));
@@ -458,6 +487,9 @@ impl JobWriter {
     /// million chunks in 64 parts ends in 64 marker checks, not 64 reads of every log).
     pub(crate) fn finish(mut self) -> Result<Finish> {
         self.checkpoint()?;
+        if self.remote.is_some() {
+            return self.finish_remote();
+        }
         self.files.take().expect("finish runs once").finish()?;
         let total = self.grid.num_chunks();
         let tmp = self.tmp_path.clone();
@@ -587,6 +619,9 @@ impl PartStatus {
 /// # Errors
 /// [`Error::NotFound`] when there is neither an array nor a job at `out`; I/O errors.
 pub fn job_status(out: &Path) -> Result<JobStatus> {
+    if super::is_url(out) {
+        return remote::job_status_remote(&out.to_string_lossy());
+    }
     let path = resolve_links(out)?;
     let published = is_store(&path);
     let fingerprint = published
@@ -622,6 +657,21 @@ pub fn job_status(out: &Path) -> Result<JobStatus> {
         }
         if !published && !path.is_file() {
             return Err(Error::NotFound(path));
+        }
+        if published
+            && let Ok(layout) = super::Layout::read(&path)
+            && let Some(parts) = super::append_status(&layout)?
+        {
+            // An append in parts under way: the array is there, its new layers not yet.
+            return Ok(JobStatus {
+                published: false,
+                fingerprint,
+                building: true,
+                chunks_total: parts.iter().map(|p| p.chunks).sum(),
+                chunks_done: parts.iter().map(|p| p.done).sum(),
+                parts,
+                path,
+            });
         }
         return Ok(JobStatus {
             published: true,

@@ -42,7 +42,10 @@ use crate::error::{Error, InputError, Result, StoreError, to_usize};
 use crate::grid::{Grid, indices_in};
 use crate::region::{Region, fmt_shape};
 
-pub(crate) use edit::{Journal, Moving, PROGRESS_FILE, Progress, clean_stale, commit_metadata};
+pub(crate) use edit::{
+    Journal, Moving, PartOf, Progress, append_status, clean_stale, commit_metadata, part_lock,
+    part_running,
+};
 pub(crate) use files::FileWriter;
 pub(crate) use job::{Finish, JobOptions, JobState, JobWriter};
 pub use job::{JobStatus, PartStatus, job_status};
@@ -53,10 +56,10 @@ pub(crate) use remote::{Remote, is_url};
 pub(crate) use spec::GridCodec;
 pub use spec::{ChunkCodec, Codec, Durability, StoreSpec};
 pub(crate) use txn::{
-    BuildDir, NEW_SUFFIX, OutputFile, Staging, StoreLock, TMP_SUFFIX, check_removable, check_utf8,
-    crash_point, exchange, link_chunk, link_or_copy, lock_existing, parent_dir, place,
-    recover_replacement, remove_chunk, resolve_links, sync_dir, sync_filesystem, test_delay,
-    write_atomic, write_output,
+    BuildDir, NEW_SUFFIX, OutputFile, PathLock, STAGING_DIR, Staging, StoreLock, TMP_SUFFIX,
+    check_removable, check_utf8, crash_point, exchange, link_chunk, link_or_copy, lock_existing,
+    parent_dir, place, recover_replacement, remove_chunk, resolve_links, sync_dir, sync_filesystem,
+    test_delay, try_lock_briefly, write_atomic, write_output,
 };
 pub use write::WriteReport;
 pub use writer::StoreWriter;

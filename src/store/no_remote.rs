@@ -55,6 +55,9 @@ impl Remote {
     pub(crate) fn list(&self) -> Result<Vec<(String, u64, String)>> {
         Ok(Vec::new())
     }
+    pub(crate) fn list_under(&self, _: &str) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
     pub(crate) fn delete_key(&self, _: &str) -> Result<()> {
         Ok(())
     }

@@ -275,6 +275,19 @@ impl Remote {
             .map_err(|e| remote_error(&self.url, &e))
     }
 
+    /// The keys under `sub` (a "directory" of the prefix, e.g. `.chunkwise-job/`), without
+    /// listing the rest of the array.
+    ///
+    /// # Errors
+    /// [`StoreError::Remote`].
+    pub(crate) fn list_under(&self, sub: &str) -> Result<Vec<String>> {
+        use futures::TryStreamExt;
+        let p = ObjPath::from(sub);
+        block_on(self.root.list(Some(&p)).try_collect::<Vec<_>>())
+            .map(|v| v.into_iter().map(|m| m.location.to_string()).collect())
+            .map_err(|e| remote_error(&format!("{}/{sub}", self.url), &e))
+    }
+
     /// Deletes the object at `key` (none there is no error).
     ///
     /// # Errors

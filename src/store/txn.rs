@@ -599,6 +599,15 @@ impl Staging {
         }
     }
 
+    /// The staging area of one part of an append in parts: a directory of its own inside the
+    /// array's (so that one part's cleanup never removes another's staged files).
+    pub(crate) fn for_part(root: &Path, part: u32, parts: u32) -> Staging {
+        Staging {
+            root: root.to_path_buf(),
+            dir: root.join(STAGING_DIR).join(format!("part.{part}.{parts}")),
+        }
+    }
+
     /// The staging directory.
     pub(crate) fn dir(&self) -> &Path {
         &self.dir

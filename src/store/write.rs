@@ -18,10 +18,10 @@ use super::files::FileWriter;
 use super::spec::{Durability, GridCodec, StoreSpec};
 use super::txn::{Staging, StoreLock, place, remove_chunk, sync_dir};
 use super::writer::sync_written;
-use super::{Store, edit::PROGRESS_FILE, edit::clean_stale};
+use super::{Progress, Store, edit::clean_stale};
 use crate::copy::is_fill;
 use crate::dtype::{DType, Scalar};
-use crate::error::{Error, InputError, IoContext, Result, StoreError, to_usize};
+use crate::error::{Error, InputError, Result, StoreError, to_usize};
 use crate::grid::{edges_region, indices_in};
 use crate::progress::{Tracker, Unit};
 use crate::region::{Region, fmt_shape};
@@ -208,10 +208,7 @@ impl Store {
         clean_stale(self.path())?;
         // An uncommitted append's record of finished layers: this write may rewrite a chunk it
         // counted done, so the append's rerun starts over (APPEND §5.1).
-        let progress = self.path().join(PROGRESS_FILE);
-        if progress.exists() {
-            std::fs::remove_file(&progress).at(&progress)?;
-        }
+        Progress::remove_all(self.path())?;
         let codec = GridCodec::new(&self.metadata_json(), self.path())?;
         let bounds = self.chunk_bounds()?;
         // The chunks touching the region: per axis, those whose bounds overlap it.

@@ -220,3 +220,25 @@ def test_view_is_not_written(tmp, rng):
     with pytest.raises((cw.Error, TypeError, ValueError)):
         v[0:2] = 1
     same(a[...], x)
+
+
+def test_append_in_parts(tmp, rng):
+    """SCALE §1 a.append(path, partition=(i, n)): the array keeps its shape and values until
+    the last part, then equals np.concatenate (and zarr-python reads it); along axis 1 too."""
+    for axis in (0, 1):
+        x0 = rand(rng, (10, 9, 5), "uint16")
+        a, p = store(tmp, x0, (4, 4, 5), name=f"a{axis}.zarr")
+        x1 = rand(rng, (13, 9, 5) if axis == 0 else (10, 11, 5), "uint16")
+        src = os.path.join(tmp, f"new{axis}.npy")
+        np.save(src, x1)
+        for i in (2, 0):
+            a.append(src, axis=axis, partition=(i, 3))
+            assert cw.open(p).shape == x0.shape
+            same(cw.open(p)[...], x0)
+        a.append(src, axis=axis, partition=(1, 3))
+        want = np.concatenate([x0, x1], axis=axis)
+        assert a.shape == want.shape
+        same(cw.open(p)[...], want)
+        same(zarr_read(p), want)
+        with pytest.raises(cw.InvalidOptionError, match="partition"):
+            a.append(src, axis=axis, partition=(3, 3))

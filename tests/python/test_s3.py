@@ -76,6 +76,18 @@ def test_arrays_on_s3_read_write_and_compute(s3, tmp, rng):
     m = cw.map_overlap(lambda blk: ndi.maximum_filter(blk, size=3), b, out=tmp / "m.zarr",
                        depth=1, boundary="nearest")
     np.testing.assert_array_equal(m[...], ndi.maximum_filter(x, size=3, mode="nearest"))
+    # Kernel outputs on S3 (SCALE §6): one process, and a deferred job's parts run here.
+    gs = cw.gaussian(b, f"{s3}/{tmp.name}/g.zarr", 1.5)
+    np.testing.assert_array_equal(gs[...], g[...])
+    job = cw.gaussian(b, f"{s3}/{tmp.name}/gp.zarr", 1.5, defer=True)
+    assert job.run(part=(1, 2)) is None and not job.published()
+    gp = job.run(part=(0, 2))
+    np.testing.assert_array_equal(gp[...], g[...])
+    np.testing.assert_array_equal(zarr.open_array(f"{s3}/{tmp.name}/gp.zarr", mode="r")[...],
+                                  g[...])
+    ms = cw.map_overlap(lambda blk: ndi.maximum_filter(blk, size=3), b,
+                        out=f"{s3}/{tmp.name}/m.zarr", depth=1, boundary="nearest")
+    np.testing.assert_array_equal(ms[...], m[...])
     np.testing.assert_array_equal(cw.where(b, above=4000), np.argwhere(x > 4000))
     # An array zarr-python wrote to S3, opened by chunkwise.
     zurl = f"{s3}/{tmp.name}/from-zarr.zarr"
@@ -91,7 +103,7 @@ def test_s3_errors_are_clear(s3, tmp):
         cw.open(f"{s3}/nothing-here.zarr")
     a = cw.from_array(np.ones((4, 4), np.uint8), tmp / "a.zarr")
     with pytest.raises(cw.StoreError, match="not supported yet"):
-        cw.gaussian(a, f"{s3}/g.zarr", 1)
+        cw.concat([a, a], f"{s3}/c.zarr")
     cw.convert(a, f"{s3}/{tmp.name}/o.zarr")
     with pytest.raises(cw.OutputExistsError):
         cw.convert(a, f"{s3}/{tmp.name}/o.zarr")

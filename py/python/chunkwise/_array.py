@@ -322,16 +322,22 @@ class Array:
 
     # -- growing ---------------------------------------------------------------------------
     def append(self, x, axis=0, *, layout="auto", cast=False, again=False, wait=False,
-               progress=None, threads=None, memory=None):
+               progress=None, threads=None, memory=None, partition=None):
         """Appends ``x`` (a numpy array, an Array or a path) along ``axis``; returns ``self``.
 
         Only the new chunks and at most one edge layer are written (``chunkwise append``).
+        ``partition=(i, n)`` does part ``i`` of ``n`` of the new layers (``--partition I/N``):
+        the array grows when the last part finishes; until then it keeps its old shape.
         """
         src = self._source()
         if not src.is_store():
             raise TypeError(f"{self._describe()} is not a store: only stores are appended to")
+        extra = {}
+        if partition is not None:
+            i, n = partition
+            extra["partition"] = (int(i), int(n))
         d, close = opts(progress, threads, memory, axis=int(axis), layout=layout, cast=cast,
-                        again=again, wait=wait)
+                        again=again, wait=wait, **extra)
         try:
             _chunkwise.append(self.path, [source(x)], d)
         finally:
