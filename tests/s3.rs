@@ -355,9 +355,9 @@ fn s3_errors_name_the_url_and_what_to_check() {
     // What needs a local filesystem says so, and leaves nothing behind.
     for args in [
         vec![
-            "concat",
+            "stack",
             "s3://cw-here/v.zarr",
-            "v.npy",
+            "s3://cw-here/v.zarr",
             "-o",
             "s3://cw-here/w.zarr",
         ],
@@ -546,4 +546,244 @@ fn kernel_outputs_on_s3_in_parts_publish_last_and_resume() {
         std::fs::read(d.join("l3.npy")).unwrap(),
         std::fs::read(d.join("r3.npy")).unwrap()
     );
+}
+
+/// Rows of uint16 (an LCG), with an all-zero slab so that some chunks are fill value.
+fn rows_npy(dir: &Path, name: &str, shape: &[u64], seed: u32) -> (PathBuf, Vec<u8>) {
+    let plane: u64 = shape[1..].iter().product();
+    let mut v = seed;
+    let mut bytes = Vec::new();
+    for i in 0..shape.iter().product::<u64>() {
+        v = v.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        let z = i / plane;
+        let val: u16 = if (20..34).contains(&z) {
+            0
+        } else {
+            ((v >> 16) % 4000) as u16
+        };
+        bytes.extend_from_slice(&val.to_le_bytes());
+    }
+    let p = dir.join(name);
+    chunkwise::support::write_npy(&p, chunkwise::DType::U16, shape, &bytes).unwrap();
+    (p, bytes)
+}
+
+/// The keys under `prefix` in `bucket` (an unsigned ListObjectsV2: moto accepts it).
+fn keys(port: u16, bucket: &str, prefix: &str) -> Vec<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /{bucket}?list-type=2&prefix={prefix} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    assert!(
+        !body.contains("<IsTruncated>true"),
+        "more than one page of keys"
+    );
+    body.split("<Key>")
+        .skip(1)
+        .filter_map(|k| k.split_once("</Key>").map(|(k, _)| k.to_string()))
+        .collect()
+}
+
+/// The array at `url` as raw bytes (exported by chunkwise) and its shape.
+fn remote_bytes(moto: &Moto, d: &Path, url: &str) -> (Vec<u64>, Vec<u8>) {
+    moto.ok(d, &["export", url, "-o", "got.npy", "-q", "--overwrite"]);
+    let got = crate::common::read_npy(&d.join("got.npy"));
+    (got.shape, got.bytes)
+}
+
+/// APPEND §5.3: append and concat on S3. The append's new chunks and re-encoded edge layer
+/// are PUT in place and `zarr.json` last: killed at every step the array is the old one or the
+/// new one (zarr-python agrees), the rerun completes or says "already done", a killed append
+/// of other data leaves no stale object; concat copies S3 inputs' chunks server-side.
+#[test]
+fn append_and_concat_on_s3_commit_with_zarr_json_last() {
+    crate::common::need_crash_points();
+    let dir = tmp();
+    let d = dir.path();
+    let moto = Moto::start();
+    moto.bucket("cw-grow");
+    let (a, old) = rows_npy(d, "a.npy", &[37, 12, 10], 3);
+    let (b, new) = rows_npy(d, "b.npy", &[50, 12, 10], 5);
+    // Longer than b: a killed append of it leaves chunks past where b's append ends.
+    let (other, _) = rows_npy(d, "other.npy", &[70, 12, 10], 9);
+    let joined: Vec<u8> = [old.clone(), new.clone()].concat();
+    chunkwise::support::write_npy(
+        &d.join("ab.npy"),
+        chunkwise::DType::U16,
+        &[87, 12, 10],
+        &joined,
+    )
+    .unwrap();
+    let fresh = |url: &str| {
+        moto.ok(
+            d,
+            &[
+                "convert",
+                a.to_str().unwrap(),
+                "-o",
+                url,
+                "--chunks",
+                "16,8,8",
+                "--overwrite",
+                "-q",
+            ],
+        );
+    };
+    let state = |url: &str, what: &str| -> usize {
+        let (shape, bytes) = remote_bytes(&moto, d, url);
+        if shape == [37, 12, 10] && bytes == old {
+            0
+        } else if shape == [87, 12, 10] && bytes == joined {
+            1
+        } else {
+            panic!("{what}: neither the old nor the appended array ({shape:?})");
+        }
+    };
+    let append = |url: &str, input: &Path| -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_chunkwise"));
+        moto.env(&mut c);
+        c.current_dir(d).args([
+            "append",
+            url,
+            input.to_str().unwrap(),
+            "--checkpoint-secs",
+            "0",
+        ]);
+        c
+    };
+    // The whole append; zarr-python reads the result; a rerun is already done.
+    let url = "s3://cw-grow/v.zarr";
+    fresh(url);
+    let o = append(url, &b).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(state(url, "appended"), 1);
+    moto.zarr_python("read", url, &d.join("ab.npy"));
+    let o = append(url, &b).output().unwrap();
+    assert!(stdout(&o).contains("already done"), "{}", stdout(&o));
+    // Killed at every step.
+    for step in ["checkpointed", "staged", "journaled", "committed"] {
+        let url = format!("s3://cw-grow/k-{step}.zarr");
+        fresh(&url);
+        let o = append(&url, &b)
+            .env("CHUNKWISE_CRASH_AT", step)
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{step}: not killed");
+        let committed = step == "committed";
+        assert_eq!(
+            state(&url, step),
+            usize::from(committed),
+            "killed at {step}"
+        );
+        let o = append(&url, &b).output().unwrap();
+        assert!(o.status.success(), "{step}: {}", stderr(&o));
+        let said = stdout(&o);
+        assert_eq!(said.contains("already done"), committed, "{step}: {said}");
+        if step == "checkpointed" {
+            assert!(said.contains("resumed"), "{step}: {said}");
+        }
+        assert_eq!(state(&url, &format!("{step}, rerun")), 1);
+    }
+    // A killed append of other data: its chunks past the extent go with its record.
+    let url = "s3://cw-grow/stale.zarr";
+    fresh(url);
+    let o = append(url, &other)
+        .env("CHUNKWISE_CRASH_AT", "staged")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let o = append(url, &b).output().unwrap();
+    assert!(
+        o.status.success() && !stdout(&o).contains("resumed"),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(state(url, "after a stale append"), 1);
+    let names = |prefix: &str| -> Vec<String> {
+        let mut k: Vec<String> = keys(moto.port, "cw-grow", prefix)
+            .into_iter()
+            .map(|k| k[prefix.len()..].to_string())
+            .collect();
+        k.sort();
+        k
+    };
+    assert_eq!(
+        names("stale.zarr/"),
+        names("v.zarr/"),
+        "objects left by the killed append"
+    );
+    // concat: S3 inputs' chunks copied server-side (none through here), a local one encoded.
+    let o = moto.ok(
+        d,
+        &[
+            "concat",
+            "s3://cw-grow/v.zarr",
+            "s3://cw-grow/v.zarr",
+            "-o",
+            "s3://cw-grow/vv.zarr",
+            "--json",
+        ],
+    );
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(r["chunks_linked"].as_u64().unwrap() > 0, "{r}");
+    let (shape, bytes) = remote_bytes(&moto, d, "s3://cw-grow/vv.zarr");
+    assert_eq!(shape, [174, 12, 10]);
+    assert_eq!(bytes, [joined.clone(), joined.clone()].concat());
+    moto.ok(d, &["convert", b.to_str().unwrap(), "-o", "b.zarr", "-q"]);
+    fresh("s3://cw-grow/a.zarr");
+    moto.ok(
+        d,
+        &[
+            "concat",
+            "s3://cw-grow/a.zarr",
+            "b.zarr",
+            "-o",
+            "s3://cw-grow/ab.zarr",
+            "-q",
+        ],
+    );
+    assert_eq!(remote_bytes(&moto, d, "s3://cw-grow/ab.zarr").1, joined);
+    moto.zarr_python("read", "s3://cw-grow/ab.zarr", &d.join("ab.npy"));
+    // concat --into an S3 array: an append of the stores.
+    fresh("s3://cw-grow/into.zarr");
+    moto.ok(
+        d,
+        &[
+            "convert",
+            b.to_str().unwrap(),
+            "-o",
+            "s3://cw-grow/b.zarr",
+            "--chunks",
+            "16,8,8",
+            "-q",
+        ],
+    );
+    moto.ok(
+        d,
+        &[
+            "concat",
+            "--into",
+            "s3://cw-grow/into.zarr",
+            "s3://cw-grow/b.zarr",
+            "-q",
+        ],
+    );
+    assert_eq!(remote_bytes(&moto, d, "s3://cw-grow/into.zarr").1, joined);
+    // Not on S3: parts of an append (no locks), a rectilinear grid.
+    let e = stderr(&moto.chunkwise(d, &["append", url, "b.npy", "--partition", "0/2"]));
+    assert!(e.contains("one process"), "{e}");
+    let e = stderr(&moto.chunkwise(
+        d,
+        &["append", url, "b.npy", "--layout", "rectilinear", "--again"],
+    ));
+    assert!(
+        e.contains("rectilinear") && e.contains("not supported yet"),
+        "{e}"
+    );
+    assert_eq!(state(url, "after refusals"), 1);
 }

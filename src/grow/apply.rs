@@ -17,8 +17,8 @@ use crate::grid::indices_in;
 use crate::progress::Tracker;
 use crate::region::Region;
 use crate::store::{
-    Edges, FileWriter, GridCodec, Layout, Progress, Staging, crash_point, link_chunk, link_or_copy,
-    place, remove_chunk, sync_filesystem, test_delay,
+    Edges, FileWriter, GridCodec, Layout, Progress, Remote, Staging, Upload, crash_point,
+    link_chunk, link_or_copy, place, remove_chunk, sync_filesystem, test_delay,
 };
 use crate::view::View;
 
@@ -52,6 +52,50 @@ pub(super) struct Target<'a> {
     pub(super) staging: &'a Staging,
     pub(super) in_place: bool,
     pub(super) checkpoint: Option<&'a Checkpoint>,
+    /// An array on object storage: chunks are PUT in place (no staging, no rename) and the
+    /// progress record is an object (spec/SCALE.md §6).
+    pub(super) remote: Option<&'a RemoteSink>,
+}
+
+/// Uploads to an array on object storage.
+pub(super) struct RemoteSink {
+    pub(super) remote: std::sync::Arc<Remote>,
+    uploads: std::sync::Mutex<std::collections::VecDeque<Upload>>,
+}
+
+/// Uploads under way at once.
+const IN_FLIGHT: usize = 16;
+
+impl RemoteSink {
+    pub(super) fn new(remote: std::sync::Arc<Remote>) -> RemoteSink {
+        RemoteSink {
+            remote,
+            uploads: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Starts the PUT of `bytes` at `key`, waiting for the oldest upload beyond the bound.
+    fn put(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
+        let upload = self.remote.put_async(key, bytes);
+        let oldest = {
+            let mut q = self.uploads.lock().expect("no panics holding the queue");
+            q.push_back(upload);
+            (q.len() > IN_FLIGHT).then(|| q.pop_front()).flatten()
+        };
+        match oldest {
+            Some(u) => u.wait(),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for every upload started so far.
+    pub(super) fn flush(&self) -> Result<()> {
+        let q = std::mem::take(&mut *self.uploads.lock().expect("no panics holding the queue"));
+        for u in q {
+            u.wait()?;
+        }
+        Ok(())
+    }
 }
 
 /// Carries out the layers of `plan` selected by `todo` into the array directory of `out`
@@ -70,6 +114,7 @@ pub(super) fn apply(join: &Join<'_>, target: &Target<'_>, todo: &[usize]) -> Res
         staging,
         in_place,
         checkpoint,
+        remote,
     } = *target;
     let axis = opts.axis;
     let shape = out.shape().to_vec();
@@ -92,8 +137,17 @@ pub(super) fn apply(join: &Join<'_>, target: &Target<'_>, todo: &[usize]) -> Res
     let fill = codec.fill_bytes();
     let itemsize = fill.len();
     let budget = opts.run.memory.unwrap_or(256 << 20);
-    staging.create()?;
-    let files = FileWriter::new(staging.dir(), 2 * rayon::current_num_threads(), true);
+    let files = match remote {
+        Some(_) => None,
+        None => {
+            staging.create()?;
+            Some(FileWriter::new(
+                staging.dir(),
+                2 * rayon::current_num_threads(),
+                true,
+            ))
+        }
+    };
     let mut staged: Vec<(PathBuf, PathBuf)> = Vec::new();
     let staged_lock = std::sync::Mutex::new(&mut staged);
     let mut finished: Vec<u64> = Vec::new();
@@ -110,6 +164,21 @@ pub(super) fn apply(join: &Join<'_>, target: &Target<'_>, todo: &[usize]) -> Res
                     dst_idx[axis] = li as u64;
                     let mut src_idx = rest.clone();
                     src_idx[axis] = j;
+                    if let Some(r) = remote {
+                        // Server-side copy within the bucket (a store operand on S3).
+                        let copied = r.remote.copy_from(
+                            src_layout.path(),
+                            &src_layout.key(&src_idx),
+                            &out.key(&dst_idx),
+                        )?;
+                        if copied {
+                            done.linked.fetch_add(1, Ordering::Relaxed);
+                        } else if in_place {
+                            r.remote.delete_key(&out.key(&dst_idx))?;
+                        }
+                        tracker.add(1);
+                        return Ok(());
+                    }
                     let src = src_layout.chunk_file(&src_idx);
                     let dst = out.chunk_file(&dst_idx);
                     if src.exists() {
@@ -210,6 +279,23 @@ pub(super) fn apply(join: &Join<'_>, target: &Target<'_>, todo: &[usize]) -> Res
                             );
                         }
                     }
+                    if let Some(r) = remote {
+                        let key = out.key(&idx);
+                        if is_fill(&buf, &fill) {
+                            // No object (as zarr-python writes), none left from a killed run.
+                            r.remote.delete_key(&key)?;
+                        } else {
+                            let encoded = codec.encode(&idx, &buf)?;
+                            done.bytes
+                                .fetch_add(encoded.len() as u64, Ordering::Relaxed);
+                            done.encoded.fetch_add(1, Ordering::Relaxed);
+                            r.put(&key, encoded)?;
+                        }
+                        tracker.add(1);
+                        test_delay();
+                        return Ok(());
+                    }
+                    let files = files.as_ref().expect("a local target has its files");
                     let dst = out.chunk_file(&idx);
                     if is_fill(&buf, &fill) {
                         // All fill value: no file (as zarr-python writes), none left behind.
@@ -236,23 +322,41 @@ pub(super) fn apply(join: &Join<'_>, target: &Target<'_>, todo: &[usize]) -> Res
             finished.push(li as u64);
             if last.elapsed() >= cp.every {
                 // Every chunk of the finished layers in place, then the record that says so.
-                files.flush()?;
-                let batch = std::mem::take(&mut **staged_lock.lock().expect("no panics hold it"));
-                place_all(&batch)?;
-                if cp.sync {
-                    sync_filesystem(&cp.store)?;
-                }
                 let mut record = cp.record.clone();
                 record.layers.extend_from_slice(&finished);
-                record.write(&cp.store, cp.sync)?;
+                match (remote, &files) {
+                    (Some(r), _) => {
+                        r.flush()?;
+                        r.remote.put(
+                            crate::store::PROGRESS_FILE,
+                            serde_json::to_vec(&record).expect("plain JSON"),
+                        )?;
+                    }
+                    (None, Some(files)) => {
+                        files.flush()?;
+                        let batch =
+                            std::mem::take(&mut **staged_lock.lock().expect("no panics hold it"));
+                        place_all(&batch)?;
+                        if cp.sync {
+                            sync_filesystem(&cp.store)?;
+                        }
+                        record.write(&cp.store, cp.sync)?;
+                    }
+                    (None, None) => unreachable!("a local target has its files"),
+                }
                 crash_point("checkpointed");
                 last = Instant::now();
             }
         }
     }
-    let written = files.finish()?;
-    drop(written);
-    place_all(&staged)?;
+    match (remote, files) {
+        (Some(r), _) => r.flush()?,
+        (None, Some(files)) => {
+            drop(files.finish()?);
+            place_all(&staged)?;
+        }
+        (None, None) => {}
+    }
     Ok(done)
 }
 

@@ -418,6 +418,7 @@ pub(super) fn grow_in_place(
                 staging: &staging,
                 in_place: true,
                 checkpoint: checkpoint.as_ref(),
+                remote: None,
             },
             &todo,
         );
@@ -473,6 +474,7 @@ pub(super) fn grow_in_place(
                     staging: &staging,
                     in_place: true,
                     checkpoint: None,
+                    remote: None,
                 },
                 &todo,
             )?;
@@ -577,6 +579,7 @@ pub(super) fn build_new(
             staging: &staging,
             in_place: false,
             checkpoint: None,
+            remote: None,
         },
         &todo,
     )?;

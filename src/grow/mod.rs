@@ -27,6 +27,7 @@ mod apply;
 mod commit;
 mod parts;
 mod plan;
+mod remote;
 mod stack;
 
 use apply::checkpoint_secs;
@@ -267,7 +268,9 @@ impl GrowReport {
 /// axis and sizes; [`Error::InvalidOption`] for another type without `--cast` or a lossy cast;
 /// input and I/O errors. The array is unchanged after any error.
 pub fn append(store: &Path, inputs: &[Input], opts: &GrowOptions) -> Result<GrowReport> {
-    crate::store::local_only(store, "append")?;
+    if crate::store::is_url(store) {
+        return with_threads(opts.run.threads, || remote::append(store, inputs, opts));
+    }
     with_threads(opts.run.threads, || {
         let start = Instant::now();
         if inputs.is_empty() {
@@ -347,8 +350,12 @@ pub(crate) fn no_parts(opts: &GrowOptions, what: &str) -> Result<()> {
 /// twice; as [`append`].
 pub fn concat(inputs: &[PathBuf], out: &Path, opts: &GrowOptions) -> Result<GrowReport> {
     no_parts(opts, "concat")?;
+    if crate::store::is_url(out) {
+        // On object storage: server-side copies of S3 inputs' chunks (APPEND §5.3).
+        return with_threads(opts.run.threads, || remote::concat(inputs, out, opts));
+    }
     for p in inputs.iter().map(PathBuf::as_path).chain([out]) {
-        crate::store::local_only(p, "concat")?;
+        crate::store::local_only(p, "concat (of an S3 store into a local output)")?;
     }
     with_threads(opts.run.threads, || {
         let start = Instant::now();
@@ -383,6 +390,12 @@ pub fn concat(inputs: &[PathBuf], out: &Path, opts: &GrowOptions) -> Result<Grow
 /// As [`concat()`] and [`append`].
 pub fn concat_into(target: &Path, others: &[PathBuf], opts: &GrowOptions) -> Result<GrowReport> {
     no_parts(opts, "concat")?;
+    if crate::store::is_url(target) && !opts.move_inputs {
+        // Onto an array on object storage: an append of the stores, whose chunks are copied
+        // server-side where they fit (APPEND §5.3).
+        let inputs = others.iter().map(Input::open).collect::<Result<Vec<_>>>()?;
+        return with_threads(opts.run.threads, || remote::append(target, &inputs, opts));
+    }
     for p in others.iter().map(PathBuf::as_path).chain([target]) {
         crate::store::local_only(p, "concat")?;
     }

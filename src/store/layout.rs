@@ -140,6 +140,17 @@ impl Layout {
     /// [`Error::NotFound`], [`crate::StoreError::NotAStore`], [`crate::StoreError::ReadOnly`] for a Zarr v2 array,
     /// [`crate::StoreError::BadMetadata`] for a chunk grid or key encoding chunkwise cannot edit.
     pub(crate) fn read(path: &Path) -> Result<Layout> {
+        if super::is_url(path) {
+            // An array on object storage: its zarr.json object; keys as locally.
+            let r = super::Remote::open(&path.to_string_lossy())?;
+            let url = PathBuf::from(r.url());
+            let Some(bytes) = r.get("zarr.json")? else {
+                return Err(Error::Store(StoreError::NotAStore(url)));
+            };
+            let meta: Value =
+                serde_json::from_slice(&bytes).map_err(|e| bad(&url, e.to_string()))?;
+            return Layout::from_json(&url, meta);
+        }
         if !path.exists() {
             return Err(Error::NotFound(path.to_path_buf()));
         }
@@ -280,12 +291,6 @@ impl Layout {
     /// # Errors
     /// [`Error::Io`].
     pub(crate) fn remove_outside_grid(&self) -> Result<u64> {
-        let counts: Vec<u64> = self
-            .edges
-            .iter()
-            .zip(&self.shape)
-            .map(|(e, &n)| e.list(n).len() as u64)
-            .collect();
         let mut removed = 0;
         let mut dirs = vec![PathBuf::new()];
         while let Some(rel) = dirs.pop() {
@@ -302,16 +307,7 @@ impl Layout {
                     continue;
                 }
                 let key = sub.to_string_lossy().into_owned();
-                let idx: Option<Vec<u64>> = key
-                    .split(['/', '.'])
-                    .skip_while(|t| *t == "c")
-                    .map(|t| t.parse().ok())
-                    .collect();
-                let Some(idx) = idx.filter(|i| i.len() == counts.len()) else {
-                    continue;
-                };
-                // Only names this array's key encoding makes are chunks.
-                if self.key(&idx) == key && idx.iter().zip(&counts).any(|(&i, &n)| i >= n) {
+                if self.outside_grid(&key) {
                     let p = e.path();
                     fs::remove_file(&p).at(&p)?;
                     removed += 1;
@@ -319,6 +315,27 @@ impl Layout {
             }
         }
         Ok(removed)
+    }
+
+    /// Whether `key` (relative to the array) is a chunk key of this array's encoding outside
+    /// its grid (placed there by an edit that was never committed).
+    pub(crate) fn outside_grid(&self, key: &str) -> bool {
+        let counts: Vec<u64> = self
+            .edges
+            .iter()
+            .zip(&self.shape)
+            .map(|(e, &n)| e.list(n).len() as u64)
+            .collect();
+        let idx: Option<Vec<u64>> = key
+            .split(['/', '.'])
+            .skip_while(|t| *t == "c")
+            .map(|t| t.parse().ok())
+            .collect();
+        let Some(idx) = idx.filter(|i| i.len() == counts.len()) else {
+            return false;
+        };
+        // Only names this array's key encoding makes are chunks.
+        self.key(&idx) == key && idx.iter().zip(&counts).any(|(&i, &n)| i >= n)
     }
 
     /// `shape` as `512x1024x1024`, for messages.

@@ -43,8 +43,8 @@ use crate::grid::{Grid, indices_in};
 use crate::region::{Region, fmt_shape};
 
 pub(crate) use edit::{
-    Journal, Moving, PartOf, Progress, append_status, clean_stale, commit_metadata, part_lock,
-    part_running,
+    Journal, Moving, PROGRESS_FILE, PartOf, Progress, append_status, clean_stale, commit_metadata,
+    part_lock, part_running,
 };
 pub(crate) use files::FileWriter;
 pub(crate) use job::{Finish, JobOptions, JobState, JobWriter};
@@ -52,7 +52,7 @@ pub use job::{JobStatus, PartStatus, job_status};
 pub(crate) use layout::{Edges, Layout};
 pub use parts::PartsFinish;
 pub(crate) use parts::{Parts, check_part, parts_status};
-pub(crate) use remote::{Remote, is_url};
+pub(crate) use remote::{Remote, Upload, is_url};
 pub(crate) use spec::GridCodec;
 pub use spec::{ChunkCodec, Codec, Durability, StoreSpec};
 pub(crate) use txn::{

@@ -58,6 +58,9 @@ impl Remote {
     pub(crate) fn list_under(&self, _: &str) -> Result<Vec<String>> {
         Ok(Vec::new())
     }
+    pub(crate) fn copy_from(&self, _: &Path, _: &str, _: &str) -> Result<bool> {
+        Ok(false)
+    }
     pub(crate) fn delete_key(&self, _: &str) -> Result<()> {
         Ok(())
     }

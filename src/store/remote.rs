@@ -51,6 +51,11 @@ impl Upload {
 /// An array's place on object storage.
 pub(crate) struct Remote {
     url: String,
+    /// The bucket, the whole of it (server-side copies name keys of other arrays), and the
+    /// array's prefix in it.
+    bucket: String,
+    whole: Arc<dyn ObjectStore>,
+    prefix: String,
     /// The array's prefix: keys are the array's own (`zarr.json`, `c/0/1`).
     root: Arc<dyn ObjectStore>,
     /// The same, as zarrs storage.
@@ -182,7 +187,8 @@ impl Remote {
             })
             .build()
             .map_err(|e| remote_error(url, &e))?;
-        let root: Arc<dyn ObjectStore> = Arc::new(PrefixStore::new(store, prefix));
+        let whole: Arc<dyn ObjectStore> = Arc::new(store);
+        let root: Arc<dyn ObjectStore> = Arc::new(PrefixStore::new(whole.clone(), prefix));
         // One listing tells a missing bucket, refused credentials and an unreachable server
         // apart (a missing object's HEAD cannot).
         block_on(root.list_with_delimiter(None)).map_err(|e| remote_error(url, &e))?;
@@ -192,6 +198,9 @@ impl Remote {
         ));
         Ok(Remote {
             url: url.trim_end_matches('/').to_string(),
+            bucket: bucket.to_string(),
+            whole,
+            prefix: prefix.to_string(),
             root,
             zarr,
         })
@@ -286,6 +295,41 @@ impl Remote {
         block_on(self.root.list(Some(&p)).try_collect::<Vec<_>>())
             .map(|v| v.into_iter().map(|m| m.location.to_string()).collect())
             .map_err(|e| remote_error(&format!("{}/{sub}", self.url), &e))
+    }
+
+    /// Copies the object `key` of the array at `from` (an `s3://` URL in this bucket) to `to`
+    /// in this array, server-side (no bytes through this machine); `false` if there is none.
+    ///
+    /// # Errors
+    /// [`StoreError::Remote`]; a source in another bucket (no server-side copy across them).
+    pub(crate) fn copy_from(&self, from: &Path, key: &str, to: &str) -> Result<bool> {
+        let src = from.to_string_lossy();
+        let rest = src.strip_prefix("s3://").unwrap_or(&src);
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket != self.bucket {
+            return Err(Error::Store(StoreError::Remote {
+                url: self.url.clone(),
+                reason: format!(
+                    "chunks are copied server-side, within one bucket: {src} is in another \
+                     (copy it into s3://{}/ first, or join local stores)",
+                    self.bucket
+                ),
+            }));
+        }
+        let join = |p: &str, k: &str| {
+            let p = p.trim_matches('/');
+            if p.is_empty() {
+                ObjPath::from(k)
+            } else {
+                ObjPath::from(format!("{p}/{k}"))
+            }
+        };
+        let (a, b) = (join(prefix, key), join(&self.prefix, to));
+        match block_on(self.whole.copy(&a, &b)) {
+            Ok(()) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(remote_error(&format!("{src}/{key}"), &e)),
+        }
     }
 
     /// Deletes the object at `key` (none there is no error).

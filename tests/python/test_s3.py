@@ -89,6 +89,13 @@ def test_arrays_on_s3_read_write_and_compute(s3, tmp, rng):
                         out=f"{s3}/{tmp.name}/m.zarr", depth=1, boundary="nearest")
     np.testing.assert_array_equal(ms[...], m[...])
     np.testing.assert_array_equal(cw.where(b, above=4000), np.argwhere(x > 4000))
+    # Growing on S3 (APPEND §5.3): append in place, concat with server-side copies.
+    y = rng.integers(0, 5000, (9, 17, 13)).astype(np.uint16)
+    b.append(y)
+    np.testing.assert_array_equal(b[...], np.concatenate([x, y]))
+    np.testing.assert_array_equal(zarr.open_array(url, mode="r")[...], np.concatenate([x, y]))
+    c = cw.concat([b, b], f"{s3}/{tmp.name}/bb.zarr")
+    np.testing.assert_array_equal(c[...], np.concatenate([x, y, x, y]))
     # An array zarr-python wrote to S3, opened by chunkwise.
     zurl = f"{s3}/{tmp.name}/from-zarr.zarr"
     z = zarr.create_array(zurl, shape=x.shape, chunks=(7, 7, 7), dtype=x.dtype, zarr_format=3)
@@ -103,7 +110,7 @@ def test_s3_errors_are_clear(s3, tmp):
         cw.open(f"{s3}/nothing-here.zarr")
     a = cw.from_array(np.ones((4, 4), np.uint8), tmp / "a.zarr")
     with pytest.raises(cw.StoreError, match="not supported yet"):
-        cw.concat([a, a], f"{s3}/c.zarr")
+        cw.stack([a, a], f"{s3}/c.zarr")
     cw.convert(a, f"{s3}/{tmp.name}/o.zarr")
     with pytest.raises(cw.OutputExistsError):
         cw.convert(a, f"{s3}/{tmp.name}/o.zarr")
