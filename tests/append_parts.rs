@@ -395,3 +395,46 @@ fn bad_parts_are_refused_and_change_nothing() {
     ]);
     assert!(!o.status.success());
 }
+
+/// SCALE §1: the parts share out chunks, not layers: an append that touches one chunk layer
+/// (20 rows into the partial edge layer) in 3 parts has each part encode its own chunks of it,
+/// and together the chunks one append encodes.
+#[test]
+fn parts_share_the_chunks_of_one_layer() {
+    let c = case();
+    let small = c.dir.path().join("small.npy");
+    let rows20 = rows(&[20, 16, 16], 13);
+    chunkwise::support::write_npy(&small, DType::U16, &[20, 16, 16], &rows20).unwrap();
+    let one = c.target("one-layer.zarr");
+    let o = ok(&[
+        "append",
+        one.to_str().unwrap(),
+        small.to_str().unwrap(),
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let want = v["chunks_encoded"].as_u64().unwrap();
+    assert_eq!(want, 4, "one layer of 2x2 chunks: {v}");
+    let t = c.target("one-layer-parts.zarr");
+    let mut encoded = Vec::new();
+    for i in 0..3 {
+        let o = ok(&[
+            "append",
+            t.to_str().unwrap(),
+            small.to_str().unwrap(),
+            "--partition",
+            &format!("{i}/3"),
+            "--json",
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        encoded.push(v["chunks_encoded"].as_u64().unwrap());
+    }
+    assert!(
+        encoded.iter().all(|&e| e > 0),
+        "each part encodes chunks: {encoded:?}"
+    );
+    assert_eq!(encoded.iter().sum::<u64>(), want, "{encoded:?}");
+    let s = Store::open(&t).unwrap();
+    assert_eq!(s.shape(), [120, 16, 16]);
+    assert_eq!(store_bytes(&s), [c.old.clone(), rows20].concat());
+}

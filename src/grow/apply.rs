@@ -55,6 +55,27 @@ pub(super) struct Target<'a> {
     /// An array on object storage: chunks are PUT in place (no staging, no rename) and the
     /// progress record is an object (spec/SCALE.md §6).
     pub(super) remote: Option<&'a RemoteSink>,
+    /// A part of an append in parts: only these chunks (APPEND §5.2).
+    pub(super) portion: Option<Portion>,
+}
+
+/// The chunks of a part: ordinals `chunks.0..chunks.1` counting the chunks of the layers from
+/// `first` on, layer by layer, each layer's in C order of the other axes' chunk indices.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Portion {
+    pub(super) first: u64,
+    pub(super) chunks: (u64, u64),
+}
+
+impl Portion {
+    /// The positions (in C order) of layer `layer`'s chunks in this portion, of `n` a layer.
+    pub(super) fn in_layer(&self, layer: u64, n: u64) -> std::ops::Range<u64> {
+        let base = layer.saturating_sub(self.first) * n;
+        let (a, b) = self.chunks;
+        let lo = a.clamp(base, base + n) - base;
+        let hi = b.clamp(base, base + n) - base;
+        lo..hi.max(lo)
+    }
 }
 
 /// Uploads to an array on object storage.
@@ -115,6 +136,7 @@ pub(super) fn apply(join: &Join<'_>, target: &Target<'_>, todo: &[usize]) -> Res
         in_place,
         checkpoint,
         remote,
+        portion,
     } = *target;
     let axis = opts.axis;
     let shape = out.shape().to_vec();
@@ -155,10 +177,18 @@ pub(super) fn apply(join: &Join<'_>, target: &Target<'_>, todo: &[usize]) -> Res
     for &li in todo {
         opts.run.check()?;
         let layer = &plan.layers[li];
+        // This part's chunks of the layer (all of them for one process).
+        let sel: &[Vec<u64>] = match portion {
+            Some(p) => {
+                let r = p.in_layer(li as u64, others.len() as u64);
+                &others[r.start as usize..r.end as usize]
+            }
+            None => &others,
+        };
         match layer.act {
             Act::Link { op, layer: j } => {
                 let src_layout = ops[op].layout.as_ref().expect("linked operands are stored");
-                others.par_iter().try_for_each(|rest| -> Result<()> {
+                sel.par_iter().try_for_each(|rest| -> Result<()> {
                     opts.run.check()?;
                     let mut dst_idx = rest.clone();
                     dst_idx[axis] = li as u64;
@@ -199,6 +229,20 @@ pub(super) fn apply(join: &Join<'_>, target: &Target<'_>, todo: &[usize]) -> Res
                 let rows = layer.start..(layer.start + layer.edge).min(total);
                 let mut lr: Vec<std::ops::Range<u64>> = shape.iter().map(|&n| 0..n).collect();
                 lr[axis] = rows.clone();
+                if sel.len() < others.len() {
+                    // A part's chunks of the layer: only their bounding box is read.
+                    for (k, r) in lr.iter_mut().enumerate().filter(|&(k, _)| k != axis) {
+                        let edges = &out.edges()[k];
+                        let lo = sel.iter().map(|c| c[k]).min().unwrap_or(0);
+                        let hi = sel.iter().map(|c| c[k]).max().unwrap_or(0);
+                        let end = if sel.is_empty() {
+                            0
+                        } else {
+                            chunk_start(edges, shape[k], hi + 1).min(shape[k])
+                        };
+                        *r = chunk_start(edges, shape[k], lo)..end;
+                    }
+                }
                 let layer_region = Region::new(lr);
                 let layer_bytes =
                     u64::try_from(layer_region.len()).unwrap_or(u64::MAX) * itemsize as u64;
@@ -213,7 +257,7 @@ pub(super) fn apply(join: &Join<'_>, target: &Target<'_>, todo: &[usize]) -> Res
                 };
                 let lshape: Vec<usize> = layer_region.shape().iter().map(|&n| n as usize).collect();
                 let lstrides = c_strides(&lshape, itemsize);
-                others.par_iter().try_for_each(|rest| -> Result<()> {
+                sel.par_iter().try_for_each(|rest| -> Result<()> {
                     opts.run.check()?;
                     let mut idx = rest.clone();
                     idx[axis] = li as u64;

@@ -293,7 +293,9 @@ pub(super) fn grow_in_place(
         to: &shape,
     };
     let every = std::time::Duration::from_secs_f64(checkpoint_secs(opts)?.min(1e9));
+    let per_layer = grid_count(&edges, &shape) / plan.layers.len().max(1) as u64;
     let mut part_run = None;
+    let mut portion = None;
     let checkpoint = if reshaped {
         if opts.partition.is_some() {
             return Err(Error::option(
@@ -308,7 +310,7 @@ pub(super) fn grow_in_place(
         }
         None
     } else if let Some(part) = opts.partition {
-        match parts::open(target, &id, &todo, part, sync)? {
+        match parts::open(target, &id, &todo, per_layer, part, sync)? {
             Opened::Committed => {
                 return Ok(GrowReport::unchanged(
                     target.path(),
@@ -333,6 +335,7 @@ pub(super) fn grow_in_place(
                 todo.retain(|&l| !run.before.contains(&(l as u64)));
                 layers_resumed = (n - todo.len()) as u64;
                 let record = run.record(&id, run.before.clone(), false);
+                portion = Some(run.portion());
                 part_run = Some(run);
                 Some(Checkpoint {
                     store: target.path().to_path_buf(),
@@ -353,10 +356,11 @@ pub(super) fn grow_in_place(
             target.remove_outside_grid()?;
             Progress::remove_all(target.path())?;
         }
-        // What a killed run of this same command placed, in one process or in parts.
+        // What a killed run of this same command placed in one process (a part's record
+        // holds layers of which it placed its share only: they are done again).
         let mut before: Vec<u64> = records
             .into_iter()
-            .filter_map(|(_, r)| r.filter(|p| id.matches(p)))
+            .filter_map(|(_, r)| r.filter(|p| id.matches(p) && p.part.is_none()))
             .flat_map(|p| p.layers)
             .collect();
         before.sort_unstable();
@@ -379,11 +383,20 @@ pub(super) fn grow_in_place(
         })
     };
     let joined = View::concat(ops.iter().map(|o| o.view.clone()).collect(), axis)?;
-    let per_layer = grid_count(&edges, &shape) / plan.layers.len().max(1) as u64;
+    let chunks_todo: u64 = match portion {
+        Some(p) => todo
+            .iter()
+            .map(|&l| {
+                let r = p.in_layer(l as u64, per_layer);
+                r.end - r.start
+            })
+            .sum(),
+        None => per_layer * todo.len() as u64,
+    };
     let tracker = Tracker::new(
         "append",
         Unit::Chunks,
-        per_layer * todo.len() as u64,
+        chunks_todo,
         opts.run.progress.clone(),
     );
     let journal = Journal {
@@ -419,6 +432,7 @@ pub(super) fn grow_in_place(
                 in_place: true,
                 checkpoint: checkpoint.as_ref(),
                 remote: None,
+                portion,
             },
             &todo,
         );
@@ -475,6 +489,7 @@ pub(super) fn grow_in_place(
                     in_place: true,
                     checkpoint: None,
                     remote: None,
+                    portion: None,
                 },
                 &todo,
             )?;
@@ -580,6 +595,7 @@ pub(super) fn build_new(
             in_place: false,
             checkpoint: None,
             remote: None,
+            portion: None,
         },
         &todo,
     )?;

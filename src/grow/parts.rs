@@ -18,6 +18,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::Path;
 
+use super::apply::Portion;
 use crate::error::{Error, IoContext, Result, StoreError};
 use crate::fingerprint::fnv1a;
 use crate::grid::part_layers;
@@ -70,8 +71,12 @@ impl Ident<'_> {
 pub(super) struct PartRun {
     index: u32,
     parts: u32,
-    /// Every part's layers `[first, end)`.
+    /// The first layer of the append's, from whose first chunk `split` counts.
+    first: u64,
+    /// Every part's chunks `[a, b)`, counted layer by layer from `first`.
     split: Vec<(u64, u64)>,
+    /// Chunks a layer.
+    per_layer: u64,
     /// The layers of this part already placed (by a killed run of it).
     pub(super) before: Vec<u64>,
     _lock: File,
@@ -96,9 +101,22 @@ pub(super) enum Ended {
 }
 
 impl PartRun {
-    /// The layers `[first, end)` of this part.
+    /// The chunks of this part.
+    pub(super) fn portion(&self) -> Portion {
+        Portion {
+            first: self.first,
+            chunks: self.split[self.index as usize],
+        }
+    }
+
+    /// The layers `[first, end)` holding this part's chunks.
     pub(super) fn range(&self) -> (u64, u64) {
-        self.split[self.index as usize]
+        let (a, b) = self.split[self.index as usize];
+        if a >= b {
+            return (self.first, self.first);
+        }
+        let n = self.per_layer.max(1);
+        (self.first + a / n, self.first + b.div_ceil(n))
     }
 
     /// This part's record, holding `layers`.
@@ -107,6 +125,7 @@ impl PartRun {
             PartOf {
                 index: self.index,
                 parts: self.parts,
+                first: self.first,
                 split: self.split.clone(),
                 finished,
             },
@@ -128,6 +147,7 @@ pub(super) fn open(
     target: &Layout,
     id: &Ident<'_>,
     todo: &[usize],
+    per_layer: u64,
     (i, n): (u32, u32),
     sync: bool,
 ) -> Result<Opened> {
@@ -208,26 +228,41 @@ pub(super) fn open(
         Progress::remove_all(store)?;
         ours.clear();
     }
+    let first = todo.first().map_or(0, |&l| l as u64);
     let split = ours
         .iter()
-        .find_map(|r| r.part.as_ref().map(|p| p.split.clone()))
+        .find_map(|r| r.part.as_ref().filter(|p| p.first == first))
+        .map(|p| p.split.clone())
         .filter(|s| s.len() == n as usize)
-        .unwrap_or_else(|| split(todo, n));
-    let (a, b) = split[i as usize];
+        .unwrap_or_else(|| {
+            let total = todo.len() as u64 * per_layer;
+            (0..n).map(|k| part_layers(total, k, n)).collect()
+        });
+    let mut run = PartRun {
+        index: i,
+        parts: n,
+        first,
+        split,
+        per_layer,
+        before: Vec::new(),
+        _lock: lock,
+    };
+    // What is placed of this part's chunks: its own record's layers (each its share of the
+    // layer), and whole layers a one-process run of this command had finished.
+    let (a, b) = run.range();
     let mut before: Vec<u64> = ours
         .iter()
+        .filter(|r| {
+            r.part
+                .as_ref()
+                .is_none_or(|p| p.index == i && p.parts == n && p.first == first)
+        })
         .flat_map(|r| r.layers.iter().copied())
         .filter(|l| (a..b).contains(l))
         .collect();
     before.sort_unstable();
     before.dedup();
-    let run = PartRun {
-        index: i,
-        parts: n,
-        split,
-        before,
-        _lock: lock,
-    };
+    run.before = before;
     let finished = ours.iter().any(|r| {
         r.part
             .as_ref()
@@ -238,25 +273,6 @@ pub(super) fn open(
         .write(store, sync)?;
     crash_point("part-opened");
     Ok(Opened::Open(run))
-}
-
-/// The layers of every part: `todo`'s layers (contiguous for an append) cut into `n` runs of
-/// about equal length, each the same number of chunks.
-fn split(todo: &[usize], n: u32) -> Vec<(u64, u64)> {
-    let first = todo.first().map_or(0, |&l| l as u64);
-    (0..n)
-        .map(|k| {
-            let (a, b) = part_layers(todo.len() as u64, k, n);
-            let at = |p: u64| {
-                if p as usize >= todo.len() {
-                    todo.last().map_or(first, |&l| l as u64 + 1)
-                } else {
-                    todo[p as usize] as u64
-                }
-            };
-            (at(a), at(b))
-        })
-        .collect()
 }
 
 /// Ends `run` with all its layers placed: records it finished, and if every part is, commits

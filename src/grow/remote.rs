@@ -228,6 +228,7 @@ pub(super) fn append(url: &Path, inputs: &[Input], opts: &GrowOptions) -> Result
             in_place: true,
             checkpoint: Some(&checkpoint),
             remote: Some(&sink),
+            portion: None,
         },
         &todo,
     )?;
@@ -360,6 +361,7 @@ pub(super) fn concat(inputs: &[PathBuf], out: &Path, opts: &GrowOptions) -> Resu
             in_place: false,
             checkpoint: None,
             remote: Some(&sink),
+            portion: None,
         },
         &todo,
     )?;

@@ -100,13 +100,17 @@ pub(crate) struct Progress {
     pub(crate) part: Option<PartOf>,
 }
 
-/// Which part of an append in parts a progress record is, the layers of every part (the
+/// Which part of an append in parts a progress record is, the chunks of every part (the
 /// first part to start records the split; every part follows it), and whether the part has
-/// placed all of its layers.
+/// placed all of its chunks. Its record's `layers` are the layers whose share of the part's
+/// chunks is placed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct PartOf {
     pub(crate) index: u32,
     pub(crate) parts: u32,
+    /// The first layer the parts write; `split` counts chunks from its first chunk on, layer
+    /// by layer (`[a, b)` for each part).
+    pub(crate) first: u64,
     pub(crate) split: Vec<(u64, u64)>,
     pub(crate) finished: bool,
 }
@@ -215,18 +219,23 @@ pub(crate) fn append_status(layout: &super::Layout) -> Result<Option<Vec<super::
                     .as_ref()
                     .is_some_and(|p| p.index == i && p.parts == n)
         });
+        // A layer's share of the part: the chunks of [a, b) in it.
+        let share = |l: u64| {
+            let base = l.saturating_sub(job.first) * per_layer;
+            b.min(base + per_layer).saturating_sub(a.max(base))
+        };
         let done = mine.map_or(0, |r| {
             if r.part.as_ref().is_some_and(|p| p.finished) {
                 b - a
             } else {
-                r.layers.iter().filter(|l| (a..b).contains(l)).count() as u64
+                r.layers.iter().map(|&l| share(l)).sum()
             }
         });
         parts.push(super::PartStatus {
             index: i,
             of: n,
-            chunks: (b - a) * per_layer,
-            done: done * per_layer,
+            chunks: b - a,
+            done,
             running: part_running(store, i, n),
         });
     }
