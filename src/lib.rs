@@ -54,6 +54,7 @@ mod inspect;
 pub mod kernel;
 mod npy;
 mod progress;
+mod project;
 mod reduce;
 mod region;
 mod run;
@@ -81,6 +82,7 @@ pub use index::{
 pub use input::Input;
 pub use inspect::{BadChunk, StoreInfo, VerifyReport, info, verify};
 pub use progress::{Progress, ProgressFn, Unit};
+pub use project::{AxisOp, AxisReduceOptions, AxisResult, reduce_axes, write_axis_results};
 pub use reduce::{
     AxisStats, ChunkStats, Counts, Histogram, MAX_BINS, PartialResult, PerChunk, ReduceOptions,
     Reduction, Stats, StatsAcc, ValueCounts, reduce, reduce_part,

@@ -911,7 +911,7 @@ fn small_row_stats_body<T: Scalar>(row: &[T]) -> (i64, u64, i32, i32) {
 }
 
 /// The exact value of an integer element.
-fn int_value<T: Scalar>(x: T) -> i128 {
+pub(crate) fn int_value<T: Scalar>(x: T) -> i128 {
     let b = bytemuck::bytes_of(&x);
     match T::DTYPE {
         DType::U8 | DType::Bool => i128::from(b[0]),

@@ -15,6 +15,7 @@ mod issue18;
 mod jobs;
 mod parts;
 mod paths;
+mod project;
 mod proptests;
 mod reduce;
 mod s3;

@@ -7,6 +7,7 @@ mod export;
 mod grow;
 mod info;
 mod job;
+mod project;
 mod reduce;
 mod slurm;
 mod status;
@@ -60,6 +61,8 @@ enum Command {
     Stats(reduce::StatsArgs),
     /// Exact counts in bins (numpy.histogram).
     Histogram(reduce::HistogramArgs),
+    /// Reduce axes away as numpy does (max along axis 0: a maximum-intensity projection).
+    Reduce(project::Args),
     /// Coordinates of nonzero (or selected) voxels, as numpy.argwhere, to an .npy file.
     Where(reduce::WhereArgs),
     /// Edges between adjacent nonzero voxels (flat C-order index pairs) to an .npy file.
@@ -171,6 +174,7 @@ pub(crate) fn main() -> ExitCode {
         Command::NeighbourhoodLut(a) => job::neighbourhood_lut(a, &global),
         Command::Stats(a) => reduce::stats(a, &global),
         Command::Histogram(a) => reduce::histogram(a, &global),
+        Command::Reduce(a) => project::run(a, &global),
         Command::Where(a) => reduce::where_(a, &global),
         Command::Graph(a) => reduce::graph(a, &global),
         Command::Append(a) => grow::append(a, &global),
@@ -224,6 +228,7 @@ const FLAGS: &[&str] = &[
     "level",
     "memory",
     "mode",
+    "op",
     "move",
     "origin",
     "overwrite",

@@ -1,0 +1,786 @@
+//! Reductions along axes with numpy's semantics (`chunkwise reduce --axis A --op OP`,
+//! spec/REDUCE.md §7): the axes are reduced away (`max` along axis 0 of a 512x1024x1024
+//! volume is a 1024x1024 image), every requested op in one pass.
+//!
+//! The output is cut into tiles, one per chunk position along the kept axes; a tile's
+//! accumulator folds the chunks along the reduced axes in order (so a float result does not
+//! depend on scheduling), and tiles run in parallel. Memory: the outputs, plus one tile
+//! accumulator and one chunk per worker. Invariant: integer sums are exact (i128), and an
+//! element's result depends only on its own values.
+
+use std::path::Path;
+
+use rayon::prelude::*;
+
+use crate::dtype::{DType, Scalar};
+use crate::error::{Error, Result, to_usize};
+use crate::grid::indices_in;
+use crate::input::Input;
+use crate::progress::{Tracker, Unit};
+use crate::region::Region;
+use crate::run::{RunOptions, run_setters, with_threads};
+
+/// One reduction along axes, as numpy names it.
+///
+/// ```
+/// use chunkwise::AxisOp;
+/// assert_eq!("nanmax".parse::<AxisOp>()?, AxisOp::NanMax);
+/// assert_eq!(AxisOp::Sum.output_dtype(chunkwise::DType::U16), chunkwise::DType::U64);
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AxisOp {
+    /// `np.sum`.
+    Sum,
+    /// `np.mean`.
+    Mean,
+    /// `np.std` (with `ddof`).
+    Std,
+    /// `np.var` (with `ddof`).
+    Var,
+    /// `np.min`.
+    Min,
+    /// `np.max`.
+    Max,
+    /// `np.argmin` (one axis).
+    Argmin,
+    /// `np.argmax` (one axis).
+    Argmax,
+    /// `np.count_nonzero`.
+    CountNonzero,
+    /// `np.any`.
+    Any,
+    /// `np.all`.
+    All,
+    /// `np.nansum`.
+    NanSum,
+    /// `np.nanmean`.
+    NanMean,
+    /// `np.nanstd` (with `ddof`).
+    NanStd,
+    /// `np.nanmin`.
+    NanMin,
+    /// `np.nanmax`.
+    NanMax,
+}
+
+impl AxisOp {
+    /// Every op, in the order `--help` lists them.
+    pub const ALL: [AxisOp; 16] = [
+        AxisOp::Sum,
+        AxisOp::Mean,
+        AxisOp::Std,
+        AxisOp::Var,
+        AxisOp::Min,
+        AxisOp::Max,
+        AxisOp::Argmin,
+        AxisOp::Argmax,
+        AxisOp::CountNonzero,
+        AxisOp::Any,
+        AxisOp::All,
+        AxisOp::NanSum,
+        AxisOp::NanMean,
+        AxisOp::NanStd,
+        AxisOp::NanMin,
+        AxisOp::NanMax,
+    ];
+
+    /// numpy's name (`count_nonzero`, `nanmean`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            AxisOp::Sum => "sum",
+            AxisOp::Mean => "mean",
+            AxisOp::Std => "std",
+            AxisOp::Var => "var",
+            AxisOp::Min => "min",
+            AxisOp::Max => "max",
+            AxisOp::Argmin => "argmin",
+            AxisOp::Argmax => "argmax",
+            AxisOp::CountNonzero => "count_nonzero",
+            AxisOp::Any => "any",
+            AxisOp::All => "all",
+            AxisOp::NanSum => "nansum",
+            AxisOp::NanMean => "nanmean",
+            AxisOp::NanStd => "nanstd",
+            AxisOp::NanMin => "nanmin",
+            AxisOp::NanMax => "nanmax",
+        }
+    }
+
+    /// The type numpy gives the result for an input of type `t` (on a 64-bit platform).
+    pub fn output_dtype(self, t: DType) -> DType {
+        let float = t.is_float();
+        match self {
+            AxisOp::Sum | AxisOp::NanSum => match t {
+                DType::Bool | DType::I8 | DType::I16 | DType::I32 | DType::I64 => DType::I64,
+                DType::U8 | DType::U16 | DType::U32 | DType::U64 => DType::U64,
+                f => f,
+            },
+            AxisOp::Mean | AxisOp::Std | AxisOp::Var | AxisOp::NanMean | AxisOp::NanStd => {
+                if float { t } else { DType::F64 }
+            }
+            AxisOp::Min | AxisOp::Max | AxisOp::NanMin | AxisOp::NanMax => t,
+            AxisOp::Argmin | AxisOp::Argmax | AxisOp::CountNonzero => DType::I64,
+            AxisOp::Any | AxisOp::All => DType::Bool,
+        }
+    }
+
+    fn needs_identity(self) -> bool {
+        matches!(
+            self,
+            AxisOp::Min
+                | AxisOp::Max
+                | AxisOp::NanMin
+                | AxisOp::NanMax
+                | AxisOp::Argmin
+                | AxisOp::Argmax
+        )
+    }
+}
+
+impl std::str::FromStr for AxisOp {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<AxisOp> {
+        AxisOp::ALL
+            .iter()
+            .copied()
+            .find(|o| o.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = AxisOp::ALL.iter().map(|o| o.name()).collect();
+                Error::option(
+                    "op",
+                    format!("unknown op {s:?}; the ops are {}", names.join(", ")),
+                )
+            })
+    }
+}
+
+/// Settings of [`reduce_axes`].
+#[derive(Clone, Debug, Default)]
+pub struct AxisReduceOptions {
+    ddof: u64,
+    run: RunOptions,
+}
+
+impl AxisReduceOptions {
+    /// Delta degrees of freedom of `std`/`var`/`nanstd` (numpy's `ddof`, default 0).
+    pub fn ddof(mut self, ddof: u64) -> Self {
+        self.ddof = ddof;
+        self
+    }
+}
+
+run_setters!(AxisReduceOptions);
+
+/// One op's result: an array of the kept axes, C order, little-endian bytes of `dtype`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AxisResult {
+    /// The op.
+    pub op: AxisOp,
+    /// numpy's result type ([`AxisOp::output_dtype`]).
+    pub dtype: DType,
+    /// The input's shape without the reduced axes.
+    pub shape: Vec<u64>,
+    /// The values.
+    pub bytes: Vec<u8>,
+}
+
+/// What a tile accumulates per output element, only the parts some requested op needs.
+#[derive(Default)]
+struct Acc {
+    /// Values seen that are not NaN.
+    n: Vec<u64>,
+    /// Whether a NaN was seen (floats).
+    nan: Vec<bool>,
+    /// Exact integer sums.
+    isum: Vec<i128>,
+    /// Float sums (NaN skipped) with Neumaier's compensation.
+    fsum: Vec<f64>,
+    fcomp: Vec<f64>,
+    /// Welford's running mean and sum of squared deviations (NaN skipped).
+    mean: Vec<f64>,
+    m2: Vec<f64>,
+    /// Extremes (ints exact; floats with NaN skipped).
+    imin: Vec<i128>,
+    imax: Vec<i128>,
+    fmin: Vec<f64>,
+    fmax: Vec<f64>,
+    /// Where along the reduced axis the extremes (and the first NaN) were.
+    argmin: Vec<u64>,
+    argmax: Vec<u64>,
+    first_nan: Vec<u64>,
+    /// Nonzero values (NaN counts as nonzero, as numpy's truth value does).
+    nonzero: Vec<u64>,
+}
+
+/// Which parts of [`Acc`] the ops need.
+#[derive(Clone, Copy, Default)]
+struct Needs {
+    sum: bool,
+    moments: bool,
+    extremes: bool,
+    args: bool,
+    nonzero: bool,
+}
+
+impl Needs {
+    fn of(ops: &[AxisOp]) -> Needs {
+        let mut n = Needs::default();
+        for op in ops {
+            match op {
+                AxisOp::Sum | AxisOp::NanSum | AxisOp::Mean | AxisOp::NanMean => n.sum = true,
+                AxisOp::Std | AxisOp::Var | AxisOp::NanStd => n.moments = true,
+                AxisOp::Min | AxisOp::Max | AxisOp::NanMin | AxisOp::NanMax => n.extremes = true,
+                AxisOp::Argmin | AxisOp::Argmax => {
+                    n.extremes = true;
+                    n.args = true;
+                }
+                AxisOp::CountNonzero | AxisOp::Any | AxisOp::All => n.nonzero = true,
+            }
+        }
+        n
+    }
+}
+
+impl Acc {
+    fn new(len: usize, needs: Needs, float: bool) -> Acc {
+        fn v<T: Clone>(on: bool, len: usize, x: T) -> Vec<T> {
+            if on { vec![x; len] } else { Vec::new() }
+        }
+        let sum_int = needs.sum && !float;
+        let sum_float = needs.sum && float;
+        Acc {
+            n: vec![0; len],
+            nan: v(float, len, false),
+            isum: v(sum_int, len, 0i128),
+            fsum: v(sum_float, len, 0.0),
+            fcomp: v(sum_float, len, 0.0),
+            mean: v(needs.moments, len, 0.0),
+            m2: v(needs.moments, len, 0.0),
+            imin: v(needs.extremes && !float, len, i128::MAX),
+            imax: v(needs.extremes && !float, len, i128::MIN),
+            fmin: v(needs.extremes && float, len, f64::INFINITY),
+            fmax: v(needs.extremes && float, len, f64::NEG_INFINITY),
+            argmin: v(needs.args, len, u64::MAX),
+            argmax: v(needs.args, len, u64::MAX),
+            first_nan: v(needs.args && float, len, u64::MAX),
+            nonzero: v(needs.nonzero, len, 0u64),
+        }
+    }
+
+    /// An integer value `x` at reduced position `r` into element `o`.
+    #[inline]
+    fn add_int(&mut self, o: usize, x: i128, r: u64) {
+        self.n[o] += 1;
+        if !self.isum.is_empty() {
+            self.isum[o] += x;
+        }
+        if !self.mean.is_empty() {
+            self.welford(o, x as f64);
+        }
+        if !self.imin.is_empty() {
+            if x < self.imin[o] {
+                self.imin[o] = x;
+                if !self.argmin.is_empty() {
+                    self.argmin[o] = r;
+                }
+            }
+            if x > self.imax[o] {
+                self.imax[o] = x;
+                if !self.argmax.is_empty() {
+                    self.argmax[o] = r;
+                }
+            }
+        }
+        if !self.nonzero.is_empty() && x != 0 {
+            self.nonzero[o] += 1;
+        }
+    }
+
+    /// A float value `x` at reduced position `r` into element `o`.
+    #[inline]
+    fn add_float(&mut self, o: usize, x: f64, r: u64) {
+        if x.is_nan() {
+            self.nan[o] = true;
+            if !self.first_nan.is_empty() && self.first_nan[o] == u64::MAX {
+                self.first_nan[o] = r;
+            }
+            if !self.nonzero.is_empty() {
+                self.nonzero[o] += 1;
+            }
+            return;
+        }
+        self.n[o] += 1;
+        if !self.fsum.is_empty() {
+            let (s, c) = (self.fsum[o], &mut self.fcomp[o]);
+            let t = s + x;
+            *c += if s.abs() >= x.abs() {
+                (s - t) + x
+            } else {
+                (x - t) + s
+            };
+            self.fsum[o] = t;
+        }
+        if !self.mean.is_empty() {
+            self.welford(o, x);
+        }
+        if !self.fmin.is_empty() {
+            if x < self.fmin[o] || self.n[o] == 1 && x <= self.fmin[o] {
+                self.fmin[o] = x;
+                if !self.argmin.is_empty() {
+                    self.argmin[o] = r;
+                }
+            }
+            if x > self.fmax[o] || self.n[o] == 1 && x >= self.fmax[o] {
+                self.fmax[o] = x;
+                if !self.argmax.is_empty() {
+                    self.argmax[o] = r;
+                }
+            }
+        }
+        if !self.nonzero.is_empty() && x != 0.0 {
+            self.nonzero[o] += 1;
+        }
+    }
+
+    #[inline]
+    fn welford(&mut self, o: usize, x: f64) {
+        let k = self.n[o] as f64;
+        let d = x - self.mean[o];
+        self.mean[o] += d / k;
+        self.m2[o] += d * (x - self.mean[o]);
+    }
+}
+
+/// Folds one block (`data`: C order, of `shape`) into `acc`: `stride[d]` is axis `d`'s stride
+/// in the tile (0 for a reduced axis), `arg` the reduced axis and its first position in the
+/// block, for argmin/argmax.
+fn fold_block<T: Scalar>(
+    acc: &mut Acc,
+    data: &[T],
+    shape: &[usize],
+    stride: &[usize],
+    arg: Option<(usize, u64)>,
+) {
+    let nd = shape.len();
+    if nd == 0 || data.is_empty() {
+        return;
+    }
+    let last = nd - 1;
+    let n_last = shape[last];
+    let float = T::DTYPE.is_float();
+    let mut idx = vec![0usize; last];
+    let mut base = 0usize;
+    for row in data.chunks_exact(n_last) {
+        let r0 = match arg {
+            Some((d, g)) if d < last => g + idx[d] as u64,
+            Some((_, g)) => g,
+            None => 0,
+        };
+        let along_last = matches!(arg, Some((d, _)) if d == last);
+        for (j, &v) in row.iter().enumerate() {
+            let o = base + j * stride[last];
+            let r = if along_last { r0 + j as u64 } else { r0 };
+            if float {
+                acc.add_float(o, v.to_f64(), r);
+            } else {
+                acc.add_int(o, crate::reduce::int_value(v), r);
+            }
+        }
+        for d in (0..last).rev() {
+            idx[d] += 1;
+            base += stride[d];
+            if idx[d] < shape[d] {
+                break;
+            }
+            base -= stride[d] * shape[d];
+            idx[d] = 0;
+        }
+    }
+}
+
+/// Reduces `input` along `axes` with every op of `ops` in one pass (numpy's semantics:
+/// `np.max(a, axis=0)`; the result arrays have the kept axes).
+///
+/// ```
+/// use chunkwise::{AxisOp, AxisReduceOptions, Input};
+/// let a = ndarray::arr2(&[[1u16, 5, 2], [4, 3, 9]]).into_dyn();
+/// let r = chunkwise::reduce_axes(&Input::from_array(a.view())?, &[0],
+///                                &[AxisOp::Max, AxisOp::Sum], &AxisReduceOptions::default())?;
+/// assert_eq!(r[0].shape, vec![3]);
+/// assert_eq!(bytemuck::cast_slice::<u8, u16>(&r[0].bytes), &[4, 5, 9]);
+/// assert_eq!(r[1].dtype, chunkwise::DType::U64);   // numpy's sum of uint16
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
+///
+/// # Errors
+/// [`Error::InvalidOption`] for an axis out of range or given twice, no op, `argmin`/`argmax`
+/// over more than one axis, an op without identity over an empty axis; input errors.
+pub fn reduce_axes(
+    input: &Input,
+    axes: &[usize],
+    ops: &[AxisOp],
+    opts: &AxisReduceOptions,
+) -> Result<Vec<AxisResult>> {
+    let shape = input.shape().to_vec();
+    let nd = shape.len();
+    if ops.is_empty() {
+        return Err(Error::option("op", "give at least one op"));
+    }
+    if axes.is_empty() {
+        return Err(Error::option("axis", "give at least one axis"));
+    }
+    for (i, &a) in axes.iter().enumerate() {
+        if a >= nd {
+            return Err(Error::option(
+                "axis",
+                format!(
+                    "{a} is out of range for the {nd}-d array {} ({})",
+                    input.path().display(),
+                    crate::region::fmt_shape(&shape)
+                ),
+            ));
+        }
+        if axes[..i].contains(&a) {
+            return Err(Error::option("axis", format!("axis {a} is given twice")));
+        }
+    }
+    let args = ops
+        .iter()
+        .any(|o| matches!(o, AxisOp::Argmin | AxisOp::Argmax));
+    if args && axes.len() > 1 {
+        return Err(Error::option(
+            "axis",
+            "argmin and argmax reduce one axis (numpy's take a single axis)",
+        ));
+    }
+    let reduced: u64 = axes.iter().map(|&a| shape[a]).product();
+    if reduced == 0
+        && let Some(op) = ops.iter().find(|o| o.needs_identity())
+    {
+        return Err(Error::option(
+            "op",
+            format!(
+                "{}: the reduced axes are empty and {} has no identity (numpy raises \
+                 \"zero-size array to reduction operation\")",
+                input.path().display(),
+                op.name()
+            ),
+        ));
+    }
+    let kept: Vec<usize> = (0..nd).filter(|d| !axes.contains(d)).collect();
+    let out_shape: Vec<u64> = kept.iter().map(|&d| shape[d]).collect();
+    let out_len = to_usize(out_shape.iter().product::<u64>(), "the result")?;
+    let dtype = input.dtype();
+    let float = dtype.is_float();
+    let needs = Needs::of(ops);
+    let grid = input.block_grid().clone();
+    let gshape = grid.grid_shape();
+    // Tiles: chunk positions along the kept axes; each folds the chunks along the reduced axes.
+    let tile_ranges: Vec<std::ops::Range<u64>> = (0..nd)
+        .map(|d| {
+            if axes.contains(&d) {
+                0..1
+            } else {
+                0..gshape[d]
+            }
+        })
+        .collect();
+    let red_ranges: Vec<std::ops::Range<u64>> = (0..nd)
+        .map(|d| {
+            if axes.contains(&d) {
+                0..gshape[d]
+            } else {
+                0..1
+            }
+        })
+        .collect();
+    let tiles = indices_in(&tile_ranges);
+    let along = indices_in(&red_ranges);
+    let tracker = Tracker::new(
+        "reduce",
+        Unit::Chunks,
+        (tiles.len() * along.len()) as u64,
+        opts.run.progress.clone(),
+    );
+    let out_strides: Vec<usize> = {
+        let mut s = vec![1usize; kept.len()];
+        for k in (0..kept.len().saturating_sub(1)).rev() {
+            s[k] = s[k + 1] * out_shape[k + 1] as usize;
+        }
+        s
+    };
+    let mut outs: Vec<Vec<u8>> = ops
+        .iter()
+        .map(|op| vec![0u8; out_len * op.output_dtype(dtype).size()])
+        .collect();
+    let ddof = opts.ddof;
+    let results: Vec<(Region, Vec<Vec<u8>>)> = with_threads(opts.run.threads, || {
+        tiles
+            .par_iter()
+            .map(|tile| -> Result<(Region, Vec<Vec<u8>>)> {
+                // The tile: the kept axes' extent of this chunk position.
+                let treg = grid.chunk_region(tile);
+                let tshape: Vec<usize> = kept
+                    .iter()
+                    .map(|&d| (treg.ranges()[d].end - treg.ranges()[d].start) as usize)
+                    .collect();
+                let tlen: usize = tshape.iter().product();
+                let mut tstride = vec![1usize; kept.len()];
+                for k in (0..kept.len().saturating_sub(1)).rev() {
+                    tstride[k] = tstride[k + 1] * tshape[k + 1];
+                }
+                let mut stride = vec![0usize; nd];
+                for (k, &d) in kept.iter().enumerate() {
+                    stride[d] = tstride[k];
+                }
+                let mut acc = Acc::new(tlen, needs, float);
+                for a in &along {
+                    opts.run.check()?;
+                    let idx: Vec<u64> = (0..nd)
+                        .map(|d| if axes.contains(&d) { a[d] } else { tile[d] })
+                        .collect();
+                    let creg = grid.chunk_region(&idx);
+                    let cshape: Vec<usize> = creg.shape().iter().map(|&n| n as usize).collect();
+                    let n: usize = cshape.iter().product();
+                    let arg = args.then(|| (axes[0], creg.ranges()[axes[0]].start));
+                    crate::with_scalar!(dtype, T => {
+                        let mut data = vec![T::default(); n];
+                        input.read_region_into(&creg, bytemuck::cast_slice_mut(&mut data))?;
+                        fold_block::<T>(&mut acc, &data, &cshape, &stride, arg);
+                    });
+                    tracker.add(1);
+                }
+                let vals = ops
+                    .iter()
+                    .map(|&op| finish(&acc, op, dtype, reduced, ddof, tlen))
+                    .collect();
+                let kreg = Region::new(kept.iter().map(|&d| treg.ranges()[d].clone()).collect());
+                Ok((kreg, vals))
+            })
+            .collect::<Result<Vec<_>>>()
+    })?;
+    // Each tile's values into the outputs, row by row.
+    for (kreg, vals) in results {
+        for (out, (val, &op)) in outs.iter_mut().zip(vals.iter().zip(ops)) {
+            let size = op.output_dtype(dtype).size();
+            place(out, val, &kreg, &out_strides, size);
+        }
+    }
+    Ok(ops
+        .iter()
+        .zip(outs)
+        .map(|(&op, bytes)| AxisResult {
+            op,
+            dtype: op.output_dtype(dtype),
+            shape: out_shape.clone(),
+            bytes,
+        })
+        .collect())
+}
+
+/// Copies a tile's values (C order over `reg`) into the output (strides `out_strides`).
+fn place(out: &mut [u8], val: &[u8], reg: &Region, out_strides: &[usize], size: usize) {
+    let shape: Vec<usize> = reg.shape().iter().map(|&n| n as usize).collect();
+    if shape.is_empty() {
+        out[..size].copy_from_slice(&val[..size]);
+        return;
+    }
+    let last = shape.len() - 1;
+    let row = shape[last] * size;
+    if row == 0 {
+        return;
+    }
+    let starts: Vec<usize> = reg.ranges().iter().map(|r| r.start as usize).collect();
+    let mut idx = vec![0usize; last];
+    for src in val.chunks_exact(row) {
+        let off: usize = (0..last)
+            .map(|k| (starts[k] + idx[k]) * out_strides[k])
+            .sum::<usize>()
+            + starts[last] * out_strides[last];
+        out[off * size..off * size + row].copy_from_slice(src);
+        for k in (0..last).rev() {
+            idx[k] += 1;
+            if idx[k] < shape[k] {
+                break;
+            }
+            idx[k] = 0;
+        }
+    }
+}
+
+/// The value of `op` for each of the tile's `len` elements, as bytes of its output type.
+fn finish(acc: &Acc, op: AxisOp, dtype: DType, reduced: u64, ddof: u64, len: usize) -> Vec<u8> {
+    let out = op.output_dtype(dtype);
+    let float = dtype.is_float();
+    let mut bytes = Vec::with_capacity(len * out.size());
+    let nan = |o: usize| float && acc.nan[o];
+    for o in 0..len {
+        let n = acc.n[o];
+        match op {
+            AxisOp::Sum | AxisOp::NanSum => {
+                if float {
+                    let s = if op == AxisOp::Sum && nan(o) {
+                        f64::NAN
+                    } else {
+                        fsum(acc, o)
+                    };
+                    put_float(&mut bytes, out, s);
+                } else {
+                    put_int(&mut bytes, out, acc.isum[o]);
+                }
+            }
+            AxisOp::Mean | AxisOp::NanMean => {
+                let m = if op == AxisOp::Mean && nan(o) || n == 0 {
+                    f64::NAN
+                } else if float {
+                    fsum(acc, o) / n as f64
+                } else {
+                    acc.isum[o] as f64 / n as f64
+                };
+                put_float(&mut bytes, out, m);
+            }
+            AxisOp::Std | AxisOp::Var | AxisOp::NanStd => {
+                let v = if op != AxisOp::NanStd && nan(o) || n <= ddof {
+                    f64::NAN
+                } else {
+                    // (Rounding can leave M2 a hair below zero; NaN, from an infinity, stays.)
+                    let m2 = if acc.m2[o] < 0.0 { 0.0 } else { acc.m2[o] };
+                    m2 / (n - ddof) as f64
+                };
+                put_float(
+                    &mut bytes,
+                    out,
+                    if op == AxisOp::Var { v } else { v.sqrt() },
+                );
+            }
+            AxisOp::Min | AxisOp::Max | AxisOp::NanMin | AxisOp::NanMax => {
+                let is_min = matches!(op, AxisOp::Min | AxisOp::NanMin);
+                if float {
+                    let v = if (matches!(op, AxisOp::Min | AxisOp::Max) && nan(o)) || n == 0 {
+                        f64::NAN
+                    } else if is_min {
+                        acc.fmin[o]
+                    } else {
+                        acc.fmax[o]
+                    };
+                    put_float(&mut bytes, out, v);
+                } else {
+                    put_int(
+                        &mut bytes,
+                        out,
+                        if is_min { acc.imin[o] } else { acc.imax[o] },
+                    );
+                }
+            }
+            AxisOp::Argmin | AxisOp::Argmax => {
+                let r = if nan(o) {
+                    acc.first_nan[o]
+                } else if op == AxisOp::Argmin {
+                    acc.argmin[o]
+                } else {
+                    acc.argmax[o]
+                };
+                put_int(&mut bytes, out, i128::from(r));
+            }
+            AxisOp::CountNonzero => put_int(&mut bytes, out, i128::from(acc.nonzero[o])),
+            AxisOp::Any => bytes.push(u8::from(acc.nonzero[o] > 0)),
+            AxisOp::All => bytes.push(u8::from(acc.nonzero[o] == reduced)),
+        }
+    }
+    bytes
+}
+
+/// The compensated float sum of element `o` (an infinite sum is that infinity: the
+/// compensation is NaN then).
+fn fsum(acc: &Acc, o: usize) -> f64 {
+    let s = acc.fsum[o];
+    if s.is_finite() { s + acc.fcomp[o] } else { s }
+}
+
+fn put_float(bytes: &mut Vec<u8>, t: DType, v: f64) {
+    match t {
+        DType::F32 => bytes.extend_from_slice(&(v as f32).to_le_bytes()),
+        _ => bytes.extend_from_slice(&v.to_le_bytes()),
+    }
+}
+
+/// An integer result in type `t`, wrapping as numpy's fixed-width sums do.
+fn put_int(bytes: &mut Vec<u8>, t: DType, v: i128) {
+    let b = (v as u128).to_le_bytes();
+    match t {
+        DType::Bool | DType::U8 | DType::I8 => bytes.push(b[0]),
+        DType::U16 | DType::I16 => bytes.extend_from_slice(&b[..2]),
+        DType::U32 | DType::I32 => bytes.extend_from_slice(&b[..4]),
+        DType::U64 | DType::I64 => bytes.extend_from_slice(&b[..8]),
+        DType::F32 => bytes.extend_from_slice(&(v as f32).to_le_bytes()),
+        DType::F64 => bytes.extend_from_slice(&(v as f64).to_le_bytes()),
+    }
+}
+
+/// Writes the results to `out`: one op to an `.npy` file (or a store, for a path ending in
+/// `.zarr`), several to a directory of `OP.npy` files (or a Zarr group of one array per op).
+///
+/// # Errors
+/// [`Error::OutputExists`] without `overwrite`; I/O errors.
+pub fn write_axis_results(results: &[AxisResult], out: &Path, overwrite: bool) -> Result<()> {
+    let is_zarr = out
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("zarr"));
+    let store = |r: &AxisResult, p: &Path| -> Result<()> {
+        let shape: Vec<usize> = r.shape.iter().map(|&n| n as usize).collect();
+        let o = crate::ConvertOptions::default().overwrite(overwrite);
+        if r.dtype == DType::Bool {
+            let data: Vec<bool> = r.bytes.iter().map(|&b| b != 0).collect();
+            let a = ndarray::ArrayD::from_shape_vec(shape, data)
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            crate::from_array(a.view(), p, &o)?;
+            return Ok(());
+        }
+        crate::with_scalar!(r.dtype, T => {
+            let data: Vec<T> = bytemuck::pod_collect_to_vec(&r.bytes);
+            let a = ndarray::ArrayD::from_shape_vec(shape, data)
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            crate::from_array(a.view(), p, &o)?;
+        });
+        Ok(())
+    };
+    let npy = |r: &AxisResult| -> Vec<u8> {
+        let mut b = crate::npy::header_bytes(r.dtype, &r.shape);
+        b.extend_from_slice(&r.bytes);
+        b
+    };
+    match results {
+        [one] if is_zarr => store(one, out),
+        [one] => crate::store::write_output(out, &npy(one), overwrite),
+        many => {
+            if out.exists() && !overwrite {
+                return Err(Error::OutputExists(out.to_path_buf()));
+            }
+            std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+            if is_zarr {
+                let group = serde_json::json!({"zarr_format": 3, "node_type": "group",
+                                               "attributes": {}});
+                crate::store::write_output(
+                    &out.join("zarr.json"),
+                    serde_json::to_string_pretty(&group)
+                        .expect("plain JSON")
+                        .as_bytes(),
+                    true,
+                )?;
+            }
+            for r in many {
+                if is_zarr {
+                    store(r, &out.join(r.op.name()))?;
+                } else {
+                    crate::store::write_output(
+                        &out.join(format!("{}.npy", r.op.name())),
+                        &npy(r),
+                        overwrite,
+                    )?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
