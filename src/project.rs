@@ -218,7 +218,8 @@ struct Acc {
 struct Needs {
     sum: bool,
     moments: bool,
-    extremes: bool,
+    min: bool,
+    max: bool,
     args: bool,
     nonzero: bool,
 }
@@ -230,9 +231,14 @@ impl Needs {
             match op {
                 AxisOp::Sum | AxisOp::NanSum | AxisOp::Mean | AxisOp::NanMean => n.sum = true,
                 AxisOp::Std | AxisOp::Var | AxisOp::NanStd => n.moments = true,
-                AxisOp::Min | AxisOp::Max | AxisOp::NanMin | AxisOp::NanMax => n.extremes = true,
-                AxisOp::Argmin | AxisOp::Argmax => {
-                    n.extremes = true;
+                AxisOp::Min | AxisOp::NanMin => n.min = true,
+                AxisOp::Max | AxisOp::NanMax => n.max = true,
+                AxisOp::Argmin => {
+                    n.min = true;
+                    n.args = true;
+                }
+                AxisOp::Argmax => {
+                    n.max = true;
                     n.args = true;
                 }
                 AxisOp::CountNonzero | AxisOp::Any | AxisOp::All => n.nonzero = true,
@@ -250,19 +256,21 @@ impl Acc {
         let sum_int = needs.sum && !float;
         let sum_float = needs.sum && float;
         Acc {
-            n: vec![0; len],
+            // An integer element's count is the reduced length; only Welford's update needs
+            // its running count.
+            n: v(float || needs.moments, len, 0u64),
             nan: v(float, len, false),
             isum: v(sum_int, len, 0i128),
             fsum: v(sum_float, len, 0.0),
             fcomp: v(sum_float, len, 0.0),
             mean: v(needs.moments, len, 0.0),
             m2: v(needs.moments, len, 0.0),
-            imin: v(needs.extremes && !float, len, i128::MAX),
-            imax: v(needs.extremes && !float, len, i128::MIN),
-            fmin: v(needs.extremes && float, len, f64::INFINITY),
-            fmax: v(needs.extremes && float, len, f64::NEG_INFINITY),
-            argmin: v(needs.args, len, u64::MAX),
-            argmax: v(needs.args, len, u64::MAX),
+            imin: v(needs.min && !float, len, i128::MAX),
+            imax: v(needs.max && !float, len, i128::MIN),
+            fmin: v(needs.min && float, len, f64::INFINITY),
+            fmax: v(needs.max && float, len, f64::NEG_INFINITY),
+            argmin: v(needs.args && needs.min, len, u64::MAX),
+            argmax: v(needs.args && needs.max, len, u64::MAX),
             first_nan: v(needs.args && float, len, u64::MAX),
             nonzero: v(needs.nonzero, len, 0u64),
         }
@@ -271,25 +279,25 @@ impl Acc {
     /// An integer value `x` at reduced position `r` into element `o`.
     #[inline]
     fn add_int(&mut self, o: usize, x: i128, r: u64) {
-        self.n[o] += 1;
+        if !self.n.is_empty() {
+            self.n[o] += 1;
+        }
         if !self.isum.is_empty() {
             self.isum[o] += x;
         }
         if !self.mean.is_empty() {
             self.welford(o, x as f64);
         }
-        if !self.imin.is_empty() {
-            if x < self.imin[o] {
-                self.imin[o] = x;
-                if !self.argmin.is_empty() {
-                    self.argmin[o] = r;
-                }
+        if !self.imin.is_empty() && x < self.imin[o] {
+            self.imin[o] = x;
+            if !self.argmin.is_empty() {
+                self.argmin[o] = r;
             }
-            if x > self.imax[o] {
-                self.imax[o] = x;
-                if !self.argmax.is_empty() {
-                    self.argmax[o] = r;
-                }
+        }
+        if !self.imax.is_empty() && x > self.imax[o] {
+            self.imax[o] = x;
+            if !self.argmax.is_empty() {
+                self.argmax[o] = r;
             }
         }
         if !self.nonzero.is_empty() && x != 0 {
@@ -324,22 +332,136 @@ impl Acc {
         if !self.mean.is_empty() {
             self.welford(o, x);
         }
-        if !self.fmin.is_empty() {
-            if x < self.fmin[o] || self.n[o] == 1 && x <= self.fmin[o] {
-                self.fmin[o] = x;
-                if !self.argmin.is_empty() {
-                    self.argmin[o] = r;
-                }
+        let first = self.n[o] == 1;
+        if !self.fmin.is_empty() && (x < self.fmin[o] || first && x <= self.fmin[o]) {
+            self.fmin[o] = x;
+            if !self.argmin.is_empty() {
+                self.argmin[o] = r;
             }
-            if x > self.fmax[o] || self.n[o] == 1 && x >= self.fmax[o] {
-                self.fmax[o] = x;
-                if !self.argmax.is_empty() {
-                    self.argmax[o] = r;
-                }
+        }
+        if !self.fmax.is_empty() && (x > self.fmax[o] || first && x >= self.fmax[o]) {
+            self.fmax[o] = x;
+            if !self.argmax.is_empty() {
+                self.argmax[o] = r;
             }
         }
         if !self.nonzero.is_empty() && x != 0.0 {
             self.nonzero[o] += 1;
+        }
+    }
+
+    /// Integer values `row` at reduced position `r` into elements `o..o + row.len()`.
+    fn add_int_row<T: Scalar>(&mut self, o: usize, row: &[T], r: u64) {
+        let e = o + row.len();
+        let x = |v: &T| crate::reduce::int_value(*v);
+        if !self.n.is_empty() {
+            for n in &mut self.n[o..e] {
+                *n += 1;
+            }
+        }
+        if !self.isum.is_empty() {
+            for (s, v) in self.isum[o..e].iter_mut().zip(row) {
+                *s += x(v);
+            }
+        }
+        if !self.mean.is_empty() {
+            for (j, v) in row.iter().enumerate() {
+                self.welford(o + j, x(v) as f64);
+            }
+        }
+        if !self.imin.is_empty() {
+            if self.argmin.is_empty() {
+                for (m, v) in self.imin[o..e].iter_mut().zip(row) {
+                    *m = (*m).min(x(v));
+                }
+            } else {
+                for (j, v) in row.iter().enumerate() {
+                    let v = x(v);
+                    if v < self.imin[o + j] {
+                        self.imin[o + j] = v;
+                        self.argmin[o + j] = r;
+                    }
+                }
+            }
+        }
+        if !self.imax.is_empty() {
+            if self.argmax.is_empty() {
+                for (m, v) in self.imax[o..e].iter_mut().zip(row) {
+                    *m = (*m).max(x(v));
+                }
+            } else {
+                for (j, v) in row.iter().enumerate() {
+                    let v = x(v);
+                    if v > self.imax[o + j] {
+                        self.imax[o + j] = v;
+                        self.argmax[o + j] = r;
+                    }
+                }
+            }
+        }
+        if !self.nonzero.is_empty() {
+            for (c, v) in self.nonzero[o..e].iter_mut().zip(row) {
+                *c += u64::from(x(v) != 0);
+            }
+        }
+    }
+
+    /// Float values `row` at reduced position `r` into elements `o..o + row.len()`.
+    fn add_float_row<T: Scalar>(&mut self, o: usize, row: &[T], r: u64) {
+        if !self.argmin.is_empty()
+            || !self.argmax.is_empty()
+            || row.iter().any(|v| v.to_f64().is_nan())
+        {
+            for (j, v) in row.iter().enumerate() {
+                self.add_float(o + j, v.to_f64(), r);
+            }
+            return;
+        }
+        let e = o + row.len();
+        for n in &mut self.n[o..e] {
+            *n += 1;
+        }
+        if !self.fsum.is_empty() {
+            for ((s, c), v) in self.fsum[o..e]
+                .iter_mut()
+                .zip(&mut self.fcomp[o..e])
+                .zip(row)
+            {
+                let x = v.to_f64();
+                let t = *s + x;
+                *c += if s.abs() >= x.abs() {
+                    (*s - t) + x
+                } else {
+                    (x - t) + *s
+                };
+                *s = t;
+            }
+        }
+        if !self.mean.is_empty() {
+            for (j, v) in row.iter().enumerate() {
+                self.welford(o + j, v.to_f64());
+            }
+        }
+        if !self.fmin.is_empty() {
+            for (m, v) in self.fmin[o..e].iter_mut().zip(row) {
+                let x = v.to_f64();
+                if x < *m {
+                    *m = x;
+                }
+            }
+        }
+        if !self.fmax.is_empty() {
+            for (m, v) in self.fmax[o..e].iter_mut().zip(row) {
+                let x = v.to_f64();
+                if x > *m {
+                    *m = x;
+                }
+            }
+        }
+        if !self.nonzero.is_empty() {
+            for (c, v) in self.nonzero[o..e].iter_mut().zip(row) {
+                *c += u64::from(v.to_f64() != 0.0);
+            }
         }
     }
 
@@ -352,48 +474,69 @@ impl Acc {
     }
 }
 
-/// Folds one block (`data`: C order, of `shape`) into `acc`: `stride[d]` is axis `d`'s stride
-/// in the tile (0 for a reduced axis), `arg` the reduced axis and its first position in the
-/// block, for argmin/argmax.
+/// Folds one block into `acc`: `data` is C order of `full` (a chunk padded to its full shape),
+/// of which the box `shape` at its origin is inside the array; `stride[d]` is axis `d`'s
+/// stride in the tile (0 for a reduced axis), `arg` the reduced axis and its first position in
+/// the block, for argmin/argmax.
 fn fold_block<T: Scalar>(
     acc: &mut Acc,
     data: &[T],
+    full: &[usize],
     shape: &[usize],
     stride: &[usize],
     arg: Option<(usize, u64)>,
 ) {
     let nd = shape.len();
-    if nd == 0 || data.is_empty() {
+    if nd == 0 || shape.contains(&0) {
         return;
     }
     let last = nd - 1;
     let n_last = shape[last];
     let float = T::DTYPE.is_float();
+    let mut fstride = vec![1usize; nd];
+    for d in (0..last).rev() {
+        fstride[d] = fstride[d + 1] * full[d + 1];
+    }
+    let rows: usize = shape[..last].iter().product();
     let mut idx = vec![0usize; last];
     let mut base = 0usize;
-    for row in data.chunks_exact(n_last) {
+    let mut at = 0usize;
+    let along_last = matches!(arg, Some((d, _)) if d == last);
+    for _ in 0..rows {
+        let row = &data[at..at + n_last];
         let r0 = match arg {
             Some((d, g)) if d < last => g + idx[d] as u64,
             Some((_, g)) => g,
             None => 0,
         };
-        let along_last = matches!(arg, Some((d, _)) if d == last);
-        for (j, &v) in row.iter().enumerate() {
-            let o = base + j * stride[last];
-            let r = if along_last { r0 + j as u64 } else { r0 };
+        if stride[last] == 1 {
+            // The last axis is kept: the row updates a run of the tile's elements, one field
+            // at a time (tight loops the compiler vectorises where it can).
             if float {
-                acc.add_float(o, v.to_f64(), r);
+                acc.add_float_row(base, row, r0);
             } else {
-                acc.add_int(o, crate::reduce::int_value(v), r);
+                acc.add_int_row(base, row, r0);
+            }
+        } else {
+            for (j, &v) in row.iter().enumerate() {
+                let o = base + j * stride[last];
+                let r = if along_last { r0 + j as u64 } else { r0 };
+                if float {
+                    acc.add_float(o, v.to_f64(), r);
+                } else {
+                    acc.add_int(o, crate::reduce::int_value(v), r);
+                }
             }
         }
         for d in (0..last).rev() {
             idx[d] += 1;
             base += stride[d];
+            at += fstride[d];
             if idx[d] < shape[d] {
                 break;
             }
             base -= stride[d] * shape[d];
+            at -= fstride[d] * shape[d];
             idx[d] = 0;
         }
     }
@@ -496,6 +639,15 @@ pub fn reduce_axes(
         })
         .collect();
     let tiles = indices_in(&tile_ranges);
+    let full: Vec<usize> = grid.chunk_shape().iter().map(|&c| c as usize).collect();
+    let fill: Vec<u8> = input
+        .fill_bytes()
+        .iter()
+        .copied()
+        .cycle()
+        .take(full.iter().product::<usize>() * dtype.size())
+        .collect();
+    let stored = input.stored_chunks();
     let along = indices_in(&red_ranges);
     let tracker = Tracker::new(
         "reduce",
@@ -542,12 +694,26 @@ pub fn reduce_axes(
                         .collect();
                     let creg = grid.chunk_region(&idx);
                     let cshape: Vec<usize> = creg.shape().iter().map(|&n| n as usize).collect();
-                    let n: usize = cshape.iter().product();
                     let arg = args.then(|| (axes[0], creg.ranges()[axes[0]].start));
+                    // The chunk decoded whole (padded to the chunk shape); an absent one, all
+                    // fill value, not asked of the store.
+                    let absent = stored.as_ref().is_some_and(|s| !s.contains(&idx));
+                    let block = if absent {
+                        None
+                    } else {
+                        input.read_block(&idx)?
+                    };
+                    let bytes = block.as_deref().unwrap_or(&fill);
                     crate::with_scalar!(dtype, T => {
-                        let mut data = vec![T::default(); n];
-                        input.read_region_into(&creg, bytemuck::cast_slice_mut(&mut data))?;
-                        fold_block::<T>(&mut acc, &data, &cshape, &stride, arg);
+                        let owned;
+                        let data: &[T] = match bytemuck::try_cast_slice(bytes) {
+                            Ok(d) => d,
+                            Err(_) => {
+                                owned = bytemuck::pod_collect_to_vec::<u8, T>(bytes);
+                                &owned
+                            }
+                        };
+                        fold_block::<T>(&mut acc, data, &full, &cshape, &stride, arg);
                     });
                     tracker.add(1);
                 }
@@ -616,7 +782,7 @@ fn finish(acc: &Acc, op: AxisOp, dtype: DType, reduced: u64, ddof: u64, len: usi
     let mut bytes = Vec::with_capacity(len * out.size());
     let nan = |o: usize| float && acc.nan[o];
     for o in 0..len {
-        let n = acc.n[o];
+        let n = if acc.n.is_empty() { reduced } else { acc.n[o] };
         match op {
             AxisOp::Sum | AxisOp::NanSum => {
                 if float {
