@@ -82,7 +82,9 @@ pub use index::{
 pub use input::Input;
 pub use inspect::{BadChunk, StoreInfo, VerifyReport, info, verify};
 pub use progress::{Progress, ProgressFn, Unit};
-pub use project::{AxisOp, AxisReduceOptions, AxisResult, reduce_axes, write_axis_results};
+pub use project::{
+    AxisOp, AxisReduceOptions, AxisResult, reduce_axes, reduce_axes_to, write_axis_results,
+};
 pub use reduce::{
     AxisStats, ChunkStats, Counts, Histogram, MAX_BINS, PartialResult, PerChunk, ReduceOptions,
     Reduction, Stats, StatsAcc, ValueCounts, reduce, reduce_part,

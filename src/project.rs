@@ -159,10 +159,18 @@ impl std::str::FromStr for AxisOp {
 #[derive(Clone, Debug, Default)]
 pub struct AxisReduceOptions {
     ddof: u64,
+    partition: Option<(u32, u32)>,
     run: RunOptions,
 }
 
 impl AxisReduceOptions {
+    /// Do only part `I` of `N` ([`reduce_axes_to`]; spec/SCALE.md §1): a contiguous run of the
+    /// result's tiles; the last part to finish writes the output.
+    pub fn partition(mut self, part: Option<(u32, u32)>) -> Self {
+        self.partition = part;
+        self
+    }
+
     /// Delta degrees of freedom of `std`/`var`/`nanstd` (numpy's `ddof`, default 0).
     pub fn ddof(mut self, ddof: u64) -> Self {
         self.ddof = ddof;
@@ -565,6 +573,68 @@ pub fn reduce_axes(
     ops: &[AxisOp],
     opts: &AxisReduceOptions,
 ) -> Result<Vec<AxisResult>> {
+    let (results, layout) = reduce_tiles(input, axes, ops, opts, None)?;
+    layout.assemble(ops, std::iter::once(Ok(results)))
+}
+
+/// Where the tiles' values go: the result's shape, strides and the input type.
+struct OutLayout {
+    shape: Vec<u64>,
+    strides: Vec<usize>,
+    len: usize,
+    dtype: DType,
+}
+
+impl OutLayout {
+    /// The results of `ops` from the tiles' values (in any number of batches).
+    fn assemble(
+        &self,
+        ops: &[AxisOp],
+        batches: impl Iterator<Item = Result<Vec<(Region, Vec<Vec<u8>>)>>>,
+    ) -> Result<Vec<AxisResult>> {
+        let mut outs: Vec<Vec<u8>> = ops
+            .iter()
+            .map(|op| vec![0u8; self.len * op.output_dtype(self.dtype).size()])
+            .collect();
+        for batch in batches {
+            for (kreg, vals) in batch? {
+                for (out, (val, &op)) in outs.iter_mut().zip(vals.iter().zip(ops)) {
+                    let size = op.output_dtype(self.dtype).size();
+                    if val.len() != kreg.len() as usize * size {
+                        return Err(Error::Internal(format!(
+                            "a tile of {} holds {} bytes of {}",
+                            kreg,
+                            val.len(),
+                            op.name()
+                        )));
+                    }
+                    place(out, val, &kreg, &self.strides, size);
+                }
+            }
+        }
+        Ok(ops
+            .iter()
+            .zip(outs)
+            .map(|(&op, bytes)| AxisResult {
+                op,
+                dtype: op.output_dtype(self.dtype),
+                shape: self.shape.clone(),
+                bytes,
+            })
+            .collect())
+    }
+}
+
+/// The tiles' values (all tiles, or part `I` of `N`'s contiguous run of them), each with its
+/// region of the result.
+#[allow(clippy::type_complexity)]
+fn reduce_tiles(
+    input: &Input,
+    axes: &[usize],
+    ops: &[AxisOp],
+    opts: &AxisReduceOptions,
+    part: Option<(u32, u32)>,
+) -> Result<(Vec<(Region, Vec<Vec<u8>>)>, OutLayout)> {
     let shape = input.shape().to_vec();
     let nd = shape.len();
     if ops.is_empty() {
@@ -638,7 +708,12 @@ pub fn reduce_axes(
             }
         })
         .collect();
-    let tiles = indices_in(&tile_ranges);
+    let mut tiles = indices_in(&tile_ranges);
+    if let Some((i, n)) = part {
+        // A part: a contiguous run of the tiles (each the same number of chunks).
+        let (a, b) = crate::grid::part_layers(tiles.len() as u64, i, n);
+        tiles = tiles[a as usize..b as usize].to_vec();
+    }
     let full: Vec<usize> = grid.chunk_shape().iter().map(|&c| c as usize).collect();
     let fill: Vec<u8> = input
         .fill_bytes()
@@ -662,10 +737,6 @@ pub fn reduce_axes(
         }
         s
     };
-    let mut outs: Vec<Vec<u8>> = ops
-        .iter()
-        .map(|op| vec![0u8; out_len * op.output_dtype(dtype).size()])
-        .collect();
     let ddof = opts.ddof;
     let results: Vec<(Region, Vec<Vec<u8>>)> = with_threads(opts.run.threads, || {
         tiles
@@ -726,23 +797,15 @@ pub fn reduce_axes(
             })
             .collect::<Result<Vec<_>>>()
     })?;
-    // Each tile's values into the outputs, row by row.
-    for (kreg, vals) in results {
-        for (out, (val, &op)) in outs.iter_mut().zip(vals.iter().zip(ops)) {
-            let size = op.output_dtype(dtype).size();
-            place(out, val, &kreg, &out_strides, size);
-        }
-    }
-    Ok(ops
-        .iter()
-        .zip(outs)
-        .map(|(&op, bytes)| AxisResult {
-            op,
-            dtype: op.output_dtype(dtype),
-            shape: out_shape.clone(),
-            bytes,
-        })
-        .collect())
+    Ok((
+        results,
+        OutLayout {
+            shape: out_shape,
+            strides: out_strides,
+            len: out_len,
+            dtype,
+        },
+    ))
 }
 
 /// Copies a tile's values (C order over `reg`) into the output (strides `out_strides`).
@@ -949,4 +1012,112 @@ pub fn write_axis_results(results: &[AxisResult], out: &Path, overwrite: bool) -
             Ok(())
         }
     }
+}
+
+/// A part's tiles, as bytes: for each tile its region (ndim, then start and end per axis) and
+/// each op's values (length, then bytes), all little-endian u64.
+fn encode_tiles(tiles: &[(Region, Vec<Vec<u8>>)]) -> Vec<u8> {
+    let mut b = Vec::new();
+    let u = |b: &mut Vec<u8>, v: u64| b.extend_from_slice(&v.to_le_bytes());
+    for (reg, vals) in tiles {
+        u(&mut b, reg.ndim() as u64);
+        for r in reg.ranges() {
+            u(&mut b, r.start);
+            u(&mut b, r.end);
+        }
+        for v in vals {
+            u(&mut b, v.len() as u64);
+            b.extend_from_slice(v);
+        }
+    }
+    b
+}
+
+/// The tiles [`encode_tiles`] wrote (of `nops` ops each); `path` names the file in errors.
+fn decode_tiles(bytes: &[u8], nops: usize, path: &Path) -> Result<Vec<(Region, Vec<Vec<u8>>)>> {
+    let bad = || Error::bad_input(path, "a part's saved result is cut short or not ours");
+    let mut at = 0usize;
+    let u = |at: &mut usize| -> Result<u64> {
+        let w = bytes.get(*at..*at + 8).ok_or_else(bad)?;
+        *at += 8;
+        Ok(u64::from_le_bytes(w.try_into().expect("8 bytes")))
+    };
+    let mut out = Vec::new();
+    while at < bytes.len() {
+        let nd = usize::try_from(u(&mut at)?).map_err(|_| bad())?;
+        if nd > 64 {
+            return Err(bad());
+        }
+        let mut ranges = Vec::with_capacity(nd);
+        for _ in 0..nd {
+            let (a, b) = (u(&mut at)?, u(&mut at)?);
+            ranges.push(a..b.max(a));
+        }
+        let mut vals = Vec::with_capacity(nops);
+        for _ in 0..nops {
+            let n = usize::try_from(u(&mut at)?).map_err(|_| bad())?;
+            let v = bytes
+                .get(at..at.checked_add(n).ok_or_else(bad)?)
+                .ok_or_else(bad)?;
+            vals.push(v.to_vec());
+            at += n;
+        }
+        out.push((Region::new(ranges), vals));
+    }
+    Ok(out)
+}
+
+/// Reduces `input` along `axes` with `ops` and writes the results to `out` (as
+/// [`write_axis_results`]); with [`AxisReduceOptions::partition`], only this part's tiles, the
+/// last part to finish writing `out` from every part's (spec/SCALE.md §1-§2: the same file one
+/// process writes). Returns `Some((done, total))` parts for a part that did not write `out`.
+///
+/// # Errors
+/// As [`reduce_axes`] and [`write_axis_results`]; for a part, those of the parts' directory
+/// (another N than the job's, a part running elsewhere, another job under way at `out`).
+pub fn reduce_axes_to(
+    input: &Input,
+    axes: &[usize],
+    ops: &[AxisOp],
+    out: &Path,
+    overwrite: bool,
+    opts: &AxisReduceOptions,
+) -> Result<Option<(u32, u32)>> {
+    let Some(part) = opts.partition else {
+        let r = reduce_axes(input, axes, ops, opts)?;
+        write_axis_results(&r, out, overwrite)?;
+        return Ok(None);
+    };
+    let names: Vec<&str> = ops.iter().map(|o| o.name()).collect();
+    let settings = format!(
+        "chunkwise reduce v1\naxes {axes:?}\nops {}\nddof {}\ninput: {}\n",
+        names.join(","),
+        opts.ddof,
+        input.identity()
+    );
+    let fingerprint = crate::fingerprint::fnv1a(&settings);
+    let parts = crate::store::Parts::open(out, &fingerprint, &settings, part, overwrite)?;
+    let mut layout = None;
+    if !parts.saved() {
+        let (tiles, l) = reduce_tiles(input, axes, ops, opts, Some(part))?;
+        parts.save(&encode_tiles(&tiles))?;
+        layout = Some(l);
+    }
+    let layout = match layout {
+        Some(l) => l,
+        // Resumed after the save: the layout of the result (no tile is read).
+        None => reduce_tiles(input, axes, ops, opts, Some((0, u32::MAX)))?.1,
+    };
+    let finish = parts.finish(|files, out, overwrite| {
+        let batches = files.iter().map(|f| {
+            let bytes = std::fs::read(f).map_err(|e| Error::io(f, e))?;
+            decode_tiles(&bytes, ops.len(), f)
+        });
+        let results = layout.assemble(ops, batches)?;
+        write_axis_results(&results, out, overwrite)
+    })?;
+    Ok(match finish {
+        crate::store::PartsFinish::Combined => None,
+        crate::store::PartsFinish::Waiting { done, total } => Some((done, total)),
+    })
 }

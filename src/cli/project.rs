@@ -41,6 +41,10 @@ pub(crate) struct Args {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
+    /// Do part I of N of the result's tiles (0 <= I < N); the last part to finish writes OUT
+    /// (spec/SCALE.md §1).
+    #[arg(long, value_parser = super::job::parse_partition, value_name = "I/N")]
+    partition: Option<(u32, u32)>,
 }
 
 pub(crate) fn run(a: Args, g: &Global) -> CliResult {
@@ -61,24 +65,40 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
         seen.push(*op);
     }
     let start = std::time::Instant::now();
-    let o = AxisReduceOptions::default().ddof(a.ddof).run(g.run());
-    let results = chunkwise::reduce_axes(&input, &a.axis, &ops, &o)?;
-    chunkwise::write_axis_results(&results, &a.output, a.overwrite)?;
+    let o = AxisReduceOptions::default()
+        .ddof(a.ddof)
+        .partition(a.partition)
+        .run(g.run());
+    let waiting = chunkwise::reduce_axes_to(&input, &a.axis, &ops, &a.output, a.overwrite, &o)?;
     let secs = start.elapsed().as_secs_f64();
+    let dtype = input.dtype();
+    let shape: Vec<u64> = (0..input.shape().len())
+        .filter(|d| !a.axis.contains(d))
+        .map(|d| input.shape()[d])
+        .collect();
+    if let (Some((done, total)), Some(part)) = (waiting, a.partition) {
+        say(format!(
+            "part {}/{} done; {done} of {total} parts done, waiting for the others to write {}",
+            part.0,
+            part.1,
+            a.output.display()
+        ))?;
+        return Ok(Outcome::Ok);
+    }
     if a.json {
         say(serde_json::to_string_pretty(&json!({
             "path": a.output,
             "axis": a.axis,
-            "ops": results.iter().map(|r| json!({
-                "op": r.op.name(), "dtype": r.dtype.to_string(), "shape": r.shape,
+            "ops": ops.iter().map(|op| json!({
+                "op": op.name(), "dtype": op.output_dtype(dtype).to_string(), "shape": shape,
             })).collect::<Vec<_>>(),
             "seconds": secs,
         }))
         .expect("plain JSON"))?;
     } else if !g.quiet {
-        let what: Vec<String> = results
+        let what: Vec<String> = ops
             .iter()
-            .map(|r| format!("{} ({})", r.op.name(), r.dtype))
+            .map(|op| format!("{} ({})", op.name(), op.output_dtype(dtype)))
             .collect();
         say(format!(
             "wrote {}: {} of {} along axis {} -> {} in {secs:.2} s",
@@ -90,7 +110,7 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
                 .map(usize::to_string)
                 .collect::<Vec<_>>()
                 .join(","),
-            chunkwise::support::fmt_shape(&results[0].shape),
+            chunkwise::support::fmt_shape(&shape),
         ))?;
     }
     Ok(Outcome::Ok)

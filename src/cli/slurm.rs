@@ -18,6 +18,7 @@ const SPLITTABLE: &[(&str, bool)] = &[
     ("neighbourhood-lut", true),
     ("stats", false),
     ("histogram", false),
+    ("reduce", false),
     ("where", false),
     ("graph", false),
 ];
