@@ -644,7 +644,16 @@ fn kernel(
                 Some(v) => Some(number(&v.extract::<String>()?)?),
                 None => None,
             };
-            Box::new(NeighbourhoodLut::new(table).map_err(to_py)?.above(above))
+            let order = match params.get_item("index_order")?.filter(|v| !v.is_none()) {
+                Some(v) => v.extract::<String>()?.parse().map_err(to_py)?,
+                None => chunkwise::kernel::IndexOrder::Default,
+            };
+            Box::new(
+                NeighbourhoodLut::new(table)
+                    .map_err(to_py)?
+                    .above(above)
+                    .index_order(order),
+            )
         }
         other => return Err(PyValueError::new_err(format!("unknown kernel {other}"))),
     };
@@ -741,6 +750,44 @@ fn reduce_options(
 ) -> ReduceOptions {
     let reg = starts.zip(stops).map(|(a, b)| region(&a, &b));
     ReduceOptions::default().run(run.clone()).region(reg)
+}
+
+/// `chunkwise reduce --axis ... --op ...` (REDUCE §7): for each op, its name, numpy dtype
+/// string, shape and C-order little-endian bytes.
+#[pyfunction]
+#[pyo3(signature = (source, axes, ops, ddof=0, opts=None))]
+#[allow(clippy::type_complexity)]
+fn reduce_axes(
+    py: Python<'_>,
+    source: PyRef<'_, Source>,
+    axes: Vec<usize>,
+    ops: Vec<String>,
+    ddof: u64,
+    opts: Option<&Bound<'_, PyDict>>,
+) -> PyResult<Vec<(String, String, Vec<u64>, Py<pyo3::types::PyBytes>)>> {
+    let job = Job::new(&Common::from(opts)?);
+    source.check_present()?;
+    let ops = ops
+        .iter()
+        .map(|o| o.parse::<chunkwise::AxisOp>())
+        .collect::<chunkwise::Result<Vec<_>>>()
+        .map_err(to_py)?;
+    let o = chunkwise::AxisReduceOptions::default()
+        .ddof(ddof)
+        .run(job.run.clone());
+    let input = &source.input;
+    let results = job.run(py, |_| chunkwise::reduce_axes(input, &axes, &ops, &o))?;
+    Ok(results
+        .into_iter()
+        .map(|r| {
+            (
+                r.op.name().to_string(),
+                r.dtype.to_string(),
+                r.shape,
+                pyo3::types::PyBytes::new(py, &r.bytes).unbind(),
+            )
+        })
+        .collect())
 }
 
 /// `chunkwise stats --json` as a JSON string.
@@ -1088,6 +1135,7 @@ fn _chunkwise(m: &Bound<'_, PyModule>) -> PyResult<()> {
         wrap_pyfunction!(kernel, m)?,
         wrap_pyfunction!(map_overlap, m)?,
         wrap_pyfunction!(stats, m)?,
+        wrap_pyfunction!(reduce_axes, m)?,
         wrap_pyfunction!(stats_part, m)?,
         wrap_pyfunction!(histogram_part, m)?,
         wrap_pyfunction!(histogram, m)?,

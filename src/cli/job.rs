@@ -199,16 +199,23 @@ pub(crate) fn threshold(a: ThresholdArgs, g: &Global) -> CliResult {
 pub(crate) struct NeighbourhoodLutArgs {
     #[command(flatten)]
     job: JobArgs,
-    /// A .npy table of 2^27 entries; out = table[neighbourhood index], with the table's type.
+    /// A .npy table of 2^27 entries (or 2^26: the 26 neighbours, the centre left out); out =
+    /// table[neighbourhood index], with the table's type.
     #[arg(long, value_name = "T.npy")]
     table: PathBuf,
     /// Binarise the input as in > X first (default: the input must be 0/1).
     #[arg(long, allow_hyphen_values = true, value_name = "X")]
     above: Option<chunkwise::Number>,
+    /// The index's bit order: default (weight 2^(9a+3b+c), axis 0 most significant) or
+    /// clearmap (2^(a+3b+9c), ClearMap's Topology3d.index_kernel).
+    #[arg(long, default_value = "default", value_name = "ORDER")]
+    index_order: String,
 }
 
 pub(crate) fn neighbourhood_lut(a: NeighbourhoodLutArgs, g: &Global) -> CliResult {
-    let k = NeighbourhoodLut::new(Table::open(&a.table)?)?.above(a.above);
+    let k = NeighbourhoodLut::new(Table::open(&a.table)?)?
+        .above(a.above)
+        .index_order(a.index_order.parse()?);
     run(&a.job, &k, g)
 }
 

@@ -227,6 +227,7 @@ const FLAGS: &[&str] = &[
     "layout",
     "level",
     "memory",
+    "index_order",
     "mode",
     "op",
     "move",

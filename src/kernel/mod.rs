@@ -23,7 +23,7 @@ use crate::region::Region;
 pub use correlate::Correlate1d;
 pub use gaussian::{Gaussian, MAX_RADIUS};
 pub use lut::Lut;
-pub use nlut::{NEIGHBOURHOOD_TABLE_LEN, NeighbourhoodLut};
+pub use nlut::{IndexOrder, NEIGHBOURHOOD_TABLE_LEN, NeighbourhoodLut};
 pub use threshold::Threshold;
 
 /// A block-wise computation.

@@ -1,6 +1,9 @@
 //! `neighbourhood-lut` (ClearMap's `apply_lut_to_index`): for a binary 3-D input,
-//! `index = Σ in[z+a-1, y+b-1, x+c-1] · 2^(9a+3b+c)` over the 3x3x3 neighbourhood (zero outside
-//! the array), `out = T[index]` with a table of 2^27 entries, memory-mapped.
+//! `index = Σ in[z+a-1, y+b-1, x+c-1] · 2^w(a,b,c)` over the 3x3x3 neighbourhood (zero outside
+//! the array), `out = T[index]` with a table memory-mapped. `w = 9a+3b+c` by default (axis 0
+//! most significant), `a+3b+9c` in ClearMap's order (its `Topology3d.index_kernel`: axis 0
+//! least significant); a table of 2^27 entries takes the whole index, one of 2^26 the index
+//! without the centre's bit (bit 13 in both orders: ClearMap's `cube_base_2(center=False)`).
 
 use ndarray::{ArrayViewD, Axis, Ix3};
 
@@ -11,32 +14,94 @@ use crate::kernel::lut::Table;
 use crate::kernel::{Block, Kernel, OutBlock, Scratch};
 use crate::with_scalar;
 
-/// Entries a neighbourhood table must have: one per 3x3x3 binary pattern.
+/// Entries a neighbourhood table must have: one per 3x3x3 binary pattern (or
+/// [`NEIGHBOURHOOD_TABLE_LEN`] / 2, one per pattern of the 26 neighbours, the centre left out).
 pub const NEIGHBOURHOOD_TABLE_LEN: usize = 1 << 27;
 
-/// `out = table[27-bit neighbourhood index]`.
+/// Which bit of the neighbourhood index each of the 27 voxels sets (spec/COMPUTE.md §3).
+///
+/// ```
+/// use chunkwise::kernel::IndexOrder;
+/// assert_eq!("clearmap".parse::<IndexOrder>()?, IndexOrder::ClearMap);
+/// // The voxel one step along axis 0 (a = 2, b = c = 1):
+/// assert_eq!(IndexOrder::Default.bit(2, 1, 1), 22);   // 9a + 3b + c
+/// assert_eq!(IndexOrder::ClearMap.bit(2, 1, 1), 14);  // a + 3b + 9c
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IndexOrder {
+    /// `9a + 3b + c`: axis 0 most significant.
+    #[default]
+    Default,
+    /// `a + 3b + 9c`: axis 0 least significant (ClearMap's `index_kernel`, `cube_base_2`).
+    ClearMap,
+}
+
+impl IndexOrder {
+    /// The bit of the voxel at offset `(a, b, c)` (each 0..3, 1 the centre) along axes 0, 1, 2.
+    pub fn bit(self, a: u32, b: u32, c: u32) -> u32 {
+        match self {
+            IndexOrder::Default => 9 * a + 3 * b + c,
+            IndexOrder::ClearMap => a + 3 * b + 9 * c,
+        }
+    }
+}
+
+impl std::str::FromStr for IndexOrder {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<IndexOrder> {
+        match s {
+            "default" => Ok(IndexOrder::Default),
+            "clearmap" => Ok(IndexOrder::ClearMap),
+            _ => Err(Error::option(
+                "index_order",
+                format!("{s:?}: give default (axis 0 most significant) or clearmap"),
+            )),
+        }
+    }
+}
+
+/// `out = table[27-bit neighbourhood index]` (or the 26-bit index without the centre).
 #[derive(Debug)]
 pub struct NeighbourhoodLut {
     table: Table,
     above: Option<Number>,
+    order: IndexOrder,
 }
 
 impl NeighbourhoodLut {
-    /// A kernel over `table`.
+    /// A kernel over `table`: 2^27 entries (the whole index) or 2^26 (the centre left out).
     ///
     /// # Errors
-    /// [`crate::InputError::BadInput`] unless the table has exactly 2^27 entries.
+    /// [`crate::InputError::BadInput`] unless the table has 2^27 or 2^26 entries.
     pub fn new(table: Table) -> Result<NeighbourhoodLut> {
-        if table.len() != NEIGHBOURHOOD_TABLE_LEN {
+        if table.len() != NEIGHBOURHOOD_TABLE_LEN && table.len() != NEIGHBOURHOOD_TABLE_LEN / 2 {
             return Err(Error::bad_input(
                 table.path(),
                 format!(
-                    "a neighbourhood table has 2^27 = {NEIGHBOURHOOD_TABLE_LEN} entries, this one {}",
+                    "a neighbourhood table has 2^27 = {NEIGHBOURHOOD_TABLE_LEN} entries (or 2^26 = {} \
+                     for the 26 neighbours without the centre), this one {}",
+                    NEIGHBOURHOOD_TABLE_LEN / 2,
                     table.len()
                 ),
             ));
         }
-        Ok(NeighbourhoodLut { table, above: None })
+        Ok(NeighbourhoodLut {
+            table,
+            above: None,
+            order: IndexOrder::Default,
+        })
+    }
+
+    /// Which bit each voxel of the neighbourhood sets (default: [`IndexOrder::Default`]).
+    pub fn index_order(mut self, order: IndexOrder) -> Self {
+        self.order = order;
+        self
+    }
+
+    /// Whether the table leaves the centre out (2^26 entries).
+    fn without_centre(&self) -> bool {
+        self.table.len() == NEIGHBOURHOOD_TABLE_LEN / 2
     }
 
     /// Binarises any numeric input on the fly: a voxel is 1 where `in > x` (W7's `V > 700`),
@@ -80,9 +145,19 @@ impl Kernel for NeighbourhoodLut {
     }
 
     fn describe(&self) -> String {
+        let order = match self.order {
+            IndexOrder::Default => "",
+            IndexOrder::ClearMap => " order=clearmap",
+        };
         match self.above {
-            Some(x) => format!("neighbourhood-lut {} above={x}", self.table.describe()),
-            None => format!("neighbourhood-lut {} above=none", self.table.describe()),
+            Some(x) => format!(
+                "neighbourhood-lut {} above={x}{order}",
+                self.table.describe()
+            ),
+            None => format!(
+                "neighbourhood-lut {} above=none{order}",
+                self.table.describe()
+            ),
         }
     }
 
@@ -95,7 +170,8 @@ impl Kernel for NeighbourhoodLut {
             with_scalar!(input.dtype(), I => {
                 let block = input.view::<I>()?;
                 let mut dst = out.view_mut::<O>()?;
-                apply_typed(block, &mut dst, &table, self.above).map_err(|(pos, v)| Error::Kernel(KernelError::Compute {
+                let how = Index { order: self.order, without_centre: self.without_centre() };
+                apply_typed(block, &mut dst, &table, self.above, how).map_err(|(pos, v)| Error::Kernel(KernelError::Compute {
                     chunk: key.clone(),
                     reason: format!(
                         "value {v} at {:?}: neighbourhood-lut needs a binary (0/1) input",
@@ -126,12 +202,20 @@ fn above_mask<I: Scalar>(line: &[I], t: Number, out: &mut [u8]) {
     }
 }
 
+/// How the index is formed: the bit order, and whether the centre's bit is left out.
+#[derive(Clone, Copy)]
+struct Index {
+    order: IndexOrder,
+    without_centre: bool,
+}
+
 /// The block has a halo of 1 on every axis; `dst` is the block's interior.
 fn apply_typed<I: Scalar, O: Scalar>(
     block: ArrayViewD<'_, I>,
     dst: &mut ndarray::ArrayViewMutD<'_, O>,
     table: &[O],
     above: Option<Number>,
+    how: Index,
 ) -> std::result::Result<(), (Vec<usize>, String)> {
     let block = block.into_dimensionality::<Ix3>().expect("3-D input");
     let (bz, by, bx) = block.dim();
@@ -147,10 +231,11 @@ fn apply_typed<I: Scalar, O: Scalar>(
             return Err((vec![z, rest / bx, rest % bx], src[k].to_string()));
         }
     }
-    // Per row of the block, the 3-bit pattern of each output column x: bit c is the voxel at
-    // x + c - 1.
-    let mut rows = Scratch::new(bz * by * nx);
-    let rows: &mut [u8] = rows.slice_mut(bz * by * nx);
+    // Per row of the block, the pattern of each output column x: the voxel at x + c - 1 sets
+    // bit `bit(0, 0, c)` (then shifted by `bit(a, b, 0)` for the row's offsets a, b).
+    let cbit = |c: u32| how.order.bit(0, 0, c);
+    let mut rows = Scratch::new(bz * by * nx * 4);
+    let rows: &mut [u32] = rows.slice_mut(bz * by * nx);
     let mut bits = vec![0u8; bx];
     for r in 0..bz * by {
         let line = &src[r * bx..(r + 1) * bx];
@@ -162,8 +247,11 @@ fn apply_typed<I: Scalar, O: Scalar>(
                 }
             }
         }
+        let (s0, s1, s2) = (cbit(0), cbit(1), cbit(2));
         for (x, p) in rows[r * nx..(r + 1) * nx].iter_mut().enumerate() {
-            *p = bits[x] | bits[x + 1] << 1 | bits[x + 2] << 2;
+            *p = u32::from(bits[x]) << s0
+                | u32::from(bits[x + 1]) << s1
+                | u32::from(bits[x + 2]) << s2;
         }
     }
     let mut dst3 = dst
@@ -176,11 +264,17 @@ fn apply_typed<I: Scalar, O: Scalar>(
             index.fill(0);
             for a in 0..3 {
                 for b in 0..3 {
-                    let shift = 9 * a + 3 * b;
+                    let shift = how.order.bit(a as u32, b as u32, 0);
                     let r = (z + a) * by + y + b;
                     for (i, &p) in index.iter_mut().zip(&rows[r * nx..(r + 1) * nx]) {
-                        *i |= u32::from(p) << shift;
+                        *i |= p << shift;
                     }
+                }
+            }
+            if how.without_centre {
+                // Bit 13 (the centre, in both orders) out; the bits above it move down one.
+                for i in index.iter_mut() {
+                    *i = (*i & 0x1fff) | ((*i >> 14) << 13);
                 }
             }
             let mut out_row = dst3.index_axis_mut(Axis(0), z);

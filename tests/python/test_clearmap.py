@@ -803,3 +803,44 @@ def test_process_source_type_and_returns(tmp, rng):
     blocks = ap.split_into_blocks(x, processes=1, axes=[0], size_max=5, overlap=1,
                                   neighbours=True)
     assert set(blocks[1].neighbours) == {(0, 0), (2, 0)}
+
+
+def _base2(order, centre):
+    """The weight of each 3x3x3 offset (a, b, c) in chunkwise's two index orders (COMPUTE §3),
+    the centre's bit removed when `centre` is False (the bits above it move down one)."""
+    k = np.zeros((3, 3, 3), dtype=np.int64)
+    for a in range(3):
+        for b in range(3):
+            for c in range(3):
+                bit = 9 * a + 3 * b + c if order == "default" else a + 3 * b + 9 * c
+                if centre is False:
+                    bit = -1 if bit == 13 else bit - (bit > 13)
+                k[a, b, c] = 0 if bit < 0 else 2 ** bit
+    return k
+
+
+@pytest.mark.parametrize("chunks", [(4, 5, 3), (16, 16, 16)])
+def test_neighbourhood_lut_index_order_clearmap(tmp, rng, table27, chunks):
+    """COMPUTE §3 `--index-order clearmap`: the weight of offset (a, b, c) is ClearMap's
+    index_kernel 2^(a+3b+9c), and a 2^26 table takes PK12's centre-excluded index
+    (cube_base_2(center=False)); checked against scipy's correlation with ClearMap's own kernels
+    (clearmap_reference), and the default order against its weights 2^(9a+3b+c)."""
+    x = rand(rng, (11, 9, 13), "bool").astype(np.uint8)
+    src = cw.from_array(x, tmp / "m.zarr", chunks=chunks)
+    corr = lambda k: ndi.correlate(x.astype(np.int64), k, mode="constant", cval=0)
+    assert np.array_equal(_base2("clearmap", None), ref.index_kernel(dtype=np.int64))
+    assert np.array_equal(_base2("clearmap", False), ref.cube_base_2(center=False))
+    t27 = tmp / "t27.npy"
+    np.save(t27, table27)
+    got = cw.neighbourhood_lut(src, tmp / "cm27.zarr", t27, index_order="clearmap")
+    np.testing.assert_array_equal(got[...], table27[corr(ref.index_kernel(dtype=np.int64))])
+    t26 = rng.integers(0, 250, 1 << 26, dtype=np.uint8)
+    np.save(tmp / "t26.npy", t26)
+    got = cw.neighbourhood_lut(src, tmp / "cm26.zarr", tmp / "t26.npy", index_order="clearmap")
+    np.testing.assert_array_equal(got[...], t26[corr(ref.cube_base_2(center=False))])
+    got = cw.neighbourhood_lut(src, tmp / "d26.zarr", tmp / "t26.npy")
+    np.testing.assert_array_equal(got[...], t26[corr(_base2("default", False))])
+    got = cw.neighbourhood_lut(src, tmp / "d27.zarr", t27)
+    np.testing.assert_array_equal(got[...], table27[corr(_base2("default", None))])
+    with pytest.raises(cw.InvalidOptionError, match="clearmap"):
+        cw.neighbourhood_lut(src, tmp / "bad.zarr", t27, index_order="zyx")

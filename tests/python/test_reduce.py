@@ -323,3 +323,24 @@ def test_histogram_of_an_empty_range_is_widened_as_numpy_does(tmp, rng):
     counts, edges = cw.histogram(a, bins=4, range=(5, 5))
     want_c, want_e = np.histogram(x, bins=4, range=(5, 5))
     assert np.array_equal(counts, want_c) and np.allclose(edges, want_e)
+
+
+def test_reduce_runs_the_native_pass(tmp, rng, monkeypatch):
+    """REDUCE §7: cw.reduce hands the ops chunkwise's own pass has to it (one read of every
+    chunk, tiles in parallel); nanvar and a memory= budget keep the layer-by-layer pass."""
+    import chunkwise._reduce as r
+    calls = []
+    native = r._chunkwise.reduce_axes
+
+    def spy(*a, **k):
+        calls.append(a[2])
+        return native(*a, **k)
+    monkeypatch.setattr(r._chunkwise, "reduce_axes", spy)
+    x = rand(rng, (9, 8, 7), "uint16")
+    a, _ = store(tmp, x, (4, 3, 5))
+    got = cw.reduce(a, ("max", "mean"), axis=0)
+    assert calls == [["max", "mean"]]
+    assert np.array_equal(got["max"], x.max(axis=0))
+    got = cw.reduce(a, ("nanvar",), axis=0)
+    assert len(calls) == 1
+    np.testing.assert_allclose(got["nanvar"], np.nanvar(x, axis=0), rtol=1e-12)

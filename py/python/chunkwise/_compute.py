@@ -145,12 +145,15 @@ def threshold(a, out, above, *, chunks=None, codec=None, level=None, overwrite=F
 
 
 @deferrable(1)
-def neighbourhood_lut(a, out, table, above=None, *, chunks=None, codec=None, level=None,
-                      overwrite=False, restart=False, checksum=False, partition=None, progress=None,
-                      threads=None, memory=None) -> Array:
+def neighbourhood_lut(a, out, table, above=None, *, index_order="default", chunks=None,
+                      codec=None, level=None, overwrite=False, restart=False, checksum=False,
+                      partition=None, progress=None, threads=None, memory=None) -> Array:
     """ClearMap's 3x3x3 neighbourhood lookup (spec/COMPUTE.md): each voxel's 27-bit
-    neighbourhood index (of ``a != 0``, or ``a > above``) looked up in a 2^27-entry table."""
-    params = dict(table=_table_path(table), above=None if above is None else exact(above))
+    neighbourhood index (of ``a != 0``, or ``a > above``) looked up in a 2^27-entry table (or a
+    2^26-entry one: the centre left out). ``index_order="clearmap"`` weighs the voxel at offset
+    (a, b, c) 2^(a + 3b + 9c), as ClearMap's ``Topology3d`` does; the default 2^(9a + 3b + c)."""
+    params = dict(table=_table_path(table), above=None if above is None else exact(above),
+                  index_order=index_order)
     return _run("neighbourhood_lut", a, out, params, progress, threads, memory,
                 **_common(chunks, codec, level, overwrite, restart, checksum, partition))
 
