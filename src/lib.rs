@@ -40,6 +40,7 @@
 
 mod convert;
 mod copy;
+mod cumulative;
 mod dtype;
 mod error;
 mod exec;
@@ -64,6 +65,7 @@ mod synth;
 mod view;
 
 pub use convert::{ConvertOptions, ConvertReport, convert, from_array};
+pub use cumulative::{CumOp, Cumulative};
 pub use dtype::{DType, Element, Number, ParseError, Scalar};
 pub use error::{
     Error, GrowError, Incompatibility, InputError, KernelError, Result, Source, StoreError,

@@ -155,3 +155,29 @@ fn reduce_in_parts_writes_what_one_process_writes() {
         same(&out, &format!("{n} parts at once"));
     }
 }
+
+/// COMPUTE §8: cumsum, cumprod, cummax and cummin along every axis, every dtype, other output
+/// chunks, in parts and with --dtype, equal to numpy bit for bit
+/// (tests/python/check_cumulative.py holds the oracle); an axis out of range is refused.
+#[test]
+fn cumulative_ops_match_numpy() {
+    let dir = tmp();
+    let said = run_python(
+        "check_cumulative.py",
+        &[Path::new(env!("CARGO_BIN_EXE_chunkwise")), dir.path()],
+    );
+    assert!(said.contains("results equal numpy's"), "{said}");
+    let npy = dir.path().join("v.npy");
+    chunkwise::support::write_npy(&npy, chunkwise::DType::U16, &[4, 5, 6], &[1u8; 240]).unwrap();
+    let out = dir.path().join("o.zarr");
+    let r = chunkwise(&[
+        "cumsum",
+        npy.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--axis",
+        "3",
+    ]);
+    assert_eq!(r.status.code(), Some(2));
+    assert!(stderr(&r).contains("3 is out of range"), "{}", stderr(&r));
+    assert!(!out.exists());
+}

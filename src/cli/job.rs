@@ -191,6 +191,42 @@ pub(crate) fn lut(a: LutArgs, g: &Global) -> CliResult {
     run(&a.job, &k, g)
 }
 
+/// `cumsum|cumprod|cummax|cummin IN OUT --axis A [--dtype T]`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct CumArgs {
+    #[command(flatten)]
+    job: JobArgs,
+    /// The axis to accumulate along.
+    #[arg(long, default_value_t = 0)]
+    axis: usize,
+    /// The result type (default: numpy's, int64/uint64 for integer sums and products).
+    #[arg(long, value_name = "T")]
+    dtype: Option<String>,
+}
+
+pub(crate) fn cumulative(op: chunkwise::CumOp, a: CumArgs, g: &Global) -> CliResult {
+    let input = Input::open(&a.job.input)?;
+    let dtype = a
+        .dtype
+        .as_deref()
+        .map(str::parse::<chunkwise::DType>)
+        .transpose()?;
+    let chunk = match &a.job.chunks {
+        Some(c) => c.get(a.axis).copied().unwrap_or(1),
+        None => input
+            .block_grid()
+            .chunk_shape()
+            .get(a.axis)
+            .copied()
+            .unwrap_or(1),
+    };
+    let run_opts = chunkwise::RunOptions::default()
+        .threads(g.threads)
+        .cancel(g.cancel.clone());
+    let k = chunkwise::Cumulative::plan(&input, op, a.axis, dtype, chunk, &run_opts)?;
+    run(&a.job, &k, g)
+}
+
 pub(crate) fn threshold(a: ThresholdArgs, g: &Global) -> CliResult {
     run(&a.job, &Threshold { above: a.above }, g)
 }

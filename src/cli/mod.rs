@@ -54,6 +54,14 @@ enum Command {
     Lut(job::LutArgs),
     /// out = 1 where in > X, else 0 (uint8).
     Threshold(job::ThresholdArgs),
+    /// Cumulative sum along an axis (numpy.cumsum).
+    Cumsum(job::CumArgs),
+    /// Cumulative product along an axis (numpy.cumprod).
+    Cumprod(job::CumArgs),
+    /// Running maximum along an axis (numpy.maximum.accumulate).
+    Cummax(job::CumArgs),
+    /// Running minimum along an axis (numpy.minimum.accumulate).
+    Cummin(job::CumArgs),
     /// out = table[27-bit 3x3x3 neighbourhood index] of a binary input (ClearMap's
     /// apply_lut_to_index).
     NeighbourhoodLut(job::NeighbourhoodLutArgs),
@@ -171,6 +179,10 @@ pub(crate) fn main() -> ExitCode {
         Command::Correlate1d(a) => job::correlate1d(a, &global),
         Command::Lut(a) => job::lut(a, &global),
         Command::Threshold(a) => job::threshold(a, &global),
+        Command::Cumsum(a) => job::cumulative(chunkwise::CumOp::Sum, a, &global),
+        Command::Cumprod(a) => job::cumulative(chunkwise::CumOp::Prod, a, &global),
+        Command::Cummax(a) => job::cumulative(chunkwise::CumOp::Max, a, &global),
+        Command::Cummin(a) => job::cumulative(chunkwise::CumOp::Min, a, &global),
         Command::NeighbourhoodLut(a) => job::neighbourhood_lut(a, &global),
         Command::Stats(a) => reduce::stats(a, &global),
         Command::Histogram(a) => reduce::histogram(a, &global),
