@@ -368,7 +368,7 @@ impl Kernel for Cumulative {
                             before[d] = (rest % shape[d]) as u64 + region.ranges()[d].start;
                             rest /= shape[d];
                         }
-                        for i in 0..inner {
+                        for (i, a) in acc.iter_mut().enumerate() {
                             let mut rest = i;
                             let mut after = vec![0u64; nd - axis - 1];
                             for d in (axis + 1..nd).rev() {
@@ -381,7 +381,7 @@ impl Kernel for Cumulative {
                                 .chain(&after)
                                 .zip(&kept_shape)
                                 .fold(0u64, |g, (&c, &n)| g * n + c);
-                            acc[i] = if start > 0 { carries[g as usize] } else { O::default() };
+                            *a = if start > 0 { carries[g as usize] } else { O::default() };
                         }
                         for p in 0..alen {
                             let row = (o * alen + p) * inner;
