@@ -17,7 +17,7 @@ use crate::grid::indices_in;
 use crate::progress::Tracker;
 use crate::region::Region;
 use crate::store::{
-    Edges, FileWriter, GridCodec, Layout, Progress, Remote, Staging, Upload, crash_point,
+    Edges, FileWriter, GridCodec, Layout, Progress, Remote, Staging, Uploads, crash_point,
     link_chunk, link_or_copy, place, remove_chunk, sync_filesystem, test_delay,
 };
 use crate::view::View;
@@ -81,7 +81,7 @@ impl Portion {
 /// Uploads to an array on object storage.
 pub(super) struct RemoteSink {
     pub(super) remote: std::sync::Arc<Remote>,
-    uploads: std::sync::Mutex<std::collections::VecDeque<Upload>>,
+    uploads: Uploads<()>,
 }
 
 /// Uploads under way at once.
@@ -91,30 +91,19 @@ impl RemoteSink {
     pub(super) fn new(remote: std::sync::Arc<Remote>) -> RemoteSink {
         RemoteSink {
             remote,
-            uploads: std::sync::Mutex::default(),
+            uploads: Uploads::new(IN_FLIGHT),
         }
     }
 
     /// Starts the PUT of `bytes` at `key`, waiting for the oldest upload beyond the bound.
     fn put(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
-        let upload = self.remote.put_async(key, bytes);
-        let oldest = {
-            let mut q = self.uploads.lock().expect("no panics holding the queue");
-            q.push_back(upload);
-            (q.len() > IN_FLIGHT).then(|| q.pop_front()).flatten()
-        };
-        match oldest {
-            Some(u) => u.wait(),
-            None => Ok(()),
-        }
+        self.uploads.push(self.remote.put_async(key, bytes), ())?;
+        Ok(())
     }
 
     /// Waits for every upload started so far.
     pub(super) fn flush(&self) -> Result<()> {
-        let q = std::mem::take(&mut *self.uploads.lock().expect("no panics holding the queue"));
-        for u in q {
-            u.wait()?;
-        }
+        self.uploads.drain()?;
         Ok(())
     }
 }

@@ -75,6 +75,31 @@ fn operand(p: &Path, base: &Layout, opts: &GrowOptions, strict: bool) -> Result<
     }
 }
 
+/// The commit on object storage: the journal (`from` is empty for a new array), then the
+/// `zarr.json` PUT that makes the edit appear. Returns the bytes of both.
+fn commit(
+    remote: &Remote,
+    fingerprint: String,
+    from: Vec<u64>,
+    to: Vec<u64>,
+    meta: &serde_json::Value,
+) -> Result<u64> {
+    let journal = Journal {
+        fingerprint,
+        from,
+        to,
+        moving: Vec::new(),
+    };
+    let jtext = serde_json::to_string_pretty(&journal).expect("plain JSON");
+    let mtext = serde_json::to_string_pretty(meta).expect("plain JSON");
+    let bytes = (jtext.len() + mtext.len()) as u64;
+    remote.put(JOURNAL, jtext.into_bytes())?;
+    crash_point("journaled");
+    remote.put("zarr.json", mtext.into_bytes())?;
+    crash_point("committed");
+    Ok(bytes)
+}
+
 /// `append` onto the array at the `s3://` URL `url` (APPEND §5.3).
 pub(super) fn append(url: &Path, inputs: &[Input], opts: &GrowOptions) -> Result<GrowReport> {
     let start = Instant::now();
@@ -233,20 +258,7 @@ pub(super) fn append(url: &Path, inputs: &[Input], opts: &GrowOptions) -> Result
         &todo,
     )?;
     crash_point("staged");
-    let journal = Journal {
-        fingerprint: fp,
-        from: old_shape.clone(),
-        to: shape.clone(),
-        moving: Vec::new(),
-    };
-    let jtext = serde_json::to_string_pretty(&journal).expect("plain JSON");
-    let jb = jtext.len() as u64;
-    remote.put(JOURNAL, jtext.into_bytes())?;
-    crash_point("journaled");
-    let mtext = serde_json::to_string_pretty(&meta).expect("plain JSON");
-    let mb = mtext.len() as u64;
-    remote.put("zarr.json", mtext.into_bytes())?;
-    crash_point("committed");
+    let meta_bytes = commit(&remote, fp, old_shape.clone(), shape.clone(), &meta)?;
     let mut warnings = Vec::new();
     if let Err(e) = remote.delete_key(PROGRESS_FILE) {
         warnings.push(format!("committed, but the progress record stays: {e}"));
@@ -260,7 +272,7 @@ pub(super) fn append(url: &Path, inputs: &[Input], opts: &GrowOptions) -> Result
         chunks_encoded: done.encoded.into_inner(),
         layers_reencoded,
         layers_resumed,
-        bytes_written: done.bytes.into_inner() + jb + mb,
+        bytes_written: done.bytes.into_inner() + meta_bytes,
         exchanged: false,
         already_done: false,
         warnings,
@@ -366,19 +378,7 @@ pub(super) fn concat(inputs: &[PathBuf], out: &Path, opts: &GrowOptions) -> Resu
         &todo,
     )?;
     crash_point("staged");
-    let journal = Journal {
-        fingerprint: fp,
-        from: Vec::new(),
-        to: shape.clone(),
-        moving: Vec::new(),
-    };
-    let jtext = serde_json::to_string_pretty(&journal).expect("plain JSON");
-    let jb = jtext.len() as u64;
-    remote.put(JOURNAL, jtext.into_bytes())?;
-    let mtext = serde_json::to_string_pretty(&meta).expect("plain JSON");
-    let mb = mtext.len() as u64;
-    remote.put("zarr.json", mtext.into_bytes())?;
-    crash_point("committed");
+    let meta_bytes = commit(&remote, fp, Vec::new(), shape.clone(), &meta)?;
     Ok(GrowReport {
         path: url,
         old_shape: None,
@@ -388,7 +388,7 @@ pub(super) fn concat(inputs: &[PathBuf], out: &Path, opts: &GrowOptions) -> Resu
         chunks_encoded: done.encoded.into_inner(),
         layers_reencoded: stored_reencoded(&plan, &ops),
         layers_resumed: 0,
-        bytes_written: done.bytes.into_inner() + jb + mb,
+        bytes_written: done.bytes.into_inner() + meta_bytes,
         exchanged: false,
         already_done: false,
         warnings: Vec::new(),

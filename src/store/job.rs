@@ -111,12 +111,35 @@ fn read_parts(path: &Path) -> Option<u64> {
 
 /// The parts' chunk layers a job recorded (`job.json`), if it did.
 fn read_split(path: &Path) -> Option<Vec<(u64, u64)>> {
-    let v: Value = serde_json::from_str(&fs::read_to_string(path).ok()?).ok()?;
-    v.get("split")?
+    split_of(&serde_json::from_str(&fs::read_to_string(path).ok()?).ok()?)
+}
+
+/// The parts' chunk layers recorded in a `job.json` document.
+fn split_of(job: &Value) -> Option<Vec<(u64, u64)>> {
+    job.get("split")?
         .as_array()?
         .iter()
         .map(|p| Some((p.get(0)?.as_u64()?, p.get(1)?.as_u64()?)))
         .collect()
+}
+
+/// An existing array at a job's output, not to be replaced without overwriting: one a job
+/// computed with other settings (`computed`), or any other.
+fn refuse_replacing(path: &Path, computed: bool) -> Error {
+    Error::option(
+        "overwrite",
+        if computed {
+            format!(
+                "{} holds a result computed with other settings; allow overwriting to replace it",
+                path.display()
+            )
+        } else {
+            format!(
+                "{} already exists; allow overwriting to replace it",
+                path.display()
+            )
+        },
+    )
 }
 
 fn job_file(tmp: &Path) -> PathBuf {
@@ -239,20 +262,7 @@ impl JobWriter {
             }
             let same = fp.as_deref() == Some(o.fingerprint);
             if !(o.overwrite || (o.restart && same)) {
-                return Err(Error::option(
-                    "overwrite",
-                    match fp {
-                        Some(_) => format!(
-                            "{} holds a result computed with other settings; allow overwriting to \
-                             replace it",
-                            path.display()
-                        ),
-                        None => format!(
-                            "{} already exists; allow overwriting to replace it",
-                            path.display()
-                        ),
-                    },
-                ));
+                return Err(refuse_replacing(path, fp.is_some()));
             }
         }
         check_replaceable(path, true)?;

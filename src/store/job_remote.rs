@@ -9,16 +9,18 @@
 //! Invariant: no `zarr.json` at the prefix before every chunk of the array is stored, and a
 //! chunk is logged done only after its PUT has returned.
 
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 
-use super::super::remote::{Remote, Upload};
+use super::super::remote::{Remote, Uploads};
 use super::super::spec::StoreSpec;
-use super::{Finish, JobOptions, JobState, JobStatus, JobWriter, PartStatus, parse_log};
+use super::{
+    Finish, JobOptions, JobState, JobStatus, JobWriter, PartStatus, parse_log, refuse_replacing,
+    split_of,
+};
 use crate::error::{Error, Result};
 use crate::grid::{ChunkSet, Grid};
 
@@ -33,7 +35,7 @@ pub(super) struct RemoteOut {
     remote: Arc<Remote>,
     /// Uploads under way (oldest first), each with the chunk it writes: a chunk is logged done
     /// once its upload has returned.
-    uploads: Mutex<VecDeque<(Upload, Vec<u64>)>>,
+    uploads: Uploads<Vec<u64>>,
     /// This run's name in its log objects (a rerun never overwrites an earlier run's).
     run: String,
     seq: AtomicU64,
@@ -91,20 +93,7 @@ impl JobWriter {
                 return Ok(JobState::AlreadyDone);
             }
             if !(o.overwrite || (o.restart && same)) {
-                return Err(Error::option(
-                    "overwrite",
-                    match fp {
-                        Some(_) => format!(
-                            "{} holds a result computed with other settings; allow overwriting to \
-                             replace it",
-                            path.display()
-                        ),
-                        None => format!(
-                            "{} already exists; allow overwriting to replace it",
-                            path.display()
-                        ),
-                    },
-                ));
+                return Err(refuse_replacing(&path, fp.is_some()));
             }
             if parts > 1 {
                 return Err(in_parts("replacing the array there"));
@@ -173,13 +162,7 @@ impl JobWriter {
                         ),
                     ));
                 }
-                v.get("split")
-                    .and_then(Value::as_array)
-                    .and_then(|a| {
-                        a.iter()
-                            .map(|p| Some((p.get(0)?.as_u64()?, p.get(1)?.as_u64()?)))
-                            .collect::<Option<Vec<_>>>()
-                    })
+                split_of(&v)
                     .filter(|s| s.len() == parts as usize)
                     .unwrap_or_else(|| o.split.to_vec())
             }
@@ -231,7 +214,7 @@ impl JobWriter {
                 last_checkpoint: Mutex::new(std::time::Instant::now()),
                 remote: Some(Box::new(RemoteOut {
                     remote,
-                    uploads: Mutex::new(VecDeque::new()),
+                    uploads: Uploads::new(IN_FLIGHT),
                     run,
                     seq: AtomicU64::new(0),
                 })),
@@ -250,14 +233,10 @@ impl JobWriter {
         let key = self.codec.key(idx);
         let encoded = self.codec.encode(data)?;
         let n = encoded.len() as u64;
-        let upload = r.remote.put_async(&key, encoded);
-        let oldest = {
-            let mut q = r.uploads.lock().expect("no panics holding the queue");
-            q.push_back((upload, idx.to_vec()));
-            (q.len() > IN_FLIGHT).then(|| q.pop_front()).flatten()
-        };
-        if let Some((u, done)) = oldest {
-            u.wait()?;
+        if let Some(done) = r
+            .uploads
+            .push(r.remote.put_async(&key, encoded), idx.to_vec())?
+        {
             self.record_absent(&done);
         }
         Ok(n)
@@ -265,17 +244,13 @@ impl JobWriter {
 
     /// Uploads under way.
     pub(super) fn in_flight(&self) -> usize {
-        self.remote.as_ref().map_or(0, |r| {
-            r.uploads.lock().expect("no panics holding the queue").len()
-        })
+        self.remote.as_ref().map_or(0, |r| r.uploads.len())
     }
 
     /// Waits for the uploads under way and logs every chunk whose PUT has returned in one new
     /// object.
     pub(super) fn checkpoint_remote(&self, r: &RemoteOut) -> Result<()> {
-        let queued = std::mem::take(&mut *r.uploads.lock().expect("no panics holding the queue"));
-        for (u, idx) in queued {
-            u.wait()?;
+        for idx in r.uploads.drain()? {
             self.record_absent(&idx);
         }
         let pending =
@@ -389,15 +364,7 @@ pub(super) fn job_status_remote(url: &str) -> Result<JobStatus> {
         .map(|(s, c)| s.div_ceil(*c))
         .collect();
     let inner: u64 = gshape[1..].iter().product();
-    let split: Option<Vec<(u64, u64)>> = v
-        .get("split")
-        .and_then(Value::as_array)
-        .and_then(|a| {
-            a.iter()
-                .map(|p| Some((p.get(0)?.as_u64()?, p.get(1)?.as_u64()?)))
-                .collect()
-        })
-        .filter(|s: &Vec<(u64, u64)>| s.len() == parts as usize);
+    let split = split_of(&v).filter(|s| s.len() == parts as usize);
     let keys = remote.list_under(JOB_DIR)?;
     let mut done = ChunkSet::new(&gshape);
     for key in keys

@@ -52,7 +52,7 @@ pub use job::{JobStatus, PartStatus, job_status};
 pub(crate) use layout::{Edges, Layout};
 pub use parts::PartsFinish;
 pub(crate) use parts::{Parts, check_part, parts_status};
-pub(crate) use remote::{Remote, Upload, is_url};
+pub(crate) use remote::{Remote, Uploads, is_url};
 pub(crate) use spec::GridCodec;
 pub use spec::{ChunkCodec, Codec, Durability, StoreSpec};
 pub(crate) use txn::{

@@ -18,6 +18,58 @@ impl Upload {
     }
 }
 
+/// Uploads under way, oldest first, at most `max` of them: each carries a tag (what it
+/// writes) handed back once its PUT has returned, so that a caller records only what is
+/// stored. Encoding goes on while up to `max` PUTs are in flight.
+pub(crate) struct Uploads<T> {
+    queue: std::sync::Mutex<std::collections::VecDeque<(Upload, T)>>,
+    max: usize,
+}
+
+impl<T> Uploads<T> {
+    pub(crate) fn new(max: usize) -> Uploads<T> {
+        Uploads {
+            queue: std::sync::Mutex::default(),
+            max,
+        }
+    }
+
+    /// Queues `upload`; beyond `max` in flight, waits for the oldest and returns its tag.
+    ///
+    /// # Errors
+    /// The oldest upload's.
+    pub(crate) fn push(&self, upload: Upload, tag: T) -> Result<Option<T>> {
+        let oldest = {
+            let mut q = self.queue.lock().expect("no panics holding the queue");
+            q.push_back((upload, tag));
+            (q.len() > self.max).then(|| q.pop_front()).flatten()
+        };
+        match oldest {
+            Some((u, tag)) => u.wait().map(|()| Some(tag)),
+            None => Ok(None),
+        }
+    }
+
+    /// Waits for every upload queued so far; their tags, oldest first.
+    ///
+    /// # Errors
+    /// The first failed upload's.
+    pub(crate) fn drain(&self) -> Result<Vec<T>> {
+        let q = std::mem::take(&mut *self.queue.lock().expect("no panics holding the queue"));
+        q.into_iter()
+            .map(|(u, tag)| u.wait().map(|()| tag))
+            .collect()
+    }
+
+    /// Uploads queued and not yet waited for.
+    pub(crate) fn len(&self) -> usize {
+        self.queue
+            .lock()
+            .expect("no panics holding the queue")
+            .len()
+    }
+}
+
 /// Object storage, which this build cannot reach (never made).
 pub(crate) struct Remote {
     pub(crate) zarr: zarrs::storage::ReadableWritableListableStorage,

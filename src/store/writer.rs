@@ -52,7 +52,7 @@ pub struct StoreWriter {
     remote: Option<std::sync::Arc<super::Remote>>,
     /// Uploads under way (oldest first), at most [`UPLOADS_IN_FLIGHT`]: encoding goes on while
     /// they run.
-    uploads: std::sync::Mutex<std::collections::VecDeque<super::remote::Upload>>,
+    uploads: super::Uploads<()>,
     /// The build directory (removed on drop unless published). Last: fields drop in order,
     /// and the file writer's threads must be gone before the directory goes.
     build: Option<BuildDir>,
@@ -107,7 +107,7 @@ impl StoreWriter {
             files: Some(files),
             overwrite,
             remote: None,
-            uploads: Default::default(),
+            uploads: super::Uploads::new(UPLOADS_IN_FLIGHT),
             build: Some(build),
         })
     }
@@ -157,7 +157,7 @@ impl StoreWriter {
             files: None,
             overwrite,
             remote: Some(remote),
-            uploads: Default::default(),
+            uploads: super::Uploads::new(UPLOADS_IN_FLIGHT),
             build: None,
         })
     }
@@ -209,17 +209,7 @@ impl StoreWriter {
             let key = self.codec.key(idx);
             let encoded = self.codec.encode(data)?;
             let n = encoded.len() as u64;
-            let upload = r.put_async(&key, encoded);
-            let oldest = {
-                let mut q = self.uploads.lock().expect("no panics holding the queue");
-                q.push_back(upload);
-                (q.len() > UPLOADS_IN_FLIGHT)
-                    .then(|| q.pop_front())
-                    .flatten()
-            };
-            if let Some(u) = oldest {
-                u.wait()?;
-            }
+            self.uploads.push(r.put_async(&key, encoded), ())?;
             return Ok(n);
         }
         let files = self.files.as_ref().expect("files are open until commit");
@@ -241,11 +231,7 @@ impl StoreWriter {
     /// still in place.
     pub fn commit(mut self) -> Result<Store> {
         if let Some(r) = self.remote.take() {
-            let pending =
-                std::mem::take(&mut *self.uploads.lock().expect("no panics holding the queue"));
-            for u in pending {
-                u.wait()?;
-            }
+            self.uploads.drain()?;
             // Every chunk PUT has returned: the metadata makes the array appear.
             let text = serde_json::to_string_pretty(&self.metadata).expect("plain JSON");
             r.put("zarr.json", text.into_bytes())?;
