@@ -199,17 +199,14 @@ impl Cumulative {
                 .map(|d| if d == axis { 0..1 } else { 0..gshape[d] })
                 .collect::<Vec<_>>(),
         );
-        let dtype = input.dtype();
         // Each tile: its lanes' carries at every output layer, computed walking the axis.
         let per_tile: Vec<(Vec<usize>, Vec<u8>)> = crate::run::with_threads(run.threads, || {
             tiles
                 .par_iter()
                 .map(|tile| -> Result<(Vec<usize>, Vec<u8>)> {
                     run.check()?;
-                    with_scalar!(dtype, I => {
-                        with_scalar!(out_dtype, O => {
-                            tile_carries::<I, O>(input, &grid, tile, axis, op, chunk, layers, &kept_shape)
-                        })
+                    with_scalar!(out_dtype, O => {
+                        tile_carries::<O>(input, &grid, tile, axis, op, chunk, layers, &kept_shape)
                     })
                 })
                 .collect()
@@ -239,7 +236,7 @@ impl Cumulative {
 /// The carries of one tile's lanes: the tile's global lane indices, and `layers x lanes`
 /// values of `O`.
 #[allow(clippy::too_many_arguments)]
-fn tile_carries<I: Scalar, O: Step>(
+fn tile_carries<O: Step>(
     input: &Input,
     grid: &crate::Grid,
     tile: &[u64],
@@ -275,8 +272,11 @@ fn tile_carries<I: Scalar, O: Step>(
         let creg = grid.chunk_region(&idx);
         let cshape: Vec<usize> = creg.shape().iter().map(|&e| e as usize).collect();
         let len = cshape.iter().product::<usize>();
-        let mut data = vec![I::default(); len];
-        input.read_region_into(&creg, bytemuck::cast_slice_mut(&mut data))?;
+        let data: Vec<O> = with_scalar!(input.dtype(), I => {
+            let mut raw = vec![I::default(); len];
+            input.read_region_into(&creg, bytemuck::cast_slice_mut(&mut raw))?;
+            raw.into_iter().map(O::cast).collect()
+        });
         let start = creg.ranges()[axis].start;
         // Walk this chunk's positions along the axis in order; the lanes are the rest.
         let alen = cshape[axis];
@@ -294,7 +294,7 @@ fn tile_carries<I: Scalar, O: Step>(
             }
             for o in 0..outer {
                 for i in 0..inner {
-                    let x = O::cast(data[(o * alen + p) * inner + i]);
+                    let x = data[(o * alen + p) * inner + i];
                     let k = o * inner + i;
                     run[k] = Some(match run[k] {
                         Some(acc) => O::step(op, acc, x),
@@ -305,6 +305,68 @@ fn tile_carries<I: Scalar, O: Step>(
         }
     }
     Ok((lane_ids, bytemuck::cast_slice(&carries).to_vec()))
+}
+
+/// The accumulation of block `x` (C order, `shape`, the block at `region` of the array) along
+/// `axis`, each lane starting from its carry (none for a block at the axis's start).
+#[allow(clippy::too_many_arguments)]
+fn accumulate<O: Step>(
+    op: CumOp,
+    x: &[O],
+    shape: &[usize],
+    axis: usize,
+    start: u64,
+    carries: &[O],
+    region: &crate::Region,
+    kept_shape: &[u64],
+) -> Vec<O> {
+    let nd = shape.len();
+    let alen = shape[axis];
+    let inner: usize = shape[axis + 1..].iter().product();
+    let outer: usize = shape[..axis].iter().product();
+    let mut y = vec![O::default(); x.len()];
+    let mut acc: Vec<O> = vec![O::default(); inner];
+    for o in 0..outer {
+        // A lane is (o, i): its carry is at its index over the array's kept axes, those before
+        // `axis` (from o), then those after it (from i).
+        let mut rest = o;
+        let mut before = vec![0u64; axis];
+        for d in (0..axis).rev() {
+            before[d] = (rest % shape[d]) as u64 + region.ranges()[d].start;
+            rest /= shape[d];
+        }
+        for (i, a) in acc.iter_mut().enumerate() {
+            let mut rest = i;
+            let mut after = vec![0u64; nd - axis - 1];
+            for d in (axis + 1..nd).rev() {
+                after[d - axis - 1] = (rest % shape[d]) as u64 + region.ranges()[d].start;
+                rest /= shape[d];
+            }
+            let g = before
+                .iter()
+                .chain(&after)
+                .zip(kept_shape)
+                .fold(0u64, |g, (&c, &n)| g * n + c);
+            *a = if start > 0 {
+                carries[g as usize]
+            } else {
+                O::default()
+            };
+        }
+        for p in 0..alen {
+            let row = (o * alen + p) * inner;
+            for i in 0..inner {
+                let v = if start == 0 && p == 0 {
+                    x[row + i]
+                } else {
+                    O::step(op, acc[i], x[row + i])
+                };
+                acc[i] = v;
+                y[row + i] = v;
+            }
+        }
+    }
+    y
 }
 
 impl Kernel for Cumulative {
@@ -345,87 +407,24 @@ impl Kernel for Cumulative {
         let axis = self.axis;
         let lanes = self.carries.lanes;
         let kept_shape = self.kept_shape.clone();
-        with_scalar!(input.dtype(), I => {
-            with_scalar!(self.out_dtype, O => {
-                let src = input.view::<I>()?;
-                let carries: &[O] = bytemuck::cast_slice(&self.carries.bytes);
-                let carries = &carries[layer * lanes..(layer + 1) * lanes];
-                let shape = src.shape().to_vec();
-                let nd = shape.len();
-                if let (Some(x), Some(y)) = (src.as_slice(), out.contiguous_mut::<O>()) {
-                    // C order: (outer, axis, inner); a lane is (o, i), its carry at lane index
-                    // over the kept axes of the array.
-                    let alen = shape[axis];
-                    let inner: usize = shape[axis + 1..].iter().product();
-                    let outer: usize = shape[..axis].iter().product();
-                    let mut acc: Vec<O> = vec![O::default(); inner];
-                    for o in 0..outer {
-                        // The outer index's global lane base: kept axes before `axis`, then
-                        // those after it.
-                        let mut rest = o;
-                        let mut before = vec![0u64; axis];
-                        for d in (0..axis).rev() {
-                            before[d] = (rest % shape[d]) as u64 + region.ranges()[d].start;
-                            rest /= shape[d];
-                        }
-                        for (i, a) in acc.iter_mut().enumerate() {
-                            let mut rest = i;
-                            let mut after = vec![0u64; nd - axis - 1];
-                            for d in (axis + 1..nd).rev() {
-                                after[d - axis - 1] =
-                                    (rest % shape[d]) as u64 + region.ranges()[d].start;
-                                rest /= shape[d];
-                            }
-                            let g = before
-                                .iter()
-                                .chain(&after)
-                                .zip(&kept_shape)
-                                .fold(0u64, |g, (&c, &n)| g * n + c);
-                            *a = if start > 0 { carries[g as usize] } else { O::default() };
-                        }
-                        for p in 0..alen {
-                            let row = (o * alen + p) * inner;
-                            for i in 0..inner {
-                                let v = O::cast(x[row + i]);
-                                let v = if start == 0 && p == 0 {
-                                    v
-                                } else {
-                                    O::step(self.op, acc[i], v)
-                                };
-                                acc[i] = v;
-                                y[row + i] = v;
-                            }
-                        }
-                    }
-                    return Ok(());
-                }
-                let mut dst = out.view_mut::<O>()?;
-                let kept: Vec<usize> = (0..nd).filter(|&d| d != axis).collect();
-                // Every lane of the block: its carry, then its elements in order.
-                let lane_ranges: Vec<std::ops::Range<u64>> =
-                    kept.iter().map(|&d| 0..shape[d] as u64).collect();
-                for local in indices_in(&lane_ranges) {
-                    let mut g = 0u64;
-                    for (k, &d) in kept.iter().enumerate() {
-                        g = g * kept_shape[k] + region.ranges()[d].start + local[k];
-                    }
-                    let mut acc: Option<O> = (start > 0).then(|| carries[g as usize]);
-                    let mut at: Vec<usize> = vec![0; nd];
-                    for (k, &d) in kept.iter().enumerate() {
-                        at[d] = local[k] as usize;
-                    }
-                    for p in 0..shape[axis] {
-                        at[axis] = p;
-                        let x = O::cast(src[at.as_slice()]);
-                        let v = match acc {
-                            Some(a) => O::step(self.op, a, x),
-                            None => x,
-                        };
-                        dst[at.as_slice()] = v;
-                        acc = Some(v);
+        with_scalar!(self.out_dtype, O => {
+            // The block in the result type (one conversion: the loop below is generic over the
+            // result type only), C order.
+            let (x, shape): (Vec<O>, Vec<usize>) = with_scalar!(input.dtype(), I => {
+                let v = input.view::<I>()?;
+                (v.iter().map(|&e| O::cast(e)).collect(), v.shape().to_vec())
+            });
+            let carries: &[O] = bytemuck::cast_slice(&self.carries.bytes);
+            let carries = &carries[layer * lanes..(layer + 1) * lanes];
+            let y = accumulate(self.op, &x, &shape, axis, start, carries, &region, &kept_shape);
+            match out.contiguous_mut::<O>() {
+                Some(dst) => dst.copy_from_slice(&y),
+                None => {
+                    for (d, v) in out.view_mut::<O>()?.iter_mut().zip(y) {
+                        *d = v;
                     }
                 }
-            })
+            }
         });
         Ok(())
     }

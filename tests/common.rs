@@ -135,8 +135,11 @@ pub struct Tmpfs {
 }
 
 impl Tmpfs {
+    /// A tmpfs room enough for the tests' stores and a copy of the debug binary (which some
+    /// tests run from it, as an ordinary user: ~270 MB with its debug info). A tmpfs takes
+    /// memory only for what is written.
     pub fn mount(tag: &str) -> Tmpfs {
-        Tmpfs::mount_sized(tag, "256m")
+        Tmpfs::mount_sized(tag, "1g")
     }
 
     /// A tmpfs of `size` bytes (`mount -o size=`), to fill up on purpose.
