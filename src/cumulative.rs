@@ -1,5 +1,5 @@
 //! Cumulative operations along an axis (`chunkwise cumsum|cumprod|cummax|cummin`,
-//! spec/COMPUTE.md §8): numpy's `np.add.accumulate` and friends, in two passes. The first walks
+//! spec/COMPUTE.md §10): numpy's `np.add.accumulate` and friends, in two passes. The first walks
 //! every lane along the axis in order (tiles along the other axes in parallel) and keeps the
 //! running value at the start of each output chunk: the carries. The second is a job like any
 //! other kernel (resumable, partitionable): each output chunk starts from its carry and

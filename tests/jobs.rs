@@ -819,3 +819,54 @@ fn a_convert_in_parts_equals_one_convert() {
     .to_string();
     assert!(e.contains("partition") && e.contains("shard"), "{e}");
 }
+
+/// COMPUTE §11, §6, §7: an expression over two inputs is a job like the others: in 3 parts it
+/// writes what one process writes; the same expression spaced otherwise is the same job
+/// ("already done"); another expression into the same output is refused without --overwrite.
+/// (Values against numpy: tests/python/test_eval.py.)
+#[test]
+fn eval_jobs_split_resume_and_know_their_expression() {
+    use chunkwise::kernel::Eval;
+    let dir = tmp();
+    let a = input_store(dir.path(), "in_u16", &[7, 7, 7]);
+    let b = input_store(dir.path(), "in_u16", &[5, 6, 7]);
+    let inputs = || [crate::common::input(&a), crate::common::input(&b)];
+    let e = Eval::new(
+        "where(a > 500, sqrt(a * 1.0) + b, b // 3)",
+        &["a", "b"],
+        None,
+    )
+    .unwrap();
+    let whole = dir.path().join("whole.zarr");
+    let r = chunkwise::run(&inputs(), &whole, &e, &ExecOptions::default()).unwrap();
+    assert_eq!((r.status, r.dtype), (ExecStatus::Published, DType::F64));
+    let out = dir.path().join("parts.zarr");
+    for part in [1u32, 2, 0] {
+        chunkwise::run(
+            &inputs(),
+            &out,
+            &e,
+            &ExecOptions::default().partition(Some((part, 3))),
+        )
+        .unwrap();
+    }
+    assert_eq!(
+        store_bytes(&Store::open(&out).unwrap()),
+        store_bytes(&Store::open(&whole).unwrap())
+    );
+    let respaced = Eval::new("where(a>500,sqrt(a*1.0)+b,b//3)", &["a", "b"], None).unwrap();
+    let again = chunkwise::run(&inputs(), &out, &respaced, &ExecOptions::default()).unwrap();
+    assert_eq!(again.status, ExecStatus::AlreadyDone);
+    let other = Eval::new("a + b", &["a", "b"], None).unwrap();
+    let err = chunkwise::run(&inputs(), &out, &other, &ExecOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("overwrite"), "{err}");
+    // Names bind inputs in order: swapping them is another job.
+    let swapped = Eval::new(
+        "where(a > 500, sqrt(a * 1.0) + b, b // 3)",
+        &["b", "a"],
+        None,
+    )
+    .unwrap();
+    let err = chunkwise::run(&inputs(), &out, &swapped, &ExecOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("overwrite"), "{err}");
+}

@@ -156,7 +156,7 @@ fn reduce_in_parts_writes_what_one_process_writes() {
     }
 }
 
-/// COMPUTE §8: cumsum, cumprod, cummax and cummin along every axis, every dtype, other output
+/// COMPUTE §10: cumsum, cumprod, cummax and cummin along every axis, every dtype, other output
 /// chunks, in parts and with --dtype, equal to numpy bit for bit
 /// (tests/python/check_cumulative.py holds the oracle); an axis out of range is refused.
 #[test]

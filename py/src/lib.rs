@@ -579,7 +579,8 @@ fn inputs(sources: &[PyRef<'_, Source>]) -> PyResult<Vec<Input>> {
         .collect()
 }
 
-/// The built-in kernels: `kind` is gaussian, correlate1d, lut, threshold or neighbourhood_lut;
+/// The built-in kernels: `kind` is gaussian, correlate1d, lut, threshold, eval or
+/// neighbourhood_lut;
 /// `params` its settings.
 #[pyfunction]
 #[pyo3(signature = (kind, sources, out, params, opts))]
@@ -631,6 +632,13 @@ fn kernel(
         "lut" => {
             let table = Table::open(&p("table")?.extract::<PathBuf>()?).map_err(to_py)?;
             Box::new(Lut::new(table))
+        }
+        "eval" => {
+            let names: Vec<String> = p("names")?.extract()?;
+            let expr: String = p("expr")?.extract()?;
+            Box::new(
+                chunkwise::kernel::Eval::new(&expr, &names, opt_dtype("dtype")?).map_err(to_py)?,
+            )
         }
         "threshold" => {
             let k = Threshold {

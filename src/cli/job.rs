@@ -10,13 +10,20 @@ use chunkwise::{Boundary, DType, Durability, ExecOptions, ExecReport, ExecStatus
 
 use super::{CliResult, Global, Outcome, codec_from, parse_size, say};
 
-/// Settings every kernel command takes.
+/// A kernel command's input and output, and its settings.
 #[derive(Debug, clap::Args)]
 pub(crate) struct JobArgs {
     /// The input array.
     input: PathBuf,
     /// The output array to create.
     output: PathBuf,
+    #[command(flatten)]
+    opts: JobOptions,
+}
+
+/// Settings every kernel command takes.
+#[derive(Debug, clap::Args)]
+pub(crate) struct JobOptions {
     /// Memory budget (e.g. 2GiB; default: half the machine's memory).
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     memory: Option<u64>,
@@ -211,7 +218,7 @@ pub(crate) fn cumulative(op: chunkwise::CumOp, a: CumArgs, g: &Global) -> CliRes
         .as_deref()
         .map(str::parse::<chunkwise::DType>)
         .transpose()?;
-    let chunk = match &a.job.chunks {
+    let chunk = match &a.job.opts.chunks {
         Some(c) => c.get(a.axis).copied().unwrap_or(1),
         None => input
             .block_grid()
@@ -225,6 +232,52 @@ pub(crate) fn cumulative(op: chunkwise::CumOp, a: CumArgs, g: &Global) -> CliRes
         .cancel(g.cancel.clone());
     let k = chunkwise::Cumulative::plan(&input, op, a.axis, dtype, chunk, &run_opts)?;
     run(&a.job, &k, g)
+}
+
+/// `eval EXPR -o OUT [--dtype T] NAME=INPUT...`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Example: chunkwise eval 'sqrt(a**2 + b**2)' -o norm.zarr a=x.zarr b=y.zarr\n\
+    Operators + - * / // % ** < <= > >= == != & | ^ ~, functions where abs sqrt exp log log10 \
+    log1p expm1 sin cos tan arcsin arccos arctan arctan2 sinh cosh tanh floor ceil minimum maximum \
+    clip; numpy's types (spec/COMPUTE.md §11)."
+)]
+pub(crate) struct EvalArgs {
+    /// The expression (numexpr's language), e.g. "a*0.5 + b*0.5 > 700".
+    #[arg(allow_hyphen_values = true)]
+    expr: String,
+    /// The inputs, NAME=INPUT (stores, .npy, views: anything the engine reads; one shape).
+    #[arg(required = true, value_parser = parse_named, value_name = "NAME=INPUT")]
+    inputs: Vec<(String, PathBuf)>,
+    /// The output array to create.
+    #[arg(short, long, value_name = "OUT")]
+    output: PathBuf,
+    /// The result type (numpy's astype of the result; default: numpy's result type).
+    #[arg(long, value_parser = parse_dtype, value_name = "T")]
+    dtype: Option<DType>,
+    #[command(flatten)]
+    opts: JobOptions,
+}
+
+fn parse_named(s: &str) -> Result<(String, PathBuf), String> {
+    let (name, path) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not NAME=INPUT (e.g. a=volume.zarr)"))?;
+    if path.is_empty() {
+        return Err(format!("{s:?}: no input after '='"));
+    }
+    Ok((name.trim().to_string(), PathBuf::from(path)))
+}
+
+pub(crate) fn eval(a: EvalArgs, g: &Global) -> CliResult {
+    let names: Vec<&str> = a.inputs.iter().map(|(n, _)| n.as_str()).collect();
+    let k = chunkwise::kernel::Eval::new(&a.expr, &names, a.dtype)?;
+    let inputs = a
+        .inputs
+        .iter()
+        .map(|(_, p)| Input::open(p))
+        .collect::<chunkwise::Result<Vec<_>>>()?;
+    run_on(&inputs, &a.output, &a.opts, &k, g)
 }
 
 pub(crate) fn threshold(a: ThresholdArgs, g: &Global) -> CliResult {
@@ -256,6 +309,16 @@ pub(crate) fn neighbourhood_lut(a: NeighbourhoodLutArgs, g: &Global) -> CliResul
 }
 
 fn run(a: &JobArgs, k: &dyn Kernel, g: &Global) -> CliResult {
+    run_on(&[Input::open(&a.input)?], &a.output, &a.opts, k, g)
+}
+
+fn run_on(
+    inputs: &[Input],
+    output: &std::path::Path,
+    a: &JobOptions,
+    k: &dyn Kernel,
+    g: &Global,
+) -> CliResult {
     let mut opts = ExecOptions::default();
     if let Some(c) = codec_from(a.codec.as_deref())? {
         opts = opts.codec(c);
@@ -276,7 +339,7 @@ fn run(a: &JobArgs, k: &dyn Kernel, g: &Global) -> CliResult {
             Durability::Sync
         })
         .progress(g.progress());
-    let r = chunkwise::run(&[Input::open(&a.input)?], &a.output, k, &opts)?;
+    let r = chunkwise::run(inputs, output, k, &opts)?;
     if !g.quiet {
         say(summary(&r))?;
     }

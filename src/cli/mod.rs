@@ -54,6 +54,9 @@ enum Command {
     Lut(job::LutArgs),
     /// out = 1 where in > X, else 0 (uint8).
     Threshold(job::ThresholdArgs),
+    /// An elementwise expression over named inputs, fused per chunk (numexpr's language,
+    /// numpy's types).
+    Eval(job::EvalArgs),
     /// Cumulative sum along an axis (numpy.cumsum).
     Cumsum(job::CumArgs),
     /// Cumulative product along an axis (numpy.cumprod).
@@ -179,6 +182,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Correlate1d(a) => job::correlate1d(a, &global),
         Command::Lut(a) => job::lut(a, &global),
         Command::Threshold(a) => job::threshold(a, &global),
+        Command::Eval(a) => job::eval(a, &global),
         Command::Cumsum(a) => job::cumulative(chunkwise::CumOp::Sum, a, &global),
         Command::Cumprod(a) => job::cumulative(chunkwise::CumOp::Prod, a, &global),
         Command::Cummax(a) => job::cumulative(chunkwise::CumOp::Max, a, &global),

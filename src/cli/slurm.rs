@@ -15,6 +15,7 @@ const SPLITTABLE: &[(&str, bool)] = &[
     ("correlate1d", true),
     ("lut", true),
     ("threshold", true),
+    ("eval", true),
     ("cumsum", true),
     ("cumprod", true),
     ("cummax", true),

@@ -6,6 +6,7 @@
 //! result cannot depend on the chunking (spec/COMPUTE.md §1).
 
 mod correlate;
+mod expr;
 mod gaussian;
 pub mod lut;
 mod nlut;
@@ -21,6 +22,7 @@ use crate::halo::Boundary;
 use crate::region::Region;
 
 pub use correlate::Correlate1d;
+pub use expr::Eval;
 pub use gaussian::{Gaussian, MAX_RADIUS};
 pub use lut::Lut;
 pub use nlut::{IndexOrder, NEIGHBOURHOOD_TABLE_LEN, NeighbourhoodLut};

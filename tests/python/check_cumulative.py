@@ -1,5 +1,5 @@
 """`chunkwise cumsum|cumprod|cummax|cummin` against numpy on the whole in-memory array
-(spec/COMPUTE.md §8): every dtype, every axis, chunks that do not divide the shape, output
+(spec/COMPUTE.md §10): every dtype, every axis, chunks that do not divide the shape, output
 chunks other than the input's, parts, `--dtype`. numpy accumulates each lane in order in the
 result type, and so does chunkwise: floats must equal numpy's bit for bit (NaN where numpy has
 NaN), integers exactly (wrapping as numpy's do).

@@ -58,6 +58,17 @@ def tmp(tmp_path):
     return tmp_path
 
 
+@pytest.fixture
+def chunkwise_bin():
+    """The command-line tool: $CHUNKWISE_BIN, else the debug build `cargo test` leaves in
+    target/ (.ci/run builds it before the Python tests). Missing is a failure, not a skip."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    p = os.environ.get("CHUNKWISE_BIN") or os.path.join(root, "target", "debug", "chunkwise")
+    if not os.access(p, os.X_OK):
+        pytest.fail(f"{p}: no chunkwise binary; run `cargo build` (or set CHUNKWISE_BIN)")
+    return p
+
+
 def store(tmp, x, chunks, name="a.zarr", **kw):
     """x written with cw.from_array at tmp/name; returns (Array, path as str)."""
     p = str(tmp / name)

@@ -264,7 +264,16 @@ def _interrupting_gauss(b):
     return ndi.gaussian_filter(b, 1.0, mode="reflect")
 
 
-def test_keyboard_interrupt_and_resume(tmp, rng):
+@pytest.fixture
+def sigint():
+    """Python's own Ctrl-C handler for the test: a shell starting pytest in the background
+    (`cmd &` in a script) leaves SIGINT ignored, and an ignored signal never reaches the job."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_keyboard_interrupt_and_resume(tmp, rng, sigint):
     """PYTHON §2: SIGINT during a job (sent by func on its 5th call) raises KeyboardInterrupt
     without finishing the job; the same call again computes only the missing chunks and equals
     scipy on the whole array."""
@@ -285,7 +294,7 @@ def test_keyboard_interrupt_and_resume(tmp, rng):
     np.testing.assert_allclose(r[...], ndi.gaussian_filter(x, 1.0), rtol=1e-12, atol=1e-12)
 
 
-def test_keyboard_interrupt_builtin_kernel(tmp, rng):
+def test_keyboard_interrupt_builtin_kernel(tmp, rng, sigint):
     """PYTHON §2: Ctrl-C stops a built-in kernel too (the signal comes from the progress
     callable at its first report short of the total); the rerun finishes and equals scipy."""
     shape, chunks = (24, 24, 24), (2, 3, 3)

@@ -13,6 +13,7 @@ from ._array import Array, convert, create, from_array, open
 from ._chunkwise import __version__
 from ._compute import (
     correlate1d,
+    eval,
     gaussian,
     lut,
     map_blocks,
@@ -43,7 +44,7 @@ from .errors import (
 
 __all__ = [
     "Array", "Job", "open", "create", "from_array", "convert",
-    "gaussian", "correlate1d", "lut", "threshold", "neighbourhood_lut", "map_overlap",
+    "gaussian", "correlate1d", "lut", "threshold", "eval", "neighbourhood_lut", "map_overlap",
     "map_blocks", "stats", "histogram", "reduce", "where", "graph", "concat", "stack", "view", "errors",
     "Error", "StoreError", "InputError", "KernelError", "GrowError", "IoError", "NotFoundError",
     "InvalidOptionError", "BadRegionError", "OutputExistsError", "LockedError", "TooLargeError",

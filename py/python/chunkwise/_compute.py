@@ -144,6 +144,35 @@ def threshold(a, out, above, *, chunks=None, codec=None, level=None, overwrite=F
                 **_common(chunks, codec, level, overwrite, restart, checksum, partition))
 
 
+@deferrable("out")
+def eval(expr, out=None, *, dtype=None, inputs=None, chunks=None, codec=None, level=None,
+         overwrite=False, restart=False, checksum=False, partition=None, progress=None,
+         threads=None, memory=None, **named) -> Array:
+    """``numexpr.evaluate(expr)`` over the named inputs (chunkwise Arrays, paths, views or numpy
+    arrays of one shape), fused chunk by chunk into the store ``out``: numexpr's language,
+    numpy's result types (NEP 50) unless ``dtype`` (spec/COMPUTE.md §11).
+
+    ``cw.eval("sqrt(a**2 + b**2)", out="norm.zarr", a=x, b=y)``; an input whose name is one of
+    this function's options goes in ``inputs={"dtype": ...}``."""
+    if out is None:
+        raise TypeError("eval(expr, out=..., name=input, ...) needs the output store (out)")
+    named = {**(inputs or {}), **named}
+    if not named:
+        raise InvalidOptionError(
+            f"eval({expr!r}): no inputs; name them: eval(expr, out=..., a=array, b='b.zarr')"
+        )
+    srcs = [source(v) for v in named.values()]
+    params = dict(expr=str(expr), names=list(named),
+                  dtype=None if dtype is None else dtype_name(dtype))
+    d, close = opts(progress, threads, memory,
+                    **_common(chunks, codec, level, overwrite, restart, checksum, partition))
+    try:
+        report = _chunkwise.kernel("eval", srcs, fspath(out), params, d)
+    finally:
+        close()
+    return _result(report, out)
+
+
 @deferrable(1)
 def neighbourhood_lut(a, out, table, above=None, *, index_order="default", chunks=None,
                       codec=None, level=None, overwrite=False, restart=False, checksum=False,
