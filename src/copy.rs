@@ -62,7 +62,13 @@ pub(crate) fn read_padded<E>(
 ) -> Result<Vec<u8>, E> {
     let itemsize = fill.len();
     let n: usize = full.iter().product();
-    let mut buf: Vec<u8> = fill.iter().copied().cycle().take(n * itemsize).collect();
+    // Zeroed memory comes from the allocator for free; a repeated fill is memcpy doubling
+    // (a byte-by-byte `cycle` cost more than the read itself).
+    let mut buf = if part == full || fill.iter().all(|&b| b == 0) {
+        vec![0u8; n * itemsize]
+    } else {
+        fill.repeat(n)
+    };
     if part == full {
         read(&mut buf)?;
         return Ok(buf);

@@ -262,8 +262,7 @@ pub(super) fn apply(join: &Join<'_>, target: &Target<'_>, todo: &[usize]) -> Res
                     }
                     let creg = Region::new(creg);
                     let n = to_usize(cshape.iter().product::<u64>(), "chunk")?;
-                    let mut buf: Vec<u8> =
-                        fill.iter().copied().cycle().take(n * itemsize).collect();
+                    let mut buf: Vec<u8> = fill.repeat(n);
                     let cs: Vec<usize> = cshape.iter().map(|&c| c as usize).collect();
                     let cstrides = c_strides(&cs, itemsize);
                     let extent: Vec<usize> = creg.shape().iter().map(|&e| e as usize).collect();

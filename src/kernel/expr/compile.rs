@@ -87,8 +87,8 @@ pub(crate) struct Program {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Val {
-    /// A Python scalar (a literal, or literal arithmetic).
-    Weak(Number),
+    /// A Python scalar (a literal, or literal arithmetic), and the column it starts at.
+    Weak(Number, usize),
     /// An input, not yet loaded (it is loaded in the type its use needs).
     Input(usize, DType),
     /// A register.
@@ -197,7 +197,7 @@ fn fold(op: BinOp, a: Number, b: Number, col: usize) -> Result<Val, Located> {
             }
         }
     };
-    Ok(Val::Weak(v))
+    Ok(Val::Weak(v, col))
 }
 
 fn compare(op: BinOp, o: std::cmp::Ordering) -> bool {
@@ -236,16 +236,16 @@ impl Builder<'_> {
 
     fn dtype(&self, v: Val) -> Option<DType> {
         match v {
-            Val::Weak(_) => None,
+            Val::Weak(..) => None,
             Val::Input(_, t) => Some(t),
             Val::Reg(r) => Some(self.insts[r].t),
         }
     }
 
     /// `v` as a register of type `t`.
-    fn coerce(&mut self, v: Val, t: DType, col: usize) -> Result<usize, Located> {
+    fn coerce(&mut self, v: Val, t: DType) -> Result<usize, Located> {
         let r = match v {
-            Val::Weak(Number::Int(i)) if is_int(t) || t == DType::Bool => {
+            Val::Weak(Number::Int(i), col) if is_int(t) || t == DType::Bool => {
                 let (lo, hi) = int_range(t);
                 if i < lo || i > hi {
                     return Err(at(
@@ -257,7 +257,7 @@ impl Builder<'_> {
                 }
                 self.push(Op::Fill(Number::Int(i)), t)
             }
-            Val::Weak(n) => self.push(Op::Fill(n), t),
+            Val::Weak(n, _) => self.push(Op::Fill(n), t),
             Val::Input(i, _) => self.push(Op::Load(i), t),
             Val::Reg(r) if self.insts[r].t == t => Val::Reg(r),
             Val::Reg(r) => self.push(Op::Cast(r), t),
@@ -273,8 +273,10 @@ impl Builder<'_> {
         let strong = vals.iter().filter_map(|&v| self.dtype(v)).reduce(promote);
         let weak_float = vals
             .iter()
-            .any(|v| matches!(v, Val::Weak(Number::Float(_))));
-        let weak_int = vals.iter().any(|v| matches!(v, Val::Weak(Number::Int(_))));
+            .any(|v| matches!(v, Val::Weak(Number::Float(_), _)));
+        let weak_int = vals
+            .iter()
+            .any(|v| matches!(v, Val::Weak(Number::Int(_), _)));
         match strong {
             None if weak_float => DType::F64,
             None => DType::I64,
@@ -296,11 +298,11 @@ impl Builder<'_> {
 
     /// A function's operands: Python scalars become numpy scalars (constants of their
     /// `result_type`) when no array is among them.
-    fn strong_if_alone(&mut self, vals: &mut [Val], col: usize) -> Result<(), Located> {
-        if vals.iter().all(|v| matches!(v, Val::Weak(_))) {
+    fn strong_if_alone(&mut self, vals: &mut [Val]) -> Result<(), Located> {
+        if vals.iter().all(|v| matches!(v, Val::Weak(..))) {
             let t = self.result_type(vals);
             for v in vals.iter_mut() {
-                *v = Val::Reg(self.coerce(*v, t, col)?);
+                *v = Val::Reg(self.coerce(*v, t)?);
             }
         }
         Ok(())
@@ -308,7 +310,7 @@ impl Builder<'_> {
 
     fn expr(&mut self, ast: &Ast) -> Result<Val, Located> {
         match ast {
-            Ast::Num(n, _) => Ok(Val::Weak(*n)),
+            Ast::Num(n, c) => Ok(Val::Weak(*n, *c)),
             Ast::Bool(b, _) => Ok(self.push(Op::Fill(Number::Int(i128::from(*b))), DType::Bool)),
             Ast::Name(n, col) => match self.names.iter().position(|x| x == n) {
                 Some(i) => Ok(Val::Input(i, self.dtypes[i])),
@@ -343,12 +345,12 @@ impl Builder<'_> {
     }
 
     fn unary(&mut self, op: UnOp, v: Val, col: usize) -> Result<Val, Located> {
-        if let Val::Weak(n) = v {
+        if let Val::Weak(n, _) = v {
             return match (op, n) {
                 (UnOp::Pos, _) => Ok(v),
-                (UnOp::Neg, Number::Int(i)) => Ok(Val::Weak(Number::Int(-i))),
-                (UnOp::Neg, Number::Float(f)) => Ok(Val::Weak(Number::Float(-f))),
-                (UnOp::Not, Number::Int(i)) => Ok(Val::Weak(Number::Int(!i))),
+                (UnOp::Neg, Number::Int(i)) => Ok(Val::Weak(Number::Int(-i), col)),
+                (UnOp::Neg, Number::Float(f)) => Ok(Val::Weak(Number::Float(-f), col)),
+                (UnOp::Not, Number::Int(i)) => Ok(Val::Weak(Number::Int(!i), col)),
                 (UnOp::Not, Number::Float(_)) => {
                     Err(at(col, "'~' takes integers or booleans, not floats"))
                 }
@@ -375,25 +377,25 @@ impl Builder<'_> {
             }
             UnOp::Not => Func::Not,
         };
-        let r = self.coerce(v, t, col)?;
+        let r = self.coerce(v, t)?;
         Ok(self.push(Op::Un(f, r), t))
     }
 
     fn binary(&mut self, op: BinOp, x: Val, y: Val, col: usize) -> Result<Val, Located> {
         if op.is_comparison() {
-            return self.comparison(op, x, y, col);
+            return self.comparison(op, x, y);
         }
-        if let (Val::Weak(a), Val::Weak(b)) = (x, y) {
+        if let (Val::Weak(a, _), Val::Weak(b, _)) = (x, y) {
             return fold(op, a, b, col);
         }
-        if op == BinOp::Pow && y == Val::Weak(Number::Int(2)) {
+        if op == BinOp::Pow && matches!(y, Val::Weak(Number::Int(2), _)) {
             // numpy computes `x ** 2` as `square(x)`: the same values (x * x), but a bool
             // array squares to int8.
             let t = match self.dtype(x) {
                 Some(DType::Bool) => DType::I8,
                 _ => self.result_type(&[x, y]),
             };
-            let a = self.coerce(x, t, col)?;
+            let a = self.coerce(x, t)?;
             return Ok(self.push(Op::Bin(Arith::Mul, a, a), t));
         }
         let r = self.result_type(&[x, y]);
@@ -427,15 +429,15 @@ impl Builder<'_> {
             (BinOp::Xor, _) => (Arith::Xor, r),
             _ => unreachable!("comparisons handled above"),
         };
-        let a = self.coerce(x, t, col)?;
-        let b = self.coerce(y, t, col)?;
+        let a = self.coerce(x, t)?;
+        let b = self.coerce(y, t)?;
         Ok(self.push(Op::Bin(arith, a, b), t))
     }
 
-    fn comparison(&mut self, op: BinOp, x: Val, y: Val, col: usize) -> Result<Val, Located> {
+    fn comparison(&mut self, op: BinOp, x: Val, y: Val) -> Result<Val, Located> {
         let bool_const =
             |s: &mut Self, v: bool| s.push(Op::Fill(Number::Int(i128::from(v))), DType::Bool);
-        if let (Val::Weak(a), Val::Weak(b)) = (x, y) {
+        if let (Val::Weak(a, _), Val::Weak(b, _)) = (x, y) {
             let o = match (a, b) {
                 (Number::Int(p), Number::Int(q)) => Some(p.cmp(&q)),
                 _ => a.to_f64().partial_cmp(&b.to_f64()),
@@ -449,8 +451,8 @@ impl Builder<'_> {
         if is_int(t) {
             let (lo, hi) = int_range(t);
             let side = |v: Val| match v {
-                Val::Weak(Number::Int(i)) if i > hi => Some(std::cmp::Ordering::Greater),
-                Val::Weak(Number::Int(i)) if i < lo => Some(std::cmp::Ordering::Less),
+                Val::Weak(Number::Int(i), _) if i > hi => Some(std::cmp::Ordering::Greater),
+                Val::Weak(Number::Int(i), _) if i < lo => Some(std::cmp::Ordering::Less),
                 _ => None,
             };
             if let Some(o) = side(y) {
@@ -460,39 +462,39 @@ impl Builder<'_> {
                 return Ok(bool_const(self, compare(op, o)));
             }
         }
-        let a = self.coerce(x, t, col)?;
-        let b = self.coerce(y, t, col)?;
+        let a = self.coerce(x, t)?;
+        let b = self.coerce(y, t)?;
         Ok(self.push(Op::Cmp(op, a, b), DType::Bool))
     }
 
     fn call(&mut self, f: &str, mut vals: Vec<Val>, col: usize) -> Result<Val, Located> {
         if f == "where" {
             let c = match vals[0] {
-                Val::Weak(n) => self.push(
+                Val::Weak(n, _) => self.push(
                     Op::Fill(Number::Int(i128::from(n.to_f64() != 0.0))),
                     DType::Bool,
                 ),
                 v => v,
             };
-            let c = self.coerce(c, DType::Bool, col)?;
+            let c = self.coerce(c, DType::Bool)?;
             let mut xy = [vals[1], vals[2]];
-            self.strong_if_alone(&mut xy, col)?;
+            self.strong_if_alone(&mut xy)?;
             let t = self.result_type(&xy);
-            let a = self.coerce(xy[0], t, col)?;
-            let b = self.coerce(xy[1], t, col)?;
+            let a = self.coerce(xy[0], t)?;
+            let b = self.coerce(xy[1], t)?;
             return Ok(self.push(Op::Where(c, a, b), t));
         }
-        self.strong_if_alone(&mut vals, col)?;
+        self.strong_if_alone(&mut vals)?;
         let r = self.result_type(&vals);
         let unary = |s: &mut Self, func: Func, t: DType| -> Result<Val, Located> {
-            let a = s.coerce(vals[0], t, col)?;
+            let a = s.coerce(vals[0], t)?;
             Ok(s.push(Op::Un(func, a), t))
         };
         let func = match f {
-            "abs" if r == DType::Bool => return Ok(Val::Reg(self.coerce(vals[0], r, col)?)),
+            "abs" if r == DType::Bool => return Ok(Val::Reg(self.coerce(vals[0], r)?)),
             "abs" => return unary(self, Func::Abs, r),
             "floor" | "ceil" if !r.is_float() => {
-                return Ok(Val::Reg(self.coerce(vals[0], r, col)?));
+                return Ok(Val::Reg(self.coerce(vals[0], r)?));
             }
             "floor" => return unary(self, Func::Floor, r),
             "ceil" => return unary(self, Func::Ceil, r),
@@ -502,14 +504,14 @@ impl Builder<'_> {
                     "maximum" => (Arith::Max, r),
                     _ => (Arith::Arctan2, self.float_type(&vals)),
                 };
-                let a = self.coerce(vals[0], t, col)?;
-                let b = self.coerce(vals[1], t, col)?;
+                let a = self.coerce(vals[0], t)?;
+                let b = self.coerce(vals[1], t)?;
                 return Ok(self.push(Op::Bin(arith, a, b), t));
             }
             "clip" => {
-                let x = self.coerce(vals[0], r, col)?;
-                let lo = self.coerce(vals[1], r, col)?;
-                let hi = self.coerce(vals[2], r, col)?;
+                let x = self.coerce(vals[0], r)?;
+                let lo = self.coerce(vals[1], r)?;
+                let hi = self.coerce(vals[2], r)?;
                 let m = self.push(Op::Bin(Arith::Max, x, lo), r);
                 let Val::Reg(m) = m else { unreachable!() };
                 return Ok(self.push(Op::Bin(Arith::Min, m, hi), r));
@@ -549,17 +551,17 @@ pub(crate) fn compile(
         insts: Vec::new(),
     };
     let mut v = b.expr(ast)?;
-    if let Val::Weak(n) = v {
+    if let Val::Weak(n, _) = v {
         // A literal alone: numpy's array of it.
         let t = if matches!(n, Number::Float(_)) {
             DType::F64
         } else {
             DType::I64
         };
-        v = Val::Reg(b.coerce(v, t, ast.col())?);
+        v = Val::Reg(b.coerce(v, t)?);
     }
     let t = dtype.unwrap_or_else(|| b.dtype(v).expect("not weak"));
-    let last = b.coerce(v, t, ast.col())?;
+    let last = b.coerce(v, t)?;
     // The result must be the last instruction (the program's output register).
     if last + 1 != b.insts.len() {
         let inst = Inst {
@@ -616,6 +618,12 @@ mod tests {
                 .msg
                 .contains("out of bounds")
         );
+        assert_eq!(
+            ty("a + 300", &[U8]).unwrap_err().col,
+            5,
+            "the literal's column"
+        );
+        assert_eq!(ty("a * (2 ** -1 + a ** -1)", &[U8]).unwrap_err().col, 21);
         assert!(ty("a - a", &[Bool]).is_err());
         assert!(ty("a & 1", &[F32]).is_err());
         assert!(

@@ -114,17 +114,6 @@ pub(crate) enum Ast {
 }
 
 impl Ast {
-    pub fn col(&self) -> usize {
-        match self {
-            Ast::Num(_, c)
-            | Ast::Bool(_, c)
-            | Ast::Name(_, c)
-            | Ast::Unary(_, _, c)
-            | Ast::Binary(_, _, _, c)
-            | Ast::Call(_, _, c) => *c,
-        }
-    }
-
     /// The expression fully parenthesised (the job's identity: spacing does not matter).
     pub fn canonical(&self) -> String {
         match self {
