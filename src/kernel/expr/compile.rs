@@ -155,9 +155,13 @@ fn fold(op: BinOp, a: Number, b: Number, col: usize) -> Result<Val, Located> {
             BinOp::Div if y == 0 => return Err(zero()),
             BinOp::Div => Float(x as f64 / y as f64),
             BinOp::FloorDiv | BinOp::Mod if y == 0 => return Err(zero()),
-            BinOp::FloorDiv => Int(x.div_euclid(y) - i128::from(y < 0 && x.rem_euclid(y) != 0)),
+            BinOp::FloorDiv => {
+                let q = x.checked_div_euclid(y).ok_or_else(overflow)?;
+                let r = x.checked_rem_euclid(y).ok_or_else(overflow)?;
+                Int(q - i128::from(y < 0 && r != 0))
+            }
             BinOp::Mod => {
-                let r = x.rem_euclid(y);
+                let r = x.checked_rem_euclid(y).ok_or_else(overflow)?;
                 Int(if y < 0 && r != 0 { r + y } else { r })
             }
             BinOp::Pow if y >= 0 => Int(u32::try_from(y)
@@ -348,7 +352,10 @@ impl Builder<'_> {
         if let Val::Weak(n, _) = v {
             return match (op, n) {
                 (UnOp::Pos, _) => Ok(v),
-                (UnOp::Neg, Number::Int(i)) => Ok(Val::Weak(Number::Int(-i), col)),
+                (UnOp::Neg, Number::Int(i)) => match i.checked_neg() {
+                    Some(n) => Ok(Val::Weak(Number::Int(n), col)),
+                    None => Err(at(col, "integer literal arithmetic overflows")),
+                },
                 (UnOp::Neg, Number::Float(f)) => Ok(Val::Weak(Number::Float(-f), col)),
                 (UnOp::Not, Number::Int(i)) => Ok(Val::Weak(Number::Int(!i), col)),
                 (UnOp::Not, Number::Float(_)) => {
@@ -624,6 +631,8 @@ mod tests {
             "the literal's column"
         );
         assert_eq!(ty("a * (2 ** -1 + a ** -1)", &[U8]).unwrap_err().col, 21);
+        // The longest expression types on a test thread's small stack (a debug build).
+        assert_eq!(ty(&format!("a{}", "+a".repeat(1000)), &[U8]), Ok(U8));
         assert!(ty("a - a", &[Bool]).is_err());
         assert!(ty("a & 1", &[F32]).is_err());
         assert!(

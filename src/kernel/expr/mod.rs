@@ -28,12 +28,15 @@ use vm::{Machine, TILE, typed};
 /// assert!(err.to_string().contains("column 5"));
 /// # Ok::<(), chunkwise::Error>(())
 /// ```
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Eval {
     source: String,
     ast: Ast,
     names: Vec<String>,
     dtype: Option<DType>,
+    /// The program for the first input types asked about (the job's): typed once, on the
+    /// caller's thread, not per chunk on the workers'.
+    program: std::sync::OnceLock<(Vec<DType>, Program)>,
 }
 
 impl Eval {
@@ -100,6 +103,7 @@ impl Eval {
             ast,
             names,
             dtype,
+            program: std::sync::OnceLock::new(),
         })
     }
 
@@ -113,7 +117,22 @@ impl Eval {
         self.ast.canonical()
     }
 
-    fn program(&self, inputs: &[DType]) -> Result<Program> {
+    fn program(&self, inputs: &[DType]) -> Result<std::borrow::Cow<'_, Program>> {
+        if let Some((types, p)) = self.program.get()
+            && types == inputs
+        {
+            return Ok(std::borrow::Cow::Borrowed(p));
+        }
+        let p = self.compile(inputs)?;
+        if self.program.set((inputs.to_vec(), p.clone())).is_ok()
+            && let Some((_, p)) = self.program.get()
+        {
+            return Ok(std::borrow::Cow::Borrowed(p));
+        }
+        Ok(std::borrow::Cow::Owned(p))
+    }
+
+    fn compile(&self, inputs: &[DType]) -> Result<Program> {
         if inputs.len() != self.names.len() {
             return Err(Error::option(
                 "expression",
@@ -196,6 +215,12 @@ impl Kernel for Eval {
                 .iter()
                 .zip(b.shape())
                 .all(|(v, &s)| v.start == 0 && v.end == s);
+            if whole && b.bytes.len() < n * b.dtype().size() {
+                return Err(Error::Internal(format!(
+                    "eval: a block of {} bytes for a region of {n} elements",
+                    b.bytes.len()
+                )));
+            }
             owned.push(if whole {
                 None
             } else {

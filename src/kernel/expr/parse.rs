@@ -231,7 +231,20 @@ fn lex(src: &str) -> Result<Vec<(Tok, usize)>, Located> {
 /// Parses `src` into its syntax tree.
 pub(crate) fn parse(src: &str) -> Result<Ast, Located> {
     let toks = lex(src)?;
-    let mut p = Parser { toks, pos: 0 };
+    if toks.len() > MAX_TOKENS {
+        return Err(at(
+            toks[MAX_TOKENS].1,
+            format!(
+                "the expression has {} tokens; at most {MAX_TOKENS}",
+                toks.len() - 1
+            ),
+        ));
+    }
+    let mut p = Parser {
+        toks,
+        pos: 0,
+        depth: 0,
+    };
     let ast = p.comparison()?;
     match p.peek() {
         (Tok::End, _) => Ok(ast),
@@ -255,7 +268,17 @@ fn describe(t: &Tok) -> String {
 struct Parser {
     toks: Vec<(Tok, usize)>,
     pos: usize,
+    /// Nesting so far (parentheses, calls, unary operators): bounded, so that no input can
+    /// exhaust the stack.
+    depth: usize,
 }
+
+/// The longest expression, in tokens (numbers, names, operators): it bounds the syntax
+/// tree's depth, which typing and dropping walk recursively.
+pub(crate) const MAX_TOKENS: usize = 2048;
+
+/// The deepest nesting an expression may have.
+pub(crate) const MAX_DEPTH: usize = 64;
 
 /// The binary levels from loosest to tightest (comparisons and `**` handled apart).
 const LEVELS: &[&[(&str, BinOp)]] = &[
@@ -329,7 +352,22 @@ impl Parser {
         Ok(a)
     }
 
+    /// Every operand starts here (after a prefix operator, a `**`, a parenthesis or a call's
+    /// opening): the one place nesting is counted.
     fn unary(&mut self) -> Result<Ast, Located> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(at(
+                self.peek().1,
+                format!("the expression nests deeper than {MAX_DEPTH} levels"),
+            ));
+        }
+        let r = self.unary_inner();
+        self.depth -= 1;
+        r
+    }
+
+    fn unary_inner(&mut self) -> Result<Ast, Located> {
         let op = match self.peek() {
             (Tok::Op("-"), _) => UnOp::Neg,
             (Tok::Op("+"), _) => UnOp::Pos,
@@ -446,5 +484,16 @@ mod tests {
         assert_eq!(e("a = b").col, 3);
         assert_eq!(e("a b").col, 3);
         assert_eq!(e("1.2.3").col, 1);
+        let deep = format!("{}a{}", "(".repeat(1000), ")".repeat(1000));
+        assert!(e(&deep).msg.contains("nests deeper"));
+        assert!(
+            e(&format!("{}a", "-".repeat(1000)))
+                .msg
+                .contains("nests deeper")
+        );
+        assert!(e(&"a**".repeat(100)).msg.contains("nests deeper"));
+        assert!(e(&"a+".repeat(100_000)).msg.contains("at most 2048"));
+        assert!(parse(&format!("a{}", "+a".repeat(1000))).is_ok());
+        assert!(parse(&format!("{}a{}", "(".repeat(60), ")".repeat(60))).is_ok());
     }
 }
