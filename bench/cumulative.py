@@ -11,7 +11,6 @@ wall clock of fresh processes (dask's imports excluded), peak RSS from /usr/bin/
 to bench/results/cumulative.jsonl and are printed.
 """
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -20,7 +19,7 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from w1 import CW, PEERS_VENV, machine, timed  # noqa: E402
+from w1 import CW, PEERS_VENV, machine, record, timed  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results", "cumulative.jsonl")
 
@@ -70,10 +69,7 @@ def main():
            **{k: [round(x, 2) for x in v] for k, v in rows.items()},
            **{k + "_rss_mib": round(max(v)) for k, v in rss.items()},
            "ratio_dask_over_cw": round(med["dask"] / med["cw"], 2), "machine": machine()}
-    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    with open(RESULTS, "a") as f:
-        f.write(json.dumps(row) + "\n")
-    print(json.dumps(row), flush=True)
+    record(RESULTS, row)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ Whole-process wall clock of fresh processes (Python imports excluded for the pee
 section starts after them), peak RSS from /usr/bin/time. Results go to bench/results/eval.jsonl.
 """
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -30,7 +29,7 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from w1 import CW, PEERS_VENV, machine, timed  # noqa: E402
+from w1 import CW, PEERS_VENV, machine, record, timed  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results", "eval.jsonl")
 EXPRS = {"E1": "V*0.5 + W*0.5 > 700", "E2": "sqrt(V**2 + W**2)"}
@@ -121,10 +120,7 @@ def main():
         row[f"{key}_ratio_dask_over_cw"] = round(med[f"{key}_dask"] / med[f"{key}_cw"], 2)
         row[f"{key}_ratio_numexpr_over_cw"] = round(med[f"{key}_numexpr"] / med[f"{key}_cw"], 2)
     row["machine"] = machine()
-    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    with open(RESULTS, "a") as f:
-        f.write(json.dumps(row) + "\n")
-    print(json.dumps(row), flush=True)
+    record(RESULTS, row)
 
 
 if __name__ == "__main__":

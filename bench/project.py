@@ -11,7 +11,6 @@ imports excluded: the timed section starts after them), peak RSS from /usr/bin/t
 go to bench/results/project.jsonl and are printed.
 """
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -20,7 +19,7 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from w1 import CW, PEERS_VENV, machine, timed  # noqa: E402
+from w1 import CW, PEERS_VENV, machine, record, timed  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results", "project.jsonl")
 
@@ -68,10 +67,7 @@ def main():
            "ratio_max_dask_over_cw": round(med["dask_max"] / med["cw_max"], 2),
            "ratio_mean_std_dask_over_cw": round(med["dask_mean_std"] / med["cw_mean_std"], 2),
            "machine": machine()}
-    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    with open(RESULTS, "a") as f:
-        f.write(json.dumps(row) + "\n")
-    print(json.dumps(row), flush=True)
+    record(RESULTS, row)
 
 
 if __name__ == "__main__":

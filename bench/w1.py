@@ -61,6 +61,14 @@ def machine():
                                              platform.release())
 
 
+def record(path, row):
+    """Appends a result row to a bench/results/*.jsonl file and prints it."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(json.dumps(row), flush=True)
+
+
 def ensure_data(data):
     py = os.path.join(PEERS_VENV, "bin", "python")
     if not os.path.exists(py):

@@ -9,6 +9,7 @@
 use crate::dtype::{DType, Number};
 
 use super::parse::{Ast, BinOp, Located, UnOp, at};
+use super::vm::divmod;
 
 /// What an instruction computes. Every operand register holds the instruction's type `t`
 /// (casts are explicit), except `Where`'s condition (bool) and `Cast`'s source.
@@ -137,11 +138,6 @@ fn int_range(t: DType) -> (i128, i128) {
     }
 }
 
-/// Python's floor division and modulo of floats (numpy's `npy_divmod`).
-pub(crate) fn py_divmod(a: f64, b: f64) -> (f64, f64) {
-    super::vm::divmod(a, b)
-}
-
 /// Arithmetic between two Python scalars, as Python does it.
 fn fold(op: BinOp, a: Number, b: Number, col: usize) -> Result<Val, Located> {
     use Number::{Float, Int};
@@ -182,8 +178,8 @@ fn fold(op: BinOp, a: Number, b: Number, col: usize) -> Result<Val, Located> {
                 BinOp::Mul => Float(x * y),
                 BinOp::Div | BinOp::FloorDiv | BinOp::Mod if y == 0.0 => return Err(zero()),
                 BinOp::Div => Float(x / y),
-                BinOp::FloorDiv => Float(py_divmod(x, y).0),
-                BinOp::Mod => Float(py_divmod(x, y).1),
+                BinOp::FloorDiv => Float(divmod(x, y).0),
+                BinOp::Mod => Float(divmod(x, y).1),
                 BinOp::Pow if x < 0.0 && y.fract() != 0.0 => {
                     return Err(at(
                         col,

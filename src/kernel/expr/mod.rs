@@ -226,7 +226,9 @@ impl Kernel for Eval {
             } else {
                 Some(with_scalar!(b.dtype(), T => {
                     let v = b.valid_view::<T>()?;
-                    bytemuck::cast_slice::<T, u8>(&v.iter().copied().collect::<Vec<T>>()).to_vec()
+                    let mut bytes = Vec::with_capacity(v.len() * std::mem::size_of::<T>());
+                    v.iter().for_each(|x| bytes.extend_from_slice(bytemuck::bytes_of(x)));
+                    bytes
                 }))
             });
         }
