@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use rayon::prelude::*;
 
@@ -19,10 +19,13 @@ use crate::grid::{ChunkSet, Grid};
 use crate::grid::{default_chunks, indices_in, storage_order};
 use crate::input::Input;
 use crate::progress::{Tracker, Unit};
+use crate::rechunk::{Decodes, Plan};
+use crate::region::fmt_shape;
 use crate::run::with_threads;
 use crate::run::{DEFAULT_MEMORY, RunOptions, run_setters};
 use crate::source::{Block, Source};
-use crate::store::{Codec, Finish, JobOptions, JobState, JobWriter, StoreSpec};
+use crate::store::{Codec, Durability, Finish, JobOptions, JobState, JobWriter, StoreSpec};
+use crate::view::StoreSource;
 use ndarray::ArrayViewD;
 
 /// Settings for [`convert`]; build with [`ConvertOptions::default`] and the setters.
@@ -148,6 +151,11 @@ pub struct ConvertReport {
     /// A partitioned convert whose part is done while others still have chunks to write:
     /// `(chunks done by all parts, chunks in all)`; the array is not published yet.
     pub waiting: Option<(u64, u64)>,
+    /// For a chunked input (a store): how often its chunks were decoded (spec/FORMAT.md §8.1).
+    pub decodes: Option<Decodes>,
+    /// The chunking a rechunk went through when the budget could not hold a source-target
+    /// overlap (two passes, each decoding its input once).
+    pub intermediate: Option<Vec<u64>>,
 }
 
 /// Converts `input` into a new Zarr v3 array at `out`: any [`Input`] (one .npy file; several
@@ -235,6 +243,8 @@ fn convert_partitioned(
             bytes_stored: 0,
             seconds: 0.0,
             waiting: None,
+            decodes: None,
+            intermediate: None,
         };
         let (job, done) = match state {
             JobState::AlreadyDone => {
@@ -246,10 +256,26 @@ fn convert_partitioned(
         let (l0, l1) = job.part_layers(part.0);
         let mut mine: Vec<_> = grid.grid_shape().into_iter().map(|n| 0..n).collect();
         mine[0] = l0..l1;
+        // Each part streams its layers in one pass (two passes through an intermediate
+        // array would need every part's first pass done before any second).
+        let step = match plan(source.as_ref(), &grid, &opts.run)? {
+            Some(Plan::Direct(p)) => {
+                report.decodes = Some(p.decodes);
+                p.step
+            }
+            Some(Plan::Staged { .. }) => {
+                let p = direct_pass(source.as_ref(), &grid, &opts.run)?;
+                report.decodes = Some(p.decodes);
+                p.step
+            }
+            None => default_step(source.as_ref(), &grid, &mine, &opts.run),
+        };
         let streamed = stream_chunks(
             source.as_ref(),
             &grid,
             &mine,
+            &step,
+            "convert",
             Some(&done),
             &opts.run,
             job.chunk_bytes(),
@@ -297,10 +323,13 @@ fn output_spec(source: &dyn Source, opts: &ConvertOptions) -> Result<StoreSpec> 
 /// Streams the chunks of `chunks` (a box of chunk indices of `grid`) from `source` in storage
 /// order, each block read once, into `write(idx, data)` (the full, padded chunk), skipping
 /// the chunks in `done`. Returns (chunks written, bytes stored, bytes read).
+#[allow(clippy::too_many_arguments)]
 fn stream_chunks(
     source: &dyn Source,
     grid: &Grid,
     chunks: &[std::ops::Range<u64>],
+    step: &[u64],
+    stage: &'static str,
     done: Option<&ChunkSet>,
     run: &RunOptions,
     chunk_bytes: usize,
@@ -310,23 +339,21 @@ fn stream_chunks(
     let itemsize = source.dtype().size();
     let box_elems: u64 = grid.box_region(chunks).len().try_into().unwrap_or(u64::MAX);
     let tracker = Tracker::new(
-        "convert",
+        stage,
         Unit::Bytes,
         box_elems.saturating_mul(itemsize as u64),
         run.progress.clone(),
     );
     let axes = storage_order(grid.chunk_shape().len(), source.slow_axis());
-    // The feed opens a block while the last chunks of the one before are still being gathered,
-    // so two blocks can be alive at once: each gets half the budget.
-    let budget = run.memory.unwrap_or(DEFAULT_MEMORY) / 2;
     // One parallel loop over every chunk, fed in storage order: blocks open as the feed reaches
     // them and close when their last chunk is done, so no thread waits at block boundaries.
     let feed = ChunkFeed {
         run,
         source,
         grid,
-        blocks: grid.blocks(chunks, &axes, itemsize, budget).into_iter(),
+        blocks: grid.blocks_by(chunks, &axes, step).into_iter(),
         current: None,
+        alive: Arc::new(Alive::default()),
         failed: false,
     };
     feed.par_bridge()
@@ -349,7 +376,7 @@ fn stream_chunks(
                     // Edge chunk: stored padded with the fill value.
                     buf.fill(0);
                 }
-                block.read_into(&region, buf, &chunk_shape);
+                block.block.read_into(&region, buf, &chunk_shape);
                 drop(block);
                 let w = write(&idx, buf)?;
                 tracker.add(n);
@@ -391,15 +418,88 @@ fn convert_in_pool(input: &Input, out: &Path, opts: &ConvertOptions) -> Result<C
     let grid = writer.grid().clone();
     let all: Vec<_> = grid.grid_shape().into_iter().map(|n| 0..n).collect();
     let total_bytes = shape.iter().product::<u64>() * dtype.size() as u64;
-    let (written, stored, _) = stream_chunks(
-        source.as_ref(),
-        &grid,
-        &all,
-        None,
-        &opts.run,
-        writer.chunk_bytes(),
-        |idx, data| writer.write_chunk(idx, data),
-    )?;
+    let write = |idx: &[u64], data: &[u8]| writer.write_chunk(idx, data);
+    let mut decodes = None;
+    let mut intermediate = None;
+    let local = !crate::store::is_url(out);
+    let (written, stored, _) = match plan(source.as_ref(), &grid, &opts.run)? {
+        None => {
+            let step = default_step(source.as_ref(), &grid, &all, &opts.run);
+            let (n, chunk) = (writer.chunk_bytes(), "convert");
+            stream_chunks(
+                source.as_ref(),
+                &grid,
+                &all,
+                &step,
+                chunk,
+                None,
+                &opts.run,
+                n,
+                write,
+            )?
+        }
+        Some(Plan::Staged {
+            intermediate: chunks,
+            first,
+            second,
+        }) if local => {
+            let scratch = Scratch::beside(out);
+            let iwriter = StoreSpec::new(shape.clone(), dtype, chunks.clone())
+                .codec(Codec::BloscLz4 { level: 1 })
+                .create(&scratch.0, true, Durability::NoSync)?;
+            let igrid = iwriter.grid().clone();
+            let iall: Vec<_> = igrid.grid_shape().into_iter().map(|n| 0..n).collect();
+            stream_chunks(
+                source.as_ref(),
+                &igrid,
+                &iall,
+                &first.step,
+                "rechunk (1 of 2)",
+                None,
+                &opts.run,
+                iwriter.chunk_bytes(),
+                |idx, data| iwriter.write_chunk(idx, data),
+            )?;
+            let mid = StoreSource::new(Arc::new(iwriter.commit()?));
+            let streamed = stream_chunks(
+                &mid,
+                &grid,
+                &all,
+                &second.step,
+                "rechunk (2 of 2)",
+                None,
+                &opts.run,
+                writer.chunk_bytes(),
+                write,
+            )?;
+            drop((mid, scratch));
+            decodes = Some(first.decodes);
+            intermediate = Some(chunks);
+            streamed
+        }
+        Some(p) => {
+            let pass = match p {
+                Plan::Direct(p) => p,
+                // On object storage there is no directory beside the output for the
+                // intermediate array: one pass (bounded memory, more decodes).
+                Plan::Staged { .. } => direct_pass(source.as_ref(), &grid, &opts.run)?,
+            };
+            decodes = Some(pass.decodes);
+            let n = writer.chunk_bytes();
+            let step = &pass.step;
+            stream_chunks(
+                source.as_ref(),
+                &grid,
+                &all,
+                step,
+                "convert",
+                None,
+                &opts.run,
+                n,
+                write,
+            )?
+        }
+    };
     let chunks_total = grid.num_chunks();
     let store = writer.commit()?;
     Ok(ConvertReport {
@@ -414,10 +514,130 @@ fn convert_in_pool(input: &Input, out: &Path, opts: &ConvertOptions) -> Result<C
         bytes_stored: stored,
         seconds: start.elapsed().as_secs_f64(),
         waiting: None,
+        decodes,
+        intermediate,
     })
 }
 
-type SharedBlock<'a> = Arc<Box<dyn Block + 'a>>;
+/// How a chunked source (one that [`Source::chunk_bounds`]) is rechunked into `grid` within
+/// the run's memory (spec/FORMAT.md §8.1); `None` for a source read in place (memory-mapped
+/// files, TIFF pages), whose blocks follow [`default_step`].
+///
+/// # Errors
+/// [`Error::InvalidOption`] for `--memory` when not even one-chunk blocks fit, naming the
+/// bytes needed.
+fn plan(source: &dyn Source, grid: &Grid, run: &RunOptions) -> Result<Option<Plan>> {
+    let Some(bounds) = source.chunk_bounds() else {
+        return Ok(None);
+    };
+    let memory = run.memory.unwrap_or(DEFAULT_MEMORY);
+    let threads = rayon::current_num_threads();
+    crate::rechunk::plan(&bounds, grid, source.dtype().size(), memory, threads)
+        .map(Some)
+        .ok_or_else(|| memory_error(source, grid, run))
+}
+
+/// The best one-pass plan for a chunked source.
+fn direct_pass(source: &dyn Source, grid: &Grid, run: &RunOptions) -> Result<crate::rechunk::Pass> {
+    crate::rechunk::direct(
+        &source.chunk_bounds().unwrap_or_default(),
+        grid,
+        source.dtype().size(),
+        run.memory.unwrap_or(DEFAULT_MEMORY),
+        rayon::current_num_threads(),
+    )
+    .ok_or_else(|| memory_error(source, grid, run))
+}
+
+fn memory_error(source: &dyn Source, grid: &Grid, run: &RunOptions) -> Error {
+    let threads = rayon::current_num_threads();
+    let bounds = source.chunk_bounds().unwrap_or_default();
+    let need = crate::rechunk::least(&bounds, grid, source.dtype().size(), threads);
+    Error::option(
+        "memory",
+        format!(
+            "{} bytes cannot hold a rechunk into chunks of {} on {threads} threads: at least \
+             {need} ({}) needed",
+            run.memory.unwrap_or(DEFAULT_MEMORY),
+            fmt_shape(grid.chunk_shape()),
+            crate::inspect::human_bytes(need),
+        ),
+    )
+}
+
+/// Blocks for a source read in place: one chunk deep along its slow axis, as wide as half
+/// the budget holds (FORMAT §8).
+fn default_step(
+    source: &dyn Source,
+    grid: &Grid,
+    chunks: &[std::ops::Range<u64>],
+    run: &RunOptions,
+) -> Vec<u64> {
+    let axes = storage_order(grid.chunk_shape().len(), source.slow_axis());
+    let budget = run.memory.unwrap_or(DEFAULT_MEMORY) / 2;
+    grid.block_step(chunks, &axes, source.dtype().size(), budget)
+}
+
+/// Where the intermediate array of a two-pass rechunk lives, beside the output
+/// (`.NAME.chunkwise-rechunk`): written without syncing (it is never published) and removed
+/// when the convert ends, however it ends; a killed convert's is replaced by the next.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn beside(out: &Path) -> Scratch {
+        let name = out
+            .file_name()
+            .map_or_else(|| "array".into(), |n| n.to_string_lossy().into_owned());
+        Scratch(out.with_file_name(format!(".{name}.chunkwise-rechunk")))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Blocks opened and not yet freed, counted so that the feed opens a block only while fewer
+/// than two are alive (FORMAT §8: two blocks of the budget's half).
+#[derive(Default)]
+struct Alive {
+    count: Mutex<usize>,
+    freed: Condvar,
+}
+
+impl Alive {
+    fn wait_below(&self, n: usize) {
+        let mut c = self.count.lock().unwrap_or_else(PoisonError::into_inner);
+        while *c >= n {
+            c = self.freed.wait(c).unwrap_or_else(PoisonError::into_inner);
+        }
+        *c += 1;
+    }
+
+    fn release(&self) {
+        let mut c = self.count.lock().unwrap_or_else(PoisonError::into_inner);
+        *c = c.saturating_sub(1);
+        self.freed.notify_all();
+    }
+}
+
+/// A block shared by the tasks gathering its chunks; counted in [`Alive`] until its data is
+/// freed (fields drop in order: the block, then the count).
+struct Held<'a> {
+    block: Box<dyn Block + 'a>,
+    _counted: Counted,
+}
+
+struct Counted(Arc<Alive>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+type SharedBlock<'a> = Arc<Held<'a>>;
 
 /// Yields `(block, chunk index)` for every chunk, opening each block when the first of its
 /// chunks is reached; the block is freed when the last task holding it finishes.
@@ -427,6 +647,7 @@ struct ChunkFeed<'a> {
     grid: &'a Grid,
     blocks: std::vec::IntoIter<Vec<std::ops::Range<u64>>>,
     current: Option<(SharedBlock<'a>, std::vec::IntoIter<Vec<u64>>)>,
+    alive: Arc<Alive>,
     failed: bool,
 }
 
@@ -449,11 +670,20 @@ impl<'a> Iterator for ChunkFeed<'a> {
                 self.current = None;
             }
             let b = self.blocks.next()?;
-            match self.source.block(&self.grid.box_region(&b)) {
+            // The block before may still be gathered; the one before that is gone first.
+            self.alive.wait_below(2);
+            let opened = self.source.block(&self.grid.box_region(&b));
+            let alive = self.alive.clone();
+            match opened {
                 Ok(block) => {
-                    self.current = Some((Arc::new(block), indices_in(&b).into_iter()));
+                    let held = Arc::new(Held {
+                        block,
+                        _counted: Counted(alive),
+                    });
+                    self.current = Some((held, indices_in(&b).into_iter()));
                 }
                 Err(e) => {
+                    alive.release();
                     self.failed = true;
                     return Some(Err(e));
                 }

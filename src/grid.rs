@@ -175,6 +175,22 @@ impl Grid {
         itemsize: usize,
         budget: u64,
     ) -> Vec<Vec<Range<u64>>> {
+        self.blocks_by(
+            chunk_box,
+            axes,
+            &self.block_step(chunk_box, axes, itemsize, budget),
+        )
+    }
+
+    /// Chunks per block along each axis for [`Grid::blocks`]: one along `axes[0]`, as many
+    /// along the others as fit `budget` bytes.
+    pub(crate) fn block_step(
+        &self,
+        chunk_box: &[Range<u64>],
+        axes: &[usize],
+        itemsize: usize,
+        budget: u64,
+    ) -> Vec<u64> {
         let ndim = chunk_box.len();
         // Chunks per block along each axis.
         let mut step: Vec<u64> = chunk_box
@@ -201,13 +217,25 @@ impl Grid {
                 .unwrap_or(u64::MAX)
                 .clamp(1, step[a]);
         }
+        step
+    }
+
+    /// Splits a box of chunk indices into blocks of `step` chunks per axis (fewer at the
+    /// box's end), in storage order (`axes[0]` outermost).
+    pub(crate) fn blocks_by(
+        &self,
+        chunk_box: &[Range<u64>],
+        axes: &[usize],
+        step: &[u64],
+    ) -> Vec<Vec<Range<u64>>> {
+        let ndim = chunk_box.len();
         // Blocks in storage order: iterate axes[0] slowest, then axes[1], ...
         let mut per_axis: Vec<Vec<Range<u64>>> = vec![Vec::new(); ndim];
         for a in 0..ndim {
             let r = &chunk_box[a];
             let mut s = r.start;
             while s < r.end {
-                let e = (s + step[a]).min(r.end);
+                let e = (s + step[a].max(1)).min(r.end);
                 per_axis[a].push(s..e);
                 s = e;
             }

@@ -56,6 +56,7 @@ pub mod kernel;
 mod npy;
 mod progress;
 mod project;
+mod rechunk;
 mod reduce;
 mod region;
 mod run;
@@ -87,6 +88,7 @@ pub use progress::{Progress, ProgressFn, Unit};
 pub use project::{
     AxisOp, AxisReduceOptions, AxisResult, reduce_axes, reduce_axes_to, write_axis_results,
 };
+pub use rechunk::Decodes;
 pub use reduce::{
     AxisStats, ChunkStats, Counts, Histogram, MAX_BINS, PartialResult, PerChunk, ReduceOptions,
     Reduction, Stats, StatsAcc, ValueCounts, reduce, reduce_part,

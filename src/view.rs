@@ -1053,6 +1053,10 @@ impl Source for StoreSource {
             .map(|g| g.chunk_shape().to_vec())
     }
 
+    fn chunk_bounds(&self) -> Option<Vec<Vec<u64>>> {
+        self.store.chunk_bounds().ok()
+    }
+
     fn describe(&self) -> String {
         format!(
             "zarr v{} array {}",

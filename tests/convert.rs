@@ -268,3 +268,133 @@ fn progress_reaches_total() {
     assert!(seen.iter().all(|&(_, t)| t == total));
     assert_eq!(seen.iter().map(|&(d, _)| d).max(), Some(total));
 }
+
+/// Runs the chunkwise binary and returns its peak resident memory in bytes (the kernel's
+/// `ru_maxrss` of that one child, from `wait4`) with its stdout.
+#[allow(
+    clippy::zombie_processes,
+    reason = "the child is reaped by wait4, which also returns its resource usage"
+)]
+fn peak_rss(args: &[&str], dir: &std::path::Path) -> (u64, String) {
+    use std::process::{Command, Stdio};
+    let log = dir.join("stdout.txt");
+    let child = Command::new(env!("CARGO_BIN_EXE_chunkwise"))
+        .args(args)
+        .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("run chunkwise");
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is a valid value for wait4 to fill.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 on our own child, with pointers to live locals.
+    let got = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(got, pid, "wait4: {}", std::io::Error::last_os_error());
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "chunkwise {args:?} failed ({status})"
+    );
+    let out = std::fs::read_to_string(&log).unwrap();
+    (u64::try_from(usage.ru_maxrss).unwrap() * 1024, out)
+}
+
+/// spec/FORMAT.md §8.1: a rechunk holds `--memory` for any pair of chunkings and decodes each
+/// input chunk once. A 32 MiB array of (1, 512, 512) slabs becomes (64, 16, 16) columns and
+/// back under 8 MiB (the case, once 611 MiB resident): peak resident memory above
+/// that of the same binary converting a tiny store stays under the budget, the summary says
+/// how often the input's chunks were decoded, and the values are the input's.
+#[test]
+fn rechunk_holds_the_memory_budget_both_ways() {
+    let dir = tmp();
+    let d = dir.path();
+    let (nz, ny, nx) = (64usize, 512usize, 512usize);
+    let values: Vec<u16> = (0..nz * ny * nx)
+        .map(|i| ((i as u64).wrapping_mul(2_654_435_761) >> 13) as u16 % 4096)
+        .collect();
+    let want = ndarray::ArrayD::from_shape_vec(vec![nz, ny, nx], values).unwrap();
+    let slabs = d.join("slabs.zarr");
+    chunkwise::from_array(
+        want.view(),
+        &slabs,
+        &ConvertOptions::default().chunks(Some(vec![1, 512, 512])),
+    )
+    .unwrap();
+    let tiny = d.join("tiny.zarr");
+    let small = ndarray::ArrayD::<u16>::zeros(vec![4, 4, 4]);
+    chunkwise::from_array(
+        small.view(),
+        &tiny,
+        &ConvertOptions::default().chunks(Some(vec![1, 4, 4])),
+    )
+    .unwrap();
+    let t = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let (base, _) = peak_rss(
+        &[
+            "convert",
+            &t(&tiny),
+            "-o",
+            &t(&d.join("t2.zarr")),
+            "--chunks",
+            "4,2,2",
+            "--memory",
+            "8MiB",
+            "--threads",
+            "2",
+        ],
+        d,
+    );
+    let budget = 8u64 << 20;
+    let cols = d.join("cols.zarr");
+    let back = d.join("back.zarr");
+    for (from, to, chunks, inputs) in [
+        (&slabs, &cols, "64,16,16", 64),
+        (&cols, &back, "1,512,512", 1024),
+    ] {
+        let (peak, said) = peak_rss(
+            &[
+                "convert",
+                &t(from),
+                "-o",
+                &t(to),
+                "--chunks",
+                chunks,
+                "--memory",
+                "8MiB",
+                "--threads",
+                "2",
+            ],
+            d,
+        );
+        assert!(
+            peak.saturating_sub(base) <= budget,
+            "{chunks}: peak {peak} bytes, {base} for a tiny convert: {} over the 8 MiB budget\n{said}",
+            peak.saturating_sub(base)
+        );
+        assert!(
+            said.contains(&format!("{inputs} input chunks decoded once each")),
+            "{said}"
+        );
+        let store = Store::open(to).unwrap();
+        let shape: Vec<u64> = store.chunk_shape().unwrap();
+        assert_eq!(
+            shape
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+            chunks
+        );
+        let got = store
+            .read_region::<u16>(&chunkwise::Region::full(&[64, 512, 512]))
+            .unwrap();
+        assert!(got == want, "{chunks}: values differ from the input");
+        // The intermediate array is gone.
+        let left: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains("rechunk"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+}

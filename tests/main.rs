@@ -10,6 +10,7 @@ mod compute;
 mod convert;
 mod export;
 mod grow;
+mod hdf5;
 mod interop;
 mod issue18;
 mod jobs;

@@ -535,6 +535,10 @@ fn convert(
         "path": r.path, "shape": r.shape, "dtype": r.dtype.to_string(),
         "chunks": r.chunk_shape, "chunks_written": r.chunks_written,
         "bytes_stored": r.bytes_stored, "seconds": r.seconds, "waiting": r.waiting,
+        "decodes": r.decodes.map(|d| serde_json::json!({
+            "chunks": d.chunks, "total": d.total, "most": d.most,
+        })),
+        "intermediate": r.intermediate,
     })
     .to_string())
 }

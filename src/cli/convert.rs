@@ -58,6 +58,7 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(a: Args, g: &Global) -> CliResult {
+    super::hold_to(a.memory);
     let codec = super::codec_from(a.codec.as_deref())?;
     let dtype = a.dtype.as_deref().map(str::parse::<DType>).transpose()?;
     let mut opts = ConvertOptions::default().chunks(a.chunks).level(a.level);
@@ -106,8 +107,17 @@ pub(crate) fn summary(r: &ConvertReport) -> String {
     } else {
         "-".into()
     };
+    let decoded = match (&r.decodes, &r.intermediate) {
+        (Some(d), Some(i)) => format!(
+            "\n  in two passes through intermediate chunks of {}: {}",
+            chunkwise::support::fmt_shape(i),
+            decodes(d)
+        ),
+        (Some(d), None) => format!("\n  {}", decodes(d)),
+        _ => String::new(),
+    };
     format!(
-        "wrote {}: {} {} in {} chunks ({} of {} stored), {} -> {} ({ratio}) in {:.2} s ({:.0} MB/s)\n  from {}",
+        "wrote {}: {} {} in {} chunks ({} of {} stored), {} -> {} ({ratio}) in {:.2} s ({:.0} MB/s)\n  from {}{decoded}",
         r.path.display(),
         chunkwise::support::fmt_shape(&r.shape),
         r.dtype,
@@ -120,4 +130,15 @@ pub(crate) fn summary(r: &ConvertReport) -> String {
         r.bytes_in as f64 / r.seconds.max(1e-9) / 1e6,
         r.source,
     )
+}
+
+/// "64 input chunks decoded once each" / "... at most 3 times each (170 decodes)".
+fn decodes(d: &chunkwise::Decodes) -> String {
+    match d.most {
+        0 | 1 => format!("{} input chunks decoded once each", d.chunks),
+        n => format!(
+            "{} input chunks decoded at most {n} times each ({} decodes)",
+            d.chunks, d.total
+        ),
+    }
 }

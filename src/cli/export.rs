@@ -29,6 +29,7 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(a: Args, g: &Global) -> CliResult {
+    super::hold_to(a.memory);
     let opts = ExportOptions::default()
         .region(a.region)
         .raw(a.raw)

@@ -371,6 +371,24 @@ impl From<std::io::Error> for CliError {
 pub(crate) type CliResult = Result<Outcome, CliError>;
 
 /// Prints a line to stdout (a closed pipe ends the program quietly).
+/// Holds freed memory to the `--memory` budget: glibc's malloc raises its mmap threshold
+/// each time a large buffer is freed (up to 32 MiB), after which buffers of a block's size come
+/// from heaps that keep what is freed, and a small budget's process grew to 1.5 times it
+/// (spec/FORMAT.md §8.1). A fixed threshold of a sixteenth of the budget (128 KiB to 32 MiB)
+/// returns blocks to the system as they are freed, and keeps the default's reuse of chunk-sized
+/// buffers under big budgets.
+pub(crate) fn hold_to(memory: Option<u64>) {
+    let threshold = (memory.unwrap_or(chunkwise::DEFAULT_MEMORY) / 16).clamp(128 << 10, 32 << 20);
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a malloc parameter; it is called before the worker threads
+    // start, and a value it refuses leaves the default in place.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, threshold as libc::c_int);
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = threshold;
+}
+
 pub(crate) fn say(text: impl std::fmt::Display) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{text}")?;

@@ -1,10 +1,13 @@
-//! Inputs chunkwise converts: .npy files and stacks, raw files, TIFF stacks, and Zarr arrays.
+//! Inputs chunkwise converts: .npy files and stacks, raw files, TIFF stacks, HDF5 datasets (the
+//! `hdf5` feature), and Zarr arrays.
 //!
 //! A [`Source`] is read one block (a chunk-aligned box) at a time; a block holds its data only
 //! while it is alive (memory maps are unmapped, decoded TIFF pages freed when it drops), so
 //! memory is bounded by the block, never by the input. Invariant: `Block::read_into` is only
 //! called with parts inside the block's region.
 
+#[cfg(feature = "hdf5")]
+mod hdf5;
 mod mapped;
 mod tiff;
 
@@ -40,6 +43,12 @@ pub(crate) trait Source: Send + Sync {
     /// The natural block shape to read this source by (a store's chunk shape), if any.
     fn chunk_hint(&self) -> Option<Vec<u64>> {
         None
+    }
+    /// The boundaries of the chunks this source decodes whole (`n + 1` offsets per axis), when
+    /// it is chunked: reading part of a chunk costs as much as reading all of it.
+    fn chunk_bounds(&self) -> Option<Vec<Vec<u64>>> {
+        self.chunk_hint()
+            .map(|c| crate::rechunk::regular_bounds(self.shape(), &c))
     }
 }
 
@@ -80,8 +89,21 @@ pub struct RawOptions {
 /// TIFF file, several .npy or TIFF files, or a directory of them (stacked along a new first
 /// axis in natural order). Stores and view specs are [`crate::View`]'s to open.
 pub(crate) fn open(inputs: &[PathBuf], raw: &RawOptions) -> Result<Box<dyn Source>> {
-    let paths = expand(inputs)?;
     let raw_given = raw.dtype.is_some() || raw.shape.is_some();
+    if let [one] = inputs
+        && let Some((file, dataset)) = hdf5_reference(one)
+    {
+        refuse_raw_flags(raw_given, &file)?;
+        return open_hdf5(&file, dataset.as_deref());
+    }
+    if let Some(p) = inputs.iter().find(|p| hdf5_reference(p).is_some()) {
+        return Err(Error::bad_input(
+            p,
+            "several inputs with an HDF5 dataset among them: HDF5 datasets are read one at a \
+             time (join them with a view: {\"concat\": [...]})",
+        ));
+    }
+    let paths = expand(inputs)?;
     if let [one] = paths.as_slice() {
         if one.is_dir() {
             let files = list_dir(one)?;
@@ -109,6 +131,69 @@ pub(crate) fn open(inputs: &[PathBuf], raw: &RawOptions) -> Result<Box<dyn Sourc
     files.sort_by(|a, b| natural_cmp(&a.to_string_lossy(), &b.to_string_lossy()));
     let first = files[0].clone();
     open_files(&files, &first, raw_given)
+}
+
+/// HDF5's file signature (at byte 0, or 512, 1024, 2048, ... after a user block).
+const SIGNATURE: &[u8; 8] = b"\x89HDF\r\n\x1a\n";
+
+/// Whether `path` is an HDF5 file (its signature at byte 0 or after a user block).
+pub(crate) fn is_hdf5(path: &Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut at = 0u64;
+    while at + 8 <= len {
+        let mut sig = [0u8; 8];
+        if f.seek(SeekFrom::Start(at)).is_err() || f.read_exact(&mut sig).is_err() {
+            return false;
+        }
+        if &sig == SIGNATURE {
+            return true;
+        }
+        at = if at == 0 { 512 } else { at * 2 };
+    }
+    false
+}
+
+/// File extensions HDF5 files go by: such a file is read as HDF5 (or refused as not HDF5),
+/// never as raw.
+const HDF5_EXTENSIONS: [&str; 5] = ["h5", "hdf5", "hdf", "he5", "nxs"];
+
+/// An input naming an HDF5 dataset: `file.h5:/path/to/dataset` (the part before a colon an
+/// existing file), or an HDF5 file itself (by its signature or extension: its only dataset).
+pub(crate) fn hdf5_reference(p: &Path) -> Option<(PathBuf, Option<String>)> {
+    if p.is_file() {
+        let ext = p
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        let named = ext.is_some_and(|e| HDF5_EXTENSIONS.contains(&e.as_str()));
+        return (named || is_hdf5(p)).then(|| (p.to_path_buf(), None));
+    }
+    let s = p.to_str()?;
+    for (i, _) in s.match_indices(':').rev() {
+        let (file, name) = (&s[..i], &s[i + 1..]);
+        if !file.is_empty() && !name.is_empty() && Path::new(file).is_file() {
+            return Some((PathBuf::from(file), Some(name.to_string())));
+        }
+    }
+    None
+}
+
+#[cfg(feature = "hdf5")]
+fn open_hdf5(file: &Path, dataset: Option<&str>) -> Result<Box<dyn Source>> {
+    Ok(Box::new(hdf5::Hdf5Source::open(file, dataset)?))
+}
+
+#[cfg(not(feature = "hdf5"))]
+fn open_hdf5(file: &Path, _dataset: Option<&str>) -> Result<Box<dyn Source>> {
+    Err(Error::bad_input(
+        file,
+        "an HDF5 input, and this chunkwise is built without HDF5 support (cargo feature \
+         `hdf5`, with libhdf5: `cargo install --features hdf5`)",
+    ))
 }
 
 pub(crate) fn refuse_raw_flags(raw_given: bool, path: &Path) -> Result<()> {

@@ -275,6 +275,26 @@ def test_convert_npy(tmp, rng):
         same(zarr.open_array(p, mode="r")[...], x)
 
 
+def test_convert_rechunks_a_store_within_memory(tmp, rng):
+    """FORMAT §8.1: a store of slabs rechunked to columns and back under a budget that cannot
+    hold a slab-column overlap (two passes through an intermediate array) holds the values, the
+    asked chunks, and leaves no intermediate behind; a budget too small says how much is needed."""
+    x = rand(rng, (16, 64, 64), "uint16")
+    slabs = str(tmp / "slabs.zarr")
+    cw.from_array(x, slabs, chunks=(1, 64, 64))
+    cols = str(tmp / "cols.zarr")
+    cw.convert(slabs, cols, chunks=(16, 8, 8), memory=120 << 10, threads=2)
+    assert tuple(cw.open(cols).chunks) == (16, 8, 8)
+    same(zarr.open_array(cols, mode="r")[...], x)
+    back = str(tmp / "back.zarr")
+    cw.convert(cols, back, chunks=(1, 64, 64), memory=120 << 10, threads=2)
+    same(cw.open(back)[...], x)
+    assert not [n for n in os.listdir(tmp) if "rechunk" in n]
+    with pytest.raises(cw.InvalidOptionError, match="at least"):
+        cw.convert(slabs, str(tmp / "no.zarr"), chunks=(16, 8, 8), memory=20 << 10, threads=2)
+    assert not os.path.exists(tmp / "no.zarr")
+
+
 def test_convert_slices_directory(tmp, rng):
     """PYTHON §1 / CLI convert: a directory of .npy slices is stacked in natural order (slice_2
     before slice_10); axis_names are stored as dimension_names."""
