@@ -573,7 +573,7 @@ pub fn reduce_axes(
     ops: &[AxisOp],
     opts: &AxisReduceOptions,
 ) -> Result<Vec<AxisResult>> {
-    let (results, layout) = reduce_tiles(input, axes, ops, opts, None)?;
+    let (results, layout) = reduce_tiles(input, axes, ops, opts, None, None)?;
     layout.assemble(ops, std::iter::once(Ok(results)))
 }
 
@@ -625,8 +625,12 @@ impl OutLayout {
     }
 }
 
+/// Takes one tile's values as they are done (its chunk position along the kept axes, its
+/// region of the result, each op's values), instead of keeping them.
+type Emit<'a> = dyn Fn(&[u64], &Region, &[Vec<u8>]) -> Result<()> + Sync + 'a;
+
 /// The tiles' values (all tiles, or part `I` of `N`'s contiguous run of them), each with its
-/// region of the result.
+/// region of the result; with `emit`, each tile goes there when done and none are kept.
 #[allow(clippy::type_complexity)]
 fn reduce_tiles(
     input: &Input,
@@ -634,6 +638,7 @@ fn reduce_tiles(
     ops: &[AxisOp],
     opts: &AxisReduceOptions,
     part: Option<(u32, u32)>,
+    emit: Option<&Emit<'_>>,
 ) -> Result<(Vec<(Region, Vec<Vec<u8>>)>, OutLayout)> {
     let shape = input.shape().to_vec();
     let nd = shape.len();
@@ -683,7 +688,11 @@ fn reduce_tiles(
     }
     let kept: Vec<usize> = (0..nd).filter(|d| !axes.contains(d)).collect();
     let out_shape: Vec<u64> = kept.iter().map(|&d| shape[d]).collect();
-    let out_len = to_usize(out_shape.iter().product::<u64>(), "the result")?;
+    let out_len = match emit {
+        // Streamed: the result is never held whole.
+        Some(_) => 0,
+        None => to_usize(out_shape.iter().product::<u64>(), "the result")?,
+    };
     let dtype = input.dtype();
     let float = dtype.is_float();
     let needs = Needs::of(ops);
@@ -741,7 +750,7 @@ fn reduce_tiles(
     let results: Vec<(Region, Vec<Vec<u8>>)> = with_threads(opts.run.threads, || {
         tiles
             .par_iter()
-            .map(|tile| -> Result<(Region, Vec<Vec<u8>>)> {
+            .map(|tile| -> Result<Option<(Region, Vec<Vec<u8>>)>> {
                 // The tile: the kept axes' extent of this chunk position.
                 let treg = grid.chunk_region(tile);
                 let tshape: Vec<usize> = kept
@@ -788,13 +797,19 @@ fn reduce_tiles(
                     });
                     tracker.add(1);
                 }
-                let vals = ops
+                let vals: Vec<Vec<u8>> = ops
                     .iter()
                     .map(|&op| finish(&acc, op, dtype, reduced, ddof, tlen))
                     .collect();
                 let kreg = Region::new(kept.iter().map(|&d| treg.ranges()[d].clone()).collect());
-                Ok((kreg, vals))
+                if let Some(emit) = emit {
+                    let at: Vec<u64> = kept.iter().map(|&d| tile[d]).collect();
+                    emit(&at, &kreg, &vals)?;
+                    return Ok(None);
+                }
+                Ok(Some((kreg, vals)))
             })
+            .filter_map(Result::transpose)
             .collect::<Result<Vec<_>>>()
     })?;
     Ok((
@@ -1014,6 +1029,110 @@ pub fn write_axis_results(results: &[AxisResult], out: &Path, overwrite: bool) -
     }
 }
 
+fn is_zarr(out: &Path) -> bool {
+    out.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("zarr"))
+}
+
+/// [`reduce_axes_to`] into a store (one op) or a Zarr group of one store per op, written tile
+/// by tile as the tiles are done: memory is bounded by the tiles being folded, never the
+/// result (REDUCE §7: reducing the last axis of a huge volume leaves a huge result). Each
+/// store is chunked as the input along the kept axes, a tile being one of its chunks; nothing
+/// appears at `out` unless every array is written.
+fn reduce_into_stores(
+    input: &Input,
+    axes: &[usize],
+    ops: &[AxisOp],
+    out: &Path,
+    overwrite: bool,
+    opts: &AxisReduceOptions,
+) -> Result<()> {
+    use crate::store::{StoreSpec, StoreWriter};
+    let nd = input.shape().len();
+    if axes.iter().any(|&a| a >= nd) || ops.is_empty() || axes.is_empty() {
+        // reduce_tiles names the fault.
+        reduce_tiles(input, axes, ops, opts, Some((0, u32::MAX)), None)?;
+    }
+    let kept: Vec<usize> = (0..nd).filter(|d| !axes.contains(d)).collect();
+    let shape: Vec<u64> = kept.iter().map(|&d| input.shape()[d]).collect();
+    let grid = input.block_grid();
+    let chunk: Vec<u64> = kept.iter().map(|&d| grid.chunk_shape()[d]).collect();
+    let several = ops.len() > 1;
+    if several && out.exists() && !overwrite {
+        return Err(Error::OutputExists(out.to_path_buf()));
+    }
+    let path_of = |op: AxisOp| {
+        if several {
+            out.join(op.name())
+        } else {
+            out.to_path_buf()
+        }
+    };
+    // A group's directory first (its arrays are built beside their paths), its zarr.json
+    // last; removed again if any array fails.
+    let made_dir = several && !out.exists();
+    if made_dir {
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    }
+    let written = (|| -> Result<()> {
+        let writers: Vec<StoreWriter> =
+            ops.iter()
+                .map(|&op| {
+                    StoreSpec::new(shape.clone(), op.output_dtype(input.dtype()), chunk.clone())
+                        .create(&path_of(op), overwrite, opts.run.durability)
+                })
+                .collect::<Result<_>>()?;
+        let strides: Vec<usize> = {
+            let mut s = vec![1usize; chunk.len()];
+            for k in (0..chunk.len().saturating_sub(1)).rev() {
+                s[k] = s[k + 1] * chunk[k + 1] as usize;
+            }
+            s
+        };
+        let emit = |at: &[u64], reg: &Region, vals: &[Vec<u8>]| -> Result<()> {
+            for ((w, val), &op) in writers.iter().zip(vals).zip(ops) {
+                let size = op.output_dtype(input.dtype()).size();
+                if reg.shape() == chunk {
+                    w.write_chunk(at, val)?;
+                } else {
+                    // An edge tile: padded to the chunk with the fill value (zero).
+                    let local = Region::new(
+                        reg.ranges()
+                            .iter()
+                            .zip(at.iter().zip(&chunk))
+                            .map(|(r, (&i, &c))| r.start - i * c..r.end - i * c)
+                            .collect(),
+                    );
+                    let mut buf = vec![0u8; w.chunk_bytes()];
+                    place(&mut buf, val, &local, &strides, size);
+                    w.write_chunk(at, &buf)?;
+                }
+            }
+            Ok(())
+        };
+        reduce_tiles(input, axes, ops, opts, None, Some(&emit))?;
+        for w in writers {
+            w.commit()?;
+        }
+        if several {
+            let group = serde_json::json!({"zarr_format": 3, "node_type": "group",
+                                           "attributes": {}});
+            crate::store::write_output(
+                &out.join("zarr.json"),
+                serde_json::to_string_pretty(&group)
+                    .expect("plain JSON")
+                    .as_bytes(),
+                true,
+            )?;
+        }
+        Ok(())
+    })();
+    if written.is_err() && made_dir {
+        let _ = std::fs::remove_dir_all(out);
+    }
+    written
+}
+
 /// A part's tiles, as bytes: for each tile its region (ndim, then start and end per axis) and
 /// each op's values (length, then bytes), all little-endian u64.
 fn encode_tiles(tiles: &[(Region, Vec<Vec<u8>>)]) -> Vec<u8> {
@@ -1084,6 +1203,10 @@ pub fn reduce_axes_to(
     opts: &AxisReduceOptions,
 ) -> Result<Option<(u32, u32)>> {
     let Some(part) = opts.partition else {
+        if is_zarr(out) {
+            reduce_into_stores(input, axes, ops, out, overwrite, opts)?;
+            return Ok(None);
+        }
         let r = reduce_axes(input, axes, ops, opts)?;
         write_axis_results(&r, out, overwrite)?;
         return Ok(None);
@@ -1099,14 +1222,14 @@ pub fn reduce_axes_to(
     let parts = crate::store::Parts::open(out, &fingerprint, &settings, part, overwrite)?;
     let mut layout = None;
     if !parts.saved() {
-        let (tiles, l) = reduce_tiles(input, axes, ops, opts, Some(part))?;
+        let (tiles, l) = reduce_tiles(input, axes, ops, opts, Some(part), None)?;
         parts.save(&encode_tiles(&tiles))?;
         layout = Some(l);
     }
     let layout = match layout {
         Some(l) => l,
         // Resumed after the save: the layout of the result (no tile is read).
-        None => reduce_tiles(input, axes, ops, opts, Some((0, u32::MAX)))?.1,
+        None => reduce_tiles(input, axes, ops, opts, Some((0, u32::MAX)), None)?.1,
     };
     let finish = parts.finish(|files, out, overwrite| {
         let batches = files.iter().map(|f| {

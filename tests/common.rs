@@ -238,3 +238,33 @@ pub fn need_crash_points() {
         );
     }
 }
+
+/// Runs the chunkwise binary and returns its peak resident memory in bytes (the kernel's
+/// `ru_maxrss` of that one child, from `wait4`) with its stdout.
+#[allow(
+    clippy::zombie_processes,
+    reason = "the child is reaped by wait4, which also returns its resource usage"
+)]
+pub fn peak_rss(args: &[&str], dir: &std::path::Path) -> (u64, String) {
+    use std::process::{Command, Stdio};
+    let log = dir.join("stdout.txt");
+    let child = Command::new(env!("CARGO_BIN_EXE_chunkwise"))
+        .args(args)
+        .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("run chunkwise");
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is a valid value for wait4 to fill.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 on our own child, with pointers to live locals.
+    let got = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(got, pid, "wait4: {}", std::io::Error::last_os_error());
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "chunkwise {args:?} failed ({status})"
+    );
+    let out = std::fs::read_to_string(&log).unwrap();
+    (u64::try_from(usage.ru_maxrss).unwrap() * 1024, out)
+}

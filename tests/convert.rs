@@ -269,36 +269,6 @@ fn progress_reaches_total() {
     assert_eq!(seen.iter().map(|&(d, _)| d).max(), Some(total));
 }
 
-/// Runs the chunkwise binary and returns its peak resident memory in bytes (the kernel's
-/// `ru_maxrss` of that one child, from `wait4`) with its stdout.
-#[allow(
-    clippy::zombie_processes,
-    reason = "the child is reaped by wait4, which also returns its resource usage"
-)]
-fn peak_rss(args: &[&str], dir: &std::path::Path) -> (u64, String) {
-    use std::process::{Command, Stdio};
-    let log = dir.join("stdout.txt");
-    let child = Command::new(env!("CARGO_BIN_EXE_chunkwise"))
-        .args(args)
-        .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("run chunkwise");
-    let pid = libc::pid_t::try_from(child.id()).unwrap();
-    let mut status = 0;
-    // SAFETY: a zeroed rusage is a valid value for wait4 to fill.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: wait4 on our own child, with pointers to live locals.
-    let got = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(got, pid, "wait4: {}", std::io::Error::last_os_error());
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "chunkwise {args:?} failed ({status})"
-    );
-    let out = std::fs::read_to_string(&log).unwrap();
-    (u64::try_from(usage.ru_maxrss).unwrap() * 1024, out)
-}
-
 /// spec/FORMAT.md §8.1: a rechunk holds `--memory` for any pair of chunkings and decodes each
 /// input chunk once. A 32 MiB array of (1, 512, 512) slabs becomes (64, 16, 16) columns and
 /// back under 8 MiB (the case, once 611 MiB resident): peak resident memory above
@@ -329,7 +299,7 @@ fn rechunk_holds_the_memory_budget_both_ways() {
     )
     .unwrap();
     let t = |p: &std::path::Path| p.to_str().unwrap().to_string();
-    let (base, _) = peak_rss(
+    let (base, _) = crate::common::peak_rss(
         &[
             "convert",
             &t(&tiny),
@@ -351,7 +321,7 @@ fn rechunk_holds_the_memory_budget_both_ways() {
         (&slabs, &cols, "64,16,16", 64),
         (&cols, &back, "1,512,512", 1024),
     ] {
-        let (peak, said) = peak_rss(
+        let (peak, said) = crate::common::peak_rss(
             &[
                 "convert",
                 &t(from),

@@ -181,3 +181,65 @@ fn cumulative_ops_match_numpy() {
     assert!(stderr(&r).contains("3 is out of range"), "{}", stderr(&r));
     assert!(!out.exists());
 }
+
+/// REDUCE §7: a result too big to hold goes into a store tile by tile. Reducing the last
+/// axis of a (2048, 2048, 4) uint16 volume with sum and mean is 64 MiB of result (uint64 and
+/// float64); written as a Zarr group, the process stays far below that (peak resident memory
+/// above a tiny reduce's), and every value is the sum along the axis.
+#[test]
+fn a_result_too_big_to_hold_is_written_tile_by_tile() {
+    let dir = tmp();
+    let d = dir.path();
+    let (ny, nx, nz) = (2048usize, 2048usize, 4usize);
+    let value = |i: usize| ((i as u64).wrapping_mul(2_654_435_761) >> 11) as u16;
+    let data: Vec<u16> = (0..ny * nx * nz).map(value).collect();
+    let a = ndarray::ArrayD::from_shape_vec(vec![ny, nx, nz], data.clone()).unwrap();
+    let src = d.join("v.zarr");
+    chunkwise::from_array(
+        a.view(),
+        &src,
+        &chunkwise::ConvertOptions::default().chunks(Some(vec![256, 256, 4])),
+    )
+    .unwrap();
+    let tiny = d.join("t.zarr");
+    let t = ndarray::ArrayD::<u16>::zeros(vec![4, 4, 4]);
+    chunkwise::from_array(t.view(), &tiny, &chunkwise::ConvertOptions::default()).unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let run = |input: &Path, out: &Path| {
+        crate::common::peak_rss(
+            &[
+                "reduce",
+                &s(input),
+                "--axis",
+                "2",
+                "--op",
+                "sum,mean",
+                "-o",
+                &s(out),
+                "--threads",
+                "2",
+                "-q",
+            ],
+            d,
+        )
+        .0
+    };
+    let base = run(&tiny, &d.join("t-out.zarr"));
+    let out = d.join("r.zarr");
+    let peak = run(&src, &out);
+    let result = (ny * nx * 16) as u64;
+    assert!(
+        peak.saturating_sub(base) < result / 3,
+        "peak {peak} bytes, {base} for a tiny reduce: the 64 MiB result was held"
+    );
+    let sum = chunkwise::Store::open(out.join("sum")).unwrap();
+    let mean = chunkwise::Store::open(out.join("mean")).unwrap();
+    let all = chunkwise::Region::full(&[ny as u64, nx as u64]);
+    let sums = sum.read_region::<u64>(&all).unwrap();
+    let means = mean.read_region::<f64>(&all).unwrap();
+    for (k, (s, m)) in sums.iter().zip(means.iter()).enumerate() {
+        let want: u64 = (0..nz).map(|z| u64::from(data[k * nz + z])).sum();
+        assert_eq!(*s, want, "sum at {k}");
+        assert_eq!(*m, want as f64 / nz as f64, "mean at {k}");
+    }
+}

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import numpy as np
+import zarr
 
 cw, work = sys.argv[1:3]
 rng = np.random.default_rng(7)
@@ -73,11 +74,20 @@ for name, x in arrays():
         if r.returncode != 0:
             failures.append(f"{name} axes {axes}: {r.stderr.strip()}")
             continue
-        for op in ops:
-            got = np.load(os.path.join(out, f"{op}.npy"))
+        # The same ops into a Zarr group, written tile by tile as the tiles are done.
+        zout = out + ".zarr"
+        rz = subprocess.run([cw, "reduce", store, "--axis", ",".join(map(str, axes)),
+                             "--op", ",".join(ops), "-o", zout, "--ddof", str(ddof), "-q",
+                             "--overwrite"], capture_output=True, text=True)
+        if rz.returncode != 0:
+            failures.append(f"{name} axes {axes} to a group: {rz.stderr.strip()}")
+            continue
+        group = zarr.open_group(zout, mode="r")
+        for op, where in [(op, "npy") for op in ops] + [(op, "zarr") for op in ops]:
+            got = np.load(os.path.join(out, f"{op}.npy")) if where == "npy" else group[op][...]
             want = numpy_op(x, op, axes, ddof)
             checked += 1
-            what = f"{name} {op} axis={axes}"
+            what = f"{name} {op} axis={axes} ({where})"
             if got.dtype != want.dtype or got.shape != want.shape:
                 failures.append(f"{what}: {got.dtype}{got.shape}, numpy {want.dtype}{want.shape}")
             elif want.dtype.kind == "f":
@@ -96,7 +106,14 @@ for name, x in arrays():
                    check=True)
     if not np.array_equal(np.load(one), np.max(x, axis=0), equal_nan=x.dtype.kind == "f"):
         failures.append(f"{name}: max to one .npy differs")
-    checked += 1
+    one = os.path.join(work, f"{name}-max.zarr")
+    subprocess.run([cw, "reduce", store, "--axis", "2", "--op", "max", "-o", one, "-q"],
+                   check=True)
+    z = zarr.open_array(one, mode="r")
+    if z.chunks != (4, 3) or not np.array_equal(z[...], np.max(x, axis=2),
+                                                equal_nan=x.dtype.kind == "f"):
+        failures.append(f"{name}: max to one store differs (chunks {z.chunks})")
+    checked += 2
 
 # Empty reduced axis: sum is 0, mean NaN, any False, all True; max has no identity.
 e = np.zeros((0, 4, 3), np.uint16)
