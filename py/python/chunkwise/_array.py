@@ -360,8 +360,9 @@ def open(source_, *, dtype=None, shape=None) -> Array:  # noqa: A001 (numpy's na
 
     ``source_``: a Zarr v3/v2 store, a ``.npy`` file, a directory or glob of ``.npy`` slices,
     a TIFF, a JSON view-spec file, a raw file (with ``dtype`` and ``shape``, or a ``.json``
-    sidecar), a list of files taken as slices in that order, or a view spec as a ``dict``
-    (relative paths in it are relative to the current directory).
+    sidecar), an HDF5 dataset ``"file.h5:/path/to/dataset"`` (a package built with the
+    ``hdf5`` feature), a list of files taken as slices in that order, or a view spec as a
+    ``dict`` (relative paths in it are relative to the current directory).
 
     >>> a = chunkwise.open("volume.zarr")
     >>> plane = a[100]           # a numpy array
