@@ -54,6 +54,7 @@ mod input;
 mod inspect;
 pub mod kernel;
 mod npy;
+mod preview;
 mod progress;
 mod project;
 mod rechunk;
@@ -84,6 +85,7 @@ pub use index::{
 };
 pub use input::Input;
 pub use inspect::{BadChunk, StoreInfo, VerifyReport, info, verify};
+pub use preview::{Colormap, Contrast, Picture, PreviewOptions, PreviewReport, preview};
 pub use progress::{Progress, ProgressFn, Unit};
 pub use project::{
     AxisOp, AxisReduceOptions, AxisResult, reduce_axes, reduce_axes_to, write_axis_results,

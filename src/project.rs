@@ -627,7 +627,7 @@ impl OutLayout {
 
 /// Takes one tile's values as they are done (its chunk position along the kept axes, its
 /// region of the result, each op's values), instead of keeping them.
-type Emit<'a> = dyn Fn(&[u64], &Region, &[Vec<u8>]) -> Result<()> + Sync + 'a;
+pub(crate) type Emit<'a> = dyn Fn(&[u64], &Region, &[Vec<u8>]) -> Result<()> + Sync + 'a;
 
 /// The tiles' values (all tiles, or part `I` of `N`'s contiguous run of them), each with its
 /// region of the result; with `emit`, each tile goes there when done and none are kept.
@@ -1027,6 +1027,25 @@ pub fn write_axis_results(results: &[AxisResult], out: &Path, overwrite: bool) -
             Ok(())
         }
     }
+}
+
+/// `op` along `axis` of `input`, each tile handed to `emit` as it is done (its chunk position
+/// along the kept axes, its region of the result, the op's values): what `preview` draws from.
+///
+/// # Errors
+/// As [`reduce_axes`].
+pub(crate) fn project_tiles(
+    input: &Input,
+    axis: usize,
+    op: AxisOp,
+    run: &RunOptions,
+    emit: &Emit<'_>,
+) -> Result<()> {
+    let opts = AxisReduceOptions {
+        run: run.clone(),
+        ..AxisReduceOptions::default()
+    };
+    reduce_tiles(input, &[axis], &[op], &opts, None, Some(emit)).map(|_| ())
 }
 
 fn is_zarr(out: &Path) -> bool {

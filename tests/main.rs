@@ -16,6 +16,7 @@ mod issue18;
 mod jobs;
 mod parts;
 mod paths;
+mod preview;
 mod project;
 mod proptests;
 mod reduce;

@@ -280,6 +280,23 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
         v.bad.len()
     ))?;
 
+    // 9. Look at it: the maximum projection along z, as a PNG.
+    let png = store.with_file_name("mip.png");
+    let p = chunkwise::preview(
+        &Input::open(&store)?,
+        &png,
+        &chunkwise::PreviewOptions::default().run(g.run()),
+    )?;
+    say(format!(
+        "9. preview: {} ({}x{}, {} of the volume, window {:.0}..{:.0})",
+        png.display(),
+        p.width,
+        p.height,
+        p.what,
+        p.window.0,
+        p.window.1
+    ))?;
+
     say(format!(
         "demo {} in {:.2} s",
         if ok { "passed" } else { "FAILED" },

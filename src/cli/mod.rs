@@ -7,6 +7,7 @@ mod export;
 mod grow;
 mod info;
 mod job;
+mod preview;
 mod project;
 mod reduce;
 mod slurm;
@@ -74,6 +75,8 @@ enum Command {
     Histogram(reduce::HistogramArgs),
     /// Reduce axes away as numpy does (max along axis 0: a maximum-intensity projection).
     Reduce(project::Args),
+    /// A PNG of a plane or a projection (default: the maximum along axis 0).
+    Preview(preview::Args),
     /// Coordinates of nonzero (or selected) voxels, as numpy.argwhere, to an .npy file.
     Where(reduce::WhereArgs),
     /// Edges between adjacent nonzero voxels (flat C-order index pairs) to an .npy file.
@@ -191,6 +194,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Stats(a) => reduce::stats(a, &global),
         Command::Histogram(a) => reduce::histogram(a, &global),
         Command::Reduce(a) => project::run(a, &global),
+        Command::Preview(a) => preview::run(a, &global),
         Command::Where(a) => reduce::where_(a, &global),
         Command::Graph(a) => reduce::graph(a, &global),
         Command::Append(a) => grow::append(a, &global),
@@ -237,7 +241,9 @@ const FLAGS: &[&str] = &[
     "checkpoint_secs",
     "chunks",
     "codec",
+    "colormap",
     "connectivity",
+    "contrast",
     "dtype",
     "dtype/shape",
     "layout",
@@ -250,11 +256,13 @@ const FLAGS: &[&str] = &[
     "origin",
     "overwrite",
     "partition",
+    "plane",
     "range",
     "region",
     "shape",
     "shard",
     "sigma",
+    "size",
     "table",
     "threads",
     "truncate",

@@ -1,0 +1,135 @@
+//! `chunkwise preview` (spec/PREVIEW.md): pictures against numpy on the whole array
+//! (tests/python/check_preview.py holds the oracle), bad input, and memory on a large volume.
+
+use std::path::Path;
+
+use crate::common::{chunkwise, run_python, stderr, tmp};
+
+#[test]
+fn previews_match_numpy() {
+    let dir = tmp();
+    let said = run_python(
+        "check_preview.py",
+        &[Path::new(env!("CARGO_BIN_EXE_chunkwise")), dir.path()],
+    );
+    assert!(said.contains("pictures equal numpy's"), "{said}");
+}
+
+/// A plane index out of range, an axis that is not there, an empty window, a size of 0, an
+/// unwritable output: one line naming the value, and no picture (or temporary file) left.
+#[test]
+fn bad_previews_are_refused_and_leave_nothing() {
+    let dir = tmp();
+    let d = dir.path();
+    let a = ndarray::ArrayD::<u16>::zeros(vec![4, 6, 8]);
+    let src = d.join("a.zarr");
+    chunkwise::from_array(a.view(), &src, &chunkwise::ConvertOptions::default()).unwrap();
+    let out = d.join("p.png");
+    let (s, o) = (src.to_str().unwrap(), out.to_str().unwrap());
+    for (args, says) in [
+        (vec!["--plane", "0=4"], "0=4 is out of range: axis 0"),
+        (vec!["--plane", "x=1"], "is not AXIS=INDEX"),
+        (vec!["--project", "3"], "3 is not an axis of the 3-d array"),
+        (vec!["--op", "sum"], "max, mean or min, not sum"),
+        (vec!["--contrast", "9,2"], "lo must be below hi"),
+        (vec!["--contrast", "p5,p5"], "lo must be below hi"),
+        (vec!["--size", "0"], "a size of 0"),
+        (vec!["--colormap", "jet"], "gray, magma or viridis"),
+    ] {
+        let mut all = vec!["preview", s, "-o", o];
+        all.extend(args.iter().copied());
+        let r = chunkwise(&all);
+        assert_eq!(r.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&r).contains(says), "{args:?}: {}", stderr(&r));
+        assert_eq!(stderr(&r).trim().lines().count(), 1, "{}", stderr(&r));
+        assert!(!out.exists());
+    }
+    let r = chunkwise(&["preview", s, "-o", "/nonexistent/dir/p.png"]);
+    assert_eq!(r.status.code(), Some(2));
+    assert!(
+        stderr(&r).contains("/nonexistent/dir/p.png"),
+        "{}",
+        stderr(&r)
+    );
+    let left: Vec<_> = std::fs::read_dir(d)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}"); // a.zarr only
+}
+
+/// The picture is folded tile by tile: a mean projection of a (4, 2048, 2048) uint16 volume
+/// (32 MiB of float64 at full resolution) drawn at 256 pixels stays far below that, and its
+/// pixels are the block means of numpy's mean projection.
+#[test]
+fn a_large_projection_is_drawn_in_bounded_memory() {
+    let dir = tmp();
+    let d = dir.path();
+    let (nz, ny, nx) = (4usize, 2048usize, 2048usize);
+    let value = |i: usize| ((i as u64).wrapping_mul(2_654_435_761) >> 13) as u16;
+    let data: Vec<u16> = (0..nz * ny * nx).map(value).collect();
+    let a = ndarray::ArrayD::from_shape_vec(vec![nz, ny, nx], data.clone()).unwrap();
+    let src = d.join("v.zarr");
+    chunkwise::from_array(
+        a.view(),
+        &src,
+        &chunkwise::ConvertOptions::default().chunks(Some(vec![4, 256, 256])),
+    )
+    .unwrap();
+    let tiny = d.join("t.zarr");
+    let t = ndarray::ArrayD::<u16>::zeros(vec![4, 8, 8]);
+    chunkwise::from_array(t.view(), &tiny, &chunkwise::ConvertOptions::default()).unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let run = |input: &Path, out: &Path| {
+        crate::common::peak_rss(
+            &[
+                "preview",
+                &s(input),
+                "-o",
+                &s(out),
+                "--op",
+                "mean",
+                "--size",
+                "256",
+                "--contrast",
+                "0,65536",
+                "--threads",
+                "2",
+                "-q",
+            ],
+            d,
+        )
+        .0
+    };
+    let base = run(&tiny, &d.join("t.png"));
+    let png = d.join("v.png");
+    let peak = run(&src, &png);
+    assert!(
+        peak.saturating_sub(base) < 16 << 20,
+        "peak {peak} bytes, {base} for a tiny preview: the projection was held"
+    );
+    // Pixels: blocks of 8x8 of the mean over axis 0, mapped by the fixed window.
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert_eq!((info.width, info.height), (256, 256));
+    for (py, px) in [(0usize, 0usize), (17, 200), (255, 255), (128, 3)] {
+        let mut sum = 0.0;
+        for y in py * 8..py * 8 + 8 {
+            for x in px * 8..px * 8 + 8 {
+                let m: f64 = (0..nz)
+                    .map(|z| f64::from(data[(z * ny + y) * nx + x]))
+                    .sum();
+                sum += m / nz as f64;
+            }
+        }
+        let v = sum / 64.0;
+        let want = (v / 65536.0 * 255.0).round_ties_even().clamp(0.0, 255.0) as u8;
+        let got = buf[py * 256 + px];
+        assert!(
+            got.abs_diff(want) <= 1,
+            "pixel {py},{px}: {got}, expected {want}"
+        );
+    }
+}
