@@ -313,6 +313,15 @@ pub fn preview(input: &Input, out: &Path, opts: &PreviewOptions) -> Result<Previ
     let (h, w) = (drawn.shape()[kept[0]], drawn.shape()[kept[1]]);
     let factor = w.div_ceil(w_max).max(h.div_ceil(h_max)).max(1);
     let (pw, ph) = (w.div_ceil(factor) as usize, h.div_ceil(factor) as usize);
+    if pw == 0 || ph == 0 {
+        return Err(Error::option(
+            "input",
+            format!(
+                "nothing to draw: the picture of {} would be {w}x{h} elements",
+                input.path().display()
+            ),
+        ));
+    }
     let bins = Mutex::new(Bins {
         width: pw,
         factor,

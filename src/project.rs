@@ -1073,6 +1073,16 @@ fn reduce_into_stores(
         reduce_tiles(input, axes, ops, opts, Some((0, u32::MAX)), None)?;
     }
     let kept: Vec<usize> = (0..nd).filter(|d| !axes.contains(d)).collect();
+    if kept.is_empty() {
+        return Err(Error::option(
+            "axis",
+            format!(
+                "reducing every axis of {} leaves one value per op: write it to an .npy \
+                 (a Zarr array here has at least one axis)",
+                input.path().display()
+            ),
+        ));
+    }
     let shape: Vec<u64> = kept.iter().map(|&d| input.shape()[d]).collect();
     let grid = input.block_grid();
     let chunk: Vec<u64> = kept.iter().map(|&d| grid.chunk_shape()[d]).collect();

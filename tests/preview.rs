@@ -44,6 +44,12 @@ fn bad_previews_are_refused_and_leave_nothing() {
         assert_eq!(stderr(&r).trim().lines().count(), 1, "{}", stderr(&r));
         assert!(!out.exists());
     }
+    let empty = d.join("e.npy");
+    chunkwise::support::write_npy(&empty, chunkwise::DType::U8, &[5, 0, 10], &[]).unwrap();
+    let r = chunkwise(&["preview", empty.to_str().unwrap(), "-o", o]);
+    assert!(stderr(&r).contains("nothing to draw"), "{}", stderr(&r));
+    assert!(!out.exists());
+    std::fs::remove_file(&empty).unwrap();
     let r = chunkwise(&["preview", s, "-o", "/nonexistent/dir/p.png"]);
     assert_eq!(r.status.code(), Some(2));
     assert!(

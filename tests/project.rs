@@ -232,6 +232,20 @@ fn a_result_too_big_to_hold_is_written_tile_by_tile() {
         peak.saturating_sub(base) < result / 3,
         "peak {peak} bytes, {base} for a tiny reduce: the 64 MiB result was held"
     );
+    // Every axis reduced leaves no axis for a store: refused, nothing written.
+    let all = d.join("all.zarr");
+    let r = chunkwise(&[
+        "reduce",
+        &s(&src),
+        "--axis",
+        "0,1,2",
+        "--op",
+        "sum,max",
+        "-o",
+        &s(&all),
+    ]);
+    assert!(stderr(&r).contains("write it to an .npy"), "{}", stderr(&r));
+    assert!(!all.exists());
     let sum = chunkwise::Store::open(out.join("sum")).unwrap();
     let mean = chunkwise::Store::open(out.join("mean")).unwrap();
     let all = chunkwise::Region::full(&[ny as u64, nx as u64]);
