@@ -263,11 +263,14 @@ fn convert_partitioned(
                 report.decodes = Some(p.decodes);
                 p.step
             }
-            Some(Plan::Staged { .. }) => {
-                let p = direct_pass(source.as_ref(), &grid, &opts.run)?;
-                report.decodes = Some(p.decodes);
-                p.step
-            }
+            // Only two passes fit the budget: the default blocks (bounded by half of it).
+            Some(Plan::Staged { .. }) => match direct_pass(source.as_ref(), &grid, &opts.run) {
+                Some(p) => {
+                    report.decodes = Some(p.decodes);
+                    p.step
+                }
+                None => default_step(source.as_ref(), &grid, &mine, &opts.run),
+            },
             None => default_step(source.as_ref(), &grid, &mine, &opts.run),
         };
         let streamed = stream_chunks(
@@ -478,20 +481,23 @@ fn convert_in_pool(input: &Input, out: &Path, opts: &ConvertOptions) -> Result<C
             streamed
         }
         Some(p) => {
+            // On object storage there is no directory beside the output for the intermediate
+            // array: one pass (more decodes), or the default blocks when none fits.
             let pass = match p {
-                Plan::Direct(p) => p,
-                // On object storage there is no directory beside the output for the
-                // intermediate array: one pass (bounded memory, more decodes).
-                Plan::Staged { .. } => direct_pass(source.as_ref(), &grid, &opts.run)?,
+                Plan::Direct(p) => Some(p),
+                Plan::Staged { .. } => direct_pass(source.as_ref(), &grid, &opts.run),
             };
-            decodes = Some(pass.decodes);
+            decodes = pass.as_ref().map(|p| p.decodes);
+            let step = match pass {
+                Some(p) => p.step,
+                None => default_step(source.as_ref(), &grid, &all, &opts.run),
+            };
             let n = writer.chunk_bytes();
-            let step = &pass.step;
             stream_chunks(
                 source.as_ref(),
                 &grid,
                 &all,
-                step,
+                &step,
                 "convert",
                 None,
                 &opts.run,
@@ -532,13 +538,17 @@ fn plan(source: &dyn Source, grid: &Grid, run: &RunOptions) -> Result<Option<Pla
     };
     let memory = run.memory.unwrap_or(DEFAULT_MEMORY);
     let threads = rayon::current_num_threads();
-    crate::rechunk::plan(&bounds, grid, source.dtype().size(), memory, threads)
-        .map(Some)
-        .ok_or_else(|| memory_error(source, grid, run))
+    match crate::rechunk::plan(&bounds, grid, source.dtype().size(), memory, threads) {
+        Some(p) => Ok(Some(p)),
+        // No budget was asked for: the default's blocks, as before plans (many threads of big
+        // chunks may not fit the default budget's accounting).
+        None if run.memory.is_none() => Ok(None),
+        None => Err(memory_error(source, grid, run)),
+    }
 }
 
-/// The best one-pass plan for a chunked source.
-fn direct_pass(source: &dyn Source, grid: &Grid, run: &RunOptions) -> Result<crate::rechunk::Pass> {
+/// The best one-pass plan for a chunked source, if one fits.
+fn direct_pass(source: &dyn Source, grid: &Grid, run: &RunOptions) -> Option<crate::rechunk::Pass> {
     crate::rechunk::direct(
         &source.chunk_bounds().unwrap_or_default(),
         grid,
@@ -546,7 +556,6 @@ fn direct_pass(source: &dyn Source, grid: &Grid, run: &RunOptions) -> Result<cra
         run.memory.unwrap_or(DEFAULT_MEMORY),
         rayon::current_num_threads(),
     )
-    .ok_or_else(|| memory_error(source, grid, run))
 }
 
 fn memory_error(source: &dyn Source, grid: &Grid, run: &RunOptions) -> Error {

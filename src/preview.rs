@@ -162,10 +162,13 @@ struct Bins {
     width: usize,
     factor: u64,
     sum: Vec<f64>,
-    count: Vec<u32>,
+    count: Vec<u64>,
     /// Labels: per pixel, (label, count) of its block, at most [`MAX_LABELS`] distinct.
     labels: Option<Vec<Vec<(u64, u32)>>>,
 }
+
+/// Most pixels a preview draws (8192 x 8192): its bins hold 16 bytes a pixel.
+const MAX_PIXELS: u64 = 1 << 26;
 
 /// Distinct labels a pixel's block remembers (the mode among them is drawn).
 const MAX_LABELS: usize = 16;
@@ -208,7 +211,7 @@ impl Bins {
                 .sum
                 .iter()
                 .zip(&self.count)
-                .map(|(&s, &n)| if n == 0 { f64::NAN } else { s / f64::from(n) })
+                .map(|(&s, &n)| if n == 0 { f64::NAN } else { s / n as f64 })
                 .collect(),
         }
     }
@@ -247,6 +250,12 @@ pub fn preview(input: &Input, out: &Path, opts: &PreviewOptions) -> Result<Previ
     let full = Region::full(input.shape());
     let region = opts.region.clone().unwrap_or_else(|| full.clone());
     let nd = input.shape().len();
+    if region.ndim() != nd || !full.contains(&region) {
+        return Err(Error::BadRegion {
+            spec: region.to_string(),
+            reason: format!("outside the array of shape {}", fmt_shape(input.shape())),
+        });
+    }
     let (axis, op, what) = match opts.picture {
         _ if nd == 2 => (None, AxisOp::Max, "the array".to_string()),
         Picture::Plane { axis, index } => {
@@ -313,6 +322,15 @@ pub fn preview(input: &Input, out: &Path, opts: &PreviewOptions) -> Result<Previ
     let (h, w) = (drawn.shape()[kept[0]], drawn.shape()[kept[1]]);
     let factor = w.div_ceil(w_max).max(h.div_ceil(h_max)).max(1);
     let (pw, ph) = (w.div_ceil(factor) as usize, h.div_ceil(factor) as usize);
+    if (pw as u64).saturating_mul(ph as u64) > MAX_PIXELS {
+        return Err(Error::option(
+            "size",
+            format!(
+                "{pw}x{ph} pixels is more than a preview draws ({MAX_PIXELS}): give a smaller \
+                 --size"
+            ),
+        ));
+    }
     if pw == 0 || ph == 0 {
         return Err(Error::option(
             "input",
@@ -523,7 +541,10 @@ fn write_png(
     let name = out
         .file_name()
         .map_or_else(|| "preview".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = out.with_file_name(format!(".{name}.chunkwise-tmp-{}", std::process::id()));
+    // The process and a counter: previews from several threads of one process never share it.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = out.with_file_name(format!(".{name}.chunkwise-tmp-{}-{n}", std::process::id()));
     let written = (|| -> Result<()> {
         // The output's name in the error: the temporary file is ours, not the user's.
         let file = std::fs::File::create(&tmp).at(out)?;
@@ -533,7 +554,8 @@ fn write_png(
             enc.set_color(color);
             enc.set_depth(png::BitDepth::Eight);
             enc.set_compression(png::Compression::Fast);
-            enc.add_text_chunk("chunkwise".into(), text.into())
+            // iTXt: UTF-8 (paths may hold any character; tEXt is Latin-1 only).
+            enc.add_itxt_chunk("chunkwise".into(), text.into())
                 .map_err(|e| Error::io(&tmp, std::io::Error::other(e)))?;
             let mut w = enc
                 .write_header()

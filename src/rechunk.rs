@@ -207,7 +207,7 @@ fn axis_cost(bounds: &[u64], len: u64) -> (u64, u64) {
     // A regular axis repeats with a period of lcm(chunk, len) / chunk chunks: count one
     // period and the rest (the last, clipped chunk on its own).
     let c = bounds[1] - bounds[0];
-    let regular = m > 2 && bounds[..m].windows(2).all(|w| w[1] - w[0] == c);
+    let regular = m > 2 && c > 0 && bounds[..m].windows(2).all(|w| w[1] - w[0] == c);
     if regular && m > 4096 {
         let period = (len / gcd(c, len)).max(1);
         if period < (m as u64 - 1) {
@@ -224,14 +224,22 @@ fn axis_cost(bounds: &[u64], len: u64) -> (u64, u64) {
                 let i = q * period + i;
                 total += touches(i * c, (i + 1) * c);
             }
-            let t = touches(bounds[m - 1], bounds[m]);
+            let t = if bounds[m] > bounds[m - 1] {
+                touches(bounds[m - 1], bounds[m])
+            } else {
+                0
+            };
             return (total + t, most.max(t));
         }
     }
-    bounds.windows(2).fold((0, 0), |(total, most), w| {
-        let t = touches(w[0], w[1]);
-        (total + t, most.max(t))
-    })
+    // Empty chunks (a zero-length edge of a rectilinear grid) are never read.
+    bounds
+        .windows(2)
+        .filter(|w| w[1] > w[0])
+        .fold((0, 0), |(total, most), w| {
+            let t = touches(w[0], w[1]);
+            (total + t, most.max(t))
+        })
 }
 
 fn gcd(a: u64, b: u64) -> u64 {
@@ -438,11 +446,18 @@ fn best_staged(
             .map(|(&i, c)| c[i as usize])
             .collect();
         let inter_chunk = chunk_bytes(&inter, itemsize);
+        if inter_chunk > crate::store::MAX_CHUNK_BYTES {
+            continue;
+        }
         let inter_chunks = shape
             .iter()
             .zip(&inter)
             .map(|(&n, &c)| n.div_ceil(c))
             .fold(1u64, u64::saturating_mul);
+        // An intermediate array the store layer would refuse is no candidate.
+        if inter_chunks > crate::store::MAX_CHUNKS {
+            continue;
+        }
         let first: Vec<&[Choice]> = pick
             .iter()
             .enumerate()

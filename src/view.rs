@@ -718,6 +718,11 @@ impl Source for Concat {
         self.parts.iter().find_map(|p| p.chunk_hint())
     }
 
+    /// Parts of other chunkings or offsets: not one grid to plan a rechunk by.
+    fn chunk_bounds(&self) -> Option<Vec<Vec<u64>>> {
+        None
+    }
+
     fn block(&self, region: &Region) -> Result<Box<dyn Block + '_>> {
         let r = &region.ranges()[self.axis];
         let mut pieces = Vec::new();
@@ -842,6 +847,12 @@ impl Source for AxisChange {
         Some(c)
     }
 
+    /// A view of other offsets or element size than its source: not one grid to plan a
+    /// rechunk by (its blocks follow the default).
+    fn chunk_bounds(&self) -> Option<Vec<Vec<u64>>> {
+        None
+    }
+
     fn block(&self, region: &Region) -> Result<Box<dyn Block + '_>> {
         let mut r = region.ranges().to_vec();
         for &a in self.added.iter().rev() {
@@ -925,6 +936,12 @@ impl Source for Slice {
         self.inner.chunk_hint()
     }
 
+    /// A view of other offsets or element size than its source: not one grid to plan a
+    /// rechunk by (its blocks follow the default).
+    fn chunk_bounds(&self) -> Option<Vec<Vec<u64>>> {
+        None
+    }
+
     fn block(&self, region: &Region) -> Result<Box<dyn Block + '_>> {
         Ok(Box::new(ShiftBlock {
             inner: self.inner.block(&shift(region, &self.origin))?,
@@ -985,6 +1002,12 @@ impl Source for Cast {
 
     fn chunk_hint(&self) -> Option<Vec<u64>> {
         self.inner.chunk_hint()
+    }
+
+    /// A view of other offsets or element size than its source: not one grid to plan a
+    /// rechunk by (its blocks follow the default).
+    fn chunk_bounds(&self) -> Option<Vec<Vec<u64>>> {
+        None
     }
 
     fn block(&self, region: &Region) -> Result<Box<dyn Block + '_>> {

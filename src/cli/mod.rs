@@ -378,7 +378,6 @@ impl From<std::io::Error> for CliError {
 
 pub(crate) type CliResult = Result<Outcome, CliError>;
 
-/// Prints a line to stdout (a closed pipe ends the program quietly).
 /// Holds freed memory to the `--memory` budget: glibc's malloc raises its mmap threshold
 /// each time a large buffer is freed (up to 32 MiB), after which buffers of a block's size come
 /// from heaps that keep what is freed, and a small budget's process grew to 1.5 times it
@@ -397,6 +396,7 @@ pub(crate) fn hold_to(memory: Option<u64>) {
     let _ = threshold;
 }
 
+/// Prints a line to stdout (a closed pipe ends the program quietly).
 pub(crate) fn say(text: impl std::fmt::Display) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{text}")?;
