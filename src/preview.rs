@@ -178,19 +178,26 @@ impl Bins {
     fn add(&mut self, reg: &Region, values: &[f64]) {
         let (r0, c0) = (reg.ranges()[0].start, reg.ranges()[1].start);
         let w = (reg.ranges()[1].end - c0) as usize;
-        for (k, &v) in values.iter().enumerate() {
-            let (y, x) = (r0 + (k / w) as u64, c0 + (k % w) as u64);
-            let p = (y / self.factor) as usize * self.width + (x / self.factor) as usize;
-            self.sum[p] += v;
-            self.count[p] += 1;
-            if let Some(l) = &mut self.labels {
-                let bin = &mut l[p];
-                let label = v as u64;
-                if let Some(e) = bin.iter_mut().find(|(a, _)| *a == label) {
-                    e.1 += 1;
-                } else if bin.len() < MAX_LABELS {
-                    bin.push((label, 1));
-                }
+        let f = self.factor;
+        for (y, row) in (r0..).zip(values.chunks_exact(w.max(1))) {
+            let base = (y / f) as usize * self.width;
+            for (x, &v) in (c0..).zip(row) {
+                self.put(base + (x / f) as usize, v);
+            }
+        }
+    }
+
+    /// Adds one value to pixel `p`'s block.
+    fn put(&mut self, p: usize, v: f64) {
+        self.sum[p] += v;
+        self.count[p] += 1;
+        if let Some(l) = &mut self.labels {
+            let bin = &mut l[p];
+            let label = v as u64;
+            if let Some(e) = bin.iter_mut().find(|(a, _)| *a == label) {
+                e.1 += 1;
+            } else if bin.len() < MAX_LABELS {
+                bin.push((label, 1));
             }
         }
     }

@@ -1003,15 +1003,7 @@ pub fn write_axis_results(results: &[AxisResult], out: &Path, overwrite: bool) -
             }
             std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
             if is_zarr {
-                let group = serde_json::json!({"zarr_format": 3, "node_type": "group",
-                                               "attributes": {}});
-                crate::store::write_output(
-                    &out.join("zarr.json"),
-                    serde_json::to_string_pretty(&group)
-                        .expect("plain JSON")
-                        .as_bytes(),
-                    true,
-                )?;
+                write_group(out)?;
             }
             for r in many {
                 if is_zarr {
@@ -1046,6 +1038,13 @@ pub(crate) fn project_tiles(
         ..AxisReduceOptions::default()
     };
     reduce_tiles(input, &[axis], &[op], &opts, None, Some(emit)).map(|_| ())
+}
+
+/// Makes the directory `out` a Zarr v3 group (its `zarr.json`).
+fn write_group(out: &Path) -> Result<()> {
+    let group = serde_json::json!({"zarr_format": 3, "node_type": "group", "attributes": {}});
+    let text = serde_json::to_string_pretty(&group).expect("plain JSON");
+    crate::store::write_output(&out.join("zarr.json"), text.as_bytes(), true)
 }
 
 fn is_zarr(out: &Path) -> bool {
@@ -1111,13 +1110,8 @@ fn reduce_into_stores(
                         .create(&path_of(op), overwrite, opts.run.durability)
                 })
                 .collect::<Result<_>>()?;
-        let strides: Vec<usize> = {
-            let mut s = vec![1usize; chunk.len()];
-            for k in (0..chunk.len().saturating_sub(1)).rev() {
-                s[k] = s[k + 1] * chunk[k + 1] as usize;
-            }
-            s
-        };
+        let chunk_shape: Vec<usize> = chunk.iter().map(|&c| c as usize).collect();
+        let strides = crate::copy::c_strides(&chunk_shape, 1);
         let emit = |at: &[u64], reg: &Region, vals: &[Vec<u8>]| -> Result<()> {
             for ((w, val), &op) in writers.iter().zip(vals).zip(ops) {
                 let size = op.output_dtype(input.dtype()).size();
@@ -1144,15 +1138,7 @@ fn reduce_into_stores(
             w.commit()?;
         }
         if several {
-            let group = serde_json::json!({"zarr_format": 3, "node_type": "group",
-                                           "attributes": {}});
-            crate::store::write_output(
-                &out.join("zarr.json"),
-                serde_json::to_string_pretty(&group)
-                    .expect("plain JSON")
-                    .as_bytes(),
-                true,
-            )?;
+            write_group(out)?;
         }
         Ok(())
     })();

@@ -95,18 +95,23 @@ pub(crate) fn least(bounds: &[Bounds], out: &Grid, itemsize: usize, threads: usi
     let inter: Vec<u64> = bounds
         .iter()
         .zip(out.chunk_shape())
-        .map(|(b, &t)| b.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(1).min(t))
+        .map(|(b, &t)| longest(b).min(t))
         .collect();
     let inter = chunk_bytes(&inter, itemsize);
     let staged = least_bytes(threads, source, inter).max(least_bytes(threads, inter, target));
     least_bytes(threads, source, target).min(staged)
 }
 
+/// The longest chunk along one axis (1 for an axis without chunks).
+fn longest(bounds: &[u64]) -> u64 {
+    bounds.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(1)
+}
+
 /// The largest chunk of a grid given by its bounds, in bytes.
 fn largest_chunk(bounds: &[Bounds], itemsize: usize) -> u64 {
     bounds
         .iter()
-        .map(|b| b.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(1))
+        .map(|b| longest(b))
         .fold(itemsize as u64, u64::saturating_mul)
 }
 
@@ -261,7 +266,7 @@ struct Choice {
 fn axis_choices(bounds: &[u64], t: u64, n: u64) -> Vec<Choice> {
     let t = t.max(1);
     let kmax = n.div_ceil(t).max(1);
-    let largest = bounds.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(1);
+    let largest = longest(bounds);
     let mut ks: Vec<u64> = (1..=kmax.min(8)).collect();
     let mut p = 1u64;
     while p < kmax {
@@ -390,7 +395,7 @@ fn best_staged(
         .zip(out.chunk_shape())
         .zip(shape)
         .map(|((b, &t), &n)| {
-            let s = b.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(1);
+            let s = longest(b);
             let (lo, hi) = (s.min(t).max(1), s.max(t).min(n.max(1)).max(1));
             let mut v = vec![lo, hi];
             let (mut x, mut y) = (lo, hi);
