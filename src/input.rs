@@ -17,6 +17,7 @@ use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::fingerprint::stamp;
 use crate::grid::Grid;
+use crate::ome::Image;
 use crate::region::Region;
 use crate::source::RawOptions;
 use crate::store::{Store, is_store};
@@ -43,6 +44,8 @@ pub struct Input {
     grid: Grid,
     /// The fingerprint line (computed on first use: a store's stamp walks its chunk files).
     identity: Arc<OnceLock<String>>,
+    /// The OME-Zarr image it is a level of, when opened by the image's path.
+    image: Option<Arc<Image>>,
 }
 
 #[derive(Clone)]
@@ -99,6 +102,16 @@ impl Input {
             [] => return Err(Error::option("input", "no input given")),
         };
         if let [one] = paths
+            && let Some((level, image)) = crate::ome::resolve(one)?
+        {
+            if raw.dtype.is_some() || raw.shape.is_some() {
+                crate::source::refuse_raw_flags(true, one)?;
+            }
+            let mut input = Input::from_store_named(Store::open(&level)?, name)?;
+            input.image = Some(Arc::new(image));
+            return Ok(input);
+        }
+        if let [one] = paths
             && is_store(one)
             && !is_spec(one)
         {
@@ -111,6 +124,12 @@ impl Input {
         let mut input = Input::from_view_named(view, name)?;
         input.paths = paths.to_vec();
         Ok(input)
+    }
+
+    /// The OME-Zarr image this input is a level of, when it was opened by the image's path
+    /// (`image.ome.zarr` is level 0, `image.ome.zarr/2` level 2: spec/PYRAMID.md §4).
+    pub fn image(&self) -> Option<&Image> {
+        self.image.as_deref()
     }
 
     /// An input reading an open store.
@@ -136,6 +155,7 @@ impl Input {
             name,
             grid,
             identity: Arc::default(),
+            image: None,
         })
     }
 
@@ -165,6 +185,7 @@ impl Input {
             name,
             grid,
             identity: Arc::default(),
+            image: None,
         })
     }
 

@@ -54,9 +54,11 @@ mod input;
 mod inspect;
 pub mod kernel;
 mod npy;
+mod ome;
 mod preview;
 mod progress;
 mod project;
+mod pyramid;
 mod rechunk;
 mod reduce;
 mod region;
@@ -85,11 +87,13 @@ pub use index::{
 };
 pub use input::Input;
 pub use inspect::{BadChunk, StoreInfo, VerifyReport, info, verify};
+pub use ome::{Image, ImageAxis, ImageLevel};
 pub use preview::{Colormap, Contrast, Picture, PreviewOptions, PreviewReport, preview};
 pub use progress::{Progress, ProgressFn, Unit};
 pub use project::{
     AxisOp, AxisReduceOptions, AxisResult, reduce_axes, reduce_axes_to, write_axis_results,
 };
+pub use pyramid::{MAX_LEVELS, PyramidLevel, PyramidOptions, PyramidReport, pyramid};
 pub use rechunk::Decodes;
 pub use reduce::{
     AxisStats, ChunkStats, Counts, Histogram, MAX_BINS, PartialResult, PerChunk, ReduceOptions,

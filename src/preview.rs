@@ -155,6 +155,9 @@ pub struct PreviewReport {
     pub region: Region,
     /// What was drawn ("max along axis 0", "plane 12 of axis 0", "the array").
     pub what: String,
+    /// The OME-Zarr level drawn from, when the input is an image and a coarser level than 0
+    /// gives the picture (`region` is then in that level's coordinates).
+    pub level: Option<usize>,
 }
 
 /// The picture's bins: per pixel, the sum and count of its block (or its labels' counts).
@@ -231,6 +234,102 @@ impl Bins {
 /// size of 0, a window with lo >= hi, an input that is not 2-D or 3-D; [`Error::Io`] for an
 /// output that cannot be written (nothing is left at `out`); input errors.
 pub fn preview(input: &Input, out: &Path, opts: &PreviewOptions) -> Result<PreviewReport> {
+    if let Some((level, at, lopts)) = coarsest_level(input, opts)? {
+        let mut r = draw(&at, out, &lopts)?;
+        r.level = Some(level);
+        r.what = format!(
+            "{} of level {level} of {}",
+            r.what,
+            input
+                .image()
+                .map(|i| i.path().display().to_string())
+                .unwrap_or_default()
+        );
+        return Ok(r);
+    }
+    draw(input, out, opts)
+}
+
+/// For an input opened as an OME-Zarr image: the coarsest level whose picture is still at
+/// least the size level 0's would be drawn at (PREVIEW §2), opened, with the region and plane
+/// in its coordinates (level 0's mapped by the level's factors: starts rounded down, ends up).
+/// `None` for any other input, for level 0, or for options level 0 refuses (`draw` says why).
+fn coarsest_level(
+    input: &Input,
+    opts: &PreviewOptions,
+) -> Result<Option<(usize, Input, PreviewOptions)>> {
+    let Some(image) = input.image() else {
+        return Ok(None);
+    };
+    let shape = input.shape();
+    let nd = shape.len();
+    if !(nd == 2 || nd == 3) || image.levels().len() < 2 || opts.size.0 == 0 || opts.size.1 == 0 {
+        return Ok(None);
+    }
+    let full = Region::full(shape);
+    let region = opts.region.clone().unwrap_or_else(|| full.clone());
+    if region.ndim() != nd || !full.contains(&region) {
+        return Ok(None);
+    }
+    let axis = match opts.picture {
+        _ if nd == 2 => None,
+        Picture::Plane { axis, index } => {
+            if axis >= nd || !region.ranges()[axis].contains(&index) {
+                return Ok(None);
+            }
+            Some(axis)
+        }
+        Picture::Project { axis, .. } => {
+            if axis >= nd {
+                return Ok(None);
+            }
+            Some(axis)
+        }
+    };
+    let kept: Vec<usize> = (0..nd).filter(|&d| Some(d) != axis).collect();
+    let (h, w) = (region.shape()[kept[0]], region.shape()[kept[1]]);
+    let f0 = w.div_ceil(opts.size.0).max(h.div_ceil(opts.size.1)).max(1);
+    let (tw, th) = (w.div_ceil(f0), h.div_ceil(f0));
+    let scale0 = &image.levels()[0].scale;
+    for level in (1..image.levels().len()).rev() {
+        let scale = &image.levels()[level].scale;
+        if scale.len() != nd {
+            continue;
+        }
+        let c: Vec<u64> = (0..nd)
+            .map(|k| (scale[k] / scale0[k]).round().max(1.0) as u64)
+            .collect();
+        let mapped = Region::new(
+            region
+                .ranges()
+                .iter()
+                .zip(&c)
+                .map(|(r, &c)| r.start / c..r.end.div_ceil(c))
+                .collect(),
+        );
+        let (lh, lw) = (mapped.shape()[kept[0]], mapped.shape()[kept[1]]);
+        if lw < tw || lh < th {
+            continue;
+        }
+        let at = Input::open(image.level_path(level)?)?;
+        if !Region::full(at.shape()).contains(&mapped) {
+            continue;
+        }
+        let mut lopts = opts.clone();
+        lopts.region = (mapped != Region::full(at.shape())).then_some(mapped);
+        if let Picture::Plane { axis, index } = opts.picture {
+            lopts.picture = Picture::Plane {
+                axis,
+                index: index / c[axis],
+            };
+        }
+        return Ok(Some((level, at, lopts)));
+    }
+    Ok(None)
+}
+
+/// [`preview`] of one array.
+fn draw(input: &Input, out: &Path, opts: &PreviewOptions) -> Result<PreviewReport> {
     let (w_max, h_max) = opts.size;
     if w_max == 0 || h_max == 0 {
         return Err(Error::option("size", "a size of 0 draws nothing"));
@@ -404,6 +503,7 @@ pub fn preview(input: &Input, out: &Path, opts: &PreviewOptions) -> Result<Previ
         window,
         region: drawn,
         what,
+        level: None,
     })
 }
 

@@ -19,6 +19,7 @@ mod paths;
 mod preview;
 mod project;
 mod proptests;
+mod pyramid;
 mod reduce;
 mod s3;
 mod scale;

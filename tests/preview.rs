@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::common::{chunkwise, run_python, stderr, tmp};
+use crate::common::{chunkwise, run_python, stderr, stdout, tmp};
 
 #[test]
 fn previews_match_numpy() {
@@ -137,5 +137,101 @@ fn a_large_projection_is_drawn_in_bounded_memory() {
             got.abs_diff(want) <= 1,
             "pixel {py},{px}: {got}, expected {want}"
         );
+    }
+}
+
+/// The pixels of a grey PNG.
+fn png_pixels(path: &Path) -> (u32, u32, Vec<u8>) {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    buf.truncate(info.buffer_size());
+    (info.width, info.height, buf)
+}
+
+/// PREVIEW §2 (issue 15): an OME-Zarr image is drawn from its coarsest level that still gives
+/// the requested size, the plane and region mapped to that level: its pixels are those of
+/// drawing that level's array directly.
+#[test]
+fn an_ome_zarr_preview_draws_from_the_coarsest_level_that_is_big_enough() {
+    let dir = tmp();
+    let d = dir.path();
+    let a = ndarray::ArrayD::from_shape_fn(vec![16, 256, 256], |i| {
+        ((i[0] * 131 + i[1] * 7 + i[2] * 3) % 1000) as u16
+    });
+    let src = d.join("a.zarr");
+    chunkwise::from_array(a.view(), &src, &chunkwise::ConvertOptions::default()).unwrap();
+    let img = d.join("a.ome.zarr");
+    let r = chunkwise(&[
+        "pyramid",
+        src.to_str().unwrap(),
+        "-o",
+        img.to_str().unwrap(),
+        "--factors",
+        "2,2,2",
+        "--levels",
+        "3",
+        "--chunks",
+        "8,32,32",
+    ]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    for (size, region, level, direct_region, plane) in [
+        ("64", None, 2u64, None, "2"),
+        ("128", None, 1, None, "5"),
+        ("100", None, 1, None, "5"),
+        ("256", None, 0, None, "10"),
+        (
+            "32",
+            Some("0:16,64:192,0:256"),
+            2,
+            Some("0:4,16:48,0:64"),
+            "2",
+        ),
+    ] {
+        let out = d.join(format!("p{size}.png"));
+        let mut args = vec![
+            "preview",
+            img.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--plane",
+            "0=10",
+            "--size",
+            size,
+            "--contrast",
+            "0,1000",
+            "--json",
+        ];
+        if let Some(reg) = region {
+            args.extend(["--region", reg]);
+        }
+        let r = chunkwise(&args);
+        assert!(r.status.success(), "{}", stderr(&r));
+        let j: serde_json::Value = serde_json::from_str(&stdout(&r)).unwrap();
+        let want_level = (level > 0).then_some(level);
+        assert_eq!(j["level"].as_u64(), want_level, "size {size}: {j}");
+        // The same picture drawn from that level's array itself.
+        let direct = d.join(format!("d{size}.png"));
+        let lvl = img.join(level.to_string());
+        let plane_arg = format!("0={plane}");
+        let mut args = vec![
+            "preview",
+            lvl.to_str().unwrap(),
+            "-o",
+            direct.to_str().unwrap(),
+            "--plane",
+            &plane_arg,
+            "--size",
+            size,
+            "--contrast",
+            "0,1000",
+        ];
+        if let Some(reg) = direct_region {
+            args.extend(["--region", reg]);
+        }
+        let r = chunkwise(&args);
+        assert!(r.status.success(), "{}", stderr(&r));
+        assert_eq!(png_pixels(&out), png_pixels(&direct), "size {size}");
     }
 }

@@ -543,6 +543,51 @@ fn convert(
     .to_string())
 }
 
+/// `chunkwise pyramid`: an OME-Zarr image of the input at `out` (spec/PYRAMID.md).
+#[pyfunction]
+#[pyo3(signature = (source, out, opts))]
+fn pyramid(
+    py: Python<'_>,
+    source: PyRef<'_, Source>,
+    out: PathBuf,
+    opts: &Bound<'_, PyDict>,
+) -> PyResult<String> {
+    let job = Job::new(&Common::from(Some(opts))?);
+    let level: Option<i32> = opt(opts, "level")?;
+    let method = opt::<String>(opts, "method")?
+        .map(|m| m.parse::<chunkwise::kernel::Downsample>())
+        .transpose()
+        .map_err(to_py)?;
+    let mut p = chunkwise::PyramidOptions::default()
+        .method(method)
+        .levels(opt(opts, "levels")?)
+        .factors(opt(opts, "factors")?)
+        .axis_names(opt(opts, "axis_names")?)
+        .axis_types(opt(opts, "axis_types")?)
+        .units(opt(opts, "units")?)
+        .voxel_size(opt(opts, "voxel_size")?)
+        .chunks(opt(opts, "chunks")?)
+        .level(level)
+        .name(opt(opts, "name")?)
+        .overwrite(flag(opts, "overwrite")?)
+        .run(job.run.clone());
+    if let Some(c) = codec(opt::<String>(opts, "codec")?.as_deref(), level)? {
+        p = p.codec(c);
+    }
+    source.check_present()?;
+    let input = &source.input;
+    let r = job.run(py, |_| chunkwise::pyramid(input, &out, &p))?;
+    Ok(serde_json::json!({
+        "path": r.path, "method": r.method.name(),
+        "levels": r.levels.iter().map(|l| serde_json::json!({
+            "path": l.path, "shape": l.shape, "chunks": l.chunks, "factor": l.factor,
+            "scale": l.scale,
+        })).collect::<Vec<_>>(),
+        "chunks_written": r.chunks_written, "decodes": r.decodes, "seconds": r.seconds,
+    })
+    .to_string())
+}
+
 fn exec_options(d: &Bound<'_, PyDict>, run: &RunOptions) -> PyResult<ExecOptions> {
     let level: Option<i32> = opt(d, "level")?;
     let mut o = ExecOptions::default()
@@ -1144,6 +1189,7 @@ fn _chunkwise(m: &Bound<'_, PyModule>) -> PyResult<()> {
         wrap_pyfunction!(view_cast, m)?,
         wrap_pyfunction!(create, m)?,
         wrap_pyfunction!(convert, m)?,
+        wrap_pyfunction!(pyramid, m)?,
         wrap_pyfunction!(kernel, m)?,
         wrap_pyfunction!(map_overlap, m)?,
         wrap_pyfunction!(stats, m)?,

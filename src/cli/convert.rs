@@ -55,10 +55,28 @@ pub(crate) struct Args {
     /// one publishes (spec/COMPUTE.md §7; see `chunkwise status`).
     #[arg(long, value_parser = super::job::parse_partition, value_name = "I/N")]
     partition: Option<(u32, u32)>,
+    /// Write an OME-Zarr multiscale image instead of one array (as `chunkwise pyramid`, in
+    /// the same pass over the input; spec/PYRAMID.md).
+    #[arg(long)]
+    pyramid: bool,
+    #[command(flatten)]
+    pyramid_flags: super::pyramid::Flags,
 }
 
 pub(crate) fn run(a: Args, g: &Global) -> CliResult {
     super::hold_to(a.memory);
+    if a.pyramid {
+        return run_pyramid(a, g);
+    }
+    if a.pyramid_flags.any() {
+        return Err(chunkwise::Error::InvalidOption {
+            option: "--pyramid",
+            reason: "--method, --levels, --factors, --factors-per-level, --axis-types, --units, \
+                     --voxel-size and --name describe a pyramid: add --pyramid"
+                .into(),
+        }
+        .into());
+    }
     let codec = super::codec_from(a.codec.as_deref())?;
     let dtype = a.dtype.as_deref().map(str::parse::<DType>).transpose()?;
     let mut opts = ConvertOptions::default().chunks(a.chunks).level(a.level);
@@ -97,6 +115,52 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
         }
     } else if !g.quiet {
         say(summary(&report))?;
+    }
+    Ok(Outcome::Ok)
+}
+
+/// `convert --pyramid`: the inputs straight to an OME-Zarr image.
+fn run_pyramid(a: Args, g: &Global) -> CliResult {
+    let refuse = |flag: &str| -> CliResult {
+        Err(chunkwise::Error::InvalidOption {
+            option: "--pyramid",
+            reason: format!(
+                "{flag} is not supported with --pyramid yet (convert, then `chunkwise pyramid`)"
+            ),
+        }
+        .into())
+    };
+    if a.partition.is_some() {
+        return refuse("--partition");
+    }
+    if a.shard.is_some() {
+        return refuse("--shard");
+    }
+    if a.checksum {
+        return refuse("--checksum");
+    }
+    let dtype = a.dtype.as_deref().map(str::parse::<DType>).transpose()?;
+    let input = Input::open_all(
+        &a.inputs,
+        &RawOptions {
+            dtype,
+            shape: a.shape,
+        },
+    )?;
+    let opts = a
+        .pyramid_flags
+        .options(a.axis_names, a.chunks, a.codec.as_deref(), a.level)?
+        .overwrite(a.overwrite)
+        .run(g.run())
+        .memory(a.memory)
+        .durability(if a.no_sync {
+            Durability::NoSync
+        } else {
+            Durability::Sync
+        });
+    let r = chunkwise::pyramid(&input, &a.output, &opts)?;
+    if !g.quiet {
+        say(super::pyramid::summary(&r, &input))?;
     }
     Ok(Outcome::Ok)
 }

@@ -9,6 +9,7 @@ mod info;
 mod job;
 mod preview;
 mod project;
+mod pyramid;
 mod reduce;
 mod slurm;
 mod status;
@@ -77,6 +78,8 @@ enum Command {
     Reduce(project::Args),
     /// A PNG of a plane or a projection (default: the maximum along axis 0).
     Preview(preview::Args),
+    /// An OME-Zarr multiscale image (mean, mode, nearest, min or max pyramid) in one pass.
+    Pyramid(pyramid::Args),
     /// Coordinates of nonzero (or selected) voxels, as numpy.argwhere, to an .npy file.
     Where(reduce::WhereArgs),
     /// Edges between adjacent nonzero voxels (flat C-order index pairs) to an .npy file.
@@ -195,6 +198,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Histogram(a) => reduce::histogram(a, &global),
         Command::Reduce(a) => project::run(a, &global),
         Command::Preview(a) => preview::run(a, &global),
+        Command::Pyramid(a) => pyramid::run(a, &global),
         Command::Where(a) => reduce::where_(a, &global),
         Command::Graph(a) => reduce::graph(a, &global),
         Command::Append(a) => grow::append(a, &global),

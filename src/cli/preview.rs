@@ -138,6 +138,7 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
         say(serde_json::to_string_pretty(&json!({
             "path": r.path, "width": r.width, "height": r.height, "factor": r.factor,
             "window": [r.window.0, r.window.1], "region": r.region.to_string(), "what": r.what,
+            "level": r.level,
         }))
         .expect("plain JSON"))?;
     } else if !g.quiet {

@@ -6,6 +6,7 @@
 //! result cannot depend on the chunking (spec/COMPUTE.md §1).
 
 mod correlate;
+mod downsample;
 mod expr;
 mod gaussian;
 pub mod lut;
@@ -22,6 +23,8 @@ use crate::halo::Boundary;
 use crate::region::Region;
 
 pub use correlate::Correlate1d;
+pub(crate) use downsample::downsample_into;
+pub use downsample::{Downsample, downsample};
 pub use expr::Eval;
 pub use gaussian::{Gaussian, MAX_RADIUS};
 pub use lut::Lut;

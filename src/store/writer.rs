@@ -53,6 +53,8 @@ pub struct StoreWriter {
     /// Uploads under way (oldest first), at most [`UPLOADS_IN_FLIGHT`]: encoding goes on while
     /// they run.
     uploads: super::Uploads<()>,
+    /// Chunk files (and their directories) placed by [`StoreWriter::link_chunk`], to sync.
+    linked: std::sync::Mutex<Vec<PathBuf>>,
     /// The build directory (removed on drop unless published). Last: fields drop in order,
     /// and the file writer's threads must be gone before the directory goes.
     build: Option<BuildDir>,
@@ -108,6 +110,7 @@ impl StoreWriter {
             overwrite,
             remote: None,
             uploads: super::Uploads::new(UPLOADS_IN_FLIGHT),
+            linked: Default::default(),
             build: Some(build),
         })
     }
@@ -158,6 +161,7 @@ impl StoreWriter {
             overwrite,
             remote: Some(remote),
             uploads: super::Uploads::new(UPLOADS_IN_FLIGHT),
+            linked: Default::default(),
             build: None,
         })
     }
@@ -223,6 +227,60 @@ impl StoreWriter {
         )
     }
 
+    /// Whether `store`'s chunk files are this writer's chunks as they are: a local Zarr v3
+    /// array of the same type, chunk grid, chunk key encoding, fill value and codecs, whose
+    /// files [`StoreWriter::link_chunk`] may then place unchanged.
+    pub(crate) fn same_encoding(&self, store: &Store) -> bool {
+        if self.remote.is_some() || super::is_url(store.path()) || store.zarr_format() != 3 {
+            return false;
+        }
+        let ours = serde_json::from_value::<zarrs::array::ArrayMetadata>(self.metadata.clone())
+            .ok()
+            .and_then(|m| serde_json::to_value(m).ok());
+        let theirs = store.metadata_json();
+        let Some(ours) = ours else {
+            return false;
+        };
+        [
+            "data_type",
+            "chunk_grid",
+            "chunk_key_encoding",
+            "fill_value",
+            "codecs",
+            "shape",
+        ]
+        .iter()
+        .all(|k| ours.get(k).is_some() && ours.get(k) == theirs.get(k))
+    }
+
+    /// Places chunk `idx` as the encoded file `src` of an array of [`StoreWriter::same_encoding`]:
+    /// a hard link, or a copy across filesystems (no decoding, no encoding). Returns the bytes
+    /// copied (0 for a link).
+    ///
+    /// # Errors
+    /// [`Error::Io`]; [`Error::Internal`] on object storage (never same-encoded).
+    pub(crate) fn link_chunk(&self, idx: &[u64], src: &Path) -> Result<u64> {
+        if self.remote.is_some() {
+            return Err(Error::Internal(
+                "chunk links go to local arrays only".into(),
+            ));
+        }
+        let dst = self.tmp_path.join(self.codec.key(idx));
+        if let Some(parent) = dst.parent() {
+            fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        }
+        let copied = super::link_or_copy(src, &dst)?;
+        let mut linked = self
+            .linked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        linked.push(dst.clone());
+        if let Some(parent) = dst.parent() {
+            linked.push(parent.to_path_buf());
+        }
+        Ok(copied)
+    }
+
     /// Makes the chunks durable, writes `zarr.json`, and moves the array into place (replacing
     /// the old array at the path, if overwriting). Returns the opened array.
     ///
@@ -237,7 +295,16 @@ impl StoreWriter {
             r.put("zarr.json", text.into_bytes())?;
             return Store::open(&self.final_path);
         }
-        let written = self.files.take().expect("commit runs once").finish()?;
+        let mut written = self.files.take().expect("commit runs once").finish()?;
+        let mut linked = std::mem::take(
+            &mut *self
+                .linked
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        linked.sort();
+        linked.dedup();
+        written.extend(linked);
         sync_written(&written, self.durability)?;
         let build = self.build.take().expect("commit runs once");
         write_metadata(build.path(), &self.metadata, &[], self.durability)?;

@@ -9,7 +9,7 @@ block by block in bounded memory (spec/PYTHON.md).
 """
 
 from . import errors, view
-from ._array import Array, convert, create, from_array, open
+from ._array import Array, convert, create, from_array, open, pyramid
 from ._chunkwise import __version__
 from ._compute import (
     correlate1d,
@@ -43,7 +43,7 @@ from .errors import (
 )
 
 __all__ = [
-    "Array", "Job", "open", "create", "from_array", "convert",
+    "Array", "Job", "open", "create", "from_array", "convert", "pyramid",
     "gaussian", "correlate1d", "lut", "threshold", "eval", "neighbourhood_lut", "map_overlap",
     "map_blocks", "stats", "histogram", "reduce", "where", "graph", "concat", "stack", "view", "errors",
     "Error", "StoreError", "InputError", "KernelError", "GrowError", "IoError", "NotFoundError",

@@ -448,6 +448,40 @@ def convert(inputs, path, chunks=None, codec=None, level=None, *, checksum=False
     return None if report.get("waiting") else open(path)
 
 
+def pyramid(input, path, *, method="mean", levels=None, factors=None, factors_per_level=None,
+            axis_names=None, axis_types=None, units=None, voxel_size=None, chunks=None,
+            codec=None, level=None, name=None, overwrite=False, progress=None, threads=None,
+            memory=None) -> list:
+    """``chunkwise pyramid``: an OME-Zarr 0.5 multiscale image of ``input`` (paths as
+    :func:`open` takes them, an Array, a numpy array) at ``path``, every level from one read
+    of the input (spec/PYRAMID.md). ``method`` is mean, mode (labels), nearest, min or max;
+    ``factors`` (one per axis) applies to every level, ``factors_per_level`` gives a list per
+    level after the first. Returns the levels opened, finest first: napari takes the list as a
+    multiscale image (``viewer.add_image(levels, multiscale=True)``)."""
+    if isinstance(input, (str, os.PathLike, list, tuple, dict)) and not isinstance(input, Array):
+        src = open(input)._source()
+    else:
+        src = source(input)
+    if factors is not None and factors_per_level is not None:
+        raise ValueError("give factors (every level) or factors_per_level, not both")
+    per_level = None
+    if factors is not None:
+        per_level = [[int(f) for f in factors]]
+    elif factors_per_level is not None:
+        per_level = [[int(f) for f in fs] for fs in factors_per_level]
+    d, close = opts(progress, threads, memory, method=method, levels=levels, factors=per_level,
+                    axis_names=None if axis_names is None else list(axis_names),
+                    axis_types=None if axis_types is None else list(axis_types),
+                    units=None if units is None else list(units),
+                    voxel_size=None if voxel_size is None else [float(v) for v in voxel_size],
+                    chunks=chunks, codec=codec, level=level, name=name, overwrite=overwrite)
+    try:
+        report = json.loads(_chunkwise.pyramid(src, fspath(path), d))
+    finally:
+        close()
+    return [open(os.path.join(fspath(path), lv["path"])) for lv in report["levels"]]
+
+
 def from_array(x, path, chunks=None, codec=None, level=None, *, overwrite=False, progress=None,
                threads=None, memory=None) -> Array:
     """Writes a numpy array (or anything ``numpy.asarray`` takes) as a new store at ``path``."""

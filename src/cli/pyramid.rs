@@ -1,0 +1,220 @@
+//! `chunkwise pyramid INPUT -o OUT`: an OME-Zarr multiscale image (spec/PYRAMID.md).
+
+use std::path::PathBuf;
+
+use chunkwise::kernel::Downsample;
+use chunkwise::{Durability, Error, Input, PyramidOptions, PyramidReport};
+use serde_json::json;
+
+use super::{CliResult, Global, Outcome, parse_size, say};
+
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Example: chunkwise pyramid brain.zarr -o brain.ome.zarr --voxel-size 2,0.5,0.5 \
+                  --units micrometer,micrometer,micrometer   (mean pyramid, levels until the \
+                  smallest downsampled axis would drop below one chunk)"
+)]
+pub(crate) struct Args {
+    /// The array (anything chunkwise reads: a store, .npy/TIFF/raw files, an OME-Zarr level).
+    input: PathBuf,
+    /// The OME-Zarr image to write (a Zarr v3 group, e.g. brain.ome.zarr).
+    #[arg(short, long, value_name = "OUT")]
+    output: PathBuf,
+    #[command(flatten)]
+    pyramid: Flags,
+    /// Axis names, e.g. z,y,x (default y,x / z,y,x / c,z,y,x / t,c,z,y,x).
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    axis_names: Option<Vec<String>>,
+    /// Every level's chunk shape (default: 128 on each of the last three axes; clipped to
+    /// each level).
+    #[arg(long, value_delimiter = ',', value_name = "A,B,C")]
+    chunks: Option<Vec<u64>>,
+    /// Compressor: zstd, blosc-zstd or blosc-lz4 (default as convert).
+    #[arg(long, value_name = "NAME")]
+    codec: Option<String>,
+    /// Compression level.
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    level: Option<i32>,
+    /// Replace an existing image (or array) at OUT.
+    #[arg(long)]
+    overwrite: bool,
+    /// Memory held at once (e.g. 512MiB; default 256MiB).
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    memory: Option<u64>,
+    /// Do not fsync before publishing (scratch data only).
+    #[arg(long)]
+    no_sync: bool,
+    /// Print the levels as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The pyramid's settings, shared by `pyramid` and `convert --pyramid`.
+#[derive(Debug, Default, clap::Args)]
+pub(crate) struct Flags {
+    /// How a block becomes one voxel below: mean, mode (labels), nearest, min or max.
+    #[arg(long, value_name = "METHOD")]
+    pub method: Option<String>,
+    /// Levels, level 0 included (default: until the smallest downsampled axis would drop
+    /// below one chunk).
+    #[arg(long, value_name = "N")]
+    pub levels: Option<usize>,
+    /// The factor per axis from each level to the next, e.g. 2,2,2 (default: 2 on space axes
+    /// holding two chunks or more, 1 on an axis already coarser than the others).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "F,F,F",
+        conflicts_with = "factors_per_level"
+    )]
+    pub factors: Option<Vec<u64>>,
+    /// Factors for each level after the first, e.g. "1,2,2 2,2,2" (or repeat the flag).
+    #[arg(long, value_name = "F,F,F ...", num_args = 1..)]
+    pub factors_per_level: Vec<String>,
+    /// Axis types: space, time, channel (default from the names: t time, c channel, others
+    /// space).
+    #[arg(long, value_delimiter = ',', value_name = "TYPES")]
+    pub axis_types: Option<Vec<String>>,
+    /// UDUNITS-2 units, one per axis (empty for none) or one per space axis, e.g.
+    /// micrometer,micrometer,micrometer.
+    #[arg(long, value_delimiter = ',', value_name = "UNITS")]
+    pub units: Option<Vec<String>>,
+    /// Level 0's voxel size per axis, in the units, e.g. 2.0,0.5,0.5 (default 1).
+    #[arg(long, value_delimiter = ',', value_name = "S,S,S")]
+    pub voxel_size: Option<Vec<f64>>,
+    /// The image's name in its metadata (default: OUT's name).
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+impl Flags {
+    /// Whether any is given (`convert` takes them only with `--pyramid`).
+    pub fn any(&self) -> bool {
+        self.method.is_some()
+            || self.levels.is_some()
+            || self.factors.is_some()
+            || !self.factors_per_level.is_empty()
+            || self.axis_types.is_some()
+            || self.units.is_some()
+            || self.voxel_size.is_some()
+            || self.name.is_some()
+    }
+
+    /// The library's options from these and the flags both commands share.
+    pub fn options(
+        self,
+        axis_names: Option<Vec<String>>,
+        chunks: Option<Vec<u64>>,
+        codec: Option<&str>,
+        level: Option<i32>,
+    ) -> chunkwise::Result<PyramidOptions> {
+        let method: Downsample = self.method.as_deref().unwrap_or("mean").parse()?;
+        let factors = match self.factors {
+            Some(f) => Some(vec![f]),
+            None => factors_per_level(&self.factors_per_level)?,
+        };
+        let mut opts = PyramidOptions::default()
+            .method(Some(method))
+            .levels(self.levels)
+            .factors(factors)
+            .axis_names(axis_names)
+            .axis_types(self.axis_types)
+            .units(self.units)
+            .voxel_size(self.voxel_size)
+            .chunks(chunks)
+            .level(level)
+            .name(self.name);
+        if let Some(c) = super::codec_from(codec)? {
+            opts = opts.codec(c);
+        }
+        Ok(opts)
+    }
+}
+
+fn factors_per_level(given: &[String]) -> chunkwise::Result<Option<Vec<Vec<u64>>>> {
+    if given.is_empty() {
+        return Ok(None);
+    }
+    let mut levels = Vec::new();
+    for word in given.iter().flat_map(|g| g.split([' ', ';'])) {
+        if word.trim().is_empty() {
+            continue;
+        }
+        let f: Option<Vec<u64>> = word.split(',').map(|x| x.trim().parse().ok()).collect();
+        levels.push(f.ok_or_else(|| Error::InvalidOption {
+            option: "--factors-per-level",
+            reason: format!("{word:?} is not a list of whole numbers like 1,2,2"),
+        })?);
+    }
+    Ok(Some(levels))
+}
+
+pub(crate) fn run(a: Args, g: &Global) -> CliResult {
+    super::hold_to(a.memory);
+    let opts = a
+        .pyramid
+        .options(a.axis_names, a.chunks, a.codec.as_deref(), a.level)?
+        .overwrite(a.overwrite)
+        .run(g.run())
+        .memory(a.memory)
+        .durability(if a.no_sync {
+            Durability::NoSync
+        } else {
+            Durability::Sync
+        });
+    let input = Input::open(&a.input)?;
+    let r = chunkwise::pyramid(&input, &a.output, &opts)?;
+    if a.json {
+        say(serde_json::to_string_pretty(&to_json(&r)).expect("plain JSON"))?;
+    } else if !g.quiet {
+        say(summary(&r, &input))?;
+    }
+    Ok(Outcome::Ok)
+}
+
+pub(crate) fn to_json(r: &PyramidReport) -> serde_json::Value {
+    json!({
+        "path": r.path,
+        "method": r.method.name(),
+        "levels": r.levels.iter().map(|l| json!({
+            "path": l.path, "shape": l.shape, "chunks": l.chunks, "factor": l.factor,
+            "scale": l.scale,
+        })).collect::<Vec<_>>(),
+        "chunks_written": r.chunks_written,
+        "bytes_in": r.bytes_in,
+        "decodes": r.decodes,
+        "seconds": r.seconds,
+    })
+}
+
+pub(crate) fn summary(r: &PyramidReport, input: &Input) -> String {
+    let shapes: Vec<String> = r
+        .levels
+        .iter()
+        .map(|l| chunkwise::support::fmt_shape(&l.shape))
+        .collect();
+    let mut s = format!(
+        "wrote {}: {} pyramid of {} levels ({}) from {} in {:.1} s, {} chunks",
+        r.path.display(),
+        r.method.name(),
+        r.levels.len(),
+        shapes.join(", "),
+        input.describe(),
+        r.seconds,
+        r.chunks_written
+    );
+    if r.decodes > 1 {
+        s.push_str(&format!(
+            "; input chunks decoded up to {} times each (they do not fit the pyramid's chunks: \
+             convert with --chunks {} first to read each once)",
+            r.decodes,
+            r.levels[0]
+                .chunks
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
+    }
+    s
+}

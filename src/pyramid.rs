@@ -1,0 +1,954 @@
+//! `pyramid`: an OME-Zarr multiscale image of any input, every level in one pass
+//! (spec/PYRAMID.md). Level-0 chunks are read in depth-first order of the pyramid's tree of
+//! chunks; each is written, downsampled into its piece of its parent chunk, and a parent whose
+//! last child has arrived is written and downsampled in turn.
+//!
+//! Invariant: level L + 1 is computed from level L's values (never from the input again);
+//! every input voxel is read once; memory holds the chunks in flight and the parents still
+//! waiting for children (a few per level and worker, in depth-first order), never a level.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde_json::json;
+
+use crate::dtype::Scalar;
+use crate::error::{Error, Result};
+use crate::grid::{Grid, default_chunks};
+use crate::input::Input;
+use crate::kernel::{Downsample, downsample_into};
+use crate::ome::{Image, ImageAxis, ImageLevel, check_axes, default_axes, default_kind};
+use crate::progress::{Tracker, Unit};
+use crate::region::{Region, fmt_shape};
+use crate::run::{DEFAULT_MEMORY, RunOptions, run_setters, with_threads};
+use crate::source::Source;
+use crate::store::{BuildDir, Codec, StoreSpec, StoreWriter, TMP_SUFFIX};
+use crate::with_scalar;
+
+/// The most levels a pyramid may have.
+pub const MAX_LEVELS: usize = 32;
+
+/// Settings of [`pyramid`]; build with [`PyramidOptions::default`] and the setters.
+///
+/// ```no_run
+/// use chunkwise::{Input, PyramidOptions};
+/// let opts = PyramidOptions::default()
+///     .levels(Some(4))
+///     .voxel_size(Some(vec![2.0, 0.5, 0.5]))
+///     .units(Some(vec!["micrometer".into(); 3]));
+/// let r = chunkwise::pyramid(&Input::open("brain.zarr")?, "brain.ome.zarr".as_ref(), &opts)?;
+/// println!("{} levels", r.levels.len());
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct PyramidOptions {
+    method: Option<Downsample>,
+    levels: Option<usize>,
+    factors: Option<Vec<Vec<u64>>>,
+    axis_names: Option<Vec<String>>,
+    axis_types: Option<Vec<String>>,
+    units: Option<Vec<String>>,
+    voxel_size: Option<Vec<f64>>,
+    chunks: Option<Vec<u64>>,
+    codec: Option<Codec>,
+    level: Option<i32>,
+    name: Option<String>,
+    overwrite: bool,
+    run: RunOptions,
+}
+
+run_setters!(PyramidOptions);
+
+impl PyramidOptions {
+    /// How a block becomes one voxel of the level below (default [`Downsample::Mean`]).
+    pub fn method(mut self, m: Option<Downsample>) -> Self {
+        self.method = m;
+        self
+    }
+    /// How many levels, level 0 included (default: until the smallest downsampled axis would
+    /// drop below one chunk).
+    pub fn levels(mut self, n: Option<usize>) -> Self {
+        self.levels = n;
+        self
+    }
+    /// The factor per axis from each level to the next: one list for every level, or one list
+    /// per level after the first (default: 2 on space axes, see spec/PYRAMID.md §1).
+    pub fn factors(mut self, f: Option<Vec<Vec<u64>>>) -> Self {
+        self.factors = f;
+        self
+    }
+    /// The axes' names (default `y,x`, `z,y,x`, `c,z,y,x`, `t,c,z,y,x`).
+    pub fn axis_names(mut self, n: Option<Vec<String>>) -> Self {
+        self.axis_names = n;
+        self
+    }
+    /// The axes' types (`space`, `time`, `channel`; default from the names).
+    pub fn axis_types(mut self, t: Option<Vec<String>>) -> Self {
+        self.axis_types = t;
+        self
+    }
+    /// UDUNITS-2 units, one per axis (an empty one: none) or one per space axis.
+    pub fn units(mut self, u: Option<Vec<String>>) -> Self {
+        self.units = u;
+        self
+    }
+    /// Level 0's voxel size per axis, in the units (default 1).
+    pub fn voxel_size(mut self, v: Option<Vec<f64>>) -> Self {
+        self.voxel_size = v;
+        self
+    }
+    /// Every level's chunk shape (default chunkwise's; clipped to each level's shape).
+    pub fn chunks(mut self, c: Option<Vec<u64>>) -> Self {
+        self.chunks = c;
+        self
+    }
+    /// The compression codec (default: as `convert`).
+    pub fn codec(mut self, c: Codec) -> Self {
+        self.codec = Some(c);
+        self
+    }
+    /// The codec's level.
+    pub fn level(mut self, l: Option<i32>) -> Self {
+        self.level = l;
+        self
+    }
+    /// The image's name in its metadata.
+    pub fn name(mut self, n: Option<String>) -> Self {
+        self.name = n;
+        self
+    }
+    /// Replace an existing image (or array) at the output path.
+    pub fn overwrite(mut self, on: bool) -> Self {
+        self.overwrite = on;
+        self
+    }
+}
+
+/// One level of a written pyramid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PyramidLevel {
+    /// Its array, relative to the image (`"0"`, `"1"`, ...).
+    pub path: String,
+    /// Its shape.
+    pub shape: Vec<u64>,
+    /// Its chunk shape.
+    pub chunks: Vec<u64>,
+    /// The factor per axis from the level above (all 1 for level 0).
+    pub factor: Vec<u64>,
+    /// Its voxel size per axis.
+    pub scale: Vec<f64>,
+}
+
+/// What [`pyramid`] did.
+#[derive(Debug, Clone)]
+pub struct PyramidReport {
+    /// The image written.
+    pub path: PathBuf,
+    /// The method.
+    pub method: Downsample,
+    /// The levels, finest first.
+    pub levels: Vec<PyramidLevel>,
+    /// Chunks written over all levels (chunks all zero are not stored).
+    pub chunks_written: u64,
+    /// Bytes of input read.
+    pub bytes_in: u64,
+    /// The most times one input chunk was decoded (1 when the input's chunks fit the reads).
+    pub decodes: u64,
+    /// Seconds taken.
+    pub seconds: f64,
+}
+
+/// The levels' geometry, before anything is written.
+#[derive(Debug, Clone)]
+struct Plan {
+    grids: Vec<Grid>,
+    factors: Vec<Vec<u64>>,
+    scales: Vec<Vec<f64>>,
+    translations: Vec<Option<Vec<f64>>>,
+    axes: Vec<ImageAxis>,
+    method: Downsample,
+}
+
+impl Plan {
+    fn levels(&self) -> usize {
+        self.grids.len()
+    }
+
+    /// The box of level `l - 1` chunks under chunk `p` of level `l`.
+    fn children(&self, l: usize, p: &[u64]) -> Vec<std::ops::Range<u64>> {
+        let (up, down) = (&self.grids[l], &self.grids[l - 1]);
+        (0..p.len())
+            .map(|k| {
+                let span = up.chunk_shape()[k] * self.factors[l][k];
+                let c = down.chunk_shape()[k];
+                let lo = p[k] * span / c;
+                let hi = ((p[k] + 1) * span).min(down.shape()[k]).div_ceil(c);
+                lo..hi
+            })
+            .collect()
+    }
+
+    /// The chunk of level `l + 1` over chunk `j` of level `l`.
+    fn parent(&self, l: usize, j: &[u64]) -> Vec<u64> {
+        let (down, up) = (&self.grids[l], &self.grids[l + 1]);
+        (0..j.len())
+            .map(|k| j[k] * down.chunk_shape()[k] / (up.chunk_shape()[k] * self.factors[l + 1][k]))
+            .collect()
+    }
+
+    /// Chunk `idx` of level `l` as a region of level 0.
+    fn footprint(&self, l: usize, idx: &[u64]) -> Region {
+        let mut r = self.grids[l].chunk_region(idx);
+        for m in (1..=l).rev() {
+            let shape = self.grids[m - 1].shape();
+            r = Region::new(
+                r.ranges()
+                    .iter()
+                    .enumerate()
+                    .map(|(k, x)| {
+                        let f = self.factors[m][k];
+                        (x.start * f).min(shape[k])..(x.end * f).min(shape[k])
+                    })
+                    .collect(),
+            );
+        }
+        r
+    }
+
+    /// Level `l`'s chunks under chunk `idx` of level `top`, depth first, appended to `out`.
+    fn depth_first(&self, top: usize, idx: &[u64], l: usize, out: &mut Vec<Vec<u64>>) {
+        if top == l {
+            out.push(idx.to_vec());
+            return;
+        }
+        for j in crate::grid::indices_in(&self.children(top, idx)) {
+            self.depth_first(top - 1, &j, l, out);
+        }
+    }
+}
+
+/// The number of chunk indices in a box.
+fn box_len(b: &[std::ops::Range<u64>]) -> u64 {
+    b.iter().map(|r| r.end - r.start).product()
+}
+
+/// Writes `input` as an OME-Zarr 0.5 image at `out`: level 0 a copy of the input, each level
+/// below it the level above downsampled by `method` (spec/PYRAMID.md). Nothing appears at `out`
+/// until every level is written.
+///
+/// ```no_run
+/// use chunkwise::{Input, PyramidOptions};
+/// let r = chunkwise::pyramid(
+///     &Input::open("volume.zarr")?,
+///     "volume.ome.zarr".as_ref(),
+///     &PyramidOptions::default(),
+/// )?;
+/// for l in &r.levels {
+///     println!("{}: {:?}", l.path, l.shape);
+/// }
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
+///
+/// # Errors
+/// [`Error::InvalidOption`] for factors, levels, axes, units or chunks that do not fit the
+/// input (naming the option and the values); [`Error::OutputExists`] without `overwrite`;
+/// the errors of reading the input and writing arrays. Nothing is written on an error.
+pub fn pyramid(input: &Input, out: &Path, opts: &PyramidOptions) -> Result<PyramidReport> {
+    with_threads(opts.run.threads, || {
+        let plan = plan(input.shape(), opts)?;
+        with_scalar!(input.dtype(), T => build::<T>(input, out, opts, &plan))
+    })
+}
+
+/// The pyramid's geometry from the options (spec/PYRAMID.md §1).
+fn plan(shape: &[u64], opts: &PyramidOptions) -> Result<Plan> {
+    let nd = shape.len();
+    let defaults = default_axes(nd);
+    let names: Vec<String> = match &opts.axis_names {
+        Some(n) => n.clone(),
+        None if defaults.is_empty() => {
+            return Err(Error::option(
+                "axis-names",
+                format!(
+                    "an OME-Zarr image has 2 to 5 axes (2 or 3 of them space); this array \
+                     has {nd} ({})",
+                    fmt_shape(shape)
+                ),
+            ));
+        }
+        None => defaults.iter().map(|(n, _)| n.clone()).collect(),
+    };
+    let per_axis = |option: &'static str, n: usize| -> Result<()> {
+        if n == nd {
+            Ok(())
+        } else {
+            Err(Error::option(
+                option,
+                format!(
+                    "{n} given for a {nd}-D array ({}): give one per axis",
+                    fmt_shape(shape)
+                ),
+            ))
+        }
+    };
+    per_axis("axis-names", names.len())?;
+    let kinds: Vec<String> = match &opts.axis_types {
+        Some(t) => {
+            per_axis("axis-types", t.len())?;
+            t.clone()
+        }
+        None => names.iter().map(|n| default_kind(n).to_string()).collect(),
+    };
+    let units: Vec<Option<String>> = match &opts.units {
+        None => vec![None; nd],
+        Some(u) => {
+            let space: Vec<usize> = (0..nd).filter(|&k| kinds[k] == "space").collect();
+            let clean = |s: &String| Some(s.trim().to_string()).filter(|s| !s.is_empty());
+            if u.len() == nd {
+                u.iter().map(clean).collect()
+            } else if u.len() == space.len() {
+                let mut all = vec![None; nd];
+                for (&k, s) in space.iter().zip(u) {
+                    all[k] = clean(s);
+                }
+                all
+            } else {
+                return Err(Error::option(
+                    "units",
+                    format!(
+                        "{} given: give one per axis ({nd}) or one per space axis ({})",
+                        u.len(),
+                        space.len()
+                    ),
+                ));
+            }
+        }
+    };
+    let axes: Vec<ImageAxis> = (0..nd)
+        .map(|k| ImageAxis {
+            name: names[k].trim().to_string(),
+            kind: Some(kinds[k].trim().to_string()),
+            unit: units[k].clone(),
+        })
+        .collect();
+    check_axes(&axes)?;
+    let voxel = match &opts.voxel_size {
+        Some(v) => {
+            per_axis("voxel-size", v.len())?;
+            if let Some(bad) = v.iter().find(|x| !(x.is_finite() && **x > 0.0)) {
+                return Err(Error::option(
+                    "voxel-size",
+                    format!("{bad} is not a positive size"),
+                ));
+            }
+            v.clone()
+        }
+        None => vec![1.0; nd],
+    };
+    let chunk = match &opts.chunks {
+        Some(c) => {
+            per_axis("chunks", c.len())?;
+            c.clone()
+        }
+        None => default_chunks(shape),
+    };
+    if let Some(k) = chunk.iter().position(|&c| c == 0) {
+        return Err(Error::option(
+            "chunks",
+            format!("axis {k}: a chunk length of 0"),
+        ));
+    }
+    if let Some(k) = shape.iter().position(|&s| s == 0) {
+        return Err(Error::option(
+            "input",
+            format!(
+                "axis {k} of the input ({}) is empty: there is nothing to downsample",
+                fmt_shape(shape)
+            ),
+        ));
+    }
+    if opts.levels == Some(0) {
+        return Err(Error::option(
+            "levels",
+            "a pyramid has at least one level (level 0)",
+        ));
+    }
+    let max_levels = opts.levels.unwrap_or(MAX_LEVELS);
+    if max_levels > MAX_LEVELS {
+        return Err(Error::option(
+            "levels",
+            format!("{max_levels}: at most {MAX_LEVELS}"),
+        ));
+    }
+    if let Some(fs) = &opts.factors {
+        for f in fs {
+            per_axis("factors", f.len())?;
+            if let Some(k) = f.iter().position(|&x| x == 0) {
+                return Err(Error::option(
+                    "factors",
+                    format!("{f:?}: the factor on axis {k} is 0 (1 keeps an axis, 2 halves it)"),
+                ));
+            }
+        }
+        if fs.len() > 1 && opts.levels.is_some_and(|n| n != fs.len() + 1) {
+            return Err(Error::option(
+                "levels",
+                format!(
+                    "{} levels but factors for {} levels after the first",
+                    max_levels,
+                    fs.len()
+                ),
+            ));
+        }
+    }
+    let method = opts.method.unwrap_or(Downsample::Mean);
+    let space: Vec<bool> = kinds.iter().map(|k| k == "space").collect();
+    let mut shapes = vec![shape.to_vec()];
+    let mut factors = vec![vec![1u64; nd]];
+    let mut scales = vec![voxel.clone()];
+    while shapes.len() < max_levels {
+        let l = shapes.len();
+        let s = &shapes[l - 1];
+        let sp = &scales[l - 1];
+        let f: Vec<u64> = match &opts.factors {
+            Some(fs) if fs.len() == 1 => fs[0].clone(),
+            Some(fs) => match fs.get(l - 1) {
+                Some(f) => f.clone(),
+                None => break,
+            },
+            None => auto_factors(s, sp, &chunk, &space, opts.levels.is_some()),
+        };
+        let reduces = (0..nd).any(|k| f[k] > 1 && s[k] > 1);
+        // Without --levels: stop before a downsampled axis drops below one chunk.
+        let below = (0..nd).any(|k| f[k] > 1 && s[k].div_ceil(f[k]) < chunk[k].min(shape[k]));
+        if opts.levels.is_none() && (!reduces || (opts.factors.is_some() && below)) {
+            break;
+        }
+        if !reduces {
+            return Err(Error::option(
+                "levels",
+                format!(
+                    "{max_levels} levels: level {} would be level {}'s shape again ({}): the \
+                     data allows at most {l} with these factors",
+                    l,
+                    l - 1,
+                    fmt_shape(s)
+                ),
+            ));
+        }
+        shapes.push((0..nd).map(|k| s[k].div_ceil(f[k])).collect());
+        scales.push((0..nd).map(|k| sp[k] * f[k] as f64).collect());
+        factors.push(f);
+    }
+    let grids: Vec<Grid> = shapes
+        .iter()
+        .map(|s| {
+            let c: Vec<u64> = s.iter().zip(&chunk).map(|(&s, &c)| c.min(s)).collect();
+            Grid::new(s, &c)
+        })
+        .collect::<Result<_>>()?;
+    // A child's blocks must not straddle its chunk's edge: its chunk length is a multiple of
+    // the factor wherever it is not the whole axis.
+    for l in 1..grids.len() {
+        for (k, &f) in factors[l].iter().enumerate() {
+            let c = grids[l - 1].chunk_shape()[k];
+            if grids[l - 1].grid_shape()[k] > 1 && !c.is_multiple_of(f) {
+                return Err(Error::option(
+                    "chunks",
+                    format!(
+                        "a chunk length of {c} on axis {k} is not a multiple of level {l}'s \
+                         factor {f} there: give --chunks with multiples of the factors"
+                    ),
+                ));
+            }
+        }
+    }
+    let mut translations: Vec<Option<Vec<f64>>> = vec![None];
+    for l in 1..grids.len() {
+        let prev = translations[l - 1].clone().unwrap_or_else(|| vec![0.0; nd]);
+        translations.push(method.centred().then(|| {
+            (0..nd)
+                .map(|k| prev[k] + (factors[l][k] as f64 - 1.0) / 2.0 * scales[l - 1][k])
+                .collect()
+        }));
+    }
+    Ok(Plan {
+        grids,
+        factors,
+        scales,
+        translations,
+        axes,
+        method,
+    })
+}
+
+/// The default factors from a level of shape `s` and voxel size `sp` (spec/PYRAMID.md §1): 2
+/// on a space axis that holds at least two chunks and whose voxels are less than twice as
+/// coarse as the finest space axis's, else 1. `relaxed` (a level count was asked for): when
+/// no axis qualifies, 2 on every space axis longer than 1, the finest first.
+fn auto_factors(s: &[u64], sp: &[f64], chunk: &[u64], space: &[bool], relaxed: bool) -> Vec<u64> {
+    let nd = s.len();
+    let finest = (0..nd)
+        .filter(|&k| space[k])
+        .map(|k| sp[k])
+        .fold(f64::INFINITY, f64::min);
+    let fine = |k: usize| sp[k] < 2.0 * finest;
+    let f: Vec<u64> = (0..nd)
+        .map(|k| u64::from(space[k] && s[k] >= 2 * chunk[k] && fine(k)) + 1)
+        .collect();
+    if f.iter().any(|&x| x > 1) || !relaxed {
+        return f;
+    }
+    let f: Vec<u64> = (0..nd)
+        .map(|k| u64::from(space[k] && s[k] > 1 && fine(k)) + 1)
+        .collect();
+    if f.iter().any(|&x| x > 1) {
+        return f;
+    }
+    (0..nd)
+        .map(|k| u64::from(space[k] && s[k] > 1) + 1)
+        .collect()
+}
+
+/// A parent chunk waiting for its children's pieces.
+struct Pending<T> {
+    data: Vec<T>,
+    left: u64,
+}
+
+/// The parents waiting, by (level, chunk index).
+type Waiting<T> = HashMap<(usize, Vec<u64>), Pending<T>>;
+
+struct Build<'a, T> {
+    plan: &'a Plan,
+    writers: Vec<StoreWriter>,
+    pending: Mutex<Waiting<T>>,
+}
+
+impl<T: Scalar> Build<'_, T> {
+    /// Writes chunk `idx` of level `l` (`data`: the full chunk, C order) and folds it upward
+    /// while parents complete. Returns the chunks written.
+    /// `placed`: level `l`'s chunk is already in place (linked from the input).
+    fn deliver(
+        &self,
+        mut l: usize,
+        mut idx: Vec<u64>,
+        mut data: Vec<T>,
+        mut placed: bool,
+    ) -> Result<u64> {
+        let mut written = 0;
+        loop {
+            if !placed {
+                written +=
+                    u64::from(self.writers[l].write_chunk(&idx, bytemuck::cast_slice(&data))? > 0);
+            }
+            placed = false;
+            if l + 1 == self.plan.levels() {
+                return Ok(written);
+            }
+            let grid = &self.plan.grids[l];
+            let f: Vec<usize> = self.plan.factors[l + 1]
+                .iter()
+                .map(|&f| f as usize)
+                .collect();
+            let chunk: Vec<usize> = grid.chunk_shape().iter().map(|&c| c as usize).collect();
+            let region = grid.chunk_region(&idx);
+            let extent: Vec<usize> = region.shape().iter().map(|&e| e as usize).collect();
+            let piece_shape: Vec<usize> = extent
+                .iter()
+                .zip(&f)
+                .map(|(&e, &f)| e.div_ceil(f))
+                .collect();
+            let mut piece = vec![T::default(); piece_shape.iter().product()];
+            downsample_into(
+                &data,
+                &chunk,
+                &extent,
+                &f,
+                self.plan.method,
+                &mut piece,
+                &piece_shape,
+            );
+            let up = &self.plan.grids[l + 1];
+            let parent = self.plan.parent(l, &idx);
+            let at: Vec<usize> = (0..idx.len())
+                .map(|k| {
+                    (region.ranges()[k].start / f[k] as u64 - parent[k] * up.chunk_shape()[k])
+                        as usize
+                })
+                .collect();
+            let up_chunk: Vec<usize> = up.chunk_shape().iter().map(|&c| c as usize).collect();
+            let done = {
+                let mut pending = self
+                    .pending
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let key = (l + 1, parent.clone());
+                let entry = pending.entry(key.clone()).or_insert_with(|| Pending {
+                    data: vec![T::default(); up_chunk.iter().product()],
+                    left: box_len(&self.plan.children(l + 1, &parent)),
+                });
+                place(&mut entry.data, &up_chunk, &piece, &piece_shape, &at);
+                entry.left -= 1;
+                if entry.left == 0 {
+                    pending.remove(&key).map(|p| p.data)
+                } else {
+                    None
+                }
+            };
+            match done {
+                Some(d) => {
+                    (l, idx, data) = (l + 1, parent, d);
+                }
+                None => return Ok(written),
+            }
+        }
+    }
+}
+
+/// Copies `piece` (C order, `piece_shape`) into `dst` (C order, `dst_shape`) at `at`.
+fn place<T: Copy>(
+    dst: &mut [T],
+    dst_shape: &[usize],
+    piece: &[T],
+    piece_shape: &[usize],
+    at: &[usize],
+) {
+    let nd = dst_shape.len();
+    let row = piece_shape[nd - 1];
+    let mut dst_strides = vec![1usize; nd];
+    for k in (0..nd - 1).rev() {
+        dst_strides[k] = dst_strides[k + 1] * dst_shape[k + 1];
+    }
+    let rows = piece.len() / row.max(1);
+    let mut i = vec![0usize; nd - 1];
+    for r in 0..rows {
+        let off: usize = (0..nd - 1)
+            .map(|k| (at[k] + i[k]) * dst_strides[k])
+            .sum::<usize>()
+            + at[nd - 1];
+        dst[off..off + row].copy_from_slice(&piece[r * row..(r + 1) * row]);
+        for k in (0..nd - 1).rev() {
+            i[k] += 1;
+            if i[k] < piece_shape[k] {
+                break;
+            }
+            i[k] = 0;
+        }
+    }
+}
+
+/// The level whose chunks are read as one unit: the smallest whose footprint in level 0 is
+/// made of whole input chunks (each decoded once) and fits the budget; level 0 otherwise.
+/// Returns the level and how many times an input chunk is decoded at most.
+fn unit_level(
+    plan: &Plan,
+    source: &dyn Source,
+    budget: u64,
+    threads: u64,
+    itemsize: u64,
+) -> (usize, u64) {
+    let Some(hint) = source.chunk_hint() else {
+        return (0, 1);
+    };
+    let shape = plan.grids[0].shape();
+    let decodes = |l: usize| -> u64 {
+        // Reads of level-0 footprints of level l chunks: how many cover one input chunk.
+        let fp = plan.footprint(l, &vec![0; shape.len()]);
+        (0..shape.len())
+            .map(|k| {
+                let len = fp.shape()[k].max(1);
+                let c = hint[k].min(shape[k]);
+                if plan.grids[l].grid_shape()[k] == 1 || len.is_multiple_of(c) {
+                    1
+                } else {
+                    c.div_ceil(len) + 1
+                }
+            })
+            .product()
+    };
+    for l in 0..plan.levels() {
+        let fp = plan.footprint(l, &vec![0; shape.len()]);
+        let bytes = u64::try_from(fp.len())
+            .unwrap_or(u64::MAX)
+            .saturating_mul(itemsize);
+        if bytes.saturating_mul(threads) > budget / 2 {
+            break;
+        }
+        if decodes(l) == 1 {
+            return (l, 1);
+        }
+    }
+    (0, decodes(0))
+}
+
+fn build<T: Scalar>(
+    input: &Input,
+    out: &Path,
+    opts: &PyramidOptions,
+    plan: &Plan,
+) -> Result<PyramidReport> {
+    let start = Instant::now();
+    if crate::store::is_url(out) {
+        return Err(Error::option(
+            "output",
+            format!(
+                "{}: pyramids are written to a local directory for now (write it locally, \
+                 then copy it)",
+                out.display()
+            ),
+        ));
+    }
+    check_output(out, opts.overwrite)?;
+    let dtype = input.dtype();
+    let itemsize = dtype.size() as u64;
+    let threads = rayon::current_num_threads() as u64;
+    let budget = opts.run.memory.unwrap_or(DEFAULT_MEMORY);
+    let chunk_bytes = |l: usize| plan.grids[l].chunk_shape().iter().product::<u64>() * itemsize;
+    // Per worker: a footprint, a chunk per level being folded and its piece; and up to two
+    // parents per level and worker waiting.
+    let folding: u64 = (0..plan.levels()).map(chunk_bytes).sum();
+    let view = input.view();
+    let source = view.source();
+    let (unit, decodes) = unit_level(plan, source.as_ref(), budget, threads, itemsize);
+    let footprint = u64::try_from(
+        plan.footprint(unit, &vec![0; plan.grids[0].shape().len()])
+            .len(),
+    )
+    .unwrap_or(u64::MAX)
+        * itemsize;
+    let need = threads * (footprint + chunk_bytes(0) + 3 * folding);
+    if need > budget {
+        let least = threads * (chunk_bytes(0) * 2 + 3 * folding);
+        return Err(Error::option(
+            "memory",
+            format!(
+                "{} ({}) holds too little for {} workers on chunks of {}: at least {} ({}) \
+                 needed (or fewer --threads, or smaller --chunks)",
+                budget,
+                crate::inspect::human_bytes(budget),
+                threads,
+                fmt_shape(plan.grids[0].chunk_shape()),
+                least,
+                crate::inspect::human_bytes(least)
+            ),
+        ));
+    }
+    let build = BuildDir::begin(out, TMP_SUFFIX)?;
+    let codec = Codec::resolve(opts.codec, opts.level, dtype)?;
+    let names: Vec<String> = plan.axes.iter().map(|a| a.name.clone()).collect();
+    let writers = plan
+        .grids
+        .iter()
+        .enumerate()
+        .map(|(l, g)| {
+            StoreSpec::new(g.shape().to_vec(), dtype, g.chunk_shape().to_vec())
+                .codec(codec)
+                .axis_names(Some(names.clone()))
+                .create(
+                    &build.path().join(l.to_string()),
+                    false,
+                    opts.run.durability,
+                )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let b = Build::<T> {
+        plan,
+        writers,
+        pending: Mutex::new(HashMap::new()),
+    };
+    let top = plan.levels() - 1;
+    let mut units = Vec::new();
+    for idx in crate::grid::indices_in(
+        &plan.grids[top]
+            .grid_shape()
+            .iter()
+            .map(|&n| 0..n)
+            .collect::<Vec<_>>(),
+    ) {
+        plan.depth_first(top, &idx, unit, &mut units);
+    }
+    let total = plan.grids[0].shape().iter().product::<u64>() * itemsize;
+    let tracker = Tracker::new("pyramid", Unit::Bytes, total, opts.run.progress.clone());
+    // Level 0 is the input's chunk files themselves when they are encoded as level 0's would
+    // be: linked (or copied) unchanged, decoded only to be downsampled.
+    let link = input.store().filter(|s| b.writers[0].same_encoding(s));
+    let chunk0: Vec<usize> = plan.grids[0]
+        .chunk_shape()
+        .iter()
+        .map(|&c| c as usize)
+        .collect();
+    let n0: usize = chunk0.iter().product();
+    let written = units
+        .into_iter()
+        .par_bridge()
+        .map(|u| -> Result<u64> {
+            opts.run.check()?;
+            let block = source.block(&plan.footprint(unit, &u))?;
+            let mut chunks = Vec::new();
+            plan.depth_first(unit, &u, 0, &mut chunks);
+            let mut written = 0;
+            for idx in chunks {
+                let region = plan.grids[0].chunk_region(&idx);
+                let mut data = vec![T::default(); n0];
+                block.read_into(&region, bytemuck::cast_slice_mut(&mut data), &chunk0);
+                tracker.add(u64::try_from(region.len()).unwrap_or(0) * itemsize);
+                let placed = match link {
+                    Some(s) => {
+                        let src = s.path().join(s.chunk_key(&idx));
+                        if src.exists() {
+                            b.writers[0].link_chunk(&idx, &src)?;
+                            written += 1;
+                        }
+                        true
+                    }
+                    None => false,
+                };
+                written += b.deliver(0, idx, data, placed)?;
+            }
+            Ok(written)
+        })
+        .try_reduce(|| 0, |a, b| Ok(a + b))?;
+    debug_assert!(b.pending.lock().map(|p| p.is_empty()).unwrap_or(true));
+    for w in b.writers {
+        w.commit()?;
+    }
+    let levels: Vec<PyramidLevel> = (0..plan.levels())
+        .map(|l| PyramidLevel {
+            path: l.to_string(),
+            shape: plan.grids[l].shape().to_vec(),
+            chunks: plan.grids[l].chunk_shape().to_vec(),
+            factor: plan.factors[l].clone(),
+            scale: plan.scales[l].clone(),
+        })
+        .collect();
+    let image = Image::new(
+        out,
+        opts.name.clone().or_else(|| {
+            out.file_name().map(|n| {
+                n.to_string_lossy()
+                    .trim_end_matches(".zarr")
+                    .trim_end_matches(".ome")
+                    .to_string()
+            })
+        }),
+        plan.axes.clone(),
+        (0..plan.levels())
+            .map(|l| ImageLevel {
+                path: l.to_string(),
+                scale: plan.scales[l].clone(),
+                translation: plan.translations[l].clone(),
+            })
+            .collect(),
+        Some(plan.method.name().to_string()),
+    )?;
+    let meta = image.group_json(json!({
+        "method": format!("chunkwise.pyramid ({})", plan.method.name()),
+        "version": env!("CARGO_PKG_VERSION"),
+        "factors": plan.factors[1..],
+    }));
+    let sync = opts.run.durability == crate::store::Durability::Sync;
+    let text = serde_json::to_string_pretty(&meta).expect("plain JSON");
+    crate::store::write_atomic(&build.path().join("zarr.json"), text.as_bytes(), sync)?;
+    build.publish(out, opts.overwrite, sync)?;
+    Ok(PyramidReport {
+        path: out.to_path_buf(),
+        method: plan.method,
+        levels,
+        chunks_written: written,
+        bytes_in: total,
+        decodes,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Refuses an existing output unless `overwrite`, and then anything but a Zarr group or array.
+fn check_output(out: &Path, overwrite: bool) -> Result<()> {
+    if !out.exists() {
+        return Ok(());
+    }
+    if !overwrite {
+        return Err(Error::OutputExists(out.to_path_buf()));
+    }
+    let zarr = out.join("zarr.json").is_file()
+        || out.join(".zgroup").is_file()
+        || out.join(".zarray").is_file()
+        || std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_none());
+    if !zarr {
+        return Err(Error::option(
+            "overwrite",
+            format!(
+                "{} is not a Zarr group or array: refusing to replace it",
+                out.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> PyramidOptions {
+        PyramidOptions::default()
+    }
+
+    #[test]
+    fn default_levels_stop_before_an_axis_drops_below_a_chunk() {
+        let p = plan(&[512, 512, 512], &opts().chunks(Some(vec![64; 3]))).unwrap();
+        let shapes: Vec<_> = p.grids.iter().map(|g| g.shape()[0]).collect();
+        assert_eq!(shapes, vec![512, 256, 128, 64]);
+        assert_eq!(p.translations[1], Some(vec![0.5; 3]));
+        assert_eq!(p.translations[2], Some(vec![1.5; 3]));
+    }
+
+    #[test]
+    fn an_axis_already_coarse_or_short_keeps_factor_one() {
+        let p = plan(
+            &[30, 1024, 1024],
+            &opts()
+                .chunks(Some(vec![16, 128, 128]))
+                .voxel_size(Some(vec![2.0, 0.5, 0.5])),
+        )
+        .unwrap();
+        assert_eq!(p.factors[1], vec![1, 2, 2]);
+        let q = plan(
+            &[256, 1024, 1024],
+            &opts()
+                .chunks(Some(vec![64; 3]))
+                .voxel_size(Some(vec![2.0, 0.5, 0.5])),
+        )
+        .unwrap();
+        let f: Vec<_> = q.factors[1..].to_vec();
+        assert_eq!(f[..3], [vec![1, 2, 2], vec![1, 2, 2], vec![2, 2, 2]]);
+        assert_eq!(p.factors[2], vec![1, 2, 2]);
+        assert_eq!(p.grids.last().unwrap().shape(), &[30, 128, 128]);
+    }
+
+    #[test]
+    fn bad_options_name_the_values() {
+        let e = plan(&[8, 8], &opts().factors(Some(vec![vec![2, 0]]))).unwrap_err();
+        assert!(e.to_string().contains("axis 1 is 0"), "{e}");
+        let e = plan(
+            &[8, 8],
+            &opts().levels(Some(9)).factors(Some(vec![vec![2, 2]])),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("at most 4"), "{e}");
+        let e = plan(&[8], &opts()).unwrap_err();
+        assert!(e.to_string().contains("2 to 5 axes"), "{e}");
+        let e = plan(
+            &[8, 8],
+            &opts()
+                .levels(Some(2))
+                .factors(Some(vec![vec![3, 3]]))
+                .chunks(Some(vec![4, 4])),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("not a multiple"), "{e}");
+    }
+}

@@ -1,0 +1,218 @@
+//! `chunkwise pyramid` and OME-Zarr inputs (spec/PYRAMID.md): every level against numpy on the
+//! whole array and the image read live by ome-zarr-models, ome-zarr-py and ngff-zarr
+//! (tests/python/check_pyramid.py holds the oracle), bad input, and memory on a large volume.
+
+use std::path::Path;
+
+use crate::common::{chunkwise, run_python, stderr, stdout, tmp};
+
+#[test]
+fn pyramids_match_numpy_and_three_readers_open_them() {
+    let dir = tmp();
+    let said = run_python(
+        "check_pyramid.py",
+        &[Path::new(env!("CARGO_BIN_EXE_chunkwise")), dir.path()],
+    );
+    assert!(said.contains("pyramids equal numpy's"), "{said}");
+}
+
+/// PYRAMID §5: factors of 0, more levels than the data allows, units that are not UDUNITS
+/// names, axis names not matching the rank, chunks the factors do not divide, a budget too
+/// small: one line naming the values, and nothing written.
+#[test]
+fn bad_pyramids_are_refused_and_leave_nothing() {
+    let dir = tmp();
+    let d = dir.path();
+    let a = ndarray::ArrayD::<u16>::zeros(vec![8, 16, 16]);
+    let src = d.join("a.zarr");
+    chunkwise::from_array(a.view(), &src, &chunkwise::ConvertOptions::default()).unwrap();
+    let out = d.join("p.ome.zarr");
+    let (s, o) = (src.to_str().unwrap(), out.to_str().unwrap());
+    for (args, says) in [
+        (vec!["--factors", "2,0,2"], "the factor on axis 1 is 0"),
+        (
+            vec!["--factors", "2,2,2", "--levels", "9"],
+            "the data allows at most 5 with these factors",
+        ),
+        (
+            vec!["--units", "microns,um,um"],
+            "\"microns\" (axis \"z\") is not one of",
+        ),
+        (vec!["--axis-names", "y,x"], "2 given for a 3-D array"),
+        (
+            vec!["--axis-types", "space,channel,space"],
+            "orders axes time, then channel",
+        ),
+        (vec!["--voxel-size", "1,0,1"], "0 is not a positive size"),
+        (
+            vec!["--factors", "3,3,3", "--levels", "2", "--chunks", "4,4,4"],
+            "a chunk length of 4 on axis 0 is not a multiple of level 1's factor 3",
+        ),
+        (
+            vec!["--method", "median"],
+            "give mean, mode, nearest, min or max",
+        ),
+        (vec!["--levels", "0"], "at least one level"),
+        (vec!["--memory", "1KiB"], "holds too little"),
+    ] {
+        let mut all = vec!["pyramid", s, "-o", o];
+        all.extend(args.iter().copied());
+        let r = chunkwise(&all);
+        assert_eq!(r.status.code(), Some(2), "{args:?}: {}", stderr(&r));
+        assert!(stderr(&r).contains(says), "{args:?}: {}", stderr(&r));
+        assert_eq!(stderr(&r).trim().lines().count(), 1, "{}", stderr(&r));
+        assert!(!out.exists(), "{args:?}");
+    }
+    // A 1-D array is no OME-Zarr image.
+    let line = d.join("line.npy");
+    chunkwise::support::write_npy(&line, chunkwise::DType::U8, &[10], &[0; 10]).unwrap();
+    let r = chunkwise(&["pyramid", line.to_str().unwrap(), "-o", o]);
+    assert!(stderr(&r).contains("2 to 5 axes"), "{}", stderr(&r));
+    // An existing output is kept without --overwrite.
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("keep.txt"), b"mine").unwrap();
+    let r = chunkwise(&["pyramid", s, "-o", o]);
+    assert!(stderr(&r).contains("already exists"), "{}", stderr(&r));
+    let r = chunkwise(&["pyramid", s, "-o", o, "--overwrite"]);
+    assert!(
+        stderr(&r).contains("not a Zarr group or array"),
+        "{}",
+        stderr(&r)
+    );
+    assert_eq!(std::fs::read(out.join("keep.txt")).unwrap(), b"mine");
+    let left: Vec<_> = std::fs::read_dir(d)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .collect();
+    assert_eq!(left.len(), 3, "{left:?}"); // a.zarr, line.npy, p.ome.zarr (the user's)
+}
+
+/// PYRAMID §4: a group without multiscales given as an input is named as such, with its
+/// members; a level an image does not have is named with the levels it has; `info` prints
+/// the pyramid.
+#[test]
+fn ome_inputs_name_groups_levels_and_print_the_pyramid() {
+    let dir = tmp();
+    let d = dir.path();
+    let a = ndarray::ArrayD::<u8>::from_shape_fn(vec![16, 16], |i| (i[0] * 16 + i[1]) as u8);
+    let src = d.join("a.zarr");
+    chunkwise::from_array(a.view(), &src, &chunkwise::ConvertOptions::default()).unwrap();
+    let img = d.join("a.ome.zarr");
+    let r = chunkwise(&[
+        "pyramid",
+        src.to_str().unwrap(),
+        "-o",
+        img.to_str().unwrap(),
+        "--chunks",
+        "4,4",
+        "--units",
+        "nanometer,nanometer",
+    ]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let r = chunkwise(&["info", img.to_str().unwrap()]);
+    let text = stdout(&r);
+    assert!(text.contains("mean pyramid of 3 levels"), "{text}");
+    assert!(text.contains("level 2 (2): 4x4 uint8"), "{text}");
+    assert!(text.contains("y (nanometer)"), "{text}");
+    let r = chunkwise(&["info", img.join("7").to_str().unwrap()]);
+    assert!(
+        stderr(&r).contains("has 3 levels (0 to 2): there is no level 7"),
+        "{}",
+        stderr(&r)
+    );
+    // A plain group (what `reduce` writes for several ops).
+    let group = d.join("g.zarr");
+    let r = chunkwise(&[
+        "reduce",
+        src.to_str().unwrap(),
+        "--axis",
+        "0",
+        "--op",
+        "max,min",
+        "-o",
+        group.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let r = chunkwise(&["info", group.to_str().unwrap()]);
+    assert!(
+        stderr(&r).contains("a Zarr group without OME-Zarr multiscales")
+            && stderr(&r).contains("(max, min)"),
+        "{}",
+        stderr(&r)
+    );
+}
+
+/// PYRAMID §3: memory is the chunks in flight and the parents waiting, not the volume: a
+/// 64 MiB uint16 volume becomes a 4-level pyramid under a 24 MiB budget, in a process whose
+/// peak stays below the budget plus the process's own (measured) footprint.
+#[test]
+fn a_large_pyramid_is_built_in_bounded_memory() {
+    let dir = tmp();
+    let d = dir.path();
+    let (nz, ny, nx) = (64usize, 512usize, 1024usize);
+    let value = |i: usize| ((i as u64).wrapping_mul(2_654_435_761) >> 20) as u16;
+    let a =
+        ndarray::ArrayD::from_shape_vec(vec![nz, ny, nx], (0..nz * ny * nx).map(value).collect())
+            .unwrap();
+    let src = d.join("v.zarr");
+    chunkwise::from_array(
+        a.view(),
+        &src,
+        &chunkwise::ConvertOptions::default().chunks(Some(vec![16, 64, 64])),
+    )
+    .unwrap();
+    let (base, _) = crate::common::peak_rss(&["info", src.to_str().unwrap()], d);
+    let out = d.join("v.ome.zarr");
+    let (peak, said) = crate::common::peak_rss(
+        &[
+            "--threads",
+            "2",
+            "pyramid",
+            src.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--chunks",
+            "16,64,64",
+            "--factors",
+            "2,2,2",
+            "--levels",
+            "4",
+            "--memory",
+            "24MiB",
+        ],
+        d,
+    );
+    assert!(
+        said.contains("4 levels (64x512x1024, 32x256x512, 16x128x256, 8x64x128)"),
+        "{said}"
+    );
+    let budget = 24 << 20;
+    assert!(
+        peak < base + budget,
+        "peak RSS {peak} above the process's {base} plus the 24 MiB budget"
+    );
+    // Chunk by chunk equals the kernel on the whole array, level after level.
+    let mut want = a;
+    for level in 1..4 {
+        want = chunkwise::kernel::downsample(
+            want.view(),
+            &[2, 2, 2],
+            chunkwise::kernel::Downsample::Mean,
+        )
+        .unwrap();
+        let got = chunkwise::Input::open(out.join(level.to_string()))
+            .unwrap()
+            .read_region::<u16>(&chunkwise::Region::full(
+                want.shape()
+                    .iter()
+                    .map(|&n| n as u64)
+                    .collect::<Vec<_>>()
+                    .as_slice(),
+            ))
+            .unwrap();
+        assert!(
+            got == want,
+            "level {level} differs from the whole-array kernel"
+        );
+    }
+}

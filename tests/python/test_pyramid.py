@@ -1,0 +1,66 @@
+"""``cw.pyramid`` and OME-Zarr images as inputs in the Python package (spec/PYRAMID.md). The
+oracle is numpy on the whole array: level l + 1 is the block reduction of level l (edge blocks
+reducing the voxels present)."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import chunkwise as cw
+
+
+def block_mean(a, f):
+    starts = [np.arange(0, n, k) for n, k in zip(a.shape, f)]
+    total, count = a.astype(np.float64), np.ones(a.shape)
+    for ax, s in enumerate(starts):
+        total = np.add.reduceat(total, s, axis=ax)
+        count = np.add.reduceat(count, s, axis=ax)
+    return np.rint(total / count).astype(a.dtype)
+
+
+def test_pyramid_levels_equal_numpy_block_means(tmp, rng):
+    a = rng.integers(0, 5000, (19, 45, 38)).astype(np.uint16)
+    out = os.path.join(tmp, "a.ome.zarr")
+    levels = cw.pyramid(a, out, factors=(1, 2, 2), levels=3, chunks=(8, 8, 8),
+                        voxel_size=(2.0, 0.5, 0.5), units=["micrometer"] * 3, threads=2)
+    assert len(levels) == 3
+    want = a
+    for i, lv in enumerate(levels):
+        if i:
+            want = block_mean(want, (1, 2, 2))
+        np.testing.assert_array_equal(lv[...], want)
+    meta = json.load(open(os.path.join(out, "zarr.json")))
+    ms = meta["attributes"]["ome"]["multiscales"][0]
+    assert [d["coordinateTransformations"][0]["scale"] for d in ms["datasets"]] == [
+        [2.0, 0.5, 0.5], [2.0, 1.0, 1.0], [2.0, 2.0, 2.0]]
+    # The image opens as its level 0; IMAGE/N as level N.
+    np.testing.assert_array_equal(cw.open(out)[...], a)
+    np.testing.assert_array_equal(cw.open(out + "/2")[...], want)
+
+
+def test_pyramid_mode_of_labels_and_factors_per_level(tmp, rng):
+    lab = rng.integers(0, 3, (16, 20)).astype(np.int32)
+    out = os.path.join(tmp, "l.ome.zarr")
+    levels = cw.pyramid(lab, out, method="mode", factors_per_level=[(2, 2), (1, 2)],
+                        chunks=(4, 4))
+    assert [lv.shape for lv in levels] == [(16, 20), (8, 10), (8, 5)]
+    b = lab.reshape(8, 2, 10, 2).transpose(0, 2, 1, 3).reshape(8, 10, 4)
+    want = np.empty((8, 10), np.int32)
+    for i in range(8):
+        for j in range(10):
+            vals, counts = np.unique(b[i, j], return_counts=True)
+            want[i, j] = vals[np.argmax(counts)]
+    np.testing.assert_array_equal(levels[1][...], want)
+
+
+def test_bad_pyramids_raise_invalid_option_and_write_nothing(tmp):
+    a = np.zeros((8, 8, 8), np.uint8)
+    out = os.path.join(tmp, "bad.ome.zarr")
+    with pytest.raises(cw.InvalidOptionError, match="the factor on axis 2 is 0"):
+        cw.pyramid(a, out, factors=(2, 2, 0))
+    with pytest.raises(cw.InvalidOptionError, match="not one of OME-Zarr's UDUNITS"):
+        cw.pyramid(a, out, units=["microns"] * 3)
+    with pytest.raises(cw.InvalidOptionError, match="give mean, mode, nearest, min or max"):
+        cw.pyramid(a, out, method="median")
+    assert not os.path.exists(out)
