@@ -126,6 +126,11 @@ impl Image {
                  \"group\", nor .zgroup)",
             )
         })?;
+        Image::from_attributes(path, &attrs, &file)
+    }
+
+    /// The image described by a group's attributes (read from `file`).
+    fn from_attributes(path: &Path, attrs: &Value, file: &Path) -> Result<Image> {
         let (version, ms) = if let Some(ome) = attrs.get("ome") {
             let v = ome.get("version").and_then(Value::as_str).unwrap_or("0.5");
             (v.to_string(), ome.get("multiscales"))
@@ -138,7 +143,7 @@ impl Image {
                 .unwrap_or("0.4");
             (v.to_string(), ms)
         };
-        let bad = |why: String| Error::bad_input(&file, why);
+        let bad = |why: String| Error::bad_input(file, why);
         let ms = ms
             .and_then(|m| m.get(0))
             .ok_or_else(|| bad("a Zarr group but not an OME-Zarr image: no multiscales".into()))?;
@@ -355,14 +360,14 @@ fn group_attributes(path: &Path) -> Result<Option<(Value, PathBuf)>> {
     Ok(None)
 }
 
+/// Whether a group's attributes hold OME-Zarr `multiscales` (0.5 or 0.4).
+fn has_multiscales(attrs: &Value) -> bool {
+    attrs.pointer("/ome/multiscales").is_some() || attrs.get("multiscales").is_some()
+}
+
 /// Whether `path` is a Zarr group whose attributes hold OME-Zarr `multiscales`.
 pub(crate) fn is_image(path: &Path) -> bool {
-    match group_attributes(path) {
-        Ok(Some((attrs, _))) => {
-            attrs.pointer("/ome/multiscales").is_some() || attrs.get("multiscales").is_some()
-        }
-        _ => false,
-    }
+    matches!(group_attributes(path), Ok(Some((attrs, _))) if has_multiscales(&attrs))
 }
 
 /// What an input path names in an image (spec/PYRAMID.md §4): the image itself means level 0,
@@ -374,11 +379,12 @@ pub(crate) fn resolve(path: &Path) -> Result<Option<(PathBuf, Image)>> {
     if crate::store::is_url(path) {
         return Ok(None);
     }
-    if is_image(path) {
-        let image = Image::open(path)?;
-        return Ok(Some((image.level_path(0)?, image)));
-    }
-    if let Ok(Some(_)) = group_attributes(path) {
+    // One read of the group's metadata decides: an image, another group, or not a group.
+    if let Ok(Some((attrs, file))) = group_attributes(path) {
+        if has_multiscales(&attrs) {
+            let image = Image::from_attributes(path, &attrs, &file)?;
+            return Ok(Some((image.level_path(0)?, image)));
+        }
         let mut members: Vec<String> = std::fs::read_dir(path)
             .map(|d| {
                 d.flatten()
@@ -391,7 +397,8 @@ pub(crate) fn resolve(path: &Path) -> Result<Option<(PathBuf, Image)>> {
         return Err(Error::bad_input(
             path,
             format!(
-                "a Zarr group without OME-Zarr multiscales, not an array or an image: name one                  of its members ({})",
+                "a Zarr group without OME-Zarr multiscales, not an array or an image: name one \
+                 of its members ({})",
                 if members.is_empty() {
                     "it has none".to_string()
                 } else {

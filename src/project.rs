@@ -824,7 +824,7 @@ fn reduce_tiles(
 }
 
 /// Copies a tile's values (C order over `reg`) into the output (strides `out_strides`).
-fn place(out: &mut [u8], val: &[u8], reg: &Region, out_strides: &[usize], size: usize) {
+pub(crate) fn place(out: &mut [u8], val: &[u8], reg: &Region, out_strides: &[usize], size: usize) {
     let shape: Vec<usize> = reg.shape().iter().map(|&n| n as usize).collect();
     if shape.is_empty() {
         out[..size].copy_from_slice(&val[..size]);

@@ -591,7 +591,19 @@ impl<T: Scalar> Build<'_, T> {
                     data: vec![T::default(); up_chunk.iter().product()],
                     left: box_len(&self.plan.children(l + 1, &parent)),
                 });
-                place(&mut entry.data, &up_chunk, &piece, &piece_shape, &at);
+                let within = Region::new(
+                    at.iter()
+                        .zip(&piece_shape)
+                        .map(|(&a, &n)| a as u64..(a + n) as u64)
+                        .collect(),
+                );
+                crate::project::place(
+                    bytemuck::cast_slice_mut(&mut entry.data),
+                    bytemuck::cast_slice(&piece),
+                    &within,
+                    &crate::copy::c_strides(&up_chunk, 1),
+                    std::mem::size_of::<T>(),
+                );
                 entry.left -= 1;
                 if entry.left == 0 {
                     pending.remove(&key).map(|p| p.data)
@@ -605,38 +617,6 @@ impl<T: Scalar> Build<'_, T> {
                 }
                 None => return Ok(written),
             }
-        }
-    }
-}
-
-/// Copies `piece` (C order, `piece_shape`) into `dst` (C order, `dst_shape`) at `at`.
-fn place<T: Copy>(
-    dst: &mut [T],
-    dst_shape: &[usize],
-    piece: &[T],
-    piece_shape: &[usize],
-    at: &[usize],
-) {
-    let nd = dst_shape.len();
-    let row = piece_shape[nd - 1];
-    let mut dst_strides = vec![1usize; nd];
-    for k in (0..nd - 1).rev() {
-        dst_strides[k] = dst_strides[k + 1] * dst_shape[k + 1];
-    }
-    let rows = piece.len() / row.max(1);
-    let mut i = vec![0usize; nd - 1];
-    for r in 0..rows {
-        let off: usize = (0..nd - 1)
-            .map(|k| (at[k] + i[k]) * dst_strides[k])
-            .sum::<usize>()
-            + at[nd - 1];
-        dst[off..off + row].copy_from_slice(&piece[r * row..(r + 1) * row]);
-        for k in (0..nd - 1).rev() {
-            i[k] += 1;
-            if i[k] < piece_shape[k] {
-                break;
-            }
-            i[k] = 0;
         }
     }
 }

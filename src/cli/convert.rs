@@ -149,15 +149,8 @@ fn run_pyramid(a: Args, g: &Global) -> CliResult {
     )?;
     let opts = a
         .pyramid_flags
-        .options(a.axis_names, a.chunks, a.codec.as_deref(), a.level)?
-        .overwrite(a.overwrite)
-        .run(g.run())
-        .memory(a.memory)
-        .durability(if a.no_sync {
-            Durability::NoSync
-        } else {
-            Durability::Sync
-        });
+        .options(a.axis_names, a.chunks, a.codec.as_deref(), a.level)?;
+    let opts = super::pyramid::with_run(opts, a.overwrite, a.memory, a.no_sync, g);
     let r = chunkwise::pyramid(&input, &a.output, &opts)?;
     if !g.quiet {
         say(super::pyramid::summary(&r, &input))?;

@@ -131,6 +131,25 @@ impl Flags {
     }
 }
 
+/// The settings both commands take beside the pyramid's own: overwriting, memory, syncing,
+/// threads, progress and cancellation.
+pub(crate) fn with_run(
+    opts: PyramidOptions,
+    overwrite: bool,
+    memory: Option<u64>,
+    no_sync: bool,
+    g: &Global,
+) -> PyramidOptions {
+    opts.overwrite(overwrite)
+        .run(g.run())
+        .memory(memory)
+        .durability(if no_sync {
+            Durability::NoSync
+        } else {
+            Durability::Sync
+        })
+}
+
 fn factors_per_level(given: &[String]) -> chunkwise::Result<Option<Vec<Vec<u64>>>> {
     if given.is_empty() {
         return Ok(None);
@@ -153,15 +172,8 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
     super::hold_to(a.memory);
     let opts = a
         .pyramid
-        .options(a.axis_names, a.chunks, a.codec.as_deref(), a.level)?
-        .overwrite(a.overwrite)
-        .run(g.run())
-        .memory(a.memory)
-        .durability(if a.no_sync {
-            Durability::NoSync
-        } else {
-            Durability::Sync
-        });
+        .options(a.axis_names, a.chunks, a.codec.as_deref(), a.level)?;
+    let opts = with_run(opts, a.overwrite, a.memory, a.no_sync, g);
     let input = Input::open(&a.input)?;
     let r = chunkwise::pyramid(&input, &a.output, &opts)?;
     if a.json {

@@ -7,6 +7,7 @@ use std::cmp::Ordering;
 
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 
+use crate::copy::c_strides;
 use crate::dtype::Scalar;
 use crate::error::{Error, Result};
 
@@ -123,8 +124,8 @@ pub(crate) fn downsample_into<T: Scalar>(
         return;
     }
     let out: Vec<usize> = extent.iter().zip(f).map(|(&e, &f)| e.div_ceil(f)).collect();
-    let src_strides = strides(src_shape);
-    let dst_strides = strides(dst_shape);
+    let src_strides = c_strides(src_shape, 1);
+    let dst_strides = c_strides(dst_shape, 1);
     let (last_e, last_f, last_o) = (extent[nd - 1], f[nd - 1], out[nd - 1]);
     let lead = &out[..nd - 1];
     let mut acc = vec![0f64; last_o];
@@ -235,14 +236,6 @@ fn block_rows(
             i[k] = ranges[k].0;
         }
     }
-}
-
-fn strides(shape: &[usize]) -> Vec<usize> {
-    let mut s = vec![1usize; shape.len()];
-    for k in (0..shape.len().saturating_sub(1)).rev() {
-        s[k] = s[k + 1] * shape[k + 1];
-    }
-    s
 }
 
 /// The most frequent value, the smallest among equally frequent ones (NaN counted as one
