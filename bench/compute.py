@@ -32,6 +32,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 from w1 import PEERS, CW, dir_bytes, ensure_data, machine, sh, timed  # noqa: E402
+import chart  # noqa: E402
 
 FLOOR = os.path.join(ROOT, "target", "release", "examples", "exec_floor")
 PEER_IMPLS = {"W3": ["dask", "scipy-whole"], "W4": ["dask", "zarr-loop"], "W7": ["dask", "scipy-whole"]}
@@ -176,6 +177,7 @@ def main():
     with open(a.out, "a") as f:
         f.write(json.dumps({"date": stamp, "machine": machine(), "runs": a.runs,
                             "rows": {"%s %s" % k: v for k, v in rows.items()}, "checks": checks}) + "\n")
+    chart.after_append(a.out)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 from w1 import PEERS, CW, ensure_data, machine, sh, dir_bytes  # noqa: E402
+import chart  # noqa: E402
 
 WORKLOADS = ["W5", "W5-2nd", "W5b", "W5b-inplace"]
 PEER_IMPLS = {"W5": ["zarr", "tensorstore"], "W5-2nd": ["zarr", "tensorstore"],
@@ -289,6 +290,7 @@ def main():
                             "rows": {"%s %s" % k: v for k, v in rows.items()},
                             "checks": {"%s %s" % k: v for k, v in checks.items()},
                             "problems": problems}) + "\n")
+    chart.after_append(a.out)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,10 @@ def main():
     with open(script, "w") as f:
         f.write(DASK)
     py = os.path.join(PEERS_VENV, "bin", "python")
+    # The peers' setup.sh does not install matplotlib (the dask peer's imsave).
+    if subprocess.run([py, "-c", "import matplotlib"], capture_output=True).returncode != 0:
+        print(f"installing matplotlib into {PEERS_VENV} ...", flush=True)
+        subprocess.run([py, "-m", "pip", "install", "-q", "matplotlib==3.11.2"], check=True)
     rows = {"preview": [], "reduce": [], "dask": []}
     rss = {k: [] for k in rows}
     try:

@@ -39,6 +39,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 from w1 import CW, PEERS, dir_bytes, ensure_data, machine  # noqa: E402
+import chart  # noqa: E402
 
 DEFAULT_PY = os.path.join(ROOT, ".venv", "bin", "python")
 SIGMA, TRUNCATE = 2.0, 4.0
@@ -278,6 +279,7 @@ def main():
         f.write(json.dumps({"date": stamp, "machine": machine(), "runs": a.runs, "threads": a.threads,
                             "data": os.path.abspath(a.data), "versions": versions,
                             "rows": {"%s | %s" % k: v for k, v in rows.items()}, "checks": checks}) + "\n")
+    chart.after_append(a.out)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 from w1 import PEERS, CW, ensure_data, machine, sh  # noqa: E402
+import chart  # noqa: E402
 
 PEER_IMPLS = {"W2": ["dask", "zarr-loop", "tensorstore-loop", "numpy-raw"], "W6": ["dask", "zarr-loop"]}
 
@@ -122,6 +123,7 @@ def main():
     with open(a.out, "a") as f:
         f.write(json.dumps({"date": stamp, "machine": machine(), "runs": a.runs,
                             "rows": {"%s %s" % k: v for k, v in rows.items()}, "checks": checks}) + "\n")
+    chart.after_append(a.out)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 from w1 import CW, machine, timed  # noqa: E402
+import chart  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results", "scale.jsonl")
 
@@ -48,6 +49,7 @@ def record(row):
     with open(RESULTS, "a") as f:
         f.write(json.dumps(row) + "\n")
     print(json.dumps(row), flush=True)
+    chart.after_append(RESULTS)
 
 
 def part_a(data, runs, work):

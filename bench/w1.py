@@ -25,6 +25,8 @@ import subprocess
 import sys
 import time
 
+import chart  # bench/chart.py: the SVG beside each results file
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PEERS = os.path.normpath(os.path.join(ROOT, "..", "shared", "peers"))
@@ -67,6 +69,7 @@ def record(path, row):
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
     print(json.dumps(row), flush=True)
+    chart.after_append(path)
 
 
 def ensure_data(data):
@@ -214,6 +217,7 @@ def main():
     with open(a.out, "a") as f:
         f.write(json.dumps({"date": stamp, "machine": machine(), "runs": a.runs, "rows": rows,
                             "round_trip": checks}) + "\n")
+    chart.after_append(a.out)
     if not all(checks.values()):
         sys.exit("round trip FAILED: %s" % checks)
 

@@ -20,6 +20,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 from w1 import ensure_data, machine  # noqa: E402
+import chart  # noqa: E402
 
 EXAMPLE = os.path.join(ROOT, "target", "release", "examples", "write_region")
 
@@ -62,6 +63,7 @@ def main():
         f.write(json.dumps(row) + "\n")
     print("write_region %.2f s, convert %.2f s (medians of %d): write_region / convert = %.2f"
           % (w, c, len(runs), w / c))
+    chart.after_append(a.out)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@
 
 #![warn(missing_docs)]
 
+mod chart;
 mod convert;
 mod copy;
 mod cumulative;
@@ -68,6 +69,9 @@ mod store;
 mod synth;
 mod view;
 
+pub use chart::{
+    BAR_RGB, ChartFormat, ChartOptions, ChartReport, MARK_RGB, MAX_BARS, histogram_chart,
+};
 pub use convert::{ConvertOptions, ConvertReport, convert, from_array};
 pub use cumulative::{CumOp, Cumulative};
 pub use dtype::{DType, Element, Number, ParseError, Scalar};

@@ -636,7 +636,7 @@ fn label_color(label: u64) -> [u8; 3] {
     [q(r), q(g), q(b)]
 }
 
-/// Writes the PNG beside `out` and renames it into place: no partial picture is left.
+/// Writes the PNG into `out` (encoded by [`encode_png`], published by [`write_picture`]).
 fn write_png(
     out: &Path,
     width: u32,
@@ -645,32 +645,48 @@ fn write_png(
     pixels: &[u8],
     text: &str,
 ) -> Result<()> {
+    let bytes = encode_png(width, height, color, pixels, text)?;
+    write_picture(out, &bytes)
+}
+
+/// An 8-bit PNG of `pixels` with `text` in its `chunkwise` iTXt chunk (UTF-8: paths may hold
+/// any character; tEXt is Latin-1 only).
+pub(crate) fn encode_png(
+    width: u32,
+    height: u32,
+    color: png::ColorType,
+    pixels: &[u8],
+    text: &str,
+) -> Result<Vec<u8>> {
+    let fail = |e: png::EncodingError| Error::io("<png>", std::io::Error::other(e));
+    let mut buf = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut buf, width.max(1), height.max(1));
+        enc.set_color(color);
+        enc.set_depth(png::BitDepth::Eight);
+        enc.set_compression(png::Compression::Fast);
+        enc.add_itxt_chunk("chunkwise".into(), text.into())
+            .map_err(fail)?;
+        let mut w = enc.write_header().map_err(fail)?;
+        w.write_image_data(pixels).map_err(fail)?;
+    }
+    Ok(buf)
+}
+
+/// Writes `bytes` beside `out` and renames them into place: no partial picture is left.
+pub(crate) fn write_picture(out: &Path, bytes: &[u8]) -> Result<()> {
     let name = out
         .file_name()
         .map_or_else(|| "preview".into(), |n| n.to_string_lossy().into_owned());
-    // The process and a counter: previews from several threads of one process never share it.
+    // The process and a counter: pictures from several threads of one process never share it.
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = out.with_file_name(format!(".{name}.chunkwise-tmp-{}-{n}", std::process::id()));
     let written = (|| -> Result<()> {
         // The output's name in the error: the temporary file is ours, not the user's.
-        let file = std::fs::File::create(&tmp).at(out)?;
-        let mut buf = std::io::BufWriter::new(file);
-        {
-            let mut enc = png::Encoder::new(&mut buf, width.max(1), height.max(1));
-            enc.set_color(color);
-            enc.set_depth(png::BitDepth::Eight);
-            enc.set_compression(png::Compression::Fast);
-            // iTXt: UTF-8 (paths may hold any character; tEXt is Latin-1 only).
-            enc.add_itxt_chunk("chunkwise".into(), text.into())
-                .map_err(|e| Error::io(&tmp, std::io::Error::other(e)))?;
-            let mut w = enc
-                .write_header()
-                .map_err(|e| Error::io(&tmp, std::io::Error::other(e)))?;
-            w.write_image_data(pixels)
-                .map_err(|e| Error::io(&tmp, std::io::Error::other(e)))?;
-        }
-        buf.flush().at(&tmp)?;
+        let mut file = std::fs::File::create(&tmp).at(out)?;
+        file.write_all(bytes).at(&tmp)?;
+        file.flush().at(&tmp)?;
         std::fs::rename(&tmp, out).at(out)
     })();
     if written.is_err() {

@@ -1188,6 +1188,37 @@ impl Histogram {
         &self.edges
     }
 
+    /// Whether each bin holds one integer value ([`Histogram::per_value`]).
+    pub fn is_per_value(&self) -> bool {
+        self.unit
+    }
+
+    /// Percentile `q` (0 to 100) of the values counted in `counts` (spec/REDUCE.md §3.1): the
+    /// value of the first bin whose running count reaches `q / 100` of the total, which is
+    /// numpy's `percentile(x, q, method="inverted_cdf")` exactly for one bin per value, and
+    /// for equal bins the edge below plus the fraction of the bin's count still needed times
+    /// its width (exact to within the bin). `None` when nothing was counted or `counts` is
+    /// not this histogram's.
+    pub fn percentile(&self, counts: &[u64], q: f64) -> Option<f64> {
+        let total: u64 = counts.iter().sum();
+        if counts.len() + 1 != self.edges.len() || total == 0 || !(0.0..=100.0).contains(&q) {
+            return None;
+        }
+        let target = q / 100.0 * total as f64;
+        let mut before = 0u64;
+        for (i, &c) in counts.iter().enumerate() {
+            if c > 0 && (before + c) as f64 >= target {
+                if self.unit {
+                    return Some(self.edges[i]);
+                }
+                let frac = ((target - before as f64) / c as f64).clamp(0.0, 1.0);
+                return Some(self.edges[i] + frac * (self.edges[i + 1] - self.edges[i]));
+            }
+            before += c;
+        }
+        None
+    }
+
     /// The bin of `x`, as numpy.histogram computes it, or `None` outside the range.
     fn bin(&self, x: f64) -> Option<usize> {
         let n = self.edges.len() - 1;

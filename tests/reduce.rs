@@ -11,7 +11,7 @@ use chunkwise::{
 };
 use serde_json::Value;
 
-use crate::common::{chunkwise, fixture, read_npy, stderr, stdout, tmp};
+use crate::common::{chunkwise, fixture, read_npy, run_python, stderr, stdout, tmp};
 
 fn refs() -> Value {
     let text = std::fs::read_to_string(fixture("reduce/refs.json")).unwrap();
@@ -394,4 +394,78 @@ fn cli_stats_histogram_where_graph() {
     }
     let o = chunkwise(&["where", s, "-o", w.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "an existing output is kept");
+}
+
+/// `histogram --plot`: the bars, their heights (linear and log), the percentile marks and the
+/// picture's text chunk against numpy on the whole array (tests/python/check_histogram_plot.py;
+/// spec/REDUCE.md §3.1).
+#[test]
+fn histogram_charts_match_numpy() {
+    let dir = tmp();
+    let said = run_python(
+        "check_histogram_plot.py",
+        &[Path::new(env!("CARGO_BIN_EXE_chunkwise")), dir.path()],
+    );
+    assert!(said.contains("charts equal numpy's"), "{said}");
+}
+
+/// A picture format that is not PNG or SVG, an existing chart, a missing directory, a
+/// percentile outside 0..100, a size too small, a chart flag without `--plot`: one line naming
+/// the value, exit 2, and nothing written (spec/REDUCE.md §3.1, §6).
+#[test]
+fn bad_histogram_plots_are_refused_and_leave_nothing() {
+    let dir = tmp();
+    let d = dir.path();
+    let a = ndarray::ArrayD::<u8>::zeros(vec![4, 6, 8]);
+    let src = d.join("a.zarr");
+    chunkwise::from_array(a.view(), &src, &ConvertOptions::default()).unwrap();
+    let s = src.to_str().unwrap();
+    let jpg = d.join("h.jpg");
+    let png = d.join("h.png");
+    let (j, p) = (jpg.to_str().unwrap(), png.to_str().unwrap());
+    for (args, says) in [
+        (vec!["--plot", j], "name a .png or .svg file"),
+        (
+            vec!["--plot", p, "--percentiles", "101"],
+            "101 is outside 0..100",
+        ),
+        (vec!["--plot", p, "--percentiles", "1,x"], "x"),
+        (
+            vec!["--plot", p, "--plot-size", "10x10"],
+            "give 200 to 8192 pixels",
+        ),
+        (vec!["--plot", p, "--plot-size", "800"], "800"),
+        (vec!["--log"], "--plot"),
+        (vec!["--percentiles", "5"], "--plot"),
+        (vec!["--plot", "/nonexistent/dir/h.png"], "/nonexistent/dir"),
+    ] {
+        let mut all = vec!["histogram", s];
+        all.extend(args.iter().copied());
+        let r = chunkwise(&all);
+        assert_eq!(r.status.code(), Some(2), "{args:?}: {}", stderr(&r));
+        assert!(stderr(&r).contains(says), "{args:?}: {}", stderr(&r));
+        assert!(
+            stderr(&r).trim().lines().count() <= 4,
+            "{args:?}: {}",
+            stderr(&r)
+        );
+        assert!(!jpg.exists() && !png.exists(), "{args:?}");
+    }
+    // An existing chart is kept unless --overwrite; -o's counts are not written either.
+    std::fs::write(&png, b"mine").unwrap();
+    let counts = d.join("c.json");
+    let r = chunkwise(&["histogram", s, "--plot", p, "-o", counts.to_str().unwrap()]);
+    assert_eq!(r.status.code(), Some(2), "{}", stderr(&r));
+    assert!(stderr(&r).contains(p), "{}", stderr(&r));
+    assert_eq!(std::fs::read(&png).unwrap(), b"mine");
+    assert!(!counts.exists());
+    let r = chunkwise(&["histogram", s, "--plot", p, "--overwrite"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
+    let left: Vec<_> = std::fs::read_dir(d)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left.len(), 2, "{left:?}"); // a.zarr and h.png: no temporary file
 }

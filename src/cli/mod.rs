@@ -157,13 +157,16 @@ pub(crate) fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) if e.use_stderr() => {
-            // One line, as every other error: clap's first line, without its own prefix.
+            // One line, as every other error: clap's first paragraph (with the arguments a
+            // "required arguments were not provided" names), without its own prefix.
             let text = e.to_string();
             let first = text
                 .lines()
-                .next()
-                .unwrap_or("")
-                .trim_start_matches("error: ");
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(" ");
+            let first = first.trim_start_matches("error: ");
             let _ = writeln!(std::io::stderr(), "chunkwise: error: {first} (see --help)");
             return ExitCode::from(2);
         }

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use chunkwise::support::human_bytes;
 use chunkwise::{
-    AxisStats, Histogram, IndexOptions, Input, PartialResult, PartsFinish, PerChunk, ReduceOptions,
-    Select, Stats, StatsAcc, ValueCounts,
+    AxisStats, ChartOptions, Histogram, IndexOptions, Input, PartialResult, PartsFinish, PerChunk,
+    ReduceOptions, Select, Stats, StatsAcc, ValueCounts,
 };
 use serde_json::{Value, json};
 
@@ -355,6 +355,88 @@ pub(crate) struct HistogramArgs {
     /// (needs -o; a float array needs --range).
     #[arg(long, value_parser = super::job::parse_partition, value_name = "I/N")]
     partition: Option<(u32, u32)>,
+    /// Draw the counts as a bar chart into PLOT.png or PLOT.svg (with the percentiles marked).
+    #[arg(long, value_name = "PLOT.png|PLOT.svg")]
+    plot: Option<PathBuf>,
+    /// The chart's counts on a log scale.
+    #[arg(long, requires = "plot")]
+    log: bool,
+    /// The percentiles the chart marks (0 to 100; "none" for none).
+    #[arg(
+        long,
+        value_name = "Q,Q,...",
+        default_value = "1,50,99",
+        requires = "plot"
+    )]
+    percentiles: String,
+    /// The chart's size in pixels, WxH.
+    #[arg(long, value_name = "WxH", default_value = "800x500", requires = "plot")]
+    plot_size: String,
+}
+
+/// The chart settings of `histogram --plot`, checked before the counting starts.
+fn chart_options(a: &HistogramArgs) -> chunkwise::Result<Option<(PathBuf, ChartOptions)>> {
+    let Some(plot) = &a.plot else {
+        return Ok(None);
+    };
+    let percentiles = if a.percentiles.trim() == "none" {
+        Vec::new()
+    } else {
+        a.percentiles
+            .split(',')
+            .map(|q| {
+                q.trim()
+                    .parse::<f64>()
+                    .map_err(|_| chunkwise::Error::InvalidOption {
+                        option: "--percentiles",
+                        reason: format!("{q:?} is not a number (give Q,Q,... or none)"),
+                    })
+            })
+            .collect::<chunkwise::Result<_>>()?
+    };
+    let bad_size = || chunkwise::Error::InvalidOption {
+        option: "--plot-size",
+        reason: format!("{:?}: give WxH, as 800x500", a.plot_size),
+    };
+    let (w, h) = a.plot_size.split_once('x').ok_or_else(bad_size)?;
+    let (w, h) = (
+        w.trim().parse().map_err(|_| bad_size())?,
+        h.trim().parse().map_err(|_| bad_size())?,
+    );
+    let o = ChartOptions::default()
+        .log(a.log)
+        .percentiles(percentiles)
+        .size(w, h)
+        .title(format!(
+            "histogram of {}",
+            a.store.file_name().map_or_else(
+                || a.store.display().to_string(),
+                |n| n.to_string_lossy().into_owned()
+            )
+        ))
+        .overwrite(a.overwrite);
+    o.check(plot)?;
+    Ok(Some((plot.clone(), o)))
+}
+
+/// The line that says what `--plot` drew.
+fn chart_line(r: &chunkwise::ChartReport) -> String {
+    let marks = r.marks();
+    format!(
+        "wrote {}: {} bars{}{}",
+        r.path.display(),
+        r.bars,
+        if r.bins_per_bar > 1 {
+            format!(" of {} bins each", r.bins_per_bar)
+        } else {
+            String::new()
+        },
+        if marks.is_empty() {
+            String::new()
+        } else {
+            format!(", {marks}")
+        }
+    )
 }
 
 fn histogram_doc(h: &Histogram, counts: &[u64]) -> Rendered {
@@ -376,8 +458,29 @@ pub(crate) fn histogram(a: HistogramArgs, g: &Global) -> CliResult {
     if let Some(out) = out {
         check_output(out, a.overwrite)?;
     }
+    let chart = chart_options(&a)?;
+    // A chart drawn beside -o OUT (or by the part that writes it) is named in OUT's line.
+    let plot = |h: &Histogram, counts: &[u64], mut r: Rendered| -> chunkwise::Result<Rendered> {
+        if let Some((path, o)) = &chart {
+            let c = chunkwise::histogram_chart(h, counts, path, o)?;
+            r.what = format!(
+                "{}; {}",
+                r.what,
+                chart_line(&c).replacen("wrote ", "chart ", 1)
+            );
+        }
+        Ok(r)
+    };
     let json = a.json;
+    let chart_ref = &chart;
     let print = move |h: &Histogram, counts: &[u64]| -> CliResult {
+        if let Some((path, o)) = chart_ref {
+            let c = chunkwise::histogram_chart(h, counts, path, o)?;
+            if !json {
+                say(chart_line(&c))?;
+                return Ok(Outcome::Ok);
+            }
+        }
         if json {
             say(
                 serde_json::to_string_pretty(&json!({"edges": h.edges(), "counts": counts}))
@@ -410,7 +513,7 @@ pub(crate) fn histogram(a: HistogramArgs, g: &Global) -> CliResult {
             // One bin per value over a range no part knows alone: the parts count values.
             let render = |c: chunkwise::Result<chunkwise::Counts>| {
                 let (h, counts) = c?.histogram()?;
-                Ok(histogram_doc(&h, &counts))
+                plot(&h, &counts, histogram_doc(&h, &counts))
             };
             return run_reduction(
                 &store,
@@ -449,7 +552,7 @@ pub(crate) fn histogram(a: HistogramArgs, g: &Global) -> CliResult {
         a.overwrite,
         a.partition,
         g,
-        |counts: Vec<u64>| Ok(histogram_doc(&h, &counts)),
+        |counts: Vec<u64>| plot(&h, &counts, histogram_doc(&h, &counts)),
         |counts| print(&h, &counts),
     )
 }
