@@ -63,7 +63,8 @@ def main():
     try:
         for _ in range(a.runs):
             for impl, cmd in (
-                    ("preview", [CW, "preview", store, "-o", os.path.join(work, "mip.png"), "-q"]),
+                    ("preview", [CW, "preview", store, "-o", os.path.join(work, "mip.png"), "-q",
+                                 "--overwrite"]),
                     ("reduce", [CW, "reduce", store, "--axis", "0", "--op", "max", "-o",
                                 os.path.join(work, "mip.npy"), "-q", "--overwrite"]),
                     ("dask", [py, script, store, os.path.join(work, "dask.png")])):

@@ -19,7 +19,7 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from w1 import CW, PEERS_VENV, machine, record, timed  # noqa: E402
+from w1 import CW, PEERS, PEERS_VENV, machine, record, timed  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results", "project.jsonl")
 
@@ -43,8 +43,11 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     a = ap.parse_args()
     src = os.path.join(a.data, "input.zarr")
-    work = tempfile.mkdtemp(prefix="cw-project-")
     py = os.path.join(PEERS_VENV, "bin", "python")
+    if not os.path.isdir(src):  # the peers' W1 store (zstd 3), written once
+        subprocess.run([py, os.path.join(PEERS, "bench.py"), a.data, "--prepare"], check=True,
+                       cwd=PEERS)
+    work = tempfile.mkdtemp(prefix="cw-project-")
     script = os.path.join(work, "dask_reduce.py")
     with open(script, "w") as f:
         f.write(DASK)

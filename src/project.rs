@@ -233,6 +233,11 @@ struct Needs {
 }
 
 impl Needs {
+    /// Only a minimum and/or maximum, without positions.
+    fn only_extremes(self) -> bool {
+        (self.min || self.max) && !(self.sum || self.moments || self.args || self.nonzero)
+    }
+
     fn of(ops: &[AxisOp]) -> Needs {
         let mut n = Needs::default();
         for op in ops {
@@ -482,12 +487,103 @@ impl Acc {
     }
 }
 
+/// What [`fold_block`] folds values into: a run of elements from one row, or one element.
+trait Fold<T> {
+    /// Values `row` at reduced position `r` into elements `o..o + row.len()`.
+    fn row(&mut self, o: usize, row: &[T], r: u64);
+    /// Value `v` at reduced position `r` into element `o`.
+    fn one(&mut self, o: usize, v: T, r: u64);
+}
+
+impl<T: Scalar> Fold<T> for Acc {
+    fn row(&mut self, o: usize, row: &[T], r: u64) {
+        if T::DTYPE.is_float() {
+            self.add_float_row(o, row, r);
+        } else {
+            self.add_int_row(o, row, r);
+        }
+    }
+
+    #[inline]
+    fn one(&mut self, o: usize, v: T, r: u64) {
+        if T::DTYPE.is_float() {
+            self.add_float(o, v.to_f64(), r);
+        } else {
+            self.add_int(o, crate::reduce::int_value(v), r);
+        }
+    }
+}
+
+/// An integer array's minimum and maximum without their positions, kept in the array's own
+/// type: a compare-and-select on `T` vectorises where [`Acc`]'s exact `i128` fields cannot
+/// (`reduce --op max` of uint16 and `preview`'s projection), and each tile's result is widened
+/// into the `Acc` once, at its end.
+struct Extremes<T> {
+    min: Vec<T>,
+    max: Vec<T>,
+}
+
+impl<T: Scalar> Extremes<T> {
+    /// For the integer ops that need nothing else ([`Needs::only_extremes`]).
+    fn new(len: usize, needs: Needs) -> Extremes<T> {
+        let (lo, hi) = T::INT_RANGE.unwrap_or((0, 0));
+        let v = |on: bool, x: i128| {
+            if on {
+                vec![T::from_i128(x); len]
+            } else {
+                Vec::new()
+            }
+        };
+        Extremes {
+            min: v(needs.min, hi),
+            max: v(needs.max, lo),
+        }
+    }
+
+    /// The extremes into `acc`'s exact fields.
+    fn widen_into(&self, acc: &mut Acc) {
+        for (a, &m) in acc.imin.iter_mut().zip(&self.min) {
+            *a = (*a).min(crate::reduce::int_value(m));
+        }
+        for (a, &m) in acc.imax.iter_mut().zip(&self.max) {
+            *a = (*a).max(crate::reduce::int_value(m));
+        }
+    }
+}
+
+impl<T: Scalar> Fold<T> for Extremes<T> {
+    fn row(&mut self, o: usize, row: &[T], _: u64) {
+        let e = o + row.len();
+        if !self.min.is_empty() {
+            // A select, stored whatever it picks: a branch-free loop that vectorises.
+            for (m, &v) in self.min[o..e].iter_mut().zip(row) {
+                *m = if v < *m { v } else { *m };
+            }
+        }
+        if !self.max.is_empty() {
+            for (m, &v) in self.max[o..e].iter_mut().zip(row) {
+                *m = if v > *m { v } else { *m };
+            }
+        }
+    }
+
+    #[inline]
+    fn one(&mut self, o: usize, v: T, _: u64) {
+        if !self.min.is_empty() && v < self.min[o] {
+            self.min[o] = v;
+        }
+        if !self.max.is_empty() && v > self.max[o] {
+            self.max[o] = v;
+        }
+    }
+}
+
 /// Folds one block into `acc`: `data` is C order of `full` (a chunk padded to its full shape),
 /// of which the box `shape` at its origin is inside the array; `stride[d]` is axis `d`'s
 /// stride in the tile (0 for a reduced axis), `arg` the reduced axis and its first position in
 /// the block, for argmin/argmax.
-fn fold_block<T: Scalar>(
-    acc: &mut Acc,
+fn fold_block<T: Scalar, S: Fold<T>>(
+    acc: &mut S,
     data: &[T],
     full: &[usize],
     shape: &[usize],
@@ -500,7 +596,6 @@ fn fold_block<T: Scalar>(
     }
     let last = nd - 1;
     let n_last = shape[last];
-    let float = T::DTYPE.is_float();
     let mut fstride = vec![1usize; nd];
     for d in (0..last).rev() {
         fstride[d] = fstride[d + 1] * full[d + 1];
@@ -520,20 +615,12 @@ fn fold_block<T: Scalar>(
         if stride[last] == 1 {
             // The last axis is kept: the row updates a run of the tile's elements, one field
             // at a time (tight loops the compiler vectorises where it can).
-            if float {
-                acc.add_float_row(base, row, r0);
-            } else {
-                acc.add_int_row(base, row, r0);
-            }
+            acc.row(base, row, r0);
         } else {
             for (j, &v) in row.iter().enumerate() {
                 let o = base + j * stride[last];
                 let r = if along_last { r0 + j as u64 } else { r0 };
-                if float {
-                    acc.add_float(o, v.to_f64(), r);
-                } else {
-                    acc.add_int(o, crate::reduce::int_value(v), r);
-                }
+                acc.one(o, v, r);
             }
         }
         for d in (0..last).rev() {
@@ -767,24 +854,27 @@ fn reduce_tiles(
                     stride[d] = tstride[k];
                 }
                 let mut acc = Acc::new(tlen, needs, float);
-                for a in &along {
-                    opts.run.check()?;
-                    let idx: Vec<u64> = (0..nd)
-                        .map(|d| if axes.contains(&d) { a[d] } else { tile[d] })
-                        .collect();
-                    let creg = grid.chunk_region(&idx);
-                    let cshape: Vec<usize> = creg.shape().iter().map(|&n| n as usize).collect();
-                    let arg = args.then(|| (axes[0], creg.ranges()[axes[0]].start));
-                    // The chunk decoded whole (padded to the chunk shape); an absent one, all
-                    // fill value, not asked of the store.
-                    let absent = stored.as_ref().is_some_and(|s| !s.contains(&idx));
-                    let block = if absent {
-                        None
-                    } else {
-                        input.read_block(&idx)?
-                    };
-                    let bytes = block.as_deref().unwrap_or(&fill);
-                    crate::with_scalar!(dtype, T => {
+                crate::with_scalar!(dtype, T => {
+                    let mut ext = (!float && needs.only_extremes())
+                        .then(|| Extremes::<T>::new(tlen, needs));
+                    for a in &along {
+                        opts.run.check()?;
+                        let idx: Vec<u64> = (0..nd)
+                            .map(|d| if axes.contains(&d) { a[d] } else { tile[d] })
+                            .collect();
+                        let creg = grid.chunk_region(&idx);
+                        let cshape: Vec<usize> =
+                            creg.shape().iter().map(|&n| n as usize).collect();
+                        let arg = args.then(|| (axes[0], creg.ranges()[axes[0]].start));
+                        // The chunk decoded whole (padded to the chunk shape); an absent one,
+                        // all fill value, not asked of the store.
+                        let absent = stored.as_ref().is_some_and(|s| !s.contains(&idx));
+                        let block = if absent {
+                            None
+                        } else {
+                            input.read_block(&idx)?
+                        };
+                        let bytes = block.as_deref().unwrap_or(&fill);
                         let owned;
                         let data: &[T] = match bytemuck::try_cast_slice(bytes) {
                             Ok(d) => d,
@@ -793,10 +883,16 @@ fn reduce_tiles(
                                 &owned
                             }
                         };
-                        fold_block::<T>(&mut acc, data, &full, &cshape, &stride, arg);
-                    });
-                    tracker.add(1);
-                }
+                        match &mut ext {
+                            Some(e) => fold_block(e, data, &full, &cshape, &stride, arg),
+                            None => fold_block(&mut acc, data, &full, &cshape, &stride, arg),
+                        }
+                        tracker.add(1);
+                    }
+                    if let Some(e) = &ext {
+                        e.widen_into(&mut acc);
+                    }
+                });
                 let vals: Vec<Vec<u8>> = ops
                     .iter()
                     .map(|&op| finish(&acc, op, dtype, reduced, ddof, tlen))

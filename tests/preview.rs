@@ -62,6 +62,15 @@ fn bad_previews_are_refused_and_leave_nothing() {
         .filter_map(|e| e.ok())
         .collect();
     assert_eq!(left.len(), 1, "{left:?}"); // a.zarr only
+    // An existing picture is kept, unless --overwrite.
+    std::fs::write(&out, b"mine").unwrap();
+    let r = chunkwise(&["preview", s, "-o", o]);
+    assert_eq!(r.status.code(), Some(2), "{}", stderr(&r));
+    assert!(stderr(&r).contains(o), "{}", stderr(&r));
+    assert_eq!(std::fs::read(&out).unwrap(), b"mine");
+    let r = chunkwise(&["preview", s, "-o", o, "--overwrite", "-q"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert!(std::fs::read(&out).unwrap().starts_with(b"\x89PNG"));
 }
 
 /// The picture is folded tile by tile: a mean projection of a (4, 2048, 2048) uint16 volume

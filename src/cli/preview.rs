@@ -46,6 +46,9 @@ pub(crate) struct Args {
     /// Print the window, the region and the size as JSON.
     #[arg(long)]
     json: bool,
+    /// Replace an existing OUT.png.
+    #[arg(long)]
+    overwrite: bool,
 }
 
 fn bad(option: &'static str, reason: String) -> Error {
@@ -132,6 +135,7 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
         .contrast(contrast(&a.contrast)?)
         .colormap(colormap)
         .labels(a.labels)
+        .overwrite(a.overwrite)
         .run(g.run());
     let r = chunkwise::preview(&input, &a.output, &opts)?;
     if a.json {

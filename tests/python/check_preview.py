@@ -121,7 +121,7 @@ run(store, "-o", png, "--colormap", "magma", "--contrast", "0,65535")
 rgb = np.asarray(Image.open(png))
 two = os.path.join(work, "two.npy")
 np.save(two, np.array([[0, 65535]], dtype=np.uint16))
-run(two, "-o", png, "--colormap", "magma", "--contrast", "0,65535")
+run(two, "-o", png, "--colormap", "magma", "--contrast", "0,65535", "--overwrite")
 ends = np.asarray(Image.open(png))[0]
 checked += 1
 if rgb.ndim != 3 or ends[0].tolist() != [0, 0, 4] or ends[1].tolist() != [252, 253, 191]:

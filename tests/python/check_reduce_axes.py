@@ -41,6 +41,18 @@ def arrays():
     yield "uint8", rng.integers(0, 4, shape).astype(np.uint8)
     yield "uint16", rng.integers(0, 60000, shape).astype(np.uint16)
     yield "int16", rng.integers(-30000, 30000, shape).astype(np.int16)
+    # The types' own extremes, which min and max alone fold in the array's type.
+    i8 = rng.integers(-128, 128, shape).astype(np.int8)
+    i8[2, 3, :] = -128
+    i8[5, :, 2] = 127
+    yield "int8", i8
+    u32 = rng.integers(0, 2**32, shape, dtype=np.uint64).astype(np.uint32)
+    u32[:, 4, 4] = 2**32 - 1
+    u32[7, 1, :] = 0
+    yield "uint32", u32
+    i32 = rng.integers(-2**31, 2**31, shape).astype(np.int32)
+    i32[0, :, 0] = -2**31
+    yield "int32", i32
     yield "int64", rng.integers(-2**62, 2**62, shape).astype(np.int64)
     yield "uint64", rng.integers(2**62, 2**64 - 1, shape, dtype=np.uint64)
     yield "bool", rng.integers(0, 2, shape).astype(bool)
@@ -100,6 +112,23 @@ for name, x in arrays():
             elif not np.array_equal(got, want):
                 bad = np.argwhere(got != want)[:3]
                 failures.append(f"{what}: differs at {bad.tolist()}")
+    # min and max alone (and min alone): the ops that need nothing else fold in the array's
+    # own type for integers (src/project.rs, Extremes); every axis and pair.
+    for axes in axes_list:
+        for ops in (["min", "max"], ["min"]):
+            out = os.path.join(work, f"{name}-ext-{len(ops)}-{'-'.join(map(str, axes))}")
+            r = subprocess.run([cw, "reduce", store, "--axis", ",".join(map(str, axes)),
+                                "--op", ",".join(ops), "-o", out, "-q", "--overwrite"],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                failures.append(f"{name} {ops} axes {axes}: {r.stderr.strip()}")
+                continue
+            for op in ops:
+                got = np.load(out if len(ops) == 1 else os.path.join(out, f"{op}.npy"))
+                want = numpy_op(x, op, axes, 0)
+                checked += 1
+                if got.dtype != want.dtype or not np.array_equal(got, want, equal_nan=x.dtype.kind == "f"):
+                    failures.append(f"{name} {op} alone axis={axes}: {got.dtype} differs from numpy")
     # One op to one .npy, and to a store.
     one = os.path.join(work, f"{name}-max.npy")
     subprocess.run([cw, "reduce", store, "--axis", "0", "--op", "max", "-o", one, "-q"],
