@@ -19,6 +19,20 @@ fn pyramids_match_numpy_and_three_readers_open_them() {
 /// PYRAMID §5: factors of 0, more levels than the data allows, units that are not UDUNITS
 /// names, axis names not matching the rank, chunks the factors do not divide, a budget too
 /// small: one line naming the values, and nothing written.
+/// `append` onto an OME-Zarr image (spec/PYRAMID.md §6): every method that grows, against
+/// numpy on the grown volume and against a pyramid built from scratch; a rerun, `--again`, a
+/// kill at every step of the commit (old or new pyramid, and the rerun completes it) and bad
+/// input (tests/python/check_pyramid_append.py).
+#[test]
+fn appended_pyramids_equal_pyramids_of_the_grown_volume() {
+    let dir = tmp();
+    let said = run_python(
+        "check_pyramid_append.py",
+        &[Path::new(env!("CARGO_BIN_EXE_chunkwise")), dir.path()],
+    );
+    assert!(said.contains("appended pyramids equal numpy's"), "{said}");
+}
+
 #[test]
 fn bad_pyramids_are_refused_and_leave_nothing() {
     let dir = tmp();

@@ -1104,7 +1104,7 @@ fn grow_report(r: &GrowReport) -> String {
         "chunks_linked": r.chunks_linked, "chunks_encoded": r.chunks_encoded,
         "layers_reencoded": r.layers_reencoded, "bytes_written": r.bytes_written,
         "already_done": r.already_done, "warnings": r.warnings, "seconds": r.seconds,
-        "layers_resumed": r.layers_resumed,
+        "layers_resumed": r.layers_resumed, "exchanged": r.exchanged, "levels": r.levels,
         "parts_waiting": r.parts_waiting.map(|(done, total)| [done, total]),
     })
     .to_string()

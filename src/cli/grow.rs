@@ -207,6 +207,7 @@ fn report(r: &GrowReport, c: &Common, g: &Global, verb: &str) -> CliResult {
             "already_done": r.already_done,
             "parts_waiting": r.parts_waiting.map(|(done, total)| json!({"done": done, "parts": total})),
             "warnings": r.warnings,
+            "levels": r.levels,
             "seconds": r.seconds,
         }))
         .expect("plain JSON"))?;
@@ -268,6 +269,14 @@ fn report(r: &GrowReport, c: &Common, g: &Global, verb: &str) -> CliResult {
                 String::new()
             },
         ))?;
+        if r.levels.len() > 1 {
+            let shapes: Vec<String> = r
+                .levels
+                .iter()
+                .map(|s| chunkwise::support::fmt_shape(s))
+                .collect();
+            say(format!("levels now {}", shapes.join(", ")))?;
+        }
     }
     Ok(Outcome::Ok)
 }

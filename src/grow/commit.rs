@@ -533,6 +533,7 @@ pub(super) fn grow_in_place(
         already_done: false,
         warnings,
         parts_waiting,
+        levels: Vec::new(),
         seconds: start.elapsed().as_secs_f64(),
     })
 }
@@ -616,6 +617,7 @@ pub(super) fn build_new(
         already_done: false,
         warnings: Vec::new(),
         parts_waiting: None,
+        levels: Vec::new(),
         seconds: start.elapsed().as_secs_f64(),
     };
     if opts.move_inputs {

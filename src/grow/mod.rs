@@ -25,6 +25,7 @@ use crate::store::{
 
 mod apply;
 mod commit;
+mod image;
 mod parts;
 mod plan;
 mod remote;
@@ -219,6 +220,9 @@ pub struct GrowReport {
     /// `done < total` the array is not grown yet (the last part to finish commits), with
     /// `done == total` another part committed as this one finished.
     pub parts_waiting: Option<(u32, u32)>,
+    /// An OME-Zarr image grown by `append` (spec/PYRAMID.md §6): every level's shape now,
+    /// from level 0 down (`shape` is level 0's); empty for an array.
+    pub levels: Vec<Vec<u64>>,
     /// Wall-clock seconds.
     pub seconds: f64,
 }
@@ -247,13 +251,16 @@ impl GrowReport {
             already_done,
             warnings: Vec::new(),
             parts_waiting: None,
+            levels: Vec::new(),
             seconds: start.elapsed().as_secs_f64(),
         }
     }
 }
 
 /// Appends `inputs` (anything `convert` reads, or stores) to the array at `store` along the
-/// axis, in place (APPEND §2).
+/// axis, in place (APPEND §2). An OME-Zarr image at `store` grows as a whole: level 0 by the
+/// inputs, each lower level by recomputing its tail, all levels committed at once
+/// (spec/PYRAMID.md §6; the report's `levels` are their new shapes).
 ///
 /// ```no_run
 /// use chunkwise::{GrowOptions, Input};
@@ -278,6 +285,10 @@ pub fn append(store: &Path, inputs: &[Input], opts: &GrowOptions) -> Result<Grow
         }
         // Through a link, the array it points to is edited and the link stays (APPEND §6.3).
         let store = &resolve_links(store)?;
+        if crate::ome::is_image(store) {
+            return image::append(store, inputs, opts);
+        }
+        image::refuse_level(store)?;
         recover_replacement(store)?;
         check_target(store)?;
         checkpoint_secs(opts)?;

@@ -277,6 +277,7 @@ pub(super) fn append(url: &Path, inputs: &[Input], opts: &GrowOptions) -> Result
         already_done: false,
         warnings,
         parts_waiting: None,
+        levels: Vec::new(),
         seconds: start.elapsed().as_secs_f64(),
     })
 }
@@ -393,6 +394,7 @@ pub(super) fn concat(inputs: &[PathBuf], out: &Path, opts: &GrowOptions) -> Resu
         already_done: false,
         warnings: Vec::new(),
         parts_waiting: None,
+        levels: Vec::new(),
         seconds: start.elapsed().as_secs_f64(),
     })
 }

@@ -112,6 +112,7 @@ pub fn stack(inputs: &[PathBuf], out: &Path, opts: &GrowOptions) -> Result<GrowR
             already_done: false,
             warnings: Vec::new(),
             parts_waiting: None,
+            levels: Vec::new(),
             seconds: start.elapsed().as_secs_f64(),
         };
         if opts.move_inputs {

@@ -64,3 +64,22 @@ def test_bad_pyramids_raise_invalid_option_and_write_nothing(tmp):
     with pytest.raises(cw.InvalidOptionError, match="give mean, mode, nearest, min or max"):
         cw.pyramid(a, out, method="median")
     assert not os.path.exists(out)
+
+
+def test_appending_to_an_image_grows_every_level(tmp, rng):
+    """``Array.append`` on an opened OME-Zarr image grows the pyramid (spec/PYRAMID.md §6):
+    every level equals the block means of the grown volume; one level alone is refused."""
+    a = rng.integers(0, 5000, (19, 45, 38)).astype(np.uint16)
+    b = rng.integers(0, 5000, (6, 45, 38)).astype(np.uint16)
+    out = os.path.join(tmp, "g.ome.zarr")
+    cw.pyramid(a, out, factors=(2, 2, 2), levels=3, chunks=(8, 8, 8))
+    img = cw.open(out)
+    img.append(b)
+    assert img.shape == (25, 45, 38)
+    want = np.concatenate([a, b])
+    for i in range(3):
+        if i:
+            want = block_mean(want, (2, 2, 2))
+        np.testing.assert_array_equal(cw.open(f"{out}/{i}")[...], want)
+    with pytest.raises(cw.errors.InvalidOptionError, match="is level 1 of the OME-Zarr image"):
+        cw.open(os.path.join(out, "1")).append(b[:, ::2, ::2])

@@ -1,0 +1,693 @@
+//! Appending to an OME-Zarr image (spec/PYRAMID.md §6): level 0 grows by the new data and
+//! every lower level recomputes only its tail from the level above (the block that was
+//! partial, and the new ones). The image directory is rebuilt from links beside itself and
+//! exchanged with it in one rename (APPEND §4.3), so that every level changes at once: a kill
+//! leaves the old pyramid or the new one, and a rerun completes the edit or says it is done.
+//!
+//! Invariant: level 0 changes from its old length on, and level l + 1 from `floor(from_l / f)`
+//! on (the block holding level l's first changed voxel), computed from level l's new values;
+//! every voxel before that is kept as stored (a pyramid another tool wrote keeps its own
+//! values there).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde_json::Value;
+
+use super::apply::link_tree;
+use super::commit::fingerprint;
+use super::{GrowOptions, GrowReport};
+use crate::copy::{Side, c_strides, copy_box, is_fill};
+use crate::dtype::DType;
+use crate::error::{Error, IoContext, Result, to_usize};
+use crate::grid::{Grid, indices_in};
+use crate::input::Input;
+use crate::kernel::{Downsample, downsample};
+use crate::ome::Image;
+use crate::progress::{Tracker, Unit};
+use crate::region::{Region, fmt_shape};
+use crate::run::{DEFAULT_MEMORY, with_threads};
+use crate::store::{
+    BuildDir, Durability, GridCodec, Journal, NEW_SUFFIX, Staging, StoreLock, clean_stale,
+    commit_metadata, crash_point, exchange, place, remove_chunk, sync_dir, sync_filesystem,
+    write_atomic,
+};
+use crate::with_scalar;
+
+/// One level of the image: where it is, its metadata, its shape before and after, its chunk
+/// shape and its factor from the level above (ones for level 0).
+struct Level {
+    path: String,
+    meta: Value,
+    old: Vec<u64>,
+    new: Vec<u64>,
+    chunk: Vec<u64>,
+    factor: Vec<u64>,
+}
+
+/// The bytes of `reg`'s elements of `size` bytes each.
+fn buffer_len(reg: &Region, size: usize) -> Result<usize> {
+    let n = u64::try_from(reg.len()).unwrap_or(u64::MAX);
+    Ok(to_usize(n, "a region")?.saturating_mul(size))
+}
+
+fn refuse(image: &Path, reason: String) -> Error {
+    Error::option(
+        "store",
+        format!("{}: cannot append to this image: {reason}", image.display()),
+    )
+}
+
+/// How the image's levels were made, if an append can update them.
+fn method_of(image: &Path, img: &Image) -> Result<Downsample> {
+    let Some(m) = img.method() else {
+        return Err(refuse(
+            image,
+            "its multiscales metadata has no `type` saying how the levels were made (an \
+             append recomputes the tail of each level the same way: mean, mode, nearest, min \
+             or max)"
+                .into(),
+        ));
+    };
+    match m {
+        "gaussian" => Err(refuse(
+            image,
+            "its levels are gaussian: a blurred voxel depends on its neighbours beyond its \
+             block, so the stored levels cannot be extended from the new data alone; rebuild \
+             it with `chunkwise pyramid` (mean, mode, nearest, min and max pyramids grow)"
+                .into(),
+        )),
+        other => other.parse().map_err(|_| {
+            refuse(
+                image,
+                format!(
+                    "its levels were made by {other:?}, which an append cannot recompute (it \
+                     updates mean, mode, nearest, min and max pyramids)"
+                ),
+            )
+        }),
+    }
+}
+
+/// The levels, their factors (chunkwise's `metadata.factors`, else the ratios of the scales)
+/// and shapes, checked: regular Zarr v3 arrays of one type, each level's shape the ceiling of
+/// the level above's over its factor (the last partial block kept).
+fn read_levels(image: &Path, img: &Image, axis: usize) -> Result<(Vec<Level>, DType)> {
+    let group = image.join("zarr.json");
+    let text = fs::read_to_string(&group).at(&group)?;
+    let gmeta: Value = serde_json::from_str(&text)
+        .map_err(|e| Error::bad_input(&group, format!("not JSON: {e}")))?;
+    let stated: Option<Vec<Vec<u64>>> = gmeta
+        .pointer("/attributes/ome/multiscales/0/metadata/factors")
+        .and_then(|v| serde_json::from_value(v.clone()).ok());
+    let mut levels: Vec<Level> = Vec::new();
+    let mut dtype = None;
+    for (l, lv) in img.levels().iter().enumerate() {
+        let dir = image.join(&lv.path);
+        let mpath = dir.join("zarr.json");
+        let meta: Value = match fs::read_to_string(&mpath) {
+            Ok(t) => serde_json::from_str(&t)
+                .map_err(|e| Error::bad_input(&mpath, format!("not JSON: {e}")))?,
+            Err(_) => {
+                return Err(refuse(
+                    image,
+                    format!(
+                        "level {l} ({}) is not a Zarr v3 array (no zarr.json): an append \
+                         rewrites OME-Zarr 0.5 images",
+                        lv.path
+                    ),
+                ));
+            }
+        };
+        if meta["chunk_grid"]["name"] != "regular" {
+            return Err(refuse(
+                image,
+                format!(
+                    "level {l} ({}) has a {} chunk grid; an append to an image needs regular \
+                     grids",
+                    lv.path, meta["chunk_grid"]["name"]
+                ),
+            ));
+        }
+        let ints = |v: &Value, what: &str| -> Result<Vec<u64>> {
+            serde_json::from_value(v.clone())
+                .map_err(|e| Error::bad_input(&mpath, format!("{what}: {e}")))
+        };
+        let shape = ints(&meta["shape"], "shape")?;
+        let chunk = ints(
+            &meta["chunk_grid"]["configuration"]["chunk_shape"],
+            "chunk_shape",
+        )?;
+        let t = Input::open(&dir)?.dtype();
+        match dtype {
+            None => dtype = Some(t),
+            Some(d) if d != t => {
+                return Err(refuse(
+                    image,
+                    format!("level {l} ({}) is {t}, level 0 is {d}", lv.path),
+                ));
+            }
+            _ => {}
+        }
+        let nd = shape.len();
+        if axis >= nd {
+            return Err(Error::option(
+                "axis",
+                format!(
+                    "axis {axis} is out of range for the {nd}-d image {}",
+                    image.display()
+                ),
+            ));
+        }
+        let factor = if l == 0 {
+            vec![1; nd]
+        } else {
+            let up = &levels[l - 1];
+            let f = match stated.as_ref().and_then(|s| s.get(l - 1)) {
+                Some(f) => f.clone(),
+                None => {
+                    let (a, b) = (&img.levels()[l - 1].scale, &lv.scale);
+                    (0..nd)
+                        .map(|k| {
+                            let r = b.get(k).zip(a.get(k)).map_or(f64::NAN, |(b, a)| b / a);
+                            if r.is_finite() && r >= 1.0 && (r - r.round()).abs() < 1e-6 * r {
+                                Ok(r.round() as u64)
+                            } else {
+                                Err(refuse(
+                                    image,
+                                    format!(
+                                        "level {l}'s scale over level {}'s is {r} along axis \
+                                         {k}, not a whole factor",
+                                        l - 1
+                                    ),
+                                ))
+                            }
+                        })
+                        .collect::<Result<_>>()?
+                }
+            };
+            if f.len() != nd || f.contains(&0) || up.old.len() != nd {
+                return Err(refuse(
+                    image,
+                    format!("level {l}'s factors {f:?} do not fit its {nd} axes"),
+                ));
+            }
+            for k in 0..nd {
+                let want = up.old[k].div_ceil(f[k]);
+                if shape[k] != want {
+                    return Err(refuse(
+                        image,
+                        format!(
+                            "level {l} ({}) is {} long along axis {k}, not ceil({} / {}) = \
+                             {want}: its levels do not keep the last partial block, which an \
+                             append recomputes",
+                            lv.path, shape[k], up.old[k], f[k]
+                        ),
+                    ));
+                }
+            }
+            f
+        };
+        levels.push(Level {
+            path: lv.path.clone(),
+            meta,
+            new: shape.clone(),
+            old: shape,
+            chunk,
+            factor,
+        });
+    }
+    let dtype = dtype.ok_or_else(|| refuse(image, "it has no levels".into()))?;
+    Ok((levels, dtype))
+}
+
+/// Checks `inputs` against level 0 (`shape`, `dtype`) and returns their lengths along `axis`.
+fn check_inputs(
+    image: &Path,
+    inputs: &[Input],
+    shape: &[u64],
+    dtype: DType,
+    axis: usize,
+) -> Result<Vec<u64>> {
+    let nd = shape.len();
+    inputs
+        .iter()
+        .map(|i| {
+            let s = i.shape();
+            let (len, rest): (u64, Vec<u64>) = if s.len() == nd {
+                (
+                    s[axis],
+                    (0..nd).filter(|&k| k != axis).map(|k| s[k]).collect(),
+                )
+            } else if s.len() + 1 == nd {
+                (1, s.to_vec())
+            } else {
+                (0, Vec::new())
+            };
+            let want: Vec<u64> = (0..nd).filter(|&k| k != axis).map(|k| shape[k]).collect();
+            if rest != want || (s.len() != nd && s.len() + 1 != nd) {
+                return Err(Error::option(
+                    "input",
+                    format!(
+                        "{} is {}; appending to {} (level 0 {}) along axis {axis} needs the \
+                         other axes {}",
+                        i.describe(),
+                        fmt_shape(s),
+                        image.display(),
+                        fmt_shape(shape),
+                        fmt_shape(&want)
+                    ),
+                ));
+            }
+            if i.dtype() != dtype {
+                return Err(Error::option(
+                    "input",
+                    format!(
+                        "{} is {}, the image {} is {dtype}: an image grows by data of its own \
+                         type (convert the input first)",
+                        i.describe(),
+                        i.dtype(),
+                        image.display()
+                    ),
+                ));
+            }
+            Ok(len)
+        })
+        .collect()
+}
+
+/// What an append to an image shares: the settings, the progress, the counts.
+struct Work<'a> {
+    opts: &'a GrowOptions,
+    tracker: &'a Tracker,
+    encoded: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// Rewrites the chunks of the level at `dir` (its new metadata `meta`) from index `from` on
+/// along `axis`: each chunk's part from `from` on is `part(region)` (C order, native-endian),
+/// the rest as stored.
+fn rewrite_tail(
+    dir: &Path,
+    level: &Level,
+    axis: usize,
+    from: u64,
+    w: &Work<'_>,
+    part: &(dyn Fn(&Region) -> Result<Vec<u8>> + Sync),
+) -> Result<()> {
+    let stored = Input::open(dir)?;
+    let codec = GridCodec::new(&level.meta, dir)?;
+    let layout = crate::store::Layout::from_json(dir, level.meta.clone())?;
+    let grid = Grid::new(&level.new, &level.chunk)?;
+    let gshape = grid.grid_shape();
+    let nd = level.new.len();
+    let ranges: Vec<std::ops::Range<u64>> = (0..nd)
+        .map(|d| {
+            if d == axis {
+                from / level.chunk[d]..gshape[d]
+            } else {
+                0..gshape[d]
+            }
+        })
+        .collect();
+    let size = stored.dtype().size();
+    let fill = codec.fill_bytes();
+    let full: Vec<usize> = level
+        .chunk
+        .iter()
+        .map(|&c| to_usize(c, "a chunk"))
+        .collect::<Result<_>>()?;
+    let n: usize = full.iter().product();
+    // One chunk of fill value, made once (copied per chunk: a memcpy, not a byte loop).
+    let blank: Vec<u8> = fill.iter().copied().cycle().take(n * size).collect();
+    let dst_strides = c_strides(&full, size);
+    let staging = Staging::new(dir);
+    staging.create()?;
+    let copy_in = |buf: &mut [u8], vals: &[u8], reg: &Region, origin: &[u64]| {
+        let shape: Vec<usize> = reg.shape().iter().map(|&s| s as usize).collect();
+        let offset: usize = (0..nd)
+            .map(|d| (reg.ranges()[d].start - origin[d]) as usize * dst_strides[d])
+            .sum();
+        copy_box(
+            vals,
+            Side {
+                offset: 0,
+                strides: &c_strides(&shape, size),
+            },
+            buf,
+            Side {
+                offset,
+                strides: &dst_strides,
+            },
+            &shape,
+            size,
+            false,
+        );
+    };
+    let done = indices_in(&ranges)
+        .par_iter()
+        .try_for_each(|idx| -> Result<()> {
+            w.opts.run.check()?;
+            let creg = grid.chunk_region(idx);
+            let origin: Vec<u64> = creg.ranges().iter().map(|r| r.start).collect();
+            let mut buf = blank.clone();
+            let r = &creg.ranges()[axis];
+            // What the chunk keeps (before `from`), as stored; the rest computed.
+            if r.start < from {
+                let mut keep = creg.ranges().to_vec();
+                keep[axis] = r.start..from.min(r.end);
+                let keep = Region::new(keep);
+                let mut vals = vec![0u8; buffer_len(&keep, size)?];
+                stored.read_region_into(&keep, &mut vals)?;
+                copy_in(&mut buf, &vals, &keep, &origin);
+            }
+            if r.end > from {
+                let mut new = creg.ranges().to_vec();
+                new[axis] = r.start.max(from)..r.end;
+                let new = Region::new(new);
+                let vals = part(&new)?;
+                copy_in(&mut buf, &vals, &new, &origin);
+            }
+            let dst = layout.chunk_file(idx);
+            if is_fill(&buf, &fill) {
+                remove_chunk(&dst)?;
+            } else {
+                let bytes = codec.encode(idx, &buf)?;
+                // The file at `dst` may be a link to the live image's: replaced, never written.
+                let tmp = staging.path_for(&dst)?;
+                fs::write(&tmp, &bytes).at(&tmp)?;
+                place(&tmp, &dst)?;
+                crash_point("placing");
+                w.encoded.fetch_add(1, Ordering::Relaxed);
+                w.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            }
+            w.tracker.add(1);
+            Ok(())
+        });
+    staging.remove();
+    done
+}
+
+/// Level 0's new values in `reg` (level coordinates, along `axis` from `old` on): the inputs
+/// one after another.
+fn appended(
+    inputs: &[Input],
+    lens: &[u64],
+    old: u64,
+    axis: usize,
+    reg: &Region,
+    size: usize,
+) -> Result<Vec<u8>> {
+    let shape: Vec<usize> = reg.shape().iter().map(|&s| s as usize).collect();
+    let nd = shape.len();
+    let mut out = vec![0u8; shape.iter().product::<usize>() * size];
+    let out_strides = c_strides(&shape, size);
+    let r = &reg.ranges()[axis];
+    let mut at = old;
+    for (input, &len) in inputs.iter().zip(lens) {
+        let (a, b) = (r.start.max(at), r.end.min(at + len));
+        if a < b {
+            let mut ranges = reg.ranges().to_vec();
+            ranges[axis] = a - at..b - at;
+            let part = Region::new(ranges.clone());
+            let src = if input.shape().len() == nd {
+                part.clone()
+            } else {
+                ranges.remove(axis);
+                Region::new(ranges)
+            };
+            let mut vals = vec![0u8; buffer_len(&src, size)?];
+            input.read_region_into(&src, &mut vals)?;
+            let pshape: Vec<usize> = part.shape().iter().map(|&s| s as usize).collect();
+            copy_box(
+                &vals,
+                Side {
+                    offset: 0,
+                    strides: &c_strides(&pshape, size),
+                },
+                &mut out,
+                Side {
+                    offset: (a - r.start) as usize * out_strides[axis],
+                    strides: &out_strides,
+                },
+                &pshape,
+                size,
+                false,
+            );
+        }
+        at += len;
+    }
+    Ok(out)
+}
+
+/// Level `reg` (its coordinates) downsampled from the level above (`above`, whose shape is
+/// `up_shape`) by `f` with `method`.
+fn from_above(
+    above: &Input,
+    up_shape: &[u64],
+    f: &[u64],
+    method: Downsample,
+    reg: &Region,
+) -> Result<Vec<u8>> {
+    let src = Region::new(
+        reg.ranges()
+            .iter()
+            .zip(f)
+            .zip(up_shape)
+            .map(|((r, &f), &s)| r.start * f..(r.end * f).min(s))
+            .collect(),
+    );
+    with_scalar!(above.dtype(), T => {
+        let a = above.read_region::<T>(&src)?;
+        let d = downsample::<T>(a.view(), f, method)?;
+        let d = d.as_standard_layout();
+        Ok(bytemuck::cast_slice::<T, u8>(d.as_slice().expect("standard layout")).to_vec())
+    })
+}
+
+/// Refuses an append to one level of an OME-Zarr image: it would grow that level alone and
+/// leave the others describing the old volume (spec/PYRAMID.md §6).
+pub(super) fn refuse_level(store: &Path) -> Result<()> {
+    let (Some(parent), Some(name)) = (store.parent(), store.file_name()) else {
+        return Ok(());
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    if !crate::ome::is_image(parent) {
+        return Ok(());
+    }
+    let Ok(img) = Image::open(parent) else {
+        return Ok(());
+    };
+    match img
+        .levels()
+        .iter()
+        .position(|l| Path::new(&l.path) == Path::new(name))
+    {
+        Some(i) => Err(Error::option(
+            "store",
+            format!(
+                "{} is level {i} of the OME-Zarr image {}: append to the image (`chunkwise \
+                 append {} ...`), which grows every level, not to one of its levels",
+                store.display(),
+                parent.display(),
+                parent.display()
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Appends `inputs` to the OME-Zarr image at `image` along the axis (spec/PYRAMID.md §6).
+pub(super) fn append(image: &Path, inputs: &[Input], opts: &GrowOptions) -> Result<GrowReport> {
+    let start = Instant::now();
+    super::no_parts(opts, "an append to an OME-Zarr image")?;
+    let _lock = StoreLock::acquire(image, opts.wait)?;
+    clean_stale(image)?;
+    let img = Image::open(image)?;
+    if img.version() != "0.5" {
+        return Err(refuse(
+            image,
+            format!(
+                "it is OME-Zarr {} (Zarr v2); an append rewrites OME-Zarr 0.5 images (convert \
+                 it with `chunkwise pyramid IMAGE -o NEW.ome.zarr`)",
+                img.version()
+            ),
+        ));
+    }
+    let method = method_of(image, &img)?;
+    let axis = opts.axis;
+    let (mut levels, dtype) = read_levels(image, &img, axis)?;
+    // Each level is an array another command could edit: held while the image changes.
+    let _level_locks = levels
+        .iter()
+        .map(|l| StoreLock::acquire(&image.join(&l.path), opts.wait))
+        .collect::<Result<Vec<_>>>()?;
+    let lens = check_inputs(image, inputs, &levels[0].old, dtype, axis)?;
+    let n: u64 = lens.iter().sum();
+    if n == 0 {
+        return Err(Error::option("input", "nothing to append"));
+    }
+    let lines: Vec<String> = inputs.iter().map(|i| i.identity().to_string()).collect();
+    let fp = fingerprint("append-image", opts, Some(image), &lines);
+    let old0 = levels[0].old.clone();
+    if !opts.again
+        && let Some(j) = Journal::read(image)
+        && j.fingerprint == fp
+        && j.to == old0
+        && j.from != j.to
+    {
+        let mut r = report(image, &levels, start);
+        r.old_shape = Some(j.from);
+        r.already_done = true;
+        r.levels = levels.iter().map(|l| l.old.clone()).collect();
+        return Ok(r);
+    }
+    levels[0].new[axis] += n;
+    for l in 1..levels.len() {
+        let up = levels[l - 1].new.clone();
+        let f = levels[l].factor.clone();
+        levels[l].new = up.iter().zip(&f).map(|(&s, &f)| s.div_ceil(f)).collect();
+    }
+    for l in &mut levels {
+        l.meta["shape"] = serde_json::json!(l.new);
+    }
+    // Memory: per worker, one chunk, the part it computes and the level above's block.
+    let per: u64 = levels
+        .iter()
+        .map(|l| {
+            let c: u64 = l.chunk.iter().product::<u64>() * dtype.size() as u64;
+            c * (2 + l.factor.iter().product::<u64>())
+        })
+        .max()
+        .unwrap_or(0);
+    let budget = opts.run.memory.unwrap_or(DEFAULT_MEMORY);
+    if per > budget {
+        return Err(Error::option(
+            "memory",
+            format!(
+                "{budget} bytes cannot hold one chunk of the image with the block it is \
+                 computed from: at least {per} needed"
+            ),
+        ));
+    }
+    let workers = (budget / per.max(1)) as usize;
+    let threads = opts.run.threads.unwrap_or_else(rayon::current_num_threads);
+    // The first index each level recomputes: level 0's old length, then the block of the
+    // level above's first changed voxel (a partial block changed, so its parent does).
+    let mut froms = vec![levels[0].old[axis]];
+    for lv in &levels[1..] {
+        let up = froms[froms.len() - 1];
+        froms.push(up / lv.factor[axis]);
+    }
+    let total: u64 = levels
+        .iter()
+        .zip(&froms)
+        .map(|(lv, &from)| {
+            let g = lv.new.iter().zip(&lv.chunk).map(|(&s, &c)| s.div_ceil(c));
+            g.enumerate()
+                .map(|(d, k)| if d == axis { k - from / lv.chunk[d] } else { k })
+                .product::<u64>()
+        })
+        .sum();
+    let tracker = Tracker::new("append", Unit::Chunks, total, opts.run.progress.clone());
+    let sync = opts.run.durability == Durability::Sync;
+    let build = BuildDir::begin(image, NEW_SUFFIX)?;
+    let new_dir = build.path().to_path_buf();
+    let work = Work {
+        opts,
+        tracker: &tracker,
+        encoded: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
+    };
+    let mut reencoded = 0;
+    with_threads(Some(threads.min(workers).max(1)), || -> Result<()> {
+        link_tree(image, &new_dir)?;
+        crash_point("linked");
+        for l in &levels {
+            commit_metadata(&new_dir.join(&l.path), &l.meta, false)?;
+        }
+        let size = dtype.size();
+        let dir0 = new_dir.join(&levels[0].path);
+        let from0 = froms[0];
+        reencoded += u64::from(from0 % levels[0].chunk[axis] != 0);
+        rewrite_tail(&dir0, &levels[0], axis, from0, &work, &|reg| {
+            appended(inputs, &lens, from0, axis, reg, size)
+        })?;
+        for l in 1..levels.len() {
+            let (up, lv) = (&levels[l - 1], &levels[l]);
+            let above = Input::open(new_dir.join(&up.path))?;
+            let from = froms[l];
+            reencoded += u64::from(from % lv.chunk[axis] != 0);
+            rewrite_tail(&new_dir.join(&lv.path), lv, axis, from, &work, &|reg| {
+                from_above(&above, &up.new, &lv.factor, method, reg)
+            })?;
+        }
+        Ok(())
+    })?;
+    // The group's metadata as it was (shapes live in the levels' arrays).
+    let group = image.join("zarr.json");
+    let gbytes = fs::read(&group).at(&group)?;
+    write_atomic(&new_dir.join("zarr.json"), &gbytes, false)?;
+    crash_point("staged");
+    let journal = Journal {
+        fingerprint: fp,
+        from: old0.clone(),
+        to: levels[0].new.clone(),
+        moving: Vec::new(),
+    };
+    let jb = journal.write(&new_dir)?;
+    crash_point("journaled");
+    if sync {
+        sync_filesystem(&new_dir)?;
+    }
+    exchange(image, &new_dir)?;
+    crash_point("committed");
+    let mut warnings = Vec::new();
+    if sync && let Err(e) = sync_dir(crate::store::parent_dir(image)) {
+        warnings.push(format!("committed, but syncing the directory failed: {e}"));
+    }
+    if let Err(e) = fs::remove_dir_all(&new_dir) {
+        warnings.push(format!(
+            "committed, but the old image at {} was not removed: {e}",
+            new_dir.display()
+        ));
+    }
+    drop(build);
+    let mut r = report(image, &levels, start);
+    r.old_shape = Some(old0);
+    r.shape = levels[0].new.clone();
+    r.chunks_encoded = work.encoded.into_inner();
+    r.layers_reencoded = reencoded;
+    r.bytes_written = work.bytes.into_inner() + jb + gbytes.len() as u64;
+    r.exchanged = true;
+    r.warnings = warnings;
+    r.levels = levels.iter().map(|l| l.new.clone()).collect();
+    Ok(r)
+}
+
+fn report(image: &Path, levels: &[Level], start: Instant) -> GrowReport {
+    GrowReport {
+        path: PathBuf::from(image),
+        old_shape: None,
+        shape: levels[0].old.clone(),
+        grid: "regular",
+        chunks_linked: 0,
+        chunks_encoded: 0,
+        layers_reencoded: 0,
+        layers_resumed: 0,
+        bytes_written: 0,
+        exchanged: false,
+        already_done: false,
+        warnings: Vec::new(),
+        parts_waiting: None,
+        levels: Vec::new(),
+        seconds: start.elapsed().as_secs_f64(),
+    }
+}

@@ -1,0 +1,228 @@
+"""`chunkwise append` onto an OME-Zarr image (spec/PYRAMID.md §6), run by tests/pyramid.rs.
+
+Usage: check_pyramid_append.py CHUNKWISE DIR
+
+The oracle: numpy on the whole grown volume (pyramid_oracle.block_reduce, level by level, edge
+blocks partial), and the same pyramid built from scratch by `chunkwise pyramid` on the grown
+volume, which every level of the appended image must equal bit for bit. Then: the image in
+three readers (pyramid_oracle.check), a rerun that says "already done", `--again`, a kill at
+every step of the commit (the image is the old pyramid or the new one, whole, and a rerun
+completes it), and bad input refused with the image unchanged. Prints "appended pyramids equal
+numpy's" when every case passes.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+sys.path.insert(0, str(Path(__file__).parent))
+from pyramid_oracle import block_reduce, check  # noqa: E402
+
+BIN, DIR = Path(sys.argv[1]), Path(sys.argv[2])
+DIR.mkdir(parents=True, exist_ok=True)
+rng = np.random.default_rng(11)
+checked = 0
+
+
+def run(*args, env=None):
+    return subprocess.run([str(BIN), *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+
+
+def cw(*args):
+    r = run(*args)
+    if r.returncode != 0:
+        raise SystemExit(f"chunkwise {' '.join(map(str, args))} failed:\n{r.stderr}")
+    return r.stdout
+
+
+def levels_of(image):
+    meta = json.loads((image / "zarr.json").read_text())
+    paths = [d["path"] for d in meta["attributes"]["ome"]["multiscales"][0]["datasets"]]
+    return [zarr.open_array(str(image / p), mode="r")[...] for p in paths]
+
+
+def same_levels(image, other, what):
+    """Every level of `image` equals `other`'s (an image, or a list of arrays)."""
+    global checked
+    got = levels_of(image)
+    want = levels_of(other) if isinstance(other, Path) else other
+    assert len(got) == len(want), (what, len(got), len(want))
+    for i, (g, w) in enumerate(zip(got, want)):
+        checked += 1
+        assert g.shape == w.shape, f"{what}: level {i} is {g.shape}, expected {w.shape}"
+        if not np.array_equal(g, w, equal_nan=g.dtype.kind == "f"):
+            bad = np.argwhere(g != w)[:3].tolist()
+            raise SystemExit(f"{what}: level {i} differs at {bad}")
+
+
+def tree(image):
+    """Every file under `image` (names and bytes), for "nothing changed"; the writers' lock
+    files (which name their last holder) aside."""
+    h = hashlib.sha256()
+    for p in sorted(image.rglob("*")):
+        if p.name == ".chunkwise.lock":
+            continue
+        h.update(str(p.relative_to(image)).encode())
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def leftovers(image):
+    return sorted(p.name for p in image.parent.iterdir()
+                  if p.name.startswith("." + image.name))
+
+
+# 1. Every method that grows, on odd sizes (partial edge blocks at every level), two appends
+#    (the second from two inputs at once), against numpy and against a pyramid from scratch.
+cases = [
+    ("mean", rng.integers(0, 4000, (37, 20, 23)).astype(np.uint16)),
+    ("mode", rng.integers(0, 5, (29, 18, 21)).astype(np.uint8)),
+    ("nearest", rng.normal(0, 100, (33, 17, 19)).astype(np.float32)),
+    ("min", rng.integers(-3000, 3000, (31, 16, 22)).astype(np.int16)),
+    ("max", rng.integers(0, 2**31, (35, 19, 17)).astype(np.int32)),
+]
+for method, a in cases:
+    tail = a.shape[1:]
+    b = rng.permutation(a.ravel())[: 11 * tail[0] * tail[1]].reshape((11, *tail))
+    c = a[:5][::-1].copy()
+    d = a[:1].copy()
+    for name, x in (("a", a), ("b", b), ("c", c), ("d", d)):
+        np.save(DIR / f"{method}-{name}.npy", x)
+    img = DIR / f"{method}.ome.zarr"
+    cw("pyramid", DIR / f"{method}-a.npy", "-o", img, "--chunks", "8,8,8", "--levels", "3",
+       "--method", method)
+    said = cw("append", img, DIR / f"{method}-b.npy")
+    assert "levels now" in said and "exchanged" in said, said
+    grown = np.concatenate([a, b])
+    ref = [grown]
+    meta = json.loads((img / "zarr.json").read_text())
+    ms = meta["attributes"]["ome"]["multiscales"][0]
+    for f in ms["metadata"]["factors"]:
+        ref.append(block_reduce(ref[-1], f, method))
+    same_levels(img, ref, f"{method} after one append")
+    # From scratch, with the same factors.
+    np.save(DIR / f"{method}-ab.npy", grown)
+    scratch = DIR / f"{method}-scratch.ome.zarr"
+    cw("pyramid", DIR / f"{method}-ab.npy", "-o", scratch, "--chunks", "8,8,8", "--method",
+       method, "--levels", "3", "--factors-per-level", ";".join(",".join(map(str, f)) for f in ms["metadata"]["factors"]))
+    same_levels(img, scratch, f"{method}: appended vs from scratch")
+    # The same command again: already done, nothing changes; two inputs at once.
+    before = tree(img)
+    said = cw("append", img, DIR / f"{method}-b.npy")
+    assert "already done" in said, said
+    assert tree(img) == before, f"{method}: a rerun changed the image"
+    for name in ("c", "d"):  # several inputs at once are stores, joined in order
+        cw("convert", DIR / f"{method}-{name}.npy", "-o", DIR / f"{method}-{name}.zarr",
+           "--chunks", "4,4,4", "-q", "--overwrite")
+    cw("append", img, DIR / f"{method}-c.zarr", DIR / f"{method}-d.zarr")
+    grown = np.concatenate([a, b, c, d])
+    ref = [grown]
+    for f in ms["metadata"]["factors"]:
+        ref.append(block_reduce(ref[-1], f, method))
+    same_levels(img, ref, f"{method} after two appends")
+    assert leftovers(img) == [], leftovers(img)
+    if method == "mean":
+        check(img, grown, "mean")  # metadata, ome-zarr-models, ome-zarr-py, ngff-zarr
+        j = json.loads(cw("append", img, DIR / f"{method}-d.zarr", "--again", "--json"))
+        assert j["levels"][0] == [len(grown) + 1, *tail], j
+        assert j["exchanged"] is True and j["chunks_encoded"] > 0, j
+
+# 2. Along another axis; a 2-D slice is one row.
+a = rng.integers(0, 1000, (9, 21, 13)).astype(np.uint16)
+b = rng.integers(0, 1000, (9, 21, 6)).astype(np.uint16)
+np.save(DIR / "x-a.npy", a)
+np.save(DIR / "x-b.npy", b)
+np.save(DIR / "x-s.npy", b[:, :, 0])
+img = DIR / "x.ome.zarr"
+cw("pyramid", DIR / "x-a.npy", "-o", img, "--chunks", "4,4,4", "--levels", "3")
+cw("append", img, DIR / "x-b.npy", "--axis", "2")
+cw("append", img, DIR / "x-s.npy", "--axis", "2")
+grown = np.concatenate([a, b, b[:, :, :1]], axis=2)
+meta = json.loads((img / "zarr.json").read_text())
+ref = [grown]
+for f in meta["attributes"]["ome"]["multiscales"][0]["metadata"]["factors"]:
+    ref.append(block_reduce(ref[-1], f, "mean"))
+same_levels(img, ref, "along axis 2")
+
+# 3. A kill at every step leaves the old pyramid or the new one; the rerun completes it.
+a, b = cases[0][1], rng.integers(0, 4000, (13, 20, 23)).astype(np.uint16)
+np.save(DIR / "k-a.npy", a)
+np.save(DIR / "k-b.npy", b)
+master = DIR / "k-master.ome.zarr"
+cw("pyramid", DIR / "k-a.npy", "-o", master, "--chunks", "8,8,8", "--levels", "3")
+old = levels_of(master)
+meta = json.loads((master / "zarr.json").read_text())
+new = [np.concatenate([a, b])]
+for f in meta["attributes"]["ome"]["multiscales"][0]["metadata"]["factors"]:
+    new.append(block_reduce(new[-1], f, "mean"))
+for step in ("linked", "placing", "staged", "journaled", "committed"):
+    img = DIR / "k.ome.zarr"
+    shutil.rmtree(img, ignore_errors=True)
+    shutil.copytree(master, img)
+    r = run("append", img, DIR / "k-b.npy", env={"CHUNKWISE_CRASH_AT": step})
+    assert r.returncode == -signal.SIGKILL, (step, r.returncode, r.stderr)
+    same_levels(img, new if step == "committed" else old, f"killed at {step}")
+    said = cw("append", img, DIR / "k-b.npy")
+    assert ("already done" in said) == (step == "committed"), (step, said)
+    same_levels(img, new, f"rerun after a kill at {step}")
+    assert leftovers(img) == [], (step, leftovers(img))
+
+# 4. Bad input: one line, exit 2, the image unchanged.
+img = DIR / "bad.ome.zarr"
+shutil.rmtree(img, ignore_errors=True)
+shutil.copytree(master, img)
+np.save(DIR / "bad-f32.npy", b.astype(np.float32))
+np.save(DIR / "bad-shape.npy", b[:, :5])
+
+
+def refused(args, says, what):
+    global checked
+    before = tree(img)
+    r = run("append", img, *args)
+    checked += 1
+    assert r.returncode == 2, (what, r.returncode, r.stderr)
+    assert says in r.stderr and len(r.stderr.strip().splitlines()) == 1, (what, r.stderr)
+    assert tree(img) == before and leftovers(img) == [], what
+
+
+refused([DIR / "bad-f32.npy"], "is float32, the image", "another type")
+refused([DIR / "bad-shape.npy"], "needs the other axes", "another shape")
+refused([DIR / "k-b.npy", "--axis", "3"], "axis 3 is out of range", "an axis not there")
+refused([DIR / "k-b.npy", "--partition", "0/2"], "does not split into parts", "in parts")
+group = img / "zarr.json"
+good = group.read_text()
+for kind, says in (("gaussian", "gaussian: a blurred voxel"), ("local_mean", '"local_mean"')):
+    m = json.loads(good)
+    m["attributes"]["ome"]["multiscales"][0]["type"] = kind
+    group.write_text(json.dumps(m))
+    refused([DIR / "k-b.npy"], says, kind)
+m = json.loads(good)
+del m["attributes"]["ome"]["multiscales"][0]["type"]
+group.write_text(json.dumps(m))
+refused([DIR / "k-b.npy"], "has no `type`", "no method")
+group.write_text(good)
+# A level that dropped its last partial block (as iohub did before 2026).
+lvl = img / "1" / "zarr.json"
+lm = json.loads(lvl.read_text())
+lm["shape"][0] = a.shape[0] // 2
+lvl.write_text(json.dumps(lm))
+refused([DIR / "k-b.npy"], "do not keep the last partial block", "a truncated level")
+
+# One level alone would leave the others describing the old volume: refused, naming the image.
+before = tree(img)
+r = run("append", img / "0", DIR / "k-b.npy")
+checked += 1
+assert r.returncode == 2 and "is level 0 of the OME-Zarr image" in r.stderr, r.stderr
+assert tree(img) == before
+
+print(f"appended pyramids equal numpy's: {checked} checks")
