@@ -80,6 +80,23 @@ pub(super) fn already_done(
     Ok(None)
 }
 
+/// After an exchange committed `target` (APPEND §4.3): the directory synced and the old
+/// `what` (array, image), now at `old`, removed. What fails is a warning: the edit stands.
+pub(super) fn after_exchange(target: &Path, old: &Path, sync: bool, what: &str) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if sync && let Err(e) = sync_dir(crate::store::parent_dir(target)) {
+        warnings.push(format!("committed, but syncing the directory failed: {e}"));
+    }
+    // The old one now sits at the sibling path: gone once nothing refers to it.
+    if let Err(e) = fs::remove_dir_all(old) {
+        warnings.push(format!(
+            "committed, but the old {what} at {} was not removed: {e}",
+            old.display()
+        ));
+    }
+    warnings
+}
+
 pub(super) fn output_done(out: &Path, fp: &str, start: Instant) -> Result<Option<GrowReport>> {
     if !is_store(out) {
         return Ok(None);
@@ -506,16 +523,7 @@ pub(super) fn grow_in_place(
         })();
         let (done, jb) = built?;
         crash_point("committed");
-        if sync && let Err(e) = sync_dir(crate::store::parent_dir(target.path())) {
-            warnings.push(format!("committed, but syncing the directory failed: {e}"));
-        }
-        // The old array now sits at the sibling path: gone once nothing refers to it.
-        if let Err(e) = fs::remove_dir_all(&new_dir) {
-            warnings.push(format!(
-                "committed, but the old array at {} was not removed: {e}",
-                new_dir.display()
-            ));
-        }
+        warnings.extend(after_exchange(target.path(), &new_dir, sync, "array"));
         drop(build);
         (done, true, meta_len(&meta) + jb)
     };

@@ -10,7 +10,7 @@
 //! values there).
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -18,7 +18,7 @@ use rayon::prelude::*;
 use serde_json::Value;
 
 use super::apply::link_tree;
-use super::commit::fingerprint;
+use super::commit::{after_exchange, fingerprint};
 use super::{GrowOptions, GrowReport};
 use crate::copy::{Side, c_strides, copy_box, is_fill};
 use crate::dtype::DType;
@@ -32,8 +32,7 @@ use crate::region::{Region, fmt_shape};
 use crate::run::{DEFAULT_MEMORY, with_threads};
 use crate::store::{
     BuildDir, Durability, GridCodec, Journal, NEW_SUFFIX, Staging, StoreLock, clean_stale,
-    commit_metadata, crash_point, exchange, place, remove_chunk, sync_dir, sync_filesystem,
-    write_atomic,
+    commit_metadata, crash_point, exchange, place, remove_chunk, sync_filesystem, write_atomic,
 };
 use crate::with_scalar;
 
@@ -322,7 +321,7 @@ fn rewrite_tail(
         .collect::<Result<_>>()?;
     let n: usize = full.iter().product();
     // One chunk of fill value, made once (copied per chunk: a memcpy, not a byte loop).
-    let blank: Vec<u8> = fill.iter().copied().cycle().take(n * size).collect();
+    let blank: Vec<u8> = fill.repeat(n);
     let dst_strides = c_strides(&full, size);
     let staging = Staging::new(dir);
     staging.create()?;
@@ -543,9 +542,14 @@ pub(super) fn append(image: &Path, inputs: &[Input], opts: &GrowOptions) -> Resu
         && j.to == old0
         && j.from != j.to
     {
-        let mut r = report(image, &levels, start);
-        r.old_shape = Some(j.from);
-        r.already_done = true;
+        let mut r = GrowReport::unchanged(
+            image,
+            Some(j.from),
+            levels[0].old.clone(),
+            &levels[0].meta,
+            true,
+            start,
+        );
         r.levels = levels.iter().map(|l| l.old.clone()).collect();
         return Ok(r);
     }
@@ -649,20 +653,16 @@ pub(super) fn append(image: &Path, inputs: &[Input], opts: &GrowOptions) -> Resu
     }
     exchange(image, &new_dir)?;
     crash_point("committed");
-    let mut warnings = Vec::new();
-    if sync && let Err(e) = sync_dir(crate::store::parent_dir(image)) {
-        warnings.push(format!("committed, but syncing the directory failed: {e}"));
-    }
-    if let Err(e) = fs::remove_dir_all(&new_dir) {
-        warnings.push(format!(
-            "committed, but the old image at {} was not removed: {e}",
-            new_dir.display()
-        ));
-    }
+    let warnings = after_exchange(image, &new_dir, sync, "image");
     drop(build);
-    let mut r = report(image, &levels, start);
-    r.old_shape = Some(old0);
-    r.shape = levels[0].new.clone();
+    let mut r = GrowReport::unchanged(
+        image,
+        Some(old0),
+        levels[0].new.clone(),
+        &levels[0].meta,
+        false,
+        start,
+    );
     r.chunks_encoded = work.encoded.into_inner();
     r.layers_reencoded = reencoded;
     r.bytes_written = work.bytes.into_inner() + jb + gbytes.len() as u64;
@@ -670,24 +670,4 @@ pub(super) fn append(image: &Path, inputs: &[Input], opts: &GrowOptions) -> Resu
     r.warnings = warnings;
     r.levels = levels.iter().map(|l| l.new.clone()).collect();
     Ok(r)
-}
-
-fn report(image: &Path, levels: &[Level], start: Instant) -> GrowReport {
-    GrowReport {
-        path: PathBuf::from(image),
-        old_shape: None,
-        shape: levels[0].old.clone(),
-        grid: "regular",
-        chunks_linked: 0,
-        chunks_encoded: 0,
-        layers_reencoded: 0,
-        layers_resumed: 0,
-        bytes_written: 0,
-        exchanged: false,
-        already_done: false,
-        warnings: Vec::new(),
-        parts_waiting: None,
-        levels: Vec::new(),
-        seconds: start.elapsed().as_secs_f64(),
-    }
 }
