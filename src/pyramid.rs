@@ -165,6 +165,8 @@ pub struct PyramidReport {
 #[derive(Debug, Clone)]
 struct Plan {
     grids: Vec<Grid>,
+    /// The chunk shape asked for (each level's is this clipped to its shape).
+    chunk: Vec<u64>,
     factors: Vec<Vec<u64>>,
     scales: Vec<Vec<f64>>,
     translations: Vec<Option<Vec<f64>>>,
@@ -477,6 +479,7 @@ fn plan(shape: &[u64], opts: &PyramidOptions) -> Result<Plan> {
     }
     Ok(Plan {
         grids,
+        chunk,
         factors,
         scales,
         translations,
@@ -829,6 +832,7 @@ fn build<T: Scalar>(
         "method": format!("chunkwise.pyramid ({})", plan.method.name()),
         "version": env!("CARGO_PKG_VERSION"),
         "factors": plan.factors[1..],
+        "chunks": plan.chunk,
     }));
     let sync = opts.run.durability == crate::store::Durability::Sync;
     let text = serde_json::to_string_pretty(&meta).expect("plain JSON");

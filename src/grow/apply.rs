@@ -444,12 +444,30 @@ pub(super) fn link_tree(from: &Path, to: &Path) -> Result<()> {
             let Ok(rel) = p.strip_prefix(from).map(Path::to_path_buf) else {
                 continue;
             };
-            let name = rel.to_string_lossy();
-            // chunkwise's own files (lock, journal, staging) all start with `.chunkwise`.
-            if name == "zarr.json" || name.starts_with(".chunkwise") {
+            // chunkwise's own files (lock, journal, staging, at any depth: an image's levels
+            // have theirs) all start with `.chunkwise`; the top metadata is written anew.
+            if rel == Path::new("zarr.json")
+                || e.file_name().to_string_lossy().starts_with(".chunkwise")
+            {
                 continue;
             }
-            if e.file_type().at(&p)?.is_dir() {
+            let kind = e.file_type().at(&p)?;
+            if kind.is_symlink() && p.is_dir() {
+                // A link would carry the rewrite into the live directory before the exchange.
+                let target = fs::read_link(&p).at(&p)?;
+                return Err(Error::option(
+                    "store",
+                    format!(
+                        "{} is a symbolic link to the directory {}: an append rebuilds {} \
+                         beside itself from hard links and would write through the link into \
+                         the live data; move that directory into place (or append to a copy)",
+                        p.display(),
+                        target.display(),
+                        from.display()
+                    ),
+                ));
+            }
+            if kind.is_dir() {
                 let made = to.join(&rel);
                 fs::create_dir_all(&made).at(&made)?;
                 dirs.push(p);

@@ -17,7 +17,7 @@ use crate::fingerprint::{fnv1a, stamp};
 use crate::progress::{Tracker, Unit};
 use crate::store::{
     BuildDir, Durability, GridCodec, Journal, Layout, Moving, NEW_SUFFIX, Progress, Staging,
-    TMP_SUFFIX, commit_metadata, crash_point, exchange, is_store, remove_chunk, sync_dir,
+    TMP_SUFFIX, commit_metadata, crash_point, is_store, remove_chunk, swap_in, sync_dir,
     sync_filesystem, write_metadata,
 };
 use crate::view::View;
@@ -492,7 +492,7 @@ pub(super) fn grow_in_place(
         // directory goes with its space; after it, what is left there is the old array.
         let build = BuildDir::begin(target.path(), NEW_SUFFIX)?;
         let new_dir = build.path().to_path_buf();
-        let built = (|| -> Result<(Done, u64)> {
+        let built = (|| -> Result<(Done, u64, PathBuf)> {
             link_tree(target.path(), &new_dir)?;
             crash_point("linked");
             let out = Layout::from_json(&new_dir, meta.clone())?;
@@ -518,12 +518,12 @@ pub(super) fn grow_in_place(
             if sync {
                 sync_filesystem(&new_dir)?;
             }
-            exchange(target.path(), &new_dir)?;
-            Ok((done, jb))
+            let old = swap_in(target.path(), &new_dir)?;
+            Ok((done, jb, old))
         })();
-        let (done, jb) = built?;
+        let (done, jb, old) = built?;
         crash_point("committed");
-        warnings.extend(after_exchange(target.path(), &new_dir, sync, "array"));
+        warnings.extend(after_exchange(target.path(), &old, sync, "array"));
         drop(build);
         (done, true, meta_len(&meta) + jb)
     };

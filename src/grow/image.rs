@@ -32,7 +32,7 @@ use crate::region::{Region, fmt_shape};
 use crate::run::{DEFAULT_MEMORY, with_threads};
 use crate::store::{
     BuildDir, Durability, GridCodec, Journal, NEW_SUFFIX, Staging, StoreLock, clean_stale,
-    commit_metadata, crash_point, exchange, place, remove_chunk, sync_filesystem, write_atomic,
+    commit_metadata, crash_point, place, remove_chunk, swap_in, sync_filesystem, write_atomic,
 };
 use crate::with_scalar;
 
@@ -44,6 +44,10 @@ struct Level {
     old: Vec<u64>,
     new: Vec<u64>,
     chunk: Vec<u64>,
+    /// Whether `chunk` grew along the axis (a level that was one chunk clipped to its
+    /// length gets the image's chunk length as it grows): every chunk along the axis is
+    /// rewritten.
+    rechunked: bool,
     factor: Vec<u64>,
 }
 
@@ -94,7 +98,7 @@ fn method_of(image: &Path, img: &Image) -> Result<Downsample> {
 /// The levels, their factors (chunkwise's `metadata.factors`, else the ratios of the scales)
 /// and shapes, checked: regular Zarr v3 arrays of one type, each level's shape the ceiling of
 /// the level above's over its factor (the last partial block kept).
-fn read_levels(image: &Path, img: &Image, axis: usize) -> Result<(Vec<Level>, DType)> {
+fn read_levels(image: &Path, img: &Image, axis: usize) -> Result<(Vec<Level>, DType, Vec<u64>)> {
     let group = image.join("zarr.json");
     let text = fs::read_to_string(&group).at(&group)?;
     let gmeta: Value = serde_json::from_str(&text)
@@ -102,6 +106,15 @@ fn read_levels(image: &Path, img: &Image, axis: usize) -> Result<(Vec<Level>, DT
     let stated: Option<Vec<Vec<u64>>> = gmeta
         .pointer("/attributes/ome/multiscales/0/metadata/factors")
         .and_then(|v| serde_json::from_value(v.clone()).ok());
+    if image.join("labels").join("zarr.json").exists() {
+        return Err(refuse(
+            image,
+            "it has a labels/ group: its label images describe the old volume and an append \
+             has no new labels to grow them by (append to a copy without labels/, or rebuild \
+             both with `chunkwise pyramid`)"
+                .into(),
+        ));
+    }
     let mut levels: Vec<Level> = Vec::new();
     let mut dtype = None;
     for (l, lv) in img.levels().iter().enumerate() {
@@ -216,11 +229,32 @@ fn read_levels(image: &Path, img: &Image, axis: usize) -> Result<(Vec<Level>, DT
             new: shape.clone(),
             old: shape,
             chunk,
+            rechunked: false,
             factor,
         });
     }
     let dtype = dtype.ok_or_else(|| refuse(image, "it has no levels".into()))?;
-    Ok((levels, dtype))
+    // The chunk shape the image was made with: chunkwise's `metadata.chunks`, else the
+    // largest of its levels' along each axis.
+    let nd = levels[0].old.len();
+    let nominal = gmeta
+        .pointer("/attributes/ome/multiscales/0/metadata/chunks")
+        .and_then(|v| serde_json::from_value::<Vec<u64>>(v.clone()).ok())
+        .filter(|c| c.len() == nd && !c.contains(&0))
+        .unwrap_or_else(|| {
+            (0..nd)
+                .map(|k| levels.iter().map(|l| l.chunk[k]).max().unwrap_or(1))
+                .collect()
+        });
+    Ok((levels, dtype, nominal))
+}
+
+/// Whether the array metadata `meta` stores its chunks in shards (whose inner chunking an
+/// append leaves as it is).
+fn sharded(meta: &Value) -> bool {
+    meta["codecs"]
+        .as_array()
+        .is_some_and(|c| c.iter().any(|c| c["name"] == "sharding_indexed"))
 }
 
 /// Checks `inputs` against level 0 (`shape`, `dtype`) and returns their lengths along `axis`.
@@ -290,6 +324,7 @@ struct Work<'a> {
 /// along `axis`: each chunk's part from `from` on is `part(region)` (C order, native-endian),
 /// the rest as stored.
 fn rewrite_tail(
+    live: &Path,
     dir: &Path,
     level: &Level,
     axis: usize,
@@ -297,7 +332,9 @@ fn rewrite_tail(
     w: &Work<'_>,
     part: &(dyn Fn(&Region) -> Result<Vec<u8>> + Sync),
 ) -> Result<()> {
-    let stored = Input::open(dir)?;
+    // What is kept comes from the live level: unchanged until the exchange, and in its own
+    // chunking (the rebuilt one's may differ).
+    let stored = Input::open(live)?;
     let codec = GridCodec::new(&level.meta, dir)?;
     let layout = crate::store::Layout::from_json(dir, level.meta.clone())?;
     let grid = Grid::new(&level.new, &level.chunk)?;
@@ -305,7 +342,8 @@ fn rewrite_tail(
     let nd = level.new.len();
     let ranges: Vec<std::ops::Range<u64>> = (0..nd)
         .map(|d| {
-            if d == axis {
+            // A rechunked level is rewritten whole along the axis.
+            if d == axis && !level.rechunked {
                 from / level.chunk[d]..gshape[d]
             } else {
                 0..gshape[d]
@@ -377,6 +415,8 @@ fn rewrite_tail(
                 let bytes = codec.encode(idx, &buf)?;
                 // The file at `dst` may be a link to the live image's: replaced, never written.
                 let tmp = staging.path_for(&dst)?;
+                // A file left there may be a link too: never written through.
+                let _ = fs::remove_file(&tmp);
                 fs::write(&tmp, &bytes).at(&tmp)?;
                 place(&tmp, &dst)?;
                 crash_point("placing");
@@ -522,12 +562,7 @@ pub(super) fn append(image: &Path, inputs: &[Input], opts: &GrowOptions) -> Resu
     }
     let method = method_of(image, &img)?;
     let axis = opts.axis;
-    let (mut levels, dtype) = read_levels(image, &img, axis)?;
-    // Each level is an array another command could edit: held while the image changes.
-    let _level_locks = levels
-        .iter()
-        .map(|l| StoreLock::acquire(&image.join(&l.path), opts.wait))
-        .collect::<Result<Vec<_>>>()?;
+    let (mut levels, dtype, nominal) = read_levels(image, &img, axis)?;
     let lens = check_inputs(image, inputs, &levels[0].old, dtype, axis)?;
     let n: u64 = lens.iter().sum();
     if n == 0 {
@@ -560,14 +595,29 @@ pub(super) fn append(image: &Path, inputs: &[Input], opts: &GrowOptions) -> Resu
         levels[l].new = up.iter().zip(&f).map(|(&s, &f)| s.div_ceil(f)).collect();
     }
     for l in &mut levels {
+        // A level that was one chunk clipped to its length along the axis is rewritten
+        // whole anyway: it takes the image's chunk length as it grows, as a pyramid made
+        // from the grown volume would (not a small chunk for ever).
+        let c = nominal[axis].min(l.new[axis]);
+        if l.old[axis] <= l.chunk[axis] && c > l.chunk[axis] && !sharded(&l.meta) {
+            l.chunk[axis] = c;
+            l.rechunked = true;
+            l.meta["chunk_grid"]["configuration"]["chunk_shape"] = serde_json::json!(l.chunk);
+        }
         l.meta["shape"] = serde_json::json!(l.new);
     }
-    // Memory: per worker, one chunk, the part it computes and the level above's block.
+    // Memory, per worker: the chunk being made and its fill-valued start, the kept and the
+    // computed parts, the level above's block it is computed from with its reduction and
+    // its bytes, and the encoded chunk (as much again at most).
     let per: u64 = levels
         .iter()
         .map(|l| {
-            let c: u64 = l.chunk.iter().product::<u64>() * dtype.size() as u64;
-            c * (2 + l.factor.iter().product::<u64>())
+            let c = l
+                .chunk
+                .iter()
+                .fold(dtype.size() as u64, |a, &x| a.saturating_mul(x));
+            let f = l.factor.iter().fold(1u64, |a, &x| a.saturating_mul(x));
+            c.saturating_mul(f.saturating_add(6))
         })
         .max()
         .unwrap_or(0);
@@ -581,7 +631,12 @@ pub(super) fn append(image: &Path, inputs: &[Input], opts: &GrowOptions) -> Resu
             ),
         ));
     }
-    let workers = (budget / per.max(1)) as usize;
+    // Each level is an array another command could edit: held while the image changes.
+    let _level_locks = levels
+        .iter()
+        .map(|l| StoreLock::acquire(&image.join(&l.path), opts.wait))
+        .collect::<Result<Vec<_>>>()?;
+    let workers = usize::try_from(budget / per.max(1)).unwrap_or(usize::MAX);
     let threads = opts.run.threads.unwrap_or_else(rayon::current_num_threads);
     // The first index each level recomputes: level 0's old length, then the block of the
     // level above's first changed voxel (a partial block changed, so its parent does).
@@ -596,7 +651,13 @@ pub(super) fn append(image: &Path, inputs: &[Input], opts: &GrowOptions) -> Resu
         .map(|(lv, &from)| {
             let g = lv.new.iter().zip(&lv.chunk).map(|(&s, &c)| s.div_ceil(c));
             g.enumerate()
-                .map(|(d, k)| if d == axis { k - from / lv.chunk[d] } else { k })
+                .map(|(d, k)| {
+                    if d == axis && !lv.rechunked {
+                        k - from / lv.chunk[d]
+                    } else {
+                        k
+                    }
+                })
                 .product::<u64>()
         })
         .sum();
@@ -620,18 +681,26 @@ pub(super) fn append(image: &Path, inputs: &[Input], opts: &GrowOptions) -> Resu
         let size = dtype.size();
         let dir0 = new_dir.join(&levels[0].path);
         let from0 = froms[0];
-        reencoded += u64::from(from0 % levels[0].chunk[axis] != 0);
-        rewrite_tail(&dir0, &levels[0], axis, from0, &work, &|reg| {
+        reencoded += u64::from(from0 % levels[0].chunk[axis] != 0 || levels[0].rechunked);
+        let live0 = image.join(&levels[0].path);
+        rewrite_tail(&live0, &dir0, &levels[0], axis, from0, &work, &|reg| {
             appended(inputs, &lens, from0, axis, reg, size)
         })?;
         for l in 1..levels.len() {
             let (up, lv) = (&levels[l - 1], &levels[l]);
             let above = Input::open(new_dir.join(&up.path))?;
             let from = froms[l];
-            reencoded += u64::from(from % lv.chunk[axis] != 0);
-            rewrite_tail(&new_dir.join(&lv.path), lv, axis, from, &work, &|reg| {
-                from_above(&above, &up.new, &lv.factor, method, reg)
-            })?;
+            reencoded += u64::from(from % lv.chunk[axis] != 0 || lv.rechunked);
+            let live = image.join(&lv.path);
+            rewrite_tail(
+                &live,
+                &new_dir.join(&lv.path),
+                lv,
+                axis,
+                from,
+                &work,
+                &|reg| from_above(&above, &up.new, &lv.factor, method, reg),
+            )?;
         }
         Ok(())
     })?;
@@ -651,9 +720,9 @@ pub(super) fn append(image: &Path, inputs: &[Input], opts: &GrowOptions) -> Resu
     if sync {
         sync_filesystem(&new_dir)?;
     }
-    exchange(image, &new_dir)?;
+    let old = swap_in(image, &new_dir)?;
     crash_point("committed");
-    let warnings = after_exchange(image, &new_dir, sync, "image");
+    let warnings = after_exchange(image, &old, sync, "image");
     drop(build);
     let mut r = GrowReport::unchanged(
         image,

@@ -285,11 +285,12 @@ pub fn append(store: &Path, inputs: &[Input], opts: &GrowOptions) -> Result<Grow
         }
         // Through a link, the array it points to is edited and the link stays (APPEND §6.3).
         let store = &resolve_links(store)?;
+        // A kill between the two renames of a replacement without exchange: undone first.
+        recover_replacement(store)?;
         if crate::ome::is_image(store) {
             return image::append(store, inputs, opts);
         }
         image::refuse_level(store)?;
-        recover_replacement(store)?;
         check_target(store)?;
         checkpoint_secs(opts)?;
         // The parts of an append in parts share the lock (no other writer runs meanwhile), and

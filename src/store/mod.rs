@@ -57,8 +57,8 @@ pub(crate) use spec::GridCodec;
 pub use spec::{ChunkCodec, Codec, Durability, StoreSpec};
 pub(crate) use txn::{
     BuildDir, NEW_SUFFIX, OutputFile, PathLock, STAGING_DIR, Staging, StoreLock, TMP_SUFFIX,
-    check_removable, check_utf8, crash_point, exchange, link_chunk, link_or_copy, lock_existing,
-    parent_dir, place, recover_replacement, remove_chunk, resolve_links, sync_dir, sync_filesystem,
+    check_removable, check_utf8, crash_point, link_chunk, link_or_copy, lock_existing, parent_dir,
+    place, recover_replacement, remove_chunk, resolve_links, swap_in, sync_dir, sync_filesystem,
     test_delay, try_lock_briefly, write_atomic, write_output,
 };
 pub use write::WriteReport;

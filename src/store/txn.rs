@@ -516,33 +516,12 @@ pub(crate) fn publish_dir(tmp: &Path, out: &Path, replace: bool, sync: bool) -> 
         if !replace {
             return Err(Error::OutputExists(out.to_path_buf()));
         }
-        match exchange(tmp, out) {
-            Ok(()) => {
-                crash_point("exchanged");
-                // Committed: the old array now sits at the build directory's name, and what
-                // fails from here on does not undo that (the next writer removes it).
-                let _ = sync_parent(out, sync);
-                let _ = fs::remove_dir_all(tmp);
-                return Ok(());
-            }
-            Err(Error::Io { source, .. }) if unsupported(&source) => {
-                // Set the old one aside first; `recover_replacement` finishes either way.
-                let old = sibling(out, OLD_SUFFIX)?;
-                if fs::symlink_metadata(&old).is_ok() {
-                    fs::remove_dir_all(&old).at(&old)?;
-                }
-                fs::rename(out, &old).at(out)?;
-                crash_point("exchanged");
-                if let Err(e) = fs::rename(tmp, out) {
-                    let _ = fs::rename(&old, out);
-                    return Err(Error::io(out, e));
-                }
-                let _ = sync_parent(out, sync);
-                let _ = fs::remove_dir_all(&old);
-                return Ok(());
-            }
-            Err(e) => return Err(e),
-        }
+        // Committed: the old array now sits aside, and what fails from here on does not
+        // undo that (the next writer removes it).
+        let old = swap_in(out, tmp)?;
+        let _ = sync_parent(out, sync);
+        let _ = fs::remove_dir_all(old);
+        return Ok(());
     }
     // Committed: a failed directory sync does not undo it.
     let _ = sync_parent(out, sync);
@@ -563,11 +542,47 @@ fn sync_parent(path: &Path, sync: bool) -> Result<()> {
     Ok(())
 }
 
+/// Puts the directory `new` in the place of the directory `live` and returns where the old
+/// one now is: by one `renameat2(RENAME_EXCHANGE)` (the old one at `new`'s path), or, on a
+/// filesystem that cannot exchange (NFS, some FUSE and overlay mounts), by setting the old
+/// one aside at `.NAME.chunkwise-old` and renaming the new one in (a reader in between finds
+/// nothing; a kill in between is undone by [`recover_replacement`], which every writer runs).
+///
+/// # Errors
+/// [`Error::Io`] naming the path that could not be renamed; `live` holds the old directory.
+pub(crate) fn swap_in(live: &Path, new: &Path) -> Result<PathBuf> {
+    match exchange(new, live) {
+        Ok(()) => {
+            crash_point("exchanged");
+            Ok(new.to_path_buf())
+        }
+        Err(Error::Io { source, .. }) if unsupported(&source) => {
+            let old = sibling(live, OLD_SUFFIX)?;
+            if fs::symlink_metadata(&old).is_ok() {
+                fs::remove_dir_all(&old).at(&old)?;
+            }
+            fs::rename(live, &old).at(live)?;
+            crash_point("exchanged");
+            if let Err(e) = fs::rename(new, live) {
+                let _ = fs::rename(&old, live);
+                return Err(Error::io(live, e));
+            }
+            Ok(old)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Swaps two directories atomically (Linux `renameat2(RENAME_EXCHANGE)`).
 ///
 /// # Errors
 /// [`Error::Io`] where the system or filesystem cannot exchange (`EINVAL`, `ENOSYS`).
 pub(crate) fn exchange(a: &Path, b: &Path) -> Result<()> {
+    #[cfg(feature = "crash-points")]
+    if std::env::var_os("CHUNKWISE_TEST_NO_EXCHANGE").is_some() {
+        // The tests' stand-in for a filesystem without it (NFS): what renameat2 says there.
+        return Err(Error::io(a, rustix::io::Errno::INVAL.into()));
+    }
     rustix::fs::renameat_with(
         rustix::fs::CWD,
         a,

@@ -177,6 +177,73 @@ for step in ("linked", "placing", "staged", "journaled", "committed"):
     same_levels(img, new, f"rerun after a kill at {step}")
     assert leftovers(img) == [], (step, leftovers(img))
 
+# 3b. A stale staging file in a level (a hard link to a live chunk, as a killed writer leaves)
+#     is not carried into the rebuilt image: the live chunk stays as it was until the exchange.
+img = DIR / "k.ome.zarr"
+shutil.rmtree(img, ignore_errors=True)
+shutil.copytree(master, img)
+live = img / "1" / "c" / "2" / "0" / "0"  # level 1 recomputes from index 18: this chunk
+stale = img / "1" / ".chunkwise-staging"
+stale.mkdir()
+os.link(live, stale / "c~2~0~0")
+kept = live.read_bytes()
+r = run("append", img, DIR / "k-b.npy", env={"CHUNKWISE_CRASH_AT": "staged"})
+assert r.returncode == -signal.SIGKILL, r.stderr
+checked += 1
+assert live.read_bytes() == kept, "the rewrite went through a stale link into the live level"
+same_levels(img, old, "killed with a stale staging link")
+cw("append", img, DIR / "k-b.npy")
+same_levels(img, new, "after a stale staging link")
+
+# 3c. A filesystem that cannot exchange directories (NFS): the old image is set aside, the
+#     new one renamed in; a kill in between leaves no image, and the rerun puts the old one
+#     back and completes (spec/APPEND.md §4.3). A plain array's exchange does the same.
+no_exchange = {"CHUNKWISE_TEST_NO_EXCHANGE": "1"}
+shutil.rmtree(img, ignore_errors=True)
+shutil.copytree(master, img)
+r = run("append", img, DIR / "k-b.npy", env=no_exchange)
+assert r.returncode == 0, r.stderr
+same_levels(img, new, "appended without exchange")
+assert leftovers(img) == [], leftovers(img)
+shutil.rmtree(img)
+shutil.copytree(master, img)
+r = run("append", img, DIR / "k-b.npy", env={**no_exchange, "CHUNKWISE_CRASH_AT": "exchanged"})
+assert r.returncode == -signal.SIGKILL, r.stderr
+checked += 1
+assert not img.exists() and ".k.ome.zarr.chunkwise-old" in leftovers(img), leftovers(img)
+said = cw("append", img, DIR / "k-b.npy")
+assert "already done" not in said, said
+same_levels(img, new, "rerun after a kill between the renames")
+assert leftovers(img) == [], leftovers(img)
+arr = DIR / "k-plain.zarr"
+cw("convert", DIR / "k-a.npy", "-o", arr, "--chunks", "8,8,8", "-q", "--overwrite")
+r = run("append", arr, DIR / "k-b.npy", "--layout", "rectilinear", "--json", env=no_exchange)
+assert r.returncode == 0 and json.loads(r.stdout)["exchanged"], r.stderr
+checked += 1
+with zarr.config.set({"array.rectilinear_chunks": True}):
+    assert np.array_equal(zarr.open_array(str(arr), mode="r")[...], new[0])
+assert leftovers(arr) == [], leftovers(arr)
+
+# 3d. Levels chunked to their length (a short first acquisition) take the image's chunk
+#     length as they grow, like a pyramid of the grown volume, rather than small chunks.
+a = rng.integers(0, 4000, (6, 20, 23)).astype(np.uint16)
+b = rng.integers(0, 4000, (21, 20, 23)).astype(np.uint16)
+np.save(DIR / "s-a.npy", a)
+np.save(DIR / "s-b.npy", b)
+img = DIR / "s.ome.zarr"
+cw("pyramid", DIR / "s-a.npy", "-o", img, "--chunks", "8,8,8", "--levels", "3", "--factors", "2,2,2")
+chunks = lambda: [zarr.open_array(str(img / str(l)), mode="r").chunks for l in range(3)]  # noqa: E731
+assert [c[0] for c in chunks()] == [6, 3, 2], chunks()
+cw("append", img, DIR / "s-b.npy")
+cw("append", img, DIR / "s-b.npy", "--again")
+grown = np.concatenate([a, b, b])
+ref = [grown]
+for f in json.loads((img / "zarr.json").read_text())["attributes"]["ome"]["multiscales"][0]["metadata"]["factors"]:
+    ref.append(block_reduce(ref[-1], f, "mean"))
+same_levels(img, ref, "grown from clipped chunks")
+checked += 1
+assert [c[0] for c in chunks()] == [8, 8, 8], chunks()
+
 # 4. Bad input: one line, exit 2, the image unchanged.
 img = DIR / "bad.ome.zarr"
 shutil.rmtree(img, ignore_errors=True)
@@ -213,10 +280,28 @@ refused([DIR / "k-b.npy"], "has no `type`", "no method")
 group.write_text(good)
 # A level that dropped its last partial block (as iohub did before 2026).
 lvl = img / "1" / "zarr.json"
-lm = json.loads(lvl.read_text())
+lgood = lvl.read_text()
+lm = json.loads(lgood)
 lm["shape"][0] = a.shape[0] // 2
 lvl.write_text(json.dumps(lm))
 refused([DIR / "k-b.npy"], "do not keep the last partial block", "a truncated level")
+lvl.write_text(lgood)
+
+# A labels/ group describes the old volume, with no new labels to grow it by.
+(img / "labels").mkdir()
+(img / "labels" / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group"}')
+refused([DIR / "k-b.npy"], "it has a labels/ group", "labels")
+shutil.rmtree(img / "labels")
+# A level that is a symbolic link: the rebuild would write through it into the live level.
+away = DIR / "bad-level-1"
+shutil.rmtree(away, ignore_errors=True)
+(img / "1").rename(away)
+(img / "1").symlink_to(away)
+kept = tree(away)
+refused([DIR / "k-b.npy"], "is a symbolic link to the directory", "a symlinked level")
+assert tree(away) == kept
+(img / "1").unlink()
+away.rename(img / "1")
 
 # One level alone would leave the others describing the old volume: refused, naming the image.
 before = tree(img)
