@@ -97,7 +97,9 @@ pub use progress::{Progress, ProgressFn, Unit};
 pub use project::{
     AxisOp, AxisReduceOptions, AxisResult, reduce_axes, reduce_axes_to, write_axis_results,
 };
-pub use pyramid::{MAX_LEVELS, PyramidLevel, PyramidOptions, PyramidReport, pyramid};
+pub use pyramid::{
+    MAX_LEVELS, PyramidLevel, PyramidOptions, PyramidReport, pyramid, pyramid_with_labels,
+};
 pub use rechunk::Decodes;
 pub use reduce::{
     AxisStats, ChunkStats, Counts, Histogram, MAX_BINS, PartialResult, PerChunk, ReduceOptions,

@@ -151,6 +151,8 @@ pub struct PyramidReport {
     pub method: Downsample,
     /// The levels, finest first.
     pub levels: Vec<PyramidLevel>,
+    /// The label images written (`labels/NAME`), each with its levels.
+    pub labels: Vec<(String, Vec<PyramidLevel>)>,
     /// Chunks written over all levels (chunks all zero are not stored).
     pub chunks_written: u64,
     /// Bytes of input read.
@@ -259,10 +261,87 @@ fn box_len(b: &[std::ops::Range<u64>]) -> u64 {
 /// input (naming the option and the values); [`Error::OutputExists`] without `overwrite`;
 /// the errors of reading the input and writing arrays. Nothing is written on an error.
 pub fn pyramid(input: &Input, out: &Path, opts: &PyramidOptions) -> Result<PyramidReport> {
+    pyramid_with_labels(input, &[], out, opts)
+}
+
+/// [`pyramid`], with label images: each `(name, labels)` is written to `OUT/labels/NAME` as an
+/// OME-Zarr label image (`image-label`, listed in `OUT/labels`' `labels`): a mode pyramid of
+/// the same levels, factors, scales and translations as the image (spec/PYRAMID.md §1.1). A
+/// label volume has the image's shape and an integer type.
+///
+/// # Errors
+/// As [`pyramid`]; [`Error::InvalidOption`] (`labels`) for a name that is empty, repeated or
+/// not one path component, and for labels of another shape or a non-integer type.
+pub fn pyramid_with_labels(
+    input: &Input,
+    labels: &[(&str, &Input)],
+    out: &Path,
+    opts: &PyramidOptions,
+) -> Result<PyramidReport> {
     with_threads(opts.run.threads, || {
         let plan = plan(input.shape(), opts)?;
-        with_scalar!(input.dtype(), T => build::<T>(input, out, opts, &plan))
+        let mut label_plans = Vec::new();
+        for (k, &(name, lab)) in labels.iter().enumerate() {
+            check_label(input, labels, k)?;
+            // The image's geometry exactly: its factors level by level, as many levels.
+            let lopts = PyramidOptions {
+                method: Some(Downsample::Mode),
+                levels: Some(plan.levels()),
+                factors: Some(plan.factors[1..].to_vec()),
+                ..opts.clone()
+            };
+            let lp = if plan.levels() == 1 {
+                PyramidOptions {
+                    factors: None,
+                    ..lopts
+                }
+            } else {
+                lopts
+            };
+            label_plans.push((name, lab, self::plan(lab.shape(), &lp)?));
+        }
+        build(input, &label_plans, out, opts, &plan)
     })
+}
+
+/// Refuses label `k` of `labels` unless it fits the image `input` (spec/PYRAMID.md §1.1).
+fn check_label(input: &Input, labels: &[(&str, &Input)], k: usize) -> Result<()> {
+    let (name, lab) = labels[k];
+    let bad = |reason: String| Err(Error::option("labels", format!("{name:?}: {reason}")));
+    let mut parts = Path::new(name).components();
+    if name.is_empty()
+        || name.starts_with('.')
+        || !matches!(
+            (parts.next(), parts.next()),
+            (Some(std::path::Component::Normal(_)), None)
+        )
+    {
+        return bad(
+            "a label image's name is one path component (like cells), not empty, \
+                    hidden or a path"
+                .into(),
+        );
+    }
+    if labels[..k].iter().any(|(n, _)| *n == name) {
+        return bad("two label images of this name".into());
+    }
+    if lab.shape() != input.shape() {
+        return bad(format!(
+            "{} is {}; labels have the image's shape, {}",
+            lab.describe(),
+            fmt_shape(lab.shape()),
+            fmt_shape(input.shape())
+        ));
+    }
+    if lab.dtype().is_float() {
+        return bad(format!(
+            "{} is {}; OME-Zarr label images are integers (convert it with --dtype uint32, \
+             say)",
+            lab.describe(),
+            lab.dtype()
+        ));
+    }
+    Ok(())
 }
 
 /// The pyramid's geometry from the options (spec/PYRAMID.md §1).
@@ -668,8 +747,10 @@ fn unit_level(
     (0, decodes(0))
 }
 
-fn build<T: Scalar>(
+/// Writes the image and its labels beside `out`, then publishes them (nothing at `out` before).
+fn build(
     input: &Input,
+    labels: &[(&str, &Input, Plan)],
     out: &Path,
     opts: &PyramidOptions,
     plan: &Plan,
@@ -686,6 +767,75 @@ fn build<T: Scalar>(
         ));
     }
     check_output(out, opts.overwrite)?;
+    let name = opts.name.clone().or_else(|| {
+        out.file_name().map(|n| {
+            n.to_string_lossy()
+                .trim_end_matches(".zarr")
+                .trim_end_matches(".ome")
+                .to_string()
+        })
+    });
+    let build = BuildDir::begin(out, TMP_SUFFIX)?;
+    let sync = opts.run.durability == crate::store::Durability::Sync;
+    let written = with_scalar!(input.dtype(), T => {
+        write_image::<T>(input, build.path(), name, None, opts, plan)?
+    });
+    let mut label_levels = Vec::new();
+    if !labels.is_empty() {
+        let dir = build.path().join("labels");
+        for (name, lab, lplan) in labels {
+            let w = with_scalar!(lab.dtype(), T => {
+                write_image::<T>(
+                    lab,
+                    &dir.join(name),
+                    Some(name.to_string()),
+                    Some(json!({"version": "0.5", "source": {"image": "../../"}})),
+                    opts,
+                    lplan,
+                )?
+            });
+            label_levels.push((name.to_string(), w.levels));
+        }
+        let names: Vec<&str> = labels.iter().map(|l| l.0).collect();
+        let group = json!({
+            "zarr_format": 3,
+            "node_type": "group",
+            "attributes": {"ome": {"version": "0.5", "labels": names}},
+        });
+        let text = serde_json::to_string_pretty(&group).expect("plain JSON");
+        crate::store::write_atomic(&dir.join("zarr.json"), text.as_bytes(), sync)?;
+    }
+    build.publish(out, opts.overwrite, sync)?;
+    Ok(PyramidReport {
+        path: out.to_path_buf(),
+        method: plan.method,
+        levels: written.levels,
+        labels: label_levels,
+        chunks_written: written.chunks,
+        bytes_in: written.bytes_in,
+        decodes: written.decodes,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// What [`write_image`] wrote.
+struct Written {
+    levels: Vec<PyramidLevel>,
+    chunks: u64,
+    bytes_in: u64,
+    decodes: u64,
+}
+
+/// Writes `input`'s pyramid (`plan`) as an OME-Zarr image group in `dir` (inside a build
+/// directory), named `name`; `label` is the `image-label` object of a label image.
+fn write_image<T: Scalar>(
+    input: &Input,
+    dir: &Path,
+    name: Option<String>,
+    label: Option<serde_json::Value>,
+    opts: &PyramidOptions,
+    plan: &Plan,
+) -> Result<Written> {
     let dtype = input.dtype();
     let itemsize = dtype.size() as u64;
     let threads = rayon::current_num_threads() as u64;
@@ -720,7 +870,6 @@ fn build<T: Scalar>(
             ),
         ));
     }
-    let build = BuildDir::begin(out, TMP_SUFFIX)?;
     let codec = Codec::resolve(opts.codec, opts.level, dtype)?;
     let names: Vec<String> = plan.axes.iter().map(|a| a.name.clone()).collect();
     let writers = plan
@@ -731,11 +880,7 @@ fn build<T: Scalar>(
             StoreSpec::new(g.shape().to_vec(), dtype, g.chunk_shape().to_vec())
                 .codec(codec)
                 .axis_names(Some(names.clone()))
-                .create(
-                    &build.path().join(l.to_string()),
-                    false,
-                    opts.run.durability,
-                )
+                .create(&dir.join(l.to_string()), false, opts.run.durability)
         })
         .collect::<Result<Vec<_>>>()?;
     let b = Build::<T> {
@@ -809,15 +954,8 @@ fn build<T: Scalar>(
         })
         .collect();
     let image = Image::new(
-        out,
-        opts.name.clone().or_else(|| {
-            out.file_name().map(|n| {
-                n.to_string_lossy()
-                    .trim_end_matches(".zarr")
-                    .trim_end_matches(".ome")
-                    .to_string()
-            })
-        }),
+        dir,
+        name,
         plan.axes.clone(),
         (0..plan.levels())
             .map(|l| ImageLevel {
@@ -828,24 +966,23 @@ fn build<T: Scalar>(
             .collect(),
         Some(plan.method.name().to_string()),
     )?;
-    let meta = image.group_json(json!({
+    let mut meta = image.group_json(json!({
         "method": format!("chunkwise.pyramid ({})", plan.method.name()),
         "version": env!("CARGO_PKG_VERSION"),
         "factors": plan.factors[1..],
         "chunks": plan.chunk,
     }));
+    if let Some(l) = label {
+        meta["attributes"]["ome"]["image-label"] = l;
+    }
     let sync = opts.run.durability == crate::store::Durability::Sync;
     let text = serde_json::to_string_pretty(&meta).expect("plain JSON");
-    crate::store::write_atomic(&build.path().join("zarr.json"), text.as_bytes(), sync)?;
-    build.publish(out, opts.overwrite, sync)?;
-    Ok(PyramidReport {
-        path: out.to_path_buf(),
-        method: plan.method,
+    crate::store::write_atomic(&dir.join("zarr.json"), text.as_bytes(), sync)?;
+    Ok(Written {
         levels,
-        chunks_written: written,
+        chunks: written,
         bytes_in: total,
         decodes,
-        seconds: start.elapsed().as_secs_f64(),
     })
 }
 

@@ -16,9 +16,19 @@ fn pyramids_match_numpy_and_three_readers_open_them() {
     assert!(said.contains("pyramids equal numpy's"), "{said}");
 }
 
-/// PYRAMID §5: factors of 0, more levels than the data allows, units that are not UDUNITS
-/// names, axis names not matching the rank, chunks the factors do not divide, a budget too
-/// small: one line naming the values, and nothing written.
+/// `pyramid --labels` (spec/PYRAMID.md §1.1): each label image a mode pyramid of the image's
+/// levels against numpy's block mode with the image's factors, the OME-Zarr labels layout,
+/// ome-zarr-models and ome-zarr-py, and bad labels refused (tests/python/check_pyramid_labels.py).
+#[test]
+fn label_images_follow_the_image_levels() {
+    let dir = tmp();
+    let said = run_python(
+        "check_pyramid_labels.py",
+        &[Path::new(env!("CARGO_BIN_EXE_chunkwise")), dir.path()],
+    );
+    assert!(said.contains("label pyramids equal numpy's"), "{said}");
+}
+
 /// `append` onto an OME-Zarr image (spec/PYRAMID.md §6): every method that grows, against
 /// numpy on the grown volume and against a pyramid built from scratch; a rerun, `--again`, a
 /// kill at every step of the commit (old or new pyramid, and the rerun completes it) and bad
@@ -33,6 +43,9 @@ fn appended_pyramids_equal_pyramids_of_the_grown_volume() {
     assert!(said.contains("appended pyramids equal numpy's"), "{said}");
 }
 
+/// PYRAMID §5: factors of 0, more levels than the data allows, units that are not UDUNITS
+/// names, axis names not matching the rank, chunks the factors do not divide, a budget too
+/// small: one line naming the values, and nothing written.
 #[test]
 fn bad_pyramids_are_refused_and_leave_nothing() {
     let dir = tmp();

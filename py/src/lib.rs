@@ -545,12 +545,13 @@ fn convert(
 
 /// `chunkwise pyramid`: an OME-Zarr image of the input at `out` (spec/PYRAMID.md).
 #[pyfunction]
-#[pyo3(signature = (source, out, opts))]
+#[pyo3(signature = (source, out, opts, labels = Vec::new()))]
 fn pyramid(
     py: Python<'_>,
     source: PyRef<'_, Source>,
     out: PathBuf,
     opts: &Bound<'_, PyDict>,
+    labels: Vec<(String, PyRef<'_, Source>)>,
 ) -> PyResult<String> {
     let job = Job::new(&Common::from(Some(opts))?);
     let level: Option<i32> = opt(opts, "level")?;
@@ -575,14 +576,31 @@ fn pyramid(
         p = p.codec(c);
     }
     source.check_present()?;
+    for (_, l) in &labels {
+        l.check_present()?;
+    }
     let input = &source.input;
-    let r = job.run(py, |_| chunkwise::pyramid(input, &out, &p))?;
+    let named: Vec<(&str, &chunkwise::Input)> =
+        labels.iter().map(|(n, l)| (n.as_str(), &l.input)).collect();
+    let r = job.run(py, |_| {
+        chunkwise::pyramid_with_labels(input, &named, &out, &p)
+    })?;
+    let levels = |ls: &[chunkwise::PyramidLevel]| {
+        ls.iter()
+            .map(|l| {
+                serde_json::json!({
+                    "path": l.path, "shape": l.shape, "chunks": l.chunks, "factor": l.factor,
+                    "scale": l.scale,
+                })
+            })
+            .collect::<Vec<_>>()
+    };
     Ok(serde_json::json!({
         "path": r.path, "method": r.method.name(),
-        "levels": r.levels.iter().map(|l| serde_json::json!({
-            "path": l.path, "shape": l.shape, "chunks": l.chunks, "factor": l.factor,
-            "scale": l.scale,
-        })).collect::<Vec<_>>(),
+        "levels": levels(&r.levels),
+        "labels": r.labels.iter()
+            .map(|(n, l)| serde_json::json!({"name": n, "levels": levels(l)}))
+            .collect::<Vec<_>>(),
         "chunks_written": r.chunks_written, "decodes": r.decodes, "seconds": r.seconds,
     })
     .to_string())

@@ -35,6 +35,10 @@ pub(crate) struct Args {
     /// Compression level.
     #[arg(long, value_name = "N", allow_hyphen_values = true)]
     level: Option<i32>,
+    /// A label volume (integers, INPUT's shape) written as OUT/labels/NAME, a mode pyramid of
+    /// the image's levels; NAME is the file's stem unless given as NAME=PATH (repeatable).
+    #[arg(long, value_name = "[NAME=]PATH")]
+    labels: Vec<String>,
     /// Replace an existing image (or array) at OUT.
     #[arg(long)]
     overwrite: bool,
@@ -175,7 +179,16 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
         .options(a.axis_names, a.chunks, a.codec.as_deref(), a.level)?;
     let opts = with_run(opts, a.overwrite, a.memory, a.no_sync, g);
     let input = Input::open(&a.input)?;
-    let r = chunkwise::pyramid(&input, &a.output, &opts)?;
+    let labels = a
+        .labels
+        .iter()
+        .map(|l| {
+            let (name, path) = label_name(l);
+            Ok((name, Input::open(path)?))
+        })
+        .collect::<chunkwise::Result<Vec<_>>>()?;
+    let named: Vec<(&str, &Input)> = labels.iter().map(|(n, i)| (n.as_str(), i)).collect();
+    let r = chunkwise::pyramid_with_labels(&input, &named, &a.output, &opts)?;
     if a.json {
         say(serde_json::to_string_pretty(&to_json(&r)).expect("plain JSON"))?;
     } else if !g.quiet {
@@ -184,14 +197,54 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
     Ok(Outcome::Ok)
 }
 
+/// `NAME=PATH`, or `PATH` named by its file's stem (`cells.npy`, `cells.zarr` → cells).
+fn label_name(arg: &str) -> (String, &str) {
+    if let Some((name, path)) = arg.split_once('=')
+        && !name.is_empty()
+        && !name.contains('/')
+    {
+        return (name.to_string(), path);
+    }
+    let file = std::path::Path::new(arg.trim_end_matches('/'))
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = [
+        ".ome.zarr",
+        ".zarr",
+        ".npy",
+        ".tiff",
+        ".tif",
+        ".raw",
+        ".h5",
+        ".hdf5",
+    ]
+    .iter()
+    .find_map(|ext| file.strip_suffix(ext))
+    .unwrap_or(&file)
+    .to_string();
+    (stem, arg)
+}
+
+fn levels_json(levels: &[chunkwise::PyramidLevel]) -> Vec<serde_json::Value> {
+    levels
+        .iter()
+        .map(|l| {
+            json!({
+                "path": l.path, "shape": l.shape, "chunks": l.chunks, "factor": l.factor,
+                "scale": l.scale,
+            })
+        })
+        .collect()
+}
+
 pub(crate) fn to_json(r: &PyramidReport) -> serde_json::Value {
     json!({
         "path": r.path,
         "method": r.method.name(),
-        "levels": r.levels.iter().map(|l| json!({
-            "path": l.path, "shape": l.shape, "chunks": l.chunks, "factor": l.factor,
-            "scale": l.scale,
-        })).collect::<Vec<_>>(),
+        "levels": levels_json(&r.levels),
+        "labels": r.labels.iter().map(|(n, l)| json!({"name": n, "levels": levels_json(l)}))
+            .collect::<Vec<_>>(),
         "chunks_written": r.chunks_written,
         "bytes_in": r.bytes_in,
         "decodes": r.decodes,
@@ -215,6 +268,10 @@ pub(crate) fn summary(r: &PyramidReport, input: &Input) -> String {
         r.seconds,
         r.chunks_written
     );
+    if !r.labels.is_empty() {
+        let names: Vec<&str> = r.labels.iter().map(|l| l.0.as_str()).collect();
+        s.push_str(&format!("; labels/ {} (mode)", names.join(", ")));
+    }
     if r.decodes > 1 {
         s.push_str(&format!(
             "; input chunks decoded up to {} times each (they do not fit the pyramid's chunks: \

@@ -54,6 +54,31 @@ def test_pyramid_mode_of_labels_and_factors_per_level(tmp, rng):
     np.testing.assert_array_equal(levels[1][...], want)
 
 
+def test_label_images_are_mode_pyramids_of_the_image_levels(tmp, rng):
+    """``labels=`` writes ``labels/NAME`` (spec/PYRAMID.md §1.1): the image's factors level by
+    level, each level the block mode (ties to the smallest value) of the one above."""
+    a = rng.integers(0, 5000, (16, 20)).astype(np.uint16)
+    lab = rng.integers(0, 3, (16, 20)).astype(np.int32)
+    out = os.path.join(tmp, "i.ome.zarr")
+    levels = cw.pyramid(a, out, factors_per_level=[(2, 2), (1, 2)], chunks=(4, 4),
+                        labels={"cells": lab})
+    got = cw.open(os.path.join(out, "labels", "cells", "1"))
+    assert got.shape == levels[1].shape == (8, 10)
+    b = lab.reshape(8, 2, 10, 2).transpose(0, 2, 1, 3).reshape(8, 10, 4)
+    want = np.empty((8, 10), np.int32)
+    for i in range(8):
+        for j in range(10):
+            vals, counts = np.unique(b[i, j], return_counts=True)
+            want[i, j] = vals[np.argmax(counts)]
+    np.testing.assert_array_equal(got[...], want)
+    assert cw.open(os.path.join(out, "labels", "cells", "2")).shape == levels[2].shape
+    meta = json.load(open(os.path.join(out, "labels", "zarr.json")))
+    assert meta["attributes"]["ome"]["labels"] == ["cells"]
+    with pytest.raises(cw.InvalidOptionError, match="label images are integers"):
+        cw.pyramid(a, os.path.join(tmp, "f.ome.zarr"), labels={"f": lab.astype(np.float32)})
+    assert not os.path.exists(os.path.join(tmp, "f.ome.zarr"))
+
+
 def test_bad_pyramids_raise_invalid_option_and_write_nothing(tmp):
     a = np.zeros((8, 8, 8), np.uint8)
     out = os.path.join(tmp, "bad.ome.zarr")

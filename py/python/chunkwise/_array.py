@@ -450,18 +450,23 @@ def convert(inputs, path, chunks=None, codec=None, level=None, *, checksum=False
 
 def pyramid(input, path, *, method="mean", levels=None, factors=None, factors_per_level=None,
             axis_names=None, axis_types=None, units=None, voxel_size=None, chunks=None,
-            codec=None, level=None, name=None, overwrite=False, progress=None, threads=None,
-            memory=None) -> list:
+            codec=None, level=None, name=None, labels=None, overwrite=False, progress=None,
+            threads=None, memory=None) -> list:
     """``chunkwise pyramid``: an OME-Zarr 0.5 multiscale image of ``input`` (paths as
     :func:`open` takes them, an Array, a numpy array) at ``path``, every level from one read
     of the input (spec/PYRAMID.md). ``method`` is mean, mode (labels), nearest, min or max;
     ``factors`` (one per axis) applies to every level, ``factors_per_level`` gives a list per
-    level after the first. Returns the levels opened, finest first: napari takes the list as a
-    multiscale image (``viewer.add_image(levels, multiscale=True)``)."""
-    if isinstance(input, (str, os.PathLike, list, tuple, dict)) and not isinstance(input, Array):
-        src = open(input)._source()
-    else:
-        src = source(input)
+    level after the first. ``labels`` maps names to label volumes (integers, the input's
+    shape; anything ``input`` may be), written as ``path/labels/NAME``: mode pyramids of the
+    image's own levels (spec/PYRAMID.md §1.1). Returns the levels opened, finest first: napari
+    takes the list as a multiscale image (``viewer.add_image(levels, multiscale=True)``)."""
+    def as_source(x):
+        if isinstance(x, (str, os.PathLike, list, tuple, dict)) and not isinstance(x, Array):
+            return open(x)._source()
+        return source(x)
+
+    src = as_source(input)
+    named = [(str(k), as_source(v)) for k, v in (labels or {}).items()]
     if factors is not None and factors_per_level is not None:
         raise ValueError("give factors (every level) or factors_per_level, not both")
     per_level = None
@@ -476,7 +481,7 @@ def pyramid(input, path, *, method="mean", levels=None, factors=None, factors_pe
                     voxel_size=None if voxel_size is None else [float(v) for v in voxel_size],
                     chunks=chunks, codec=codec, level=level, name=name, overwrite=overwrite)
     try:
-        report = json.loads(_chunkwise.pyramid(src, fspath(path), d))
+        report = json.loads(_chunkwise.pyramid(src, fspath(path), d, named))
     finally:
         close()
     return [open(os.path.join(fspath(path), lv["path"])) for lv in report["levels"]]
