@@ -271,6 +271,21 @@ impl Image {
         self.method.as_deref()
     }
 
+    /// The names of the image's label images (`labels/`'s `labels` list: OME-Zarr 0.5's
+    /// `zarr.json` or 0.4's `.zattrs`), each an image at `labels/NAME`; none if it has none
+    /// or the list is unreadable.
+    pub fn labels(&self) -> Vec<String> {
+        let dir = self.path.join("labels");
+        let read = |file: &str, pointer: &str| -> Option<Vec<String>> {
+            let text = std::fs::read_to_string(dir.join(file)).ok()?;
+            let v: Value = serde_json::from_str(&text).ok()?;
+            serde_json::from_value(v.pointer(pointer)?.clone()).ok()
+        };
+        read("zarr.json", "/attributes/ome/labels")
+            .or_else(|| read(".zattrs", "/labels"))
+            .unwrap_or_default()
+    }
+
     /// The array of level `i`.
     ///
     /// # Errors

@@ -36,6 +36,7 @@ pub(crate) fn run(a: Args, _g: &Global) -> CliResult {
                     "dtype": s.dtype().to_string(), "scale": l.scale,
                     "translation": l.translation,
                 })).collect::<Vec<_>>(),
+                "labels": image.labels(),
             });
         }
         say(serde_json::to_string_pretty(&j).expect("plain JSON"))?;
@@ -81,6 +82,14 @@ pub(crate) fn run(a: Args, _g: &Global) -> CliResult {
                     .as_deref()
                     .map(|t| format!(", translation {}", num(t)))
                     .unwrap_or_default()
+            ));
+        }
+        let labels = image.labels();
+        if !labels.is_empty() {
+            text.push_str(&format!(
+                "  labels: {} (each an image: {}/labels/NAME)\n",
+                labels.join(", "),
+                image.path().display()
             ));
         }
         text.push_str("level 0:");

@@ -83,6 +83,17 @@ for name, vol in (("cells", cells), ("nuclei", nuclei)):
     checked += 1
     assert v.returncode == 0, (name, v.stdout, v.stderr)
 
+# `info` lists them; a label image opens as any image (its level 0, or NAME/N).
+said = subprocess.run([str(BIN), "info", str(out)], capture_output=True, text=True).stdout
+checked += 1
+assert "labels: cells, nuclei" in said, said
+info = json.loads(subprocess.run([str(BIN), "info", str(out), "--json"], capture_output=True,
+                                 text=True).stdout)
+assert info["image"]["labels"] == ["cells", "nuclei"], info["image"]
+said = subprocess.run([str(BIN), "info", str(out / "labels" / "cells" / "2"), "--json"],
+                      capture_output=True, text=True).stdout
+assert json.loads(said)["shape"] == list(zarr.open_array(str(out / "2")).shape), said
+
 from ome_zarr.io import parse_url  # noqa: E402
 from ome_zarr.reader import Label, Reader  # noqa: E402
 
