@@ -181,6 +181,19 @@ impl Plan {
         self.grids.len()
     }
 
+    /// Level 0 alone (the one pass of a gaussian pyramid).
+    fn first_level(&self) -> Plan {
+        Plan {
+            grids: self.grids[..1].to_vec(),
+            chunk: self.chunk.clone(),
+            factors: self.factors[..1].to_vec(),
+            scales: self.scales[..1].to_vec(),
+            translations: self.translations[..1].to_vec(),
+            axes: self.axes.clone(),
+            method: self.method,
+        }
+    }
+
     /// The box of level `l - 1` chunks under chunk `p` of level `l`.
     fn children(&self, l: usize, p: &[u64]) -> Vec<std::ops::Range<u64>> {
         let (up, down) = (&self.grids[l], &self.grids[l - 1]);
@@ -567,6 +580,192 @@ fn plan(shape: &[u64], opts: &PyramidOptions) -> Result<Plan> {
     })
 }
 
+/// The taps of one axis of a gaussian level (spec/PYRAMID.md §2): for each output voxel, the
+/// voxels of the level above (relative to `lo`) and their weights.
+struct Taps {
+    lo: u64,
+    hi: u64,
+    rows: Vec<Vec<(usize, f64)>>,
+}
+
+/// Output voxels `range` of an axis of length `n` above, downsampled by `f`: each the
+/// Gaussian (sigma f / 3, radius `int(4 sigma + 0.5)`, scipy's) centred on its block's centre
+/// `i f + (f - 1) / 2`, over the voxels within the radius, reflected at the edges as scipy's
+/// `reflect` (`d c b a | a b c d | d c b a`), weights normalised to sum 1. Factor 1: the voxel.
+fn gaussian_taps(range: std::ops::Range<u64>, n: u64, f: u64) -> Taps {
+    let fold = |j: i64| -> u64 {
+        let p = 2 * n as i64;
+        let m = j.rem_euclid(p);
+        (if m >= n as i64 { p - 1 - m } else { m }) as u64
+    };
+    let mut raw: Vec<Vec<(u64, f64)>> = Vec::new();
+    for i in range {
+        if f == 1 {
+            raw.push(vec![(i, 1.0)]);
+            continue;
+        }
+        let sigma = f as f64 / 3.0;
+        let radius = (4.0 * sigma + 0.5).floor();
+        let c = (i * f) as f64 + (f as f64 - 1.0) / 2.0;
+        let (a, b) = ((c - radius).ceil() as i64, (c + radius).floor() as i64);
+        let mut row: Vec<(u64, f64)> = Vec::new();
+        for j in a..=b {
+            let w = (-0.5 * ((j as f64 - c) / sigma).powi(2)).exp();
+            let k = fold(j);
+            match row.iter_mut().find(|(q, _)| *q == k) {
+                Some(t) => t.1 += w,
+                None => row.push((k, w)),
+            }
+        }
+        let sum: f64 = row.iter().map(|t| t.1).sum();
+        row.iter_mut().for_each(|t| t.1 /= sum);
+        raw.push(row);
+    }
+    let lo = raw.iter().flatten().map(|t| t.0).min().unwrap_or(0);
+    let hi = raw.iter().flatten().map(|t| t.0 + 1).max().unwrap_or(0);
+    let rows = raw
+        .into_iter()
+        .map(|r| r.into_iter().map(|(k, w)| ((k - lo) as usize, w)).collect())
+        .collect();
+    Taps { lo, hi, rows }
+}
+
+/// `block` (C order, `shape`) through the taps of every axis in order: the output voxels, C
+/// order, in f64.
+fn apply_taps(mut data: Vec<f64>, shape: &[usize], taps: &[Taps]) -> Vec<f64> {
+    let mut shape = shape.to_vec();
+    for (axis, t) in taps.iter().enumerate() {
+        let outer: usize = shape[..axis].iter().product();
+        let inner: usize = shape[axis + 1..].iter().product();
+        let (n_in, n_out) = (shape[axis], t.rows.len());
+        let mut out = vec![0f64; outer * n_out * inner];
+        for o in 0..outer {
+            let src = &data[o * n_in * inner..(o + 1) * n_in * inner];
+            let dst = &mut out[o * n_out * inner..(o + 1) * n_out * inner];
+            for (i, row) in t.rows.iter().enumerate() {
+                let d = &mut dst[i * inner..(i + 1) * inner];
+                for &(j, w) in row {
+                    for (x, &v) in d.iter_mut().zip(&src[j * inner..(j + 1) * inner]) {
+                        *x += w * v;
+                    }
+                }
+            }
+        }
+        shape[axis] = n_out;
+        data = out;
+    }
+    data
+}
+
+/// Level `l` of a gaussian pyramid (`plan`) written in `dir` from level `l - 1` there, chunk by
+/// chunk in parallel, each from its box of the level above with the taps' halo. Returns the
+/// chunks written.
+fn gaussian_level<T: Scalar>(
+    dir: &Path,
+    l: usize,
+    plan: &Plan,
+    codec: Codec,
+    names: &[String],
+    opts: &PyramidOptions,
+) -> Result<u64> {
+    let above = Input::open(dir.join((l - 1).to_string()))?;
+    let grid = &plan.grids[l];
+    let up = plan.grids[l - 1].shape();
+    let f = &plan.factors[l];
+    let chunk: Vec<usize> = grid.chunk_shape().iter().map(|&c| c as usize).collect();
+    let n: usize = chunk.iter().product();
+    let itemsize = std::mem::size_of::<T>() as u64;
+    // Per worker: the chunk, and the box above a slab of `s` of its planes (in its type, in
+    // f64, and the passes' outputs, at most as much again).
+    let halo: Vec<u64> = f
+        .iter()
+        .map(|&f| 2 * (4.0 * f as f64 / 3.0 + 0.5) as u64 + f)
+        .collect();
+    let per = |s: u64| -> u64 {
+        (0..chunk.len())
+            .map(|k| {
+                let c = if k == 0 { s } else { chunk[k] as u64 };
+                (c * f[k] + halo[k]).min(up[k] + halo[k])
+            })
+            .fold(1u64, |a, x| a.saturating_mul(x))
+            .saturating_mul(itemsize + 16)
+            .saturating_add(n as u64 * itemsize)
+    };
+    let threads = rayon::current_num_threads() as u64;
+    let budget = opts.run.memory.unwrap_or(DEFAULT_MEMORY);
+    let fits = |s: u64| per(s).saturating_mul(threads) <= budget;
+    if !fits(1) {
+        return Err(Error::option(
+            "memory",
+            format!(
+                "{budget} bytes cannot hold {threads} workers of gaussian level {l} (chunks of \
+                 {}, each from the level above with the blur's halo): at least {} needed (or \
+                 fewer --threads, or smaller --chunks)",
+                fmt_shape(grid.chunk_shape()),
+                per(1).saturating_mul(threads)
+            ),
+        ));
+    }
+    // The thickest slab of planes that fits: the whole chunk where memory allows.
+    let mut slab = chunk[0] as u64;
+    while slab > 1 && !fits(slab) {
+        slab = slab.div_ceil(2);
+    }
+    let writer = StoreSpec::new(
+        grid.shape().to_vec(),
+        above.dtype(),
+        grid.chunk_shape().to_vec(),
+    )
+    .codec(codec)
+    .axis_names(Some(names.to_vec()))
+    .create(&dir.join(l.to_string()), false, opts.run.durability)?;
+    let ranges: Vec<std::ops::Range<u64>> = grid.grid_shape().iter().map(|&g| 0..g).collect();
+    let strides = crate::copy::c_strides(&chunk, 1);
+    let written = crate::grid::indices_in(&ranges)
+        .par_iter()
+        .map(|idx| -> Result<u64> {
+            opts.run.check()?;
+            let reg = grid.chunk_region(idx);
+            let origin: Vec<u64> = reg.ranges().iter().map(|r| r.start).collect();
+            // The full chunk (C order; an edge chunk padded with zeros), a slab at a time.
+            let mut data = vec![T::default(); n];
+            let whole = reg.ranges()[0].clone();
+            let mut at0 = whole.start;
+            while at0 < whole.end {
+                let mut sub = reg.ranges().to_vec();
+                sub[0] = at0..(at0 + slab).min(whole.end);
+                at0 = sub[0].end;
+                let taps: Vec<Taps> = sub
+                    .iter()
+                    .enumerate()
+                    .map(|(k, r)| gaussian_taps(r.clone(), up[k], f[k]))
+                    .collect();
+                let src = Region::new(taps.iter().map(|t| t.lo..t.hi).collect());
+                let block = above.read_region::<T>(&src)?;
+                let shape = block.shape().to_vec();
+                let vals: Vec<f64> = block.iter().map(|v| v.to_f64()).collect();
+                drop(block);
+                let out = apply_taps(vals, &shape, &taps);
+                let sshape: Vec<usize> = sub.iter().map(|r| (r.end - r.start) as usize).collect();
+                for (i, v) in out.into_iter().enumerate() {
+                    let (mut rest, mut at) = (i, 0);
+                    for k in (0..sshape.len()).rev() {
+                        let p = rest % sshape[k] + (sub[k].start - origin[k]) as usize;
+                        at += p * strides[k];
+                        rest /= sshape[k];
+                    }
+                    data[at] = T::from_f64(v);
+                }
+            }
+            Ok(u64::from(
+                writer.write_chunk(idx, bytemuck::cast_slice(&data))? > 0,
+            ))
+        })
+        .try_reduce(|| 0, |a, b| Ok(a + b))?;
+    writer.commit()?;
+    Ok(written)
+}
+
 /// The default factors from a level of shape `s` and voxel size `sp` (spec/PYRAMID.md §1): 2
 /// on a space axis that holds at least two chunks and whose voxels are less than twice as
 /// coarse as the finest space axis's, else 1. `relaxed` (a level count was asked for): when
@@ -834,8 +1033,13 @@ fn write_image<T: Scalar>(
     name: Option<String>,
     label: Option<serde_json::Value>,
     opts: &PyramidOptions,
-    plan: &Plan,
+    full: &Plan,
 ) -> Result<Written> {
+    // Block reductions fold every level in the one pass; a gaussian level needs a halo of the
+    // level above, so the pass writes level 0 and each level below is made from the one above.
+    let gaussian = full.method == Downsample::Gaussian;
+    let first = gaussian.then(|| full.first_level());
+    let plan = first.as_ref().unwrap_or(full);
     let dtype = input.dtype();
     let itemsize = dtype.size() as u64;
     let threads = rayon::current_num_threads() as u64;
@@ -943,6 +1147,13 @@ fn write_image<T: Scalar>(
     debug_assert!(b.pending.lock().map(|p| p.is_empty()).unwrap_or(true));
     for w in b.writers {
         w.commit()?;
+    }
+    let plan = full;
+    let mut written = written;
+    if gaussian {
+        for l in 1..plan.levels() {
+            written += gaussian_level::<T>(dir, l, plan, codec, &names, opts)?;
+        }
     }
     let levels: Vec<PyramidLevel> = (0..plan.levels())
         .map(|l| PyramidLevel {

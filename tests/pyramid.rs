@@ -77,7 +77,7 @@ fn bad_pyramids_are_refused_and_leave_nothing() {
         ),
         (
             vec!["--method", "median"],
-            "give mean, mode, nearest, min or max",
+            "give mean, mode, gaussian, nearest, min or max",
         ),
         (vec!["--levels", "0"], "at least one level"),
         (vec!["--memory", "1KiB"], "holds too little"),

@@ -56,7 +56,7 @@ pub(crate) struct Args {
 /// The pyramid's settings, shared by `pyramid` and `convert --pyramid`.
 #[derive(Debug, Default, clap::Args)]
 pub(crate) struct Flags {
-    /// How a block becomes one voxel below: mean, mode (labels), nearest, min or max.
+    /// How a level becomes the one below: mean, mode (labels), gaussian, nearest, min or max.
     #[arg(long, value_name = "METHOD")]
     pub method: Option<String>,
     /// Levels, level 0 included (default: until the smallest downsampled axis would drop

@@ -26,6 +26,10 @@ pub enum Downsample {
     Min,
     /// The block's maximum (NaN if the block holds one, as numpy's `max`).
     Max,
+    /// A Gaussian blur (sigma f / 3) sampled at each block's centre (spec/PYRAMID.md §2): not a
+    /// block reduction (a voxel depends on the blocks around its own), so pyramids compute it
+    /// from the level above with a halo and [`downsample`] refuses it.
+    Gaussian,
 }
 
 impl Downsample {
@@ -37,6 +41,7 @@ impl Downsample {
             Downsample::Nearest => "nearest",
             Downsample::Min => "min",
             Downsample::Max => "max",
+            Downsample::Gaussian => "gaussian",
         }
     }
 
@@ -56,10 +61,11 @@ impl std::str::FromStr for Downsample {
             "nearest" => Downsample::Nearest,
             "min" => Downsample::Min,
             "max" => Downsample::Max,
+            "gaussian" => Downsample::Gaussian,
             other => {
                 return Err(Error::option(
                     "method",
-                    format!("{other:?}: give mean, mode, nearest, min or max"),
+                    format!("{other:?}: give mean, mode, gaussian, nearest, min or max"),
                 ));
             }
         })
@@ -90,6 +96,13 @@ pub fn downsample<T: Scalar>(
                 "{factors:?} for a {}-D array: give one factor of at least 1 per axis",
                 input.ndim()
             ),
+        ));
+    }
+    if method == Downsample::Gaussian {
+        return Err(Error::option(
+            "method",
+            "gaussian is not a block reduction (a voxel depends on its neighbours beyond its \
+             block): pyramids compute it with a halo; give mean, mode, nearest, min or max",
         ));
     }
     let shape = input.shape().to_vec();
@@ -179,6 +192,10 @@ pub(crate) fn downsample_into<T: Scalar>(
                         }
                     }
                 }
+            }
+            Downsample::Gaussian => {
+                // Never here: `downsample` refuses it and pyramids fold no gaussian level.
+                debug_assert!(false, "gaussian is not a block reduction");
             }
             Downsample::Mode => {
                 for (j, d) in dst_row.iter_mut().enumerate() {
@@ -297,6 +314,7 @@ mod tests {
                     }
                     best.1
                 }
+                Downsample::Gaussian => unreachable!("not a block reduction"),
             }
         })
     }

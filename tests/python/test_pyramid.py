@@ -86,7 +86,7 @@ def test_bad_pyramids_raise_invalid_option_and_write_nothing(tmp):
         cw.pyramid(a, out, factors=(2, 2, 0))
     with pytest.raises(cw.InvalidOptionError, match="not one of OME-Zarr's UDUNITS"):
         cw.pyramid(a, out, units=["microns"] * 3)
-    with pytest.raises(cw.InvalidOptionError, match="give mean, mode, nearest, min or max"):
+    with pytest.raises(cw.InvalidOptionError, match="give mean, mode, gaussian, nearest, min or max"):
         cw.pyramid(a, out, method="median")
     assert not os.path.exists(out)
 
@@ -108,3 +108,29 @@ def test_appending_to_an_image_grows_every_level(tmp, rng):
         np.testing.assert_array_equal(cw.open(f"{out}/{i}")[...], want)
     with pytest.raises(cw.errors.InvalidOptionError, match="is level 1 of the OME-Zarr image"):
         cw.open(os.path.join(out, "1")).append(b[:, ::2, ::2])
+
+
+def test_gaussian_pyramid_equals_scipy_sampled_at_block_centres(tmp, rng):
+    """``method="gaussian"`` (spec/PYRAMID.md §2): for odd factors, level l + 1 is
+    scipy.ndimage.gaussian_filter(level l, f / 3, mode="reflect") sampled at the block
+    centres (a partial last block's centre past the end taken from the reflected level, as
+    numpy's symmetric padding makes it); the translation is (f - 1) / 2 voxels of the level above."""
+    from scipy import ndimage
+    a = rng.random((20, 31, 29)).astype(np.float32)
+    out = os.path.join(tmp, "g.ome.zarr")
+    levels = cw.pyramid(a, out, method="gaussian", factors=(1, 3, 3), levels=3,
+                        chunks=(8, 9, 9), threads=2)
+    want = a
+    for i, lv in enumerate(levels):
+        if i:
+            # Padded as scipy's reflect (numpy's symmetric) so that the last partial block's
+            # centre, past the end, has its value; radius int(4 * 1 + 0.5) = 4.
+            p = ((0, 0), (6, 6), (6, 6))
+            g = ndimage.gaussian_filter(np.pad(want.astype(np.float64), p, mode="symmetric"),
+                                        sigma=(0, 1, 1), mode="reflect", truncate=4.0)
+            n = [-(-k // 3) for k in want.shape[1:]]
+            want = g[:, 7::3, 7::3][:, :n[0], :n[1]].astype(np.float32)
+        np.testing.assert_allclose(lv[...], want, rtol=1e-6, atol=1e-6)
+    ms = json.load(open(os.path.join(out, "zarr.json")))["attributes"]["ome"]["multiscales"][0]
+    assert ms["type"] == "gaussian"
+    assert ms["datasets"][1]["coordinateTransformations"][1]["translation"] == [0.0, 1.0, 1.0]

@@ -454,7 +454,8 @@ def pyramid(input, path, *, method="mean", levels=None, factors=None, factors_pe
             threads=None, memory=None) -> list:
     """``chunkwise pyramid``: an OME-Zarr 0.5 multiscale image of ``input`` (paths as
     :func:`open` takes them, an Array, a numpy array) at ``path``, every level from one read
-    of the input (spec/PYRAMID.md). ``method`` is mean, mode (labels), nearest, min or max;
+    of the input (spec/PYRAMID.md). ``method`` is mean, mode (labels), gaussian, nearest, min or
+    max;
     ``factors`` (one per axis) applies to every level, ``factors_per_level`` gives a list per
     level after the first. ``labels`` maps names to label volumes (integers, the input's
     shape; anything ``input`` may be), written as ``path/labels/NAME``: mode pyramids of the
