@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use chunkwise::{Codec, ConvertOptions, Region, Store};
 
-use crate::common::{assert_store_eq, expected, fixture, run_python, tmp};
+use crate::common::{assert_store_eq, expected, fixture, read_npy, run_python, tmp};
 
 const STORES: [&str; 8] = [
     "zarr_python_v3_zstd",
@@ -25,6 +25,97 @@ fn reads_stores_other_tools_wrote() {
         let store = Store::open(fixture(&format!("stores/{name}.zarr"))).expect(name);
         assert_store_eq(&store, &expected(name));
     }
+}
+
+/// The interop corpus (spec/FORMAT.md §7.1): every store fixtures/make_codec_corpus.py wrote
+/// (zarr-python 2 and 3, tensorstore; one per codec and filter) that its manifest marks
+/// readable opens and equals the values its writer read back; every other one is refused by
+/// one error naming its codec and listing the codecs chunkwise reads. Stores that need a cargo
+/// feature are readable only with it.
+#[test]
+fn reads_the_codec_corpus() {
+    let root = fixture("corpus");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("manifest.json")).unwrap()).unwrap();
+    let stores = manifest["stores"].as_array().unwrap();
+    assert!(
+        stores.len() >= 70,
+        "the corpus lists {} stores",
+        stores.len()
+    );
+    let mut failures = Vec::new();
+    let mut read = 0;
+    for e in stores {
+        let name = e["name"].as_str().unwrap();
+        let path = root.join(e["store"].as_str().unwrap());
+        let with_feature = match e["feature"].as_str() {
+            None => true,
+            Some("zfp") => cfg!(feature = "zfp"),
+            Some(f) => panic!("{name}: unknown feature {f}"),
+        };
+        // The whole array, and a box across chunk boundaries (partial reads of chunks).
+        let cut = [3..11u64, 5..14, 7..20];
+        let got = Store::open(&path).and_then(|s| {
+            let n = s.shape().iter().product::<u64>() as usize * s.dtype().size();
+            let mut buf = vec![0u8; n];
+            s.read_region_into(&Region::full(s.shape()), &mut buf)?;
+            let m = cut.iter().map(|r| r.end - r.start).product::<u64>() as usize;
+            let mut part = vec![0u8; m * s.dtype().size()];
+            s.read_region_into(&Region::new(cut.to_vec()), &mut part)?;
+            Ok((s.dtype(), s.shape().to_vec(), buf, part))
+        });
+        if e["readable"].as_bool().unwrap() && with_feature {
+            let want = read_npy(&root.join("expected").join(e["expected"].as_str().unwrap()));
+            match got {
+                Err(err) => failures.push(format!("{name}: {err}")),
+                Ok((dtype, shape, bytes, part)) => {
+                    if (dtype, &shape, &bytes) != (want.dtype, &want.shape, &want.bytes) {
+                        failures.push(format!(
+                            "{name}: read {dtype} {shape:?}, differs from the expected {} {:?}",
+                            want.dtype, want.shape
+                        ));
+                    } else if part != sub_box(&want.bytes, &shape, dtype.size(), &cut) {
+                        failures.push(format!("{name}: the box {cut:?} differs"));
+                    } else {
+                        read += 1;
+                    }
+                }
+            }
+        } else {
+            let codec = match e["error_names"].as_str() {
+                Some(c) => c,
+                None if e["format"] == 2 => "zfpy",
+                None => "numcodecs.zfpy",
+            };
+            match got {
+                Ok(_) => failures.push(format!("{name}: read, though it should be refused")),
+                Err(err) => {
+                    let msg = err.to_string();
+                    if !msg.contains(&format!("codec {codec} ")) || !msg.contains("chunkwise reads")
+                    {
+                        failures.push(format!("{name}: the error does not name {codec}: {msg}"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(read >= 60, "only {read} stores read");
+}
+
+/// The C-order bytes of box `cut` of a 3-d array of `shape` (elements of `size` bytes).
+fn sub_box(bytes: &[u8], shape: &[u64], size: usize, cut: &[std::ops::Range<u64>; 3]) -> Vec<u8> {
+    let (ny, nx) = (shape[1] as usize, shape[2] as usize);
+    let mut out = Vec::new();
+    for z in cut[0].clone() {
+        for y in cut[1].clone() {
+            let row = (z as usize * ny + y as usize) * nx;
+            out.extend_from_slice(
+                &bytes[(row + cut[2].start as usize) * size..(row + cut[2].end as usize) * size],
+            );
+        }
+    }
+    out
 }
 
 #[test]

@@ -7,6 +7,7 @@
 //! path is either the old array or the complete new one, never a partial one (spec/FORMAT.md,
 //! "Durability").
 
+mod codecs;
 mod edit;
 mod files;
 mod job;
@@ -282,6 +283,7 @@ impl Store {
     /// [`Error::NotFound`], [`crate::StoreError::NotAStore`], [`crate::StoreError::BadMetadata`] if zarrs refuses the
     /// metadata, [`crate::InputError::UnsupportedDtype`] for data types outside [`DType`].
     pub fn open(path: impl AsRef<Path>) -> Result<Store> {
+        codecs::register();
         let path = path.as_ref().to_path_buf();
         if is_url(&path) {
             return Store::open_remote(&path);
@@ -294,8 +296,12 @@ impl Store {
         }
         check_metadata_sizes(&path)?;
         let fs_store = FilesystemStore::new(&path).map_err(|e| Error::metadata(path.clone(), e))?;
-        let storage: ReadableWritableListableStorage = Arc::new(fs_store);
-        let array = Array::open(storage, "/").map_err(|e| Error::metadata(path.clone(), e))?;
+        let storage: ReadableWritableListableStorage = if codecs::v2_blosc(&path) {
+            Arc::new(codecs::BloscFrames(Arc::new(fs_store)))
+        } else {
+            Arc::new(fs_store)
+        };
+        let array = Array::open(storage, "/").map_err(|e| codecs::open_error(&path, e))?;
         Store::from_array(path, array, None)
     }
 
@@ -330,7 +336,7 @@ impl Store {
             ));
         }
         let array =
-            Array::open(remote.zarr.clone(), "/").map_err(|e| Error::metadata(path.clone(), e))?;
+            Array::open(remote.zarr.clone(), "/").map_err(|e| codecs::open_error(&path, e))?;
         Store::from_array(path, array, Some(remote))
     }
 
