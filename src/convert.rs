@@ -413,9 +413,10 @@ fn convert_in_pool(input: &Input, out: &Path, opts: &ConvertOptions) -> Result<C
     let start = Instant::now();
     let view = input.view();
     let source = view.source();
+    // Axis names given, else the input's own (an OME-TIFF's t, c, z, y, x).
     let spec = output_spec(source.as_ref(), opts)?
         .subchunks(opts.subchunks.clone())
-        .axis_names(opts.axis_names.clone());
+        .axis_names(opts.axis_names.clone().or_else(|| source.axis_names()));
     let (shape, dtype) = (spec.shape().to_vec(), spec.dtype());
     let writer = spec.create(out, opts.overwrite, opts.run.durability)?;
     let grid = writer.grid().clone();

@@ -102,6 +102,12 @@ impl Input {
             [] => return Err(Error::option("input", "no input given")),
         };
         if let [one] = paths
+            && raw.series.is_some()
+            && (is_store(one) || crate::ome::resolve(one)?.is_some())
+        {
+            return Err(crate::source::refuse_series(one));
+        }
+        if let [one] = paths
             && let Some((level, image)) = crate::ome::resolve(one)?
         {
             if raw.dtype.is_some() || raw.shape.is_some() {

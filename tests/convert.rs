@@ -97,6 +97,7 @@ fn raw_with_sidecar_and_with_flags() {
         &RawOptions {
             dtype: Some(DType::F32),
             shape: Some(vec![4, 5, 6]),
+            ..Default::default()
         },
     )
     .unwrap();

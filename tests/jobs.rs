@@ -381,6 +381,7 @@ fn killed_job_resumes() {
             &chunkwise::RawOptions {
                 dtype: Some(DType::U16),
                 shape: Some(shape.to_vec()),
+                ..Default::default()
             },
         )
         .unwrap(),

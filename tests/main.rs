@@ -24,5 +24,6 @@ mod reduce;
 mod s3;
 mod scale;
 mod slurm;
+mod tiff;
 mod verify;
 mod write;

@@ -372,19 +372,27 @@ fn src(input: Input) -> Source {
 /// Opens `paths` (one path: a store, a `.npy`, a directory or glob of slices, a TIFF, a JSON
 /// view spec, a raw file with `dtype`/`shape` or a sidecar; several: slices in that order).
 #[pyfunction]
-#[pyo3(signature = (paths, dtype=None, shape=None))]
+#[pyo3(signature = (paths, dtype=None, shape=None, series=None))]
 fn open(
     py: Python<'_>,
     paths: Vec<PathBuf>,
     dtype: Option<&str>,
     shape: Option<Vec<u64>>,
+    series: Option<usize>,
 ) -> PyResult<Source> {
     let dtype = dtype.map(dtype_of).transpose()?;
     let input = py.detach(|| {
-        if paths.len() == 1 && dtype.is_none() && shape.is_none() {
+        if paths.len() == 1 && dtype.is_none() && shape.is_none() && series.is_none() {
             Input::open(&paths[0])
         } else {
-            Input::open_all(&paths, &RawOptions { dtype, shape })
+            Input::open_all(
+                &paths,
+                &RawOptions {
+                    dtype,
+                    shape,
+                    series,
+                },
+            )
         }
     });
     input.map(src).map_err(to_py)

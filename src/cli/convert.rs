@@ -39,6 +39,9 @@ pub(crate) struct Args {
     /// Shape of raw input, e.g. 512,1024,1024.
     #[arg(long, value_delimiter = ',', value_name = "Z,Y,X")]
     shape: Option<Vec<u64>>,
+    /// The series of an OME-TIFF input to read (default 0).
+    #[arg(long, value_name = "N")]
+    series: Option<usize>,
     /// Axis names, e.g. z,y,x.
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     axis_names: Option<Vec<String>>,
@@ -103,6 +106,7 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
         &RawOptions {
             dtype,
             shape: a.shape,
+            series: a.series,
         },
     )?;
     let report = chunkwise::convert(&input, &a.output, &opts)?;
@@ -145,6 +149,7 @@ fn run_pyramid(a: Args, g: &Global) -> CliResult {
         &RawOptions {
             dtype,
             shape: a.shape,
+            series: a.series,
         },
     )?;
     let opts = a

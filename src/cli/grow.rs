@@ -62,6 +62,9 @@ pub(crate) struct AppendArgs {
     /// Shape of raw input.
     #[arg(long, value_delimiter = ',', value_name = "Z,Y,X")]
     shape: Option<Vec<u64>>,
+    /// The series of an OME-TIFF input to read (default 0).
+    #[arg(long, value_name = "N")]
+    series: Option<usize>,
     /// Input held in memory at once when encoding a layer (default 256MiB).
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     memory: Option<u64>,
@@ -146,6 +149,7 @@ pub(crate) fn append(a: AppendArgs, g: &Global) -> CliResult {
     let raw = RawOptions {
         dtype,
         shape: a.shape,
+        series: a.series,
     };
     let inputs = if a.inputs.iter().all(|p| chunkwise::is_store(p)) && raw == RawOptions::default()
     {

@@ -9,6 +9,7 @@
 #[cfg(feature = "hdf5")]
 mod hdf5;
 mod mapped;
+mod ome_tiff;
 mod tiff;
 
 use std::cmp::Ordering;
@@ -40,6 +41,10 @@ pub(crate) trait Source: Send + Sync {
     fn identity(&self) -> String;
     /// Makes `region` readable until the returned block is dropped.
     fn block(&self, region: &Region) -> Result<Box<dyn Block + '_>>;
+    /// The axis names the input's own metadata gives (an OME-TIFF's), if any.
+    fn axis_names(&self) -> Option<Vec<String>> {
+        None
+    }
     /// The natural block shape to read this source by (a store's chunk shape), if any.
     fn chunk_hint(&self) -> Option<Vec<u64>> {
         None
@@ -68,11 +73,16 @@ pub(crate) trait Block: Send + Sync {
     }
 }
 
-/// How to read a raw (headerless) file: from flags, or else from a JSON sidecar.
+/// How to read file inputs: a raw (headerless) file's type and shape (from flags, or else
+/// from a JSON sidecar), and which series of an OME-TIFF.
 ///
 /// ```no_run
 /// use chunkwise::{DType, Input, RawOptions};
-/// let raw = RawOptions { dtype: Some(DType::U16), shape: Some(vec![512, 1024, 1024]) };
+/// let raw = RawOptions {
+///     dtype: Some(DType::U16),
+///     shape: Some(vec![512, 1024, 1024]),
+///     ..Default::default()
+/// };
 /// let volume = Input::open_all(&["volume.raw".into()], &raw)?;
 /// assert_eq!(volume.shape(), &[512, 1024, 1024]);
 /// # Ok::<(), chunkwise::Error>(())
@@ -83,6 +93,8 @@ pub struct RawOptions {
     pub dtype: Option<DType>,
     /// Shape (`--shape`).
     pub shape: Option<Vec<u64>>,
+    /// The series of an OME-TIFF (`--series`; 0 when not given).
+    pub series: Option<usize>,
 }
 
 /// Opens files as `convert` reads them (spec/CLI.md, "convert"): one .npy, raw or multi-page
@@ -104,6 +116,13 @@ pub(crate) fn open(inputs: &[PathBuf], raw: &RawOptions) -> Result<Box<dyn Sourc
         ));
     }
     let paths = expand(inputs)?;
+    if raw.series.is_some()
+        && let Some(p) = paths
+            .iter()
+            .find(|p| paths.len() > 1 || kind(p) != Kind::Tiff)
+    {
+        return Err(refuse_series(p));
+    }
     if let [one] = paths.as_slice() {
         if one.is_dir() {
             let files = list_dir(one)?;
@@ -116,7 +135,7 @@ pub(crate) fn open(inputs: &[PathBuf], raw: &RawOptions) -> Result<Box<dyn Sourc
             }
             Kind::Tiff => {
                 refuse_raw_flags(raw_given, one)?;
-                Ok(Box::new(TiffStack::multipage(one)?))
+                Ok(Box::new(TiffStack::multipage(one, raw.series)?))
             }
             Kind::Other => Ok(Box::new(MappedSource::raw(one, raw)?)),
         };
@@ -131,6 +150,17 @@ pub(crate) fn open(inputs: &[PathBuf], raw: &RawOptions) -> Result<Box<dyn Sourc
     files.sort_by(|a, b| natural_cmp(&a.to_string_lossy(), &b.to_string_lossy()));
     let first = files[0].clone();
     open_files(&files, &first, raw_given)
+}
+
+/// `--series` given with an input that is not one (OME-)TIFF file.
+pub(crate) fn refuse_series(path: &Path) -> Error {
+    Error::option(
+        "series",
+        format!(
+            "--series picks a series of one OME-TIFF file; {} is not one",
+            path.display()
+        ),
+    )
 }
 
 /// HDF5's file signature (at byte 0, or 512, 1024, 2048, ... after a user block).

@@ -347,3 +347,24 @@ def test_convert_in_parts(tmp, rng):
     assert cw.convert(str(tmp / "x.npy"), out, chunks=(2, 3, 4), partition="1/2") is None
     a = cw.convert(str(tmp / "x.npy"), out, chunks=(2, 3, 4), partition=(0, 2))
     assert a.chunks == (2, 3, 4) and np.array_equal(a[...], x)
+
+
+def test_ome_tiff_series_and_axes(tmp):
+    """An OME-TIFF opens as one series in the order t, c, z, y, x (spec/CLI.md "TIFF
+    inputs"); the oracle is tifffile's reading of the fixture (fixtures/tiff/)."""
+    import json
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "tiff")
+    two = os.path.join(root, "two_series.ome.tif")
+    np.testing.assert_array_equal(cw.open(two)[...], np.load(os.path.join(root, "two_series_s0.npy")))
+    s1 = cw.open(two, series=1)
+    np.testing.assert_array_equal(s1[...], np.load(os.path.join(root, "two_series_s1.npy")))
+    # A pickled series reopens the same series.
+    import pickle
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(s1))[...], s1[...])
+    out = os.path.join(tmp, "t.zarr")
+    cw.convert(os.path.join(root, "tczyx.ome.tif"), out)
+    meta = json.load(open(os.path.join(out, "zarr.json")))
+    assert meta["dimension_names"] == ["t", "c", "z", "y", "x"]
+    np.testing.assert_array_equal(cw.open(out)[...], np.load(os.path.join(root, "tczyx.npy")))
+    with pytest.raises(cw.errors.InvalidOptionError, match="series 3 asked for"):
+        cw.open(two, series=3)

@@ -16,12 +16,13 @@ from .errors import NotFoundError, OutputExistsError, StoreError
 
 
 # A recipe says how an Array's source is built, so that a pickled Array can be built again in
-# another process: ("open", [paths], dtype, shape) | ("spec", json, base) | ("numpy", array) |
+# another process: ("open", [paths], dtype, shape[, series]) | ("spec", json, base) | ("numpy", array) |
 # ("concat"|"stack", [recipes], axis) | ("slice", recipe, starts, stops, dropped axes) | ("cast", recipe, dtype).
 def _build(recipe):
     kind = recipe[0]
     if kind == "open":
-        return _chunkwise.open(recipe[1], recipe[2], recipe[3])  # absolute paths
+        series = recipe[4] if len(recipe) > 4 else None
+        return _chunkwise.open(recipe[1], recipe[2], recipe[3], series)  # absolute paths
     if kind == "spec":
         return _chunkwise.open_spec(recipe[1], recipe[2])
     if kind == "numpy":
@@ -355,14 +356,16 @@ def _as_recipe(x):
     return x._recipe if isinstance(x, Array) else open(x)._recipe
 
 
-def open(source_, *, dtype=None, shape=None) -> Array:  # noqa: A001 (numpy's name)
+def open(source_, *, dtype=None, shape=None, series=None) -> Array:  # noqa: A001 (numpy's name)
     """Opens anything chunkwise reads as an :class:`Array` (spec/PYTHON.md §1).
 
     ``source_``: a Zarr v3/v2 store, a ``.npy`` file, a directory or glob of ``.npy`` slices,
     a TIFF, a JSON view-spec file, a raw file (with ``dtype`` and ``shape``, or a ``.json``
     sidecar), an HDF5 dataset ``"file.h5:/path/to/dataset"`` (a package built with the
     ``hdf5`` feature), a list of files taken as slices in that order, or a view spec as a
-    ``dict`` (relative paths in it are relative to the current directory).
+    ``dict`` (relative paths in it are relative to the current directory). An OME-TIFF opens
+    as one series (``series``, default 0), its axes t, c, z, y, x without those of length one
+    (spec/CLI.md "TIFF inputs"; :func:`convert` stores them as dimension names).
 
     >>> a = chunkwise.open("volume.zarr")
     >>> plane = a[100]           # a numpy array
@@ -378,7 +381,8 @@ def open(source_, *, dtype=None, shape=None) -> Array:  # noqa: A001 (numpy's na
         if not paths:
             raise ValueError("no paths given")
         recipe = ("open", paths, None if dtype is None else dtype_name(dtype),
-                  None if shape is None else [int(n) for n in shape])
+                  None if shape is None else [int(n) for n in shape],
+                  None if series is None else int(series))
     return Array(_build(recipe), recipe)
 
 
@@ -427,15 +431,15 @@ def create(path, shape, dtype, chunks=None, codec=None, fill_value=0, overwrite=
 
 @_deferrable(1)
 def convert(inputs, path, chunks=None, codec=None, level=None, *, checksum=False, shard=None,
-            axis_names=None, dtype=None, shape=None, overwrite=False, partition=None,
-            progress=None, threads=None, memory=None) -> Array:
+            axis_names=None, dtype=None, shape=None, series=None, overwrite=False,
+            partition=None, progress=None, threads=None, memory=None) -> Array:
     """``chunkwise convert``: any input (paths as :func:`open` takes them, an Array, a numpy
     array) written as a chunked store at ``path``, streaming; returns the store opened.
     ``partition="I/N"`` writes one part of N sharing one job; a part that leaves the
     publishing to another returns None. ``defer=True`` returns a :class:`chunkwise.Job`."""
     from ._compute import _partition
     if isinstance(inputs, (str, os.PathLike, list, tuple, dict)) and not isinstance(inputs, Array):
-        src = open(inputs, dtype=dtype, shape=shape)._source()
+        src = open(inputs, dtype=dtype, shape=shape, series=series)._source()
     else:
         src = source(inputs)
     d, close = opts(progress, threads, memory, chunks=chunks, codec=codec, level=level,

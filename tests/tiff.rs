@@ -1,0 +1,178 @@
+//! Instrument TIFFs (spec/CLI.md "TIFF inputs"): BigTIFF, tiled and strip TIFFs, LZW, deflate,
+//! zstd and PackBits with and without predictors, OME-TIFFs with time and channel axes and
+//! several series (`--series`), and a page of another size refused. The fixtures and their
+//! expected arrays are tifffile's (fixtures/make_tiff_fixtures.py, listed in
+//! fixtures/tiff/manifest.json).
+
+use std::path::Path;
+
+use chunkwise::{ConvertOptions, Input, RawOptions, Region, Store};
+
+use crate::common::{chunkwise, fixture, read_npy, stderr, stdout, tmp};
+
+fn manifest() -> Vec<serde_json::Value> {
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("tiff/manifest.json")).unwrap()).unwrap();
+    m["files"].as_array().unwrap().clone()
+}
+
+fn open(path: &Path, series: Option<usize>) -> chunkwise::Result<Input> {
+    Input::open_all(
+        &[path.to_path_buf()],
+        &RawOptions {
+            series,
+            ..Default::default()
+        },
+    )
+}
+
+fn dimension_names(store: &Path) -> serde_json::Value {
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(store.join("zarr.json")).unwrap()).unwrap();
+    meta["dimension_names"].clone()
+}
+
+#[test]
+fn instrument_tiffs_read_as_tifffile_reads_them() {
+    let dir = tmp();
+    let files = manifest();
+    assert!(files.len() >= 15);
+    let mut checked = 0;
+    let mut failures = Vec::new();
+    for e in &files {
+        let name = e["file"].as_str().unwrap();
+        let path = fixture(&format!("tiff/{name}"));
+        let series = e["series"].as_u64().map(|s| s as usize);
+        if let Some(err) = e["error"].as_str() {
+            let msg = open(&path, series).err().map(|e| e.to_string());
+            let msg = msg.unwrap_or_else(|| panic!("{name}: opened, though it is refused"));
+            assert!(msg.contains(err) && msg.contains(name), "{name}: {msg}");
+            continue;
+        }
+        let want = read_npy(&fixture(&format!(
+            "tiff/{}",
+            e["expected"].as_str().unwrap()
+        )));
+        let input = match open(&path, series) {
+            Ok(i) => i,
+            Err(e) => {
+                failures.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        assert_eq!(input.shape(), &want.shape[..], "{name}");
+        assert_eq!(input.dtype(), want.dtype, "{name}");
+        let mut got = vec![0u8; want.bytes.len()];
+        if let Err(e) = input.read_region_into(&Region::full(input.shape()), &mut got) {
+            failures.push(format!("{name}: {e}"));
+            continue;
+        }
+        if got != want.bytes {
+            failures.push(format!("{name}: values differ from tifffile's"));
+            continue;
+        }
+        // Converted: the same values, and the OME axes as dimension names.
+        let out = dir.path().join(format!("{checked}.zarr"));
+        let chunks: Vec<u64> = want.shape.iter().map(|&n| n.div_ceil(2)).collect();
+        chunkwise::convert(
+            &input,
+            &out,
+            &ConvertOptions::default().chunks(Some(chunks)),
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let store = Store::open(&out).unwrap();
+        let mut back = vec![0u8; want.bytes.len()];
+        store
+            .read_region_into(&Region::full(store.shape()), &mut back)
+            .unwrap();
+        assert!(back == want.bytes, "{name}: converted values differ");
+        if e["ome"] == true {
+            assert_eq!(dimension_names(&out), e["axes"], "{name}");
+            assert!(
+                input.describe().contains("OME-TIFF"),
+                "{}",
+                input.describe()
+            );
+        }
+        checked += 1;
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(checked >= 13, "only {checked} files read");
+}
+
+#[test]
+fn series_and_axes_from_the_command_line() {
+    let dir = tmp();
+    let two = fixture("tiff/two_series.ome.tif");
+    let out = dir.path().join("s1.zarr");
+    let o = chunkwise(&[
+        "convert",
+        two.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--series",
+        "1",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let store = Store::open(&out).unwrap();
+    assert_eq!(store.shape(), &[2, 2, 11, 13]);
+    assert_eq!(
+        dimension_names(&out),
+        serde_json::json!(["t", "c", "y", "x"])
+    );
+    let info = chunkwise(&["info", two.to_str().unwrap(), "--series", "1"]);
+    // `info` takes no --series (it describes stores); the convert above is the interface.
+    assert!(!info.status.success());
+    // Explicit --axis-names win over the OME-XML's.
+    let out2 = dir.path().join("named.zarr");
+    let o = chunkwise(&[
+        "convert",
+        fixture("tiff/cyx.ome.tif").to_str().unwrap(),
+        "-o",
+        out2.to_str().unwrap(),
+        "--axis-names",
+        "ch,row,col",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        dimension_names(&out2),
+        serde_json::json!(["ch", "row", "col"])
+    );
+    // --series beyond the file's, on a plain TIFF, or on a store: one clear error, no output.
+    for (input, series, want) in [
+        (
+            two.clone(),
+            "5",
+            "series 5 asked for, the OME-TIFF holds 2 (0 to 1)",
+        ),
+        (fixture("tiff/bigtiff_u16.tif"), "1", "not an OME-TIFF"),
+        (out.clone(), "0", "is not one"),
+    ] {
+        let bad = dir.path().join("bad.zarr");
+        let o = chunkwise(&[
+            "convert",
+            input.to_str().unwrap(),
+            "-o",
+            bad.to_str().unwrap(),
+            "--series",
+            series,
+        ]);
+        assert!(!o.status.success());
+        assert!(stderr(&o).contains(want), "{}", stderr(&o));
+        assert!(!bad.exists());
+    }
+    let _ = stdout;
+}
+
+#[test]
+fn a_page_of_another_size_is_named() {
+    let o = chunkwise(&["info", fixture("tiff/mixed_sizes.tif").to_str().unwrap()]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("mixed_sizes.tif page 2") && e.contains("21x24"),
+        "{e}"
+    );
+}
