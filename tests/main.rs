@@ -9,6 +9,7 @@ mod cli;
 mod compute;
 mod convert;
 mod export;
+mod faults;
 mod grow;
 mod hdf5;
 mod interop;

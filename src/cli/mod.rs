@@ -78,7 +78,7 @@ enum Command {
     Reduce(project::Args),
     /// A PNG of a plane or a projection (default: the maximum along axis 0).
     Preview(preview::Args),
-    /// An OME-Zarr multiscale image (mean, mode, nearest, min or max pyramid) in one pass.
+    /// An OME-Zarr multiscale image (mean, mode, gaussian, nearest, min or max pyramid).
     Pyramid(pyramid::Args),
     /// Coordinates of nonzero (or selected) voxels, as numpy.argwhere, to an .npy file.
     Where(reduce::WhereArgs),
