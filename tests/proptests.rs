@@ -1,6 +1,7 @@
-//! Property tests (issue 9 §6): whatever bytes a `.npy` header, a `zarr.json`, a view spec or a
-//! region string holds, chunkwise answers with a value or an error, never a panic, a hang or
-//! an allocation beyond the stated limits (spec/FORMAT.md §10).
+//! Property tests (issue 9 §6, issue 14 §6): whatever bytes a `.npy` header, a `zarr.json`, a
+//! `.zarray`, a chunk of the codecs chunkwise adds, a TIFF file, a view spec or a region string
+//! holds, chunkwise answers with a value or an error, never a panic, a hang or an allocation
+//! beyond the stated limits (spec/FORMAT.md §10).
 
 use std::path::Path;
 
@@ -113,8 +114,129 @@ fn view_spec() -> impl Strategy<Value = Value> {
     })
 }
 
+/// The codecs chunkwise adds or renames (src/store/codecs.rs), with configurations right and
+/// wrong, as the one bytes-to-bytes codec of an array (v3) or its compressor (v2).
+fn added_codec() -> impl Strategy<Value = (Value, Value)> {
+    let location = prop_oneof![
+        Just(json!("start")),
+        Just(json!("end")),
+        Just(json!("middle")),
+        Just(json!(3))
+    ];
+    prop_oneof![
+        Just((json!({"name": "numcodecs.lz4", "configuration": {"acceleration": 1}}), json!({"id": "lz4", "acceleration": 1}))),
+        location.clone().prop_map(|l| (json!({"name": "numcodecs.crc32", "configuration": {"location": l}}), json!({"id": "crc32", "location": l}))),
+        location.prop_map(|l| (json!({"name": "numcodecs.crc32c", "configuration": {"location": l}}), json!({"id": "crc32c", "location": l}))),
+        Just((json!({"name": "numcodecs.fletcher32", "configuration": {}}), json!({"id": "fletcher32"}))),
+        Just((json!({"name": "numcodecs.zstd", "configuration": {"level": 3}}), json!({"id": "zstd", "level": 3}))),
+        (prop_oneof![Just("lz4"), Just("zstd"), Just("nope")], -2i64..4, prop_oneof![Just(json!(2)), Just(json!(0)), Just(json!("x"))])
+            .prop_map(|(c, sh, ts)| (
+                json!({"name": "numcodecs.blosc", "configuration": {"cname": c, "clevel": 5, "shuffle": sh, "typesize": ts}}),
+                json!({"id": "blosc", "cname": c, "clevel": 5, "shuffle": sh, "blocksize": 0}),
+            )),
+    ]
+}
+
+/// Chunk bytes: random, or led by a 4-byte length (lz4's header) or a blosc-like header.
+fn chunk_bytes() -> impl Strategy<Value = Vec<u8>> {
+    (
+        any::<u32>(),
+        prop::collection::vec(any::<u8>(), 0..96),
+        0u8..3,
+    )
+        .prop_map(|(n, tail, kind)| {
+            let mut v = Vec::new();
+            match kind {
+                0 => v.extend_from_slice(&n.to_le_bytes()),
+                1 => {
+                    v.extend_from_slice(&[2, 1, 1, 2]);
+                    v.extend_from_slice(&40u32.to_le_bytes());
+                    v.extend_from_slice(&40u32.to_le_bytes());
+                    v.extend_from_slice(&(n % 200).to_le_bytes());
+                }
+                _ => {}
+            }
+            v.extend_from_slice(&tail);
+            v
+        })
+}
+
+/// A small TIFF fixture with bytes overwritten: headers, IFDs, OME-XML and compressed data.
+fn mutated_tiff() -> impl Strategy<Value = Vec<u8>> {
+    let files = [
+        "tczyx.ome.tif",
+        "tiled_lzw_u16.tif",
+        "strips_lzw_predictor_u16.tif",
+        "zstd_tiled_u16.tif",
+        "bigtiff_tiled_deflate_i16.tif",
+        "packbits_u8.tif",
+        "two_series.ome.tif",
+    ];
+    (
+        0..files.len(),
+        prop::collection::vec(
+            (any::<prop::sample::Index>(), any::<u8>(), any::<bool>()),
+            1..12,
+        ),
+    )
+        .prop_map(move |(f, edits)| {
+            let mut b =
+                std::fs::read(crate::common::fixture(&format!("tiff/{}", files[f]))).unwrap();
+            for (at, byte, head) in edits {
+                // Half the edits in the first 512 bytes (header, first IFD).
+                let n = if head { b.len().min(512) } else { b.len() };
+                let i = at.index(n);
+                b[i] = byte;
+            }
+            b
+        })
+}
+
 proptest! {
     #![proptest_config(config())]
+
+    #[test]
+    fn added_codecs_never_panic_on_any_chunk((v3, v2) in added_codec(), chunk in chunk_bytes(), v2_format in any::<bool>()) {
+        let dir = tmp();
+        let s = dir.path().join("s.zarr");
+        std::fs::create_dir_all(s.join("c").join("0")).unwrap();
+        if v2_format {
+            let meta = json!({"zarr_format": 2, "shape": [4, 5], "chunks": [4, 5], "dtype": "<u2",
+                              "compressor": v2, "fill_value": 0, "order": "C", "filters": null});
+            std::fs::write(s.join(".zarray"), meta.to_string()).unwrap();
+            std::fs::write(s.join("0.0"), &chunk).unwrap();
+        } else {
+            let meta = json!({"zarr_format": 3, "node_type": "array", "shape": [4, 5], "data_type": "uint16",
+                "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [4, 5]}},
+                "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+                "fill_value": 0, "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, v3]});
+            std::fs::write(s.join("zarr.json"), meta.to_string()).unwrap();
+            std::fs::write(s.join("c").join("0").join("0"), &chunk).unwrap();
+        }
+        if let Ok(store) = Store::open(&s) {
+            let _ = store.read_region_into(&Region::full(store.shape()), &mut [0u8; 40]);
+        }
+    }
+
+    #[test]
+    fn tiff_files_never_panic(bytes in mutated_tiff()) {
+        let dir = tmp();
+        let p = dir.path().join("m.tif");
+        std::fs::write(&p, &bytes).unwrap();
+        if let Ok(input) = Input::open(&p) {
+            // The first page (or plane), if it is of a size worth decoding.
+            let shape = input.shape().to_vec();
+            let nd = shape.len();
+            let plane = shape[nd - 2].saturating_mul(shape[nd - 1]);
+            if nd >= 2 && plane <= 1 << 22 {
+                let mut r: Vec<std::ops::Range<u64>> = shape.iter().map(|&n| 0..n.min(1)).collect();
+                r[nd - 2] = 0..shape[nd - 2];
+                r[nd - 1] = 0..shape[nd - 1];
+                let mut buf = vec![0u8; plane as usize * input.dtype().size()];
+                let _ = input.read_region_into(&Region::new(r), &mut buf);
+            }
+        }
+    }
 
     #[test]
     fn npy_headers_never_panic(bytes in npy_bytes()) {
