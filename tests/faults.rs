@@ -282,3 +282,64 @@ fn writing_commands_on_a_full_or_read_only_disk_fail_clearly_and_rerun() {
         }
     }
 }
+
+/// An fsync that fails (`EIO`, injected by the crash-point build's `CHUNKWISE_FAIL_SYNC=1`) is
+/// an error, never ignored: nothing is published, an in-place target stays as it was, and the
+/// same command without the fault completes.
+#[test]
+fn a_failed_fsync_is_an_error_and_publishes_nothing() {
+    crate::common::need_crash_points();
+    let dir = tmp();
+    let d = dir.path();
+    let vol = npy(d, "vol.npy", &[8, 32, 32], &random_u16(8 * 32 * 32, 3));
+    let base = d.join("base.zarr");
+    ok(
+        &cw(&[
+            "convert",
+            s(&vol),
+            "-o",
+            s(&base),
+            "--chunks",
+            "4,32,32",
+            "-q",
+        ]),
+        "convert",
+    );
+    let before = contents(&base);
+    let bin = env!("CARGO_BIN_EXE_chunkwise");
+    let faulty = |args: &[&str]| {
+        Command::new(bin)
+            .args(args)
+            .env("CHUNKWISE_FAIL_SYNC", "1")
+            .output()
+            .unwrap()
+    };
+    for (name, out, args) in [
+        ("convert", d.join("c.zarr"), vec!["convert", s(&vol), "-o"]),
+        ("export", d.join("e.npy"), vec!["export", s(&base), "-o"]),
+        (
+            "gaussian",
+            d.join("g.zarr"),
+            vec!["gaussian", "--sigma", "1", s(&base)],
+        ),
+    ] {
+        let mut a = args.clone();
+        a.push(s(&out));
+        a.push("-q");
+        let o = faulty(&a);
+        assert_eq!(o.status.code(), Some(2), "{name}: {}", stderr(&o));
+        assert!(stderr(&o).contains("os error 5"), "{name}: {}", stderr(&o));
+        assert!(!out.exists(), "{name}: published despite the failed fsync");
+        ok(&cw(&a), &format!("{name} without the fault"));
+        assert!(out.exists());
+    }
+    let o = faulty(&["append", s(&base), s(&vol), "-q"]);
+    assert_eq!(o.status.code(), Some(2), "append: {}", stderr(&o));
+    assert!(stderr(&o).contains("os error 5"), "append: {}", stderr(&o));
+    assert_eq!(contents(&base), before, "append: the array changed");
+    ok(
+        &cw(&["append", s(&base), s(&vol), "-q"]),
+        "append without the fault",
+    );
+    assert_eq!(contents(&base).0, vec![16, 32, 32]);
+}

@@ -862,6 +862,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], sync: bool) -> Result<()> 
     let mut tmp = temp_beside(path)?;
     tmp.write_all(bytes).at(tmp.path())?;
     if sync {
+        injected_sync_failure(tmp.path())?;
         tmp.as_file().sync_all().at(tmp.path())?;
     }
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
@@ -927,6 +928,7 @@ impl OutputFile {
     /// [`Error::OutputExists`], [`Error::Io`]; the temporary file is removed either way.
     pub(crate) fn publish(self, sync: bool) -> Result<()> {
         if sync {
+            injected_sync_failure(self.tmp.path())?;
             self.tmp.as_file().sync_all().at(self.tmp.path())?;
         }
         let persisted = if self.overwrite {
@@ -964,7 +966,27 @@ pub(crate) fn write_output(path: &Path, bytes: &[u8], overwrite: bool) -> Result
 /// # Errors
 /// [`Error::Io`].
 pub(crate) fn sync_dir(path: &Path) -> Result<()> {
+    injected_sync_failure(path)?;
     File::open(path).and_then(|f| f.sync_all()).at(path)
+}
+
+/// An fsync failing as a failing disk's does (`EIO`), for the tests: built with the
+/// `crash-points` feature, `CHUNKWISE_FAIL_SYNC=1` in the environment makes every sync of the
+/// store layer fail before it is made (spec/FORMAT.md §6). Release builds have none.
+#[cfg(not(feature = "crash-points"))]
+#[inline(always)]
+pub(crate) fn injected_sync_failure(_path: &Path) -> Result<()> {
+    Ok(())
+}
+
+/// See the other `injected_sync_failure`.
+#[cfg(feature = "crash-points")]
+pub(crate) fn injected_sync_failure(path: &Path) -> Result<()> {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *ON.get_or_init(|| std::env::var("CHUNKWISE_FAIL_SYNC").is_ok_and(|v| v == "1")) {
+        return Err(Error::io(path, std::io::Error::from_raw_os_error(5)));
+    }
+    Ok(())
 }
 
 /// Flushes every file and name written so far on the filesystem holding `dir` (`syncfs`).
@@ -972,6 +994,7 @@ pub(crate) fn sync_dir(path: &Path) -> Result<()> {
 /// # Errors
 /// [`Error::Io`].
 pub(crate) fn sync_filesystem(dir: &Path) -> Result<()> {
+    injected_sync_failure(dir)?;
     let f = File::open(dir).at(dir)?;
     rustix::fs::syncfs(&f).map_err(|e| Error::io(dir, e.into()))
 }

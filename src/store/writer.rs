@@ -378,9 +378,10 @@ pub(super) fn sync_written(written: &[PathBuf], durability: Durability) -> Resul
         return Ok(());
     }
     let (dirs, files): (Vec<&PathBuf>, Vec<&PathBuf>) = written.iter().partition(|p| p.is_dir());
-    files
-        .par_iter()
-        .try_for_each(|p| File::open(p).and_then(|f| f.sync_all()).at(*p))?;
+    files.par_iter().try_for_each(|p| {
+        super::txn::injected_sync_failure(p)?;
+        File::open(p).and_then(|f| f.sync_all()).at(*p)
+    })?;
     dirs.par_iter().try_for_each(|d| sync_dir(d))
 }
 
