@@ -15,6 +15,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde_json::json;
 
+use crate::copy::{Side, c_strides};
 use crate::dtype::Scalar;
 use crate::error::{Error, Result};
 use crate::grid::{Grid, default_chunks};
@@ -720,13 +721,13 @@ fn gaussian_level<T: Scalar>(
     .axis_names(Some(names.to_vec()))
     .create(&dir.join(l.to_string()), false, opts.run.durability)?;
     let ranges: Vec<std::ops::Range<u64>> = grid.grid_shape().iter().map(|&g| 0..g).collect();
-    let strides = crate::copy::c_strides(&chunk, 1);
+    let isz = itemsize as usize;
+    let strides = c_strides(&chunk, isz);
     let written = crate::grid::indices_in(&ranges)
         .par_iter()
         .map(|idx| -> Result<u64> {
             opts.run.check()?;
             let reg = grid.chunk_region(idx);
-            let origin: Vec<u64> = reg.ranges().iter().map(|r| r.start).collect();
             // The full chunk (C order; an edge chunk padded with zeros), a slab at a time.
             let mut data = vec![T::default(); n];
             let whole = reg.ranges()[0].clone();
@@ -745,17 +746,28 @@ fn gaussian_level<T: Scalar>(
                 let shape = block.shape().to_vec();
                 let vals: Vec<f64> = block.iter().map(|v| v.to_f64()).collect();
                 drop(block);
-                let out = apply_taps(vals, &shape, &taps);
+                let out: Vec<T> = apply_taps(vals, &shape, &taps)
+                    .into_iter()
+                    .map(T::from_f64)
+                    .collect();
+                // The slab's box (C order) into its place in the chunk.
                 let sshape: Vec<usize> = sub.iter().map(|r| (r.end - r.start) as usize).collect();
-                for (i, v) in out.into_iter().enumerate() {
-                    let (mut rest, mut at) = (i, 0);
-                    for k in (0..sshape.len()).rev() {
-                        let p = rest % sshape[k] + (sub[k].start - origin[k]) as usize;
-                        at += p * strides[k];
-                        rest /= sshape[k];
-                    }
-                    data[at] = T::from_f64(v);
-                }
+                let offset = (sub[0].start - whole.start) as usize * strides[0];
+                crate::copy::copy_box(
+                    bytemuck::cast_slice(&out),
+                    Side {
+                        offset: 0,
+                        strides: &c_strides(&sshape, isz),
+                    },
+                    bytemuck::cast_slice_mut(&mut data),
+                    Side {
+                        offset,
+                        strides: &strides,
+                    },
+                    &sshape,
+                    isz,
+                    false,
+                );
             }
             Ok(u64::from(
                 writer.write_chunk(idx, bytemuck::cast_slice(&data))? > 0,

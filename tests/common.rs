@@ -268,3 +268,31 @@ pub fn peak_rss(args: &[&str], dir: &std::path::Path) -> (u64, String) {
     let out = std::fs::read_to_string(&log).unwrap();
     (u64::try_from(usage.ru_maxrss).unwrap() * 1024, out)
 }
+
+/// A path as text (the tests' paths are UTF-8).
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `n` uint16 values in `lo..lo + span` (a hash of the index).
+pub fn u16s(n: usize, seed: u64, lo: u16, span: u16) -> Vec<u8> {
+    (0..n as u64)
+        .flat_map(|k| {
+            let mut h = (k + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ seed;
+            h ^= h >> 31;
+            (lo + (h % u64::from(span)) as u16).to_le_bytes()
+        })
+        .collect()
+}
+
+/// Writes an `.npy` file in `dir`; its path.
+pub fn npy(dir: &Path, name: &str, dtype: DType, shape: &[u64], bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    chunkwise::support::write_npy(&p, dtype, shape, bytes).unwrap();
+    p
+}
+
+/// Asserts a run succeeded, showing its stderr if not.
+pub fn ok(o: &Output, what: &str) {
+    assert!(o.status.success(), "{what}: {}", stderr(o));
+}

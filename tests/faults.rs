@@ -5,37 +5,12 @@
 //! again, the same command run again completes, and its output equals the same command's on an
 //! unconstrained disk (the oracle).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
 use chunkwise::{DType, Store};
 
-use crate::common::{Tmpfs, chunkwise as cw, stderr, store_bytes, tmp};
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// Values that do not compress (a hash of the index).
-fn random_u16(n: usize, seed: u64) -> Vec<u8> {
-    (0..n as u64)
-        .flat_map(|k| {
-            let mut h = (k + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ seed;
-            h ^= h >> 29;
-            ((h % 60000) as u16 + 1).to_le_bytes()
-        })
-        .collect()
-}
-
-fn npy(dir: &Path, name: &str, shape: &[u64], bytes: &[u8]) -> PathBuf {
-    let p = dir.join(name);
-    chunkwise::support::write_npy(&p, DType::U16, shape, bytes).unwrap();
-    p
-}
-
-fn ok(o: &Output, what: &str) {
-    assert!(o.status.success(), "{what}: {}", stderr(o));
-}
+use crate::common::{Tmpfs, chunkwise as cw, npy, ok, s, stderr, store_bytes, tmp, u16s};
 
 /// What a path holds, for comparing outputs: a store's shape and decoded bytes, or a file's
 /// bytes.
@@ -110,8 +85,20 @@ fn writing_commands_on_a_full_or_read_only_disk_fail_clearly_and_rerun() {
     // 2 MiB of incompressible uint16 on the root filesystem: every output is larger than the
     // 1 MiB the tmpfs holds.
     let shape = [32u64, 128, 128];
-    let vol = npy(d, "vol.npy", &shape, &random_u16(32 * 128 * 128, 1));
-    let base = npy(d, "base.npy", &[4, 128, 128], &random_u16(4 * 128 * 128, 2));
+    let vol = npy(
+        d,
+        "vol.npy",
+        DType::U16,
+        &shape,
+        &u16s(32 * 128 * 128, 1, 1, 60000),
+    );
+    let base = npy(
+        d,
+        "base.npy",
+        DType::U16,
+        &[4, 128, 128],
+        &u16s(4 * 128 * 128, 2, 1, 60000),
+    );
     let store = d.join("vol.zarr");
     ok(
         &cw(&[
@@ -291,7 +278,13 @@ fn a_failed_fsync_is_an_error_and_publishes_nothing() {
     crate::common::need_crash_points();
     let dir = tmp();
     let d = dir.path();
-    let vol = npy(d, "vol.npy", &[8, 32, 32], &random_u16(8 * 32 * 32, 3));
+    let vol = npy(
+        d,
+        "vol.npy",
+        DType::U16,
+        &[8, 32, 32],
+        &u16s(8 * 32 * 32, 3, 1, 60000),
+    );
     let base = d.join("base.zarr");
     ok(
         &cw(&[

@@ -9,38 +9,14 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use chunkwise::support::write_npy;
 use chunkwise::{DType, Store};
 
-use crate::common::{NOBODY, Tmpfs, chunkwise as cw, stderr, stdout, store_bytes, tmp};
+use crate::common::{
+    NOBODY, Tmpfs, chunkwise as cw, npy, ok, s, stderr, stdout, store_bytes, tmp, u16s,
+};
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_chunkwise")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// `n` uint16 values in `lo..lo + span` (a hash of the index).
-fn u16s(n: usize, seed: u64, lo: u16, span: u16) -> Vec<u8> {
-    (0..n as u64)
-        .flat_map(|k| {
-            let mut h = (k + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ seed;
-            h ^= h >> 31;
-            (lo + (h % u64::from(span)) as u16).to_le_bytes()
-        })
-        .collect()
-}
-
-fn npy(dir: &Path, name: &str, dtype: DType, shape: &[u64], bytes: &[u8]) -> PathBuf {
-    let p = dir.join(name);
-    write_npy(&p, dtype, shape, bytes).unwrap();
-    p
-}
-
-fn ok(o: &Output, what: &str) {
-    assert!(o.status.success(), "{what}: {}", stderr(o));
 }
 
 fn convert(input: &Path, out: &Path, chunks: &str) {

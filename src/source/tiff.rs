@@ -396,12 +396,6 @@ impl TiffStack {
             series: ome.as_ref().map(|all| (pick, all.len())),
         })
     }
-
-    /// The axis names an OME-TIFF's metadata gives (t, c, z, y, x without the axes of length
-    /// one).
-    pub(crate) fn axis_names(&self) -> Option<Vec<String>> {
-        self.axes.clone()
-    }
 }
 
 fn check_same(
@@ -487,8 +481,9 @@ impl Source for TiffStack {
         format!("{}: {stamps}", self.describe())
     }
 
+    /// An OME-TIFF's axes: t, c, z, y, x without those of length one.
     fn axis_names(&self) -> Option<Vec<String>> {
-        self.axis_names()
+        self.axes.clone()
     }
 
     /// A page is decoded whole: the commands that read by blocks (reductions, kernels) read

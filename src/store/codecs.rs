@@ -17,6 +17,7 @@ use zarrs::array::codec::api::{
     register_codec_v2, register_codec_v3,
 };
 use zarrs::array::codec::{BloscCodec, Crc32cCodec};
+use zarrs::array::{Array, ArrayMetadata};
 use zarrs::array::{
     ArrayBytesRaw, BytesRepresentation, BytesToBytesCodecTraits, Codec, CodecError,
     CodecMetadataOptions, CodecOptions, CodecTraits, CodecTraitsV3, RecommendedConcurrency,
@@ -28,8 +29,8 @@ use zarrs::plugin::{ExtensionName, PluginCreateError, ZarrVersion};
 use zarrs::storage::byte_range::{ByteRangeIterator, InvalidByteRangeError};
 use zarrs::storage::{
     Bytes, ListableStorageTraits, MaybeBytes, MaybeBytesIterator, OffsetBytesIterator,
-    ReadableStorageTraits, StorageError, StoreKey, StoreKeys, StoreKeysPrefixes, StorePrefix,
-    WritableStorageTraits,
+    ReadableStorageTraits, ReadableWritableListableStorage, ReadableWritableListableStorageTraits,
+    StorageError, StoreKey, StoreKeys, StoreKeysPrefixes, StorePrefix, WritableStorageTraits,
 };
 
 /// The codecs chunkwise reads, by the names stores give them (Zarr v3 names, then Zarr v2
@@ -76,13 +77,19 @@ pub(crate) const READABLE: &[&str] = &[
     "zfpy",
 ];
 
-/// Whether the store at `path` is a Zarr v2 array whose compressor is blosc (its chunks are
-/// read through [`BloscFrames`]).
-pub(crate) fn v2_blosc(path: &Path) -> bool {
-    std::fs::read(path.join(".zarray"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .is_some_and(|m| m["compressor"]["id"] == "blosc")
+/// A Zarr v2 array whose compressor is blosc, read through [`BloscFrames`] over `storage`
+/// (the storage it was opened on); any other array as it is.
+pub(crate) fn frame_blosc_v2(
+    array: Array<dyn ReadableWritableListableStorageTraits>,
+    storage: ReadableWritableListableStorage,
+) -> Array<dyn ReadableWritableListableStorageTraits> {
+    match array.metadata() {
+        ArrayMetadata::V2(m) if m.compressor.as_ref().is_some_and(|c| c.id() == "blosc") => {
+            let framed: ReadableWritableListableStorage = Arc::new(BloscFrames(storage));
+            array.with_storage(framed)
+        }
+        _ => array,
+    }
 }
 
 /// The error for an array zarrs cannot open: a codec it does not know is named, with the
@@ -517,7 +524,11 @@ impl BytesToBytesCodecTraits for Checksum {
         }
         Ok(match encoded_value {
             Cow::Borrowed(b) => Cow::Borrowed(&b[data]),
-            Cow::Owned(v) => Cow::Owned(v[data].to_vec()),
+            Cow::Owned(mut v) => {
+                v.truncate(data.end);
+                v.drain(..data.start);
+                Cow::Owned(v)
+            }
         })
     }
 }

@@ -296,13 +296,9 @@ impl Store {
         }
         check_metadata_sizes(&path)?;
         let fs_store = FilesystemStore::new(&path).map_err(|e| Error::metadata(path.clone(), e))?;
-        let storage: ReadableWritableListableStorage = if codecs::v2_blosc(&path) {
-            Arc::new(codecs::BloscFrames(Arc::new(fs_store)))
-        } else {
-            Arc::new(fs_store)
-        };
-        let array = Array::open(storage, "/").map_err(|e| codecs::open_error(&path, e))?;
-        Store::from_array(path, array, None)
+        let storage: ReadableWritableListableStorage = Arc::new(fs_store);
+        let array = Array::open(storage.clone(), "/").map_err(|e| codecs::open_error(&path, e))?;
+        Store::from_array(path, codecs::frame_blosc_v2(array, storage), None)
     }
 
     /// Opens the array at an `s3://bucket/prefix` URL.
