@@ -23,8 +23,10 @@ use crate::rechunk::{Decodes, Plan};
 use crate::region::fmt_shape;
 use crate::run::with_threads;
 use crate::run::{DEFAULT_MEMORY, RunOptions, run_setters};
-use crate::source::{Block, Source};
-use crate::store::{Codec, Durability, Finish, JobOptions, JobState, JobWriter, StoreSpec};
+use crate::source::{Gather, Source};
+use crate::store::{
+    Codec, Durability, Finish, JobOptions, JobState, JobWriter, Store, StoreSpec, StoreWriter,
+};
 use crate::view::StoreSource;
 use ndarray::ArrayViewD;
 
@@ -156,6 +158,9 @@ pub struct ConvertReport {
     /// The chunking a rechunk went through when the budget could not hold a source-target
     /// overlap (two passes, each decoding its input once).
     pub intermediate: Option<Vec<u64>>,
+    /// Chunks copied as they were stored, neither decoded nor encoded (a store input whose
+    /// chunks are the output's bytes, spec/FORMAT.md §8.1).
+    pub chunks_copied: u64,
 }
 
 /// Converts `input` into a new Zarr v3 array at `out`: any [`Input`] (one .npy file; several
@@ -245,6 +250,7 @@ fn convert_partitioned(
             waiting: None,
             decodes: None,
             intermediate: None,
+            chunks_copied: 0,
         };
         let (job, done) = match state {
             JobState::AlreadyDone => {
@@ -354,6 +360,7 @@ fn stream_chunks(
         run,
         source,
         grid,
+        done,
         blocks: grid.blocks_by(chunks, &axes, step).into_iter(),
         current: None,
         alive: Arc::new(Alive::default()),
@@ -379,7 +386,7 @@ fn stream_chunks(
                     // Edge chunk: stored padded with the fill value.
                     buf.fill(0);
                 }
-                block.block.read_into(&region, buf, &chunk_shape);
+                block.block.gather_into(&region, buf, &chunk_shape)?;
                 drop(block);
                 let w = write(&idx, buf)?;
                 tracker.add(n);
@@ -426,85 +433,93 @@ fn convert_in_pool(input: &Input, out: &Path, opts: &ConvertOptions) -> Result<C
     let mut decodes = None;
     let mut intermediate = None;
     let local = !crate::store::is_url(out);
-    let (written, stored, _) = match plan(source.as_ref(), &grid, &opts.run)? {
-        None => {
-            let step = default_step(source.as_ref(), &grid, &all, &opts.run);
-            let (n, chunk) = (writer.chunk_bytes(), "convert");
-            stream_chunks(
-                source.as_ref(),
-                &grid,
-                &all,
-                &step,
-                chunk,
-                None,
-                &opts.run,
-                n,
-                write,
-            )?
-        }
-        Some(Plan::Staged {
-            intermediate: chunks,
-            first,
-            second,
-        }) if local => {
-            let scratch = Scratch::beside(out);
-            let iwriter = StoreSpec::new(shape.clone(), dtype, chunks.clone())
-                .codec(Codec::BloscLz4 { level: 1 })
-                .create(&scratch.0, true, Durability::NoSync)?;
-            let igrid = iwriter.grid().clone();
-            let iall: Vec<_> = igrid.grid_shape().into_iter().map(|n| 0..n).collect();
-            stream_chunks(
-                source.as_ref(),
-                &igrid,
-                &iall,
-                &first.step,
-                "rechunk (1 of 2)",
-                None,
-                &opts.run,
-                iwriter.chunk_bytes(),
-                |idx, data| iwriter.write_chunk(idx, data),
-            )?;
-            let mid = StoreSource::new(Arc::new(iwriter.commit()?));
-            let streamed = stream_chunks(
-                &mid,
-                &grid,
-                &all,
-                &second.step,
-                "rechunk (2 of 2)",
-                None,
-                &opts.run,
-                writer.chunk_bytes(),
-                write,
-            )?;
-            drop((mid, scratch));
-            decodes = Some(first.decodes);
-            intermediate = Some(chunks);
-            streamed
-        }
-        Some(p) => {
-            // On object storage there is no directory beside the output for the intermediate
-            // array: one pass (more decodes), or the default blocks when none fits.
-            let pass = match p {
-                Plan::Direct(p) => Some(p),
-                Plan::Staged { .. } => direct_pass(source.as_ref(), &grid, &opts.run),
-            };
-            decodes = pass.as_ref().map(|p| p.decodes);
-            let step = match pass {
-                Some(p) => p.step,
-                None => default_step(source.as_ref(), &grid, &all, &opts.run),
-            };
-            let n = writer.chunk_bytes();
-            stream_chunks(
-                source.as_ref(),
-                &grid,
-                &all,
-                &step,
-                "convert",
-                None,
-                &opts.run,
-                n,
-                write,
-            )?
+    let same_bytes = input.store().filter(|s| writer.same_chunk_bytes(s));
+    let mut copied = 0;
+    let (written, stored, _) = if let Some(store) = same_bytes {
+        let c = copy_encoded(store, &writer, &opts.run)?;
+        copied = c.0;
+        c
+    } else {
+        match plan(source.as_ref(), &grid, &opts.run)? {
+            None => {
+                let step = default_step(source.as_ref(), &grid, &all, &opts.run);
+                let (n, chunk) = (writer.chunk_bytes(), "convert");
+                stream_chunks(
+                    source.as_ref(),
+                    &grid,
+                    &all,
+                    &step,
+                    chunk,
+                    None,
+                    &opts.run,
+                    n,
+                    write,
+                )?
+            }
+            Some(Plan::Staged {
+                intermediate: chunks,
+                first,
+                second,
+            }) if local => {
+                let scratch = Scratch::beside(out);
+                let iwriter = StoreSpec::new(shape.clone(), dtype, chunks.clone())
+                    .codec(Codec::BloscLz4 { level: 1 })
+                    .create(&scratch.0, true, Durability::NoSync)?;
+                let igrid = iwriter.grid().clone();
+                let iall: Vec<_> = igrid.grid_shape().into_iter().map(|n| 0..n).collect();
+                stream_chunks(
+                    source.as_ref(),
+                    &igrid,
+                    &iall,
+                    &first.step,
+                    "rechunk (1 of 2)",
+                    None,
+                    &opts.run,
+                    iwriter.chunk_bytes(),
+                    |idx, data| iwriter.write_chunk(idx, data),
+                )?;
+                let mid = StoreSource::new(Arc::new(iwriter.commit()?));
+                let streamed = stream_chunks(
+                    &mid,
+                    &grid,
+                    &all,
+                    &second.step,
+                    "rechunk (2 of 2)",
+                    None,
+                    &opts.run,
+                    writer.chunk_bytes(),
+                    write,
+                )?;
+                drop((mid, scratch));
+                decodes = Some(first.decodes);
+                intermediate = Some(chunks);
+                streamed
+            }
+            Some(p) => {
+                // On object storage there is no directory beside the output for the intermediate
+                // array: one pass (more decodes), or the default blocks when none fits.
+                let pass = match p {
+                    Plan::Direct(p) => Some(p),
+                    Plan::Staged { .. } => direct_pass(source.as_ref(), &grid, &opts.run),
+                };
+                decodes = pass.as_ref().map(|p| p.decodes);
+                let step = match pass {
+                    Some(p) => p.step,
+                    None => default_step(source.as_ref(), &grid, &all, &opts.run),
+                };
+                let n = writer.chunk_bytes();
+                stream_chunks(
+                    source.as_ref(),
+                    &grid,
+                    &all,
+                    &step,
+                    "convert",
+                    None,
+                    &opts.run,
+                    n,
+                    write,
+                )?
+            }
         }
     };
     let chunks_total = grid.num_chunks();
@@ -523,7 +538,37 @@ fn convert_in_pool(input: &Input, out: &Path, opts: &ConvertOptions) -> Result<C
         waiting: None,
         decodes,
         intermediate,
+        chunks_copied: copied,
     })
+}
+
+/// Copies every stored chunk of `store` into `writer` as it is stored (spec/FORMAT.md §8.1):
+/// the two arrays' chunks are the same bytes, so nothing is decoded or encoded. Returns
+/// (chunks written, bytes stored, bytes they hold decoded).
+fn copy_encoded(store: &Store, writer: &StoreWriter, run: &RunOptions) -> Result<(u64, u64, u64)> {
+    let grid = writer.grid();
+    let gshape = grid.grid_shape();
+    let itemsize = store.dtype().size() as u64;
+    let total = grid.shape().iter().product::<u64>() * itemsize;
+    let tracker = Tracker::new("convert", Unit::Bytes, total, run.progress.clone());
+    (0..grid.num_chunks())
+        .into_par_iter()
+        .map(|flat| -> Result<(u64, u64, u64)> {
+            run.check()?;
+            let mut idx = vec![0; gshape.len()];
+            let mut rest = flat;
+            for (i, &n) in idx.iter_mut().zip(&gshape).rev() {
+                (*i, rest) = (rest % n, rest / n);
+            }
+            let n = u64::try_from(grid.chunk_region(&idx).len()).unwrap_or(0) * itemsize;
+            let got = match store.read_encoded(&idx)? {
+                Some(bytes) => (1, writer.write_encoded(&idx, bytes)?, n),
+                None => (0, 0, 0),
+            };
+            tracker.add(n);
+            Ok(got)
+        })
+        .try_reduce(|| (0, 0, 0), |a, b| Ok((a.0 + b.0, a.1 + b.1, a.2 + b.2)))
 }
 
 /// How a chunked source (one that [`Source::chunk_bounds`]) is rechunked into `grid` within
@@ -539,8 +584,27 @@ fn plan(source: &dyn Source, grid: &Grid, run: &RunOptions) -> Result<Option<Pla
     };
     let memory = run.memory.unwrap_or(DEFAULT_MEMORY);
     let threads = rayon::current_num_threads();
-    match crate::rechunk::plan(&bounds, grid, source.dtype().size(), memory, threads) {
-        Some(p) => Ok(Some(p)),
+    let itemsize = source.dtype().size();
+    match crate::rechunk::plan(&bounds, grid, itemsize, memory, threads) {
+        Some(Plan::Direct(mut p)) => {
+            crate::rechunk::widen(&mut p, &bounds, grid, itemsize, memory, threads);
+            Ok(Some(Plan::Direct(p)))
+        }
+        Some(Plan::Staged {
+            intermediate,
+            mut first,
+            mut second,
+        }) => {
+            let igrid = Grid::new(grid.shape(), &intermediate)?;
+            crate::rechunk::widen(&mut first, &bounds, &igrid, itemsize, memory, threads);
+            let ibounds = crate::rechunk::regular_bounds(grid.shape(), &intermediate);
+            crate::rechunk::widen(&mut second, &ibounds, grid, itemsize, memory, threads);
+            Ok(Some(Plan::Staged {
+                intermediate,
+                first,
+                second,
+            }))
+        }
         // No budget was asked for: the default's blocks, as before plans (many threads of big
         // chunks may not fit the default budget's accounting).
         None if run.memory.is_none() => Ok(None),
@@ -550,13 +614,12 @@ fn plan(source: &dyn Source, grid: &Grid, run: &RunOptions) -> Result<Option<Pla
 
 /// The best one-pass plan for a chunked source, if one fits.
 fn direct_pass(source: &dyn Source, grid: &Grid, run: &RunOptions) -> Option<crate::rechunk::Pass> {
-    crate::rechunk::direct(
-        &source.chunk_bounds().unwrap_or_default(),
-        grid,
-        source.dtype().size(),
-        run.memory.unwrap_or(DEFAULT_MEMORY),
-        rayon::current_num_threads(),
-    )
+    let bounds = source.chunk_bounds().unwrap_or_default();
+    let (itemsize, memory) = (source.dtype().size(), run.memory.unwrap_or(DEFAULT_MEMORY));
+    let threads = rayon::current_num_threads();
+    let mut p = crate::rechunk::direct(&bounds, grid, itemsize, memory, threads)?;
+    crate::rechunk::widen(&mut p, &bounds, grid, itemsize, memory, threads);
+    Some(p)
 }
 
 fn memory_error(source: &dyn Source, grid: &Grid, run: &RunOptions) -> Error {
@@ -635,7 +698,7 @@ impl Alive {
 /// A block shared by the tasks gathering its chunks; counted in [`Alive`] until its data is
 /// freed (fields drop in order: the block, then the count).
 struct Held<'a> {
-    block: Box<dyn Block + 'a>,
+    block: Box<dyn Gather + 'a>,
     _counted: Counted,
 }
 
@@ -655,6 +718,8 @@ struct ChunkFeed<'a> {
     run: &'a RunOptions,
     source: &'a dyn Source,
     grid: &'a Grid,
+    /// Chunks not to gather (their reads are not declared to the block).
+    done: Option<&'a ChunkSet>,
     blocks: std::vec::IntoIter<Vec<std::ops::Range<u64>>>,
     current: Option<(SharedBlock<'a>, std::vec::IntoIter<Vec<u64>>)>,
     alive: Arc<Alive>,
@@ -682,7 +747,13 @@ impl<'a> Iterator for ChunkFeed<'a> {
             let b = self.blocks.next()?;
             // The block before may still be gathered; the one before that is gone first.
             self.alive.wait_below(2);
-            let opened = self.source.block(&self.grid.box_region(&b));
+            let chunks = indices_in(&b);
+            let parts: Vec<_> = chunks
+                .iter()
+                .filter(|idx| !self.done.is_some_and(|d| d.contains(idx)))
+                .map(|idx| self.grid.chunk_region(idx))
+                .collect();
+            let opened = self.source.gather(&self.grid.box_region(&b), &parts);
             let alive = self.alive.clone();
             match opened {
                 Ok(block) => {
@@ -690,7 +761,7 @@ impl<'a> Iterator for ChunkFeed<'a> {
                         block,
                         _counted: Counted(alive),
                     });
-                    self.current = Some((held, indices_in(&b).into_iter()));
+                    self.current = Some((held, chunks.into_iter()));
                 }
                 Err(e) => {
                     alive.release();

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use crate::copy::c_strides;
 use crate::dtype::DType;
-use crate::error::{IoContext, Result, to_usize};
+use crate::error::{Error, IoContext, Result, to_usize};
 use crate::grid::indices_in;
 use crate::input::Input;
 use crate::npy::header_bytes;
@@ -174,39 +174,81 @@ fn write_region(
         &rshape.iter().map(|&n| n as usize).collect::<Vec<_>>(),
         itemsize,
     );
-    for b in grid.blocks(&chunk_box, &axes, itemsize, budget) {
-        opts.run.check()?;
-        let block = grid
-            .box_region(&b)
-            .intersect(region)
-            .expect("same rank as the region");
-        let n = to_usize(u64::try_from(block.len()).unwrap_or(u64::MAX), "block")?;
-        let mut buf = vec![0u8; n * itemsize];
-        store.read_region_into(&block, &mut buf)?;
-        // The block is contiguous in the output from the first axis it does not span fully.
-        let bshape = block.shape();
-        let a = (0..bshape.len())
-            .rev()
-            .find(|&j| bshape[j] != rshape[j])
-            .unwrap_or(0);
-        let run: usize = bshape[a..].iter().map(|&n| n as usize).product::<usize>() * itemsize;
-        let outer: Vec<_> = block.ranges()[..a].to_vec();
-        for (k, idx) in indices_in(&outer).into_iter().enumerate() {
-            let mut off = 0usize;
-            for (j, &i) in idx.iter().enumerate() {
-                off += (i - region.ranges()[j].start) as usize * rstrides[j];
+    // Blocks of half the budget: one decoding (all cores) while the one before is written.
+    let blocks = grid.blocks(&chunk_box, &axes, itemsize, budget / 2);
+    std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(Region, Vec<u8>)>(0);
+        let writer = scope.spawn(move || -> Result<()> {
+            for (block, buf) in rx {
+                write_block(
+                    file,
+                    path,
+                    (base, itemsize),
+                    region,
+                    &rstrides,
+                    &block,
+                    &buf,
+                )?;
+                tracker.add(buf.len() as u64);
             }
-            for ((b, r), &s) in block.ranges()[a..]
-                .iter()
-                .zip(&region.ranges()[a..])
-                .zip(&rstrides[a..])
-            {
-                off += (b.start - r.start) as usize * s;
-            }
-            file.write_all_at(&buf[k * run..(k + 1) * run], base + off as u64)
-                .at(path)?;
+            Ok(())
+        });
+        let read = blocks.into_iter().try_for_each(|b| -> Result<()> {
+            opts.run.check()?;
+            let block = grid
+                .box_region(&b)
+                .intersect(region)
+                .expect("same rank as the region");
+            let n = to_usize(u64::try_from(block.len()).unwrap_or(u64::MAX), "block")?;
+            let mut buf = vec![0u8; n * itemsize];
+            store.read_region_into(&block, &mut buf)?;
+            // A writer gone (failed) has its error to give below.
+            let _ = tx.send((block, buf));
+            Ok(())
+        });
+        drop(tx);
+        let written = writer
+            .join()
+            .map_err(|_| Error::Internal("the export's writer thread panicked".into()))?;
+        read.and(written)
+    })
+}
+
+/// Writes `buf`, the data of `block` (inside `region`), where it goes in the C-order output
+/// of `region` (byte strides `rstrides`, elements of `itemsize`) that starts at byte `base`
+/// of `file`.
+fn write_block(
+    file: &File,
+    path: &Path,
+    (base, itemsize): (u64, usize),
+    region: &Region,
+    rstrides: &[usize],
+    block: &Region,
+    buf: &[u8],
+) -> Result<()> {
+    let rshape = region.shape();
+    // The block is contiguous in the output from the first axis it does not span fully.
+    let bshape = block.shape();
+    let a = (0..bshape.len())
+        .rev()
+        .find(|&j| bshape[j] != rshape[j])
+        .unwrap_or(0);
+    let run: usize = bshape[a..].iter().map(|&n| n as usize).product::<usize>() * itemsize;
+    let outer: Vec<_> = block.ranges()[..a].to_vec();
+    for (k, idx) in indices_in(&outer).into_iter().enumerate() {
+        let mut off = 0usize;
+        for (j, &i) in idx.iter().enumerate() {
+            off += (i - region.ranges()[j].start) as usize * rstrides[j];
         }
-        tracker.add(buf.len() as u64);
+        for ((b, r), &s) in block.ranges()[a..]
+            .iter()
+            .zip(&region.ranges()[a..])
+            .zip(&rstrides[a..])
+        {
+            off += (b.start - r.start) as usize * s;
+        }
+        file.write_all_at(&buf[k * run..(k + 1) * run], base + off as u64)
+            .at(path)?;
     }
     Ok(())
 }

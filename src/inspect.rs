@@ -166,7 +166,10 @@ impl fmt::Display for StoreInfo {
                 )?;
             }
         }
-        writeln!(f, "codecs:      {}", codec_names(&self.codecs))?;
+        match &self.codecs {
+            Value::Null => writeln!(f, "codecs:      - (not a Zarr array: read as it is stored)")?,
+            codecs => writeln!(f, "codecs:      {}", codec_names(codecs))?,
+        }
         writeln!(f, "fill value:  {}", self.fill_value)?;
         writeln!(
             f,

@@ -190,6 +190,65 @@ fn budget(memory: u64, threads: usize, in_chunk: u64, out_chunk: u64) -> Option<
     (b >= out_chunk).then_some(b)
 }
 
+/// Output chunks a block should hold per thread. Blocks are read lazily (each source chunk
+/// decoded by the first task that needs it, [`crate::store::ChunkWindow`]), and tasks in
+/// storage order that need the same source chunk (the halves of a chunk split in two) are then
+/// far enough apart that workers do not wait for one another's decodes.
+const TASKS_PER_THREAD: u64 = 4;
+
+/// Widens `pass`'s blocks along the fastest axes (doubling one axis at a time, last first)
+/// while a block holds fewer than [`TASKS_PER_THREAD`] output chunks per thread and two
+/// blocks still fit `memory`. A longer block never decodes more: the decodes are counted
+/// again for the new step.
+pub(crate) fn widen(
+    pass: &mut Pass,
+    bounds: &[Bounds],
+    out: &Grid,
+    itemsize: usize,
+    memory: u64,
+    threads: usize,
+) {
+    let out_chunk = chunk_bytes(out.chunk_shape(), itemsize);
+    let Some(budget) = budget(memory, threads, largest_chunk(bounds, itemsize), out_chunk) else {
+        return;
+    };
+    let grid = out.grid_shape();
+    let want = TASKS_PER_THREAD.saturating_mul(threads as u64);
+    let bytes = |step: &[u64]| -> u128 {
+        step.iter()
+            .zip(out.chunk_shape())
+            .zip(out.shape())
+            .map(|((&k, &t), &n)| u128::from(k.saturating_mul(t).min(n.max(1))))
+            .product::<u128>()
+            * itemsize as u128
+    };
+    let tasks = |step: &[u64]| step.iter().fold(1u64, |a, &k| a.saturating_mul(k));
+    let mut step = pass.step.clone();
+    for a in (0..step.len()).rev() {
+        while tasks(&step) < want && step[a] < grid[a] {
+            let mut wider = step.clone();
+            wider[a] = (step[a] * 2).min(grid[a]);
+            if bytes(&wider) > u128::from(budget) {
+                break;
+            }
+            step = wider;
+        }
+    }
+    if step == pass.step {
+        return;
+    }
+    let (mut total, mut most) = (1u64, 1u64);
+    for ((b, &k), &t) in bounds.iter().zip(&step).zip(out.chunk_shape()) {
+        let (tot, m) = axis_cost(b, k.saturating_mul(t));
+        total = total.saturating_mul(tot);
+        most = most.saturating_mul(m);
+    }
+    pass.decodes.total = total;
+    pass.decodes.most = most;
+    pass.block_bytes = u64::try_from(bytes(&step)).unwrap_or(u64::MAX);
+    pass.step = step;
+}
+
 /// [`axis_choices`] for every axis.
 fn axes_choices(bounds: &[Bounds], chunk: &[u64], shape: &[u64]) -> Vec<Vec<Choice>> {
     bounds
@@ -506,6 +565,28 @@ fn best_staged(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// spec/FORMAT.md §8.1: a block that halves its source chunks along the first axis is
+    /// widened along the last axes until it holds 4 output chunks per thread, within the
+    /// budget, decoding no more than before (each source chunk still once).
+    #[test]
+    fn widening_keeps_decodes_and_budget() {
+        let bounds = regular_bounds(&[512, 1024, 1024], &[128, 128, 128]);
+        let out = Grid::new(&[512, 1024, 1024], &[64, 128, 128]).unwrap();
+        let mut p = direct(&bounds, &out, 2, 256 << 20, 2).unwrap();
+        assert_eq!(p.step, vec![2, 1, 1]);
+        assert_eq!((p.decodes.total, p.decodes.most), (256, 1));
+        widen(&mut p, &bounds, &out, 2, 256 << 20, 2);
+        assert_eq!(p.step, vec![2, 1, 4]);
+        assert_eq!((p.decodes.total, p.decodes.most), (256, 1));
+        assert_eq!(brute(&bounds, &out, &p.step), (256, 1));
+        // A budget whose blocks hold 6 MiB keeps the 4 MiB block (8 MiB would not fit).
+        let tight = working_bytes(2, 4 << 20, 2 << 20) + (12 << 20);
+        let mut q = direct(&bounds, &out, 2, tight, 2).unwrap();
+        assert_eq!(q.step, vec![2, 1, 1]);
+        widen(&mut q, &bounds, &out, 2, tight, 2);
+        assert_eq!(q.step, vec![2, 1, 1]);
+    }
 
     /// Decodes counted by brute force: every block of `step` output chunks against every
     /// source chunk.

@@ -17,8 +17,8 @@ use crate::dtype::{DType, Element, Scalar};
 use crate::error::{Error, InputError, IoContext, Result, to_usize};
 use crate::fingerprint::{content_hash, stamp};
 use crate::region::{Region, check_shapes, fmt_shape};
-use crate::source::{self, Block, BufferBlock, RawOptions, Source};
-use crate::store::{Store, is_store};
+use crate::source::{self, Block, BufferBlock, Gather, RawOptions, Source};
+use crate::store::{ChunkWindow, Store, is_store};
 use crate::with_scalar;
 
 /// The deepest a view spec may nest (objects inside objects, spec files naming spec files).
@@ -1090,6 +1090,10 @@ impl Source for StoreSource {
 
     fn identity(&self) -> String {
         stamp(self.store.path())
+    }
+
+    fn gather(&self, region: &Region, parts: &[Region]) -> Result<Box<dyn Gather + '_>> {
+        Ok(Box::new(ChunkWindow::new(&self.store, region, parts)?))
     }
 
     fn block(&self, region: &Region) -> Result<Box<dyn Block + '_>> {

@@ -369,3 +369,192 @@ fn rechunk_holds_the_memory_budget_both_ways() {
         assert!(left.is_empty(), "{left:?}");
     }
 }
+
+/// Every chunk file under `store`, by key, with its bytes and inode.
+fn chunk_files(store: &std::path::Path) -> std::collections::BTreeMap<String, (Vec<u8>, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![store.join("c")];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let key = p
+                    .strip_prefix(store)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                let ino = std::fs::metadata(&p).unwrap().ino();
+                out.insert(key, (std::fs::read(&p).unwrap(), ino));
+            }
+        }
+    }
+    out
+}
+
+/// spec/FORMAT.md §8.1: store to store, every path keeps the values (same codec and chunks,
+/// another level, a checksum, another codec, rechunks that split and join chunks, sharded in
+/// and out); the encoded chunks are copied as they are only when type, grid, fill value and
+/// codecs all match, and then as new files (not links to the input's); a change of any one
+/// re-encodes.
+#[test]
+fn store_to_store_keeps_values_and_copies_only_unchanged_chunks() {
+    let dir = tmp();
+    let d = dir.path();
+    let shape = [37usize, 50, 45];
+    let n: usize = shape.iter().product();
+    // Values with a zero corner (absent chunks) and partial edge chunks.
+    let values: Vec<u16> = (0..n)
+        .map(|i| {
+            let z = i / (50 * 45);
+            if z < 16 && (i / 45) % 50 < 16 {
+                0
+            } else {
+                ((i as u64).wrapping_mul(2_654_435_761) >> 11) as u16 % 5000
+            }
+        })
+        .collect();
+    let want = ndarray::ArrayD::from_shape_vec(shape.to_vec(), values).unwrap();
+    let a = d.join("a.zarr");
+    let chunks = ConvertOptions::default().chunks(Some(vec![16, 16, 16]));
+    chunkwise::from_array(want.view(), &a, &chunks).unwrap();
+    let full = chunkwise::Region::full(&[37, 50, 45]);
+    let check = |p: &std::path::Path, what: &str| {
+        let got = Store::open(p).unwrap().read_region::<u16>(&full).unwrap();
+        assert!(got == want, "{what}: values differ from the input");
+    };
+    // Returns the output and how many chunks were copied as stored.
+    let convert_counting = |from: &std::path::Path, name: &str, opts: &ConvertOptions| {
+        let out = d.join(name);
+        let r = chunkwise::convert(&crate::common::input(from), &out, opts).unwrap();
+        check(&out, name);
+        (out, r.chunks_copied)
+    };
+    let convert = |from: &std::path::Path, name: &str, opts: &ConvertOptions| {
+        let (out, copied) = convert_counting(from, name, opts);
+        assert_eq!(
+            copied, 0,
+            "{name}: chunks copied though the encoding changed"
+        );
+        out
+    };
+    let input_files = chunk_files(&a);
+    assert!(input_files.len() < 4 * 4 * 3, "some chunks are absent");
+
+    // Same settings: the same chunk files, byte for byte, as new files.
+    let (same, n) = convert_counting(&a, "same.zarr", &chunks);
+    assert_eq!(n, input_files.len() as u64);
+    let copied = chunk_files(&same);
+    assert_eq!(
+        copied.keys().collect::<Vec<_>>(),
+        input_files.keys().collect::<Vec<_>>()
+    );
+    for (k, (bytes, ino)) in &copied {
+        assert_eq!(bytes, &input_files[k].0, "{k} differs");
+        assert_ne!(*ino, input_files[k].1, "{k} is a link to the input's file");
+    }
+    // Any change re-encodes: another level, a checksum (4 bytes more per chunk).
+    let level = convert(&a, "level.zarr", &chunks.clone().level(Some(5)));
+    assert_ne!(chunk_files(&level), copied);
+    let crc = convert(&a, "crc.zarr", &chunks.clone().checksum(true));
+    for (k, (bytes, _)) in chunk_files(&crc) {
+        assert_eq!(bytes.len(), input_files[&k].0.len() + 4, "{k}");
+    }
+    convert(
+        &a,
+        "lz4.zarr",
+        &chunks.clone().codec(Codec::BloscLz4 { level: 5 }),
+    );
+    // Rechunks that split input chunks in two, join them, and cut across them.
+    for c in [[8, 16, 16], [32, 32, 48], [5, 50, 7], [37, 1, 45]] {
+        let name = format!("re_{}_{}_{}.zarr", c[0], c[1], c[2]);
+        let out = convert(
+            &a,
+            &name,
+            &ConvertOptions::default().chunks(Some(c.to_vec())),
+        );
+        assert_eq!(Store::open(&out).unwrap().chunk_shape(), Some(c.to_vec()));
+        // On one thread and under a small budget too.
+        let opts = ConvertOptions::default()
+            .chunks(Some(c.to_vec()))
+            .threads(Some(1))
+            .memory(Some(4 << 20));
+        convert(&a, &format!("small_{name}"), &opts);
+    }
+    // Sharded in and out: the same shards copied; unsharded from sharded re-encoded.
+    let sharded = chunks.clone().subchunks(Some(vec![8, 8, 16]));
+    let s1 = convert(&a, "s1.zarr", &sharded);
+    let (s2, n) = convert_counting(&s1, "s2.zarr", &sharded);
+    assert_eq!(n, chunk_files(&s1).len() as u64);
+    let (f1, f2) = (chunk_files(&s1), chunk_files(&s2));
+    assert_eq!(
+        f1.iter().map(|(k, v)| (k, &v.0)).collect::<Vec<_>>(),
+        f2.iter().map(|(k, v)| (k, &v.0)).collect::<Vec<_>>()
+    );
+    let plain = convert(&s1, "plain.zarr", &chunks);
+    assert_eq!(
+        chunk_files(&plain)
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect::<Vec<_>>(),
+        input_files
+            .iter()
+            .map(|(k, v)| (k.clone(), v.0.clone()))
+            .collect::<Vec<_>>()
+    );
+}
+
+/// spec/FORMAT.md §8.1: an input whose fill value is not the output's: its absent chunks are
+/// the input's fill value in the output (written, not left absent), and a chunk of zeros
+/// written to an array whose fill value is 7 is stored (it is not the fill value).
+#[test]
+fn an_input_fill_value_survives_the_convert() {
+    let dir = tmp();
+    let d = dir.path();
+    let src = d.join("fill7.zarr");
+    let spec = chunkwise::StoreSpec::new(vec![20, 20], DType::U16, vec![10, 10])
+        .fill_value(chunkwise::Number::Int(7));
+    let w = spec
+        .create(&src, false, chunkwise::Durability::NoSync)
+        .unwrap();
+    let ramp: Vec<u8> = (0..100u16).flat_map(|v| v.to_ne_bytes()).collect();
+    w.write_chunk(&[0, 0], &ramp).unwrap();
+    w.write_chunk(&[1, 1], &[0u8; 200]).unwrap();
+    w.commit().unwrap();
+    let mut want = ndarray::ArrayD::<u16>::from_elem(vec![20, 20], 7);
+    for i in 0..10 {
+        for j in 0..10 {
+            want[[i, j]] = (i * 10 + j) as u16;
+            want[[10 + i, 10 + j]] = 0;
+        }
+    }
+    let full = chunkwise::Region::full(&[20, 20]);
+    let got = Store::open(&src)
+        .unwrap()
+        .read_region::<u16>(&full)
+        .unwrap();
+    assert!(got == want, "the source: {got:?}");
+    for (name, opts) in [
+        (
+            "same.zarr",
+            ConvertOptions::default().chunks(Some(vec![10, 10])),
+        ),
+        (
+            "re.zarr",
+            ConvertOptions::default().chunks(Some(vec![5, 20])),
+        ),
+    ] {
+        let out = d.join(name);
+        chunkwise::convert(&crate::common::input(&src), &out, &opts).unwrap();
+        let got = Store::open(&out)
+            .unwrap()
+            .read_region::<u16>(&full)
+            .unwrap();
+        assert!(got == want, "{name}: {got:?}");
+    }
+}

@@ -21,6 +21,7 @@ mod preview;
 mod project;
 mod proptests;
 mod pyramid;
+mod readers;
 mod reduce;
 mod s3;
 mod scale;

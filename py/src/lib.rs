@@ -546,7 +546,7 @@ fn convert(
         "decodes": r.decodes.map(|d| serde_json::json!({
             "chunks": d.chunks, "total": d.total, "most": d.most,
         })),
-        "intermediate": r.intermediate,
+        "intermediate": r.intermediate, "chunks_copied": r.chunks_copied,
     })
     .to_string())
 }

@@ -176,6 +176,10 @@ pub(crate) fn summary(r: &ConvertReport) -> String {
             decodes(d)
         ),
         (Some(d), None) => format!("\n  {}", decodes(d)),
+        _ if r.chunks_copied > 0 => format!(
+            "\n  {} chunks copied as stored (same type, grid and codecs: nothing decoded)",
+            r.chunks_copied
+        ),
         _ => String::new(),
     };
     format!(

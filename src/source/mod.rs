@@ -41,6 +41,14 @@ pub(crate) trait Source: Send + Sync {
     fn identity(&self) -> String;
     /// Makes `region` readable until the returned block is dropped.
     fn block(&self, region: &Region) -> Result<Box<dyn Block + '_>>;
+    /// Opens `region` for the reads `parts` (each inside it), which tasks then make in
+    /// parallel: a store decodes each chunk in the first task that needs it and frees it
+    /// after the last part touching it ([`crate::store::ChunkWindow`]), where
+    /// [`Source::block`] reads the whole region before it returns.
+    fn gather(&self, region: &Region, parts: &[Region]) -> Result<Box<dyn Gather + '_>> {
+        let _ = parts;
+        Ok(Box::new(self.block(region)?))
+    }
     /// The axis names the input's own metadata gives (an OME-TIFF's), if any.
     fn axis_names(&self) -> Option<Vec<String>> {
         None
@@ -70,6 +78,26 @@ pub(crate) trait Block: Send + Sync {
     fn read_into(&self, part: &Region, dst: &mut [u8], dst_shape: &[usize]) {
         let strides = c_strides(dst_shape, self.itemsize());
         self.read_strided(part, dst, 0, &strides);
+    }
+}
+
+/// A box of a [`Source`] opened by [`Source::gather`], whose reads may decode (and so fail).
+pub(crate) trait Gather: Send + Sync {
+    /// Copies `part` (inside the box) into the origin corner of `dst`, a C-order buffer of
+    /// `dst_shape`.
+    fn gather_into(&self, part: &Region, dst: &mut [u8], dst_shape: &[usize]) -> Result<()>;
+}
+
+impl Gather for Box<dyn Block + '_> {
+    fn gather_into(&self, part: &Region, dst: &mut [u8], dst_shape: &[usize]) -> Result<()> {
+        Block::read_into(self.as_ref(), part, dst, dst_shape);
+        Ok(())
+    }
+}
+
+impl Gather for crate::store::ChunkWindow<'_> {
+    fn gather_into(&self, part: &Region, dst: &mut [u8], dst_shape: &[usize]) -> Result<()> {
+        crate::store::ChunkWindow::read_into(self, part, dst, dst_shape)
     }
 }
 

@@ -226,7 +226,7 @@ impl JobWriter {
     /// Encodes chunk `idx` and starts its PUT (none for an all-fill chunk); it is logged done
     /// once the PUT has returned.
     pub(super) fn write_remote(&self, r: &RemoteOut, idx: &[u64], data: &[u8]) -> Result<u64> {
-        if crate::copy::is_fill(data, &[0]) {
+        if self.codec.is_fill(data) {
             self.record_absent(idx);
             return Ok(0);
         }

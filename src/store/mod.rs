@@ -20,6 +20,7 @@ mod remote;
 mod remote;
 mod spec;
 mod txn;
+mod window;
 mod write;
 mod writer;
 
@@ -62,6 +63,7 @@ pub(crate) use txn::{
     place, recover_replacement, remove_chunk, resolve_links, swap_in, sync_dir, sync_filesystem,
     test_delay, try_lock_briefly, write_atomic, write_output,
 };
+pub(crate) use window::ChunkWindow;
 pub use write::WriteReport;
 pub use writer::StoreWriter;
 pub(crate) use writer::{check_replaceable, write_metadata};
@@ -764,6 +766,30 @@ impl Store {
         }
     }
 
+    /// The shape chunk `idx` decodes to (an edge chunk at its full, padded shape).
+    ///
+    /// # Errors
+    /// [`crate::StoreError::CorruptChunk`] for an index outside the grid.
+    pub(crate) fn padded_chunk_shape(&self, idx: &[u64]) -> Result<Vec<usize>> {
+        Ok(self
+            .array
+            .chunk_shape(idx)
+            .map_err(|e| self.chunk_error(idx, e))?
+            .iter()
+            .map(|c| c.get() as usize)
+            .collect())
+    }
+
+    /// Chunk `idx` as stored (encoded, no codec run), or `None` when it is absent.
+    ///
+    /// # Errors
+    /// [`crate::StoreError::CorruptChunk`] naming the key when it cannot be read.
+    pub(crate) fn read_encoded(&self, idx: &[u64]) -> Result<Option<Vec<u8>>> {
+        self.array
+            .retrieve_encoded_chunk(idx)
+            .map_err(|e| Error::corrupt(self.path.clone(), self.chunk_key(idx), e))
+    }
+
     /// Reads `region` into `out` (C order, native-endian element bytes), decoding the chunks it
     /// touches in parallel on the current rayon pool.
     ///
@@ -869,7 +895,7 @@ impl Store {
         })
     }
 
-    fn chunks_touching(&self, region: &Region) -> Result<Vec<std::ops::Range<u64>>> {
+    pub(crate) fn chunks_touching(&self, region: &Region) -> Result<Vec<std::ops::Range<u64>>> {
         let subset = ArraySubset::new_with_ranges(region.ranges());
         let chunks = self
             .array

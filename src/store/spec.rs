@@ -476,6 +476,11 @@ impl ChunkCodec {
         })
     }
 
+    /// Whether `data` (a whole chunk) is all the fill value: such a chunk is not stored.
+    pub(crate) fn is_fill(&self, data: &[u8]) -> bool {
+        crate::copy::is_fill(data, self.array.fill_value().as_ne_bytes())
+    }
+
     /// Bytes of one full (padded) chunk.
     pub fn chunk_bytes(&self) -> usize {
         self.chunk_bytes

@@ -207,7 +207,7 @@ impl StoreWriter {
             ));
         }
         if let Some(r) = &self.remote {
-            if crate::copy::is_fill(data, &[0]) {
+            if self.codec.is_fill(data) {
                 return Ok(0);
             }
             let key = self.codec.key(idx);
@@ -231,7 +231,21 @@ impl StoreWriter {
     /// array of the same type, chunk grid, chunk key encoding, fill value and codecs, whose
     /// files [`StoreWriter::link_chunk`] may then place unchanged.
     pub(crate) fn same_encoding(&self, store: &Store) -> bool {
-        if self.remote.is_some() || super::is_url(store.path()) || store.zarr_format() != 3 {
+        if self.remote.is_some() || super::is_url(store.path()) {
+            return false;
+        }
+        self.same_fields(store, &["chunk_key_encoding"])
+    }
+
+    /// Whether `store`'s encoded chunks are this writer's, whatever their keys and wherever
+    /// either array is: a Zarr v3 array of the same type, shape, chunk grid, fill value and
+    /// codecs, whose chunks [`StoreWriter::write_encoded`] may then write as they are read.
+    pub(crate) fn same_chunk_bytes(&self, store: &Store) -> bool {
+        self.same_fields(store, &[])
+    }
+
+    fn same_fields(&self, store: &Store, more: &[&str]) -> bool {
+        if store.zarr_format() != 3 {
             return false;
         }
         let ours = serde_json::from_value::<zarrs::array::ArrayMetadata>(self.metadata.clone())
@@ -241,16 +255,34 @@ impl StoreWriter {
         let Some(ours) = ours else {
             return false;
         };
-        [
-            "data_type",
-            "chunk_grid",
-            "chunk_key_encoding",
-            "fill_value",
-            "codecs",
-            "shape",
-        ]
-        .iter()
-        .all(|k| ours.get(k).is_some() && ours.get(k) == theirs.get(k))
+        ["data_type", "chunk_grid", "fill_value", "codecs", "shape"]
+            .iter()
+            .chain(more)
+            .all(|k| ours.get(k).is_some() && ours.get(k) == theirs.get(k))
+    }
+
+    /// Writes chunk `idx` as `encoded`, bytes of an array of [`StoreWriter::same_chunk_bytes`]
+    /// (no decoding, no encoding). Returns the bytes written.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOption`] for an index outside the grid; [`Error::Io`].
+    pub(crate) fn write_encoded(&self, idx: &[u64], encoded: Vec<u8>) -> Result<u64> {
+        let gshape = self.grid.grid_shape();
+        if idx.len() != gshape.len() || idx.iter().zip(&gshape).any(|(&i, &n)| i >= n) {
+            return Err(Error::option(
+                "chunk index",
+                format!("{idx:?} is outside the chunk grid {gshape:?}"),
+            ));
+        }
+        let key = self.codec.key(idx);
+        let n = encoded.len() as u64;
+        if let Some(r) = &self.remote {
+            self.uploads.push(r.put_async(&key, encoded), ())?;
+            return Ok(n);
+        }
+        let files = self.files.as_ref().expect("files are open until commit");
+        files.write(self.tmp_path.join(&key), encoded)?;
+        Ok(n)
     }
 
     /// Places chunk `idx` as the encoded file `src` of an array of [`StoreWriter::same_encoding`]:
@@ -330,7 +362,7 @@ pub(super) fn encode_and_queue(
     idx: &[u64],
     data: &[u8],
 ) -> Result<u64> {
-    if crate::copy::is_fill(data, &[0]) {
+    if codec.is_fill(data) {
         return Ok(0);
     }
     let key = codec.key(idx);

@@ -1,0 +1,205 @@
+//! A box of an array's chunks decoded on demand (spec/FORMAT.md §8.1): the tasks that read
+//! parts of the box decode each chunk they need themselves, in parallel, the first of them
+//! decoding it once for all; a chunk is freed after the last read that was declared for it.
+//!
+//! This is how `convert` keeps every worker decoding when it streams a store: opening a block
+//! costs nothing, and the decodes happen in the tasks that gather output chunks, not in the
+//! one thread that feeds them. Invariant: a slot's lock is held only while that chunk decodes,
+//! and a decode waits on nothing else, so a reader waiting for a slot always gets it.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, TryLockError};
+
+use crate::copy::{Side, c_strides, copy_box};
+use crate::error::Result;
+use crate::grid::indices_in;
+use crate::region::Region;
+
+use super::Store;
+
+/// The chunks of `store` that a box of it touches, each decoded by the first read needing it.
+pub(crate) struct ChunkWindow<'a> {
+    store: &'a Store,
+    /// The box of chunk indices the region touches.
+    chunks: Vec<std::ops::Range<u64>>,
+    slots: Vec<Slot>,
+}
+
+#[derive(Default)]
+struct Slot {
+    /// `None` until decoded (and again once freed).
+    data: Mutex<Option<Arc<Vec<u8>>>>,
+    /// Declared reads not yet done.
+    reads_left: AtomicUsize,
+}
+
+impl<'a> ChunkWindow<'a> {
+    /// The chunks of `region`, to be read by the parts `reads` (each inside `region`; a chunk
+    /// is freed when the last of them touching it is read, and decoded again if read after).
+    ///
+    /// # Errors
+    /// [`crate::Error::BadRegion`] for a region outside the array.
+    pub(crate) fn new(store: &'a Store, region: &Region, reads: &[Region]) -> Result<Self> {
+        let chunks = store.chunks_touching(region)?;
+        let n: usize = chunks.iter().map(|r| (r.end - r.start) as usize).product();
+        let slots: Vec<Slot> = (0..n).map(|_| Slot::default()).collect();
+        let window = ChunkWindow {
+            store,
+            chunks,
+            slots,
+        };
+        for part in reads {
+            for idx in indices_in(&store.chunks_touching(part)?) {
+                if let Some(s) = window.slot(&idx) {
+                    s.reads_left.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        Ok(window)
+    }
+
+    fn slot(&self, idx: &[u64]) -> Option<&Slot> {
+        let mut flat = 0usize;
+        for (&i, r) in idx.iter().zip(&self.chunks) {
+            if !r.contains(&i) {
+                return None;
+            }
+            flat = flat * (r.end - r.start) as usize + (i - r.start) as usize;
+        }
+        self.slots.get(flat)
+    }
+
+    /// Copies `part` (inside the window's region) into the origin corner of `dst`, a C-order
+    /// buffer of `dst_shape`, decoding the chunks it touches that no read has decoded yet.
+    ///
+    /// A chunk another read is decoding is left for later while this read has others to take:
+    /// reads that need the same chunks (the halves of a chunk split in two) share their decodes
+    /// instead of waiting for one another.
+    ///
+    /// # Errors
+    /// [`crate::StoreError::CorruptChunk`] naming a chunk that does not decode.
+    pub(crate) fn read_into(
+        &self,
+        part: &Region,
+        dst: &mut [u8],
+        dst_shape: &[usize],
+    ) -> Result<()> {
+        let mut pending = indices_in(&self.store.chunks_touching(part)?);
+        while !pending.is_empty() {
+            let before = pending.len();
+            let mut left = Vec::new();
+            for idx in pending {
+                match self.try_chunk(&idx)? {
+                    Some(data) => self.copy_piece(&idx, &data, part, dst, dst_shape)?,
+                    None => left.push(idx),
+                }
+            }
+            if left.len() == before {
+                // Every chunk still needed is being decoded by another read: wait for one.
+                let idx = left.swap_remove(0);
+                let data = self.chunk(&idx)?;
+                self.copy_piece(&idx, &data, part, dst, dst_shape)?;
+            }
+            pending = left;
+        }
+        Ok(())
+    }
+
+    /// Copies the piece of `part` in chunk `idx` (decoded: `data`) into `dst`, then counts
+    /// the read done.
+    fn copy_piece(
+        &self,
+        idx: &[u64],
+        data: &[u8],
+        part: &Region,
+        dst: &mut [u8],
+        dst_shape: &[usize],
+    ) -> Result<()> {
+        let itemsize = self.store.dtype().size();
+        let creg = self.store.chunk_region(idx)?;
+        if let Some(piece) = creg.intersect(part).filter(|p| !p.is_empty()) {
+            let extent: Vec<usize> = piece.shape().iter().map(|&n| n as usize).collect();
+            let at = |reg: &Region, strides: &[usize]| -> usize {
+                piece
+                    .start()
+                    .iter()
+                    .zip(reg.ranges())
+                    .zip(strides)
+                    .map(|((&p, r), &s)| (p - r.start) as usize * s)
+                    .sum()
+            };
+            let strides = c_strides(&self.store.padded_chunk_shape(idx)?, itemsize);
+            let dst_strides = c_strides(dst_shape, itemsize);
+            let src = Side {
+                offset: at(&creg, &strides),
+                strides: &strides,
+            };
+            let to = Side {
+                offset: at(part, &dst_strides),
+                strides: &dst_strides,
+            };
+            copy_box(data, src, dst, to, &extent, itemsize, false);
+        }
+        self.done_with(idx);
+        Ok(())
+    }
+
+    /// Chunk `idx` decoded at its padded shape (an absent one as the fill value), by this
+    /// call if no other has; `None` if another read is decoding it now.
+    fn try_chunk(&self, idx: &[u64]) -> Result<Option<Arc<Vec<u8>>>> {
+        let Some(slot) = self.slot(idx) else {
+            return self.decode(idx).map(Some);
+        };
+        let mut data = match slot.data.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::WouldBlock) => return Ok(None),
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+        };
+        if let Some(d) = &*data {
+            return Ok(Some(d.clone()));
+        }
+        let d = self.decode(idx)?;
+        *data = Some(d.clone());
+        Ok(Some(d))
+    }
+
+    /// Chunk `idx` decoded, waiting for a read that is decoding it.
+    fn chunk(&self, idx: &[u64]) -> Result<Arc<Vec<u8>>> {
+        let Some(slot) = self.slot(idx) else {
+            return self.decode(idx);
+        };
+        let mut data = slot.data.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(d) = &*data {
+            return Ok(d.clone());
+        }
+        let d = self.decode(idx)?;
+        *data = Some(d.clone());
+        Ok(d)
+    }
+
+    /// Decodes chunk `idx` at its padded shape; an absent chunk is the fill value.
+    fn decode(&self, idx: &[u64]) -> Result<Arc<Vec<u8>>> {
+        if let Some(bytes) = self.store.read_chunk(idx)? {
+            return Ok(Arc::new(bytes));
+        }
+        let n: usize = self.store.padded_chunk_shape(idx)?.iter().product();
+        let fill = self.store.fill_bytes();
+        Ok(Arc::new(if fill.iter().all(|&b| b == 0) {
+            vec![0; n * fill.len()]
+        } else {
+            fill.repeat(n)
+        }))
+    }
+
+    /// One read of chunk `idx` is done: the last declared one frees it.
+    fn done_with(&self, idx: &[u64]) {
+        if let Some(slot) = self.slot(idx) {
+            let left = slot
+                .reads_left
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+            if left == Ok(1) {
+                *slot.data.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            }
+        }
+    }
+}
