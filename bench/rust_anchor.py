@@ -18,7 +18,9 @@ peak RSS the largest seen):
   encodes again) against `chunkwise convert IN -o OUT` (which copies the encoded chunks).
 - reencode: same chunks, another codec (blosc-lz4 5, chunkwise's float default, given to
   zarrs_reencode as the codec metadata chunkwise writes): both decode and encode every chunk.
-- rechunk: to 64x256x256, same codec: `zarrs_reencode --chunk-shape` against `convert --chunks`.
+- rechunk: to 64x256x256, same codec: `zarrs_reencode --chunk-shape 64,256,256 --shard-shape
+  64,256,256` (0.8.1 ignores --chunk-shape without --shard-shape: it rewrites the input's
+  chunks) against `convert --chunks 64,256,256`.
 - gaussian: sigma 2, radius 8, float32 out: `zarrs_filter gaussian` against `chunkwise
   gaussian`, unconstrained and at `--memory 256MiB` / `128MiB` (a refusal is reported as such).
 
@@ -148,8 +150,10 @@ def main():
                           "--quiet", "--no-sync"],
         },
         "rechunk": {
+            # zarrs_reencode 0.8.1 applies --chunk-shape only with --shard-shape (without,
+            # it writes the input's chunks again): one 64x256x256 chunk per shard.
             "zarrs_tools": [os.path.join(zt, "zarrs_reencode"), src, out("zt_re.zarr"),
-                            "--chunk-shape", "64,256,256"],
+                            "--chunk-shape", "64,256,256", "--shard-shape", "64,256,256"],
             "chunkwise": [CW, "convert", src, "-o", out("cw_re.zarr"), "--chunks", "64,256,256",
                           "--quiet", "--no-sync"],
             "chunkwise (fsync)": [CW, "convert", src, "-o", out("cw_re.zarr"), "--chunks",
@@ -177,8 +181,8 @@ def main():
                 p = subprocess.run(["/usr/bin/time", "-f", "%e %M"] + cmd, text=True,
                                    capture_output=True)
                 if p.returncode != 0:
-                    lines = p.stderr.strip().splitlines()
-                    refused[tool] = lines[-2] if len(lines) > 1 else "exit %d" % p.returncode
+                    said = [x for x in p.stderr.splitlines() if x.startswith("chunkwise: error")]
+                    refused[tool] = said[0] if said else "exit %d" % p.returncode
                     continue
                 wall, kib = p.stderr.strip().splitlines()[-1].split()
                 best[tool] = min(best.get(tool, 1e9), float(wall))

@@ -300,7 +300,7 @@ fn check_inputs(
                     "input",
                     format!(
                         "{} is {}, the image {} is {dtype}: an image grows by data of its own \
-                         type (convert the input first)",
+                         type (--cast converts it if no value changes)",
                         i.describe(),
                         i.dtype(),
                         image.display()
@@ -563,6 +563,23 @@ pub(super) fn append(image: &Path, inputs: &[Input], opts: &GrowOptions) -> Resu
     let method = method_of(image, &img)?;
     let axis = opts.axis;
     let (mut levels, dtype, nominal) = read_levels(image, &img, axis)?;
+    // With --cast, inputs of another type are read through a widening cast (APPEND §2).
+    let cast;
+    let inputs = if opts.cast {
+        cast = inputs
+            .iter()
+            .map(|i| {
+                if i.dtype() == dtype {
+                    Ok(i.clone())
+                } else {
+                    Input::from_view(i.view().cast(dtype)?)
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        &cast[..]
+    } else {
+        inputs
+    };
     let lens = check_inputs(image, inputs, &levels[0].old, dtype, axis)?;
     let n: u64 = lens.iter().sum();
     if n == 0 {

@@ -154,6 +154,29 @@ for f in meta["attributes"]["ome"]["multiscales"][0]["metadata"]["factors"]:
     ref.append(block_reduce(ref[-1], f, "mean"))
 same_levels(img, ref, "along axis 2")
 
+# 2b. --cast: uint8 data grows a uint16 image as the same values in uint16 would (numpy's
+#     safe casts only); without --cast another type is refused, and a lossy one even with it.
+a = rng.integers(0, 4000, (19, 12, 10)).astype(np.uint16)
+b = rng.integers(0, 256, (7, 12, 10)).astype(np.uint8)
+np.save(DIR / "cast-a.npy", a)
+np.save(DIR / "cast-b.npy", b)
+np.save(DIR / "cast-bad.npy", b.astype(np.int32))
+img = DIR / "cast.ome.zarr"
+cw("pyramid", DIR / "cast-a.npy", "-o", img, "--chunks", "8,8,8", "--levels", "3")
+before = tree(img)
+r = run("append", img, DIR / "cast-b.npy")
+assert r.returncode == 2 and "--cast" in r.stderr and tree(img) == before, r.stderr
+r = run("append", img, DIR / "cast-bad.npy", "--cast")
+assert r.returncode == 2 and "would lose values" in r.stderr and tree(img) == before, r.stderr
+cw("append", img, DIR / "cast-b.npy", "--cast")
+grown = np.concatenate([a, b.astype(np.uint16)])
+meta = json.loads((img / "zarr.json").read_text())
+ref = [grown]
+for f in meta["attributes"]["ome"]["multiscales"][0]["metadata"]["factors"]:
+    ref.append(block_reduce(ref[-1], f, "mean"))
+same_levels(img, ref, "appended with --cast")
+assert all(x.dtype == np.uint16 for x in levels_of(img))
+
 # 3. A kill at every step leaves the old pyramid or the new one; the rerun completes it.
 a, b = cases[0][1], rng.integers(0, 4000, (13, 20, 23)).astype(np.uint16)
 np.save(DIR / "k-a.npy", a)
@@ -263,6 +286,7 @@ def refused(args, says, what):
 
 
 refused([DIR / "bad-f32.npy"], "is float32, the image", "another type")
+refused([DIR / "bad-f32.npy", "--cast"], "would lose values", "a lossy cast")
 refused([DIR / "bad-shape.npy"], "needs the other axes", "another shape")
 refused([DIR / "k-b.npy", "--axis", "3"], "axis 3 is out of range", "an axis not there")
 refused([DIR / "k-b.npy", "--partition", "0/2"], "does not split into parts", "in parts")
