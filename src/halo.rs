@@ -218,11 +218,24 @@ pub fn segments(start: i64, end: i64, n: u64, mode: Boundary) -> Vec<Segment> {
     out
 }
 
-/// Fills `block` from the chunks of `grid` (`chunk(c)`: chunk `c`'s decoded bytes, full chunk
-/// shape, C order) following the segments; constant segments get `cval`.
+/// Decoded values of a box of an input: a whole decoded chunk (at its full, padded shape), or
+/// the part of one a traversal keeps (spec/COMPUTE.md §5).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Piece<'d> {
+    /// The values, C order.
+    pub(crate) bytes: &'d [u8],
+    /// Where the box starts, in array coordinates.
+    pub(crate) start: &'d [u64],
+    /// The box's shape (what `bytes` is laid out by).
+    pub(crate) shape: &'d [usize],
+}
+
+/// Fills `block` from the chunks of `grid` (`chunk(c)`: what is kept of chunk `c`, a box
+/// holding every element the segments read from it) following the segments; constant
+/// segments get `cval`.
 pub(crate) fn fill_block<'d>(
     grid: &Grid,
-    chunk: impl Fn(&[u64]) -> Option<&'d [u8]>,
+    chunk: impl Fn(&[u64]) -> Option<Piece<'d>>,
     cval: &[u8],
     itemsize: usize,
     shape: &[usize],
@@ -231,8 +244,6 @@ pub(crate) fn fill_block<'d>(
 ) -> Result<()> {
     let ndim = shape.len();
     let bstrides: Vec<usize> = c_strides(shape, itemsize);
-    let cshape: Vec<usize> = grid.chunk_shape().iter().map(|&c| c as usize).collect();
-    let cstrides: Vec<usize> = c_strides(&cshape, itemsize);
     let combos = product(
         &segs
             .iter()
@@ -255,7 +266,7 @@ pub(crate) fn fill_block<'d>(
             .collect();
         let cbox = grid.chunks_touching(&Region::new(src.clone()));
         for c in indices_in(&cbox) {
-            let data =
+            let piece =
                 chunk(&c).ok_or_else(|| Error::Internal(format!("chunk {c:?} was not planned")))?;
             let creg = grid.chunk_region(&c);
             let inter: Vec<Range<u64>> = src
@@ -266,6 +277,18 @@ pub(crate) fn fill_block<'d>(
             if inter.iter().any(|r| r.start >= r.end) {
                 continue;
             }
+            let outside = inter
+                .iter()
+                .zip(piece.start.iter().zip(piece.shape))
+                .any(|(r, (&p, &n))| r.start < p || r.end > p + n as u64);
+            if outside {
+                return Err(Error::Internal(format!(
+                    "chunk {c:?} was kept from {:?} in {:?}, and {inter:?} is read",
+                    piece.start, piece.shape
+                )));
+            }
+            let data = piece.bytes;
+            let cstrides = c_strides(piece.shape, itemsize);
             let mut src_off = 0usize;
             let mut src_strides = vec![0usize; ndim];
             let mut dst_first = 0usize;
@@ -274,7 +297,7 @@ pub(crate) fn fill_block<'d>(
             for a in 0..ndim {
                 let seg = sel[a];
                 let (s0, step) = seg.src.expect("not constant");
-                src_off += (inter[a].start - creg.ranges()[a].start) as usize * cstrides[a];
+                src_off += (inter[a].start - piece.start[a]) as usize * cstrides[a];
                 let d = match step {
                     1 => {
                         src_strides[a] = cstrides[a];

@@ -871,3 +871,67 @@ fn eval_jobs_split_resume_and_know_their_expression() {
     let err = chunkwise::run(&inputs(), &out, &swapped, &ExecOptions::default()).unwrap_err();
     assert!(err.to_string().contains("overwrite"), "{err}");
 }
+
+/// spec/COMPUTE.md §5: at the smallest budget the executor accepts (one-chunk tiles, chunks
+/// beside a tile kept as slabs of the halo's width), the gaussian equals the unconstrained
+/// one bit for bit in every boundary mode, with chunks decoded once per tile that reads them.
+#[test]
+fn the_smallest_budget_keeps_halo_slabs_and_the_same_result() {
+    let dir = tmp();
+    let d = dir.path();
+    let (nz, ny, nx) = (20usize, 40usize, 36usize);
+    let values: Vec<u16> = (0..nz * ny * nx)
+        .map(|i| ((i as u64).wrapping_mul(2_654_435_761) >> 9) as u16 % 3000)
+        .collect();
+    let a = ndarray::ArrayD::from_shape_vec(vec![nz, ny, nx], values).unwrap();
+    let input = d.join("in.zarr");
+    chunkwise::from_array(
+        a.view(),
+        &input,
+        &chunkwise::ConvertOptions::default().chunks(Some(vec![8, 8, 8])),
+    )
+    .unwrap();
+    let modes = [
+        Boundary::Reflect,
+        Boundary::Mirror,
+        Boundary::Nearest,
+        Boundary::Wrap,
+        Boundary::Constant(3.0),
+    ];
+    for (k, mode) in modes.into_iter().enumerate() {
+        let g = Gaussian {
+            sigma: vec![1.0, 1.5, 2.0],
+            truncate: 4.0,
+            mode,
+            dtype: None,
+        };
+        let run = |name: &str, opts: ExecOptions| {
+            chunkwise::run(
+                &[crate::common::input(&input)],
+                &d.join(format!("{k}-{name}.zarr")),
+                &g,
+                &opts,
+            )
+        };
+        let big = run("big", ExecOptions::default()).unwrap();
+        // The least budget, from the error that names it.
+        let err = run("none", ExecOptions::default().memory(Some(20_000)))
+            .unwrap_err()
+            .to_string();
+        let least: u64 = err
+            .split("at least ")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no least budget in {err:?}"));
+        let small = run("small", ExecOptions::default().memory(Some(least))).unwrap();
+        assert_eq!(small.tile, vec![1, 1, 1], "{mode:?}");
+        assert!(small.decodes > small.input_chunks, "{mode:?}");
+        assert!(small.window_bytes < big.window_bytes, "{mode:?}");
+        assert_eq!(
+            store_bytes(&Store::open(d.join(format!("{k}-big.zarr"))).unwrap()),
+            store_bytes(&Store::open(d.join(format!("{k}-small.zarr"))).unwrap()),
+            "{mode:?}: the one-chunk tiles' result differs"
+        );
+    }
+}

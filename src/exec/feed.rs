@@ -7,6 +7,7 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::grid::{ChunkSet, indices_in, product};
+use crate::halo::{Segment, segments};
 
 use super::task::{Ctx, Slot, SlotState, Task};
 
@@ -18,6 +19,8 @@ pub(super) struct Feed<'a, 'c> {
     pub(super) layers: Range<u64>,
     pub(super) done: &'c ChunkSet,
     pub(super) tile: Option<Vec<Range<u64>>>,
+    /// The current tile's number (the window's slots are per tile).
+    pub(super) tile_no: u64,
     pub(super) layer: u64,
     pub(super) chunks: std::vec::IntoIter<Vec<u64>>,
     pub(super) queue: VecDeque<Task>,
@@ -37,6 +40,7 @@ impl<'a, 'c> Feed<'a, 'c> {
             layers,
             done,
             tile: None,
+            tile_no: 0,
             chunks: Vec::new().into_iter(),
             queue: VecDeque::new(),
         }
@@ -62,6 +66,45 @@ impl<'a, 'c> Feed<'a, 'c> {
             .iter()
             .filter(|o| !self.done.contains(o) && !self.skips(o))
             .count() as u64
+    }
+
+    /// The box of input chunk `c` (array coordinates) that the current tile's output chunks
+    /// read through the boundary mode: on each axis, the hull of what each consumer along it
+    /// reads of the chunk. A chunk only read for a halo keeps a slab of the halo's width.
+    pub(super) fn keep_box(&self, input: usize, c: &[u64]) -> Vec<Range<u64>> {
+        let tile = self.tile.as_ref().expect("planning happens inside a tile");
+        let ctx = self.ctx;
+        let creg = ctx.inputs[input].grid.chunk_region(c);
+        let oc = ctx.out_grid.chunk_shape();
+        creg.ranges()
+            .iter()
+            .enumerate()
+            .map(|(a, r)| {
+                let range = if a == 0 { &self.layers } else { &tile[a] };
+                let (before, after) = ctx.halo[a];
+                let mut hull: Option<Range<u64>> = None;
+                for &o in ctx.readers[input][a][c[a] as usize]
+                    .iter()
+                    .filter(|o| range.contains(o))
+                {
+                    let start = (o * oc[a]) as i64 - before as i64;
+                    let end = (((o + 1) * oc[a]).min(ctx.shape[a]) + after) as i64;
+                    for src in segments(start, end, ctx.shape[a], ctx.boundary)
+                        .iter()
+                        .filter_map(Segment::src_range)
+                    {
+                        let (lo, hi) = (src.start.max(r.start), src.end.min(r.end));
+                        if lo < hi {
+                            hull = Some(match hull {
+                                Some(h) => h.start.min(lo)..h.end.max(hi),
+                                None => lo..hi,
+                            });
+                        }
+                    }
+                }
+                hull.unwrap_or_else(|| r.clone())
+            })
+            .collect()
     }
 
     /// Whether output chunk `idx` is recorded as absent without computing: every input chunk
@@ -98,18 +141,20 @@ impl<'a, 'c> Feed<'a, 'c> {
         for (input, chunks) in needed.into_iter().enumerate() {
             let mut slots = Vec::with_capacity(chunks.len());
             for c in chunks {
-                let slot = match w.get(&(input, c.clone())) {
+                let slot = match w.get(&(self.tile_no, input, c.clone())) {
                     Some(s) => s.clone(),
                     None => {
                         let s = Arc::new(Slot {
+                            tile: self.tile_no,
                             input,
+                            keep: self.keep_box(input, &c),
                             idx: c.clone(),
                             data: OnceLock::new(),
                             state: Mutex::new(SlotState {
                                 remaining: self.consumers(input, &c),
                             }),
                         });
-                        w.insert((input, c), s.clone());
+                        w.insert((self.tile_no, input, c), s.clone());
                         self.queue.push_back(Task::Decode(s.clone()));
                         s
                     }
@@ -146,8 +191,8 @@ impl Iterator for Feed<'_, '_> {
                     self.chunks = indices_in(&b).into_iter();
                 }
                 _ => {
-                    // A new tile starts from the first layer; the old tile's slots have all
-                    // left the window with their last consumer.
+                    // A new tile starts from the first layer, with slots of its own: the old
+                    // tile's leave the window with their last consumer.
                     let tile = self.tiles.next()?;
                     self.layer = self.layers.start;
                     if self.layers.is_empty() {
@@ -157,6 +202,7 @@ impl Iterator for Feed<'_, '_> {
                     b[0] = self.layer..self.layer + 1;
                     self.chunks = indices_in(&b).into_iter();
                     self.tile = Some(tile);
+                    self.tile_no += 1;
                 }
             }
         }

@@ -769,9 +769,17 @@ pub fn apply_in_memory(
     {
         let bytes: &mut [u8] = &mut bytemuck::cast_slice_mut(&mut block[..])[..nb];
         if n > 0 {
+            let start = vec![0; shape.len()];
+            let whole: Vec<usize> = grid.chunk_shape().iter().map(|&c| c as usize).collect();
             fill_block(
                 &grid,
-                |_| Some(data),
+                |_| {
+                    Some(crate::halo::Piece {
+                        bytes: data,
+                        start: &start,
+                        shape: &whole,
+                    })
+                },
                 &cval,
                 dtype.size(),
                 &bshape,

@@ -142,16 +142,17 @@ pub(super) fn plan_tiles(
         ));
     }
     // One task: every input's block, the kernel's scratch, the output chunk and its encoding.
-    let block_elems: u64 = (0..ndim)
+    let block_shape: Vec<u64> = (0..ndim)
         .map(|a| oc[a] + ctx.halo[a].0 + ctx.halo[a].1)
-        .product();
+        .collect();
+    let block_elems: u64 = block_shape.iter().product();
     let out_bytes = oc.iter().product::<u64>() * ctx.out_dtype.size() as u64;
     let task: u64 = ctx
         .inputs
         .iter()
         .map(|i| block_elems.saturating_mul(i.itemsize as u64))
         .fold(0u64, u64::saturating_add)
-        .saturating_add(ctx.kernel.scratch_bytes(block_elems))
+        .saturating_add(ctx.kernel.scratch_bytes_for(&block_shape, ctx.out_dtype))
         .saturating_add(2 * out_bytes);
     let working = |threads: usize| {
         (threads as u64)
@@ -160,7 +161,9 @@ pub(super) fn plan_tiles(
     };
     // The window holds, per input, about the input layers one output layer reads, over the
     // tile's footprint: chunks leave it with their last consumer, so while one output layer is
-    // computed the layer before it drains as the layer after it fills.
+    // computed the layer before it drains as the layer after it fills. Of a chunk only the box
+    // the tile reads is kept: across the axes after the first, the tile's extent and its halo
+    // (a chunk beside the tile keeps a slab of the halo's width).
     let window = |tile: &[u64]| -> u64 {
         ctx.inputs
             .iter()
@@ -170,14 +173,19 @@ pub(super) fn plan_tiles(
                     let span = n_out * oc[a] + ctx.halo[a].0 + ctx.halo[a].1;
                     (span.div_ceil(ic[a]) + 1).min(inp.grid.grid_shape()[a])
                 };
-                let layers = reach(0, 1);
-                let footprint: u64 = (1..ndim)
-                    .map(|a| reach(a, tile[a]))
+                let layers = reach(0, 1).min(inp.grid.grid_shape()[0] + 1);
+                let across: u64 = (1..ndim)
+                    .map(|a| {
+                        let read = tile[a]
+                            .saturating_mul(oc[a])
+                            .saturating_add(ctx.halo[a].0 + ctx.halo[a].1);
+                        read.min(reach(a, tile[a]).saturating_mul(ic[a]))
+                    })
                     .fold(1u64, u64::saturating_mul);
                 layers
-                    .min(inp.grid.grid_shape()[0] + 1)
-                    .saturating_mul(footprint)
-                    .saturating_mul(inp.chunk_bytes as u64)
+                    .saturating_mul(ic[0])
+                    .saturating_mul(across)
+                    .saturating_mul(inp.itemsize as u64)
             })
             .fold(0u64, u64::saturating_add)
     };

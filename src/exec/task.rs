@@ -19,16 +19,40 @@ use crate::store::JobWriter;
 
 use crate::input::Input;
 
-/// A decoded chunk's bytes, or the failing chunk's key and the reason.
-pub(super) type Decoded = std::result::Result<Arc<Vec<u8>>, (String, String)>;
+/// What is kept of a decoded chunk, or the failing chunk's key and the reason.
+pub(super) type Decoded = std::result::Result<Kept, (String, String)>;
 
-/// Decoded input chunks by (input index, chunk index).
-pub(super) type Window = HashMap<(usize, Vec<u64>), Arc<Slot>>;
+/// The part of a decoded chunk the traversal keeps: the box its consumers read (the whole
+/// chunk at its padded shape when they read all of it; spec/COMPUTE.md §5).
+pub(super) struct Kept {
+    pub(super) bytes: Arc<Vec<u8>>,
+    pub(super) start: Vec<u64>,
+    pub(super) shape: Vec<usize>,
+}
+
+impl Kept {
+    fn piece(&self) -> crate::halo::Piece<'_> {
+        crate::halo::Piece {
+            bytes: &self.bytes,
+            start: &self.start,
+            shape: &self.shape,
+        }
+    }
+}
+
+/// Decoded input chunks by (tile number, input index, chunk index): each tile counts and
+/// keeps its own, so a chunk two tiles read while the first is finishing is not shared.
+pub(super) type Window = HashMap<(u64, usize, Vec<u64>), Arc<Slot>>;
 
 /// A decoded input chunk, shared by the tasks that need it.
 pub(super) struct Slot {
+    /// The tile whose traversal counts its consumers.
+    pub(super) tile: u64,
     pub(super) input: usize,
     pub(super) idx: Vec<u64>,
+    /// The box of the chunk (array coordinates) its consumers read: the rest is dropped once
+    /// decoded.
+    pub(super) keep: Vec<Range<u64>>,
     /// Set once by the decode task: the chunk's bytes (fill value if absent), or the failing
     /// chunk's key and the reason.
     pub(super) data: OnceLock<Decoded>,
@@ -157,11 +181,11 @@ pub(super) fn run_task(ctx: &Ctx<'_>, task: Task) -> Result<()> {
             ctx.distinct.lock().expect("no panics holding the set")[slot.input].insert(&slot.idx);
             match got {
                 Ok(Some(bytes)) => {
-                    let _ = slot.data.set(Ok(Arc::new(bytes)));
+                    let _ = slot.data.set(Ok(keep(inp, &slot, Arc::new(bytes))));
                     Ok(())
                 }
                 Ok(None) => {
-                    let _ = slot.data.set(Ok(inp.fill.clone()));
+                    let _ = slot.data.set(Ok(keep(inp, &slot, inp.fill.clone())));
                     Ok(())
                 }
                 Err(e) => {
@@ -186,6 +210,61 @@ pub(super) fn run_task(ctx: &Ctx<'_>, task: Task) -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// What a traversal keeps of chunk `slot` decoded as `bytes` (its full, padded shape): all of
+/// it when its consumers read the whole chunk, else a copy of the box they read.
+fn keep(inp: &Reader, slot: &Slot, bytes: Arc<Vec<u8>>) -> Kept {
+    let creg = inp.grid.chunk_region(&slot.idx);
+    let full: Vec<usize> = inp.grid.chunk_shape().iter().map(|&c| c as usize).collect();
+    // Kept as decoded only when that holds nothing more than the box (not an edge chunk's
+    // padding).
+    let padded = creg
+        .ranges()
+        .iter()
+        .zip(&full)
+        .any(|(r, &n)| (r.end - r.start) as usize != n);
+    if slot.keep.as_slice() == creg.ranges() && !padded {
+        return Kept {
+            bytes,
+            start: creg.start(),
+            shape: full,
+        };
+    }
+    let shape: Vec<usize> = slot
+        .keep
+        .iter()
+        .map(|r| (r.end - r.start) as usize)
+        .collect();
+    let strides = crate::copy::c_strides(&full, inp.itemsize);
+    let offset: usize = slot
+        .keep
+        .iter()
+        .zip(creg.ranges())
+        .zip(&strides)
+        .map(|((k, c), &s)| (k.start - c.start) as usize * s)
+        .sum();
+    let mut part = vec![0u8; shape.iter().product::<usize>() * inp.itemsize];
+    crate::copy::copy_box(
+        &bytes,
+        crate::copy::Side {
+            offset,
+            strides: &strides,
+        },
+        &mut part,
+        crate::copy::Side {
+            offset: 0,
+            strides: &crate::copy::c_strides(&shape, inp.itemsize),
+        },
+        &shape,
+        inp.itemsize,
+        false,
+    );
+    Kept {
+        bytes: Arc::new(part),
+        start: slot.keep.iter().map(|r| r.start).collect(),
+        shape,
     }
 }
 
@@ -311,7 +390,13 @@ fn whole_chunk(
         return Ok(None);
     }
     match slot.data.wait() {
-        Ok(d) if (d.as_ptr() as usize).is_multiple_of(8) => Ok(Some(d.clone())),
+        Ok(d)
+            if (d.bytes.as_ptr() as usize).is_multiple_of(8)
+                && d.bytes.len() == inp.chunk_bytes
+                && d.start == creg.start() =>
+        {
+            Ok(Some(d.bytes.clone()))
+        }
         Ok(_) => Ok(None),
         Err((key, reason)) => Err(Error::Store(StoreError::CorruptChunk {
             store: inp.input.path().to_path_buf(),
@@ -336,7 +421,7 @@ fn release(ctx: &Ctx<'_>, slots: Vec<Vec<Arc<Slot>>>) {
             st.remaining == 0
         };
         if gone {
-            w.remove(&(slot.input, slot.idx.clone()));
+            w.remove(&(slot.tile, slot.input, slot.idx.clone()));
         }
     }
 }
@@ -351,11 +436,11 @@ fn assemble(
     block: &mut [u8],
 ) -> Result<()> {
     // Wait for (and look up) the decoded chunks.
-    let mut chunks: HashMap<&[u64], &[u8]> = HashMap::with_capacity(slots.len());
+    let mut chunks: HashMap<&[u64], crate::halo::Piece<'_>> = HashMap::with_capacity(slots.len());
     for s in slots {
         match s.data.wait() {
             Ok(d) => {
-                chunks.insert(&s.idx, d.as_slice());
+                chunks.insert(&s.idx, d.piece());
             }
             Err((key, reason)) => {
                 return Err(Error::Store(StoreError::CorruptChunk {

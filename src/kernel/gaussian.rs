@@ -132,6 +132,21 @@ impl Kernel for Gaussian {
     fn scratch_bytes(&self, block_elems: u64) -> u64 {
         block_elems * 8 * 2
     }
+
+    fn scratch_bytes_for(&self, block: &[u64], out: DType) -> u64 {
+        let work = if out == DType::F32 { 4 } else { 8 };
+        let n = block.iter().fold(1u64, |a, &x| a.saturating_mul(x));
+        let [_, by, bx] = block else {
+            // Two whole-block buffers the passes ping-pong between (`run`).
+            return n.saturating_mul(2 * work);
+        };
+        // `run3`: the block in the work type, two planes, and the output staged when it
+        // cannot be written in place (at most the block again).
+        let planes = 2 * by * bx;
+        n.saturating_mul(2)
+            .saturating_add(planes)
+            .saturating_mul(work)
+    }
 }
 
 fn run<A: Work>(g: &Gaussian, input: &Block<'_>, out: &mut OutBlock<'_>) -> Result<()> {

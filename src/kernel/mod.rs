@@ -74,6 +74,14 @@ pub trait Kernel: Sync {
         let _ = block_elems;
         0
     }
+
+    /// Scratch bytes one call needs for blocks of shape `block` writing `out` (for the memory
+    /// budget; default: [`Kernel::scratch_bytes`] of the block's element count). A kernel
+    /// whose working set depends on the rank or the output type says so here.
+    fn scratch_bytes_for(&self, block: &[u64], out: DType) -> u64 {
+        let _ = out;
+        self.scratch_bytes(block.iter().fold(1u64, |a, &n| a.saturating_mul(n)))
+    }
 }
 
 /// One input block: the output chunk's region grown by the halo, padded at the array's edges.
