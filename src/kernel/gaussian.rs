@@ -1,13 +1,14 @@
 //! `gaussian` with scipy.ndimage.gaussian_filter semantics: separable 1-D Gaussian correlations
 //! along every axis in order, radius `int(truncate * sigma + 0.5)`, weights normalised to sum 1.
 
-use crate::dtype::DType;
+use crate::dtype::{DType, Scalar};
 use crate::error::{Error, Result};
 use crate::halo::Boundary;
 use crate::kernel::correlate::{
     Work, correlate_lines, filter_dtype, repad_constant, split_at_axis, store, to_work,
 };
 use crate::kernel::{Block, Kernel, OutBlock, Scratch};
+use crate::with_scalar;
 
 /// A Gaussian filter.
 #[derive(Debug, Clone, PartialEq)]
@@ -140,11 +141,18 @@ impl Kernel for Gaussian {
             // Two whole-block buffers the passes ping-pong between (`run`).
             return n.saturating_mul(2 * work);
         };
-        // `run3`: the block in the work type, two planes, and the output staged when it
-        // cannot be written in place (at most the block again).
-        let planes = 2 * by * bx;
-        n.saturating_mul(2)
-            .saturating_add(planes)
+        // `run3`: a ring of 2 (2 r0 + 1) planes of the block in the work type, two planes, and
+        // the output chunk staged when it cannot be written in place (an edge chunk, an output
+        // type other than the work's).
+        let Ok(r) = self.radius(3) else {
+            return n.saturating_mul(2 * work);
+        };
+        let ring = 2 * (2 * r[0] + 1) + 2;
+        let out_elems = block.iter().zip(&r).fold(1u64, |a, (&b, &r)| {
+            a.saturating_mul(b.saturating_sub(2 * r))
+        });
+        ring.saturating_mul(by * bx)
+            .saturating_add(out_elems)
             .saturating_mul(work)
     }
 }
@@ -231,20 +239,11 @@ fn run3<A: Work>(g: &Gaussian, input: &Block<'_>, out: &mut OutBlock<'_>) -> Res
             .collect()
     };
     let (w0, w1, w2) = (weights(0), weights(1), weights(2));
-    let n0 = bz * by * bx;
-    let mut whole = Scratch::new(n0 * std::mem::size_of::<A>());
-    to_work(input, whole.slice_mut::<A>(n0))?;
     let cval = match g.mode {
         Boundary::Constant(c) => Some(A::from_f64(c)),
         _ => None,
     };
-    if let Some(c) = cval {
-        repad_constant(whole.slice_mut::<A>(n0), &shape, input, 0..3, c);
-    }
-    let src: &[A] = whole.slice::<A>(n0);
     let plane = by * bx;
-    let mut p0 = Scratch::new(plane * std::mem::size_of::<A>());
-    let mut p1 = Scratch::new(ny * bx * std::mem::size_of::<A>());
     // Rows and columns of a plane that lie outside the array (for the constant mode).
     let origin = input.origin();
     let n = input.array_shape();
@@ -252,6 +251,38 @@ fn run3<A: Work>(g: &Gaussian, input: &Block<'_>, out: &mut OutBlock<'_>) -> Res
         let p = origin[axis] + k as i64;
         p < 0 || p >= n[axis] as i64
     };
+    // The block's planes in the work type, `w = 2 r0 + 1` at a time: a ring holding each
+    // plane twice (slots p mod w and p mod w + w), so that the w planes output plane k reads
+    // are always contiguous, from slot k mod w. The whole block is never converted at once.
+    let w = 2 * r0 + 1;
+    let mut ring = Scratch::new(2 * w * plane * std::mem::size_of::<A>());
+    let load = |ring: &mut Scratch, p: usize| -> Result<()> {
+        let slots = ring.slice_mut::<A>(2 * w * plane);
+        let at = (p % w) * plane;
+        let dst = &mut slots[at..at + plane];
+        plane_to_work(input, p, plane, dst)?;
+        if let Some(c) = cval {
+            if outside(0, p) {
+                dst.fill(c);
+            } else {
+                for y in (0..by).filter(|&y| outside(1, y)) {
+                    dst[y * bx..(y + 1) * bx].fill(c);
+                }
+                for x in (0..bx).filter(|&x| outside(2, x)) {
+                    for y in 0..by {
+                        dst[y * bx + x] = c;
+                    }
+                }
+            }
+        }
+        slots.copy_within(at..at + plane, at + w * plane);
+        Ok(())
+    };
+    for p in 0..w - 1 {
+        load(&mut ring, p)?;
+    }
+    let mut p0 = Scratch::new(plane * std::mem::size_of::<A>());
+    let mut p1 = Scratch::new(ny * bx * std::mem::size_of::<A>());
     let direct = out.contiguous_mut::<A>().is_some();
     let mut stage: Vec<A> = Vec::new();
     if !direct {
@@ -259,10 +290,12 @@ fn run3<A: Work>(g: &Gaussian, input: &Block<'_>, out: &mut OutBlock<'_>) -> Res
     }
     for k in 0..nz {
         // Axis 0: plane k of the output from planes k..k + 2 r0 of the block.
+        load(&mut ring, k + w - 1)?;
+        let first = (k % w) * plane;
         let p0s = p0.slice_mut::<A>(plane);
         correlate_lines(
-            &src[k * plane..(k + 2 * r0 + 1) * plane],
-            (1, 2 * r0 + 1, plane),
+            &ring.slice::<A>(2 * w * plane)[first..first + w * plane],
+            (1, w, plane),
             &w0,
             p0s,
         );
@@ -298,6 +331,28 @@ fn run3<A: Work>(g: &Gaussian, input: &Block<'_>, out: &mut OutBlock<'_>) -> Res
         store(&stage, &[nz, ny, nx], &full, usize::MAX, out)?;
     }
     Ok(())
+}
+
+/// Converts plane `p` (of `plane` elements) of the C-order block `input` into `dst`, as
+/// [`to_work`] converts the whole block.
+fn plane_to_work<A: Work>(input: &Block<'_>, p: usize, plane: usize, dst: &mut [A]) -> Result<()> {
+    with_scalar!(input.dtype(), T => {
+        let v = input.view::<T>()?;
+        let flat = v.as_slice().expect("blocks are C-contiguous");
+        let src = &flat[p * plane..(p + 1) * plane];
+        if A::DTYPE == DType::F32 {
+            // One rounding straight to f32, as `to_work`.
+            let dst: &mut [f32] = bytemuck::cast_slice_mut(dst);
+            for (d, &x) in dst.iter_mut().zip(src) {
+                *d = x.to_f32();
+            }
+        } else {
+            for (d, &x) in dst.iter_mut().zip(src) {
+                *d = A::from_f64(x.to_f64());
+            }
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]
