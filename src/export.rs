@@ -193,19 +193,23 @@ fn write_region(
             }
             Ok(())
         });
-        let read = blocks.into_iter().try_for_each(|b| -> Result<()> {
-            opts.run.check()?;
-            let block = grid
-                .box_region(&b)
-                .intersect(region)
-                .expect("same rank as the region");
-            let n = to_usize(u64::try_from(block.len()).unwrap_or(u64::MAX), "block")?;
-            let mut buf = vec![0u8; n * itemsize];
-            store.read_region_into(&block, &mut buf)?;
-            // A writer gone (failed) has its error to give below.
-            let _ = tx.send((block, buf));
+        let read = (|| -> Result<()> {
+            for b in blocks {
+                opts.run.check()?;
+                let block = grid
+                    .box_region(&b)
+                    .intersect(region)
+                    .expect("same rank as the region");
+                let n = to_usize(u64::try_from(block.len()).unwrap_or(u64::MAX), "block")?;
+                let mut buf = vec![0u8; n * itemsize];
+                store.read_region_into(&block, &mut buf)?;
+                if tx.send((block, buf)).is_err() {
+                    // The writer stopped: its error is the one to give (below).
+                    break;
+                }
+            }
             Ok(())
-        });
+        })();
         drop(tx);
         let written = writer
             .join()

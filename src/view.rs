@@ -1093,7 +1093,14 @@ impl Source for StoreSource {
     }
 
     fn gather(&self, region: &Region, parts: &[Region]) -> Result<Box<dyn Gather + '_>> {
-        Ok(Box::new(ChunkWindow::new(&self.store, region, parts)?))
+        // Decoded on demand only when the region holds the chunks it touches whole: else a
+        // chunk would be kept whole for the part of it read (the plan counts the region's
+        // bytes), and a shard read in part would decode all its subchunks.
+        if self.store.holds_whole_chunks(region)? {
+            Ok(Box::new(ChunkWindow::new(&self.store, region, parts)?))
+        } else {
+            Ok(Box::new(self.block(region)?))
+        }
     }
 
     fn block(&self, region: &Region) -> Result<Box<dyn Block + '_>> {

@@ -496,6 +496,12 @@ fn store_to_store_keeps_values_and_copies_only_unchanged_chunks() {
         f1.iter().map(|(k, v)| (k, &v.0)).collect::<Vec<_>>(),
         f2.iter().map(|(k, v)| (k, &v.0)).collect::<Vec<_>>()
     );
+    // Shards read in part (blocks that cut them: each read decodes only its subchunks).
+    let cut = ConvertOptions::default()
+        .chunks(Some(vec![5, 8, 8]))
+        .memory(Some(1 << 20))
+        .threads(Some(1));
+    convert(&s1, "cut.zarr", &cut);
     let plain = convert(&s1, "plain.zarr", &chunks);
     assert_eq!(
         chunk_files(&plain)

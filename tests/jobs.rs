@@ -943,7 +943,13 @@ fn the_smallest_budget_keeps_halo_slabs_and_the_same_result() {
         let small = run("small", ExecOptions::default().memory(Some(least))).unwrap();
         assert_eq!(small.tile, vec![1, 1, 1], "{mode:?}");
         assert!(small.decodes > small.input_chunks, "{mode:?}");
-        assert!(small.window_bytes < big.window_bytes, "{mode:?}");
+        // (With wrap a tile at one end also keeps the far end's chunks: on this small grid
+        // a one-chunk tile's window is counted as the whole layer's.)
+        if mode == Boundary::Wrap {
+            assert!(small.window_bytes <= big.window_bytes, "{mode:?}");
+        } else {
+            assert!(small.window_bytes < big.window_bytes, "{mode:?}");
+        }
         assert_eq!(
             store_bytes(&Store::open(d.join(format!("{k}-big.zarr"))).unwrap()),
             store_bytes(&Store::open(d.join(format!("{k}-small.zarr"))).unwrap()),

@@ -176,10 +176,17 @@ pub(super) fn plan_tiles(
                 let layers = reach(0, 1).min(inp.grid.grid_shape()[0] + 1);
                 let across: u64 = (1..ndim)
                     .map(|a| {
+                        let whole = reach(a, tile[a]).saturating_mul(ic[a]);
+                        if ctx.boundary == Boundary::Wrap {
+                            // A tile at one end reads the other end too (one chunk more), and
+                            // a chunk spanning both keeps the hull of the two, up to all of it.
+                            let far = (reach(a, tile[a]) + 1).min(inp.grid.grid_shape()[a]);
+                            return far.saturating_mul(ic[a]);
+                        }
                         let read = tile[a]
                             .saturating_mul(oc[a])
                             .saturating_add(ctx.halo[a].0 + ctx.halo[a].1);
-                        read.min(reach(a, tile[a]).saturating_mul(ic[a]))
+                        read.min(whole)
                     })
                     .fold(1u64, u64::saturating_mul);
                 layers

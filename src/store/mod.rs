@@ -766,6 +766,25 @@ impl Store {
         }
     }
 
+    /// Whether `region` consists of whole chunks (each chunk it touches lies inside it).
+    ///
+    /// # Errors
+    /// [`Error::BadRegion`] for a region outside the array.
+    pub(crate) fn holds_whole_chunks(&self, region: &Region) -> Result<bool> {
+        let touched = self.chunks_touching(region)?;
+        if touched.iter().any(|r| r.is_empty()) {
+            return Ok(true);
+        }
+        let first: Vec<u64> = touched.iter().map(|r| r.start).collect();
+        let last: Vec<u64> = touched.iter().map(|r| r.end - 1).collect();
+        let (a, b) = (self.chunk_region(&first)?, self.chunk_region(&last)?);
+        Ok(region
+            .ranges()
+            .iter()
+            .zip(a.ranges().iter().zip(b.ranges()))
+            .all(|(r, (fa, lb))| fa.start == r.start && lb.end == r.end))
+    }
+
     /// The shape chunk `idx` decodes to (an edge chunk at its full, padded shape).
     ///
     /// # Errors
