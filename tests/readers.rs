@@ -84,18 +84,31 @@ fn check(shape: &[u64], data: &[u16]) -> Option<String> {
     None
 }
 
-/// Reads `store` with `chunkwise export` in a loop until `stop`: (reads, shapes seen), or
-/// the first failure.
+/// What `chunkwise export` may say when it read `zarr.json` before an exchange (APPEND §4.3)
+/// and a chunk after it, or ran between the two renames of a filesystem without exchange: a
+/// chunk that does not decode under the old metadata, or no store at the path.
+fn reopen_error(text: &str) -> bool {
+    text.contains(": chunk c/") || text.contains("no such file or directory")
+}
+
+/// Reads `store` with `chunkwise export` in a loop until `stop`: (reads, shapes seen, reads
+/// that failed as APPEND §4.3 allows when `exchanges`), or the first failure that is not.
 fn export_loop(
     store: PathBuf,
     dir: PathBuf,
     stop: Arc<AtomicBool>,
-) -> Result<(u64, Vec<u64>), String> {
+    exchanges: bool,
+) -> Result<(u64, Vec<u64>, u64), String> {
     let out = dir.join("read.npy");
-    let (mut reads, mut shapes) = (0u64, Vec::new());
+    let (mut reads, mut shapes, mut reopened) = (0u64, Vec::new(), 0u64);
     while !stop.load(Ordering::Relaxed) || reads == 0 {
         let o = run(&["export", s(&store), "-o", s(&out), "--overwrite", "--quiet"]);
         if !o.status.success() {
+            if exchanges && reopen_error(&stderr(&o)) {
+                // The next read opens the array again (a new process).
+                reopened += 1;
+                continue;
+            }
             return Err(format!("export failed after {reads} reads: {}", stderr(&o)));
         }
         let got = read_npy(&out);
@@ -112,7 +125,7 @@ fn export_loop(
         }
         reads += 1;
     }
-    Ok((reads, shapes))
+    Ok((reads, shapes, reopened))
 }
 
 /// One round of the writers: an append of `k` rows from an .npy file, a `concat --into` of a
@@ -227,7 +240,7 @@ fn readers_during_appends_concats_and_region_writes_see_old_or_new() {
     let exporter = {
         let (store, d, stop) = (store.clone(), d.join("exports"), stop.clone());
         std::fs::create_dir(&d).unwrap();
-        std::thread::spawn(move || export_loop(store, d, stop))
+        std::thread::spawn(move || export_loop(store, d, stop, false))
     };
     for r in 0..rounds {
         write_round(&d, &store, r);
@@ -243,7 +256,7 @@ fn readers_during_appends_concats_and_region_writes_see_old_or_new() {
     assert!(status.success(), "zarr-python reader: {rest}{err}");
     let summary: serde_json::Value = serde_json::from_str(rest.trim())
         .unwrap_or_else(|e| panic!("zarr-python reader said {rest:?}: {e}"));
-    let (reads, shapes) = exported.unwrap_or_else(|e| panic!("{e}"));
+    let (reads, shapes, _) = exported.unwrap_or_else(|e| panic!("{e}"));
     assert!(
         summary["errors"].as_array().unwrap().is_empty(),
         "zarr-python reader: {}",
@@ -281,5 +294,111 @@ fn readers_during_appends_concats_and_region_writes_see_old_or_new() {
         "readers: export {reads} reads ({} lengths), zarr-python {} reads ({py_shapes} lengths)",
         shapes.len(),
         summary["reads"]
+    );
+}
+
+/// APPEND §4.3: `concat --into --layout rectilinear` onto a store whose last layer is partial
+/// re-encodes that layer to its true length and exchanges the store's directory. A reader
+/// (`chunkwise export`, a new process each time) then sees the old array or the new one,
+/// never wrong values; one that read `zarr.json` before an exchange and a chunk after it may
+/// fail naming the chunk, and reads that open the array again succeed (the last one, after
+/// the writers, with the whole grown array).
+#[test]
+fn readers_during_exchanging_joins_see_old_or_new_or_reopen() {
+    let rounds: u64 = std::env::var("CHUNKWISE_READER_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
+    let dir = tmp();
+    let d = dir.path().to_path_buf();
+    let store = d.join("r.zarr");
+    let first = npy(
+        &d,
+        "first.npy",
+        DType::U16,
+        &[13, Y, X],
+        &rows(0, 13, false),
+    );
+    ok(
+        &run(&[
+            "convert",
+            s(&first),
+            "-o",
+            s(&store),
+            "--chunks",
+            "8,8,8",
+            "--quiet",
+        ]),
+        "convert",
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let exporter = {
+        let (store, d, stop) = (store.clone(), d.join("exports"), stop.clone());
+        std::fs::create_dir(&d).unwrap();
+        std::thread::spawn(move || export_loop(store, d, stop, true))
+    };
+    let mut exchanged = 0;
+    for r in 0..rounds {
+        let z = Store::open(&store).unwrap().shape()[0];
+        let k = 3 + (r * 3) % 6;
+        let b_npy = npy(
+            &d,
+            &format!("b{r}.npy"),
+            DType::U16,
+            &[k, Y, X],
+            &rows(z, z + k, false),
+        );
+        let b = d.join(format!("b{r}.zarr"));
+        ok(
+            &run(&[
+                "convert",
+                s(&b_npy),
+                "-o",
+                s(&b),
+                "--chunks",
+                "8,8,8",
+                "--quiet",
+            ]),
+            "convert b",
+        );
+        let o = run(&[
+            "concat",
+            "--into",
+            s(&store),
+            s(&b),
+            "--layout",
+            "rectilinear",
+            "--json",
+        ]);
+        ok(&o, "concat --into");
+        let j: serde_json::Value = serde_json::from_str(&crate::common::stdout(&o)).unwrap();
+        if j["exchanged"] == serde_json::Value::Bool(true) {
+            exchanged += 1;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (reads, shapes, reopened) = exporter
+        .join()
+        .expect("export reader")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(exchanged > 0, "no join exchanged the directory");
+    assert!(
+        shapes.len() >= 2,
+        "export read {reads} times, only lengths {shapes:?}"
+    );
+    // After the writers, a read succeeds with the whole grown array.
+    let out = d.join("last.npy");
+    ok(
+        &run(&["export", s(&store), "-o", s(&out), "--quiet"]),
+        "the last export",
+    );
+    let got = read_npy(&out);
+    let z = Store::open(&store).unwrap().shape()[0];
+    assert_eq!(got.shape, vec![z, Y, X]);
+    assert!(got.bytes == rows(0, z, false), "the grown array differs");
+    eprintln!(
+        "exchanging joins: {exchanged} exchanges; export {reads} reads ({} lengths), {reopened} \
+         reopened",
+        shapes.len()
     );
 }
