@@ -1,7 +1,9 @@
 //! Property tests (issue 9 §6, issue 14 §6): whatever bytes a `.npy` header, a `zarr.json`, a
-//! `.zarray`, a chunk of the codecs chunkwise adds, a TIFF file, a view spec or a region string
-//! holds, chunkwise answers with a value or an error, never a panic, a hang or an allocation
-//! beyond the stated limits (spec/FORMAT.md §10).
+//! `.zarray`, a raw file's JSON sidecar, a chunk of the codecs chunkwise adds, a TIFF file, a
+//! view spec or a region string holds, chunkwise answers with a value or an error, never a
+//! panic, a hang or an allocation beyond the stated limits (spec/FORMAT.md §10). Besides the
+//! generated inputs, the committed seed corpus in fixtures/fuzz (`make_seeds.py`: the
+//! metadata of every fixture store, sidecars, headers, views, regions) is mutated.
 
 use std::path::Path;
 
@@ -281,6 +283,173 @@ proptest! {
                 let mut buf = vec![0u8; n as usize * v.dtype().size()];
                 v.read_region_into(&Region::full(v.shape()), &mut buf).unwrap();
             }
+        }
+    }
+}
+
+/// The seed corpus (fixtures/fuzz, `make_seeds.py`): (target, bytes) per file.
+fn seeds() -> Vec<(String, Vec<u8>)> {
+    let dir = crate::common::fixture("fuzz");
+    let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e} (run fixtures/fuzz/make_seeds.py)", dir.display()))
+        .filter_map(|e| {
+            let p = e.ok()?.path();
+            let name = p.file_name()?.to_str()?.to_string();
+            let (target, _) = name.split_once('-')?;
+            Some((target.to_string(), std::fs::read(&p).ok()?))
+        })
+        .collect();
+    out.sort();
+    assert!(
+        out.len() >= 20,
+        "the seed corpus in {} is missing",
+        dir.display()
+    );
+    out
+}
+
+/// One edit of a seed's bytes.
+#[derive(Debug, Clone)]
+enum Edit {
+    Set(usize, u8),
+    Insert(usize, Vec<u8>),
+    Remove(usize, usize),
+    Truncate(usize),
+    /// A piece of the input copied elsewhere (a JSON value or header field twice).
+    Splice(usize, usize, usize),
+}
+
+fn edits() -> impl Strategy<Value = Vec<Edit>> {
+    let bytes = prop_oneof![
+        prop::collection::vec(any::<u8>(), 1..8),
+        Just(b"99999999999999999999".to_vec()),
+        Just(b"-1".to_vec()),
+        Just(b"null".to_vec()),
+        Just(b"[]".to_vec()),
+        Just(b"{}".to_vec()),
+        Just(b"\"\"".to_vec()),
+        Just(b"1e308".to_vec()),
+    ];
+    let edit = prop_oneof![
+        (any::<usize>(), any::<u8>()).prop_map(|(p, b)| Edit::Set(p, b)),
+        (any::<usize>(), bytes).prop_map(|(p, b)| Edit::Insert(p, b)),
+        (any::<usize>(), 1usize..16).prop_map(|(p, n)| Edit::Remove(p, n)),
+        any::<usize>().prop_map(Edit::Truncate),
+        (any::<usize>(), 1usize..32, any::<usize>()).prop_map(|(a, n, b)| Edit::Splice(a, n, b)),
+    ];
+    prop::collection::vec(edit, 1..6)
+}
+
+fn mutate(seed: &[u8], edits: &[Edit]) -> Vec<u8> {
+    let mut v = seed.to_vec();
+    for e in edits {
+        let at = |p: usize, v: &Vec<u8>| if v.is_empty() { 0 } else { p % (v.len() + 1) };
+        match e {
+            Edit::Set(p, b) if !v.is_empty() => {
+                let i = p % v.len();
+                v[i] = *b;
+            }
+            Edit::Set(..) => {}
+            Edit::Insert(p, b) => {
+                let i = at(*p, &v);
+                v.splice(i..i, b.iter().copied());
+            }
+            Edit::Remove(p, n) => {
+                let i = at(*p, &v);
+                let j = (i + n).min(v.len());
+                v.drain(i..j);
+            }
+            Edit::Truncate(p) => {
+                let i = at(*p, &v);
+                v.truncate(i);
+            }
+            Edit::Splice(a, n, b) => {
+                let i = at(*a, &v);
+                let piece: Vec<u8> = v[i..(i + n).min(v.len())].to_vec();
+                let j = at(*b, &v);
+                v.splice(j..j, piece);
+            }
+        }
+    }
+    v
+}
+
+/// Reads a whole store or input when it is small, ignoring errors (only panics fail).
+fn read_small(shape: &[u64], itemsize: usize, read: impl FnOnce(&Region, &mut [u8])) {
+    let n: u128 = shape.iter().map(|&x| u128::from(x)).product();
+    if n <= 1 << 16 {
+        read(&Region::full(shape), &mut vec![0u8; n as usize * itemsize]);
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Issue 14 item 6: every seed of the committed corpus, mutated (bytes set, inserted,
+    /// removed, truncated, pieces duplicated), through the parser of its kind: `zarr.json`
+    /// and `.zarray` (opened and read), raw sidecars (opened and read), `.npy` headers
+    /// (parsed, opened and read), view specs and region strings. A value or an error, never a
+    /// panic.
+    #[test]
+    fn mutated_corpus_never_panics(pick in any::<prop::sample::Index>(), e in edits()) {
+        let corpus = seeds();
+        let (target, seed) = &corpus[pick.index(corpus.len())];
+        let bytes = mutate(seed, &e);
+        let dir = tmp();
+        let d = dir.path();
+        match target.as_str() {
+            "zarr_json" | "zarray" => {
+                let s = d.join("s.zarr");
+                std::fs::create_dir(&s).unwrap();
+                let name = if target == "zarr_json" { "zarr.json" } else { ".zarray" };
+                std::fs::write(s.join(name), &bytes).unwrap();
+                if let Ok(store) = Store::open(&s) {
+                    read_small(store.shape(), store.dtype().size(), |r, buf| {
+                        let _ = store.read_region_into(r, buf);
+                    });
+                }
+                let _ = Input::open(&s);
+            }
+            "sidecar" => {
+                let raw = d.join("volume.raw");
+                std::fs::write(&raw, vec![7u8; 240]).unwrap();
+                std::fs::write(d.join("volume.json"), &bytes).unwrap();
+                if let Ok(input) = Input::open_all(&[raw], &chunkwise::RawOptions::default()) {
+                    read_small(input.shape(), input.dtype().size(), |r, buf| {
+                        let _ = input.read_region_into(r, buf);
+                    });
+                }
+            }
+            "npy" => {
+                let _ = chunkwise::support::parse_npy_header(&bytes, Path::new("x.npy"));
+                let p = d.join("x.npy");
+                let mut file = bytes.clone();
+                file.extend_from_slice(&[3u8; 256]);
+                std::fs::write(&p, file).unwrap();
+                if let Ok(input) = Input::open(&p) {
+                    read_small(input.shape(), input.dtype().size(), |r, buf| {
+                        let _ = input.read_region_into(r, buf);
+                    });
+                }
+            }
+            "view" => {
+                write_npy(&d.join("a.npy"), DType::U16, &[3, 4], &[1u8; 24]).unwrap();
+                write_npy(&d.join("b.npy"), DType::U16, &[2, 4], &[2u8; 16]).unwrap();
+                if let Ok(spec) = serde_json::from_slice::<Value>(&bytes)
+                    && let Ok(v) = View::from_spec(&spec, d)
+                {
+                    read_small(v.shape(), v.dtype().size(), |r, buf| {
+                        let _ = v.read_region_into(r, buf);
+                    });
+                }
+            }
+            "region" => {
+                let text = String::from_utf8_lossy(&bytes);
+                if let Ok(p) = Region::parse(&text, &[4, 5, 6]) {
+                    prop_assert!(Region::full(&[4, 5, 6]).contains(&p.region));
+                }
+            }
+            other => panic!("a seed of unknown kind {other:?} in fixtures/fuzz"),
         }
     }
 }
