@@ -47,10 +47,7 @@ fn codecs(c: &mut Criterion) {
 }
 
 fn level(c: Codec) -> i32 {
-    match c {
-        Codec::Zstd { level } => level,
-        Codec::BloscZstd { level } | Codec::BloscLz4 { level } => i32::from(level),
-    }
+    c.level()
 }
 
 fn chunk_shapes(c: &mut Criterion) {

@@ -86,10 +86,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "{{\"codec\": \"{} level {}\", \"seconds\": {secs:.4}, \"bytes_in\": {}, \"bytes_out\": {out}, \"chunks\": {}, \"threads\": {}}}",
         codec.name(),
-        match codec {
-            Codec::Zstd { level } => level,
-            Codec::BloscZstd { level } | Codec::BloscLz4 { level } => i32::from(level),
-        },
+        codec.level(),
         buffers.len() * buffers[0].len(),
         buffers.len(),
         rayon::current_num_threads()

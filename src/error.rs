@@ -75,8 +75,8 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    /// A path that does not exist.
-    #[error("{}: no such file or directory", .0.display())]
+    /// A path that does not exist (said as the system says ENOENT, with its number).
+    #[error("{}: No such file or directory (os error 2)", .0.display())]
     NotFound(PathBuf),
 
     /// A bad setting: a chunk shape with a zero or the wrong rank, a bad level, a sigma that

@@ -33,7 +33,10 @@ fn f(rel: &str) -> String {
 fn missing_and_empty_inputs() {
     convert_fails(
         &["/no/such/input.npy"],
-        &["/no/such/input.npy", "no such file"],
+        &[
+            "/no/such/input.npy",
+            "No such file or directory (os error 2)",
+        ],
     );
     convert_fails(
         &[&f("inputs/bad/empty_dir")],

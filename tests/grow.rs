@@ -706,7 +706,7 @@ fn bad_joins_are_clear_errors_and_lose_nothing() {
     );
     check(
         chunkwise::concat(&[sa.clone(), dir.path().join("missing.zarr")], &out, &o),
-        &["missing.zarr", "no such file"],
+        &["missing.zarr", "No such file or directory (os error 2)"],
     );
     check(
         chunkwise::concat(&[sa.clone(), sws.clone()], &sa.join("inner.zarr"), &o),
@@ -739,7 +739,7 @@ fn bad_joins_are_clear_errors_and_lose_nothing() {
             std::slice::from_ref(&plane),
             &o,
         ),
-        &["gone.zarr", "no such file"],
+        &["gone.zarr", "No such file or directory (os error 2)"],
     );
     let plain = dir.path().join("plain");
     std::fs::create_dir(&plain).unwrap();

@@ -88,7 +88,7 @@ fn check(shape: &[u64], data: &[u16]) -> Option<String> {
 /// and a chunk after it, or ran between the two renames of a filesystem without exchange: a
 /// chunk that does not decode under the old metadata, or no store at the path.
 fn reopen_error(text: &str) -> bool {
-    text.contains(": chunk c/") || text.contains("no such file or directory")
+    text.contains(": chunk c/") || text.contains("No such file or directory")
 }
 
 /// Reads `store` with `chunkwise export` in a loop until `stop`: (reads, shapes seen, reads

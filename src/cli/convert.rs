@@ -19,12 +19,12 @@ pub(crate) struct Args {
     /// Chunk shape, e.g. 128,128,128 (default: 128 on each of the last three axes).
     #[arg(long, value_delimiter = ',', value_name = "A,B,C")]
     chunks: Option<Vec<u64>>,
-    /// Compressor: zstd, blosc-zstd or blosc-lz4 (default: blosc-zstd level 1 for integers,
-    /// blosc-lz4 level 5 for floats; spec/FORMAT.md §5).
+    /// Compressor: zstd, blosc-zstd, blosc-lz4 or pcodec (default: blosc-zstd level 1 for
+    /// integers, blosc-lz4 level 5 for floats; spec/FORMAT.md §5).
     #[arg(long, value_name = "NAME")]
     codec: Option<String>,
     /// Compression level (zstd -7..=22, default 3; blosc-zstd 0..=9, default 1; blosc-lz4
-    /// 0..=9, default 5).
+    /// 0..=9, default 5; pcodec 0..=12, default 8).
     #[arg(long, value_name = "N", allow_hyphen_values = true)]
     level: Option<i32>,
     /// Add a crc32c checksum to every chunk.

@@ -39,8 +39,8 @@ pub(crate) struct JobOptions {
     /// Output chunk shape (default: the input's).
     #[arg(long, value_delimiter = ',', value_name = "A,B,C")]
     chunks: Option<Vec<u64>>,
-    /// Output compressor: zstd, blosc-zstd or blosc-lz4 (default: blosc-zstd for integer output,
-    /// blosc-lz4 for float output).
+    /// Output compressor: zstd, blosc-zstd, blosc-lz4 or pcodec (default: blosc-zstd for
+    /// integer output, blosc-lz4 for float output).
     #[arg(long, value_name = "NAME")]
     codec: Option<String>,
     /// Compression level.

@@ -28,8 +28,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 #[derive(Debug, Parser)]
 #[command(name = "chunkwise", version, about, long_about = None)]
 pub(crate) struct Cli {
-    /// Worker threads (default: one per core).
-    #[arg(long, global = true, value_name = "N")]
+    /// Worker threads (default: one per core; `-j N` as in make and cargo).
+    #[arg(short = 'j', long, global = true, value_name = "N")]
     threads: Option<usize>,
     /// No progress bar and no summary.
     #[arg(short, long, global = true)]

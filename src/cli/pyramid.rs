@@ -29,7 +29,7 @@ pub(crate) struct Args {
     /// each level).
     #[arg(long, value_delimiter = ',', value_name = "A,B,C")]
     chunks: Option<Vec<u64>>,
-    /// Compressor: zstd, blosc-zstd or blosc-lz4 (default as convert).
+    /// Compressor: zstd, blosc-zstd, blosc-lz4 or pcodec (default as convert).
     #[arg(long, value_name = "NAME")]
     codec: Option<String>,
     /// Compression level.

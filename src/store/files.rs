@@ -37,6 +37,8 @@ pub(crate) struct FileWriter {
     tx: Option<SyncSender<Job>>,
     handle: Option<JoinHandle<Vec<PathBuf>>>,
     failed: Arc<Mutex<Option<Error>>>,
+    /// Files queued but not written: the one that failed and every one after it.
+    unwritten: Arc<Mutex<HashSet<PathBuf>>>,
 }
 
 impl FileWriter {
@@ -44,16 +46,18 @@ impl FileWriter {
     pub(crate) fn new(root: &Path, queue: usize, direct: bool) -> Self {
         let (tx, rx) = sync_channel::<Job>(queue.max(1));
         let failed = Arc::new(Mutex::new(None));
-        let f2 = failed.clone();
+        let unwritten = Arc::new(Mutex::new(HashSet::new()));
+        let (f2, u2) = (failed.clone(), unwritten.clone());
         let root = root.to_path_buf();
         let handle = std::thread::Builder::new()
             .name("chunkwise-writer".into())
-            .spawn(move || run(&root, &rx, direct, &f2))
+            .spawn(move || run(&root, &rx, direct, &f2, &u2))
             .expect("spawning a thread succeeds");
         FileWriter {
             tx: Some(tx),
             handle: Some(handle),
             failed,
+            unwritten,
         }
     }
 
@@ -77,12 +81,28 @@ impl FileWriter {
     /// The first error the writer met.
     pub(crate) fn flush(&self) -> Result<Vec<PathBuf>> {
         self.check()?;
+        let (written, failed) = self.flush_all();
+        failed.map(|()| written)
+    }
+
+    /// As [`FileWriter::flush`], but the files written are returned with the writer's first
+    /// error, if any, rather than instead of it: what a job logs as done when it stops.
+    pub(crate) fn flush_all(&self) -> (Vec<PathBuf>, Result<()>) {
         let (reply, answer) = sync_channel(1);
         let tx = self.tx.as_ref().expect("the queue is open until finish");
         let _ = tx.send(Job::Flush(reply));
         let written = answer.recv().unwrap_or_default();
-        self.check()?;
-        Ok(written)
+        (written, self.check())
+    }
+
+    /// Whether `path` was queued and not written (the writer failed on it or before it):
+    /// complete after a [`FileWriter::flush`] for every file queued before it. A job logs as
+    /// done only chunks whose file is not among these (spec/COMPUTE.md, resume).
+    pub(crate) fn was_dropped(&self, path: &Path) -> bool {
+        self.unwritten
+            .lock()
+            .expect("no panics holding the set")
+            .contains(path)
     }
 
     fn check(&self) -> Result<()> {
@@ -128,6 +148,7 @@ fn run(
     rx: &Receiver<Job>,
     mut direct: bool,
     failed: &Mutex<Option<Error>>,
+    unwritten: &Mutex<HashSet<PathBuf>>,
 ) -> Vec<PathBuf> {
     let mut made: HashSet<PathBuf> = HashSet::new();
     let mut written = Vec::new();
@@ -144,7 +165,12 @@ fn run(
             Job::Write { path, bytes } => (path, bytes),
         };
         if broken {
-            continue; // drain the queue so senders never block after a failure
+            // Drain the queue so senders never block after a failure.
+            unwritten
+                .lock()
+                .expect("no panics holding the set")
+                .insert(path);
+            continue;
         }
         let result = ensure_dir(root, &path, &mut made, &mut written)
             .and_then(|()| write_file(&path, &bytes, &mut direct, &mut scratch));
@@ -152,6 +178,10 @@ fn run(
             Ok(()) => written.push(path),
             Err(e) => {
                 *failed.lock().expect("no panics holding the lock") = Some(Error::io(&path, e));
+                unwritten
+                    .lock()
+                    .expect("no panics holding the set")
+                    .insert(path);
                 broken = true;
             }
         }
@@ -160,6 +190,9 @@ fn run(
 }
 
 /// Creates the parent directories of `path` below `root`, recording new ones for syncing.
+/// Never `root` itself nor anything above it: a build directory removed while it is written
+/// (its parent deleted by a user, a scratch area expiring) is an error (`ENOENT`), not
+/// recreated with the directories above it.
 fn ensure_dir(
     root: &Path,
     path: &Path,
@@ -169,10 +202,22 @@ fn ensure_dir(
     let Some(parent) = path.parent() else {
         return Ok(());
     };
-    if made.contains(parent) {
+    if made.contains(parent) || parent == root {
         return Ok(());
     }
-    fs::create_dir_all(parent)?;
+    let mut missing = Vec::new();
+    let mut p = parent;
+    while p != root && p.starts_with(root) && !p.is_dir() {
+        missing.push(p);
+        p = p.parent().unwrap_or(root);
+    }
+    for d in missing.into_iter().rev() {
+        match fs::create_dir(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
     let mut p = parent.to_path_buf();
     while p.starts_with(root) && p != root && made.insert(p.clone()) {
         written.push(p.clone());

@@ -100,6 +100,28 @@ pub(crate) struct JobWriter {
 /// most this much work, and `status` is this fresh).
 const CHECKPOINT_SECS: f64 = 2.0;
 
+/// Room kept allocated past the end of a job's log (about 4000 lines of chunk indices), so
+/// that the checkpoint after a write failed on a full disk can still log the chunks written
+/// before it, and a rerun resumes from them (spec/COMPUTE.md §6).
+const LOG_ROOM: u64 = 64 << 10;
+
+/// Allocates [`LOG_ROOM`] past the log's end without changing its length (`fallocate`
+/// `KEEP_SIZE`), while the disk has room. Best effort: a filesystem without `fallocate`, or
+/// a disk already full, just has no room kept.
+fn reserve_log_room(log: &File) {
+    #[cfg(target_os = "linux")]
+    if let Ok(m) = log.metadata() {
+        let _ = rustix::fs::fallocate(
+            log,
+            rustix::fs::FallocateFlags::KEEP_SIZE,
+            m.len(),
+            LOG_ROOM,
+        );
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = log;
+}
+
 /// The lock beside the output under which parts open and publish a job.
 const JOB_LOCK_SUFFIX: &str = ".chunkwise-job.lock";
 
@@ -337,6 +359,7 @@ impl JobWriter {
             .append(true)
             .open(&log_path)
             .at(&log_path)?;
+        reserve_log_room(&log);
         drop(opening);
         let codec = spec.chunk_codec()?;
         let files = FileWriter::new(&tmp, 2 * rayon::current_num_threads(), true);
@@ -443,21 +466,22 @@ impl JobWriter {
         if let Some(r) = &self.remote {
             return self.checkpoint_remote(r);
         }
-        let pending =
+        let mut pending =
             std::mem::take(&mut *self.pending.lock().expect("no panics holding the list"));
         *self
             .last_checkpoint
             .lock()
             .expect("no panics holding the time") = std::time::Instant::now();
-        // Everything queued before `pending` was taken is written once the flush returns.
-        let written = self
-            .files
-            .as_ref()
-            .expect("files are open until finish")
-            .flush()?;
+        // Everything queued before `pending` was taken is written, or known not to be, once
+        // the flush returns. After a write failed (a full disk), the chunks written before it
+        // are still logged, so that a rerun resumes from them; the ones it dropped are not.
+        let files = self.files.as_ref().expect("files are open until finish");
+        let (written, failed) = files.flush_all();
         sync_written(&written, self.durability)?;
+        // (The writer's error may have been reported to a task already: filter always.)
+        pending.retain(|idx| !files.was_dropped(&self.tmp_path.join(self.codec.key(idx))));
         if pending.is_empty() {
-            return Ok(());
+            return failed;
         }
         let mut text = String::with_capacity(pending.len() * 16);
         for idx in &pending {
@@ -476,7 +500,8 @@ impl JobWriter {
         if self.durability == Durability::Sync {
             log.sync_data().at(path)?;
         }
-        Ok(())
+        reserve_log_room(&log);
+        failed
     }
 
     /// Ends this partition after an error a rerun with the same settings would meet again (a

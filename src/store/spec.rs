@@ -45,6 +45,12 @@ pub enum Codec {
         /// Blosc compression level.
         level: u8,
     },
+    /// pcodec (`numcodecs.pcodec`, numerical compression of 16-, 32- and 64-bit numbers),
+    /// level 0..=12; it replaces `bytes` in the chain (spec/FORMAT.md §3).
+    Pcodec {
+        /// pcodec's compression level.
+        level: u8,
+    },
 }
 
 impl Default for Codec {
@@ -68,8 +74,8 @@ const BLOSC_BLOCKSIZE: u64 = 256 * 1024;
 const MAX_CHUNK_BYTES: u128 = 2 << 30;
 
 impl Codec {
-    /// The codec named on the command line (`zstd`, `blosc-zstd`, `blosc-lz4`), at `level` or
-    /// its default level.
+    /// The codec named on the command line (`zstd`, `blosc-zstd`, `blosc-lz4`, `pcodec`), at
+    /// `level` or its default level.
     ///
     /// # Errors
     /// [`Error::InvalidOption`] for an unknown name or a level outside the codec's range.
@@ -99,9 +105,17 @@ impl Codec {
             "blosc-lz4" => Ok(Codec::BloscLz4 {
                 level: blosc_level(5)?,
             }),
+            "pcodec" => match level {
+                None => Ok(Codec::Pcodec { level: 8 }),
+                Some(l) if (0..=12).contains(&l) => Ok(Codec::Pcodec { level: l as u8 }),
+                Some(l) => Err(Error::option(
+                    "level",
+                    format!("pcodec levels are 0..=12, got {l}"),
+                )),
+            },
             other => Err(Error::option(
                 "codec",
-                format!("unknown codec {other:?}; expected zstd, blosc-zstd or blosc-lz4"),
+                format!("unknown codec {other:?}; expected zstd, blosc-zstd, blosc-lz4 or pcodec"),
             )),
         }
     }
@@ -136,12 +150,23 @@ impl Codec {
         }
     }
 
+    /// The compression level (`--level`).
+    pub fn level(&self) -> i32 {
+        match *self {
+            Codec::Zstd { level } => level,
+            Codec::BloscZstd { level } | Codec::BloscLz4 { level } | Codec::Pcodec { level } => {
+                i32::from(level)
+            }
+        }
+    }
+
     /// The command-line name.
     pub fn name(&self) -> &'static str {
         match self {
             Codec::Zstd { .. } => "zstd",
             Codec::BloscZstd { .. } => "blosc-zstd",
             Codec::BloscLz4 { .. } => "blosc-lz4",
+            Codec::Pcodec { .. } => "pcodec",
         }
     }
 
@@ -157,6 +182,9 @@ impl Codec {
             }
             Codec::BloscZstd { level } => blosc("zstd", level),
             Codec::BloscLz4 { level } => blosc("lz4", level),
+            Codec::Pcodec { level } => {
+                json!({"name": "numcodecs.pcodec", "configuration": {"level": level}})
+            }
         }
     }
 }
@@ -289,6 +317,15 @@ impl StoreSpec {
                 ),
             ));
         }
+        if matches!(self.codec, Codec::Pcodec { .. }) && self.dtype.size() < 2 {
+            return Err(Error::option(
+                "codec",
+                format!(
+                    "pcodec compresses 16-, 32- and 64-bit numbers, not {}; use blosc-zstd",
+                    self.dtype
+                ),
+            ));
+        }
         if let Some(sub) = &self.subchunks {
             if sub.len() != self.chunks.len() {
                 return Err(Error::option(
@@ -394,7 +431,11 @@ impl StoreSpec {
         } else {
             json!({"name": "bytes", "configuration": {"endian": "little"}})
         };
-        let mut codecs = vec![bytes, self.codec.metadata(itemsize)];
+        let mut codecs = match self.codec {
+            // An array-to-bytes codec of its own: no `bytes` before it.
+            Codec::Pcodec { .. } => vec![self.codec.metadata(itemsize)],
+            _ => vec![bytes, self.codec.metadata(itemsize)],
+        };
         if self.checksum {
             codecs.push(json!({"name": "crc32c"}));
         }

@@ -233,6 +233,41 @@ def test_from_array_codecs(tmp, rng, codec):
     same(zarr.open_array(p, mode="r")[...], x)
 
 
+@pytest.mark.parametrize("dtype", ["uint16", "int32", "uint64", "float32", "float64"])
+@pytest.mark.parametrize("checksum,shard", [(False, None), (True, None), (False, (2, 4, 4))])
+def test_pcodec_stores_read_back_and_in_zarr_python(tmp, rng, dtype, checksum, shard):
+    """FORMAT §3: codec="pcodec" writes [numcodecs.pcodec] (no bytes codec) at level 8, with a
+    checksum and inside shards too; chunkwise and zarr-python (numcodecs' PCodec) read it back
+    exactly, NaN and infinities included; level= changes its level."""
+    x = rand(rng, (9, 10, 11), dtype)
+    if x.dtype.kind == "f":
+        x.flat[[0, 7, 100]] = [np.nan, np.inf, -np.inf]
+    p = str(tmp / "p.zarr")
+    a = cw.from_array(x, p, chunks=(4, 8, 8), codec="pcodec", checksum=checksum, shard=shard)
+    same(a[...], x)
+    same(zarr.open_array(p, mode="r")[...], x)
+    codecs = json.load(open(os.path.join(p, "zarr.json")))["codecs"]
+    inner = codecs[0]["configuration"]["codecs"] if shard else codecs
+    assert inner[0] == {"name": "numcodecs.pcodec", "configuration": {"level": 8}}, codecs
+    assert [c["name"] for c in inner[1:]] == (["crc32c"] if checksum else []), codecs
+    q = str(tmp / "q.zarr")
+    cw.from_array(x, q, chunks=(4, 8, 8), codec="pcodec", level=3)
+    assert '"level": 3' in open(os.path.join(q, "zarr.json")).read()
+    same(zarr.open_array(q, mode="r")[...], x)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8", "bool"])
+def test_pcodec_refuses_one_byte_types(tmp, dtype):
+    """FORMAT §3: pcodec takes 16-, 32- and 64-bit types; a 1-byte type is refused by name,
+    and nothing is written."""
+    p = tmp / "b.zarr"
+    with pytest.raises(ValueError, match=f"pcodec compresses 16-, 32- and 64-bit numbers, not {dtype}"):
+        cw.from_array(np.zeros((4, 4), dtype), str(p), codec="pcodec")
+    assert not p.exists()
+    with pytest.raises(ValueError, match="pcodec levels are 0..=12, got 13"):
+        cw.from_array(np.zeros((4, 4), "float32"), str(p), codec="pcodec", level=13)
+
+
 def test_from_array_level_and_array_like(tmp, rng):
     """PYTHON §1: level= sets the level; anything np.asarray takes (a nested list, a Fortran-order
     array, a non-contiguous view) is written as numpy sees it."""

@@ -401,7 +401,7 @@ def create(path, shape, dtype, chunks=None, codec=None, fill_value=0, overwrite=
            level=None, checksum=False, shard=None, axis_names=None) -> Array:
     """Creates an empty store (every chunk absent, reading as ``fill_value``) and opens it.
 
-    ``codec``: ``zstd``, ``blosc-zstd`` or ``blosc-lz4`` as the command line's ``--codec``
+    ``codec``: ``zstd``, ``blosc-zstd``, ``blosc-lz4`` or ``pcodec`` as the command line's ``--codec``
     takes it (None or ``"default"``: the type's default); ``chunks`` defaults to chunkwise's default chunking.
     """
     path = abspath(fspath(path))
@@ -493,14 +493,15 @@ def pyramid(input, path, *, method="mean", levels=None, factors=None, factors_pe
 
 
 def from_array(x, path, chunks=None, codec=None, level=None, *, overwrite=False, progress=None,
-               threads=None, memory=None) -> Array:
-    """Writes a numpy array (or anything ``numpy.asarray`` takes) as a new store at ``path``."""
+               threads=None, memory=None, checksum=False, shard=None, axis_names=None) -> Array:
+    """Writes a numpy array (or anything ``numpy.asarray`` takes) as a new store at ``path``
+    (``checksum``, ``shard`` and ``axis_names`` as :func:`create` takes them)."""
     a = np.asarray(x)
     if a.ndim == 0:
         raise ValueError("0-dimensional arrays are not supported: give at least one axis")
     dtype_name(a.dtype)
     out = create(path, a.shape, a.dtype, chunks=chunks, codec=codec, level=level,
-                 overwrite=overwrite)
+                 overwrite=overwrite, checksum=checksum, shard=shard, axis_names=axis_names)
     # Written one layer of chunks at a time from the caller's array (a memmap too): no copy of
     # the whole array is made.
     cb, close = progress_fn(progress)
