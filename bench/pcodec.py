@@ -19,6 +19,7 @@ bench/results/pcodec.jsonl.
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -77,15 +78,16 @@ def main():
     field(fraw)
     work = {
         "W3 gaussian": lambda c, out: [CW, "gaussian", w1, out, "--sigma", "2", "--codec", c,
-                                       "-q", "--overwrite"],
-        "float field": lambda c, out: [CW, "convert", fraw, "-o", out, "--codec", c, "-q",
-                                       "--overwrite"],
+                                       "-q"],
+        "float field": lambda c, out: [CW, "convert", fraw, "-o", out, "--codec", c, "-q"],
     }
     rows = {}
     for run in range(a.runs):
         for name, cmd in work.items():
             for c in CODECS:
                 out = os.path.join(a.work, f"{name.split()[0]}-{c}.zarr")
+                # Removed first: a finished job's rerun would say "nothing to do".
+                shutil.rmtree(out, ignore_errors=True)
                 secs, rss = timed(cmd(c, out))
                 dsecs, drss = timed([CW, "stats", out, "-q"])
                 r = rows.setdefault((name, c), {"seconds": [], "decode": [], "rss": 0})
