@@ -189,9 +189,8 @@ pub fn is_root() -> bool {
 /// The ordinary user the non-root runs use.
 pub const NOBODY: u32 = 65534;
 
-/// Runs chunkwise (`bin`) in `cwd`, as `user` (`None`: as ourselves); panics with stderr on
-/// failure.
-pub fn run_in(bin: &Path, cwd: &Path, user: Option<u32>, args: &[&str]) {
+/// Runs chunkwise (`bin`) in `cwd`, as `user` (`None`: as ourselves); its output.
+pub fn run_as(bin: &Path, cwd: &Path, user: Option<u32>, args: &[&str]) -> Output {
     let mut c = match user {
         Some(uid) => {
             let mut c = Command::new("setpriv");
@@ -203,11 +202,15 @@ pub fn run_in(bin: &Path, cwd: &Path, user: Option<u32>, args: &[&str]) {
         }
         None => Command::new(bin),
     };
-    let o = c
-        .args(args)
+    c.args(args)
         .current_dir(cwd)
         .output()
-        .expect("run chunkwise");
+        .expect("run chunkwise")
+}
+
+/// As [`run_as`]; panics with stderr on failure.
+pub fn run_in(bin: &Path, cwd: &Path, user: Option<u32>, args: &[&str]) {
+    let o = run_as(bin, cwd, user, args);
     assert!(
         o.status.success(),
         "chunkwise {} (in {}, user {user:?}): {}",
@@ -215,6 +218,16 @@ pub fn run_in(bin: &Path, cwd: &Path, user: Option<u32>, args: &[&str]) {
         cwd.display(),
         stderr(&o)
     );
+}
+
+/// A copy of the chunkwise binary in `dir`, where an ordinary user can run it (the build tree
+/// may not be reachable).
+pub fn user_binary(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = dir.join("chunkwise");
+    std::fs::copy(env!("CARGO_BIN_EXE_chunkwise"), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
 }
 
 /// Opens a path as an [`chunkwise::Input`] (panicking with the error: a test's own setup).

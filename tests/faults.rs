@@ -5,7 +5,7 @@
 //! again, the same command run again completes, and its output equals the same command's on an
 //! unconstrained disk (the oracle).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use chunkwise::{DType, Store};
@@ -53,6 +53,33 @@ fn leftovers(dir: &Path) -> Vec<String> {
         }
     }
     out
+}
+
+/// `NAME.npy` in `dir`, random uint16 of `shape` (values 1..60001, from `seed`), and its store
+/// `NAME.zarr` in chunks of `chunks`.
+fn volume(dir: &Path, name: &str, shape: &[u64], seed: u64, chunks: &str) -> (PathBuf, PathBuf) {
+    let n = shape.iter().product::<u64>() as usize;
+    let vol = npy(
+        dir,
+        &format!("{name}.npy"),
+        DType::U16,
+        shape,
+        &u16s(n, seed, 1, 60000),
+    );
+    let store = dir.join(format!("{name}.zarr"));
+    ok(
+        &cw(&[
+            "convert",
+            s(&vol),
+            "-o",
+            s(&store),
+            "--chunks",
+            chunks,
+            "-q",
+        ]),
+        "convert",
+    );
+    (vol, store)
 }
 
 fn remount(fs: &Tmpfs, opts: &str) {
@@ -513,26 +540,7 @@ fn region_writes_on_a_full_or_read_only_disk_keep_every_chunk_whole() {
 fn a_job_stopped_by_a_full_disk_resumes() {
     let dir = tmp();
     let d = dir.path();
-    let vol = npy(
-        d,
-        "vol.npy",
-        DType::U16,
-        &[32, 128, 128],
-        &u16s(32 * 128 * 128, 6, 1, 60000),
-    );
-    let store = d.join("vol.zarr");
-    ok(
-        &cw(&[
-            "convert",
-            s(&vol),
-            "-o",
-            s(&store),
-            "--chunks",
-            "8,64,64",
-            "-q",
-        ]),
-        "convert",
-    );
+    let (_, store) = volume(d, "vol", &[32, 128, 128], 6, "8,64,64");
     let want = d.join("want.zarr");
     ok(
         &cw(&["cumsum", s(&store), s(&want), "--axis", "2", "-q"]),
@@ -566,26 +574,7 @@ fn the_output_directory_removed_mid_run_is_a_clear_error() {
     crate::common::need_crash_points();
     let dir = tmp();
     let d = dir.path();
-    let vol = npy(
-        d,
-        "vol.npy",
-        DType::U16,
-        &[32, 64, 64],
-        &u16s(32 * 64 * 64, 7, 1, 60000),
-    );
-    let store = d.join("vol.zarr");
-    ok(
-        &cw(&[
-            "convert",
-            s(&vol),
-            "-o",
-            s(&store),
-            "--chunks",
-            "4,64,64",
-            "-q",
-        ]),
-        "convert",
-    );
+    let (vol, store) = volume(d, "vol", &[32, 64, 64], 7, "4,64,64");
     let bin = env!("CARGO_BIN_EXE_chunkwise");
     for name in ["gaussian", "append"] {
         let parent = d.join(format!("scratch-{name}"));
@@ -654,9 +643,7 @@ fn an_ordinary_user_in_a_read_only_directory_gets_a_clear_error() {
     use std::os::unix::fs::PermissionsExt;
     let fs = Tmpfs::mount("rouser");
     let m = fs.path.clone();
-    let bin = m.join("chunkwise");
-    std::fs::copy(env!("CARGO_BIN_EXE_chunkwise"), &bin).unwrap();
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = crate::common::user_binary(&m);
     let vol = npy(
         &m,
         "vol.npy",
@@ -700,17 +687,8 @@ fn an_ordinary_user_in_a_read_only_directory_gets_a_clear_error() {
         assert!(o.status.success(), "chmod: {}", stderr(&o));
     };
     let before = contents(&store);
-    let as_user = |args: &[&str]| {
-        Command::new("setpriv")
-            .arg(format!("--reuid={}", crate::common::NOBODY))
-            .arg(format!("--regid={}", crate::common::NOBODY))
-            .arg("--clear-groups")
-            .arg(&bin)
-            .args(args)
-            .current_dir(&m)
-            .output()
-            .unwrap()
-    };
+    let as_user =
+        |args: &[&str]| crate::common::run_as(&bin, &m, Some(crate::common::NOBODY), args);
     let outs = [work.join("c.zarr"), work.join("g.zarr"), work.join("e.npy")];
     let commands: Vec<Vec<&str>> = vec![
         vec!["convert", s(&vol), "-o", s(&outs[0]), "-q"],

@@ -334,9 +334,7 @@ fn every_writer_works_as_an_ordinary_user() {
     let fs = Tmpfs::mount("user");
     let m = fs.path.clone();
     // The binary and inputs where the user can reach them (the build tree may not be).
-    let bin = m.join("chunkwise");
-    std::fs::copy(env!("CARGO_BIN_EXE_chunkwise"), &bin).unwrap();
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = crate::common::user_binary(&m);
     let input_dir = tmp();
     std::fs::set_permissions(input_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let inp = inputs(input_dir.path());

@@ -105,6 +105,15 @@ impl FileWriter {
             .contains(path)
     }
 
+    /// Whether any queued file was not written (see [`FileWriter::was_dropped`]).
+    pub(crate) fn dropped_any(&self) -> bool {
+        !self
+            .unwritten
+            .lock()
+            .expect("no panics holding the set")
+            .is_empty()
+    }
+
     fn check(&self) -> Result<()> {
         let mut f = self
             .failed

@@ -478,8 +478,11 @@ impl JobWriter {
         let files = self.files.as_ref().expect("files are open until finish");
         let (written, failed) = files.flush_all();
         sync_written(&written, self.durability)?;
-        // (The writer's error may have been reported to a task already: filter always.)
-        pending.retain(|idx| !files.was_dropped(&self.tmp_path.join(self.codec.key(idx))));
+        // (The writer's error may have been reported to a task already: ask the writer what
+        // it dropped, not whether it failed now.)
+        if files.dropped_any() {
+            pending.retain(|idx| !files.was_dropped(&self.tmp_path.join(self.codec.key(idx))));
+        }
         if pending.is_empty() {
             return failed;
         }
