@@ -957,3 +957,110 @@ fn the_smallest_budget_keeps_halo_slabs_and_the_same_result() {
         );
     }
 }
+
+/// COMPUTE §6: a kernel refusing a chunk in one part of a partitioned job discards that part's
+/// work only: a part that finished keeps its log (status says done), and the failed part's
+/// rerun completes and publishes the whole array (this was the lost work behind
+/// `chunkwise.distributed.run`'s "every part finished, but … is not published"). A one-part
+/// job that fails leaves nothing behind, as before.
+#[test]
+fn a_part_whose_kernel_fails_keeps_the_other_parts_work() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tmp();
+    let input = input_store(dir.path(), "in_u16", &[4, 8, 8]);
+    let out = dir.path().join("twice.zarr");
+    let spec = MapSpec::new("twice v1", DType::U16);
+    let fail = AtomicBool::new(false);
+    let part = |i: u32| {
+        chunkwise::map_overlap(
+            &[crate::common::input(&input)],
+            &out,
+            &spec,
+            |blocks, o| {
+                if fail.load(Ordering::Relaxed) {
+                    return Err(o.error("refused"));
+                }
+                let src = blocks[0].view::<u16>()?;
+                o.view_mut::<u16>()?
+                    .assign(&src.mapv(|v| v.wrapping_mul(2)));
+                Ok(())
+            },
+            &ExecOptions::default().partition(Some((i, 2))),
+        )
+    };
+    let status = || chunkwise::job_status(&out).unwrap();
+    assert!(matches!(
+        part(0).unwrap().status,
+        ExecStatus::Waiting { .. }
+    ));
+    fail.store(true, Ordering::Relaxed);
+    let e = part(1).unwrap_err();
+    assert!(e.to_string().contains("refused"), "{e}");
+    let states: Vec<&str> = status().parts.iter().map(|p| p.state()).collect();
+    assert_eq!(states, ["done", "missing"], "{:?}", status());
+    // The failed part's rerun (its input corrected: here, the kernel) publishes everything.
+    fail.store(false, Ordering::Relaxed);
+    let r = part(1).unwrap();
+    assert_eq!(r.status, ExecStatus::Published, "{:?}", status());
+    let x = Store::open(&input).unwrap().read_all::<u16>().unwrap();
+    let got = Store::open(&out).unwrap().read_all::<u16>().unwrap();
+    assert_eq!(got, x.mapv(|v| v.wrapping_mul(2)));
+
+    // One part, failing: nothing stays at the output or beside it.
+    let one = dir.path().join("one.zarr");
+    let e = chunkwise::map_overlap(
+        &[crate::common::input(&input)],
+        &one,
+        &spec,
+        |_, o| Err(o.error("refused")),
+        &ExecOptions::default(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("refused"), "{e}");
+    assert_nothing_at(&one);
+    assert_nothing_at(&dir.path().join(".one.zarr.chunkwise-job"));
+}
+
+/// COMPUTE §6: a log whose last line was cut short (a kill or a full disk mid-write) is
+/// trimmed to its whole lines when the job resumes, so that the lines appended next do not
+/// continue it into another chunk's index ("1" + "0,0,0" would log chunk 10 as done). The
+/// job stopped mid-way resumes to numpy's result.
+#[test]
+fn a_log_line_cut_short_does_not_mark_another_chunk_done() {
+    let dir = tmp();
+    let input = input_store(dir.path(), "in_u16", &[1, 29, 53]); // one chunk per layer
+    let out = dir.path().join("twice.zarr");
+    let spec = MapSpec::new("twice v1", DType::U16);
+    let run = |stop_at: u64| {
+        chunkwise::map_overlap(
+            &[crate::common::input(&input)],
+            &out,
+            &spec,
+            |blocks, o| {
+                if o.region().ranges()[0].start >= stop_at {
+                    return Err(Error::Cancelled);
+                }
+                let src = blocks[0].view::<u16>()?;
+                o.view_mut::<u16>()?
+                    .assign(&src.mapv(|v| v.wrapping_mul(2)));
+                Ok(())
+            },
+            &ExecOptions::default().threads(Some(1)),
+        )
+    };
+    // Started and stopped at once: the build directory with an empty log.
+    assert!(matches!(run(0), Err(Error::Cancelled)));
+    let log = dir.path().join(".twice.zarr.chunkwise-job/done.0.1");
+    assert_eq!(std::fs::read(&log).unwrap(), b"");
+    std::fs::write(&log, b"1").unwrap();
+    // Layers 0..5 done and logged, then stopped.
+    assert!(matches!(run(5), Err(Error::Cancelled)));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.lines().all(|l| l.split(',').count() == 3), "{text:?}");
+    assert_eq!(text.lines().count(), 5, "{text:?}");
+    let r = run(u64::MAX).unwrap();
+    assert_eq!((r.status, r.chunks_resumed), (ExecStatus::Published, 5));
+    let x = Store::open(&input).unwrap().read_all::<u16>().unwrap();
+    let got = Store::open(&out).unwrap().read_all::<u16>().unwrap();
+    assert_eq!(got, x.mapv(|v| v.wrapping_mul(2)));
+}

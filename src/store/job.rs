@@ -215,21 +215,25 @@ fn read_done(tmp: &Path, shape: &[u64]) -> Result<ChunkSet> {
     Ok(done)
 }
 
-/// Adds the chunks one log records to `done` (a missing log records none).
-fn read_log(p: &Path, done: &mut ChunkSet) -> Result<()> {
+/// Adds the chunks one log records to `done` (a missing log records none). Returns the
+/// length of its whole lines.
+fn read_log(p: &Path, done: &mut ChunkSet) -> Result<u64> {
     let f = match File::open(p) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(Error::io(p, e)),
     };
     // Read line by line: a log of millions of chunks is never held whole.
     parse_log(std::io::BufReader::new(f), p, done)
 }
 
-/// Adds the chunks a log's lines (`i,j,k`) record to `done`; `p` names it in errors.
-fn parse_log(mut r: impl BufRead, p: &Path, done: &mut ChunkSet) -> Result<()> {
+/// Adds the chunks a log's lines (`i,j,k`) record to `done`; `p` names it in errors. Returns
+/// the length of the whole lines read (a last line cut short, by a kill or a full disk, is
+/// not counted).
+fn parse_log(mut r: impl BufRead, p: &Path, done: &mut ChunkSet) -> Result<u64> {
     let mut line = String::new();
     let mut idx = Vec::new();
+    let mut whole = 0u64;
     loop {
         line.clear();
         if r.read_line(&mut line).at(p)? == 0 {
@@ -239,6 +243,7 @@ fn parse_log(mut r: impl BufRead, p: &Path, done: &mut ChunkSet) -> Result<()> {
         let Some(l) = line.strip_suffix('\n') else {
             break;
         };
+        whole += line.len() as u64;
         idx.clear();
         let parsed = l
             .split(',')
@@ -248,7 +253,12 @@ fn parse_log(mut r: impl BufRead, p: &Path, done: &mut ChunkSet) -> Result<()> {
             done.insert(&idx);
         }
     }
-    Ok(())
+    Ok(whole)
+}
+
+/// The log of the chunks part `part` of `parts` has written.
+fn log_file(tmp: &Path, part: u32, parts: u32) -> PathBuf {
+    tmp.join(format!("done.{part}.{parts}"))
 }
 
 /// The marker a part leaves when every chunk of its layers is done and logged.
@@ -351,14 +361,19 @@ impl JobWriter {
             });
         }
         // A part's chunks are its own layers: only its own log says which are done.
-        let log_path = tmp.join(format!("done.{part}.{parts}"));
+        let log_path = log_file(&tmp, part, parts);
         let mut done = ChunkSet::new(&grid.grid_shape());
-        read_log(&log_path, &mut done)?;
+        let whole = read_log(&log_path, &mut done)?;
         let log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)
             .at(&log_path)?;
+        // A last line cut short (a kill or a full disk mid-write) goes, so that the lines
+        // appended now do not continue it into another chunk's index.
+        if log.metadata().at(&log_path)?.len() > whole {
+            log.set_len(whole).at(&log_path)?;
+        }
         reserve_log_room(&log);
         drop(opening);
         let codec = spec.chunk_codec()?;
@@ -508,15 +523,39 @@ impl JobWriter {
     }
 
     /// Ends this partition after an error a rerun with the same settings would meet again (a
-    /// kernel refusing its input): the build directory goes, unless another partition runs.
+    /// kernel refusing its input): this part's log, marker and chunk files go, so that its
+    /// rerun computes its layers again, and the whole build directory goes when no other part
+    /// has logged or finished anything (nor runs): the corrected rerun of a one-part job is
+    /// then not refused as "other settings". Other parts' work is never discarded.
     pub(crate) fn abandon(mut self) {
         if self.remote.is_some() {
             // On object storage what is done stays (no part knows whether others run).
             return;
         }
         drop(self.files.take());
-        // Our own lock is held until the directory is gone (it is ours to remove).
-        let _ = wipe(&self.tmp_path, &self.final_path, Some(&self.lock_path));
+        let tmp = self.tmp_path.clone();
+        let (part, parts) = self.part;
+        let _ = fs::remove_file(log_file(&tmp, part, parts));
+        let _ = fs::remove_file(finished_file(&tmp, part, parts));
+        let others = fs::read_dir(&tmp).is_ok_and(|entries| {
+            entries.flatten().any(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with("done.") || n.starts_with("finished."))
+            })
+        });
+        // Our own lock is held until our files are gone (they are ours to remove).
+        if others || wipe(&tmp, &self.final_path, Some(&self.lock_path)).is_err() {
+            let (l0, l1) = self.split[part as usize];
+            let mut layer: Vec<std::ops::Range<u64>> =
+                self.grid.grid_shape().iter().map(|&n| 0..n).collect();
+            for l in l0..l1 {
+                layer[0] = l..l + 1;
+                for idx in crate::grid::indices_in(&layer) {
+                    let _ = fs::remove_file(tmp.join(self.codec.key(&idx)));
+                }
+            }
+        }
         self.lock = None;
     }
 

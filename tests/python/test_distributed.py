@@ -23,11 +23,6 @@ def client():
         yield c
 
 
-def _slow_double(b):
-    time.sleep(0.03)
-    return b * 2
-
-
 def test_a_kernel_job_runs_in_parts_on_the_cluster(client, tmp, rng):
     x = rng.random((37, 21, 18), dtype=np.float32)
     a = cw.from_array(x, tmp / "a.zarr", chunks=(4, 8, 16))
@@ -56,57 +51,106 @@ def test_convert_and_map_overlap_jobs(client, tmp, rng):
     np.testing.assert_array_equal(m[...], ndi.maximum_filter(x, size=3, mode="nearest"))
 
 
+class _SlowDouble:
+    """Doubles each block slowly, leaving one byte per call in ``calls.PID`` under ``tmp``,
+    so that a test sees which worker is computing."""
+
+    def __init__(self, tmp):
+        self.tmp = str(tmp)
+
+    def __call__(self, b):
+        with open(os.path.join(self.tmp, f"calls.{os.getpid()}"), "ab") as f:
+            f.write(b".")
+        time.sleep(0.03)
+        return b * 2
+
+
 def test_a_worker_killed_mid_job_and_the_job_completes(client, tmp, rng):
     x = rng.random((48, 16, 16), dtype=np.float32)
     a = cw.from_array(x, tmp / "a.zarr", chunks=(2, 16, 16))
-    job = cw.map_blocks(_slow_double, a, out=tmp / "d.zarr", name="slow-double", defer=True)
+    job = cw.map_blocks(_SlowDouble(tmp), a, out=tmp / "d.zarr", name="slow-double",
+                        defer=True)
     pids = list(client.run(os.getpid).values())
     seen = {}
 
-    def kill_one_worker_mid_job():
+    def kill_a_worker_mid_part():
+        # Killed once it has computed two chunks of a part (whichever worker gets there
+        # first): the part is mid-way, its chunks partly written and not all logged.
         deadline = time.time() + 60
         while time.time() < deadline:
-            try:
-                s = job.status()
-            except cw.NotFoundError:
-                s = None
-            if s and s["building"] and 0 < s["chunks_done"] < s["chunks_total"]:
-                seen["done_at_kill"] = (s["chunks_done"], s["chunks_total"])
-                os.kill(pids[0], signal.SIGKILL)
-                return
-            time.sleep(0.01)
+            for pid in pids:
+                calls = tmp / f"calls.{pid}"
+                if calls.exists() and calls.stat().st_size >= 2:
+                    seen["status_at_kill"] = job.status()
+                    os.kill(pid, signal.SIGKILL)
+                    return
+            time.sleep(0.005)
 
-    killer = threading.Thread(target=kill_one_worker_mid_job)
+    killer = threading.Thread(target=kill_a_worker_mid_part)
     killer.start()
     out = chunkwise.distributed.run(client, job, parts=4)
     killer.join()
-    done, total = seen["done_at_kill"]
-    assert 0 < done < total, seen
+    s = seen["status_at_kill"]
+    assert s["building"] and not s["published"], s
     np.testing.assert_array_equal(out[...], x * 2)
     client.wait_for_workers(2, timeout=60)
+
+
+class _FailsOnce:
+    """Doubles each block, counting calls in ``calls`` (one byte per call, from any worker),
+    and raises once, on the block starting with ``poison`` (COMPUTE §6, SCALE §4)."""
+
+    def __init__(self, tmp, poison):
+        self.calls, self.raised, self.poison = str(tmp / "calls"), str(tmp / "raised"), poison
+
+    def __call__(self, b):
+        with open(self.calls, "ab") as f:
+            f.write(b".")
+        if b.flat[0] == self.poison:
+            try:
+                os.close(os.open(self.raised, os.O_CREAT | os.O_EXCL))
+                raise RuntimeError("a transient failure")
+            except FileExistsError:
+                pass
+        time.sleep(0.01)
+        return b * 2
+
+
+def test_a_part_whose_function_raises_is_retried_and_the_others_keep_their_work(client, tmp, rng):
+    x = rng.random((48, 8, 8), dtype=np.float32)
+    a = cw.from_array(x, tmp / "a.zarr", chunks=(2, 8, 8))
+    f = _FailsOnce(tmp, x[40, 0, 0])  # in the last of 4 parts, which starts after others end
+    job = cw.map_blocks(f, a, out=tmp / "f.zarr", name="fails-once", defer=True)
+    out = chunkwise.distributed.run(client, job, parts=4)
+    np.testing.assert_array_equal(out[...], x * 2)
+    assert os.path.exists(f.raised)
+    # Only the failed part's chunks were computed again: 24 chunks, 6 per part.
+    assert 24 < os.path.getsize(f.calls) <= 24 + 6
 
 
 def test_a_restarted_cluster_mid_job_and_the_job_completes(client, tmp, rng):
     x = rng.random((40, 16, 16), dtype=np.float32)
     a = cw.from_array(x, tmp / "a.zarr", chunks=(2, 16, 16))
-    job = cw.map_blocks(_slow_double, a, out=tmp / "r.zarr", name="slow-double", defer=True)
+    job = cw.map_blocks(_SlowDouble(tmp), a, out=tmp / "r.zarr", name="slow-double",
+                        defer=True)
+
+    seen = {}
 
     def restart_mid_job():
         deadline = time.time() + 60
         while time.time() < deadline:
-            try:
-                s = job.status()
-            except cw.NotFoundError:
-                s = None
-            if s and s["building"] and s["chunks_done"] > 0:
+            if sum(p.stat().st_size for p in tmp.glob("calls.*")) >= 2:
+                seen["status_at_restart"] = job.status()
                 client.restart()
                 return
-            time.sleep(0.01)
+            time.sleep(0.005)
 
     t = threading.Thread(target=restart_mid_job)
     t.start()
     out = chunkwise.distributed.run(client, job, parts=4)
     t.join()
+    s = seen["status_at_restart"]
+    assert s["building"] and not s["published"], s
     np.testing.assert_array_equal(out[...], x * 2)
 
 

@@ -368,8 +368,8 @@ def _caller(func, out, out_dtype, trim, what):
         except BaseException as e:
             if isinstance(e, Exception):
                 e.add_note(
-                    f"chunkwise: raised by {what}'s function on {where}; the job is resumable: "
-                    f"the same call again computes the remaining chunks"
+                    f"chunkwise: raised by {what}'s function on {where}; this call's chunks are "
+                    f"discarded (other parts of a job in parts keep theirs)"
                 )
             raise
         r = np.asarray(r)

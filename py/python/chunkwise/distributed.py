@@ -66,6 +66,14 @@ def run(client, job: Job, parts=None, *, retries=3, threads=None):
                 # A part still running elsewhere (its lock held) is not a failure of its own.
                 failures[i] = e
                 failed.append(i)
+        if not failed and not job.published():
+            # Every task returned, yet a part's work is not there (lost with its disk, or
+            # removed by hand): run it again, as a failed part.
+            for p in job.status().get("parts", []):
+                if p["state"] == "missing":
+                    i = p["part"][0]
+                    failures[i] = Error(f"part {i}/{parts} returned, but its chunks are missing")
+                    failed.append(i)
         todo = failed
         if todo:
             attempt += 1
