@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::grid::{ChunkSet, Grid};
 use crate::grid::{default_chunks, indices_in, storage_order};
 use crate::input::Input;
+use crate::ome::VoxelSize;
 use crate::progress::{Tracker, Unit};
 use crate::rechunk::{Decodes, Plan};
 use crate::region::fmt_shape;
@@ -52,6 +53,8 @@ pub struct ConvertOptions {
     checksum: bool,
     subchunks: Option<Vec<u64>>,
     axis_names: Option<Vec<String>>,
+    voxel_size: Option<Vec<f64>>,
+    units: Option<Vec<String>>,
     overwrite: bool,
     partition: Option<(u32, u32)>,
     run: RunOptions,
@@ -66,6 +69,8 @@ impl std::fmt::Debug for ConvertOptions {
             .field("checksum", &self.checksum)
             .field("subchunks", &self.subchunks)
             .field("axis_names", &self.axis_names)
+            .field("voxel_size", &self.voxel_size)
+            .field("units", &self.units)
             .field("overwrite", &self.overwrite)
             .finish_non_exhaustive()
     }
@@ -100,6 +105,18 @@ impl ConvertOptions {
     /// Names the axes.
     pub fn axis_names(mut self, names: Option<Vec<String>>) -> Self {
         self.axis_names = names;
+        self
+    }
+    /// The voxel size per axis, recorded in the array's attributes (default: the input's,
+    /// an OME-TIFF's physical sizes; spec/FORMAT.md §2).
+    pub fn voxel_size(mut self, size: Option<Vec<f64>>) -> Self {
+        self.voxel_size = size;
+        self
+    }
+    /// UDUNITS-2 units per axis (an empty one: none), recorded beside the voxel size
+    /// (default: the input's).
+    pub fn units(mut self, units: Option<Vec<String>>) -> Self {
+        self.units = units;
         self
     }
     /// Replaces an existing array at the output.
@@ -207,7 +224,7 @@ fn convert_partitioned(
         let start = Instant::now();
         let view = input.view();
         let source = view.source();
-        let spec = output_spec(source.as_ref(), opts)?;
+        let spec = output_spec(source.as_ref(), opts)?.attributes(attributes(input, opts)?);
         let (shape, dtype) = (spec.shape().to_vec(), spec.dtype());
         let (chunks, codec) = (spec.chunk_shape().to_vec(), spec.codec_choice());
         let grid = Grid::new(&shape, &chunks)?;
@@ -329,6 +346,30 @@ fn output_spec(source: &dyn Source, opts: &ConvertOptions) -> Result<StoreSpec> 
         .checksum(opts.checksum))
 }
 
+/// The new array's attributes: the voxel size the options give, else the input's (each of
+/// sizes and units taken from the options where given).
+fn attributes(input: &Input, opts: &ConvertOptions) -> Result<serde_json::Value> {
+    let mut attrs = serde_json::json!({});
+    let known = input.voxel_size();
+    if known.is_none() && opts.voxel_size.is_none() && opts.units.is_none() {
+        return Ok(attrs);
+    }
+    let size = opts
+        .voxel_size
+        .clone()
+        .or_else(|| known.as_ref().map(|v| v.size.clone()));
+    let units = opts.units.clone().or_else(|| {
+        known.as_ref().map(|v| {
+            v.units
+                .iter()
+                .map(|u| u.clone().unwrap_or_default())
+                .collect()
+        })
+    });
+    VoxelSize::new(input.ndim(), size, units)?.write_into(&mut attrs);
+    Ok(attrs)
+}
+
 /// Streams the chunks of `chunks` (a box of chunk indices of `grid`) from `source` in storage
 /// order, each block read once, into `write(idx, data)` (the full, padded chunk), skipping
 /// the chunks in `done`. Returns (chunks written, bytes stored, bytes read).
@@ -422,6 +463,7 @@ fn convert_in_pool(input: &Input, out: &Path, opts: &ConvertOptions) -> Result<C
     let source = view.source();
     // Axis names given, else the input's own (an OME-TIFF's t, c, z, y, x).
     let spec = output_spec(source.as_ref(), opts)?
+        .attributes(attributes(input, opts)?)
         .subchunks(opts.subchunks.clone())
         .axis_names(opts.axis_names.clone().or_else(|| source.axis_names()));
     let (shape, dtype) = (spec.shape().to_vec(), spec.dtype());

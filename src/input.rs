@@ -263,6 +263,55 @@ impl Input {
         }
     }
 
+    /// The axis names the input records: a store's `dimension_names` (all of them named), an
+    /// OME-Zarr image's axes, an OME-TIFF's.
+    pub fn axis_names(&self) -> Option<Vec<String>> {
+        if let Some(image) = self.image() {
+            return Some(image.axes().iter().map(|a| a.name.clone()).collect());
+        }
+        match &self.inner {
+            Inner::Store(s) => s.metadata_json()["dimension_names"]
+                .as_array()?
+                .iter()
+                .map(|v| v.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .filter(|n| n.len() == self.ndim()),
+            Inner::View(v) => v.source().axis_names(),
+        }
+    }
+
+    /// The physical size of the input's voxels, where it records one: a store's attributes
+    /// (`chunkwise.voxel_size`, `chunkwise.units`: spec/FORMAT.md §2), an OME-Zarr image
+    /// level's scale and its axes' units, an OME-TIFF's physical sizes.
+    ///
+    /// ```no_run
+    /// let input = chunkwise::Input::open("embryo.zarr")?;
+    /// if let Some(v) = input.voxel_size() {
+    ///     println!("voxels of {v}"); // 2 x 0.5 x 0.5 micrometer
+    /// }
+    /// # Ok::<(), chunkwise::Error>(())
+    /// ```
+    pub fn voxel_size(&self) -> Option<crate::ome::VoxelSize> {
+        if let Some(image) = self.image() {
+            let level = image
+                .levels()
+                .iter()
+                .find(|l| image.path().join(&l.path) == self.path())
+                .or_else(|| image.levels().first())?;
+            return Some(crate::ome::VoxelSize {
+                size: level.scale.clone(),
+                units: image.axes().iter().map(|a| a.unit.clone()).collect(),
+            })
+            .filter(|v| v.size.len() == self.ndim());
+        }
+        match &self.inner {
+            Inner::Store(s) => {
+                crate::ome::VoxelSize::from_attributes(&s.metadata_json()["attributes"], s.ndim())
+            }
+            Inner::View(v) => v.source().voxel_size(),
+        }
+    }
+
     /// The input as a view (to join, slice or cast it).
     pub fn view(&self) -> View {
         match &self.inner {

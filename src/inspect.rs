@@ -60,6 +60,8 @@ pub struct StoreInfo {
     pub fill_value: Value,
     /// Axis names, if any.
     pub dimension_names: Option<Value>,
+    /// The voxel size the input records (spec/FORMAT.md §2), if any.
+    pub voxel_size: Option<crate::ome::VoxelSize>,
 }
 
 impl StoreInfo {
@@ -87,6 +89,8 @@ impl StoreInfo {
             "codecs": self.codecs,
             "fill_value": self.fill_value,
             "dimension_names": self.dimension_names,
+            "voxel_size": self.voxel_size.as_ref().map(|v| &v.size),
+            "units": self.voxel_size.as_ref().map(|v| &v.units),
         })
     }
 }
@@ -139,6 +143,9 @@ impl fmt::Display for StoreInfo {
         )?;
         if let Some(names) = &self.dimension_names {
             writeln!(f, "axes:        {names}")?;
+        }
+        if let Some(v) = &self.voxel_size {
+            writeln!(f, "voxel size:  {v}")?;
         }
         match &self.chunk_shape {
             Some(c) => writeln!(
@@ -267,7 +274,8 @@ pub fn info(input: &Input) -> Result<StoreInfo> {
             logical_bytes: input.shape().iter().product::<u64>() * input.dtype().size() as u64,
             codecs: Value::Null,
             fill_value: json!(0),
-            dimension_names: None,
+            dimension_names: input.axis_names().map(|n| json!(n)),
+            voxel_size: input.voxel_size(),
         });
     };
     let meta = store.metadata_json();
@@ -301,6 +309,7 @@ pub fn info(input: &Input) -> Result<StoreInfo> {
             .get("dimension_names")
             .filter(|v| !v.is_null())
             .cloned(),
+        voxel_size: input.voxel_size(),
     })
 }
 

@@ -91,7 +91,7 @@ pub use index::{
 };
 pub use input::Input;
 pub use inspect::{BadChunk, StoreInfo, VerifyReport, info, verify};
-pub use ome::{Image, ImageAxis, ImageLevel};
+pub use ome::{Image, ImageAxis, ImageLevel, VoxelSize};
 pub use preview::{Colormap, Contrast, Picture, PreviewOptions, PreviewReport, preview};
 pub use progress::{Progress, ProgressFn, Unit};
 pub use project::{

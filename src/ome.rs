@@ -621,3 +621,198 @@ mod tests {
         );
     }
 }
+
+/// The physical size of an array's voxels: one size and an optional UDUNITS-2 unit per axis.
+/// Stored in a plain array's attributes as `{"chunkwise": {"voxel_size": [...], "units":
+/// [...]}}` (spec/FORMAT.md §2), read from an OME-TIFF's `PhysicalSize*` and `TimeIncrement`,
+/// and the default `--voxel-size` and `--units` of a pyramid of the array (PYRAMID §1).
+///
+/// ```no_run
+/// let input = chunkwise::Input::open("embryo.ome.tif")?;
+/// if let Some(v) = input.voxel_size() {
+///     println!("{:?} {:?}", v.size, v.units); // [2.0, 0.5, 0.5] [Some("micrometer"), ..]
+/// }
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct VoxelSize {
+    /// Per axis, a positive finite size (1 where nothing is known).
+    pub size: Vec<f64>,
+    /// Per axis, a unit from OME-Zarr's UDUNITS-2 space or time lists, or none.
+    pub units: Vec<Option<String>>,
+}
+
+impl VoxelSize {
+    /// Checks the sizes and units of an array of `ndim` axes, as `--voxel-size` and `--units`
+    /// (one per axis; an empty unit is none).
+    ///
+    /// # Errors
+    /// [`Error::InvalidOption`] (`voxel-size`, `units`) naming the value.
+    pub fn new(ndim: usize, size: Option<Vec<f64>>, units: Option<Vec<String>>) -> Result<Self> {
+        let size = size.unwrap_or_else(|| vec![1.0; ndim]);
+        if size.len() != ndim {
+            return Err(Error::option(
+                "voxel-size",
+                format!("{} given for {ndim} axes: give one per axis", size.len()),
+            ));
+        }
+        if let Some(bad) = size.iter().find(|x| !(x.is_finite() && **x > 0.0)) {
+            return Err(Error::option(
+                "voxel-size",
+                format!("{bad} is not a positive size"),
+            ));
+        }
+        let units: Vec<Option<String>> = match units {
+            None => vec![None; ndim],
+            Some(u) if u.len() != ndim => {
+                return Err(Error::option(
+                    "units",
+                    format!("{} given for {ndim} axes: give one per axis", u.len()),
+                ));
+            }
+            Some(u) => u
+                .into_iter()
+                .map(|s| Some(s.trim().to_string()).filter(|s| !s.is_empty()))
+                .collect(),
+        };
+        for u in units.iter().flatten() {
+            if !SPACE_UNITS.contains(&u.as_str()) && !TIME_UNITS.contains(&u.as_str()) {
+                return Err(Error::option(
+                    "units",
+                    format!(
+                        "{u:?} is not one of OME-Zarr's UDUNITS space or time units: {}, {}",
+                        SPACE_UNITS.join(", "),
+                        TIME_UNITS.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(VoxelSize { size, units })
+    }
+
+    /// The voxel size an array's attributes record for its `ndim` axes, if they record one
+    /// that is valid (anything else is ignored: attributes are other tools' too).
+    pub(crate) fn from_attributes(attrs: &Value, ndim: usize) -> Option<VoxelSize> {
+        let c = attrs.get("chunkwise")?;
+        let size: Vec<f64> = c
+            .get("voxel_size")?
+            .as_array()?
+            .iter()
+            .map(Value::as_f64)
+            .collect::<Option<_>>()?;
+        let units = match c.get("units").and_then(Value::as_array) {
+            None => None,
+            Some(u) => Some(
+                u.iter()
+                    .map(|v| match v {
+                        Value::Null => Some(String::new()),
+                        Value::String(s) => Some(s.clone()),
+                        _ => None,
+                    })
+                    .collect::<Option<Vec<_>>>()?,
+            ),
+        };
+        VoxelSize::new(ndim, Some(size), units).ok()
+    }
+
+    /// Its attributes entry, merged under `chunkwise` (`voxel_size`, `units`; no unit: null).
+    pub(crate) fn write_into(&self, attrs: &mut Value) {
+        if !attrs.is_object() {
+            *attrs = json!({});
+        }
+        let c = &mut attrs["chunkwise"];
+        if !c.is_object() {
+            *c = json!({});
+        }
+        c["voxel_size"] = json!(self.size);
+        c["units"] = json!(self.units);
+    }
+
+    /// Whether it says anything (a size other than 1, or a unit).
+    pub(crate) fn is_known(&self) -> bool {
+        self.size.iter().any(|&s| s != 1.0) || self.units.iter().any(Option::is_some)
+    }
+}
+
+impl std::fmt::Display for VoxelSize {
+    /// `2 x 0.5 x 0.5 micrometer` when every axis has the same unit, else each size with its
+    /// own (`1 x 2 micrometer x 0.5 micrometer`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sizes: Vec<String> = self.size.iter().map(f64::to_string).collect();
+        if self.units.windows(2).all(|w| w[0] == w[1]) {
+            write!(f, "{}", sizes.join(" x "))?;
+            match self.units.first() {
+                Some(Some(u)) => write!(f, " {u}"),
+                _ => Ok(()),
+            }
+        } else {
+            let each: Vec<String> = sizes
+                .iter()
+                .zip(&self.units)
+                .map(|(s, u)| match u {
+                    Some(u) => format!("{s} {u}"),
+                    None => s.clone(),
+                })
+                .collect();
+            write!(f, "{}", each.join(" x "))
+        }
+    }
+}
+
+/// The UDUNITS-2 name of an OME `UnitsLength` or `UnitsTime` symbol (`µm` → `micrometer`),
+/// if OME-Zarr has it.
+pub(crate) fn ome_unit(symbol: &str) -> Option<&'static str> {
+    let s = symbol.trim().replace('\u{3bc}', "\u{b5}");
+    Some(match s.as_str() {
+        "Ym" => "yottameter",
+        "Zm" => "zettameter",
+        "Em" => "exameter",
+        "Pm" => "petameter",
+        "Tm" => "terameter",
+        "Gm" => "gigameter",
+        "Mm" => "megameter",
+        "km" => "kilometer",
+        "hm" => "hectometer",
+        "m" => "meter",
+        "dm" => "decimeter",
+        "cm" => "centimeter",
+        "mm" => "millimeter",
+        "\u{b5}m" | "um" => "micrometer",
+        "nm" => "nanometer",
+        "pm" => "picometer",
+        "fm" => "femtometer",
+        "am" => "attometer",
+        "zm" => "zeptometer",
+        "ym" => "yoctometer",
+        "\u{c5}" | "\u{212b}" => "angstrom",
+        "in" => "inch",
+        "ft" => "foot",
+        "yd" => "yard",
+        "mi" => "mile",
+        "pc" => "parsec",
+        "Ys" => "yottasecond",
+        "Zs" => "zettasecond",
+        "Es" => "exasecond",
+        "Ps" => "petasecond",
+        "Ts" => "terasecond",
+        "Gs" => "gigasecond",
+        "Ms" => "megasecond",
+        "ks" => "kilosecond",
+        "hs" => "hectosecond",
+        "s" => "second",
+        "ds" => "decisecond",
+        "cs" => "centisecond",
+        "ms" => "millisecond",
+        "\u{b5}s" | "us" => "microsecond",
+        "ns" => "nanosecond",
+        "ps" => "picosecond",
+        "fs" => "femtosecond",
+        "as" => "attosecond",
+        "zs" => "zeptosecond",
+        "ys" => "yoctosecond",
+        "min" => "minute",
+        "h" => "hour",
+        "d" => "day",
+        _ => return None,
+    })
+}

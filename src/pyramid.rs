@@ -292,6 +292,7 @@ pub fn pyramid_with_labels(
     out: &Path,
     opts: &PyramidOptions,
 ) -> Result<PyramidReport> {
+    let opts = &input_defaults(input, opts);
     with_threads(opts.run.threads, || {
         let plan = plan(input.shape(), opts)?;
         let mut label_plans = Vec::new();
@@ -356,6 +357,61 @@ fn check_label(input: &Input, labels: &[(&str, &Input)], k: usize) -> Result<()>
         ));
     }
     Ok(())
+}
+
+/// The options with what the input records filling those not given (PYRAMID §1): its axis
+/// names (when they make OME-Zarr axes), its voxel size, and its units on the axes whose type
+/// takes one.
+fn input_defaults(input: &Input, opts: &PyramidOptions) -> PyramidOptions {
+    let mut o = opts.clone();
+    let nd = input.ndim();
+    if o.axis_names.is_none()
+        && let Some(names) = input.axis_names()
+    {
+        let axes: Vec<ImageAxis> = names
+            .iter()
+            .enumerate()
+            .map(|(k, n)| ImageAxis {
+                name: n.clone(),
+                kind: Some(match &o.axis_types {
+                    Some(t) if t.len() == nd => t[k].clone(),
+                    _ => default_kind(n).to_string(),
+                }),
+                unit: None,
+            })
+            .collect();
+        if check_axes(&axes).is_ok() {
+            o.axis_names = Some(names);
+        }
+    }
+    let Some(v) = input.voxel_size().filter(|v| v.size.len() == nd) else {
+        return o;
+    };
+    if o.voxel_size.is_none() {
+        o.voxel_size = Some(v.size.clone());
+    }
+    if o.units.is_none() && v.units.iter().any(Option::is_some) {
+        let names: Vec<String> = match &o.axis_names {
+            Some(n) => n.clone(),
+            None => default_axes(nd).into_iter().map(|(n, _)| n).collect(),
+        };
+        let kind = |k: usize| match &o.axis_types {
+            Some(t) if t.len() == nd => t[k].clone(),
+            _ => names
+                .get(k)
+                .map_or("space", |n| default_kind(n))
+                .to_string(),
+        };
+        o.units = Some(
+            (0..nd)
+                .map(|k| match (&v.units[k], kind(k).as_str()) {
+                    (Some(u), "space" | "time") => u.clone(),
+                    _ => String::new(),
+                })
+                .collect(),
+        );
+    }
+    o
 }
 
 /// The pyramid's geometry from the options (spec/PYRAMID.md §1).

@@ -26,6 +26,12 @@ fn open(path: &Path, series: Option<usize>) -> chunkwise::Result<Input> {
     )
 }
 
+fn attributes(store: &Path) -> serde_json::Value {
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(store.join("zarr.json")).unwrap()).unwrap();
+    meta["attributes"].clone()
+}
+
 fn dimension_names(store: &Path) -> serde_json::Value {
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(store.join("zarr.json")).unwrap()).unwrap();
@@ -88,6 +94,14 @@ fn instrument_tiffs_read_as_tifffile_reads_them() {
         assert!(back == want.bytes, "{name}: converted values differ");
         if e["ome"] == true {
             assert_eq!(dimension_names(&out), e["axes"], "{name}");
+            // The physical sizes as the array's attributes (FORMAT §2), in UDUNITS-2 names.
+            let attrs = attributes(&out);
+            if e.get("voxel_size").is_some() {
+                assert_eq!(attrs["chunkwise"]["voxel_size"], e["voxel_size"], "{name}");
+                assert_eq!(attrs["chunkwise"]["units"], e["units"], "{name}");
+            } else {
+                assert!(attrs["chunkwise"].is_null(), "{name}: {attrs}");
+            }
             assert!(
                 input.describe().contains("OME-TIFF"),
                 "{}",
@@ -175,4 +189,93 @@ fn a_page_of_another_size_is_named() {
         e.contains("mixed_sizes.tif page 2") && e.contains("21x24"),
         "{e}"
     );
+}
+
+/// An OME-TIFF's physical sizes travel (FORMAT §2, PYRAMID §1): `info` shows them, a kernel's
+/// output keeps them, and a pyramid of the converted array takes them as level 0's scale and
+/// its axes' units, with the OME-TIFF's axis names; `--voxel-size`/`--units` given to
+/// convert win, and wrong ones are refused naming the values, with nothing written.
+#[test]
+fn physical_sizes_reach_the_attributes_the_pyramid_and_info() {
+    let dir = tmp();
+    let tif = fixture("tiff/tzyx_physical.ome.tif");
+    let entry = manifest()
+        .into_iter()
+        .find(|e| e["file"] == "tzyx_physical.ome.tif")
+        .unwrap();
+    let p = |x: &Path| x.to_str().unwrap().to_string();
+    let store = dir.path().join("t.zarr");
+    let o = chunkwise(&["convert", &p(&tif), "-o", &p(&store), "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let info = stdout(&chunkwise(&["info", &p(&store)]));
+    assert!(
+        info.contains(
+            "voxel size:  1.5 minute x 2500 nanometer x 0.325 micrometer x 0.325 micrometer"
+        ),
+        "{info}"
+    );
+    let smooth = dir.path().join("g.zarr");
+    let o = chunkwise(&[
+        "gaussian",
+        &p(&store),
+        &p(&smooth),
+        "--sigma",
+        "1",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        attributes(&smooth)["chunkwise"]["voxel_size"],
+        entry["voxel_size"]
+    );
+    let image = dir.path().join("t.ome.zarr");
+    let o = chunkwise(&["pyramid", &p(&store), "-o", &p(&image), "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let img = chunkwise::Image::open(&image).unwrap();
+    let names: Vec<&str> = img.axes().iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["t", "z", "y", "x"]);
+    let units: Vec<serde_json::Value> = img
+        .axes()
+        .iter()
+        .map(|a| serde_json::json!(a.unit))
+        .collect();
+    assert_eq!(serde_json::Value::from(units), entry["units"]);
+    assert_eq!(
+        serde_json::json!(img.levels()[0].scale),
+        entry["voxel_size"]
+    );
+    // Given on the command line: they win (an empty unit is none).
+    let given = dir.path().join("given.zarr");
+    let o = chunkwise(&[
+        "convert",
+        &p(&tif),
+        "-o",
+        &p(&given),
+        "--quiet",
+        "--voxel-size",
+        "2,1,0.5,0.5",
+        "--units",
+        "second,,nanometer,nanometer",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        attributes(&given)["chunkwise"],
+        serde_json::json!({"voxel_size": [2.0, 1.0, 0.5, 0.5],
+                           "units": ["second", null, "nanometer", "nanometer"]})
+    );
+    for (flag, value, want) in [
+        ("--voxel-size", "1,2", "2 given for 4 axes"),
+        ("--voxel-size", "1,0,1,1", "0 is not a positive size"),
+        (
+            "--units",
+            "parsecs,,,",
+            "\"parsecs\" is not one of OME-Zarr's UDUNITS",
+        ),
+    ] {
+        let bad = dir.path().join("bad.zarr");
+        let o = chunkwise(&["convert", &p(&tif), "-o", &p(&bad), flag, value]);
+        assert_eq!(o.status.code(), Some(2), "{flag} {value}");
+        assert!(stderr(&o).contains(want), "{flag} {value}: {}", stderr(&o));
+        assert!(!bad.exists());
+    }
 }

@@ -275,6 +275,11 @@ impl Source {
     }
 
     /// `chunkwise info --json` of the input, as a JSON string.
+    /// The voxel size the input records (sizes, units), if any.
+    fn voxel_size(&self) -> Option<(Vec<f64>, Vec<Option<String>>)> {
+        self.input.voxel_size().map(|v| (v.size, v.units))
+    }
+
     fn info(&self, py: Python<'_>) -> PyResult<String> {
         self.check_present()?;
         let run = RunOptions::default().threads(Some(default_threads()));
@@ -521,6 +526,8 @@ fn convert_options(d: &Bound<'_, PyDict>) -> PyResult<ConvertOptions> {
         .checksum(flag(d, "checksum")?)
         .subchunks(opt(d, "shard")?)
         .axis_names(opt(d, "axis_names")?)
+        .voxel_size(opt(d, "voxel_size")?)
+        .units(opt(d, "units")?)
         .overwrite(flag(d, "overwrite")?)
         .partition(opt(d, "partition")?))
 }

@@ -74,8 +74,8 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
     if a.pyramid_flags.any() {
         return Err(chunkwise::Error::InvalidOption {
             option: "--pyramid",
-            reason: "--method, --levels, --factors, --factors-per-level, --axis-types, --units, \
-                     --voxel-size and --name describe a pyramid: add --pyramid"
+            reason: "--method, --levels, --factors, --factors-per-level, --axis-types and \
+                     --name describe a pyramid: add --pyramid"
                 .into(),
         }
         .into());
@@ -90,6 +90,8 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
         .checksum(a.checksum)
         .subchunks(a.shard)
         .axis_names(a.axis_names)
+        .voxel_size(a.pyramid_flags.voxel_size)
+        .units(a.pyramid_flags.units)
         .overwrite(a.overwrite)
         .partition(a.partition)
         .threads(g.threads)

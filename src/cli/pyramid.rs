@@ -80,10 +80,12 @@ pub(crate) struct Flags {
     #[arg(long, value_delimiter = ',', value_name = "TYPES")]
     pub axis_types: Option<Vec<String>>,
     /// UDUNITS-2 units, one per axis (empty for none) or one per space axis, e.g.
-    /// micrometer,micrometer,micrometer.
+    /// micrometer,micrometer,micrometer (default: the input's, e.g. an OME-TIFF's; `convert`
+    /// without --pyramid records one per axis in the array's attributes).
     #[arg(long, value_delimiter = ',', value_name = "UNITS")]
     pub units: Option<Vec<String>>,
-    /// Level 0's voxel size per axis, in the units, e.g. 2.0,0.5,0.5 (default 1).
+    /// Level 0's voxel size per axis, in the units, e.g. 2.0,0.5,0.5 (default: the input's,
+    /// e.g. an OME-TIFF's physical sizes, else 1).
     #[arg(long, value_delimiter = ',', value_name = "S,S,S")]
     pub voxel_size: Option<Vec<f64>>,
     /// The image's name in its metadata (default: OUT's name).
@@ -92,15 +94,14 @@ pub(crate) struct Flags {
 }
 
 impl Flags {
-    /// Whether any is given (`convert` takes them only with `--pyramid`).
+    /// Whether any that only a pyramid takes is given (`convert` takes them only with
+    /// `--pyramid`; `--voxel-size` and `--units` it records in a plain array too).
     pub fn any(&self) -> bool {
         self.method.is_some()
             || self.levels.is_some()
             || self.factors.is_some()
             || !self.factors_per_level.is_empty()
             || self.axis_types.is_some()
-            || self.units.is_some()
-            || self.voxel_size.is_some()
             || self.name.is_some()
     }
 

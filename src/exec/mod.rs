@@ -386,9 +386,15 @@ fn run_in_pool(
         None => stores[0].block_grid().chunk_shape().to_vec(),
     };
     let codec = Codec::resolve(opts.codec, opts.level, out_dtype)?;
+    // The first input's voxel size, where it records one, is the output's (same grid).
+    let mut attributes = serde_json::json!({});
+    if let Some(v) = stores[0].voxel_size() {
+        v.write_into(&mut attributes);
+    }
     let spec = StoreSpec::new(shape.clone(), out_dtype, out_chunks.clone())
         .codec(codec)
-        .checksum(opts.checksum);
+        .checksum(opts.checksum)
+        .attributes(attributes);
 
     // The fingerprint: everything that changes the result.
     let mut settings = format!(

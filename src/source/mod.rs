@@ -53,6 +53,10 @@ pub(crate) trait Source: Send + Sync {
     fn axis_names(&self) -> Option<Vec<String>> {
         None
     }
+    /// The voxel size the input's own metadata gives (an OME-TIFF's), if any.
+    fn voxel_size(&self) -> Option<crate::ome::VoxelSize> {
+        None
+    }
     /// The natural block shape to read this source by (a store's chunk shape), if any.
     fn chunk_hint(&self) -> Option<Vec<u64>> {
         None

@@ -2,6 +2,8 @@
 //! elements), each with sizes, type and the page (IFD) of every plane (spec/CLI.md "TIFF
 //! inputs"). Pure functions of the XML text; the TIFF reader checks the pages against them.
 
+use crate::ome::{VoxelSize, ome_unit};
+
 /// One series of an OME-TIFF.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Series {
@@ -15,6 +17,9 @@ pub(crate) struct Series {
     pub pixel_type: String,
     /// The page of each plane, planes in the order t, c, z (C order, z fastest).
     pub ifds: Vec<usize>,
+    /// `PhysicalSizeX`, `PhysicalSizeY`, `PhysicalSizeZ` and `TimeIncrement`, each with its
+    /// unit's symbol (OME's defaults: `µm`, `s`), where the XML gives them.
+    pub physical: [Option<(f64, String)>; 4],
 }
 
 impl Series {
@@ -36,6 +41,37 @@ impl Series {
         names.extend(["y".to_string(), "x".to_string()]);
         shape.extend([self.y, self.x]);
         (names, shape)
+    }
+
+    /// The voxel size along the axes of [`Series::axes`], if the XML gives any: the physical
+    /// sizes and the time increment with their units in UDUNITS-2 names (a unit OME-Zarr
+    /// lacks, like `pixel`, is left out, its size kept); 1 without a unit elsewhere.
+    pub(crate) fn voxel_size(&self) -> Option<VoxelSize> {
+        let (names, _) = self.axes();
+        let [x, y, z, t] = &self.physical;
+        let mut size = Vec::new();
+        let mut units = Vec::new();
+        for n in &names {
+            let given = match n.as_str() {
+                "x" => x,
+                "y" => y,
+                "z" => z,
+                "t" => t,
+                _ => &None,
+            };
+            match given {
+                Some((v, sym)) => {
+                    size.push(*v);
+                    units.push(ome_unit(sym).map(str::to_string));
+                }
+                None => {
+                    size.push(1.0);
+                    units.push(None);
+                }
+            }
+        }
+        let v = VoxelSize { size, units };
+        v.is_known().then_some(v)
     }
 }
 
@@ -177,6 +213,14 @@ pub(crate) fn parse(xml: &str, file: &str) -> Result<Vec<Series>, String> {
                 }
             }
         }
+        // A physical size that is not a positive number is ignored, as OME's schema forbids it.
+        let physical = |name: &str, default_unit: &str| -> Option<(f64, String)> {
+            let v = pixels.attribute(name)?.trim().parse::<f64>().ok()?;
+            let unit = pixels
+                .attribute(format!("{name}Unit").as_str())
+                .unwrap_or(default_unit);
+            (v.is_finite() && v > 0.0).then(|| (v, unit.to_string()))
+        };
         out.push(Series {
             x,
             y,
@@ -185,6 +229,12 @@ pub(crate) fn parse(xml: &str, file: &str) -> Result<Vec<Series>, String> {
             t,
             pixel_type: pixels.attribute("Type").unwrap_or("").to_string(),
             ifds: by_tcz,
+            physical: [
+                physical("PhysicalSizeX", "\u{b5}m"),
+                physical("PhysicalSizeY", "\u{b5}m"),
+                physical("PhysicalSizeZ", "\u{b5}m"),
+                physical("TimeIncrement", "s"),
+            ],
         });
     }
     if out.is_empty() {
@@ -229,6 +279,40 @@ mod tests {
         let s = &parse(&x, "a.ome.tif").unwrap()[0];
         assert_eq!(s.axes().0, vec!["t", "z", "y", "x"]);
         assert_eq!(s.ifds, vec![7, 5, 9, 10]);
+    }
+
+    #[test]
+    fn physical_sizes_follow_the_axes_in_udunits() {
+        // OME's units are symbols (µm by default); OME-Zarr's are UDUNITS-2 names.
+        let x = xml(
+            "<Pixels DimensionOrder=\"XYZCT\" Type=\"uint8\" SizeX=\"4\" SizeY=\"3\" \
+             SizeZ=\"2\" SizeC=\"2\" SizeT=\"3\" PhysicalSizeX=\"0.25\" PhysicalSizeY=\"0.5\" \
+             PhysicalSizeYUnit=\"nm\" PhysicalSizeZ=\"2\" TimeIncrement=\"1.5\" \
+             TimeIncrementUnit=\"min\"/>",
+        );
+        let v = parse(&x, "a").unwrap()[0].voxel_size().unwrap();
+        assert_eq!(v.size, vec![1.5, 1.0, 2.0, 0.5, 0.25]);
+        let units: Vec<Option<&str>> = v.units.iter().map(Option::as_deref).collect();
+        assert_eq!(
+            units,
+            [
+                Some("minute"),
+                None,
+                Some("micrometer"),
+                Some("nanometer"),
+                Some("micrometer")
+            ]
+        );
+        // A unit OME-Zarr lacks keeps its size without a unit; a bad size is ignored.
+        let x = xml(
+            "<Pixels SizeX=\"4\" SizeY=\"3\" PhysicalSizeX=\"3\" PhysicalSizeXUnit=\"pixel\" \
+             PhysicalSizeY=\"-1\"/>",
+        );
+        let v = parse(&x, "a").unwrap()[0].voxel_size().unwrap();
+        assert_eq!((v.size, v.units), (vec![1.0, 1.0, 3.0], vec![None; 3]));
+        // None given: none known.
+        let x = xml("<Pixels SizeX=\"4\" SizeY=\"3\"/>");
+        assert_eq!(parse(&x, "a").unwrap()[0].voxel_size(), None);
     }
 
     #[test]

@@ -19,6 +19,7 @@ use super::{Block, BufferBlock, Source, ome_tiff};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, InputError, IoContext, Result, to_usize};
 use crate::fingerprint::{fnv1a, stamp};
+use crate::ome::VoxelSize;
 use crate::region::{Region, fmt_shape};
 
 type Dec = Decoder<BufReader<File>>;
@@ -257,6 +258,8 @@ pub(crate) struct TiffStack {
     axes: Option<Vec<String>>,
     /// Which series of how many, for an OME-TIFF.
     series: Option<(usize, usize)>,
+    /// The voxel size an OME-TIFF gives.
+    voxel: Option<VoxelSize>,
 }
 
 impl TiffStack {
@@ -287,6 +290,7 @@ impl TiffStack {
             dtype,
             axes: None,
             series: None,
+            voxel: None,
         })
     }
 
@@ -360,6 +364,7 @@ impl TiffStack {
                 format!("series {pick} names no page of the file's {n}"),
             ));
         };
+        let voxel = chosen.and_then(ome_tiff::Series::voxel_size);
         let (shape, planes, axes) = match chosen {
             Some(s) => {
                 if let Some(&last) = s.ifds.iter().max()
@@ -394,6 +399,7 @@ impl TiffStack {
             dtype,
             axes,
             series: ome.as_ref().map(|all| (pick, all.len())),
+            voxel,
         })
     }
 }
@@ -484,6 +490,11 @@ impl Source for TiffStack {
     /// An OME-TIFF's axes: t, c, z, y, x without those of length one.
     fn axis_names(&self) -> Option<Vec<String>> {
         self.axes.clone()
+    }
+
+    /// An OME-TIFF's physical sizes and time increment.
+    fn voxel_size(&self) -> Option<VoxelSize> {
+        self.voxel.clone()
     }
 
     /// A page is decoded whole: the commands that read by blocks (reductions, kernels) read

@@ -300,10 +300,12 @@ impl JobWriter {
         check_replaceable(path, true)?;
         let replace = is_store(path);
         let mut metadata = spec.metadata();
-        metadata["attributes"] = json!({"chunkwise": {
-            "fingerprint": o.fingerprint,
-            "job": o.settings,
-        }});
+        // The spec's own attributes (a voxel size) stay beside the job's.
+        if !metadata["attributes"]["chunkwise"].is_object() {
+            metadata["attributes"]["chunkwise"] = json!({});
+        }
+        metadata["attributes"]["chunkwise"]["fingerprint"] = json!(o.fingerprint);
+        metadata["attributes"]["chunkwise"]["job"] = json!(o.settings);
         let split: Vec<[u64; 2]> = o.split.iter().map(|&(a, b)| [a, b]).collect();
         let job = json!({"fingerprint": o.fingerprint, "job": o.settings, "parts": parts,
                          "split": split, "metadata": metadata});

@@ -80,10 +80,12 @@ impl JobWriter {
             )
         };
         let mut metadata = spec.metadata();
-        metadata["attributes"] = json!({"chunkwise": {
-            "fingerprint": o.fingerprint,
-            "job": o.settings,
-        }});
+        // The spec's own attributes (a voxel size) stay beside the job's.
+        if !metadata["attributes"]["chunkwise"].is_object() {
+            metadata["attributes"]["chunkwise"] = json!({});
+        }
+        metadata["attributes"]["chunkwise"]["fingerprint"] = json!(o.fingerprint);
+        metadata["attributes"]["chunkwise"]["job"] = json!(o.settings);
         if let Some(z) = remote.get("zarr.json")? {
             let fp = fingerprint_of(&z);
             let same = fp.as_deref() == Some(o.fingerprint);

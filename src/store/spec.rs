@@ -213,6 +213,7 @@ pub struct StoreSpec {
     subchunks: Option<Vec<u64>>,
     axis_names: Option<Vec<String>>,
     fill_value: Option<Number>,
+    attributes: Value,
 }
 
 impl StoreSpec {
@@ -227,6 +228,7 @@ impl StoreSpec {
             subchunks: None,
             axis_names: None,
             fill_value: None,
+            attributes: json!({}),
         }
     }
 
@@ -261,6 +263,12 @@ impl StoreSpec {
         self
     }
 
+    /// The array's `attributes` (a JSON object; default empty).
+    pub fn attributes(mut self, attributes: Value) -> Self {
+        self.attributes = attributes;
+        self
+    }
+
     /// The array shape.
     pub fn shape(&self) -> &[u64] {
         &self.shape
@@ -286,6 +294,12 @@ impl StoreSpec {
     /// # Errors
     /// [`Error::InvalidOption`] naming the option that is wrong.
     pub fn validate(&self) -> Result<Grid> {
+        if !self.attributes.is_object() {
+            return Err(Error::option(
+                "attributes",
+                format!("{} is not a JSON object", self.attributes),
+            ));
+        }
         if self.shape.is_empty() {
             return Err(Error::option(
                 "shape",
@@ -460,7 +474,7 @@ impl StoreSpec {
             "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
             "fill_value": fill,
             "codecs": codecs,
-            "attributes": {}
+            "attributes": self.attributes
         });
         if let Some(names) = &self.axis_names {
             meta["dimension_names"] = json!(names);

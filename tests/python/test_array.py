@@ -403,3 +403,34 @@ def test_ome_tiff_series_and_axes(tmp):
     np.testing.assert_array_equal(cw.open(out)[...], np.load(os.path.join(root, "tczyx.npy")))
     with pytest.raises(cw.errors.InvalidOptionError, match="series 3 asked for"):
         cw.open(two, series=3)
+
+
+def test_ome_tiff_physical_sizes_reach_the_store_and_the_pyramid(tmp):
+    """An OME-TIFF's physical sizes and time increment become the array's voxel size
+    (spec/FORMAT.md §2) and its pyramid's scale, as ome-zarr-py reads it; the oracle is the
+    fixture's manifest (what make_tiff_fixtures.py wrote through tifffile)."""
+    import json
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "tiff")
+    entry = next(e for e in json.load(open(os.path.join(root, "manifest.json")))["files"]
+                 if e["file"] == "tzyx_physical.ome.tif")
+    tif = os.path.join(root, "tzyx_physical.ome.tif")
+    assert cw.open(tif).voxel_size == tuple(entry["voxel_size"])
+    a = cw.convert(tif, os.path.join(tmp, "t.zarr"))
+    assert (a.voxel_size, a.units) == (tuple(entry["voxel_size"]), tuple(entry["units"]))
+    assert a.info()["voxel_size"] == entry["voxel_size"]
+    cw.pyramid(a, os.path.join(tmp, "t.ome.zarr"))
+    node = list(Reader(parse_url(os.path.join(tmp, "t.ome.zarr")))())[0]
+    ms = node.metadata
+    assert [x["name"] for x in ms["axes"]] == entry["axes"]
+    assert [x.get("unit") for x in ms["axes"]] == entry["units"]
+    assert ms["coordinateTransformations"][0][0]["scale"] == entry["voxel_size"]
+    # Given: they win; a plain numpy input records them too.
+    b = cw.convert(np.zeros((2, 3, 4), np.uint8), os.path.join(tmp, "b.zarr"),
+                   voxel_size=(2, 0.5, 0.5), units=("micrometer", None, "micrometer"))
+    assert (b.voxel_size, b.units) == ((2.0, 0.5, 0.5), ("micrometer", None, "micrometer"))
+    assert cw.from_array(np.zeros((2, 3)), os.path.join(tmp, "c.zarr")).voxel_size is None
+    with pytest.raises(cw.errors.InvalidOptionError, match="not a positive size"):
+        cw.convert(np.zeros((2, 3)), os.path.join(tmp, "d.zarr"), voxel_size=(1, -1))
+    assert not os.path.exists(os.path.join(tmp, "d.zarr"))

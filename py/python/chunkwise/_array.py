@@ -208,6 +208,20 @@ class Array:
         """Whether this is a Zarr store (which can be written and grown)."""
         return self._source().is_store()
 
+    @property
+    def voxel_size(self) -> tuple | None:
+        """The physical size of a voxel per axis, if the array records one (an OME-TIFF's
+        physical sizes, ``convert(..., voxel_size=...)``; spec/FORMAT.md §2), else None."""
+        v = self._source().voxel_size()
+        return None if v is None else tuple(v[0])
+
+    @property
+    def units(self) -> tuple | None:
+        """The UDUNITS-2 unit of each axis beside :attr:`voxel_size` (None for an axis without
+        one), or None when the array records no voxel size."""
+        v = self._source().voxel_size()
+        return None if v is None else tuple(v[1])
+
     def info(self) -> dict:
         """``chunkwise info --json``: shape, type, chunks, codecs, stored bytes, ..."""
         return json.loads(self._source().info())
@@ -431,10 +445,12 @@ def create(path, shape, dtype, chunks=None, codec=None, fill_value=0, overwrite=
 
 @_deferrable(1)
 def convert(inputs, path, chunks=None, codec=None, level=None, *, checksum=False, shard=None,
-            axis_names=None, dtype=None, shape=None, series=None, overwrite=False,
-            partition=None, progress=None, threads=None, memory=None) -> Array:
+            axis_names=None, voxel_size=None, units=None, dtype=None, shape=None, series=None,
+            overwrite=False, partition=None, progress=None, threads=None, memory=None) -> Array:
     """``chunkwise convert``: any input (paths as :func:`open` takes them, an Array, a numpy
     array) written as a chunked store at ``path``, streaming; returns the store opened.
+    ``voxel_size`` (one per axis) and ``units`` (UDUNITS-2 names, "" or None for none) are
+    recorded in its attributes (default: the input's, an OME-TIFF's physical sizes).
     ``partition="I/N"`` writes one part of N sharing one job; a part that leaves the
     publishing to another returns None. ``defer=True`` returns a :class:`chunkwise.Job`."""
     from ._compute import _partition
@@ -444,7 +460,10 @@ def convert(inputs, path, chunks=None, codec=None, level=None, *, checksum=False
         src = source(inputs)
     d, close = opts(progress, threads, memory, chunks=chunks, codec=codec, level=level,
                     checksum=checksum, shard=None if shard is None else [int(c) for c in shard],
-                    axis_names=axis_names, overwrite=overwrite, partition=_partition(partition))
+                    axis_names=axis_names,
+                    voxel_size=None if voxel_size is None else [float(v) for v in voxel_size],
+                    units=None if units is None else ["" if u is None else str(u) for u in units],
+                    overwrite=overwrite, partition=_partition(partition))
     try:
         report = json.loads(_chunkwise.convert(src, fspath(path), d))
     finally:
