@@ -1,6 +1,7 @@
 //! Instrument TIFFs (spec/CLI.md "TIFF inputs"): BigTIFF, tiled and strip TIFFs, LZW, deflate,
-//! zstd and PackBits with and without predictors, OME-TIFFs with time and channel axes and
-//! several series (`--series`), and a page of another size refused. The fixtures and their
+//! zstd and PackBits with and without predictors, OME-TIFFs with time and channel axes,
+//! physical sizes and several series (`--series`), multi-file and companion-file OME-TIFF
+//! datasets, and a page of another size refused. The fixtures and their
 //! expected arrays are tifffile's (fixtures/make_tiff_fixtures.py, listed in
 //! fixtures/tiff/manifest.json).
 
@@ -278,4 +279,69 @@ fn physical_sizes_reach_the_attributes_the_pyramid_and_info() {
         assert!(stderr(&o).contains(want), "{flag} {value}: {}", stderr(&o));
         assert!(!bad.exists());
     }
+}
+
+/// CLI "TIFF inputs": a multi-file OME-TIFF reads whole from any of its files (each carries the
+/// whole OME-XML; the others are found beside it), given by a relative path from its own
+/// directory too; `info` says how many files; a job on it knows every file (its fingerprint
+/// changes when one of them does).
+#[test]
+fn a_multi_file_ome_tiff_reads_whole_from_any_of_its_files() {
+    let dir = tmp();
+    let want = read_npy(&fixture("tiff/multi_0.npy"));
+    // Copied, so that a file can be changed below.
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    for k in 0..3 {
+        let name = format!("multi_{k}.ome.tif");
+        std::fs::copy(fixture(&format!("tiff/{name}")), data.join(&name)).unwrap();
+    }
+    for k in 0..3 {
+        let out = dir.path().join(format!("from{k}.zarr"));
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_chunkwise"))
+            .current_dir(&data)
+            .args(["convert", &format!("multi_{k}.ome.tif"), "-o"])
+            .arg(&out)
+            .arg("--quiet")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "file {k}: {}", stderr(&o));
+        let store = Store::open(&out).unwrap();
+        assert_eq!(store.shape(), &want.shape[..], "file {k}");
+        let mut back = vec![0u8; want.bytes.len()];
+        store
+            .read_region_into(&Region::full(store.shape()), &mut back)
+            .unwrap();
+        assert!(
+            back == want.bytes,
+            "file {k}: values differ from tifffile's"
+        );
+    }
+    let first = data.join("multi_0.ome.tif");
+    let info = stdout(&chunkwise(&["info", first.to_str().unwrap()]));
+    assert!(info.contains("and 2 other files"), "{info}");
+    let smooth = dir.path().join("g.zarr");
+    let job = || {
+        chunkwise(&[
+            "gaussian",
+            first.to_str().unwrap(),
+            smooth.to_str().unwrap(),
+            "--sigma",
+            "1",
+            "--quiet",
+        ])
+    };
+    let o = job();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(job().status.success(), "the same job again: nothing to do");
+    let last = data.join("multi_2.ome.tif");
+    let mut bytes = std::fs::read(&last).unwrap();
+    bytes.push(0);
+    std::fs::write(&last, bytes).unwrap();
+    let o = job();
+    assert!(
+        !o.status.success() && stderr(&o).contains("overwrit"),
+        "a change in another file of the dataset is not seen: {}",
+        stderr(&o)
+    );
 }

@@ -15,8 +15,13 @@ pub(crate) struct Series {
     pub t: u64,
     /// The pixel type OME names (`uint16`, `float`, ...).
     pub pixel_type: String,
-    /// The page of each plane, planes in the order t, c, z (C order, z fastest).
-    pub ifds: Vec<usize>,
+    /// The file (an index into `files`) and page of each plane, planes in the order t, c, z
+    /// (C order, z fastest).
+    pub ifds: Vec<(usize, usize)>,
+    /// The files holding its planes: the XML's own first (`""`: the file the XML was read
+    /// from), then the others its `TiffData` name (multi-file OME-TIFF: plain file names,
+    /// beside it).
+    pub files: Vec<String>,
     /// `PhysicalSizeX`, `PhysicalSizeY`, `PhysicalSizeZ` and `TimeIncrement`, each with its
     /// unit's symbol (OME's defaults: `µm`, `s`), where the XML gives them.
     pub physical: [Option<(f64, String)>; 4],
@@ -81,8 +86,25 @@ pub(crate) fn is_ome(description: &str) -> bool {
         || description.trim_start().starts_with("<OME")
 }
 
+/// The companion file an OME-TIFF's XML defers to (`<BinaryOnly MetadataFile="..."/>`, as
+/// Bio-Formats writes multi-file datasets), if it does. Errors are messages.
+pub(crate) fn companion(xml: &str) -> Result<Option<String>, String> {
+    let doc = roxmltree::Document::parse(xml).map_err(|e| format!("OME-XML: {e}"))?;
+    let Some(b) = doc.descendants().find(|n| n.has_tag_name("BinaryOnly")) else {
+        return Ok(None);
+    };
+    let name = b.attribute("MetadataFile").unwrap_or("");
+    if name.is_empty() || name.contains(['/', '\\']) || name == ".." || name == "." {
+        return Err(format!(
+            "OME-XML: BinaryOnly names the metadata file {name:?}, which is not a file name \
+             beside this one"
+        ));
+    }
+    Ok(Some(name.to_string()))
+}
+
 /// The series of OME-XML `xml`; `file` is the TIFF's own name, for multi-file datasets (whose
-/// planes name other files: refused). Errors are messages, without the path.
+/// planes name other files beside it). Errors are messages, without the path.
 pub(crate) fn parse(xml: &str, file: &str) -> Result<Vec<Series>, String> {
     let doc = roxmltree::Document::parse(xml).map_err(|e| format!("OME-XML: {e}"))?;
     let mut out = Vec::new();
@@ -153,19 +175,31 @@ pub(crate) fn parse(xml: &str, file: &str) -> Result<Vec<Series>, String> {
             .children()
             .filter(|n| n.has_tag_name("TiffData"))
             .collect();
-        let mut ifds: Vec<Option<usize>> = vec![None; planes];
+        let mut ifds: Vec<Option<(usize, usize)>> = vec![None; planes];
+        let mut files = vec![String::new()];
         if datas.is_empty() {
             // No TiffData: the planes are the file's pages in storage order.
-            ifds = (0..planes).map(Some).collect();
+            ifds = (0..planes).map(|k| Some((0, k))).collect();
         }
         for d in &datas {
+            let mut in_file = 0;
             if let Some(uuid) = d.children().find(|n| n.has_tag_name("UUID")) {
                 let name = uuid.attribute("FileName").unwrap_or("");
                 if !name.is_empty() && name != file {
-                    return Err(format!(
-                        "OME-XML: image {i} has planes in {name:?}: multi-file OME-TIFF \
-                         datasets are not read (convert each file)"
-                    ));
+                    // Bio-Formats' rule: a plain file name, beside the file holding the XML.
+                    if name.contains(['/', '\\']) || name == ".." || name == "." {
+                        return Err(format!(
+                            "OME-XML: image {i} has planes in {name:?}, which is not a file \
+                             name (multi-file datasets name files beside {file:?})"
+                        ));
+                    }
+                    in_file = match files.iter().position(|f| f == name) {
+                        Some(k) => k,
+                        None => {
+                            files.push(name.to_string());
+                            files.len() - 1
+                        }
+                    };
                 }
             }
             let num = |name: &str, default: u64| -> Result<u64, String> {
@@ -198,7 +232,7 @@ pub(crate) fn parse(xml: &str, file: &str) -> Result<Vec<Series>, String> {
                 ));
             }
             for k in 0..count {
-                ifds[start + k] = Some(ifd as usize + k);
+                ifds[start + k] = Some((in_file, ifd as usize + k));
             }
         }
         // In the order t, c, z.
@@ -229,6 +263,7 @@ pub(crate) fn parse(xml: &str, file: &str) -> Result<Vec<Series>, String> {
             t,
             pixel_type: pixels.attribute("Type").unwrap_or("").to_string(),
             ifds: by_tcz,
+            files,
             physical: [
                 physical("PhysicalSizeX", "\u{b5}m"),
                 physical("PhysicalSizeY", "\u{b5}m"),
@@ -265,7 +300,7 @@ mod tests {
         assert_eq!(s.axes().1, vec![2, 3, 3, 4]);
         assert_eq!(s.axes().0, vec!["c", "z", "y", "x"]);
         // In t, c, z order: c=0: z=0,1,2 -> pages 0, 2, 4; c=1 -> 1, 3, 5.
-        assert_eq!(s.ifds, vec![0, 2, 4, 1, 3, 5]);
+        assert_eq!(s.ifds, [0, 2, 4, 1, 3, 5].map(|k| (0, k)));
     }
 
     #[test]
@@ -278,7 +313,21 @@ mod tests {
         );
         let s = &parse(&x, "a.ome.tif").unwrap()[0];
         assert_eq!(s.axes().0, vec!["t", "z", "y", "x"]);
-        assert_eq!(s.ifds, vec![7, 5, 9, 10]);
+        assert_eq!(s.ifds, [7, 5, 9, 10].map(|k| (0, k)));
+    }
+
+    #[test]
+    fn planes_in_other_files_name_them() {
+        // Multi-file: z=0,1 in this file's pages 0 and 1, z=2 in b's page 0, z=3 in c's 0.
+        let x = xml(
+            "<Pixels DimensionOrder=\"XYZCT\" SizeX=\"4\" SizeY=\"3\" SizeZ=\"4\">\
+             <TiffData IFD=\"0\" PlaneCount=\"2\"><UUID FileName=\"a.ome.tif\">u1</UUID></TiffData>\
+             <TiffData FirstZ=\"2\"><UUID FileName=\"b.ome.tif\">u2</UUID></TiffData>\
+             <TiffData FirstZ=\"3\"><UUID FileName=\"c.ome.tif\">u3</UUID></TiffData></Pixels>",
+        );
+        let s = &parse(&x, "a.ome.tif").unwrap()[0];
+        assert_eq!(s.files, ["", "b.ome.tif", "c.ome.tif"]);
+        assert_eq!(s.ifds, [(0, 0), (0, 1), (1, 0), (2, 0)]);
     }
 
     #[test]
@@ -326,14 +375,11 @@ mod tests {
         let order = xml("<Pixels DimensionOrder=\"XZYCT\" SizeX=\"4\"/>");
         assert!(parse(&order, "a").unwrap_err().contains("DimensionOrder"));
         let other = xml(
-            "<Pixels SizeX=\"4\" SizeY=\"4\"><TiffData><UUID FileName=\"b.ome.tif\">u</UUID>\
-             </TiffData></Pixels>",
+            "<Pixels SizeX=\"4\" SizeY=\"4\"><TiffData><UUID FileName=\"../b.ome.tif\">u\
+             </UUID></TiffData></Pixels>",
         );
-        assert!(
-            parse(&other, "a.ome.tif")
-                .unwrap_err()
-                .contains("multi-file")
-        );
+        let e = parse(&other, "a.ome.tif").unwrap_err();
+        assert!(e.contains("not a file name"), "{e}");
         let huge = xml("<Pixels SizeX=\"4\" SizeZ=\"100000\" SizeC=\"100000\"/>");
         assert!(parse(&huge, "a").unwrap_err().contains("too many"));
         assert!(parse("<OME", "a").is_err());

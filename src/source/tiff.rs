@@ -238,12 +238,16 @@ fn undo_horizontal(row: &mut [u8], size: usize) {
 enum Pages {
     /// One single-page file per plane.
     Files(Vec<PathBuf>),
-    /// Planes are pages of one file. Decoders (each caches the page offsets it has walked)
-    /// are kept for reuse, one per worker decoding at a time.
-    Multi {
-        path: PathBuf,
-        pool: Mutex<Vec<Dec>>,
-    },
+    /// Planes are pages of one file, or of several (a multi-file OME-TIFF), the file holding
+    /// the OME-XML first.
+    Multi(Vec<PagedFile>),
+}
+
+/// A multi-page file. Decoders (each caches the page offsets it has walked) are kept for
+/// reuse, one per worker decoding at a time.
+struct PagedFile {
+    path: PathBuf,
+    pool: Mutex<Vec<Dec>>,
 }
 
 /// A stack of 2-D TIFF pages: shape (pages, height, width), or an OME-TIFF series' (t, c, z,
@@ -252,8 +256,9 @@ pub(crate) struct TiffStack {
     pages: Pages,
     shape: Vec<u64>,
     dtype: DType,
-    /// The page (or file) of each plane, planes in C order over the axes before y, x.
-    planes: Vec<usize>,
+    /// The file (of `pages`) and page of each plane, planes in C order over the axes before
+    /// y, x.
+    planes: Vec<(usize, usize)>,
     /// The axis names an OME-TIFF gives.
     axes: Option<Vec<String>>,
     /// Which series of how many, for an OME-TIFF.
@@ -285,7 +290,7 @@ impl TiffStack {
             first.ok_or_else(|| Error::Input(InputError::NoInputs(PathBuf::new())))?;
         Ok(TiffStack {
             shape: vec![paths.len() as u64, h, w],
-            planes: (0..paths.len()).collect(),
+            planes: (0..paths.len()).map(|k| (k, 0)).collect(),
             pages: Pages::Files(paths),
             dtype,
             axes: None,
@@ -302,9 +307,20 @@ impl TiffStack {
         let ome = match description.as_deref().filter(|d| ome_tiff::is_ome(d)) {
             Some(xml) => {
                 let file = path.file_name().map(|f| f.to_string_lossy().into_owned());
+                // A dataset's XML may live in a companion file beside it.
+                let companion = ome_tiff::companion(xml).map_err(|e| Error::bad_input(path, e))?;
+                let text;
+                let (xml, from) = match companion {
+                    Some(name) => {
+                        let p = path.parent().unwrap_or(Path::new("")).join(name);
+                        text = read_companion(&p)?;
+                        (text.as_str(), p)
+                    }
+                    None => (xml, path.to_path_buf()),
+                };
                 Some(
                     ome_tiff::parse(xml, file.as_deref().unwrap_or(""))
-                        .map_err(|e| Error::bad_input(path, e))?,
+                        .map_err(|e| Error::bad_input(&from, e))?,
                 )
             }
             None => None,
@@ -333,75 +349,137 @@ impl TiffStack {
             }
             None => None,
         };
-        // Walk every page header; those of the series (all, for a plain TIFF) must share the
-        // first one's shape and type.
-        let wanted: Option<std::collections::BTreeSet<usize>> =
-            chosen.map(|s| s.ifds.iter().copied().collect());
-        let first_page = wanted
-            .as_ref()
-            .and_then(|w| w.first().copied())
-            .unwrap_or(0);
-        let mut first: Option<(u64, u64, DType)> = None;
-        let mut n = 0usize;
-        loop {
-            if wanted.as_ref().is_none_or(|w| w.contains(&n)) {
-                let info = page_info(&mut dec, path, n)?;
-                match first {
-                    None => first = Some(info),
-                    Some(f) => check_same(f, info, path, path, n as u64)?,
+        // The files holding the planes: this one, then those its OME-XML names beside it.
+        let dir = path.parent().unwrap_or(Path::new(""));
+        let paths: Vec<PathBuf> = match chosen {
+            Some(s) => s
+                .files
+                .iter()
+                .map(|f| {
+                    if f.is_empty() {
+                        path.to_path_buf()
+                    } else {
+                        dir.join(f)
+                    }
+                })
+                .collect(),
+            None => vec![path.to_path_buf()],
+        };
+        // Walk every page header of each file; the series' pages (all, for a plain TIFF) must
+        // share the first one's shape and type.
+        let mut first: Option<((u64, u64, DType), PathBuf, usize)> = None;
+        let mut files = Vec::with_capacity(paths.len());
+        let mut own = Some(dec);
+        let mut pages_in_first = 0;
+        for (fi, fpath) in paths.iter().enumerate() {
+            let wanted: Option<std::collections::BTreeSet<usize>> = chosen.map(|s| {
+                s.ifds
+                    .iter()
+                    .filter(|&&(f, _)| f == fi)
+                    .map(|&(_, p)| p)
+                    .collect()
+            });
+            let mut dec = match own.take() {
+                Some(d) => d,
+                None => open_decoder(fpath).map_err(|e| {
+                    Error::bad_input(
+                        path,
+                        format!("its OME-XML puts planes of series {pick} in another file: {e}"),
+                    )
+                })?,
+            };
+            let mut n = 0usize;
+            loop {
+                if wanted.as_ref().is_none_or(|w| w.contains(&n)) {
+                    let info = page_info(&mut dec, fpath, n)?;
+                    match &first {
+                        None => first = Some((info, fpath.clone(), n)),
+                        Some((f, at, _)) => check_same(*f, info, fpath, at, n as u64)?,
+                    }
                 }
+                n += 1;
+                if !dec.more_images() {
+                    break;
+                }
+                dec.next_image()
+                    .map_err(|e| Error::bad_input(fpath, format!("page {n}: {e}")))?;
             }
-            n += 1;
-            if !dec.more_images() {
-                break;
+            if let Some(&last) = wanted.as_ref().and_then(|w| w.last())
+                && last >= n
+            {
+                return Err(Error::bad_input(
+                    path,
+                    format!(
+                        "OME-XML series {pick} names page {last} of {}, which has {n}",
+                        fpath.display()
+                    ),
+                ));
             }
-            dec.next_image()
-                .map_err(|e| Error::bad_input(path, format!("page {n}: {e}")))?;
+            if fi == 0 {
+                pages_in_first = n;
+            }
+            files.push(PagedFile {
+                path: fpath.clone(),
+                pool: Mutex::new(vec![dec]),
+            });
         }
-        let Some((h, w, dtype)) = first else {
+        let Some(((h, w, dtype), first_path, first_page)) = first else {
             return Err(Error::bad_input(
                 path,
-                format!("series {pick} names no page of the file's {n}"),
+                format!("series {pick} names no page of the file's {pages_in_first}"),
             ));
         };
         let voxel = chosen.and_then(ome_tiff::Series::voxel_size);
         let (shape, planes, axes) = match chosen {
             Some(s) => {
-                if let Some(&last) = s.ifds.iter().max()
-                    && last >= n
-                {
-                    return Err(Error::bad_input(
-                        path,
-                        format!("OME-XML series {pick} names page {last}, the file has {n}"),
-                    ));
-                }
                 if (s.y, s.x) != (h, w) {
                     return Err(Error::bad_input(
                         path,
                         format!(
-                            "OME-XML series {pick} says {}x{} pixels, page {first_page} holds {h}x{w}",
-                            s.y, s.x
+                            "OME-XML series {pick} says {}x{} pixels, {} page {first_page} \
+                             holds {h}x{w}",
+                            s.y,
+                            s.x,
+                            first_path.display()
                         ),
                     ));
                 }
                 let (names, shape) = s.axes();
                 (shape, s.ifds.clone(), Some(names))
             }
-            None => (vec![n as u64, h, w], (0..n).collect(), None),
+            None => (
+                vec![pages_in_first as u64, h, w],
+                (0..pages_in_first).map(|k| (0, k)).collect(),
+                None,
+            ),
         };
         Ok(TiffStack {
             shape,
             planes,
-            pages: Pages::Multi {
-                path: path.to_path_buf(),
-                pool: Mutex::new(vec![dec]),
-            },
+            pages: Pages::Multi(files),
             dtype,
             axes,
             series: ome.as_ref().map(|all| (pick, all.len())),
             voxel,
         })
     }
+}
+
+/// The most bytes of a companion OME-XML file read (its XML lists every plane once: a few
+/// hundred bytes each).
+const MAX_COMPANION: u64 = 256 << 20;
+
+/// The text of a companion `.companion.ome` file.
+fn read_companion(p: &Path) -> Result<String> {
+    let len = std::fs::metadata(p).at(p)?.len();
+    if len > MAX_COMPANION {
+        return Err(Error::bad_input(
+            p,
+            format!("a companion OME-XML file of {len} bytes; at most {MAX_COMPANION} are read"),
+        ));
+    }
+    let bytes = std::fs::read(p).at(p)?;
+    String::from_utf8(bytes).map_err(|e| Error::bad_input(p, format!("not UTF-8 OME-XML: {e}")))
 }
 
 fn check_same(
@@ -458,17 +536,21 @@ impl Source for TiffStack {
                 fmt_shape(&self.shape),
                 self.dtype
             ),
-            Pages::Multi { path, .. } => match (self.series, &self.axes) {
+            Pages::Multi(files) => match (self.series, &self.axes) {
                 (Some((s, n)), Some(axes)) => format!(
-                    "OME-TIFF {} series {s} of {n} ({} {}, axes {})",
-                    path.display(),
+                    "OME-TIFF {}{} series {s} of {n} ({} {}, axes {})",
+                    files[0].path.display(),
+                    match files.len() {
+                        1 => String::new(),
+                        k => format!(" and {} other files", k - 1),
+                    },
                     fmt_shape(&self.shape),
                     self.dtype,
                     axes.join(",")
                 ),
                 _ => format!(
                     "multi-page TIFF {} ({} {})",
-                    path.display(),
+                    files[0].path.display(),
                     fmt_shape(&self.shape),
                     self.dtype
                 ),
@@ -482,7 +564,10 @@ impl Source for TiffStack {
                 let files: Vec<String> = f.par_iter().map(|p| stamp(p)).collect();
                 fnv1a(&files.join("\n"))
             }
-            Pages::Multi { path, .. } => stamp(path),
+            Pages::Multi(files) => {
+                let stamps: Vec<String> = files.iter().map(|f| stamp(&f.path)).collect();
+                fnv1a(&stamps.join("\n"))
+            }
         };
         format!("{}: {stamps}", self.describe())
     }
@@ -543,10 +628,10 @@ impl Source for TiffStack {
             }
             Ok(())
         };
-        // The page (or file) of the block's k-th plane: its index over the axes before y, x.
+        // The file and page of the block's k-th plane: its index over the axes before y, x.
         let lead = &self.shape[..nd - 2];
         let lead_ranges = &r[..nd - 2];
-        let page_of = |k: usize| -> usize {
+        let page_of = |k: usize| -> (usize, usize) {
             let (mut rest, mut flat, mut stride) = (k, 0usize, 1usize);
             for a in (0..lead.len()).rev() {
                 let len = (lead_ranges[a].end - lead_ranges[a].start) as usize;
@@ -562,18 +647,19 @@ impl Source for TiffStack {
                 Pages::Files(files) => {
                     data.par_chunks_mut(plane).enumerate().try_for_each(
                         |(k, out)| -> Result<()> {
-                            let path = &files[page_of(k)];
+                            let path = &files[page_of(k).0];
                             let mut dec = open_decoder(path)?;
                             let page = decode_page(&mut dec, path, 0, self.dtype)?;
                             crop(&page, out, path, 0)
                         },
                     )?;
                 }
-                Pages::Multi { path, pool } => {
+                Pages::Multi(files) => {
                     // Pages decode in parallel, each worker with a decoder of its own.
                     data.par_chunks_mut(plane).enumerate().try_for_each(
                         |(k, out)| -> Result<()> {
-                            let z = page_of(k);
+                            let (f, z) = page_of(k);
+                            let PagedFile { path, pool } = &files[f];
                             let taken = pool.lock().expect("no decoder user panics").pop();
                             let mut dec = match taken {
                                 Some(d) => d,
