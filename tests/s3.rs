@@ -379,6 +379,51 @@ fn s3_errors_name_the_url_and_what_to_check() {
     assert!(!d.join("s3:").exists());
 }
 
+/// Uploads every file under `local` to `s3://bucket/prefix/...` by plain HTTP PUTs.
+fn upload(port: u16, bucket: &str, prefix: &str, local: &Path) {
+    for e in std::fs::read_dir(local).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_str().unwrap().to_string();
+        if p.is_dir() {
+            upload(port, bucket, &format!("{prefix}/{name}"), &p);
+            continue;
+        }
+        let body = std::fs::read(&p).unwrap();
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "PUT /{bucket}/{prefix}/{name} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        s.write_all(&body).unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).ok();
+        assert!(reply.starts_with("HTTP/1.1 200"), "PUT {name}: {reply}");
+    }
+}
+
+/// Issue 14: a Zarr v2 store whose blosc chunks carry trailing bytes (z5py's) reads on object
+/// storage as it does from a disk (FORMAT §7.1), equal to the corpus' expected array.
+#[test]
+fn v2_blosc_chunks_with_trailing_bytes_read_from_s3() {
+    let dir = tmp();
+    let d = dir.path();
+    let moto = Moto::start();
+    moto.bucket("cw-corpus");
+    let store = root().join("fixtures/corpus/zarr_python_3/v2_blosc_trailing.zarr");
+    upload(moto.port, "cw-corpus", "z5.zarr", &store);
+    moto.ok(
+        d,
+        &["export", "s3://cw-corpus/z5.zarr", "-o", "back.npy", "-q"],
+    );
+    let want = crate::common::read_npy(&root().join("fixtures/corpus/expected/source_u2.npy"));
+    let got = crate::common::read_npy(&d.join("back.npy"));
+    assert_eq!((got.shape, got.bytes), (want.shape, want.bytes));
+}
+
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }

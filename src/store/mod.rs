@@ -335,6 +335,8 @@ impl Store {
         }
         let array =
             Array::open(remote.zarr.clone(), "/").map_err(|e| codecs::open_error(&path, e))?;
+        // z5py's blosc chunks with trailing bytes read on object storage as on a disk.
+        let array = codecs::frame_blosc_v2(array, remote.zarr.clone());
         Store::from_array(path, array, Some(remote))
     }
 
