@@ -212,11 +212,11 @@ fn convert_partitioned(
     opts: &ConvertOptions,
     part: (u32, u32),
 ) -> Result<ConvertReport> {
-    if opts.subchunks.is_some() || opts.axis_names.is_some() {
+    if opts.subchunks.is_some() {
         return Err(Error::option(
             "partition",
-            "a partitioned convert writes plain chunks: sharding and axis names are not \
-             supported with it yet (convert in one process, or leave them out)",
+            "a partitioned convert writes plain chunks: sharding is not supported with it yet \
+             (convert in one process, or leave --shard out)",
         ));
     }
     crate::store::check_part(part)?;
@@ -224,7 +224,11 @@ fn convert_partitioned(
         let start = Instant::now();
         let view = input.view();
         let source = view.source();
-        let spec = output_spec(source.as_ref(), opts)?.attributes(attributes(input, opts)?);
+        // Axis names given, else the input's own (an OME-TIFF's), as one convert writes them.
+        let names = opts.axis_names.clone().or_else(|| source.axis_names());
+        let spec = output_spec(source.as_ref(), opts)?
+            .attributes(attributes(input, opts)?)
+            .axis_names(names.clone());
         let (shape, dtype) = (spec.shape().to_vec(), spec.dtype());
         let (chunks, codec) = (spec.chunk_shape().to_vec(), spec.codec_choice());
         let grid = Grid::new(&shape, &chunks)?;
@@ -232,6 +236,9 @@ fn convert_partitioned(
             "chunkwise convert v2\noutput: {dtype} {chunks:?} {codec:?} checksum={}\n",
             opts.checksum
         );
+        if let Some(n) = &names {
+            settings.push_str(&format!("axes: {n:?}\n"));
+        }
         settings.push_str(&format!("input: {}\n", input.identity()));
         let fingerprint = crate::fingerprint::fnv1a(&settings);
         let stored = input

@@ -345,3 +345,67 @@ fn a_multi_file_ome_tiff_reads_whole_from_any_of_its_files() {
         stderr(&o)
     );
 }
+
+/// CLI `convert --partition`: the parts of an OME-TIFF's convert publish the array one convert
+/// writes, its axis names and voxel size included (they were dropped, or refused when given).
+#[test]
+fn an_ome_tiff_converted_in_parts_keeps_its_axes_and_voxel_size() {
+    let dir = tmp();
+    let tif = fixture("tiff/tzyx_physical.ome.tif");
+    let p = |x: &Path| x.to_str().unwrap().to_string();
+    let whole = dir.path().join("whole.zarr");
+    let o = chunkwise(&[
+        "convert",
+        &p(&tif),
+        "-o",
+        &p(&whole),
+        "--chunks",
+        "1,2,9,9",
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let parts = dir.path().join("parts.zarr");
+    for part in ["1/2", "0/2"] {
+        let o = chunkwise(&[
+            "convert",
+            &p(&tif),
+            "-o",
+            &p(&parts),
+            "--chunks",
+            "1,2,9,9",
+            "--partition",
+            part,
+            "-q",
+        ]);
+        assert!(o.status.success(), "{part}: {}", stderr(&o));
+    }
+    assert_eq!(dimension_names(&parts), dimension_names(&whole));
+    assert_eq!(
+        attributes(&parts)["chunkwise"]["voxel_size"],
+        attributes(&whole)["chunkwise"]["voxel_size"]
+    );
+    assert_eq!(
+        dimension_names(&parts),
+        serde_json::json!(["t", "z", "y", "x"])
+    );
+    // Given axis names too.
+    let named = dir.path().join("named.zarr");
+    for part in ["0/2", "1/2"] {
+        let o = chunkwise(&[
+            "convert",
+            &p(&tif),
+            "-o",
+            &p(&named),
+            "--partition",
+            part,
+            "--axis-names",
+            "time,z,y,x",
+            "-q",
+        ]);
+        assert!(o.status.success(), "{part}: {}", stderr(&o));
+    }
+    assert_eq!(
+        dimension_names(&named),
+        serde_json::json!(["time", "z", "y", "x"])
+    );
+}
