@@ -715,6 +715,13 @@ impl VoxelSize {
         VoxelSize::new(ndim, Some(size), units).ok()
     }
 
+    /// An array's `attributes` recording it (FORMAT §2), for [`crate::StoreSpec::attributes`].
+    pub fn attributes(&self) -> Value {
+        let mut a = json!({});
+        self.write_into(&mut a);
+        a
+    }
+
     /// Its attributes entry, merged under `chunkwise` (`voxel_size`, `units`; no unit: null).
     pub(crate) fn write_into(&self, attrs: &mut Value) {
         if !attrs.is_object() {

@@ -485,7 +485,7 @@ fn codec(name: Option<&str>, level: Option<i32>) -> PyResult<Option<Codec>> {
 
 /// `Store::create`: an empty array (every chunk the fill value).
 #[pyfunction]
-#[pyo3(signature = (path, shape, dtype, chunks=None, codec_name=None, level=None, fill_value=None, checksum=false, subchunks=None, axis_names=None))]
+#[pyo3(signature = (path, shape, dtype, chunks=None, codec_name=None, level=None, fill_value=None, checksum=false, subchunks=None, axis_names=None, voxel_size=None, units=None))]
 #[allow(clippy::too_many_arguments)]
 fn create(
     py: Python<'_>,
@@ -499,10 +499,20 @@ fn create(
     checksum: bool,
     subchunks: Option<Vec<u64>>,
     axis_names: Option<Vec<String>>,
+    voxel_size: Option<Vec<f64>>,
+    units: Option<Vec<String>>,
 ) -> PyResult<Source> {
     let dtype = dtype_of(dtype)?;
     let chunks = chunks.unwrap_or_else(|| chunkwise::default_chunks(&shape));
+    let attributes = if voxel_size.is_some() || units.is_some() {
+        chunkwise::VoxelSize::new(shape.len(), voxel_size, units)
+            .map_err(to_py)?
+            .attributes()
+    } else {
+        serde_json::json!({})
+    };
     let mut spec = StoreSpec::new(shape, dtype, chunks)
+        .attributes(attributes)
         .codec(Codec::resolve(codec(codec_name, None)?, level, dtype).map_err(to_py)?)
         .checksum(checksum)
         .subchunks(subchunks)

@@ -431,6 +431,11 @@ def test_ome_tiff_physical_sizes_reach_the_store_and_the_pyramid(tmp):
                    voxel_size=(2, 0.5, 0.5), units=("micrometer", None, "micrometer"))
     assert (b.voxel_size, b.units) == ((2.0, 0.5, 0.5), ("micrometer", None, "micrometer"))
     assert cw.from_array(np.zeros((2, 3)), os.path.join(tmp, "c.zarr")).voxel_size is None
+    c = cw.from_array(np.zeros((2, 3)), os.path.join(tmp, "c2.zarr"), voxel_size=(4, 1),
+                      units=("second", ""))
+    assert (c.voxel_size, c.units) == ((4.0, 1.0), ("second", None))
+    e = cw.create(os.path.join(tmp, "e.zarr"), (5, 6), "uint8", voxel_size=(1, 2))
+    assert (e.voxel_size, e.units) == ((1.0, 2.0), (None, None))
     with pytest.raises(cw.errors.InvalidOptionError, match="not a positive size"):
         cw.convert(np.zeros((2, 3)), os.path.join(tmp, "d.zarr"), voxel_size=(1, -1))
     assert not os.path.exists(os.path.join(tmp, "d.zarr"))

@@ -412,8 +412,10 @@ def _clear(path, overwrite):
 
 
 def create(path, shape, dtype, chunks=None, codec=None, fill_value=0, overwrite=False, *,
-           level=None, checksum=False, shard=None, axis_names=None) -> Array:
+           level=None, checksum=False, shard=None, axis_names=None, voxel_size=None,
+           units=None) -> Array:
     """Creates an empty store (every chunk absent, reading as ``fill_value``) and opens it.
+    ``voxel_size`` and ``units`` (one per axis) are recorded as :func:`convert` records them.
 
     ``codec``: ``zstd``, ``blosc-zstd``, ``blosc-lz4`` or ``pcodec`` as the command line's ``--codec``
     takes it (None or ``"default"``: the type's default); ``chunks`` defaults to chunkwise's default chunking.
@@ -422,7 +424,9 @@ def create(path, shape, dtype, chunks=None, codec=None, fill_value=0, overwrite=
     args = ([int(n) for n in shape], dtype_name(dtype),
             None if chunks is None else [int(c) for c in chunks], codec, level,
             None if fill_value is None else exact(fill_value), bool(checksum),
-            None if shard is None else [int(c) for c in shard], axis_names)
+            None if shard is None else [int(c) for c in shard], axis_names,
+            None if voxel_size is None else [float(v) for v in voxel_size],
+            None if units is None else ["" if u is None else str(u) for u in units])
     if is_url(path) or not os.path.lexists(path):
         # On object storage, an existing array is refused (without overwrite) by the writer.
         src = _chunkwise.create(path, *args)
@@ -512,15 +516,18 @@ def pyramid(input, path, *, method="mean", levels=None, factors=None, factors_pe
 
 
 def from_array(x, path, chunks=None, codec=None, level=None, *, overwrite=False, progress=None,
-               threads=None, memory=None, checksum=False, shard=None, axis_names=None) -> Array:
+               threads=None, memory=None, checksum=False, shard=None, axis_names=None,
+               voxel_size=None, units=None) -> Array:
     """Writes a numpy array (or anything ``numpy.asarray`` takes) as a new store at ``path``
-    (``checksum``, ``shard`` and ``axis_names`` as :func:`create` takes them)."""
+    (``checksum``, ``shard``, ``axis_names``, ``voxel_size`` and ``units`` as :func:`create`
+    takes them)."""
     a = np.asarray(x)
     if a.ndim == 0:
         raise ValueError("0-dimensional arrays are not supported: give at least one axis")
     dtype_name(a.dtype)
     out = create(path, a.shape, a.dtype, chunks=chunks, codec=codec, level=level,
-                 overwrite=overwrite, checksum=checksum, shard=shard, axis_names=axis_names)
+                 overwrite=overwrite, checksum=checksum, shard=shard, axis_names=axis_names,
+                 voxel_size=voxel_size, units=units)
     # Written one layer of chunks at a time from the caller's array (a memmap too): no copy of
     # the whole array is made.
     cb, close = progress_fn(progress)
