@@ -286,6 +286,26 @@ fn convert_partitioned(
         let (l0, l1) = job.part_layers(part.0);
         let mut mine: Vec<_> = grid.grid_shape().into_iter().map(|n| 0..n).collect();
         mine[0] = l0..l1;
+        // A store encoded as the output is: its chunk files copied, not decoded.
+        if let Some(store) = input.store().filter(|s| job.same_chunk_bytes(s)) {
+            let copied = copy_part(store, &job, &grid, &mine, &done, &opts.run);
+            let (n, stored, bytes_in) = match copied {
+                Ok(v) => v,
+                Err(e) => {
+                    let _ = job.checkpoint();
+                    return Err(e);
+                }
+            };
+            report.chunks_written = n;
+            report.chunks_copied = n;
+            report.bytes_stored = stored;
+            report.bytes_in = bytes_in;
+            if let Finish::Waiting { done, total } = job.finish()? {
+                report.waiting = Some((done, total));
+            }
+            report.seconds = start.elapsed().as_secs_f64();
+            return Ok(report);
+        }
         // Each part streams its layers in one pass (two passes through an intermediate
         // array would need every part's first pass done before any second).
         let step = match plan(source.as_ref(), &grid, &opts.run)? {
@@ -594,6 +614,47 @@ fn convert_in_pool(input: &Input, out: &Path, opts: &ConvertOptions) -> Result<C
 /// Copies every stored chunk of `store` into `writer` as it is stored (spec/FORMAT.md §8.1):
 /// the two arrays' chunks are the same bytes, so nothing is decoded or encoded. Returns
 /// (chunks written, bytes stored, bytes they hold decoded).
+/// [`copy_encoded`] for a part of a job: the chunks of `mine` (a box of chunk indices) not in
+/// `done`, copied as stored and logged; absent ones recorded as absent. Returns (chunks
+/// copied, bytes stored, bytes they hold decoded).
+fn copy_part(
+    store: &Store,
+    job: &JobWriter,
+    grid: &Grid,
+    mine: &[std::ops::Range<u64>],
+    done: &ChunkSet,
+    run: &RunOptions,
+) -> Result<(u64, u64, u64)> {
+    let itemsize = store.dtype().size() as u64;
+    let todo: Vec<Vec<u64>> = indices_in(mine)
+        .into_iter()
+        .filter(|i| !done.contains(i))
+        .collect();
+    let total: u64 = todo
+        .iter()
+        .map(|i| u64::try_from(grid.chunk_region(i).len()).unwrap_or(0) * itemsize)
+        .sum();
+    let tracker = Tracker::new("convert", Unit::Bytes, total, run.progress.clone());
+    todo.par_iter()
+        .map(|idx| -> Result<(u64, u64, u64)> {
+            run.check()?;
+            let n = u64::try_from(grid.chunk_region(idx).len()).unwrap_or(0) * itemsize;
+            let got = match store.read_encoded(idx)? {
+                Some(bytes) => (1, job.write_encoded(idx, bytes)?, n),
+                None => {
+                    job.record_absent(idx);
+                    (0, 0, 0)
+                }
+            };
+            if job.checkpoint_due(64) {
+                job.checkpoint()?;
+            }
+            tracker.add(n);
+            Ok(got)
+        })
+        .try_reduce(|| (0, 0, 0), |a, b| Ok((a.0 + b.0, a.1 + b.1, a.2 + b.2)))
+}
+
 fn copy_encoded(store: &Store, writer: &StoreWriter, run: &RunOptions) -> Result<(u64, u64, u64)> {
     let grid = writer.grid();
     let gshape = grid.grid_shape();

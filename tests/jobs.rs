@@ -835,6 +835,32 @@ fn a_convert_in_parts_equals_one_convert() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("partition") && e.contains("shard"), "{e}");
+
+    // Same chunks and codec as the input store: each part copies its chunks as stored (no
+    // decoding), and the parts publish the input's values; another codec re-encodes.
+    for (codec, copies) in [
+        (None, true),
+        (Some(chunkwise::Codec::Zstd { level: 3 }), false),
+    ] {
+        let out = dir.path().join(format!("copy-{copies}.zarr"));
+        let mut copied = 0;
+        for i in [1, 0] {
+            let mut o = chunkwise::ConvertOptions::default()
+                .chunks(Some(vec![4, 4, 4]))
+                .partition(Some((i, 2)));
+            if let Some(c) = codec {
+                o = o.codec(c);
+            }
+            let r = chunkwise::convert(&crate::common::input(&input), &out, &o).unwrap();
+            copied += r.chunks_copied;
+        }
+        let src = Store::open(&input).unwrap();
+        assert_eq!(copied > 0, copies, "{codec:?}");
+        if copies {
+            assert_eq!(copied, src.chunk_indices().len() as u64);
+        }
+        assert_eq!(store_bytes(&Store::open(&out).unwrap()), store_bytes(&src));
+    }
 }
 
 /// COMPUTE §11, §6, §7: an expression over two inputs is a job like the others: in 3 parts it

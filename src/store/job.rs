@@ -441,6 +441,26 @@ impl JobWriter {
         Ok(n)
     }
 
+    /// Whether `store`'s encoded chunks are this output's (the same type, grid, fill value,
+    /// codecs and shape): then [`JobWriter::write_encoded`] copies them. Local outputs only.
+    pub(crate) fn same_chunk_bytes(&self, store: &crate::store::Store) -> bool {
+        self.remote.is_none() && super::writer::same_fields(&self.metadata, store, &[])
+    }
+
+    /// Queues chunk `idx` as `encoded`, the bytes of a store of
+    /// [`JobWriter::same_chunk_bytes`] (no decoding, no encoding); logged at the next
+    /// checkpoint. Returns the bytes.
+    pub(crate) fn write_encoded(&self, idx: &[u64], encoded: Vec<u8>) -> Result<u64> {
+        let files = self.files.as_ref().expect("files are open until finish");
+        let n = encoded.len() as u64;
+        files.write(self.tmp_path.join(self.codec.key(idx)), encoded)?;
+        self.pending
+            .lock()
+            .expect("no panics holding the list")
+            .push(idx.to_vec());
+        Ok(n)
+    }
+
     /// Records chunk `idx` as done without a file: it is all fill value (absent), as every
     /// input chunk it reads is. Logged at the next checkpoint.
     pub(crate) fn record_absent(&self, idx: &[u64]) {

@@ -245,20 +245,7 @@ impl StoreWriter {
     }
 
     fn same_fields(&self, store: &Store, more: &[&str]) -> bool {
-        if store.zarr_format() != 3 {
-            return false;
-        }
-        let ours = serde_json::from_value::<zarrs::array::ArrayMetadata>(self.metadata.clone())
-            .ok()
-            .and_then(|m| serde_json::to_value(m).ok());
-        let theirs = store.metadata_json();
-        let Some(ours) = ours else {
-            return false;
-        };
-        ["data_type", "chunk_grid", "fill_value", "codecs", "shape"]
-            .iter()
-            .chain(more)
-            .all(|k| ours.get(k).is_some() && ours.get(k) == theirs.get(k))
+        same_fields(&self.metadata, store, more)
     }
 
     /// Writes chunk `idx` as `encoded`, bytes of an array of [`StoreWriter::same_chunk_bytes`]
@@ -439,4 +426,24 @@ pub(crate) fn write_metadata(
         sync_dir(tmp)?;
     }
     Ok(())
+}
+
+/// Whether `store`'s chunks are stored as an array of `metadata` (a v3 array's metadata) stores
+/// them: the same type, chunk grid, fill value, codecs and shape (and the `more` fields), so
+/// that its encoded chunk bytes can be copied unchanged.
+pub(crate) fn same_fields(metadata: &Value, store: &Store, more: &[&str]) -> bool {
+    if store.zarr_format() != 3 {
+        return false;
+    }
+    let ours = serde_json::from_value::<zarrs::array::ArrayMetadata>(metadata.clone())
+        .ok()
+        .and_then(|m| serde_json::to_value(m).ok());
+    let theirs = store.metadata_json();
+    let Some(ours) = ours else {
+        return false;
+    };
+    ["data_type", "chunk_grid", "fill_value", "codecs", "shape"]
+        .iter()
+        .chain(more)
+        .all(|k| ours.get(k).is_some() && ours.get(k) == theirs.get(k))
 }
