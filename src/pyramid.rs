@@ -26,7 +26,7 @@ use crate::progress::{Tracker, Unit};
 use crate::region::{Region, fmt_shape};
 use crate::run::{DEFAULT_MEMORY, RunOptions, run_setters, with_threads};
 use crate::source::Source;
-use crate::store::{BuildDir, Codec, StoreSpec, StoreWriter, TMP_SUFFIX};
+use crate::store::{Codec, Durability, Finish, JobOptions, JobState, JobWriter, StoreSpec};
 use crate::with_scalar;
 
 /// The most levels a pyramid may have.
@@ -156,6 +156,8 @@ pub struct PyramidReport {
     pub labels: Vec<(String, Vec<PyramidLevel>)>,
     /// Chunks written over all levels (chunks all zero are not stored).
     pub chunks_written: u64,
+    /// Level-0 chunks a killed or failed run had done, not computed again (PYRAMID §2).
+    pub chunks_resumed: u64,
     /// Bytes of input read.
     pub bytes_in: u64,
     /// The most times one input chunk was decoded (1 when the input's chunks fit the reads).
@@ -873,7 +875,8 @@ type Waiting<T> = HashMap<(usize, Vec<u64>), Pending<T>>;
 
 struct Build<'a, T> {
     plan: &'a Plan,
-    writers: Vec<StoreWriter>,
+    /// Each level's resumable output (`None`: published by a run before).
+    writers: Vec<Option<Box<JobWriter>>>,
     pending: Mutex<Waiting<T>>,
 }
 
@@ -890,12 +893,19 @@ impl<T: Scalar> Build<'_, T> {
     ) -> Result<u64> {
         let mut written = 0;
         loop {
-            if !placed {
-                written +=
-                    u64::from(self.writers[l].write_chunk(&idx, bytemuck::cast_slice(&data))? > 0);
+            if !placed && let Some(w) = &self.writers[l] {
+                written += u64::from(w.write_chunk(&idx, bytemuck::cast_slice(&data))? > 0);
+                crate::store::test_delay();
+                if w.checkpoint_due(64) {
+                    w.checkpoint()?;
+                }
             }
             placed = false;
             if l + 1 == self.plan.levels() {
+                // A tree is whole: log every level now, so that a rerun skips it.
+                for w in self.writers.iter().flatten() {
+                    w.checkpoint()?;
+                }
                 return Ok(written);
             }
             let grid = &self.plan.grids[l];
@@ -1014,6 +1024,21 @@ fn unit_level(
     (0, decodes(0))
 }
 
+/// The settings of a plan that change the chunks written.
+fn describe_plan(plan: &Plan, dtype: crate::DType, opts: &PyramidOptions) -> Result<String> {
+    let grids: Vec<(Vec<u64>, Vec<u64>)> = plan
+        .grids
+        .iter()
+        .map(|g| (g.shape().to_vec(), g.chunk_shape().to_vec()))
+        .collect();
+    Ok(format!(
+        "{dtype} {grids:?} factors {:?} {} codec {:?}",
+        plan.factors,
+        plan.method.name(),
+        Codec::resolve(opts.codec, opts.level, dtype)?
+    ))
+}
+
 /// Writes the image and its labels beside `out`, then publishes them (nothing at `out` before).
 fn build(
     input: &Input,
@@ -1042,11 +1067,26 @@ fn build(
                 .to_string()
         })
     });
-    let build = BuildDir::begin(out, TMP_SUFFIX)?;
-    let sync = opts.run.durability == crate::store::Durability::Sync;
+    // Everything that changes the chunks written: a rerun with these resumes the build.
+    let mut settings = format!(
+        "chunkwise pyramid v1\ninput: {}\n{}\n",
+        input.identity(),
+        describe_plan(plan, input.dtype(), opts)?
+    );
+    for (name, lab, lplan) in labels {
+        settings.push_str(&format!(
+            "labels {name}: {}\n{}\n",
+            lab.identity(),
+            describe_plan(lplan, lab.dtype(), opts)?
+        ));
+    }
+    let fingerprint = crate::fingerprint::fnv1a(&settings);
+    let build = Work::open(out, &fingerprint, &settings, opts.overwrite)?;
+    let sync = opts.run.durability == Durability::Sync;
     let written = with_scalar!(input.dtype(), T => {
-        write_image::<T>(input, build.path(), name, None, opts, plan)?
+        write_image::<T>(input, build.path(), name, None, opts, plan, &fingerprint)
     });
+    let written = build.keep_unless_refused(written)?;
     let mut label_levels = Vec::new();
     if !labels.is_empty() {
         let dir = build.path().join("labels");
@@ -1059,6 +1099,7 @@ fn build(
                     Some(json!({"version": "0.5", "source": {"image": "../../"}})),
                     opts,
                     lplan,
+                    &format!("{fingerprint} labels {name}"),
                 )?
             });
             label_levels.push((name.to_string(), w.levels));
@@ -1079,16 +1120,114 @@ fn build(
         levels: written.levels,
         labels: label_levels,
         chunks_written: written.chunks,
+        chunks_resumed: written.resumed,
         bytes_in: written.bytes_in,
         decodes: written.decodes,
         seconds: start.elapsed().as_secs_f64(),
     })
 }
 
+/// The build directory of a pyramid, `.NAME.chunkwise-pyramid` beside the output: it outlives
+/// a killed or failed run (each level a resumable job in it, PYRAMID §2), holds `job.json` (the
+/// settings' fingerprint) and a lock file held while a run builds in it, and is renamed to
+/// the output when every level is done.
+struct Work {
+    path: PathBuf,
+    lock_path: PathBuf,
+    _lock: std::fs::File,
+}
+
+const PYRAMID_SUFFIX: &str = ".chunkwise-pyramid";
+
+impl Work {
+    fn open(out: &Path, fingerprint: &str, settings: &str, overwrite: bool) -> Result<Work> {
+        use crate::error::IoContext;
+        let path = crate::store::sibling(out, PYRAMID_SUFFIX)?;
+        let parent = crate::store::parent_dir(&path).to_path_buf();
+        std::fs::create_dir_all(&parent).at(&parent)?;
+        match std::fs::create_dir(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::io(&path, e));
+            }
+            _ => {}
+        }
+        let lock_path = path.join("lock");
+        let lock = std::fs::File::create(&lock_path).at(&lock_path)?;
+        if !crate::store::try_lock_briefly(&lock, false) {
+            return Err(Error::Locked {
+                path: out.to_path_buf(),
+                holder: format!("another pyramid is being built in {}", path.display()),
+            });
+        }
+        let job = path.join("job.json");
+        let found = std::fs::read_to_string(&job)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["fingerprint"].as_str().map(str::to_string));
+        if found.as_deref() != Some(fingerprint) {
+            if found.is_some() && !overwrite {
+                return Err(Error::option(
+                    "overwrite",
+                    format!(
+                        "{} holds an unfinished pyramid with other settings; allow overwriting \
+                         to discard it",
+                        path.display()
+                    ),
+                ));
+            }
+            // Another pyramid's build, or one killed before it said what it builds: discarded.
+            for e in std::fs::read_dir(&path).at(&path)? {
+                let p = e.at(&path)?.path();
+                if p != lock_path {
+                    let gone = if p.is_dir() {
+                        std::fs::remove_dir_all(&p)
+                    } else {
+                        std::fs::remove_file(&p)
+                    };
+                    gone.at(&p)?;
+                }
+            }
+            let text = serde_json::to_string_pretty(
+                &json!({"fingerprint": fingerprint, "settings": settings}),
+            )
+            .expect("plain JSON");
+            crate::store::write_atomic(&job, text.as_bytes(), true)?;
+        }
+        Ok(Work {
+            path,
+            lock_path,
+            _lock: lock,
+        })
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `r`, having removed the build directory if `r` is a refusal of the options (nothing
+    /// written, and a corrected rerun is another pyramid); any other error keeps it for a
+    /// rerun to resume.
+    fn keep_unless_refused<R>(&self, r: Result<R>) -> Result<R> {
+        if let Err(Error::InvalidOption { .. }) = &r {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+        r
+    }
+
+    /// Renames the finished build to `out` (replacing an array there if `replace`).
+    fn publish(self, out: &Path, replace: bool, sync: bool) -> Result<()> {
+        let _ = std::fs::remove_file(self.path.join("job.json"));
+        let _ = std::fs::remove_file(&self.lock_path);
+        crate::store::publish_dir(&self.path, out, replace && out.exists(), sync)
+    }
+}
+
 /// What [`write_image`] wrote.
 struct Written {
     levels: Vec<PyramidLevel>,
     chunks: u64,
+    /// Level-0 chunks a run before had done (their trees skipped).
+    resumed: u64,
     bytes_in: u64,
     decodes: u64,
 }
@@ -1102,6 +1241,7 @@ fn write_image<T: Scalar>(
     label: Option<serde_json::Value>,
     opts: &PyramidOptions,
     full: &Plan,
+    fingerprint: &str,
 ) -> Result<Written> {
     // Block reductions fold every level in the one pass; a gaussian level needs a halo of the
     // level above, so the pass writes level 0 and each level below is made from the one above.
@@ -1144,17 +1284,39 @@ fn write_image<T: Scalar>(
     }
     let codec = Codec::resolve(opts.codec, opts.level, dtype)?;
     let names: Vec<String> = plan.axes.iter().map(|a| a.name.clone()).collect();
-    let writers = plan
-        .grids
-        .iter()
-        .enumerate()
-        .map(|(l, g)| {
-            StoreSpec::new(g.shape().to_vec(), dtype, g.chunk_shape().to_vec())
-                .codec(codec)
-                .axis_names(Some(names.clone()))
-                .create(&dir.join(l.to_string()), false, opts.run.durability)
-        })
-        .collect::<Result<Vec<_>>>()?;
+    // Each level is a resumable job in the build directory (spec/PYRAMID.md §2): what a
+    // killed run wrote and logged is kept, and a level published by it is done.
+    let mut writers = Vec::new();
+    let mut dones = Vec::new();
+    for (l, g) in plan.grids.iter().enumerate() {
+        let spec = StoreSpec::new(g.shape().to_vec(), dtype, g.chunk_shape().to_vec())
+            .codec(codec)
+            .axis_names(Some(names.clone()));
+        let settings = format!("{fingerprint}\nlevel {l}\n");
+        let state = JobWriter::open(
+            &spec,
+            &dir.join(l.to_string()),
+            &JobOptions {
+                fingerprint: &crate::fingerprint::fnv1a(&settings),
+                settings: &settings,
+                partition: (0, 1),
+                split: &[(0, g.grid_shape()[0])],
+                overwrite: false,
+                restart: false,
+                durability: opts.run.durability,
+            },
+        )?;
+        match state {
+            JobState::AlreadyDone => {
+                writers.push(None);
+                dones.push(None);
+            }
+            JobState::Open(w, done) => {
+                writers.push(Some(w));
+                dones.push(Some(done));
+            }
+        }
+    }
     let b = Build::<T> {
         plan,
         writers,
@@ -1162,6 +1324,8 @@ fn write_image<T: Scalar>(
     };
     let top = plan.levels() - 1;
     let mut units = Vec::new();
+    let mut resumed = 0u64;
+    let mut below = Vec::new();
     for idx in crate::grid::indices_in(
         &plan.grids[top]
             .grid_shape()
@@ -1169,20 +1333,39 @@ fn write_image<T: Scalar>(
             .map(|&n| 0..n)
             .collect::<Vec<_>>(),
     ) {
+        // A tree of chunks (a top-level chunk and all below it) every chunk of which a run
+        // before logged is done; any other is computed again whole.
+        let complete = (0..plan.levels()).all(|l| match &dones[l] {
+            None => true,
+            Some(done) => {
+                below.clear();
+                plan.depth_first(top, &idx, l, &mut below);
+                below.iter().all(|c| done.contains(c))
+            }
+        });
+        if complete {
+            below.clear();
+            plan.depth_first(top, &idx, 0, &mut below);
+            resumed += below.len() as u64;
+            continue;
+        }
         plan.depth_first(top, &idx, unit, &mut units);
     }
     let total = plan.grids[0].shape().iter().product::<u64>() * itemsize;
     let tracker = Tracker::new("pyramid", Unit::Bytes, total, opts.run.progress.clone());
     // Level 0 is the input's chunk files themselves when they are encoded as level 0's would
     // be: linked (or copied) unchanged, decoded only to be downsampled.
-    let link = input.store().filter(|s| b.writers[0].same_encoding(s));
+    let link = input.store().filter(|s| {
+        !crate::store::is_url(s.path())
+            && b.writers[0].as_ref().is_some_and(|w| w.same_chunk_bytes(s))
+    });
     let chunk0: Vec<usize> = plan.grids[0]
         .chunk_shape()
         .iter()
         .map(|&c| c as usize)
         .collect();
     let n0: usize = chunk0.iter().product();
-    let written = units
+    let pass = units
         .into_iter()
         .par_bridge()
         .map(|u| -> Result<u64> {
@@ -1196,31 +1379,50 @@ fn write_image<T: Scalar>(
                 let mut data = vec![T::default(); n0];
                 block.read_into(&region, bytemuck::cast_slice_mut(&mut data), &chunk0);
                 tracker.add(u64::try_from(region.len()).unwrap_or(0) * itemsize);
-                let placed = match link {
-                    Some(s) => {
+                let placed = match (link, &b.writers[0]) {
+                    (Some(s), Some(w)) => {
                         let src = s.path().join(s.chunk_key(&idx));
                         if src.exists() {
-                            b.writers[0].link_chunk(&idx, &src)?;
+                            w.link_chunk(&idx, &src)?;
                             written += 1;
+                        } else {
+                            w.record_absent(&idx);
                         }
                         true
                     }
-                    None => false,
+                    _ => false,
                 };
                 written += b.deliver(0, idx, data, placed)?;
             }
             Ok(written)
         })
-        .try_reduce(|| 0, |a, b| Ok(a + b))?;
+        .try_reduce(|| 0, |a, b| Ok(a + b));
+    let written = match pass {
+        Ok(n) => n,
+        Err(e) => {
+            // What is written is logged, so that a rerun resumes.
+            for w in b.writers.iter().flatten() {
+                let _ = w.checkpoint();
+            }
+            return Err(e);
+        }
+    };
     debug_assert!(b.pending.lock().map(|p| p.is_empty()).unwrap_or(true));
-    for w in b.writers {
-        w.commit()?;
+    for w in b.writers.into_iter().flatten() {
+        if let Finish::Waiting { done, total } = w.finish()? {
+            return Err(Error::Internal(format!(
+                "a pyramid level in one part waits for others ({done} of {total} chunks)"
+            )));
+        }
     }
     let plan = full;
     let mut written = written;
     if gaussian {
         for l in 1..plan.levels() {
-            written += gaussian_level::<T>(dir, l, plan, codec, &names, opts)?;
+            // A level a run before published is whole (its settings are this run's).
+            if !crate::store::is_store(&dir.join(l.to_string())) {
+                written += gaussian_level::<T>(dir, l, plan, codec, &names, opts)?;
+            }
         }
     }
     let levels: Vec<PyramidLevel> = (0..plan.levels())
@@ -1260,6 +1462,7 @@ fn write_image<T: Scalar>(
     Ok(Written {
         levels,
         chunks: written,
+        resumed,
         bytes_in: total,
         decodes,
     })

@@ -41,13 +41,13 @@ fn leftovers(dir: &Path) -> Vec<String> {
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).unwrap().flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
-            let kept = n == ".chunkwise.lock"
-                || n == ".chunkwise-progress.json"
-                || n.ends_with(".chunkwise-job");
+            // A resumable job's or pyramid's build stays for the rerun (COMPUTE §6, PYRAMID §3).
+            let resumable = n.ends_with(".chunkwise-job") || n.ends_with(".chunkwise-pyramid");
+            let kept = n == ".chunkwise.lock" || n == ".chunkwise-progress.json" || resumable;
             if n.contains("chunkwise") && !kept {
                 out.push(e.path().display().to_string());
             }
-            if e.path().is_dir() && !n.ends_with(".chunkwise-job") {
+            if e.path().is_dir() && !resumable {
                 stack.push(e.path());
             }
         }

@@ -243,3 +243,106 @@ fn a_large_pyramid_is_built_in_bounded_memory() {
         );
     }
 }
+
+/// PYRAMID §2: a pyramid killed mid-way (SIGKILL) leaves nothing at the output and its build
+/// beside it; the rerun resumes it (the summary says how many level-0 chunks were done), and
+/// every level equals a pyramid built in one go. Another pyramid into the same output is
+/// refused until `--overwrite`.
+#[test]
+fn a_killed_pyramid_resumes_and_equals_one_built_in_one_go() {
+    let dir = tmp();
+    let d = dir.path();
+    let (n, c) = (64usize, 8u64);
+    let value = |i: usize| ((i as u64).wrapping_mul(2_654_435_761) >> 22) as u16;
+    let a = ndarray::ArrayD::from_shape_vec(vec![n, n, n], (0..n * n * n).map(value).collect())
+        .unwrap();
+    let src = d.join("v.zarr");
+    chunkwise::from_array(
+        a.view(),
+        &src,
+        &chunkwise::ConvertOptions::default().chunks(Some(vec![c; 3])),
+    )
+    .unwrap();
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "pyramid",
+            src.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--chunks",
+            "8,8,8",
+            "--levels",
+            "3",
+            "--factors",
+            "2,2,2",
+            "--codec",
+            "zstd",
+            "--threads",
+            "2",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let once = d.join("once.ome.zarr");
+    let o = chunkwise(&args(&once).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = d.join("k.ome.zarr");
+    let build = d.join(".k.ome.zarr.chunkwise-pyramid");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_chunkwise"))
+        .args(args(&out))
+        .env("CHUNKWISE_TEST_CHUNK_DELAY_MS", "10")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed once a tree of chunks (a top-level chunk and those below it) is logged whole.
+    let log = build.join(".2.chunkwise-job/done.0.1");
+    let start = std::time::Instant::now();
+    while std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0) == 0 {
+        assert!(
+            start.elapsed().as_secs() < 60,
+            "no level-0 chunk was logged"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before the kill"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!out.exists(), "a killed pyramid published");
+    assert!(build.is_dir());
+    // Another pyramid into the same output: refused, the build kept.
+    let mut other = args(&out);
+    other[11] = "blosc-lz4".into();
+    let o = chunkwise(&other.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("overwrit"), "{}", stderr(&o));
+    assert!(build.is_dir());
+    let o = chunkwise(&args(&out).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("resumed from a run before"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(!build.exists());
+    for level in 0..3 {
+        let a = chunkwise::Store::open(once.join(level.to_string())).unwrap();
+        let b = chunkwise::Store::open(out.join(level.to_string())).unwrap();
+        assert_eq!(
+            crate::common::store_bytes(&a),
+            crate::common::store_bytes(&b),
+            "level {level}"
+        );
+    }
+    // The image's metadata: the same as one built in one go.
+    let meta = |p: &Path| {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(p.join("zarr.json")).unwrap()).unwrap();
+        v["attributes"]["ome"]["multiscales"][0]["name"] = serde_json::Value::Null;
+        v
+    };
+    assert_eq!(meta(&out), meta(&once));
+}

@@ -626,7 +626,8 @@ fn pyramid(
         "labels": r.labels.iter()
             .map(|(n, l)| serde_json::json!({"name": n, "levels": levels(l)}))
             .collect::<Vec<_>>(),
-        "chunks_written": r.chunks_written, "decodes": r.decodes, "seconds": r.seconds,
+        "chunks_written": r.chunks_written, "chunks_resumed": r.chunks_resumed,
+        "decodes": r.decodes, "seconds": r.seconds,
     })
     .to_string())
 }

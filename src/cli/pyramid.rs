@@ -247,6 +247,7 @@ pub(crate) fn to_json(r: &PyramidReport) -> serde_json::Value {
         "labels": r.labels.iter().map(|(n, l)| json!({"name": n, "levels": levels_json(l)}))
             .collect::<Vec<_>>(),
         "chunks_written": r.chunks_written,
+        "chunks_resumed": r.chunks_resumed,
         "bytes_in": r.bytes_in,
         "decodes": r.decodes,
         "seconds": r.seconds,
@@ -269,6 +270,12 @@ pub(crate) fn summary(r: &PyramidReport, input: &Input) -> String {
         r.seconds,
         r.chunks_written
     );
+    if r.chunks_resumed > 0 {
+        s.push_str(&format!(
+            " ({} level-0 chunks resumed from a run before)",
+            r.chunks_resumed
+        ));
+    }
     if !r.labels.is_empty() {
         let names: Vec<&str> = r.labels.iter().map(|l| l.0.as_str()).collect();
         s.push_str(&format!("; labels/ {} (mode)", names.join(", ")));

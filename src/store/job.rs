@@ -85,6 +85,9 @@ pub(crate) struct JobWriter {
     replace: bool,
     log: Option<Mutex<File>>,
     pending: Mutex<Vec<Vec<u64>>>,
+    /// Chunk files linked in ([`JobWriter::link_chunk`]) and their directories, synced at
+    /// the next checkpoint.
+    linked: Mutex<Vec<PathBuf>>,
     checkpointing: Mutex<()>,
     split: Vec<(u64, u64)>,
     /// This part, of how many.
@@ -394,6 +397,7 @@ impl JobWriter {
                 replace,
                 log: Some(Mutex::new(log)),
                 pending: Mutex::new(Vec::new()),
+                linked: Mutex::new(Vec::new()),
                 checkpointing: Mutex::new(()),
                 split,
                 part: (part, parts),
@@ -461,6 +465,35 @@ impl JobWriter {
         Ok(n)
     }
 
+    /// Puts `src`, a chunk file encoded as this output's, in place as chunk `idx`: a hard link
+    /// (a copy across filesystems, synced); logged at the next checkpoint. Returns the bytes
+    /// copied (0 for a link). Local outputs only.
+    pub(crate) fn link_chunk(&self, idx: &[u64], src: &Path) -> Result<u64> {
+        let dst = self.tmp_path.join(self.codec.key(idx));
+        if let Some(parent) = dst.parent() {
+            fs::create_dir_all(parent).at(parent)?;
+        }
+        // A rerun may find the link of the run before.
+        match fs::remove_file(&dst) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&dst, e)),
+            _ => {}
+        }
+        let copied = super::link_or_copy(src, &dst)?;
+        // Synced (the file, a copy's data, and its directory entry) before it is logged.
+        {
+            let mut linked = self.linked.lock().expect("no panics holding the list");
+            if let Some(parent) = dst.parent() {
+                linked.push(parent.to_path_buf());
+            }
+            linked.push(dst);
+        }
+        self.pending
+            .lock()
+            .expect("no panics holding the list")
+            .push(idx.to_vec());
+        Ok(copied)
+    }
+
     /// Records chunk `idx` as done without a file: it is all fill value (absent), as every
     /// input chunk it reads is. Logged at the next checkpoint.
     pub(crate) fn record_absent(&self, idx: &[u64]) {
@@ -513,7 +546,14 @@ impl JobWriter {
         // the flush returns. After a write failed (a full disk), the chunks written before it
         // are still logged, so that a rerun resumes from them; the ones it dropped are not.
         let files = self.files.as_ref().expect("files are open until finish");
-        let (written, failed) = files.flush_all();
+        let (mut written, failed) = files.flush_all();
+        {
+            let mut linked =
+                std::mem::take(&mut *self.linked.lock().expect("no panics holding the list"));
+            linked.sort();
+            linked.dedup();
+            written.extend(linked);
+        }
         sync_written(&written, self.durability)?;
         // (The writer's error may have been reported to a task already: ask the writer what
         // it dropped, not whether it failed now.)

@@ -210,6 +210,7 @@ impl JobWriter {
                 replace: false,
                 log: None,
                 pending: Mutex::new(Vec::new()),
+                linked: Mutex::new(Vec::new()),
                 checkpointing: Mutex::new(()),
                 split,
                 part: (part, parts),

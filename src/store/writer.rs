@@ -53,8 +53,6 @@ pub struct StoreWriter {
     /// Uploads under way (oldest first), at most [`UPLOADS_IN_FLIGHT`]: encoding goes on while
     /// they run.
     uploads: super::Uploads<()>,
-    /// Chunk files (and their directories) placed by [`StoreWriter::link_chunk`], to sync.
-    linked: std::sync::Mutex<Vec<PathBuf>>,
     /// The build directory (removed on drop unless published). Last: fields drop in order,
     /// and the file writer's threads must be gone before the directory goes.
     build: Option<BuildDir>,
@@ -110,7 +108,6 @@ impl StoreWriter {
             overwrite,
             remote: None,
             uploads: super::Uploads::new(UPLOADS_IN_FLIGHT),
-            linked: Default::default(),
             build: Some(build),
         })
     }
@@ -161,7 +158,6 @@ impl StoreWriter {
             overwrite,
             remote: Some(remote),
             uploads: super::Uploads::new(UPLOADS_IN_FLIGHT),
-            linked: Default::default(),
             build: None,
         })
     }
@@ -227,16 +223,6 @@ impl StoreWriter {
         )
     }
 
-    /// Whether `store`'s chunk files are this writer's chunks as they are: a local Zarr v3
-    /// array of the same type, chunk grid, chunk key encoding, fill value and codecs, whose
-    /// files [`StoreWriter::link_chunk`] may then place unchanged.
-    pub(crate) fn same_encoding(&self, store: &Store) -> bool {
-        if self.remote.is_some() || super::is_url(store.path()) {
-            return false;
-        }
-        self.same_fields(store, &["chunk_key_encoding"])
-    }
-
     /// Whether `store`'s encoded chunks are this writer's, whatever their keys and wherever
     /// either array is: a Zarr v3 array of the same type, shape, chunk grid, fill value and
     /// codecs, whose chunks [`StoreWriter::write_encoded`] may then write as they are read.
@@ -272,34 +258,6 @@ impl StoreWriter {
         Ok(n)
     }
 
-    /// Places chunk `idx` as the encoded file `src` of an array of [`StoreWriter::same_encoding`]:
-    /// a hard link, or a copy across filesystems (no decoding, no encoding). Returns the bytes
-    /// copied (0 for a link).
-    ///
-    /// # Errors
-    /// [`Error::Io`]; [`Error::Internal`] on object storage (never same-encoded).
-    pub(crate) fn link_chunk(&self, idx: &[u64], src: &Path) -> Result<u64> {
-        if self.remote.is_some() {
-            return Err(Error::Internal(
-                "chunk links go to local arrays only".into(),
-            ));
-        }
-        let dst = self.tmp_path.join(self.codec.key(idx));
-        if let Some(parent) = dst.parent() {
-            fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-        }
-        let copied = super::link_or_copy(src, &dst)?;
-        let mut linked = self
-            .linked
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        linked.push(dst.clone());
-        if let Some(parent) = dst.parent() {
-            linked.push(parent.to_path_buf());
-        }
-        Ok(copied)
-    }
-
     /// Makes the chunks durable, writes `zarr.json`, and moves the array into place (replacing
     /// the old array at the path, if overwriting). Returns the opened array.
     ///
@@ -314,16 +272,7 @@ impl StoreWriter {
             r.put("zarr.json", text.into_bytes())?;
             return Store::open(&self.final_path);
         }
-        let mut written = self.files.take().expect("commit runs once").finish()?;
-        let mut linked = std::mem::take(
-            &mut *self
-                .linked
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
-        linked.sort();
-        linked.dedup();
-        written.extend(linked);
+        let written = self.files.take().expect("commit runs once").finish()?;
         sync_written(&written, self.durability)?;
         let build = self.build.take().expect("commit runs once");
         write_metadata(build.path(), &self.metadata, &[], self.durability)?;
