@@ -58,6 +58,7 @@ pub struct PyramidOptions {
     level: Option<i32>,
     name: Option<String>,
     overwrite: bool,
+    partition: Option<(u32, u32)>,
     run: RunOptions,
 }
 
@@ -126,6 +127,13 @@ impl PyramidOptions {
         self.overwrite = on;
         self
     }
+    /// Builds only part `i` of `n` (`--partition I/N`): the trees of chunks under the `i`-th
+    /// of `n` ranges of top-level layers. N processes share one build; the last to finish
+    /// publishes the image (PYRAMID §3).
+    pub fn partition(mut self, part: Option<(u32, u32)>) -> Self {
+        self.partition = part;
+        self
+    }
 }
 
 /// One level of a written pyramid.
@@ -164,6 +172,8 @@ pub struct PyramidReport {
     pub decodes: u64,
     /// Seconds taken.
     pub seconds: f64,
+    /// A part (`--partition`) that finished while others have not: nothing is published yet.
+    pub waiting: bool,
 }
 
 /// The levels' geometry, before anything is written.
@@ -1081,7 +1091,16 @@ fn build(
         ));
     }
     let fingerprint = crate::fingerprint::fnv1a(&settings);
-    let build = Work::open(out, &fingerprint, &settings, opts.overwrite)?;
+    let part = opts.partition.unwrap_or((0, 1));
+    if part.1 > 1 && (plan.method == Downsample::Gaussian || !labels.is_empty()) {
+        return Err(Error::option(
+            "partition",
+            "a gaussian pyramid or one with --labels is built in one process for now (leave \
+             --partition out)",
+        ));
+    }
+    crate::store::check_part(part)?;
+    let build = Work::open(out, &fingerprint, &settings, opts.overwrite, part)?;
     let sync = opts.run.durability == Durability::Sync;
     let written = with_scalar!(input.dtype(), T => {
         write_image::<T>(input, build.path(), name, None, opts, plan, &fingerprint)
@@ -1113,7 +1132,7 @@ fn build(
         let text = serde_json::to_string_pretty(&group).expect("plain JSON");
         crate::store::write_atomic(&dir.join("zarr.json"), text.as_bytes(), sync)?;
     }
-    build.publish(out, opts.overwrite, sync)?;
+    let waiting = !build.publish(out, opts.overwrite, sync, plan.levels())?;
     Ok(PyramidReport {
         path: out.to_path_buf(),
         method: plan.method,
@@ -1124,6 +1143,7 @@ fn build(
         bytes_in: written.bytes_in,
         decodes: written.decodes,
         seconds: start.elapsed().as_secs_f64(),
+        waiting,
     })
 }
 
@@ -1133,30 +1153,44 @@ fn build(
 /// the output when every level is done.
 struct Work {
     path: PathBuf,
-    lock_path: PathBuf,
+    out: PathBuf,
     _lock: std::fs::File,
 }
 
 const PYRAMID_SUFFIX: &str = ".chunkwise-pyramid";
 
 impl Work {
-    fn open(out: &Path, fingerprint: &str, settings: &str, overwrite: bool) -> Result<Work> {
+    fn open(
+        out: &Path,
+        fingerprint: &str,
+        settings: &str,
+        overwrite: bool,
+        (i, n): (u32, u32),
+    ) -> Result<Work> {
         use crate::error::IoContext;
         let path = crate::store::sibling(out, PYRAMID_SUFFIX)?;
         let parent = crate::store::parent_dir(&path).to_path_buf();
         std::fs::create_dir_all(&parent).at(&parent)?;
+        // Parts start together: one at a time opens (or discards) the build.
+        let _opening = crate::store::PathLock::wait(&crate::store::sibling(
+            out,
+            &format!("{PYRAMID_SUFFIX}.lock"),
+        )?)?;
         match std::fs::create_dir(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
                 return Err(Error::io(&path, e));
             }
             _ => {}
         }
-        let lock_path = path.join("lock");
+        let lock_path = path.join(format!("lock.{i}.{n}"));
         let lock = std::fs::File::create(&lock_path).at(&lock_path)?;
         if !crate::store::try_lock_briefly(&lock, false) {
             return Err(Error::Locked {
                 path: out.to_path_buf(),
-                holder: format!("another pyramid is being built in {}", path.display()),
+                holder: format!(
+                    "part {i}/{n} of a pyramid is being built in {}",
+                    path.display()
+                ),
             });
         }
         let job = path.join("job.json");
@@ -1175,7 +1209,24 @@ impl Work {
                     ),
                 ));
             }
-            // Another pyramid's build, or one killed before it said what it builds: discarded.
+            // Another pyramid's build, or one killed before it said what it builds: discarded,
+            // unless a part of it runs.
+            for e in std::fs::read_dir(&path).at(&path)? {
+                let p = e.at(&path)?.path();
+                let other_lock = p != lock_path
+                    && p.file_name()
+                        .and_then(|f| f.to_str())
+                        .is_some_and(|f| f.starts_with("lock."));
+                if other_lock
+                    && !std::fs::File::open(&p)
+                        .is_ok_and(|f| crate::store::try_lock_briefly(&f, false))
+                {
+                    return Err(Error::Locked {
+                        path: out.to_path_buf(),
+                        holder: format!("a part of another pyramid runs in {}", path.display()),
+                    });
+                }
+            }
             for e in std::fs::read_dir(&path).at(&path)? {
                 let p = e.at(&path)?.path();
                 if p != lock_path {
@@ -1195,7 +1246,7 @@ impl Work {
         }
         Ok(Work {
             path,
-            lock_path,
+            out: out.to_path_buf(),
             _lock: lock,
         })
     }
@@ -1214,11 +1265,34 @@ impl Work {
         r
     }
 
-    /// Renames the finished build to `out` (replacing an array there if `replace`).
-    fn publish(self, out: &Path, replace: bool, sync: bool) -> Result<()> {
+    /// Renames the build to `out` (replacing an array there if `replace`) once all `levels`
+    /// are published in it (by this part or the others). Returns whether the image is
+    /// published (false: other parts have yet to finish).
+    fn publish(self, out: &Path, replace: bool, sync: bool, levels: usize) -> Result<bool> {
+        let _publishing = crate::store::PathLock::wait(&crate::store::sibling(
+            &self.out,
+            &format!("{PYRAMID_SUFFIX}.lock"),
+        )?)?;
+        if !self.path.exists() {
+            // Another part published meanwhile.
+            return Ok(true);
+        }
+        if !(0..levels).all(|l| crate::store::is_store(&self.path.join(l.to_string()))) {
+            return Ok(false);
+        }
         let _ = std::fs::remove_file(self.path.join("job.json"));
-        let _ = std::fs::remove_file(&self.lock_path);
-        crate::store::publish_dir(&self.path, out, replace && out.exists(), sync)
+        if let Ok(entries) = std::fs::read_dir(&self.path) {
+            for e in entries.flatten() {
+                if e.file_name()
+                    .to_str()
+                    .is_some_and(|f| f.starts_with("lock."))
+                {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        crate::store::publish_dir(&self.path, out, replace && out.exists(), sync)?;
+        Ok(true)
     }
 }
 
@@ -1288,6 +1362,30 @@ fn write_image<T: Scalar>(
     // killed run wrote and logged is kept, and a level published by it is done.
     let mut writers = Vec::new();
     let mut dones = Vec::new();
+    // Parts take ranges of top-level layers, and at every level the layers under them.
+    let (part, parts) = opts.partition.unwrap_or((0, 1));
+    let top = plan.levels() - 1;
+    let top_split = crate::grid::split_layers(plan.grids[top].grid_shape()[0], None, parts);
+    let mut zero = vec![0; plan.grids[0].shape().len()];
+    let mut layer_start = |l: usize, t: u64| -> u64 {
+        if t >= plan.grids[top].grid_shape()[0] {
+            return plan.grids[l].grid_shape()[0];
+        }
+        let mut layer = t;
+        for m in (l + 1..=top).rev() {
+            zero[0] = layer;
+            layer = plan.children(m, &zero)[0].start;
+        }
+        layer
+    };
+    let splits: Vec<Vec<(u64, u64)>> = (0..plan.levels())
+        .map(|l| {
+            top_split
+                .iter()
+                .map(|&(a, b)| (layer_start(l, a), layer_start(l, b)))
+                .collect()
+        })
+        .collect();
     for (l, g) in plan.grids.iter().enumerate() {
         let spec = StoreSpec::new(g.shape().to_vec(), dtype, g.chunk_shape().to_vec())
             .codec(codec)
@@ -1299,8 +1397,8 @@ fn write_image<T: Scalar>(
             &JobOptions {
                 fingerprint: &crate::fingerprint::fnv1a(&settings),
                 settings: &settings,
-                partition: (0, 1),
-                split: &[(0, g.grid_shape()[0])],
+                partition: (part, parts),
+                split: &splits[l],
                 overwrite: false,
                 restart: false,
                 durability: opts.run.durability,
@@ -1322,17 +1420,13 @@ fn write_image<T: Scalar>(
         writers,
         pending: Mutex::new(HashMap::new()),
     };
-    let top = plan.levels() - 1;
     let mut units = Vec::new();
     let mut resumed = 0u64;
     let mut below = Vec::new();
-    for idx in crate::grid::indices_in(
-        &plan.grids[top]
-            .grid_shape()
-            .iter()
-            .map(|&n| 0..n)
-            .collect::<Vec<_>>(),
-    ) {
+    let mut mine: Vec<std::ops::Range<u64>> =
+        plan.grids[top].grid_shape().iter().map(|&n| 0..n).collect();
+    mine[0] = top_split[part as usize].0..top_split[part as usize].1;
+    for idx in crate::grid::indices_in(&mine) {
         // A tree of chunks (a top-level chunk and all below it) every chunk of which a run
         // before logged is done; any other is computed again whole.
         let complete = (0..plan.levels()).all(|l| match &dones[l] {
@@ -1409,11 +1503,8 @@ fn write_image<T: Scalar>(
     };
     debug_assert!(b.pending.lock().map(|p| p.is_empty()).unwrap_or(true));
     for w in b.writers.into_iter().flatten() {
-        if let Finish::Waiting { done, total } = w.finish()? {
-            return Err(Error::Internal(format!(
-                "a pyramid level in one part waits for others ({done} of {total} chunks)"
-            )));
-        }
+        // The last part to finish a level publishes it in the build (the others wait).
+        if let Finish::Waiting { .. } = w.finish()? {}
     }
     let plan = full;
     let mut written = written;

@@ -346,3 +346,86 @@ fn a_killed_pyramid_resumes_and_equals_one_built_in_one_go() {
     };
     assert_eq!(meta(&out), meta(&once));
 }
+
+/// PYRAMID §3: a pyramid in parts (`--partition I/N`, parts run in any order) publishes, with
+/// its last part, the image one process builds: every level's values and the metadata; a part
+/// that is not last says it waits and publishes nothing. Parts of a gaussian pyramid are
+/// refused naming why.
+#[test]
+fn a_pyramid_in_parts_is_the_pyramid_one_process_builds() {
+    let dir = tmp();
+    let d = dir.path();
+    let n = 48usize;
+    let value = |i: usize| ((i as u64).wrapping_mul(2_654_435_761) >> 21) as u16;
+    let a = ndarray::ArrayD::from_shape_vec(vec![n, n, n], (0..n * n * n).map(value).collect())
+        .unwrap();
+    let src = d.join("v.zarr");
+    chunkwise::from_array(
+        a.view(),
+        &src,
+        &chunkwise::ConvertOptions::default().chunks(Some(vec![8; 3])),
+    )
+    .unwrap();
+    let args = |out: &Path, part: Option<&str>| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "pyramid",
+            src.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--chunks",
+            "8,8,8",
+            "--levels",
+            "3",
+            "--factors",
+            "2,2,2",
+        ]
+        .map(String::from)
+        .to_vec();
+        if let Some(p) = part {
+            v.extend(["--partition".to_string(), p.to_string()]);
+        }
+        v
+    };
+    let run = |v: Vec<String>| chunkwise(&v.iter().map(String::as_str).collect::<Vec<_>>());
+    let once = d.join("once.ome.zarr");
+    let o = run(args(&once, None));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = d.join("p.ome.zarr");
+    for (k, part) in ["2/3", "0/3", "1/3"].into_iter().enumerate() {
+        let o = run(args(&out, Some(part)));
+        assert!(o.status.success(), "{part}: {}", stderr(&o));
+        if k < 2 {
+            assert!(
+                stdout(&o).contains("waiting for the other partitions"),
+                "{}",
+                stdout(&o)
+            );
+            assert!(!out.exists(), "published before the last part");
+        } else {
+            assert!(stdout(&o).starts_with("wrote "), "{}", stdout(&o));
+        }
+    }
+    assert!(!d.join(".p.ome.zarr.chunkwise-pyramid").exists());
+    for level in 0..3 {
+        let a = chunkwise::Store::open(once.join(level.to_string())).unwrap();
+        let b = chunkwise::Store::open(out.join(level.to_string())).unwrap();
+        assert_eq!(
+            crate::common::store_bytes(&a),
+            crate::common::store_bytes(&b),
+            "level {level}"
+        );
+    }
+    let meta = |p: &Path| {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(p.join("zarr.json")).unwrap()).unwrap();
+        v["attributes"]["ome"]["multiscales"][0]["name"] = serde_json::Value::Null;
+        v
+    };
+    assert_eq!(meta(&out), meta(&once));
+    let mut g = args(&d.join("g.ome.zarr"), Some("0/2"));
+    g.extend(["--method".to_string(), "gaussian".to_string()]);
+    let o = run(g);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("partition"), "{}", stderr(&o));
+    assert!(!d.join(".g.ome.zarr.chunkwise-pyramid").exists());
+}

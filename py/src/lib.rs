@@ -596,6 +596,7 @@ fn pyramid(
         .level(level)
         .name(opt(opts, "name")?)
         .overwrite(flag(opts, "overwrite")?)
+        .partition(opt(opts, "partition")?)
         .run(job.run.clone());
     if let Some(c) = codec(opt::<String>(opts, "codec")?.as_deref(), level)? {
         p = p.codec(c);
@@ -627,6 +628,7 @@ fn pyramid(
             .map(|(n, l)| serde_json::json!({"name": n, "levels": levels(l)}))
             .collect::<Vec<_>>(),
         "chunks_written": r.chunks_written, "chunks_resumed": r.chunks_resumed,
+        "waiting": r.waiting,
         "decodes": r.decodes, "seconds": r.seconds,
     })
     .to_string())

@@ -48,6 +48,10 @@ pub(crate) struct Args {
     /// Do not fsync before publishing (scratch data only).
     #[arg(long)]
     no_sync: bool,
+    /// Build only part I (0-based) of N; N processes share one resumable build and the last
+    /// one publishes (spec/PYRAMID.md §3).
+    #[arg(long, value_parser = super::job::parse_partition, value_name = "I/N")]
+    partition: Option<(u32, u32)>,
     /// Print the levels as JSON.
     #[arg(long)]
     json: bool,
@@ -178,7 +182,7 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
     let opts = a
         .pyramid
         .options(a.axis_names, a.chunks, a.codec.as_deref(), a.level)?;
-    let opts = with_run(opts, a.overwrite, a.memory, a.no_sync, g);
+    let opts = with_run(opts, a.overwrite, a.memory, a.no_sync, g).partition(a.partition);
     let input = Input::open(&a.input)?;
     let labels = a
         .labels
@@ -248,6 +252,7 @@ pub(crate) fn to_json(r: &PyramidReport) -> serde_json::Value {
             .collect::<Vec<_>>(),
         "chunks_written": r.chunks_written,
         "chunks_resumed": r.chunks_resumed,
+        "waiting": r.waiting,
         "bytes_in": r.bytes_in,
         "decodes": r.decodes,
         "seconds": r.seconds,
@@ -255,6 +260,14 @@ pub(crate) fn to_json(r: &PyramidReport) -> serde_json::Value {
 }
 
 pub(crate) fn summary(r: &PyramidReport, input: &Input) -> String {
+    if r.waiting {
+        return format!(
+            "{}: this part is done ({} chunks in {:.1} s), waiting for the other partitions",
+            r.path.display(),
+            r.chunks_written,
+            r.seconds
+        );
+    }
     let shapes: Vec<String> = r
         .levels
         .iter()

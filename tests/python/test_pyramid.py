@@ -134,3 +134,22 @@ def test_gaussian_pyramid_equals_scipy_sampled_at_block_centres(tmp, rng):
     ms = json.load(open(os.path.join(out, "zarr.json")))["attributes"]["ome"]["multiscales"][0]
     assert ms["type"] == "gaussian"
     assert ms["datasets"][1]["coordinateTransformations"][1]["translation"] == [0.0, 1.0, 1.0]
+
+
+def test_a_pyramid_in_parts_equals_numpy(tmp, rng):
+    """``partition="I/N"`` (spec/PYRAMID.md §3): parts in any order; those that are not last
+    return None and publish nothing; the last returns the levels, equal to numpy's block
+    means."""
+    a = rng.integers(0, 5000, (40, 24, 24)).astype(np.uint16)
+    out = os.path.join(tmp, "p.ome.zarr")
+    kw = dict(factors=(2, 2, 2), levels=3, chunks=(8, 8, 8))
+    assert cw.pyramid(a, out, partition="1/2", **kw) is None
+    assert not os.path.exists(out)
+    levels = cw.pyramid(a, out, partition=(0, 2), **kw)
+    want = a
+    for i, lv in enumerate(levels):
+        if i:
+            want = block_mean(want, (2, 2, 2))
+        np.testing.assert_array_equal(lv[...], want)
+    with pytest.raises(cw.errors.InvalidOptionError, match="partition"):
+        cw.pyramid(a, os.path.join(tmp, "g.ome.zarr"), method="gaussian", partition="0/2", **kw)

@@ -477,8 +477,8 @@ def convert(inputs, path, chunks=None, codec=None, level=None, *, checksum=False
 
 def pyramid(input, path, *, method="mean", levels=None, factors=None, factors_per_level=None,
             axis_names=None, axis_types=None, units=None, voxel_size=None, chunks=None,
-            codec=None, level=None, name=None, labels=None, overwrite=False, progress=None,
-            threads=None, memory=None) -> list:
+            codec=None, level=None, name=None, labels=None, overwrite=False, partition=None,
+            progress=None, threads=None, memory=None) -> list:
     """``chunkwise pyramid``: an OME-Zarr 0.5 multiscale image of ``input`` (paths as
     :func:`open` takes them, an Array, a numpy array) at ``path``, every level from one read
     of the input (spec/PYRAMID.md). ``method`` is mean, mode (labels), gaussian, nearest, min or
@@ -487,7 +487,10 @@ def pyramid(input, path, *, method="mean", levels=None, factors=None, factors_pe
     level after the first. ``labels`` maps names to label volumes (integers, the input's
     shape; anything ``input`` may be), written as ``path/labels/NAME``: mode pyramids of the
     image's own levels (spec/PYRAMID.md §1.1). Returns the levels opened, finest first: napari
-    takes the list as a multiscale image (``viewer.add_image(levels, multiscale=True)``)."""
+    takes the list as a multiscale image (``viewer.add_image(levels, multiscale=True)``).
+    A killed pyramid resumes when called again; ``partition="I/N"`` builds one part of N
+    sharing one build, and a part that leaves the publishing to another returns None."""
+    from ._compute import _partition
     def as_source(x):
         if isinstance(x, (str, os.PathLike, list, tuple, dict)) and not isinstance(x, Array):
             return open(x)._source()
@@ -507,11 +510,14 @@ def pyramid(input, path, *, method="mean", levels=None, factors=None, factors_pe
                     axis_types=None if axis_types is None else list(axis_types),
                     units=None if units is None else list(units),
                     voxel_size=None if voxel_size is None else [float(v) for v in voxel_size],
-                    chunks=chunks, codec=codec, level=level, name=name, overwrite=overwrite)
+                    chunks=chunks, codec=codec, level=level, name=name, overwrite=overwrite,
+                    partition=_partition(partition))
     try:
         report = json.loads(_chunkwise.pyramid(src, fspath(path), d, named))
     finally:
         close()
+    if report.get("waiting"):
+        return None
     return [open(os.path.join(fspath(path), lv["path"])) for lv in report["levels"]]
 
 
