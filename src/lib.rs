@@ -98,7 +98,8 @@ pub use project::{
     AxisOp, AxisReduceOptions, AxisResult, reduce_axes, reduce_axes_to, write_axis_results,
 };
 pub use pyramid::{
-    MAX_LEVELS, PyramidLevel, PyramidOptions, PyramidReport, pyramid, pyramid_with_labels,
+    MAX_LEVELS, PyramidLevel, PyramidOptions, PyramidReport, pyramid, pyramid_status,
+    pyramid_with_labels,
 };
 pub use rechunk::Decodes;
 pub use reduce::{

@@ -357,8 +357,9 @@ fn a_pyramid_in_parts_is_the_pyramid_one_process_builds() {
     let d = dir.path();
     let n = 48usize;
     let value = |i: usize| ((i as u64).wrapping_mul(2_654_435_761) >> 21) as u16;
-    let a = ndarray::ArrayD::from_shape_vec(vec![n, n, n], (0..n * n * n).map(value).collect())
-        .unwrap();
+    let a =
+        ndarray::ArrayD::from_shape_vec(vec![2 * n, n, n], (0..2 * n * n * n).map(value).collect())
+            .unwrap();
     let src = d.join("v.zarr");
     chunkwise::from_array(
         a.view(),
@@ -401,6 +402,27 @@ fn a_pyramid_in_parts_is_the_pyramid_one_process_builds() {
                 stdout(&o)
             );
             assert!(!out.exists(), "published before the last part");
+            // `status` describes the build: the parts done, and those not started.
+            let st = chunkwise(&["status", "--json", out.to_str().unwrap()]);
+            assert!(st.status.success(), "{}", stderr(&st));
+            let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+            let states: Vec<&str> = v["parts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["state"].as_str().unwrap())
+                .collect();
+            let want: &[&str] = if k == 0 {
+                &["missing", "missing", "done"]
+            } else {
+                &["done", "missing", "done"]
+            };
+            assert_eq!(states, want, "{v}");
+            assert_eq!(v["building"], true);
+            assert!(
+                v["chunks_done"].as_u64() < v["chunks_total"].as_u64(),
+                "{v}"
+            );
         } else {
             assert!(stdout(&o).starts_with("wrote "), "{}", stdout(&o));
         }

@@ -1202,7 +1202,10 @@ fn is_store(path: PathBuf) -> bool {
 /// missing, and whether it is published.
 #[pyfunction]
 fn job_status(out: PathBuf) -> PyResult<String> {
-    let s = chunkwise::job_status(&out).map_err(to_py)?;
+    let s = match chunkwise::pyramid_status(&out).map_err(to_py)? {
+        Some(s) => s,
+        None => chunkwise::job_status(&out).map_err(to_py)?,
+    };
     let parts: Vec<serde_json::Value> = s
         .parts
         .iter()

@@ -17,7 +17,11 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(a: Args, _g: &Global) -> CliResult {
-    let s = chunkwise::job_status(&a.out)?;
+    // A pyramid being built into OUT, else a job's.
+    let s = match chunkwise::pyramid_status(&a.out)? {
+        Some(s) => s,
+        None => chunkwise::job_status(&a.out)?,
+    };
     if a.json {
         let parts: Vec<_> = s
             .parts

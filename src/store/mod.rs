@@ -58,10 +58,10 @@ pub(crate) use remote::{Remote, Uploads, is_url};
 pub(crate) use spec::GridCodec;
 pub use spec::{ChunkCodec, Codec, Durability, StoreSpec};
 pub(crate) use txn::{
-    BuildDir, NEW_SUFFIX, OutputFile, PathLock, STAGING_DIR, Staging, StoreLock, TMP_SUFFIX,
-    check_removable, check_utf8, crash_point, link_chunk, link_or_copy, lock_existing, parent_dir,
-    place, publish_dir, recover_replacement, remove_chunk, resolve_links, sibling, swap_in,
-    sync_dir, sync_filesystem, test_delay, try_lock_briefly, write_atomic, write_output,
+    BuildDir, JOB_SUFFIX, NEW_SUFFIX, OutputFile, PathLock, STAGING_DIR, Staging, StoreLock,
+    TMP_SUFFIX, check_removable, check_utf8, crash_point, link_chunk, link_or_copy, lock_existing,
+    parent_dir, place, publish_dir, recover_replacement, remove_chunk, resolve_links, sibling,
+    swap_in, sync_dir, sync_filesystem, test_delay, try_lock_briefly, write_atomic, write_output,
 };
 pub(crate) use window::ChunkWindow;
 pub use write::WriteReport;
