@@ -287,60 +287,49 @@ fn convert_partitioned(
         let mut mine: Vec<_> = grid.grid_shape().into_iter().map(|n| 0..n).collect();
         mine[0] = l0..l1;
         // A store encoded as the output is: its chunk files copied, not decoded.
-        if let Some(store) = input.store().filter(|s| job.same_chunk_bytes(s)) {
+        let moved = if let Some(store) = input.store().filter(|s| job.same_chunk_bytes(s)) {
             let copied = copy_part(store, &job, &grid, &mine, &done, &opts.run);
-            let (n, stored, bytes_in) = match copied {
-                Ok(v) => v,
-                Err(e) => {
-                    let _ = job.checkpoint();
-                    return Err(e);
-                }
-            };
-            report.chunks_written = n;
-            report.chunks_copied = n;
-            report.bytes_stored = stored;
-            report.bytes_in = bytes_in;
-            if let Finish::Waiting { done, total } = job.finish()? {
-                report.waiting = Some((done, total));
+            if let Ok((n, _, _)) = copied {
+                report.chunks_copied = n;
             }
-            report.seconds = start.elapsed().as_secs_f64();
-            return Ok(report);
-        }
-        // Each part streams its layers in one pass (two passes through an intermediate
-        // array would need every part's first pass done before any second).
-        let step = match plan(source.as_ref(), &grid, &opts.run)? {
-            Some(Plan::Direct(p)) => {
-                report.decodes = Some(p.decodes);
-                p.step
-            }
-            // Only two passes fit the budget: the default blocks (bounded by half of it).
-            Some(Plan::Staged { .. }) => match direct_pass(source.as_ref(), &grid, &opts.run) {
-                Some(p) => {
+            copied
+        } else {
+            // Each part streams its layers in one pass (two passes through an intermediate
+            // array would need every part's first pass done before any second).
+            let step = match plan(source.as_ref(), &grid, &opts.run)? {
+                Some(Plan::Direct(p)) => {
                     report.decodes = Some(p.decodes);
                     p.step
                 }
+                // Only two passes fit the budget: the default blocks (bounded by half of it).
+                Some(Plan::Staged { .. }) => match direct_pass(source.as_ref(), &grid, &opts.run) {
+                    Some(p) => {
+                        report.decodes = Some(p.decodes);
+                        p.step
+                    }
+                    None => default_step(source.as_ref(), &grid, &mine, &opts.run),
+                },
                 None => default_step(source.as_ref(), &grid, &mine, &opts.run),
-            },
-            None => default_step(source.as_ref(), &grid, &mine, &opts.run),
+            };
+            stream_chunks(
+                source.as_ref(),
+                &grid,
+                &mine,
+                &step,
+                "convert",
+                Some(&done),
+                &opts.run,
+                job.chunk_bytes(),
+                |idx, data| {
+                    let n = job.write_chunk(idx, data)?;
+                    if job.checkpoint_due(64) {
+                        job.checkpoint()?;
+                    }
+                    Ok(n)
+                },
+            )
         };
-        let streamed = stream_chunks(
-            source.as_ref(),
-            &grid,
-            &mine,
-            &step,
-            "convert",
-            Some(&done),
-            &opts.run,
-            job.chunk_bytes(),
-            |idx, data| {
-                let n = job.write_chunk(idx, data)?;
-                if job.checkpoint_due(64) {
-                    job.checkpoint()?;
-                }
-                Ok(n)
-            },
-        );
-        let (written, stored, bytes_in) = match streamed {
+        let (written, stored, bytes_in) = match moved {
             Ok(v) => v,
             Err(e) => {
                 // What is written is logged, so that a rerun resumes.

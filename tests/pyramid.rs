@@ -328,23 +328,7 @@ fn a_killed_pyramid_resumes_and_equals_one_built_in_one_go() {
         stdout(&o)
     );
     assert!(!build.exists());
-    for level in 0..3 {
-        let a = chunkwise::Store::open(once.join(level.to_string())).unwrap();
-        let b = chunkwise::Store::open(out.join(level.to_string())).unwrap();
-        assert_eq!(
-            crate::common::store_bytes(&a),
-            crate::common::store_bytes(&b),
-            "level {level}"
-        );
-    }
-    // The image's metadata: the same as one built in one go.
-    let meta = |p: &Path| {
-        let mut v: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(p.join("zarr.json")).unwrap()).unwrap();
-        v["attributes"]["ome"]["multiscales"][0]["name"] = serde_json::Value::Null;
-        v
-    };
-    assert_eq!(meta(&out), meta(&once));
+    assert_same_image(&out, &once, 3);
 }
 
 /// PYRAMID §3: a pyramid in parts (`--partition I/N`, parts run in any order) publishes, with
@@ -428,12 +412,24 @@ fn a_pyramid_in_parts_is_the_pyramid_one_process_builds() {
         }
     }
     assert!(!d.join(".p.ome.zarr.chunkwise-pyramid").exists());
-    for level in 0..3 {
-        let a = chunkwise::Store::open(once.join(level.to_string())).unwrap();
-        let b = chunkwise::Store::open(out.join(level.to_string())).unwrap();
+    assert_same_image(&out, &once, 3);
+    let mut g = args(&d.join("g.ome.zarr"), Some("0/2"));
+    g.extend(["--method".to_string(), "gaussian".to_string()]);
+    let o = run(g);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("partition"), "{}", stderr(&o));
+    assert!(!d.join(".g.ome.zarr.chunkwise-pyramid").exists());
+}
+
+/// Images `a` and `b` of `levels` levels hold the same values level by level and the same
+/// metadata (but for their names).
+fn assert_same_image(a: &Path, b: &Path, levels: usize) {
+    for level in 0..levels {
+        let x = chunkwise::Store::open(a.join(level.to_string())).unwrap();
+        let y = chunkwise::Store::open(b.join(level.to_string())).unwrap();
         assert_eq!(
-            crate::common::store_bytes(&a),
-            crate::common::store_bytes(&b),
+            crate::common::store_bytes(&x),
+            crate::common::store_bytes(&y),
             "level {level}"
         );
     }
@@ -443,11 +439,5 @@ fn a_pyramid_in_parts_is_the_pyramid_one_process_builds() {
         v["attributes"]["ome"]["multiscales"][0]["name"] = serde_json::Value::Null;
         v
     };
-    assert_eq!(meta(&out), meta(&once));
-    let mut g = args(&d.join("g.ome.zarr"), Some("0/2"));
-    g.extend(["--method".to_string(), "gaussian".to_string()]);
-    let o = run(g);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("partition"), "{}", stderr(&o));
-    assert!(!d.join(".g.ome.zarr.chunkwise-pyramid").exists());
+    assert_eq!(meta(a), meta(b));
 }
