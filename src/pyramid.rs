@@ -174,6 +174,9 @@ pub struct PyramidReport {
     pub seconds: f64,
     /// A part (`--partition`) that finished while others have not: nothing is published yet.
     pub waiting: bool,
+    /// OUT already held this pyramid (the same settings: a part or run before published it),
+    /// and nothing was done.
+    pub already_done: bool,
 }
 
 /// The levels' geometry, before anything is written.
@@ -192,6 +195,19 @@ struct Plan {
 impl Plan {
     fn levels(&self) -> usize {
         self.grids.len()
+    }
+
+    /// The levels as the report lists them.
+    fn level_list(&self) -> Vec<PyramidLevel> {
+        (0..self.levels())
+            .map(|l| PyramidLevel {
+                path: l.to_string(),
+                shape: self.grids[l].shape().to_vec(),
+                chunks: self.grids[l].chunk_shape().to_vec(),
+                factor: self.factors[l].clone(),
+                scale: self.scales[l].clone(),
+            })
+            .collect()
     }
 
     /// Level 0 alone (the one pass of a gaussian pyramid).
@@ -1057,57 +1073,64 @@ pub fn pyramid_status(out: &Path) -> Result<Option<crate::store::JobStatus>> {
     let mut parts: Vec<crate::store::PartStatus> = Vec::new();
     let (mut total, mut done) = (0u64, 0u64);
     let mut locks = Vec::new();
-    for e in std::fs::read_dir(&build).at(&build)? {
-        let e = e.at(&build)?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        if let Some((i, n)) = name
-            .strip_prefix("lock.")
-            .and_then(|r| r.split_once('.'))
-            .and_then(|(i, n)| Some((i.parse::<u32>().ok()?, n.parse::<u32>().ok()?)))
-        {
-            locks.push((i, n, e.path()));
-            continue;
-        }
-        if name.parse::<usize>().is_ok() {
-            // A published level: every chunk done.
-            let dir = e.path();
-            if crate::store::is_store(&dir) {
-                let n = crate::store::Store::open(&dir)?.grid()?.num_chunks();
-                total += n;
-                done += n;
-            }
-            continue;
-        }
-        // A level's job, `.L.chunkwise-job` (unless published since the listing).
-        let Some(level) = name
-            .strip_prefix('.')
-            .and_then(|n| n.strip_suffix(crate::store::JOB_SUFFIX))
-            .filter(|l| l.parse::<usize>().is_ok())
-        else {
-            continue;
-        };
-        let dir = build.join(level);
-        if crate::store::is_store(&dir) {
-            continue;
-        }
-        let Ok(s) = crate::store::job_status(&dir) else {
-            continue;
-        };
-        total += s.chunks_total;
-        done += s.chunks_done;
-        for p in s.parts {
-            match parts
-                .iter_mut()
-                .find(|q| q.index == p.index && q.of == p.of)
+    // The image's levels, then each label image's (`labels/NAME/L`).
+    let mut images = vec![build.clone()];
+    if let Ok(entries) = std::fs::read_dir(build.join("labels")) {
+        images.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    }
+    for image in &images {
+        for e in std::fs::read_dir(image).at(image)? {
+            let e = e.at(image)?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some((i, n)) = name
+                .strip_prefix("lock.")
+                .and_then(|r| r.split_once('.'))
+                .and_then(|(i, n)| Some((i.parse::<u32>().ok()?, n.parse::<u32>().ok()?)))
             {
-                Some(q) => {
-                    q.chunks += p.chunks;
-                    q.done += p.done;
+                locks.push((i, n, e.path()));
+                continue;
+            }
+            if name.parse::<usize>().is_ok() {
+                // A published level: every chunk done.
+                let dir = e.path();
+                if crate::store::is_store(&dir) {
+                    let n = crate::store::Store::open(&dir)?.grid()?.num_chunks();
+                    total += n;
+                    done += n;
                 }
-                None => parts.push(crate::store::PartStatus {
-                    running: false,
-                    ..p
-                }),
+                continue;
+            }
+            // A level's job, `.L.chunkwise-job` (unless published since the listing).
+            let Some(level) = name
+                .strip_prefix('.')
+                .and_then(|n| n.strip_suffix(crate::store::JOB_SUFFIX))
+                .filter(|l| l.parse::<usize>().is_ok())
+            else {
+                continue;
+            };
+            let dir = image.join(level);
+            if crate::store::is_store(&dir) {
+                continue;
+            }
+            let Ok(s) = crate::store::job_status(&dir) else {
+                continue;
+            };
+            total += s.chunks_total;
+            done += s.chunks_done;
+            for p in s.parts {
+                match parts
+                    .iter_mut()
+                    .find(|q| q.index == p.index && q.of == p.of)
+                {
+                    Some(q) => {
+                        q.chunks += p.chunks;
+                        q.done += p.done;
+                    }
+                    None => parts.push(crate::store::PartStatus {
+                        running: false,
+                        ..p
+                    }),
+                }
             }
         }
     }
@@ -1171,7 +1194,6 @@ fn build(
             ),
         ));
     }
-    check_output(out, opts.overwrite)?;
     let name = opts.name.clone().or_else(|| {
         out.file_name().map(|n| {
             n.to_string_lossy()
@@ -1195,14 +1217,28 @@ fn build(
     }
     let fingerprint = crate::fingerprint::fnv1a(&settings);
     let part = opts.partition.unwrap_or((0, 1));
-    if part.1 > 1 && (plan.method == Downsample::Gaussian || !labels.is_empty()) {
-        return Err(Error::option(
-            "partition",
-            "a gaussian pyramid or one with --labels is built in one process for now (leave \
-             --partition out)",
-        ));
-    }
     crate::store::check_part(part)?;
+    if !opts.overwrite && published_as(out, &fingerprint) {
+        // A part run again after another published, or a rerun of a finished pyramid.
+        let levels = |p: &Plan| p.level_list();
+        return Ok(PyramidReport {
+            path: out.to_path_buf(),
+            method: plan.method,
+            levels: levels(plan),
+            labels: labels
+                .iter()
+                .map(|(n, _, lp)| (n.to_string(), levels(lp)))
+                .collect(),
+            chunks_written: 0,
+            chunks_resumed: 0,
+            bytes_in: 0,
+            decodes: 0,
+            seconds: start.elapsed().as_secs_f64(),
+            waiting: false,
+            already_done: true,
+        });
+    }
+    check_output(out, opts.overwrite)?;
     let build = Work::open(out, &fingerprint, &settings, opts.overwrite, part)?;
     let sync = opts.run.durability == Durability::Sync;
     let written = with_scalar!(input.dtype(), T => {
@@ -1235,7 +1271,14 @@ fn build(
         let text = serde_json::to_string_pretty(&group).expect("plain JSON");
         crate::store::write_atomic(&dir.join("zarr.json"), text.as_bytes(), sync)?;
     }
-    let waiting = !build.publish(out, opts.overwrite, sync, plan.levels())?;
+    // Every level of the image and of its labels, as the build holds them once published.
+    let mut levels: Vec<PathBuf> = (0..plan.levels()).map(|l| l.to_string().into()).collect();
+    for (name, _, lplan) in labels {
+        levels.extend(
+            (0..lplan.levels()).map(|l| Path::new("labels").join(name).join(l.to_string())),
+        );
+    }
+    let waiting = !build.publish(out, opts.overwrite, sync, &levels)?;
     Ok(PyramidReport {
         path: out.to_path_buf(),
         method: plan.method,
@@ -1247,7 +1290,23 @@ fn build(
         decodes: written.decodes,
         seconds: start.elapsed().as_secs_f64(),
         waiting,
+        already_done: false,
     })
+}
+
+/// Whether `out` is the published pyramid of the settings `fingerprint`: its level 0 (the
+/// first level's job) carries that fingerprint.
+fn published_as(out: &Path, fingerprint: &str) -> bool {
+    let level0 = crate::fingerprint::fnv1a(&format!("{fingerprint}\nlevel 0\n"));
+    out.join("zarr.json").is_file()
+        && std::fs::read_to_string(out.join("0").join("zarr.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| {
+                v.pointer("/attributes/chunkwise/fingerprint")
+                    .and_then(|f| f.as_str().map(str::to_string))
+            })
+            .is_some_and(|f| f == level0)
 }
 
 /// The build directory of a pyramid, `.NAME.chunkwise-pyramid` beside the output: it outlives
@@ -1371,7 +1430,7 @@ impl Work {
     /// Renames the build to `out` (replacing an array there if `replace`) once all `levels`
     /// are published in it (by this part or the others). Returns whether the image is
     /// published (false: other parts have yet to finish).
-    fn publish(self, out: &Path, replace: bool, sync: bool, levels: usize) -> Result<bool> {
+    fn publish(self, out: &Path, replace: bool, sync: bool, levels: &[PathBuf]) -> Result<bool> {
         let _publishing = crate::store::PathLock::wait(&crate::store::sibling(
             &self.out,
             &format!("{PYRAMID_SUFFIX}.lock"),
@@ -1380,7 +1439,10 @@ impl Work {
             // Another part published meanwhile.
             return Ok(true);
         }
-        if !(0..levels).all(|l| crate::store::is_store(&self.path.join(l.to_string()))) {
+        if !levels
+            .iter()
+            .all(|l| crate::store::is_store(&self.path.join(l)))
+        {
             return Ok(false);
         }
         let _ = std::fs::remove_file(self.path.join("job.json"));
@@ -1612,22 +1674,19 @@ fn write_image<T: Scalar>(
     let plan = full;
     let mut written = written;
     if gaussian {
-        for l in 1..plan.levels() {
-            // A level a run before published is whole (its settings are this run's).
-            if !crate::store::is_store(&dir.join(l.to_string())) {
-                written += gaussian_level::<T>(dir, l, plan, codec, &names, opts)?;
+        // Each level below needs the whole level above: in parts, the part that finds level 0
+        // published makes them, one at a time (its lock held); the others leave it to that
+        // part (spec/PYRAMID.md §2).
+        if let Some(_lower) = lower_levels_lock(dir)? {
+            for l in 1..plan.levels() {
+                // A level a run before published is whole (its settings are this run's).
+                if !crate::store::is_store(&dir.join(l.to_string())) {
+                    written += gaussian_level::<T>(dir, l, plan, codec, &names, opts)?;
+                }
             }
         }
     }
-    let levels: Vec<PyramidLevel> = (0..plan.levels())
-        .map(|l| PyramidLevel {
-            path: l.to_string(),
-            shape: plan.grids[l].shape().to_vec(),
-            chunks: plan.grids[l].chunk_shape().to_vec(),
-            factor: plan.factors[l].clone(),
-            scale: plan.scales[l].clone(),
-        })
-        .collect();
+    let levels = plan.level_list();
     let image = Image::new(
         dir,
         name,
@@ -1660,6 +1719,19 @@ fn write_image<T: Scalar>(
         bytes_in: total,
         decodes,
     })
+}
+
+/// The lock under which a gaussian pyramid's levels below level 0 are made, once level 0 is
+/// published in the build `dir`; `None` while it is not, or while another part holds it (and
+/// so makes them).
+fn lower_levels_lock(dir: &Path) -> Result<Option<std::fs::File>> {
+    use crate::error::IoContext;
+    if !crate::store::is_store(&dir.join("0")) {
+        return Ok(None);
+    }
+    let path = dir.join("lock.lower");
+    let lock = std::fs::File::create(&path).at(&path)?;
+    Ok(crate::store::try_lock_briefly(&lock, false).then_some(lock))
 }
 
 /// Refuses an existing output unless `overwrite`, and then anything but a Zarr group or array.

@@ -333,8 +333,7 @@ fn a_killed_pyramid_resumes_and_equals_one_built_in_one_go() {
 
 /// PYRAMID §3: a pyramid in parts (`--partition I/N`, parts run in any order) publishes, with
 /// its last part, the image one process builds: every level's values and the metadata; a part
-/// that is not last says it waits and publishes nothing. Parts of a gaussian pyramid are
-/// refused naming why.
+/// that is not last says it waits and publishes nothing.
 #[test]
 fn a_pyramid_in_parts_is_the_pyramid_one_process_builds() {
     let dir = tmp();
@@ -413,12 +412,103 @@ fn a_pyramid_in_parts_is_the_pyramid_one_process_builds() {
     }
     assert!(!d.join(".p.ome.zarr.chunkwise-pyramid").exists());
     assert_same_image(&out, &once, 3);
-    let mut g = args(&d.join("g.ome.zarr"), Some("0/2"));
-    g.extend(["--method".to_string(), "gaussian".to_string()]);
-    let o = run(g);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("partition"), "{}", stderr(&o));
-    assert!(!d.join(".g.ome.zarr.chunkwise-pyramid").exists());
+    // A part run again once the image is published (a retried task): nothing to do; other
+    // settings into it: refused, the image kept.
+    let o = run(args(&out, Some("1/3")));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("nothing to do"), "{}", stdout(&o));
+    let mut other = args(&out, Some("1/3"));
+    other[5] = "4,4,4".into();
+    let o = run(other);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
+    assert_same_image(&out, &once, 3);
+}
+
+/// PYRAMID §3: a gaussian pyramid and one with label images, in parts run in any order: the
+/// last part publishes what one process builds (every level's values, the labels' too, and
+/// the metadata). A gaussian part that finds level 0 published makes the levels below; one
+/// that finds it unfinished waits.
+#[test]
+fn gaussian_and_labelled_pyramids_in_parts_are_what_one_process_builds() {
+    let dir = tmp();
+    let d = dir.path();
+    let n = 40usize;
+    let value = |i: usize| ((i as u64).wrapping_mul(2_654_435_761) >> 21) as u16;
+    let shape = vec![2 * n, n, n];
+    let a = ndarray::ArrayD::from_shape_vec(shape.clone(), (0..2 * n * n * n).map(value).collect())
+        .unwrap();
+    let lab = ndarray::ArrayD::from_shape_vec(
+        shape,
+        (0..2 * n * n * n).map(|i| (value(i) % 5) as u32).collect(),
+    )
+    .unwrap();
+    let src = d.join("v.zarr");
+    let labels = d.join("cells.zarr");
+    let opts = chunkwise::ConvertOptions::default().chunks(Some(vec![8; 3]));
+    chunkwise::from_array(a.view(), &src, &opts).unwrap();
+    chunkwise::from_array(lab.view(), &labels, &opts).unwrap();
+    let args = |out: &Path, extra: &[&str], part: Option<&str>| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "pyramid",
+            src.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--chunks",
+            "8,8,8",
+            "--levels",
+            "3",
+            "--factors",
+            "2,2,2",
+        ]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect();
+        if let Some(p) = part {
+            v.extend(["--partition".to_string(), p.to_string()]);
+        }
+        v
+    };
+    let run = |v: Vec<String>| chunkwise(&v.iter().map(String::as_str).collect::<Vec<_>>());
+    let label_arg = format!("cells={}", labels.display());
+    for (what, extra) in [
+        ("gaussian", vec!["--method", "gaussian"]),
+        ("labels", vec!["--labels", label_arg.as_str()]),
+    ] {
+        let once = d.join(format!("{what}-once.ome.zarr"));
+        let o = run(args(&once, &extra, None));
+        assert!(o.status.success(), "{what}: {}", stderr(&o));
+        let out = d.join(format!("{what}-parts.ome.zarr"));
+        for (k, part) in ["1/3", "2/3", "0/3"].into_iter().enumerate() {
+            let o = run(args(&out, &extra, Some(part)));
+            assert!(o.status.success(), "{what} {part}: {}", stderr(&o));
+            if k < 2 {
+                assert!(
+                    stdout(&o).contains("waiting for the other partitions"),
+                    "{what} {part}: {}",
+                    stdout(&o)
+                );
+                assert!(!out.exists(), "{what}: published before the last part");
+                let build = d.join(format!(".{what}-parts.ome.zarr.chunkwise-pyramid"));
+                // Only level 0 is made by the parts of a gaussian pyramid.
+                assert!(
+                    !build.join("1").exists(),
+                    "{what} {part}: a level below level 0"
+                );
+            } else {
+                assert!(stdout(&o).starts_with("wrote "), "{}", stdout(&o));
+            }
+        }
+        assert_same_image(&out, &once, 3);
+        if what == "labels" {
+            assert_same_image(&out.join("labels/cells"), &once.join("labels/cells"), 3);
+            assert_eq!(
+                std::fs::read(out.join("labels/zarr.json")).unwrap(),
+                std::fs::read(once.join("labels/zarr.json")).unwrap()
+            );
+        }
+    }
 }
 
 /// Images `a` and `b` of `levels` levels hold the same values level by level and the same

@@ -253,6 +253,7 @@ pub(crate) fn to_json(r: &PyramidReport) -> serde_json::Value {
         "chunks_written": r.chunks_written,
         "chunks_resumed": r.chunks_resumed,
         "waiting": r.waiting,
+        "already_done": r.already_done,
         "bytes_in": r.bytes_in,
         "decodes": r.decodes,
         "seconds": r.seconds,
@@ -260,6 +261,12 @@ pub(crate) fn to_json(r: &PyramidReport) -> serde_json::Value {
 }
 
 pub(crate) fn summary(r: &PyramidReport, input: &Input) -> String {
+    if r.already_done {
+        return format!(
+            "{}: already this pyramid (the same settings); nothing to do",
+            r.path.display()
+        );
+    }
     if r.waiting {
         return format!(
             "{}: this part is done ({} chunks in {:.1} s), waiting for the other partitions",

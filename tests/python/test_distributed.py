@@ -226,3 +226,63 @@ def test_reductions_in_parts_here_and_on_the_cluster(client, tmp, rng):
     assert cw.stats(a, out=tmp / "one.json") == one
     with pytest.raises(cw.OutputExistsError):
         cw.stats(a, out=tmp / "one.json")
+
+
+def test_pyramids_run_in_parts_on_the_cluster(client, tmp, rng):
+    """``cw.pyramid(..., defer=True)``: the levels of a mean pyramid with a label image, and of
+    a gaussian pyramid, built by the cluster's workers equal what one process builds (and the
+    mean levels numpy's block means, spec/PYRAMID.md §3)."""
+    x = rng.integers(0, 4000, (48, 20, 20)).astype(np.uint16)
+    lab = (x % 7).astype(np.uint32)
+    a = cw.from_array(x, tmp / "a.zarr", chunks=(8, 8, 8))
+    cells = cw.from_array(lab, tmp / "cells.zarr", chunks=(8, 8, 8))
+    kw = dict(factors=(2, 2, 2), levels=3, chunks=(8, 8, 8))
+    job = cw.pyramid(a, tmp / "p.ome.zarr", labels={"cells": cells}, defer=True, **kw)
+    assert isinstance(job, cw.Job) and not job.published()
+    levels = chunkwise.distributed.run(client, job, parts=3)
+    assert len(levels) == 3
+    want = x
+    for i, lv in enumerate(levels):
+        if i:  # each level the block means of the one above, rounded half to even
+            s = [-(-n // 2) for n in want.shape]
+            p = np.full([2 * n for n in s], np.nan)
+            p[tuple(slice(0, n) for n in want.shape)] = want
+            m = np.nanmean(p.reshape(s[0], 2, s[1], 2, s[2], 2), axis=(1, 3, 5))
+            want = np.round(m).astype(np.uint16)
+        np.testing.assert_array_equal(lv[...], want)
+    one = cw.pyramid(a, tmp / "one.ome.zarr", labels={"cells": cells}, **kw)
+    for i in range(3):
+        np.testing.assert_array_equal(
+            cw.open(str(tmp / "p.ome.zarr" / "labels" / "cells" / str(i)))[...],
+            cw.open(str(tmp / "one.ome.zarr" / "labels" / "cells" / str(i)))[...])
+        np.testing.assert_array_equal(levels[i][...], one[i][...])
+    job = cw.pyramid(a, tmp / "g.ome.zarr", method="gaussian", defer=True, **kw)
+    g = chunkwise.distributed.run(client, job, parts=4)
+    gone = cw.pyramid(a, tmp / "g1.ome.zarr", method="gaussian", **kw)
+    assert [lv.shape for lv in g] == [lv.shape for lv in gone]
+    for u, v in zip(g, gone):
+        np.testing.assert_array_equal(u[...], v[...])
+
+
+def test_a_gaussian_pyramid_whose_lower_levels_were_left_undone_completes(client, tmp, rng):
+    """Every part of a gaussian pyramid returned with level 0 published but the levels below
+    not made (their maker's lock held, as by a process being killed): ``run`` runs the parts
+    again once the lock is free, and the pyramid is what one process builds."""
+    import fcntl
+    x = rng.integers(0, 4000, (48, 20, 20)).astype(np.uint16)
+    a = cw.from_array(x, tmp / "a.zarr", chunks=(8, 8, 8))
+    kw = dict(factors=(2, 2, 2), levels=3, chunks=(8, 8, 8), method="gaussian")
+    job = cw.pyramid(a, tmp / "g.ome.zarr", defer=True, **kw)
+    build = tmp / ".g.ome.zarr.chunkwise-pyramid"
+    assert job.run(part=(0, 2)) is None
+    with open(build / "lock.lower", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        assert job.run(part=(1, 2)) is None
+        assert (build / "0" / "zarr.json").exists() and not (build / "1").exists()
+        assert [p["state"] for p in job.status()["parts"]] == ["done", "done"]
+        threading.Timer(0.5, fcntl.flock, (f, fcntl.LOCK_UN)).start()
+        levels = chunkwise.distributed.run(client, job, parts=2, retries=5)
+    one = cw.pyramid(a, tmp / "one.ome.zarr", **kw)
+    assert len(levels) == 3
+    for u, v in zip(levels, one):
+        np.testing.assert_array_equal(u[...], v[...])

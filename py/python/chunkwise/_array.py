@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import operator
 import os
@@ -475,6 +476,14 @@ def convert(inputs, path, chunks=None, codec=None, level=None, *, checksum=False
     return None if report.get("waiting") else open(path)
 
 
+def _load_pyramid(path) -> list:
+    """The levels of the published image at ``path``, finest first."""
+    with builtins.open(os.path.join(fspath(path), "zarr.json")) as f:
+        ms = json.load(f)["attributes"]["ome"]["multiscales"][0]
+    return [open(os.path.join(fspath(path), d["path"])) for d in ms["datasets"]]
+
+
+@_deferrable(1, _load_pyramid)
 def pyramid(input, path, *, method="mean", levels=None, factors=None, factors_per_level=None,
             axis_names=None, axis_types=None, units=None, voxel_size=None, chunks=None,
             codec=None, level=None, name=None, labels=None, overwrite=False, partition=None,
@@ -489,7 +498,8 @@ def pyramid(input, path, *, method="mean", levels=None, factors=None, factors_pe
     image's own levels (spec/PYRAMID.md §1.1). Returns the levels opened, finest first: napari
     takes the list as a multiscale image (``viewer.add_image(levels, multiscale=True)``).
     A killed pyramid resumes when called again; ``partition="I/N"`` builds one part of N
-    sharing one build, and a part that leaves the publishing to another returns None."""
+    sharing one build, and a part that leaves the publishing to another returns None;
+    ``defer=True`` returns a :class:`chunkwise.Job` (for ``chunkwise.distributed.run``)."""
     from ._compute import _partition
     def as_source(x):
         if isinstance(x, (str, os.PathLike, list, tuple, dict)) and not isinstance(x, Array):

@@ -28,7 +28,8 @@ def _run_part(job, i, n, threads):
 
 def run(client, job: Job, parts=None, *, retries=3, threads=None):
     """Runs ``job`` (from ``cw.gaussian(..., defer=True)``, ``cw.convert``, ``cw.map_overlap``,
-    ``cw.stats(..., out=...)``, ``cw.where(..., out=...)``, ``cw.graph(..., out=...)``) on
+    ``cw.pyramid``, ``cw.stats(..., out=...)``, ``cw.where(..., out=...)``,
+    ``cw.graph(..., out=...)``) on
     ``client``'s cluster in ``parts`` parts (default: one per worker thread) and returns the
     output: the ``Array``, or for a reduction what the function returns.
 
@@ -57,6 +58,7 @@ def run(client, job: Job, parts=None, *, retries=3, threads=None):
         futures = client.map(_run_part, [job] * len(todo), todo, [parts] * len(todo),
                              [threads] * len(todo), pure=False, retries=0)
         failed = []
+        unpublished = False
         for i, f in zip(todo, futures):
             try:
                 f.result()
@@ -74,6 +76,14 @@ def run(client, job: Job, parts=None, *, retries=3, threads=None):
                     i = p["part"][0]
                     failures[i] = Error(f"part {i}/{parts} returned, but its chunks are missing")
                     failed.append(i)
+            if not failed:
+                # Every part's chunks are there but the output is not published (what follows
+                # the parts' work, as a gaussian pyramid's levels below level 0, was cut
+                # short): the parts again, which find their own work done and finish it.
+                for i in range(parts):
+                    failures[i] = Error(f"every part returned, but {job.out} is not published")
+                failed = list(range(parts))
+                unpublished = True
         todo = failed
         if todo:
             attempt += 1
@@ -85,7 +95,7 @@ def run(client, job: Job, parts=None, *, retries=3, threads=None):
                     f"{attempt} times; last: {type(e).__name__}: {e}; the job keeps what is "
                     f"done, and run() again resumes it"
                 ) from e
-            if all(isinstance(failures[i], LockedError) for i in todo):
+            if all(isinstance(failures[i], LockedError) for i in todo) or unpublished:
                 # A killed task's lock is held until its process is gone: give it a moment.
                 import time
                 time.sleep(1.0)
