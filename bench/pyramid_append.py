@@ -11,8 +11,11 @@ and V four times over (2048 slices, appended to a linked copy: chunks linked), e
 - `chunkwise append BASE.ome.zarr append.raw` (W5's 64 new slices, a raw file with its
   sidecar): level 0 grows by 64 slices, levels 1-3 recompute their tails;
 - rebuilding instead: `chunkwise pyramid GROWN.zarr -o OUT` (the same pyramid of the grown
-  volume from scratch, the fastest rebuild we have; bench/pyramid.py has the peers' rebuilds,
-  10x slower).
+  volume from scratch, the fastest rebuild we have);
+- with `--peers`, the peers' rebuilds of the grown volume in the same run (bench/pyramid.py's
+  scripts: ngff-zarr's ITKWASM_BIN_SHRINK and DASK_BIN_SHRINK, ome-zarr-py's local_mean, in the
+  project's venv), --runs times at 1x and `--peer-runs-4x` times (default 1) at 4x: their time
+  and peak RSS on the 4 GiB grown volume is issue 13's memory comparison.
 
 Reports seconds, peak RSS and bytes written (the append's `--json`), for 1x and 4x the base,
 and checks that the appended pyramid's levels have the rebuilt one's shapes. Results go to
@@ -31,10 +34,17 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from w1 import CW, machine, record, timed  # noqa: E402
-from pyramid import levels_of  # noqa: E402
+from pyramid import NGFF, OMEZARR, VENV_PY, levels_of  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results", "pyramid_append.jsonl")
 PYR = ["--factors", "2,2,2", "--levels", "4", "--chunks", "128,128,128", "-q"]
+
+
+def timed_clean(cmd):
+    """`timed`, after writing back what earlier runs left dirty (an append's commit syncs its
+    filesystem, and would otherwise wait for the peers' gigabytes)."""
+    os.sync()
+    return timed(cmd)
 
 
 def sh(*cmd):
@@ -51,6 +61,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="/tmp/peers-data/full")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--peers", action="store_true", help="time the peers' rebuilds too")
+    ap.add_argument("--peer-runs-4x", type=int, default=1)
     a = ap.parse_args()
     v = os.path.join(a.data, "w1_default.zarr")
     if not os.path.exists(os.path.join(v, "zarr.json")):
@@ -60,6 +72,21 @@ def main():
         raise SystemExit(f"{new} missing: run ../shared/peers/gen.py {a.data}")
     work = tempfile.mkdtemp(prefix="cw-pyrappend-", dir=a.data)
     out = {}
+    scripts = {}
+    for name, text in (("ngff", NGFF), ("omezarr", OMEZARR)):
+        scripts[name] = os.path.join(work, name + ".py")
+        with open(scripts[name], "w") as f:
+            f.write(text)
+
+    def peers(grown, out):
+        return {
+            "ngff-zarr ITKWASM_BIN_SHRINK": [VENV_PY, scripts["ngff"], grown, out,
+                                              "ITKWASM_BIN_SHRINK"],
+            "ngff-zarr DASK_BIN_SHRINK": [VENV_PY, scripts["ngff"], grown, out,
+                                           "DASK_BIN_SHRINK"],
+            "ome-zarr-py local_mean": [VENV_PY, scripts["omezarr"], grown, out],
+        } if a.peers else {}
+
     try:
         newz = _new(work, new)
         for scale in (1, 4):
@@ -71,14 +98,16 @@ def main():
             sh(CW, "pyramid", base, "-o", img, *PYR)
             grown = os.path.join(work, f"grown{scale}.zarr")
             sh(CW, "concat", base, newz, "-o", grown, "-q")
-            rows = {"append": [], "rebuild": []}
-            rss = {"append": [], "rebuild": []}
+            rebuilt = os.path.join(work, "rebuilt.ome.zarr")
+            others = peers(grown, rebuilt)
+            rows = {"append": [], "rebuild": [], **{k: [] for k in others}}
+            rss = {"append": [], "rebuild": [], **{k: [] for k in others}}
             said = None
-            for _ in range(a.runs):
+            for run in range(a.runs):
                 copy = os.path.join(work, "copy.ome.zarr")
                 shutil.rmtree(copy, ignore_errors=True)
                 link_copy(img, copy)
-                w, m = timed([CW, "append", copy, new, "--json", "-q"])
+                w, m = timed_clean([CW, "append", copy, new, "--json", "-q"])
                 rows["append"].append(w)
                 rss["append"].append(m)
                 said = json.loads(subprocess.run([CW, "append", copy, new, "--json"],
@@ -86,12 +115,25 @@ def main():
                 appended_levels = levels_of(copy)
                 rebuilt = os.path.join(work, "rebuilt.ome.zarr")
                 shutil.rmtree(rebuilt, ignore_errors=True)
-                w, m = timed([CW, "pyramid", grown, "-o", rebuilt, *PYR])
+                w, m = timed_clean([CW, "pyramid", grown, "-o", rebuilt, *PYR])
                 rows["rebuild"].append(w)
                 rss["rebuild"].append(m)
                 if appended_levels != levels_of(rebuilt):
                     raise SystemExit(f"levels differ: {appended_levels} vs {levels_of(rebuilt)}")
+                if scale == 4 and run >= a.peer_runs_4x:
+                    continue
+                for impl, cmd in others.items():
+                    shutil.rmtree(rebuilt, ignore_errors=True)
+                    w, m = timed_clean(cmd)
+                    rows[impl].append(w)
+                    rss[impl].append(m)
+                    if levels_of(rebuilt) != appended_levels:
+                        raise SystemExit(f"{impl}: levels {levels_of(rebuilt)}, "
+                                         f"not {appended_levels}")
             appended = _bytes_of_append(copy, img, new, work)
+            rows = {k: x for k, x in rows.items() if x}
+            rss = {k: x for k, x in rss.items() if x}
+            others = {k: v for k, v in others.items() if k in rows}
             med = {k: statistics.median(x) for k, x in rows.items()}
             out[f"{scale}x"] = {
                 "base_slices": 512 * scale,
@@ -100,6 +142,8 @@ def main():
                 "bytes_written": appended,
                 "levels": [list(s) for s in appended_levels],
                 "ratio_rebuild_over_append": round(med["rebuild"] / med["append"], 2),
+                "ratio_peer_rebuild_over_append": {
+                    k: round(med[k] / med["append"], 2) for k in others},
                 "rerun_said_already_done": bool(said and said.get("already_done")),
             }
             shutil.rmtree(img, ignore_errors=True)
@@ -118,6 +162,11 @@ def main():
            "bytes_written_1x": one["bytes_written"], "bytes_written_4x": four["bytes_written"],
            "ratio_rebuild_over_append_1x": one["ratio_rebuild_over_append"],
            "ratio_rebuild_over_append_4x": four["ratio_rebuild_over_append"],
+           "peers": {s: {k: {"seconds": [round(x, 3) for x in out[s]["seconds"][k]],
+                             "peak_rss_mib": out[s]["peak_rss_mib"][k],
+                             "ratio_over_append": out[s]["ratio_peer_rebuild_over_append"][k]}
+                         for k in out[s]["ratio_peer_rebuild_over_append"]}
+                     for s in ("1x", "4x")},
            "append_4x_over_1x": round(statistics.median(four["seconds"]["append"])
                                       / statistics.median(one["seconds"]["append"]), 2),
            "levels_1x": one["levels"], "levels_4x": four["levels"],

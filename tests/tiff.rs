@@ -346,6 +346,52 @@ fn a_multi_file_ome_tiff_reads_whole_from_any_of_its_files() {
     );
 }
 
+/// CLI "Multi-file OME-TIFF": a companion OME-XML file given alone (by a relative path from its
+/// own directory) reads the dataset it describes from the TIFFs beside it, as its TIFFs do;
+/// with one of them gone, the error names it; with others beside it, it is refused.
+#[test]
+fn a_companion_file_given_alone_reads_its_dataset() {
+    let dir = tmp();
+    let want = read_npy(&fixture("tiff/comp.npy"));
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    for name in ["comp_0.ome.tif", "comp_1.ome.tif", "comp.companion.ome"] {
+        std::fs::copy(fixture(&format!("tiff/{name}")), data.join(name)).unwrap();
+    }
+    let convert = |args: &[&str], out: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_chunkwise"))
+            .current_dir(&data)
+            .arg("convert")
+            .args(args)
+            .arg("-o")
+            .arg(out)
+            .arg("--quiet")
+            .output()
+            .unwrap()
+    };
+    let out = dir.path().join("c.zarr");
+    let o = convert(&["comp.companion.ome"], &out);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let store = Store::open(&out).unwrap();
+    assert_eq!(store.shape(), &want.shape[..]);
+    let mut back = vec![0u8; want.bytes.len()];
+    store
+        .read_region_into(&Region::full(store.shape()), &mut back)
+        .unwrap();
+    assert!(back == want.bytes, "values differ from the array written");
+    assert_eq!(dimension_names(&out), serde_json::json!(["t", "y", "x"]));
+    let o = convert(
+        &["comp.companion.ome", "comp_0.ome.tif"],
+        &dir.path().join("two.zarr"),
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    std::fs::remove_file(data.join("comp_1.ome.tif")).unwrap();
+    let o = convert(&["comp.companion.ome"], &dir.path().join("gone.zarr"));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("comp_1.ome.tif"), "{}", stderr(&o));
+    assert!(!dir.path().join("gone.zarr").exists());
+}
+
 /// CLI `convert --partition`: the parts of an OME-TIFF's convert publish the array one convert
 /// writes, its axis names and voxel size included (they were dropped, or refused when given).
 #[test]

@@ -151,7 +151,7 @@ pub(crate) fn open(inputs: &[PathBuf], raw: &RawOptions) -> Result<Box<dyn Sourc
     if raw.series.is_some()
         && let Some(p) = paths
             .iter()
-            .find(|p| paths.len() > 1 || kind(p) != Kind::Tiff)
+            .find(|p| paths.len() > 1 || !matches!(kind(p), Kind::Tiff | Kind::OmeXml))
     {
         return Err(refuse_series(p));
     }
@@ -168,6 +168,10 @@ pub(crate) fn open(inputs: &[PathBuf], raw: &RawOptions) -> Result<Box<dyn Sourc
             Kind::Tiff => {
                 refuse_raw_flags(raw_given, one)?;
                 Ok(Box::new(TiffStack::multipage(one, raw.series)?))
+            }
+            Kind::OmeXml => {
+                refuse_raw_flags(raw_given, one)?;
+                Ok(Box::new(TiffStack::companion(one, raw.series)?))
             }
             Kind::Other => Ok(Box::new(MappedSource::raw(one, raw)?)),
         };
@@ -275,6 +279,8 @@ pub(crate) fn refuse_raw_flags(raw_given: bool, path: &Path) -> Result<()> {
 enum Kind {
     Npy,
     Tiff,
+    /// A companion OME-XML file (`.companion.ome`): the OME-TIFF dataset it describes.
+    OmeXml,
     Other,
 }
 
@@ -287,6 +293,7 @@ fn kind(p: &Path) -> Kind {
     {
         Some("npy") => Kind::Npy,
         Some("tif" | "tiff") => Kind::Tiff,
+        Some("ome") => Kind::OmeXml,
         _ => Kind::Other,
     }
 }
@@ -313,6 +320,10 @@ fn open_files(files: &[PathBuf], origin: &Path, raw_given: bool) -> Result<Box<d
     match kinds[0] {
         Kind::Npy => Ok(Box::new(NpyStack::open(files.to_vec())?)),
         Kind::Tiff => Ok(Box::new(TiffStack::files(files.to_vec())?)),
+        Kind::OmeXml => Err(Error::bad_input(
+            &files[0],
+            "a companion OME-XML file describes one dataset: give it alone",
+        )),
         Kind::Other => Err(Error::bad_input(
             &files[0],
             "several raw files cannot be stacked; give .npy or TIFF files",
@@ -330,7 +341,7 @@ fn list_dir(dir: &Path) -> Result<Vec<PathBuf>> {
             .file_name()
             .and_then(|n| n.to_str())
             .is_some_and(|n| n.starts_with('.'));
-        if !hidden && p.is_file() && kind(&p) != Kind::Other {
+        if !hidden && p.is_file() && matches!(kind(&p), Kind::Npy | Kind::Tiff) {
             files.push(p);
         }
     }

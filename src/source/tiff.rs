@@ -299,6 +299,47 @@ impl TiffStack {
         })
     }
 
+    /// The OME-TIFF dataset a companion OME-XML file (`NAME.companion.ome`, Bio-Formats')
+    /// describes: series `series` (0 by default) read from the TIFF files it names beside it,
+    /// as [`TiffStack::multipage`] reads it from any of them.
+    pub(crate) fn companion(path: &Path, series: Option<usize>) -> Result<Self> {
+        let xml = read_companion(path)?;
+        let all = ome_tiff::parse(&xml, "").map_err(|e| Error::bad_input(path, e))?;
+        let pick = series.unwrap_or(0);
+        let s = all.get(pick).ok_or_else(|| {
+            Error::option(
+                "series",
+                format!(
+                    "{}: series {pick} asked for, the OME-XML describes {} (0 to {})",
+                    path.display(),
+                    all.len(),
+                    all.len().saturating_sub(1)
+                ),
+            )
+        })?;
+        let first = s
+            .ifds
+            .first()
+            .map(|&(f, _)| s.files[f].as_str())
+            .filter(|f| !f.is_empty())
+            .ok_or_else(|| {
+                Error::bad_input(
+                    path,
+                    format!(
+                        "its OME-XML names no TIFF file for the planes of series {pick} (a                          companion file's TiffData carry UUID FileName)"
+                    ),
+                )
+            })?;
+        let tiff = path.parent().unwrap_or(Path::new("")).join(first);
+        Self::multipage(&tiff, series).map_err(|e| match e {
+            Error::Io { .. } => Error::bad_input(
+                path,
+                format!("its OME-XML puts planes of series {pick} in {first}: {e}"),
+            ),
+            e => e,
+        })
+    }
+
     /// The pages of one multi-page TIFF; of an OME-TIFF, the planes of series `series` (0
     /// by default) in the order t, c, z.
     pub(crate) fn multipage(path: &Path, series: Option<usize>) -> Result<Self> {
@@ -542,6 +583,7 @@ impl Source for TiffStack {
                     files[0].path.display(),
                     match files.len() {
                         1 => String::new(),
+                        2 => " and 1 other file".to_string(),
                         k => format!(" and {} other files", k - 1),
                     },
                     fmt_shape(&self.shape),
