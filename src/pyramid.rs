@@ -1066,6 +1066,9 @@ fn unit_level(
 /// I/O errors reading the build.
 pub fn pyramid_status(out: &Path) -> Result<Option<crate::store::JobStatus>> {
     use crate::error::IoContext;
+    if crate::store::is_url(out) {
+        return pyramid_status_remote(out);
+    }
     let build = crate::store::sibling(out, PYRAMID_SUFFIX)?;
     if !build.is_dir() {
         return Ok(None);
@@ -1117,21 +1120,7 @@ pub fn pyramid_status(out: &Path) -> Result<Option<crate::store::JobStatus>> {
             };
             total += s.chunks_total;
             done += s.chunks_done;
-            for p in s.parts {
-                match parts
-                    .iter_mut()
-                    .find(|q| q.index == p.index && q.of == p.of)
-                {
-                    Some(q) => {
-                        q.chunks += p.chunks;
-                        q.done += p.done;
-                    }
-                    None => parts.push(crate::store::PartStatus {
-                        running: false,
-                        ..p
-                    }),
-                }
-            }
+            merge_parts(&mut parts, s.parts);
         }
     }
     for (i, n, lock) in locks {
@@ -1147,6 +1136,69 @@ pub fn pyramid_status(out: &Path) -> Result<Option<crate::store::JobStatus>> {
                 running: held,
             }),
         }
+    }
+    parts.sort_by_key(|p| (p.of, p.index));
+    Ok(Some(crate::store::JobStatus {
+        path: out.to_path_buf(),
+        published: false,
+        fingerprint: None,
+        building: true,
+        chunks_total: total,
+        chunks_done: done,
+        parts,
+    }))
+}
+
+/// Adds a level's parts to the pyramid's (the same part of every level counted together).
+fn merge_parts(parts: &mut Vec<crate::store::PartStatus>, level: Vec<crate::store::PartStatus>) {
+    for p in level {
+        match parts
+            .iter_mut()
+            .find(|q| q.index == p.index && q.of == p.of)
+        {
+            Some(q) => {
+                q.chunks += p.chunks;
+                q.done += p.done;
+            }
+            None => parts.push(crate::store::PartStatus {
+                running: false,
+                ..p
+            }),
+        }
+    }
+}
+
+/// [`pyramid_status`] of a pyramid being built at an object-storage prefix: its levels' jobs
+/// (`OUT/L`, each with its parts), the image's own levels; `None` once the image is
+/// published, or when no level is being built there.
+fn pyramid_status_remote(out: &Path) -> Result<Option<crate::store::JobStatus>> {
+    let r = crate::store::Remote::open(&out.to_string_lossy())?;
+    if r.size("zarr.json")?.is_some() {
+        return Ok(None);
+    }
+    let mut parts = Vec::new();
+    let (mut total, mut done) = (0u64, 0u64);
+    let mut any = false;
+    for l in 0.. {
+        let level = out.join(l.to_string());
+        let s = match crate::store::job_status(&level) {
+            Ok(s) => s,
+            Err(Error::NotFound(_)) => break,
+            Err(e) => return Err(e),
+        };
+        any = true;
+        if s.published {
+            let n = crate::store::Store::open(&level)?.grid()?.num_chunks();
+            total += n;
+            done += n;
+        } else {
+            total += s.chunks_total;
+            done += s.chunks_done;
+            merge_parts(&mut parts, s.parts);
+        }
+    }
+    if !any {
+        return Ok(None);
     }
     parts.sort_by_key(|p| (p.of, p.index));
     Ok(Some(crate::store::JobStatus {
@@ -1184,16 +1236,7 @@ fn build(
     plan: &Plan,
 ) -> Result<PyramidReport> {
     let start = Instant::now();
-    if crate::store::is_url(out) {
-        return Err(Error::option(
-            "output",
-            format!(
-                "{}: pyramids are written to a local directory for now (write it locally, \
-                 then copy it)",
-                out.display()
-            ),
-        ));
-    }
+    let dest = Dest::open(out)?;
     let name = opts.name.clone().or_else(|| {
         out.file_name().map(|n| {
             n.to_string_lossy()
@@ -1218,7 +1261,7 @@ fn build(
     let fingerprint = crate::fingerprint::fnv1a(&settings);
     let part = opts.partition.unwrap_or((0, 1));
     crate::store::check_part(part)?;
-    if !opts.overwrite && published_as(out, &fingerprint) {
+    if !opts.overwrite && published_as(&dest, &fingerprint)? {
         // A part run again after another published, or a rerun of a finished pyramid.
         let levels = |p: &Plan| p.level_list();
         return Ok(PyramidReport {
@@ -1238,16 +1281,47 @@ fn build(
             already_done: true,
         });
     }
-    check_output(out, opts.overwrite)?;
-    let build = Work::open(out, &fingerprint, &settings, opts.overwrite, part)?;
     let sync = opts.run.durability == Durability::Sync;
+    // Locally the pyramid is built in a directory beside OUT and renamed to it; on object
+    // storage (no renames, no locks) the levels are written in place, each a resumable job,
+    // and the groups' metadata that make the image appear go last (§3).
+    let build = match &dest {
+        Dest::Local(_) => {
+            check_output(out, opts.overwrite)?;
+            Some(Work::open(
+                out,
+                &fingerprint,
+                &settings,
+                opts.overwrite,
+                part,
+            )?)
+        }
+        Dest::Remote(r) => {
+            check_remote_output(r, opts.overwrite)?;
+            if plan.method == Downsample::Gaussian && part.1 > 1 {
+                return Err(Error::option(
+                    "partition",
+                    "a gaussian pyramid on object storage is built in one process (its levels \
+                     below level 0 wait for the whole level above, which needs a lock object \
+                     storage lacks): leave --partition out, or build it locally",
+                ));
+            }
+            None
+        }
+    };
+    let root = build.as_ref().map_or(out, |b| b.path());
     let written = with_scalar!(input.dtype(), T => {
-        write_image::<T>(input, build.path(), name, None, opts, plan, &fingerprint)
+        write_image::<T>(input, root, name, None, opts, plan, &fingerprint)
     });
-    let written = build.keep_unless_refused(written)?;
+    let written = match &build {
+        Some(b) => b.keep_unless_refused(written)?,
+        None => written?,
+    };
+    // The groups' metadata, each a path under OUT with its text.
+    let mut groups: Vec<(PathBuf, String)> = Vec::new();
     let mut label_levels = Vec::new();
     if !labels.is_empty() {
-        let dir = build.path().join("labels");
+        let dir = root.join("labels");
         for (name, lab, lplan) in labels {
             let w = with_scalar!(lab.dtype(), T => {
                 write_image::<T>(
@@ -1261,6 +1335,7 @@ fn build(
                 )?
             });
             label_levels.push((name.to_string(), w.levels));
+            groups.push((Path::new("labels").join(name), w.group));
         }
         let names: Vec<&str> = labels.iter().map(|l| l.0).collect();
         let group = json!({
@@ -1268,17 +1343,30 @@ fn build(
             "node_type": "group",
             "attributes": {"ome": {"version": "0.5", "labels": names}},
         });
-        let text = serde_json::to_string_pretty(&group).expect("plain JSON");
-        crate::store::write_atomic(&dir.join("zarr.json"), text.as_bytes(), sync)?;
+        groups.push((
+            "labels".into(),
+            serde_json::to_string_pretty(&group).expect("plain JSON"),
+        ));
     }
-    // Every level of the image and of its labels, as the build holds them once published.
+    groups.push((PathBuf::new(), written.group.clone()));
+    // Every level of the image and of its labels, as OUT holds them once published.
     let mut levels: Vec<PathBuf> = (0..plan.levels()).map(|l| l.to_string().into()).collect();
     for (name, _, lplan) in labels {
         levels.extend(
             (0..lplan.levels()).map(|l| Path::new("labels").join(name).join(l.to_string())),
         );
     }
-    let waiting = !build.publish(out, opts.overwrite, sync, &levels)?;
+    let waiting = match (build, &dest) {
+        (Some(b), _) => {
+            for (at, text) in &groups {
+                let file = b.path().join(at).join("zarr.json");
+                crate::store::write_atomic(&file, text.as_bytes(), sync)?;
+            }
+            !b.publish(out, opts.overwrite, sync, &levels)?
+        }
+        (None, Dest::Remote(r)) => !publish_remote(r, &levels, &groups)?,
+        (None, Dest::Local(_)) => unreachable!("a local pyramid has its build directory"),
+    };
     Ok(PyramidReport {
         path: out.to_path_buf(),
         method: plan.method,
@@ -1294,19 +1382,103 @@ fn build(
     })
 }
 
-/// Whether `out` is the published pyramid of the settings `fingerprint`: its level 0 (the
+/// Whether OUT is the published pyramid of the settings `fingerprint`: its level 0 (the
 /// first level's job) carries that fingerprint.
-fn published_as(out: &Path, fingerprint: &str) -> bool {
+fn published_as(dest: &Dest, fingerprint: &str) -> Result<bool> {
     let level0 = crate::fingerprint::fnv1a(&format!("{fingerprint}\nlevel 0\n"));
-    out.join("zarr.json").is_file()
-        && std::fs::read_to_string(out.join("0").join("zarr.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| {
-                v.pointer("/attributes/chunkwise/fingerprint")
-                    .and_then(|f| f.as_str().map(str::to_string))
-            })
-            .is_some_and(|f| f == level0)
+    if !dest.exists("zarr.json")? {
+        return Ok(false);
+    }
+    Ok(dest
+        .read("0/zarr.json")?
+        .and_then(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
+        .and_then(|v| {
+            v.pointer("/attributes/chunkwise/fingerprint")
+                .and_then(|f| f.as_str().map(str::to_string))
+        })
+        .is_some_and(|f| f == level0))
+}
+
+/// Where a pyramid goes: a local directory, or an object-storage prefix.
+enum Dest {
+    Local(PathBuf),
+    Remote(crate::store::Remote),
+}
+
+impl Dest {
+    fn open(out: &Path) -> Result<Dest> {
+        if crate::store::is_url(out) {
+            Ok(Dest::Remote(crate::store::Remote::open(
+                &out.to_string_lossy(),
+            )?))
+        } else {
+            Ok(Dest::Local(out.to_path_buf()))
+        }
+    }
+
+    /// The file or object at `key` (`/`-separated, under OUT), if there is one.
+    fn read(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        match self {
+            Dest::Local(dir) => Ok(std::fs::read(dir.join(key)).ok()),
+            Dest::Remote(r) => r.get(key),
+        }
+    }
+
+    fn exists(&self, key: &str) -> Result<bool> {
+        match self {
+            Dest::Local(dir) => Ok(dir.join(key).is_file()),
+            Dest::Remote(r) => Ok(r.size(key)?.is_some()),
+        }
+    }
+}
+
+/// `path` (relative, under OUT) and `file` in it as an object key: `/`-separated.
+fn key_of(path: &Path, file: &str) -> String {
+    let mut k: Vec<String> = path
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    k.push(file.to_string());
+    k.join("/")
+}
+
+/// Refuses an image (or anything with a `zarr.json`) at the object-storage prefix `r`: the
+/// parts of a pyramid there cannot agree on replacing it without locks.
+fn check_remote_output(r: &crate::store::Remote, overwrite: bool) -> Result<()> {
+    if r.size("zarr.json")?.is_none() {
+        return Ok(());
+    }
+    if overwrite {
+        return Err(Error::option(
+            "overwrite",
+            format!(
+                "{}: replacing a pyramid on object storage is not supported (its parts cannot \
+                 agree on it without locks): delete the prefix first",
+                r.url()
+            ),
+        ));
+    }
+    Err(Error::OutputExists(PathBuf::from(r.url())))
+}
+
+/// Publishes the image on object storage once every level in `levels` is there (each level's
+/// `zarr.json` is PUT by the last part to finish it): the groups' metadata, the image's own
+/// last (the one object that makes it an image). Returns whether it is published.
+fn publish_remote(
+    r: &crate::store::Remote,
+    levels: &[PathBuf],
+    groups: &[(PathBuf, String)],
+) -> Result<bool> {
+    for l in levels {
+        if r.size(&key_of(l, "zarr.json"))?.is_none() {
+            return Ok(false);
+        }
+    }
+    // Two parts finishing together both PUT the same objects: harmless.
+    for (at, text) in groups {
+        r.put(&key_of(at, "zarr.json"), text.clone().into_bytes())?;
+    }
+    Ok(true)
 }
 
 /// The build directory of a pyramid, `.NAME.chunkwise-pyramid` beside the output: it outlives
@@ -1469,10 +1641,13 @@ struct Written {
     resumed: u64,
     bytes_in: u64,
     decodes: u64,
+    /// The image group's `zarr.json` (written by the caller: last, when every level is).
+    group: String,
 }
 
-/// Writes `input`'s pyramid (`plan`) as an OME-Zarr image group in `dir` (inside a build
-/// directory), named `name`; `label` is the `image-label` object of a label image.
+/// Writes `input`'s pyramid (`plan`): the levels of an OME-Zarr image group in `dir` (inside
+/// a build directory, or an object-storage prefix), named `name`; `label` is the
+/// `image-label` object of a label image.
 fn write_image<T: Scalar>(
     input: &Input,
     dir: &Path,
@@ -1680,7 +1855,7 @@ fn write_image<T: Scalar>(
         if let Some(_lower) = lower_levels_lock(dir)? {
             for l in 1..plan.levels() {
                 // A level a run before published is whole (its settings are this run's).
-                if !crate::store::is_store(&dir.join(l.to_string())) {
+                if !level_published(dir, l)? {
                     written += gaussian_level::<T>(dir, l, plan, codec, &names, opts)?;
                 }
             }
@@ -1709,29 +1884,42 @@ fn write_image<T: Scalar>(
     if let Some(l) = label {
         meta["attributes"]["ome"]["image-label"] = l;
     }
-    let sync = opts.run.durability == crate::store::Durability::Sync;
-    let text = serde_json::to_string_pretty(&meta).expect("plain JSON");
-    crate::store::write_atomic(&dir.join("zarr.json"), text.as_bytes(), sync)?;
     Ok(Written {
         levels,
         chunks: written,
         resumed,
         bytes_in: total,
         decodes,
+        group: serde_json::to_string_pretty(&meta).expect("plain JSON"),
     })
 }
 
 /// The lock under which a gaussian pyramid's levels below level 0 are made, once level 0 is
 /// published in the build `dir`; `None` while it is not, or while another part holds it (and
 /// so makes them).
-fn lower_levels_lock(dir: &Path) -> Result<Option<std::fs::File>> {
+fn lower_levels_lock(dir: &Path) -> Result<Option<Option<std::fs::File>>> {
     use crate::error::IoContext;
-    if !crate::store::is_store(&dir.join("0")) {
+    if !level_published(dir, 0)? {
         return Ok(None);
+    }
+    if crate::store::is_url(dir) {
+        // On object storage a gaussian pyramid is built by one process (refused in parts).
+        return Ok(Some(None));
     }
     let path = dir.join("lock.lower");
     let lock = std::fs::File::create(&path).at(&path)?;
-    Ok(crate::store::try_lock_briefly(&lock, false).then_some(lock))
+    Ok(crate::store::try_lock_briefly(&lock, false).then_some(Some(lock)))
+}
+
+/// Whether level `l` of the image being built in `dir` is published there (its `zarr.json`
+/// written by the last part to finish it).
+fn level_published(dir: &Path, l: usize) -> Result<bool> {
+    let level = dir.join(l.to_string());
+    if crate::store::is_url(&level) {
+        let r = crate::store::Remote::open(&level.to_string_lossy())?;
+        return Ok(r.size("zarr.json")?.is_some());
+    }
+    Ok(crate::store::is_store(&level))
 }
 
 /// Refuses an existing output unless `overwrite`, and then anything but a Zarr group or array.

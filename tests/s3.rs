@@ -103,13 +103,24 @@ impl Moto {
         o
     }
 
+    /// zarr-python opens the image at `url` as a group and reads each level equal to
+    /// `dir/L.npy`; its groups' `zarr.json` objects equal those of the local image `like`.
+    fn zarr_python_image(&self, url: &str, dir: &Path, like: &Path) {
+        self.zarr_python_with("image", url, dir, &[like]);
+    }
+
     fn zarr_python(&self, what: &str, url: &str, npy: &Path) {
+        self.zarr_python_with(what, url, npy, &[]);
+    }
+
+    fn zarr_python_with(&self, what: &str, url: &str, npy: &Path, more: &[&Path]) {
         let mut c = Command::new(python());
         self.env(&mut c);
         let o = c
             .arg(root().join("tests/python/s3_roundtrip.py"))
             .args([what, url])
             .arg(npy)
+            .args(more)
             .output()
             .unwrap();
         assert!(
@@ -831,4 +842,155 @@ fn append_and_concat_on_s3_commit_with_zarr_json_last() {
         "{e}"
     );
     assert_eq!(state(url, "after refusals"), 1);
+}
+
+/// PYRAMID §3 on object storage: a pyramid with a label image written to S3 in parts (one by
+/// one) and in one process equals the local pyramid level by level, in the same metadata;
+/// nothing makes it an image before the last part (no group `zarr.json`), a part run again
+/// says nothing to do, zarr-python reads its levels through the group, `status` describes
+/// the parts, a gaussian pyramid in one process equals the local one and in parts is refused.
+#[test]
+fn pyramids_on_s3_in_parts_equal_local_ones() {
+    let dir = tmp();
+    let d = dir.path();
+    let moto = Moto::start();
+    moto.bucket("cw-pyr");
+    let (_, bytes) = rows_npy(d, "v.npy", &[40, 24, 24], 11);
+    let labels: Vec<u8> = bytes
+        .chunks(2)
+        .flat_map(|b| u32::from(u16::from_le_bytes([b[0], b[1]]) % 5).to_le_bytes())
+        .collect();
+    chunkwise::support::write_npy(
+        &d.join("cells.npy"),
+        chunkwise::DType::U32,
+        &[40, 24, 24],
+        &labels,
+    )
+    .unwrap();
+    let args = |out: &str, extra: &[&str]| -> Vec<String> {
+        [
+            "pyramid",
+            "v.npy",
+            "-o",
+            out,
+            "--chunks",
+            "8,8,8",
+            "--levels",
+            "3",
+            "--factors",
+            "2,2,2",
+            "--name",
+            "brain",
+        ]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let lab = ["--labels", "cells=cells.npy"];
+    moto.ok(d, &strs(&args("local.ome.zarr", &lab)));
+    let local = |at: &str, l: usize| -> (PathBuf, Vec<u8>) {
+        let out = d.join(format!("want-{}-{l}.npy", at.replace('/', "-")));
+        moto.ok(
+            d,
+            &[
+                "export",
+                &format!("local.ome.zarr/{at}{l}"),
+                "-o",
+                out.to_str().unwrap(),
+                "-q",
+                "--overwrite",
+            ],
+        );
+        let bytes = crate::common::read_npy(&out).bytes;
+        (out, bytes)
+    };
+    let url = "s3://cw-pyr/img.ome.zarr";
+    let o = moto.ok(
+        d,
+        &strs(&[args(url, &lab), vec!["--partition".into(), "1/2".into()]].concat()),
+    );
+    assert!(
+        stdout(&o).contains("waiting for the other partitions"),
+        "{}",
+        stdout(&o)
+    );
+    let listed = keys(moto.port, "cw-pyr", "img.ome.zarr/");
+    assert!(
+        !listed.contains(&"img.ome.zarr/zarr.json".to_string()),
+        "the image appeared before its last part: {listed:?}"
+    );
+    let st = moto.ok(d, &["status", "--json", url]);
+    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    let states: Vec<&str> = v["parts"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{v}"))
+        .iter()
+        .map(|p| p["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["missing", "done"], "{v}");
+    let o = moto.ok(
+        d,
+        &strs(&[args(url, &lab), vec!["--partition".into(), "0/2".into()]].concat()),
+    );
+    assert!(stdout(&o).starts_with("wrote "), "{}", stdout(&o));
+    let o = moto.ok(
+        d,
+        &strs(&[args(url, &lab), vec!["--partition".into(), "1/2".into()]].concat()),
+    );
+    assert!(stdout(&o).contains("nothing to do"), "{}", stdout(&o));
+    let levels = d.join("levels");
+    std::fs::create_dir(&levels).unwrap();
+    for l in 0..3 {
+        let (_, got) = remote_bytes(&moto, d, &format!("{url}/{l}"));
+        let (file, want) = local("", l);
+        assert!(got == want, "level {l}");
+        std::fs::copy(file, levels.join(format!("{l}.npy"))).unwrap();
+        let (_, got) = remote_bytes(&moto, d, &format!("{url}/labels/cells/{l}"));
+        assert!(got == local("labels/cells/", l).1, "labels level {l}");
+    }
+    // zarr-python opens the group and reads its levels; the groups' metadata objects are
+    // the local image's files byte for byte.
+    moto.zarr_python_image(url, &levels, &d.join("local.ome.zarr"));
+    // Another pyramid into it: refused, the image kept.
+    let o = moto.chunkwise(d, &strs(&args(url, &["--method", "mode"])));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("exists"), "{}", stderr(&o));
+    assert!(remote_bytes(&moto, d, &format!("{url}/1")).1 == local("", 1).1);
+    // Gaussian: in one process, the local pyramid's levels; in parts, refused.
+    let g = ["--method", "gaussian"];
+    moto.ok(d, &strs(&args("g.ome.zarr", &g)));
+    let gurl = "s3://cw-pyr/g.ome.zarr";
+    moto.ok(d, &strs(&args(gurl, &g)));
+    for l in 0..3 {
+        let (_, got) = remote_bytes(&moto, d, &format!("{gurl}/{l}"));
+        moto.ok(
+            d,
+            &[
+                "export",
+                &format!("g.ome.zarr/{l}"),
+                "-o",
+                "gl.npy",
+                "-q",
+                "--overwrite",
+            ],
+        );
+        assert!(
+            got == crate::common::read_npy(&d.join("gl.npy")).bytes,
+            "gaussian level {l}"
+        );
+    }
+    let o = moto.chunkwise(
+        d,
+        &strs(
+            &[
+                args("s3://cw-pyr/g2.ome.zarr", &g),
+                vec!["--partition".into(), "0/2".into()],
+            ]
+            .concat(),
+        ),
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("partition"), "{}", stderr(&o));
+    assert!(keys(moto.port, "cw-pyr", "g2.ome.zarr/").is_empty());
 }

@@ -114,3 +114,37 @@ def test_s3_errors_are_clear(s3, tmp):
     cw.convert(a, f"{s3}/{tmp.name}/o.zarr")
     with pytest.raises(cw.OutputExistsError):
         cw.convert(a, f"{s3}/{tmp.name}/o.zarr")
+
+
+def test_a_pyramid_on_s3_in_parts_and_deferred(s3, tmp, rng):
+    """``cw.pyramid`` to an S3 prefix (spec/PYRAMID.md §3): in parts (the first returns None,
+    the image not there yet), the levels numpy's block means; a deferred job run part by
+    part loads the levels; zarr-python opens the image group."""
+    x = rng.integers(0, 4000, (40, 20, 20)).astype(np.uint16)
+    kw = dict(factors=(2, 2, 2), levels=3, chunks=(8, 8, 8))
+    url = f"{s3}/pyr.ome.zarr"
+    assert cw.pyramid(x, url, partition="0/2", **kw) is None
+    with pytest.raises(Exception):
+        zarr.open_group(url, mode="r").attrs["ome"]
+    levels = cw.pyramid(x, url, partition="1/2", **kw)
+    want = x
+    for i, lv in enumerate(levels):
+        if i:
+            s = [-(-n // 2) for n in want.shape]
+            p = np.full([2 * n for n in s], np.nan)
+            p[tuple(slice(0, n) for n in want.shape)] = want
+            m = np.nanmean(p.reshape(s[0], 2, s[1], 2, s[2], 2), axis=(1, 3, 5))
+            want = np.round(m).astype(np.uint16)
+        np.testing.assert_array_equal(lv[...], want)
+    g = zarr.open_group(url, mode="r")
+    assert [d["path"] for d in g.attrs["ome"]["multiscales"][0]["datasets"]] == ["0", "1", "2"]
+    np.testing.assert_array_equal(g["2"][...], levels[2][...])
+    job = cw.pyramid(x, f"{s3}/deferred.ome.zarr", defer=True, **kw)
+    assert job.run(part=(1, 2)) is None and not job.published()
+    done = job.run(part=(0, 2))
+    assert [lv.shape for lv in done] == [lv.shape for lv in levels]
+    for u, v in zip(done, levels):
+        np.testing.assert_array_equal(u[...], v[...])
+    # A part run again: nothing to do, the levels loaded from the prefix.
+    again = job.run(part=(1, 2))
+    assert [lv.shape for lv in again] == [lv.shape for lv in job.load()] == [lv.shape for lv in levels]

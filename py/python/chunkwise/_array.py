@@ -478,9 +478,19 @@ def convert(inputs, path, chunks=None, codec=None, level=None, *, checksum=False
 
 def _load_pyramid(path) -> list:
     """The levels of the published image at ``path``, finest first."""
-    with builtins.open(os.path.join(fspath(path), "zarr.json")) as f:
+    path = fspath(path)
+    if is_url(path):
+        # chunkwise's pyramids name their levels 0, 1, ...: the first that is not an array
+        # ends them (level 0 must be one).
+        levels = [open(f"{path.rstrip('/')}/0")]
+        while True:
+            try:
+                levels.append(open(f"{path.rstrip('/')}/{len(levels)}"))
+            except (NotFoundError, StoreError):
+                return levels
+    with builtins.open(os.path.join(path, "zarr.json")) as f:
         ms = json.load(f)["attributes"]["ome"]["multiscales"][0]
-    return [open(os.path.join(fspath(path), d["path"])) for d in ms["datasets"]]
+    return [open(os.path.join(path, d["path"])) for d in ms["datasets"]]
 
 
 @_deferrable(1, _load_pyramid)
