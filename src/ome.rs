@@ -116,7 +116,7 @@ impl Image {
     /// file and the fault.
     pub fn open(path: impl AsRef<Path>) -> Result<Image> {
         let path = path.as_ref();
-        if !path.exists() {
+        if !crate::store::is_url(path) && !path.exists() {
             return Err(Error::NotFound(path.to_path_buf()));
         }
         let (attrs, file) = group_attributes(path)?.ok_or_else(|| {
@@ -352,6 +352,9 @@ impl Image {
 
 /// A group's attributes and the file they are in, or `None` when `path` is not a Zarr group.
 fn group_attributes(path: &Path) -> Result<Option<(Value, PathBuf)>> {
+    if crate::store::is_url(path) {
+        return remote_group_attributes(path);
+    }
     let v3 = path.join("zarr.json");
     if v3.is_file() {
         let text = std::fs::read_to_string(&v3).at(&v3)?;
@@ -375,6 +378,24 @@ fn group_attributes(path: &Path) -> Result<Option<(Value, PathBuf)>> {
     Ok(None)
 }
 
+/// [`group_attributes`] of a group at an object-storage prefix (Zarr v3: its `zarr.json`).
+fn remote_group_attributes(path: &Path) -> Result<Option<(Value, PathBuf)>> {
+    let r = crate::store::Remote::open(&path.to_string_lossy())?;
+    let Some(bytes) = r.get("zarr.json")? else {
+        return Ok(None);
+    };
+    let file = path.join("zarr.json");
+    let meta: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::bad_input(&file, format!("not JSON: {e}")))?;
+    if meta.get("node_type").and_then(Value::as_str) != Some("group") {
+        return Ok(None);
+    }
+    Ok(Some((
+        meta.get("attributes").cloned().unwrap_or(Value::Null),
+        file,
+    )))
+}
+
 /// Whether a group's attributes hold OME-Zarr `multiscales` (0.5 or 0.4).
 fn has_multiscales(attrs: &Value) -> bool {
     attrs.pointer("/ome/multiscales").is_some() || attrs.get("multiscales").is_some()
@@ -392,7 +413,20 @@ pub(crate) fn is_image(path: &Path) -> bool {
 /// As [`Image::open`]; [`Error::InvalidOption`] for a level the image does not have.
 pub(crate) fn resolve(path: &Path) -> Result<Option<(PathBuf, Image)>> {
     if crate::store::is_url(path) {
-        return Ok(None);
+        // An image at an object-storage prefix: its group's metadata says so (a level is
+        // named by its own prefix, `IMAGE/0`).
+        return match group_attributes(path)? {
+            Some((attrs, file)) if has_multiscales(&attrs) => {
+                let image = Image::from_attributes(path, &attrs, &file)?;
+                Ok(Some((image.level_path(0)?, image)))
+            }
+            Some(_) => Err(Error::bad_input(
+                path,
+                "a Zarr group without OME-Zarr multiscales, not an array or an image: name \
+                 one of its members",
+            )),
+            None => Ok(None),
+        };
     }
     // One read of the group's metadata decides: an image, another group, or not a group.
     if let Ok(Some((attrs, file))) = group_attributes(path) {

@@ -952,6 +952,14 @@ fn pyramids_on_s3_in_parts_equal_local_ones() {
     // zarr-python opens the group and reads its levels; the groups' metadata objects are
     // the local image's files byte for byte.
     moto.zarr_python_image(url, &levels, &d.join("local.ome.zarr"));
+    // The image as an input (PYRAMID §4): `info` prints the pyramid, the image path reads
+    // level 0.
+    let info = stdout(&moto.ok(d, &["info", url]));
+    assert!(
+        info.contains("OME-Zarr 0.5 image") && info.contains("level 2 (2): 10x6x6 uint16"),
+        "{info}"
+    );
+    assert!(remote_bytes(&moto, d, url).1 == local("", 0).1);
     // Another pyramid into it: refused, the image kept.
     let o = moto.chunkwise(d, &strs(&args(url, &["--method", "mode"])));
     assert!(!o.status.success());

@@ -136,6 +136,7 @@ def test_a_pyramid_on_s3_in_parts_and_deferred(s3, tmp, rng):
             m = np.nanmean(p.reshape(s[0], 2, s[1], 2, s[2], 2), axis=(1, 3, 5))
             want = np.round(m).astype(np.uint16)
         np.testing.assert_array_equal(lv[...], want)
+    np.testing.assert_array_equal(cw.open(url)[...], x)  # the image: its level 0
     g = zarr.open_group(url, mode="r")
     assert [d["path"] for d in g.attrs["ome"]["multiscales"][0]["datasets"]] == ["0", "1", "2"]
     np.testing.assert_array_equal(g["2"][...], levels[2][...])
