@@ -15,7 +15,8 @@ chunks, blosc-zstd 1; written once as DATA/w1_default.zarr). Output: an OME-Zarr
   `cargo install zarrs_tools --features ome` when missing; mean is its default without
   `--gaussian-sigma`; `--max-levels 3` counts the levels below level 0 (ZARRS_OME=path to use another).
 
-Whole-process wall clock of fresh processes, median of --runs; peak RSS from /usr/bin/time.
+Whole-process wall clock of fresh processes, median of --runs, each after a `sync`; peak RSS
+from /usr/bin/time.
 The Python peers run in the project's venv (.venv, Python 3.12: ngff-zarr and ome-zarr need
 zarr 3.4). Results go to bench/results/pyramid.jsonl and are printed, with ratios peer /
 chunkwise.
@@ -125,6 +126,9 @@ def main():
         for _ in range(a.runs):
             for impl, cmd in impls.items():
                 shutil.rmtree(out, ignore_errors=True)
+                # What earlier runs left dirty is written back first: chunkwise syncs its
+                # output's filesystem at the end, and would wait for the peers' gigabytes.
+                os.sync()
                 w, m = timed(cmd)
                 rows[impl].append(w)
                 rss[impl].append(m)

@@ -802,8 +802,14 @@ fn gaussian_level<T: Scalar>(
         grid.chunk_shape().to_vec(),
     )
     .codec(codec)
-    .axis_names(Some(names.to_vec()))
-    .create(&dir.join(l.to_string()), false, opts.run.durability)?;
+    .axis_names(Some(names.to_vec()));
+    let level = dir.join(l.to_string());
+    if crate::store::is_url(&level) {
+        // What a run killed while it made this level left there (never published: no
+        // zarr.json; level 0 above it is this pyramid's own job) is removed first.
+        crate::store::Remote::open(&level.to_string_lossy())?.delete_all()?;
+    }
+    let writer = writer.create(&level, false, opts.run.durability)?;
     let ranges: Vec<std::ops::Range<u64>> = grid.grid_shape().iter().map(|&g| 0..g).collect();
     let isz = itemsize as usize;
     let strides = c_strides(&chunk, isz);
@@ -1739,7 +1745,9 @@ fn write_image<T: Scalar>(
                 settings: &settings,
                 partition: (part, parts),
                 split: &splits[l],
-                overwrite: false,
+                // Locally the build directory was discarded already (Work::open); on object
+                // storage each level's job discards what another pyramid left there.
+                overwrite: opts.overwrite && crate::store::is_url(dir),
                 restart: false,
                 durability: opts.run.durability,
             },
