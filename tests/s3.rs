@@ -965,6 +965,29 @@ fn pyramids_on_s3_in_parts_equal_local_ones() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("exists"), "{}", stderr(&o));
     assert!(remote_bytes(&moto, d, &format!("{url}/1")).1 == local("", 1).1);
+    // `convert --pyramid` to S3 (one pass over the input): the same levels.
+    let curl = "s3://cw-pyr/c.ome.zarr";
+    moto.ok(
+        d,
+        &[
+            "convert",
+            "v.npy",
+            "-o",
+            curl,
+            "--pyramid",
+            "--chunks",
+            "8,8,8",
+            "--levels",
+            "3",
+            "--factors",
+            "2,2,2",
+            "-q",
+        ],
+    );
+    for l in 0..3 {
+        let (_, got) = remote_bytes(&moto, d, &format!("{curl}/{l}"));
+        assert!(got == local("", l).1, "convert --pyramid level {l}");
+    }
     // Gaussian: in one process, the local pyramid's levels; in parts, refused.
     let g = ["--method", "gaussian"];
     moto.ok(d, &strs(&args("g.ome.zarr", &g)));
