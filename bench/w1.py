@@ -84,7 +84,10 @@ def ensure_data(data):
 
 
 def timed(cmd):
-    """Runs cmd under /usr/bin/time; returns (wall seconds, peak RSS MiB)."""
+    """Runs cmd under /usr/bin/time, after a `sync` (so that no run pays for the dirty pages
+    of the one before: chunkwise syncs its output's filesystem as it finishes); returns (wall
+    seconds, peak RSS MiB)."""
+    os.sync()
     t = time.perf_counter()
     p = subprocess.run(["/usr/bin/time", "-f", "%M"] + cmd, text=True, capture_output=True)
     wall = time.perf_counter() - t

@@ -145,7 +145,11 @@ impl Job {
             let (raised, cancel) = (raised.clone(), cancel.clone());
             run = run.progress(Some(Arc::new(move |p: Progress<'_>| {
                 Python::attach(|py| {
-                    if let Err(e) = cb.call1(py, (p.done, p.total, p.stage)) {
+                    let unit = match p.unit {
+                        chunkwise::Unit::Bytes => "bytes",
+                        chunkwise::Unit::Chunks => "chunk",
+                    };
+                    if let Err(e) = cb.call1(py, (p.done, p.total, p.stage, unit)) {
                         keep_first(&raised, e);
                         cancel.cancel();
                     }

@@ -52,7 +52,7 @@ pub(crate) fn run(a: Args, _g: &Global) -> CliResult {
             })
             .collect();
         let mut text = format!(
-            "OME-Zarr {} image {}: {}{} levels, axes {}\n",
+            "OME-Zarr {} image {}: {}{} level{}, axes {}\n",
             image.version(),
             image.path().display(),
             image
@@ -60,6 +60,7 @@ pub(crate) fn run(a: Args, _g: &Global) -> CliResult {
                 .map(|m| format!("{m} pyramid of "))
                 .unwrap_or_default(),
             levels.len(),
+            if levels.len() == 1 { "" } else { "s" },
             axes.join(", ")
         );
         for (i, (l, s)) in levels.iter().enumerate() {

@@ -281,10 +281,11 @@ pub(crate) fn summary(r: &PyramidReport, input: &Input) -> String {
         .map(|l| chunkwise::support::fmt_shape(&l.shape))
         .collect();
     let mut s = format!(
-        "wrote {}: {} pyramid of {} levels ({}) from {} in {:.1} s, {} chunks",
+        "wrote {}: {} pyramid of {} level{} ({}) from {} in {:.1} s, {} chunks",
         r.path.display(),
         r.method.name(),
         r.levels.len(),
+        if r.levels.len() == 1 { "" } else { "s" },
         shapes.join(", "),
         input.describe(),
         r.seconds,

@@ -563,7 +563,7 @@ def from_array(x, path, chunks=None, codec=None, level=None, *, overwrite=False,
         for i, lo in enumerate(range(0, n, step)):
             out.write(slice(lo, min(n, lo + step)), a[lo:lo + step], threads)
             if cb:
-                cb(min(n, lo + step), n, "from_array")
+                cb(min(n, lo + step), n, "from_array", "plane")
     finally:
         close()
     return out

@@ -97,7 +97,7 @@ class _Bar:
         self.stage = None
         self.last = -1.0
 
-    def __call__(self, done, total, stage):
+    def __call__(self, done, total, stage, unit="chunk"):
         with self.lock:
             if self.bar is None or stage != self.stage:
                 self.close()
@@ -107,7 +107,10 @@ class _Bar:
                 except ImportError:
                     self.bar = False
                 else:
-                    self.bar = tqdm(total=total, desc=stage, unit="chunk", leave=False)
+                    # Bytes as KiB, MiB, ... per second; chunks and planes as counted.
+                    scaled = dict(unit="B", unit_scale=True, unit_divisor=1024)
+                    self.bar = tqdm(total=total, desc=stage, leave=False,
+                                    **(scaled if unit == "bytes" else dict(unit=unit)))
             if self.bar is False:
                 pct = 100.0 * done / total if total else 100.0
                 if pct - self.last >= 1 or done == total:
@@ -127,7 +130,8 @@ class _Bar:
 
 
 def progress_fn(progress):
-    """The callback the binding calls with ``(done, total, stage)``, and a closer."""
+    """The callback the binding calls with ``(done, total, stage, unit)`` (unit ``"bytes"``
+    or ``"chunk"``), and a closer."""
     if progress is None or progress is False:
         return None, lambda: None
     if progress is True:
@@ -135,7 +139,7 @@ def progress_fn(progress):
         return bar, bar.close
     if not callable(progress):
         raise TypeError(f"progress must be True, False, None or a callable (done, total), got {progress!r}")
-    return (lambda done, total, stage: progress(done, total)), (lambda: None)
+    return (lambda done, total, stage, unit="chunk": progress(done, total)), (lambda: None)
 
 
 def opts(progress=None, threads=None, memory=None, **more):
