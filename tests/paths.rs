@@ -86,6 +86,8 @@ fn inputs(dir: &Path) -> Inputs {
 /// The outputs of [`every_writer`], relative to the place they were written.
 const STORES: [&str; 6] = ["s.zarr", "b.zarr", "ab.zarr", "st.zarr", "g.zarr", "m.zarr"];
 const FILES: [&str; 4] = ["w.npy", "e.npy", "x.npy", "stats.npy"];
+/// The OME-Zarr images of [`every_writer`], two levels each.
+const IMAGES: [&str; 2] = ["p.ome.zarr", "gp.ome.zarr"];
 
 /// Runs every writing command with outputs named by `at(NAME)` (absolute, relative or through
 /// links), inputs from `inp`, in `cwd`, as `user`.
@@ -98,6 +100,26 @@ fn every_writer(
 ) {
     let i = |n: &str| inp.join(n).to_str().unwrap().to_string();
     let (s, b, c) = (at("s.zarr"), at("b.zarr"), at("c.zarr"));
+    let pyr = |out: &str, extra: &[&str], part: &str| -> Vec<String> {
+        [
+            "pyramid",
+            &s,
+            "-o",
+            out,
+            "--chunks",
+            "8,8,8",
+            "--levels",
+            "2",
+            "--factors",
+            "2,2,2",
+            "--partition",
+            part,
+        ]
+        .iter()
+        .chain(extra)
+        .map(|a| a.to_string())
+        .collect()
+    };
     let steps: Vec<Vec<String>> = vec![
         vec![
             "convert".into(),
@@ -187,6 +209,14 @@ fn every_writer(
             "-o".into(),
             at("stats.npy"),
         ],
+        // An OME-Zarr pyramid in two parts (its build beside the output, locks, the last
+        // part renaming it into place), grown by an append; a gaussian one in parts (the
+        // levels below level 0 made under a lock in the build).
+        pyr(&at("p.ome.zarr"), &[], "1/2"),
+        pyr(&at("p.ome.zarr"), &[], "0/2"),
+        vec!["append".into(), at("p.ome.zarr"), i("c.npy")],
+        pyr(&at("gp.ome.zarr"), &["--method", "gaussian"], "0/2"),
+        pyr(&at("gp.ome.zarr"), &["--method", "gaussian"], "1/2"),
         // Replacing an array (through a link, in the link mode) keeps the path valid throughout.
         vec![
             "convert".into(),
@@ -226,6 +256,15 @@ fn results(base: &Path) -> Vec<(String, Vec<u64>, Vec<u8>)> {
         let bytes = std::fs::read(base.join(n))
             .unwrap_or_else(|e| panic!("{}: {e}", base.join(n).display()));
         out.push((n.to_string(), Vec::new(), bytes));
+    }
+    for n in IMAGES {
+        for l in ["0", "1"] {
+            let s = Store::open(base.join(n).join(l)).unwrap_or_else(|e| panic!("{n}/{l}: {e}"));
+            out.push((format!("{n}/{l}"), s.shape().to_vec(), store_bytes(&s)));
+        }
+        let meta = base.join(n).join("zarr.json");
+        let bytes = std::fs::read(&meta).unwrap_or_else(|e| panic!("{}: {e}", meta.display()));
+        out.push((format!("{n}/zarr.json"), Vec::new(), bytes));
     }
     out
 }
@@ -287,7 +326,12 @@ fn every_writer_stays_inside_its_outputs_whatever_the_path() {
     std::os::unix::fs::symlink("real", m.join("dirlink")).unwrap();
     let links = m.join("links");
     std::fs::create_dir(&links).unwrap();
-    for n in STORES.iter().chain(&["c.zarr"]).chain(&FILES) {
+    for n in STORES
+        .iter()
+        .chain(&["c.zarr"])
+        .chain(&FILES)
+        .chain(&IMAGES)
+    {
         std::os::unix::fs::symlink(format!("../dirlink/{n}"), links.join(n)).unwrap();
     }
     every_writer(&bin, &m, None, &inp.dir, &|n| format!("links/{n}"));
@@ -304,7 +348,12 @@ fn every_writer_stays_inside_its_outputs_whatever_the_path() {
         let left = stray(dir);
         assert!(left.is_empty(), "{what}: left behind {left:?}");
     }
-    for n in STORES.iter().chain(&["c.zarr"]).chain(&FILES) {
+    for n in STORES
+        .iter()
+        .chain(&["c.zarr"])
+        .chain(&FILES)
+        .chain(&IMAGES)
+    {
         let l = std::fs::symlink_metadata(links.join(n)).unwrap();
         assert!(l.file_type().is_symlink(), "{n}: the link was replaced");
     }

@@ -885,9 +885,19 @@ fn build(
     plan: &Plan,
 ) -> Result<PyramidReport> {
     let start = Instant::now();
+    let given = out;
+    // An output given through a symbolic link is built beside, and renamed to, the link's
+    // target (the link stays a link), as every other writer does.
+    let resolved;
+    let out = if crate::store::is_url(out) {
+        out
+    } else {
+        resolved = crate::store::resolve_links(out)?;
+        resolved.as_path()
+    };
     let dest = Dest::open(out)?;
     let name = opts.name.clone().or_else(|| {
-        out.file_name().map(|n| {
+        given.file_name().map(|n| {
             n.to_string_lossy()
                 .trim_end_matches(".zarr")
                 .trim_end_matches(".ome")
@@ -914,7 +924,7 @@ fn build(
         // A part run again after another published, or a rerun of a finished pyramid.
         let levels = |p: &Plan| p.level_list();
         return Ok(PyramidReport {
-            path: out.to_path_buf(),
+            path: given.to_path_buf(),
             method: plan.method,
             levels: levels(plan),
             labels: labels
@@ -1017,7 +1027,7 @@ fn build(
         (None, Dest::Local(_)) => unreachable!("a local pyramid has its build directory"),
     };
     Ok(PyramidReport {
-        path: out.to_path_buf(),
+        path: given.to_path_buf(),
         method: plan.method,
         levels: written.levels,
         labels: label_levels,

@@ -23,6 +23,8 @@ pub fn pyramid_status(out: &Path) -> Result<Option<crate::store::JobStatus>> {
     if crate::store::is_url(out) {
         return pyramid_status_remote(out);
     }
+    // The build is beside the output's target when it is given through a link.
+    let out = &crate::store::resolve_links(out)?;
     let build = crate::store::sibling(out, PYRAMID_SUFFIX)?;
     if !build.is_dir() {
         return Ok(None);
