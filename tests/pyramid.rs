@@ -511,6 +511,80 @@ fn gaussian_and_labelled_pyramids_in_parts_are_what_one_process_builds() {
     }
 }
 
+/// PYRAMID §1.2: `convert INPUT -o OUT --pyramid` (one pass over a .npy) writes the image
+/// `pyramid` writes from the converted store, in one process and in parts.
+#[test]
+fn convert_pyramid_is_the_pyramid_of_the_converted_store() {
+    let dir = tmp();
+    let d = dir.path();
+    let n = 24usize;
+    let bytes: Vec<u8> = (0..3 * n * n * n)
+        .flat_map(|i| (((i as u64).wrapping_mul(2_654_435_761) >> 20) as u16 % 4000).to_le_bytes())
+        .collect();
+    let npy = d.join("v.npy");
+    chunkwise::support::write_npy(
+        &npy,
+        chunkwise::DType::U16,
+        &[3 * n as u64, n as u64, n as u64],
+        &bytes,
+    )
+    .unwrap();
+    let geometry = ["--chunks", "8,8,8", "--levels", "3", "--factors", "2,2,2"];
+    let p = |x: &Path| x.to_str().unwrap().to_string();
+    let o = chunkwise(&[
+        "convert",
+        &p(&npy),
+        "-o",
+        &p(&d.join("v.zarr")),
+        "--chunks",
+        "8,8,8",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let want = d.join("want.ome.zarr");
+    let mut args = vec![
+        "pyramid".to_string(),
+        p(&d.join("v.zarr")),
+        "-o".into(),
+        p(&want),
+    ];
+    args.extend(geometry.iter().map(|s| s.to_string()));
+    args.extend(["--name".into(), "v".into()]);
+    let o = chunkwise(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let one = d.join("one.ome.zarr");
+    let convert = |out: &Path, part: Option<&str>| {
+        let mut v = vec![
+            "convert".to_string(),
+            p(&npy),
+            "-o".into(),
+            p(out),
+            "--pyramid".into(),
+            "--name".into(),
+            "v".into(),
+        ];
+        v.extend(geometry.iter().map(|s| s.to_string()));
+        if let Some(part) = part {
+            v.extend(["--partition".into(), part.into()]);
+        }
+        chunkwise(&v.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let o = convert(&one, None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_same_image(&one, &want, 3);
+    let parts = d.join("parts.ome.zarr");
+    let o = convert(&parts, Some("1/2"));
+    assert!(
+        o.status.success() && stdout(&o).contains("waiting for the other partitions"),
+        "{}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    assert!(!parts.exists());
+    let o = convert(&parts, Some("0/2"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_same_image(&parts, &want, 3);
+}
+
 /// Images `a` and `b` of `levels` levels hold the same values level by level and the same
 /// metadata (but for their names).
 fn assert_same_image(a: &Path, b: &Path, levels: usize) {

@@ -136,9 +136,6 @@ fn run_pyramid(a: Args, g: &Global) -> CliResult {
         }
         .into())
     };
-    if a.partition.is_some() {
-        return refuse("--partition");
-    }
     if a.shard.is_some() {
         return refuse("--shard");
     }
@@ -157,7 +154,8 @@ fn run_pyramid(a: Args, g: &Global) -> CliResult {
     let opts = a
         .pyramid_flags
         .options(a.axis_names, a.chunks, a.codec.as_deref(), a.level)?;
-    let opts = super::pyramid::with_run(opts, a.overwrite, a.memory, a.no_sync, g);
+    let opts =
+        super::pyramid::with_run(opts, a.overwrite, a.memory, a.no_sync, g).partition(a.partition);
     let r = chunkwise::pyramid(&input, &a.output, &opts)?;
     if !g.quiet {
         say(super::pyramid::summary(&r, &input))?;
