@@ -286,6 +286,54 @@ fn array_jobs_on_slurm_publish_what_one_process_writes() {
         std::fs::read(d.join("s.npy")).unwrap(),
         std::fs::read(d.join("one-s.npy")).unwrap()
     );
+    // A 4-part gaussian pyramid (the part that finds level 0 published
+    // makes the levels below): the image one process writes.
+    let geometry = ["--chunks", "8,16,16", "--levels", "3", "--factors", "2,2,2"];
+    chunkwise(
+        d,
+        &[
+            &[
+                "pyramid",
+                "in.zarr",
+                "-o",
+                "one.ome.zarr",
+                "--method",
+                "gaussian",
+                "-q",
+            ][..],
+            &geometry,
+        ]
+        .concat(),
+    );
+    script(
+        d,
+        "p.sbatch",
+        &[
+            &[
+                "pyramid",
+                "in.zarr",
+                "-o",
+                "p.ome.zarr",
+                "--method",
+                "gaussian",
+            ][..],
+            &geometry,
+            &common,
+        ]
+        .concat(),
+    );
+    let o = cluster.sbatch_wait(d, &[], "p.sbatch");
+    assert!(o.status.success(), "pyramid: {} {}", stdout(&o), stderr(&o));
+    for l in 0..3 {
+        let a = chunkwise::Store::open(d.join(format!("one.ome.zarr/{l}"))).unwrap();
+        let b = chunkwise::Store::open(d.join(format!("p.ome.zarr/{l}"))).unwrap();
+        assert_eq!(
+            store_bytes(&a),
+            store_bytes(&b),
+            "pyramid level {l} in 4 Slurm tasks"
+        );
+    }
+    assert!(!d.join(".p.ome.zarr.chunkwise-pyramid").exists());
     // The tasks' logs say what each did.
     let logs: Vec<String> = std::fs::read_dir(d)
         .unwrap()

@@ -11,6 +11,7 @@ use super::{CliResult, Global, Outcome, parse_size, say};
 const SPLITTABLE: &[(&str, bool)] = &[
     ("convert", true),
     ("append", false),
+    ("pyramid", true),
     ("gaussian", true),
     ("correlate1d", true),
     ("lut", true),
