@@ -132,6 +132,9 @@ fn demo_runs_and_checks_itself() {
     assert!(text.contains("demo passed"), "{text}");
     // Step 7 joined 24 more slices (concat) and appended them in place, checking both.
     assert_eq!(text.matches(": equals the data").count(), 2, "{text}");
+    // Step 10 made a 2-level pyramid of it, level 1 equal to the block means.
+    assert!(text.contains("level 1 equals the block means"), "{text}");
+    assert!(dir.path().join("volume.ome.zarr/1/zarr.json").is_file());
     let store = Store::open(dir.path().join("volume.zarr")).unwrap();
     assert_eq!(store.shape(), &[64, 96, 80]);
     let joined = Store::open(dir.path().join("joined.zarr")).unwrap();
