@@ -85,7 +85,9 @@ class Failed(Exception):
 
 
 def timed(cmd):
-    """Whole-process wall clock, peak RSS MiB (/usr/bin/time), stdout."""
+    """Whole-process wall clock, peak RSS MiB (/usr/bin/time), stdout; after a `sync`, so that
+    no run pays for the dirty pages of the one before."""
+    os.sync()
     t = time.perf_counter()
     p = subprocess.run(["/usr/bin/time", "-f", "%M"] + cmd, text=True, capture_output=True)
     wall = time.perf_counter() - t

@@ -29,6 +29,8 @@ PEER_IMPLS = {"W2": ["dask", "zarr-loop", "tensorstore-loop", "numpy-raw"], "W6"
 
 
 def timed(cmd):
+    """Wall clock, peak RSS MiB and stdout of `cmd`, after a `sync` (as bench/w1.py's)."""
+    os.sync()
     t = time.perf_counter()
     p = subprocess.run(["/usr/bin/time", "-f", "%M"] + cmd, text=True, capture_output=True)
     wall = time.perf_counter() - t
