@@ -83,7 +83,9 @@ pub use exec::{
 };
 pub use export::{ExportOptions, ExportReport, export};
 pub use grid::{Grid, default_chunks};
-pub use grow::{GridLayout, GrowOptions, GrowReport, append, concat, concat_into, stack};
+pub use grow::{
+    GridLayout, GrowOptions, GrowReport, append, append_with_labels, concat, concat_into, stack,
+};
 pub use halo::{Boundary, Segment, segments};
 pub use index::{
     IndexOptions, IndexReport, MAX_GRAPH_NDIM, Select, connectivities, forward_offsets,

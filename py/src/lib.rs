@@ -1160,18 +1160,30 @@ fn grow_report(r: &GrowReport) -> String {
     .to_string()
 }
 
-/// `chunkwise append STORE INPUT...`.
+/// `chunkwise append STORE INPUT... [--labels NAME=PATH ...]`.
 #[pyfunction]
+#[pyo3(signature = (store, sources, opts, labels = Vec::new()))]
 fn append(
     py: Python<'_>,
     store: PathBuf,
     sources: Vec<PyRef<'_, Source>>,
     opts: &Bound<'_, PyDict>,
+    labels: Vec<(String, PyRef<'_, Source>)>,
 ) -> PyResult<String> {
     let job = Job::new(&Common::from(Some(opts))?);
     let gopts = grow_options(opts, &job.run)?;
     let ins = inputs(&sources)?;
-    let r = job.run(py, |_| chunkwise::append(&store, &ins, &gopts))?;
+    let lins: Vec<(String, Vec<Input>)> = labels
+        .iter()
+        .map(|(n, s)| Ok((n.clone(), inputs(std::slice::from_ref(s))?)))
+        .collect::<PyResult<_>>()?;
+    let named: Vec<(&str, &[Input])> = lins
+        .iter()
+        .map(|(n, i)| (n.as_str(), i.as_slice()))
+        .collect();
+    let r = job.run(py, |_| {
+        chunkwise::append_with_labels(&store, &ins, &named, &gopts)
+    })?;
     Ok(grow_report(&r))
 }
 

@@ -72,6 +72,11 @@ pub(crate) struct AppendArgs {
     /// (spec/SCALE.md §1). Parts run at once or one after another, anywhere the store is.
     #[arg(long, value_parser = super::job::parse_partition, value_name = "I/N")]
     partition: Option<(u32, u32)>,
+    /// For an OME-Zarr image with label images: the new slices of label image NAME
+    /// (`labels/NAME`; NAME is the file's stem unless given as NAME=PATH), one for each label
+    /// image, grown in the same commit (repeatable; spec/PYRAMID.md §6).
+    #[arg(long, value_name = "[NAME=]PATH")]
+    labels: Vec<String>,
     #[command(flatten)]
     common: Common,
 }
@@ -160,7 +165,19 @@ pub(crate) fn append(a: AppendArgs, g: &Global) -> CliResult {
     } else {
         vec![Input::open_all(&a.inputs, &raw)?]
     };
-    let r = chunkwise::append(&a.store, &inputs, &opts)?;
+    let labels = a
+        .labels
+        .iter()
+        .map(|l| {
+            let (name, path) = super::pyramid::label_name(l);
+            Ok((name, vec![Input::open(path)?]))
+        })
+        .collect::<chunkwise::Result<Vec<_>>>()?;
+    let named: Vec<(&str, &[Input])> = labels
+        .iter()
+        .map(|(n, i)| (n.as_str(), i.as_slice()))
+        .collect();
+    let r = chunkwise::append_with_labels(&a.store, &inputs, &named, &opts)?;
     report(&r, &a.common, g, "appended to")
 }
 

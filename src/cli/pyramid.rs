@@ -203,7 +203,7 @@ pub(crate) fn run(a: Args, g: &Global) -> CliResult {
 }
 
 /// `NAME=PATH`, or `PATH` named by its file's stem (`cells.npy`, `cells.zarr` → cells).
-fn label_name(arg: &str) -> (String, &str) {
+pub(crate) fn label_name(arg: &str) -> (String, &str) {
     if let Some((name, path)) = arg.split_once('=')
         && !name.is_empty()
         && !name.contains('/')

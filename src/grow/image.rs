@@ -106,15 +106,6 @@ fn read_levels(image: &Path, img: &Image, axis: usize) -> Result<(Vec<Level>, DT
     let stated: Option<Vec<Vec<u64>>> = gmeta
         .pointer("/attributes/ome/multiscales/0/metadata/factors")
         .and_then(|v| serde_json::from_value(v.clone()).ok());
-    if image.join("labels").join("zarr.json").exists() {
-        return Err(refuse(
-            image,
-            "it has a labels/ group: its label images describe the old volume and an append \
-             has no new labels to grow them by (append to a copy without labels/, or rebuild \
-             both with `chunkwise pyramid`)"
-                .into(),
-        ));
-    }
     let mut levels: Vec<Level> = Vec::new();
     let mut dtype = None;
     for (l, lv) in img.levels().iter().enumerate() {
@@ -543,8 +534,45 @@ pub(super) fn refuse_level(store: &Path) -> Result<()> {
     }
 }
 
-/// Appends `inputs` to the OME-Zarr image at `image` along the axis (spec/PYRAMID.md §6).
-pub(super) fn append(image: &Path, inputs: &[Input], opts: &GrowOptions) -> Result<GrowReport> {
+/// One image an append grows: the image itself or one of its label images, its levels (paths
+/// relative to the image: `0`, `labels/cells/0`, ...), what grows it and how its levels are
+/// made.
+struct Grown<'a> {
+    levels: Vec<Level>,
+    method: Downsample,
+    inputs: &'a [Input],
+    lens: Vec<u64>,
+    size: usize,
+}
+
+/// The names the image's `labels/` group lists (none without the group).
+fn label_names(image: &Path) -> Result<Vec<String>> {
+    let group = image.join("labels").join("zarr.json");
+    let Ok(text) = fs::read_to_string(&group) else {
+        return Ok(Vec::new());
+    };
+    let meta: Value = serde_json::from_str(&text)
+        .map_err(|e| Error::bad_input(&group, format!("not JSON: {e}")))?;
+    Ok(meta
+        .pointer("/attributes/ome/labels")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|n| n.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Appends `inputs` to the OME-Zarr image at `image` along the axis (spec/PYRAMID.md §6), and
+/// each `(name, inputs)` of `labels` to its label image `labels/NAME` (every label image the
+/// image has must grow with it, by as many slices).
+pub(super) fn append(
+    image: &Path,
+    inputs: &[Input],
+    labels: &[(&str, &[Input])],
+    opts: &GrowOptions,
+) -> Result<GrowReport> {
     let start = Instant::now();
     super::no_parts(opts, "an append to an OME-Zarr image")?;
     let _lock = StoreLock::acquire(image, opts.wait)?;
@@ -562,7 +590,7 @@ pub(super) fn append(image: &Path, inputs: &[Input], opts: &GrowOptions) -> Resu
     }
     let method = method_of(image, &img)?;
     let axis = opts.axis;
-    let (mut levels, dtype, nominal) = read_levels(image, &img, axis)?;
+    let (levels, dtype, nominal) = read_levels(image, &img, axis)?;
     // With --cast, inputs of another type are read through a widening cast (APPEND §2).
     let cast;
     let inputs = if opts.cast {
@@ -585,15 +613,95 @@ pub(super) fn append(image: &Path, inputs: &[Input], opts: &GrowOptions) -> Resu
     if n == 0 {
         return Err(Error::option("input", "nothing to append"));
     }
-    let lines: Vec<String> = inputs.iter().map(|i| i.identity().to_string()).collect();
+    // The label images grow with the image, each by its own new slices (PYRAMID §6).
+    let names = label_names(image)?;
+    for (name, _) in labels {
+        if !names.iter().any(|n| n == name) {
+            return Err(Error::option(
+                "labels",
+                format!(
+                    "{}: the image has no label image {name:?} ({})",
+                    image.display(),
+                    if names.is_empty() {
+                        "it has no labels/ group".to_string()
+                    } else {
+                        format!("it has {}", names.join(", "))
+                    }
+                ),
+            ));
+        }
+    }
+    if let Some(missing) = names.iter().find(|n| !labels.iter().any(|(m, _)| m == n)) {
+        return Err(refuse(
+            image,
+            format!(
+                "its label image {missing:?} would describe the old volume: give its new \
+                 slices too (--labels {missing}=PATH for each of {})",
+                names.join(", ")
+            ),
+        ));
+    }
+    let mut grown = vec![Grown {
+        levels,
+        method,
+        inputs,
+        lens,
+        size: dtype.size(),
+    }];
+    for &(name, linputs) in labels {
+        let dir = image.join("labels").join(name);
+        let limg = Image::open(&dir)?;
+        let lmethod = method_of(&dir, &limg)?;
+        let (mut llevels, ldtype, _) = read_levels(&dir, &limg, axis)?;
+        if llevels.len() != grown[0].levels.len() || llevels[0].old != grown[0].levels[0].old {
+            return Err(refuse(
+                image,
+                format!(
+                    "its label image {name:?} has {} levels, level 0 {}, the image {} levels, \
+                     level 0 {}: they no longer overlay",
+                    llevels.len(),
+                    fmt_shape(&llevels[0].old),
+                    grown[0].levels.len(),
+                    fmt_shape(&grown[0].levels[0].old)
+                ),
+            ));
+        }
+        let llens = check_inputs(&dir, linputs, &llevels[0].old, ldtype, axis)?;
+        let m: u64 = llens.iter().sum();
+        if m != n {
+            return Err(Error::option(
+                "labels",
+                format!("{name}: {m} new slices given, the image grows by {n}"),
+            ));
+        }
+        for l in &mut llevels {
+            l.path = format!("labels/{name}/{}", l.path);
+        }
+        grown.push(Grown {
+            levels: llevels,
+            method: lmethod,
+            inputs: linputs,
+            lens: llens,
+            size: ldtype.size(),
+        });
+    }
+    let mut lines: Vec<String> = inputs.iter().map(|i| i.identity().to_string()).collect();
+    for (name, linputs) in labels {
+        lines.extend(
+            linputs
+                .iter()
+                .map(|i| format!("labels {name}: {}", i.identity())),
+        );
+    }
     let fp = fingerprint("append-image", opts, Some(image), &lines);
-    let old0 = levels[0].old.clone();
+    let old0 = grown[0].levels[0].old.clone();
     if !opts.again
         && let Some(j) = Journal::read(image)
         && j.fingerprint == fp
         && j.to == old0
         && j.from != j.to
     {
+        let levels = &grown[0].levels;
         let mut r = GrowReport::unchanged(
             image,
             Some(j.from),
@@ -605,34 +713,38 @@ pub(super) fn append(image: &Path, inputs: &[Input], opts: &GrowOptions) -> Resu
         r.levels = levels.iter().map(|l| l.old.clone()).collect();
         return Ok(r);
     }
-    levels[0].new[axis] += n;
-    for l in 1..levels.len() {
-        let up = levels[l - 1].new.clone();
-        let f = levels[l].factor.clone();
-        levels[l].new = up.iter().zip(&f).map(|(&s, &f)| s.div_ceil(f)).collect();
-    }
-    for l in &mut levels {
-        // A level that was one chunk clipped to its length along the axis is rewritten
-        // whole anyway: it takes the image's chunk length as it grows, as a pyramid made
-        // from the grown volume would (not a small chunk for ever).
-        let c = nominal[axis].min(l.new[axis]);
-        if l.old[axis] <= l.chunk[axis] && c > l.chunk[axis] && !sharded(&l.meta) {
-            l.chunk[axis] = c;
-            l.rechunked = true;
-            l.meta["chunk_grid"]["configuration"]["chunk_shape"] = serde_json::json!(l.chunk);
+    for g in &mut grown {
+        let levels = &mut g.levels;
+        levels[0].new[axis] += n;
+        for l in 1..levels.len() {
+            let up = levels[l - 1].new.clone();
+            let f = levels[l].factor.clone();
+            levels[l].new = up.iter().zip(&f).map(|(&s, &f)| s.div_ceil(f)).collect();
         }
-        l.meta["shape"] = serde_json::json!(l.new);
+        for l in levels.iter_mut() {
+            // A level that was one chunk clipped to its length along the axis is rewritten
+            // whole anyway: it takes the image's chunk length as it grows, as a pyramid made
+            // from the grown volume would (not a small chunk for ever).
+            let c = nominal[axis].min(l.new[axis]);
+            if l.old[axis] <= l.chunk[axis] && c > l.chunk[axis] && !sharded(&l.meta) {
+                l.chunk[axis] = c;
+                l.rechunked = true;
+                l.meta["chunk_grid"]["configuration"]["chunk_shape"] = serde_json::json!(l.chunk);
+            }
+            l.meta["shape"] = serde_json::json!(l.new);
+        }
     }
     // Memory, per worker: the chunk being made and its fill-valued start, the kept and the
     // computed parts, the level above's block it is computed from with its reduction and
     // its bytes, and the encoded chunk (as much again at most).
-    let per: u64 = levels
+    let per: u64 = grown
         .iter()
-        .map(|l| {
+        .flat_map(|g| g.levels.iter().map(move |l| (l, g.size)))
+        .map(|(l, size)| {
             let c = l
                 .chunk
                 .iter()
-                .fold(dtype.size() as u64, |a, &x| a.saturating_mul(x));
+                .fold(size as u64, |a, &x| a.saturating_mul(x));
             let f = l.factor.iter().fold(1u64, |a, &x| a.saturating_mul(x));
             c.saturating_mul(f.saturating_add(6))
         })
@@ -649,33 +761,43 @@ pub(super) fn append(image: &Path, inputs: &[Input], opts: &GrowOptions) -> Resu
         ));
     }
     // Each level is an array another command could edit: held while the image changes.
-    let _level_locks = levels
+    let _level_locks = grown
         .iter()
+        .flat_map(|g| &g.levels)
         .map(|l| StoreLock::acquire(&image.join(&l.path), opts.wait))
         .collect::<Result<Vec<_>>>()?;
     let workers = usize::try_from(budget / per.max(1)).unwrap_or(usize::MAX);
     let threads = opts.run.threads.unwrap_or_else(rayon::current_num_threads);
     // The first index each level recomputes: level 0's old length, then the block of the
     // level above's first changed voxel (a partial block changed, so its parent does).
-    let mut froms = vec![levels[0].old[axis]];
-    for lv in &levels[1..] {
-        let up = froms[froms.len() - 1];
-        froms.push(up / lv.factor[axis]);
-    }
-    let total: u64 = levels
+    let froms_of = |levels: &[Level]| {
+        let mut froms = vec![levels[0].old[axis]];
+        for lv in &levels[1..] {
+            let up = froms[froms.len() - 1];
+            froms.push(up / lv.factor[axis]);
+        }
+        froms
+    };
+    let total: u64 = grown
         .iter()
-        .zip(&froms)
-        .map(|(lv, &from)| {
-            let g = lv.new.iter().zip(&lv.chunk).map(|(&s, &c)| s.div_ceil(c));
-            g.enumerate()
-                .map(|(d, k)| {
-                    if d == axis && !lv.rechunked {
-                        k - from / lv.chunk[d]
-                    } else {
-                        k
-                    }
+        .map(|g| {
+            let levels = &g.levels;
+            levels
+                .iter()
+                .zip(froms_of(levels))
+                .map(|(lv, from)| {
+                    let gr = lv.new.iter().zip(&lv.chunk).map(|(&s, &c)| s.div_ceil(c));
+                    gr.enumerate()
+                        .map(|(d, k)| {
+                            if d == axis && !lv.rechunked {
+                                k - from / lv.chunk[d]
+                            } else {
+                                k
+                            }
+                        })
+                        .product::<u64>()
                 })
-                .product::<u64>()
+                .sum::<u64>()
         })
         .sum();
     let tracker = Tracker::new("append", Unit::Chunks, total, opts.run.progress.clone());
@@ -692,32 +814,35 @@ pub(super) fn append(image: &Path, inputs: &[Input], opts: &GrowOptions) -> Resu
     with_threads(Some(threads.min(workers).max(1)), || -> Result<()> {
         link_tree(image, &new_dir)?;
         crash_point("linked");
-        for l in &levels {
+        for l in grown.iter().flat_map(|g| &g.levels) {
             commit_metadata(&new_dir.join(&l.path), &l.meta, false)?;
         }
-        let size = dtype.size();
-        let dir0 = new_dir.join(&levels[0].path);
-        let from0 = froms[0];
-        reencoded += u64::from(from0 % levels[0].chunk[axis] != 0 || levels[0].rechunked);
-        let live0 = image.join(&levels[0].path);
-        rewrite_tail(&live0, &dir0, &levels[0], axis, from0, &work, &|reg| {
-            appended(inputs, &lens, from0, axis, reg, size)
-        })?;
-        for l in 1..levels.len() {
-            let (up, lv) = (&levels[l - 1], &levels[l]);
-            let above = Input::open(new_dir.join(&up.path))?;
-            let from = froms[l];
-            reencoded += u64::from(from % lv.chunk[axis] != 0 || lv.rechunked);
-            let live = image.join(&lv.path);
-            rewrite_tail(
-                &live,
-                &new_dir.join(&lv.path),
-                lv,
-                axis,
-                from,
-                &work,
-                &|reg| from_above(&above, &up.new, &lv.factor, method, reg),
-            )?;
+        for g in &grown {
+            let levels = &g.levels;
+            let froms = froms_of(levels);
+            let dir0 = new_dir.join(&levels[0].path);
+            let from0 = froms[0];
+            reencoded += u64::from(from0 % levels[0].chunk[axis] != 0 || levels[0].rechunked);
+            let live0 = image.join(&levels[0].path);
+            rewrite_tail(&live0, &dir0, &levels[0], axis, from0, &work, &|reg| {
+                appended(g.inputs, &g.lens, from0, axis, reg, g.size)
+            })?;
+            for l in 1..levels.len() {
+                let (up, lv) = (&levels[l - 1], &levels[l]);
+                let above = Input::open(new_dir.join(&up.path))?;
+                let from = froms[l];
+                reencoded += u64::from(from % lv.chunk[axis] != 0 || lv.rechunked);
+                let live = image.join(&lv.path);
+                rewrite_tail(
+                    &live,
+                    &new_dir.join(&lv.path),
+                    lv,
+                    axis,
+                    from,
+                    &work,
+                    &|reg| from_above(&above, &up.new, &lv.factor, g.method, reg),
+                )?;
+            }
         }
         Ok(())
     })?;
@@ -729,7 +854,7 @@ pub(super) fn append(image: &Path, inputs: &[Input], opts: &GrowOptions) -> Resu
     let journal = Journal {
         fingerprint: fp,
         from: old0.clone(),
-        to: levels[0].new.clone(),
+        to: grown[0].levels[0].new.clone(),
         moving: Vec::new(),
     };
     let jb = journal.write(&new_dir)?;
@@ -741,6 +866,7 @@ pub(super) fn append(image: &Path, inputs: &[Input], opts: &GrowOptions) -> Resu
     crash_point("committed");
     let warnings = after_exchange(image, &old, sync, "image");
     drop(build);
+    let levels = &grown[0].levels;
     let mut r = GrowReport::unchanged(
         image,
         Some(old0),

@@ -311,10 +311,14 @@ lvl.write_text(json.dumps(lm))
 refused([DIR / "k-b.npy"], "do not keep the last partial block", "a truncated level")
 lvl.write_text(lgood)
 
-# A labels/ group describes the old volume, with no new labels to grow it by.
+# A label image listed but not given its new slices would describe the old volume.
 (img / "labels").mkdir()
-(img / "labels" / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group"}')
-refused([DIR / "k-b.npy"], "it has a labels/ group", "labels")
+(img / "labels" / "zarr.json").write_text(json.dumps(
+    {"zarr_format": 3, "node_type": "group",
+     "attributes": {"ome": {"version": "0.5", "labels": ["cells"]}}}))
+refused([DIR / "k-b.npy"], 'its label image "cells" would describe the old volume', "labels")
+refused([DIR / "k-b.npy", "--labels", f"nuclei={DIR / 'k-b.npy'}"],
+        'no label image "nuclei" (it has cells)', "an unknown label image")
 shutil.rmtree(img / "labels")
 # A level that is a symbolic link: the rebuild would write through it into the live level.
 away = DIR / "bad-level-1"
@@ -333,5 +337,42 @@ r = run("append", img / "0", DIR / "k-b.npy")
 checked += 1
 assert r.returncode == 2 and "is level 0 of the OME-Zarr image" in r.stderr, r.stderr
 assert tree(img) == before
+
+# 5. An image with a label image grows with its labels' new slices (--labels NAME=PATH), in one
+#    commit: the image's levels numpy's block means, the label image's the block modes, and
+#    both the pyramid from scratch of the grown volumes.
+a = rng.integers(0, 4000, (27, 18, 20)).astype(np.uint16)
+cells = rng.integers(0, 6, a.shape).astype(np.uint32)
+b = rng.integers(0, 4000, (9, 18, 20)).astype(np.uint16)
+cells_b = rng.integers(0, 6, b.shape).astype(np.uint32)
+for name, x in (("la", a), ("lcells", cells), ("lb", b), ("lcells-b", cells_b),
+                ("lcells-short", cells_b[:4])):
+    np.save(DIR / f"{name}.npy", x)
+img = DIR / "labelled.ome.zarr"
+geometry = ["--chunks", "8,8,8", "--levels", "3", "--factors", "2,2,2"]
+cw("pyramid", DIR / "la.npy", "-o", img, "--labels", f"cells={DIR / 'lcells.npy'}", *geometry)
+refused([DIR / "lb.npy", "--labels", f"cells={DIR / 'lcells-short.npy'}"],
+        "cells: 4 new slices given, the image grows by 9", "labels of another length")
+said = cw("append", img, DIR / "lb.npy", "--labels", f"cells={DIR / 'lcells-b.npy'}")
+assert "levels now" in said, said
+grown, grown_cells = np.concatenate([a, b]), np.concatenate([cells, cells_b])
+ref, lref = [grown], [grown_cells]
+for _ in range(2):
+    ref.append(block_reduce(ref[-1], [2, 2, 2], "mean"))
+    lref.append(block_reduce(lref[-1], [2, 2, 2], "mode"))
+same_levels(img, ref, "labelled image after an append")
+same_levels(img / "labels" / "cells", lref, "its label image after the append")
+np.save(DIR / "lab.npy", grown)
+np.save(DIR / "lcells-ab.npy", grown_cells)
+scratch = DIR / "labelled-scratch.ome.zarr"
+cw("pyramid", DIR / "lab.npy", "-o", scratch, "--labels", f"cells={DIR / 'lcells-ab.npy'}",
+   *geometry)
+same_levels(img, scratch, "labelled: appended vs from scratch")
+same_levels(img / "labels" / "cells", scratch / "labels" / "cells",
+            "labels: appended vs from scratch")
+before = tree(img)
+said = cw("append", img, DIR / "lb.npy", "--labels", f"cells={DIR / 'lcells-b.npy'}")
+assert "already done" in said and tree(img) == before, said
+assert leftovers(img) == [], leftovers(img)
 
 print(f"appended pyramids equal numpy's: {checked} checks")

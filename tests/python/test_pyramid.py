@@ -159,3 +159,29 @@ def test_a_pyramid_in_parts_equals_numpy(tmp, rng):
     assert len(parts) == len(once) == 3
     for x, y in zip(parts, once):
         np.testing.assert_array_equal(x[...], y[...])
+
+
+def test_an_image_with_labels_grows_with_its_labels(tmp, rng):
+    """``Array.append(x, labels={...})`` on an OME-Zarr image (spec/PYRAMID.md §6): the image
+    and its label image grow in one commit, equal to the pyramid of the grown volumes; without
+    the labels' new slices the append is refused and nothing changes."""
+    a = rng.integers(0, 4000, (24, 16, 16)).astype(np.uint16)
+    cells = rng.integers(0, 4, a.shape).astype(np.uint32)
+    b = rng.integers(0, 4000, (10, 16, 16)).astype(np.uint16)
+    cells_b = rng.integers(0, 4, b.shape).astype(np.uint32)
+    kw = dict(factors=(2, 2, 2), levels=3, chunks=(8, 8, 8))
+    out = os.path.join(tmp, "l.ome.zarr")
+    cw.pyramid(a, out, labels={"cells": cells}, **kw)
+    img = cw.open(out)
+    with pytest.raises(cw.errors.InvalidOptionError, match="cells"):
+        img.append(b)
+    assert cw.open(out).shape == a.shape
+    img.append(b, labels={"cells": cells_b})
+    assert img.shape == (34, 16, 16)
+    want = cw.pyramid(np.concatenate([a, b]), os.path.join(tmp, "w.ome.zarr"),
+                      labels={"cells": np.concatenate([cells, cells_b])}, **kw)
+    for level in range(3):
+        np.testing.assert_array_equal(cw.open(f"{out}/{level}")[...], want[level][...])
+        np.testing.assert_array_equal(cw.open(f"{out}/labels/cells/{level}")[...],
+                                      cw.open(os.path.join(tmp, "w.ome.zarr", "labels", "cells",
+                                                           str(level)))[...])

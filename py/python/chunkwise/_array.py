@@ -338,12 +338,14 @@ class Array:
 
     # -- growing ---------------------------------------------------------------------------
     def append(self, x, axis=0, *, layout="auto", cast=False, again=False, wait=False,
-               progress=None, threads=None, memory=None, partition=None):
+               progress=None, threads=None, memory=None, partition=None, labels=None):
         """Appends ``x`` (a numpy array, an Array or a path) along ``axis``; returns ``self``.
 
         Only the new chunks and at most one edge layer are written (``chunkwise append``).
         ``partition=(i, n)`` does part ``i`` of ``n`` of the new layers (``--partition I/N``):
         the array grows when the last part finishes; until then it keeps its old shape.
+        An Array opened from an OME-Zarr image grows the whole pyramid; ``labels`` maps each
+        of its label images (``labels/NAME``) to its new slices (spec/PYRAMID.md §6).
         """
         src = self._source()
         if not src.is_store():
@@ -354,8 +356,9 @@ class Array:
             extra["partition"] = (int(i), int(n))
         d, close = opts(progress, threads, memory, axis=int(axis), layout=layout, cast=cast,
                         again=again, wait=wait, **extra)
+        named = [(str(k), source(v)) for k, v in (labels or {}).items()]
         try:
-            _chunkwise.append(self.path, [source(x)], d)
+            _chunkwise.append(self.path, [source(x)], d, named)
         finally:
             close()
         self._src = _build(self._recipe)
