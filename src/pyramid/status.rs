@@ -93,8 +93,18 @@ pub fn pyramid_status(out: &Path) -> Result<Option<crate::store::JobStatus>> {
             }),
         }
     }
+    Ok(Some(building(out, total, done, parts)))
+}
+
+/// The status of a pyramid being built into `out`: `done` of `total` chunks, by `parts`.
+fn building(
+    out: &Path,
+    total: u64,
+    done: u64,
+    mut parts: Vec<crate::store::PartStatus>,
+) -> crate::store::JobStatus {
     parts.sort_by_key(|p| (p.of, p.index));
-    Ok(Some(crate::store::JobStatus {
+    crate::store::JobStatus {
         path: out.to_path_buf(),
         published: false,
         fingerprint: None,
@@ -102,7 +112,7 @@ pub fn pyramid_status(out: &Path) -> Result<Option<crate::store::JobStatus>> {
         chunks_total: total,
         chunks_done: done,
         parts,
-    }))
+    }
 }
 
 /// Adds a level's parts to the pyramid's (the same part of every level counted together).
@@ -156,14 +166,5 @@ fn pyramid_status_remote(out: &Path) -> Result<Option<crate::store::JobStatus>> 
     if !any {
         return Ok(None);
     }
-    parts.sort_by_key(|p| (p.of, p.index));
-    Ok(Some(crate::store::JobStatus {
-        path: out.to_path_buf(),
-        published: false,
-        fingerprint: None,
-        building: true,
-        chunks_total: total,
-        chunks_done: done,
-        parts,
-    }))
+    Ok(Some(building(out, total, done, parts)))
 }
