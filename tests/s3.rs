@@ -960,6 +960,14 @@ fn pyramids_on_s3_in_parts_equal_local_ones() {
         "{info}"
     );
     assert!(remote_bytes(&moto, d, url).1 == local("", 0).1);
+    // An append to the image there: refused, saying so (not "no shape").
+    let o = moto.chunkwise(d, &["append", url, "v.npy"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("appending to an OME-Zarr image on object storage is not supported"),
+        "{}",
+        stderr(&o)
+    );
     // Another pyramid into it: refused, the image kept.
     let o = moto.chunkwise(d, &strs(&args(url, &["--method", "mode"])));
     assert!(!o.status.success());

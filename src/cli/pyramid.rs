@@ -17,7 +17,7 @@ use super::{CliResult, Global, Outcome, parse_size, say};
 pub(crate) struct Args {
     /// The array (anything chunkwise reads: a store, .npy/TIFF/raw files, an OME-Zarr level).
     input: PathBuf,
-    /// The OME-Zarr image to write (a Zarr v3 group, e.g. brain.ome.zarr).
+    /// The OME-Zarr image to write (a Zarr v3 group, e.g. brain.ome.zarr, or s3://bucket/brain.ome.zarr).
     #[arg(short, long, value_name = "OUT")]
     output: PathBuf,
     #[command(flatten)]

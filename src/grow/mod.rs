@@ -276,6 +276,15 @@ impl GrowReport {
 /// input and I/O errors. The array is unchanged after any error.
 pub fn append(store: &Path, inputs: &[Input], opts: &GrowOptions) -> Result<GrowReport> {
     if crate::store::is_url(store) {
+        if crate::ome::is_image(store) {
+            // Its levels would each grow on their own, with no exchange to commit them together.
+            return Err(Error::Store(crate::error::StoreError::Remote {
+                url: store.to_string_lossy().into_owned(),
+                reason: "appending to an OME-Zarr image on object storage is not supported yet \
+                         (append to a local copy, then `chunkwise pyramid LOCAL -o s3://...`)"
+                    .into(),
+            }));
+        }
         return with_threads(opts.run.threads, || remote::append(store, inputs, opts));
     }
     with_threads(opts.run.threads, || {
