@@ -600,9 +600,6 @@ fn convert_in_pool(input: &Input, out: &Path, opts: &ConvertOptions) -> Result<C
     })
 }
 
-/// Copies every stored chunk of `store` into `writer` as it is stored (spec/FORMAT.md §8.1):
-/// the two arrays' chunks are the same bytes, so nothing is decoded or encoded. Returns
-/// (chunks written, bytes stored, bytes they hold decoded).
 /// [`copy_encoded`] for a part of a job: the chunks of `mine` (a box of chunk indices) not in
 /// `done`, copied as stored and logged; absent ones recorded as absent. Returns (chunks
 /// copied, bytes stored, bytes they hold decoded).
@@ -644,6 +641,9 @@ fn copy_part(
         .try_reduce(|| (0, 0, 0), |a, b| Ok((a.0 + b.0, a.1 + b.1, a.2 + b.2)))
 }
 
+/// Copies every stored chunk of `store` into `writer` as it is stored (spec/FORMAT.md §8.1):
+/// the two arrays' chunks are the same bytes, so nothing is decoded or encoded. Returns
+/// (chunks written, bytes stored, bytes they hold decoded).
 fn copy_encoded(store: &Store, writer: &StoreWriter, run: &RunOptions) -> Result<(u64, u64, u64)> {
     let grid = writer.grid();
     let gshape = grid.grid_shape();

@@ -108,6 +108,28 @@ impl Input {
             return Err(crate::source::refuse_series(one));
         }
         if let [one] = paths
+            && crate::store::is_url(one)
+            && !is_spec(one)
+        {
+            // An array at an object-storage prefix opens at once; only what does not open as
+            // one is asked whether it is an image (a listing and a GET more: PYRAMID §4).
+            if raw.dtype.is_some() || raw.shape.is_some() {
+                crate::source::refuse_raw_flags(true, one)?;
+            }
+            let store = match Store::open(one) {
+                Ok(s) => s,
+                Err(e) => match crate::ome::resolve(one)? {
+                    Some((level, image)) => {
+                        let mut input = Input::from_store_named(Store::open(&level)?, name)?;
+                        input.image = Some(Arc::new(image));
+                        return Ok(input);
+                    }
+                    None => return Err(e),
+                },
+            };
+            return Input::from_store_named(store, name);
+        }
+        if let [one] = paths
             && let Some((level, image)) = crate::ome::resolve(one)?
         {
             if raw.dtype.is_some() || raw.shape.is_some() {

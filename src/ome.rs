@@ -357,14 +357,8 @@ fn group_attributes(path: &Path) -> Result<Option<(Value, PathBuf)>> {
     }
     let v3 = path.join("zarr.json");
     if v3.is_file() {
-        let text = std::fs::read_to_string(&v3).at(&v3)?;
-        let meta: Value = serde_json::from_str(&text)
-            .map_err(|e| Error::bad_input(&v3, format!("not JSON: {e}")))?;
-        if meta.get("node_type").and_then(Value::as_str) != Some("group") {
-            return Ok(None);
-        }
-        let attrs = meta.get("attributes").cloned().unwrap_or(Value::Null);
-        return Ok(Some((attrs, v3)));
+        let bytes = std::fs::read(&v3).at(&v3)?;
+        return v3_group_attributes(&bytes, v3);
     }
     if path.join(".zgroup").is_file() {
         let attrs = path.join(".zattrs");
@@ -381,19 +375,21 @@ fn group_attributes(path: &Path) -> Result<Option<(Value, PathBuf)>> {
 /// [`group_attributes`] of a group at an object-storage prefix (Zarr v3: its `zarr.json`).
 fn remote_group_attributes(path: &Path) -> Result<Option<(Value, PathBuf)>> {
     let r = crate::store::Remote::open(&path.to_string_lossy())?;
-    let Some(bytes) = r.get("zarr.json")? else {
-        return Ok(None);
-    };
-    let file = path.join("zarr.json");
-    let meta: Value = serde_json::from_slice(&bytes)
+    match r.get("zarr.json")? {
+        Some(bytes) => v3_group_attributes(&bytes, path.join("zarr.json")),
+        None => Ok(None),
+    }
+}
+
+/// A group's attributes from its `zarr.json` (`bytes`, read from `file`); `None` for an array.
+fn v3_group_attributes(bytes: &[u8], file: PathBuf) -> Result<Option<(Value, PathBuf)>> {
+    let meta: Value = serde_json::from_slice(bytes)
         .map_err(|e| Error::bad_input(&file, format!("not JSON: {e}")))?;
     if meta.get("node_type").and_then(Value::as_str) != Some("group") {
         return Ok(None);
     }
-    Ok(Some((
-        meta.get("attributes").cloned().unwrap_or(Value::Null),
-        file,
-    )))
+    let attrs = meta.get("attributes").cloned().unwrap_or(Value::Null);
+    Ok(Some((attrs, file)))
 }
 
 /// Whether a group's attributes hold OME-Zarr `multiscales` (0.5 or 0.4).

@@ -275,6 +275,33 @@ impl GrowReport {
 /// axis and sizes; [`Error::InvalidOption`] for another type without `--cast` or a lossy cast;
 /// input and I/O errors. The array is unchanged after any error.
 pub fn append(store: &Path, inputs: &[Input], opts: &GrowOptions) -> Result<GrowReport> {
+    append_with_labels(store, inputs, &[], opts)
+}
+
+/// [`append`] to an OME-Zarr image with label images: each `(name, labels)` grows the label
+/// image `labels/NAME` by its new slices (as many as `inputs` add), its levels' tails
+/// recomputed as its pyramid makes them (mode), in the same commit as the image's
+/// (spec/PYRAMID.md §6). Every label image the image has must be given.
+///
+/// ```no_run
+/// use chunkwise::{GrowOptions, Input};
+/// let day2 = [Input::open("day2/image")?];
+/// let cells = [Input::open("day2/cells.npy")?];
+/// chunkwise::append_with_labels("brain.ome.zarr".as_ref(), &day2, &[("cells", &cells[..])],
+///                               &GrowOptions::default())?;
+/// # Ok::<(), chunkwise::Error>(())
+/// ```
+///
+/// # Errors
+/// As [`append`]; [`Error::InvalidOption`] (`labels`) for labels given to anything but an
+/// image, a name the image has no label image of, or labels of another length than the
+/// image's new slices; a label image left out is refused, naming it.
+pub fn append_with_labels(
+    store: &Path,
+    inputs: &[Input],
+    labels: &[(&str, &[Input])],
+    opts: &GrowOptions,
+) -> Result<GrowReport> {
     if crate::store::is_url(store) {
         if crate::ome::is_image(store) {
             // Its levels would each grow on their own, with no exchange to commit them together.
@@ -284,6 +311,9 @@ pub fn append(store: &Path, inputs: &[Input], opts: &GrowOptions) -> Result<Grow
                          (append to a local copy, then `chunkwise pyramid LOCAL -o s3://...`)"
                     .into(),
             }));
+        }
+        if !labels.is_empty() {
+            return Err(not_an_image(store));
         }
         return with_threads(opts.run.threads, || remote::append(store, inputs, opts));
     }
@@ -297,7 +327,10 @@ pub fn append(store: &Path, inputs: &[Input], opts: &GrowOptions) -> Result<Grow
         // A kill between the two renames of a replacement without exchange: undone first.
         recover_replacement(store)?;
         if crate::ome::is_image(store) {
-            return image::append(store, inputs, &[], opts);
+            return image::append(store, inputs, labels, opts);
+        }
+        if !labels.is_empty() {
+            return Err(not_an_image(store));
         }
         image::refuse_level(store)?;
         check_target(store)?;
@@ -343,50 +376,15 @@ pub fn append(store: &Path, inputs: &[Input], opts: &GrowOptions) -> Result<Grow
     })
 }
 
-/// [`append`] to an OME-Zarr image with label images: each `(name, labels)` grows the label
-/// image `labels/NAME` by its new slices (as many as `inputs` add), its levels' tails
-/// recomputed as its pyramid makes them (mode), in the same commit as the image's
-/// (spec/PYRAMID.md §6). Every label image the image has must be given.
-///
-/// ```no_run
-/// use chunkwise::{GrowOptions, Input};
-/// let day2 = [Input::open("day2/image")?];
-/// let cells = [Input::open("day2/cells.npy")?];
-/// chunkwise::append_with_labels("brain.ome.zarr".as_ref(), &day2, &[("cells", &cells[..])],
-///                               &GrowOptions::default())?;
-/// # Ok::<(), chunkwise::Error>(())
-/// ```
-///
-/// # Errors
-/// As [`append`]; [`Error::InvalidOption`] (`labels`) for a name the image has no label
-/// image of, or labels of another length than the image's new slices; a label image left
-/// out is refused, naming it.
-pub fn append_with_labels(
-    image: &Path,
-    inputs: &[Input],
-    labels: &[(&str, &[Input])],
-    opts: &GrowOptions,
-) -> Result<GrowReport> {
-    if labels.is_empty() {
-        return append(image, inputs, opts);
-    }
-    with_threads(opts.run.threads, || {
-        if inputs.is_empty() {
-            return Err(Error::option("input", "nothing to append"));
-        }
-        let image = &resolve_links(image)?;
-        recover_replacement(image)?;
-        if !crate::ome::is_image(image) {
-            return Err(Error::option(
-                "labels",
-                format!(
-                    "{} is not an OME-Zarr image: label images grow with an image",
-                    image.display()
-                ),
-            ));
-        }
-        image::append(image, inputs, labels, opts)
-    })
+/// Labels given to an append onto something else than an OME-Zarr image.
+fn not_an_image(store: &Path) -> Error {
+    Error::option(
+        "labels",
+        format!(
+            "{} is not an OME-Zarr image: label images grow with an image",
+            store.display()
+        ),
+    )
 }
 
 /// Refuses `--partition` for a command that does not split: joins link chunks, a metadata

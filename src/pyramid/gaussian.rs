@@ -206,21 +206,27 @@ pub(super) fn gaussian_level<T: Scalar>(
     Ok(written)
 }
 
-/// The lock under which a gaussian pyramid's levels below level 0 are made, once level 0 is
-/// published in the build `dir`; `None` while it is not, or while another part holds it (and
-/// so makes them).
-pub(super) fn lower_levels_lock(dir: &Path) -> Result<Option<Option<std::fs::File>>> {
+/// Held while this process makes a gaussian pyramid's levels below level 0: the lock file
+/// `lock.lower` in the build (none on object storage, where one process builds it).
+pub(super) struct LowerLevels {
+    _lock: Option<std::fs::File>,
+}
+
+/// The right to make a gaussian pyramid's levels below level 0, once level 0 is published in
+/// the build `dir`; `None` while it is not, or while another part holds it (and so makes
+/// them).
+pub(super) fn lower_levels_lock(dir: &Path) -> Result<Option<LowerLevels>> {
     use crate::error::IoContext;
     if !level_published(dir, 0)? {
         return Ok(None);
     }
     if crate::store::is_url(dir) {
         // On object storage a gaussian pyramid is built by one process (refused in parts).
-        return Ok(Some(None));
+        return Ok(Some(LowerLevels { _lock: None }));
     }
     let path = dir.join("lock.lower");
     let lock = std::fs::File::create(&path).at(&path)?;
-    Ok(crate::store::try_lock_briefly(&lock, false).then_some(Some(lock)))
+    Ok(crate::store::try_lock_briefly(&lock, false).then_some(LowerLevels { _lock: Some(lock) }))
 }
 
 /// Whether level `l` of the image being built in `dir` is published there (its `zarr.json`

@@ -922,14 +922,13 @@ fn build(
     crate::store::check_part(part)?;
     if !opts.overwrite && published_as(&dest, &fingerprint)? {
         // A part run again after another published, or a rerun of a finished pyramid.
-        let levels = |p: &Plan| p.level_list();
         return Ok(PyramidReport {
             path: given.to_path_buf(),
             method: plan.method,
-            levels: levels(plan),
+            levels: plan.level_list(),
             labels: labels
                 .iter()
-                .map(|(n, _, lp)| (n.to_string(), levels(lp)))
+                .map(|(n, _, lp)| (n.to_string(), lp.level_list()))
                 .collect(),
             chunks_written: 0,
             chunks_resumed: 0,
@@ -944,10 +943,10 @@ fn build(
     // Locally the pyramid is built in a directory beside OUT and renamed to it; on object
     // storage (no renames, no locks) the levels are written in place, each a resumable job,
     // and the groups' metadata that make the image appear go last (§3).
-    let build = match &dest {
+    let target = match &dest {
         Dest::Local(_) => {
             check_output(out, opts.overwrite)?;
-            Some(Work::open(
+            Target::Build(Work::open(
                 out,
                 &fingerprint,
                 &settings,
@@ -965,16 +964,19 @@ fn build(
                      storage lacks): leave --partition out, or build it locally",
                 ));
             }
-            None
+            Target::Remote(r)
         }
     };
-    let root = build.as_ref().map_or(out, |b| b.path());
+    let root = match &target {
+        Target::Build(b) => b.path(),
+        Target::Remote(_) => out,
+    };
     let written = with_scalar!(input.dtype(), T => {
         write_image::<T>(input, root, name, None, opts, plan, &fingerprint)
     });
-    let written = match &build {
-        Some(b) => b.keep_unless_refused(written)?,
-        None => written?,
+    let written = match &target {
+        Target::Build(b) => b.keep_unless_refused(written)?,
+        Target::Remote(_) => written?,
     };
     // The groups' metadata, each a path under OUT with its text.
     let mut groups: Vec<(PathBuf, String)> = Vec::new();
@@ -1015,16 +1017,15 @@ fn build(
             (0..lplan.levels()).map(|l| Path::new("labels").join(name).join(l.to_string())),
         );
     }
-    let waiting = match (build, &dest) {
-        (Some(b), _) => {
+    let waiting = match target {
+        Target::Build(b) => {
             for (at, text) in &groups {
                 let file = b.path().join(at).join("zarr.json");
                 crate::store::write_atomic(&file, text.as_bytes(), sync)?;
             }
             !b.publish(out, opts.overwrite, sync, &levels)?
         }
-        (None, Dest::Remote(r)) => !publish_remote(r, &levels, &groups)?,
-        (None, Dest::Local(_)) => unreachable!("a local pyramid has its build directory"),
+        Target::Remote(r) => !publish_remote(r, &levels, &groups)?,
     };
     Ok(PyramidReport {
         path: given.to_path_buf(),
@@ -1039,6 +1040,13 @@ fn build(
         waiting,
         already_done: false,
     })
+}
+
+/// What a pyramid is built in: locally its build directory beside OUT, on object storage
+/// OUT's prefix itself.
+enum Target<'a> {
+    Build(Work),
+    Remote(&'a crate::store::Remote),
 }
 
 /// What [`write_image`] wrote.
