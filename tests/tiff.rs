@@ -115,6 +115,54 @@ fn instrument_tiffs_read_as_tifffile_reads_them() {
     assert!(checked >= 13, "only {checked} files read");
 }
 
+/// Blocks narrower than a page (a budget of one chunk, chunks a third of a page wide and
+/// high): each block decodes only the strips or tiles it overlaps, and a block's rows of an
+/// uncompressed strip are read from the file where they are stored. Every readable fixture
+/// converts to tifffile's values.
+#[test]
+fn blocks_smaller_than_a_page_read_tifffiles_values() {
+    let dir = tmp();
+    let mut checked = 0;
+    for e in manifest() {
+        let name = e["file"].as_str().unwrap();
+        if e["error"].is_string() {
+            continue;
+        }
+        let path = fixture(&format!("tiff/{name}"));
+        let series = e["series"].as_u64().map(|s| s as usize);
+        let want = read_npy(&fixture(&format!(
+            "tiff/{}",
+            e["expected"].as_str().unwrap()
+        )));
+        let input = open(&path, series).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let nd = want.shape.len();
+        let mut chunks: Vec<u64> = want.shape.iter().map(|&n| n.div_ceil(2)).collect();
+        chunks[nd - 2] = want.shape[nd - 2].div_ceil(3);
+        chunks[nd - 1] = want.shape[nd - 1].div_ceil(3);
+        let chunk_bytes = chunks.iter().product::<u64>() * want.dtype.size() as u64;
+        let out = dir.path().join(format!("{checked}.zarr"));
+        chunkwise::convert(
+            &input,
+            &out,
+            &ConvertOptions::default()
+                .chunks(Some(chunks))
+                .memory(Some(2 * chunk_bytes)),
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let store = Store::open(&out).unwrap();
+        let mut back = vec![0u8; want.bytes.len()];
+        store
+            .read_region_into(&Region::full(store.shape()), &mut back)
+            .unwrap();
+        assert!(
+            back == want.bytes,
+            "{name}: converted by small blocks, values differ"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 13, "only {checked} files read");
+}
+
 #[test]
 fn series_and_axes_from_the_command_line() {
     let dir = tmp();

@@ -99,9 +99,9 @@ impl Gather for Box<dyn Block + '_> {
     }
 }
 
-impl Gather for crate::store::ChunkWindow<'_> {
+impl<U: crate::store::Units + Send> Gather for crate::store::Window<U> {
     fn gather_into(&self, part: &Region, dst: &mut [u8], dst_shape: &[usize]) -> Result<()> {
-        crate::store::ChunkWindow::read_into(self, part, dst, dst_shape)
+        self.read_into(part, dst, dst_shape)
     }
 }
 

@@ -7,20 +7,22 @@
 
 use std::fs::File;
 use std::io::BufReader;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use rayon::prelude::*;
 use tiff::ColorType;
-use tiff::decoder::{Decoder, DecodingResult, Limits};
+use tiff::decoder::{ChunkType, Decoder, Limits};
 use tiff::tags::Tag;
 
-use super::{Block, BufferBlock, Source, ome_tiff};
-use crate::dtype::{DType, Element};
+use super::{Block, BufferBlock, Gather, Source, ome_tiff};
+use crate::dtype::DType;
 use crate::error::{Error, InputError, IoContext, Result, to_usize};
 use crate::fingerprint::{fnv1a, stamp};
 use crate::ome::VoxelSize;
 use crate::region::{Region, fmt_shape};
+use crate::store::{Units, Window};
 
 type Dec = Decoder<BufReader<File>>;
 
@@ -81,45 +83,205 @@ fn page_info(dec: &mut Dec, path: &Path, page: usize) -> Result<(u64, u64, DType
     Ok((u64::from(h), u64::from(w), dtype))
 }
 
-/// Decodes the current page into little-endian bytes.
-fn decode_page(dec: &mut Dec, path: &Path, page: usize, want: DType) -> Result<Vec<u8>> {
-    let img = match dec.read_image() {
-        Ok(img) => img,
-        // tiff 0.11.3 stops on some LZW chunks whose end code is still pending when their
-        // output is full (image-rs/image-tiff#395): those pages are decoded here.
-        Err(e) if e.to_string().contains("no lzw end code") => {
-            return decode_lzw_page(dec, path, page, want);
+/// The rows and columns of a block, read out of each of its pages.
+struct Part {
+    rows: Range<usize>,
+    cols: Range<usize>,
+    dtype: DType,
+}
+
+impl Part {
+    /// The rows and columns of `region` (an array region: its last two axes are y, x).
+    fn of(region: &Region, dtype: DType) -> Part {
+        let r = region.ranges();
+        let nd = r.len();
+        Part {
+            rows: r[nd - 2].start as usize..r[nd - 2].end as usize,
+            cols: r[nd - 1].start as usize..r[nd - 1].end as usize,
+            dtype,
         }
-        Err(e) => return Err(Error::bad_input(path, format!("page {page}: {e}"))),
-    };
-    let mut out = Vec::new();
-    macro_rules! le {
-        ($($variant:ident => $t:ty, $d:ident);*) => {
-            match img {
-                $(DecodingResult::$variant(v) => {
-                    <$t>::extend_le_bytes(&v, &mut out);
-                    DType::$d
-                })*
-                DecodingResult::F16(_) => {
-                    return Err(Error::Input(InputError::UnsupportedDtype {
-                        path: path.to_path_buf(),
-                        dtype: "float16".into(),
-                        hint: "supported: 8/16/32/64-bit integers, 32/64-bit floats".into(),
-                    }));
+    }
+
+    /// Reads the part of the decoder's current page into `out` (C order, native-endian
+    /// samples): only the strips or tiles the part overlaps are decoded, each once; the rows of
+    /// an uncompressed strip are read from the file as they are stored.
+    fn read(&self, dec: &mut Dec, path: &Path, page: usize, out: &mut [u8]) -> Result<()> {
+        let err = |e: tiff::TiffError| Error::bad_input(path, format!("page {page}: {e}"));
+        let (w, h) = dec.dimensions().map_err(err)?;
+        let (w, h) = (w as usize, h as usize);
+        if self.rows.end > h || self.cols.end > w {
+            return Err(Error::bad_input(
+                path,
+                format!("page {page} holds {h}x{w} pixels, the stack's pages more"),
+            ));
+        }
+        let compression: u16 = dec
+            .find_tag_unsigned(Tag::Compression)
+            .map_err(err)?
+            .unwrap_or(1);
+        let predictor: u16 = dec
+            .find_tag_unsigned(Tag::Predictor)
+            .map_err(err)?
+            .unwrap_or(1);
+        let tiled = matches!(dec.get_chunk_type(), ChunkType::Tile);
+        if compression == 1 && predictor == 1 && !tiled {
+            return self.read_stored(dec, path, page, w, out);
+        }
+        let size = self.dtype.size();
+        let (cw, ch) = dec.chunk_dimensions();
+        let (cw, ch) = (cw as usize, ch as usize);
+        if cw == 0 || ch == 0 {
+            return Err(Error::bad_input(
+                path,
+                format!("page {page}: chunks of 0 pixels"),
+            ));
+        }
+        let (cw, across) = if tiled { (cw, w.div_ceil(cw)) } else { (w, 1) };
+        let line = self.cols.len() * size;
+        let mut scratch = Vec::new();
+        for ty in self.rows.start / ch..self.rows.end.div_ceil(ch) {
+            for tx in self.cols.start / cw..self.cols.end.div_ceil(cw) {
+                let i = ty * across + tx;
+                let (x0, y0) = (tx * cw, ty * ch);
+                let index = u32::try_from(i).map_err(|_| {
+                    Error::bad_input(path, format!("page {page}: chunk {i} of more than 2^32"))
+                })?;
+                let (dw, dh) = dec.chunk_data_dimensions(index);
+                let (dw, dh) = (dw as usize, dh as usize);
+                let ys = self.rows.start.max(y0)..self.rows.end.min(y0 + dh);
+                let xs = self.cols.start.max(x0)..self.cols.end.min(x0 + dw);
+                let whole = dw * dh * size;
+                // A strip of whole rows of the part decodes in place.
+                if !tiled && xs == self.cols && xs.len() == dw && ys.len() == dh {
+                    let at = (ys.start - self.rows.start) * line;
+                    let dst = &mut out[at..at + whole];
+                    match dec.read_chunk_bytes(index, dst) {
+                        Ok(()) => {}
+                        Err(e) if lzw_pending(&e) => return self.read_lzw(dec, path, page, out),
+                        Err(e) => return Err(err(e)),
+                    }
+                    continue;
+                }
+                scratch.resize(whole, 0);
+                match dec.read_chunk_bytes(index, &mut scratch) {
+                    Ok(()) => {}
+                    Err(e) if lzw_pending(&e) => return self.read_lzw(dec, path, page, out),
+                    Err(e) => return Err(err(e)),
+                }
+                for y in ys.clone() {
+                    let src = ((y - y0) * dw + (xs.start - x0)) * size;
+                    let dst = (y - self.rows.start) * line + (xs.start - self.cols.start) * size;
+                    let len = xs.len() * size;
+                    out[dst..dst + len].copy_from_slice(&scratch[src..src + len]);
                 }
             }
-        };
+        }
+        Ok(())
     }
-    let got = le!(U8 => u8, U8; U16 => u16, U16; U32 => u32, U32; U64 => u64, U64;
-        I8 => i8, I8; I16 => i16, I16; I32 => i32, I32; I64 => i64, I64;
-        F32 => f32, F32; F64 => f64, F64);
-    if got != want {
-        return Err(Error::bad_input(
-            path,
-            format!("page {page} decodes as {got}, the stack is {want}"),
-        ));
+
+    /// Uncompressed strips: the part's rows read from the file where each strip stores them
+    /// (one read per strip when the part is as wide as the page), samples swapped when the
+    /// file's byte order is not the machine's.
+    fn read_stored(
+        &self,
+        dec: &mut Dec,
+        path: &Path,
+        page: usize,
+        w: usize,
+        out: &mut [u8],
+    ) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let err = |e: tiff::TiffError| Error::bad_input(path, format!("page {page}: {e}"));
+        let size = self.dtype.size();
+        let offsets = dec.get_tag_u64_vec(Tag::StripOffsets).map_err(err)?;
+        let counts = dec.get_tag_u64_vec(Tag::StripByteCounts).map_err(err)?;
+        let per = (dec.chunk_dimensions().1 as usize).max(1);
+        let (row, line) = (w * size, self.cols.len() * size);
+        let full = self.cols.len() == w;
+        let mut scratch = Vec::new();
+        let file = dec.inner().get_ref();
+        let mut y = self.rows.start;
+        while y < self.rows.end {
+            let strip = y / per;
+            let last = self.rows.end.min((strip + 1) * per);
+            let within = (y - strip * per) as u64 * row as u64;
+            let span = (last - y) * row;
+            let (Some(&at), Some(&count)) = (offsets.get(strip), counts.get(strip)) else {
+                return Err(Error::bad_input(
+                    path,
+                    format!(
+                        "page {page}: strip {strip} missing ({} strips)",
+                        offsets.len()
+                    ),
+                ));
+            };
+            if count < within + span as u64 {
+                return Err(Error::bad_input(
+                    path,
+                    format!(
+                        "page {page}: strip {strip} holds {count} bytes, rows to {last} need {}",
+                        within + span as u64
+                    ),
+                ));
+            }
+            let dst = (y - self.rows.start) * line;
+            let read = |buf: &mut [u8]| {
+                file.read_exact_at(buf, at + within).map_err(|e| {
+                    Error::bad_input(
+                        path,
+                        format!("page {page}: strip {strip} at byte {}: {e}", at + within),
+                    )
+                })
+            };
+            if full {
+                read(&mut out[dst..dst + span])?;
+            } else {
+                scratch.resize(span, 0);
+                read(&mut scratch)?;
+                for (k, r) in scratch.chunks_exact(row).enumerate() {
+                    let from = self.cols.start * size;
+                    out[dst + k * line..dst + (k + 1) * line]
+                        .copy_from_slice(&r[from..from + line]);
+                }
+            }
+            y = last;
+        }
+        let file_big = dec.byte_order() == tiff::tags::ByteOrder::BigEndian;
+        if size > 1 && file_big != cfg!(target_endian = "big") {
+            out.chunks_exact_mut(size).for_each(<[u8]>::reverse);
+        }
+        Ok(())
     }
-    Ok(out)
+
+    /// A page whose LZW chunks tiff 0.11 cannot finish, decoded whole by [`decode_lzw_page`]
+    /// and the part copied out.
+    fn read_lzw(&self, dec: &mut Dec, path: &Path, page: usize, out: &mut [u8]) -> Result<()> {
+        let size = self.dtype.size();
+        let w = dec.dimensions().map(|d| d.0 as usize).unwrap_or(0);
+        let whole = decode_lzw_page(dec, path, page, self.dtype)?;
+        let line = self.cols.len() * size;
+        for (k, y) in self.rows.clone().enumerate() {
+            let src = (y * w + self.cols.start) * size;
+            let dst = &mut out[k * line..(k + 1) * line];
+            let from = whole.get(src..src + line).ok_or_else(|| {
+                Error::bad_input(
+                    path,
+                    format!("page {page} decodes to {} bytes", whole.len()),
+                )
+            })?;
+            dst.copy_from_slice(from);
+        }
+        if cfg!(target_endian = "big") && size > 1 {
+            out.chunks_exact_mut(size).for_each(<[u8]>::reverse);
+        }
+        Ok(())
+    }
+}
+
+/// tiff 0.11.3 stops on some LZW chunks whose end code is still pending when their output is
+/// full (image-rs/image-tiff#395): those pages are decoded by [`decode_lzw_page`].
+fn lzw_pending(e: &tiff::TiffError) -> bool {
+    e.to_string().contains("no lzw end code")
 }
 
 /// The current page, LZW-compressed, decoded chunk by chunk (strips or tiles) with weezl,
@@ -127,7 +289,6 @@ fn decode_page(dec: &mut Dec, path: &Path, page: usize, want: DType) -> Result<V
 /// the horizontal predictor undone and the samples made little-endian.
 fn decode_lzw_page(dec: &mut Dec, path: &Path, page: usize, want: DType) -> Result<Vec<u8>> {
     use std::io::{Read, Seek, SeekFrom};
-    use tiff::decoder::ChunkType;
     let err = |m: String| Error::bad_input(path, format!("page {page}: {m}"));
     let terr = |e: tiff::TiffError| err(e.to_string());
     let (w, h) = dec.dimensions().map_err(terr)?;
@@ -643,80 +804,103 @@ impl Source for TiffStack {
 
     fn block(&self, region: &Region) -> Result<Box<dyn Block + '_>> {
         let itemsize = self.dtype.size();
-        let r = region.ranges();
-        let nd = r.len();
-        let (h, w) = (self.shape[nd - 2] as usize, self.shape[nd - 1] as usize);
-        let rows = r[nd - 2].start as usize..r[nd - 2].end as usize;
-        let cols = r[nd - 1].start as usize..r[nd - 1].end as usize;
-        let plane = rows.len() * cols.len() * itemsize;
+        let part = Part::of(region, self.dtype);
+        let plane = part.rows.len() * part.cols.len() * itemsize;
         let n = to_usize(u64::try_from(region.len()).unwrap_or(u64::MAX), "block")?;
         let mut data = vec![0u8; n * itemsize];
-        // Keep only the rows and columns of the block from each decoded page.
-        let crop = |page: &[u8], out: &mut [u8], path: &Path, z: usize| -> Result<()> {
-            if page.len() != h * w * itemsize {
-                return Err(Error::bad_input(
-                    path,
-                    format!(
-                        "page {z} decodes to {} bytes, expected {h}x{w} {}",
-                        page.len(),
-                        self.dtype
-                    ),
-                ));
-            }
-            for (k, y) in rows.clone().enumerate() {
-                let src = (y * w + cols.start) * itemsize;
-                let len = cols.len() * itemsize;
-                out[k * len..(k + 1) * len].copy_from_slice(&page[src..src + len]);
-            }
-            Ok(())
-        };
-        // The file and page of the block's k-th plane: its index over the axes before y, x.
-        let lead = &self.shape[..nd - 2];
-        let lead_ranges = &r[..nd - 2];
-        let page_of = |k: usize| -> (usize, usize) {
-            let (mut rest, mut flat, mut stride) = (k, 0usize, 1usize);
-            for a in (0..lead.len()).rev() {
-                let len = (lead_ranges[a].end - lead_ranges[a].start) as usize;
-                let i = lead_ranges[a].start as usize + rest % len;
-                rest /= len;
-                flat += i * stride;
-                stride *= lead[a] as usize;
-            }
-            self.planes[flat]
-        };
         if plane > 0 {
-            match &self.pages {
-                Pages::Files(files) => {
-                    data.par_chunks_mut(plane).enumerate().try_for_each(
-                        |(k, out)| -> Result<()> {
-                            let path = &files[page_of(k).0];
-                            let mut dec = open_decoder(path)?;
-                            let page = decode_page(&mut dec, path, 0, self.dtype)?;
-                            crop(&page, out, path, 0)
-                        },
-                    )?;
-                }
-                Pages::Multi(files) => {
-                    // Pages decode in parallel, each worker with a decoder of its own.
-                    data.par_chunks_mut(plane).enumerate().try_for_each(
-                        |(k, out)| -> Result<()> {
-                            let (f, z) = page_of(k);
-                            let PagedFile { path, pool } = &files[f];
-                            let taken = pool.lock().expect("no decoder user panics").pop();
-                            let mut dec = match taken {
-                                Some(d) => d,
-                                None => open_decoder(path)?,
-                            };
-                            dec.seek_to_image(z)
-                                .map_err(|e| Error::bad_input(path, format!("page {z}: {e}")))?;
-                            let page = decode_page(&mut dec, path, z, self.dtype)?;
-                            pool.lock().expect("no decoder user panics").push(dec);
-                            crop(&page, out, path, z)
-                        },
-                    )?;
-                }
-            }
+            let nd = region.ndim();
+            let lead = Region::new(region.ranges()[..nd - 2].to_vec());
+            let planes = crate::grid::indices_in(lead.ranges());
+            // Pages decode in parallel, each worker with a decoder of its own.
+            data.par_chunks_mut(plane)
+                .zip(planes)
+                .try_for_each(|(out, idx)| self.read_plane(&idx, &part, out))?;
         }
         Ok(Box::new(BufferBlock::new(region.clone(), data, itemsize)))
+    }
+
+    /// The pages of the block are decoded by the tasks that read it, each page by the first
+    /// task needing it (a [`Window`] of [`BlockPages`]): the thread that opens blocks for
+    /// `convert` does no decoding, and both cores decode.
+    fn gather(&self, region: &Region, parts: &[Region]) -> Result<Box<dyn Gather + '_>> {
+        let pages = BlockPages {
+            stack: self,
+            part: Part::of(region, self.dtype),
+        };
+        Ok(Box::new(Window::new(pages, region, parts)?))
+    }
+}
+
+impl TiffStack {
+    /// Reads `part` of the plane at `idx` (its index along the axes before y, x).
+    fn read_plane(&self, idx: &[u64], part: &Part, out: &mut [u8]) -> Result<()> {
+        let lead = &self.shape[..self.shape.len() - 2];
+        let flat = idx
+            .iter()
+            .zip(lead)
+            .fold(0usize, |f, (&i, &n)| f * n as usize + i as usize);
+        let (f, z) = self.planes[flat];
+        match &self.pages {
+            Pages::Files(files) => {
+                let path = &files[f];
+                let mut dec = open_decoder(path)?;
+                part.read(&mut dec, path, 0, out)
+            }
+            Pages::Multi(files) => {
+                let PagedFile { path, pool } = &files[f];
+                let taken = pool.lock().expect("no decoder user panics").pop();
+                let mut dec = match taken {
+                    Some(d) => d,
+                    None => open_decoder(path)?,
+                };
+                dec.seek_to_image(z)
+                    .map_err(|e| Error::bad_input(path, format!("page {z}: {e}")))?;
+                part.read(&mut dec, path, z, out)?;
+                pool.lock().expect("no decoder user panics").push(dec);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The pages of a block of a [`TiffStack`]: one unit per plane, holding the block's rows and
+/// columns of it.
+struct BlockPages<'a> {
+    stack: &'a TiffStack,
+    part: Part,
+}
+
+impl Units for BlockPages<'_> {
+    fn itemsize(&self) -> usize {
+        self.stack.dtype.size()
+    }
+
+    fn touching(&self, part: &Region) -> Result<Vec<Range<u64>>> {
+        let nd = part.ndim();
+        let mut units = part.ranges()[..nd - 2].to_vec();
+        units.extend([0..1, 0..1]);
+        Ok(units)
+    }
+
+    fn unit_region(&self, idx: &[u64]) -> Result<Region> {
+        let nd = idx.len();
+        let mut r: Vec<Range<u64>> = idx[..nd - 2].iter().map(|&i| i..i + 1).collect();
+        r.push(self.part.rows.start as u64..self.part.rows.end as u64);
+        r.push(self.part.cols.start as u64..self.part.cols.end as u64);
+        Ok(Region::new(r))
+    }
+
+    fn decoded_shape(&self, idx: &[u64]) -> Result<Vec<usize>> {
+        let mut shape = vec![1; idx.len() - 2];
+        shape.extend([self.part.rows.len(), self.part.cols.len()]);
+        Ok(shape)
+    }
+
+    fn decode(&self, idx: &[u64]) -> Result<Vec<u8>> {
+        let p = &self.part;
+        let mut out = vec![0u8; p.rows.len() * p.cols.len() * p.dtype.size()];
+        self.stack.read_plane(&idx[..idx.len() - 2], p, &mut out)?;
+        Ok(out)
     }
 }

@@ -2,11 +2,14 @@
 //! parts of the box decode each chunk they need themselves, in parallel, the first of them
 //! decoding it once for all; a chunk is freed after the last read that was declared for it.
 //!
-//! This is how `convert` keeps every worker decoding when it streams a store: opening a block
-//! costs nothing, and the decodes happen in the tasks that gather output chunks, not in the
-//! one thread that feeds them. Invariant: a slot's lock is held only while that chunk decodes,
-//! and a decode waits on nothing else, so a reader waiting for a slot always gets it.
+//! This is how `convert` keeps every worker decoding when it streams a store or a TIFF stack:
+//! opening a block costs nothing, and the decodes happen in the tasks that gather output
+//! chunks, not in the one thread that feeds them. What a window decodes are [`Units`]: a
+//! store's chunks, or the pages of a TIFF stack's block. Invariant: a slot's lock is held only
+//! while that unit decodes, and a decode waits on nothing else, so a reader waiting for a slot
+//! always gets it.
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 
@@ -17,11 +20,62 @@ use crate::region::Region;
 
 use super::Store;
 
-/// The chunks of `store` that a box of it touches, each decoded by the first read needing it.
-pub(crate) struct ChunkWindow<'a> {
-    store: &'a Store,
-    /// The box of chunk indices the region touches.
-    chunks: Vec<std::ops::Range<u64>>,
+/// What a [`Window`] decodes: a grid of units over the array, each decoded whole.
+pub(crate) trait Units: Sync {
+    /// Bytes per element.
+    fn itemsize(&self) -> usize;
+    /// The box of unit indices that `part` touches.
+    fn touching(&self, part: &Region) -> Result<Vec<Range<u64>>>;
+    /// The region of the array that unit `idx` holds.
+    fn unit_region(&self, idx: &[u64]) -> Result<Region>;
+    /// The C-order shape of unit `idx` decoded (a store's edge chunk is padded past its
+    /// region).
+    fn decoded_shape(&self, idx: &[u64]) -> Result<Vec<usize>>;
+    /// Unit `idx` decoded, at [`Units::decoded_shape`].
+    fn decode(&self, idx: &[u64]) -> Result<Vec<u8>>;
+}
+
+/// A store's chunks; an absent chunk decodes as the fill value.
+impl Units for &Store {
+    fn itemsize(&self) -> usize {
+        self.dtype().size()
+    }
+
+    fn touching(&self, part: &Region) -> Result<Vec<Range<u64>>> {
+        self.chunks_touching(part)
+    }
+
+    fn unit_region(&self, idx: &[u64]) -> Result<Region> {
+        self.chunk_region(idx)
+    }
+
+    fn decoded_shape(&self, idx: &[u64]) -> Result<Vec<usize>> {
+        self.padded_chunk_shape(idx)
+    }
+
+    fn decode(&self, idx: &[u64]) -> Result<Vec<u8>> {
+        if let Some(bytes) = self.read_chunk(idx)? {
+            return Ok(bytes);
+        }
+        let n: usize = self.padded_chunk_shape(idx)?.iter().product();
+        let fill = self.fill_bytes();
+        Ok(if fill.iter().all(|&b| b == 0) {
+            vec![0; n * fill.len()]
+        } else {
+            fill.repeat(n)
+        })
+    }
+}
+
+/// The chunks of a store that a box of it touches, each decoded by the first read needing
+/// it.
+pub(crate) type ChunkWindow<'a> = Window<&'a Store>;
+
+/// The units a box of the array touches, each decoded by the first read needing it.
+pub(crate) struct Window<U> {
+    units: U,
+    /// The box of unit indices the region touches.
+    chunks: Vec<Range<u64>>,
     slots: Vec<Slot>,
 }
 
@@ -33,23 +87,23 @@ struct Slot {
     reads_left: AtomicUsize,
 }
 
-impl<'a> ChunkWindow<'a> {
-    /// The chunks of `region`, to be read by the parts `reads` (each inside `region`; a chunk
+impl<U: Units> Window<U> {
+    /// The units of `region`, to be read by the parts `reads` (each inside `region`; a unit
     /// is freed when the last of them touching it is read, and decoded again if read after).
     ///
     /// # Errors
     /// [`crate::Error::BadRegion`] for a region outside the array.
-    pub(crate) fn new(store: &'a Store, region: &Region, reads: &[Region]) -> Result<Self> {
-        let chunks = store.chunks_touching(region)?;
+    pub(crate) fn new(units: U, region: &Region, reads: &[Region]) -> Result<Self> {
+        let chunks = units.touching(region)?;
         let n: usize = chunks.iter().map(|r| (r.end - r.start) as usize).product();
         let slots: Vec<Slot> = (0..n).map(|_| Slot::default()).collect();
-        let window = ChunkWindow {
-            store,
+        let window = Window {
+            units,
             chunks,
             slots,
         };
         for part in reads {
-            for idx in indices_in(&store.chunks_touching(part)?) {
+            for idx in indices_in(&window.units.touching(part)?) {
                 if let Some(s) = window.slot(&idx) {
                     s.reads_left.fetch_add(1, Ordering::Relaxed);
                 }
@@ -84,7 +138,7 @@ impl<'a> ChunkWindow<'a> {
         dst: &mut [u8],
         dst_shape: &[usize],
     ) -> Result<()> {
-        let mut pending = indices_in(&self.store.chunks_touching(part)?);
+        let mut pending = indices_in(&self.units.touching(part)?);
         while !pending.is_empty() {
             let before = pending.len();
             let mut left = Vec::new();
@@ -115,8 +169,8 @@ impl<'a> ChunkWindow<'a> {
         dst: &mut [u8],
         dst_shape: &[usize],
     ) -> Result<()> {
-        let itemsize = self.store.dtype().size();
-        let creg = self.store.chunk_region(idx)?;
+        let itemsize = self.units.itemsize();
+        let creg = self.units.unit_region(idx)?;
         if let Some(piece) = creg.intersect(part).filter(|p| !p.is_empty()) {
             let extent: Vec<usize> = piece.shape().iter().map(|&n| n as usize).collect();
             let at = |reg: &Region, strides: &[usize]| -> usize {
@@ -128,7 +182,7 @@ impl<'a> ChunkWindow<'a> {
                     .map(|((&p, r), &s)| (p - r.start) as usize * s)
                     .sum()
             };
-            let strides = c_strides(&self.store.padded_chunk_shape(idx)?, itemsize);
+            let strides = c_strides(&self.units.decoded_shape(idx)?, itemsize);
             let dst_strides = c_strides(dst_shape, itemsize);
             let src = Side {
                 offset: at(&creg, &strides),
@@ -177,18 +231,8 @@ impl<'a> ChunkWindow<'a> {
         Ok(d)
     }
 
-    /// Decodes chunk `idx` at its padded shape; an absent chunk is the fill value.
     fn decode(&self, idx: &[u64]) -> Result<Arc<Vec<u8>>> {
-        if let Some(bytes) = self.store.read_chunk(idx)? {
-            return Ok(Arc::new(bytes));
-        }
-        let n: usize = self.store.padded_chunk_shape(idx)?.iter().product();
-        let fill = self.store.fill_bytes();
-        Ok(Arc::new(if fill.iter().all(|&b| b == 0) {
-            vec![0; n * fill.len()]
-        } else {
-            fill.repeat(n)
-        }))
+        self.units.decode(idx).map(Arc::new)
     }
 
     /// One read of chunk `idx` is done: the last declared one frees it.
