@@ -127,6 +127,10 @@ impl Part {
         if compression == 1 && predictor == 1 && !tiled {
             return self.read_stored(dec, path, page, w, out);
         }
+        // Adobe and old-style deflate, without a predictor or with the horizontal one.
+        if matches!(compression, 8 | 32946) && predictor <= 2 {
+            return self.read_deflate(dec, path, page, (h, w), predictor == 2, out);
+        }
         let size = self.dtype.size();
         let (cw, ch) = dec.chunk_dimensions();
         let (cw, ch) = (cw as usize, ch as usize);
@@ -249,6 +253,105 @@ impl Part {
         let file_big = dec.byte_order() == tiff::tags::ByteOrder::BigEndian;
         if size > 1 && file_big != cfg!(target_endian = "big") {
             out.chunks_exact_mut(size).for_each(<[u8]>::reverse);
+        }
+        Ok(())
+    }
+
+    /// Deflate strips or tiles: each one the part overlaps read from the file and inflated
+    /// whole by libdeflate (its decoded size is known: a strip's rows, a tile padded to the
+    /// tile size), in place when it is a strip of whole rows of the part; samples swapped to
+    /// the machine's order, then the horizontal predictor undone.
+    fn read_deflate(
+        &self,
+        dec: &mut Dec,
+        path: &Path,
+        page: usize,
+        (h, w): (usize, usize),
+        horizontal: bool,
+        out: &mut [u8],
+    ) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let tiled = matches!(dec.get_chunk_type(), ChunkType::Tile);
+        let err = |m: String| Error::bad_input(path, format!("page {page}: {m}"));
+        let terr = |e: tiff::TiffError| err(e.to_string());
+        let size = self.dtype.size();
+        let (offsets, counts) = if tiled {
+            (Tag::TileOffsets, Tag::TileByteCounts)
+        } else {
+            (Tag::StripOffsets, Tag::StripByteCounts)
+        };
+        let offsets = dec.get_tag_u64_vec(offsets).map_err(terr)?;
+        let counts = dec.get_tag_u64_vec(counts).map_err(terr)?;
+        let (cw, ch) = dec.chunk_dimensions();
+        let (cw, ch) = (cw as usize, ch as usize);
+        if cw == 0 || ch == 0 {
+            return Err(err("chunks of 0 pixels".into()));
+        }
+        let stored_w = if tiled { cw } else { w };
+        let across = w.div_ceil(stored_w);
+        let file_big = dec.byte_order() == tiff::tags::ByteOrder::BigEndian;
+        let swap = size > 1 && file_big != cfg!(target_endian = "big");
+        let line = self.cols.len() * size;
+        let file = dec.inner().get_ref();
+        let mut inflater = libdeflater::Decompressor::new();
+        let (mut raw, mut scratch) = (Vec::new(), Vec::new());
+        for ty in self.rows.start / ch..self.rows.end.div_ceil(ch) {
+            for tx in self.cols.start / stored_w..self.cols.end.div_ceil(stored_w) {
+                let i = ty * across + tx;
+                let (x0, y0) = (tx * stored_w, ty * ch);
+                // A tile is stored whole (padded at the edges); a strip as its rows.
+                let stored_h = if tiled { ch } else { ch.min(h - y0) };
+                let need = stored_w * stored_h * size;
+                let (Some(&at), Some(&n)) = (offsets.get(i), counts.get(i)) else {
+                    return Err(err(format!("chunk {i} missing ({} chunks)", offsets.len())));
+                };
+                let n = usize::try_from(n)
+                    .ok()
+                    .filter(|&n| n <= need + need / 2 + 4096)
+                    .ok_or_else(|| {
+                        err(format!(
+                            "deflate chunk {i} claims {n} bytes for {need} decoded"
+                        ))
+                    })?;
+                raw.resize(n, 0);
+                file.read_exact_at(&mut raw, at)
+                    .map_err(|e| err(format!("deflate chunk {i} at byte {at}: {e}")))?;
+                let ys = self.rows.start.max(y0)..self.rows.end.min(y0 + stored_h);
+                let xs = self.cols.start.max(x0)..self.cols.end.min(x0 + stored_w);
+                let direct = !tiled && xs == self.cols && xs.len() == w && ys.len() == stored_h;
+                let buf: &mut [u8] = if direct {
+                    let at = (ys.start - self.rows.start) * line;
+                    &mut out[at..at + need]
+                } else {
+                    scratch.resize(need, 0);
+                    &mut scratch
+                };
+                let got = inflater
+                    .zlib_decompress(&raw, buf)
+                    .map_err(|e| err(format!("deflate chunk {i}: {e}")))?;
+                if got != need {
+                    return Err(err(format!(
+                        "deflate chunk {i} decodes to {got} bytes, {need} expected"
+                    )));
+                }
+                for row in buf.chunks_exact_mut(stored_w * size) {
+                    if swap {
+                        row.chunks_exact_mut(size).for_each(<[u8]>::reverse);
+                    }
+                    if horizontal {
+                        undo_horizontal(row, size);
+                    }
+                }
+                if !direct {
+                    for y in ys {
+                        let src = ((y - y0) * stored_w + (xs.start - x0)) * size;
+                        let dst =
+                            (y - self.rows.start) * line + (xs.start - self.cols.start) * size;
+                        let len = xs.len() * size;
+                        out[dst..dst + len].copy_from_slice(&scratch[src..src + len]);
+                    }
+                }
+            }
         }
         Ok(())
     }
