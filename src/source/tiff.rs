@@ -103,8 +103,10 @@ impl Part {
     }
 
     /// Reads the part of the decoder's current page into `out` (C order, native-endian
-    /// samples): only the strips or tiles the part overlaps are decoded, each once; the rows of
-    /// an uncompressed strip are read from the file as they are stored.
+    /// samples): only the strips or tiles the part overlaps are decoded, each once. The rows
+    /// of an uncompressed strip are read from the file as stored; deflate chunks are inflated
+    /// by libdeflate; the other compressions are the `tiff` crate's, but for LZW chunks it
+    /// cannot finish, which chunkwise decodes itself (weezl).
     fn read(&self, dec: &mut Dec, path: &Path, page: usize, out: &mut [u8]) -> Result<()> {
         let err = |e: tiff::TiffError| Error::bad_input(path, format!("page {page}: {e}"));
         let (w, h) = dec.dimensions().map_err(err)?;
@@ -123,57 +125,80 @@ impl Part {
             .find_tag_unsigned(Tag::Predictor)
             .map_err(err)?
             .unwrap_or(1);
-        let tiled = matches!(dec.get_chunk_type(), ChunkType::Tile);
-        if compression == 1 && predictor == 1 && !tiled {
+        let grid = ChunkGrid::of(dec, path, page, (h, w))?;
+        if compression == 1 && predictor == 1 && !grid.tiled {
             return self.read_stored(dec, path, page, w, out);
         }
         // Adobe and old-style deflate, without a predictor or with the horizontal one.
         if matches!(compression, 8 | 32946) && predictor <= 2 {
-            return self.read_deflate(dec, path, page, (h, w), predictor == 2, out);
+            let codec = OwnCodec::Deflate(libdeflater::Decompressor::new());
+            return self.read_own(dec, (path, page), &grid, predictor == 2, out, codec);
         }
+        let mut pending = false;
+        let crate_read = self.by_chunks(&grid, false, out, |i, buf| {
+            let index = u32::try_from(i).map_err(|_| {
+                Error::bad_input(path, format!("page {page}: chunk {i} of more than 2^32"))
+            })?;
+            dec.read_chunk_bytes(index, buf).map_err(|e| {
+                pending = lzw_pending(&e);
+                err(e)
+            })
+        });
+        match crate_read {
+            Err(_) if pending => {
+                if predictor > 2 {
+                    return Err(Error::bad_input(
+                        path,
+                        format!(
+                            "page {page}: LZW with predictor {predictor} in chunks tiff 0.11 \
+                             cannot decode: not supported"
+                        ),
+                    ));
+                }
+                self.read_own(dec, (path, page), &grid, predictor == 2, out, OwnCodec::Lzw)
+            }
+            other => other,
+        }
+    }
+
+    /// For every strip or tile of the page that the part overlaps, `decode(i, buf)` fills
+    /// `buf` with chunk `i` decoded, and its overlap with the part is copied to `out`. `buf`
+    /// holds the chunk's rows at the chunk's stored width when `padded` (a tile as stored,
+    /// padded at the page's edges), else only its pixels inside the page (as the `tiff` crate
+    /// returns them). A strip of whole rows of a part as wide as the page decodes in place.
+    fn by_chunks(
+        &self,
+        grid: &ChunkGrid,
+        padded: bool,
+        out: &mut [u8],
+        mut decode: impl FnMut(usize, &mut [u8]) -> Result<()>,
+    ) -> Result<()> {
         let size = self.dtype.size();
-        let (cw, ch) = dec.chunk_dimensions();
-        let (cw, ch) = (cw as usize, ch as usize);
-        if cw == 0 || ch == 0 {
-            return Err(Error::bad_input(
-                path,
-                format!("page {page}: chunks of 0 pixels"),
-            ));
-        }
-        let (cw, across) = if tiled { (cw, w.div_ceil(cw)) } else { (w, 1) };
+        let (h, w) = grid.page;
         let line = self.cols.len() * size;
         let mut scratch = Vec::new();
-        for ty in self.rows.start / ch..self.rows.end.div_ceil(ch) {
-            for tx in self.cols.start / cw..self.cols.end.div_ceil(cw) {
-                let i = ty * across + tx;
-                let (x0, y0) = (tx * cw, ty * ch);
-                let index = u32::try_from(i).map_err(|_| {
-                    Error::bad_input(path, format!("page {page}: chunk {i} of more than 2^32"))
-                })?;
-                let (dw, dh) = dec.chunk_data_dimensions(index);
-                let (dw, dh) = (dw as usize, dh as usize);
-                let ys = self.rows.start.max(y0)..self.rows.end.min(y0 + dh);
-                let xs = self.cols.start.max(x0)..self.cols.end.min(x0 + dw);
-                let whole = dw * dh * size;
-                // A strip of whole rows of the part decodes in place.
-                if !tiled && xs == self.cols && xs.len() == dw && ys.len() == dh {
+        for ty in self.rows.start / grid.height..self.rows.end.div_ceil(grid.height) {
+            for tx in self.cols.start / grid.width..self.cols.end.div_ceil(grid.width) {
+                let i = ty * grid.across + tx;
+                let (x0, y0) = (tx * grid.width, ty * grid.height);
+                let inside = (grid.width.min(w - x0), grid.height.min(h - y0));
+                let (bw, bh) = match (padded && grid.tiled, grid.tiled) {
+                    (true, _) => (grid.width, grid.height),
+                    (false, true) => inside,
+                    (false, false) => (w, inside.1),
+                };
+                let ys = self.rows.start.max(y0)..self.rows.end.min(y0 + inside.1);
+                let xs = self.cols.start.max(x0)..self.cols.end.min(x0 + inside.0);
+                let whole = bw * bh * size;
+                if !grid.tiled && self.cols.len() == w && ys.len() == bh {
                     let at = (ys.start - self.rows.start) * line;
-                    let dst = &mut out[at..at + whole];
-                    match dec.read_chunk_bytes(index, dst) {
-                        Ok(()) => {}
-                        Err(e) if lzw_pending(&e) => return self.read_lzw(dec, path, page, out),
-                        Err(e) => return Err(err(e)),
-                    }
+                    decode(i, &mut out[at..at + whole])?;
                     continue;
                 }
                 scratch.resize(whole, 0);
-                match dec.read_chunk_bytes(index, &mut scratch) {
-                    Ok(()) => {}
-                    Err(e) if lzw_pending(&e) => return self.read_lzw(dec, path, page, out),
-                    Err(e) => return Err(err(e)),
-                }
-                for y in ys.clone() {
-                    let src = ((y - y0) * dw + (xs.start - x0)) * size;
+                decode(i, &mut scratch)?;
+                for y in ys {
+                    let src = ((y - y0) * bw + (xs.start - x0)) * size;
                     let dst = (y - self.rows.start) * line + (xs.start - self.cols.start) * size;
                     let len = xs.len() * size;
                     out[dst..dst + len].copy_from_slice(&scratch[src..src + len]);
@@ -257,226 +282,151 @@ impl Part {
         Ok(())
     }
 
-    /// Deflate strips or tiles: each one the part overlaps read from the file and inflated
-    /// whole by libdeflate (its decoded size is known: a strip's rows, a tile padded to the
-    /// tile size), in place when it is a strip of whole rows of the part; samples swapped to
-    /// the machine's order, then the horizontal predictor undone.
-    fn read_deflate(
+    /// Compressed strips or tiles decoded by chunkwise: each one the part overlaps read from
+    /// the file and decompressed whole by `codec` (its decoded size is known: a strip's rows,
+    /// a tile padded to the tile size), samples swapped to the machine's order, then the
+    /// horizontal predictor undone.
+    fn read_own(
         &self,
         dec: &mut Dec,
-        path: &Path,
-        page: usize,
-        (h, w): (usize, usize),
+        (path, page): (&Path, usize),
+        grid: &ChunkGrid,
         horizontal: bool,
         out: &mut [u8],
+        mut codec: OwnCodec,
     ) -> Result<()> {
         use std::os::unix::fs::FileExt;
-        let tiled = matches!(dec.get_chunk_type(), ChunkType::Tile);
+        let name = codec.name();
         let err = |m: String| Error::bad_input(path, format!("page {page}: {m}"));
         let terr = |e: tiff::TiffError| err(e.to_string());
         let size = self.dtype.size();
-        let (offsets, counts) = if tiled {
+        let (offsets, counts) = if grid.tiled {
             (Tag::TileOffsets, Tag::TileByteCounts)
         } else {
             (Tag::StripOffsets, Tag::StripByteCounts)
         };
         let offsets = dec.get_tag_u64_vec(offsets).map_err(terr)?;
         let counts = dec.get_tag_u64_vec(counts).map_err(terr)?;
+        let file_big = dec.byte_order() == tiff::tags::ByteOrder::BigEndian;
+        let swap = size > 1 && file_big != cfg!(target_endian = "big");
+        let row = if grid.tiled { grid.width } else { grid.page.1 } * size;
+        let file = dec.inner().get_ref();
+        let mut raw = Vec::new();
+        self.by_chunks(grid, true, out, |i, buf| {
+            let need = buf.len();
+            let (Some(&at), Some(&n)) = (offsets.get(i), counts.get(i)) else {
+                return Err(err(format!("chunk {i} missing ({} chunks)", offsets.len())));
+            };
+            // LZW can expand what it stores by up to about 2x; deflate by a few bytes.
+            let n = usize::try_from(n)
+                .ok()
+                .filter(|&n| n <= need.saturating_mul(2) + 4096)
+                .ok_or_else(|| err(format!("{name} chunk {i} claims {n} bytes for {need}")))?;
+            raw.resize(n, 0);
+            file.read_exact_at(&mut raw, at)
+                .map_err(|e| err(format!("{name} chunk {i} at byte {at}: {e}")))?;
+            let got = codec
+                .decompress(&raw, buf)
+                .map_err(|e| err(format!("{name} chunk {i}: {e}")))?;
+            if got != need {
+                return Err(err(format!(
+                    "{name} chunk {i} decodes to {got} bytes, {need} expected"
+                )));
+            }
+            for r in buf.chunks_exact_mut(row) {
+                if swap {
+                    r.chunks_exact_mut(size).for_each(<[u8]>::reverse);
+                }
+                if horizontal {
+                    undo_horizontal(r, size);
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// How a page is cut into strips or tiles.
+struct ChunkGrid {
+    tiled: bool,
+    /// A chunk's stored width (a strip's: the page's) and height.
+    width: usize,
+    height: usize,
+    /// Chunks across the page.
+    across: usize,
+    /// The page's height and width.
+    page: (usize, usize),
+}
+
+impl ChunkGrid {
+    fn of(dec: &Dec, path: &Path, page: usize, (h, w): (usize, usize)) -> Result<ChunkGrid> {
+        let tiled = matches!(dec.get_chunk_type(), ChunkType::Tile);
         let (cw, ch) = dec.chunk_dimensions();
         let (cw, ch) = (cw as usize, ch as usize);
         if cw == 0 || ch == 0 {
-            return Err(err("chunks of 0 pixels".into()));
+            return Err(Error::bad_input(
+                path,
+                format!("page {page}: chunks of 0 pixels"),
+            ));
         }
-        let stored_w = if tiled { cw } else { w };
-        let across = w.div_ceil(stored_w);
-        let file_big = dec.byte_order() == tiff::tags::ByteOrder::BigEndian;
-        let swap = size > 1 && file_big != cfg!(target_endian = "big");
-        let line = self.cols.len() * size;
-        let file = dec.inner().get_ref();
-        let mut inflater = libdeflater::Decompressor::new();
-        let (mut raw, mut scratch) = (Vec::new(), Vec::new());
-        for ty in self.rows.start / ch..self.rows.end.div_ceil(ch) {
-            for tx in self.cols.start / stored_w..self.cols.end.div_ceil(stored_w) {
-                let i = ty * across + tx;
-                let (x0, y0) = (tx * stored_w, ty * ch);
-                // A tile is stored whole (padded at the edges); a strip as its rows.
-                let stored_h = if tiled { ch } else { ch.min(h - y0) };
-                let need = stored_w * stored_h * size;
-                let (Some(&at), Some(&n)) = (offsets.get(i), counts.get(i)) else {
-                    return Err(err(format!("chunk {i} missing ({} chunks)", offsets.len())));
-                };
-                let n = usize::try_from(n)
-                    .ok()
-                    .filter(|&n| n <= need + need / 2 + 4096)
-                    .ok_or_else(|| {
-                        err(format!(
-                            "deflate chunk {i} claims {n} bytes for {need} decoded"
-                        ))
-                    })?;
-                raw.resize(n, 0);
-                file.read_exact_at(&mut raw, at)
-                    .map_err(|e| err(format!("deflate chunk {i} at byte {at}: {e}")))?;
-                let ys = self.rows.start.max(y0)..self.rows.end.min(y0 + stored_h);
-                let xs = self.cols.start.max(x0)..self.cols.end.min(x0 + stored_w);
-                let direct = !tiled && xs == self.cols && xs.len() == w && ys.len() == stored_h;
-                let buf: &mut [u8] = if direct {
-                    let at = (ys.start - self.rows.start) * line;
-                    &mut out[at..at + need]
-                } else {
-                    scratch.resize(need, 0);
-                    &mut scratch
-                };
-                let got = inflater
-                    .zlib_decompress(&raw, buf)
-                    .map_err(|e| err(format!("deflate chunk {i}: {e}")))?;
-                if got != need {
-                    return Err(err(format!(
-                        "deflate chunk {i} decodes to {got} bytes, {need} expected"
-                    )));
-                }
-                for row in buf.chunks_exact_mut(stored_w * size) {
-                    if swap {
-                        row.chunks_exact_mut(size).for_each(<[u8]>::reverse);
-                    }
-                    if horizontal {
-                        undo_horizontal(row, size);
-                    }
-                }
-                if !direct {
-                    for y in ys {
-                        let src = ((y - y0) * stored_w + (xs.start - x0)) * size;
-                        let dst =
-                            (y - self.rows.start) * line + (xs.start - self.cols.start) * size;
-                        let len = xs.len() * size;
-                        out[dst..dst + len].copy_from_slice(&scratch[src..src + len]);
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// A page whose LZW chunks tiff 0.11 cannot finish, decoded whole by [`decode_lzw_page`]
-    /// and the part copied out.
-    fn read_lzw(&self, dec: &mut Dec, path: &Path, page: usize, out: &mut [u8]) -> Result<()> {
-        let size = self.dtype.size();
-        let w = dec.dimensions().map(|d| d.0 as usize).unwrap_or(0);
-        let whole = decode_lzw_page(dec, path, page, self.dtype)?;
-        let line = self.cols.len() * size;
-        for (k, y) in self.rows.clone().enumerate() {
-            let src = (y * w + self.cols.start) * size;
-            let dst = &mut out[k * line..(k + 1) * line];
-            let from = whole.get(src..src + line).ok_or_else(|| {
-                Error::bad_input(
-                    path,
-                    format!("page {page} decodes to {} bytes", whole.len()),
-                )
-            })?;
-            dst.copy_from_slice(from);
-        }
-        if cfg!(target_endian = "big") && size > 1 {
-            out.chunks_exact_mut(size).for_each(<[u8]>::reverse);
-        }
-        Ok(())
+        let width = if tiled { cw } else { w };
+        Ok(ChunkGrid {
+            tiled,
+            width,
+            height: ch,
+            across: w.div_ceil(width),
+            page: (h, w),
+        })
     }
 }
 
-/// tiff 0.11.3 stops on some LZW chunks whose end code is still pending when their output is
-/// full (image-rs/image-tiff#395): those pages are decoded by [`decode_lzw_page`].
+/// The compressions whose chunks chunkwise decodes itself.
+enum OwnCodec {
+    /// Deflate (zlib-wrapped), by libdeflate.
+    Deflate(libdeflater::Decompressor),
+    /// TIFF's LZW (MSB first, the early code-size switch), by weezl.
+    Lzw,
+}
+
+impl OwnCodec {
+    fn name(&self) -> &'static str {
+        match self {
+            OwnCodec::Deflate(_) => "deflate",
+            OwnCodec::Lzw => "LZW",
+        }
+    }
+
+    /// Fills `buf` with the chunk `raw` decodes to; returns how many bytes it wrote. LZW's
+    /// output is taken as soon as it holds the chunk's bytes, as libtiff does: tiff 0.11.3
+    /// stops on chunks whose end code is still pending when their output is full
+    /// (image-rs/image-tiff#395).
+    fn decompress(&mut self, raw: &[u8], buf: &mut [u8]) -> std::result::Result<usize, String> {
+        match self {
+            OwnCodec::Deflate(d) => d.zlib_decompress(raw, buf).map_err(|e| e.to_string()),
+            OwnCodec::Lzw => {
+                let mut lzw =
+                    weezl::decode::Configuration::with_tiff_size_switch(weezl::BitOrder::Msb, 8)
+                        .build();
+                let (mut read, mut written) = (0, 0);
+                while written < buf.len() {
+                    let r = lzw.decode_bytes(&raw[read..], &mut buf[written..]);
+                    read += r.consumed_in;
+                    written += r.consumed_out;
+                    match r.status {
+                        Ok(weezl::LzwStatus::Ok) if r.consumed_in + r.consumed_out > 0 => {}
+                        Ok(_) => break,
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+                Ok(written)
+            }
+        }
+    }
+}
+
+/// Whether the `tiff` crate stopped on an LZW chunk it cannot finish ([`OwnCodec::decompress`]).
 fn lzw_pending(e: &tiff::TiffError) -> bool {
     e.to_string().contains("no lzw end code")
-}
-
-/// The current page, LZW-compressed, decoded chunk by chunk (strips or tiles) with weezl,
-/// each chunk's output taken as soon as it holds the chunk's bytes (as libtiff does), then
-/// the horizontal predictor undone and the samples made little-endian.
-fn decode_lzw_page(dec: &mut Dec, path: &Path, page: usize, want: DType) -> Result<Vec<u8>> {
-    use std::io::{Read, Seek, SeekFrom};
-    let err = |m: String| Error::bad_input(path, format!("page {page}: {m}"));
-    let terr = |e: tiff::TiffError| err(e.to_string());
-    let (w, h) = dec.dimensions().map_err(terr)?;
-    let (w, h) = (w as usize, h as usize);
-    let size = want.size();
-    let predictor: u16 = dec
-        .find_tag_unsigned(Tag::Predictor)
-        .map_err(terr)?
-        .unwrap_or(1);
-    if predictor > 2 {
-        return Err(err(format!(
-            "LZW with predictor {predictor} in chunks tiff 0.11 cannot decode: not supported"
-        )));
-    }
-    let tiled = matches!(dec.get_chunk_type(), ChunkType::Tile);
-    let (offsets, counts) = if tiled {
-        (Tag::TileOffsets, Tag::TileByteCounts)
-    } else {
-        (Tag::StripOffsets, Tag::StripByteCounts)
-    };
-    let offsets = dec.get_tag_u64_vec(offsets).map_err(terr)?;
-    let counts = dec.get_tag_u64_vec(counts).map_err(terr)?;
-    let (cw, ch) = dec.chunk_dimensions();
-    let (cw, ch) = (cw as usize, ch as usize);
-    if offsets.len() != counts.len() || cw == 0 || ch == 0 {
-        return Err(err("chunk offsets and byte counts disagree".into()));
-    }
-    let across = w.div_ceil(cw);
-    let big = dec.byte_order() == tiff::tags::ByteOrder::BigEndian;
-    let mut out = vec![0u8; w * h * size];
-    for (i, (&at, &n)) in offsets.iter().zip(&counts).enumerate() {
-        let (dw, dh) = dec.chunk_data_dimensions(i as u32);
-        let (dw, dh) = (dw as usize, dh as usize);
-        // A tile is stored whole (padded at the edges); a strip as its rows.
-        let stored_w = if tiled { cw } else { w };
-        let need = stored_w * if tiled { ch } else { dh } * size;
-        let n = usize::try_from(n)
-            .ok()
-            .filter(|&n| n <= need.saturating_mul(2) + 4096)
-            .ok_or_else(|| err(format!("LZW chunk {i} claims {n} bytes for {need} decoded")))?;
-        let mut raw = vec![0u8; n];
-        let file = dec.inner();
-        file.seek(SeekFrom::Start(at))
-            .and_then(|_| file.read_exact(&mut raw))
-            .map_err(|e| err(format!("LZW chunk {i} at byte {at}: {e}")))?;
-        let mut chunk = vec![0u8; need];
-        let mut lzw =
-            weezl::decode::Configuration::with_tiff_size_switch(weezl::BitOrder::Msb, 8).build();
-        let (mut read, mut written) = (0, 0);
-        while written < need {
-            let r = lzw.decode_bytes(&raw[read..], &mut chunk[written..]);
-            read += r.consumed_in;
-            written += r.consumed_out;
-            match r.status {
-                Ok(weezl::LzwStatus::Ok) if r.consumed_in + r.consumed_out > 0 => {}
-                Ok(_) => break,
-                Err(e) => return Err(err(format!("LZW chunk {i}: {e}"))),
-            }
-        }
-        if written < need {
-            return Err(err(format!(
-                "LZW chunk {i} decodes to {written} bytes, {need} needed"
-            )));
-        }
-        for row in chunk.chunks_exact_mut(stored_w * size) {
-            if big && size > 1 {
-                row.chunks_exact_mut(size).for_each(<[u8]>::reverse);
-            }
-            if predictor == 2 {
-                undo_horizontal(row, size);
-            }
-        }
-        let (x0, y0) = if tiled {
-            ((i % across) * cw, (i / across) * ch)
-        } else {
-            (0, i * ch)
-        };
-        for r in 0..dh.min(h.saturating_sub(y0)) {
-            let dst = ((y0 + r) * w + x0) * size;
-            let len = dw.min(w - x0) * size;
-            let src = r * stored_w * size;
-            out[dst..dst + len].copy_from_slice(&chunk[src..src + len]);
-        }
-    }
-    Ok(out)
 }
 
 /// Undoes TIFF's horizontal differencing on one row of little-endian samples of `size` bytes.
