@@ -3,7 +3,8 @@
 //! zarrs knows by their Zarr v2 ids, registered with zarrs once, before the first store is
 //! opened ([`register`]; zarrs tries runtime registrations before its own); and Zarr v2 blosc
 //! chunks followed by trailing bytes (z5py writes its whole output buffer), cut to the frame
-//! by the storage under the array ([`BloscFrames`]).
+//! by the storage under the array ([`BloscFrames`]). zlib and gzip chunks of a known decoded
+//! size are inflated by libdeflate ([`Inflate`]).
 
 use std::any::Any;
 use std::borrow::Cow;
@@ -16,11 +17,12 @@ use zarrs::array::codec::api::{
     CodecRuntimePluginV2, CodecRuntimePluginV3, PartialDecoderCapability, PartialEncoderCapability,
     register_codec_v2, register_codec_v3,
 };
-use zarrs::array::codec::{BloscCodec, Crc32cCodec};
+use zarrs::array::codec::{BloscCodec, Crc32cCodec, GzipCodec, ZlibCodec};
 use zarrs::array::{Array, ArrayMetadata};
 use zarrs::array::{
     ArrayBytesRaw, BytesRepresentation, BytesToBytesCodecTraits, Codec, CodecError,
-    CodecMetadataOptions, CodecOptions, CodecTraits, CodecTraitsV3, RecommendedConcurrency,
+    CodecMetadataOptions, CodecOptions, CodecTraits, CodecTraitsV2, CodecTraitsV3,
+    RecommendedConcurrency,
 };
 use zarrs::metadata::Configuration;
 use zarrs::metadata::v2::MetadataV2;
@@ -148,6 +150,23 @@ pub(crate) fn register() {
                 <Crc32cCodec as CodecTraitsV3>::create(&v3)
             },
         ));
+        // zlib and gzip: zarrs' codecs, inflating by libdeflate.
+        register_codec_v2(CodecRuntimePluginV2::new(
+            |name| name == "zlib",
+            |meta: &MetadataV2| Inflate::wrap(<ZlibCodec as CodecTraitsV2>::create(meta)?, false),
+        ));
+        register_codec_v3(CodecRuntimePluginV3::new(
+            |name| name == "numcodecs.zlib",
+            |meta: &MetadataV3| Inflate::wrap(<ZlibCodec as CodecTraitsV3>::create(meta)?, false),
+        ));
+        register_codec_v2(CodecRuntimePluginV2::new(
+            |name| name == "gzip",
+            |meta: &MetadataV2| Inflate::wrap(<GzipCodec as CodecTraitsV2>::create(meta)?, true),
+        ));
+        register_codec_v3(CodecRuntimePluginV3::new(
+            |name| name == "gzip",
+            |meta: &MetadataV3| Inflate::wrap(<GzipCodec as CodecTraitsV3>::create(meta)?, true),
+        ));
         // numcodecs' fletcher32 (zarrs' own miscounts an odd last byte).
         register_codec_v2(CodecRuntimePluginV2::new(
             |name| name == "fletcher32",
@@ -231,6 +250,105 @@ fn no_partial_encode() -> PartialEncoderCapability {
 fn frame_len(bytes: &[u8]) -> Option<usize> {
     let cbytes = u32::from_le_bytes(bytes.get(12..16)?.try_into().ok()?) as usize;
     (cbytes >= 16 && cbytes < bytes.len()).then_some(cbytes)
+}
+
+/// zarrs' zlib or gzip codec, but a chunk whose decoded size is known is inflated by
+/// libdeflate straight into a buffer of that size: zarrs inflates through flate2's reader into
+/// a growing vector (bench/RESULTS.md, "Reading what zarr-python writes"). Anything libdeflate
+/// does not decode to exactly that size (a gzip stream of several members, a corrupt chunk) is
+/// left to zarrs' codec, whose result or error stands. Names, configuration and encoding are
+/// zarrs'.
+#[derive(Debug)]
+struct Inflate {
+    inner: Arc<dyn BytesToBytesCodecTraits>,
+    gzip: bool,
+}
+
+impl Inflate {
+    fn wrap(codec: Codec, gzip: bool) -> Result<Codec, PluginCreateError> {
+        match codec {
+            Codec::BytesToBytes(inner) => {
+                Ok(Codec::BytesToBytes(Arc::new(Inflate { inner, gzip })))
+            }
+            other => Ok(other),
+        }
+    }
+}
+
+impl ExtensionName for Inflate {
+    fn name(&self, version: ZarrVersion) -> Option<Cow<'static, str>> {
+        self.inner.name(version)
+    }
+}
+
+impl CodecTraits for Inflate {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn configuration(&self, v: ZarrVersion, o: &CodecMetadataOptions) -> Option<Configuration> {
+        self.inner.configuration(v, o)
+    }
+
+    fn partial_decoder_capability(&self) -> PartialDecoderCapability {
+        no_partial()
+    }
+
+    fn partial_encoder_capability(&self) -> PartialEncoderCapability {
+        no_partial_encode()
+    }
+}
+
+impl BytesToBytesCodecTraits for Inflate {
+    fn into_dyn(self: Arc<Self>) -> Arc<dyn BytesToBytesCodecTraits> {
+        self
+    }
+
+    fn recommended_concurrency(
+        &self,
+        decoded_representation: &BytesRepresentation,
+    ) -> Result<RecommendedConcurrency, CodecError> {
+        self.inner.recommended_concurrency(decoded_representation)
+    }
+
+    fn encoded_representation(
+        &self,
+        decoded_representation: &BytesRepresentation,
+    ) -> BytesRepresentation {
+        self.inner.encoded_representation(decoded_representation)
+    }
+
+    fn encode<'a>(
+        &self,
+        decoded_value: ArrayBytesRaw<'a>,
+        options: &CodecOptions,
+    ) -> Result<ArrayBytesRaw<'a>, CodecError> {
+        self.inner.encode(decoded_value, options)
+    }
+
+    fn decode<'a>(
+        &self,
+        encoded_value: ArrayBytesRaw<'a>,
+        decoded_representation: &BytesRepresentation,
+        options: &CodecOptions,
+    ) -> Result<ArrayBytesRaw<'a>, CodecError> {
+        if let BytesRepresentation::FixedSize(n) = decoded_representation
+            && let Ok(n) = usize::try_from(*n)
+        {
+            let mut out = vec![0u8; n];
+            let mut d = libdeflater::Decompressor::new();
+            let got = if self.gzip {
+                d.gzip_decompress(&encoded_value, &mut out)
+            } else {
+                d.zlib_decompress(&encoded_value, &mut out)
+            };
+            if got == Ok(n) {
+                return Ok(Cow::Owned(out));
+            }
+        }
+        self.inner
+            .decode(encoded_value, decoded_representation, options)
+    }
 }
 
 /// numcodecs' `lz4`: the decoded length as a little-endian 32-bit integer, then one LZ4 block.
@@ -662,6 +780,61 @@ mod tests {
             ),
             (a, b)
         );
+    }
+
+    /// zlib and gzip through libdeflate give zarrs' own codec's bytes (flate2 encodes them
+    /// here, as numcodecs would); what libdeflate does not decode to the chunk's size goes to
+    /// zarrs' codec: a stream longer than the chunk decodes whole (the chunk's size check is
+    /// the array's), a corrupt one is zarrs' error.
+    #[test]
+    fn zlib_and_gzip_inflate_as_zarrs_does() {
+        use std::io::Write;
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 31 % 253) as u8).collect();
+        let zlib = |d: &[u8]| {
+            let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::new(1));
+            e.write_all(d).unwrap();
+            e.finish().unwrap()
+        };
+        let gzip = |d: &[u8]| {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(1));
+            e.write_all(d).unwrap();
+            e.finish().unwrap()
+        };
+        register();
+        let opts = CodecOptions::default();
+        for (id, encoded) in [("zlib", zlib(&data)), ("gzip", gzip(&data))] {
+            let meta: MetadataV2 =
+                serde_json::from_value(serde_json::json!({"id": id, "level": 1})).unwrap();
+            let Codec::BytesToBytes(codec) = Codec::from_metadata(&meta).unwrap() else {
+                panic!("{id}: not a bytes-to-bytes codec");
+            };
+            assert!(
+                codec.as_any().is::<Inflate>(),
+                "{id}: zarrs' codec, not ours"
+            );
+            assert_eq!(codec.name(ZarrVersion::V2).as_deref(), Some(id));
+            let fixed = BytesRepresentation::FixedSize(data.len() as u64);
+            let got = codec
+                .decode(Cow::Borrowed(&encoded), &fixed, &opts)
+                .unwrap();
+            assert!(got == data, "{id}: values differ");
+            // The encoding is zarrs' (the same stream decodes back).
+            let again = codec.encode(Cow::Borrowed(&data), &opts).unwrap();
+            assert!(codec.decode(again, &fixed, &opts).unwrap() == data, "{id}");
+            // A chunk that says it holds less than the stream: zarrs' decode, whole.
+            let small = BytesRepresentation::FixedSize(10);
+            let got = codec
+                .decode(Cow::Borrowed(&encoded), &small, &opts)
+                .unwrap();
+            assert_eq!(got.len(), data.len(), "{id}");
+            // Corrupt: an error, no panic.
+            let mut bad = encoded.clone();
+            bad.truncate(bad.len() / 2);
+            assert!(
+                codec.decode(Cow::Owned(bad), &fixed, &opts).is_err(),
+                "{id}"
+            );
+        }
     }
 
     #[test]
