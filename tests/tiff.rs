@@ -503,3 +503,55 @@ fn an_ome_tiff_converted_in_parts_keeps_its_axes_and_voxel_size() {
         serde_json::json!(["time", "z", "y", "x"])
     );
 }
+
+/// A tile size that would decode to more than a page may (here 2^20 x 2^20 pixels, 2 TiB) is
+/// refused naming the file and the page: nothing is allocated for it, nothing panics.
+#[test]
+fn a_tile_too_large_to_decode_is_refused() {
+    let dir = tmp();
+    let mut bytes = std::fs::read(fixture("tiff/tiled_lzw_u16.tif")).unwrap();
+    assert_eq!(&bytes[..4], b"II*\0", "a classic little-endian TIFF");
+    let ifd = u32::from_le_bytes(bytes[4..8].try_into().unwrap()) as usize;
+    let n = u16::from_le_bytes(bytes[ifd..ifd + 2].try_into().unwrap()) as usize;
+    let mut patched = 0;
+    for k in 0..n {
+        let e = ifd + 2 + 12 * k;
+        let tag = u16::from_le_bytes(bytes[e..e + 2].try_into().unwrap());
+        let ty = u16::from_le_bytes(bytes[e + 2..e + 4].try_into().unwrap());
+        let value = |b: &[u8]| {
+            // The first of a tag's values, where the entry points (more than fit inline).
+            let at = u32::from_le_bytes(b[e + 8..e + 12].try_into().unwrap()) as usize;
+            match ty {
+                3 => u32::from(u16::from_le_bytes(b[at..at + 2].try_into().unwrap())),
+                _ => u32::from_le_bytes(b[at..at + 4].try_into().unwrap()),
+            }
+        };
+        let one_long = match tag {
+            // TileWidth, TileLength: 2^20.
+            322 | 323 => Some(1u32 << 20),
+            // TileOffsets, TileByteCounts: the first tile's alone (one tile covers the page).
+            324 | 325 => Some(value(&bytes)),
+            _ => None,
+        };
+        if let Some(v) = one_long {
+            bytes[e + 2..e + 4].copy_from_slice(&4u16.to_le_bytes());
+            bytes[e + 4..e + 8].copy_from_slice(&1u32.to_le_bytes());
+            bytes[e + 8..e + 12].copy_from_slice(&v.to_le_bytes());
+            patched += 1;
+        }
+    }
+    assert_eq!(patched, 4);
+    let path = dir.path().join("huge_tiles.tif");
+    std::fs::write(&path, &bytes).unwrap();
+    let err = open(&path, None).and_then(|input| {
+        let mut out = vec![0u8; input.shape().iter().product::<u64>() as usize * 2];
+        input.read_region_into(&Region::full(input.shape()), &mut out)
+    });
+    let msg = err
+        .expect_err("read, though its tiles are 2^20 pixels wide")
+        .to_string();
+    assert!(
+        msg.contains("huge_tiles.tif") && msg.contains("page 0") && msg.contains("1048576x1048576"),
+        "{msg}"
+    );
+}

@@ -26,11 +26,14 @@ use crate::store::{Units, Window};
 
 type Dec = Decoder<BufReader<File>>;
 
+/// The most bytes a TIFF page, or one of its strips or tiles, decodes to.
+const MAX_DECODED: u64 = 4 << 30;
+
 /// What one TIFF page may make us allocate (spec/FORMAT.md §10): a decoded page of up to
 /// 4 GiB (a 32768x32768 16-bit plane is 2 GiB), tag values of up to 64 MiB.
 fn limits() -> Limits {
     let mut l = Limits::default();
-    l.decoding_buffer_size = 4 << 30;
+    l.decoding_buffer_size = MAX_DECODED as usize;
     l.ifd_value_size = 64 << 20;
     l.intermediate_buffer_size = 1 << 30;
     l
@@ -125,7 +128,7 @@ impl Part {
             .find_tag_unsigned(Tag::Predictor)
             .map_err(err)?
             .unwrap_or(1);
-        let grid = ChunkGrid::of(dec, path, page, (h, w))?;
+        let grid = ChunkGrid::of(dec, (path, page), (h, w), self.dtype.size())?;
         if compression == 1 && predictor == 1 && !grid.tiled {
             return self.read_stored(dec, path, page, w, out);
         }
@@ -359,7 +362,14 @@ struct ChunkGrid {
 }
 
 impl ChunkGrid {
-    fn of(dec: &Dec, path: &Path, page: usize, (h, w): (usize, usize)) -> Result<ChunkGrid> {
+    /// The page's strips or tiles, each decoding to at most [`MAX_DECODED`] bytes of
+    /// `size`-byte samples (a tile padded to its full size).
+    fn of(
+        dec: &Dec,
+        (path, page): (&Path, usize),
+        (h, w): (usize, usize),
+        size: usize,
+    ) -> Result<ChunkGrid> {
         let tiled = matches!(dec.get_chunk_type(), ChunkType::Tile);
         let (cw, ch) = dec.chunk_dimensions();
         let (cw, ch) = (cw as usize, ch as usize);
@@ -370,6 +380,18 @@ impl ChunkGrid {
             ));
         }
         let width = if tiled { cw } else { w };
+        let height = if tiled { ch } else { ch.min(h) };
+        let bytes = width.checked_mul(height).and_then(|n| n.checked_mul(size));
+        if bytes.is_none_or(|n| n as u64 > MAX_DECODED) {
+            return Err(Error::bad_input(
+                path,
+                format!(
+                    "page {page}: {} of {width}x{height} pixels, more than {MAX_DECODED} bytes \
+                     decoded",
+                    if tiled { "tiles" } else { "strips" }
+                ),
+            ));
+        }
         Ok(ChunkGrid {
             tiled,
             width,
