@@ -314,17 +314,25 @@ impl Part {
         let swap = size > 1 && file_big != cfg!(target_endian = "big");
         let row = if grid.tiled { grid.width } else { grid.page.1 } * size;
         let file = dec.inner().get_ref();
+        let file_len = file.metadata().map_err(|e| err(e.to_string()))?.len();
         let mut raw = Vec::new();
         self.by_chunks(grid, true, out, |i, buf| {
             let need = buf.len();
             let (Some(&at), Some(&n)) = (offsets.get(i), counts.get(i)) else {
                 return Err(err(format!("chunk {i} missing ({} chunks)", offsets.len())));
             };
-            // LZW can expand what it stores by up to about 2x; deflate by a few bytes.
+            // LZW can expand what it stores by up to about 2x; deflate by a few bytes; and
+            // the file holds it.
             let n = usize::try_from(n)
                 .ok()
                 .filter(|&n| n <= need.saturating_mul(2) + 4096)
-                .ok_or_else(|| err(format!("{name} chunk {i} claims {n} bytes for {need}")))?;
+                .filter(|&n| at.saturating_add(n as u64) <= file_len)
+                .ok_or_else(|| {
+                    err(format!(
+                        "{name} chunk {i} claims {n} bytes at byte {at} for {need} decoded (the \
+                         file has {file_len})"
+                    ))
+                })?;
             raw.resize(n, 0);
             file.read_exact_at(&mut raw, at)
                 .map_err(|e| err(format!("{name} chunk {i} at byte {at}: {e}")))?;
