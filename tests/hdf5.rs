@@ -39,7 +39,46 @@ mod with_hdf5 {
         for t in ["int8", "int32", "int64", "uint8", "uint64"] {
             v.push((h5("volume.h5", &format!("/{t}")), t));
         }
+        // Chunks chunkwise decodes itself: gzip alone, no filter, shuffled 8-byte floats, and
+        // chunks never written (read through libhdf5: the fill value).
+        v.extend([
+            (h5("direct.h5", "/gzip"), "direct_gzip"),
+            (h5("direct.h5", "/plain"), "direct_plain"),
+            (h5("direct.h5", "/shuffled_f64"), "direct_shuffled_f64"),
+            (h5("direct.h5", "/sparse"), "direct_sparse"),
+        ]);
         v
+    }
+
+    /// A chunk read directly (not through libhdf5) that does not inflate is one error naming
+    /// the file, the dataset and the chunk; nothing is published.
+    #[test]
+    fn a_corrupt_chunk_read_directly_is_named() {
+        let dir = tmp();
+        let file = dir.path().join("direct.h5");
+        std::fs::copy(fixture("hdf5/direct.h5"), &file).unwrap();
+        let info: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(fixture("hdf5/direct_chunks.json")).unwrap())
+                .unwrap();
+        let first = &info["gzip"][0];
+        assert_eq!(first["offset"], serde_json::json!([0, 0, 0]));
+        let at = first["byte_offset"].as_u64().unwrap() as usize;
+        let size = first["size"].as_u64().unwrap() as usize;
+        let mut bytes = std::fs::read(&file).unwrap();
+        for b in &mut bytes[at + 2..at + size] {
+            *b = !*b;
+        }
+        std::fs::write(&file, &bytes).unwrap();
+        let input = Input::open(format!("{}:/gzip", file.display())).unwrap();
+        let out = dir.path().join("out.zarr");
+        let err = chunkwise::convert(&input, &out, &ConvertOptions::default())
+            .expect_err("converted a corrupt chunk")
+            .to_string();
+        assert!(
+            err.contains("direct.h5") && err.contains("dataset /gzip") && err.contains("[0, 0, 0]"),
+            "{err}"
+        );
+        assert!(!out.exists(), "a partial output was published");
     }
 
     #[test]
@@ -59,6 +98,21 @@ mod with_hdf5 {
                 .unwrap_or_else(|e| panic!("{reference}: {e}"));
                 assert_store_eq(&Store::open(&out).unwrap(), &want);
             }
+        }
+    }
+
+    /// Read whole through `Input` (blocks: direct datasets' chunks decoded in parallel,
+    /// others by one hyperslab), every dataset is numpy's.
+    #[test]
+    fn every_dataset_reads_as_numpy() {
+        for (reference, name) in cases() {
+            let want = oracle(name);
+            let input = Input::open(&reference).unwrap_or_else(|e| panic!("{reference}: {e}"));
+            let mut got = vec![0u8; want.bytes.len()];
+            input
+                .read_region_into(&Region::full(input.shape()), &mut got)
+                .unwrap_or_else(|e| panic!("{reference}: {e}"));
+            assert!(got == want.bytes, "{reference}: values differ from numpy's");
         }
     }
 

@@ -5,17 +5,31 @@
 //! element type by libhdf5. libhdf5 is not thread-safe, so hdf5-metno serializes its calls:
 //! blocks are read (and their HDF5 chunks decompressed) one after another while the output's
 //! chunks are gathered and encoded in parallel.
+//!
+//! Except for the commonest chunked datasets (gzip, with or without shuffle, or no filter;
+//! little-endian numbers; no user block): `convert` reads those chunk by chunk in its tasks,
+//! in parallel ([`crate::store::Window`] over [`Hdf5Chunks`]). libhdf5 only says where each
+//! chunk is stored (`H5Dget_chunk_info_by_coord`, under its lock); the stored bytes are read
+//! from the file and inflated (libdeflate) and unshuffled here. A chunk libhdf5 has not
+//! written, or whose filters were skipped, is read through libhdf5 as before.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
 use hdf5::types::{FloatSize, IntSize, TypeDescriptor};
 use hdf5::{Hyperslab, SliceOrIndex};
 
-use super::{Block, BufferBlock, Source};
+use super::{Block, BufferBlock, Gather, Source};
+use crate::copy::{Side, c_strides, copy_box};
 use crate::dtype::DType;
+use crate::error::to_usize;
 use crate::error::{Error, Result};
 use crate::fingerprint::stamp;
+use crate::grid::indices_in;
 use crate::region::Region;
+use crate::store::{Units, Window, copy_unit};
+use rayon::prelude::*;
 
 /// Most dataset names an error lists.
 const MAX_LISTED: usize = 50;
@@ -28,6 +42,19 @@ pub(crate) struct Hdf5Source {
     shape: Vec<u64>,
     dtype: DType,
     chunk: Option<Vec<u64>>,
+    /// How chunks are read without libhdf5's filters, when they can be.
+    direct: Option<Direct>,
+}
+
+/// A chunked dataset whose chunks chunkwise decodes itself: stored deflated (after an HDF5
+/// shuffle, or not) or as they are, little-endian, in a file with no user block (so libhdf5's
+/// chunk addresses are byte offsets in it).
+struct Direct {
+    file: std::fs::File,
+    len: u64,
+    chunk: Vec<u64>,
+    shuffle: bool,
+    deflate: bool,
 }
 
 impl Hdf5Source {
@@ -89,9 +116,12 @@ impl Hdf5Source {
             return Err(here("a scalar, not an array".into()));
         }
         let shape: Vec<u64> = dataset.shape().iter().map(|&n| n as u64).collect();
-        let chunk = dataset
+        let chunk: Option<Vec<u64>> = dataset
             .chunk()
             .map(|c| c.iter().map(|&n| n as u64).collect());
+        let direct = chunk
+            .as_ref()
+            .and_then(|c| Direct::of(path, &dataset, dtype, c));
         Ok(Hdf5Source {
             path: path.to_path_buf(),
             name,
@@ -99,6 +129,42 @@ impl Hdf5Source {
             shape,
             dtype,
             chunk,
+            direct,
+        })
+    }
+}
+
+impl Direct {
+    /// The direct reading of `dataset`'s chunks (of shape `chunk`), if its filters, type and
+    /// file allow it.
+    fn of(path: &Path, dataset: &hdf5::Dataset, dtype: DType, chunk: &[u64]) -> Option<Direct> {
+        use hdf5::filters::Filter;
+        use std::io::Read;
+        let (shuffle, deflate) = match dataset.filters().as_slice() {
+            [] => (false, false),
+            [Filter::Deflate(_)] => (false, true),
+            [Filter::Shuffle, Filter::Deflate(_)] => (true, true),
+            _ => return None,
+        };
+        let order = dataset.dtype().ok()?.byte_order();
+        let little = matches!(order, hdf5::datatype::ByteOrder::LittleEndian)
+            || (dtype.size() == 1 && matches!(order, hdf5::datatype::ByteOrder::None));
+        if dtype == DType::Bool || !little || cfg!(target_endian = "big") {
+            return None;
+        }
+        let mut file = std::fs::File::open(path).ok()?;
+        let mut signature = [0u8; 8];
+        file.read_exact(&mut signature).ok()?;
+        if &signature != b"\x89HDF\r\n\x1a\n" {
+            return None;
+        }
+        let len = file.metadata().ok()?.len();
+        Some(Direct {
+            file,
+            len,
+            chunk: chunk.to_vec(),
+            shuffle,
+            deflate,
         })
     }
 }
@@ -195,7 +261,39 @@ impl Source for Hdf5Source {
         self.chunk.clone()
     }
 
+    /// A dataset read directly ([`Direct`]) is opened as a window over its chunks, which the
+    /// tasks decode in parallel; any other, by [`Source::block`] (libhdf5).
+    fn gather(&self, region: &Region, parts: &[Region]) -> Result<Box<dyn Gather + '_>> {
+        match &self.direct {
+            Some(direct) => {
+                let chunks = Hdf5Chunks {
+                    source: self,
+                    direct,
+                };
+                Ok(Box::new(Window::new(chunks, region, parts)?))
+            }
+            None => Ok(Box::new(self.block(region)?)),
+        }
+    }
+
+    /// A dataset read directly ([`Direct`]): the chunks the region touches, decoded in
+    /// parallel; any other, one hyperslab read by libhdf5.
     fn block(&self, region: &Region) -> Result<Box<dyn Block + '_>> {
+        let data = match &self.direct {
+            Some(direct) => self.read_direct(direct, region)?,
+            None => self.read_slice(region)?,
+        };
+        Ok(Box::new(BufferBlock::new(
+            region.clone(),
+            data,
+            self.dtype.size(),
+        )))
+    }
+}
+
+impl Hdf5Source {
+    /// `region` read by libhdf5 (one hyperslab), as native-endian bytes.
+    fn read_slice(&self, region: &Region) -> Result<Vec<u8>> {
         let slab: Vec<SliceOrIndex> = region
             .ranges()
             .iter()
@@ -223,10 +321,178 @@ impl Source for Hdf5Source {
                 bytemuck::cast_slice::<T, u8>(&v).to_vec()
             })
         };
-        Ok(Box::new(BufferBlock::new(
-            region.clone(),
-            data,
-            self.dtype.size(),
-        )))
+        Ok(data)
+    }
+
+    /// `region` of a [`Direct`] dataset: every chunk it touches decoded in parallel, each
+    /// piece copied into place as it is done.
+    fn read_direct(&self, direct: &Direct, region: &Region) -> Result<Vec<u8>> {
+        let units = Hdf5Chunks {
+            source: self,
+            direct,
+        };
+        let shape: Vec<usize> = region.shape().iter().map(|&n| n as usize).collect();
+        let n = to_usize(u64::try_from(region.len()).unwrap_or(u64::MAX), "block")?;
+        let out = Mutex::new(vec![0u8; n * self.dtype.size()]);
+        indices_in(&units.touching(region)?)
+            .par_iter()
+            .try_for_each(|idx| -> Result<()> {
+                let data = units.decode(idx)?;
+                let mut out = out.lock().unwrap_or_else(PoisonError::into_inner);
+                copy_unit(&units, idx, &data, region, &mut out, &shape)
+            })?;
+        Ok(out.into_inner().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// The chunks of a [`Direct`] dataset, each decoded by the first task that needs it (cut to
+/// the dataset's bounds at its edges).
+struct Hdf5Chunks<'a> {
+    source: &'a Hdf5Source,
+    direct: &'a Direct,
+}
+
+impl Hdf5Chunks<'_> {
+    /// Where libhdf5 stored the chunk at `origin`: (address, bytes), or `None` if it has not
+    /// written it or skipped one of its filters.
+    fn stored(&self, origin: &[u64]) -> Result<Option<(u64, u64)>> {
+        let (mut mask, mut addr, mut size) = (0u32, 0u64, 0u64);
+        let id = self.source.dataset.id();
+        let status = hdf5::sync::sync(|| unsafe {
+            // SAFETY: `origin` holds one coordinate per dimension of the open dataset `id`; the
+            // outputs are plain integers.
+            hdf5_sys::h5d::H5Dget_chunk_info_by_coord(
+                id,
+                origin.as_ptr(),
+                &mut mask,
+                &mut addr,
+                &mut size,
+            )
+        });
+        if status < 0 {
+            return Err(Error::bad_input(
+                &self.source.path,
+                format!(
+                    "dataset {}: libhdf5 cannot locate the chunk at {origin:?}",
+                    self.source.name
+                ),
+            ));
+        }
+        Ok((mask == 0 && addr != hdf5_sys::h5::HADDR_UNDEF && size > 0).then_some((addr, size)))
+    }
+}
+
+impl Units for Hdf5Chunks<'_> {
+    fn itemsize(&self) -> usize {
+        self.source.dtype.size()
+    }
+
+    fn touching(&self, part: &Region) -> Result<Vec<Range<u64>>> {
+        Ok(part
+            .ranges()
+            .iter()
+            .zip(&self.direct.chunk)
+            .map(|(r, &c)| r.start / c..r.end.div_ceil(c))
+            .collect())
+    }
+
+    fn unit_region(&self, idx: &[u64]) -> Result<Region> {
+        Ok(Region::new(
+            idx.iter()
+                .zip(&self.direct.chunk)
+                .zip(&self.source.shape)
+                .map(|((&i, &c), &n)| i * c..((i + 1) * c).min(n))
+                .collect(),
+        ))
+    }
+
+    fn decoded_shape(&self, idx: &[u64]) -> Result<Vec<usize>> {
+        Ok(self
+            .unit_region(idx)?
+            .shape()
+            .iter()
+            .map(|&n| n as usize)
+            .collect())
+    }
+
+    fn decode(&self, idx: &[u64]) -> Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let src = self.source;
+        let d = self.direct;
+        let region = self.unit_region(idx)?;
+        let origin: Vec<u64> = region.start().to_vec();
+        let Some((addr, size)) = self.stored(&origin)? else {
+            // Not written (the fill value) or stored otherwise: libhdf5 reads it.
+            return src.read_slice(&region);
+        };
+        let bad = |what: String| {
+            Error::bad_input(
+                &src.path,
+                format!("dataset {}: the chunk at {origin:?}: {what}", src.name),
+            )
+        };
+        let itemsize = src.dtype.size();
+        let full: Vec<usize> = d.chunk.iter().map(|&c| c as usize).collect();
+        let bytes = full.iter().product::<usize>() * itemsize;
+        let n = usize::try_from(size)
+            .ok()
+            .filter(|&n| n <= bytes.saturating_mul(2) + 4096 && addr.saturating_add(size) <= d.len)
+            .ok_or_else(|| {
+                bad(format!(
+                    "{size} bytes stored at byte {addr}: past the file or the chunk's size"
+                ))
+            })?;
+        let mut raw = vec![0u8; n];
+        d.file
+            .read_exact_at(&mut raw, addr)
+            .map_err(|e| bad(format!("reading {n} bytes at byte {addr}: {e}")))?;
+        let mut data = if d.deflate {
+            let mut out = vec![0u8; bytes];
+            let got = libdeflater::Decompressor::new()
+                .zlib_decompress(&raw, &mut out)
+                .map_err(|e| bad(format!("deflate: {e}")))?;
+            if got != bytes {
+                return Err(bad(format!("inflates to {got} bytes, {bytes} expected")));
+            }
+            out
+        } else if raw.len() == bytes {
+            raw
+        } else {
+            return Err(bad(format!("{n} bytes stored, {bytes} expected")));
+        };
+        if d.shuffle && itemsize > 1 {
+            let count = bytes / itemsize;
+            let mut out = vec![0u8; bytes];
+            for (j, plane) in data.chunks_exact(count).enumerate() {
+                for (i, &b) in plane.iter().enumerate() {
+                    out[i * itemsize + j] = b;
+                }
+            }
+            data = out;
+        }
+        // An edge chunk is stored whole: keep the part inside the dataset.
+        let shape = self.decoded_shape(idx)?;
+        if shape == full {
+            return Ok(data);
+        }
+        let mut out = vec![0u8; shape.iter().product::<usize>() * itemsize];
+        let src_strides = c_strides(&full, itemsize);
+        let dst_strides = c_strides(&shape, itemsize);
+        copy_box(
+            &data,
+            Side {
+                offset: 0,
+                strides: &src_strides,
+            },
+            &mut out,
+            Side {
+                offset: 0,
+                strides: &dst_strides,
+            },
+            &shape,
+            itemsize,
+            false,
+        );
+        Ok(out)
     }
 }

@@ -67,6 +67,47 @@ impl Units for &Store {
     }
 }
 
+/// Copies the piece of `part` in unit `idx` of `units` (decoded: `data`) into `dst`, a C-order
+/// buffer of `dst_shape` holding `part`.
+///
+/// # Errors
+/// As [`Units::unit_region`] and [`Units::decoded_shape`].
+pub(crate) fn copy_unit<U: Units>(
+    units: &U,
+    idx: &[u64],
+    data: &[u8],
+    part: &Region,
+    dst: &mut [u8],
+    dst_shape: &[usize],
+) -> Result<()> {
+    let itemsize = units.itemsize();
+    let creg = units.unit_region(idx)?;
+    if let Some(piece) = creg.intersect(part).filter(|p| !p.is_empty()) {
+        let extent: Vec<usize> = piece.shape().iter().map(|&n| n as usize).collect();
+        let at = |reg: &Region, strides: &[usize]| -> usize {
+            piece
+                .start()
+                .iter()
+                .zip(reg.ranges())
+                .zip(strides)
+                .map(|((&p, r), &s)| (p - r.start) as usize * s)
+                .sum()
+        };
+        let strides = c_strides(&units.decoded_shape(idx)?, itemsize);
+        let dst_strides = c_strides(dst_shape, itemsize);
+        let src = Side {
+            offset: at(&creg, &strides),
+            strides: &strides,
+        };
+        let to = Side {
+            offset: at(part, &dst_strides),
+            strides: &dst_strides,
+        };
+        copy_box(data, src, dst, to, &extent, itemsize, false);
+    }
+    Ok(())
+}
+
 /// The chunks of a store that a box of it touches, each decoded by the first read needing
 /// it.
 pub(crate) type ChunkWindow<'a> = Window<&'a Store>;
@@ -169,31 +210,7 @@ impl<U: Units> Window<U> {
         dst: &mut [u8],
         dst_shape: &[usize],
     ) -> Result<()> {
-        let itemsize = self.units.itemsize();
-        let creg = self.units.unit_region(idx)?;
-        if let Some(piece) = creg.intersect(part).filter(|p| !p.is_empty()) {
-            let extent: Vec<usize> = piece.shape().iter().map(|&n| n as usize).collect();
-            let at = |reg: &Region, strides: &[usize]| -> usize {
-                piece
-                    .start()
-                    .iter()
-                    .zip(reg.ranges())
-                    .zip(strides)
-                    .map(|((&p, r), &s)| (p - r.start) as usize * s)
-                    .sum()
-            };
-            let strides = c_strides(&self.units.decoded_shape(idx)?, itemsize);
-            let dst_strides = c_strides(dst_shape, itemsize);
-            let src = Side {
-                offset: at(&creg, &strides),
-                strides: &strides,
-            };
-            let to = Side {
-                offset: at(part, &dst_strides),
-                strides: &dst_strides,
-            };
-            copy_box(data, src, dst, to, &extent, itemsize, false);
-        }
+        copy_unit(&self.units, idx, data, part, dst, dst_shape)?;
         self.done_with(idx);
         Ok(())
     }
