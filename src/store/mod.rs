@@ -63,7 +63,9 @@ pub(crate) use txn::{
     parent_dir, place, publish_dir, recover_replacement, remove_chunk, resolve_links, sibling,
     swap_in, sync_dir, sync_filesystem, test_delay, try_lock_briefly, write_atomic, write_output,
 };
-pub(crate) use window::{ChunkWindow, Units, Window, copy_unit};
+#[cfg(feature = "hdf5")]
+pub(crate) use window::copy_unit;
+pub(crate) use window::{ChunkWindow, Units, Window};
 pub use write::WriteReport;
 pub use writer::StoreWriter;
 pub(crate) use writer::{check_replaceable, write_metadata};
