@@ -159,6 +159,13 @@ impl Direct {
             return None;
         }
         let len = file.metadata().ok()?.len();
+        // libhdf5 stores chunks of less than 4 GiB; a layout claiming more is left to it.
+        let bytes = chunk
+            .iter()
+            .try_fold(dtype.size() as u64, |n, &c| n.checked_mul(c))?;
+        if bytes >= 4 << 30 {
+            return None;
+        }
         Some(Direct {
             file,
             len,
@@ -461,14 +468,7 @@ impl Units for Hdf5Chunks<'_> {
             return Err(bad(format!("{n} bytes stored, {bytes} expected")));
         };
         if d.shuffle && itemsize > 1 {
-            let count = bytes / itemsize;
-            let mut out = vec![0u8; bytes];
-            for (j, plane) in data.chunks_exact(count).enumerate() {
-                for (i, &b) in plane.iter().enumerate() {
-                    out[i * itemsize + j] = b;
-                }
-            }
-            data = out;
+            data = unshuffle(&data, itemsize);
         }
         // An edge chunk is stored whole: keep the part inside the dataset.
         let shape = self.decoded_shape(idx)?;
@@ -494,5 +494,73 @@ impl Units for Hdf5Chunks<'_> {
             false,
         );
         Ok(out)
+    }
+}
+
+/// Undoes HDF5's shuffle filter: `data` holds byte 0 of every `itemsize`-byte element, then
+/// byte 1 of every one, and so on.
+fn unshuffle(data: &[u8], itemsize: usize) -> Vec<u8> {
+    /// Sixteen elements at a time (a 16-byte run of each of the N planes), so the inner loops
+    /// have fixed lengths; the last elements one by one.
+    fn by<const N: usize>(data: &[u8], out: &mut [u8]) {
+        let count = data.len() / N;
+        let whole = count / 16 * 16;
+        for (b, o) in out[..whole * N].chunks_exact_mut(16 * N).enumerate() {
+            for j in 0..N {
+                let run: &[u8; 16] = data[j * count + b * 16..][..16]
+                    .try_into()
+                    .expect("16 bytes");
+                for (k, &v) in run.iter().enumerate() {
+                    o[k * N + j] = v;
+                }
+            }
+        }
+        for i in whole..count {
+            for j in 0..N {
+                out[i * N + j] = data[j * count + i];
+            }
+        }
+    }
+    let mut out = vec![0u8; data.len()];
+    match itemsize {
+        2 => by::<2>(data, &mut out),
+        4 => by::<4>(data, &mut out),
+        8 => by::<8>(data, &mut out),
+        _ => {
+            let count = data.len() / itemsize;
+            for (j, plane) in data.chunks_exact(count.max(1)).take(itemsize).enumerate() {
+                for (i, &b) in plane.iter().enumerate() {
+                    out[i * itemsize + j] = b;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unshuffle;
+
+    /// HDF5's shuffle by its definition (byte j of element i at j * count + i), undone for
+    /// every element size and for counts that are and are not multiples of 16.
+    #[test]
+    fn unshuffle_undoes_hdf5s_shuffle() {
+        for size in [2usize, 3, 4, 8] {
+            for count in [0usize, 1, 15, 16, 17, 100, 1000] {
+                let elements: Vec<u8> = (0..count * size).map(|i| (i * 7 + 3) as u8).collect();
+                let mut shuffled = vec![0u8; elements.len()];
+                for i in 0..count {
+                    for j in 0..size {
+                        shuffled[j * count + i] = elements[i * size + j];
+                    }
+                }
+                assert_eq!(
+                    unshuffle(&shuffled, size),
+                    elements,
+                    "size {size}, count {count}"
+                );
+            }
+        }
     }
 }
