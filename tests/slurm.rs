@@ -59,14 +59,36 @@ impl Cluster {
         c
     }
 
-    /// Runs `timeout 120 sbatch --wait ARGS SCRIPT` in `dir`.
+    /// Runs `timeout 300 sbatch --wait ARGS SCRIPT` in `dir` (the whole test suite shares two
+    /// cores with the cluster's tasks). On failure, its stderr is made to say how it ended,
+    /// after how long, and what every task logged (`NAME-JOB_TASK.log` in `dir`).
     fn sbatch_wait(&self, dir: &Path, args: &[&str], script: &str) -> Output {
+        let start = Instant::now();
         let mut c = self.cmd("timeout");
-        c.args(["120", "sbatch", "--wait"])
+        c.args(["300", "sbatch", "--wait"])
             .args(args)
             .arg(script)
             .current_dir(dir);
-        c.output().unwrap()
+        let mut o = c.output().unwrap();
+        if !o.status.success() {
+            let mut report = format!(
+                "\nsbatch --wait {script}: {} after {:.0?} (124: the timeout)\n",
+                o.status,
+                start.elapsed()
+            );
+            let mut logs: Vec<_> = std::fs::read_dir(dir)
+                .unwrap()
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "log"))
+                .collect();
+            logs.sort();
+            for log in logs {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                report += &format!("--- {}:\n{text}\n", log.display());
+            }
+            o.stderr.extend_from_slice(report.as_bytes());
+        }
+        o
     }
 }
 
