@@ -9,7 +9,7 @@ use std::path::Path;
 
 use chunkwise::{ConvertOptions, Input, RawOptions, Region, Store};
 
-use crate::common::{chunkwise, fixture, read_npy, stderr, stdout, tmp};
+use crate::common::{chunkwise, fixture, read_npy, stderr, stdout, store_bytes, tmp};
 
 fn manifest() -> Vec<serde_json::Value> {
     let m: serde_json::Value =
@@ -149,11 +149,7 @@ fn blocks_smaller_than_a_page_read_tifffiles_values() {
                 .memory(Some(2 * chunk_bytes)),
         )
         .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let store = Store::open(&out).unwrap();
-        let mut back = vec![0u8; want.bytes.len()];
-        store
-            .read_region_into(&Region::full(store.shape()), &mut back)
-            .unwrap();
+        let back = store_bytes(&Store::open(&out).unwrap());
         assert!(
             back == want.bytes,
             "{name}: converted by small blocks, values differ"

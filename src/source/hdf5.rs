@@ -139,7 +139,6 @@ impl Direct {
     /// file allow it.
     fn of(path: &Path, dataset: &hdf5::Dataset, dtype: DType, chunk: &[u64]) -> Option<Direct> {
         use hdf5::filters::Filter;
-        use std::io::Read;
         let (shuffle, deflate) = match dataset.filters().as_slice() {
             [] => (false, false),
             [Filter::Deflate(_)] => (false, true),
@@ -152,12 +151,11 @@ impl Direct {
         if dtype == DType::Bool || !little || cfg!(target_endian = "big") {
             return None;
         }
-        let mut file = std::fs::File::open(path).ok()?;
-        let mut signature = [0u8; 8];
-        file.read_exact(&mut signature).ok()?;
-        if &signature != b"\x89HDF\r\n\x1a\n" {
+        // With a user block, libhdf5's addresses are not byte offsets in the file.
+        if super::hdf5_superblock(path) != Some(0) {
             return None;
         }
+        let file = std::fs::File::open(path).ok()?;
         let len = file.metadata().ok()?.len();
         // libhdf5 stores chunks of less than 4 GiB; a layout claiming more is left to it.
         let bytes = chunk

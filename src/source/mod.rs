@@ -204,23 +204,26 @@ const SIGNATURE: &[u8; 8] = b"\x89HDF\r\n\x1a\n";
 
 /// Whether `path` is an HDF5 file (its signature at byte 0 or after a user block).
 pub(crate) fn is_hdf5(path: &Path) -> bool {
+    hdf5_superblock(path).is_some()
+}
+
+/// Where an HDF5 file's signature (and superblock) starts: byte 0, or after a user block of
+/// 512, 1024, 2048 ... bytes; `None` if `path` is not HDF5.
+pub(crate) fn hdf5_superblock(path: &Path) -> Option<u64> {
     use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return false;
-    };
+    let mut f = std::fs::File::open(path).ok()?;
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let mut at = 0u64;
     while at + 8 <= len {
         let mut sig = [0u8; 8];
-        if f.seek(SeekFrom::Start(at)).is_err() || f.read_exact(&mut sig).is_err() {
-            return false;
-        }
+        f.seek(SeekFrom::Start(at)).ok()?;
+        f.read_exact(&mut sig).ok()?;
         if &sig == SIGNATURE {
-            return true;
+            return Some(at);
         }
         at = if at == 0 { 512 } else { at * 2 };
     }
-    false
+    None
 }
 
 /// File extensions HDF5 files go by: such a file is read as HDF5 (or refused as not HDF5),

@@ -130,7 +130,7 @@ impl Part {
             .unwrap_or(1);
         let grid = ChunkGrid::of(dec, (path, page), (h, w), self.dtype.size())?;
         if compression == 1 && predictor == 1 && !grid.tiled {
-            return self.read_stored(dec, path, page, w, out);
+            return self.read_stored(dec, (path, page), &grid, out);
         }
         // Adobe and old-style deflate, without a predictor or with the horizontal one.
         if matches!(compression, 8 | 32946) && predictor <= 2 {
@@ -217,17 +217,18 @@ impl Part {
     fn read_stored(
         &self,
         dec: &mut Dec,
-        path: &Path,
-        page: usize,
-        w: usize,
+        (path, page): (&Path, usize),
+        grid: &ChunkGrid,
         out: &mut [u8],
     ) -> Result<()> {
         use std::os::unix::fs::FileExt;
-        let err = |e: tiff::TiffError| Error::bad_input(path, format!("page {page}: {e}"));
         let size = self.dtype.size();
-        let offsets = dec.get_tag_u64_vec(Tag::StripOffsets).map_err(err)?;
-        let counts = dec.get_tag_u64_vec(Tag::StripByteCounts).map_err(err)?;
-        let per = (dec.chunk_dimensions().1 as usize).max(1);
+        let Stored {
+            offsets,
+            counts,
+            swap,
+        } = grid.stored(dec, (path, page), size)?;
+        let (per, w) = (grid.height, grid.page.1);
         let (row, line) = (w * size, self.cols.len() * size);
         let full = self.cols.len() == w;
         let mut scratch = Vec::new();
@@ -278,8 +279,7 @@ impl Part {
             }
             y = last;
         }
-        let file_big = dec.byte_order() == tiff::tags::ByteOrder::BigEndian;
-        if size > 1 && file_big != cfg!(target_endian = "big") {
+        if swap {
             out.chunks_exact_mut(size).for_each(<[u8]>::reverse);
         }
         Ok(())
@@ -301,17 +301,12 @@ impl Part {
         use std::os::unix::fs::FileExt;
         let name = codec.name();
         let err = |m: String| Error::bad_input(path, format!("page {page}: {m}"));
-        let terr = |e: tiff::TiffError| err(e.to_string());
         let size = self.dtype.size();
-        let (offsets, counts) = if grid.tiled {
-            (Tag::TileOffsets, Tag::TileByteCounts)
-        } else {
-            (Tag::StripOffsets, Tag::StripByteCounts)
-        };
-        let offsets = dec.get_tag_u64_vec(offsets).map_err(terr)?;
-        let counts = dec.get_tag_u64_vec(counts).map_err(terr)?;
-        let file_big = dec.byte_order() == tiff::tags::ByteOrder::BigEndian;
-        let swap = size > 1 && file_big != cfg!(target_endian = "big");
+        let Stored {
+            offsets,
+            counts,
+            swap,
+        } = grid.stored(dec, (path, page), size)?;
         let row = if grid.tiled { grid.width } else { grid.page.1 } * size;
         let file = dec.inner().get_ref();
         let file_len = file.metadata().map_err(|e| err(e.to_string()))?.len();
@@ -355,6 +350,14 @@ impl Part {
             Ok(())
         })
     }
+}
+
+/// Where a page's strips or tiles lie in its file, and whether their `size`-byte samples are
+/// in the other byte order than the machine's.
+struct Stored {
+    offsets: Vec<u64>,
+    counts: Vec<u64>,
+    swap: bool,
 }
 
 /// How a page is cut into strips or tiles.
@@ -406,6 +409,22 @@ impl ChunkGrid {
             height: ch,
             across: w.div_ceil(width),
             page: (h, w),
+        })
+    }
+
+    /// The page's chunk table (tile or strip offsets and byte counts) and byte order.
+    fn stored(&self, dec: &mut Dec, (path, page): (&Path, usize), size: usize) -> Result<Stored> {
+        let err = |e: tiff::TiffError| Error::bad_input(path, format!("page {page}: {e}"));
+        let (offsets, counts) = if self.tiled {
+            (Tag::TileOffsets, Tag::TileByteCounts)
+        } else {
+            (Tag::StripOffsets, Tag::StripByteCounts)
+        };
+        let big = dec.byte_order() == tiff::tags::ByteOrder::BigEndian;
+        Ok(Stored {
+            offsets: dec.get_tag_u64_vec(offsets).map_err(err)?,
+            counts: dec.get_tag_u64_vec(counts).map_err(err)?,
+            swap: size > 1 && big != cfg!(target_endian = "big"),
         })
     }
 }
